@@ -1,0 +1,32 @@
+# One task runner; targets mirror CI (.ci/run runs `make lint` and `make test`).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench venv clean
+
+# The venv is rebuilt only when pyproject.toml changes, so a second run installs nothing.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/streamdag demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests streamdag $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamdag runtime operators connectors tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

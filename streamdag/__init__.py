@@ -1,0 +1,26 @@
+"""streamdag: streaming DAGs of numba operators on Ray actors, fed from Kafka.
+
+Importing this package starts nothing: no Ray, no network.
+"""
+
+from streamdag.batch import Batch
+from streamdag.endpoints import source
+from streamdag.errors import StreamdagError
+from streamdag.graph import Column, Graph, Node, make_node
+from streamdag.schema import Schema
+from streamdag.udf import UserFunction, udf
+
+__all__ = [
+    "Batch",
+    "Column",
+    "Graph",
+    "Node",
+    "Schema",
+    "StreamdagError",
+    "UserFunction",
+    "make_node",
+    "source",
+    "udf",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""Declarations of the graph's endpoints: Kafka-bound sources and sinks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from streamdag.batch import Batch
+from streamdag.errors import SchemaMismatchError
+from streamdag.graph import Node, make_node
+from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, Role
+from streamdag.params import Param
+from streamdag.registry import register
+from streamdag.schema import Schema
+
+__all__ = ["KafkaSinkDef", "KafkaSourceDef", "PassThrough", "source"]
+
+_CODECS = ("json", "msgpack")
+_TIME_UNITS = ("ns", "us", "ms", "s")
+
+
+class PassThrough:
+    """Logic of an endpoint node: batches pass unchanged (the connector does the I/O)."""
+
+    def process(self, inputs: Sequence[Batch]) -> Batch:
+        """Return the single input batch as it is."""
+        return inputs[0]
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """Endpoints hold no windows."""
+        return None
+
+    def snapshot(self) -> bytes:
+        """Endpoints hold no state here; offsets live in the connector's own snapshot."""
+        return b""
+
+
+@register
+class KafkaSourceDef(OperatorDef):
+    """A stream read from a Kafka topic: its binding (topic, key, time, schema) is its identity."""
+
+    type_name: ClassVar[str] = "kafka_source"
+    role: ClassVar[Role] = "source"
+    arity: ClassVar[int | None] = 0
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("topic", "str", doc="Kafka topic to read"),
+        Param("schema", "schema", doc="value fields and their types"),
+        Param("key", "str", default="key", doc="payload field holding the entity key"),
+        Param("time", "str", default="ts", doc="payload field holding event time; '' = record ts"),
+        Param("time_unit", "str", default="ns", choices=_TIME_UNITS),
+        Param("codec", "str", default="json", choices=_CODECS),
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """The declared value schema."""
+        schema = params["schema"]
+        assert isinstance(schema, Schema)
+        if not len(schema):
+            raise SchemaMismatchError("a source needs at least one value field in its schema")
+        return schema
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Sources pass batches through; reading is the connector's job."""
+        return PassThrough()
+
+
+@register
+class KafkaSinkDef(OperatorDef):
+    """A stream written to a Kafka topic, keyed by the stream's key."""
+
+    type_name: ClassVar[str] = "kafka_sink"
+    role: ClassVar[Role] = "sink"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("topic", "str", doc="Kafka topic to write"),
+        Param("codec", "str", default="json", choices=_CODECS),
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """A sink's output is what it writes: its input schema."""
+        return inputs[0]
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Sinks pass batches through to their connector."""
+        return PassThrough()
+
+
+def source(
+    name: str,
+    *,
+    topic: str,
+    schema: Mapping[str, str] | Schema,
+    key: str = "key",
+    time: str = "ts",
+    time_unit: str = "ns",
+    codec: str = "json",
+    interval: int | str | None = None,
+    period: int | None = None,
+    missing: MissingPolicy = "skip",
+    tags: Iterable[str] = (),
+) -> Node:
+    """A source node bound to a Kafka topic.
+
+    >>> ticks = source("ticks", topic="market.ticks", key="symbol", schema={"price": "float64"})
+    >>> ticks.output_schema
+    Schema(price: float64)
+    """
+    params = {
+        "topic": topic,
+        "schema": schema,
+        "key": key,
+        "time": time,
+        "time_unit": time_unit,
+        "codec": codec,
+    }
+    return make_node(
+        "kafka_source",
+        (),
+        params,
+        name=name,
+        interval=interval,
+        period=period,
+        missing=missing,
+        tags=tags,
+    )

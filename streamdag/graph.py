@@ -1,0 +1,353 @@
+"""The graph-building SDK: immutable nodes chained into streams, and named graphs of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, get_args
+
+from streamdag.errors import (
+    DuplicateNameError,
+    DuplicateSinkTopicError,
+    GraphError,
+    SchemaMismatchError,
+)
+from streamdag.identity import compute_node_id
+from streamdag.operator import MissingPolicy, NodeConfig
+from streamdag.params import parse_duration, validate_params
+from streamdag.registry import lookup
+from streamdag.schema import Schema
+
+__all__ = ["Column", "Graph", "Node", "make_node"]
+
+DurationLike = int | str
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One operator instance in a graph; immutable, and its ``node_id`` is fixed at birth.
+
+    Nodes are also streams: operator methods (``rolling_mean``, ``crossover``, ``to_topic``, …)
+    return new downstream nodes and never change this one, so a stale id cannot exist.
+    """
+
+    name: str
+    operator: str
+    params: Mapping[str, Any]
+    inputs: tuple[Node, ...]
+    output_schema: Schema
+    node_id: str
+    code_hash: str
+    interval: int | None = None
+    period: int = 1
+    missing: MissingPolicy = "skip"
+    tags: tuple[str, ...] = ()
+    shareable: bool = True
+    function: Callable[..., Any] | None = field(default=None, repr=False)
+
+    def __hash__(self) -> int:
+        return hash(self.node_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and other.node_id == self.node_id
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, {self.operator}, id={self.node_id[:12]})"
+
+    @property
+    def role(self) -> str:
+        """``source``, ``operator`` or ``sink``."""
+        return lookup(self.operator).role
+
+    def config(self) -> NodeConfig:
+        """The data a node's runtime logic is built from."""
+        return NodeConfig(
+            node_id=self.node_id,
+            name=self.name,
+            operator=self.operator,
+            params=self.params,
+            input_schemas=tuple(i.output_schema for i in self.inputs),
+            output_schema=self.output_schema,
+            interval=self.interval,
+            period=self.period,
+            missing=self.missing,
+            tags=self.tags,
+            function=self.function,
+        )
+
+    def with_options(
+        self,
+        *,
+        name: str | None = None,
+        interval: DurationLike | None = None,
+        period: int | None = None,
+        missing: MissingPolicy | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> Node:
+        """A new node like this one with other options; its id (and only its) is recomputed.
+
+        Downstream nodes built from this one keep pointing at this one: rebuild them from the
+        returned node to carry a change downstream.
+        """
+        return make_node(
+            self.operator,
+            self.inputs,
+            self.params,
+            name=name if name is not None else self.name,
+            interval=interval if interval is not None else self.interval,
+            period=period if period is not None else self.period,
+            missing=missing if missing is not None else self.missing,
+            tags=tags if tags is not None else self.tags,
+            function=self.function,
+        )
+
+    # -- fluent operators ----------------------------------------------------------------
+    def __getitem__(self, field_name: str) -> Column:
+        """The column ``field_name`` of this stream, as an input of a user function."""
+        if field_name not in self.output_schema:
+            raise SchemaMismatchError(
+                f"node {self.name!r} has no field {field_name!r}; "
+                f"its fields are {list(self.output_schema.names)}"
+            )
+        return Column(self, field_name)
+
+    def apply(self, operator: str, *others: Node, **params_and_options: Any) -> Node:
+        """Chain any registered operator by type name, with ``others`` as further inputs."""
+        options = {
+            k: params_and_options.pop(k)
+            for k in ("name", "interval", "period", "missing", "tags")
+            if k in params_and_options
+        }
+        return make_node(operator, (self, *others), params_and_options, **options)
+
+    def rolling_mean(self, field: str = "value", **kw: Any) -> Node:
+        """Mean of ``field`` over the last ``window`` events or ``time_window`` per key."""
+        return self.apply("rolling_mean", field=field, **kw)
+
+    def rolling_sum(self, field: str = "value", **kw: Any) -> Node:
+        """Sum of ``field`` over the last ``window`` events or ``time_window`` per key."""
+        return self.apply("rolling_sum", field=field, **kw)
+
+    def rolling_std(self, field: str = "value", **kw: Any) -> Node:
+        """Sample standard deviation of ``field`` over a rolling window per key."""
+        return self.apply("rolling_std", field=field, **kw)
+
+    def rolling_min(self, field: str = "value", **kw: Any) -> Node:
+        """Minimum of ``field`` over a rolling window per key."""
+        return self.apply("rolling_min", field=field, **kw)
+
+    def rolling_max(self, field: str = "value", **kw: Any) -> Node:
+        """Maximum of ``field`` over a rolling window per key."""
+        return self.apply("rolling_max", field=field, **kw)
+
+    def ema(self, field: str = "value", **kw: Any) -> Node:
+        """Exponential moving average of ``field`` per key (``span`` events)."""
+        return self.apply("ema", field=field, **kw)
+
+    def zscore(self, field: str = "value", **kw: Any) -> Node:
+        """(x - rolling mean) / rolling std of ``field`` over ``window`` events per key."""
+        return self.apply("zscore", field=field, **kw)
+
+    def vwap(self, price: str = "price", size: str = "size", **kw: Any) -> Node:
+        """Volume-weighted average price over the last ``window`` events per key."""
+        return self.apply("vwap", price=price, size=size, **kw)
+
+    def ohlcv(self, price: str = "price", size: str = "size", **kw: Any) -> Node:
+        """Open/high/low/close/volume bars per key over ``bar`` intervals of event time."""
+        return self.apply("ohlcv", price=price, size=size, **kw)
+
+    def crossover(self, slow: Node, **kw: Any) -> Node:
+        """+1 where this stream crosses above ``slow``, -1 where below, else 0, per event."""
+        return self.apply("crossover", slow, **kw)
+
+    def asof_join(self, right: Node, **kw: Any) -> Node:
+        """Each event joined with the latest ``right`` event of its key at or before its time."""
+        return self.apply("asof_join", right, **kw)
+
+    def map(self, expression: str, output: str = "value", **kw: Any) -> Node:
+        """A column computed by a vectorized expression over this stream's fields."""
+        return self.apply("map", expression=expression, output=output, **kw)
+
+    def filter(self, expression: str, **kw: Any) -> Node:
+        """The events for which a vectorized boolean expression holds."""
+        return self.apply("filter", expression=expression, **kw)
+
+    def to_topic(self, topic: str, codec: str = "json", **kw: Any) -> Node:
+        """A sink writing this stream to Kafka ``topic``, keyed by the stream's key."""
+        return self.apply("kafka_sink", topic=topic, codec=codec, **kw)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One field of a stream, given to a user function as its window input."""
+
+    node: Node
+    field: str
+
+
+def make_node(
+    operator: str,
+    inputs: Sequence[Node],
+    params: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    interval: DurationLike | None = None,
+    period: int | None = None,
+    missing: MissingPolicy = "skip",
+    tags: Iterable[str] = (),
+    function: Callable[..., Any] | None = None,
+    code_hash: str | None = None,
+    shareable: bool = True,
+) -> Node:
+    """Validate and build a node: params, arity, schemas and options checked here, at build time."""
+    definition = lookup(operator)
+    display = name or operator
+    if definition.arity is not None and len(inputs) != definition.arity:
+        raise GraphError(
+            f"node {display!r}: operator {operator!r} takes {definition.arity} input(s), "
+            f"got {len(inputs)}"
+        )
+    if definition.arity is None and not inputs and definition.role != "source":
+        raise GraphError(f"node {display!r}: operator {operator!r} needs at least one input")
+    canonical = validate_params(display, operator, definition.params, params)
+    input_schemas = [node.output_schema for node in inputs]
+    try:
+        output_schema = definition.output_schema(canonical, input_schemas)
+    except SchemaMismatchError as exc:
+        raise SchemaMismatchError(f"node {display!r}: {exc}") from None
+    if missing not in get_args(MissingPolicy):
+        raise GraphError(
+            f"node {display!r}: missing-data policy {missing!r} is not one of "
+            f"{list(get_args(MissingPolicy))}"
+        )
+    interval_ns = None if interval is None else parse_duration(interval)
+    if interval_ns == 0:
+        raise GraphError(f"node {display!r}: interval must be positive, got 0")
+    resolved_period = definition.history(canonical) if period is None else int(period)
+    if resolved_period < 1:
+        raise GraphError(f"node {display!r}: period must be at least 1, got {period!r}")
+    resolved_code_hash = code_hash if code_hash is not None else definition.code_hash()
+    identity_params = {
+        **canonical,
+        "__interval__": interval_ns,
+        "__period__": resolved_period,
+        "__missing__": missing,
+    }
+    node_id = compute_node_id(
+        operator,
+        definition.version,
+        resolved_code_hash,
+        identity_params,
+        output_schema,
+        [node.node_id for node in inputs],
+    )
+    return Node(
+        name=name or f"{operator}_{node_id[:8]}",
+        operator=operator,
+        params=MappingProxyType(dict(canonical)),
+        inputs=tuple(inputs),
+        output_schema=output_schema,
+        node_id=node_id,
+        code_hash=resolved_code_hash,
+        interval=interval_ns,
+        period=resolved_period,
+        missing=missing,
+        tags=tuple(tags),
+        shareable=shareable and all(node.shareable for node in inputs),
+        function=function,
+    )
+
+
+class Graph:
+    """A named DAG: every node reachable upstream from ``outputs``.
+
+    Checked when built: node names are unique and no two sinks write one topic. Cycles cannot
+    be built with the SDK; specs loaded from files are checked by the planner's validation.
+
+    >>> import streamdag as sd
+    >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    >>> g = sd.Graph("demo", outputs=[ticks.rolling_mean("price", window=3, name="sma3")])
+    >>> [n.name for n in g.nodes]
+    ['ticks', 'sma3']
+    """
+
+    def __init__(self, name: str, outputs: Sequence[Node]) -> None:
+        if not name or not isinstance(name, str):
+            raise GraphError(f"a graph needs a non-empty name, got {name!r}")
+        if not outputs:
+            raise GraphError(f"graph {name!r} has no outputs; pass outputs=[...] of nodes")
+        self.name = name
+        self.outputs: tuple[Node, ...] = tuple(outputs)
+        self.nodes: tuple[Node, ...] = _topological(self.outputs)
+        self._check_names()
+        self._check_sink_topics()
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {len(self.nodes)} nodes)"
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        """The ids of every node, in topological order."""
+        return tuple(node.node_id for node in self.nodes)
+
+    def node(self, name: str) -> Node:
+        """The node called ``name``."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"graph {self.name!r} has no node {name!r}")
+
+    @property
+    def sources(self) -> tuple[Node, ...]:
+        """Nodes without inputs."""
+        return tuple(n for n in self.nodes if not n.inputs)
+
+    @property
+    def sinks(self) -> tuple[Node, ...]:
+        """Nodes that nothing in the graph consumes."""
+        consumed = {i.node_id for n in self.nodes for i in n.inputs}
+        return tuple(n for n in self.nodes if n.node_id not in consumed)
+
+    def _check_names(self) -> None:
+        seen: dict[str, Node] = {}
+        for node in self.nodes:
+            other = seen.get(node.name)
+            if other is not None and other.node_id != node.node_id:
+                raise DuplicateNameError(
+                    f"graph {self.name!r}: two different nodes are named {node.name!r} "
+                    f"({other.operator} and {node.operator}); give each a unique name="
+                )
+            seen[node.name] = node
+
+    def _check_sink_topics(self) -> None:
+        topics: dict[str, str] = {}
+        for node in self.nodes:
+            if node.operator != "kafka_sink":
+                continue
+            topic = str(node.params["topic"])
+            if topic in topics and topics[topic] != node.name:
+                raise DuplicateSinkTopicError(
+                    f"graph {self.name!r}: sinks {topics[topic]!r} and {node.name!r} both "
+                    f"write topic {topic!r}; give each sink its own topic"
+                )
+            topics[topic] = node.name
+
+
+def _topological(outputs: Sequence[Node]) -> tuple[Node, ...]:
+    """Every node upstream of ``outputs``, inputs before consumers, in a stable order."""
+    order: list[Node] = []
+    seen: set[str] = set()
+    stack: list[tuple[Node, bool]] = [(node, False) for node in reversed(outputs)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            if node.node_id not in seen:
+                seen.add(node.node_id)
+                order.append(node)
+            continue
+        if node.node_id in seen:
+            continue
+        stack.append((node, True))
+        stack.extend((i, False) for i in reversed(node.inputs) if i.node_id not in seen)
+    return tuple(order)

@@ -1,0 +1,131 @@
+"""The operator contract: a declaration (params, schemas, history) and the logic it builds."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from streamdag.batch import Batch
+from streamdag.errors import SchemaMismatchError
+from streamdag.params import Param
+from streamdag.schema import Schema
+
+__all__ = [
+    "MissingPolicy",
+    "NodeConfig",
+    "OperatorDef",
+    "OperatorLogic",
+    "Role",
+    "module_code_hash",
+    "require_fields",
+]
+
+MissingPolicy = Literal["skip", "fail", "interpolate"]
+Role = Literal["source", "operator", "sink"]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node's runtime logic is built from; travels to the node's actor.
+
+    ``function`` is set only for user-function nodes (the trusted SDK path).
+    """
+
+    node_id: str
+    name: str
+    operator: str
+    params: Mapping[str, Any]
+    input_schemas: tuple[Schema, ...]
+    output_schema: Schema
+    interval: int | None = None
+    period: int = 1
+    missing: MissingPolicy = "skip"
+    tags: tuple[str, ...] = ()
+    function: Callable[..., Any] | None = field(default=None, compare=False)
+
+
+class OperatorLogic(Protocol):
+    """The per-actor runtime object an operator declaration builds."""
+
+    def process(self, inputs: Sequence[Batch]) -> Batch:
+        """Consume one batch per input, aligned to the same event-time range; return output."""
+        ...
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """React to event time passing ``watermark`` (close windows); None when nothing."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The logic's whole state, from which ``OperatorDef.create`` rebuilds it exactly."""
+        ...
+
+
+class OperatorDef(ABC):
+    """Declaration of an operator type: name, version, params, arity and schemas.
+
+    Subclasses are registered with ``streamdag.registry.register`` and never instantiated;
+    everything is a classmethod, so a declaration is pure data plus functions of it.
+    """
+
+    type_name: ClassVar[str]
+    version: ClassVar[int] = 1
+    params: ClassVar[tuple[Param, ...]] = ()
+    #: Number of inputs; None means one or more.
+    arity: ClassVar[int | None] = 1
+    role: ClassVar[Role] = "operator"
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    @abstractmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """The output schema for these params and input schemas; SchemaMismatchError if unfit."""
+
+    @classmethod
+    def history(cls, params: Mapping[str, Any]) -> int:
+        """Events of history the node keeps per input and key (its default period)."""
+        return 1
+
+    @classmethod
+    def code_hash(cls) -> str:
+        """Hash of the code that implements this operator (its whole module)."""
+        return module_code_hash(cls.__module__)
+
+    @classmethod
+    @abstractmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Build the runtime logic, fresh or from a snapshot taken by ``snapshot()``."""
+
+
+_module_hashes: dict[str, str] = {}
+
+
+def module_code_hash(module_name: str) -> str:
+    """sha256 of a module's source text; stable across processes."""
+    cached = _module_hashes.get(module_name)
+    if cached is None:
+        source = inspect.getsource(sys.modules[module_name])
+        cached = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        _module_hashes[module_name] = cached
+    return cached
+
+
+def require_fields(
+    operator: str, schema: Schema, fields: Sequence[str], types: Sequence[str] = ("float64",)
+) -> None:
+    """Raise SchemaMismatchError unless ``schema`` has every field, of one of ``types``."""
+    for name in fields:
+        if name not in schema:
+            raise SchemaMismatchError(
+                f"{operator} needs field {name!r} but its input carries {list(schema.names)}; "
+                f"pass one of those as the field"
+            )
+        if schema.type_of(name) not in types:
+            raise SchemaMismatchError(
+                f"{operator} needs field {name!r} of type {' or '.join(types)}, "
+                f"but the input's {name!r} is {schema.type_of(name)}"
+            )
