@@ -109,9 +109,9 @@ class Param:
         if self.kind == "str":
             return value if isinstance(value, str) else None
         if self.kind == "str_list":
-            if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-                if all(isinstance(v, str) for v in value):
-                    return tuple(value)
+            is_list = isinstance(value, Sequence) and not isinstance(value, str | bytes)
+            if is_list and all(isinstance(v, str) for v in value):
+                return tuple(value)
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None

@@ -1,0 +1,67 @@
+"""The contracts between the runtime and connectors: source readers and sink writers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from streamdag.batch import Batch
+
+__all__ = ["SinkWriter", "SourceChunk", "SourceReader"]
+
+
+@dataclass(frozen=True)
+class SourceChunk:
+    """What one read of a source returns: records, the watermark after them, and whether done.
+
+    ``finished`` is True once a bounded source has emitted everything up to its end; the
+    runtime then sends EndOfStream downstream and stops reading.
+    """
+
+    batch: Batch
+    watermark: int | None = None
+    finished: bool = False
+
+
+class SourceReader(Protocol):
+    """A source's runtime object: reads micro-batches; the runtime calls it only with credit.
+
+    Between two reads the reader holds at most a bounded prefetch, so a runtime that stops
+    calling ``read`` (no downstream credit) stops consumption and lag grows at the broker.
+    """
+
+    async def open(self) -> None:
+        """Connect and seek to the start position (or the offsets of a restored snapshot)."""
+        ...
+
+    async def read(self, max_records: int, linger_s: float) -> SourceChunk:
+        """Return up to ``max_records``; wait at most ``linger_s`` once at least one arrived."""
+        ...
+
+    def position(self) -> dict[int, int]:
+        """Per partition, the offset after the last record returned by ``read``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+        ...
+
+
+class SinkWriter(Protocol):
+    """A sink's runtime object: writes batches to the outside world."""
+
+    async def open(self) -> None:
+        """Connect."""
+        ...
+
+    async def write(self, batch: Batch) -> None:
+        """Hand a batch to the writer (it may buffer until ``flush``)."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once every written record is durably acknowledged; raise on failure."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release connections; safe to call twice."""
+        ...
