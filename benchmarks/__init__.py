@@ -1,0 +1,3 @@
+"""Benchmarks: each module's ``main()`` prints a table; ``python -m benchmarks`` runs them all."""
+
+__all__: list[str] = []

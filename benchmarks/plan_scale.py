@@ -1,0 +1,152 @@
+"""Planner scale: build, plan and diff 10,000-node graphs; each must plan in under a second.
+
+Cases: a chain (one long path), a fan-out (one source feeding every other node) and a grid of
+100 layers of 100 nodes, each reading two nodes of the layer before. ``build`` is make_node for
+every node plus Graph(); ``plan`` is plan_graph (validation of graph and plan included) in
+streaming mode; ``diff`` is diff_graph against half of the ids. The baseline, measured in the
+same run, is networkx alone building the DiGraph and its generations for the same edges: the
+floor a networkx-based planner cannot beat. Run with ``python -m benchmarks.plan_scale``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import networkx as nx
+
+from streamdag.graph import Graph, Node, make_node
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, Role
+from streamdag.params import Param
+from streamdag.registry import register
+from streamdag.runtime.planner import diff_graph, plan_graph
+from streamdag.schema import Schema
+
+__all__ = ["main"]
+
+NODES = 10_000
+REPEATS = 3
+BUDGET_S = 1.0
+
+T = TypeVar("T")
+
+
+class _BenchDef(OperatorDef):
+    """Benchmark-only operators: the planner never runs them, only their declarations."""
+
+    params: ClassVar[tuple[Param, ...]] = (Param("tag", "int"),)
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """One float64 ``value``."""
+        return Schema.of(value="float64")
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Never called: planning builds no logic."""
+        raise AssertionError("the planner benchmark builds no operator logic")
+
+
+@register
+class PlanScaleSourceDef(_BenchDef):
+    """A root node."""
+
+    type_name: ClassVar[str] = "plan_scale_source"
+    role: ClassVar[Role] = "source"
+    arity: ClassVar[int | None] = 0
+
+
+@register
+class PlanScaleIdentityDef(_BenchDef):
+    """An inner node of one or more inputs."""
+
+    type_name: ClassVar[str] = "plan_scale_identity"
+    arity: ClassVar[int | None] = None
+
+
+def _source() -> Node:
+    return make_node("plan_scale_source", (), {"tag": 0}, name="source")
+
+
+def _chain() -> Graph:
+    node = _source()
+    for index in range(1, NODES):
+        node = make_node("plan_scale_identity", (node,), {"tag": index}, name=f"n{index}")
+    return Graph("chain", outputs=[node])
+
+
+def _fan_out() -> Graph:
+    source = _source()
+    outputs = [
+        make_node("plan_scale_identity", (source,), {"tag": index}, name=f"n{index}")
+        for index in range(1, NODES)
+    ]
+    return Graph("fan_out", outputs=outputs)
+
+
+def _grid() -> Graph:
+    width = 100
+    layer = [
+        make_node("plan_scale_source", (), {"tag": index}, name=f"s{index}")
+        for index in range(width)
+    ]
+    for depth in range(1, NODES // width):
+        layer = [
+            make_node(
+                "plan_scale_identity",
+                (layer[index], layer[(index + 1) % width]),
+                {"tag": depth * width + index},
+                name=f"n{depth}_{index}",
+            )
+            for index in range(width)
+        ]
+    return Graph("grid", outputs=layer)
+
+
+def _networkx_floor(graph: Graph) -> None:
+    flow = nx.DiGraph()
+    flow.add_nodes_from(graph.node_ids)
+    flow.add_edges_from((i.node_id, n.node_id) for n in graph.nodes for i in n.inputs)
+    list(nx.topological_generations(flow.reverse(copy=False)))
+
+
+def _best(action: Callable[[], T]) -> tuple[float, T]:
+    """The fastest of REPEATS runs, and the last run's result."""
+    best = float("inf")
+    result: T
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        result = action()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def main() -> None:
+    """Print one row per case: nodes, build, plan, diff and baseline seconds, plan/baseline."""
+    header = (
+        f"{'case':<8} {'nodes':>6} {'build s':>8} {'plan s':>7} {'diff s':>7} "
+        f"{'nx s':>6} {'plan/nx':>7} {'build+plan':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    slow: list[str] = []
+    for case, build in (("chain", _chain), ("fan_out", _fan_out), ("grid", _grid)):
+        build_s, graph = _best(build)
+        plan_s, plan = _best(lambda: plan_graph(graph))
+        half = set(graph.node_ids[::2])
+        diff_s, _ = _best(lambda: diff_graph(graph, half))
+        floor_s, _ = _best(lambda: _networkx_floor(graph))
+        total = build_s + plan_s
+        verdict = "ok" if total < BUDGET_S else "SLOW"
+        if total >= BUDGET_S:
+            slow.append(case)
+        print(
+            f"{case:<8} {len(plan.order):>6} {build_s:>8.3f} {plan_s:>7.3f} {diff_s:>7.3f} "
+            f"{floor_s:>6.3f} {plan_s / floor_s:>7.1f} {total:>7.3f} {verdict}"
+        )
+    print(f"budget: build + plan under {BUDGET_S:.0f} s per case; over budget: {slow or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""A compiled scanner of flat JSON objects: one pass over a whole fetch, no per-record Python.
+
+It takes exactly the records whose decoding it can be sure of (a flat object; plain ASCII
+strings without escapes; numbers in strict JSON grammar; no duplicate fields) and marks every
+other record for ``json.loads``, so what the fast path accepts equals what ``json.loads``
+would give, and bad records are diagnosed by the exact path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from streamdag.connectors.scanning import (
+    KIND_FALSE,
+    KIND_FLOAT,
+    KIND_INT,
+    KIND_NULL,
+    KIND_STRING,
+    KIND_TRUE,
+    ScanTables,
+    gather_bytes,
+)
+
+__all__ = ["scan_json", "scan_json_records"]
+
+_QUOTE = 34
+_BACKSLASH = 92
+_OPEN_BRACE = 123
+_CLOSE_BRACE = 125
+_COLON = 58
+_COMMA = 44
+_MINUS = 45
+_PLUS = 43
+_DOT = 46
+_ZERO = 48
+_NINE = 57
+_LOWER_E = 101
+_UPPER_E = 69
+#: Number tokens longer than this go to the exact path instead of widening the text buffer.
+_MAX_NUMBER_TEXT = 40
+
+
+@njit(cache=True, inline="always")
+def _is_digit(byte: Any) -> bool:
+    return bool(_ZERO <= byte <= _NINE)
+
+
+@njit(cache=True)
+def _skip_space(buffer: Any, i: int, stop: int) -> int:
+    while i < stop:
+        byte = buffer[i]
+        if byte != 32 and byte != 9 and byte != 10 and byte != 13:
+            break
+        i += 1
+    return i
+
+
+@njit(cache=True)
+def _plain_string_end(buffer: Any, i: int, stop: int) -> int:
+    # Escapes, control bytes and non-ASCII (whose UTF-8 must be validated) go the exact way.
+    while i < stop:
+        byte = buffer[i]
+        if byte == _QUOTE:
+            return i
+        if byte == _BACKSLASH or byte < 32 or byte >= 128:
+            return -1
+        i += 1
+    return -1
+
+
+@njit(cache=True)
+def _number_end(buffer: Any, i: int, stop: int) -> tuple[int, bool]:
+    j = i
+    if j < stop and buffer[j] == _MINUS:
+        j += 1
+    if j >= stop:
+        return -1, False
+    if buffer[j] == _ZERO:
+        j += 1
+    elif _is_digit(buffer[j]):
+        while j < stop and _is_digit(buffer[j]):
+            j += 1
+    else:
+        return -1, False
+    is_float = False
+    if j < stop and buffer[j] == _DOT:
+        j += 1
+        is_float = True
+        if j >= stop or not _is_digit(buffer[j]):
+            return -1, False
+        while j < stop and _is_digit(buffer[j]):
+            j += 1
+    if j < stop and (buffer[j] == _LOWER_E or buffer[j] == _UPPER_E):
+        j += 1
+        is_float = True
+        if j < stop and (buffer[j] == _PLUS or buffer[j] == _MINUS):
+            j += 1
+        if j >= stop or not _is_digit(buffer[j]):
+            return -1, False
+        while j < stop and _is_digit(buffer[j]):
+            j += 1
+    return j, is_float
+
+
+@njit(cache=True)
+def _parse_int(buffer: Any, i: int, stop: int) -> tuple[bool, int]:
+    negative = buffer[i] == _MINUS
+    first = i + 1 if negative else i
+    if stop - first > 19:
+        return False, 0
+    magnitude = np.uint64(0)
+    for p in range(first, stop):
+        magnitude = magnitude * np.uint64(10) + np.uint64(buffer[p] - _ZERO)
+    if negative:
+        if magnitude > np.uint64(9223372036854775808):
+            return False, 0
+        if magnitude == np.uint64(9223372036854775808):
+            return True, -9223372036854775807 - 1
+        return True, -np.int64(magnitude)
+    if magnitude > np.uint64(9223372036854775807):
+        return False, 0
+    return True, np.int64(magnitude)
+
+
+@njit(cache=True)
+def _literal_end(buffer: Any, i: int, stop: int, literal: Any) -> int:
+    if i + literal.shape[0] > stop:
+        return -1
+    for j in range(literal.shape[0]):
+        if buffer[i + j] != literal[j]:
+            return -1
+    return i + literal.shape[0]
+
+
+@njit(cache=True)
+def _match_name(buffer: Any, first: int, stop: int, names: Any, name_offsets: Any) -> int:
+    length = stop - first
+    for field in range(name_offsets.shape[0] - 1):
+        name_start = name_offsets[field]
+        if name_offsets[field + 1] - name_start != length:
+            continue
+        same = True
+        for j in range(length):
+            if buffer[first + j] != names[name_start + j]:
+                same = False
+                break
+        if same:
+            return field
+    return -1
+
+
+@njit(cache=True)
+def _scan_record(
+    buffer: Any,
+    i: int,
+    stop: int,
+    names: Any,
+    name_offsets: Any,
+    row: int,
+    kind: Any,
+    start: Any,
+    end: Any,
+    integer: Any,
+    true_text: Any,
+    false_text: Any,
+    null_text: Any,
+) -> bool:
+    i = _skip_space(buffer, i, stop)
+    if i >= stop or buffer[i] != _OPEN_BRACE:
+        return False
+    i = _skip_space(buffer, i + 1, stop)
+    if i < stop and buffer[i] == _CLOSE_BRACE:
+        return _skip_space(buffer, i + 1, stop) == stop
+    while True:
+        if i >= stop or buffer[i] != _QUOTE:
+            return False
+        name_end = _plain_string_end(buffer, i + 1, stop)
+        if name_end < 0:
+            return False
+        field = _match_name(buffer, i + 1, name_end, names, name_offsets)
+        i = _skip_space(buffer, name_end + 1, stop)
+        if i >= stop or buffer[i] != _COLON:
+            return False
+        i = _skip_space(buffer, i + 1, stop)
+        if i >= stop:
+            return False
+        if field >= 0 and kind[row, field] != 0:
+            return False  # a repeated field: json.loads keeps the last; let it decide
+        byte = buffer[i]
+        value_start = i
+        value_end = i
+        if byte == _QUOTE:
+            value_end = _plain_string_end(buffer, i + 1, stop)
+            if value_end < 0:
+                return False
+            value_kind = KIND_STRING
+            value_start = i + 1
+            i = value_end + 1
+        elif byte == _MINUS or _is_digit(byte):
+            value_end, is_float = _number_end(buffer, i, stop)
+            if value_end < 0:
+                return False
+            i = value_end
+            if is_float:
+                value_kind = KIND_FLOAT
+                if field >= 0 and value_end - value_start > _MAX_NUMBER_TEXT:
+                    return False
+            else:
+                value_kind = KIND_INT
+                if field >= 0:
+                    fits, number = _parse_int(buffer, value_start, value_end)
+                    if not fits:
+                        return False
+                    integer[row, field] = number
+        elif byte == 116:
+            i = _literal_end(buffer, i, stop, true_text)
+            value_kind = KIND_TRUE
+        elif byte == 102:
+            i = _literal_end(buffer, i, stop, false_text)
+            value_kind = KIND_FALSE
+        elif byte == 110:
+            i = _literal_end(buffer, i, stop, null_text)
+            value_kind = KIND_NULL
+        else:
+            return False  # nested values, NaN, Infinity: the exact path decides
+        if i < 0:
+            return False
+        if field >= 0:
+            kind[row, field] = value_kind
+            start[row, field] = value_start
+            end[row, field] = value_end
+        i = _skip_space(buffer, i, stop)
+        if i >= stop:
+            return False
+        if buffer[i] == _COMMA:
+            i = _skip_space(buffer, i + 1, stop)
+            continue
+        if buffer[i] == _CLOSE_BRACE:
+            return _skip_space(buffer, i + 1, stop) == stop
+        return False
+
+
+@njit(cache=True)
+def scan_json_records(
+    buffer: Any,
+    starts: Any,
+    ends: Any,
+    names: Any,
+    name_offsets: Any,
+    kind: Any,
+    start: Any,
+    end: Any,
+    integer: Any,
+    slow: Any,
+) -> None:
+    """Fill the scan tables for every record; mark records the fast path cannot take."""
+    true_text = np.array([116, 114, 117, 101], dtype=np.uint8)
+    false_text = np.array([102, 97, 108, 115, 101], dtype=np.uint8)
+    null_text = np.array([110, 117, 108, 108], dtype=np.uint8)
+    for row in range(starts.shape[0]):
+        taken = _scan_record(
+            buffer, starts[row], ends[row], names, name_offsets, row,
+            kind, start, end, integer, true_text, false_text, null_text,
+        )
+        if not taken:
+            slow[row] = True
+
+
+def scan_json(
+    buffer: npt.NDArray[np.uint8],
+    starts: npt.NDArray[np.int64],
+    ends: npt.NDArray[np.int64],
+    names: npt.NDArray[np.uint8],
+    name_offsets: npt.NDArray[np.int64],
+) -> ScanTables:
+    """Scan JSON records and convert their fraction/exponent numbers into ``real``.
+
+    Number text is converted by numpy's correctly rounded parser, which gives the same
+    float64 that ``json.loads`` gives for the same text.
+    """
+    tables = ScanTables.allocate(starts.shape[0], name_offsets.shape[0] - 1)
+    scan_json_records(
+        buffer, starts, ends, names, name_offsets,
+        tables.kind, tables.start, tables.end, tables.integer, tables.slow,
+    )
+    for field in range(tables.kind.shape[1]):
+        rows = np.flatnonzero((tables.kind[:, field] == KIND_FLOAT) & ~tables.slow)
+        if rows.shape[0]:
+            text = gather_bytes(buffer, tables.start[:, field], tables.end[:, field], rows)
+            tables.real[rows, field] = text.astype(np.float64)
+    return tables

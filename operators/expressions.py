@@ -1,0 +1,429 @@
+"""A small, safe expression language compiled to vectorized numpy evaluators.
+
+Graph specs arrive as data (the gateway never accepts code), so an expression is parsed with
+``ast`` and only a closed set of constructs is accepted: numbers and booleans, the names it is
+given (input fields, iterate vars), arithmetic, comparisons, elementwise ``and``/``or``/``not``
+and a whitelist of numpy functions. Everything else is refused when the graph is built. A valid
+expression compiles once into a tree of closures over whole numpy columns, so evaluating it costs
+one numpy call per operator in the expression per batch, never a Python step per record.
+
+Typing follows Python where numpy allows it: booleans count as 0/1 in arithmetic, ``+ - *`` of
+integers stay int64, while ``/``, ``//``, ``%`` and ``**`` always give float64 so that a zero
+divisor or a negative exponent yields inf/NaN (IEEE) instead of an exception or a silent 0.
+
+>>> expr = compile_expression("sqrt(x) + 1", {"x": "float64"}, context="example")
+>>> expr.result_type
+'float64'
+>>> expr.evaluate({"x": np.array([4.0, 9.0])}, 2)
+array([3., 4.])
+>>> compile_expression("x.real", {"x": "float64"}, context="example")
+Traceback (most recent call last):
+...
+streamdag.errors.ParamError: example: 'x.real' uses attribute access ('.real') at column 1; ...
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamdag.errors import ParamError, SchemaMismatchError
+from streamdag.schema import FIELD_TYPES
+
+__all__ = [
+    "ALLOWED_FUNCTIONS",
+    "MAX_EXPRESSION_DEPTH",
+    "MAX_EXPRESSION_LENGTH",
+    "CompiledExpression",
+    "UnknownFieldError",
+    "compile_expression",
+]
+
+#: Longest expression text accepted; specs come from the network, so parsing stays bounded.
+MAX_EXPRESSION_LENGTH = 4096
+#: Deepest nesting of operators accepted; keeps compiling and evaluating far from recursion limits.
+MAX_EXPRESSION_DEPTH = 100
+
+Array = npt.NDArray[Any]
+Columns = Mapping[str, Array]
+_Evaluator = Callable[[Columns], Array]
+
+_FLOAT = "float64"
+_INT = "int64"
+_BOOL = "bool"
+
+
+class UnknownFieldError(SchemaMismatchError, ParamError):
+    """An expression names a field (or var) its node does not have.
+
+    It is both a schema mismatch (the input lacks the field) and a bad parameter (the expression
+    is wrong), so either ``except`` clause catches it.
+    """
+
+
+@dataclass(frozen=True)
+class _Function:
+    """One whitelisted numpy function: how many arguments and how its result is typed."""
+
+    apply: Callable[..., Array]
+    arity: int
+    #: "float": result float64; "same": the promoted numeric type of the arguments;
+    #: "bool": a boolean; "where": boolean condition, then two values of one type.
+    typing: str
+
+
+def _clip(x: Array, low: Array, high: Array) -> Array:
+    # minimum(maximum()) rather than np.clip: it propagates NaN bounds the same way for arrays
+    # and scalars, and never raises when low > high.
+    return np.minimum(np.maximum(x, low), high)
+
+
+_FUNCTIONS: Mapping[str, _Function] = {
+    "abs": _Function(np.abs, 1, "same"),
+    "sqrt": _Function(np.sqrt, 1, "float"),
+    "log": _Function(np.log, 1, "float"),
+    "exp": _Function(np.exp, 1, "float"),
+    "floor": _Function(np.floor, 1, "float"),
+    "ceil": _Function(np.ceil, 1, "float"),
+    "sign": _Function(np.sign, 1, "same"),
+    "isnan": _Function(np.isnan, 1, "bool"),
+    "minimum": _Function(np.minimum, 2, "same"),
+    "maximum": _Function(np.maximum, 2, "same"),
+    "clip": _Function(_clip, 3, "same"),
+    "where": _Function(np.where, 3, "where"),
+}
+
+#: The functions an expression may call, by bare name.
+ALLOWED_FUNCTIONS: tuple[str, ...] = tuple(sorted(_FUNCTIONS))
+
+_ARITHMETIC: Mapping[type[ast.operator], tuple[str, Callable[[Array, Array], Array], bool]] = {
+    # operator class -> (symbol, numpy function, always float64?)
+    ast.Add: ("+", np.add, False),
+    ast.Sub: ("-", np.subtract, False),
+    ast.Mult: ("*", np.multiply, False),
+    ast.Div: ("/", np.true_divide, True),
+    ast.FloorDiv: ("//", np.floor_divide, True),
+    ast.Mod: ("%", np.remainder, True),
+    ast.Pow: ("**", np.power, True),
+}
+
+_COMPARISONS: Mapping[type[ast.cmpop], Callable[[Array, Array], Array]] = {
+    ast.Eq: np.equal,
+    ast.NotEq: np.not_equal,
+    ast.Lt: np.less,
+    ast.LtE: np.less_equal,
+    ast.Gt: np.greater,
+    ast.GtE: np.greater_equal,
+}
+
+_DESCRIPTIONS: Mapping[type[ast.AST], str] = {
+    ast.Subscript: "subscripts",
+    ast.Lambda: "lambdas",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.IfExp: "conditional expressions (use where(cond, a, b))",
+    ast.NamedExpr: "assignment expressions",
+    ast.List: "list literals",
+    ast.Tuple: "tuple literals",
+    ast.Set: "set literals",
+    ast.Dict: "dict literals",
+    ast.JoinedStr: "f-strings",
+    ast.Starred: "starred arguments",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+}
+
+_OPERATOR_DESCRIPTIONS: Mapping[type[ast.AST], str] = {
+    ast.BitAnd: "the bitwise operator '&' (use 'and')",
+    ast.BitOr: "the bitwise operator '|' (use 'or')",
+    ast.BitXor: "the bitwise operator '^'",
+    ast.LShift: "the shift operator '<<'",
+    ast.RShift: "the shift operator '>>'",
+    ast.MatMult: "the matrix operator '@'",
+    ast.Invert: "the operator '~' (use 'not')",
+    ast.Is: "the operator 'is' (use '==')",
+    ast.IsNot: "the operator 'is not' (use '!=')",
+    ast.In: "the operator 'in'",
+    ast.NotIn: "the operator 'not in'",
+}
+
+_ALLOWED_SUMMARY = (
+    "expressions may use numbers, True/False, the names {names}, the operators + - * / // % ** "
+    "and unary -, comparisons (== != < <= > >=, chained too), and/or/not on booleans, and the "
+    f"functions {', '.join(ALLOWED_FUNCTIONS)}"
+)
+
+
+@dataclass(frozen=True)
+class CompiledExpression:
+    """A validated expression, compiled once into a vectorized evaluator over numpy columns."""
+
+    text: str
+    #: "float64", "int64" or "bool": the dtype of every value it produces.
+    result_type: str
+    #: The field or var names it reads.
+    names: frozenset[str]
+    _root: _Evaluator = field(repr=False, compare=False)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """The numpy dtype of the result."""
+        return FIELD_TYPES[self.result_type]
+
+    def evaluate(self, columns: Columns, length: int) -> Array:
+        """The expression over every row: an array of ``length`` values of ``dtype``.
+
+        ``columns`` must hold every name in ``names`` as an array of ``length`` values.
+        """
+        # Division by zero, log(0) and overflow are defined per IEEE (inf/NaN); warning once per
+        # batch about them would only flood the logs of a long-running node.
+        with np.errstate(all="ignore"):
+            result = np.asarray(self._root(columns), dtype=self.dtype)
+        if result.shape != (length,):
+            # An expression that reads no column is one value; every row gets it.
+            return np.full(length, result, dtype=self.dtype)
+        return result
+
+
+def compile_expression(text: str, names: Mapping[str, str], *, context: str) -> CompiledExpression:
+    """Parse, validate and compile ``text`` over ``names`` (name -> "float64"/"int64"/"bool").
+
+    ``context`` says where the expression comes from (e.g. ``"map param 'expression'"``) and
+    starts every error message. Raises ParamError for syntax errors, refused constructs and type
+    errors; UnknownFieldError (a ParamError and a SchemaMismatchError) for unknown names.
+    """
+    if not isinstance(text, str):
+        raise ParamError(f"{context}: expected an expression string, got {type(text).__name__}")
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise ParamError(
+            f"{context}: the expression is {len(text)} characters long; at most "
+            f"{MAX_EXPRESSION_LENGTH} are accepted; split the computation over several nodes"
+        )
+    source = text.strip()
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        where = f", column {exc.offset}" if exc.offset else ""
+        raise ParamError(
+            f"{context}: {_shown(source)} is not a valid expression ({exc.msg}{where}); "
+            "write a Python-style expression such as 'price * size'"
+        ) from None
+    except (ValueError, MemoryError, RecursionError) as exc:
+        raise ParamError(f"{context}: {_shown(source)} cannot be parsed ({exc})") from None
+    compiler = _Compiler(source, names, context)
+    result_type, root = compiler.compile(tree.body, depth=0)
+    return CompiledExpression(source, result_type, frozenset(compiler.used), root)
+
+
+class _Compiler:
+    """Walks a parsed expression once, checking and typing it while building closures."""
+
+    def __init__(self, text: str, names: Mapping[str, str], context: str) -> None:
+        self.text = text
+        self.names = names
+        self.context = context
+        self.used: set[str] = set()
+
+    # -- errors ----------------------------------------------------------------------------
+    def refuse(self, node: ast.AST, construct: str) -> ParamError:
+        column = getattr(node, "col_offset", None)
+        where = f" at column {column + 1}" if column is not None else ""
+        allowed = _ALLOWED_SUMMARY.format(names=sorted(self.names))
+        return ParamError(f"{self.context}: {_shown(self.text)} uses {construct}{where}; {allowed}")
+
+    def wrong_type(self, node: ast.AST, what: str, got: str, hint: str) -> ParamError:
+        source = ast.get_source_segment(self.text, node) or ast.dump(node)
+        return ParamError(
+            f"{self.context}: in {_shown(self.text)}, {what} but {source!r} is {got}; {hint}"
+        )
+
+    # -- dispatch --------------------------------------------------------------------------
+    def compile(self, node: ast.AST, depth: int) -> tuple[str, _Evaluator]:
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise ParamError(
+                f"{self.context}: {_shown(self.text)} nests operators more than "
+                f"{MAX_EXPRESSION_DEPTH} deep; split it over several nodes"
+            )
+        if isinstance(node, ast.Constant):
+            return self.constant(node)
+        if isinstance(node, ast.Name):
+            return self.name(node)
+        if isinstance(node, ast.BinOp):
+            return self.arithmetic(node, depth)
+        if isinstance(node, ast.UnaryOp):
+            return self.unary(node, depth)
+        if isinstance(node, ast.Compare):
+            return self.comparison(node, depth)
+        if isinstance(node, ast.BoolOp):
+            return self.boolean(node, depth)
+        if isinstance(node, ast.Call):
+            return self.call(node, depth)
+        if isinstance(node, ast.Attribute):
+            raise self.refuse(node, f"attribute access ('.{node.attr}')")
+        raise self.refuse(node, _DESCRIPTIONS.get(type(node), type(node).__name__))
+
+    # -- leaves ----------------------------------------------------------------------------
+    def constant(self, node: ast.Constant) -> tuple[str, _Evaluator]:
+        value = node.value
+        if isinstance(value, bool):
+            scalar: Array = np.asarray(value, dtype=np.bool_)
+            type_name = _BOOL
+        elif isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise self.refuse(node, f"the integer {value}, which does not fit in int64")
+            scalar, type_name = np.asarray(value, dtype=np.int64), _INT
+        elif isinstance(value, float):
+            scalar, type_name = np.asarray(value, dtype=np.float64), _FLOAT
+        else:
+            raise self.refuse(node, f"the constant {value!r} ({type(value).__name__})")
+        return type_name, lambda columns: scalar
+
+    def name(self, node: ast.Name) -> tuple[str, _Evaluator]:
+        identifier = node.id
+        if identifier not in self.names:
+            hint = f"; {identifier}(...) is a function: call it" if identifier in _FUNCTIONS else ""
+            raise UnknownFieldError(
+                f"{self.context}: {_shown(self.text)} uses {identifier!r}, which is not a name "
+                f"available here; available names: {sorted(self.names)}{hint}"
+            )
+        self.used.add(identifier)
+        return self.names[identifier], lambda columns: columns[identifier]
+
+    # -- operators -------------------------------------------------------------------------
+    def arithmetic(self, node: ast.BinOp, depth: int) -> tuple[str, _Evaluator]:
+        spec = _ARITHMETIC.get(type(node.op))
+        if spec is None:
+            raise self.refuse(node, _OPERATOR_DESCRIPTIONS.get(type(node.op), "this operator"))
+        _, function, always_float = spec
+        left_type, left = self.compile(node.left, depth + 1)
+        right_type, right = self.compile(node.right, depth + 1)
+        if always_float:
+            result_type = _FLOAT
+            left, right = _as_float(left, left_type), _as_float(right, right_type)
+        else:
+            result_type = _promote(left_type, right_type)
+            left, right = _as_number(left, left_type), _as_number(right, right_type)
+        return result_type, lambda columns: function(left(columns), right(columns))
+
+    def unary(self, node: ast.UnaryOp, depth: int) -> tuple[str, _Evaluator]:
+        operand_type, operand = self.compile(node.operand, depth + 1)
+        if isinstance(node.op, ast.Not):
+            self.require_bool(node.operand, operand_type, "'not' needs a boolean")
+            return _BOOL, lambda columns: np.logical_not(operand(columns))
+        if isinstance(node.op, ast.USub | ast.UAdd):
+            number = _as_number(operand, operand_type)
+            result_type = _promote(operand_type, operand_type)
+            if isinstance(node.op, ast.UAdd):
+                return result_type, number
+            return result_type, lambda columns: np.negative(number(columns))
+        raise self.refuse(node, _OPERATOR_DESCRIPTIONS.get(type(node.op), "this operator"))
+
+    def comparison(self, node: ast.Compare, depth: int) -> tuple[str, _Evaluator]:
+        functions = []
+        for op in node.ops:
+            function = _COMPARISONS.get(type(op))
+            if function is None:
+                raise self.refuse(node, _OPERATOR_DESCRIPTIONS.get(type(op), "this comparison"))
+            functions.append(function)
+        operands = [self.compile(n, depth + 1)[1] for n in [node.left, *node.comparators]]
+
+        def compare(columns: Columns) -> Array:
+            # Like Python's chained comparison, each operand is evaluated once.
+            values = [operand(columns) for operand in operands]
+            results = [f(a, b) for f, a, b in zip(functions, values, values[1:], strict=False)]
+            return functools.reduce(np.logical_and, results)
+
+        return _BOOL, compare
+
+    def boolean(self, node: ast.BoolOp, depth: int) -> tuple[str, _Evaluator]:
+        word = "and" if isinstance(node.op, ast.And) else "or"
+        operands = []
+        for value in node.values:
+            value_type, operand = self.compile(value, depth + 1)
+            self.require_bool(value, value_type, f"'{word}' combines booleans")
+            operands.append(operand)
+        combine = np.logical_and if word == "and" else np.logical_or
+
+        def evaluate(columns: Columns) -> Array:
+            return functools.reduce(combine, [operand(columns) for operand in operands])
+
+        return _BOOL, evaluate
+
+    def call(self, node: ast.Call, depth: int) -> tuple[str, _Evaluator]:
+        if not isinstance(node.func, ast.Name):
+            # Refuse the callee itself first (an attribute, a lambda): the sharper message.
+            self.compile(node.func, depth + 1)
+            raise self.refuse(node, "a call of something other than a bare function name")
+        if node.func.id not in _FUNCTIONS:
+            raise self.refuse(node, f"a call of {node.func.id!r}")
+        name = node.func.id
+        spec = _FUNCTIONS[name]
+        if node.keywords:
+            raise self.refuse(node, f"keyword arguments in {name}()")
+        if len(node.args) != spec.arity:
+            raise self.refuse(
+                node, f"{name}() with {len(node.args)} argument(s) ({name} takes {spec.arity})"
+            )
+        compiled = [self.compile(arg, depth + 1) for arg in node.args]
+        if spec.typing == "where":
+            return self.where_call(node, compiled)
+        types = [type_name for type_name, _ in compiled]
+        if spec.typing == "same":
+            arguments = [_as_number(evaluator, t) for t, evaluator in compiled]
+            result_type = functools.reduce(_promote, types, _INT)
+        else:
+            arguments = [_as_float(evaluator, t) for t, evaluator in compiled]
+            result_type = _FLOAT if spec.typing == "float" else _BOOL
+        apply = spec.apply
+        return result_type, lambda columns: apply(*[argument(columns) for argument in arguments])
+
+    def where_call(
+        self, node: ast.Call, compiled: list[tuple[str, _Evaluator]]
+    ) -> tuple[str, _Evaluator]:
+        (condition_type, condition), (a_type, a), (b_type, b) = compiled
+        self.require_bool(node.args[0], condition_type, "where() needs a boolean condition")
+        if a_type == _BOOL and b_type == _BOOL:
+            result_type = _BOOL
+        else:
+            result_type = _promote(a_type, b_type)
+            a, b = _as_number(a, a_type), _as_number(b, b_type)
+        return result_type, lambda columns: np.where(condition(columns), a(columns), b(columns))
+
+    def require_bool(self, node: ast.AST, type_name: str, what: str) -> None:
+        if type_name != _BOOL:
+            raise self.wrong_type(
+                node, what, type_name, "compare it explicitly, e.g. 'x != 0' or 'x > 0'"
+            )
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, shortened when long."""
+    limit = 120
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _promote(left: str, right: str) -> str:
+    """The numeric type of arithmetic on ``left`` and ``right`` (booleans count as integers)."""
+    return _FLOAT if _FLOAT in (left, right) else _INT
+
+
+def _as_number(evaluator: _Evaluator, type_name: str) -> _Evaluator:
+    # numpy adds booleans as logical or (True + True is True); Python counts them as 0/1.
+    if type_name != _BOOL:
+        return evaluator
+    return lambda columns: np.asarray(evaluator(columns), dtype=np.int64)
+
+
+def _as_float(evaluator: _Evaluator, type_name: str) -> _Evaluator:
+    if type_name == _FLOAT:
+        return evaluator
+    return lambda columns: np.asarray(evaluator(columns), dtype=np.float64)

@@ -1,0 +1,317 @@
+"""User-function nodes: a Python (or numba) function of per-input window views, per event.
+
+The node keeps one NodeCache with a ring per input; for every event it hands the function, per
+input, the last ``period`` values of that input's field for the event's key, oldest first. The
+function is called once per ``process`` call, vectorized over all of the call's events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from streamdag.batch import Batch
+from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError, StreamdagError
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operators.node_cache import NodeCache
+from streamdag.params import Param
+from streamdag.registry import register
+from streamdag.schema import Schema
+
+__all__ = ["UserFunctionDef", "UserFunctionLogic", "UserFunctionOutputError"]
+
+
+class UserFunctionOutputError(StreamdagError):
+    """A user function returned something other than one float per event."""
+
+
+@njit(cache=True)
+def _last_rows(
+    event_ts: Any, event_slots: Any, row_ts: Any, row_slots: Any, latest: Any, out: Any
+) -> None:
+    # out[e] = the last row of the key of event e with ts <= the event's ts, or -1. `latest` is
+    # per-slot scratch holding -1 on entry; it is reset on exit so it can be reused.
+    r = 0
+    rows = row_ts.shape[0]
+    for e in range(event_ts.shape[0]):
+        while r < rows and row_ts[r] <= event_ts[e]:
+            latest[row_slots[r]] = r
+            r += 1
+        out[e] = latest[event_slots[e]]
+    for k in range(rows):
+        latest[row_slots[k]] = -1
+
+
+@njit(cache=True)
+def _gather_windows(
+    values: Any, head: Any, count: Any, input_index: int, slots: Any, out: Any, filled: Any
+) -> None:
+    # Each slot's current window for feature 0, oldest first, NaN-padded at the front.
+    period = values.shape[2]
+    for e in range(slots.shape[0]):
+        s = slots[e]
+        n = count[input_index, s]
+        start = (head[input_index, s] - n) % period
+        for k in range(period - n):
+            out[e, k] = np.nan
+        for k in range(n):
+            out[e, period - n + k] = values[input_index, s, (start + k) % period, 0]
+        filled[e] = n
+
+
+def describe_function(function: Callable[..., Any]) -> str:
+    """``module.qualname (line N)`` of a function, numba dispatchers included."""
+    python_function = getattr(function, "py_func", function)
+    module = getattr(python_function, "__module__", "?")
+    name = getattr(python_function, "__qualname__", repr(python_function))
+    code = getattr(python_function, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{module}.{name}{line}"
+
+
+def _describe_result(result: Any) -> str:
+    if isinstance(result, np.ndarray):
+        return f"an array of shape {result.shape} and dtype {result.dtype}"
+    return f"{type(result).__name__} {result!r}"[:200]
+
+
+class UserFunctionLogic:
+    """Runtime logic of a ``user_function`` node: its NodeCache and the user's function."""
+
+    def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
+        if config.function is None:
+            raise GraphError(
+                f"node {config.name!r}: user function {config.params['function_name']!r} has no "
+                "Python function attached; user functions reach a cluster only through the SDK "
+                "(sd.udf applied in the driver), never from a data-only graph spec"
+            )
+        self._name = config.name
+        self._function = config.function
+        self._fields: tuple[str, ...] = tuple(config.params["fields"])
+        self._output = str(config.params["output"])
+        self._period = config.period
+        self._missing = config.missing
+        if snapshot is None:
+            self._cache = NodeCache(
+                inputs=len(self._fields), period=config.period, features=1,
+                interval=config.interval, missing=config.missing,
+            )
+        else:
+            self._cache = NodeCache.restore(snapshot)
+        self._latest_row = np.full(self._cache.key_capacity, -1, dtype=np.int64)
+
+    # -- OperatorLogic -------------------------------------------------------------------
+    def process(self, inputs: Sequence[Batch]) -> Batch:
+        """One output per event whose windows are complete (or filled); the function runs once."""
+        batches = [batch.sorted_by_time() for batch in inputs]
+        if len(batches) == 1:
+            return self._process_single(batches[0])
+        return self._process_aligned(batches)
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """A user function emits per event; time passing emits nothing."""
+        return None
+
+    def snapshot(self) -> bytes:
+        """The node's cache: every input's ring of values per key."""
+        return self._cache.snapshot()
+
+    # -- the two shapes of input ---------------------------------------------------------
+    def _process_single(self, batch: Batch) -> Batch:
+        # Every row is an event; its window is the input's window right after the row.
+        slots = self._cache.slots(batch.key)
+        windows, filled = self._append_windows(0, batch, slots)
+        keep, filled_windows = self._apply_missing([windows], [filled], slots)
+        values = self._call(filled_windows)
+        return batch.take(keep).with_columns({self._output: values})
+
+    def _process_aligned(self, batches: list[Batch]) -> Batch:
+        # Events are the distinct (ts, key) pairs of all inputs, in time order with ties in
+        # input order; each input's window for an event is that input's window for the key
+        # after all its rows at or before the event's time.
+        slots_per_input = [self._cache.slots(batch.key) for batch in batches]
+        self._ensure_scratch()
+        event_ts, event_slots, event_keys = _distinct_events(batches, slots_per_input)
+        windows_per_input: list[npt.NDArray[np.float64]] = []
+        filled_per_input: list[npt.NDArray[np.int64]] = []
+        for i, (batch, slots) in enumerate(zip(batches, slots_per_input, strict=True)):
+            last_row = np.empty(len(event_ts), dtype=np.int64)
+            _last_rows(event_ts, event_slots, batch.ts, slots, self._latest_row, last_row)
+            windows = np.empty((len(event_ts), self._period), dtype=np.float64)
+            filled = np.empty(len(event_ts), dtype=np.int64)
+            # Events whose key has no row of this input yet (in this batch) see the window from
+            # before the batch, so read it before the batch's rows are appended.
+            before = np.flatnonzero(last_row < 0)
+            _gather_windows(
+                self._cache.values, self._cache.head, self._cache.count, i,
+                event_slots[before], windows[before], filled[before],
+            )
+            row_windows, row_filled = self._append_windows(i, batch, slots)
+            after = np.flatnonzero(last_row >= 0)
+            windows[after] = row_windows[last_row[after]]
+            filled[after] = row_filled[last_row[after]]
+            windows_per_input.append(windows)
+            filled_per_input.append(filled)
+        keep, filled_windows = self._apply_missing(windows_per_input, filled_per_input,
+                                                   event_slots)
+        values = self._call(filled_windows)
+        return Batch(event_ts[keep], event_keys[keep], {self._output: values})
+
+    # -- shared steps --------------------------------------------------------------------
+    def _append_windows(
+        self, input_index: int, batch: Batch, slots: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        column = batch.columns[self._fields[input_index]].astype(np.float64, copy=False)
+        try:
+            return self._cache.append_windows(input_index, slots, batch.ts, column[:, None])
+        except MissingDataError as exc:
+            raise MissingDataError(
+                f"node {self._name!r}, input {input_index} (field "
+                f"{self._fields[input_index]!r}): {exc}"
+            ) from None
+
+    def _apply_missing(
+        self,
+        windows: list[npt.NDArray[np.float64]],
+        filled: list[npt.NDArray[np.int64]],
+        slots: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.bool_], list[npt.NDArray[np.float64]]]:
+        """Which events produce output, and their windows after the missing-data policy."""
+        complete = [f >= self._period for f in filled]
+        keep = np.logical_and.reduce(complete) if complete else np.ones(0, dtype=np.bool_)
+        if bool(keep.all()):
+            return keep, windows
+        if self._missing == "fail":
+            input_index = next(i for i, c in enumerate(complete) if not c.all())
+            event = int(np.flatnonzero(~complete[input_index])[0])
+            key = self._cache.key_slots.key_of(int(slots[event])).decode("utf-8", "replace")
+            raise MissingDataError(
+                f"node {self._name!r}: input {input_index} (field "
+                f"{self._fields[input_index]!r}) has {int(filled[input_index][event])} of "
+                f"{self._period} values for key {key!r}; the node's missing-data policy is "
+                "'fail'. Use missing='skip' to leave such events out or 'interpolate' to fill "
+                "the window from the values it has"
+            )
+        if self._missing == "skip":
+            return keep, [w[keep] for w in windows]
+        # interpolate: an input with no value at all for the key cannot be filled from
+        # anything, so the event is left out even here.
+        keep = np.logical_and.reduce([f > 0 for f in filled])
+        return keep, [
+            _backward_fill(w[keep], f[keep], self._period)
+            for w, f in zip(windows, filled, strict=True)
+        ]
+
+    def _call(self, windows: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+        events = len(windows[0])
+        if not events:
+            return np.empty(0, dtype=np.float64)
+        result = self._function(*windows)
+        try:
+            values = np.asarray(result, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = None
+        if values is None or values.shape != (events,):
+            raise UserFunctionOutputError(
+                f"node {self._name!r}: user function {describe_function(self._function)} "
+                f"returned {_describe_result(result)} for {events} event(s); expected a float "
+                f"array of shape ({events},), one value per event (row) of its "
+                f"(events, {self._period}) window arrays, e.g. windows[:, -1]"
+            )
+        return values
+
+    def _ensure_scratch(self) -> None:
+        capacity = self._cache.key_capacity
+        if len(self._latest_row) < capacity:
+            self._latest_row = np.full(capacity, -1, dtype=np.int64)
+
+
+def _distinct_events(
+    batches: Sequence[Batch], slots_per_input: Sequence[npt.NDArray[np.int64]]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bytes_]]:
+    """ts, slot and key of the distinct (ts, key) pairs, in time order, ties in input order."""
+    ts = np.concatenate([batch.ts for batch in batches])
+    slots = np.concatenate(slots_per_input)
+    keys = np.concatenate([batch.key for batch in batches])
+    position = np.arange(len(ts))
+    order = np.lexsort((position, slots, ts))
+    sorted_ts, sorted_slots = ts[order], slots[order]
+    first = np.ones(len(order), dtype=np.bool_)
+    first[1:] = (sorted_ts[1:] != sorted_ts[:-1]) | (sorted_slots[1:] != sorted_slots[:-1])
+    # Within a (ts, key) group rows are in concatenation order, so the group's first row is
+    # its earliest in input order; events are then ordered by time, then by that row.
+    earliest = order[first]
+    earliest = earliest[np.lexsort((earliest, ts[earliest]))]
+    return ts[earliest], slots[earliest], keys[earliest]
+
+
+def _backward_fill(
+    windows: npt.NDArray[np.float64], filled: npt.NDArray[np.int64], period: int
+) -> npt.NDArray[np.float64]:
+    """Each row's front NaN padding replaced by its oldest known value."""
+    padding = period - filled
+    oldest = windows[np.arange(len(windows)), np.minimum(padding, period - 1)]
+    in_padding = np.arange(period)[None, :] < padding[:, None]
+    result: npt.NDArray[np.float64] = np.where(in_padding, oldest[:, None], windows)
+    return result
+
+
+@register
+class UserFunctionDef(OperatorDef):
+    """A user's function of window views, one or more inputs, one float output per event.
+
+    The function (``NodeConfig.function``, attached by ``sd.udf``) gets one float64 array per
+    input shaped (events, period): per event, the last ``period`` values of that input's field
+    for the event's key, oldest first. It runs once per batch over all events and returns one
+    float per event; a numba ``@njit`` function works too. With one input every row is an
+    event. With several, events are the distinct (ts, key) pairs across inputs in event-time
+    order (ties in input order), and each input's window is as of all its rows at that time.
+    An input with fewer than ``period`` values for the key is missing: ``skip`` gives no output
+    for the event, ``fail`` raises MissingDataError, ``interpolate`` fills the window's front
+    with its oldest known value (an input with no value at all for the key is still skipped).
+
+    >>> import streamdag as sd
+    >>> from streamdag.registry import lookup
+    >>> @sd.udf(period=2)
+    ... def change(prices):
+    ...     return prices[:, -1] - prices[:, 0]
+    >>> ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    >>> node = change(ticks["price"])
+    >>> logic = lookup("user_function").create(node.config())
+    >>> batch = sd.Batch.from_columns(ts=[1, 2, 3], key=["A", "A", "A"], price=[10.0, 11.0, 13.0])
+    >>> logic.process([batch]).to_records()
+    [{'ts': 2, 'key': 'A', 'value': 1.0}, {'ts': 3, 'key': 'A', 'value': 2.0}]
+    """
+
+    type_name: ClassVar[str] = "user_function"
+    arity: ClassVar[int | None] = None
+    summary: ClassVar[str] = "a user's function of per-input window views, one value per event"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("fields", "str_list", doc="the field read from each input, in input order"),
+        Param("output", "str", default="value", doc="name of the output field"),
+        Param("function_name", "str", doc="the function's name, for messages and display"),
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """``{output: float64}``; each input must carry its field as a number."""
+        fields = tuple(params["fields"])
+        name = params["function_name"]
+        if len(fields) != len(inputs):
+            raise SchemaMismatchError(
+                f"user function {name!r} has {len(inputs)} input(s) but {len(fields)} field(s) "
+                f"{list(fields)}; give one field per input"
+            )
+        for schema, field in zip(inputs, fields, strict=True):
+            require_fields(f"user function {name!r}", schema, [field],
+                           types=("float64", "int64", "bool"))
+        return Schema(((str(params["output"]), "float64"),))
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Fresh logic, or the logic saved in ``snapshot``; the function comes from ``config``."""
+        return UserFunctionLogic(config, snapshot)

@@ -1,0 +1,48 @@
+"""What travels on a channel: envelopes carrying a batch or an in-band control message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamdag.batch import Batch
+
+__all__ = ["Barrier", "EndOfStream", "Envelope", "Payload", "Watermark", "edge_id"]
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Every event with ``ts < timestamp`` has arrived on this channel."""
+
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """No more messages will follow on this channel."""
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """Checkpoint ``checkpoint_id`` cuts the stream here (aligned-barrier snapshotting)."""
+
+    checkpoint_id: int
+
+
+Payload = Batch | Watermark | EndOfStream | Barrier
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One push on one edge: ordered by ``seq`` within ``(edge, incarnation)``."""
+
+    edge: str
+    incarnation: int
+    seq: int
+    payload: Payload
+    #: Wall-clock time (time.time()) when the sender let it go, for per-hop latency.
+    sent_at: float = 0.0
+
+
+def edge_id(upstream: str, downstream: str, input_index: int) -> str:
+    """The name of the edge from node ``upstream`` into input ``input_index`` of ``downstream``."""
+    return f"{upstream[:16]}->{downstream[:16]}#{input_index}"

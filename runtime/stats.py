@@ -1,0 +1,71 @@
+"""Per-node counters and latency histograms, cheap enough to update once per batch."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+__all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats"]
+
+#: Upper bounds (seconds) of the latency histogram buckets, as Prometheus would have them.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative-ready bucket counts of observed durations, plus their sum and count."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    observations: int = 0
+
+    def observe(self, seconds: float) -> None:
+        """Record one duration."""
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.observations += 1
+
+    def quantile(self, q: float) -> float:
+        """The upper bound of the bucket holding quantile ``q`` (0 when empty).
+
+        >>> h = LatencyHistogram()
+        >>> for s in (0.001, 0.002, 0.2):
+        ...     h.observe(s)
+        >>> h.quantile(0.5), h.quantile(0.99)
+        (0.0025, 0.25)
+        """
+        if not self.observations:
+            return 0.0
+        rank = q * self.observations
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank and count:
+                return LATENCY_BUCKETS[index] if index < len(LATENCY_BUCKETS) else float("inf")
+        return float("inf")
+
+
+@dataclass
+class NodeStats:
+    """What one node has done: the figures the console, metrics and tests read."""
+
+    node_id: str
+    name: str
+    events_in: int = 0
+    events_out: int = 0
+    batches_in: int = 0
+    batches_out: int = 0
+    duplicates_dropped: int = 0
+    stale_dropped: int = 0
+    backpressure_wait_seconds: float = 0.0
+    queue_depth: int = 0
+    max_queue_depth: int = 0
+    watermark: int | None = None
+    checkpoints: int = 0
+    #: Resident memory of the process hosting the node, when the host reports it.
+    rss_bytes: int = 0
+    process_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)

@@ -1,0 +1,126 @@
+"""How a graph becomes hosts and edges: pure functions shared by the local and Ray runners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from streamdag.batch import Batch
+from streamdag.connector import SinkWriter, SourceReader
+from streamdag.errors import GraphError
+from streamdag.graph import Graph, Node
+from streamdag.runtime.messages import edge_id
+from streamdag.runtime.planner import plan_graph
+from streamdag.runtime.stats import NodeStats
+
+__all__ = ["EdgeSpec", "HostSpec", "RunResult", "SinkFactory", "SourceFactory", "wire_graph"]
+
+SourceFactory = Callable[[], SourceReader]
+SinkFactory = Callable[[], SinkWriter]
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """One edge: ``upstream``'s output into input ``input_index`` of ``downstream``."""
+
+    edge: str
+    upstream: str
+    downstream: str
+    input_index: int
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """What a host needs to be built: the node and its connectors."""
+
+    node: Node
+    source: SourceFactory | None
+    sink: SinkFactory | None
+    capture: bool
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished run: each output node's records, and every node's counters."""
+
+    outputs: Mapping[str, Batch | None]
+    stats: Mapping[str, NodeStats]
+
+    def records(self, name: str) -> list[dict[str, object]]:
+        """The records an output node produced, as dicts."""
+        batch = self.outputs[name]
+        return [] if batch is None else batch.to_records()
+
+
+def wire_graph(
+    graph: Graph,
+    sources: Mapping[str, SourceFactory],
+    sinks: Mapping[str, SinkFactory],
+    default_source: Callable[[Node], SourceFactory] | None = None,
+    default_sink: Callable[[Node], SinkFactory] | None = None,
+) -> tuple[list[list[HostSpec]], list[EdgeSpec]]:
+    """Hosts in creation order (generations, sinks first) and the edges between them."""
+    plan = plan_graph(graph, mode="streaming")
+    by_id = {node.node_id: node for node in graph.nodes}
+    leaves = {node.node_id for node in graph.sinks} | {n.node_id for n in graph.outputs}
+    unknown = (set(sources) | set(sinks)) - {node.name for node in graph.nodes}
+    if unknown:
+        raise GraphError(
+            f"graph {graph.name!r} has no node(s) {sorted(unknown)} to bind a connector to; "
+            f"its nodes are {[n.name for n in graph.nodes]}"
+        )
+    generations: list[list[HostSpec]] = []
+    for generation in plan.generations:
+        hosts = []
+        for node_id in generation:
+            node = by_id[node_id]
+            hosts.append(
+                HostSpec(
+                    node,
+                    _source_for(node, sources, default_source),
+                    _sink_for(node, sinks, default_sink),
+                    capture=node.node_id in leaves and node.role != "sink",
+                )
+            )
+        generations.append(hosts)
+    edges = [
+        EdgeSpec(edge_id(upstream.node_id, node.node_id, index), upstream.node_id,
+                 node.node_id, index)
+        for node in graph.nodes
+        for index, upstream in enumerate(node.inputs)
+    ]
+    return generations, edges
+
+
+def _source_for(
+    node: Node,
+    sources: Mapping[str, SourceFactory],
+    default: Callable[[Node], SourceFactory] | None,
+) -> SourceFactory | None:
+    if node.role != "source":
+        return None
+    if node.name in sources:
+        return sources[node.name]
+    if default is None:
+        raise GraphError(
+            f"source {node.name!r} (topic {node.params.get('topic')!r}) has no reader: pass "
+            f"sources={{{node.name!r}: factory}} or run with Kafka configured"
+        )
+    return default(node)
+
+
+def _sink_for(
+    node: Node,
+    sinks: Mapping[str, SinkFactory],
+    default: Callable[[Node], SinkFactory] | None,
+) -> SinkFactory | None:
+    if node.role != "sink":
+        return None
+    if node.name in sinks:
+        return sinks[node.name]
+    if default is None:
+        raise GraphError(
+            f"sink {node.name!r} (topic {node.params.get('topic')!r}) has no writer: pass "
+            f"sinks={{{node.name!r}: factory}} or run with Kafka configured"
+        )
+    return default(node)

@@ -1,0 +1,212 @@
+"""The node worker: one operator, its ordered inputs, alignment and barriers; no Ray, no I/O."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamdag.batch import Batch
+from streamdag.operator import NodeConfig, OperatorLogic
+from streamdag.registry import lookup
+from streamdag.runtime.alignment import InputAligner
+from streamdag.runtime.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
+from streamdag.runtime.stats import NodeStats
+
+__all__ = ["END_OF_TIME", "NodeWorker", "WorkerSnapshot"]
+
+END_OF_TIME = int(np.iinfo(np.int64).max)
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """A node's state at a checkpoint barrier: the operator's bytes and the input positions."""
+
+    checkpoint_id: int
+    logic: bytes
+    watermarks: tuple[int | None, ...]
+
+
+@dataclass
+class _EdgeState:
+    input_index: int
+    expected_seq: int = 0
+    held: dict[int, Payload] = field(default_factory=dict)
+
+
+class NodeWorker:
+    """Runs one node's operator over envelopes from its input edges, in order, exactly once each.
+
+    Per edge, envelopes are processed in ``seq`` order: a duplicate (seq already processed) or a
+    message of an older incarnation is dropped, one that arrives early is held until the gap is
+    filled. Multi-input nodes align their inputs by event time; barriers are aligned (an input
+    that delivered barrier ``n`` is held until every input has), then the operator's state is
+    captured and the barrier forwarded. ``accept`` returns the payloads to send downstream.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        snapshot: bytes | None = None,
+        incarnation: int = 0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.incarnation = incarnation
+        self.logic: OperatorLogic = lookup(config.operator).create(config, snapshot)
+        self.stats = NodeStats(config.node_id, config.name)
+        self.snapshots: dict[int, WorkerSnapshot] = {}
+        self._clock = clock
+        self._edges: dict[str, _EdgeState] = {}
+        inputs = max(1, len(config.input_schemas))
+        self._aligner = (
+            InputAligner(config.input_schemas) if len(config.input_schemas) > 1 else None
+        )
+        self._watermarks: list[int | None] = [None] * inputs
+        self._ended = [False] * inputs
+        self._barrier_of: list[int | None] = [None] * inputs
+        self._blocked: list[list[Payload]] = [[] for _ in range(inputs)]
+        self._emitted_watermark: int | None = None
+        self.finished = False
+
+    # -- wiring ---------------------------------------------------------------------------
+    def connect(self, edge: str, input_index: int) -> None:
+        """Expect envelopes on ``edge`` for input ``input_index``."""
+        if edge not in self._edges:
+            self._edges[edge] = _EdgeState(input_index)
+
+    @property
+    def edges(self) -> Mapping[str, int]:
+        """Connected edges and the input each feeds."""
+        return {edge: state.input_index for edge, state in self._edges.items()}
+
+    # -- the ordered entry point ----------------------------------------------------------
+    def accept(self, envelope: Envelope) -> list[Payload]:
+        """Take one envelope; return what it (and any envelopes it unblocked) produced."""
+        if envelope.incarnation != self.incarnation:
+            self.stats.stale_dropped += 1
+            return []
+        state = self._edges.get(envelope.edge)
+        if state is None:
+            raise KeyError(
+                f"node {self.config.name!r} got a push on unknown edge {envelope.edge!r}; "
+                f"connected edges: {sorted(self._edges)}"
+            )
+        if envelope.seq < state.expected_seq or envelope.seq in state.held:
+            self.stats.duplicates_dropped += 1
+            return []
+        state.held[envelope.seq] = envelope.payload
+        outputs: list[Payload] = []
+        while state.expected_seq in state.held:
+            payload = state.held.pop(state.expected_seq)
+            state.expected_seq += 1
+            outputs.extend(self._route(state.input_index, payload))
+        return outputs
+
+    def feed(self, input_index: int, payload: Payload) -> list[Payload]:
+        """Process a payload for an input directly (sources and in-process callers)."""
+        return self._route(input_index, payload)
+
+    # -- per-input handling ---------------------------------------------------------------
+    def _route(self, input_index: int, payload: Payload) -> list[Payload]:
+        if self._barrier_of[input_index] is not None:
+            self._blocked[input_index].append(payload)
+            return []
+        return self._handle(input_index, payload)
+
+    def _handle(self, input_index: int, payload: Payload) -> list[Payload]:
+        if isinstance(payload, Batch):
+            return self._on_batch(input_index, payload)
+        if isinstance(payload, Watermark):
+            return self._on_watermark(input_index, payload.timestamp)
+        if isinstance(payload, EndOfStream):
+            return self._on_end(input_index)
+        return self._on_barrier(input_index, payload)
+
+    def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
+        self.stats.events_in += len(batch)
+        self.stats.batches_in += 1
+        if self._aligner is None:
+            return self._process([batch])
+        self._aligner.add(input_index, batch)
+        released = self._aligner.release()
+        return self._process(released) if released is not None else []
+
+    def _process(self, inputs: list[Batch]) -> list[Payload]:
+        started = self._clock()
+        output = self.logic.process(inputs)
+        self.stats.process_latency.observe(self._clock() - started)
+        return self._emit(output)
+
+    def _emit(self, output: Batch | None) -> list[Payload]:
+        if output is None or not len(output):
+            return []
+        self.stats.events_out += len(output)
+        self.stats.batches_out += 1
+        return [output]
+
+    def _on_watermark(self, input_index: int, timestamp: int) -> list[Payload]:
+        current = self._watermarks[input_index]
+        if current is not None and timestamp <= current:
+            return []
+        self._watermarks[input_index] = timestamp
+        outputs: list[Payload] = []
+        if self._aligner is not None:
+            self._aligner.advance(input_index, timestamp)
+            released = self._aligner.release()
+            if released is not None:
+                outputs.extend(self._process(released))
+        return outputs + self._advance_watermark()
+
+    def _advance_watermark(self) -> list[Payload]:
+        marks = [END_OF_TIME if ended else mark
+                 for mark, ended in zip(self._watermarks, self._ended, strict=True)]
+        if any(mark is None for mark in marks):
+            return []
+        watermark = min(mark for mark in marks if mark is not None)
+        if self._emitted_watermark is not None and watermark <= self._emitted_watermark:
+            return []
+        self._emitted_watermark = watermark
+        self.stats.watermark = watermark
+        outputs = self._emit(self.logic.on_watermark(watermark))
+        if watermark < END_OF_TIME:
+            outputs.append(Watermark(watermark))
+        return outputs
+
+    def _on_end(self, input_index: int) -> list[Payload]:
+        self._ended[input_index] = True
+        outputs: list[Payload] = []
+        if self._aligner is not None:
+            self._aligner.end(input_index)
+            released = self._aligner.release()
+            if released is not None:
+                outputs.extend(self._process(released))
+        if all(self._ended):
+            outputs.extend(self._advance_watermark())
+            outputs.append(EndOfStream())
+            self.finished = True
+        return outputs
+
+    def _on_barrier(self, input_index: int, barrier: Barrier) -> list[Payload]:
+        # Step 1: block this input until every input has delivered the same barrier.
+        self._barrier_of[input_index] = barrier.checkpoint_id
+        live = [i for i, ended in enumerate(self._ended) if not ended]
+        if any(self._barrier_of[i] != barrier.checkpoint_id for i in live):
+            return []
+        # Step 2: all inputs are blocked at the cut: copy the state.
+        self.snapshots[barrier.checkpoint_id] = WorkerSnapshot(
+            barrier.checkpoint_id, self.logic.snapshot(), tuple(self._watermarks)
+        )
+        self.stats.checkpoints += 1
+        # Step 3: forward the barrier, then unblock and replay what each input held back.
+        outputs: list[Payload] = [barrier]
+        for i in range(len(self._barrier_of)):
+            self._barrier_of[i] = None
+        for i, held in enumerate(self._blocked):
+            self._blocked[i] = []
+            for payload in held:
+                outputs.extend(self._route(i, payload))
+        return outputs

@@ -1,0 +1,399 @@
+"""function_code_hash: what changes a user function's hash, what does not, and what is refused."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import random
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamdag.codehash import function_code_hash
+from streamdag.errors import CodeHashError
+
+# -- functions hashed by the tests (no asserts inside: pytest rewrites those) ---------------
+
+
+def spread(values):
+    return values[:, -1] - values[:, 0]
+
+
+def spread_with_comments(values):
+    """A docstring, comments and blank lines change nothing."""
+
+    # the newest minus the oldest value
+    return values[:, -1]  -  values[:, 0]
+
+
+def spread_reversed(values):
+    return values[:, 0] - values[:, -1]
+
+
+def scaled(values, factor=2.0):
+    return values * factor
+
+
+def make_scaler(factor: float) -> Callable[[Any], Any]:
+    def scale(values):
+        return values * factor
+
+    return scale
+
+
+def factorial(n):
+    return 1 if n <= 1 else n * factorial(n - 1)
+
+
+def factorial_renamed(n):
+    return 1 if n <= 1 else n * factorial_renamed(n - 1)
+
+
+def is_even(n):
+    return True if n == 0 else is_odd(n - 1)
+
+
+def is_odd(n):
+    return False if n == 0 else is_even(n - 1)
+
+
+PAIR = (lambda x: x + 1, lambda x: x * 2)
+PLUS_ONE = lambda x: x + 1  # noqa: E731
+TIMES_TWO = lambda x: x * 2  # noqa: E731
+TWINS = (lambda x: x - 3, lambda x: x - 3)
+NESTED = lambda x: (lambda y: y * 7)(x)  # noqa: E731
+SEVEN_TIMES = lambda y: y * 7  # noqa: E731
+SPREAD_LAMBDA = lambda w: w[:, -1] - w[:, 0]  # noqa: E731
+MULTILINE = functools.partial(
+    lambda w: (
+        w[:, -1]
+        - w[:, 0]
+    ),
+)
+
+
+class Opaque:
+    """A class whose instances have no encodable content."""
+
+
+OPAQUE = Opaque()
+STATEFUL_DRAW = random.Random(0).random
+
+
+def uses_opaque(values):
+    return values if OPAQUE else None
+
+
+def uses_bound_method(values):
+    return values + STATEFUL_DRAW()
+
+
+def uses_class(values):
+    return Opaque
+
+
+def uses_undefined(values):
+    return values + DEFINED_LATER  # noqa: F821
+
+
+def keeps_state(values):
+    global COUNTER
+    COUNTER = values
+    return values
+
+
+def uses_library_callables(values):
+    return np.mean(values) + len(values) + abs(-1) + np.sqrt(4.0)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    """Write ``source`` as module ``name`` in tmp_path and import it."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written: list[str] = []
+
+    def write(name: str, source: str, folder: Path = tmp_path) -> ModuleType:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.py").write_text(source)
+        importlib.invalidate_caches()
+        sys.modules.pop(name, None)
+        written.append(name)
+        if folder != tmp_path:
+            monkeypatch.syspath_prepend(str(folder))
+        return importlib.import_module(name)
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+def refusal(function: Callable[..., Any]) -> str:
+    with pytest.raises(CodeHashError) as caught:
+        function_code_hash(function)
+    return str(caught.value)
+
+
+FIX = "pass it to the node as a param, or build the node with udf(..., shareable=False)"
+
+
+# -- the syntax tree --------------------------------------------------------------------------
+
+
+def test_hash_is_a_sha256_hex_digest() -> None:
+    assert re.fullmatch(r"[0-9a-f]{64}", function_code_hash(spread))
+
+
+def test_comments_whitespace_docstrings_and_name_do_not_matter() -> None:
+    assert function_code_hash(spread) == function_code_hash(spread_with_comments)
+
+
+def test_any_change_to_the_body_changes_the_hash() -> None:
+    assert function_code_hash(spread) != function_code_hash(spread_reversed)
+
+
+def test_same_source_in_other_files_and_lines_hashes_equal(write_module: Any) -> None:
+    source = "def ratio(values):\n    return values[:, -1] / values[:, 0]\n"
+    first = write_module("codehash_ratio_a", source)
+    second = write_module("codehash_ratio_b", "\n\n# moved down\n\n" + source)
+    assert function_code_hash(first.ratio) == function_code_hash(second.ratio)
+
+
+def test_default_argument_values_matter() -> None:
+    before = function_code_hash(scaled)
+    original = scaled.__defaults__
+    try:
+        scaled.__defaults__ = (3.0,)
+        assert function_code_hash(scaled) != before
+    finally:
+        scaled.__defaults__ = original
+    assert function_code_hash(scaled) == before
+
+
+def test_keyword_only_default_values_matter(write_module: Any) -> None:
+    module = write_module("codehash_kwonly", "def f(x, *, k=1):\n    return x * k\n")
+    before = function_code_hash(module.f)
+    module.f.__kwdefaults__ = {"k": 2}
+    assert function_code_hash(module.f) != before
+
+
+# -- closures and globals ---------------------------------------------------------------------
+
+
+def test_closure_values_matter() -> None:
+    assert function_code_hash(make_scaler(2.0)) == function_code_hash(make_scaler(2.0))
+    assert function_code_hash(make_scaler(2.0)) != function_code_hash(make_scaler(3.0))
+
+
+def test_module_constant_change_changes_hash(
+    write_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = write_module(
+        "codehash_constants",
+        "WINDOW = 20\nWEIGHTS = {'a': 1.0, 'b': 2.0}\n"
+        "def weighted(x):\n    return x[:, -WINDOW:] * WEIGHTS['a']\n",
+    )
+    before = function_code_hash(module.weighted)
+    monkeypatch.setattr(module, "WINDOW", 30)
+    changed_window = function_code_hash(module.weighted)
+    monkeypatch.setattr(module, "WINDOW", 20)
+    assert function_code_hash(module.weighted) == before
+    monkeypatch.setattr(module, "WEIGHTS", {"a": 1.5, "b": 2.0})
+    assert len({before, changed_window, function_code_hash(module.weighted)}) == 3
+
+
+def test_numpy_array_content_dtype_and_shape_matter(
+    write_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = write_module(
+        "codehash_arrays",
+        "import numpy as np\nKERNEL = np.ones(4)\n"
+        "def smooth(x):\n    return np.convolve(x, KERNEL)\n",
+    )
+    variants = [np.ones(4), np.ones(4), np.arange(4.0), np.ones(4, dtype=np.float32),
+                np.ones((2, 2)), np.float64(1.0), np.int64(1)]
+    hashes = []
+    for kernel in variants:
+        monkeypatch.setattr(module, "KERNEL", kernel)
+        hashes.append(function_code_hash(module.smooth))
+    assert hashes[0] == hashes[1]
+    assert len(set(hashes)) == len(variants) - 1
+
+
+def test_referenced_helper_function_is_hashed_recursively(write_module: Any) -> None:
+    template = "def helper(x):\n    return x {op} 2\n\ndef outer(x):\n    return helper(x) + 1\n"
+    plus = write_module("codehash_helper_plus", template.format(op="+"))
+    again = write_module("codehash_helper_plus_again", template.format(op="+"))
+    minus = write_module("codehash_helper_minus", template.format(op="-"))
+    assert function_code_hash(plus.outer) == function_code_hash(again.outer)
+    assert function_code_hash(plus.outer) != function_code_hash(minus.outer)
+
+
+def test_user_module_reference_hashes_its_source(write_module: Any) -> None:
+    write_module("codehash_tools_v1", "def twice(x):\n    return 2 * x\n")
+    write_module("codehash_tools_v2", "def twice(x):\n    return 3 * x\n")
+    caller = "import {module} as tools\ndef use(x):\n    return tools.twice(x)\n"
+    first = write_module("codehash_caller_1", caller.format(module="codehash_tools_v1"))
+    second = write_module("codehash_caller_2", caller.format(module="codehash_tools_v2"))
+    assert function_code_hash(first.use) != function_code_hash(second.use)
+
+
+def test_recursion_is_guarded_and_own_name_does_not_matter() -> None:
+    assert function_code_hash(factorial) == function_code_hash(factorial_renamed)
+    assert function_code_hash(is_even) != function_code_hash(is_odd)
+    assert function_code_hash(is_even) == function_code_hash(is_even)
+
+
+def test_modules_builtins_and_library_callables_are_named() -> None:
+    assert function_code_hash(uses_library_callables) == function_code_hash(
+        uses_library_callables
+    )
+
+
+def test_numba_dispatcher_is_hashed_through_its_python_function(write_module: Any) -> None:
+    source = (
+        "import numba\nOFFSET = {offset}\n"
+        "@numba.njit(cache=False{options})\ndef shift(x):\n    return x + OFFSET\n"
+    )
+    base = write_module("codehash_numba_a", source.format(offset=1, options=""))
+    same = write_module("codehash_numba_b", source.format(offset=1, options=""))
+    other_offset = write_module("codehash_numba_c", source.format(offset=2, options=""))
+    fastmath = write_module("codehash_numba_d", source.format(offset=1, options=", fastmath=True"))
+    assert function_code_hash(base.shift) == function_code_hash(same.shift)
+    assert function_code_hash(base.shift) != function_code_hash(other_offset.shift)
+    assert function_code_hash(base.shift) != function_code_hash(fastmath.shift)
+
+
+def test_partial_arguments_matter() -> None:
+    assert function_code_hash(functools.partial(scaled, factor=2.0)) == function_code_hash(
+        functools.partial(scaled, factor=2.0)
+    )
+    assert function_code_hash(functools.partial(scaled, factor=2.0)) != function_code_hash(
+        functools.partial(scaled, factor=4.0)
+    )
+
+
+# -- lambdas ----------------------------------------------------------------------------------
+
+
+def test_two_lambdas_on_one_line_are_told_apart() -> None:
+    first, second = PAIR
+    assert function_code_hash(first) != function_code_hash(second)
+    assert function_code_hash(first) == function_code_hash(PLUS_ONE)
+    assert function_code_hash(second) == function_code_hash(TIMES_TWO)
+
+
+def test_identical_lambdas_share_a_hash() -> None:
+    assert function_code_hash(TWINS[0]) == function_code_hash(TWINS[1])
+
+
+def test_nested_lambda_is_the_innermost_match() -> None:
+    inner = next(c for c in NESTED.__code__.co_consts if hasattr(c, "co_code"))
+    inner_function = type(NESTED)(inner, NESTED.__globals__)
+    assert function_code_hash(inner_function) == function_code_hash(SEVEN_TIMES)
+    assert function_code_hash(NESTED) != function_code_hash(SEVEN_TIMES)
+
+
+def test_multiline_lambda_inside_a_call_is_found() -> None:
+    assert function_code_hash(MULTILINE.func) == function_code_hash(SPREAD_LAMBDA)
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def test_arbitrary_object_global_is_refused() -> None:
+    line = uses_opaque.__code__.co_firstlineno
+    assert refusal(uses_opaque) == (
+        f"cannot hash test_codehash.uses_opaque (line {line}): its global 'OPAQUE' is a "
+        "test_codehash.Opaque object, whose content cannot be encoded, so the hash could not "
+        "tell when it changes. Make it a module-level constant of a plain type (None, bool, "
+        "int, float, str, bytes, a tuple/list/dict/frozenset of those, a numpy array), "
+        f"{FIX} to run it unshared"
+    )
+
+
+def test_unhashable_closure_is_refused_with_its_name_and_type() -> None:
+    function = make_scaler(Opaque())
+    message = refusal(function)
+    assert message.startswith(
+        f"cannot hash test_codehash.make_scaler.<locals>.scale "
+        f"(line {function.__code__.co_firstlineno}): its closure variable 'factor' is a "
+        "test_codehash.Opaque object"
+    )
+    assert FIX in message
+
+
+def test_bound_method_of_stateful_object_is_refused() -> None:
+    assert "its global 'STATEFUL_DRAW' is a method bound to a random.Random object" in refusal(
+        uses_bound_method
+    )
+
+
+def test_user_class_is_refused() -> None:
+    assert "its global 'Opaque' is the class test_codehash.Opaque" in refusal(uses_class)
+
+
+def test_refusal_names_the_chain_of_functions(write_module: Any) -> None:
+    module = write_module(
+        "codehash_chain",
+        "class Box:\n    pass\nBOX = Box()\n\ndef inner(x):\n    return BOX\n\n"
+        "def outer(x):\n    return inner(x)\n",
+    )
+    assert refusal(module.outer).startswith(
+        "cannot hash codehash_chain.outer (line 8) (through codehash_chain.inner (line 5)): "
+        "its global 'BOX' is a codehash_chain.Box object"
+    )
+
+
+def test_container_values_are_checked_inside(
+    write_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = write_module("codehash_nested", "TABLE = {}\ndef look(x):\n    return TABLE[x]\n")
+    monkeypatch.setattr(module, "TABLE", {"ok": (1, 2.5, "s", b"b", None), "bad": [Opaque()]})
+    assert "its global 'TABLE'['bad'][0] is a test_codehash.Opaque object" in refusal(module.look)
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    monkeypatch.setattr(module, "TABLE", cyclic)
+    assert "is a container that contains itself" in refusal(module.look)
+    monkeypatch.setattr(module, "TABLE", np.array([Opaque()], dtype=object))
+    assert "is a numpy array of Python objects" in refusal(module.look)
+
+
+def test_undefined_global_is_refused() -> None:
+    assert "refers to the global 'DEFINED_LATER', which is not defined" in refusal(uses_undefined)
+
+
+def test_function_assigning_a_global_is_refused() -> None:
+    assert "it assigns the global 'COUNTER'" in refusal(keeps_state)
+
+
+def test_function_without_source_is_refused() -> None:
+    namespace: dict[str, Any] = {"__name__": "interactive"}
+    exec("def typed_in(x):\n    return x + 1\n", namespace)
+    assert refusal(namespace["typed_in"]) == (
+        "cannot hash interactive.typed_in (line 1): its source code is not available (it was "
+        "probably defined by exec or in an interactive session without source). Define it in "
+        "a .py module, or build the node with udf(..., shareable=False) to run it unshared"
+    )
+
+
+def test_source_edited_after_import_is_refused(write_module: Any, tmp_path: Path) -> None:
+    module = write_module("codehash_edited", "def f(x):\n    return x + 1\n")
+    (tmp_path / "codehash_edited.py").write_text("def g(y, z):\n    return y * z\n")
+    assert "does not match its code" in refusal(module.f)
+
+
+def test_callable_object_is_refused() -> None:
+    assert refusal(Opaque()) == (
+        "cannot hash a test_codehash.Opaque object as a user function. Pass a plain Python "
+        "function (def or lambda), or build the node with udf(..., shareable=False) to run it "
+        "unshared"
+    )
