@@ -42,6 +42,10 @@ _LOWER_E = 101
 _UPPER_E = 69
 #: Number tokens longer than this go to the exact path instead of widening the text buffer.
 _MAX_NUMBER_TEXT = 40
+#: A float whose text the kernel could not convert exactly; ``scan_json`` converts it.
+_KIND_FLOAT_TEXT = 8
+#: Powers of ten that float64 holds exactly (Clinger's fast path uses them).
+_EXACT_POWERS_OF_TEN = np.array([10.0**k for k in range(23)], dtype=np.float64)
 
 
 @njit(cache=True, inline="always")
@@ -120,10 +124,52 @@ def _parse_int(buffer: Any, i: int, stop: int) -> tuple[bool, int]:
             return False, 0
         if magnitude == np.uint64(9223372036854775808):
             return True, -9223372036854775807 - 1
-        return True, -np.int64(magnitude)
+        return True, int(-np.int64(magnitude))
     if magnitude > np.uint64(9223372036854775807):
         return False, 0
-    return True, np.int64(magnitude)
+    return True, int(np.int64(magnitude))
+
+
+@njit(cache=True)
+def _exact_float(buffer: Any, i: int, stop: int, powers: Any) -> tuple[bool, float]:
+    # A decimal with at most 2**53 as its digits and a power of ten up to 1e22 converts with
+    # one correctly rounded IEEE operation (Clinger), the same double float() gives.
+    negative = buffer[i] == _MINUS
+    j = i + 1 if negative else i
+    mantissa = np.uint64(0)
+    digits = 0
+    exponent = 0
+    while j < stop and _is_digit(buffer[j]):
+        mantissa = mantissa * np.uint64(10) + np.uint64(buffer[j] - _ZERO)
+        digits += 1
+        j += 1
+    if j < stop and buffer[j] == _DOT:
+        j += 1
+        while j < stop and _is_digit(buffer[j]):
+            mantissa = mantissa * np.uint64(10) + np.uint64(buffer[j] - _ZERO)
+            digits += 1
+            exponent -= 1
+            j += 1
+    if digits > 19:
+        return False, 0.0
+    if j < stop:
+        j += 1  # the e or E
+        exponent_negative = False
+        if buffer[j] == _PLUS or buffer[j] == _MINUS:
+            exponent_negative = buffer[j] == _MINUS
+            j += 1
+        written = 0
+        while j < stop:
+            written = written * 10 + (buffer[j] - _ZERO)
+            if written > 400:
+                return False, 0.0
+            j += 1
+        exponent += -written if exponent_negative else written
+    if mantissa > np.uint64(9007199254740992) or exponent < -22 or exponent > 22:
+        return False, 0.0
+    value = float(mantissa)
+    value = value / powers[-exponent] if exponent < 0 else value * powers[exponent]
+    return True, -value if negative else value
 
 
 @njit(cache=True)
@@ -133,7 +179,7 @@ def _literal_end(buffer: Any, i: int, stop: int, literal: Any) -> int:
     for j in range(literal.shape[0]):
         if buffer[i + j] != literal[j]:
             return -1
-    return i + literal.shape[0]
+    return i + int(literal.shape[0])
 
 
 @njit(cache=True)
@@ -165,9 +211,11 @@ def _scan_record(
     start: Any,
     end: Any,
     integer: Any,
+    real: Any,
     true_text: Any,
     false_text: Any,
     null_text: Any,
+    powers: Any,
 ) -> bool:
     i = _skip_space(buffer, i, stop)
     if i >= stop or buffer[i] != _OPEN_BRACE:
@@ -207,8 +255,14 @@ def _scan_record(
             i = value_end
             if is_float:
                 value_kind = KIND_FLOAT
-                if field >= 0 and value_end - value_start > _MAX_NUMBER_TEXT:
-                    return False
+                if field >= 0:
+                    if value_end - value_start > _MAX_NUMBER_TEXT:
+                        return False
+                    exact, number_value = _exact_float(buffer, value_start, value_end, powers)
+                    if exact:
+                        real[row, field] = number_value
+                    else:
+                        value_kind = _KIND_FLOAT_TEXT
             else:
                 value_kind = KIND_INT
                 if field >= 0:
@@ -255,16 +309,18 @@ def scan_json_records(
     start: Any,
     end: Any,
     integer: Any,
+    real: Any,
     slow: Any,
 ) -> None:
     """Fill the scan tables for every record; mark records the fast path cannot take."""
     true_text = np.array([116, 114, 117, 101], dtype=np.uint8)
     false_text = np.array([102, 97, 108, 115, 101], dtype=np.uint8)
     null_text = np.array([110, 117, 108, 108], dtype=np.uint8)
+    powers = _EXACT_POWERS_OF_TEN
     for row in range(starts.shape[0]):
         taken = _scan_record(
             buffer, starts[row], ends[row], names, name_offsets, row,
-            kind, start, end, integer, true_text, false_text, null_text,
+            kind, start, end, integer, real, true_text, false_text, null_text, powers,
         )
         if not taken:
             slow[row] = True
@@ -277,19 +333,21 @@ def scan_json(
     names: npt.NDArray[np.uint8],
     name_offsets: npt.NDArray[np.int64],
 ) -> ScanTables:
-    """Scan JSON records and convert their fraction/exponent numbers into ``real``.
+    """Scan JSON records; every fraction/exponent number of a field ends up in ``real``.
 
-    Number text is converted by numpy's correctly rounded parser, which gives the same
-    float64 that ``json.loads`` gives for the same text.
+    Short decimals are converted in the kernel; longer ones (e.g. 17-digit ``repr`` output)
+    by numpy's correctly rounded parser. Both give the float64 ``json.loads`` gives.
     """
     tables = ScanTables.allocate(starts.shape[0], name_offsets.shape[0] - 1)
     scan_json_records(
         buffer, starts, ends, names, name_offsets,
-        tables.kind, tables.start, tables.end, tables.integer, tables.slow,
+        tables.kind, tables.start, tables.end, tables.integer, tables.real, tables.slow,
     )
     for field in range(tables.kind.shape[1]):
-        rows = np.flatnonzero((tables.kind[:, field] == KIND_FLOAT) & ~tables.slow)
+        pending = tables.kind[:, field] == _KIND_FLOAT_TEXT
+        rows = np.flatnonzero(pending & ~tables.slow)
         if rows.shape[0]:
             text = gather_bytes(buffer, tables.start[:, field], tables.end[:, field], rows)
             tables.real[rows, field] = text.astype(np.float64)
+        tables.kind[pending, field] = KIND_FLOAT
     return tables

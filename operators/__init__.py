@@ -3,6 +3,15 @@
 Importing this package registers every built-in operator.
 """
 
-from streamdag.operators import map_filter  # noqa: F401  (registers map and filter)
+# Each import registers the operators its module declares.
+from streamdag.operators import (  # noqa: F401
+    asof_join,
+    bars,
+    iterate,
+    map_filter,
+    rolling,
+    smoothing,
+    user_function,
+)
 
 __all__: list[str] = []

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-import numpy.typing as npt
 from numba import njit
 
 from streamdag.batch import Batch
@@ -72,23 +71,15 @@ class AsofJoinLogic:
         self._prefix = str(config.params["prefix"])
         self._right_fields = config.input_schemas[1].names
         self._output_names = [self._prefix + name for name in self._right_fields]
-        features = len(self._right_fields)
-        if snapshot is None:
-            self._key_slots = KeySlots()
-            self._last_ts = np.full(self._key_slots.capacity, _NO_TIME, dtype=np.int64)
-            self._last_values = np.full(
-                (self._key_slots.capacity, features), np.nan, dtype=np.float64
-            )
-        else:
+        self._key_slots = KeySlots()
+        self._last_ts = np.empty(0, dtype=np.int64)
+        self._last_values = np.empty((0, len(self._right_fields)), dtype=np.float64)
+        if snapshot is not None:
             arrays = np.load(io.BytesIO(snapshot))
             self._key_slots = KeySlots.restore(arrays["keys"].tobytes())
-            self._last_ts = np.full(self._key_slots.capacity, _NO_TIME, dtype=np.int64)
-            self._last_values = np.full(
-                (self._key_slots.capacity, features), np.nan, dtype=np.float64
-            )
-            known = len(self._key_slots)
-            self._last_ts[:known] = arrays["last_ts"]
-            self._last_values[:known] = arrays["last_values"]
+            self._last_ts = arrays["last_ts"]
+            self._last_values = arrays["last_values"]
+        self._grow_state()
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """Join every left event with its key's latest right event at or before its time."""
@@ -126,6 +117,7 @@ class AsofJoinLogic:
         return buffer.getvalue()
 
     def _grow_state(self) -> None:
+        # Per-key state follows the key table's capacity, doubling with it.
         capacity = self._key_slots.capacity
         held = len(self._last_ts)
         if capacity <= held:

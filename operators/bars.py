@@ -65,10 +65,10 @@ def _bar_hash(slot: int, start: int) -> np.uint64:
 
 
 @njit(cache=True)
-def _index_rows(ident: Any, index: Any, first: int, last: int) -> None:
+def _index_rows(identity: Any, index: Any, first: int, last: int) -> None:
     mask = index.shape[0] - 1
     for row in range(first, last):
-        position = np.int64(_bar_hash(ident[row, 0], ident[row, 1]) & np.uint64(mask))
+        position = np.int64(_bar_hash(identity[row, 0], identity[row, 1]) & np.uint64(mask))
         while index[position] != _EMPTY:
             position = (position + 1) & mask
         index[position] = row
@@ -76,7 +76,7 @@ def _index_rows(ident: Any, index: Any, first: int, last: int) -> None:
 
 @njit(cache=True)
 def _add_events(
-    ident: Any,
+    identity: Any,
     times: Any,
     prices: Any,
     counts: Any,
@@ -102,12 +102,12 @@ def _add_events(
             row = index[position]
             if row == _EMPTY:
                 row = size[0]
-                if row >= ident.shape[0] or (row + 1) * 2 > index.shape[0]:
+                if row >= identity.shape[0] or (row + 1) * 2 > index.shape[0]:
                     return _GROW, i
                 index[position] = row
                 size[0] = row + 1
-                ident[row, 0] = slot
-                ident[row, 1] = start
+                identity[row, 0] = slot
+                identity[row, 1] = start
                 times[row, 0] = ts[i]
                 times[row, 1] = sequence[i]
                 times[row, 2] = ts[i]
@@ -120,7 +120,7 @@ def _add_events(
                 counts[row, 0] = 1
                 counts[row, 1] = new_revision
                 break
-            if ident[row, 0] == slot and ident[row, 1] == start:
+            if identity[row, 0] == slot and identity[row, 1] == start:
                 # Open is the earliest event by (ts, arrival); close the latest by (ts, arrival).
                 if ts[i] < times[row, 0] or (
                     ts[i] == times[row, 0] and sequence[i] < times[row, 1]
@@ -149,15 +149,15 @@ class _BarRows:
 
     def __init__(
         self,
-        ident: npt.NDArray[np.int64],
+        identity: npt.NDArray[np.int64],
         times: npt.NDArray[np.int64],
         prices: npt.NDArray[np.float64],
         counts: npt.NDArray[np.int64],
     ) -> None:
-        self.ident, self.times, self.prices, self.counts = ident, times, prices, counts
+        self.identity, self.times, self.prices, self.counts = identity, times, prices, counts
 
     def __len__(self) -> int:
-        return len(self.ident)
+        return len(self.identity)
 
 
 class _BarTable:
@@ -169,7 +169,7 @@ class _BarTable:
 
     def __init__(self, capacity: int = 64) -> None:
         capacity = max(8, 1 << (max(capacity, 1) - 1).bit_length())
-        self.ident = np.zeros((capacity, 2), dtype=np.int64)
+        self.identity = np.zeros((capacity, 2), dtype=np.int64)
         self.times = np.zeros((capacity, 4), dtype=np.int64)
         self.prices = np.zeros((capacity, 5), dtype=np.float64)
         self.counts = np.zeros((capacity, 2), dtype=np.int64)
@@ -182,7 +182,7 @@ class _BarTable:
     @property
     def starts(self) -> npt.NDArray[np.int64]:
         """Bar starts of the live rows (a view)."""
-        return self.ident[: len(self), _START]
+        return self.identity[: len(self), _START]
 
     def add_events(
         self,
@@ -199,18 +199,18 @@ class _BarTable:
         first = 0
         while first < len(slots):
             status, first = _add_events(
-                self.ident, self.times, self.prices, self.counts, self.index, self.size,
+                self.identity, self.times, self.prices, self.counts, self.index, self.size,
                 slots, starts, ts, sequence, price, volume, first, new_revision, rows,
             )
             if status == _GROW:
-                self._resize(len(self.ident) * 2)
+                self._resize(len(self.identity) * 2)
         return rows
 
     def rows(self, selection: npt.NDArray[Any]) -> _BarRows:
         """Copies of the rows at ``selection`` (indices or a mask over the live rows)."""
         n = len(self)
         return _BarRows(
-            self.ident[:n][selection],
+            self.identity[:n][selection],
             self.times[:n][selection],
             self.prices[:n][selection],
             self.counts[:n][selection],
@@ -228,23 +228,23 @@ class _BarTable:
         n, extra = len(self), len(bars)
         if not extra:
             return
-        capacity = len(self.ident)
+        capacity = len(self.identity)
         while n + extra > capacity:
             capacity *= 2
-        if capacity != len(self.ident):
+        if capacity != len(self.identity):
             self._resize(capacity)
-        self.ident[n : n + extra] = bars.ident
+        self.identity[n : n + extra] = bars.identity
         self.times[n : n + extra] = bars.times
         self.prices[n : n + extra] = bars.prices
         self.counts[n : n + extra] = bars.counts
         self.size[0] = n + extra
-        _index_rows(self.ident, self.index, n, n + extra)
+        _index_rows(self.identity, self.index, n, n + extra)
 
     def arrays(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
         """The live rows as named arrays, for a snapshot."""
         n = len(self)
         return {
-            f"{prefix}_ident": self.ident[:n],
+            f"{prefix}_identity": self.identity[:n],
             f"{prefix}_times": self.times[:n],
             f"{prefix}_prices": self.prices[:n],
             f"{prefix}_counts": self.counts[:n],
@@ -256,7 +256,7 @@ class _BarTable:
         table = cls()
         table.append(
             _BarRows(
-                arrays[f"{prefix}_ident"],
+                arrays[f"{prefix}_identity"],
                 arrays[f"{prefix}_times"],
                 arrays[f"{prefix}_prices"],
                 arrays[f"{prefix}_counts"],
@@ -271,7 +271,7 @@ class _BarTable:
 
     def _resize(self, capacity: int) -> None:
         live = self.rows(np.arange(len(self)))
-        self.ident = np.zeros((capacity, 2), dtype=np.int64)
+        self.identity = np.zeros((capacity, 2), dtype=np.int64)
         self.times = np.zeros((capacity, 4), dtype=np.int64)
         self.prices = np.zeros((capacity, 5), dtype=np.float64)
         self.counts = np.zeros((capacity, 2), dtype=np.int64)
@@ -281,7 +281,11 @@ class _BarTable:
 
 
 class OhlcvLogic:
-    """Runtime logic of an ``ohlcv`` node: open bars, emitted bars for recompute, counters."""
+    """Runtime logic of an ``ohlcv`` node: open bars, emitted bars for recompute, counters.
+
+    ``late_dropped`` counts the late events dropped so far (policy ``drop``, or ``recompute``
+    past the retention); it is part of the snapshot.
+    """
 
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
         params = config.params
@@ -351,17 +355,16 @@ class OhlcvLogic:
 
     def snapshot(self) -> bytes:
         """Key table, open and emitted bars, watermark, arrival counter and late count."""
-        buffer = io.BytesIO()
-        scalars = np.array(
-            [self._watermark, self._sequence, self.late_dropped], dtype=np.int64
-        )
-        np.savez(
-            buffer,
-            keys=np.frombuffer(self._key_slots.snapshot(), dtype=np.uint8),
-            scalars=scalars,
+        arrays: dict[str, Any] = {
+            "keys": np.frombuffer(self._key_slots.snapshot(), dtype=np.uint8),
+            "scalars": np.array(
+                [self._watermark, self._sequence, self.late_dropped], dtype=np.int64
+            ),
             **self._open.arrays("open"),
             **self._emitted.arrays("emitted"),
-        )
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
     # -- internals -----------------------------------------------------------------------
@@ -445,8 +448,8 @@ class OhlcvLogic:
         return Batch(starts[order], keys[order], columns)
 
     def _bars_batch(self, bars: _BarRows) -> Batch:
-        keys = self._keys_by_slot[bars.ident[:, _SLOT]]
-        starts = bars.ident[:, _START]
+        keys = self._keys_by_slot[bars.identity[:, _SLOT]]
+        starts = bars.identity[:, _START]
         order = np.lexsort((keys, starts))
         prices = bars.prices[order]
         counts = bars.counts[order]

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamdag.errors import ParamError, SchemaMismatchError
+from streamdag.errors import ParamError
+from streamdag.operators.errors import UnknownFieldError
 from streamdag.schema import FIELD_TYPES
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "MAX_EXPRESSION_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "CompiledExpression",
-    "UnknownFieldError",
     "compile_expression",
 ]
 
@@ -57,14 +57,6 @@ _Evaluator = Callable[[Columns], Array]
 _FLOAT = "float64"
 _INT = "int64"
 _BOOL = "bool"
-
-
-class UnknownFieldError(SchemaMismatchError, ParamError):
-    """An expression names a field (or var) its node does not have.
-
-    It is both a schema mismatch (the input lacks the field) and a bad parameter (the expression
-    is wrong), so either ``except`` clause catches it.
-    """
 
 
 @dataclass(frozen=True)
@@ -220,8 +212,8 @@ def compile_expression(text: str, names: Mapping[str, str], *, context: str) -> 
     except (ValueError, MemoryError, RecursionError) as exc:
         raise ParamError(f"{context}: {_shown(source)} cannot be parsed ({exc})") from None
     compiler = _Compiler(source, names, context)
-    result_type, root = compiler.compile(tree.body, depth=0)
-    return CompiledExpression(source, result_type, frozenset(compiler.used), root)
+    root = compiler.compile(tree.body, depth=0)
+    return CompiledExpression(source, root.type_name, frozenset(compiler.used), root.evaluate)
 
 
 class _Compiler:
@@ -247,7 +239,7 @@ class _Compiler:
         )
 
     # -- dispatch --------------------------------------------------------------------------
-    def compile(self, node: ast.AST, depth: int) -> tuple[str, _Evaluator]:
+    def compile(self, node: ast.AST, depth: int) -> _Compiled:
         if depth > MAX_EXPRESSION_DEPTH:
             raise ParamError(
                 f"{self.context}: {_shown(self.text)} nests operators more than "
@@ -272,7 +264,7 @@ class _Compiler:
         raise self.refuse(node, _DESCRIPTIONS.get(type(node), type(node).__name__))
 
     # -- leaves ----------------------------------------------------------------------------
-    def constant(self, node: ast.Constant) -> tuple[str, _Evaluator]:
+    def constant(self, node: ast.Constant) -> _Compiled:
         value = node.value
         if isinstance(value, bool):
             scalar: Array = np.asarray(value, dtype=np.bool_)
@@ -285,9 +277,9 @@ class _Compiler:
             scalar, type_name = np.asarray(value, dtype=np.float64), _FLOAT
         else:
             raise self.refuse(node, f"the constant {value!r} ({type(value).__name__})")
-        return type_name, lambda columns: scalar
+        return _Compiled(type_name, lambda columns: scalar, columnar=False, owned=False)
 
-    def name(self, node: ast.Name) -> tuple[str, _Evaluator]:
+    def name(self, node: ast.Name) -> _Compiled:
         identifier = node.id
         if identifier not in self.names:
             hint = f"; {identifier}(...) is a function: call it" if identifier in _FUNCTIONS else ""
@@ -296,69 +288,67 @@ class _Compiler:
                 f"available here; available names: {sorted(self.names)}{hint}"
             )
         self.used.add(identifier)
-        return self.names[identifier], lambda columns: columns[identifier]
+        return _Compiled(
+            self.names[identifier], lambda columns: columns[identifier], columnar=True, owned=False
+        )
 
     # -- operators -------------------------------------------------------------------------
-    def arithmetic(self, node: ast.BinOp, depth: int) -> tuple[str, _Evaluator]:
+    def arithmetic(self, node: ast.BinOp, depth: int) -> _Compiled:
         spec = _ARITHMETIC.get(type(node.op))
         if spec is None:
             raise self.refuse(node, _OPERATOR_DESCRIPTIONS.get(type(node.op), "this operator"))
         _, function, always_float = spec
-        left_type, left = self.compile(node.left, depth + 1)
-        right_type, right = self.compile(node.right, depth + 1)
+        left = self.compile(node.left, depth + 1)
+        right = self.compile(node.right, depth + 1)
         if always_float:
-            result_type = _FLOAT
-            left, right = _as_float(left, left_type), _as_float(right, right_type)
-        else:
-            result_type = _promote(left_type, right_type)
-            left, right = _as_number(left, left_type), _as_number(right, right_type)
-        return result_type, lambda columns: function(left(columns), right(columns))
+            return _apply(function, _FLOAT, [_as_float(left), _as_float(right)])
+        result_type = _promote(left.type_name, right.type_name)
+        return _apply(function, result_type, [_as_number(left), _as_number(right)])
 
-    def unary(self, node: ast.UnaryOp, depth: int) -> tuple[str, _Evaluator]:
-        operand_type, operand = self.compile(node.operand, depth + 1)
+    def unary(self, node: ast.UnaryOp, depth: int) -> _Compiled:
+        operand = self.compile(node.operand, depth + 1)
         if isinstance(node.op, ast.Not):
-            self.require_bool(node.operand, operand_type, "'not' needs a boolean")
-            return _BOOL, lambda columns: np.logical_not(operand(columns))
-        if isinstance(node.op, ast.USub | ast.UAdd):
-            number = _as_number(operand, operand_type)
-            result_type = _promote(operand_type, operand_type)
-            if isinstance(node.op, ast.UAdd):
-                return result_type, number
-            return result_type, lambda columns: np.negative(number(columns))
+            self.require_bool(node.operand, operand.type_name, "'not' needs a boolean")
+            return _apply(np.logical_not, _BOOL, [operand])
+        if isinstance(node.op, ast.UAdd):
+            return _as_number(operand)
+        if isinstance(node.op, ast.USub):
+            number = _as_number(operand)
+            return _apply(np.negative, number.type_name, [number])
         raise self.refuse(node, _OPERATOR_DESCRIPTIONS.get(type(node.op), "this operator"))
 
-    def comparison(self, node: ast.Compare, depth: int) -> tuple[str, _Evaluator]:
+    def comparison(self, node: ast.Compare, depth: int) -> _Compiled:
         functions = []
         for op in node.ops:
             function = _COMPARISONS.get(type(op))
             if function is None:
                 raise self.refuse(node, _OPERATOR_DESCRIPTIONS.get(type(op), "this comparison"))
             functions.append(function)
-        operands = [self.compile(n, depth + 1)[1] for n in [node.left, *node.comparators]]
+        operands = [self.compile(n, depth + 1) for n in [node.left, *node.comparators]]
+        if len(functions) == 1:
+            return _apply(functions[0], _BOOL, operands)
+        evaluators = [operand.evaluate for operand in operands]
 
-        def compare(columns: Columns) -> Array:
+        def compare_chain(columns: Columns) -> Array:
             # Like Python's chained comparison, each operand is evaluated once.
-            values = [operand(columns) for operand in operands]
+            values = [evaluate(columns) for evaluate in evaluators]
             results = [f(a, b) for f, a, b in zip(functions, values, values[1:], strict=False)]
             return functools.reduce(np.logical_and, results)
 
-        return _BOOL, compare
+        columnar = any(operand.columnar for operand in operands)
+        return _Compiled(_BOOL, compare_chain, columnar=columnar, owned=columnar)
 
-    def boolean(self, node: ast.BoolOp, depth: int) -> tuple[str, _Evaluator]:
+    def boolean(self, node: ast.BoolOp, depth: int) -> _Compiled:
         word = "and" if isinstance(node.op, ast.And) else "or"
+        combine = np.logical_and if word == "and" else np.logical_or
         operands = []
         for value in node.values:
-            value_type, operand = self.compile(value, depth + 1)
-            self.require_bool(value, value_type, f"'{word}' combines booleans")
+            operand = self.compile(value, depth + 1)
+            self.require_bool(value, operand.type_name, f"'{word}' combines booleans")
             operands.append(operand)
-        combine = np.logical_and if word == "and" else np.logical_or
+        return functools.reduce(lambda a, b: _apply(combine, _BOOL, [a, b]), operands)
 
-        def evaluate(columns: Columns) -> Array:
-            return functools.reduce(combine, [operand(columns) for operand in operands])
-
-        return _BOOL, evaluate
-
-    def call(self, node: ast.Call, depth: int) -> tuple[str, _Evaluator]:
+    def call(self, node: ast.Call, depth: int) -> _Compiled:
         if not isinstance(node.func, ast.Name):
             # Refuse the callee itself first (an attribute, a lambda): the sharper message.
             self.compile(node.func, depth + 1)
@@ -373,36 +363,82 @@ class _Compiler:
             raise self.refuse(
                 node, f"{name}() with {len(node.args)} argument(s) ({name} takes {spec.arity})"
             )
-        compiled = [self.compile(arg, depth + 1) for arg in node.args]
+        arguments = [self.compile(arg, depth + 1) for arg in node.args]
         if spec.typing == "where":
-            return self.where_call(node, compiled)
-        types = [type_name for type_name, _ in compiled]
+            return self.where_call(node, arguments)
         if spec.typing == "same":
-            arguments = [_as_number(evaluator, t) for t, evaluator in compiled]
-            result_type = functools.reduce(_promote, types, _INT)
-        else:
-            arguments = [_as_float(evaluator, t) for t, evaluator in compiled]
-            result_type = _FLOAT if spec.typing == "float" else _BOOL
-        apply = spec.apply
-        return result_type, lambda columns: apply(*[argument(columns) for argument in arguments])
+            result_type = functools.reduce(_promote, [a.type_name for a in arguments], _INT)
+            return _apply(spec.apply, result_type, [_as_number(a) for a in arguments])
+        result_type = _FLOAT if spec.typing == "float" else _BOOL
+        return _apply(spec.apply, result_type, [_as_float(a) for a in arguments])
 
-    def where_call(
-        self, node: ast.Call, compiled: list[tuple[str, _Evaluator]]
-    ) -> tuple[str, _Evaluator]:
-        (condition_type, condition), (a_type, a), (b_type, b) = compiled
-        self.require_bool(node.args[0], condition_type, "where() needs a boolean condition")
-        if a_type == _BOOL and b_type == _BOOL:
-            result_type = _BOOL
-        else:
-            result_type = _promote(a_type, b_type)
-            a, b = _as_number(a, a_type), _as_number(b, b_type)
-        return result_type, lambda columns: np.where(condition(columns), a(columns), b(columns))
+    def where_call(self, node: ast.Call, arguments: list[_Compiled]) -> _Compiled:
+        condition, a, b = arguments
+        self.require_bool(node.args[0], condition.type_name, "where() needs a boolean condition")
+        if a.type_name == _BOOL and b.type_name == _BOOL:
+            return _apply(np.where, _BOOL, [condition, a, b])
+        result_type = _promote(a.type_name, b.type_name)
+        return _apply(np.where, result_type, [condition, _as_number(a), _as_number(b)])
 
     def require_bool(self, node: ast.AST, type_name: str, what: str) -> None:
         if type_name != _BOOL:
             raise self.wrong_type(
                 node, what, type_name, "compare it explicitly, e.g. 'x != 0' or 'x > 0'"
             )
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One compiled sub-expression: its type, its evaluator, and what its value may be."""
+
+    type_name: str
+    evaluate: _Evaluator
+    #: The value reads a column, so it is a full-length array rather than one number.
+    columnar: bool
+    #: The value is a fresh array that nothing else references, so a parent may overwrite it
+    #: (numpy's own temporary elision, decided once at compile time): one allocation per
+    #: chain of operators instead of one per operator.
+    owned: bool
+
+
+def _apply(
+    function: Callable[..., Array], result_type: str, operands: list[_Compiled]
+) -> _Compiled:
+    """``function`` over the operands' values, writing into an owned operand when it can."""
+    evaluators = [operand.evaluate for operand in operands]
+    columnar = any(operand.columnar for operand in operands)
+    reusable = [
+        position
+        for position, operand in enumerate(operands)
+        if operand.owned and operand.type_name == result_type
+    ]
+    if isinstance(function, np.ufunc) and reusable:
+        target = reusable[0]
+
+        def evaluate_in_place(columns: Columns) -> Array:
+            values = [evaluate(columns) for evaluate in evaluators]
+            return function(*values, out=values[target])  # type: ignore[no-any-return]
+
+        return _Compiled(result_type, evaluate_in_place, columnar=columnar, owned=columnar)
+    if len(evaluators) == 1:
+        (only,) = evaluators
+        return _Compiled(
+            result_type, lambda columns: function(only(columns)), columnar=columnar, owned=columnar
+        )
+    if len(evaluators) == 2:
+        first, second = evaluators
+        return _Compiled(
+            result_type,
+            lambda columns: function(first(columns), second(columns)),
+            columnar=columnar,
+            owned=columnar,
+        )
+    return _Compiled(
+        result_type,
+        lambda columns: function(*[evaluate(columns) for evaluate in evaluators]),
+        columnar=columnar,
+        owned=columnar,
+    )
 
 
 def _shown(text: str) -> str:
@@ -416,14 +452,22 @@ def _promote(left: str, right: str) -> str:
     return _FLOAT if _FLOAT in (left, right) else _INT
 
 
-def _as_number(evaluator: _Evaluator, type_name: str) -> _Evaluator:
-    # numpy adds booleans as logical or (True + True is True); Python counts them as 0/1.
-    if type_name != _BOOL:
-        return evaluator
-    return lambda columns: np.asarray(evaluator(columns), dtype=np.int64)
+def _as_number(operand: _Compiled) -> _Compiled:
+    """Booleans as int64: numpy adds them as logical or (True + True is True), Python as 0/1."""
+    return _cast(operand, _INT) if operand.type_name == _BOOL else operand
 
 
-def _as_float(evaluator: _Evaluator, type_name: str) -> _Evaluator:
-    if type_name == _FLOAT:
-        return evaluator
-    return lambda columns: np.asarray(evaluator(columns), dtype=np.float64)
+def _as_float(operand: _Compiled) -> _Compiled:
+    """The operand as float64, for operators and functions that always compute in floats."""
+    return operand if operand.type_name == _FLOAT else _cast(operand, _FLOAT)
+
+
+def _cast(operand: _Compiled, type_name: str) -> _Compiled:
+    evaluate, dtype = operand.evaluate, FIELD_TYPES[type_name]
+    # astype always copies, so the result is owned even if a column already had this dtype.
+    return _Compiled(
+        type_name,
+        lambda columns: evaluate(columns).astype(dtype),
+        columnar=operand.columnar,
+        owned=operand.columnar,
+    )

@@ -172,7 +172,13 @@ class IterateDef(OperatorDef):
 
 
 class IterateLogic(StatelessLogic):
-    """Runtime of ``iterate``: vectorized steps over the events still changing."""
+    """Runtime of ``iterate``: vectorized steps over a shrinking working set of events.
+
+    Every step evaluates the updates over the working set. An event whose change drops below
+    the tolerance has its result recorded at that step; it stays in the working set (computed
+    but ignored) until at least half of the set has converged, when the set is compacted, so the
+    cost of gathering rows stays proportional to the batch rather than to the steps.
+    """
 
     def __init__(self, block: FixedPointBlock) -> None:
         self.block = block
@@ -184,41 +190,55 @@ class IterateLogic(StatelessLogic):
         block = self.block
         batch = inputs[0]
         length = len(batch)
-        fields = batch.columns
-        # np.array copies: vars are updated in place and may start as an input column.
+        # Vars are never written in place (each step binds new arrays), so a var may start
+        # as, or become, the very array of an input column.
         values = {
-            var: np.array(block.initial[var].evaluate(fields, length), dtype=np.float64)
+            var: block.initial[var].evaluate(batch.columns, length).astype(np.float64, copy=False)
             for var in block.variables
         }
-        iterations = np.zeros(length, dtype=np.int64)
+        fields = {name: batch.columns[name] for name in self.fields_read}
+        rows = np.arange(length)  # the batch row of each event of the working set
+        pending = np.ones(length, dtype=np.bool_)  # per working-set event: not yet recorded
+        pending_count = length
+        change = np.full(length, np.nan)
+        result = np.full(length, np.nan)
+        iterations = np.full(length, block.max_iterations, dtype=np.int64)
         delta = np.full(length, np.nan)
-        # A slice while every event is still iterating (views, no copies), then the indices
-        # of the events that have not converged yet.
-        active: slice | npt.NDArray[np.intp] = slice(None)
-        remaining = length
         for step in range(1, block.max_iterations + 1):
-            if remaining == 0:
+            if pending_count == 0:
                 break
-            scope = {name: fields[name][active] for name in self.fields_read}
-            scope.update({var: values[var][active] for var in block.variables})
+            scope = {**fields, **values}
             new = {
-                var: block.update[var].evaluate(scope, remaining).astype(np.float64, copy=False)
+                var: block.update[var].evaluate(scope, len(rows)).astype(np.float64, copy=False)
                 for var in block.variables
             }
             change = functools.reduce(
-                np.maximum, [_change(scope[var], new[var]) for var in block.variables]
+                np.maximum, [_change(values[var], new[var]) for var in block.variables]
             )
-            for var in block.variables:
-                values[var][active] = new[var]
-            iterations[active] = step
-            delta[active] = change
-            still_changing = change >= block.tolerance
-            if isinstance(active, slice):
-                active = np.flatnonzero(still_changing)
-            else:
-                active = active[still_changing]
-            remaining = len(active)
-        columns = {block.output: values[block.output], "iterations": iterations, "delta": delta}
+            values = new
+            # Integer positions rather than boolean masks: only the few events that converge
+            # at this step are gathered and scattered.
+            converged = np.flatnonzero((change < block.tolerance) & pending)
+            if len(converged) == 0:
+                continue
+            converged_rows = rows[converged]
+            result[converged_rows] = values[block.output][converged]
+            iterations[converged_rows] = step
+            delta[converged_rows] = change[converged]
+            pending[converged] = False
+            pending_count -= len(converged)
+            if 0 < pending_count <= len(rows) // 2:
+                keep = np.flatnonzero(pending)
+                rows = rows[keep]
+                fields = {name: column[keep] for name, column in fields.items()}
+                values = {var: column[keep] for var, column in values.items()}
+                change = change[keep]
+                pending = np.ones(len(rows), dtype=np.bool_)
+        # Events still unrecorded ran out of iterations: their last values and change stand.
+        unconverged = np.flatnonzero(pending)
+        result[rows[unconverged]] = values[block.output][unconverged]
+        delta[rows[unconverged]] = change[unconverged]
+        columns = {block.output: result, "iterations": iterations, "delta": delta}
         return batch.with_columns(columns)
 
 
@@ -228,7 +248,11 @@ def _change(old: npt.NDArray[np.float64], new: npt.NDArray[np.float64]) -> npt.N
     A value that becomes or stops being NaN changed by inf, so it never counts as converged.
     """
     with np.errstate(invalid="ignore"):
-        difference = np.abs(new - old)
-    difference[(old == new) | (np.isnan(old) & np.isnan(new))] = 0.0
-    difference[np.isnan(difference)] = np.inf
+        difference = np.subtract(new, old)
+        np.abs(difference, out=difference)
+    undefined = np.isnan(difference)
+    # Only NaN, or infinities of one sign, give a NaN difference: fix those few up.
+    if undefined.any():
+        unchanged = (old == new) | (np.isnan(old) & np.isnan(new))
+        difference[undefined] = np.where(unchanged[undefined], 0.0, np.inf)
     return difference

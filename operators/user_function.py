@@ -15,18 +15,15 @@ import numpy.typing as npt
 from numba import njit
 
 from streamdag.batch import Batch
-from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError, StreamdagError
+from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operators.errors import UserFunctionOutputError
 from streamdag.operators.node_cache import NodeCache
 from streamdag.params import Param
 from streamdag.registry import register
 from streamdag.schema import Schema
 
-__all__ = ["UserFunctionDef", "UserFunctionLogic", "UserFunctionOutputError"]
-
-
-class UserFunctionOutputError(StreamdagError):
-    """A user function returned something other than one float per event."""
+__all__ = ["UserFunctionDef", "UserFunctionLogic"]
 
 
 @njit(cache=True)
@@ -63,7 +60,7 @@ def _gather_windows(
         filled[e] = n
 
 
-def describe_function(function: Callable[..., Any]) -> str:
+def _describe_function(function: Callable[..., Any]) -> str:
     """``module.qualname (line N)`` of a function, numba dispatchers included."""
     python_function = getattr(function, "py_func", function)
     module = getattr(python_function, "__module__", "?")
@@ -146,10 +143,13 @@ class UserFunctionLogic:
             # Events whose key has no row of this input yet (in this batch) see the window from
             # before the batch, so read it before the batch's rows are appended.
             before = np.flatnonzero(last_row < 0)
+            gathered = np.empty((len(before), self._period), dtype=np.float64)
+            gathered_filled = np.empty(len(before), dtype=np.int64)
             _gather_windows(
                 self._cache.values, self._cache.head, self._cache.count, i,
-                event_slots[before], windows[before], filled[before],
+                event_slots[before], gathered, gathered_filled,
             )
+            windows[before], filled[before] = gathered, gathered_filled
             row_windows, row_filled = self._append_windows(i, batch, slots)
             after = np.flatnonzero(last_row >= 0)
             windows[after] = row_windows[last_row[after]]
@@ -186,8 +186,8 @@ class UserFunctionLogic:
         if bool(keep.all()):
             return keep, windows
         if self._missing == "fail":
-            input_index = next(i for i, c in enumerate(complete) if not c.all())
-            event = int(np.flatnonzero(~complete[input_index])[0])
+            event = int(np.flatnonzero(~keep)[0])
+            input_index = next(i for i, c in enumerate(complete) if not c[event])
             key = self._cache.key_slots.key_of(int(slots[event])).decode("utf-8", "replace")
             raise MissingDataError(
                 f"node {self._name!r}: input {input_index} (field "
@@ -217,7 +217,7 @@ class UserFunctionLogic:
             values = None
         if values is None or values.shape != (events,):
             raise UserFunctionOutputError(
-                f"node {self._name!r}: user function {describe_function(self._function)} "
+                f"node {self._name!r}: user function {_describe_function(self._function)} "
                 f"returned {_describe_result(result)} for {events} event(s); expected a float "
                 f"array of shape ({events},), one value per event (row) of its "
                 f"(events, {self._period}) window arrays, e.g. windows[:, -1]"

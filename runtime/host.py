@@ -33,7 +33,7 @@ class RuntimeSettings:
     #: Unacknowledged pushes allowed per channel (W).
     credits: int = 4
     #: A source cuts a batch at this many records...
-    max_batch_records: int = 20_000
+    max_batch_records: int = 100_000
     #: ...or after this long once it holds at least one record.
     linger_s: float = 0.005
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, NamedTuple, get_args
@@ -305,7 +306,9 @@ def diff_graph(graph: Graph, existing: Collection[str]) -> GraphDiff:
     that may be created in parallel. ``reuse_ratio`` is reused / total (0.0 for no nodes).
     """
     plan = plan_graph(graph, mode="streaming")
-    existing_ids = existing if isinstance(existing, set | frozenset | dict) else set(existing)
+    # Membership is tested once per node: copy only what cannot answer it in constant time.
+    is_hashed = isinstance(existing, AbstractSet | Mapping)
+    existing_ids: Collection[str] = existing if is_hashed else frozenset(existing)
     creation_order = tuple(
         new_nodes
         for generation in plan.generations

@@ -1,7 +1,8 @@
 """Plans and graphs as text, Mermaid and Graphviz DOT; the same input gives the same bytes.
 
 Nodes are labelled by name, operator and the params that differ from their defaults, with a
-short id: the shortest prefix (12 hex digits at least) that tells the graph's nodes apart.
+short id: the first 12 hex digits of the node id, more only where two of the graph's ids share
+them.
 """
 
 from __future__ import annotations

@@ -67,5 +67,8 @@ class NodeStats:
     checkpoints: int = 0
     #: Resident memory of the process hosting the node, when the host reports it.
     rss_bytes: int = 0
+    #: Wall-clock times (time.time()) of the first and the latest batch this node emitted.
+    first_output_at: float = 0.0
+    last_output_at: float = 0.0
     process_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)

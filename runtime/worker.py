@@ -146,6 +146,10 @@ class NodeWorker:
             return []
         self.stats.events_out += len(output)
         self.stats.batches_out += 1
+        now = time.time()
+        if not self.stats.first_output_at:
+            self.stats.first_output_at = now
+        self.stats.last_output_at = now
         return [output]
 
     def _on_watermark(self, input_index: int, timestamp: int) -> list[Payload]:

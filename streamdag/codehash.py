@@ -20,7 +20,6 @@ function impossible to identify with certainty, and raises ``CodeHashError``.
 from __future__ import annotations
 
 import ast
-import copy
 import dis
 import functools
 import hashlib
@@ -53,10 +52,7 @@ _FIX = (
     "build the node with udf(..., shareable=False) to run it unshared"
 )
 _PLAIN_TYPES = (type(None), bool, int, str, bytes)
-_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL"})
-#: LOAD_NAME also reads class-body locals, so an unresolved one is not an error.
-_OPTIONAL_LOADS = frozenset({"LOAD_NAME"})
-_GLOBAL_WRITES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL"})
+_GLOBAL_ACCESS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
 _FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
 
 
@@ -199,15 +195,19 @@ class _CodeHasher:
 
     def _hash_function(self, function: FunctionType) -> str:
         code = function.__code__
-        written = sorted(_names_used(code, _GLOBAL_WRITES))
+        references = _global_references(code)
+        written = sorted(
+            references.get("STORE_GLOBAL", set()) | references.get("DELETE_GLOBAL", set())
+        )
         if written:
             raise CodeHashError(
                 f"cannot hash {self._chain()}: it assigns the global {written[0]!r}, so its "
                 "results depend on state kept outside its inputs. Keep state out of user "
                 "functions, or build the node with udf(..., shareable=False) to run it unshared"
             )
-        required = _names_used(code, _GLOBAL_LOADS)
-        optional = _names_used(code, _OPTIONAL_LOADS) - required
+        required = references.get("LOAD_GLOBAL", set())
+        # LOAD_NAME also reads class-body locals, so an unresolved one is not an error.
+        optional = references.get("LOAD_NAME", set()) - required
         node = _locate_function_node(function, required)
         closure = dict(zip(code.co_freevars, function.__closure__ or (), strict=True))
         self_names = {n for n in required | optional if function.__globals__.get(n) is function}
@@ -240,7 +240,7 @@ class _CodeHasher:
             closure_tokens.append([label, self.token(content, f"closure variable {name!r}")])
         payload = [
             "function",
-            ast.dump(_normalize(node, self_names)),
+            _normalized_dump(node, self_names),
             self._defaults_token(function),
             closure_tokens,
             globals_tokens,
@@ -319,13 +319,17 @@ def _resolve_global(function: FunctionType, name: str) -> tuple[bool, Any]:
     return False, None
 
 
-def _names_used(code: CodeType, opnames: frozenset[str]) -> set[str]:
-    """Names that instructions ``opnames`` use in ``code`` and every code nested in it."""
-    names = {str(i.argval) for i in dis.get_instructions(code) if i.opname in opnames}
+def _global_references(code: CodeType) -> dict[str, set[str]]:
+    """Names that each global-access instruction uses in ``code`` and every code nested in it."""
+    references: dict[str, set[str]] = {}
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _GLOBAL_ACCESS:
+            references.setdefault(instruction.opname, set()).add(str(instruction.argval))
     for constant in code.co_consts:
         if isinstance(constant, CodeType):
-            names |= _names_used(constant, opnames)
-    return names
+            for opname, names in _global_references(constant).items():
+                references.setdefault(opname, set()).update(names)
+    return references
 
 
 # -- syntax trees --------------------------------------------------------------------------
@@ -342,9 +346,9 @@ def _locate_function_node(function: FunctionType, global_names: Iterable[str]) -
             "unshared"
         ) from None
     try:
-        tree = _parse("".join(lines))
+        definitions = _definitions_by_first_line("".join(lines))
     except SyntaxError:
-        tree = ast.Module(body=[], type_ignores=[])
+        definitions = {}
     positions = [
         (line, end_line, column, end_column)
         for line, end_line, column, end_column in code.co_positions()
@@ -352,10 +356,8 @@ def _locate_function_node(function: FunctionType, global_names: Iterable[str]) -
         and end_column is not None and (column, end_column) != (0, 0)
     ]
     fitting = [
-        node for node in ast.walk(tree)
-        if isinstance(node, _FunctionNode)
-        and _may_define(node, code)
-        and all(_spans(node, p) for p in positions)
+        node for node in definitions.get(code.co_firstlineno, ())
+        if _may_define(node, code) and all(_spans(node, p) for p in positions)
     ]
     # Nested candidates (a lambda inside a lambda) all contain the code: the innermost is it.
     fitting.sort(key=lambda node: _start(node), reverse=True)
@@ -369,8 +371,13 @@ def _locate_function_node(function: FunctionType, global_names: Iterable[str]) -
 
 
 @functools.lru_cache(maxsize=32)
-def _parse(source: str) -> ast.Module:
-    return ast.parse(source)
+def _definitions_by_first_line(source: str) -> dict[int, list[_FunctionNode]]:
+    """Every def and lambda of a source file, by the first line of its code object."""
+    definitions: dict[int, list[_FunctionNode]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, _FunctionNode):
+            definitions.setdefault(_start(node)[0], []).append(node)
+    return definitions
 
 
 def _may_define(node: _FunctionNode, code: CodeType) -> bool:
@@ -407,50 +414,47 @@ def _names_appear(node: ast.AST, global_names: Iterable[str]) -> bool:
     return all(name in identifiers for name in global_names)
 
 
-def _normalize(node: _FunctionNode, self_names: set[str]) -> ast.AST:
-    """A copy without docstrings, decorators, own name, or names for itself."""
-    normalized = copy.deepcopy(node)
-    if not isinstance(normalized, ast.Lambda):
-        normalized.name = ""
-        # The decorators' effect is the object being hashed (a numba dispatcher is hashed
-        # with its options); udf() options are node params.
-        normalized.decorator_list = []
-    result: ast.AST = _Normalizer(self_names).visit(normalized)
-    return result
+def _normalized_dump(node: _FunctionNode, self_names: set[str]) -> str:
+    """The tree as text, without docstrings, decorators, own name, or names for itself.
+
+    Positions (line and column attributes) are not fields, so they never enter the text.
+    """
+    # The decorators' effect is the object being hashed (a numba dispatcher is hashed with its
+    # options); udf() options are node params.
+    skipped = () if isinstance(node, ast.Lambda) else ("name", "decorator_list")
+    return _dump(node, self_names, skipped)
 
 
-class _Normalizer(ast.NodeTransformer):
-    """Drops docstrings and renames the function's references to itself."""
-
-    def __init__(self, self_names: set[str]) -> None:
-        self._self_names = self_names
-
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        _drop_docstring(node)
-        return self.generic_visit(node)
-
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
-        _drop_docstring(node)
-        return self.generic_visit(node)
-
-    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
-        _drop_docstring(node)
-        return self.generic_visit(node)
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id in self._self_names:
-            node.id = _SELF_NAME
-        return node
+def _dump(value: Any, self_names: set[str], skipped: tuple[str, ...] = ()) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_dump(item, self_names) for item in value) + "]"
+    if not isinstance(value, ast.AST):
+        return repr(value)
+    parts = []
+    for name, field_value in ast.iter_fields(value):
+        if name in skipped:
+            continue
+        if name == "body" and isinstance(value, _DOCUMENTED):
+            field_value = _without_docstring(field_value)
+        elif name == "id" and isinstance(value, ast.Name) and field_value in self_names:
+            field_value = _SELF_NAME
+        parts.append(f"{name}={_dump(field_value, self_names)}")
+    return f"{type(value).__name__}({', '.join(parts)})"
 
 
-def _drop_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
-    first = node.body[0] if node.body else None
+_DOCUMENTED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
+    first = body[0] if body else None
     if (
         isinstance(first, ast.Expr)
         and isinstance(first.value, ast.Constant)
         and isinstance(first.value.value, str)
     ):
-        node.body = node.body[1:] or [ast.Pass()]
+        # A body of only a docstring behaves as `pass`.
+        return body[1:] or [ast.Pass()]
+    return body
 
 
 # -- libraries and modules -----------------------------------------------------------------
@@ -508,13 +512,32 @@ def _library_version(module_name: str) -> str | None:
         return None
     distributions = sorted(set(_distributions_by_package().get(top, ())))
     if distributions:
-        return ",".join(f"{d}=={importlib.metadata.version(d)}" for d in distributions)
+        return ",".join(_distribution_fingerprint(d) for d in distributions)
     return python if top in sys.stdlib_module_names else None
 
 
 @functools.lru_cache(maxsize=1)
 def _distributions_by_package() -> dict[str, list[str]]:
     return dict(importlib.metadata.packages_distributions())
+
+
+@functools.cache
+def _distribution_fingerprint(name: str) -> str:
+    """``name==version`` plus a digest of the installed files' hashes.
+
+    The digest tells apart two installs of one version with different code (a package rebuilt
+    and reinstalled without a version bump). RECORD lines without a hash (bytecode caches) and
+    outside the package folder (scripts) are left out, and the rest sorted, so that the same
+    wheel gives the same fingerprint whatever installed it.
+    """
+    distribution = importlib.metadata.distribution(name)
+    record = distribution.read_text("RECORD") or ""
+    entries = sorted(
+        line for line in record.splitlines()
+        if not line.startswith("..") and line.count(",") >= 2 and line.split(",")[1]
+    )
+    digest = hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()[:16]
+    return f"{name}=={distribution.version}#{digest}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ from streamdag.errors import (
     DuplicateNameError,
     DuplicateSinkTopicError,
     GraphError,
+    ParamError,
     SchemaMismatchError,
 )
 from streamdag.identity import compute_node_id
@@ -100,6 +101,8 @@ class Node:
             missing=missing if missing is not None else self.missing,
             tags=tags if tags is not None else self.tags,
             function=self.function,
+            code_hash=self.code_hash,
+            shareable=self.shareable,
         )
 
     # -- fluent operators ----------------------------------------------------------------
@@ -173,6 +176,13 @@ class Node:
         """The events for which a vectorized boolean expression holds."""
         return self.apply("filter", expression=expression, **kw)
 
+    def iterate(
+        self, initial: Mapping[str, str], update: Mapping[str, str], output: str = "value",
+        **kw: Any,
+    ) -> Node:
+        """A fixed-point block: vars start at ``initial`` and repeat ``update`` until converged."""
+        return self.apply("iterate", initial=initial, update=update, output=output, **kw)
+
     def to_topic(self, topic: str, codec: str = "json", **kw: Any) -> Node:
         """A sink writing this stream to Kafka ``topic``, keyed by the stream's key."""
         return self.apply("kafka_sink", topic=topic, codec=codec, **kw)
@@ -214,8 +224,11 @@ def make_node(
     input_schemas = [node.output_schema for node in inputs]
     try:
         output_schema = definition.output_schema(canonical, input_schemas)
-    except SchemaMismatchError as exc:
-        raise SchemaMismatchError(f"node {display!r}: {exc}") from None
+    except (SchemaMismatchError, ParamError) as exc:
+        message = str(exc)
+        if message.startswith(f"node {display!r}"):
+            raise
+        raise type(exc)(f"node {display!r}: {message}") from None
     if missing not in get_args(MissingPolicy):
         raise GraphError(
             f"node {display!r}: missing-data policy {missing!r} is not one of "

@@ -258,6 +258,15 @@ def test_modules_builtins_and_library_callables_are_named() -> None:
     )
 
 
+def test_library_callables_are_told_apart_by_name(write_module: Any) -> None:
+    template = "from numpy import {name} as reduce\ndef summary(x):\n    return reduce(x)\n"
+    mean = write_module("codehash_reduce_mean", template.format(name="mean"))
+    mean_again = write_module("codehash_reduce_mean_again", template.format(name="mean"))
+    median = write_module("codehash_reduce_median", template.format(name="median"))
+    assert function_code_hash(mean.summary) == function_code_hash(mean_again.summary)
+    assert function_code_hash(mean.summary) != function_code_hash(median.summary)
+
+
 def test_numba_dispatcher_is_hashed_through_its_python_function(write_module: Any) -> None:
     source = (
         "import numba\nOFFSET = {offset}\n"

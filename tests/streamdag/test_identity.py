@@ -24,59 +24,8 @@ from streamdag.params import Param
 from streamdag.registry import lookup, register
 from streamdag.schema import Schema
 
-# Test-only declarations: the identity rules must hold for any operator, and built-in ones may
-# not be registered yet. The cross-process script imports this module to get the same ones.
-WINDOW_MEAN = "test_identity_window_mean"
-
-
-class WindowMeanForTests(OperatorDef):
-    type_name = WINDOW_MEAN
-    params = (
-        Param("field", "str", default="value"),
-        Param("window", "int", default=1, minimum=1),
-        Param("alpha", "float", default=0.5),
-        Param("seed", "int", default=0),
-        Param("horizon", "duration", default=0),
-    )
-
-    @classmethod
-    def output_schema(cls, params, inputs):
-        return Schema.of(value="float64")
-
-    @classmethod
-    def history(cls, params):
-        return params["window"]
-
-    @classmethod
-    def create(cls, config, snapshot=None):
-        return PassThrough()
-
-
-class UserFunctionForTests(OperatorDef):
-    type_name = "user_function"
-    arity = None
-    params = (
-        Param("fields", "str_list"),
-        Param("output", "str", default="value"),
-        Param("function_name", "str"),
-    )
-
-    @classmethod
-    def output_schema(cls, params, inputs):
-        return Schema.of(**{params["output"]: "float64"})
-
-    @classmethod
-    def create(cls, config, snapshot=None):
-        return PassThrough()
-
-
-for definition in (WindowMeanForTests, UserFunctionForTests):
-    try:
-        lookup(definition.type_name)
-    except UnknownOperatorError:
-        register(definition)
-'''
-
+# A test-only declaration with a param of every numeric kind: the identity rules must hold for
+# any operator. The cross-process script imports this module to get the same one.
 WINDOW_MEAN = "test_identity_window_mean"
 
 
@@ -108,33 +57,10 @@ class WindowMeanForTests(OperatorDef):
         return PassThrough()
 
 
-class UserFunctionForTests(OperatorDef):
-    """Stands in for the built-in user_function declaration until it is registered."""
-
-    type_name: ClassVar[str] = "user_function"
-    arity: ClassVar[int | None] = None
-    params: ClassVar[tuple[Param, ...]] = (
-        Param("fields", "str_list"),
-        Param("output", "str", default="value"),
-        Param("function_name", "str"),
-    )
-
-    @classmethod
-    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """One float64 field named by ``output``."""
-        return Schema.of(**{params["output"]: "float64"})
-
-    @classmethod
-    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
-        """Identity tests never run the logic."""
-        return PassThrough()
-
-
-for _definition in (WindowMeanForTests, UserFunctionForTests):
-    try:
-        lookup(_definition.type_name)
-    except UnknownOperatorError:
-        register(_definition)
+try:
+    lookup(WINDOW_MEAN)
+except UnknownOperatorError:
+    register(WindowMeanForTests)
 
 
 def ticks(topic: str = "market.ticks", key: str = "symbol", **schema: str) -> sd.Node:
@@ -288,6 +214,12 @@ def test_node_ids_are_identical_across_processes_and_hash_seeds(tmp_path: Path) 
 # -- sources are bound to what they read ------------------------------------------------------
 
 
+def test_sma_over_another_topic_gets_another_id() -> None:
+    sma = ticks(topic="market.ticks").rolling_mean("bid", window=20)
+    assert ticks(topic="market.ticks").rolling_mean("bid", window=20).node_id == sma.node_id
+    assert ticks(topic="market.ticks.eu").rolling_mean("bid", window=20).node_id != sma.node_id
+
+
 def test_same_operator_over_other_bindings_gets_other_ids() -> None:
     base = window_mean(ticks(), field="bid", window=20)
     assert window_mean(ticks(), field="bid", window=20).node_id == base.node_id
@@ -409,9 +341,9 @@ def test_udf_nodes_share_an_id_only_for_equal_code_and_values() -> None:
 
 
 def test_unhashable_udf_is_refused_or_runs_unshared() -> None:
-    with pytest.raises(CodeHashError, match="its closure variable 'factor' is a "
-                       "test_identity.Opaque object"):
+    with pytest.raises(CodeHashError) as caught:
         sd.udf(period=3)(make_scaler(Opaque()))
+    assert "its closure variable 'factor' is a test_identity.Opaque object" in str(caught.value)
     unshared = sd.udf(period=3, shareable=False)(make_scaler(Opaque()))
     price = ticks()["bid"]
     first, second = unshared(price), unshared(price)
@@ -422,10 +354,6 @@ def test_unhashable_udf_is_refused_or_runs_unshared() -> None:
     assert not window_mean(first, window=2).shareable
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graph.Node.with_options does not forward code_hash and shareable to make_node",
-)
 def test_with_options_keeps_a_udf_nodes_code_identity() -> None:
     price = ticks()["bid"]
     first = sd.udf(period=2, shareable=False)(make_scaler(Opaque()))(price)

@@ -1,0 +1,238 @@
+"""Incremental kernels: events/s of each operator on one core, key mapping, compile time.
+
+Sections, each printed as a table:
+
+1. **kernels** — every rolling/ema/zscore/vwap/crossover kernel over 10M events and 1,000 keys
+   in random order, through the logic's ``update()`` on slots mapped beforehand (the numba
+   kernel plus its slot-range check), in steady state: one full warm-up pass first, so rings
+   are full and nothing compiles, then the best of ``REPEATS`` timed passes. The baseline, run
+   the same way, is the floor of any keyed kernel: one numba loop that reads each event's
+   slot and value and does one read-modify-write of per-key state. Target: rolling_mean
+   (window 20) >= 50M events/s.
+2. **key mapping** — ``KeySlots.slots`` over a batch's bytes keys (target >= 10M events/s),
+   and from Python ``str`` keys through ``encode_keys`` first, as a source decoding JSON would.
+3. **process()** — the whole ``rolling_mean`` logic path (key mapping, field conversion,
+   kernel, output batch) over 100k-event batches.
+4. **compile** — the first ``process()`` call of each operator in a fresh process with an empty
+   numba cache (``NUMBA_CACHE_DIR`` set to a new temporary folder), then again in a second fresh
+   process over that now-filled cache.
+
+Run with ``python -m benchmarks.kernels``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+import streamdag as sd
+from streamdag.batch import encode_keys
+from streamdag.operators.crossover import CrossoverLogic
+from streamdag.operators.key_slots import KeySlots
+from streamdag.operators.rolling import RollingLogic
+from streamdag.operators.smoothing import EmaLogic
+from streamdag.operators.vwap import VwapLogic
+
+__all__ = ["main"]
+
+EVENTS = 10_000_000
+KEYS = 1_000
+WINDOW = 20
+REPEATS = 3
+BATCH = 100_000
+STR_EVENTS = 2_000_000
+KERNEL_TARGET = 50e6
+MAPPING_TARGET = 10e6
+
+_TICKS = sd.source("ticks", topic="ticks", key="symbol",
+                   schema={"price": "float64", "size": "float64"})
+
+
+@njit(cache=True)
+def _keyed_floor(slots: Any, xs: Any, state: Any, out: Any) -> None:
+    for r in range(slots.shape[0]):
+        s = slots[r]
+        state[s] = state[s] + xs[r]
+        out[r] = state[s]
+
+
+def _best_seconds(step: Callable[[], object], repeats: int = REPEATS) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _row(name: str, events: int, seconds: float, note: str = "") -> str:
+    rate = events / seconds
+    return f"{name:<34} {events:>11,} {seconds * 1e3:>10.1f} {rate / 1e6:>9.1f}  {note}"
+
+
+def _header(title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'case':<34} {'events':>11} {'ms':>10} {'M ev/s':>9}  note")
+
+
+def _stream(rng: np.random.Generator) -> dict[str, npt.NDArray[Any]]:
+    keys = rng.integers(0, KEYS, EVENTS)
+    return {
+        "key_ids": keys,
+        "keys": np.char.add(b"SYM", keys.astype("S4")),
+        "ts": np.arange(EVENTS, dtype=np.int64) * 1_000,
+        "price": 100.0 + np.cumsum(rng.normal(0.0, 0.01, EVENTS)),
+        "size": rng.integers(1, 100, EVENTS).astype(np.float64),
+    }
+
+
+def _kernel_cases(data: dict[str, npt.NDArray[Any]]) -> list[tuple[str, Callable[[], object]]]:
+    """(name, one full pass over the stream) for every kernel, slots mapped beforehand."""
+    ts, price, size = data["ts"], data["price"], data["size"]
+    cases: list[tuple[str, Callable[[], object]]] = []
+
+    def rolling(statistic: str, **window: Any) -> None:
+        node = _TICKS.apply(f"rolling_{statistic}", field="price", name="k", **window)
+        logic = RollingLogic(node.config(), statistic)
+        slots = logic.slots(data["keys"])
+        label = ", ".join(f"{k}={v}" for k, v in window.items())
+        cases.append((f"rolling_{statistic} ({label})", lambda: logic.update(slots, ts, price)))
+
+    for statistic in ("mean", "sum", "std", "min", "max"):
+        rolling(statistic, window=WINDOW)
+    # ts advances 1 us per event: a key ticks every ~1 ms, so 20 ms hold ~20 of its events.
+    rolling("mean", time_window=WINDOW * KEYS * 1_000)
+    rolling("max", time_window=WINDOW * KEYS * 1_000)
+
+    zscore = RollingLogic(_TICKS.zscore("price", window=WINDOW, name="z").config(), "zscore")
+    z_slots = zscore.slots(data["keys"])
+    cases.append((f"zscore (window={WINDOW})", lambda: zscore.update(z_slots, ts, price)))
+    ema = EmaLogic(_TICKS.ema("price", span=WINDOW, name="e").config())
+    e_slots = ema.slots(data["keys"])
+    cases.append((f"ema (span={WINDOW})", lambda: ema.update(e_slots, price)))
+    vwap = VwapLogic(_TICKS.vwap(window=WINDOW, name="v").config())
+    v_slots = vwap.slots(data["keys"])
+    cases.append((f"vwap (window={WINDOW})", lambda: vwap.update(v_slots, ts, price, size)))
+    fast, slow = _TICKS.ema("price", span=5, name="f"), _TICKS.ema("price", span=20, name="s")
+    cross = CrossoverLogic(fast.crossover(slow, name="x").config())
+    c_slots = cross.slots(data["keys"])
+    cases.append(("crossover (both inputs paired)",
+                  lambda: cross.update(ts, c_slots, price, ts, c_slots, size)))
+    return cases
+
+
+def _kernels(data: dict[str, npt.NDArray[Any]]) -> None:
+    _header(f"kernels: {EVENTS:,} events, {KEYS:,} keys, update() on pre-mapped slots")
+    slots = data["key_ids"]
+    state, out = np.zeros(KEYS), np.empty(EVENTS)
+    _keyed_floor(slots, data["price"], state, out)
+    floor = _best_seconds(lambda: _keyed_floor(slots, data["price"], state, out))
+    print(_row("baseline: keyed read-modify-write", EVENTS, floor, "floor, 1.00x"))
+    for name, step in _kernel_cases(data):
+        step()  # warm-up: compiles (or loads) the kernel and fills every ring
+        seconds = _best_seconds(step)
+        note = f"{floor / seconds:.2f}x of floor"
+        if name.startswith("rolling_mean (window"):
+            verdict = "meets" if EVENTS / seconds >= KERNEL_TARGET else "MISSES"
+            note += f"; {verdict} the {KERNEL_TARGET / 1e6:.0f}M/s target"
+        print(_row(name, EVENTS, seconds, note))
+
+
+def _key_mapping(data: dict[str, npt.NDArray[Any]]) -> None:
+    _header("key mapping: keys of a batch to dense slots")
+    table = KeySlots()
+    table.slots(data["keys"][:100_000])
+    seconds = _best_seconds(lambda: table.slots(data["keys"]))
+    verdict = "meets" if EVENTS / seconds >= MAPPING_TARGET else "MISSES"
+    print(_row("KeySlots.slots(bytes keys)", EVENTS, seconds,
+               f"{verdict} the {MAPPING_TARGET / 1e6:.0f}M/s target"))
+    strings = [key.decode() for key in data["keys"][:STR_EVENTS].tolist()]
+    encode = _best_seconds(lambda: encode_keys(strings))
+    both = _best_seconds(lambda: table.slots(encode_keys(strings)))
+    print(_row("encode_keys(str keys)", STR_EVENTS, encode, "Python list of str -> S array"))
+    print(_row("encode_keys + KeySlots.slots", STR_EVENTS, both, "from Python str keys"))
+
+
+def _process_path(data: dict[str, npt.NDArray[Any]]) -> None:
+    _header(f"process(): rolling_mean (window={WINDOW}) over {BATCH:,}-event batches")
+    batches = [
+        sd.Batch(data["ts"][a : a + BATCH], data["keys"][a : a + BATCH],
+                 {"price": data["price"][a : a + BATCH]})
+        for a in range(0, EVENTS, BATCH)
+    ]
+    for label, window in (("count window", {"window": WINDOW}),
+                          ("time window", {"time_window": WINDOW * KEYS * 1_000})):
+        node = _TICKS.rolling_mean("price", name="m", **window)
+        logic = RollingLogic(node.config(), "mean")
+
+        def run_all(logic: RollingLogic = logic) -> None:
+            for batch in batches:
+                logic.process([batch])
+
+        run_all()
+        seconds = _best_seconds(run_all)
+        print(_row(f"rolling_mean process(), {label}", EVENTS, seconds,
+                   f"{len(batches)} batches"))
+
+
+_COMPILE_SCRIPT = """
+import time
+import streamdag as sd
+from streamdag.registry import lookup
+import streamdag.operators.rolling, streamdag.operators.smoothing
+import streamdag.operators.vwap, streamdag.operators.crossover
+ticks = sd.source("t", topic="t", key="k", schema={"price": "float64", "size": "float64"})
+batch = sd.Batch.from_columns(ts=[1, 2, 3], key=["a", "b", "a"], price=[1.0, 2.0, 3.0],
+                              size=[1.0, 1.0, 2.0], value=[1.0, 2.0, 3.0])
+nodes = [ticks.rolling_mean("price", window=2, name="a"),
+         ticks.rolling_std("price", time_window=5, name="b"),
+         ticks.rolling_max("price", window=2, name="c"),
+         ticks.ema("price", span=3, name="d"), ticks.zscore("price", window=2, name="e"),
+         ticks.vwap(window=2, name="f")]
+nodes.append(nodes[0].crossover(nodes[3], name="g"))
+for node in nodes:
+    logic = lookup(node.operator).create(node.config())
+    start = time.perf_counter()
+    logic.process([batch] * len(node.inputs))
+    print(node.operator, time.perf_counter() - start)
+"""
+
+
+def _compile_times() -> None:
+    _header("compile: first process() call per operator, fresh process each column")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        runs = []
+        for _ in range(2):  # an empty cache, then the cache the first run filled
+            text = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, check=True,
+                                  capture_output=True, text=True).stdout
+            runs.append([line.split() for line in text.strip().splitlines()])
+    print(f"{'operator (in call order)':<34} {'cold cache ms':>13} {'warm cache ms':>14}")
+    for (name, cold), (_, warm) in zip(runs[0], runs[1], strict=True):
+        print(f"{name:<34} {float(cold) * 1e3:>13.0f} {float(warm) * 1e3:>14.1f}")
+    total_cold = sum(float(t) for _, t in runs[0])
+    total_warm = sum(float(t) for _, t in runs[1])
+    print(f"{'total':<34} {total_cold * 1e3:>13.0f} {total_warm * 1e3:>14.1f}"
+          "  (the first call also compiles KeySlots' kernels)")
+
+
+def main() -> None:
+    """Run every section and print its table."""
+    data = _stream(np.random.default_rng(20240601))
+    _kernels(data)
+    _key_mapping(data)
+    _process_path(data)
+    _compile_times()
+
+
+if __name__ == "__main__":
+    main()

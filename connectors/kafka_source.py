@@ -1,0 +1,442 @@
+"""The Kafka source: explicit partitions, start/end bounds, decoding, watermarks, dead letters.
+
+``KafkaSourceConfig`` is the serializable spec; ``KafkaSourceReader`` is the runtime object
+built from it (and from the offsets of a checkpoint, ``resume_from``). The reader fetches only
+inside ``read``: aiokafka buffers at most one fetch response per partition
+(``max_partition_fetch_bytes`` each, ``fetch_max_bytes`` per request), so a runtime that stops
+reading stops consumption and the lag grows at the broker, not in memory.
+
+Offsets live in checkpoints; a ``group_id`` only makes the reader commit its positions for
+monitoring (lag dashboards), never to decide where to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from streamdag.batch import Batch
+from streamdag.connector import SourceChunk
+from streamdag.connectors.codecs import (
+    CODECS,
+    TIME_UNIT_NANOS,
+    CodecName,
+    RecordDecoder,
+    TimeUnit,
+)
+from streamdag.connectors.dead_letters import DeadLetter, DeadLetterPublisher
+from streamdag.connectors.errors import ConnectorConfigError, TopicError
+from streamdag.connectors.source_bounds import PartitionBounds, Timestamp
+from streamdag.connectors.watermarks import PartitionWatermarks
+from streamdag.schema import Schema
+
+__all__ = ["KafkaSourceConfig", "KafkaSourceReader", "Timestamp"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KafkaSourceConfig:
+    """Everything a Kafka source reader is built from.
+
+    ``start`` is ``'earliest'``, ``'latest'``, an offset (every partition) or a Timestamp
+    (the first record at or after it, by record timestamp). ``end`` is None (unbounded), an
+    offset (exclusive, every partition) or a Timestamp (records before it; a partition ends at
+    its first record at or after it, or, when the timestamp had passed at open, once it has
+    read everything that was in the partition). ``time_field == ''`` takes event time from the
+    record timestamp. ``dead_letter_topic`` defaults to ``<topic>.dlq``.
+
+    >>> config = KafkaSourceConfig("127.0.0.1:9092", "ticks", Schema.of(price="float64"))
+    >>> config.dead_letter_topic, config.start, config.end
+    ('ticks.dlq', 'earliest', None)
+    """
+
+    bootstrap_servers: str
+    topic: str
+    schema: Schema
+    key_field: str = "key"
+    time_field: str = "ts"
+    time_unit: TimeUnit = "ns"
+    codec: CodecName = "json"
+    partitions: tuple[int, ...] | None = None
+    start: Literal["earliest", "latest"] | int | Timestamp = "earliest"
+    end: int | Timestamp | None = None
+    dead_letter_topic: str = ""
+    max_record_bytes: int = 1 << 20
+    lateness_ns: int = 0
+    idle_timeout_s: float | None = 10.0
+    fetch_max_wait_ms: int = 10
+    max_batch_records: int = 10_000
+    max_partition_fetch_bytes: int = 1 << 20
+    fetch_max_bytes: int = 16 << 20
+    poll_timeout_s: float = 0.1
+    group_id: str | None = None
+    commit_interval_s: float = 5.0
+    isolation_level: Literal["read_uncommitted", "read_committed"] = "read_uncommitted"
+    client_id: str = "streamdag-source"
+    request_timeout_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if not self.dead_letter_topic:
+            object.__setattr__(self, "dead_letter_topic", f"{self.topic}.dlq")
+        problems = _config_problems(self)
+        if problems:
+            raise ConnectorConfigError(
+                f"Kafka source for topic {self.topic!r}: " + "; ".join(problems)
+            )
+
+    @classmethod
+    def from_endpoint_params(
+        cls, params: Mapping[str, Any], bootstrap_servers: str, **options: Any
+    ) -> KafkaSourceConfig:
+        """A config from a ``kafka_source`` node's params plus connection ``options``."""
+        return cls(
+            bootstrap_servers=bootstrap_servers,
+            topic=params["topic"],
+            schema=params["schema"],
+            key_field=params.get("key", "key"),
+            time_field=params.get("time", "ts"),
+            time_unit=params.get("time_unit", "ns"),
+            codec=params.get("codec", "json"),
+            **options,
+        )
+
+
+def _config_problems(config: KafkaSourceConfig) -> list[str]:
+    problems = []
+    if not config.topic:
+        problems.append("topic is empty")
+    if not config.key_field:
+        problems.append("key_field is empty; name the payload field holding the key")
+    if config.codec not in CODECS:
+        problems.append(f"codec {config.codec!r} is unknown; expected one of {CODECS}")
+    if config.time_unit not in TIME_UNIT_NANOS:
+        problems.append(f"time_unit {config.time_unit!r} is unknown; expected one of "
+                        f"{list(TIME_UNIT_NANOS)}")
+    start = config.start
+    if not (start in ("earliest", "latest") or isinstance(start, Timestamp)
+            or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)):
+        problems.append(f"start {start!r} is invalid; expected 'earliest', 'latest', an offset "
+                        ">= 0 or a Timestamp")
+    end = config.end
+    if not (end is None or isinstance(end, Timestamp)
+            or (isinstance(end, int) and not isinstance(end, bool) and end >= 0)):
+        problems.append(f"end {end!r} is invalid; expected None, an offset >= 0 or a Timestamp")
+    if config.partitions is not None and (
+        not config.partitions or len(set(config.partitions)) != len(config.partitions)
+        or min(config.partitions) < 0
+    ):
+        problems.append(f"partitions {config.partitions!r} must be distinct ids >= 0, or None "
+                        "for all")
+    for name in ("max_record_bytes", "max_batch_records", "max_partition_fetch_bytes",
+                 "fetch_max_bytes", "request_timeout_ms"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.fetch_max_wait_ms < 0 or config.lateness_ns < 0 or config.poll_timeout_s < 0:
+        problems.append("fetch_max_wait_ms, lateness_ns and poll_timeout_s cannot be negative")
+    if config.idle_timeout_s is not None and not config.idle_timeout_s > 0:
+        problems.append(f"idle_timeout_s must be > 0 or None, got {config.idle_timeout_s}")
+    return problems
+
+
+@dataclass
+class _Counters:
+    records: int = 0
+    fetches: int = 0
+    exact_path: int = 0
+    last_commit: float = field(default_factory=time.monotonic)
+
+
+class KafkaSourceReader:
+    """Reads a topic's partitions into Batches with lineage; a ``SourceReader``.
+
+    ``resume_from`` (partition -> offset, from a checkpoint) overrides ``start`` for the
+    partitions it names. ``clock`` drives partition idleness (inject one in tests).
+    """
+
+    def __init__(
+        self,
+        config: KafkaSourceConfig,
+        *,
+        resume_from: Mapping[int, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._config = config
+        self._resume_from = dict(resume_from or {})
+        self._clock = clock
+        self._wall_clock_ns = wall_clock_ns
+        self._consumer: AIOKafkaConsumer | None = None
+        self._bounds: dict[int, PartitionBounds] = {}
+        self._marks: PartitionWatermarks | None = None
+        self._decoder = RecordDecoder(
+            config.schema,
+            key_field=config.key_field,
+            time_field=config.time_field,
+            time_unit=config.time_unit,
+            codec=config.codec,
+            max_record_bytes=config.max_record_bytes,
+        )
+        self._dead_letters = DeadLetterPublisher(
+            config.bootstrap_servers, config.dead_letter_topic, config.topic,
+            client_id=f"{config.client_id}-dead-letters",
+        )
+        self._counters = _Counters()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect, assign the partitions and seek each to its start (or resume) offset."""
+        config = self._config
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.bootstrap_servers,
+            client_id=config.client_id,
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=config.fetch_max_wait_ms,
+            fetch_max_bytes=config.fetch_max_bytes,
+            max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+            isolation_level=config.isolation_level,
+            request_timeout_ms=config.request_timeout_ms,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            partitions = await self._resolve_partitions(consumer)
+            tps = [TopicPartition(config.topic, p) for p in partitions]
+            consumer.assign(tps)
+            self._bounds = await PartitionBounds.resolve(
+                consumer, tps, config.start, config.end, self._resume_from,
+                self._wall_clock_ns(), config.request_timeout_ms / 1000,
+            )
+        except BaseException:
+            await self.close()
+            raise
+        self._marks = PartitionWatermarks(
+            partitions, lateness_ns=config.lateness_ns,
+            idle_timeout_s=config.idle_timeout_s, clock=self._clock,
+        )
+        for partition, bounds in self._bounds.items():
+            if bounds.finished:
+                self._finish(partition)
+
+    async def close(self) -> None:
+        """Commit positions (when monitored), stop the consumer and the dead-letter producer."""
+        if self._closed:
+            return
+        self._closed = True
+        consumer, self._consumer = self._consumer, None
+        try:
+            if consumer is not None:
+                if self._config.group_id is not None and self._bounds:
+                    await self._commit(consumer)
+                await consumer.stop()
+        finally:
+            await self._dead_letters.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    async def read(self, max_records: int, linger_s: float) -> SourceChunk:
+        """Up to ``max_records`` decoded records, the watermark after them, and whether done.
+
+        Waits up to ``max(linger_s, poll_timeout_s)`` for a first record, then at most
+        ``linger_s`` for more; returns an empty chunk when nothing came.
+        """
+        consumer = self._require_open()
+        marks = self._marks
+        assert marks is not None
+        limit = max(1, min(max_records, self._config.max_batch_records))
+        fetched = await self._fetch(consumer, limit, linger_s)
+        for partition, bounds in self._bounds.items():
+            if not bounds.finished and await bounds.caught_up(consumer):
+                self._finish(partition)
+        batch = await self._decode(fetched)
+        self._counters.records += len(batch)
+        if self._config.group_id is not None and (
+            time.monotonic() - self._counters.last_commit >= self._config.commit_interval_s
+        ):
+            await self._commit(consumer)
+        finished = all(bounds.finished for bounds in self._bounds.values())
+        return SourceChunk(batch=batch, watermark=marks.current(), finished=finished)
+
+    def position(self) -> dict[int, int]:
+        """Per partition, the offset after the last record returned by ``read``."""
+        return {partition: bounds.position for partition, bounds in self._bounds.items()}
+
+    async def seek_to(self, positions: Mapping[int, int]) -> None:
+        """Continue each named partition from the given offset (e.g. a checkpoint's)."""
+        consumer = self._require_open()
+        marks = self._marks
+        assert marks is not None
+        for partition, offset in positions.items():
+            bounds = self._bounds.get(partition)
+            if bounds is None:
+                raise ConnectorConfigError(
+                    f"cannot seek partition {partition} of {self._config.topic!r}: this reader "
+                    f"reads partitions {sorted(self._bounds)}"
+                )
+            tp = TopicPartition(self._config.topic, partition)
+            consumer.seek(tp, offset)
+            bounds.restart_at(offset)
+            if bounds.finished:
+                self._finish(partition)
+            else:
+                consumer.resume(tp)
+                marks.reopen(partition)
+
+    def lag(self) -> dict[int, int]:
+        """Per partition, records in the log past our position (once a fetch answered for it)."""
+        consumer = self._require_open()
+        lags: dict[int, int] = {}
+        for partition, bounds in self._bounds.items():
+            highwater = consumer.highwater(TopicPartition(self._config.topic, partition))
+            if highwater is not None:
+                lags[partition] = max(0, highwater - bounds.position)
+        return lags
+
+    # -- counters --------------------------------------------------------------------------
+    @property
+    def partitions(self) -> tuple[int, ...]:
+        """The partitions this reader reads (known after ``open``)."""
+        return tuple(sorted(self._bounds))
+
+    @property
+    def records_read(self) -> int:
+        """Decoded records returned by ``read`` so far."""
+        return self._counters.records
+
+    @property
+    def dead_lettered(self) -> int:
+        """Records sent to the dead-letter topic so far."""
+        return self._dead_letters.count
+
+    @property
+    def dead_lettered_by_reason(self) -> dict[str, int]:
+        """Records sent to the dead-letter topic so far, per reason."""
+        return self._dead_letters.by_reason
+
+    @property
+    def exact_path_records(self) -> int:
+        """Records decoded one by one because the compiled scanner could not take them."""
+        return self._counters.exact_path
+
+    # -- internals -------------------------------------------------------------------------
+    def _require_open(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            state = "closed" if self._closed else "not open yet"
+            raise ConnectorConfigError(
+                f"the Kafka source for {self._config.topic!r} is {state}; call open() first"
+            )
+        return self._consumer
+
+    async def _resolve_partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
+        topic = self._config.topic
+        if topic not in await consumer.topics():
+            raise TopicError(
+                f"topic {topic!r} does not exist on {self._config.bootstrap_servers}; create it "
+                "(e.g. with streamdag.connectors.topics.ensure_topics) or fix the name"
+            )
+        available = sorted(consumer.partitions_for_topic(topic) or ())
+        wanted = list(self._config.partitions or available)
+        missing = sorted(set(wanted) - set(available))
+        if missing:
+            raise TopicError(
+                f"topic {topic!r} has partitions {available}, so {missing} cannot be read; "
+                "fix the source's partitions or leave them None for all"
+            )
+        return sorted(wanted)
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, limit: int, linger_s: float
+    ) -> dict[int, list[Any]]:
+        loop = asyncio.get_running_loop()
+        collected: dict[int, list[Any]] = {}
+        count = 0
+        deadline = loop.time() + max(linger_s, self._config.poll_timeout_s)
+        lingering = False
+        while count < limit:
+            active = [
+                TopicPartition(self._config.topic, p)
+                for p, bounds in self._bounds.items() if not bounds.finished
+            ]
+            if not active:
+                break
+            timeout_ms = max(0, math.ceil((deadline - loop.time()) * 1000))
+            fetched = await consumer.getmany(*active, timeout_ms=timeout_ms,
+                                             max_records=limit - count)
+            if not fetched:
+                break
+            self._counters.fetches += 1
+            for tp, records in fetched.items():
+                bounds = self._bounds[tp.partition]
+                kept = bounds.admit(records)
+                assert self._marks is not None
+                self._marks.observe(tp.partition, None)
+                if bounds.finished:
+                    self._finish(tp.partition)
+                if kept:
+                    collected.setdefault(tp.partition, []).extend(kept)
+                    count += len(kept)
+            if not lingering:
+                lingering = True
+                deadline = loop.time() + linger_s
+            if loop.time() >= deadline:
+                break
+        return collected
+
+    async def _decode(self, fetched: dict[int, list[Any]]) -> Batch:
+        records = [record for partition in sorted(fetched) for record in fetched[partition]]
+        if not records:
+            return Batch.empty(self._config.schema)
+        values = [record.value for record in records]
+        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=len(records))
+        partitions = np.fromiter((r.partition for r in records), dtype=np.int32,
+                                 count=len(records))
+        offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+        decoded = self._decoder.decode(values, stamps)
+        self._counters.exact_path += decoded.exact_path
+        await self._dead_letters.publish([
+            DeadLetter(
+                partition=int(partitions[r.index]),
+                offset=int(offsets[r.index]),
+                timestamp_ms=int(stamps[r.index]) if stamps[r.index] >= 0 else None,
+                key=records[r.index].key,
+                value=records[r.index].value,
+                reason=r.reason,
+                detail=r.detail,
+            )
+            for r in decoded.rejections
+        ])
+        kept_partitions = partitions[decoded.accepted]
+        assert self._marks is not None
+        for partition in np.unique(kept_partitions).tolist():
+            self._marks.observe(partition, int(decoded.ts[kept_partitions == partition].max()))
+        return Batch(
+            decoded.ts, decoded.key, decoded.columns, kept_partitions, offsets[decoded.accepted]
+        )
+
+    def _finish(self, partition: int) -> None:
+        assert self._consumer is not None and self._marks is not None
+        self._consumer.pause(TopicPartition(self._config.topic, partition))
+        self._marks.finish(partition)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        self._counters.last_commit = time.monotonic()
+        offsets = {
+            TopicPartition(self._config.topic, partition): bounds.position
+            for partition, bounds in self._bounds.items()
+        }
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as error:
+            # Commits only feed lag monitoring; a failed one must not stop the stream.
+            _log.warning("monitoring commit for %s failed: %s", self._config.topic, error)

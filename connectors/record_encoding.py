@@ -1,0 +1,207 @@
+"""Batches to record values: JSON objects and msgpack maps of ``ts``, ``key`` and the fields.
+
+JSON follows RFC 8259: a float that is NaN or infinite is written as ``null`` (JSON has no
+such numbers), which a float64 field of our source reads back as NaN. Keys are written as
+strings, so they must be UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from streamdag.batch import Batch
+from streamdag.connectors.errors import EncodeError
+
+__all__ = ["encode_json_values", "encode_msgpack_values"]
+
+_RESERVED = ("ts", "key")
+_FLOAT, _INTEGER, _BOOLEAN = 0, 1, 2
+
+
+def encode_json_values(batch: Batch) -> list[bytes]:
+    """One compact JSON object per record, fields in column order.
+
+    >>> encode_json_values(Batch.from_columns(ts=[7], key=["AAPL"], ok=[True], n=[float("nan")]))
+    [b'{"ts":7,"key":"AAPL","ok":true,"n":null}']
+    """
+    _check_names(batch)
+    if len(batch) == 0:
+        return []
+    parts = ['{"ts":%d,"key":%s']
+    items: list[list[Any]] = [batch.ts.tolist(), _json_key_texts(batch.key)]
+    for name, column in batch.columns.items():
+        label = json.dumps(name)
+        kind = column.dtype.kind
+        if kind == "f":
+            finite = np.isfinite(column)
+            if bool(finite.all()):
+                parts.append(f",{label}:%r")
+                items.append(column.tolist())
+            else:
+                texts = np.asarray([repr(value) for value in column.tolist()], dtype=object)
+                texts[~finite] = "null"
+                parts.append(f",{label}:%s")
+                items.append(texts.tolist())
+        elif kind in "iu":
+            parts.append(f",{label}:%d")
+            items.append(column.tolist())
+        elif kind == "b":
+            parts.append(f",{label}:%s")
+            items.append(np.where(column, "true", "false").tolist())
+        else:
+            raise EncodeError(
+                f"column {name!r} has dtype {column.dtype}; a sink writes float64, int64 and "
+                "bool columns only"
+            )
+    template = "".join(parts) + "}"
+    return [(template % row).encode("utf-8") for row in zip(*items, strict=True)]
+
+
+def encode_msgpack_values(batch: Batch) -> list[bytes]:
+    """One msgpack map per record: ``ts`` and integers as int64, floats as float64.
+
+    >>> encoded = encode_msgpack_values(Batch.from_columns(ts=[7], key=["AAPL"], price=[1.5]))
+    >>> msgpack.unpackb(encoded[0])
+    {'ts': 7, 'key': 'AAPL', 'price': 1.5}
+    """
+    _check_names(batch)
+    count = len(batch)
+    if count == 0:
+        return []
+    _json_key_texts(batch.key, validate_only=True)
+    field_count = len(batch.columns)
+    entries = 2 + field_count
+    header = bytes([0x80 | entries]) if entries < 16 else b"\xde" + entries.to_bytes(2, "big")
+    prefix = np.frombuffer(header + msgpack.packb("ts"), dtype=np.uint8)
+    key_label = np.frombuffer(msgpack.packb("key"), dtype=np.uint8)
+    labels = [msgpack.packb(name) for name in batch.columns]
+    label_bytes = np.frombuffer(b"".join(labels), dtype=np.uint8)
+    label_offsets = np.zeros(field_count + 1, dtype=np.int64)
+    label_offsets[1:] = np.cumsum([len(label) for label in labels])
+    kinds = np.empty(field_count, dtype=np.int64)
+    bits = np.empty((count, field_count), dtype=np.uint64)
+    for i, (name, column) in enumerate(batch.columns.items()):
+        kind = column.dtype.kind
+        if kind == "f":
+            kinds[i] = _FLOAT
+            bits[:, i] = column.astype(np.float64, copy=False).view(np.uint64)
+        elif kind in "iu":
+            kinds[i] = _INTEGER
+            bits[:, i] = column.astype(np.int64, copy=False).view(np.uint64)
+        elif kind == "b":
+            kinds[i] = _BOOLEAN
+            bits[:, i] = column
+        else:
+            raise EncodeError(
+                f"column {name!r} has dtype {column.dtype}; a sink writes float64, int64 and "
+                "bool columns only"
+            )
+    width = batch.key.dtype.itemsize
+    key_bytes = np.ascontiguousarray(batch.key).view(np.uint8).reshape(count, width)
+    key_lengths = np.char.str_len(batch.key).astype(np.int64)
+    key_header = np.where(key_lengths < 32, 1, np.where(key_lengths < 256, 2,
+                          np.where(key_lengths < 65536, 3, 5)))
+    value_bytes = np.where(kinds == _BOOLEAN, 1, 9).sum()
+    fixed = prefix.shape[0] + 9 + key_label.shape[0] + label_bytes.shape[0] + int(value_bytes)
+    ends = np.cumsum(fixed + key_header + key_lengths)
+    starts = ends - (fixed + key_header + key_lengths)
+    out = np.empty(int(ends[-1]), dtype=np.uint8)
+    _write_maps(out, starts, prefix, batch.ts, key_label, key_bytes, key_lengths,
+                label_bytes, label_offsets, kinds, bits)
+    data = out.tobytes()
+    return [data[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+
+
+@njit(cache=True)
+def _put_big_endian(out: Any, at: int, value: np.uint64, width: int) -> int:
+    for j in range(width):
+        out[at + j] = np.uint8((value >> np.uint64(8 * (width - 1 - j))) & np.uint64(0xFF))
+    return at + width
+
+
+@njit(cache=True)
+def _write_maps(
+    out: Any,
+    starts: Any,
+    prefix: Any,
+    ts: Any,
+    key_label: Any,
+    key_bytes: Any,
+    key_lengths: Any,
+    label_bytes: Any,
+    label_offsets: Any,
+    kinds: Any,
+    bits: Any,
+) -> None:
+    for r in range(starts.shape[0]):
+        at = starts[r]
+        for j in range(prefix.shape[0]):
+            out[at + j] = prefix[j]
+        at += prefix.shape[0]
+        out[at] = 0xD3
+        at = _put_big_endian(out, at + 1, np.uint64(ts[r]), 8)
+        for j in range(key_label.shape[0]):
+            out[at + j] = key_label[j]
+        at += key_label.shape[0]
+        length = key_lengths[r]
+        if length < 32:
+            out[at] = np.uint8(0xA0 | length)
+            at += 1
+        elif length < 256:
+            out[at] = 0xD9
+            at = _put_big_endian(out, at + 1, np.uint64(length), 1)
+        elif length < 65536:
+            out[at] = 0xDA
+            at = _put_big_endian(out, at + 1, np.uint64(length), 2)
+        else:
+            out[at] = 0xDB
+            at = _put_big_endian(out, at + 1, np.uint64(length), 4)
+        for j in range(length):
+            out[at + j] = key_bytes[r, j]
+        at += length
+        for f in range(kinds.shape[0]):
+            for j in range(label_offsets[f], label_offsets[f + 1]):
+                out[at] = label_bytes[j]
+                at += 1
+            if kinds[f] == _BOOLEAN:
+                out[at] = 0xC3 if bits[r, f] != 0 else 0xC2
+                at += 1
+            else:
+                out[at] = 0xCB if kinds[f] == _FLOAT else 0xD3
+                at = _put_big_endian(out, at + 1, bits[r, f], 8)
+
+
+def _check_names(batch: Batch) -> None:
+    for name in _RESERVED:
+        if name in batch.columns:
+            raise EncodeError(
+                f"the batch has a column named {name!r}, which the record format reserves for "
+                "the event time and the key; rename the column upstream"
+            )
+
+
+def _json_key_texts(keys: npt.NDArray[np.bytes_], validate_only: bool = False) -> list[str]:
+    # Keys repeat, so each distinct key is checked and quoted once.
+    if validate_only and not bool((keys.view(np.uint8) >= 128).any()):
+        return []
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    texts: list[str] = []
+    for key in distinct.tolist():
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EncodeError(
+                f"key {key!r} is not UTF-8, so it cannot be written as a string; give the "
+                "stream text keys, or use raw keys in a sink of your own"
+            ) from None
+        texts.append(json.dumps(text, ensure_ascii=False))
+    if validate_only:
+        return []
+    quoted: list[str] = np.asarray(texts, dtype=object)[inverse.reshape(-1)].tolist()
+    return quoted

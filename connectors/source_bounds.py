@@ -1,0 +1,185 @@
+"""Where each partition of a Kafka source starts and ends, and how far it has been read.
+
+Robust to brokers whose offset lookups are approximate (Tansu: ListOffsets(latest) returns the
+base offset of the last batch, and a timestamp lookup may answer an earlier offset): "latest"
+is settled by the high watermark of a real fetch, a timestamp start also skips any record
+before it, and a timestamp end is decided per record, never by a lookup alone.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streamdag.connectors.errors import TopicError
+
+__all__ = ["PartitionBounds", "Timestamp"]
+
+_NANOS_PER_MS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """A point in time in nanoseconds since the epoch, to start or end a source at.
+
+    >>> Timestamp.from_ms(1_700_000_000_000)
+    Timestamp(ns=1700000000000000000)
+    """
+
+    ns: int
+
+    @classmethod
+    def from_ms(cls, ms: int) -> Timestamp:
+        """The timestamp ``ms`` milliseconds after the epoch (Kafka's record time unit)."""
+        return cls(ms * _NANOS_PER_MS)
+
+
+class PartitionBounds:
+    """One partition's read state: position, end (offset or time) and whether it is done."""
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        position: int,
+        *,
+        start_ns: int | None = None,
+        end_offset: int | None = None,
+        end_ns: int | None = None,
+        end_in_past: bool = False,
+    ) -> None:
+        self.tp = tp
+        #: The offset after the last record handed out (or consumed before the start time).
+        self.position = position
+        self._start_ns = start_ns
+        self._end_offset = end_offset
+        self._end_ns = end_ns
+        self._end_in_past = end_in_past
+        self.finished = end_offset is not None and position >= end_offset
+
+    @classmethod
+    async def resolve(
+        cls,
+        consumer: AIOKafkaConsumer,
+        tps: Sequence[TopicPartition],
+        start: Any,
+        end: Any,
+        resume_from: Mapping[int, int],
+        now_ns: int,
+        timeout_s: float,
+    ) -> dict[int, PartitionBounds]:
+        """Seek every assigned partition to its start (or resume offset); return its bounds."""
+        resumed = [tp for tp in tps if tp.partition in resume_from]
+        fresh = [tp for tp in tps if tp.partition not in resume_from]
+        for tp in resumed:
+            consumer.seek(tp, resume_from[tp.partition])
+        start_ns = start.ns if isinstance(start, Timestamp) else None
+        if fresh:
+            await _seek_to_start(consumer, fresh, start, timeout_s)
+        bounds: dict[int, PartitionBounds] = {}
+        for tp in tps:
+            bounds[tp.partition] = cls(
+                tp,
+                await consumer.position(tp),
+                start_ns=start_ns if tp in fresh else None,
+                end_offset=end if isinstance(end, int) else None,
+                end_ns=end.ns if isinstance(end, Timestamp) else None,
+                end_in_past=isinstance(end, Timestamp) and end.ns <= now_ns,
+            )
+        return bounds
+
+    def admit(self, records: list[Any]) -> list[Any]:
+        """The records of a fetch that lie within bounds; moves the position past them."""
+        if not records:
+            return records
+        first = 0
+        if self._start_ns is not None:
+            start_ms = math.ceil(self._start_ns / _NANOS_PER_MS)
+            first = next((i for i, r in enumerate(records) if r.timestamp >= start_ms), -1)
+            if first < 0:
+                self.position = records[-1].offset + 1
+                return []
+            self._start_ns = None
+        stop = len(records)
+        if self._end_offset is not None:
+            stop = bisect.bisect_left(records, self._end_offset, key=_offset_of)
+        if self._end_ns is not None:
+            end_ms = math.ceil(self._end_ns / _NANOS_PER_MS)
+            stop = next((i for i in range(first, stop) if records[i].timestamp >= end_ms), stop)
+        if stop < len(records):
+            self.finished = True
+        if stop > 0:
+            self.position = records[stop - 1].offset + 1
+        return records[first:stop] if stop > first else []
+
+    async def caught_up(self, consumer: AIOKafkaConsumer) -> bool:
+        """Whether a bounded partition has nothing more to give (read to its end)."""
+        if self._end_offset is not None:
+            return bool(await consumer.position(self.tp) >= self._end_offset)
+        if self._end_ns is not None and self._end_in_past:
+            highwater = consumer.highwater(self.tp)
+            return highwater is not None and bool(await consumer.position(self.tp) >= highwater)
+        return False
+
+    def restart_at(self, offset: int) -> None:
+        """Continue from ``offset`` (a checkpoint's): no start filter, end not yet reached."""
+        self.position = offset
+        self._start_ns = None
+        self.finished = self._end_offset is not None and offset >= self._end_offset
+
+
+def _offset_of(record: Any) -> int:
+    return int(record.offset)
+
+
+async def _seek_to_start(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], start: Any, timeout_s: float
+) -> None:
+    if start == "earliest":
+        await consumer.seek_to_beginning(*tps)
+    elif start == "latest":
+        await consumer.seek_to_end(*tps)
+        await _settle_at_log_end(consumer, tps, timeout_s)
+    elif isinstance(start, Timestamp):
+        found = await consumer.offsets_for_times(
+            {tp: math.ceil(start.ns / _NANOS_PER_MS) for tp in tps}
+        )
+        past_the_end = [tp for tp in tps if found.get(tp) is None]
+        for tp in tps:
+            answer = found.get(tp)
+            if answer is not None:
+                consumer.seek(tp, answer.offset)
+        if past_the_end:
+            await consumer.seek_to_end(*past_the_end)
+            await _settle_at_log_end(consumer, past_the_end, timeout_s)
+    else:
+        for tp in tps:
+            consumer.seek(tp, int(start))
+
+
+async def _settle_at_log_end(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout_s: float
+) -> None:
+    # A fetch answer's high watermark is the true log end on every broker we know; what the
+    # fetch returned on the way lies before the start, so it is dropped.
+    deadline = time.monotonic() + timeout_s
+    seen: dict[TopicPartition, int] = {}
+    while any(consumer.highwater(tp) is None for tp in tps):
+        if time.monotonic() > deadline:
+            raise TopicError(
+                f"no fetch answer for {[str(tp) for tp in tps]} within {timeout_s:.0f}s while "
+                "looking for the log end; check that the broker is healthy"
+            )
+        fetched = await consumer.getmany(*tps, timeout_ms=50)
+        for tp, records in fetched.items():
+            if records:
+                seen[tp] = records[-1].offset + 1
+    for tp in tps:
+        target = max(consumer.highwater(tp), seen.get(tp, 0))
+        if target > await consumer.position(tp):
+            consumer.seek(tp, target)

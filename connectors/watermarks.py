@@ -1,0 +1,91 @@
+"""Per-partition watermarks with bounded lateness and idleness, as a Kafka source emits them.
+
+Each partition's watermark is the largest event time seen on it minus the allowed lateness.
+The source's watermark is the smallest over the partitions that still hold it back: a
+partition that has had no records for ``idle_timeout_s`` (or has reached its end) stops
+holding it back, and a partition that has seen nothing yet holds it back until it goes idle.
+The watermark never moves backwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+__all__ = ["PartitionWatermarks"]
+
+
+class PartitionWatermarks:
+    """Tracks event time per partition and derives the source watermark.
+
+    >>> now = [0.0]
+    >>> marks = PartitionWatermarks([0, 1], lateness_ns=10, idle_timeout_s=5.0,
+    ...                             clock=lambda: now[0])
+    >>> marks.observe(0, 100); marks.current() is None   # partition 1 has seen nothing yet
+    True
+    >>> now[0] = 6.0; marks.current()                    # ...and is idle now; so is 0
+    90
+    >>> marks.observe(1, 50); marks.current()            # never backwards
+    90
+    """
+
+    def __init__(
+        self,
+        partitions: Iterable[int],
+        *,
+        lateness_ns: int = 0,
+        idle_timeout_s: float | None = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lateness_ns = lateness_ns
+        self._idle_timeout_s = math.inf if idle_timeout_s is None else idle_timeout_s
+        self._clock = clock
+        started = clock()
+        self._max_event_ns: dict[int, int | None] = dict.fromkeys(partitions)
+        self._last_activity: dict[int, float] = dict.fromkeys(self._max_event_ns, started)
+        self._finished: set[int] = set()
+        self._emitted: int | None = None
+
+    def observe(self, partition: int, max_event_ns: int | None) -> None:
+        """Note that records arrived on ``partition``; ``max_event_ns`` is their largest time.
+
+        ``None`` means records arrived without a usable event time (e.g. all poison): the
+        partition is active, but its event time does not move.
+        """
+        self._last_activity[partition] = self._clock()
+        if max_event_ns is not None:
+            previous = self._max_event_ns.get(partition)
+            if previous is None or max_event_ns > previous:
+                self._max_event_ns[partition] = max_event_ns
+
+    def finish(self, partition: int) -> None:
+        """Mark ``partition`` as at its end: it no longer holds the watermark back."""
+        self._finished.add(partition)
+
+    def reopen(self, partition: int) -> None:
+        """Undo ``finish`` (after a seek back): the partition holds the watermark again."""
+        self._finished.discard(partition)
+        self._last_activity[partition] = self._clock()
+
+    def current(self) -> int | None:
+        """The source watermark now, or None while no partition allows one."""
+        now = self._clock()
+        holding: list[int | None] = []
+        for partition, max_event in self._max_event_ns.items():
+            idle = now - self._last_activity[partition] >= self._idle_timeout_s
+            if partition in self._finished or idle:
+                continue
+            holding.append(None if max_event is None else max_event - self._lateness_ns)
+        if holding:
+            if any(mark is None for mark in holding):
+                return self._emitted
+            candidate = min(mark for mark in holding if mark is not None)
+        else:
+            known = [mark for mark in self._max_event_ns.values() if mark is not None]
+            if not known:
+                return self._emitted
+            candidate = max(known) - self._lateness_ns
+        if self._emitted is None or candidate > self._emitted:
+            self._emitted = candidate
+        return self._emitted

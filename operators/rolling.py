@@ -1,0 +1,681 @@
+"""Rolling statistics per key: sum, mean, std, min and max over the last N events or a time span.
+
+Every kernel is one numba loop over the batch that updates per-key state in O(1) (amortized):
+
+- **count windows** (``window=N``) keep the last N values in the node's ``NodeCache`` ring; the
+  value that falls out of the window is read from the ring as the new one overwrites it.
+- **time windows** (``time_window=W``) keep each key's events in its own ring, which doubles
+  when full; events with ``ts <= t - W`` leave from the front as an event at ``t`` arrives, so
+  the window is ``(t - W, t]`` in arrival order (the runtime delivers ts-sorted batches).
+- **sum, mean** keep a Neumaier-compensated running total (a spike leaving the window leaves
+  no trace), recomputed from the window whenever a key has seen as many events since the last
+  recomputation as its window holds, so rounding error never accumulates beyond one window.
+- **std** (and zscore) keep compensated sums of ``x - shift`` and its square, recomputed the
+  same way around the window's mean, and also as soon as more than 20 of the 53 bits of the
+  centered sum of squares have cancelled (a spike left, or the level moved far from the shift).
+  Both recomputations cost O(window) at most once per window of events in any realistic stream
+  (the cancellation one repeats only while the spread keeps shrinking by 2**20 per event).
+- NaN and infinities are kept out of the sums; the sequence number of the latest one of each
+  kind tells whether one is in the window, and the result is then what IEEE arithmetic over the
+  window gives (NaN, +inf or -inf for sum and mean; NaN for std).
+- **min, max** keep a monotonic deque per key (in the same growable rings): each value is
+  pushed and popped at most once.
+
+``KeyedState`` (a NodeCache plus per-key state arrays, snapshotted together) is the base the
+other incremental kernels (ema, zscore, vwap, crossover) build on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from streamdag.batch import Batch
+from streamdag.errors import GraphError, ParamError, SchemaMismatchError, StreamdagError
+from streamdag.operator import (
+    NodeConfig,
+    OperatorDef,
+    OperatorLogic,
+    module_code_hash,
+    require_fields,
+)
+from streamdag.operators.node_cache import NodeCache
+from streamdag.params import Param
+from streamdag.registry import register
+from streamdag.schema import Schema
+
+__all__ = [
+    "NUMERIC_TYPES",
+    "VALUE_SCHEMA",
+    "KeyedState",
+    "RollingLogic",
+    "RollingMaxDef",
+    "RollingMeanDef",
+    "RollingMinDef",
+    "RollingStdDef",
+    "RollingSumDef",
+    "StateArray",
+    "code_hash_with_rolling",
+    "compensated_add",
+    "float_column",
+    "refuse_interval",
+    "rows_emitted",
+]
+
+#: The output schema of every single-value operator.
+VALUE_SCHEMA = Schema.of(value="float64")
+#: Field types the numeric kernels read (int64 is converted to float64).
+NUMERIC_TYPES = ("float64", "int64")
+#: Largest time window: keeps ``ts - time_window`` inside int64 for any realistic timestamp.
+_MAX_TIME_WINDOW = 2**62
+
+_SUM, _MEAN, _STD, _ZSCORE = 0, 1, 2, 3
+_STATISTICS = {"sum": _SUM, "mean": _MEAN, "std": _STD, "zscore": _ZSCORE}
+_EXTREME_SIGNS = {"max": 1.0, "min": -1.0}
+# Columns of the per-key ``moments`` (float64) and ``tally`` (int64) arrays. Sum and mean use
+# the plain compensated total; std and zscore sums of x - shift and its square, and the peak
+# of the squares since they were last recomputed. The *_AFTER columns hold 1 + the sequence
+# number of the latest NaN / +inf / -inf, 0 for none.
+_LAST, _TOTAL, _TOTAL_COMP, _SHIFT, _SUM1, _COMP1, _SUM2, _COMP2, _PEAK = range(9)
+_MOMENTS = 9
+_SEQUENCE, _SINCE, _RUN, _NAN_AFTER, _PINF_AFTER, _NINF_AFTER = 0, 1, 2, 3, 4, 5
+# Columns of the per-key ``ring`` array: each key's segment of the shared pools.
+_START, _CAPACITY, _OLDEST, _SIZE = 0, 1, 2, 3
+#: Recompute std sums when their centered part falls below this fraction of their peak.
+_CANCELLATION = 2.0**-20
+_FIRST_RING = 8
+_FIRST_POOL = 1024
+_NEVER = np.iinfo(np.int64).min
+
+
+@njit(cache=True, inline="always")
+def compensated_add(total: float, compensation: float, value: float) -> tuple[float, float]:
+    """Neumaier summation step: ``(total, compensation)`` after adding ``value``."""
+    updated = total + value
+    if abs(total) >= abs(value):
+        compensation += (total - updated) + value
+    else:
+        compensation += (value - updated) + total
+    return updated, compensation
+
+
+# -- growable per-key rings ------------------------------------------------------------------
+@njit(cache=True)
+def _ring_move(ring: Any, source_positions: Any, source_values: Any, positions: Any,
+               values: Any, used: Any, k: int, capacity: int) -> None:
+    # Copies key k's entries, oldest first, to a fresh segment of `capacity` at the pool's end.
+    start, old_capacity, oldest = ring[k, _START], ring[k, _CAPACITY], ring[k, _OLDEST]
+    target = used[0]
+    for j in range(ring[k, _SIZE]):
+        p = start + ((oldest + j) & (old_capacity - 1))
+        positions[target + j] = source_positions[p]
+        values[target + j] = source_values[p]
+    ring[k, _START] = target
+    ring[k, _CAPACITY] = capacity
+    ring[k, _OLDEST] = 0
+    used[0] = target + capacity
+
+
+@njit(cache=True)
+def _ring_grow(ring: Any, positions: Any, values: Any, used: Any, s: int) -> tuple[Any, Any]:
+    # Doubles key s's ring. A full pool is compacted into one twice the live size, so abandoned
+    # segments never cost more than the live ones.
+    capacity = max(_FIRST_RING, 2 * ring[s, _CAPACITY])
+    if used[0] + capacity > positions.shape[0]:
+        live = capacity
+        for k in range(ring.shape[0]):
+            live += ring[k, _CAPACITY]
+        new_positions = np.empty(max(_FIRST_POOL, 2 * live), dtype=np.int64)
+        new_values = np.empty(max(_FIRST_POOL, 2 * live), dtype=np.float64)
+        used[0] = 0
+        for k in range(ring.shape[0]):
+            if ring[k, _CAPACITY] > 0:
+                _ring_move(ring, positions, values, new_positions, new_values, used, k,
+                           ring[k, _CAPACITY])
+        positions, values = new_positions, new_values
+    _ring_move(ring, positions, values, positions, values, used, s, capacity)
+    return positions, values
+
+
+# -- sum, mean, std, zscore ------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _add_value(moments: Any, s: int, value: float, sign: float, squares: bool) -> None:
+    if squares:
+        d = value - moments[s, _SHIFT]
+        moments[s, _SUM1], moments[s, _COMP1] = compensated_add(
+            moments[s, _SUM1], moments[s, _COMP1], sign * d)
+        moments[s, _SUM2], moments[s, _COMP2] = compensated_add(
+            moments[s, _SUM2], moments[s, _COMP2], sign * d * d)
+        moments[s, _PEAK] = max(moments[s, _PEAK], moments[s, _SUM2])
+    else:
+        moments[s, _TOTAL], moments[s, _TOTAL_COMP] = compensated_add(
+            moments[s, _TOTAL], moments[s, _TOTAL_COMP], sign * value)
+
+
+@njit(cache=True)
+def _recompute(moments: Any, s: int, ring: Any, oldest: int, n: int, squares: bool) -> None:
+    # Exact-as-possible sums of the window; for squares, two passes around the window's mean.
+    length = ring.shape[0]
+    total = compensation = 0.0
+    finite = 0
+    for j in range(n):
+        index = oldest + j
+        value = ring[index if index < length else index - length]
+        if math.isfinite(value):
+            total, compensation = compensated_add(total, compensation, value)
+            finite += 1
+    if not squares:
+        moments[s, _TOTAL], moments[s, _TOTAL_COMP] = total, compensation
+        return
+    shift = (total + compensation) / finite if finite else 0.0
+    sum1 = comp1 = sum2 = comp2 = 0.0
+    for j in range(n):
+        index = oldest + j
+        value = ring[index if index < length else index - length]
+        if math.isfinite(value):
+            d = value - shift
+            sum1, comp1 = compensated_add(sum1, comp1, d)
+            sum2, comp2 = compensated_add(sum2, comp2, d * d)
+    moments[s, _SHIFT] = shift
+    moments[s, _SUM1], moments[s, _COMP1] = sum1, comp1
+    moments[s, _SUM2], moments[s, _COMP2] = sum2, comp2
+    moments[s, _PEAK] = sum2
+
+
+@njit(cache=True, inline="always")
+def _centered_squares(moments: Any, s: int, n: int) -> float:
+    # n * variance of the window's finite values, from the shifted sums.
+    sum1 = moments[s, _SUM1] + moments[s, _COMP1]
+    result: float = (moments[s, _SUM2] + moments[s, _COMP2]) - sum1 * sum1 / n
+    return result
+
+
+@njit(cache=True, inline="always")
+def _moments_result(statistic: int, moments: Any, tally: Any, s: int, n: int, x: float) -> float:
+    first = tally[s, _SEQUENCE] - n  # 1 + sequence number of the event before the window
+    has_nan = tally[s, _NAN_AFTER] > first
+    has_pinf = tally[s, _PINF_AFTER] > first
+    has_ninf = tally[s, _NINF_AFTER] > first
+    if statistic <= _MEAN:
+        if has_nan or (has_pinf and has_ninf):
+            return np.nan
+        if has_pinf or has_ninf:
+            return np.inf if has_pinf else -np.inf
+        total: float = moments[s, _TOTAL] + moments[s, _TOTAL_COMP]
+        return total if statistic == _SUM else total / n
+    if has_nan or has_pinf or has_ninf or n < 2:
+        return np.nan
+    if tally[s, _RUN] >= n:
+        return 0.0  # every value in the window is equal: exactly zero, not rounding noise
+    variance = _centered_squares(moments, s, n) / (n - 1)
+    if variance <= 0.0:
+        return 0.0
+    std = math.sqrt(variance)
+    if statistic == _STD:
+        return std
+    sum1 = moments[s, _SUM1] + moments[s, _COMP1]
+    centered: float = (x - moments[s, _SHIFT]) - sum1 / n
+    return centered / std
+
+
+@njit(cache=True)
+def _moments_kernel(statistic: int, window: int, time_window: int, slots: Any, ts: Any,
+                    xs: Any, times: Any, values: Any, head: Any, count: Any, moments: Any,
+                    tally: Any, ring: Any, positions: Any, pool: Any, used: Any, out: Any,
+                    emitted: Any) -> tuple[Any, Any]:
+    squares = statistic >= _STD
+    for r in range(slots.shape[0]):
+        s, t, x = slots[r], ts[r], xs[r]
+        if window > 0:
+            h, n = head[0, s], count[0, s]
+            if n == window:
+                old = values[0, s, h, 0]
+                if math.isfinite(old):
+                    _add_value(moments, s, old, -1.0, squares)
+            else:
+                n += 1
+                count[0, s] = n
+            times[0, s, h] = t
+            values[0, s, h, 0] = x
+            head[0, s] = h + 1 if h + 1 < window else 0
+        else:
+            while ring[s, _SIZE] > 0:
+                front = ring[s, _START] + ring[s, _OLDEST]
+                if positions[front] > t - time_window:
+                    break
+                if math.isfinite(pool[front]):
+                    _add_value(moments, s, pool[front], -1.0, squares)
+                ring[s, _OLDEST] = (ring[s, _OLDEST] + 1) & (ring[s, _CAPACITY] - 1)
+                ring[s, _SIZE] -= 1
+            if ring[s, _SIZE] == ring[s, _CAPACITY]:
+                positions, pool = _ring_grow(ring, positions, pool, used, s)
+            back = ring[s, _START] + ((ring[s, _OLDEST] + ring[s, _SIZE]) & (ring[s, _CAPACITY] - 1))
+            positions[back], pool[back] = t, x
+            ring[s, _SIZE] += 1
+            n = ring[s, _SIZE]
+        sequence = tally[s, _SEQUENCE] + 1
+        tally[s, _SEQUENCE] = sequence
+        if math.isfinite(x):
+            _add_value(moments, s, x, 1.0, squares)
+        elif math.isnan(x):
+            tally[s, _NAN_AFTER] = sequence
+        else:
+            tally[s, _PINF_AFTER if x > 0 else _NINF_AFTER] = sequence
+        if squares:
+            tally[s, _RUN] = tally[s, _RUN] + 1 if x == moments[s, _LAST] else 1
+            moments[s, _LAST] = x
+        tally[s, _SINCE] += 1
+        recompute = tally[s, _SINCE] >= n
+        if squares and not recompute:
+            clean = max(tally[s, _NAN_AFTER], tally[s, _PINF_AFTER],
+                        tally[s, _NINF_AFTER]) <= sequence - n
+            # Over 20 of 53 bits cancelled (a spike left, or the level moved far from the
+            # shift): the sums are noise at the scale of the result, so rebuild them now.
+            recompute = clean and (
+                _centered_squares(moments, s, n) < moments[s, _PEAK] * _CANCELLATION)
+        if recompute:
+            tally[s, _SINCE] = 0
+            if window > 0:
+                oldest = head[0, s] - n
+                _recompute(moments, s, values[0, s, :, 0], oldest if oldest >= 0 else oldest + window, n,
+                           squares)
+            else:
+                start = ring[s, _START]
+                _recompute(moments, s, pool[start : start + ring[s, _CAPACITY]],
+                           ring[s, _OLDEST], n, squares)
+        emitted[r] = window == 0 or n == window
+        if emitted[r]:
+            out[r] = _moments_result(statistic, moments, tally, s, n, x)
+    return positions, pool
+
+
+# -- min, max --------------------------------------------------------------------------------
+@njit(cache=True)
+def _extreme_kernel(sign: float, window: int, time_window: int, slots: Any, ts: Any, xs: Any,
+                    times: Any, values: Any, head: Any, count: Any, sequence: Any, nan_at: Any,
+                    ring: Any, positions: Any, pool: Any, used: Any, out: Any,
+                    emitted: Any) -> tuple[Any, Any]:
+    # The deque holds (position, sign * value), values decreasing from the front; a position
+    # is the key's event sequence number (count windows) or the event time (time windows).
+    for r in range(slots.shape[0]):
+        s, t, x = slots[r], ts[r], xs[r]
+        if window > 0:
+            h = head[0, s]
+            times[0, s, h] = t
+            values[0, s, h, 0] = x
+            head[0, s] = h + 1 if h + 1 < window else 0
+            count[0, s] = min(count[0, s] + 1, window)
+            position = sequence[s, 0]
+            sequence[s, 0] = position + 1
+            oldest_gone = position - window
+        else:
+            position = t
+            oldest_gone = t - time_window
+        v = sign * x
+        if math.isnan(v):
+            nan_at[s, 0] = position
+        else:
+            while ring[s, _SIZE] > 0:
+                last = (ring[s, _OLDEST] + ring[s, _SIZE] - 1) & (ring[s, _CAPACITY] - 1)
+                if pool[ring[s, _START] + last] > v:
+                    break
+                ring[s, _SIZE] -= 1
+            if ring[s, _SIZE] == ring[s, _CAPACITY]:
+                positions, pool = _ring_grow(ring, positions, pool, used, s)
+            back = ring[s, _START] + ((ring[s, _OLDEST] + ring[s, _SIZE]) & (ring[s, _CAPACITY] - 1))
+            positions[back], pool[back] = position, v
+            ring[s, _SIZE] += 1
+        while ring[s, _SIZE] > 0 and positions[ring[s, _START] + ring[s, _OLDEST]] <= oldest_gone:
+            ring[s, _OLDEST] = (ring[s, _OLDEST] + 1) & (ring[s, _CAPACITY] - 1)
+            ring[s, _SIZE] -= 1
+        emitted[r] = window == 0 or count[0, s] == window
+        if emitted[r]:
+            if nan_at[s, 0] > oldest_gone:
+                out[r] = np.nan
+            else:
+                out[r] = sign * pool[ring[s, _START] + ring[s, _OLDEST]]
+    return positions, pool
+
+
+# -- state shared by the incremental kernels -------------------------------------------------
+@dataclass(frozen=True)
+class StateArray:
+    """Shape and type of a per-key state array: ``columns`` of ``dtype``, new keys ``fill``."""
+
+    columns: int
+    dtype: type[np.generic]
+    fill: float | int
+
+    def allocate(self, keys: int) -> npt.NDArray[Any]:
+        """A ``keys x columns`` array set to ``fill``."""
+        return np.full((keys, self.columns), self.fill, dtype=self.dtype)
+
+
+class KeyedState:
+    """A node's key slots and history rings (a NodeCache) with per-key kernel state; one snapshot.
+
+    Per-key arrays grow with the cache's key capacity; ``shared`` arrays (pools not indexed by
+    key) are saved whole. Kernels index everything by the slots that ``slots()`` returns.
+
+    >>> state = KeyedState(inputs=1, period=2, features=1,
+    ...                    per_key={"total": StateArray(1, np.float64, 0.0)})
+    >>> slots = state.slots(np.array([b"a", b"b", b"a"]))
+    >>> np.add.at(state.per_key["total"][:, 0], slots, [1.0, 2.0, 3.0])
+    >>> restored = KeyedState(inputs=1, period=2, features=1,
+    ...                       per_key={"total": StateArray(1, np.float64, 0.0)},
+    ...                       snapshot=state.snapshot())
+    >>> restored.per_key["total"][:2, 0].tolist()
+    [4.0, 2.0]
+    """
+
+    def __init__(
+        self,
+        *,
+        inputs: int,
+        period: int,
+        features: int,
+        per_key: Mapping[str, StateArray],
+        shared: Mapping[str, npt.NDArray[Any]] | None = None,
+        snapshot: bytes | None = None,
+    ) -> None:
+        self._specs = dict(per_key)
+        self.shared: dict[str, npt.NDArray[Any]] = dict(shared or {})
+        if snapshot is None:
+            self.cache = NodeCache(inputs, period, features)
+            self.per_key = {n: spec.allocate(self.cache.key_capacity)
+                            for n, spec in self._specs.items()}
+            return
+        saved = np.load(io.BytesIO(snapshot))
+        self.cache = NodeCache.restore(saved["history"].tobytes())
+        found = (self.cache.inputs, self.cache.period, self.cache.features)
+        if found != (inputs, period, features):
+            raise StreamdagError(
+                f"the snapshot holds history for (inputs, period, features) = {found}, but "
+                f"this node needs {(inputs, period, features)}; it belongs to another node "
+                "configuration. Restore the checkpoint taken by this node"
+            )
+        keys = len(self.cache.key_slots)
+        self.per_key = {}
+        for name, spec in self._specs.items():
+            array = spec.allocate(self.cache.key_capacity)
+            array[:keys] = saved[f"per_key_{name}"]
+            self.per_key[name] = array
+        for name in self.shared:
+            self.shared[name] = saved[f"shared_{name}"]
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """Dense slots of ``keys`` (new keys get new slots); grows every per-key array."""
+        slots = self.cache.slots(keys)
+        capacity = self.cache.key_capacity
+        for name, array in self.per_key.items():
+            if len(array) < capacity:
+                grown = self._specs[name].allocate(capacity)
+                grown[: len(array)] = array
+                self.per_key[name] = grown
+        return slots
+
+    def check_slots(self, slots: npt.NDArray[np.int64]) -> None:
+        """Raise IndexError unless every slot was handed out by ``slots()``."""
+        if len(slots) and (int(slots.min()) < 0 or int(slots.max()) >= len(self.cache.key_slots)):
+            raise IndexError(
+                f"slots must lie in [0, {len(self.cache.key_slots)}), got "
+                f"[{int(slots.min())}, {int(slots.max())}]; map keys with slots() first"
+            )
+
+    def snapshot(self) -> bytes:
+        """The history, key table and every state array as bytes, for ``snapshot=``."""
+        keys = len(self.cache.key_slots)
+        history = np.frombuffer(self.cache.snapshot(), dtype=np.uint8)
+        arrays: dict[str, npt.NDArray[Any]] = {"history": history}
+        arrays.update({f"per_key_{n}": a[:keys] for n, a in self.per_key.items()})
+        arrays.update({f"shared_{n}": a for n, a in self.shared.items()})
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **arrays)
+        return buffer.getvalue()
+
+
+def float_column(batch: Batch, field: str, node: str) -> npt.NDArray[np.float64]:
+    """Field ``field`` of ``batch`` as a contiguous float64 array; SchemaMismatchError if absent."""
+    column = batch.columns.get(field)
+    if column is None:
+        raise SchemaMismatchError(
+            f"node {node!r} reads field {field!r}, but the batch carries {list(batch.columns)}; "
+            "the upstream node's output schema changed, so rebuild the graph"
+        )
+    return np.ascontiguousarray(column, dtype=np.float64)
+
+
+def rows_emitted(batch: Batch, values: npt.NDArray[np.float64],
+                 emitted: npt.NDArray[np.bool_]) -> Batch:
+    """The rows of ``batch`` where ``emitted`` holds (ts, key, lineage) with ``values`` as value."""
+    output = batch.with_columns({"value": values})
+    return output if bool(emitted.all()) else output.take(emitted)
+
+
+def refuse_interval(config: NodeConfig) -> None:
+    """Raise GraphError when a node of an event-by-event kernel was given an ``interval``."""
+    if config.interval:
+        raise GraphError(
+            f"node {config.name!r}: {config.operator} updates on every event and does not "
+            f"bucket events by interval, but interval={config.interval} ns was given; remove "
+            "interval= from this node (bucket upstream, e.g. with ohlcv bars)"
+        )
+
+
+def code_hash_with_rolling(module_name: str) -> str:
+    """Hash of module ``module_name`` together with this module, whose kernels it runs on."""
+    both = module_code_hash(module_name) + module_code_hash(__name__)
+    return hashlib.sha256(both.encode()).hexdigest()
+
+
+# -- runtime logic ---------------------------------------------------------------------------
+class RollingLogic:
+    """Runtime of the rolling family and zscore: one kernel call per batch, state per key."""
+
+    def __init__(self, config: NodeConfig, statistic: str, snapshot: bytes | None = None) -> None:
+        refuse_interval(config)
+        self._name = config.name
+        self._field = str(config.params["field"])
+        self._window = int(config.params["window"])
+        self._time_window = int(config.params.get("time_window", 0))
+        self._sign = _EXTREME_SIGNS.get(statistic, 0.0)
+        self._statistic = _STATISTICS.get(statistic, -1)
+        if self._sign:
+            per_key = {"sequence": StateArray(1, np.int64, 0),
+                       "nan_at": StateArray(1, np.int64, _NEVER)}
+        else:
+            per_key = {"moments": StateArray(_MOMENTS, np.float64, 0.0),
+                       "tally": StateArray(6, np.int64, 0)}
+        per_key["ring"] = StateArray(4, np.int64, 0)
+        shared = {"positions": np.empty(0, dtype=np.int64), "pool": np.empty(0),
+                  "used": np.zeros(1, dtype=np.int64)}
+        self._state = KeyedState(inputs=1, period=max(self._window, 1), features=1,
+                                 per_key=per_key, shared=shared, snapshot=snapshot)
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """Dense slots of ``keys`` in this node's key table, for ``update``."""
+        return self._state.slots(keys)
+
+    def update(
+        self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], xs: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Fold events (keys already mapped by ``slots``) in; each event's value and emit flag."""
+        state, cache = self._state, self._state.cache
+        state.check_slots(slots)
+        out = np.empty(len(slots), dtype=np.float64)
+        emitted = np.empty(len(slots), dtype=np.bool_)
+        common = (self._window, self._time_window, slots, ts, xs, cache.times, cache.values,
+                  cache.head, cache.count)
+        pools = (state.per_key["ring"], state.shared["positions"], state.shared["pool"],
+                 state.shared["used"], out, emitted)
+        if self._sign:
+            positions, pool = _extreme_kernel(self._sign, *common, state.per_key["sequence"],
+                                              state.per_key["nan_at"], *pools)
+        else:
+            positions, pool = _moments_kernel(self._statistic, *common,
+                                              state.per_key["moments"], state.per_key["tally"],
+                                              *pools)
+        state.shared["positions"], state.shared["pool"] = positions, pool
+        return out, emitted
+
+    def process(self, inputs: Sequence[Batch]) -> Batch:
+        """The statistic for every event whose window is ready, at that event's ts and key."""
+        batch = inputs[0]
+        values, emitted = self.update(self.slots(batch.key), batch.ts,
+                                      float_column(batch, self._field, self._name))
+        return rows_emitted(batch, values, emitted)
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """Rolling windows close on events, not on event time passing: nothing to emit."""
+        return None
+
+    def snapshot(self) -> bytes:
+        """Rings, key table and running sums or deques, from which ``create`` restores exactly."""
+        return self._state.snapshot()
+
+
+# -- declarations ----------------------------------------------------------------------------
+class _RollingDef(OperatorDef):
+    """Shared declaration of the rolling family: a field, and a count or a time window."""
+
+    statistic: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("field", "str", default="value", doc="input field to aggregate"),
+        Param("window", "int", default=0, minimum=0, doc="window length in events"),
+        Param("time_window", "duration", default=0, maximum=_MAX_TIME_WINDOW,
+              doc="window length in event time: events with ts in (t - time_window, t]"),
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """``{value: float64}``; ParamError unless exactly one of window and time_window is set."""
+        window, time_window = params["window"], params["time_window"]
+        if (window > 0) == (time_window > 0):
+            raise ParamError(
+                f"{cls.type_name} needs exactly one of window (events) and time_window (event "
+                f"time) above 0, got window={window} and time_window={time_window}; pass e.g. "
+                "window=20 or time_window='5s'"
+            )
+        require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
+        return VALUE_SCHEMA
+
+    @classmethod
+    def history(cls, params: Mapping[str, Any]) -> int:
+        """A count window keeps ``window`` events; a time window's rings are its own."""
+        return max(int(params["window"]), 1)
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """A ``RollingLogic`` for this statistic, fresh or restored from ``snapshot``."""
+        return RollingLogic(config, cls.statistic, snapshot)
+
+
+@register
+class RollingSumDef(_RollingDef):
+    """Sum of a field over each key's last ``window`` events or ``time_window`` of event time.
+
+    >>> import streamdag as sd
+    >>> from streamdag.registry import lookup
+    >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.rolling_sum("price", time_window="2s", name="s")
+    >>> logic = lookup(node.operator).create(node.config())
+    >>> second = 1_000_000_000
+    >>> batch = sd.Batch.from_columns(ts=[0, second, 2 * second], key=["a", "a", "a"],
+    ...                               price=[1.0, 2.0, 4.0])
+    >>> logic.process([batch]).to_records()  # (t - 2s, t]: the event at 0 leaves at 2s
+    [{'ts': 0, 'key': 'a', 'value': 1.0}, {'ts': 1000000000, 'key': 'a', 'value': 3.0},
+     {'ts': 2000000000, 'key': 'a', 'value': 6.0}]
+    """
+
+    type_name: ClassVar[str] = "rolling_sum"
+    statistic: ClassVar[str] = "sum"
+    summary: ClassVar[str] = "rolling sum per key over a count or time window"
+
+
+@register
+class RollingMeanDef(_RollingDef):
+    """Mean of a field over each key's last ``window`` events or ``time_window`` of event time.
+
+    A count window emits once the key has ``window`` events; a time window emits every event.
+
+    >>> import streamdag as sd
+    >>> from streamdag.registry import lookup
+    >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.rolling_mean("price", window=2, name="m")
+    >>> logic = lookup(node.operator).create(node.config())
+    >>> batch = sd.Batch.from_columns(ts=[1, 2, 3, 4], key=["a", "b", "a", "a"],
+    ...                               price=[1.0, 5.0, 2.0, 4.0])
+    >>> logic.process([batch]).to_records()
+    [{'ts': 3, 'key': 'a', 'value': 1.5}, {'ts': 4, 'key': 'a', 'value': 3.0}]
+    """
+
+    type_name: ClassVar[str] = "rolling_mean"
+    statistic: ClassVar[str] = "mean"
+    summary: ClassVar[str] = "rolling mean per key over a count or time window"
+
+
+@register
+class RollingStdDef(_RollingDef):
+    """Sample standard deviation (ddof=1) of a field over each key's rolling window.
+
+    A window of one event gives NaN; a window of equal values gives exactly 0.0.
+
+    >>> import streamdag as sd
+    >>> from streamdag.registry import lookup
+    >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.rolling_std("price", window=3, name="sd")
+    >>> logic = lookup(node.operator).create(node.config())
+    >>> batch = sd.Batch.from_columns(ts=[1, 2, 3, 4], key=["a"] * 4, price=[1.0, 2.0, 3.0, 5.0])
+    >>> [round(r["value"], 6) for r in logic.process([batch]).to_records()]
+    [1.0, 1.527525]
+    """
+
+    type_name: ClassVar[str] = "rolling_std"
+    statistic: ClassVar[str] = "std"
+    summary: ClassVar[str] = "rolling sample standard deviation per key"
+
+
+@register
+class RollingMinDef(_RollingDef):
+    """Minimum of a field over each key's rolling window (NaN while a NaN is in the window).
+
+    >>> import streamdag as sd
+    >>> from streamdag.registry import lookup
+    >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.rolling_min("price", window=2, name="lo")
+    >>> logic = lookup(node.operator).create(node.config())
+    >>> batch = sd.Batch.from_columns(ts=[1, 2, 3], key=["a"] * 3, price=[3.0, 1.0, 2.0])
+    >>> logic.process([batch]).to_records()
+    [{'ts': 2, 'key': 'a', 'value': 1.0}, {'ts': 3, 'key': 'a', 'value': 1.0}]
+    """
+
+    type_name: ClassVar[str] = "rolling_min"
+    statistic: ClassVar[str] = "min"
+    summary: ClassVar[str] = "rolling minimum per key (monotonic deque)"
+
+
+@register
+class RollingMaxDef(_RollingDef):
+    """Maximum of a field over each key's rolling window (NaN while a NaN is in the window).
+
+    >>> import streamdag as sd
+    >>> from streamdag.registry import lookup
+    >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.rolling_max("price", window=2, name="hi")
+    >>> logic = lookup(node.operator).create(node.config())
+    >>> batch = sd.Batch.from_columns(ts=[1, 2, 3], key=["a"] * 3, price=[3.0, 1.0, 2.0])
+    >>> logic.process([batch]).to_records()
+    [{'ts': 2, 'key': 'a', 'value': 3.0}, {'ts': 3, 'key': 'a', 'value': 2.0}]
+    """
+
+    type_name: ClassVar[str] = "rolling_max"
+    statistic: ClassVar[str] = "max"
+    summary: ClassVar[str] = "rolling maximum per key (monotonic deque)"

@@ -1,0 +1,192 @@
+"""Volume-weighted average price per key over the last N events.
+
+Price and size of the last ``window`` events live in the node's ``NodeCache`` ring (two
+features). Running sums of price x size and of size are Neumaier-compensated and recomputed
+from the ring once per ``window`` events of a key, so rounding error never accumulates beyond
+one window; a NaN or infinite price or size is kept out of the sums, and while one is in the
+window the result is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from streamdag.batch import Batch
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operators.rolling import (
+    NUMERIC_TYPES,
+    VALUE_SCHEMA,
+    KeyedState,
+    StateArray,
+    code_hash_with_rolling,
+    compensated_add,
+    float_column,
+    refuse_interval,
+    rows_emitted,
+)
+from streamdag.params import Param
+from streamdag.registry import register
+from streamdag.schema import Schema
+
+__all__ = ["VwapDef", "VwapLogic"]
+
+# Columns of the per-key ``sums`` (float64) and ``tally`` (int64) arrays; _BAD_AFTER holds
+# 1 + the sequence number of the latest event with a non-finite price, size or product.
+_NOTIONAL, _NOTIONAL_COMP, _SIZE, _SIZE_COMP = 0, 1, 2, 3
+_SEQUENCE, _SINCE, _BAD_AFTER = 0, 1, 2
+_PRICE, _QUANTITY = 0, 1
+
+
+@njit(cache=True, inline="always")
+def _add_trade(sums: Any, s: int, price: float, size: float, sign: float) -> None:
+    sums[s, _NOTIONAL], sums[s, _NOTIONAL_COMP] = compensated_add(
+        sums[s, _NOTIONAL], sums[s, _NOTIONAL_COMP], sign * price * size)
+    sums[s, _SIZE], sums[s, _SIZE_COMP] = compensated_add(
+        sums[s, _SIZE], sums[s, _SIZE_COMP], sign * size)
+
+
+@njit(cache=True)
+def _vwap_kernel(window: int, slots: Any, ts: Any, prices: Any, sizes: Any, times: Any,
+                 values: Any, head: Any, count: Any, sums: Any, tally: Any, out: Any,
+                 emitted: Any) -> None:
+    for r in range(slots.shape[0]):
+        s, price, size = slots[r], prices[r], sizes[r]
+        h, n = head[0, s], count[0, s]
+        if n == window:
+            old_price, old_size = values[0, s, h, _PRICE], values[0, s, h, _QUANTITY]
+            if math.isfinite(old_price * old_size) and math.isfinite(old_size):
+                _add_trade(sums, s, old_price, old_size, -1.0)
+        else:
+            n += 1
+            count[0, s] = n
+        times[0, s, h] = ts[r]
+        values[0, s, h, _PRICE] = price
+        values[0, s, h, _QUANTITY] = size
+        head[0, s] = h + 1 if h + 1 < window else 0
+        sequence = tally[s, _SEQUENCE] + 1
+        tally[s, _SEQUENCE] = sequence
+        if math.isfinite(price * size) and math.isfinite(size):
+            _add_trade(sums, s, price, size, 1.0)
+        else:
+            tally[s, _BAD_AFTER] = sequence
+        tally[s, _SINCE] += 1
+        if tally[s, _SINCE] >= n:
+            tally[s, _SINCE] = 0
+            sums[s, :] = 0.0
+            for j in range(n):
+                p = values[0, s, (h + 1 - n + j) % window, _PRICE]
+                q = values[0, s, (h + 1 - n + j) % window, _QUANTITY]
+                if math.isfinite(p * q) and math.isfinite(q):
+                    _add_trade(sums, s, p, q, 1.0)
+        emitted[r] = n == window
+        if emitted[r]:
+            total_size = sums[s, _SIZE] + sums[s, _SIZE_COMP]
+            if tally[s, _BAD_AFTER] > sequence - n or total_size == 0.0:
+                out[r] = np.nan
+            else:
+                out[r] = (sums[s, _NOTIONAL] + sums[s, _NOTIONAL_COMP]) / total_size
+
+
+class VwapLogic:
+    """Runtime of ``vwap``: a price/size ring and compensated sums per key."""
+
+    def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
+        refuse_interval(config)
+        self._name = config.name
+        self._price = str(config.params["price"])
+        self._size = str(config.params["size"])
+        self._window = int(config.params["window"])
+        self._state = KeyedState(inputs=1, period=self._window, features=2,
+                                 per_key={"sums": StateArray(4, np.float64, 0.0),
+                                          "tally": StateArray(3, np.int64, 0)},
+                                 snapshot=snapshot)
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """Dense slots of ``keys`` in this node's key table, for ``update``."""
+        return self._state.slots(keys)
+
+    def update(
+        self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+        prices: npt.NDArray[np.float64], sizes: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Fold trades (keys already mapped by ``slots``) in; each one's VWAP and emit flag."""
+        state, cache = self._state, self._state.cache
+        state.check_slots(slots)
+        out = np.empty(len(slots), dtype=np.float64)
+        emitted = np.empty(len(slots), dtype=np.bool_)
+        _vwap_kernel(self._window, slots, ts, prices, sizes, cache.times, cache.values,
+                     cache.head, cache.count, state.per_key["sums"], state.per_key["tally"],
+                     out, emitted)
+        return out, emitted
+
+    def process(self, inputs: Sequence[Batch]) -> Batch:
+        """The VWAP for every trade whose key's window is full, at that trade's ts and key."""
+        batch = inputs[0]
+        values, emitted = self.update(
+            self.slots(batch.key), batch.ts, float_column(batch, self._price, self._name),
+            float_column(batch, self._size, self._name))
+        return rows_emitted(batch, values, emitted)
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """The window moves on events only: nothing to emit."""
+        return None
+
+    def snapshot(self) -> bytes:
+        """Rings, key table and running sums, from which ``create`` restores exactly."""
+        return self._state.snapshot()
+
+
+@register
+class VwapDef(OperatorDef):
+    """sum(price x size) / sum(size) over each key's last ``window`` events; emits once full.
+
+    The result is NaN while a NaN or infinite price or size is in the window, and when the
+    window's sizes sum to 0.
+
+    >>> import streamdag as sd
+    >>> from streamdag.registry import lookup
+    >>> trades = sd.source("trades", topic="trades", key="symbol",
+    ...                    schema={"price": "float64", "size": "float64"})
+    >>> node = trades.vwap(window=2, name="v")
+    >>> logic = lookup(node.operator).create(node.config())
+    >>> batch = sd.Batch.from_columns(ts=[1, 2, 3], key=["a"] * 3, price=[10.0, 20.0, 40.0],
+    ...                               size=[1.0, 3.0, 1.0])
+    >>> logic.process([batch]).to_records()
+    [{'ts': 2, 'key': 'a', 'value': 17.5}, {'ts': 3, 'key': 'a', 'value': 25.0}]
+    """
+
+    type_name: ClassVar[str] = "vwap"
+    summary: ClassVar[str] = "volume-weighted average price per key over a count window"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("price", "str", default="price", doc="input field holding the price"),
+        Param("size", "str", default="size", doc="input field holding the traded size"),
+        Param("window", "int", minimum=1, doc="window length in events"),
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """``{value: float64}``; price and size must be numeric fields."""
+        require_fields(cls.type_name, inputs[0], [params["price"], params["size"]],
+                       NUMERIC_TYPES)
+        return VALUE_SCHEMA
+
+    @classmethod
+    def history(cls, params: Mapping[str, Any]) -> int:
+        """The last ``window`` trades per key."""
+        return int(params["window"])
+
+    @classmethod
+    def code_hash(cls) -> str:
+        """Hash of this module and of the rolling module whose state handling it uses."""
+        return code_hash_with_rolling(cls.__module__)
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """A ``VwapLogic``, fresh or restored from ``snapshot``."""
+        return VwapLogic(config, snapshot)

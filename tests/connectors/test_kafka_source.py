@@ -1,0 +1,256 @@
+"""The Kafka source against the embedded broker: bounds, lineage, resume, watermarks, lag."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streamdag.batch import Batch
+from streamdag.connector import SourceChunk
+from streamdag.connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader, Timestamp
+from streamdag.schema import Schema
+
+SCHEMA = Schema.of(price="float64", size="int64")
+NewTopic = Callable[[int], Awaitable[str]]
+Produce = Callable[..., Awaitable[None]]
+
+
+def tick(n: int, partition: int = 0) -> tuple[int, bytes, bytes, int]:
+    """Record n of a test topic: key k{n%3}, event time n ms, price n + 0.5, size n."""
+    value = {"key": f"k{n % 3}", "ts": n, "price": n + 0.5, "size": n}
+    return partition, f"k{n % 3}".encode(), json.dumps(value).encode(), 1_000 + n
+
+
+async def read_until_finished(reader: KafkaSourceReader, max_records: int = 1000) -> Batch:
+    """Every record of a bounded reader, in read order, polling until it says finished."""
+    batches = []
+    for _ in range(200):
+        chunk = await reader.read(max_records, linger_s=0.01)
+        batches.append(chunk.batch)
+        if chunk.finished:
+            return Batch.concat(batches)
+    raise AssertionError("the reader did not finish within 200 reads")
+
+
+async def read_count(reader: KafkaSourceReader, count: int) -> Batch:
+    """Exactly ``count`` records from an unbounded reader, polling with a bound on reads."""
+    batches: list[Batch] = []
+    total = 0
+    for _ in range(200):
+        chunk = await reader.read(count - total, linger_s=0.01)
+        batches.append(chunk.batch)
+        total += len(chunk.batch)
+        if total >= count:
+            return Batch.concat(batches)
+    raise AssertionError(f"read {total} of {count} records within 200 reads")
+
+
+def lineage(batch: Batch) -> list[tuple[int, int]]:
+    assert batch.partition is not None and batch.offset is not None
+    return list(zip(batch.partition.tolist(), batch.offset.tolist(), strict=True))
+
+
+async def test_bounded_read_gives_every_record_decoded_with_lineage(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(2)
+    await produce(topic, [tick(n, partition=0) for n in range(6)])
+    await produce(topic, [tick(n, partition=1) for n in range(6, 10)])
+    reader = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, time_unit="ms", end=4)
+    )
+    await reader.open()
+    batch = await read_until_finished(reader, max_records=3)
+    await reader.close()
+
+    assert sorted(lineage(batch)) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2),
+                                      (1, 3)]
+    by_offset = dict(zip(lineage(batch), batch.to_records(), strict=True))
+    assert by_offset[(1, 2)] == {"ts": 8_000_000, "key": "k2", "price": 8.5, "size": 8}
+    assert by_offset[(0, 3)] == {"ts": 3_000_000, "key": "k0", "price": 3.5, "size": 3}
+    assert reader.position() == {0: 4, 1: 4}
+    assert reader.records_read == 8 and reader.dead_lettered == 0
+
+
+async def test_start_at_offset_and_at_timestamp(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(1)
+    for first in range(0, 12, 4):  # three producer batches
+        await produce(topic, [tick(n) for n in range(first, first + 4)])
+    at_offset = KafkaSourceReader(KafkaSourceConfig(bootstrap, topic, SCHEMA, start=6, end=9))
+    at_time = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, start=Timestamp.from_ms(1_005),
+                          end=Timestamp.from_ms(1_010))
+    )
+    for reader in (at_offset, at_time):
+        await reader.open()
+    from_offset = await read_until_finished(at_offset)
+    from_time = await read_until_finished(at_time)
+    for reader in (at_offset, at_time):
+        await reader.close()
+
+    assert from_offset.offset is not None and from_time.offset is not None
+    assert from_offset.offset.tolist() == [6, 7, 8]
+    assert from_time.offset.tolist() == [5, 6, 7, 8, 9]
+    assert at_time.position() == {0: 10}
+
+
+async def test_start_latest_reads_only_what_comes_after_open(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(2)
+    for first in range(0, 9, 3):
+        await produce(topic, [tick(n, partition=first % 2) for n in range(first, first + 3)])
+    reader = KafkaSourceReader(KafkaSourceConfig(bootstrap, topic, SCHEMA, start="latest"))
+    await reader.open()
+    assert reader.position() == {0: 6, 1: 3}
+    empty = await reader.read(100, linger_s=0.05)
+    await produce(topic, [tick(100, partition=1), tick(101, partition=1)])
+    batch = await read_count(reader, 2)
+    await reader.close()
+
+    assert len(empty.batch) == 0 and not empty.finished
+    assert lineage(batch) == [(1, 3), (1, 4)]
+    assert batch.columns["size"].tolist() == [100, 101]
+
+
+async def test_timestamp_end_in_the_past_finishes_once_caught_up(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(2)
+    await produce(topic, [tick(n) for n in range(5)])
+    reader = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, end=Timestamp.from_ms(5_000))
+    )
+    await reader.open()
+    batch = await read_until_finished(reader)
+    await reader.close()
+
+    assert lineage(batch) == [(0, n) for n in range(5)]
+    assert reader.position() == {0: 5, 1: 0}
+
+
+async def test_resume_from_a_position_and_seek_back(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(1)
+    await produce(topic, [tick(n) for n in range(8)])
+    first = KafkaSourceReader(KafkaSourceConfig(bootstrap, topic, SCHEMA, end=8))
+    await first.open()
+    head = await read_count(first, 3)
+    checkpoint = first.position()
+    await first.close()
+
+    resumed = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, end=8), resume_from=checkpoint
+    )
+    await resumed.open()
+    tail = await read_until_finished(resumed)
+    await resumed.seek_to({0: 6})
+    again = await read_until_finished(resumed)
+    await resumed.close()
+
+    assert checkpoint == {0: 3}
+    assert head.columns["size"].tolist() + tail.columns["size"].tolist() == list(range(8))
+    assert again.columns["size"].tolist() == [6, 7]
+
+
+async def test_watermark_is_min_over_active_partitions_and_skips_idle_ones(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(2)
+    now = [0.0]
+    await produce(topic, [tick(100, partition=0), tick(40, partition=1)])
+    reader = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, time_unit="ms", lateness_ns=10,
+                          idle_timeout_s=5.0),
+        clock=lambda: now[0],
+    )
+    await reader.open()
+    await read_count(reader, 2)
+    both_active = (await reader.read(10, linger_s=0.0)).watermark
+    now[0] = 3.0
+    await produce(topic, [tick(130, partition=0)])
+    await read_count(reader, 1)
+    now[0] = 6.0  # partition 1 has been silent for 6 s > 5 s; partition 0 for 3 s
+    one_idle = (await reader.read(10, linger_s=0.0)).watermark
+    await reader.close()
+
+    assert both_active == 40_000_000 - 10
+    assert one_idle == 130_000_000 - 10
+
+
+async def test_record_timestamps_as_event_time_and_msgpack_values(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    import msgpack
+
+    topic = await new_topic(1)
+    await produce(topic, [
+        (0, b"a", msgpack.packb({"key": "a", "price": 1.25, "size": 3}), 1_700_000_000_000),
+        (0, b"b", msgpack.packb({"key": 7, "price": 2, "size": -4}), 1_700_000_000_001),
+    ])
+    reader = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, time_field="", codec="msgpack", end=2)
+    )
+    await reader.open()
+    batch = await read_until_finished(reader)
+    await reader.close()
+
+    assert batch.to_records() == [
+        {"ts": 1_700_000_000_000_000_000, "key": "a", "price": 1.25, "size": 3},
+        {"ts": 1_700_000_000_001_000_000, "key": "7", "price": 2.0, "size": -4},
+    ]
+
+
+async def test_lag_and_monitoring_commits(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(2)
+    await produce(topic, [tick(n, partition=0) for n in range(10)])
+    await produce(topic, [tick(n, partition=1) for n in range(10, 14)])
+    reader = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, group_id=f"{topic}-monitor",
+                          commit_interval_s=0.0)
+    )
+    await reader.open()
+    await read_count(reader, 5)
+    while set(reader.lag()) != {0, 1}:  # each partition's first fetch answer brings its end
+        await reader.read(1, linger_s=0.0)
+    position = reader.position()
+    lag = reader.lag()
+    await reader.close()
+
+    assert sum(position.values()) >= 5
+    assert lag == {0: 10 - position[0], 1: 4 - position[1]}
+    committed = await _committed(bootstrap, topic, f"{topic}-monitor")
+    assert committed == position
+
+
+async def _committed(bootstrap: str, topic: str, group: str) -> dict[int, Any]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in (0, 1)}
+    finally:
+        await consumer.stop()
+
+
+async def test_reader_returns_source_chunks(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    topic = await new_topic(1)
+    reader = KafkaSourceReader(KafkaSourceConfig(bootstrap, topic, SCHEMA, end=0))
+    await reader.open()
+    chunk = await reader.read(10, linger_s=0.0)
+    await reader.close()
+    await reader.close()
+
+    assert isinstance(chunk, SourceChunk)
+    assert chunk.finished and len(chunk.batch) == 0 and chunk.watermark is None
+    assert chunk.batch.schema == SCHEMA
