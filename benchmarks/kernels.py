@@ -105,7 +105,12 @@ def _kernel_cases(data: dict[str, npt.NDArray[Any]]) -> list[tuple[str, Callable
         logic = RollingLogic(node.config(), statistic)
         slots = logic.slots(data["keys"])
         label = ", ".join(f"{k}={v}" for k, v in window.items())
-        cases.append((f"rolling_{statistic} ({label})", lambda: logic.update(slots, ts, price)))
+        # Each pass continues the stream's event time, as a live stream would: replaying the
+        # same ts would put every event before the windows the previous pass left open.
+        passes = iter([ts + n * (int(ts[-1]) + 1) for n in range(REPEATS + 1)])
+        step = (lambda: logic.update(slots, next(passes), price)) if "time_window" in window \
+            else (lambda: logic.update(slots, ts, price))
+        cases.append((f"rolling_{statistic} ({label})", step))
 
     for statistic in ("mean", "sum", "std", "min", "max"):
         rolling(statistic, window=WINDOW)

@@ -426,6 +426,7 @@ class KafkaSourceReader:
 
     def _finish(self, partition: int) -> None:
         assert self._consumer is not None and self._marks is not None
+        self._bounds[partition].finished = True
         self._consumer.pause(TopicPartition(self._config.topic, partition))
         self._marks.finish(partition)
 

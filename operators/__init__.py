@@ -7,11 +7,13 @@ Importing this package registers every built-in operator.
 from streamdag.operators import (  # noqa: F401
     asof_join,
     bars,
+    crossover,
     iterate,
     map_filter,
     rolling,
     smoothing,
     user_function,
+    vwap,
 )
 
 __all__: list[str] = []

@@ -74,6 +74,7 @@ class NodeHost:
     async def ready(self) -> str:
         """Open connectors and start the drain loop; returns the node id once ready."""
         if self._queue is None:
+            self.worker.warm_up()
             self._queue = asyncio.Queue()
             self._finished = asyncio.Event()
             self._drain_task = asyncio.create_task(self._drain())
@@ -216,7 +217,14 @@ class NodeHost:
         """A copy of this node's counters, with the hosting process's resident memory."""
         import psutil
 
-        return replace(self.worker.stats, rss_bytes=int(psutil.Process().memory_info().rss))
+        stats = replace(self.worker.stats, rss_bytes=int(psutil.Process().memory_info().rss))
+        lag = getattr(self.source, "lag", None)
+        if callable(lag):
+            stats.lag = dict(lag())
+        dead_lettered = getattr(self.source, "dead_lettered", None)
+        if isinstance(dead_lettered, int):
+            stats.dead_lettered = dead_lettered
+        return stats
 
     def results(self) -> list[Batch]:
         """Batches captured (capture=True) or written to an in-memory sink."""

@@ -28,6 +28,14 @@ class LatencyHistogram:
         self.total += seconds
         self.observations += 1
 
+    def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
+        """The observations made after ``earlier`` (a previous copy of this histogram)."""
+        return LatencyHistogram(
+            [now - then for now, then in zip(self.counts, earlier.counts, strict=True)],
+            self.total - earlier.total,
+            self.observations - earlier.observations,
+        )
+
     def quantile(self, q: float) -> float:
         """The upper bound of the bucket holding quantile ``q`` (0 when empty).
 
@@ -70,5 +78,10 @@ class NodeStats:
     #: Wall-clock times (time.time()) of the first and the latest batch this node emitted.
     first_output_at: float = 0.0
     last_output_at: float = 0.0
+    #: Source nodes: consumer lag per partition, and records sent to the dead-letter topic.
+    lag: dict[int, int] = field(default_factory=dict)
+    dead_lettered: int = 0
+    #: Seconds spent compiling/loading the operator's kernels before the node reported ready.
+    warm_up_seconds: float = 0.0
     process_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)

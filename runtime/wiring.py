@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streamdag.batch import Batch
 from streamdag.connector import SinkWriter, SourceReader
 from streamdag.errors import GraphError
-from streamdag.graph import Graph, Node
+from streamdag.graph import Graph, Node, make_node
 from streamdag.runtime.messages import edge_id
 from streamdag.runtime.planner import plan_graph
 from streamdag.runtime.stats import NodeStats
 
-__all__ = ["EdgeSpec", "HostSpec", "RunResult", "SinkFactory", "SourceFactory", "wire_graph"]
+__all__ = [
+    "EdgeSpec",
+    "HostSpec",
+    "RunResult",
+    "SinkFactory",
+    "SourceFactory",
+    "merge_graphs",
+    "wire_graph",
+]
 
 SourceFactory = Callable[[], SourceReader]
 SinkFactory = Callable[[], SinkWriter]
@@ -124,3 +132,33 @@ def _sink_for(
             f"sinks={{{node.name!r}: factory}} or run with Kafka configured"
         )
     return default(node)
+
+
+def merge_graphs(name: str, graphs: Sequence[Graph]) -> Graph:
+    """One graph running every node of ``graphs`` once: nodes with equal ids are shared.
+
+    Names clash only between different computations; such nodes are renamed
+    ``<graph>.<name>``. Ids do not depend on names, so every node keeps its id.
+    """
+    owners: dict[str, set[str]] = {}
+    for graph in graphs:
+        for node in graph.nodes:
+            owners.setdefault(node.name, set()).add(node.node_id)
+    rebuilt: dict[str, Node] = {}
+
+    def rebuild(node: Node, graph: Graph) -> Node:
+        if node.node_id in rebuilt:
+            return rebuilt[node.node_id]
+        inputs = [rebuild(i, graph) for i in node.inputs]
+        clash = len(owners[node.name]) > 1
+        copy = make_node(
+            node.operator, inputs, node.params,
+            name=f"{graph.name}.{node.name}" if clash else node.name,
+            interval=node.interval, period=node.period, missing=node.missing, tags=node.tags,
+            function=node.function, code_hash=node.code_hash, shareable=node.shareable,
+        )
+        rebuilt[node.node_id] = copy
+        return copy
+
+    outputs = [rebuild(output, graph) for graph in graphs for output in graph.outputs]
+    return Graph(name, outputs=outputs)

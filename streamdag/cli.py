@@ -13,6 +13,8 @@ __all__ = ["COMMANDS", "main"]
 #: Subcommand name -> module that defines ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, str] = {
     "plan": "streamdag.runtime.plan_command",
+    "demo": "streamdag.runtime.demo_command",
+    "broker": "streamdag.connectors.broker_command",
 }
 
 

@@ -1,0 +1,223 @@
+"""The main job: synthetic market data through the example graphs, live, with a console view."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from streamdag.config import Settings
+from streamdag.graph import Graph
+from streamdag.runtime.host import RuntimeSettings
+from streamdag.runtime.stats import NodeStats
+from streamdag.runtime.synthetic import RandomWalk
+
+__all__ = ["DemoReport", "TickProducer", "render_console", "run_demo"]
+
+
+class TickProducer:
+    """Writes random-walk ticks as JSON ``{"symbol", "ts", "price", "size"}`` at a steady rate.
+
+    Event time is the wall clock at production (ns), so sinks can measure end-to-end latency.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, rate: float, symbols: int) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.rate = rate
+        self.walk = RandomWalk(symbols)
+        self.produced = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop after the current slice."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Produce until stopped, in 20 ms slices so the rate stays smooth."""
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers, linger_ms=5, acks=1,
+            max_batch_size=256 * 1024,
+        )
+        await producer.start()
+        try:
+            started = time.perf_counter()
+            while not self._stop.is_set():
+                due = int((time.perf_counter() - started) * self.rate) - self.produced
+                if due <= 0:
+                    await asyncio.sleep(0.02)
+                    continue
+                batch = self.walk.next_batch(min(due, 50_000))
+                now_ns = time.time_ns()
+                futures = []
+                rows = zip(batch.key.tolist(), batch.columns["price"].tolist(),
+                           batch.columns["size"].tolist(), strict=True)
+                for offset, (key, price, size) in enumerate(rows):
+                    value = json.dumps({"symbol": key.decode(), "ts": now_ns + offset,
+                                        "price": round(price, 4), "size": size}).encode()
+                    futures.append(await producer.send(self.topic, value, key=key))
+                await asyncio.gather(*futures)
+                self.produced += len(batch)
+        finally:
+            await producer.stop()
+
+
+@dataclass
+class DemoReport:
+    """What the demo did, for its summary."""
+
+    produced: int = 0
+    seconds: float = 0.0
+    stats: dict[str, NodeStats] = field(default_factory=dict)
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    shared: list[str] = field(default_factory=list)
+
+
+def render_console(
+    stats: dict[str, NodeStats],
+    previous: dict[str, NodeStats],
+    interval_s: float,
+    produced: int,
+    elapsed_s: float,
+) -> str:
+    """The one-screen view: per node events/s, p99 latencies, queue; lag; actors running."""
+    lines = [
+        f"streamdag demo  {elapsed_s:6.1f} s   produced {produced:,} ticks   "
+        f"actors running: {len(stats)}",
+        "",
+        f"{'node':<28} {'events in':>11} {'events/s':>10} {'p99 hop ms':>10} "
+        f"{'p99 proc ms':>11} {'queue':>5}",
+    ]
+    for name, node in stats.items():
+        before = previous.get(name)
+        seen = max(node.events_in, node.events_out)
+        rate = (seen - max(before.events_in, before.events_out)) / interval_s if before else 0.0
+        # Latencies over the last refresh interval only, not since the start.
+        hop = node.hop_latency.since(before.hop_latency) if before else node.hop_latency
+        process = (node.process_latency.since(before.process_latency) if before
+                   else node.process_latency)
+        lines.append(
+            f"{name:<28} {seen:>11,} {rate:>10,.0f} {hop.quantile(0.99) * 1e3:>10.1f} "
+            f"{process.quantile(0.99) * 1e3:>11.2f} {node.queue_depth:>5}"
+        )
+    lags = {name: node.lag for name, node in stats.items() if node.lag}
+    for name, lag in lags.items():
+        parts = ", ".join(f"p{p}={n}" for p, n in sorted(lag.items()))
+        lines.append(f"consumer lag {name}: {sum(lag.values()):,} ({parts})")
+    return "\n".join(lines)
+
+
+async def _sample_topic(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=10)
+    await consumer.start()
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        assigned = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        records: list[dict[str, Any]] = []
+        fetched = await consumer.getmany(*assigned, timeout_ms=1000, max_records=count * 4)
+        for messages in fetched.values():
+            records.extend(json.loads(m.value) for m in messages)
+        return records[:count]
+    finally:
+        await consumer.stop()
+
+
+def run_demo(
+    settings: Settings,
+    graphs: list[Graph],
+    *,
+    out: TextIO = sys.stdout,
+    refresh_s: float = 1.0,
+    clear: bool = True,
+    on_tick: Callable[[dict[str, NodeStats]], None] | None = None,
+) -> DemoReport:
+    """Run the main job end to end and stop everything it started; returns what it did."""
+    import ray
+
+    from streamdag.connectors.broker import EmbeddedBroker
+    from streamdag.connectors.topics import ensure_topics
+    from streamdag.runtime.kafka_binding import KafkaBinding
+    from streamdag.runtime.ray_runner import RayRunner, ensure_ray
+    from streamdag.runtime.wiring import merge_graphs
+
+    report = DemoReport()
+    broker: EmbeddedBroker | None = None
+    running = None
+    started_ray = False
+    loop = asyncio.new_event_loop()
+    try:
+        # Step 1: Kafka: the configured cluster, or the embedded broker.
+        bootstrap = settings.kafka.bootstrap_servers
+        if not bootstrap:
+            broker = EmbeddedBroker.start(state_dir=Path(settings.state_dir) / "demo-broker")
+            bootstrap = broker.bootstrap_servers
+            print(f"embedded broker on {bootstrap}", file=out)
+        graph = merge_graphs("demo", graphs)
+        topics = {settings.demo.topic: settings.kafka.partitions}
+        topics.update({str(n.params["topic"]): settings.kafka.partitions
+                       for n in graph.nodes if n.role == "sink"})
+        loop.run_until_complete(ensure_topics(bootstrap, topics, strict=False))
+        # Step 2: Ray, and the graphs' actors (sinks first, sources last).
+        started_ray = not ray.is_initialized()
+        ensure_ray(settings.ray.address or None, settings.ray.num_cpus)
+        counts: dict[str, int] = {}
+        for g in graphs:
+            for node in g.nodes:
+                counts[node.node_id] = counts.get(node.node_id, 0) + 1
+        report.shared = [n.name for n in graph.nodes if counts[n.node_id] > 1]
+        print(f"graphs: {', '.join(g.name for g in graphs)}; {len(graph.nodes)} actors for "
+              f"{sum(len(g.nodes) for g in graphs)} nodes (shared: {', '.join(report.shared)})",
+              file=out)
+        binding = KafkaBinding(bootstrap, settings.kafka.fetch_max_wait_ms)
+        runtime = RuntimeSettings(settings.runtime.credits, settings.runtime.max_batch_records,
+                                  settings.runtime.linger_ms / 1000)
+        running = RayRunner(runtime, *binding.defaults()).start(graph)
+        # Step 3: produce ticks and refresh the console until the duration is over.
+        producer = TickProducer(bootstrap, settings.demo.topic, settings.demo.rate,
+                                settings.demo.symbols)
+        task = loop.create_task(producer.run())
+        started = time.perf_counter()
+        previous: dict[str, NodeStats] = {}
+        duration = settings.demo.duration_s
+        while duration <= 0 or time.perf_counter() - started < duration:
+            loop.run_until_complete(asyncio.sleep(refresh_s))
+            if task.done():
+                task.result()
+            stats = running.stats()
+            screen = render_console(stats, previous, refresh_s, producer.produced,
+                                    time.perf_counter() - started)
+            print(("\x1b[2J\x1b[H" if clear else "") + screen, file=out, flush=True)
+            previous = stats
+            if on_tick is not None:
+                on_tick(stats)
+        producer.stop()
+        loop.run_until_complete(task)
+        report.produced = producer.produced
+        report.seconds = time.perf_counter() - started
+        report.stats = running.stats()
+        for node in graph.nodes:
+            if node.role == "sink":
+                topic = str(node.params["topic"])
+                report.samples[topic] = loop.run_until_complete(_sample_topic(bootstrap, topic, 3))
+        return report
+    finally:
+        # Step 4: stop everything this job started, in reverse order.
+        if running is not None:
+            running.stop()
+        if started_ray:
+            ray.shutdown()
+        if broker is not None:
+            broker.stop()
+        loop.close()

@@ -1,0 +1,256 @@
+"""Deployment settings: a TOML file, overridden by STREAMDAG_* environment variables and flags.
+
+Every setting ``section.key`` can be set three ways, later ones winning: the TOML file
+(``[section] key = ...``), the environment variable ``STREAMDAG_SECTION_KEY``, and the command
+line flag ``--section-key`` (or the generic ``--set section.key=value``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from streamdag.errors import StreamdagError
+
+__all__ = [
+    "ConfigError",
+    "DemoSettings",
+    "GatewaySettings",
+    "KafkaSettings",
+    "RaySettings",
+    "RuntimeSection",
+    "Settings",
+    "add_setting_flags",
+    "load_settings",
+    "settings_from_args",
+]
+
+ENV_PREFIX = "STREAMDAG_"
+
+
+class ConfigError(StreamdagError):
+    """A configuration file, variable or flag is malformed."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where Ray runs."""
+
+    #: Address of an existing Ray cluster; empty starts a local Ray bound to 127.0.0.1.
+    address: str = ""
+    #: CPUs a local Ray may use.
+    num_cpus: int = 2
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Which Kafka to use."""
+
+    #: Bootstrap servers of an existing Kafka; empty starts the embedded broker (Tansu).
+    bootstrap_servers: str = ""
+    #: Default partitions of topics the project creates.
+    partitions: int = 4
+    #: Fetch wait of consumers (Tansu waits it out even when data is there; keep it low).
+    fetch_max_wait_ms: int = 10
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    """Data-plane settings of node actors."""
+
+    #: Unacknowledged pushes per channel (backpressure window).
+    credits: int = 4
+    #: A source cuts a batch at this many records...
+    max_batch_records: int = 100_000
+    #: ...or after this many milliseconds once it holds a record.
+    linger_ms: float = 5.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The `streamdag demo` main job."""
+
+    #: Synthetic ticks produced per second.
+    rate: float = 20_000.0
+    #: Number of symbols in the random walk.
+    symbols: int = 100
+    #: Seconds to run before the summary (0 runs until Ctrl-C).
+    duration_s: float = 30.0
+    #: Graph spec files to run, relative to the working directory.
+    graphs: tuple[str, ...] = (
+        "configs/graphs/momentum.toml",
+        "configs/graphs/mean_reversion.toml",
+    )
+    #: Topic the synthetic ticks are written to.
+    topic: str = "market.ticks"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The HTTP gateway and the metrics endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = 8686
+    #: Bearer token the gateway requires; empty generates one at start and prints it.
+    token: str = ""
+    #: Largest accepted request body, in bytes.
+    max_body_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of a deployment."""
+
+    #: Name of the deployment (the controller's actor name derives from it).
+    name: str = "local"
+    #: Where the deployment keeps its state (registry, checkpoints, broker files).
+    state_dir: str = ".state"
+    ray: RaySettings = field(default_factory=RaySettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+
+
+
+def _settings_keys() -> list[tuple[str | None, str, Any]]:
+    """Every (section or None, key, type) pair."""
+    keys: list[tuple[str | None, str, Any]] = []
+    top_hints = get_type_hints(Settings)
+    for f in fields(Settings):
+        section = top_hints[f.name]
+        if dataclasses.is_dataclass(section):
+            hints = get_type_hints(section)
+            keys.extend((f.name, g.name, hints[g.name]) for g in fields(section))
+        else:
+            keys.append((None, f.name, section))
+    return keys
+
+
+def _convert(where: str, value: Any, kind: Any) -> Any:
+    text_given = isinstance(value, str)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if text_given and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text_given and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if kind == tuple[str, ...]:
+            if text_given:
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError
+    except ValueError:
+        pass
+    expected = {tuple[str, ...]: "a list of strings (comma-separated in variables and flags)"}.get(
+        kind, getattr(kind, "__name__", str(kind))
+    )
+    raise ConfigError(f"{where}: got {value!r}; expected {expected}")
+
+
+def _apply(settings: Settings, section: str | None, key: str, value: Any, where: str) -> Settings:
+    for candidate_section, candidate_key, kind in _settings_keys():
+        if candidate_section == section and candidate_key == key:
+            converted = _convert(where, value, kind)
+            if section is None:
+                return replace(settings, **{key: converted})
+            current = getattr(settings, section)
+            return replace(settings, **{section: replace(current, **{key: converted})})
+    known = [f"{s}.{k}" if s else k for s, k, _ in _settings_keys()]
+    name = f"{section}.{key}" if section else key
+    raise ConfigError(f"{where}: unknown setting {name!r}; known settings: {', '.join(known)}")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Sequence[str] = (),
+    flags: argparse.Namespace | None = None,
+) -> Settings:
+    """Settings from ``path`` (TOML), then STREAMDAG_* variables, then flags and overrides.
+
+    >>> load_settings(environ={"STREAMDAG_DEMO_RATE": "500"}, overrides=["kafka.partitions=2"]
+    ...               ).demo.rate
+    500.0
+    """
+    settings = Settings()
+    if path is not None:
+        file = Path(path)
+        try:
+            document = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(file)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+        for key, value in document.items():
+            if isinstance(value, dict):
+                for inner, inner_value in value.items():
+                    settings = _apply(settings, key, inner, inner_value, f"{file}: [{key}]")
+            else:
+                settings = _apply(settings, None, key, value, f"{file}")
+    env = os.environ if environ is None else environ
+    for section, key, _ in _settings_keys():
+        variable = ENV_PREFIX + (f"{section}_{key}" if section else key).upper()
+        if variable in env:
+            settings = _apply(settings, section, key, env[variable], variable)
+    if flags is not None:
+        for section, key, _ in _settings_keys():
+            value = getattr(flags, _dest(section, key), None)
+            if value is not None:
+                settings = _apply(settings, section, key, value, f"--{_flag(section, key)}")
+    for override in overrides:
+        name, separator, value = override.partition("=")
+        if not separator:
+            raise ConfigError(f"--set {override!r}: expected section.key=value")
+        section, _, key = name.rpartition(".")
+        settings = _apply(settings, section or None, key, value, f"--set {override}")
+    return settings
+
+
+def _flag(section: str | None, key: str) -> str:
+    return (f"{section}-{key}" if section else key).replace("_", "-")
+
+
+def _dest(section: str | None, key: str) -> str:
+    return f"setting_{section}_{key}" if section else f"setting_{key}"
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--set`` and one ``--section-key`` flag per setting to ``parser``."""
+    parser.add_argument("--config", default=None, help="settings file (TOML); default: none")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override any setting (repeatable)",
+    )
+    group = parser.add_argument_group("settings (also STREAMDAG_SECTION_KEY variables)")
+    for section, key, _ in _settings_keys():
+        group.add_argument(f"--{_flag(section, key)}", dest=_dest(section, key), default=None,
+                           metavar="VALUE")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings for a command whose parser went through ``add_setting_flags``."""
+    return load_settings(args.config, overrides=args.set, flags=args)

@@ -1,0 +1,86 @@
+"""Encoding batches for the sink, and Kafka's key partitioning."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import msgpack
+import numpy as np
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+from streamdag.batch import Batch
+from streamdag.connectors.codecs import RecordDecoder, encode_values
+from streamdag.connectors.errors import EncodeError
+from streamdag.connectors.partitioning import key_partitions, murmur2
+from streamdag.schema import Schema
+
+
+def sample() -> Batch:
+    return Batch.from_columns(
+        ts=[1_700_000_000_000_000_000, -5],
+        key=["AAPL", 'é"\\x'],
+        mean=[101.25, float("nan")],
+        count=[20, -3],
+        up=[True, False],
+    )
+
+
+def test_json_values_are_compact_objects_with_ts_key_and_fields() -> None:
+    values = encode_values(sample(), "json")
+
+    assert values[0] == b'{"ts":1700000000000000000,"key":"AAPL","mean":101.25,"count":20,"up":true}'
+    assert json.loads(values[1]) == {"ts": -5, "key": 'é"\\x', "mean": None, "count": -3,
+                                     "up": False}
+
+
+def test_msgpack_values_unpack_to_the_same_map() -> None:
+    values = encode_values(sample(), "msgpack")
+    first, second = (msgpack.unpackb(v) for v in values)
+
+    assert first == {"ts": 1_700_000_000_000_000_000, "key": "AAPL", "mean": 101.25,
+                     "count": 20, "up": True}
+    assert second["key"] == 'é"\\x' and math.isnan(second["mean"]) and second["ts"] == -5
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_encoded_batches_decode_back_to_the_same_records(codec: str) -> None:
+    rng = np.random.default_rng(3)
+    keys = [f"k{i % 7}" * (1 + i % 40) for i in range(500)]
+    batch = Batch.from_columns(
+        ts=rng.integers(-(2**62), 2**62, 500), key=keys,
+        mean=rng.standard_normal(500) * 1e6, count=rng.integers(-(2**62), 2**62, 500),
+        up=rng.integers(0, 2, 500).astype(bool),
+    )
+    decoder = RecordDecoder(Schema.of(mean="float64", count="int64", up="bool"),
+                            key_field="key", time_field="ts", codec=codec)  # type: ignore[arg-type]
+    fetch = decoder.decode(encode_values(batch, codec), np.zeros(500, dtype=np.int64))  # type: ignore[arg-type]
+
+    assert fetch.rejections == () and fetch.exact_path == 0
+    assert fetch.ts.tolist() == batch.ts.tolist()
+    assert fetch.key.tolist() == batch.key.tolist()
+    for name, column in batch.columns.items():
+        assert fetch.columns[name].tolist() == column.tolist()
+
+
+def test_reserved_names_and_non_utf8_keys_are_refused() -> None:
+    one = np.array([1], dtype=np.int64)
+    with pytest.raises(EncodeError, match="reserves"):
+        encode_values(Batch(one, np.array([b"a"]), {"key": np.ones(1)}), "json")
+    bad_key = Batch(one, np.array([b"\xff"]), {"x": np.ones(1)})
+    for codec in ("json", "msgpack"):
+        with pytest.raises(EncodeError, match="not UTF-8"):
+            encode_values(bad_key, codec)  # type: ignore[arg-type]
+
+
+def test_partitions_match_kafkas_default_partitioner() -> None:
+    rng = np.random.default_rng(11)
+    keys = [bytes(rng.integers(1, 256, int(n)).astype(np.uint8)) for n in rng.integers(0, 40, 3000)]
+    keys += [b"", b"a", b"ab", b"abc", b"abcd", b"AAPL"]
+    array = np.array(keys, dtype=object).astype(np.bytes_)
+
+    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]
+    for count in (1, 3, 4, 12):
+        expected = [(aiokafka_murmur2(k) & 0x7FFFFFFF) % count for k in keys]
+        assert key_partitions(array, count).tolist() == expected
