@@ -283,7 +283,11 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if not _is_alive(self._saved):
                 return f"the process exited early; log tail: {self._log_tail()!r}"
-            if broker_answers(_HOST, self._saved.port, timeout_s=0.5):
+            # Another process may answer on the port (ours then dies of "address in use"):
+            # the listener must be ours before the answer counts.
+            if _listens_on(self._saved.pid, self._saved.port) and broker_answers(
+                _HOST, self._saved.port, timeout_s=0.5
+            ):
                 return ""
             time.sleep(0.02)
         return f"no answer on {self.bootstrap_servers} within {timeout_s:.0f}s"
@@ -339,6 +343,16 @@ class EmbeddedBroker:
             return self.log_path.read_text(errors="replace")[-limit:]
         except OSError:
             return ""
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections
+    )
 
 
 def _is_alive(saved: _SavedState) -> bool:

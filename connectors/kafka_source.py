@@ -396,7 +396,9 @@ class KafkaSourceReader:
     async def _decode(self, fetched: dict[int, list[Any]]) -> Batch:
         records = [record for partition in sorted(fetched) for record in fetched[partition]]
         if not records:
-            return Batch.empty(self._config.schema)
+            empty = Batch.empty(self._config.schema)
+            return Batch(empty.ts, empty.key, empty.columns,
+                         np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64))
         values = [record.value for record in records]
         stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=len(records))
         partitions = np.fromiter((r.partition for r in records), dtype=np.int32,

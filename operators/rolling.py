@@ -87,6 +87,8 @@ _EXTREME_SIGNS = {"max": 1.0, "min": -1.0}
 _LAST, _TOTAL, _TOTAL_COMP, _SHIFT, _SUM1, _COMP1, _SUM2, _COMP2, _PEAK = range(9)
 _MOMENTS = 9
 _SEQUENCE, _SINCE, _RUN, _NAN_AFTER, _PINF_AFTER, _NINF_AFTER = 0, 1, 2, 3, 4, 5
+# Columns of the per-key ``deque`` array of count-window min/max (with _SEQUENCE).
+_FRONT, _LENGTH = 1, 2
 # Columns of the per-key ``ring`` array: each key's segment of the shared pools.
 _START, _CAPACITY, _OLDEST, _SIZE = 0, 1, 2, 3
 #: Recompute std sums when their centered part falls below this fraction of their peak.
@@ -147,39 +149,62 @@ def _ring_grow(ring: Any, positions: Any, values: Any, used: Any, s: int) -> tup
 
 # -- sum, mean, std, zscore ------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _add_value(moments: Any, s: int, value: float, sign: float, squares: bool) -> None:
-    if squares:
-        d = value - moments[s, _SHIFT]
-        moments[s, _SUM1], moments[s, _COMP1] = compensated_add(
-            moments[s, _SUM1], moments[s, _COMP1], sign * d)
-        moments[s, _SUM2], moments[s, _COMP2] = compensated_add(
-            moments[s, _SUM2], moments[s, _COMP2], sign * d * d)
-        moments[s, _PEAK] = max(moments[s, _PEAK], moments[s, _SUM2])
-    else:
-        moments[s, _TOTAL], moments[s, _TOTAL_COMP] = compensated_add(
-            moments[s, _TOTAL], moments[s, _TOTAL_COMP], sign * value)
+def _note_value(tally: Any, s: int, x: float) -> int:
+    # Counts the event and remembers it when non-finite; returns its 1-based sequence number.
+    # Stores are unconditional selects: a store under a branch here halves the kernel's speed.
+    sequence: int = tally[s, _SEQUENCE] + 1
+    tally[s, _SEQUENCE] = sequence
+    finite = math.isfinite(x)
+    tally[s, _NAN_AFTER] = sequence if not finite and x != x else tally[s, _NAN_AFTER]
+    tally[s, _PINF_AFTER] = sequence if not finite and x > 0 else tally[s, _PINF_AFTER]
+    tally[s, _NINF_AFTER] = sequence if not finite and x < 0 else tally[s, _NINF_AFTER]
+    return sequence
+
+
+@njit(cache=True, inline="always")
+def _slide_total(moments: Any, s: int, leaving: float, arriving: float) -> None:
+    # NaN stands for "no value": non-finite values never enter the sums.
+    total, compensation = moments[s, _TOTAL], moments[s, _TOTAL_COMP]
+    if math.isfinite(leaving):
+        total, compensation = compensated_add(total, compensation, -leaving)
+    if math.isfinite(arriving):
+        total, compensation = compensated_add(total, compensation, arriving)
+    moments[s, _TOTAL], moments[s, _TOTAL_COMP] = total, compensation
+
+
+@njit(cache=True, inline="always")
+def _slide_squares(moments: Any, s: int, leaving: float, arriving: float) -> None:
+    shift = moments[s, _SHIFT]
+    sum1, comp1 = moments[s, _SUM1], moments[s, _COMP1]
+    sum2, comp2 = moments[s, _SUM2], moments[s, _COMP2]
+    if math.isfinite(leaving):
+        d = leaving - shift
+        sum1, comp1 = compensated_add(sum1, comp1, -d)
+        sum2, comp2 = compensated_add(sum2, comp2, -d * d)
+    if math.isfinite(arriving):
+        d = arriving - shift
+        sum1, comp1 = compensated_add(sum1, comp1, d)
+        sum2, comp2 = compensated_add(sum2, comp2, d * d)
+    moments[s, _SUM1], moments[s, _COMP1] = sum1, comp1
+    moments[s, _SUM2], moments[s, _COMP2] = sum2, comp2
+    moments[s, _PEAK] = max(moments[s, _PEAK], sum2)
 
 
 @njit(cache=True)
-def _recompute(moments: Any, s: int, ring: Any, oldest: int, n: int, squares: bool) -> None:
-    # Exact-as-possible sums of the window; for squares, two passes around the window's mean.
+def _recompute_squares(moments: Any, s: int, ring: Any, oldest: int, n: int) -> None:
+    # Two passes over the window (ring[oldest:] then its start): its mean becomes the shift.
     length = ring.shape[0]
     total = compensation = 0.0
     finite = 0
     for j in range(n):
-        index = oldest + j
-        value = ring[index if index < length else index - length]
+        value = ring[oldest + j if oldest + j < length else oldest + j - length]
         if math.isfinite(value):
             total, compensation = compensated_add(total, compensation, value)
             finite += 1
-    if not squares:
-        moments[s, _TOTAL], moments[s, _TOTAL_COMP] = total, compensation
-        return
     shift = (total + compensation) / finite if finite else 0.0
     sum1 = comp1 = sum2 = comp2 = 0.0
     for j in range(n):
-        index = oldest + j
-        value = ring[index if index < length else index - length]
+        value = ring[oldest + j if oldest + j < length else oldest + j - length]
         if math.isfinite(value):
             d = value - shift
             sum1, comp1 = compensated_add(sum1, comp1, d)
@@ -199,18 +224,34 @@ def _centered_squares(moments: Any, s: int, n: int) -> float:
 
 
 @njit(cache=True, inline="always")
+def _squares_stale(moments: Any, tally: Any, s: int, x: float, n: int, sequence: int) -> bool:
+    # Tracks the run of equal values; True when the squares must be recomputed from the window.
+    tally[s, _RUN] = tally[s, _RUN] + 1 if x == moments[s, _LAST] else 1
+    moments[s, _LAST] = x
+    tally[s, _SINCE] += 1
+    stale: bool = tally[s, _SINCE] >= n
+    if not stale and max(tally[s, _NAN_AFTER], tally[s, _PINF_AFTER],
+                         tally[s, _NINF_AFTER]) <= sequence - n:
+        # Over 20 of 53 bits cancelled (a spike left, or the level moved far from the
+        # shift): the sums are noise at the scale of the result, so rebuild them now.
+        stale = _centered_squares(moments, s, n) < moments[s, _PEAK] * _CANCELLATION
+    if stale:
+        tally[s, _SINCE] = 0
+    return stale
+
+
+@njit(cache=True, inline="always")
 def _moments_result(statistic: int, moments: Any, tally: Any, s: int, n: int, x: float) -> float:
     first = tally[s, _SEQUENCE] - n  # 1 + sequence number of the event before the window
     has_nan = tally[s, _NAN_AFTER] > first
     has_pinf = tally[s, _PINF_AFTER] > first
     has_ninf = tally[s, _NINF_AFTER] > first
     if statistic <= _MEAN:
-        if has_nan or (has_pinf and has_ninf):
-            return np.nan
-        if has_pinf or has_ninf:
-            return np.inf if has_pinf else -np.inf
         total: float = moments[s, _TOTAL] + moments[s, _TOTAL_COMP]
-        return total if statistic == _SUM else total / n
+        value = total if statistic == _SUM else total / n
+        value = np.inf if has_pinf else value
+        value = -np.inf if has_ninf else value
+        return np.nan if has_nan or (has_pinf and has_ninf) else value
     if has_nan or has_pinf or has_ninf or n < 2:
         return np.nan
     if tally[s, _RUN] >= n:
@@ -227,121 +268,135 @@ def _moments_result(statistic: int, moments: Any, tally: Any, s: int, n: int, x:
 
 
 @njit(cache=True)
-def _moments_kernel(statistic: int, window: int, time_window: int, slots: Any, ts: Any,
-                    xs: Any, times: Any, values: Any, head: Any, count: Any, moments: Any,
-                    tally: Any, ring: Any, positions: Any, pool: Any, used: Any, out: Any,
-                    emitted: Any) -> tuple[Any, Any]:
+def _count_moments_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any,
+                          times: Any, values: Any, head: Any, count: Any, moments: Any,
+                          tally: Any, out: Any, emitted: Any) -> None:
+    squares = statistic >= _STD
+    for r in range(slots.shape[0]):
+        s, x = slots[r], xs[r]
+        h, n = head[0, s], count[0, s]
+        leaving = values[0, s, h, 0] if n == window else np.nan
+        n = n + 1 if n < window else n
+        count[0, s] = n
+        times[0, s, h] = ts[r]
+        values[0, s, h, 0] = x
+        head[0, s] = h + 1 if h + 1 < window else 0
+        sequence = _note_value(tally, s, x)
+        if squares:
+            _slide_squares(moments, s, leaving, x)
+            if _squares_stale(moments, tally, s, x, n, sequence):
+                oldest = h + 1 - n
+                _recompute_squares(moments, s, values[0, s, :, 0],
+                                   oldest if oldest >= 0 else oldest + window, n)
+        else:
+            _slide_total(moments, s, leaving, x)
+        emitted[r] = n == window
+        out[r] = _moments_result(statistic, moments, tally, s, n, x)
+
+
+@njit(cache=True)
+def _time_moments_kernel(statistic: int, time_window: int, slots: Any, ts: Any, xs: Any,
+                         moments: Any, tally: Any, ring: Any, positions: Any, pool: Any,
+                         used: Any, out: Any) -> tuple[Any, Any]:
     squares = statistic >= _STD
     for r in range(slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
-        if window > 0:
-            h, n = head[0, s], count[0, s]
-            if n == window:
-                old = values[0, s, h, 0]
-                if math.isfinite(old):
-                    _add_value(moments, s, old, -1.0, squares)
+        start, capacity = ring[s, _START], ring[s, _CAPACITY]
+        oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
+        while size > 0 and positions[start + oldest] <= t - time_window:
+            if squares:
+                _slide_squares(moments, s, pool[start + oldest], np.nan)
             else:
-                n += 1
-                count[0, s] = n
-            times[0, s, h] = t
-            values[0, s, h, 0] = x
-            head[0, s] = h + 1 if h + 1 < window else 0
-        else:
-            while ring[s, _SIZE] > 0:
-                front = ring[s, _START] + ring[s, _OLDEST]
-                if positions[front] > t - time_window:
-                    break
-                if math.isfinite(pool[front]):
-                    _add_value(moments, s, pool[front], -1.0, squares)
-                ring[s, _OLDEST] = (ring[s, _OLDEST] + 1) & (ring[s, _CAPACITY] - 1)
-                ring[s, _SIZE] -= 1
-            if ring[s, _SIZE] == ring[s, _CAPACITY]:
-                positions, pool = _ring_grow(ring, positions, pool, used, s)
-            back = ring[s, _START] + ((ring[s, _OLDEST] + ring[s, _SIZE]) & (ring[s, _CAPACITY] - 1))
-            positions[back], pool[back] = t, x
-            ring[s, _SIZE] += 1
-            n = ring[s, _SIZE]
-        sequence = tally[s, _SEQUENCE] + 1
-        tally[s, _SEQUENCE] = sequence
-        if math.isfinite(x):
-            _add_value(moments, s, x, 1.0, squares)
-        elif math.isnan(x):
-            tally[s, _NAN_AFTER] = sequence
-        else:
-            tally[s, _PINF_AFTER if x > 0 else _NINF_AFTER] = sequence
+                _slide_total(moments, s, pool[start + oldest], np.nan)
+            oldest = (oldest + 1) & (capacity - 1)
+            size -= 1
+        ring[s, _OLDEST] = oldest
+        if size == capacity:
+            ring[s, _SIZE] = size
+            positions, pool = _ring_grow(ring, positions, pool, used, s)
+            start, capacity, oldest = ring[s, _START], ring[s, _CAPACITY], ring[s, _OLDEST]
+        back = start + ((oldest + size) & (capacity - 1))
+        positions[back], pool[back] = t, x
+        n = size + 1
+        ring[s, _SIZE] = n
+        sequence = _note_value(tally, s, x)
         if squares:
-            tally[s, _RUN] = tally[s, _RUN] + 1 if x == moments[s, _LAST] else 1
-            moments[s, _LAST] = x
-        tally[s, _SINCE] += 1
-        recompute = tally[s, _SINCE] >= n
-        if squares and not recompute:
-            clean = max(tally[s, _NAN_AFTER], tally[s, _PINF_AFTER],
-                        tally[s, _NINF_AFTER]) <= sequence - n
-            # Over 20 of 53 bits cancelled (a spike left, or the level moved far from the
-            # shift): the sums are noise at the scale of the result, so rebuild them now.
-            recompute = clean and (
-                _centered_squares(moments, s, n) < moments[s, _PEAK] * _CANCELLATION)
-        if recompute:
-            tally[s, _SINCE] = 0
-            if window > 0:
-                oldest = head[0, s] - n
-                _recompute(moments, s, values[0, s, :, 0], oldest if oldest >= 0 else oldest + window, n,
-                           squares)
-            else:
-                start = ring[s, _START]
-                _recompute(moments, s, pool[start : start + ring[s, _CAPACITY]],
-                           ring[s, _OLDEST], n, squares)
-        emitted[r] = window == 0 or n == window
-        if emitted[r]:
-            out[r] = _moments_result(statistic, moments, tally, s, n, x)
+            _slide_squares(moments, s, np.nan, x)
+            if _squares_stale(moments, tally, s, x, n, sequence):
+                _recompute_squares(moments, s, pool[start : start + capacity], oldest, n)
+        else:
+            _slide_total(moments, s, np.nan, x)
+        out[r] = _moments_result(statistic, moments, tally, s, n, x)
     return positions, pool
 
 
 # -- min, max --------------------------------------------------------------------------------
 @njit(cache=True)
-def _extreme_kernel(sign: float, window: int, time_window: int, slots: Any, ts: Any, xs: Any,
-                    times: Any, values: Any, head: Any, count: Any, sequence: Any, nan_at: Any,
-                    ring: Any, positions: Any, pool: Any, used: Any, out: Any,
-                    emitted: Any) -> tuple[Any, Any]:
-    # The deque holds (position, sign * value), values decreasing from the front; a position
-    # is the key's event sequence number (count windows) or the event time (time windows).
+def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any, times: Any,
+                          values: Any, head: Any, count: Any, deque: Any, deque_at: Any,
+                          deque_values: Any, nan_at: Any, out: Any, emitted: Any) -> None:
+    # Per key, a ring of (sequence number, sign * value) with values decreasing from the
+    # front; it never holds more than `window` entries, as the oldest leaves before a push.
     for r in range(slots.shape[0]):
-        s, t, x = slots[r], ts[r], xs[r]
-        if window > 0:
-            h = head[0, s]
-            times[0, s, h] = t
-            values[0, s, h, 0] = x
-            head[0, s] = h + 1 if h + 1 < window else 0
-            count[0, s] = min(count[0, s] + 1, window)
-            position = sequence[s, 0]
-            sequence[s, 0] = position + 1
-            oldest_gone = position - window
-        else:
-            position = t
-            oldest_gone = t - time_window
+        s, x = slots[r], xs[r]
+        h = head[0, s]
+        times[0, s, h] = ts[r]
+        values[0, s, h, 0] = x
+        head[0, s] = h + 1 if h + 1 < window else 0
+        n = min(count[0, s] + 1, window)
+        count[0, s] = n
+        position = deque[s, _SEQUENCE]
+        deque[s, _SEQUENCE] = position + 1
+        front, size = deque[s, _FRONT], deque[s, _LENGTH]
+        if size > 0 and deque_at[s, front] <= position - window:
+            front = front + 1 if front + 1 < window else 0
+            size -= 1
         v = sign * x
         if math.isnan(v):
             nan_at[s, 0] = position
         else:
-            while ring[s, _SIZE] > 0:
-                last = (ring[s, _OLDEST] + ring[s, _SIZE] - 1) & (ring[s, _CAPACITY] - 1)
-                if pool[ring[s, _START] + last] > v:
+            while size > 0:
+                last = front + size - 1
+                if deque_values[s, last if last < window else last - window] > v:
                     break
-                ring[s, _SIZE] -= 1
-            if ring[s, _SIZE] == ring[s, _CAPACITY]:
-                positions, pool = _ring_grow(ring, positions, pool, used, s)
-            back = ring[s, _START] + ((ring[s, _OLDEST] + ring[s, _SIZE]) & (ring[s, _CAPACITY] - 1))
-            positions[back], pool[back] = position, v
-            ring[s, _SIZE] += 1
-        while ring[s, _SIZE] > 0 and positions[ring[s, _START] + ring[s, _OLDEST]] <= oldest_gone:
-            ring[s, _OLDEST] = (ring[s, _OLDEST] + 1) & (ring[s, _CAPACITY] - 1)
-            ring[s, _SIZE] -= 1
-        emitted[r] = window == 0 or count[0, s] == window
+                size -= 1
+            back = front + size if front + size < window else front + size - window
+            deque_at[s, back], deque_values[s, back] = position, v
+            size += 1
+        deque[s, _FRONT], deque[s, _LENGTH] = front, size
+        emitted[r] = n == window
         if emitted[r]:
-            if nan_at[s, 0] > oldest_gone:
-                out[r] = np.nan
-            else:
-                out[r] = sign * pool[ring[s, _START] + ring[s, _OLDEST]]
+            nan_inside = nan_at[s, 0] > position - window
+            out[r] = np.nan if nan_inside else sign * deque_values[s, front]
+
+
+@njit(cache=True)
+def _time_extreme_kernel(sign: float, time_window: int, slots: Any, ts: Any, xs: Any,
+                         nan_at: Any, ring: Any, positions: Any, pool: Any, used: Any,
+                         out: Any) -> tuple[Any, Any]:
+    # Per key, a growable ring of (ts, sign * value) with values decreasing from the front.
+    for r in range(slots.shape[0]):
+        s, t, x = slots[r], ts[r], xs[r]
+        start, capacity = ring[s, _START], ring[s, _CAPACITY]
+        oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
+        while size > 0 and positions[start + oldest] <= t - time_window:
+            oldest = (oldest + 1) & (capacity - 1)
+            size -= 1
+        v = sign * x
+        if math.isnan(v):
+            nan_at[s, 0] = t
+        else:
+            while size > 0 and pool[start + ((oldest + size - 1) & (capacity - 1))] <= v:
+                size -= 1
+            if size == capacity:
+                ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+                positions, pool = _ring_grow(ring, positions, pool, used, s)
+                start, capacity, oldest = ring[s, _START], ring[s, _CAPACITY], ring[s, _OLDEST]
+            back = start + ((oldest + size) & (capacity - 1))
+            positions[back], pool[back] = t, v
+            size += 1
+        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+        out[r] = np.nan if nan_at[s, 0] > t - time_window else sign * pool[start + oldest]
     return positions, pool
 
 
@@ -488,16 +543,23 @@ class RollingLogic:
         self._time_window = int(config.params.get("time_window", 0))
         self._sign = _EXTREME_SIGNS.get(statistic, 0.0)
         self._statistic = _STATISTICS.get(statistic, -1)
+        window = self._window
+        per_key: dict[str, StateArray] = {}
         if self._sign:
-            per_key = {"sequence": StateArray(1, np.int64, 0),
-                       "nan_at": StateArray(1, np.int64, _NEVER)}
+            per_key["nan_at"] = StateArray(1, np.int64, _NEVER)
+            if window:
+                per_key["deque"] = StateArray(3, np.int64, 0)
+                per_key["deque_at"] = StateArray(window, np.int64, 0)
+                per_key["deque_values"] = StateArray(window, np.float64, 0.0)
         else:
-            per_key = {"moments": StateArray(_MOMENTS, np.float64, 0.0),
-                       "tally": StateArray(6, np.int64, 0)}
-        per_key["ring"] = StateArray(4, np.int64, 0)
-        shared = {"positions": np.empty(0, dtype=np.int64), "pool": np.empty(0),
-                  "used": np.zeros(1, dtype=np.int64)}
-        self._state = KeyedState(inputs=1, period=max(self._window, 1), features=1,
+            per_key["moments"] = StateArray(_MOMENTS, np.float64, 0.0)
+            per_key["tally"] = StateArray(6, np.int64, 0)
+        shared = {}
+        if not window:
+            per_key["ring"] = StateArray(4, np.int64, 0)
+            shared = {"positions": np.empty(0, dtype=np.int64), "pool": np.empty(0),
+                      "used": np.zeros(1, dtype=np.int64)}
+        self._state = KeyedState(inputs=1, period=max(window, 1), features=1,
                                  per_key=per_key, shared=shared, snapshot=snapshot)
 
     def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
@@ -508,23 +570,30 @@ class RollingLogic:
         self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], xs: npt.NDArray[np.float64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
         """Fold events (keys already mapped by ``slots``) in; each event's value and emit flag."""
-        state, cache = self._state, self._state.cache
+        state, cache, key = self._state, self._state.cache, self._state.per_key
         state.check_slots(slots)
         out = np.empty(len(slots), dtype=np.float64)
-        emitted = np.empty(len(slots), dtype=np.bool_)
-        common = (self._window, self._time_window, slots, ts, xs, cache.times, cache.values,
-                  cache.head, cache.count)
-        pools = (state.per_key["ring"], state.shared["positions"], state.shared["pool"],
-                 state.shared["used"], out, emitted)
+        if self._window:
+            emitted = np.empty(len(slots), dtype=np.bool_)
+            history = (slots, ts, xs, cache.times, cache.values, cache.head, cache.count)
+            if self._sign:
+                _count_extreme_kernel(self._sign, self._window, *history, key["deque"],
+                                      key["deque_at"], key["deque_values"], key["nan_at"], out,
+                                      emitted)
+            else:
+                _count_moments_kernel(self._statistic, self._window, *history, key["moments"],
+                                      key["tally"], out, emitted)
+            return out, emitted
+        pools = (key["ring"], state.shared["positions"], state.shared["pool"],
+                 state.shared["used"], out)
         if self._sign:
-            positions, pool = _extreme_kernel(self._sign, *common, state.per_key["sequence"],
-                                              state.per_key["nan_at"], *pools)
+            positions, pool = _time_extreme_kernel(self._sign, self._time_window, slots, ts, xs,
+                                                   key["nan_at"], *pools)
         else:
-            positions, pool = _moments_kernel(self._statistic, *common,
-                                              state.per_key["moments"], state.per_key["tally"],
-                                              *pools)
+            positions, pool = _time_moments_kernel(self._statistic, self._time_window, slots,
+                                                   ts, xs, key["moments"], key["tally"], *pools)
         state.shared["positions"], state.shared["pool"] = positions, pool
-        return out, emitted
+        return out, np.ones(len(slots), dtype=np.bool_)
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """The statistic for every event whose window is ready, at that event's ts and key."""

@@ -114,6 +114,24 @@ def render_console(
     return "\n".join(lines)
 
 
+def _drained_stats(
+    running: Any, graph: Graph, produced: int, loop: asyncio.AbstractEventLoop,
+    timeout_s: float = 30.0,
+) -> dict[str, NodeStats]:
+    """Stats once every produced tick has gone through every node (or the timeout passed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats: dict[str, NodeStats] = running.stats()
+        read = sum(stats[n.name].events_out for n in graph.nodes if n.role == "source")
+        settled = read >= produced and all(
+            stats[node.name].events_in == sum(stats[i.name].events_out for i in node.inputs)
+            for node in graph.nodes if node.inputs
+        )
+        if settled or time.monotonic() > deadline:
+            return stats
+        loop.run_until_complete(asyncio.sleep(0.1))
+
+
 async def _sample_topic(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -206,7 +224,7 @@ def run_demo(
         loop.run_until_complete(task)
         report.produced = producer.produced
         report.seconds = time.perf_counter() - started
-        report.stats = running.stats()
+        report.stats = _drained_stats(running, graph, producer.produced, loop)
         for node in graph.nodes:
             if node.role == "sink":
                 topic = str(node.params["topic"])

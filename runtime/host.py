@@ -17,10 +17,12 @@ from streamdag.connector import SinkWriter, SourceReader
 from streamdag.operator import NodeConfig
 from streamdag.runtime.channels import Channel, Target
 from streamdag.runtime.messages import EndOfStream, Envelope, Payload, Watermark
-from streamdag.runtime.stats import NodeStats
+from streamdag.runtime.stats import NodeStats, resident_bytes_of
 from streamdag.runtime.worker import NodeWorker
 
 __all__ = ["NodeHost", "RuntimeSettings"]
+
+_DAY_NS = 86_400 * 10**9
 
 SourceFactory = Callable[[], SourceReader]
 SinkFactory = Callable[[], SinkWriter]
@@ -185,6 +187,11 @@ class NodeHost:
         if isinstance(payload, Batch):
             await self.sink.write(payload)
             await self.sink.flush()
+            if len(payload):
+                # Meaningful for live streams, whose event times are wall-clock nanoseconds.
+                lag_ns = time.time_ns() - int(payload.ts.max())
+                if 0 <= lag_ns < _DAY_NS:
+                    self.worker.stats.end_to_end_latency.observe(lag_ns / 1e9)
         elif isinstance(payload, EndOfStream):
             await self.sink.flush()
 
@@ -217,7 +224,11 @@ class NodeHost:
         """A copy of this node's counters, with the hosting process's resident memory."""
         import psutil
 
-        stats = replace(self.worker.stats, rss_bytes=int(psutil.Process().memory_info().rss))
+        stats = replace(
+            self.worker.stats,
+            rss_bytes=int(psutil.Process().memory_info().rss),
+            cache_bytes=resident_bytes_of(self.worker.logic),
+        )
         lag = getattr(self.source, "lag", None)
         if callable(lag):
             stats.lag = dict(lag())

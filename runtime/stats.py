@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats"]
+import numpy as np
+
+__all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats", "resident_bytes_of"]
 
 #: Upper bounds (seconds) of the latency histogram buckets, as Prometheus would have them.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -83,5 +86,36 @@ class NodeStats:
     dead_lettered: int = 0
     #: Seconds spent compiling/loading the operator's kernels before the node reported ready.
     warm_up_seconds: float = 0.0
+    #: Bytes held by the operator's state (ring buffers, key tables, per-key arrays).
+    cache_bytes: int = 0
+    #: Sinks: wall clock at write minus the newest event time of each batch written.
+    end_to_end_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     process_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+def resident_bytes_of(state: Any, depth: int = 3) -> int:
+    """Bytes of the numpy arrays an operator's state holds (or its own ``resident_bytes()``)."""
+    seen: set[int] = set()
+
+    def walk(value: Any, level: int) -> int:
+        if id(value) in seen:
+            return 0
+        seen.add(id(value))
+        if isinstance(value, np.ndarray):
+            return int(value.nbytes)
+        measure = getattr(value, "resident_bytes", None)
+        if callable(measure) and not isinstance(value, type):
+            return int(measure())
+        if level <= 0:
+            return 0
+        if isinstance(value, dict):
+            return sum(walk(v, level - 1) for v in value.values())
+        if isinstance(value, list | tuple):
+            return sum(walk(v, level - 1) for v in value)
+        attributes = getattr(value, "__dict__", None)
+        if isinstance(attributes, dict):
+            return sum(walk(v, level - 1) for v in attributes.values())
+        return 0
+
+    return walk(state, depth)

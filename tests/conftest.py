@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from streamdag.connectors.broker import EmbeddedBroker
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -29,3 +33,18 @@ def ray_session() -> Iterator[None]:
     ensure_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The real embedded Kafka-compatible broker, started once for the session, then stopped."""
+    from streamdag.connectors.broker import EmbeddedBroker
+
+    with EmbeddedBroker.start(tmp_path_factory.mktemp("broker")) as running:
+        yield running
+
+
+@pytest.fixture
+def bootstrap(broker: EmbeddedBroker) -> str:
+    """The embedded broker's bootstrap servers."""
+    return str(broker.bootstrap_servers)

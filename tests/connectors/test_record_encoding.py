@@ -30,7 +30,9 @@ def sample() -> Batch:
 def test_json_values_are_compact_objects_with_ts_key_and_fields() -> None:
     values = encode_values(sample(), "json")
 
-    assert values[0] == b'{"ts":1700000000000000000,"key":"AAPL","mean":101.25,"count":20,"up":true}'
+    assert values[0] == (
+        b'{"ts":1700000000000000000,"key":"AAPL","mean":101.25,"count":20,"up":true}'
+    )
     assert json.loads(values[1]) == {"ts": -5, "key": 'é"\\x', "mean": None, "count": -3,
                                      "up": False}
 
