@@ -73,11 +73,11 @@ def concatenate_values(
 
     A missing value (a tombstone) is an empty span.
     """
-    present = [value if value is not None else b"" for value in values]
+    present = [value or b"" for value in values] if None in values else values
     lengths = np.fromiter(map(len, present), dtype=np.int64, count=len(present))
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    buffer = np.frombuffer(b"".join(present), dtype=np.uint8)
+    buffer = np.frombuffer(b"".join(present), dtype=np.uint8)  # type: ignore[arg-type]
     return buffer, starts, ends
 
 

@@ -228,15 +228,13 @@ def _squares_stale(moments: Any, tally: Any, s: int, x: float, n: int, sequence:
     # Tracks the run of equal values; True when the squares must be recomputed from the window.
     tally[s, _RUN] = tally[s, _RUN] + 1 if x == moments[s, _LAST] else 1
     moments[s, _LAST] = x
-    tally[s, _SINCE] += 1
-    stale: bool = tally[s, _SINCE] >= n
-    if not stale and max(tally[s, _NAN_AFTER], tally[s, _PINF_AFTER],
-                         tally[s, _NINF_AFTER]) <= sequence - n:
-        # Over 20 of 53 bits cancelled (a spike left, or the level moved far from the
-        # shift): the sums are noise at the scale of the result, so rebuild them now.
-        stale = _centered_squares(moments, s, n) < moments[s, _PEAK] * _CANCELLATION
-    if stale:
-        tally[s, _SINCE] = 0
+    since = tally[s, _SINCE] + 1
+    clean = max(tally[s, _NAN_AFTER], tally[s, _PINF_AFTER], tally[s, _NINF_AFTER]) <= sequence - n
+    # Over 20 of 53 bits cancelled (a spike left, or the level moved far from the shift): the
+    # sums are noise at the scale of the result, so rebuild them now.
+    cancelled = clean and _centered_squares(moments, s, n) < moments[s, _PEAK] * _CANCELLATION
+    stale: bool = since >= n or cancelled
+    tally[s, _SINCE] = 0 if stale else since
     return stale
 
 
@@ -267,29 +265,47 @@ def _moments_result(statistic: int, moments: Any, tally: Any, s: int, n: int, x:
     return centered / std
 
 
+@njit(cache=True, inline="always")
+def _push_history(times: Any, values: Any, head: Any, count: Any, window: int, s: int, t: int,
+                  x: float) -> tuple[float, int, int]:
+    # Writes the event into the key's ring; returns the value that leaves the window (NaN if
+    # none), the events now in the window, and the ring position written.
+    h, n = head[0, s], count[0, s]
+    leaving = values[0, s, h, 0] if n == window else np.nan
+    n = n + 1 if n < window else n
+    count[0, s] = n
+    times[0, s, h] = t
+    values[0, s, h, 0] = x
+    head[0, s] = h + 1 if h + 1 < window else 0
+    return leaving, n, h
+
+
 @njit(cache=True)
-def _count_moments_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any,
-                          times: Any, values: Any, head: Any, count: Any, moments: Any,
-                          tally: Any, out: Any, emitted: Any) -> None:
-    squares = statistic >= _STD
+def _count_sums_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any, times: Any,
+                       values: Any, head: Any, count: Any, moments: Any, tally: Any, out: Any,
+                       emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
-        h, n = head[0, s], count[0, s]
-        leaving = values[0, s, h, 0] if n == window else np.nan
-        n = n + 1 if n < window else n
-        count[0, s] = n
-        times[0, s, h] = ts[r]
-        values[0, s, h, 0] = x
-        head[0, s] = h + 1 if h + 1 < window else 0
+        leaving, n, _ = _push_history(times, values, head, count, window, s, ts[r], x)
+        _note_value(tally, s, x)
+        _slide_total(moments, s, leaving, x)
+        emitted[r] = n == window
+        out[r] = _moments_result(statistic, moments, tally, s, n, x)
+
+
+@njit(cache=True)
+def _count_squares_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any,
+                          times: Any, values: Any, head: Any, count: Any, moments: Any,
+                          tally: Any, out: Any, emitted: Any) -> None:
+    for r in range(slots.shape[0]):
+        s, x = slots[r], xs[r]
+        leaving, n, h = _push_history(times, values, head, count, window, s, ts[r], x)
         sequence = _note_value(tally, s, x)
-        if squares:
-            _slide_squares(moments, s, leaving, x)
-            if _squares_stale(moments, tally, s, x, n, sequence):
-                oldest = h + 1 - n
-                _recompute_squares(moments, s, values[0, s, :, 0],
-                                   oldest if oldest >= 0 else oldest + window, n)
-        else:
-            _slide_total(moments, s, leaving, x)
+        _slide_squares(moments, s, leaving, x)
+        if _squares_stale(moments, tally, s, x, n, sequence):
+            oldest = h + 1 - n
+            _recompute_squares(moments, s, values[0, s, :, 0],
+                               oldest if oldest >= 0 else oldest + window, n)
         emitted[r] = n == window
         out[r] = _moments_result(statistic, moments, tally, s, n, x)
 
@@ -339,12 +355,7 @@ def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any
     # front; it never holds more than `window` entries, as the oldest leaves before a push.
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
-        h = head[0, s]
-        times[0, s, h] = ts[r]
-        values[0, s, h, 0] = x
-        head[0, s] = h + 1 if h + 1 < window else 0
-        n = min(count[0, s] + 1, window)
-        count[0, s] = n
+        _, n, _ = _push_history(times, values, head, count, window, s, ts[r], x)
         position = deque[s, _SEQUENCE]
         deque[s, _SEQUENCE] = position + 1
         front, size = deque[s, _FRONT], deque[s, _LENGTH]
@@ -581,8 +592,9 @@ class RollingLogic:
                                       key["deque_at"], key["deque_values"], key["nan_at"], out,
                                       emitted)
             else:
-                _count_moments_kernel(self._statistic, self._window, *history, key["moments"],
-                                      key["tally"], out, emitted)
+                kernel = _count_squares_kernel if self._statistic >= _STD else _count_sums_kernel
+                kernel(self._statistic, self._window, *history, key["moments"], key["tally"],
+                       out, emitted)
             return out, emitted
         pools = (key["ring"], state.shared["positions"], state.shared["pool"],
                  state.shared["used"], out)

@@ -1,0 +1,475 @@
+"""The HTTP gateway (aiohttp) over a deployment's controller.
+
+Routes: ``POST /graphs`` (a graph spec, JSON or TOML by Content-Type; 201 with the diff and an
+id), ``GET /graphs``, ``GET /graphs/{id}``, ``DELETE /graphs/{id}``, ``GET /nodes``,
+``GET /healthz`` (open) and ``GET /metrics`` (Prometheus text). Everything but ``/healthz``
+needs ``Authorization: Bearer <token>``. Errors answer ``{"errors": [{"node", "type",
+"message"}]}``.
+
+Specs are data only: a body is parsed as JSON or TOML, never unpickled or imported, and it is
+validated completely (``streamdag.spec.graph_from_dict``) before the controller sees it, so a
+refused spec leaves nothing deployed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import hmac
+import inspect
+import json
+import logging
+import math
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from streamdag.config import ConfigError, GatewaySettings
+from streamdag.errors import GraphError, SpecError, StreamdagError
+from streamdag.params import validate_params
+from streamdag.registry import lookup
+from streamdag.runtime.metrics import StreamdagCollector
+from streamdag.spec import graph_from_dict
+
+__all__ = [
+    "JSON_CONTENT_TYPES",
+    "TOML_CONTENT_TYPES",
+    "BodyTooLargeError",
+    "ControllerCalls",
+    "GatewayRequestError",
+    "GatewayServer",
+    "RouteNotFoundError",
+    "SpecProblem",
+    "SpecRejectedError",
+    "UnauthorizedError",
+    "UnsupportedMediaTypeError",
+    "check_spec",
+    "create_app",
+    "parse_spec_body",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Content types read as a JSON graph spec.
+JSON_CONTENT_TYPES: frozenset[str] = frozenset({"application/json"})
+#: Content types read as a TOML graph spec.
+TOML_CONTENT_TYPES: frozenset[str] = frozenset(
+    {"application/toml", "text/toml", "application/x-toml", "text/x-toml"}
+)
+#: Paths answered without a token (probes cannot carry one).
+_OPEN_PATHS = frozenset({"/healthz"})
+_NODE_IN_MESSAGE = re.compile(r"^node (['\"])(?P<name>.*?)\1")
+_HEALTH_TIMEOUT_S = 5.0
+_METRICS_TIMEOUT_S = 10.0
+
+
+# -- errors -----------------------------------------------------------------------------------
+class GatewayRequestError(StreamdagError):
+    """A request the gateway refuses before it reaches the controller."""
+
+    status: ClassVar[int] = 400
+
+
+class UnauthorizedError(GatewayRequestError):
+    """The request carries no bearer token, or the wrong one."""
+
+    status = 401
+
+
+class RouteNotFoundError(GatewayRequestError):
+    """No route answers this method and path."""
+
+    status = 404
+
+
+class BodyTooLargeError(GatewayRequestError):
+    """The request body is larger than ``gateway.max_body_bytes``."""
+
+    status = 413
+
+
+class UnsupportedMediaTypeError(GatewayRequestError):
+    """The request body is neither JSON nor TOML."""
+
+    status = 415
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One reason a spec was refused: the node at fault (None: the spec as a whole)."""
+
+    node: str | None
+    type: str
+    message: str
+
+    @classmethod
+    def of(cls, error: StreamdagError, node: str | None = None) -> SpecProblem:
+        """The problem ``error`` reports; the node is read from its message when not given."""
+        message = str(error)
+        if node is None:
+            named = _NODE_IN_MESSAGE.match(message)
+            node = named.group("name") if named else None
+        return cls(node, type(error).__name__, message)
+
+
+class SpecRejectedError(GraphError):
+    """A submitted spec is malformed or invalid; ``problems`` lists what, node by node."""
+
+    def __init__(self, problems: Sequence[SpecProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(problem.message for problem in self.problems))
+
+
+# -- specs ------------------------------------------------------------------------------------
+def parse_spec_body(body: bytes, content_type: str) -> Any:
+    """The raw data of a spec body: JSON or TOML by ``content_type``, nothing else.
+
+    >>> parse_spec_body(b'name = "g"', "application/toml")
+    {'name': 'g'}
+    >>> parse_spec_body(b"\\x80\\x04K\\x01.", "application/octet-stream")
+    Traceback (most recent call last):
+    streamdag.runtime.gateway.UnsupportedMediaTypeError: ...
+    """
+    if content_type not in JSON_CONTENT_TYPES | TOML_CONTENT_TYPES:
+        accepted = ", ".join(sorted(JSON_CONTENT_TYPES | TOML_CONTENT_TYPES))
+        raise UnsupportedMediaTypeError(
+            f"got a body of Content-Type {content_type or 'none'!r}; a graph spec is a JSON or "
+            f"TOML document, sent as one of {accepted} (no pickles, code or import paths)"
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"the spec body is not UTF-8 text ({exc}); send the spec file as "
+                        "UTF-8") from None
+    if content_type in TOML_CONTENT_TYPES:
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"cannot parse the graph spec as TOML: {exc}; fix the syntax "
+                            "there") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"cannot parse the graph spec as JSON: {exc}; fix the syntax "
+                        "there") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise SpecError(f"the JSON spec holds {name}, which is not a number in JSON; write a "
+                    "finite number or a string")
+
+
+def check_spec(data: Any) -> Mapping[str, Any]:
+    """``data`` once it is known to be a valid spec; SpecRejectedError with every problem else.
+
+    ``graph_from_dict`` stops at the first problem; when it does, every other node is still
+    checked on its own (operator type, then params) so one answer names all the bad nodes.
+    """
+    try:
+        graph_from_dict(data)
+    except StreamdagError as exc:
+        problems = [SpecProblem.of(exc)]
+        named = {problems[0].node}
+        problems.extend(problem for problem in _node_problems(data)
+                        if problem.node not in named)
+        raise SpecRejectedError(problems) from None
+    if not isinstance(data, Mapping):  # graph_from_dict refuses it; this narrows the type
+        raise SpecRejectedError([SpecProblem(None, "SpecError", "a spec must be a table")])
+    return data
+
+
+def _node_problems(data: Any) -> list[SpecProblem]:
+    raw_nodes = data.get("nodes") if isinstance(data, Mapping) else None
+    if not isinstance(raw_nodes, list):
+        return []
+    problems: list[SpecProblem] = []
+    for raw in raw_nodes:
+        if not isinstance(raw, Mapping):
+            continue
+        name, type_name, params = raw.get("name"), raw.get("type"), raw.get("params", {})
+        if not isinstance(name, str) or not isinstance(type_name, str):
+            continue
+        try:
+            definition = lookup(type_name)
+            if isinstance(params, Mapping):
+                validate_params(name, type_name, definition.params, params)
+        except StreamdagError as exc:
+            problems.append(SpecProblem.of(exc, node=name))
+    return problems
+
+
+# -- the controller ---------------------------------------------------------------------------
+class ControllerCalls:
+    """Awaitable calls to a controller: the plain ``Controller`` or its Ray actor handle.
+
+    A Ray method is called with ``.remote`` and its ref awaited; a plain method is called and
+    awaited when it is a coroutine. A Ray task error is unwrapped to the StreamdagError the
+    controller raised, so callers handle one set of exceptions.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """The result of ``target.method(*args)``."""
+        bound = getattr(self._target, method)
+        remote = getattr(bound, "remote", None)
+        try:
+            result = remote(*args) if callable(remote) else bound(*args)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, StreamdagError):
+                raise cause from None
+            raise
+        return result
+
+    async def submit_spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Submit a validated spec; the submission with its id and diff."""
+        return dict(await self.call("submit_spec", dict(spec)))
+
+    async def remove(self, submission_id: str) -> dict[str, Any]:
+        """Remove a submission."""
+        return dict(await self.call("remove", submission_id))
+
+    async def list_submissions(self) -> list[dict[str, Any]]:
+        """Every submission."""
+        return list(await self.call("list_submissions"))
+
+    async def status(self, submission_id: str) -> dict[str, Any]:
+        """One submission's state, cause, diff and nodes."""
+        return dict(await self.call("status", submission_id))
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every node of the deployment."""
+        return list(await self.call("nodes"))
+
+    async def metrics_snapshot(self) -> Any:
+        """The controller's MetricsSnapshot."""
+        return await self.call("metrics_snapshot")
+
+    async def check_health(self) -> list[str]:
+        """Problems the controller finds (dead node actors); empty when healthy."""
+        return list(await self.call("check_health"))
+
+
+# -- the app ----------------------------------------------------------------------------------
+_CONTROLLER = web.AppKey("controller", ControllerCalls)
+_TOKEN = web.AppKey("token", bytes)
+_MAX_BODY = web.AppKey("max_body_bytes", int)
+_REGISTRY = web.AppKey("registry", CollectorRegistry)
+_COLLECTOR = web.AppKey("collector", StreamdagCollector)
+
+
+def create_app(
+    controller: Any,
+    settings: GatewaySettings,
+    token: str,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The gateway's aiohttp app over ``controller`` (a Controller or its Ray actor handle).
+
+    ``token`` is the bearer token every route but ``/healthz`` requires. ``/metrics`` renders
+    ``registry`` (a fresh one unless injected), on which a StreamdagCollector is registered.
+    """
+    if not token:
+        raise ConfigError(
+            "the gateway got an empty token; pass the bearer token clients must send "
+            "(gateway.token, or let `streamdag up` generate one)"
+        )
+    app = web.Application(
+        middlewares=[_answer_errors, _require_token], client_max_size=settings.max_body_bytes
+    )
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    app[_CONTROLLER] = ControllerCalls(controller)
+    app[_TOKEN] = token.encode()
+    app[_MAX_BODY] = settings.max_body_bytes
+    app[_REGISTRY] = registry
+    app[_COLLECTOR] = StreamdagCollector(registry)
+    app.router.add_post("/graphs", _submit)
+    app.router.add_get("/graphs", _list)
+    app.router.add_get("/graphs/{id}", _status)
+    app.router.add_delete("/graphs/{id}", _remove)
+    app.router.add_get("/nodes", _nodes)
+    app.router.add_get("/healthz", _health)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    text = json.dumps(_plain(data), allow_nan=False, ensure_ascii=False)
+    return web.Response(text=text, status=status, content_type="application/json",
+                        headers=headers)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data: dataclasses and tuples unfolded, non-finite floats None."""
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return _plain(item())
+    return str(value)
+
+
+def _errors(problems: Sequence[SpecProblem], status: int) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="streamdag"'} if status == 401 else None
+    return _json({"errors": [dataclasses.asdict(p) for p in problems]}, status, headers)
+
+
+def _status_of(error: StreamdagError) -> int:
+    if isinstance(error, GatewayRequestError):
+        return error.status
+    if isinstance(error, GraphError):
+        return 400
+    if type(error).__name__ == "UnknownSubmissionError":
+        return 404
+    # The deployment refused the request in its current state (e.g. an illegal transition).
+    return 409
+
+
+@web.middleware
+async def _answer_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except SpecRejectedError as exc:
+        return _errors(exc.problems, 400)
+    except StreamdagError as exc:
+        return _errors([SpecProblem.of(exc)], _status_of(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return _errors([_too_large(request)], 413)
+    except web.HTTPNotFound:
+        problem = RouteNotFoundError(
+            f"no route {request.method} {request.path}; routes are POST/GET /graphs, "
+            "GET/DELETE /graphs/{id}, GET /nodes, GET /healthz, GET /metrics")
+        return _errors([SpecProblem.of(problem)], 404)
+    except web.HTTPException as exc:
+        problem = SpecProblem(None, type(exc).__name__, f"{request.method} {request.path}: "
+                              f"{exc.reason}")
+        return _errors([problem], exc.status)
+    except Exception as exc:
+        _log.exception("gateway: %s %s failed", request.method, request.path)
+        return _errors([SpecProblem(None, type(exc).__name__, str(exc))], 500)
+
+
+@web.middleware
+async def _require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.path not in _OPEN_PATHS:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        given = credentials.strip().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, request.app[_TOKEN]):
+            raise UnauthorizedError(
+                f"{request.method} {request.path} needs 'Authorization: Bearer <token>' with "
+                f"the gateway's token ({'a wrong token was' if given else 'none was'} given); "
+                "`streamdag up` prints it and writes it to <state_dir>/gateway.json"
+            )
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+def _too_large(request: web.Request) -> SpecProblem:
+    limit = request.app[_MAX_BODY]
+    size = request.content_length
+    got = f"{size} bytes" if size is not None else "more bytes than that"
+    return SpecProblem.of(BodyTooLargeError(
+        f"the body has {got}; the gateway accepts at most {limit} bytes "
+        "(gateway.max_body_bytes); split the graph or raise the limit"))
+
+
+# -- handlers ---------------------------------------------------------------------------------
+async def _submit(request: web.Request) -> web.Response:
+    # Step 1: refuse what is too large or not JSON/TOML before reading a byte of it.
+    limit = request.app[_MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        return _errors([_too_large(request)], 413)
+    if request.content_type not in JSON_CONTENT_TYPES | TOML_CONTENT_TYPES:
+        parse_spec_body(b"", request.content_type)
+    # Step 2: read (aiohttp stops at client_max_size) and parse as data.
+    data = parse_spec_body(await request.read(), request.content_type)
+    # Step 3: validate completely, then hand the controller only a spec known to be valid.
+    spec = check_spec(data)
+    submission = await request.app[_CONTROLLER].submit_spec(spec)
+    location = f"/graphs/{submission.get('id')}"
+    return _json(submission, 201, {"Location": location})
+
+
+async def _list(request: web.Request) -> web.Response:
+    return _json({"graphs": await request.app[_CONTROLLER].list_submissions()})
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(await request.app[_CONTROLLER].status(request.match_info["id"]))
+
+
+async def _remove(request: web.Request) -> web.Response:
+    return _json(await request.app[_CONTROLLER].remove(request.match_info["id"]))
+
+
+async def _nodes(request: web.Request) -> web.Response:
+    return _json({"nodes": await request.app[_CONTROLLER].nodes()})
+
+
+async def _health(request: web.Request) -> web.Response:
+    try:
+        problems = await asyncio.wait_for(request.app[_CONTROLLER].check_health(),
+                                          _HEALTH_TIMEOUT_S)
+    except Exception as exc:
+        return _json({"status": "unavailable", "problems": [f"controller: {exc!r}"]}, 503)
+    return _json({"status": "degraded" if problems else "ok", "problems": problems})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    snapshot = await asyncio.wait_for(request.app[_CONTROLLER].metrics_snapshot(),
+                                      _METRICS_TIMEOUT_S)
+    request.app[_COLLECTOR].update(snapshot)
+    return web.Response(body=generate_latest(request.app[_REGISTRY]),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# -- serving ----------------------------------------------------------------------------------
+class GatewayServer:
+    """Serves an app on ``host:port`` (port 0 picks a free one) until ``stop``."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self._host = host
+        self._port = port
+        self._url = ""
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` once started."""
+        return self._url
+
+    async def start(self) -> str:
+        """Bind and serve; returns the URL."""
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self._url = f"http://{host}:{port}"
+        return self._url
+
+    async def stop(self) -> None:
+        """Stop serving and release the port."""
+        await self._runner.cleanup()
