@@ -155,7 +155,6 @@ def _config_problems(config: KafkaSourceConfig) -> list[str]:
 @dataclass
 class _Counters:
     records: int = 0
-    fetches: int = 0
     exact_path: int = 0
     last_commit: float = field(default_factory=time.monotonic)
 
@@ -298,7 +297,12 @@ class KafkaSourceReader:
                 marks.reopen(partition)
 
     def lag(self) -> dict[int, int]:
-        """Per partition, records in the log past our position (once a fetch answered for it)."""
+        """Per partition, records in the log past our position.
+
+        The log end is the high watermark of the partition's latest fetch answer (as in Kafka's
+        own consumer metrics), so it lags while a buffered fetch waits to be read; partitions
+        with no fetch answer yet are left out.
+        """
         consumer = self._require_open()
         lags: dict[int, int] = {}
         for partition, bounds in self._bounds.items():
@@ -379,7 +383,6 @@ class KafkaSourceReader:
                                              max_records=limit - count)
             if not fetched:
                 break
-            self._counters.fetches += 1
             for tp, records in fetched.items():
                 bounds = self._bounds[tp.partition]
                 kept = bounds.admit(records)

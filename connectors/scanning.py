@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -73,11 +73,13 @@ def concatenate_values(
 
     A missing value (a tombstone) is an empty span.
     """
-    present = [value or b"" for value in values] if None in values else values
+    present: Sequence[bytes] = (
+        [value or b"" for value in values] if None in values else cast(Sequence[bytes], values)
+    )
     lengths = np.fromiter(map(len, present), dtype=np.int64, count=len(present))
     ends = np.cumsum(lengths)
     starts = ends - lengths
-    buffer = np.frombuffer(b"".join(present), dtype=np.uint8)  # type: ignore[arg-type]
+    buffer = np.frombuffer(b"".join(present), dtype=np.uint8)
     return buffer, starts, ends
 
 

@@ -311,39 +311,55 @@ def _count_squares_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: 
 
 
 @njit(cache=True)
-def _time_moments_kernel(statistic: int, time_window: int, slots: Any, ts: Any, xs: Any,
-                         moments: Any, tally: Any, ring: Any, positions: Any, pool: Any,
-                         used: Any, out: Any) -> tuple[Any, Any]:
-    squares = statistic >= _STD
-    for r in range(slots.shape[0]):
+def _time_sums_kernel(statistic: int, time_window: int, first: int, slots: Any, ts: Any,
+                      xs: Any, moments: Any, tally: Any, ring: Any, positions: Any, pool: Any,
+                      out: Any) -> int:
+    # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
+    for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
-        start, capacity = ring[s, _START], ring[s, _CAPACITY]
+        start, mask = ring[s, _START], ring[s, _CAPACITY] - 1
         oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
         while size > 0 and positions[start + oldest] <= t - time_window:
-            if squares:
-                _slide_squares(moments, s, pool[start + oldest], np.nan)
-            else:
-                _slide_total(moments, s, pool[start + oldest], np.nan)
-            oldest = (oldest + 1) & (capacity - 1)
-            size -= 1
-        ring[s, _OLDEST] = oldest
-        if size == capacity:
-            ring[s, _SIZE] = size
-            positions, pool = _ring_grow(ring, positions, pool, used, s)
-            start, capacity, oldest = ring[s, _START], ring[s, _CAPACITY], ring[s, _OLDEST]
-        back = start + ((oldest + size) & (capacity - 1))
-        positions[back], pool[back] = t, x
-        n = size + 1
-        ring[s, _SIZE] = n
+            _slide_total(moments, s, pool[start + oldest], np.nan)
+            oldest, size = (oldest + 1) & mask, size - 1
+        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+        if size == mask + 1:
+            return r
+        positions[start + ((oldest + size) & mask)] = t
+        pool[start + ((oldest + size) & mask)] = x
+        ring[s, _SIZE] = size + 1
+        _note_value(tally, s, x)
+        _slide_total(moments, s, np.nan, x)
+        out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
+    rows: int = slots.shape[0]
+    return rows
+
+
+@njit(cache=True)
+def _time_squares_kernel(statistic: int, time_window: int, first: int, slots: Any, ts: Any,
+                         xs: Any, moments: Any, tally: Any, ring: Any, positions: Any,
+                         pool: Any, out: Any) -> int:
+    # As _time_sums_kernel; a separate loop because the recomputation call slows the sums'.
+    for r in range(first, slots.shape[0]):
+        s, t, x = slots[r], ts[r], xs[r]
+        start, mask = ring[s, _START], ring[s, _CAPACITY] - 1
+        oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
+        while size > 0 and positions[start + oldest] <= t - time_window:
+            _slide_squares(moments, s, pool[start + oldest], np.nan)
+            oldest, size = (oldest + 1) & mask, size - 1
+        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+        if size == mask + 1:
+            return r
+        positions[start + ((oldest + size) & mask)] = t
+        pool[start + ((oldest + size) & mask)] = x
+        ring[s, _SIZE] = size + 1
         sequence = _note_value(tally, s, x)
-        if squares:
-            _slide_squares(moments, s, np.nan, x)
-            if _squares_stale(moments, tally, s, x, n, sequence):
-                _recompute_squares(moments, s, pool[start : start + capacity], oldest, n)
-        else:
-            _slide_total(moments, s, np.nan, x)
-        out[r] = _moments_result(statistic, moments, tally, s, n, x)
-    return positions, pool
+        _slide_squares(moments, s, np.nan, x)
+        if _squares_stale(moments, tally, s, x, size + 1, sequence):
+            _recompute_squares(moments, s, pool[start : start + mask + 1], oldest, size + 1)
+        out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
+    rows: int = slots.shape[0]
+    return rows
 
 
 # -- min, max --------------------------------------------------------------------------------
@@ -382,33 +398,33 @@ def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any
 
 
 @njit(cache=True)
-def _time_extreme_kernel(sign: float, time_window: int, slots: Any, ts: Any, xs: Any,
-                         nan_at: Any, ring: Any, positions: Any, pool: Any, used: Any,
-                         out: Any) -> tuple[Any, Any]:
+def _time_extreme_kernel(sign: float, time_window: int, first: int, slots: Any, ts: Any,
+                         xs: Any, nan_at: Any, ring: Any, positions: Any, pool: Any,
+                         out: Any) -> int:
     # Per key, a growable ring of (ts, sign * value) with values decreasing from the front.
-    for r in range(slots.shape[0]):
+    # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
+    for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
-        start, capacity = ring[s, _START], ring[s, _CAPACITY]
+        start, mask = ring[s, _START], ring[s, _CAPACITY] - 1
         oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
         while size > 0 and positions[start + oldest] <= t - time_window:
-            oldest = (oldest + 1) & (capacity - 1)
+            oldest = (oldest + 1) & mask
             size -= 1
+        ring[s, _OLDEST] = oldest
         v = sign * x
-        if math.isnan(v):
-            nan_at[s, 0] = t
-        else:
-            while size > 0 and pool[start + ((oldest + size - 1) & (capacity - 1))] <= v:
+        nan_at[s, 0] = t if math.isnan(v) else nan_at[s, 0]
+        if not math.isnan(v):
+            while size > 0 and pool[start + ((oldest + size - 1) & mask)] <= v:
                 size -= 1
-            if size == capacity:
-                ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
-                positions, pool = _ring_grow(ring, positions, pool, used, s)
-                start, capacity, oldest = ring[s, _START], ring[s, _CAPACITY], ring[s, _OLDEST]
-            back = start + ((oldest + size) & (capacity - 1))
+            ring[s, _SIZE] = size
+            if size == mask + 1:
+                return r
+            back = start + ((oldest + size) & mask)
             positions[back], pool[back] = t, v
-            size += 1
-        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+            ring[s, _SIZE] = size + 1
         out[r] = np.nan if nan_at[s, 0] > t - time_window else sign * pool[start + oldest]
-    return positions, pool
+    rows: int = slots.shape[0]
+    return rows
 
 
 # -- state shared by the incremental kernels -------------------------------------------------
@@ -596,16 +612,22 @@ class RollingLogic:
                 kernel(self._statistic, self._window, *history, key["moments"], key["tally"],
                        out, emitted)
             return out, emitted
-        pools = (key["ring"], state.shared["positions"], state.shared["pool"],
-                 state.shared["used"], out)
-        if self._sign:
-            positions, pool = _time_extreme_kernel(self._sign, self._time_window, slots, ts, xs,
-                                                   key["nan_at"], *pools)
-        else:
-            positions, pool = _time_moments_kernel(self._statistic, self._time_window, slots,
-                                                   ts, xs, key["moments"], key["tally"], *pools)
-        state.shared["positions"], state.shared["pool"] = positions, pool
-        return out, np.ones(len(slots), dtype=np.bool_)
+        row, shared = 0, state.shared
+        while True:
+            if self._sign:
+                row = _time_extreme_kernel(self._sign, self._time_window, row, slots, ts, xs,
+                                           key["nan_at"], key["ring"], shared["positions"],
+                                           shared["pool"], out)
+            else:
+                kernel = _time_squares_kernel if self._statistic >= _STD else _time_sums_kernel
+                row = kernel(self._statistic, self._time_window, row, slots, ts, xs,
+                             key["moments"], key["tally"], key["ring"], shared["positions"],
+                             shared["pool"], out)
+            if row == len(slots):
+                return out, np.ones(len(slots), dtype=np.bool_)
+            # The ring of slots[row]'s key is full: double it, then resume at that row.
+            shared["positions"], shared["pool"] = _ring_grow(
+                key["ring"], shared["positions"], shared["pool"], shared["used"], slots[row])
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """The statistic for every event whose window is ready, at that event's ts and key."""

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class GatewayClient:
             raise ConfigError(f"cannot read graph spec {str(file)!r}: {exc.strerror}") from None
         return dict(self._request("POST", "/graphs", body, content_type))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_submissions(self) -> list[dict[str, Any]]:
         """Every submission."""
         return list(self._request("GET", "/graphs")["graphs"])
 
@@ -171,7 +172,7 @@ def _problems(error: urllib.error.HTTPError) -> list[Mapping[str, Any]]:
 
 
 def _quote(submission_id: str) -> str:
-    return urllib.request.quote(submission_id, safe="")
+    return urllib.parse.quote(submission_id, safe="")
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:

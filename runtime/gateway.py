@@ -35,6 +35,7 @@ from streamdag.config import ConfigError, GatewaySettings
 from streamdag.errors import GraphError, SpecError, StreamdagError
 from streamdag.params import validate_params
 from streamdag.registry import lookup
+from streamdag.runtime.lifecycle import UnknownSubmissionError
 from streamdag.runtime.metrics import StreamdagCollector
 from streamdag.spec import graph_from_dict
 
@@ -289,7 +290,7 @@ def create_app(
     app = web.Application(
         middlewares=[_answer_errors, _require_token], client_max_size=settings.max_body_bytes
     )
-    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    registry = registry if registry is not None else CollectorRegistry()
     app[_CONTROLLER] = ControllerCalls(controller)
     app[_TOKEN] = token.encode()
     app[_MAX_BODY] = settings.max_body_bytes
@@ -341,7 +342,7 @@ def _status_of(error: StreamdagError) -> int:
         return error.status
     if isinstance(error, GraphError):
         return 400
-    if type(error).__name__ == "UnknownSubmissionError":
+    if isinstance(error, UnknownSubmissionError):
         return 404
     # The deployment refused the request in its current state (e.g. an illegal transition).
     return 409
@@ -364,9 +365,9 @@ async def _answer_errors(request: web.Request, handler: Any) -> web.StreamRespon
             "GET/DELETE /graphs/{id}, GET /nodes, GET /healthz, GET /metrics")
         return _errors([SpecProblem.of(problem)], 404)
     except web.HTTPException as exc:
-        problem = SpecProblem(None, type(exc).__name__, f"{request.method} {request.path}: "
-                              f"{exc.reason}")
-        return _errors([problem], exc.status)
+        answer = SpecProblem(None, type(exc).__name__, f"{request.method} {request.path}: "
+                             f"{exc.reason}")
+        return _errors([answer], exc.status)
     except Exception as exc:
         _log.exception("gateway: %s %s failed", request.method, request.path)
         return _errors([SpecProblem(None, type(exc).__name__, str(exc))], 500)
@@ -467,7 +468,7 @@ class GatewayServer:
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
-        self._url = f"http://{host}:{port}"
+        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         return self._url
 
     async def stop(self) -> None:

@@ -6,22 +6,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamdag.connector import SourceReader
 from streamdag.connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
 from streamdag.connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from streamdag.graph import Node
+from streamdag.runtime.replay import TimeOrderedReader
 
 __all__ = ["KafkaBinding", "KafkaSinkFactory", "KafkaSourceFactory"]
 
 
 @dataclass(frozen=True)
 class KafkaSourceFactory:
-    """Builds a KafkaSourceReader inside the source node's actor."""
+    """Builds a KafkaSourceReader inside the source node's actor.
+
+    With ``time_ordered`` (bounded replays), partitions are merged by event time so the
+    result does not depend on which partition a fetch happened to return first.
+    """
 
     config: KafkaSourceConfig
+    time_ordered: bool = False
 
-    def __call__(self) -> KafkaSourceReader:
+    def __call__(self) -> SourceReader:
         """A new reader for this config."""
-        return KafkaSourceReader(self.config)
+        reader = KafkaSourceReader(self.config)
+        return TimeOrderedReader(reader) if self.time_ordered else reader
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class KafkaBinding:
     group_id: str | None = None
 
     def source_for(self, node: Node) -> KafkaSourceFactory:
-        """The reader factory of a ``kafka_source`` node."""
+        """The reader factory of a ``kafka_source`` node (time-ordered if the range is bounded)."""
         return KafkaSourceFactory(
             KafkaSourceConfig.from_endpoint_params(
                 node.params,
@@ -62,7 +70,8 @@ class KafkaBinding:
                 start=self.start,
                 end=self.end,
                 group_id=self.group_id,
-            )
+            ),
+            time_ordered=self.end is not None,
         )
 
     def sink_for(self, node: Node) -> KafkaSinkFactory:

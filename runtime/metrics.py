@@ -15,7 +15,7 @@ b''
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
@@ -27,12 +27,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from streamdag.runtime.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
+from streamdag.runtime.stats import LATENCY_BUCKETS, LatencyHistogram
 
 if TYPE_CHECKING:
     from streamdag.runtime.controller import MetricsSnapshot, NodeMetrics
 
 __all__ = ["NODE_LABELS", "StreamdagCollector", "cumulative_buckets"]
+
+# Bucket bounds are written as prometheus_client writes its own ("0.001", "1.0", "+Inf").
+_bound_text: Callable[[float], str] = floatToGoString
 
 #: Labels of every per-node series.
 NODE_LABELS: tuple[str, ...] = ("node", "node_id", "operator")
@@ -51,7 +54,7 @@ def cumulative_buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
     seen = 0
     for bound, count in zip(LATENCY_BUCKETS, histogram.counts, strict=False):
         seen += count
-        pairs.append((floatToGoString(bound), float(seen)))
+        pairs.append((_bound_text(bound), float(seen)))
     pairs.append(("+Inf", float(histogram.observations)))
     return pairs
 
@@ -114,9 +117,12 @@ def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
                               "Pushes waiting in a node's input queue.", labels=labels)
     queue_max = GaugeMetricFamily("streamdag_node_queue_depth_max",
                                   "Deepest a node's input queue has been.", labels=labels)
-    resident = GaugeMetricFamily(
-        "streamdag_node_resident_bytes",
-        "Resident memory of the process hosting a node (its caches included).", labels=labels)
+    cache = GaugeMetricFamily(
+        "streamdag_node_cache_resident_bytes",
+        "Bytes a node's operator state holds (ring buffers, key tables).", labels=labels)
+    process = GaugeMetricFamily(
+        "streamdag_node_process_resident_bytes",
+        "Resident memory of the process hosting a node.", labels=labels)
     warm_up = GaugeMetricFamily(
         "streamdag_node_warm_up_seconds",
         "Seconds a node spent compiling and loading its kernels before it was ready.",
@@ -133,12 +139,13 @@ def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
         backpressure.add_metric(values, stats.backpressure_wait_seconds)
         queue.add_metric(values, float(stats.queue_depth))
         queue_max.add_metric(values, float(stats.max_queue_depth))
-        resident.add_metric(values, float(stats.rss_bytes))
+        cache.add_metric(values, float(stats.cache_bytes))
+        process.add_metric(values, float(stats.rss_bytes))
         warm_up.add_metric(values, stats.warm_up_seconds)
         graphs.add_metric(values, float(len(node.graphs)))
         if stats.watermark is not None:
             watermark.add_metric(values, stats.watermark / 1e9)
-    yield from (backpressure, queue, queue_max, resident, warm_up, graphs, watermark)
+    yield from (backpressure, queue, queue_max, cache, process, warm_up, graphs, watermark)
 
     yield _histogram_family(
         "streamdag_node_batch_latency_seconds",
@@ -151,8 +158,8 @@ def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
     sinks = [node for node in nodes if node.role == "sink"]
     yield _histogram_family(
         "streamdag_sink_end_to_end_latency_seconds",
-        "Seconds from an event entering the deployment to a sink receiving it.",
-        labels, [(_node_labels(n), _end_to_end_latency(n.stats)) for n in sinks])
+        "Seconds from an event's time to a sink writing it (live streams).",
+        labels, [(_node_labels(n), n.stats.end_to_end_latency) for n in sinks])
 
     sources = [node for node in nodes if node.role == "source"]
     lag = GaugeMetricFamily("streamdag_source_consumer_lag",
@@ -166,11 +173,6 @@ def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
             lag.add_metric([*_node_labels(node), str(partition)], float(behind))
         dead.add_metric(_node_labels(node), float(node.stats.dead_lettered))
     yield from (lag, dead)
-
-
-def _end_to_end_latency(stats: NodeStats) -> LatencyHistogram:
-    # NodeStats records no event-to-sink latency yet; a sink's last hop is the closest figure.
-    return stats.hop_latency
 
 
 def _histogram_family(

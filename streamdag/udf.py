@@ -42,13 +42,9 @@ class UserFunction:
         try:
             self.code_hash = function_code_hash(function)
             self.shareable = shareable
-        except CodeHashError as exc:
+        except CodeHashError:
             if shareable:
-                raise CodeHashError(
-                    f"{exc}. Such a function cannot be identified with certainty, so it "
-                    "cannot be shared between graphs; pass shareable=False to udf() to run it "
-                    "unshared"
-                ) from None
+                raise  # its message already names the function and the shareable=False fix
             self.code_hash = f"unshareable:{uuid.uuid4().hex}"
             self.shareable = False
 

@@ -1,0 +1,386 @@
+"""The node registry of a deployment: which actor runs each node, who uses it, and its region.
+
+Everything here is a pure function over immutable data, so the reference counting and garbage
+collection the controller relies on can be checked against a model without Ray: ``acquire``
+adds a graph's references, ``release`` drops them and names the nodes no graph uses any more,
+in the order they are retired (sources first). The registry is persisted as JSON, written
+atomically (temp file, fsync, rename), and reloaded by a controller that restarts.
+
+>>> request = NodeRequest("a" * 64, "a" * 64, "streamdag-demo-node-aaa", "ticks",
+...                       "kafka_source", "source", ())
+>>> registry = acquire(NodeRegistry(), "g1", [request])
+>>> registry.entries["a" * 64].refcount
+1
+>>> registry, retired = release(registry, "g1")
+>>> len(registry.entries), retired == ("a" * 64,)
+(0, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from streamdag.errors import StreamdagError
+from streamdag.runtime.messages import edge_id
+
+__all__ = [
+    "NODE_NAMESPACE",
+    "REGISTRY_FORMAT",
+    "NodeEntry",
+    "NodeRegistry",
+    "NodeRequest",
+    "RegistryFileError",
+    "acquire",
+    "assign_regions",
+    "instance_key",
+    "load_registry",
+    "mark_alive",
+    "mark_dead",
+    "node_actor_name",
+    "read_json",
+    "release",
+    "save_registry",
+    "write_json_atomically",
+]
+
+#: Ray namespace of every named actor a deployment owns (controller and nodes).
+NODE_NAMESPACE = "streamdag"
+#: Version of the registry's JSON document; a different one is refused when loading.
+REGISTRY_FORMAT = 1
+
+
+class RegistryFileError(StreamdagError):
+    """A persisted registry or submissions file cannot be read back."""
+
+
+def node_actor_name(deployment: str, key: str) -> str:
+    """The deterministic Ray actor name of the node registered under ``key``.
+
+    >>> node_actor_name("live", "0123456789abcdef" * 4)
+    'streamdag-live-node-0123456789abcdef01234567'
+    """
+    return f"streamdag-{deployment}-node-{key[:24]}"
+
+
+def instance_key(node_id: str, graph_id: str, *, dedup: bool = True) -> str:
+    """The registry key of a node: its ``node_id``, or one salted per graph without dedup.
+
+    Without dedup every graph gets actors of its own (for measuring what dedup saves).
+
+    >>> instance_key("abc", "g1") == "abc"
+    True
+    >>> instance_key("abc", "g1", dedup=False) == instance_key("abc", "g2", dedup=False)
+    False
+    """
+    if dedup:
+        return node_id
+    return hashlib.sha256(f"{node_id}/{graph_id}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """What one graph asks of the registry for one of its nodes."""
+
+    key: str
+    node_id: str
+    actor_name: str
+    name: str
+    operator: str
+    role: str
+    #: Keys of the node's inputs, in input order.
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    """One running node: its actor, the graphs using it, its region, and whether it is alive."""
+
+    key: str
+    node_id: str
+    actor_name: str
+    name: str
+    operator: str
+    role: str
+    inputs: tuple[str, ...]
+    graphs: frozenset[str]
+    region: str = ""
+    alive: bool = True
+
+    @property
+    def refcount(self) -> int:
+        """How many graphs use this node."""
+        return len(self.graphs)
+
+    def input_edges(self) -> list[tuple[str, str, int]]:
+        """``(edge, upstream key, input index)`` of every edge into this node."""
+        return [
+            (edge_id(upstream, self.key, index), upstream, index)
+            for index, upstream in enumerate(self.inputs)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as JSON-ready data."""
+        return {
+            "key": self.key,
+            "node_id": self.node_id,
+            "actor_name": self.actor_name,
+            "name": self.name,
+            "operator": self.operator,
+            "role": self.role,
+            "inputs": list(self.inputs),
+            "graphs": sorted(self.graphs),
+            "region": self.region,
+            "alive": self.alive,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NodeEntry:
+        """The entry ``to_dict`` wrote."""
+        return cls(
+            key=str(data["key"]),
+            node_id=str(data["node_id"]),
+            actor_name=str(data["actor_name"]),
+            name=str(data["name"]),
+            operator=str(data["operator"]),
+            role=str(data["role"]),
+            inputs=tuple(str(i) for i in data["inputs"]),
+            graphs=frozenset(str(g) for g in data["graphs"]),
+            region=str(data.get("region", "")),
+            alive=bool(data.get("alive", True)),
+        )
+
+
+@dataclass(frozen=True)
+class NodeRegistry:
+    """Every node of a deployment by key: an immutable value; the functions below make new ones."""
+
+    entries: Mapping[str, NodeEntry] = field(default_factory=lambda: MappingProxyType({}))
+
+    def live_keys(self) -> frozenset[str]:
+        """Keys of nodes whose actor is alive (the ones a new graph may reuse)."""
+        return frozenset(key for key, entry in self.entries.items() if entry.alive)
+
+    def dead_keys(self) -> frozenset[str]:
+        """Keys of nodes whose actor died and that some graph still references."""
+        return frozenset(key for key, entry in self.entries.items() if not entry.alive)
+
+    def keys_of(self, graph_id: str) -> frozenset[str]:
+        """Keys of the nodes ``graph_id`` uses."""
+        return frozenset(key for key, entry in self.entries.items() if graph_id in entry.graphs)
+
+    def consumer_edges(self, key: str) -> list[tuple[str, str, int]]:
+        """``(edge, consumer key, input index)`` of every edge out of node ``key``."""
+        return [
+            (edge, consumer.key, index)
+            for consumer in self.entries.values()
+            for edge, upstream, index in consumer.input_edges()
+            if upstream == key
+        ]
+
+    def to_document(self, deployment: str) -> dict[str, Any]:
+        """The JSON document ``save_registry`` writes."""
+        return {
+            "format": REGISTRY_FORMAT,
+            "deployment": deployment,
+            "nodes": [self.entries[key].to_dict() for key in sorted(self.entries)],
+        }
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> NodeRegistry:
+        """The registry of a document ``to_document`` made."""
+        if document.get("format") != REGISTRY_FORMAT:
+            raise RegistryFileError(
+                f"registry document has format {document.get('format')!r}, expected "
+                f"{REGISTRY_FORMAT}; it was written by another streamdag version: stop the "
+                "deployment with that version, or move the state directory away"
+            )
+        entries = [NodeEntry.from_dict(item) for item in document.get("nodes", [])]
+        return cls(MappingProxyType({entry.key: entry for entry in entries}))
+
+
+def acquire(registry: NodeRegistry, graph_id: str, requests: Sequence[NodeRequest]) -> NodeRegistry:
+    """The registry with ``graph_id`` using every requested node; unknown nodes get entries.
+
+    An entry that exists keeps its actor, name and liveness; only its graph set grows.
+    Regions are recomputed over the whole deployment.
+    """
+    entries = dict(registry.entries)
+    for request in requests:
+        current = entries.get(request.key)
+        if current is None:
+            entries[request.key] = NodeEntry(
+                key=request.key,
+                node_id=request.node_id,
+                actor_name=request.actor_name,
+                name=request.name,
+                operator=request.operator,
+                role=request.role,
+                inputs=request.inputs,
+                graphs=frozenset({graph_id}),
+            )
+        elif graph_id not in current.graphs:
+            entries[request.key] = replace(current, graphs=current.graphs | {graph_id})
+    return NodeRegistry(MappingProxyType(_with_regions(entries)))
+
+
+def release(registry: NodeRegistry, graph_id: str) -> tuple[NodeRegistry, tuple[str, ...]]:
+    """Drop ``graph_id``'s references; return the new registry and the keys to retire.
+
+    A node is retired exactly when no graph uses it any more. Retired keys come producers
+    before consumers (sources first), the order in which their actors are stopped so that
+    nothing still running pushes into a stopped actor.
+    """
+    entries = dict(registry.entries)
+    retired: set[str] = set()
+    for key, entry in registry.entries.items():
+        if graph_id not in entry.graphs:
+            continue
+        remaining = entry.graphs - {graph_id}
+        if remaining:
+            entries[key] = replace(entry, graphs=remaining)
+        else:
+            retired.add(key)
+            del entries[key]
+    order = _producers_first(registry.entries, retired)
+    return NodeRegistry(MappingProxyType(_with_regions(entries))), order
+
+
+def mark_dead(registry: NodeRegistry, keys: Iterable[str]) -> NodeRegistry:
+    """The registry with the actors of ``keys`` recorded as dead."""
+    return _with_liveness(registry, keys, alive=False)
+
+
+def mark_alive(registry: NodeRegistry, keys: Iterable[str]) -> NodeRegistry:
+    """The registry with the actors of ``keys`` recorded as alive."""
+    return _with_liveness(registry, keys, alive=True)
+
+
+def _with_liveness(registry: NodeRegistry, keys: Iterable[str], *, alive: bool) -> NodeRegistry:
+    entries = dict(registry.entries)
+    for key in keys:
+        if key in entries and entries[key].alive != alive:
+            entries[key] = replace(entries[key], alive=alive)
+    return NodeRegistry(MappingProxyType(entries))
+
+
+def assign_regions(entries: Mapping[str, NodeEntry]) -> dict[str, str]:
+    """Region of every key: connected components of the union of all graphs.
+
+    A region is named after the smallest key it holds, so its name stays the same as long as
+    that node is part of it.
+
+    >>> def entry(key, inputs):
+    ...     return NodeEntry(key, key, key, key, "op", "operator", inputs, frozenset({"g"}))
+    >>> sorted(assign_regions({"a": entry("a", ()), "b": entry("b", ("a",)),
+    ...                        "c": entry("c", ())}).items())
+    [('a', 'region-a'), ('b', 'region-a'), ('c', 'region-c')]
+    """
+    parent = {key: key for key in entries}
+
+    def root(key: str) -> str:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for key, entry in entries.items():
+        for upstream in entry.inputs:
+            if upstream in parent:
+                first, second = root(key), root(upstream)
+                if first != second:
+                    parent[max(first, second)] = min(first, second)
+    smallest: dict[str, str] = {}
+    for key in entries:
+        top = root(key)
+        smallest[top] = min(smallest.get(top, key), key)
+    return {key: f"region-{smallest[root(key)][:12]}" for key in entries}
+
+
+def _with_regions(entries: dict[str, NodeEntry]) -> dict[str, NodeEntry]:
+    regions = assign_regions(entries)
+    return {
+        key: entry if entry.region == regions[key] else replace(entry, region=regions[key])
+        for key, entry in entries.items()
+    }
+
+
+def _producers_first(entries: Mapping[str, NodeEntry], keys: set[str]) -> tuple[str, ...]:
+    """``keys`` ordered so each comes after its inputs among them (ties by key)."""
+    pending = {key: {i for i in entries[key].inputs if i in keys} for key in keys}
+    order: list[str] = []
+    while pending:
+        ready = sorted(key for key, waiting in pending.items() if not waiting)
+        if not ready:
+            raise RegistryFileError(
+                f"registry entries {sorted(pending)} read each other in a cycle; the registry "
+                "is corrupt: stop the deployment and move its state directory away"
+            )
+        order.extend(ready)
+        for key in ready:
+            del pending[key]
+        for waiting in pending.values():
+            waiting.difference_update(ready)
+    return tuple(order)
+
+
+def write_json_atomically(path: str | os.PathLike[str], document: Any) -> None:
+    """Write ``document`` as JSON to ``path`` so a reader sees the old file or the new one.
+
+    Steps: write a temp file in the same folder, fsync it, rename it over ``path``, fsync the
+    folder (so the rename itself survives a power cut).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Step 1: the new content goes to a temp file beside the target.
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as temp:
+            json.dump(document, temp, indent=1, sort_keys=True)
+            temp.flush()
+            # Step 2: the bytes are on disk before the name points at them.
+            os.fsync(temp.fileno())
+        # Step 3: the atomic switch.
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    # Step 4: persist the directory entry.
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON document at ``path``, or None when there is no file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RegistryFileError(
+            f"{path} is not valid JSON ({exc}); it was not written by streamdag's atomic "
+            "writer: restore it from a backup or move it away"
+        ) from None
+
+
+def save_registry(path: str | os.PathLike[str], registry: NodeRegistry, deployment: str) -> None:
+    """Persist ``registry`` of ``deployment`` at ``path`` atomically."""
+    write_json_atomically(path, registry.to_document(deployment))
+
+
+def load_registry(path: str | os.PathLike[str]) -> NodeRegistry:
+    """The registry persisted at ``path`` (empty when there is none)."""
+    document = read_json(path)
+    return NodeRegistry() if document is None else NodeRegistry.from_document(document)
