@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamdag.connectors.broker import EmbeddedBroker
 from streamdag.connectors.topics import ensure_topics
 
 _topic_numbers = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """The embedded broker, started once for the session and stopped at its end."""
-    state_dir: Path = tmp_path_factory.mktemp("broker")
-    with EmbeddedBroker.start(state_dir) as running:
-        yield running
-
-
-@pytest.fixture
-def bootstrap(broker: EmbeddedBroker) -> str:
-    """The embedded broker's bootstrap servers."""
-    return broker.bootstrap_servers
 
 
 @pytest.fixture
