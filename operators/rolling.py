@@ -597,34 +597,45 @@ class RollingLogic:
         self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], xs: npt.NDArray[np.float64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
         """Fold events (keys already mapped by ``slots``) in; each event's value and emit flag."""
-        state, cache, key = self._state, self._state.cache, self._state.per_key
-        state.check_slots(slots)
+        self._state.check_slots(slots)
         out = np.empty(len(slots), dtype=np.float64)
         if self._window:
-            emitted = np.empty(len(slots), dtype=np.bool_)
-            history = (slots, ts, xs, cache.times, cache.values, cache.head, cache.count)
-            if self._sign:
-                _count_extreme_kernel(self._sign, self._window, *history, key["deque"],
-                                      key["deque_at"], key["deque_values"], key["nan_at"], out,
-                                      emitted)
-            else:
-                kernel = _count_squares_kernel if self._statistic >= _STD else _count_sums_kernel
-                kernel(self._statistic, self._window, *history, key["moments"], key["tally"],
-                       out, emitted)
-            return out, emitted
-        row, shared = 0, state.shared
+            return out, self._update_count_window(slots, ts, xs, out)
+        self._update_time_window(slots, ts, xs, out)
+        return out, np.ones(len(slots), dtype=np.bool_)
+
+    def _update_count_window(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+                             xs: npt.NDArray[np.float64],
+                             out: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        cache, key = self._state.cache, self._state.per_key
+        emitted = np.empty(len(slots), dtype=np.bool_)
+        history = (slots, ts, xs, cache.times, cache.values, cache.head, cache.count)
+        if self._sign:
+            _count_extreme_kernel(self._sign, self._window, *history, key["deque"],
+                                  key["deque_at"], key["deque_values"], key["nan_at"], out,
+                                  emitted)
+        else:
+            kernel = _count_squares_kernel if self._statistic >= _STD else _count_sums_kernel
+            kernel(self._statistic, self._window, *history, key["moments"], key["tally"], out,
+                   emitted)
+        return emitted
+
+    def _update_time_window(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+                            xs: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> None:
+        key, shared = self._state.per_key, self._state.shared
+        kernel = _time_squares_kernel if self._statistic >= _STD else _time_sums_kernel
+        row = 0
         while True:
             if self._sign:
                 row = _time_extreme_kernel(self._sign, self._time_window, row, slots, ts, xs,
                                            key["nan_at"], key["ring"], shared["positions"],
                                            shared["pool"], out)
             else:
-                kernel = _time_squares_kernel if self._statistic >= _STD else _time_sums_kernel
                 row = kernel(self._statistic, self._time_window, row, slots, ts, xs,
                              key["moments"], key["tally"], key["ring"], shared["positions"],
                              shared["pool"], out)
             if row == len(slots):
-                return out, np.ones(len(slots), dtype=np.bool_)
+                return
             # The ring of slots[row]'s key is full: double it, then resume at that row.
             shared["positions"], shared["pool"] = _ring_grow(
                 key["ring"], shared["positions"], shared["pool"], shared["used"], slots[row])

@@ -47,6 +47,7 @@ __all__ = [
     "node_actor_name",
     "read_json",
     "release",
+    "retirement_order",
     "save_registry",
     "write_json_atomically",
 ]
@@ -249,7 +250,7 @@ def release(registry: NodeRegistry, graph_id: str) -> tuple[NodeRegistry, tuple[
         else:
             retired.add(key)
             del entries[key]
-    order = _producers_first(registry.entries, retired)
+    order = retirement_order(registry.entries, retired)
     return NodeRegistry(MappingProxyType(_with_regions(entries))), order
 
 
@@ -312,8 +313,8 @@ def _with_regions(entries: dict[str, NodeEntry]) -> dict[str, NodeEntry]:
     }
 
 
-def _producers_first(entries: Mapping[str, NodeEntry], keys: set[str]) -> tuple[str, ...]:
-    """``keys`` ordered so each comes after its inputs among them (ties by key)."""
+def retirement_order(entries: Mapping[str, NodeEntry], keys: set[str]) -> tuple[str, ...]:
+    """``keys`` ordered so each comes after its inputs among them (ties by key): sources first."""
     pending = {key: {i for i in entries[key].inputs if i in keys} for key in keys}
     order: list[str] = []
     while pending:

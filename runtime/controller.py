@@ -1,0 +1,766 @@
+"""The deployment controller: deduplicates graphs into shared node actors and runs their lifecycle.
+
+A plain class, deployed by ``Deployment`` as a detached named Ray actor. It holds the node
+registry (``node_id -> actor, refcount, graphs, region``, see ``registry``), persists it and
+every submission's lifecycle in its state directory, and carries out what the planner's diff
+says: new node actors are created sinks first, generation by generation, each generation only
+once every actor below it is ready; running producers are subscribed to their new consumers and
+new sources start reading last. Submissions are serialized by an asyncio lock; node actors are
+named after their node id and created with ``get_if_exists``, so even two controllers racing
+cannot start one node twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamdag.config import Settings
+from streamdag.graph import Graph
+from streamdag.runtime.host import RuntimeSettings
+from streamdag.runtime.kafka_binding import KafkaBinding
+from streamdag.runtime.lifecycle import (
+    TERMINAL_STATES,
+    DiffSummary,
+    IllegalTransitionError,
+    KafkaLifecycleEmitter,
+    LifecycleEmitter,
+    SubmissionNode,
+    SubmissionRecord,
+    SubmissionState,
+    UnknownSubmissionError,
+    cloud_event,
+    load_submissions,
+    log_event,
+    save_submissions,
+)
+from streamdag.runtime.planner import diff_graph
+from streamdag.runtime.registry import (
+    NODE_NAMESPACE,
+    NodeRegistry,
+    NodeRequest,
+    acquire,
+    instance_key,
+    load_registry,
+    mark_dead,
+    node_actor_name,
+    release,
+    retirement_order,
+    save_registry,
+)
+from streamdag.runtime.stats import LatencyHistogram, NodeStats
+from streamdag.runtime.wiring import HostSpec, wire_graph
+
+__all__ = [
+    "Controller",
+    "ControllerOptions",
+    "IllegalTransitionError",
+    "MetricsSnapshot",
+    "NodeMetrics",
+    "UnknownSubmissionError",
+    "controller_actor_name",
+]
+
+_log = logging.getLogger("streamdag.controller")
+_S = SubmissionState
+
+
+def controller_actor_name(deployment: str) -> str:
+    """The Ray actor name of a deployment's controller (namespace ``streamdag``).
+
+    >>> controller_actor_name("live")
+    'streamdag-controller-live'
+    """
+    return f"streamdag-controller-{deployment}"
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """How the controller behaves; the defaults suit a live deployment."""
+
+    #: Seconds a node no graph uses any more keeps draining (unsubscribed) before it stops.
+    grace_s: float = 1.0
+    #: Seconds between two health checks of every node actor; 0 turns periodic checks off.
+    health_interval_s: float = 2.0
+    #: Seconds a generation of new actors has to report ready.
+    ready_timeout_s: float = 60.0
+    #: Seconds one actor call of a health check or a stop may take.
+    call_timeout_s: float = 10.0
+    #: Kafka topic receiving the lifecycle CloudEvents.
+    lifecycle_topic: str = "streamdag.lifecycle"
+    #: Create missing sink topics (with ``settings.kafka.partitions``) before creating sinks.
+    create_sink_topics: bool = True
+    #: Share nodes that graphs define identically; False (benchmarks only) gives every graph
+    #: actors of its own.
+    dedup: bool = True
+
+
+@dataclass(frozen=True)
+class NodeMetrics:
+    """One node actor as the metrics endpoint sees it."""
+
+    node_id: str
+    name: str
+    operator: str
+    role: str
+    graphs: tuple[str, ...]
+    region: str
+    actor_name: str
+    alive: bool
+    stats: NodeStats
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """The controller's figures at one moment, for the Prometheus collector."""
+
+    nodes: tuple[NodeMetrics, ...]
+    #: Every state's submission count, zeros included.
+    submissions_by_state: Mapping[str, int]
+    #: Seconds taken by each submission's plan-and-diff.
+    diff_duration: LatencyHistogram
+    nodes_new_total: int
+    nodes_reused_total: int
+    #: Reused / total nodes of the last submission's diff.
+    reuse_ratio: float
+    actor_crashes_total: int
+    actors_running: int
+    taken_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What one health probe learnt about a node actor."""
+
+    alive: bool
+    finished: bool = False
+    error: str | None = None
+    stats: NodeStats | None = None
+
+
+class _SubmissionFailedError(Exception):
+    """Carries a failed submission's cause to the rollback."""
+
+
+class Controller:
+    """One deployment's controller: submissions, the shared node actors, their lifecycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap_servers: str,
+        state_dir: str | None = None,
+        options: ControllerOptions | None = None,
+        emitter: LifecycleEmitter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.deployment = settings.name
+        self.bootstrap_servers = bootstrap_servers
+        self.options = options or ControllerOptions()
+        root = Path(state_dir) if state_dir else Path(settings.state_dir) / "deployments"
+        self.state_dir = (root if state_dir else root / settings.name).resolve()
+        self._registry_path = self.state_dir / "registry.json"
+        self._submissions_path = self.state_dir / "submissions.json"
+        self._registry = load_registry(self._registry_path)
+        self._records = {r.id: r for r in load_submissions(self._submissions_path)}
+        self._emitter: LifecycleEmitter = emitter or KafkaLifecycleEmitter(
+            bootstrap_servers, self.options.lifecycle_topic,
+            partitions=settings.kafka.partitions,
+        )
+        self._binding = KafkaBinding(bootstrap_servers, settings.kafka.fetch_max_wait_ms)
+        self._runtime = RuntimeSettings(settings.runtime.credits,
+                                        settings.runtime.max_batch_records,
+                                        settings.runtime.linger_ms / 1000)
+        self._lock = asyncio.Lock()
+        self._handles: dict[str, Any] = {}
+        self._stats: dict[str, NodeStats] = {}
+        self._retiring: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._health_task: asyncio.Task[None] | None = None
+        self._diff_duration = LatencyHistogram()
+        self._nodes_new_total = 0
+        self._nodes_reused_total = 0
+        self._last_reuse_ratio = 0.0
+        self._crashes = 0
+
+    # -- start and reconcile ----------------------------------------------------------------
+    async def start(self) -> None:
+        """Reconcile the persisted registry with the running actors and start health checks."""
+        async with self._lock:
+            await self._ensure_started()
+
+    async def _ensure_started(self) -> None:
+        """Runs once, under the lock, before anything else touches actors."""
+        if self._started:
+            return
+        self._started = True
+        import ray
+
+        _log_to_stderr_inside_actor()
+        # Step 1: find each live node's actor by its deterministic name.
+        missing = []
+        for key, entry in self._registry.entries.items():
+            if not entry.alive:
+                continue
+            try:
+                self._handles[key] = ray.get_actor(entry.actor_name, namespace=NODE_NAMESPACE)
+            except ValueError:
+                missing.append(key)
+        # Step 2: nodes whose actor is gone died while no controller watched them.
+        await self._declare_dead(
+            {key: "its actor was not found when the controller started" for key in missing}
+        )
+        # Step 3: named node actors no entry claims are leftovers of an interrupted submission.
+        claimed = {entry.actor_name for entry in self._registry.entries.values()}
+        pattern = re.compile(rf"streamdag-{re.escape(self.deployment)}-node-[0-9a-f]{{24}}")
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            name = actor["name"]
+            if actor["namespace"] == NODE_NAMESPACE and pattern.fullmatch(name) and (
+                name not in claimed
+            ):
+                _log.warning("stopping leftover node actor %s", name)
+                await self._stop_actor(ray.get_actor(name, namespace=NODE_NAMESPACE), name)
+        # Step 4: periodic health checks.
+        if self.options.health_interval_s > 0:
+            self._health_task = asyncio.create_task(self._health_loop())
+
+    # -- submissions ------------------------------------------------------------------------
+    async def submit_spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Deploy a data-only graph spec (the gateway's path); see ``submit_graph``."""
+        from streamdag.spec import graph_from_dict
+
+        return await self.submit_graph(graph_from_dict(spec))
+
+    async def submit_graph(self, graph: Graph) -> dict[str, Any]:
+        """Deploy ``graph``, sharing every node some running graph already has.
+
+        Returns the submission: ``id``, ``graph``, ``state`` (``executing``, or ``failed`` with
+        its ``cause``), ``diff`` (node names: ``new``, ``reused``, ``creation_order``, and
+        ``reuse_ratio``) and ``nodes``.
+        """
+        async with self._lock:
+            await self._ensure_started()
+            record = SubmissionRecord.new(_submission_id(graph.name), graph.name)
+            self._records[record.id] = record
+            await self._publish(record)
+            try:
+                await self._deploy(record.id, graph)
+            except _SubmissionFailedError as failure:
+                await self._fail(record.id, str(failure))
+            except Exception as exc:  # any other surprise still ends the submission FAILED
+                _log.exception("submission %s of graph %r failed", record.id, graph.name)
+                await self._fail(record.id, f"unexpected {type(exc).__name__}: {exc}")
+            return self._describe(self._records[record.id])
+
+    async def _deploy(self, submission: str, graph: Graph) -> None:
+        """Steps of one submission; raises _SubmissionFailedError after rolling back."""
+        # Step 1: plan and diff against the live nodes.
+        await self._move(submission, _S.PROCESSING)
+        dedup = self.options.dedup
+        keys = {n.node_id: instance_key(n.node_id, submission, dedup=dedup) for n in graph.nodes}
+        started = time.perf_counter()
+        diff = diff_graph(graph, self._registry.live_keys() if dedup else frozenset())
+        self._diff_duration.observe(time.perf_counter() - started)
+        names = {node.node_id: node.name for node in graph.nodes}
+        dead = [names[n] for n, key in keys.items() if key in self._registry.dead_keys()]
+        if dead:
+            raise _SubmissionFailedError(
+                f"node(s) {dead} of graph {graph.name!r} run in actors that died; remove the "
+                f"failed submissions using them ({self._failed_users(keys.values())}) and "
+                "submit again"
+            )
+        await asyncio.gather(*(self._retiring[k] for k in keys.values() if k in self._retiring))
+        # Step 2: map every node to its actor in the registry.
+        self._registry = acquire(self._registry, submission, [
+            NodeRequest(keys[n.node_id], n.node_id, node_actor_name(self.deployment,
+                        keys[n.node_id]), n.name, n.operator, n.role,
+                        tuple(keys[i.node_id] for i in n.inputs))
+            for n in graph.nodes
+        ])
+        leaves = {n.node_id for n in (*graph.sinks, *graph.outputs)}
+        summary = DiffSummary(
+            new=tuple(names[n] for n in diff.new), reused=tuple(names[n] for n in diff.reused),
+            reuse_ratio=diff.reuse_ratio,
+            creation_order=tuple(tuple(names[n] for n in g) for g in diff.creation_order),
+        )
+        self._records[submission] = dataclasses.replace(
+            self._records[submission], holds_nodes=True, diff=summary,
+            nodes=tuple(SubmissionNode(n.name, keys[n.node_id], n.node_id, n.operator, n.role,
+                                       n.node_id in leaves) for n in graph.nodes),
+        )
+        self._nodes_new_total += len(diff.new)
+        self._nodes_reused_total += len(diff.reused)
+        self._last_reuse_ratio = diff.reuse_ratio
+        self._save_registry()
+        await self._move(submission, _S.MAPPED)
+        # Step 3: create the new actors, sinks first; then attach running producers; then
+        # let the new sources read.
+        created: list[str] = []
+        attached: list[tuple[str, str]] = []
+        try:
+            await self._create_and_start(graph, keys, diff.creation_order, created, attached)
+        except Exception as exc:
+            await self._roll_back(submission, created, attached)
+            raise _SubmissionFailedError(_error_text(exc)) from exc
+        await self._move(submission, _S.EXECUTING)
+        await self._refresh_stats(keys.values())
+
+    async def _create_and_start(
+        self,
+        graph: Graph,
+        keys: Mapping[str, str],
+        creation_order: tuple[tuple[str, ...], ...],
+        created: list[str],
+        attached: list[tuple[str, str]],
+    ) -> None:
+        """Create, wire and start the new nodes; records what it did for a rollback."""
+        hosts = {
+            spec.node.node_id: spec
+            for generation in wire_graph(graph, {}, {}, *self._binding.defaults())[0]
+            for spec in generation
+        }
+        new = {keys[node_id] for generation in creation_order for node_id in generation}
+        edges = [
+            (_edge(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
+             keys[node.node_id], index)
+            for node in graph.nodes for index, up in enumerate(node.inputs)
+        ]
+        await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
+        for generation in creation_order:
+            # Step 3a: one generation of actors, all ready before the next one upstream.
+            born = {keys[n]: self._create_actor(keys[n], hosts[n]) for n in generation}
+            created.extend(born)
+            self._handles.update(born)
+            await self._ready(born, {keys[n]: hosts[n].node.name for n in generation})
+            # Step 3b: wire them to the new consumers created before them.
+            for edge, upstream, downstream, index in edges:
+                if upstream in born and downstream in new:
+                    await self._subscribe(edge, upstream, downstream, index)
+        # Step 3c: running producers feed their new consumers from their next batch on.
+        for edge, upstream, downstream, index in edges:
+            if upstream not in new and downstream in new:
+                await self._subscribe(edge, upstream, downstream, index)
+                attached.append((edge, upstream))
+        # Step 3d: sources start reading last, once everything below them is ready.
+        sources = [keys[n] for g in creation_order for n in g if hosts[n].source is not None]
+        await asyncio.gather(*(self._handles[k].start_source.remote() for k in sources))
+
+    def _create_actor(self, key: str, host: HostSpec) -> Any:
+        from streamdag.runtime.ray_runner import node_actor_class
+
+        return node_actor_class().options(
+            name=node_actor_name(self.deployment, key), namespace=NODE_NAMESPACE,
+            lifetime="detached", get_if_exists=True, num_cpus=0, max_restarts=0,
+        ).remote(host.node.config(), settings=self._runtime, source=host.source,
+                 sink=host.sink, capture=host.capture)
+
+    async def _ready(self, born: Mapping[str, Any], names: Mapping[str, str]) -> None:
+        waits = {key: asyncio.ensure_future(_awaitable(h.ready.remote()))
+                 for key, h in born.items()}
+        _, pending = await asyncio.wait(waits.values(), timeout=self.options.ready_timeout_s,
+                                        return_when=asyncio.FIRST_EXCEPTION)
+        for task in pending:
+            task.cancel()
+        for key, task in waits.items():
+            if task.cancelled() or not task.done():
+                continue
+            if task.exception() is not None:
+                raise _SubmissionFailedError(
+                    f"node {names[key]!r} failed to become ready: {_error_text(task.exception())}"
+                )
+        for key, task in waits.items():
+            if task in pending:
+                raise _SubmissionFailedError(
+                    f"node {names[key]!r} did not report ready within "
+                    f"{self.options.ready_timeout_s} s; check its actor's log, or raise "
+                    "ControllerOptions.ready_timeout_s"
+                )
+
+    async def _subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+        from streamdag.runtime.channels import RayTarget
+
+        consumer = self._handles[downstream]
+        await consumer.connect_input.remote(edge, index)
+        await self._handles[upstream].subscribe.remote(edge, RayTarget(consumer))
+
+    async def _create_sink_topics(self, hosts: list[HostSpec]) -> None:
+        topics = {str(h.node.params["topic"]): self.settings.kafka.partitions
+                  for h in hosts if h.node.operator == "kafka_sink"}
+        if topics and self.options.create_sink_topics:
+            from streamdag.connectors.topics import ensure_topics
+
+            await ensure_topics(self.bootstrap_servers, topics, strict=False)
+
+    async def _roll_back(self, submission: str, created: list[str],
+                         attached: list[tuple[str, str]]) -> None:
+        """Undo a failed submission: shared actors keep running, untouched."""
+        # Step 1: running producers stop sending to what this submission created.
+        for edge, upstream in attached:
+            with contextlib.suppress(Exception):
+                await self._handles[upstream].unsubscribe.remote(edge)
+        # Step 2: the created actors stop, in reverse creation order (sources first).
+        for key in reversed(created):
+            await self._stop_actor(self._handles.pop(key), node_actor_name(self.deployment, key))
+            self._stats.pop(key, None)
+        # Step 3: the registry forgets this submission's references.
+        self._registry, _ = release(self._registry, submission)
+        self._records[submission] = dataclasses.replace(self._records[submission],
+                                                        holds_nodes=False)
+        self._save_registry()
+
+    # -- removal and garbage collection -----------------------------------------------------
+    async def remove(self, submission_id: str) -> dict[str, Any]:
+        """Stop a submission and release its nodes; nodes no graph uses any more are retired.
+
+        A retired node is unsubscribed from its producers at once, stopped after
+        ``grace_s``, and forgotten. Returns the submission, with ``retired`` node names.
+        Removing a submission already in a terminal state only releases its nodes.
+        """
+        async with self._lock:
+            await self._ensure_started()
+            record = self._record(submission_id)
+            if not record.terminal:
+                await self._move(submission_id, _S.STOPPED, "removed")
+            retiring = await self._release(submission_id)
+        await asyncio.gather(*retiring.values())
+        names = {node.key: node.name for node in record.nodes}
+        return {**self._describe(self._records[submission_id]),
+                "retired": [names.get(key, key) for key in retiring]}
+
+    async def _release(self, submission: str) -> dict[str, asyncio.Task[None]]:
+        """Drop the submission's references and start retiring the nodes left unused."""
+        record = self._records[submission]
+        if not record.holds_nodes:
+            return {}
+        before = self._registry
+        self._registry, retired = release(before, submission)
+        self._records[submission] = dataclasses.replace(record, holds_nodes=False)
+        self._save_registry()
+        self._save_submissions()
+        # Unsubscribe now so no new batch enters a retiring node; what is in flight drains.
+        for key in retired:
+            for edge, upstream, _ in before.entries[key].input_edges():
+                if upstream in self._registry.entries and upstream in self._handles:
+                    with contextlib.suppress(Exception):
+                        await self._handles[upstream].unsubscribe.remote(edge)
+        task = asyncio.create_task(self._retire(retired, [before.entries[k] for k in retired]))
+        for key in retired:
+            self._retiring[key] = task
+        return dict.fromkeys(retired, task)
+
+    async def _retire(self, keys: tuple[str, ...], entries: list[Any]) -> None:
+        """Stop retired nodes after the grace period, sources first, and forget them."""
+        try:
+            await asyncio.sleep(self.options.grace_s)
+            for key, entry in zip(keys, entries, strict=True):
+                handle = self._handles.pop(key, None)
+                if handle is not None:
+                    await self._stop_actor(handle, entry.actor_name)
+                self._stats.pop(key, None)
+        finally:
+            for key in keys:
+                self._retiring.pop(key, None)
+
+    async def _stop_actor(self, handle: Any, name: str) -> None:
+        """Stop and kill one actor, then wait until its name is free for a new one."""
+        import ray
+
+        with contextlib.suppress(Exception):  # a dead actor is already stopped
+            await asyncio.wait_for(_awaitable(handle.stop.remote()), self.options.call_timeout_s)
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
+        deadline = time.monotonic() + self.options.call_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=NODE_NAMESPACE)
+            except ValueError:
+                return
+            await asyncio.sleep(0.01)
+        _log.warning("actor %s still holds its name %.0f s after being killed", name,
+                     self.options.call_timeout_s)
+
+    async def shutdown(self) -> dict[str, Any]:
+        """Stop every node actor (sources first) and every submission still running."""
+        async with self._lock:
+            await self._ensure_started()
+            if self._health_task is not None:
+                self._health_task.cancel()
+            for record in list(self._records.values()):
+                if not record.terminal:
+                    await self._move(record.id, _S.STOPPED, "deployment shut down")
+                self._records[record.id] = dataclasses.replace(
+                    self._records[record.id], holds_nodes=False)
+            await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+            entries = self._registry.entries
+            order = retirement_order(entries, set(entries))
+            for key in order:
+                handle = self._handles.pop(key, None)
+                if handle is not None:
+                    await self._stop_actor(handle, entries[key].actor_name)
+            self._registry = NodeRegistry()
+            self._stats.clear()
+            self._save_registry()
+            self._save_submissions()
+            await self._emitter.close()
+            return {"stopped": [entries[key].name for key in order]}
+
+    # -- health -----------------------------------------------------------------------------
+    async def check_health(self) -> list[str]:
+        """Probe every node actor: dead ones fail their submissions; returns what was found.
+
+        A dead actor counts as a crash; its producers stop sending to it. A submission using a
+        dead or failed node ends FAILED with the cause; one whose output nodes all finished
+        ends COMPLETED.
+        """
+        async with self._lock:
+            await self._ensure_started()
+            probes = await self._probe_all(self._registry.live_keys())
+            problems = await self._declare_dead(
+                {key: probe.error or "its actor died" for key, probe in probes.items()
+                 if not probe.alive})
+            for record in list(self._records.values()):
+                if record.state is not _S.EXECUTING:
+                    continue
+                errors = [f"node {n.name!r} failed: {probes[n.key].error}" for n in record.nodes
+                          if n.key in probes and probes[n.key].alive and probes[n.key].error]
+                if errors:
+                    problems.append(f"submission {record.id}: {'; '.join(errors)}")
+                    await self._fail(record.id, "; ".join(errors))
+                elif all(n.key in probes and probes[n.key].finished
+                         for n in record.nodes if n.leaf):
+                    await self._move(record.id, _S.COMPLETED, "every output finished")
+            return problems
+
+    async def _declare_dead(self, causes: Mapping[str, str]) -> list[str]:
+        """Record actors as dead, protect their producers, fail the submissions using them."""
+        if not causes:
+            return []
+        problems = []
+        for key, cause in causes.items():
+            entry = self._registry.entries[key]
+            self._crashes += 1
+            problems.append(f"node {entry.name!r} (actor {entry.actor_name}) died: {cause}")
+            self._handles.pop(key, None)
+            # Shared producers keep serving healthy graphs only if they stop sending here.
+            for edge, upstream, _ in entry.input_edges():
+                if upstream in self._handles and upstream not in causes:
+                    with contextlib.suppress(Exception):
+                        await self._handles[upstream].unsubscribe.remote(edge)
+        self._registry = mark_dead(self._registry, causes)
+        self._save_registry()
+        for record in list(self._records.values()):
+            hit = [n.name for n in record.nodes if n.key in causes]
+            if hit and not record.terminal and record.holds_nodes:
+                first = self._registry.entries[next(n.key for n in record.nodes
+                                                    if n.key in causes)]
+                await self._fail(record.id, f"node(s) {hit} crashed: actor {first.actor_name} "
+                                            f"died ({causes[first.key]})")
+        return problems
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.health_interval_s)
+            try:
+                for problem in await self.check_health():
+                    _log.warning("%s", problem)
+            except Exception:  # the loop must outlive one failed round
+                _log.exception("health check of deployment %r failed", self.deployment)
+
+    async def _probe_all(self, keys: Iterable[str]) -> dict[str, _Probe]:
+        ordered = sorted(keys)
+        probes = await asyncio.gather(*(self._probe(key) for key in ordered))
+        for key, probe in zip(ordered, probes, strict=True):
+            if probe.stats is not None:
+                self._stats[key] = probe.stats
+        return dict(zip(ordered, probes, strict=True))
+
+    async def _probe(self, key: str) -> _Probe:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        handle = self._handles.get(key)
+        if handle is None:
+            return _Probe(alive=False, error="the controller holds no handle to its actor")
+        timeout = self.options.call_timeout_s
+        try:
+            stats, finished = await asyncio.wait_for(
+                asyncio.gather(_awaitable(handle.stats.remote()),
+                               _awaitable(handle.is_finished.remote())), timeout)
+        except ActorUnavailableError:
+            return _Probe(alive=True)  # restarting or unreachable for now: not (yet) dead
+        except (ActorDiedError, RayActorError) as exc:
+            return _Probe(alive=False, error=_error_text(exc))
+        except TimeoutError:
+            return _Probe(alive=True)  # busy, not dead: the next round asks again
+        error = None
+        if finished:
+            try:
+                await asyncio.wait_for(_awaitable(handle.wait_finished.remote()), timeout)
+            except Exception as exc:
+                error = _error_text(exc)
+        return _Probe(alive=True, finished=bool(finished), error=error, stats=stats)
+
+    async def _refresh_stats(self, keys: Iterable[str]) -> None:
+        await self._probe_all(k for k in set(keys) if k in self._registry.live_keys())
+
+    # -- reading ----------------------------------------------------------------------------
+    def list_submissions(self) -> list[dict[str, Any]]:
+        """Every submission, oldest first, in the shape ``submit_graph`` returns."""
+        records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.id))
+        return [self._describe(record) for record in records]
+
+    def status(self, submission_id: str) -> dict[str, Any]:
+        """A submission with, per node: sharing, liveness and the latest NodeStats figures.
+
+        Figures are those of the latest health check (or of the submission itself).
+        """
+        record = self._record(submission_id)
+        nodes = []
+        for node in record.nodes:
+            entry = self._registry.entries.get(node.key)
+            stats = self._stats.get(node.key) or NodeStats(node.node_id, node.name)
+            nodes.append({
+                "name": node.name, "node_id": node.node_id, "operator": node.operator,
+                "role": node.role, "actor": node_actor_name(self.deployment, node.key),
+                "region": entry.region if entry else None,
+                "shared_by": sorted(entry.graphs) if entry else [],
+                "alive": bool(entry and entry.alive and node.key not in self._retiring),
+                "stats": dataclasses.asdict(stats),
+            })
+        return {**self._describe(record), "nodes": nodes}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every registered node: actor, refcount, graphs, region, liveness."""
+        return [
+            {"node_id": e.node_id, "name": e.name, "operator": e.operator, "role": e.role,
+             "actor": e.actor_name, "refcount": e.refcount, "graphs": sorted(e.graphs),
+             "region": e.region, "alive": e.alive}
+            for e in sorted(self._registry.entries.values(), key=lambda e: (e.region, e.name))
+        ]
+
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        """Fresh per-node figures plus the controller's own counters."""
+        if not self._started:
+            await self.start()
+        registry = self._registry
+        await self._probe_all(registry.live_keys())
+        by_state = {str(state): 0 for state in SubmissionState}
+        for record in self._records.values():
+            by_state[str(record.state)] += 1
+        nodes = tuple(
+            NodeMetrics(e.node_id, e.name, e.operator, e.role, tuple(sorted(e.graphs)),
+                        e.region, e.actor_name, e.alive,
+                        self._stats.get(e.key) or NodeStats(e.node_id, e.name))
+            for e in sorted(registry.entries.values(), key=lambda e: e.key)
+        )
+        return MetricsSnapshot(
+            nodes=nodes, submissions_by_state=by_state,
+            diff_duration=dataclasses.replace(self._diff_duration,
+                                              counts=list(self._diff_duration.counts)),
+            nodes_new_total=self._nodes_new_total, nodes_reused_total=self._nodes_reused_total,
+            reuse_ratio=self._last_reuse_ratio, actor_crashes_total=self._crashes,
+            actors_running=len(registry.live_keys()),
+        )
+
+    # -- records, persistence, events -------------------------------------------------------
+    def _record(self, submission_id: str) -> SubmissionRecord:
+        record = self._records.get(submission_id)
+        if record is None:
+            known = sorted(self._records)[-5:]
+            raise UnknownSubmissionError(
+                f"deployment {self.deployment!r} has no submission {submission_id!r}; "
+                f"list_submissions() shows the ids ({len(self._records)} known, e.g. {known})"
+            )
+        return record
+
+    async def _move(self, submission: str, target: SubmissionState,
+                    cause: str | None = None) -> None:
+        self._records[submission] = self._records[submission].advance(target, cause)
+        await self._publish(self._records[submission])
+
+    async def _fail(self, submission: str, cause: str) -> None:
+        if self._records[submission].state not in TERMINAL_STATES:
+            await self._move(submission, _S.FAILED, cause)
+
+    async def _publish(self, record: SubmissionRecord) -> None:
+        """Persist the records, then emit the record's latest transition to log and topic."""
+        self._save_submissions()
+        event = cloud_event(self.deployment, record, record.history[-1])
+        log_event(event)
+        await self._emitter.emit(record.id, event)
+
+    def _failed_users(self, keys: Iterable[str]) -> list[str]:
+        wanted = set(keys) & self._registry.dead_keys()
+        return sorted(r.id for r in self._records.values()
+                      if r.holds_nodes and any(n.key in wanted for n in r.nodes))
+
+    def _save_registry(self) -> None:
+        save_registry(self._registry_path, self._registry, self.deployment)
+
+    def _save_submissions(self) -> None:
+        save_submissions(self._submissions_path, list(self._records.values()))
+
+    def _describe(self, record: SubmissionRecord) -> dict[str, Any]:
+        return {
+            "id": record.id, "graph": record.graph, "state": str(record.state),
+            "cause": record.cause, "submitted_at": record.submitted_at,
+            "diff": record.diff.to_dict(),
+            "nodes": [{"name": n.name, "node_id": n.node_id, "operator": n.operator,
+                       "role": n.role, "actor": node_actor_name(self.deployment, n.key)}
+                      for n in record.nodes],
+            "history": [step.to_dict() for step in record.history],
+        }
+
+
+def _submission_id(graph_name: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", graph_name).strip("-")[:48] or "graph"
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
+def _edge(upstream: str, downstream: str, index: int) -> str:
+    from streamdag.runtime.messages import edge_id
+
+    return edge_id(upstream, downstream, index)
+
+
+async def _awaitable(ref: Any) -> Any:
+    """Await a Ray ObjectRef as a coroutine (so asyncio can wrap it in a task)."""
+    return await ref
+
+
+def _error_text(exc: BaseException | None) -> str:
+    """The underlying error of a Ray failure as ``Type: message``, without Ray's wrapping."""
+    if isinstance(exc, _SubmissionFailedError):
+        return str(exc)
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        message = " ".join(str(cause).split())
+        return f"{type(cause).__name__}: {message}"[:1000]
+    # Ray's own errors put the message first and a long description after it.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
+
+
+def _log_to_stderr_inside_actor() -> None:
+    """Inside a Ray actor, send lifecycle and controller logs to stderr (Ray's worker log)."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("streamdag.lifecycle", "streamdag.controller"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
