@@ -45,7 +45,11 @@ def _numeric_column(values: Sequence[object]) -> bool:
 
 
 def _cell(value: object) -> str:
-    return f"{value:,.2f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ Every step is O(V + E) apart from sorting the nodes of a generation by name.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -23,11 +22,11 @@ from streamdag.errors import (
     DuplicateSinkTopicError,
     PlanError,
     SchemaMismatchError,
-    SpecError,
     UnknownOperatorError,
 )
 from streamdag.graph import Graph, Node
 from streamdag.registry import lookup
+from streamdag.structure import find_cycle, validate_structure
 
 __all__ = [
     "ITERATE_OPERATOR",
@@ -54,38 +53,6 @@ class IterateBlock(NamedTuple):
     node_id: str
     tolerance: float
     max_iterations: int
-
-
-def validate_structure(nodes: Mapping[str, Sequence[str]]) -> list[str]:
-    """Check raw ``name -> input names`` data and return the names in a topological order.
-
-    Meant for graph specs before any node is built. Among nodes that are ready at the same
-    time, the one defined first comes first, so a spec already in order keeps its order.
-
-    >>> validate_structure({"sma": ["ticks"], "ticks": [], "out": ["sma"]})
-    ['ticks', 'sma', 'out']
-    >>> validate_structure({"a": ["b"], "b": ["a"]})
-    Traceback (most recent call last):
-    ...
-    streamdag.errors.CycleError: cycle found: a -> b -> a. ...
-    """
-    position = {name: index for index, name in enumerate(nodes)}
-    flow = nx.DiGraph()
-    flow.add_nodes_from(position)
-    for name, inputs in nodes.items():
-        if isinstance(inputs, str | bytes):
-            raise SpecError(
-                f"node {name!r}: inputs must be a list of node names, got the string "
-                f"{inputs!r}; write inputs = [{inputs!r}]"
-            )
-        for input_name in inputs:
-            if input_name not in position:
-                raise DanglingInputError(_dangling_message(name, input_name, position))
-            flow.add_edge(input_name, name)
-    try:
-        return list(nx.lexicographical_topological_sort(flow, key=position.__getitem__))
-    except nx.NetworkXUnfeasible:
-        raise CycleError(_find_cycle(flow, position)) from None
 
 
 def dependency_graph(graph: Graph) -> nx.DiGraph:
@@ -141,7 +108,7 @@ def _layers(graph: Graph, flow: nx.DiGraph, layered: nx.DiGraph) -> list[list[st
         return list(nx.topological_generations(layered))
     except nx.NetworkXUnfeasible:
         position = {node.node_id: index for index, node in enumerate(graph.nodes)}
-        cycle = _find_cycle(flow, position)
+        cycle = find_cycle(flow, position)
         raise CycleError([flow.nodes[node_id]["name"] for node_id in cycle]) from None
 
 
@@ -352,22 +319,6 @@ def _iterate_blocks(
                     )
                 )
     return tuple(blocks)
-
-
-def _dangling_message(name: str, missing: str, defined: Collection[str]) -> str:
-    close = difflib.get_close_matches(missing, list(defined), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "define it or fix the name"
-    return (
-        f"node {name!r} reads input {missing!r}, which is not defined in the graph "
-        f"({len(defined)} nodes defined); {hint}"
-    )
-
-
-def _find_cycle(flow: nx.DiGraph, position: Mapping[str, int]) -> list[str]:
-    """One cycle of ``flow`` in data-flow order, starting at its earliest-defined vertex."""
-    cycle = [producer for producer, _consumer in nx.find_cycle(flow)]
-    start = min(range(len(cycle)), key=lambda index: position[cycle[index]])
-    return cycle[start:] + cycle[:start]
 
 
 def _check_unique_names(graph: Graph) -> None:

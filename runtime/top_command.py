@@ -178,8 +178,8 @@ def _rate(now: float, before: float | None, seconds: float) -> int:
     return int((now - before) / seconds) if before is not None and seconds > 0 else 0
 
 
-def _milliseconds(histogram: LatencyHistogram) -> str:
-    return f"{histogram.quantile(0.99) * 1e3:.2f}" if histogram.observations else "-"
+def _milliseconds(histogram: LatencyHistogram) -> float | str:
+    return histogram.quantile(0.99) * 1e3 if histogram.observations else "-"
 
 
 def run(args: argparse.Namespace) -> int:

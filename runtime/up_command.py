@@ -113,11 +113,13 @@ def _ray(settings: Settings) -> Iterator[None]:
 def _controller(settings: Settings, bootstrap: str, out: TextIO) -> Iterator[tuple[str, Any]]:
     import ray
 
-    from streamdag.runtime.deployment import CONTROLLER_NAMESPACE, Deployment, controller_name
+    from streamdag.runtime.controller import controller_actor_name
+    from streamdag.runtime.deployment import Deployment
+    from streamdag.runtime.registry import NODE_NAMESPACE
 
-    name = controller_name(settings.name)
+    name = controller_actor_name(settings.name)
     try:
-        ray.get_actor(name, namespace=CONTROLLER_NAMESPACE)
+        ray.get_actor(name, namespace=NODE_NAMESPACE)
         existed = True
     except ValueError:
         existed = False
@@ -125,7 +127,7 @@ def _controller(settings: Settings, bootstrap: str, out: TextIO) -> Iterator[tup
     print(f"controller: {name} ({'already running; left running' if existed else 'started'})",
           file=out, flush=True)
     try:
-        yield name, ray.get_actor(name, namespace=CONTROLLER_NAMESPACE)
+        yield name, deployment.controller
     finally:
         if not existed:
             deployment.shutdown()
@@ -159,7 +161,7 @@ async def _serve_gateway(
               "Ctrl-C stops everything this command started.", file=out, flush=True)
         if on_ready is not None:
             on_ready(UpInfo(url, token, bootstrap, controller_name, gateway_file))
-        waiters = [asyncio.create_task(stopped.wait())]
+        waiters: list[asyncio.Task[bool]] = [asyncio.create_task(stopped.wait())]
         if stop is not None:
             waiters.append(asyncio.create_task(asyncio.to_thread(stop.wait)))
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -67,11 +67,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import msgpack
-import networkx as nx
 
 from streamdag import toml_writer
 from streamdag.errors import (
-    CycleError,
     DanglingInputError,
     DuplicateNameError,
     GraphError,
@@ -85,6 +83,7 @@ from streamdag.operator import MissingPolicy, OperatorDef
 from streamdag.params import parse_duration
 from streamdag.registry import lookup
 from streamdag.schema import Schema
+from streamdag.structure import validate_structure
 
 __all__ = [
     "GRAPH_KEYS",
@@ -98,7 +97,6 @@ __all__ = [
     "load_graph",
     "loads",
     "to_wire",
-    "validate_structure",
 ]
 
 SpecFormat = Literal["toml", "json"]
@@ -245,39 +243,6 @@ def graph_from_dict(data: Mapping[str, Any]) -> Graph:
     _refuse_merged_nodes(graph_name, [built[node.name] for node in nodes])
     # Step 7: the graph (it checks sink topics).
     return Graph(graph_name, outputs=[built[name] for name in outputs])
-
-
-def validate_structure(nodes: Mapping[str, Sequence[str]]) -> list[str]:
-    """Node names in topological order, ties by listing order; refuses dangling inputs and cycles.
-
-    ``nodes`` maps each node's name to its input names, in order.
-
-    >>> validate_structure({"signal": ["fast", "slow"], "slow": ["ticks"], "fast": ["ticks"],
-    ...                     "ticks": []})
-    ['ticks', 'slow', 'fast', 'signal']
-    >>> validate_structure({"a": ["c"], "b": ["a"], "c": ["b"]})
-    Traceback (most recent call last):
-    streamdag.errors.CycleError: cycle found: a -> b -> c -> a. ...
-    """
-    position = {name: index for index, name in enumerate(nodes)}
-    digraph = nx.DiGraph()
-    digraph.add_nodes_from(nodes)
-    for name, inputs in nodes.items():
-        for upstream in inputs:
-            if upstream not in position:
-                raise DanglingInputError(
-                    f"node {name!r}: input {upstream!r} is not a node of the graph"
-                    f"{_suggestion(upstream, nodes)}; the nodes are {list(nodes)}"
-                )
-            digraph.add_edge(upstream, name)
-    try:
-        cycle_edges = nx.find_cycle(digraph)
-    except nx.NetworkXNoCycle:
-        return list(nx.lexicographical_topological_sort(digraph, key=position.__getitem__))
-    cycle = [upstream for upstream, _ in cycle_edges]
-    # Start the reported path at its earliest-listed node so the message is stable.
-    start = min(range(len(cycle)), key=lambda index: position[cycle[index]])
-    raise CycleError(cycle[start:] + cycle[:start])
 
 
 def _read_node(position: int, raw: Any) -> _SpecNode:

@@ -27,8 +27,8 @@ def test_shipped_configs_load() -> None:
 def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
     file = tmp_path / "s.toml"
     file.write_text('[kafka]\nbootstrap_servers = "file:9092"\npartitions = 3\n')
-    env = {"STREAMDAG_KAFKA_BOOTSTRAP_SERVERS": "env:9092", "STREAMDAG_DEMO_GRAPHS": "a.toml,b.toml",
-           "STREAMDAG_NAME": "prod"}
+    env = {"STREAMDAG_KAFKA_BOOTSTRAP_SERVERS": "env:9092",
+           "STREAMDAG_DEMO_GRAPHS": "a.toml,b.toml", "STREAMDAG_NAME": "prod"}
     parser = argparse.ArgumentParser()
     add_setting_flags(parser)
     args = parser.parse_args(["--config", str(file), "--kafka-bootstrap-servers", "flag:9092",

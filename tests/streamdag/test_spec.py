@@ -356,8 +356,8 @@ def test_dangling_input() -> None:
     data = _spec()
     data["nodes"][1]["inputs"] = ["tick"]
     assert _error(DanglingInputError, data) == (
-        "node 'smooth': input 'tick' is not a node of the graph (did you mean 'ticks'?); "
-        "the nodes are ['ticks', 'smooth', 'out']"
+        "node 'smooth' reads input 'tick', which is not defined in the graph (3 nodes "
+        "defined); did you mean 'ticks'?"
     )
 
 
