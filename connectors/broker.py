@@ -272,7 +272,9 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=detach,
+                # Its own session: a Ctrl-C meant for the owner must not kill the broker before
+                # the owner has stopped what depends on it; the owner stops it explicitly.
+                start_new_session=True,
                 close_fds=True,
             )
         started_at = psutil.Process(process.pid).create_time()

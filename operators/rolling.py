@@ -379,9 +379,8 @@ def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any
             front = front + 1 if front + 1 < window else 0
             size -= 1
         v = sign * x
-        if math.isnan(v):
-            nan_at[s, 0] = position
-        else:
+        nan_at[s, 0] = position if math.isnan(v) else nan_at[s, 0]
+        if not math.isnan(v):
             while size > 0:
                 last = front + size - 1
                 if deque_values[s, last if last < window else last - window] > v:
@@ -392,9 +391,8 @@ def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any
             size += 1
         deque[s, _FRONT], deque[s, _LENGTH] = front, size
         emitted[r] = n == window
-        if emitted[r]:
-            nan_inside = nan_at[s, 0] > position - window
-            out[r] = np.nan if nan_inside else sign * deque_values[s, front]
+        nan_inside = nan_at[s, 0] > position - window
+        out[r] = np.nan if nan_inside else sign * deque_values[s, front]
 
 
 @njit(cache=True)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,6 +117,34 @@ def render_console(
     return "\n".join(lines)
 
 
+class _InterruptFlag:
+    """The first Ctrl-C ends the run gracefully (summary, clean stop); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    @classmethod
+    def install(cls) -> _InterruptFlag:
+        flag = cls()
+        if threading.current_thread() is threading.main_thread():
+            flag._previous = signal.signal(signal.SIGINT, flag._handle)
+        return flag
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def __bool__(self) -> bool:
+        return self.raised
+
+
 def _drained_stats(
     running: Any, graph: Graph, produced: int, loop: asyncio.AbstractEventLoop,
     timeout_s: float = 30.0,
@@ -173,6 +204,8 @@ def run_demo(
     report = DemoReport()
     broker: EmbeddedBroker | None = None
     running = None
+    producer: TickProducer | None = None
+    task: asyncio.Task[None] | None = None
     started_ray = False
     loop = asyncio.new_event_loop()
     try:
@@ -209,7 +242,8 @@ def run_demo(
         started = time.perf_counter()
         previous: dict[str, NodeStats] = {}
         duration = settings.demo.duration_s
-        while duration <= 0 or time.perf_counter() - started < duration:
+        interrupted = _InterruptFlag.install()
+        while (duration <= 0 or time.perf_counter() - started < duration) and not interrupted:
             loop.run_until_complete(asyncio.sleep(refresh_s))
             if task.done():
                 task.result()
@@ -220,6 +254,7 @@ def run_demo(
             previous = stats
             if on_tick is not None:
                 on_tick(stats)
+        interrupted.uninstall()
         producer.stop()
         loop.run_until_complete(task)
         report.produced = producer.produced
@@ -232,6 +267,10 @@ def run_demo(
         return report
     finally:
         # Step 4: stop everything this job started, in reverse order.
+        if producer is not None and task is not None and not task.done():
+            producer.stop()
+            with contextlib.suppress(Exception, KeyboardInterrupt):
+                loop.run_until_complete(asyncio.wait_for(task, 10))
         if running is not None:
             running.stop()
         if started_ray:

@@ -1,0 +1,320 @@
+"""The controller on a real local Ray and the embedded broker: dedup, attach, GC, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+import streamdag as sd
+from streamdag.config import KafkaSettings, Settings
+from streamdag.connectors.topics import ensure_topics
+from streamdag.errors import StreamdagError
+from streamdag.runtime.controller import ControllerOptions, UnknownSubmissionError
+from streamdag.runtime.deployment import Deployment
+from streamdag.runtime.registry import NODE_NAMESPACE
+from streamdag.runtime.ray_runner import node_actor_class
+from streamdag.spec import graph_to_dict
+
+pytestmark = pytest.mark.integration
+
+Connect = Callable[..., Deployment]
+
+
+@pytest.fixture
+def connect(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[Connect]:
+    """Connects a fresh deployment (unique name, state under tmp_path); shuts all down after."""
+    opened: list[Deployment] = []
+
+    def open_deployment(name: str | None = None, **options: Any) -> Deployment:
+        name = name or f"t{uuid.uuid4().hex[:8]}"
+        settings = Settings(name=name, state_dir=str(tmp_path),
+                            kafka=KafkaSettings(partitions=1))
+        chosen = {"grace_s": 0.0, "health_interval_s": 0.0,
+                  "lifecycle_topic": f"{name}.lifecycle", **options}
+        deployment = Deployment.connect(settings, bootstrap, state_dir=tmp_path / name,
+                                        options=ControllerOptions(**chosen))
+        opened.append(deployment)
+        return deployment
+
+    yield open_deployment
+    for deployment in opened:
+        try:
+            deployment.shutdown()
+        except Exception:  # a test may have killed or shut down this controller already
+            continue
+
+
+def _topic(stem: str) -> str:
+    return f"ctl-{stem}-{uuid.uuid4().hex[:8]}"
+
+
+def _ticks(topic: str) -> sd.Node:
+    return sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
+
+
+def _strategy(name: str, ticks_topic: str, signal_topic: str) -> sd.Graph:
+    sma = _ticks(ticks_topic).rolling_mean("price", window=20, name="sma20")
+    return sd.Graph(name, outputs=[sma.to_topic(signal_topic, name=f"sig_{name}")])
+
+
+def _produce(bootstrap: str, topic: str, first: int, last: int) -> None:
+    """Ticks of symbol A with ts = price = first..last, in order, on one partition."""
+
+    async def write() -> None:
+        await ensure_topics(bootstrap, {topic: 1})
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for i in range(first, last + 1):
+                value = json.dumps({"symbol": "A", "ts": i, "price": float(i)}).encode()
+                await producer.send(topic, value, key=b"A", partition=0)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(write())
+
+
+def _read(bootstrap: str, topic: str, count: int, timeout_s: float = 30.0) -> list[Any]:
+    """Exactly ``count`` records of ``topic`` from its start (values parsed), or fail."""
+
+    async def read() -> list[Any]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=10)
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + timeout_s
+            partitions: list[TopicPartition] = []
+            while not partitions and time.monotonic() < deadline:
+                await consumer.topics()
+                partitions = [TopicPartition(topic, p)
+                              for p in sorted(consumer.partitions_for_topic(topic) or [])]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            records: list[Any] = []
+            while len(records) < count and time.monotonic() < deadline:
+                for batch in (await consumer.getmany(timeout_ms=100)).values():
+                    records.extend(batch)
+            assert len(records) == count, f"read {len(records)} of {count} records of {topic}"
+            assert not await consumer.getmany(timeout_ms=200), f"{topic} has more records"
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def _sma_values(records: list[Any]) -> list[float]:
+    return [json.loads(record.value)["value"] for record in records]
+
+
+def _expected_sma(first: int, last: int) -> list[float]:
+    """Means over full windows of the last 20 prices (price i is i) for ts first..last."""
+    return [sum(range(i - 19, i + 1)) / 20 for i in range(max(first, 20), last + 1)]
+
+
+def _node_actors(deployment: Deployment) -> set[str]:
+    prefix = f"streamdag-{deployment.settings.name}-node-"
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == NODE_NAMESPACE and a["name"].startswith(prefix)}
+
+
+def _actor(deployment: Deployment, submission: dict[str, Any], node: str) -> Any:
+    name = next(n["actor"] for n in submission["nodes"] if n["name"] == node)
+    return ray.get_actor(name, namespace=NODE_NAMESPACE)
+
+
+def _lifecycle(bootstrap: str, deployment: Deployment, count: int) -> list[Any]:
+    return _read(bootstrap, f"{deployment.settings.name}.lifecycle", count)
+
+
+def test_a_second_graph_reuses_running_nodes_and_gets_warm_output(
+    connect: Connect, bootstrap: str
+) -> None:
+    deployment = connect()
+    ticks, sig_a, sig_b = _topic("ticks"), _topic("sig-a"), _topic("sig-b")
+    _produce(bootstrap, ticks, 1, 30)
+    first = deployment.submit(_strategy("g1", ticks, sig_a))
+    assert (first["state"], first["cause"]) == ("executing", None)
+    assert first["diff"] == {"new": ["sig_g1", "sma20", "ticks"], "reused": [],
+                             "reuse_ratio": 0.0,
+                             "creation_order": [["sig_g1"], ["sma20"], ["ticks"]]}
+    assert _sma_values(_read(bootstrap, sig_a, 11)) == _expected_sma(1, 30)
+
+    second = deployment.submit(_strategy("g2", ticks, sig_b))
+    assert second["state"] == "executing"
+    assert second["diff"] == {"new": ["sig_g2"], "reused": ["sma20", "ticks"],
+                              "reuse_ratio": pytest.approx(2 / 3),
+                              "creation_order": [["sig_g2"]]}
+    assert len(_node_actors(deployment)) == 4  # one actor per node_id
+    shared = {n["name"]: n for n in deployment.nodes()}
+    assert shared["sma20"]["graphs"] == sorted([first["id"], second["id"]])
+    assert shared["sma20"]["refcount"] == 2
+    assert len({n["region"] for n in shared.values()}) == 1
+
+    # The attached graph's first outputs are full 20-event windows: the state was warm.
+    _produce(bootstrap, ticks, 31, 35)
+    assert _sma_values(_read(bootstrap, sig_b, 5)) == _expected_sma(31, 35)
+    assert _sma_values(_read(bootstrap, sig_a, 16)) == _expected_sma(1, 35)
+    status = {n["name"]: n for n in deployment.status(second["id"])["nodes"]}
+    assert status["sma20"]["shared_by"] == sorted([first["id"], second["id"]])
+    assert all(node["alive"] for node in status.values())
+
+    # Removing G2 retires only its own sink; the shared nodes keep serving G1.
+    removed = deployment.remove(second["id"])
+    assert (removed["state"], removed["retired"]) == ("stopped", ["sig_g2"])
+    assert len(_node_actors(deployment)) == 3
+    assert {n["name"]: n["refcount"] for n in deployment.nodes()} == {
+        "ticks": 1, "sma20": 1, "sig_g1": 1}
+    _produce(bootstrap, ticks, 36, 36)
+    assert _sma_values(_read(bootstrap, sig_a, 17)) == _expected_sma(1, 36)
+    assert deployment.remove(first["id"])["retired"] == ["ticks", "sma20", "sig_g1"]
+    assert _node_actors(deployment) == set()
+    assert deployment.nodes() == []
+
+    events = [m for m in _lifecycle(bootstrap, deployment, 10) if m.key == first["id"].encode()]
+    assert [json.loads(m.value)["type"].rsplit(".", 1)[1] for m in events] == [
+        "submitted", "processing", "mapped", "executing", "stopped"]
+    assert [s["to"] for s in deployment.status(first["id"])["history"]] == [
+        "submitted", "processing", "mapped", "executing", "stopped"]
+
+
+def test_eight_concurrent_submissions_create_one_actor_per_node(
+    connect: Connect, bootstrap: str
+) -> None:
+    deployment = connect()
+    ticks = _topic("ticks")
+    _produce(bootstrap, ticks, 1, 3)
+    graphs = [_strategy(f"c{i}", ticks, _topic(f"sig{i}")) for i in range(8)]
+    results = ray.get([deployment.controller.submit_graph.remote(g) for g in graphs])
+    assert [r["state"] for r in results] == ["executing"] * 8
+    creators = [r for r in results if "sma20" in r["diff"]["new"]]
+    assert len(creators) == 1
+    assert all(r["diff"]["reused"] == ["sma20", "ticks"] for r in results if r not in creators)
+    assert len(_node_actors(deployment)) == 10
+    refcounts = {n["name"]: n["refcount"] for n in deployment.nodes()}
+    assert refcounts == {"ticks": 8, "sma20": 8, **{f"sig_c{i}": 1 for i in range(8)}}
+
+
+def test_a_failed_submission_is_torn_down_and_leaves_shared_actors_untouched(
+    connect: Connect, bootstrap: str
+) -> None:
+    deployment = connect()
+    ticks, sig_a = _topic("ticks"), _topic("sig-a")
+    _produce(bootstrap, ticks, 1, 20)
+    running = deployment.submit(_strategy("g1", ticks, sig_a))
+    sma_actor = _actor(deployment, running, "sma20")
+    subscribers = ray.get(sma_actor.subscribers.remote())
+    before = _node_actors(deployment)
+
+    sma = _ticks(ticks).rolling_mean("price", window=20, name="sma20")
+    missing = sd.source("missing", topic=_topic("absent"), key="symbol",
+                        schema={"price": "float64"})
+    bad = sd.Graph("bad", outputs=[
+        sma.map("value * 2", name="double").to_topic(_topic("doubled"), name="doubled"),
+        missing.to_topic(_topic("lost"), name="lost"),
+    ])
+    failed = deployment.submit(bad)
+    assert failed["state"] == "failed"
+    assert failed["cause"].startswith("node 'missing' failed to become ready: TopicError: topic")
+    assert "does not exist" in failed["cause"]
+    assert [s["to"] for s in failed["history"]] == ["submitted", "processing", "mapped", "failed"]
+    assert _node_actors(deployment) == before
+    assert ray.get(sma_actor.subscribers.remote()) == subscribers
+    assert {n["name"]: n["refcount"] for n in deployment.nodes()} == {
+        "ticks": 1, "sma20": 1, "sig_g1": 1}
+    _produce(bootstrap, ticks, 21, 22)
+    assert _sma_values(_read(bootstrap, sig_a, 3)) == _expected_sma(1, 22)
+    assert deployment.status(running["id"])["state"] == "executing"
+
+
+def test_a_crashed_actor_fails_its_graph_and_is_counted(connect: Connect, bootstrap: str) -> None:
+    deployment = connect()
+    ticks = _topic("ticks")
+    _produce(bootstrap, ticks, 1, 3)
+    graph = _strategy("g1", ticks, _topic("sig"))
+    submission = deployment.submit(graph)
+    ray.kill(_actor(deployment, submission, "sma20"))
+    deadline = time.monotonic() + 30
+    problems: list[str] = []
+    while not problems and time.monotonic() < deadline:
+        problems = deployment.check_health()
+    assert len(problems) == 1
+    assert problems[0].startswith("node 'sma20' (actor streamdag-")
+    status = deployment.status(submission["id"])
+    assert status["state"] == "failed"
+    assert status["cause"].startswith("node(s) ['sma20'] crashed: actor streamdag-")
+    assert {n["name"]: n["alive"] for n in status["nodes"]} == {
+        "ticks": True, "sma20": False, "sig_g1": True}
+    metrics = deployment.metrics_snapshot()
+    assert (metrics.actor_crashes_total, metrics.actors_running) == (1, 2)
+    assert metrics.submissions_by_state["failed"] == 1
+    assert deployment.check_health() == []  # reported once
+
+    refused = deployment.submit(graph)
+    assert refused["state"] == "failed"
+    assert f"remove the failed submissions using them (['{submission['id']}'])" in (
+        refused["cause"])
+    assert deployment.remove(submission["id"])["retired"] == ["ticks", "sma20", "sig_g1"]
+    assert deployment.submit(graph)["state"] == "executing"
+    assert len(_node_actors(deployment)) == 3
+
+
+def test_a_restarted_controller_finds_its_actors_and_creates_no_duplicates(
+    connect: Connect, bootstrap: str
+) -> None:
+    deployment = connect()
+    ticks = _topic("ticks")
+    _produce(bootstrap, ticks, 1, 3)
+    graph = _strategy("g1", ticks, _topic("sig"))
+    submission = deployment.submit(graph_to_dict(graph))
+    assert submission["state"] == "executing"
+    actors = _node_actors(deployment)
+    assert len(actors) == 3
+    leftover_name = f"streamdag-{deployment.settings.name}-node-{'0' * 24}"
+    leftover = node_actor_class().options(
+        name=leftover_name, namespace=NODE_NAMESPACE, lifetime="detached", num_cpus=0,
+    ).remote(graph.node("sma20").config())
+    ray.get(leftover.subscribers.remote())
+
+    ray.kill(deployment.controller)
+    controller_name = f"streamdag-controller-{deployment.settings.name}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(controller_name, namespace=NODE_NAMESPACE)
+        except ValueError:
+            break
+    restarted = connect(deployment.settings.name)
+    assert _node_actors(restarted) == actors  # the leftover was stopped, the rest kept
+    assert [s["state"] for s in restarted.list()] == ["executing"]
+    again = restarted.submit(graph)
+    assert again["diff"]["new"] == []
+    assert again["diff"]["reused"] == ["sig_g1", "sma20", "ticks"]
+    assert _node_actors(restarted) == actors
+    assert {n["name"]: n["refcount"] for n in restarted.nodes()} == {
+        "ticks": 2, "sma20": 2, "sig_g1": 2}
+    with pytest.raises(UnknownSubmissionError, match="has no submission 'nope'"):
+        restarted.status("nope")
+    with pytest.raises(StreamdagError):
+        restarted.submit({"name": "broken", "nodes": [{"name": "a", "type": "no_such_op"}]})
+
+
+def test_without_dedup_every_graph_gets_its_own_actors(connect: Connect, bootstrap: str) -> None:
+    deployment = connect(dedup=False)
+    ticks = _topic("ticks")
+    _produce(bootstrap, ticks, 1, 2)
+    graph = sd.Graph("copy", outputs=[_ticks(ticks).to_topic(_topic("copy"), name="out")])
+    diffs = [deployment.submit(graph)["diff"] for _ in range(2)]
+    assert [d["new"] for d in diffs] == [["out", "ticks"], ["out", "ticks"]]
+    assert len(_node_actors(deployment)) == 4
+    assert sorted(n["refcount"] for n in deployment.nodes()) == [1, 1, 1, 1]
