@@ -406,9 +406,8 @@ def _time_extreme_kernel(sign: float, time_window: int, first: int, slots: Any, 
         start, mask = ring[s, _START], ring[s, _CAPACITY] - 1
         oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
         while size > 0 and positions[start + oldest] <= t - time_window:
-            oldest = (oldest + 1) & mask
-            size -= 1
-        ring[s, _OLDEST] = oldest
+            oldest, size = (oldest + 1) & mask, size - 1
+        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
         v = sign * x
         nan_at[s, 0] = t if math.isnan(v) else nan_at[s, 0]
         if not math.isnan(v):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from streamdag.config import ConfigError, GatewaySettings
@@ -67,6 +67,8 @@ TOML_CONTENT_TYPES: frozenset[str] = frozenset(
 #: Paths answered without a token (probes cannot carry one).
 _OPEN_PATHS = frozenset({"/healthz"})
 _NODE_IN_MESSAGE = re.compile(r"^node (['\"])(?P<name>.*?)\1")
+#: The Prometheus text format that ``generate_latest`` writes, understood by every Prometheus.
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 _HEALTH_TIMEOUT_S = 5.0
 _METRICS_TIMEOUT_S = 10.0
 
@@ -444,7 +446,7 @@ async def _metrics(request: web.Request) -> web.Response:
                                       _METRICS_TIMEOUT_S)
     request.app[_COLLECTOR].update(snapshot)
     return web.Response(body=generate_latest(request.app[_REGISTRY]),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+                        headers={"Content-Type": _PROMETHEUS_TEXT})
 
 
 # -- serving ----------------------------------------------------------------------------------

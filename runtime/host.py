@@ -129,9 +129,16 @@ class NodeHost:
             edge, target, credits=self.settings.credits, incarnation=self.incarnation
         )
 
-    def unsubscribe(self, edge: str) -> None:
-        """Stop sending to the subscriber of ``edge``."""
-        self._channels.pop(edge, None)
+    async def unsubscribe(self, edge: str) -> None:
+        """Stop sending to the subscriber of ``edge``, once it has acknowledged what was sent."""
+        channel = self._channels.pop(edge, None)
+        if channel is not None:
+            await channel.drain()
+
+    async def drain(self) -> None:
+        """Wait until every subscriber has acknowledged everything sent to it."""
+        for channel in list(self._channels.values()):
+            await channel.drain()
 
     def subscribers(self) -> list[str]:
         """The edges this node sends on."""
