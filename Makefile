@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/streamdag demo $(ARGS)
 
 test: $(STAMP)
+	bash scripts/install_prometheus.sh
 	$(BIN)/python -m pytest tests streamdag $(ARGS)
 
 lint: $(STAMP)

@@ -77,12 +77,12 @@ def _best_seconds(step: Callable[[], object], repeats: int = REPEATS) -> float:
 
 def _row(name: str, events: int, seconds: float, note: str = "") -> str:
     rate = events / seconds
-    return f"{name:<34} {events:>11,} {seconds * 1e3:>10.1f} {rate / 1e6:>9.1f}  {note}"
+    return f"{name:<38} {events:>11,} {seconds * 1e3:>9.1f} {rate / 1e6:>8.1f}  {note}"
 
 
 def _header(title: str) -> None:
     print(f"\n{title}")
-    print(f"{'case':<34} {'events':>11} {'ms':>10} {'M ev/s':>9}  note")
+    print(f"{'case':<38} {'events':>11} {'ms':>9} {'M ev/s':>8}  note")
 
 
 def _stream(rng: np.random.Generator) -> dict[str, npt.NDArray[Any]]:
@@ -154,7 +154,8 @@ def _timed_passes(fold: Fold, passes: list[npt.NDArray[np.int64]]) -> float:
 
 
 def _kernels(data: dict[str, npt.NDArray[Any]]) -> None:
-    _header(f"kernels: {EVENTS:,} events, {KEYS:,} keys, update() per {BATCH:,} pre-mapped")
+    _header(f"kernels: {EVENTS:,} events, {KEYS:,} keys, update() on {BATCH:,}-event batches of "
+            "pre-mapped slots")
     # Every pass continues event time, as a live stream does: replaying the same ts would put
     # each event before the time windows the previous pass left open.
     span = int(data["ts"][-1]) + 1
@@ -237,12 +238,12 @@ def _compile_times() -> None:
             text = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, check=True,
                                   capture_output=True, text=True).stdout
             runs.append([line.split() for line in text.strip().splitlines()])
-    print(f"{'operator (in call order)':<34} {'cold cache ms':>13} {'warm cache ms':>14}")
+    print(f"{'operator (in call order)':<38} {'cold cache ms':>13} {'warm cache ms':>14}")
     for (name, cold), (_, warm) in zip(runs[0], runs[1], strict=True):
-        print(f"{name:<34} {float(cold) * 1e3:>13.0f} {float(warm) * 1e3:>14.1f}")
+        print(f"{name:<38} {float(cold) * 1e3:>13.0f} {float(warm) * 1e3:>14.1f}")
     total_cold = sum(float(t) for _, t in runs[0])
     total_warm = sum(float(t) for _, t in runs[1])
-    print(f"{'total':<34} {total_cold * 1e3:>13.0f} {total_warm * 1e3:>14.1f}"
+    print(f"{'total':<38} {total_cold * 1e3:>13.0f} {total_warm * 1e3:>14.1f}"
           "  (the first call also compiles KeySlots' kernels)")
 
 

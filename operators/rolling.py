@@ -7,19 +7,21 @@ Every kernel is one numba loop over the batch that updates per-key state in O(1)
 - **time windows** (``time_window=W``) keep each key's events in its own ring, which doubles
   when full; events with ``ts <= t - W`` leave from the front as an event at ``t`` arrives, so
   the window is ``(t - W, t]`` in arrival order (the runtime delivers ts-sorted batches).
-- **sum, mean** keep a Neumaier-compensated running total (a spike leaving the window leaves
-  no trace), recomputed from the window whenever a key has seen as many events since the last
-  recomputation as its window holds, so rounding error never accumulates beyond one window.
-- **std** (and zscore) keep compensated sums of ``x - shift`` and its square, recomputed the
-  same way around the window's mean, and also as soon as more than 20 of the 53 bits of the
+- **sum, mean** keep a Neumaier-compensated running total (Kahan's method, robust when a term
+  is larger than the total): a spike leaving the window leaves no trace, and the error stays
+  at the rounding of the window's own values however long the stream runs (the compensation
+  carries each step's rounding exactly), so the total is never recomputed.
+- **std** (and zscore) keep compensated sums of ``x - shift`` and its square. They are
+  recomputed from the window in two passes around its mean (which becomes the new shift)
+  once per window of a key's events, and at once when more than 20 of the 53 bits of the
   centered sum of squares have cancelled (a spike left, or the level moved far from the shift).
-  Both recomputations cost O(window) at most once per window of events in any realistic stream
-  (the cancellation one repeats only while the spread keeps shrinking by 2**20 per event).
+  Both cost O(window) at most once per window of events in any realistic stream (the second
+  repeats only while the spread keeps shrinking by 2**20 from one event to the next).
 - NaN and infinities are kept out of the sums; the sequence number of the latest one of each
   kind tells whether one is in the window, and the result is then what IEEE arithmetic over the
   window gives (NaN, +inf or -inf for sum and mean; NaN for std).
-- **min, max** keep a monotonic deque per key (in the same growable rings): each value is
-  pushed and popped at most once.
+- **min, max** keep a monotonic deque per key (a fixed ring for count windows, a growable one
+  for time windows): each value is pushed and popped at most once. NaN in the window gives NaN.
 
 ``KeyedState`` (a NodeCache plus per-key state arrays, snapshotted together) is the base the
 other incremental kernels (ema, zscore, vwap, crossover) build on.
@@ -98,6 +100,7 @@ _FIRST_POOL = 1024
 _NEVER = np.iinfo(np.int64).min
 
 
+# -- state shared by the incremental kernels -------------------------------------------------
 @njit(cache=True, inline="always")
 def compensated_add(total: float, compensation: float, value: float) -> tuple[float, float]:
     """Neumaier summation step: ``(total, compensation)`` after adding ``value``."""
@@ -107,6 +110,136 @@ def compensated_add(total: float, compensation: float, value: float) -> tuple[fl
     else:
         compensation += (value - updated) + total
     return updated, compensation
+
+
+@dataclass(frozen=True)
+class StateArray:
+    """Shape and type of a per-key state array: ``columns`` of ``dtype``, new keys ``fill``."""
+
+    columns: int
+    dtype: type[np.generic]
+    fill: float | int
+
+    def allocate(self, keys: int) -> npt.NDArray[Any]:
+        """A ``keys x columns`` array set to ``fill``."""
+        return np.full((keys, self.columns), self.fill, dtype=self.dtype)
+
+
+class KeyedState:
+    """A node's key slots and history rings (a NodeCache) with per-key kernel state; one snapshot.
+
+    Per-key arrays grow with the cache's key capacity; ``shared`` arrays (pools not indexed by
+    key) are saved whole. Kernels index everything by the slots that ``slots()`` returns.
+
+    >>> state = KeyedState(inputs=1, period=2, features=1,
+    ...                    per_key={"total": StateArray(1, np.float64, 0.0)})
+    >>> slots = state.slots(np.array([b"a", b"b", b"a"]))
+    >>> np.add.at(state.per_key["total"][:, 0], slots, [1.0, 2.0, 3.0])
+    >>> restored = KeyedState(inputs=1, period=2, features=1,
+    ...                       per_key={"total": StateArray(1, np.float64, 0.0)},
+    ...                       snapshot=state.snapshot())
+    >>> restored.per_key["total"][:2, 0].tolist()
+    [4.0, 2.0]
+    """
+
+    def __init__(
+        self,
+        *,
+        inputs: int,
+        period: int,
+        features: int,
+        per_key: Mapping[str, StateArray],
+        shared: Mapping[str, npt.NDArray[Any]] | None = None,
+        snapshot: bytes | None = None,
+    ) -> None:
+        self._specs = dict(per_key)
+        self.shared: dict[str, npt.NDArray[Any]] = dict(shared or {})
+        if snapshot is None:
+            self.cache = NodeCache(inputs, period, features)
+            self.per_key = {n: spec.allocate(self.cache.key_capacity)
+                            for n, spec in self._specs.items()}
+            return
+        saved = np.load(io.BytesIO(snapshot))
+        self.cache = NodeCache.restore(saved["history"].tobytes())
+        found = (self.cache.inputs, self.cache.period, self.cache.features)
+        if found != (inputs, period, features):
+            raise StreamdagError(
+                f"the snapshot holds history for (inputs, period, features) = {found}, but "
+                f"this node needs {(inputs, period, features)}; it belongs to another node "
+                "configuration. Restore the checkpoint taken by this node"
+            )
+        keys = len(self.cache.key_slots)
+        self.per_key = {}
+        for name, spec in self._specs.items():
+            array = spec.allocate(self.cache.key_capacity)
+            array[:keys] = saved[f"per_key_{name}"]
+            self.per_key[name] = array
+        for name in self.shared:
+            self.shared[name] = saved[f"shared_{name}"]
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """Dense slots of ``keys`` (new keys get new slots); grows every per-key array."""
+        slots = self.cache.slots(keys)
+        capacity = self.cache.key_capacity
+        for name, array in self.per_key.items():
+            if len(array) < capacity:
+                grown = self._specs[name].allocate(capacity)
+                grown[: len(array)] = array
+                self.per_key[name] = grown
+        return slots
+
+    def check_slots(self, slots: npt.NDArray[np.int64]) -> None:
+        """Raise IndexError unless every slot was handed out by ``slots()``."""
+        if len(slots) and (int(slots.min()) < 0 or int(slots.max()) >= len(self.cache.key_slots)):
+            raise IndexError(
+                f"slots must lie in [0, {len(self.cache.key_slots)}), got "
+                f"[{int(slots.min())}, {int(slots.max())}]; map keys with slots() first"
+            )
+
+    def snapshot(self) -> bytes:
+        """The history, key table and every state array as bytes, for ``snapshot=``."""
+        keys = len(self.cache.key_slots)
+        history = np.frombuffer(self.cache.snapshot(), dtype=np.uint8)
+        arrays: dict[str, npt.NDArray[Any]] = {"history": history}
+        arrays.update({f"per_key_{n}": a[:keys] for n, a in self.per_key.items()})
+        arrays.update({f"shared_{n}": a for n, a in self.shared.items()})
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **arrays)
+        return buffer.getvalue()
+
+
+def float_column(batch: Batch, field: str, node: str) -> npt.NDArray[np.float64]:
+    """Field ``field`` of ``batch`` as a contiguous float64 array; SchemaMismatchError if absent."""
+    column = batch.columns.get(field)
+    if column is None:
+        raise SchemaMismatchError(
+            f"node {node!r} reads field {field!r}, but the batch carries {list(batch.columns)}; "
+            "the upstream node's output schema changed, so rebuild the graph"
+        )
+    return np.ascontiguousarray(column, dtype=np.float64)
+
+
+def rows_emitted(batch: Batch, values: npt.NDArray[np.float64],
+                 emitted: npt.NDArray[np.bool_]) -> Batch:
+    """The rows of ``batch`` where ``emitted`` holds (ts, key, lineage) with ``values`` as value."""
+    output = batch.with_columns({"value": values})
+    return output if bool(emitted.all()) else output.take(emitted)
+
+
+def refuse_interval(config: NodeConfig) -> None:
+    """Raise GraphError when a node of an event-by-event kernel was given an ``interval``."""
+    if config.interval:
+        raise GraphError(
+            f"node {config.name!r}: {config.operator} updates on every event and does not "
+            f"bucket events by interval, but interval={config.interval} ns was given; remove "
+            "interval= from this node (bucket upstream, e.g. with ohlcv bars)"
+        )
+
+
+def code_hash_with_rolling(module_name: str) -> str:
+    """Hash of module ``module_name`` together with this module, whose kernels it runs on."""
+    both = module_code_hash(module_name) + module_code_hash(__name__)
+    return hashlib.sha256(both.encode()).hexdigest()
 
 
 # -- growable per-key rings ------------------------------------------------------------------
@@ -422,137 +555,6 @@ def _time_extreme_kernel(sign: float, time_window: int, first: int, slots: Any, 
         out[r] = np.nan if nan_at[s, 0] > t - time_window else sign * pool[start + oldest]
     rows: int = slots.shape[0]
     return rows
-
-
-# -- state shared by the incremental kernels -------------------------------------------------
-@dataclass(frozen=True)
-class StateArray:
-    """Shape and type of a per-key state array: ``columns`` of ``dtype``, new keys ``fill``."""
-
-    columns: int
-    dtype: type[np.generic]
-    fill: float | int
-
-    def allocate(self, keys: int) -> npt.NDArray[Any]:
-        """A ``keys x columns`` array set to ``fill``."""
-        return np.full((keys, self.columns), self.fill, dtype=self.dtype)
-
-
-class KeyedState:
-    """A node's key slots and history rings (a NodeCache) with per-key kernel state; one snapshot.
-
-    Per-key arrays grow with the cache's key capacity; ``shared`` arrays (pools not indexed by
-    key) are saved whole. Kernels index everything by the slots that ``slots()`` returns.
-
-    >>> state = KeyedState(inputs=1, period=2, features=1,
-    ...                    per_key={"total": StateArray(1, np.float64, 0.0)})
-    >>> slots = state.slots(np.array([b"a", b"b", b"a"]))
-    >>> np.add.at(state.per_key["total"][:, 0], slots, [1.0, 2.0, 3.0])
-    >>> restored = KeyedState(inputs=1, period=2, features=1,
-    ...                       per_key={"total": StateArray(1, np.float64, 0.0)},
-    ...                       snapshot=state.snapshot())
-    >>> restored.per_key["total"][:2, 0].tolist()
-    [4.0, 2.0]
-    """
-
-    def __init__(
-        self,
-        *,
-        inputs: int,
-        period: int,
-        features: int,
-        per_key: Mapping[str, StateArray],
-        shared: Mapping[str, npt.NDArray[Any]] | None = None,
-        snapshot: bytes | None = None,
-    ) -> None:
-        self._specs = dict(per_key)
-        self.shared: dict[str, npt.NDArray[Any]] = dict(shared or {})
-        if snapshot is None:
-            self.cache = NodeCache(inputs, period, features)
-            self.per_key = {n: spec.allocate(self.cache.key_capacity)
-                            for n, spec in self._specs.items()}
-            return
-        saved = np.load(io.BytesIO(snapshot))
-        self.cache = NodeCache.restore(saved["history"].tobytes())
-        found = (self.cache.inputs, self.cache.period, self.cache.features)
-        if found != (inputs, period, features):
-            raise StreamdagError(
-                f"the snapshot holds history for (inputs, period, features) = {found}, but "
-                f"this node needs {(inputs, period, features)}; it belongs to another node "
-                "configuration. Restore the checkpoint taken by this node"
-            )
-        keys = len(self.cache.key_slots)
-        self.per_key = {}
-        for name, spec in self._specs.items():
-            array = spec.allocate(self.cache.key_capacity)
-            array[:keys] = saved[f"per_key_{name}"]
-            self.per_key[name] = array
-        for name in self.shared:
-            self.shared[name] = saved[f"shared_{name}"]
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """Dense slots of ``keys`` (new keys get new slots); grows every per-key array."""
-        slots = self.cache.slots(keys)
-        capacity = self.cache.key_capacity
-        for name, array in self.per_key.items():
-            if len(array) < capacity:
-                grown = self._specs[name].allocate(capacity)
-                grown[: len(array)] = array
-                self.per_key[name] = grown
-        return slots
-
-    def check_slots(self, slots: npt.NDArray[np.int64]) -> None:
-        """Raise IndexError unless every slot was handed out by ``slots()``."""
-        if len(slots) and (int(slots.min()) < 0 or int(slots.max()) >= len(self.cache.key_slots)):
-            raise IndexError(
-                f"slots must lie in [0, {len(self.cache.key_slots)}), got "
-                f"[{int(slots.min())}, {int(slots.max())}]; map keys with slots() first"
-            )
-
-    def snapshot(self) -> bytes:
-        """The history, key table and every state array as bytes, for ``snapshot=``."""
-        keys = len(self.cache.key_slots)
-        history = np.frombuffer(self.cache.snapshot(), dtype=np.uint8)
-        arrays: dict[str, npt.NDArray[Any]] = {"history": history}
-        arrays.update({f"per_key_{n}": a[:keys] for n, a in self.per_key.items()})
-        arrays.update({f"shared_{n}": a for n, a in self.shared.items()})
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays)
-        return buffer.getvalue()
-
-
-def float_column(batch: Batch, field: str, node: str) -> npt.NDArray[np.float64]:
-    """Field ``field`` of ``batch`` as a contiguous float64 array; SchemaMismatchError if absent."""
-    column = batch.columns.get(field)
-    if column is None:
-        raise SchemaMismatchError(
-            f"node {node!r} reads field {field!r}, but the batch carries {list(batch.columns)}; "
-            "the upstream node's output schema changed, so rebuild the graph"
-        )
-    return np.ascontiguousarray(column, dtype=np.float64)
-
-
-def rows_emitted(batch: Batch, values: npt.NDArray[np.float64],
-                 emitted: npt.NDArray[np.bool_]) -> Batch:
-    """The rows of ``batch`` where ``emitted`` holds (ts, key, lineage) with ``values`` as value."""
-    output = batch.with_columns({"value": values})
-    return output if bool(emitted.all()) else output.take(emitted)
-
-
-def refuse_interval(config: NodeConfig) -> None:
-    """Raise GraphError when a node of an event-by-event kernel was given an ``interval``."""
-    if config.interval:
-        raise GraphError(
-            f"node {config.name!r}: {config.operator} updates on every event and does not "
-            f"bucket events by interval, but interval={config.interval} ns was given; remove "
-            "interval= from this node (bucket upstream, e.g. with ohlcv bars)"
-        )
-
-
-def code_hash_with_rolling(module_name: str) -> str:
-    """Hash of module ``module_name`` together with this module, whose kernels it runs on."""
-    both = module_code_hash(module_name) + module_code_hash(__name__)
-    return hashlib.sha256(both.encode()).hexdigest()
 
 
 # -- runtime logic ---------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """Volume-weighted average price per key over the last N events.
 
 Price and size of the last ``window`` events live in the node's ``NodeCache`` ring (two
-features). Running sums of price x size and of size are Neumaier-compensated and recomputed
-from the ring once per ``window`` events of a key, so rounding error never accumulates beyond
-one window; a NaN or infinite price or size is kept out of the sums, and while one is in the
-window the result is NaN.
+features). Running sums of price x size and of size are Neumaier-compensated, like the rolling
+sums (``streamdag.operators.rolling``): a trade leaving the window leaves no trace and error
+does not accumulate over the stream. A NaN or infinite price or size is kept out of the sums,
+and while one is in the window the result is NaN.
 """
 
 from __future__ import annotations
@@ -37,18 +37,20 @@ from streamdag.schema import Schema
 __all__ = ["VwapDef", "VwapLogic"]
 
 # Columns of the per-key ``sums`` (float64) and ``tally`` (int64) arrays; _BAD_AFTER holds
-# 1 + the sequence number of the latest event with a non-finite price, size or product.
+# 1 + the sequence number of the latest trade with a non-finite price, size or product.
 _NOTIONAL, _NOTIONAL_COMP, _SIZE, _SIZE_COMP = 0, 1, 2, 3
-_SEQUENCE, _SINCE, _BAD_AFTER = 0, 1, 2
+_SEQUENCE, _BAD_AFTER = 0, 1
 _PRICE, _QUANTITY = 0, 1
 
 
 @njit(cache=True, inline="always")
-def _add_trade(sums: Any, s: int, price: float, size: float, sign: float) -> None:
-    sums[s, _NOTIONAL], sums[s, _NOTIONAL_COMP] = compensated_add(
-        sums[s, _NOTIONAL], sums[s, _NOTIONAL_COMP], sign * price * size)
-    sums[s, _SIZE], sums[s, _SIZE_COMP] = compensated_add(
-        sums[s, _SIZE], sums[s, _SIZE_COMP], sign * size)
+def _slide_trade(sums: Any, s: int, price: float, size: float, sign: float) -> None:
+    # A trade with a non-finite price, size or notional never enters the sums.
+    if math.isfinite(price * size) and math.isfinite(size):
+        sums[s, _NOTIONAL], sums[s, _NOTIONAL_COMP] = compensated_add(
+            sums[s, _NOTIONAL], sums[s, _NOTIONAL_COMP], sign * price * size)
+        sums[s, _SIZE], sums[s, _SIZE_COMP] = compensated_add(
+            sums[s, _SIZE], sums[s, _SIZE_COMP], sign * size)
 
 
 @njit(cache=True)
@@ -59,38 +61,23 @@ def _vwap_kernel(window: int, slots: Any, ts: Any, prices: Any, sizes: Any, time
         s, price, size = slots[r], prices[r], sizes[r]
         h, n = head[0, s], count[0, s]
         if n == window:
-            old_price, old_size = values[0, s, h, _PRICE], values[0, s, h, _QUANTITY]
-            if math.isfinite(old_price * old_size) and math.isfinite(old_size):
-                _add_trade(sums, s, old_price, old_size, -1.0)
-        else:
-            n += 1
-            count[0, s] = n
+            _slide_trade(sums, s, values[0, s, h, _PRICE], values[0, s, h, _QUANTITY], -1.0)
+        n = n + 1 if n < window else n
+        count[0, s] = n
         times[0, s, h] = ts[r]
         values[0, s, h, _PRICE] = price
         values[0, s, h, _QUANTITY] = size
         head[0, s] = h + 1 if h + 1 < window else 0
+        _slide_trade(sums, s, price, size, 1.0)
         sequence = tally[s, _SEQUENCE] + 1
         tally[s, _SEQUENCE] = sequence
-        if math.isfinite(price * size) and math.isfinite(size):
-            _add_trade(sums, s, price, size, 1.0)
-        else:
-            tally[s, _BAD_AFTER] = sequence
-        tally[s, _SINCE] += 1
-        if tally[s, _SINCE] >= n:
-            tally[s, _SINCE] = 0
-            sums[s, :] = 0.0
-            for j in range(n):
-                p = values[0, s, (h + 1 - n + j) % window, _PRICE]
-                q = values[0, s, (h + 1 - n + j) % window, _QUANTITY]
-                if math.isfinite(p * q) and math.isfinite(q):
-                    _add_trade(sums, s, p, q, 1.0)
+        # An unconditional select: a store under a branch slows the whole loop down.
+        bad = not (math.isfinite(price * size) and math.isfinite(size))
+        tally[s, _BAD_AFTER] = sequence if bad else tally[s, _BAD_AFTER]
+        total_size = sums[s, _SIZE] + sums[s, _SIZE_COMP]
+        nan = tally[s, _BAD_AFTER] > sequence - n or total_size == 0.0
         emitted[r] = n == window
-        if emitted[r]:
-            total_size = sums[s, _SIZE] + sums[s, _SIZE_COMP]
-            if tally[s, _BAD_AFTER] > sequence - n or total_size == 0.0:
-                out[r] = np.nan
-            else:
-                out[r] = (sums[s, _NOTIONAL] + sums[s, _NOTIONAL_COMP]) / total_size
+        out[r] = np.nan if nan else (sums[s, _NOTIONAL] + sums[s, _NOTIONAL_COMP]) / total_size
 
 
 class VwapLogic:
@@ -104,7 +91,7 @@ class VwapLogic:
         self._window = int(config.params["window"])
         self._state = KeyedState(inputs=1, period=self._window, features=2,
                                  per_key={"sums": StateArray(4, np.float64, 0.0),
-                                          "tally": StateArray(3, np.int64, 0)},
+                                          "tally": StateArray(2, np.int64, 0)},
                                  snapshot=snapshot)
 
     def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:

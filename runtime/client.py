@@ -95,6 +95,11 @@ class GatewayClient:
         self._token = token
         self._timeout_s = timeout_s
 
+    @property
+    def token(self) -> str:
+        """The bearer token this client sends."""
+        return self._token
+
     def submit(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Submit the graph spec file ``path`` (``.json`` or ``.toml``); the new submission."""
         file = Path(path)

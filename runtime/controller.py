@@ -16,16 +16,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
-import sys
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from streamdag.config import Settings
+from streamdag.errors import StreamdagError
 from streamdag.graph import Graph
 from streamdag.runtime.host import RuntimeSettings
 from streamdag.runtime.kafka_binding import KafkaBinding
@@ -40,20 +38,26 @@ from streamdag.runtime.lifecycle import (
     SubmissionState,
     UnknownSubmissionError,
     cloud_event,
+    failure_cause,
     load_submissions,
     log_event,
+    log_to_stderr_inside_ray_actor,
+    new_submission_id,
     save_submissions,
 )
+from streamdag.runtime.messages import edge_id
 from streamdag.runtime.planner import diff_graph
 from streamdag.runtime.registry import (
     NODE_NAMESPACE,
+    NodeEntry,
     NodeRegistry,
-    NodeRequest,
     acquire,
     instance_key,
     load_registry,
+    locate_node_actors,
     mark_dead,
     node_actor_name,
+    node_requests,
     release,
     retirement_order,
     save_registry,
@@ -205,32 +209,17 @@ class Controller:
         if self._started:
             return
         self._started = True
-        import ray
-
-        _log_to_stderr_inside_actor()
+        log_to_stderr_inside_ray_actor("streamdag.lifecycle", "streamdag.controller")
         # Step 1: find each live node's actor by its deterministic name.
-        missing = []
-        for key, entry in self._registry.entries.items():
-            if not entry.alive:
-                continue
-            try:
-                self._handles[key] = ray.get_actor(entry.actor_name, namespace=NODE_NAMESPACE)
-            except ValueError:
-                missing.append(key)
+        found, missing, leftovers = locate_node_actors(self._registry, self.deployment)
+        self._handles.update(found)
         # Step 2: nodes whose actor is gone died while no controller watched them.
         await self._declare_dead(
-            {key: "its actor was not found when the controller started" for key in missing}
-        )
+            dict.fromkeys(missing, "its actor was not found when the controller started"))
         # Step 3: named node actors no entry claims are leftovers of an interrupted submission.
-        claimed = {entry.actor_name for entry in self._registry.entries.values()}
-        pattern = re.compile(rf"streamdag-{re.escape(self.deployment)}-node-[0-9a-f]{{24}}")
-        for actor in ray.util.list_named_actors(all_namespaces=True):
-            name = actor["name"]
-            if actor["namespace"] == NODE_NAMESPACE and pattern.fullmatch(name) and (
-                name not in claimed
-            ):
-                _log.warning("stopping leftover node actor %s", name)
-                await self._stop_actor(ray.get_actor(name, namespace=NODE_NAMESPACE), name)
+        for name, handle in leftovers.items():
+            _log.warning("stopping leftover node actor %s", name)
+            await self._stop_actor(handle, name)
         # Step 4: periodic health checks.
         if self.options.health_interval_s > 0:
             self._health_task = asyncio.create_task(self._health_loop())
@@ -251,17 +240,17 @@ class Controller:
         """
         async with self._lock:
             await self._ensure_started()
-            record = SubmissionRecord.new(_submission_id(graph.name), graph.name)
+            record = SubmissionRecord.new(new_submission_id(graph.name), graph.name)
             self._records[record.id] = record
             await self._publish(record)
             try:
                 await self._deploy(record.id, graph)
-            except _SubmissionFailedError as failure:
-                await self._fail(record.id, str(failure))
-            except Exception as exc:  # any other surprise still ends the submission FAILED
-                _log.exception("submission %s of graph %r failed", record.id, graph.name)
-                await self._fail(record.id, f"unexpected {type(exc).__name__}: {exc}")
-            return self._describe(self._records[record.id])
+            except Exception as exc:  # every failure ends the submission FAILED, with its cause
+                if not isinstance(exc, _SubmissionFailedError | StreamdagError):
+                    _log.exception("submission %s of graph %r failed", record.id, graph.name)
+                await self._fail(record.id, str(exc) if isinstance(exc, _SubmissionFailedError)
+                                 else failure_cause(exc))
+            return self._records[record.id].describe(self.deployment)
 
     async def _deploy(self, submission: str, graph: Graph) -> None:
         """Steps of one submission; raises _SubmissionFailedError after rolling back."""
@@ -282,22 +271,13 @@ class Controller:
             )
         await asyncio.gather(*(self._retiring[k] for k in keys.values() if k in self._retiring))
         # Step 2: map every node to its actor in the registry.
-        self._registry = acquire(self._registry, submission, [
-            NodeRequest(keys[n.node_id], n.node_id, node_actor_name(self.deployment,
-                        keys[n.node_id]), n.name, n.operator, n.role,
-                        tuple(keys[i.node_id] for i in n.inputs))
-            for n in graph.nodes
-        ])
+        self._registry = acquire(self._registry, submission,
+                                 node_requests(self.deployment, graph.nodes, keys))
         leaves = {n.node_id for n in (*graph.sinks, *graph.outputs)}
-        summary = DiffSummary(
-            new=tuple(names[n] for n in diff.new), reused=tuple(names[n] for n in diff.reused),
-            reuse_ratio=diff.reuse_ratio,
-            creation_order=tuple(tuple(names[n] for n in g) for g in diff.creation_order),
-        )
         self._records[submission] = dataclasses.replace(
-            self._records[submission], holds_nodes=True, diff=summary,
-            nodes=tuple(SubmissionNode(n.name, keys[n.node_id], n.node_id, n.operator, n.role,
-                                       n.node_id in leaves) for n in graph.nodes),
+            self._records[submission], holds_nodes=True, diff=DiffSummary.of(diff, names),
+            nodes=tuple(SubmissionNode.of(n, keys[n.node_id], leaf=n.node_id in leaves)
+                        for n in graph.nodes),
         )
         self._nodes_new_total += len(diff.new)
         self._nodes_reused_total += len(diff.reused)
@@ -312,7 +292,8 @@ class Controller:
             await self._create_and_start(graph, keys, diff.creation_order, created, attached)
         except Exception as exc:
             await self._roll_back(submission, created, attached)
-            raise _SubmissionFailedError(_error_text(exc)) from exc
+            cause = str(exc) if isinstance(exc, _SubmissionFailedError) else failure_cause(exc)
+            raise _SubmissionFailedError(cause) from exc
         await self._move(submission, _S.EXECUTING)
         await self._refresh_stats(keys.values())
 
@@ -332,16 +313,18 @@ class Controller:
         }
         new = {keys[node_id] for generation in creation_order for node_id in generation}
         edges = [
-            (_edge(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
+            (edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
              keys[node.node_id], index)
             for node in graph.nodes for index, up in enumerate(node.inputs)
         ]
         await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
         for generation in creation_order:
             # Step 3a: one generation of actors, all ready before the next one upstream.
-            born = {keys[n]: self._create_actor(keys[n], hosts[n]) for n in generation}
-            created.extend(born)
-            self._handles.update(born)
+            born = {}
+            for node_id in generation:  # one at a time: a failing call leaks no actor
+                born[keys[node_id]] = self._create_actor(keys[node_id], hosts[node_id])
+                self._handles[keys[node_id]] = born[keys[node_id]]
+                created.append(keys[node_id])
             await self._ready(born, {keys[n]: hosts[n].node.name for n in generation})
             # Step 3b: wire them to the new consumers created before them.
             for edge, upstream, downstream, index in edges:
@@ -366,26 +349,22 @@ class Controller:
                  sink=host.sink, capture=host.capture)
 
     async def _ready(self, born: Mapping[str, Any], names: Mapping[str, str]) -> None:
-        waits = {key: asyncio.ensure_future(_awaitable(h.ready.remote()))
-                 for key, h in born.items()}
-        _, pending = await asyncio.wait(waits.values(), timeout=self.options.ready_timeout_s,
-                                        return_when=asyncio.FIRST_EXCEPTION)
+        tasks = {key: asyncio.ensure_future(_awaitable(handle.ready.remote()))
+                 for key, handle in born.items()}
+        done, pending = await asyncio.wait(tasks.values(), timeout=self.options.ready_timeout_s,
+                                           return_when=asyncio.FIRST_EXCEPTION)
         for task in pending:
             task.cancel()
-        for key, task in waits.items():
-            if task.cancelled() or not task.done():
-                continue
-            if task.exception() is not None:
+        for key, task in tasks.items():
+            error = task.exception() if task in done else None
+            if error is not None:
                 raise _SubmissionFailedError(
-                    f"node {names[key]!r} failed to become ready: {_error_text(task.exception())}"
-                )
-        for key, task in waits.items():
-            if task in pending:
-                raise _SubmissionFailedError(
-                    f"node {names[key]!r} did not report ready within "
-                    f"{self.options.ready_timeout_s} s; check its actor's log, or raise "
-                    "ControllerOptions.ready_timeout_s"
-                )
+                    f"node {names[key]!r} failed to become ready: {failure_cause(error)}")
+        late = [names[key] for key, task in tasks.items() if task in pending]
+        if late:
+            raise _SubmissionFailedError(
+                f"node(s) {late} did not report ready within {self.options.ready_timeout_s} s; "
+                "check their actors' logs, or raise ControllerOptions.ready_timeout_s")
 
     async def _subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
         from streamdag.runtime.channels import RayTarget
@@ -393,6 +372,14 @@ class Controller:
         consumer = self._handles[downstream]
         await consumer.connect_input.remote(edge, index)
         await self._handles[upstream].subscribe.remote(edge, RayTarget(consumer))
+
+    async def _unsubscribe(self, upstream: str, edge: str) -> None:
+        """Stop ``upstream`` sending on ``edge``; an upstream that is gone sends nothing."""
+        handle = self._handles.get(upstream)
+        with contextlib.suppress(Exception):  # its consumer may be dead: nothing to drain
+            if handle is not None:
+                await asyncio.wait_for(_awaitable(handle.unsubscribe.remote(edge)),
+                                       self.options.call_timeout_s)
 
     async def _create_sink_topics(self, hosts: list[HostSpec]) -> None:
         topics = {str(h.node.params["topic"]): self.settings.kafka.partitions
@@ -407,8 +394,7 @@ class Controller:
         """Undo a failed submission: shared actors keep running, untouched."""
         # Step 1: running producers stop sending to what this submission created.
         for edge, upstream in attached:
-            with contextlib.suppress(Exception):
-                await self._handles[upstream].unsubscribe.remote(edge)
+            await self._unsubscribe(upstream, edge)
         # Step 2: the created actors stop, in reverse creation order (sources first).
         for key in reversed(created):
             await self._stop_actor(self._handles.pop(key), node_actor_name(self.deployment, key))
@@ -435,7 +421,7 @@ class Controller:
             retiring = await self._release(submission_id)
         await asyncio.gather(*retiring.values())
         names = {node.key: node.name for node in record.nodes}
-        return {**self._describe(self._records[submission_id]),
+        return {**self._records[submission_id].describe(self.deployment),
                 "retired": [names.get(key, key) for key in retiring]}
 
     async def _release(self, submission: str) -> dict[str, asyncio.Task[None]]:
@@ -451,15 +437,14 @@ class Controller:
         # Unsubscribe now so no new batch enters a retiring node; what is in flight drains.
         for key in retired:
             for edge, upstream, _ in before.entries[key].input_edges():
-                if upstream in self._registry.entries and upstream in self._handles:
-                    with contextlib.suppress(Exception):
-                        await self._handles[upstream].unsubscribe.remote(edge)
+                if upstream in self._registry.entries:
+                    await self._unsubscribe(upstream, edge)
         task = asyncio.create_task(self._retire(retired, [before.entries[k] for k in retired]))
         for key in retired:
             self._retiring[key] = task
         return dict.fromkeys(retired, task)
 
-    async def _retire(self, keys: tuple[str, ...], entries: list[Any]) -> None:
+    async def _retire(self, keys: tuple[str, ...], entries: list[NodeEntry]) -> None:
         """Stop retired nodes after the grace period, sources first, and forget them."""
         try:
             await asyncio.sleep(self.options.grace_s)
@@ -554,9 +539,8 @@ class Controller:
             self._handles.pop(key, None)
             # Shared producers keep serving healthy graphs only if they stop sending here.
             for edge, upstream, _ in entry.input_edges():
-                if upstream in self._handles and upstream not in causes:
-                    with contextlib.suppress(Exception):
-                        await self._handles[upstream].unsubscribe.remote(edge)
+                if upstream not in causes:
+                    await self._unsubscribe(upstream, edge)
         self._registry = mark_dead(self._registry, causes)
         self._save_registry()
         for record in list(self._records.values()):
@@ -599,7 +583,7 @@ class Controller:
         except ActorUnavailableError:
             return _Probe(alive=True)  # restarting or unreachable for now: not (yet) dead
         except (ActorDiedError, RayActorError) as exc:
-            return _Probe(alive=False, error=_error_text(exc))
+            return _Probe(alive=False, error=failure_cause(exc))
         except TimeoutError:
             return _Probe(alive=True)  # busy, not dead: the next round asks again
         error = None
@@ -607,7 +591,7 @@ class Controller:
             try:
                 await asyncio.wait_for(_awaitable(handle.wait_finished.remote()), timeout)
             except Exception as exc:
-                error = _error_text(exc)
+                error = failure_cause(exc)
         return _Probe(alive=True, finished=bool(finished), error=error, stats=stats)
 
     async def _refresh_stats(self, keys: Iterable[str]) -> None:
@@ -617,7 +601,7 @@ class Controller:
     def list_submissions(self) -> list[dict[str, Any]]:
         """Every submission, oldest first, in the shape ``submit_graph`` returns."""
         records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.id))
-        return [self._describe(record) for record in records]
+        return [record.describe(self.deployment) for record in records]
 
     def status(self, submission_id: str) -> dict[str, Any]:
         """A submission with, per node: sharing, liveness and the latest NodeStats figures.
@@ -625,28 +609,12 @@ class Controller:
         Figures are those of the latest health check (or of the submission itself).
         """
         record = self._record(submission_id)
-        nodes = []
-        for node in record.nodes:
-            entry = self._registry.entries.get(node.key)
-            stats = self._stats.get(node.key) or NodeStats(node.node_id, node.name)
-            nodes.append({
-                "name": node.name, "node_id": node.node_id, "operator": node.operator,
-                "role": node.role, "actor": node_actor_name(self.deployment, node.key),
-                "region": entry.region if entry else None,
-                "shared_by": sorted(entry.graphs) if entry else [],
-                "alive": bool(entry and entry.alive and node.key not in self._retiring),
-                "stats": dataclasses.asdict(stats),
-            })
-        return {**self._describe(record), "nodes": nodes}
+        return record.describe(self.deployment, self._registry, self._stats,
+                               retiring=self._retiring.keys())
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every registered node: actor, refcount, graphs, region, liveness."""
-        return [
-            {"node_id": e.node_id, "name": e.name, "operator": e.operator, "role": e.role,
-             "actor": e.actor_name, "refcount": e.refcount, "graphs": sorted(e.graphs),
-             "region": e.region, "alive": e.alive}
-            for e in sorted(self._registry.entries.values(), key=lambda e: (e.region, e.name))
-        ]
+        return self._registry.describe()
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         """Fresh per-node figures plus the controller's own counters."""
@@ -710,57 +678,7 @@ class Controller:
     def _save_submissions(self) -> None:
         save_submissions(self._submissions_path, list(self._records.values()))
 
-    def _describe(self, record: SubmissionRecord) -> dict[str, Any]:
-        return {
-            "id": record.id, "graph": record.graph, "state": str(record.state),
-            "cause": record.cause, "submitted_at": record.submitted_at,
-            "diff": record.diff.to_dict(),
-            "nodes": [{"name": n.name, "node_id": n.node_id, "operator": n.operator,
-                       "role": n.role, "actor": node_actor_name(self.deployment, n.key)}
-                      for n in record.nodes],
-            "history": [step.to_dict() for step in record.history],
-        }
-
-
-def _submission_id(graph_name: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", graph_name).strip("-")[:48] or "graph"
-    return f"{stem}-{uuid.uuid4().hex[:8]}"
-
-
-def _edge(upstream: str, downstream: str, index: int) -> str:
-    from streamdag.runtime.messages import edge_id
-
-    return edge_id(upstream, downstream, index)
-
 
 async def _awaitable(ref: Any) -> Any:
     """Await a Ray ObjectRef as a coroutine (so asyncio can wrap it in a task)."""
     return await ref
-
-
-def _error_text(exc: BaseException | None) -> str:
-    """The underlying error of a Ray failure as ``Type: message``, without Ray's wrapping."""
-    if isinstance(exc, _SubmissionFailedError):
-        return str(exc)
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        message = " ".join(str(cause).split())
-        return f"{type(cause).__name__}: {message}"[:1000]
-    # Ray's own errors put the message first and a long description after it.
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
-
-
-def _log_to_stderr_inside_actor() -> None:
-    """Inside a Ray actor, send lifecycle and controller logs to stderr (Ray's worker log)."""
-    import ray
-
-    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in ("streamdag.lifecycle", "streamdag.controller"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)

@@ -21,17 +21,30 @@ import asyncio
 import json
 import logging
 import os
+import re
+import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamdag.errors import StreamdagError
-from streamdag.runtime.registry import RegistryFileError, read_json, write_json_atomically
+from streamdag.runtime.registry import (
+    NodeRegistry,
+    RegistryFileError,
+    node_actor_name,
+    read_json,
+    write_json_atomically,
+)
+from streamdag.runtime.stats import NodeStats
+
+if TYPE_CHECKING:
+    from streamdag.graph import Node
+    from streamdag.runtime.planner import GraphDiff
 
 __all__ = [
     "CLOUDEVENT_TYPE_PREFIX",
@@ -49,8 +62,11 @@ __all__ = [
     "UnknownSubmissionError",
     "check_transition",
     "cloud_event",
+    "failure_cause",
     "load_submissions",
     "log_event",
+    "log_to_stderr_inside_ray_actor",
+    "new_submission_id",
     "save_submissions",
 ]
 
@@ -144,6 +160,11 @@ class SubmissionNode:
     #: Whether the node is an output of the graph (finishing it finishes the graph).
     leaf: bool
 
+    @classmethod
+    def of(cls, node: Node, key: str, *, leaf: bool) -> SubmissionNode:
+        """The submission's view of graph node ``node``, registered under ``key``."""
+        return cls(node.name, key, node.node_id, node.operator, node.role, leaf)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
         return {"name": self.name, "key": self.key, "node_id": self.node_id,
@@ -164,6 +185,13 @@ class DiffSummary:
     reused: tuple[str, ...] = ()
     reuse_ratio: float = 0.0
     creation_order: tuple[tuple[str, ...], ...] = ()
+
+    @classmethod
+    def of(cls, diff: GraphDiff, names: Mapping[str, str]) -> DiffSummary:
+        """The planner's ``diff`` (node ids) told with the node ``names`` of the graph."""
+        return cls(tuple(names[n] for n in diff.new), tuple(names[n] for n in diff.reused),
+                   diff.reuse_ratio,
+                   tuple(tuple(names[n] for n in step) for step in diff.creation_order))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data, in the shape the controller's API returns."""
@@ -214,6 +242,40 @@ class SubmissionRecord:
         return replace(self, state=target, cause=cause if cause is not None else self.cause,
                        history=(*self.history, step))
 
+    def describe(
+        self,
+        deployment: str,
+        registry: NodeRegistry | None = None,
+        stats: Mapping[str, NodeStats] | None = None,
+        *,
+        retiring: Collection[str] = (),
+    ) -> dict[str, Any]:
+        """What the controller's API returns for this submission.
+
+        With the deployment's ``registry`` and latest ``stats`` (by registry key), each node
+        also tells its region, the graphs sharing it, whether its actor is alive (a retiring
+        one is not), and its NodeStats figures.
+        """
+        nodes = []
+        for node in self.nodes:
+            described: dict[str, Any] = {
+                "name": node.name, "node_id": node.node_id, "operator": node.operator,
+                "role": node.role, "actor": node_actor_name(deployment, node.key)}
+            if registry is not None:
+                entry = registry.entries.get(node.key)
+                figures = (stats or {}).get(node.key) or NodeStats(node.node_id, node.name)
+                described.update(
+                    region=entry.region if entry else None,
+                    shared_by=sorted(entry.graphs) if entry else [],
+                    alive=bool(entry and entry.alive and node.key not in retiring),
+                    stats=asdict(figures))
+            nodes.append(described)
+        return {
+            "id": self.id, "graph": self.graph, "state": str(self.state), "cause": self.cause,
+            "submitted_at": self.submitted_at, "diff": self.diff.to_dict(), "nodes": nodes,
+            "history": [step.to_dict() for step in self.history],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data, persisted and returned by the controller's API."""
         return {
@@ -242,6 +304,30 @@ class SubmissionRecord:
             history=tuple(Transition.from_dict(t) for t in data["history"]),
             holds_nodes=bool(data["holds_nodes"]),
         )
+
+
+def new_submission_id(graph_name: str) -> str:
+    """A fresh submission id: the graph's name (URL-safe) and 8 random hex digits.
+
+    >>> new_submission_id("mean reversion/v2")[:-8]
+    'mean-reversion-v2-'
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", graph_name).strip("-")[:48] or "graph"
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
+def failure_cause(exc: BaseException) -> str:
+    """A transition's cause from an exception, as ``Type: message`` without Ray's wrapping.
+
+    >>> failure_cause(ValueError("window must be positive"))
+    'ValueError: window must be positive'
+    """
+    cause = getattr(exc, "cause", None)  # a Ray task error wraps the actor's own exception
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {' '.join(str(cause).split())}"[:1000]
+    # Ray's own errors put the message first and a long description after it.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
 def cloud_event(
@@ -346,6 +432,24 @@ class KafkaLifecycleEmitter:
 def log_event(event: Mapping[str, Any]) -> None:
     """Write one lifecycle event to the ``streamdag.lifecycle`` log as a JSON line."""
     _log.info("%s", json.dumps(event, sort_keys=True))
+
+
+def log_to_stderr_inside_ray_actor(*logger_names: str) -> None:
+    """Inside a Ray actor, send INFO logs of ``logger_names`` to stderr (Ray's worker log).
+
+    Outside an actor nothing changes: the application configures its own logging.
+    """
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
 
 
 def save_submissions(path: str | os.PathLike[str], records: Sequence[SubmissionRecord]) -> None:

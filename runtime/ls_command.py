@@ -41,7 +41,7 @@ def _numeric_column(values: Sequence[object]) -> bool:
     def is_number(value: object) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
 
-    return any(map(is_number, values)) and all(v == "-" or is_number(v) for v in values)
+    return bool(values) and all(v == "-" or is_number(v) for v in values)
 
 
 def _cell(value: object) -> str:
@@ -50,6 +50,11 @@ def _cell(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def _shortened(text: str, limit: int = 60) -> str:
+    # A cause can be a long error message; `streamdag status ID` prints it whole.
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
         diff = submission.get("diff") or {}
         rows.append([submission.get("id"), submission.get("graph"), submission.get("state"),
                      len(submission.get("nodes") or []), len(diff.get("new", [])),
-                     len(diff.get("reused", [])), submission.get("cause") or ""])
+                     len(diff.get("reused", [])), _shortened(submission.get("cause") or "")])
     print(render_table(["id", "graph", "state", "nodes", "new", "reused", "cause"], rows))
     return 0

@@ -21,15 +21,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamdag.errors import StreamdagError
 from streamdag.runtime.messages import edge_id
+
+if TYPE_CHECKING:
+    from streamdag.graph import Node
 
 __all__ = [
     "NODE_NAMESPACE",
@@ -42,9 +46,11 @@ __all__ = [
     "assign_regions",
     "instance_key",
     "load_registry",
+    "locate_node_actors",
     "mark_alive",
     "mark_dead",
     "node_actor_name",
+    "node_requests",
     "read_json",
     "release",
     "retirement_order",
@@ -186,6 +192,15 @@ class NodeRegistry:
             if upstream == key
         ]
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Every node for people and the API: actor, refcount, graphs, region, liveness."""
+        return [
+            {"node_id": e.node_id, "name": e.name, "operator": e.operator, "role": e.role,
+             "actor": e.actor_name, "refcount": e.refcount, "graphs": sorted(e.graphs),
+             "region": e.region, "alive": e.alive}
+            for e in sorted(self.entries.values(), key=lambda e: (e.region, e.name, e.key))
+        ]
+
     def to_document(self, deployment: str) -> dict[str, Any]:
         """The JSON document ``save_registry`` writes."""
         return {
@@ -205,6 +220,18 @@ class NodeRegistry:
             )
         entries = [NodeEntry.from_dict(item) for item in document.get("nodes", [])]
         return cls(MappingProxyType({entry.key: entry for entry in entries}))
+
+
+def node_requests(
+    deployment: str, nodes: Iterable[Node], keys: Mapping[str, str]
+) -> list[NodeRequest]:
+    """What a graph's ``nodes`` ask of the registry, each under ``keys[node_id]``."""
+    return [
+        NodeRequest(keys[node.node_id], node.node_id,
+                    node_actor_name(deployment, keys[node.node_id]), node.name, node.operator,
+                    node.role, tuple(keys[upstream.node_id] for upstream in node.inputs))
+        for node in nodes
+    ]
 
 
 def acquire(registry: NodeRegistry, graph_id: str, requests: Sequence[NodeRequest]) -> NodeRegistry:
@@ -330,6 +357,35 @@ def retirement_order(entries: Mapping[str, NodeEntry], keys: set[str]) -> tuple[
         for waiting in pending.values():
             waiting.difference_update(ready)
     return tuple(order)
+
+
+def locate_node_actors(
+    registry: NodeRegistry, deployment: str
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Find node actors in Ray by name: ``(handles by key, keys not found, leftovers)``.
+
+    Leftovers are named node actors of ``deployment`` that no entry claims (an interrupted
+    submission's), by name. Only live entries are looked up; dead ones stay dead.
+    """
+    import ray
+
+    found: dict[str, Any] = {}
+    missing: list[str] = []
+    for key, entry in registry.entries.items():
+        if entry.alive:
+            try:
+                found[key] = ray.get_actor(entry.actor_name, namespace=NODE_NAMESPACE)
+            except ValueError:
+                missing.append(key)
+    claimed = {entry.actor_name for entry in registry.entries.values()}
+    pattern = re.compile(re.escape(node_actor_name(deployment, "")) + "[0-9a-f]{24}")
+    leftovers = {
+        actor["name"]: ray.get_actor(actor["name"], namespace=NODE_NAMESPACE)
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == NODE_NAMESPACE and pattern.fullmatch(actor["name"])
+        and actor["name"] not in claimed
+    }
+    return found, missing, leftovers
 
 
 def write_json_atomically(path: str | os.PathLike[str], document: Any) -> None:

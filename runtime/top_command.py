@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from streamdag.runtime.client import add_connection_flags, client_from_args
 from streamdag.runtime.ls_command import render_table
@@ -97,8 +98,8 @@ _HISTOGRAMS = {
 }
 
 
-def _single(samples: Iterable[object]) -> float:
-    return float(next(iter(samples)).value)  # type: ignore[attr-defined]
+def _single(samples: Iterable[Sample]) -> float:
+    return float(next(iter(samples)).value)
 
 
 def _node(view: DeploymentView, labels: Mapping[str, str]) -> NodeView:
@@ -108,13 +109,13 @@ def _node(view: DeploymentView, labels: Mapping[str, str]) -> NodeView:
     return view.nodes[node_id]
 
 
-def _histograms(samples: Iterable[object]) -> dict[tuple[tuple[str, str], ...], LatencyHistogram]:
+def _histograms(samples: Iterable[Sample]) -> dict[tuple[tuple[str, str], ...], LatencyHistogram]:
     """LatencyHistograms back from cumulative ``_bucket``, ``_sum`` and ``_count`` samples."""
     cumulative: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
     sums: dict[tuple[tuple[str, str], ...], float] = {}
     counts: dict[tuple[tuple[str, str], ...], int] = {}
     for sample in samples:
-        name, labels, value = sample.name, dict(sample.labels), sample.value  # type: ignore[attr-defined]
+        name, labels, value = sample.name, dict(sample.labels), sample.value
         bound = labels.pop("le", None)
         key = tuple(sorted(labels.items()))
         if name.endswith("_bucket") and bound is not None:
@@ -149,7 +150,7 @@ def render_top(
         "",
     ]
     rows: list[list[object]] = []
-    for node_id, node in sorted(current.nodes.items(), key=lambda item: item[1].name):
+    for node_id, node in sorted(current.nodes.items(), key=lambda item: (item[1].name, item[0])):
         before = previous.nodes.get(node_id) if previous is not None else None
         seconds = interval_s if before is not None else 0.0
         batch = node.batch_latency.since(before.batch_latency) if before else node.batch_latency
@@ -157,7 +158,7 @@ def render_top(
         if end_to_end is not None and before is not None and before.end_to_end_latency:
             end_to_end = end_to_end.since(before.end_to_end_latency)
         rows.append([
-            node.name, node.operator, int(node.graphs),
+            node.name, node_id[:8], node.operator, int(node.graphs),
             int(node.events_in),
             _rate(node.events_in, before.events_in if before else None, seconds),
             int(node.events_out),
@@ -169,7 +170,7 @@ def render_top(
         lines.append("no nodes running; submit a graph spec with `streamdag submit FILE`")
         return "\n".join(lines)
     lines.append(render_table(
-        ["node", "operator", "graphs", "events in", "in/s", "events out", "out/s",
+        ["node", "id", "operator", "graphs", "events in", "in/s", "events out", "out/s",
          "p99 batch ms", "p99 e2e ms", "queue", "lag"], rows))
     return "\n".join(lines)
 

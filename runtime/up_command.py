@@ -15,7 +15,6 @@ import contextlib
 import secrets
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,21 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C; 0 after a clean stop."""
-    return serve(settings_from_args(args))
+    """Serve until Ctrl-C; 0 after a clean stop, 130 when interrupted while starting."""
+    try:
+        return serve(settings_from_args(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted while starting; everything started so far has been stopped")
+        return 130
 
 
 def serve(
     settings: Settings,
     *,
     out: TextIO = sys.stdout,
-    stop: threading.Event | None = None,
     on_ready: Callable[[UpInfo], None] | None = None,
 ) -> int:
-    """Start everything, serve until SIGINT/SIGTERM (or ``stop`` is set), then stop it all.
+    """Start everything, serve until SIGINT or SIGTERM, then stop it all; call from the main thread.
 
-    Steps: 1. Kafka; 2. Ray; 3. the controller actor; 4. the gateway, serving until stopped;
-    then, in reverse order, everything this call started.
+    Steps: 1. Kafka; 2. Ray; 3. the controller actor; 4. the gateway, serving until a signal;
+    then, in reverse order, everything this call started. ``on_ready`` runs in the gateway's
+    event loop once it serves, so it must not block.
     """
     with contextlib.ExitStack() as started:
         # Step 1: Kafka: the configured cluster, or the embedded broker.
@@ -72,7 +75,7 @@ def serve(
         # Step 4: the gateway.
         token = settings.gateway.token or secrets.token_urlsafe(32)
         asyncio.run(_serve_gateway(settings, controller, token, bootstrap, controller_name,
-                                   out, stop, on_ready))
+                                   out, on_ready))
     print("stopped", file=out, flush=True)
     return 0
 
@@ -140,37 +143,31 @@ async def _serve_gateway(
     bootstrap: str,
     controller_name: str,
     out: TextIO,
-    stop: threading.Event | None,
     on_ready: Callable[[UpInfo], None] | None,
 ) -> None:
     from streamdag.runtime.gateway import GatewayServer, create_app
 
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stopped.set)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
     server = GatewayServer(create_app(controller, settings.gateway, token),
                            settings.gateway.host, settings.gateway.port)
-    url = await server.start()
+    address = GatewayAddress(await server.start(), token)
     gateway_file = Path(settings.state_dir) / GATEWAY_FILE
     try:
-        GatewayAddress(url, token).save(settings.state_dir)
-        print(f"gateway:  {url}\ntoken:    {token}\n"
+        address.save(settings.state_dir)
+        print(f"gateway:  {address.url}\ntoken:    {token}\n"
               f"(both written to {gateway_file}; `streamdag submit FILE` finds them there)\n"
               "Ctrl-C stops everything this command started.", file=out, flush=True)
         if on_ready is not None:
-            on_ready(UpInfo(url, token, bootstrap, controller_name, gateway_file))
-        waiters: list[asyncio.Task[bool]] = [asyncio.create_task(stopped.wait())]
-        if stop is not None:
-            waiters.append(asyncio.create_task(asyncio.to_thread(stop.wait)))
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            on_ready(UpInfo(address.url, token, bootstrap, controller_name, gateway_file))
+        await stopped.wait()
         print("\nstopping...", file=out, flush=True)
     finally:
-        if stop is not None:
-            stop.set()  # releases the thread still waiting on it, if the signal came first
-        gateway_file.unlink(missing_ok=True)
+        # Another `up` may have taken the file over since; only our own address is removed.
+        if GatewayAddress.load(settings.state_dir) == address:
+            gateway_file.unlink(missing_ok=True)
         await server.stop()
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -15,6 +15,12 @@ COMMANDS: dict[str, str] = {
     "plan": "streamdag.runtime.plan_command",
     "demo": "streamdag.runtime.demo_command",
     "broker": "streamdag.connectors.broker_command",
+    "up": "streamdag.runtime.up_command",
+    "submit": "streamdag.runtime.submit_command",
+    "ls": "streamdag.runtime.ls_command",
+    "status": "streamdag.runtime.status_command",
+    "rm": "streamdag.runtime.rm_command",
+    "top": "streamdag.runtime.top_command",
 }
 
 

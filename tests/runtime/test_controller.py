@@ -20,8 +20,8 @@ from streamdag.connectors.topics import ensure_topics
 from streamdag.errors import StreamdagError
 from streamdag.runtime.controller import ControllerOptions, UnknownSubmissionError
 from streamdag.runtime.deployment import Deployment
-from streamdag.runtime.registry import NODE_NAMESPACE
 from streamdag.runtime.ray_runner import node_actor_class
+from streamdag.runtime.registry import NODE_NAMESPACE
 from streamdag.spec import graph_to_dict
 
 pytestmark = pytest.mark.integration
@@ -49,8 +49,9 @@ def connect(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[Conne
     for deployment in opened:
         try:
             deployment.shutdown()
-        except Exception:  # a test may have killed or shut down this controller already
+        except ray.exceptions.RayActorError:  # a test killed this controller on purpose
             continue
+    assert all(_node_actors(deployment) == set() for deployment in opened)
 
 
 def _topic(stem: str) -> str:
@@ -129,8 +130,27 @@ def _node_actors(deployment: Deployment) -> set[str]:
 
 
 def _actor(deployment: Deployment, submission: dict[str, Any], node: str) -> Any:
-    name = next(n["actor"] for n in submission["nodes"] if n["name"] == node)
-    return ray.get_actor(name, namespace=NODE_NAMESPACE)
+    return ray.get_actor(_actor_name(submission, node), namespace=NODE_NAMESPACE)
+
+
+def _actor_name(submission: dict[str, Any], node: str) -> str:
+    return str(next(n["actor"] for n in submission["nodes"] if n["name"] == node))
+
+
+def _named(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NODE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def _lifecycle(bootstrap: str, deployment: Deployment, count: int) -> list[Any]:
@@ -244,10 +264,9 @@ def test_a_crashed_actor_fails_its_graph_and_is_counted(connect: Connect, bootst
     graph = _strategy("g1", ticks, _topic("sig"))
     submission = deployment.submit(graph)
     ray.kill(_actor(deployment, submission, "sma20"))
-    deadline = time.monotonic() + 30
     problems: list[str] = []
-    while not problems and time.monotonic() < deadline:
-        problems = deployment.check_health()
+    _wait_for(lambda: bool(problems.extend(deployment.check_health()) or problems),
+              "check_health to report the killed actor")
     assert len(problems) == 1
     assert problems[0].startswith("node 'sma20' (actor streamdag-")
     status = deployment.status(submission["id"])
@@ -273,40 +292,52 @@ def test_a_restarted_controller_finds_its_actors_and_creates_no_duplicates(
     connect: Connect, bootstrap: str
 ) -> None:
     deployment = connect()
-    ticks = _topic("ticks")
+    ticks, other_ticks = _topic("ticks"), _topic("other")
     _produce(bootstrap, ticks, 1, 3)
-    graph = _strategy("g1", ticks, _topic("sig"))
+    _produce(bootstrap, other_ticks, 1, 1)
+    # Endpoints only: their code hash cannot change between the two processes computing it.
+    graph = sd.Graph("copy", outputs=[_ticks(ticks).to_topic(_topic("copy"), name="out")])
+    other = sd.Graph("other", outputs=[_ticks(other_ticks).to_topic(_topic("o"), name="o")])
     submission = deployment.submit(graph_to_dict(graph))
-    assert submission["state"] == "executing"
+    doomed = deployment.submit(other)
+    assert (submission["state"], doomed["state"]) == ("executing", "executing")
     actors = _node_actors(deployment)
-    assert len(actors) == 3
-    leftover_name = f"streamdag-{deployment.settings.name}-node-{'0' * 24}"
     leftover = node_actor_class().options(
-        name=leftover_name, namespace=NODE_NAMESPACE, lifetime="detached", num_cpus=0,
-    ).remote(graph.node("sma20").config())
+        name=f"streamdag-{deployment.settings.name}-node-{'0' * 24}", namespace=NODE_NAMESPACE,
+        lifetime="detached", num_cpus=0,
+    ).remote(graph.node("out").config())
     ray.get(leftover.subscribers.remote())
 
+    # The controller dies; so does one node actor while no controller watches.
     ray.kill(deployment.controller)
-    controller_name = f"streamdag-controller-{deployment.settings.name}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(controller_name, namespace=NODE_NAMESPACE)
-        except ValueError:
-            break
-    restarted = connect(deployment.settings.name)
-    assert _node_actors(restarted) == actors  # the leftover was stopped, the rest kept
-    assert [s["state"] for s in restarted.list()] == ["executing"]
+    ray.kill(_actor(deployment, doomed, "o"))
+    controller = f"streamdag-controller-{deployment.settings.name}"
+    _wait_for(lambda: not _named(controller), "the killed controller to release its name")
+    restarted = connect(deployment.settings.name, health_interval_s=0.2)
+    assert _node_actors(restarted) == actors - {_actor_name(doomed, "o")}  # leftover stopped
+    states = {s["id"]: (s["state"], s["cause"]) for s in restarted.list()}
+    assert states == {
+        submission["id"]: ("executing", None),
+        doomed["id"]: ("failed", f"node(s) ['o'] crashed: actor {_actor_name(doomed, 'o')} "
+                                 "died (its actor was not found when the controller started)"),
+    }
     again = restarted.submit(graph)
     assert again["diff"]["new"] == []
-    assert again["diff"]["reused"] == ["sig_g1", "sma20", "ticks"]
-    assert _node_actors(restarted) == actors
+    assert again["diff"]["reused"] == ["out", "ticks"]
+    assert _node_actors(restarted) == actors - {_actor_name(doomed, "o")}
     assert {n["name"]: n["refcount"] for n in restarted.nodes()} == {
-        "ticks": 2, "sma20": 2, "sig_g1": 2}
+        "ticks": 2, "out": 2, "o": 1}
     with pytest.raises(UnknownSubmissionError, match="has no submission 'nope'"):
         restarted.status("nope")
     with pytest.raises(StreamdagError):
         restarted.submit({"name": "broken", "nodes": [{"name": "a", "type": "no_such_op"}]})
+
+    # The periodic health check notices a crash on its own.
+    ray.kill(_actor(restarted, again, "out"))
+    _wait_for(lambda: restarted.status(again["id"])["state"] == "failed",
+              "the periodic health check to fail the graph")
+    assert restarted.status(submission["id"])["state"] == "failed"
+    assert restarted.metrics_snapshot().actor_crashes_total == 2
 
 
 def test_without_dedup_every_graph_gets_its_own_actors(connect: Connect, bootstrap: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamdag.config import GatewaySettings, KafkaSettings, Settings
@@ -53,7 +55,7 @@ def mean_spec(name: str, ticks: str, out: str) -> dict[str, Any]:
     return spec
 
 
-Client = Callable[[Any], Awaitable[TestClient[Any, Any]]]
+Client = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
@@ -61,8 +63,9 @@ async def serve() -> AsyncIterator[Client]:
     """Serves a gateway app over a controller; the client is closed after the test."""
     clients: list[TestClient[Any, Any]] = []
 
-    async def start(controller: Any, **gateway: Any) -> TestClient[Any, Any]:
-        app = create_app(controller, GatewaySettings(**gateway), TOKEN)
+    async def start(controller: Any, registry: CollectorRegistry | None = None,
+                    **gateway: Any) -> TestClient[Any, Any]:
+        app = create_app(controller, GatewaySettings(**gateway), TOKEN, registry=registry)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
@@ -160,6 +163,7 @@ async def test_only_json_and_toml_documents_are_read(
         ("application/json", '{"name": NaN}', "the JSON spec holds NaN"),
         ("application/toml", 'name = "g"\nnodes = [', "cannot parse the graph spec as TOML"),
         ("application/json", '["not", "a", "table"]', "a graph spec must be a table"),
+        ("application/json", "[" * 100_000 + "]" * 100_000, "the graph spec nests deeper"),
     ]:
         response = await client.post("/graphs", data=text.encode(),
                                      headers={**AUTH, "Content-Type": content_type})
@@ -231,8 +235,9 @@ async def test_code_and_shape_errors_are_refused_with_the_node_named(
 
 
 async def test_unknown_submission_ids_get_404(
-    serve: Client, idle_controller: Controller
+    serve: Client, idle_controller: Controller, ray_session: None
 ) -> None:
+    # Removing looks up node actors first (the controller reconciles on first use): Ray.
     client = await serve(idle_controller)
     for method in ("GET", "DELETE"):
         response = await client.request(method, "/graphs/nope-123", headers=AUTH)
@@ -272,6 +277,7 @@ async def wait_for_metric(client: TestClient[Any, Any], key: tuple[str, str], va
         if found.get(key) == value or time.monotonic() > deadline:
             assert found.get(key) == value, (key, found.get(key))
             return found
+        await asyncio.sleep(0.05)  # each scrape probes every actor: leave them room to work
 
 
 @pytest.mark.integration
@@ -281,7 +287,9 @@ async def test_submit_share_status_metrics_remove_with_the_in_process_controller
     controller = Controller(settings_for(tmp_path), bootstrap_servers=bootstrap,
                             state_dir=str(tmp_path / "controller"),
                             options=ControllerOptions(**OPTIONS))
-    client = await serve(controller)
+    registry = CollectorRegistry()  # injected: the app's collector joins what is already there
+    Gauge("other_component_up", "A metric someone else registered.", registry=registry).set(1)
+    client = await serve(controller, registry)
     ticks, copy_out, mean_out = (f"gw-{stem}-{uuid.uuid4().hex[:8]}"
                                  for stem in ("ticks", "copy", "mean"))
     await ensure_topics(bootstrap, {ticks: 1})  # a source's topic must exist
@@ -322,6 +330,7 @@ async def test_submit_share_status_metrics_remove_with_the_in_process_controller
         assert found[("streamdag_submissions", "executing")] == 2.0
         assert found[("streamdag_node_graphs", "ticks")] == 2.0
         assert found[("streamdag_diff_duration_seconds_count", "")] == 2.0
+        assert found[("other_component_up", "")] == 1.0
         status = await (await client.get(f"/graphs/{second['id']}", headers=AUTH)).json()
         by_name = {n["name"]: n for n in status["nodes"]}
         assert (by_name["sma2"]["stats"]["events_in"], by_name["sma2"]["stats"]["events_out"]

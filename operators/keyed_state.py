@@ -1,0 +1,227 @@
+"""State shared by the incremental kernels: per-key arrays beside a NodeCache, growable rings.
+
+``KeyedState`` (a NodeCache plus per-key state arrays, snapshotted together) is the base the
+incremental kernels (the rolling family, ema, zscore, vwap, crossover) build on. Time windows
+keep each key's events in a **growable ring**: a segment of two shared pools (positions and
+values) that doubles when full; a full pool is compacted into a fresh one twice the live size.
+The helpers at the end read batch fields and build outputs the same way for every kernel.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from streamdag.batch import Batch
+from streamdag.errors import SchemaMismatchError
+from streamdag.operators.errors import SnapshotMismatchError
+from streamdag.operators.node_cache import NodeCache
+from streamdag.schema import Schema
+
+__all__ = [
+    "GROWABLE_RING",
+    "NUMERIC_TYPES",
+    "RING_CAPACITY",
+    "RING_OLDEST",
+    "RING_SIZE",
+    "RING_START",
+    "VALUE_SCHEMA",
+    "KeyedState",
+    "StateArray",
+    "compensated_add",
+    "float_column",
+    "grow_ring",
+    "ring_pools",
+    "rows_emitted",
+]
+
+#: The output schema of every single-value operator.
+VALUE_SCHEMA = Schema.of(value="float64")
+#: Field types the numeric kernels read (int64 is converted to float64).
+NUMERIC_TYPES = ("float64", "int64")
+#: Columns of a growable ring's per-key row: its segment of the shared pools.
+RING_START, RING_CAPACITY, RING_OLDEST, RING_SIZE = 0, 1, 2, 3
+_FIRST_RING = 8
+_FIRST_POOL = 1024
+
+
+@njit(cache=True, inline="always")
+def compensated_add(total: float, compensation: float, value: float) -> tuple[float, float]:
+    """Neumaier summation step: ``(total, compensation)`` after adding ``value``."""
+    updated = total + value
+    if abs(total) >= abs(value):
+        compensation += (total - updated) + value
+    else:
+        compensation += (value - updated) + total
+    return updated, compensation
+
+
+@dataclass(frozen=True)
+class StateArray:
+    """Shape and type of a per-key state array: ``columns`` of ``dtype``, new keys ``fill``."""
+
+    columns: int
+    dtype: type[np.generic]
+    fill: float | int
+
+    def allocate(self, keys: int) -> npt.NDArray[Any]:
+        """A ``keys x columns`` array set to ``fill``."""
+        return np.full((keys, self.columns), self.fill, dtype=self.dtype)
+
+
+#: The per-key row of a growable ring (start, capacity, oldest, size); see ``ring_pools``.
+GROWABLE_RING = StateArray(4, np.int64, 0)
+
+
+class KeyedState:
+    """A node's key slots and history rings (a NodeCache) with per-key kernel state; one snapshot.
+
+    Per-key arrays grow with the cache's key capacity; ``shared`` arrays (pools not indexed by
+    key) are saved whole. Kernels index everything by the slots that ``slots()`` returns.
+
+    >>> state = KeyedState(inputs=1, period=2, features=1,
+    ...                    per_key={"total": StateArray(1, np.float64, 0.0)})
+    >>> slots = state.slots(np.array([b"a", b"b", b"a"]))
+    >>> np.add.at(state.per_key["total"][:, 0], slots, [1.0, 2.0, 3.0])
+    >>> restored = KeyedState(inputs=1, period=2, features=1,
+    ...                       per_key={"total": StateArray(1, np.float64, 0.0)},
+    ...                       snapshot=state.snapshot())
+    >>> restored.per_key["total"][:2, 0].tolist()
+    [4.0, 2.0]
+    """
+
+    def __init__(
+        self,
+        *,
+        inputs: int,
+        period: int,
+        features: int,
+        per_key: Mapping[str, StateArray],
+        shared: Mapping[str, npt.NDArray[Any]] | None = None,
+        snapshot: bytes | None = None,
+    ) -> None:
+        self._specs = dict(per_key)
+        self.shared: dict[str, npt.NDArray[Any]] = dict(shared or {})
+        if snapshot is None:
+            self.cache = NodeCache(inputs, period, features)
+            self.per_key = {n: spec.allocate(self.cache.key_capacity)
+                            for n, spec in self._specs.items()}
+            return
+        saved = np.load(io.BytesIO(snapshot))
+        self.cache = NodeCache.restore(saved["history"].tobytes())
+        found = (self.cache.inputs, self.cache.period, self.cache.features)
+        if found != (inputs, period, features):
+            raise SnapshotMismatchError(
+                f"the snapshot holds history for (inputs, period, features) = {found}, but "
+                f"this node needs {(inputs, period, features)}; it belongs to another node "
+                "configuration. Restore the checkpoint taken by this node"
+            )
+        keys = len(self.cache.key_slots)
+        self.per_key = {}
+        for name, spec in self._specs.items():
+            array = spec.allocate(self.cache.key_capacity)
+            array[:keys] = saved[f"per_key_{name}"]
+            self.per_key[name] = array
+        for name in self.shared:
+            self.shared[name] = saved[f"shared_{name}"]
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """Dense slots of ``keys`` (new keys get new slots); grows every per-key array."""
+        slots = self.cache.slots(keys)
+        capacity = self.cache.key_capacity
+        for name, array in self.per_key.items():
+            if len(array) < capacity:
+                grown = self._specs[name].allocate(capacity)
+                grown[: len(array)] = array
+                self.per_key[name] = grown
+        return slots
+
+    def check_slots(self, slots: npt.NDArray[np.int64]) -> None:
+        """Raise IndexError unless every slot was handed out by ``slots()``."""
+        if len(slots) and (int(slots.min()) < 0 or int(slots.max()) >= len(self.cache.key_slots)):
+            raise IndexError(
+                f"slots must lie in [0, {len(self.cache.key_slots)}), got "
+                f"[{int(slots.min())}, {int(slots.max())}]; map keys with slots() first"
+            )
+
+    def snapshot(self) -> bytes:
+        """The history, key table and every state array as bytes, for ``snapshot=``."""
+        keys = len(self.cache.key_slots)
+        history = np.frombuffer(self.cache.snapshot(), dtype=np.uint8)
+        arrays: dict[str, npt.NDArray[Any]] = {"history": history}
+        arrays.update({f"per_key_{n}": a[:keys] for n, a in self.per_key.items()})
+        arrays.update({f"shared_{n}": a for n, a in self.shared.items()})
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **arrays)
+        return buffer.getvalue()
+
+
+# -- growable per-key rings ------------------------------------------------------------------
+def ring_pools() -> dict[str, npt.NDArray[Any]]:
+    """Empty shared pools of growable rings, for ``KeyedState(shared=...)``; see ``grow_ring``."""
+    return {"positions": np.empty(0, dtype=np.int64), "pool": np.empty(0),
+            "used": np.zeros(1, dtype=np.int64)}
+
+
+@njit(cache=True)
+def _move_ring(ring: Any, source_positions: Any, source_values: Any, positions: Any,
+               values: Any, used: Any, k: int, capacity: int) -> None:
+    # Copies key k's entries, oldest first, to a fresh segment of `capacity` at the pool's end.
+    start, old_capacity = ring[k, RING_START], ring[k, RING_CAPACITY]
+    oldest = ring[k, RING_OLDEST]
+    target = used[0]
+    for j in range(ring[k, RING_SIZE]):
+        p = start + ((oldest + j) & (old_capacity - 1))
+        positions[target + j] = source_positions[p]
+        values[target + j] = source_values[p]
+    ring[k, RING_START] = target
+    ring[k, RING_CAPACITY] = capacity
+    ring[k, RING_OLDEST] = 0
+    used[0] = target + capacity
+
+
+@njit(cache=True)
+def grow_ring(ring: Any, positions: Any, values: Any, used: Any, s: int) -> tuple[Any, Any]:
+    """Double key ``s``'s ring; the pools ``(positions, values)`` to use from now on."""
+    # A full pool is compacted into one twice the live size, so abandoned segments never cost
+    # more than the live ones.
+    capacity = max(_FIRST_RING, 2 * ring[s, RING_CAPACITY])
+    if used[0] + capacity > positions.shape[0]:
+        live = capacity
+        for k in range(ring.shape[0]):
+            live += ring[k, RING_CAPACITY]
+        new_positions = np.empty(max(_FIRST_POOL, 2 * live), dtype=np.int64)
+        new_values = np.empty(max(_FIRST_POOL, 2 * live), dtype=np.float64)
+        used[0] = 0
+        for k in range(ring.shape[0]):
+            if ring[k, RING_CAPACITY] > 0:
+                _move_ring(ring, positions, values, new_positions, new_values, used, k,
+                           ring[k, RING_CAPACITY])
+        positions, values = new_positions, new_values
+    _move_ring(ring, positions, values, positions, values, used, s, capacity)
+    return positions, values
+
+
+# -- reading fields and building outputs -----------------------------------------------------
+def float_column(batch: Batch, field: str, node: str) -> npt.NDArray[np.float64]:
+    """Field ``field`` of ``batch`` as a contiguous float64 array; SchemaMismatchError if absent."""
+    column = batch.columns.get(field)
+    if column is None:
+        raise SchemaMismatchError(
+            f"node {node!r} reads field {field!r}, but the batch carries {list(batch.columns)}; "
+            "the upstream node's output schema changed, so rebuild the graph"
+        )
+    return np.ascontiguousarray(column, dtype=np.float64)
+
+
+def rows_emitted(batch: Batch, values: npt.NDArray[np.float64],
+                 emitted: npt.NDArray[np.bool_]) -> Batch:
+    """The rows of ``batch`` where ``emitted`` holds (ts, key, lineage) with ``values`` as value."""
+    output = batch.with_columns({"value": values})
+    return output if bool(emitted.all()) else output.take(emitted)
