@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     from streamdag.connectors.broker import EmbeddedBroker
     from streamdag.runtime.ray_runner import ensure_ray
 
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
     nodes = len(_strategies(1, "ticks")[0].nodes)
     print(f"{args.graphs} graphs x {nodes} nodes ({nodes - 1} shared: "
           f"{(nodes - 1) / nodes:.0%}), {args.ticks:,} ticks of {SYMBOLS} symbols")

@@ -23,6 +23,7 @@ from streamdag.connectors.scanning import (
     KIND_TRUE,
     ScanTables,
     gather_bytes,
+    match_name,
 )
 
 __all__ = ["scan_json", "scan_json_records"]
@@ -183,23 +184,6 @@ def _literal_end(buffer: Any, i: int, stop: int, literal: Any) -> int:
 
 
 @njit(cache=True)
-def _match_name(buffer: Any, first: int, stop: int, names: Any, name_offsets: Any) -> int:
-    length = stop - first
-    for field in range(name_offsets.shape[0] - 1):
-        name_start = name_offsets[field]
-        if name_offsets[field + 1] - name_start != length:
-            continue
-        same = True
-        for j in range(length):
-            if buffer[first + j] != names[name_start + j]:
-                same = False
-                break
-        if same:
-            return field
-    return -1
-
-
-@njit(cache=True)
 def _scan_record(
     buffer: Any,
     i: int,
@@ -229,7 +213,7 @@ def _scan_record(
         name_end = _plain_string_end(buffer, i + 1, stop)
         if name_end < 0:
             return False
-        field = _match_name(buffer, i + 1, name_end, names, name_offsets)
+        field = match_name(buffer, i + 1, name_end, names, name_offsets)
         i = _skip_space(buffer, name_end + 1, stop)
         if i >= stop or buffer[i] != _COLON:
             return False

@@ -21,6 +21,7 @@ from streamdag.connectors.scanning import (
     KIND_STRING,
     KIND_TRUE,
     ScanTables,
+    match_name,
 )
 
 __all__ = ["scan_msgpack", "scan_msgpack_records"]
@@ -63,23 +64,6 @@ def _is_plain_ascii(buffer: Any, first: int, stop: int) -> bool:
         if buffer[j] == 0 or buffer[j] >= 128:
             return False
     return True
-
-
-@njit(cache=True)
-def _match_name(buffer: Any, first: int, stop: int, names: Any, name_offsets: Any) -> int:
-    length = stop - first
-    for field in range(name_offsets.shape[0] - 1):
-        name_start = name_offsets[field]
-        if name_offsets[field + 1] - name_start != length:
-            continue
-        same = True
-        for j in range(length):
-            if buffer[first + j] != names[name_start + j]:
-                same = False
-                break
-        if same:
-            return field
-    return -1
 
 
 @njit(cache=True)
@@ -179,7 +163,7 @@ def _scan_record(
         name_first, name_end = _string_span(buffer, i, stop)
         if name_first < 0 or not _is_plain_ascii(buffer, name_first, name_end):
             return False
-        field = _match_name(buffer, name_first, name_end, names, name_offsets)
+        field = match_name(buffer, name_first, name_end, names, name_offsets)
         i = name_end
         if i >= stop:
             return False

@@ -1,4 +1,4 @@
-"""What the compiled record scanners share: token kinds, the scan tables, byte gathering.
+"""What the compiled record scanners share: token kinds, scan tables, name matching, gathering.
 
 A scanner walks the concatenated values of one fetch and, for every record and every field
 it was asked for, records the kind of the value found and where it lies (or its number).
@@ -28,6 +28,7 @@ __all__ = [
     "concatenate_values",
     "encode_names",
     "gather_bytes",
+    "match_name",
 ]
 
 KIND_MISSING = 0
@@ -114,3 +115,21 @@ def gather_bytes(
     out = np.zeros((rows.shape[0], width), dtype=np.uint8)
     _gather(buffer, starts, ends, rows, out)
     return out.view(f"S{width}").reshape(rows.shape[0])
+
+
+@njit(cache=True)
+def match_name(buffer: Any, first: int, stop: int, names: Any, name_offsets: Any) -> int:
+    """Index of the name equal to ``buffer[first:stop]`` among ``encode_names``' output, or -1."""
+    length = stop - first
+    for field in range(name_offsets.shape[0] - 1):
+        name_start = name_offsets[field]
+        if name_offsets[field + 1] - name_start != length:
+            continue
+        same = True
+        for j in range(length):
+            if buffer[first + j] != names[name_start + j]:
+                same = False
+                break
+        if same:
+            return field
+    return -1

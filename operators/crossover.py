@@ -19,14 +19,13 @@ from numba import njit
 
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.rolling import (
+from streamdag.operators.keyed_state import (
     NUMERIC_TYPES,
     VALUE_SCHEMA,
     KeyedState,
+    KeyedStateLogic,
     StateArray,
-    code_hash_with_rolling,
     float_column,
-    refuse_interval,
     rows_emitted,
 )
 from streamdag.params import Param
@@ -80,21 +79,16 @@ def _crossover_kernel(fast_ts: Any, fast_slots: Any, fast_xs: Any, slow_ts: Any,
         j = end
 
 
-class CrossoverLogic:
+class CrossoverLogic(KeyedStateLogic):
     """Runtime of ``crossover``: pairs the two inputs' rows and keeps fast - slow per key."""
 
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
-        refuse_interval(config)
         self._name = config.name
         self._fast_field = str(config.params["fast_field"])
         self._slow_field = str(config.params["slow_field"])
         self._state = KeyedState(inputs=1, period=1, features=1,
                                  per_key={"difference": StateArray(1, np.float64, np.nan)},
                                  snapshot=snapshot)
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """Dense slots of ``keys`` in the key table both inputs share, for ``update``."""
-        return self._state.slots(keys)
 
     def update(
         self, fast_ts: npt.NDArray[np.int64], fast_slots: npt.NDArray[np.int64],
@@ -122,14 +116,6 @@ class CrossoverLogic:
             slow.ts, slow_slots, float_column(slow, self._slow_field, self._name))
         return rows_emitted(fast, values, emitted)
 
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """Signals come from paired events only: nothing to emit."""
-        return None
-
-    def snapshot(self) -> bytes:
-        """Key table and the last fast - slow of every key, for ``create``."""
-        return self._state.snapshot()
-
 
 @register
 class CrossoverDef(OperatorDef):
@@ -154,6 +140,7 @@ class CrossoverDef(OperatorDef):
     type_name: ClassVar[str] = "crossover"
     arity: ClassVar[int | None] = 2
     summary: ClassVar[str] = "+1/-1 where a fast stream crosses a slow one, per key"
+    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("fast_field", "str", default="value", doc="field of the first (fast) input"),
         Param("slow_field", "str", default="value", doc="field of the second (slow) input"),
@@ -165,11 +152,6 @@ class CrossoverDef(OperatorDef):
         require_fields(cls.type_name, inputs[0], [params["fast_field"]], NUMERIC_TYPES)
         require_fields(cls.type_name, inputs[1], [params["slow_field"]], NUMERIC_TYPES)
         return VALUE_SCHEMA
-
-    @classmethod
-    def code_hash(cls) -> str:
-        """Hash of this module and of the rolling module whose state handling it uses."""
-        return code_hash_with_rolling(cls.__module__)
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:

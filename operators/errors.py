@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from streamdag.errors import ParamError, SchemaMismatchError, StreamdagError
 
-__all__ = ["UnknownFieldError", "UserFunctionOutputError"]
+__all__ = ["SnapshotMismatchError", "UnknownFieldError", "UserFunctionOutputError"]
+
+
+class SnapshotMismatchError(StreamdagError):
+    """A snapshot belongs to another node configuration (other inputs, period or features)."""
 
 
 class UnknownFieldError(SchemaMismatchError, ParamError):

@@ -33,6 +33,7 @@ __all__ = [
     "RING_START",
     "VALUE_SCHEMA",
     "KeyedState",
+    "KeyedStateLogic",
     "StateArray",
     "compensated_add",
     "float_column",
@@ -160,6 +161,24 @@ class KeyedState:
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **arrays)
         return buffer.getvalue()
+
+
+class KeyedStateLogic:
+    """Base of the runtimes whose whole state is one ``KeyedState`` that moves on events only."""
+
+    _state: KeyedState
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """Dense slots of ``keys`` in this node's key table (new keys get new ones)."""
+        return self._state.slots(keys)
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """The state moves on events, not on event time passing: nothing to emit."""
+        return None
+
+    def snapshot(self) -> bytes:
+        """Key table, history rings and per-key state, from which ``create`` restores exactly."""
+        return self._state.snapshot()
 
 
 # -- growable per-key rings ------------------------------------------------------------------

@@ -89,31 +89,6 @@ def _append_record(
 
 
 @njit(cache=True)
-def _append(
-    times: Any,
-    values: Any,
-    head: Any,
-    count: Any,
-    last_bucket: Any,
-    stats: Any,
-    input_index: int,
-    slots: Any,
-    ts: Any,
-    rows: Any,
-    interval: int,
-    policy: int,
-) -> int:
-    # Returns -1, or the index of the record whose gap fails the `fail` policy.
-    before = np.empty(values.shape[3], dtype=np.float64)
-    filler = np.empty(values.shape[3], dtype=np.float64)
-    for r in range(slots.shape[0]):
-        if not _append_record(times, values, head, count, last_bucket, stats, input_index,
-                              slots[r], ts[r], rows[r], interval, policy, before, filler):
-            return r
-    return -1
-
-
-@njit(cache=True)
 def _gather(times: Any, values: Any, head: Any, count: Any, input_index: int, s: int,
             feature: int, out: Any) -> int:
     # Writes the window oldest -> newest into the END of `out`; returns how many are valid.
@@ -129,18 +104,22 @@ def _gather(times: Any, values: Any, head: Any, count: Any, input_index: int, s:
 
 
 @njit(cache=True)
-def _append_windows(
+def _append(
     times: Any, values: Any, head: Any, count: Any, last_bucket: Any, stats: Any,
     input_index: int, slots: Any, ts: Any, rows: Any, interval: int, policy: int,
-    feature: int, out: Any, filled: Any,
+    windows: bool, feature: int, out: Any, filled: Any,
 ) -> int:
+    # Returns -1, or the index of the record whose gap fails the `fail` policy. With `windows`,
+    # out[r] / filled[r] receive the key's window of `feature` right after record r.
     before = np.empty(values.shape[3], dtype=np.float64)
     filler = np.empty(values.shape[3], dtype=np.float64)
     for r in range(slots.shape[0]):
         if not _append_record(times, values, head, count, last_bucket, stats, input_index,
                               slots[r], ts[r], rows[r], interval, policy, before, filler):
             return r
-        filled[r] = _gather(times, values, head, count, input_index, slots[r], feature, out[r])
+        if windows:
+            filled[r] = _gather(times, values, head, count, input_index, slots[r], feature,
+                                out[r])
     return -1
 
 
@@ -222,13 +201,8 @@ class NodeCache:
         rows: npt.NDArray[np.float64],
     ) -> None:
         """Append events (``rows`` is events x features) for ``input_index``, in order."""
-        failed = _append(
-            self.times, self.values, self.head, self.count, self.last_bucket, self.stats,
-            input_index, slots, ts, np.ascontiguousarray(rows, dtype=np.float64),
-            self.interval, _POLICY_CODES[self.missing],
-        )
-        if failed >= 0:
-            raise self._gap_error(input_index, int(slots[failed]), int(ts[failed]))
+        self._append_checked(input_index, slots, ts, rows, windows=False, feature=0,
+                             out=np.empty((0, 0)), filled=np.empty(0, dtype=np.int64))
 
     def append_windows(
         self,
@@ -245,14 +219,29 @@ class NodeCache:
         """
         out = np.empty((len(slots), self.period), dtype=np.float64)
         filled = np.zeros(len(slots), dtype=np.int64)
-        failed = _append_windows(
+        self._append_checked(input_index, slots, ts, rows, windows=True, feature=feature,
+                             out=out, filled=filled)
+        return out, filled
+
+    def _append_checked(
+        self,
+        input_index: int,
+        slots: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.float64],
+        *,
+        windows: bool,
+        feature: int,
+        out: npt.NDArray[np.float64],
+        filled: npt.NDArray[np.int64],
+    ) -> None:
+        failed = _append(
             self.times, self.values, self.head, self.count, self.last_bucket, self.stats,
             input_index, slots, ts, np.ascontiguousarray(rows, dtype=np.float64),
-            self.interval, _POLICY_CODES[self.missing], feature, out, filled,
+            self.interval, _POLICY_CODES[self.missing], windows, feature, out, filled,
         )
         if failed >= 0:
             raise self._gap_error(input_index, int(slots[failed]), int(ts[failed]))
-        return out, filled
 
     def window(
         self, input_index: int, slot: int, feature: int = 0

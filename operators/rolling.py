@@ -23,17 +23,13 @@ Every kernel is one numba loop over the batch that updates per-key state in O(1)
 - **min, max** keep a monotonic deque per key (a fixed ring for count windows, a growable one
   for time windows): each value is pushed and popped at most once. NaN in the window gives NaN.
 
-``KeyedState`` (a NodeCache plus per-key state arrays, snapshotted together) is the base the
-other incremental kernels (ema, zscore, vwap, crossover) build on.
+Per-key state, growable rings and the shared helpers live in ``streamdag.operators.keyed_state``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,41 +37,43 @@ import numpy.typing as npt
 from numba import njit
 
 from streamdag.batch import Batch
-from streamdag.errors import GraphError, ParamError, SchemaMismatchError, StreamdagError
+from streamdag.errors import ParamError
 from streamdag.operator import (
     NodeConfig,
     OperatorDef,
     OperatorLogic,
-    module_code_hash,
     require_fields,
 )
-from streamdag.operators.node_cache import NodeCache
+from streamdag.operators.keyed_state import (
+    GROWABLE_RING,
+    NUMERIC_TYPES,
+    RING_CAPACITY,
+    RING_OLDEST,
+    RING_SIZE,
+    RING_START,
+    VALUE_SCHEMA,
+    KeyedState,
+    KeyedStateLogic,
+    StateArray,
+    compensated_add,
+    float_column,
+    grow_ring,
+    ring_pools,
+    rows_emitted,
+)
 from streamdag.params import Param
 from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = [
-    "NUMERIC_TYPES",
-    "VALUE_SCHEMA",
-    "KeyedState",
     "RollingLogic",
     "RollingMaxDef",
     "RollingMeanDef",
     "RollingMinDef",
     "RollingStdDef",
     "RollingSumDef",
-    "StateArray",
-    "code_hash_with_rolling",
-    "compensated_add",
-    "float_column",
-    "refuse_interval",
-    "rows_emitted",
 ]
 
-#: The output schema of every single-value operator.
-VALUE_SCHEMA = Schema.of(value="float64")
-#: Field types the numeric kernels read (int64 is converted to float64).
-NUMERIC_TYPES = ("float64", "int64")
 #: Largest time window: keeps ``ts - time_window`` inside int64 for any realistic timestamp.
 _MAX_TIME_WINDOW = 2**62
 
@@ -91,193 +89,9 @@ _MOMENTS = 9
 _SEQUENCE, _SINCE, _RUN, _NAN_AFTER, _PINF_AFTER, _NINF_AFTER = 0, 1, 2, 3, 4, 5
 # Columns of the per-key ``deque`` array of count-window min/max (with _SEQUENCE).
 _FRONT, _LENGTH = 1, 2
-# Columns of the per-key ``ring`` array: each key's segment of the shared pools.
-_START, _CAPACITY, _OLDEST, _SIZE = 0, 1, 2, 3
 #: Recompute std sums when their centered part falls below this fraction of their peak.
 _CANCELLATION = 2.0**-20
-_FIRST_RING = 8
-_FIRST_POOL = 1024
 _NEVER = np.iinfo(np.int64).min
-
-
-# -- state shared by the incremental kernels -------------------------------------------------
-@njit(cache=True, inline="always")
-def compensated_add(total: float, compensation: float, value: float) -> tuple[float, float]:
-    """Neumaier summation step: ``(total, compensation)`` after adding ``value``."""
-    updated = total + value
-    if abs(total) >= abs(value):
-        compensation += (total - updated) + value
-    else:
-        compensation += (value - updated) + total
-    return updated, compensation
-
-
-@dataclass(frozen=True)
-class StateArray:
-    """Shape and type of a per-key state array: ``columns`` of ``dtype``, new keys ``fill``."""
-
-    columns: int
-    dtype: type[np.generic]
-    fill: float | int
-
-    def allocate(self, keys: int) -> npt.NDArray[Any]:
-        """A ``keys x columns`` array set to ``fill``."""
-        return np.full((keys, self.columns), self.fill, dtype=self.dtype)
-
-
-class KeyedState:
-    """A node's key slots and history rings (a NodeCache) with per-key kernel state; one snapshot.
-
-    Per-key arrays grow with the cache's key capacity; ``shared`` arrays (pools not indexed by
-    key) are saved whole. Kernels index everything by the slots that ``slots()`` returns.
-
-    >>> state = KeyedState(inputs=1, period=2, features=1,
-    ...                    per_key={"total": StateArray(1, np.float64, 0.0)})
-    >>> slots = state.slots(np.array([b"a", b"b", b"a"]))
-    >>> np.add.at(state.per_key["total"][:, 0], slots, [1.0, 2.0, 3.0])
-    >>> restored = KeyedState(inputs=1, period=2, features=1,
-    ...                       per_key={"total": StateArray(1, np.float64, 0.0)},
-    ...                       snapshot=state.snapshot())
-    >>> restored.per_key["total"][:2, 0].tolist()
-    [4.0, 2.0]
-    """
-
-    def __init__(
-        self,
-        *,
-        inputs: int,
-        period: int,
-        features: int,
-        per_key: Mapping[str, StateArray],
-        shared: Mapping[str, npt.NDArray[Any]] | None = None,
-        snapshot: bytes | None = None,
-    ) -> None:
-        self._specs = dict(per_key)
-        self.shared: dict[str, npt.NDArray[Any]] = dict(shared or {})
-        if snapshot is None:
-            self.cache = NodeCache(inputs, period, features)
-            self.per_key = {n: spec.allocate(self.cache.key_capacity)
-                            for n, spec in self._specs.items()}
-            return
-        saved = np.load(io.BytesIO(snapshot))
-        self.cache = NodeCache.restore(saved["history"].tobytes())
-        found = (self.cache.inputs, self.cache.period, self.cache.features)
-        if found != (inputs, period, features):
-            raise StreamdagError(
-                f"the snapshot holds history for (inputs, period, features) = {found}, but "
-                f"this node needs {(inputs, period, features)}; it belongs to another node "
-                "configuration. Restore the checkpoint taken by this node"
-            )
-        keys = len(self.cache.key_slots)
-        self.per_key = {}
-        for name, spec in self._specs.items():
-            array = spec.allocate(self.cache.key_capacity)
-            array[:keys] = saved[f"per_key_{name}"]
-            self.per_key[name] = array
-        for name in self.shared:
-            self.shared[name] = saved[f"shared_{name}"]
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """Dense slots of ``keys`` (new keys get new slots); grows every per-key array."""
-        slots = self.cache.slots(keys)
-        capacity = self.cache.key_capacity
-        for name, array in self.per_key.items():
-            if len(array) < capacity:
-                grown = self._specs[name].allocate(capacity)
-                grown[: len(array)] = array
-                self.per_key[name] = grown
-        return slots
-
-    def check_slots(self, slots: npt.NDArray[np.int64]) -> None:
-        """Raise IndexError unless every slot was handed out by ``slots()``."""
-        if len(slots) and (int(slots.min()) < 0 or int(slots.max()) >= len(self.cache.key_slots)):
-            raise IndexError(
-                f"slots must lie in [0, {len(self.cache.key_slots)}), got "
-                f"[{int(slots.min())}, {int(slots.max())}]; map keys with slots() first"
-            )
-
-    def snapshot(self) -> bytes:
-        """The history, key table and every state array as bytes, for ``snapshot=``."""
-        keys = len(self.cache.key_slots)
-        history = np.frombuffer(self.cache.snapshot(), dtype=np.uint8)
-        arrays: dict[str, npt.NDArray[Any]] = {"history": history}
-        arrays.update({f"per_key_{n}": a[:keys] for n, a in self.per_key.items()})
-        arrays.update({f"shared_{n}": a for n, a in self.shared.items()})
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays)
-        return buffer.getvalue()
-
-
-def float_column(batch: Batch, field: str, node: str) -> npt.NDArray[np.float64]:
-    """Field ``field`` of ``batch`` as a contiguous float64 array; SchemaMismatchError if absent."""
-    column = batch.columns.get(field)
-    if column is None:
-        raise SchemaMismatchError(
-            f"node {node!r} reads field {field!r}, but the batch carries {list(batch.columns)}; "
-            "the upstream node's output schema changed, so rebuild the graph"
-        )
-    return np.ascontiguousarray(column, dtype=np.float64)
-
-
-def rows_emitted(batch: Batch, values: npt.NDArray[np.float64],
-                 emitted: npt.NDArray[np.bool_]) -> Batch:
-    """The rows of ``batch`` where ``emitted`` holds (ts, key, lineage) with ``values`` as value."""
-    output = batch.with_columns({"value": values})
-    return output if bool(emitted.all()) else output.take(emitted)
-
-
-def refuse_interval(config: NodeConfig) -> None:
-    """Raise GraphError when a node of an event-by-event kernel was given an ``interval``."""
-    if config.interval:
-        raise GraphError(
-            f"node {config.name!r}: {config.operator} updates on every event and does not "
-            f"bucket events by interval, but interval={config.interval} ns was given; remove "
-            "interval= from this node (bucket upstream, e.g. with ohlcv bars)"
-        )
-
-
-def code_hash_with_rolling(module_name: str) -> str:
-    """Hash of module ``module_name`` together with this module, whose kernels it runs on."""
-    both = module_code_hash(module_name) + module_code_hash(__name__)
-    return hashlib.sha256(both.encode()).hexdigest()
-
-
-# -- growable per-key rings ------------------------------------------------------------------
-@njit(cache=True)
-def _ring_move(ring: Any, source_positions: Any, source_values: Any, positions: Any,
-               values: Any, used: Any, k: int, capacity: int) -> None:
-    # Copies key k's entries, oldest first, to a fresh segment of `capacity` at the pool's end.
-    start, old_capacity, oldest = ring[k, _START], ring[k, _CAPACITY], ring[k, _OLDEST]
-    target = used[0]
-    for j in range(ring[k, _SIZE]):
-        p = start + ((oldest + j) & (old_capacity - 1))
-        positions[target + j] = source_positions[p]
-        values[target + j] = source_values[p]
-    ring[k, _START] = target
-    ring[k, _CAPACITY] = capacity
-    ring[k, _OLDEST] = 0
-    used[0] = target + capacity
-
-
-@njit(cache=True)
-def _ring_grow(ring: Any, positions: Any, values: Any, used: Any, s: int) -> tuple[Any, Any]:
-    # Doubles key s's ring. A full pool is compacted into one twice the live size, so abandoned
-    # segments never cost more than the live ones.
-    capacity = max(_FIRST_RING, 2 * ring[s, _CAPACITY])
-    if used[0] + capacity > positions.shape[0]:
-        live = capacity
-        for k in range(ring.shape[0]):
-            live += ring[k, _CAPACITY]
-        new_positions = np.empty(max(_FIRST_POOL, 2 * live), dtype=np.int64)
-        new_values = np.empty(max(_FIRST_POOL, 2 * live), dtype=np.float64)
-        used[0] = 0
-        for k in range(ring.shape[0]):
-            if ring[k, _CAPACITY] > 0:
-                _ring_move(ring, positions, values, new_positions, new_values, used, k,
-                           ring[k, _CAPACITY])
-        positions, values = new_positions, new_values
-    _ring_move(ring, positions, values, positions, values, used, s, capacity)
-    return positions, values
 
 
 # -- sum, mean, std, zscore ------------------------------------------------------------------
@@ -450,17 +264,17 @@ def _time_sums_kernel(statistic: int, time_window: int, first: int, slots: Any, 
     # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
-        start, mask = ring[s, _START], ring[s, _CAPACITY] - 1
-        oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
+        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
+        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
         while size > 0 and positions[start + oldest] <= t - time_window:
             _slide_total(moments, s, pool[start + oldest], np.nan)
             oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
         if size == mask + 1:
             return r
         positions[start + ((oldest + size) & mask)] = t
         pool[start + ((oldest + size) & mask)] = x
-        ring[s, _SIZE] = size + 1
+        ring[s, RING_SIZE] = size + 1
         _note_value(tally, s, x)
         _slide_total(moments, s, np.nan, x)
         out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
@@ -475,17 +289,17 @@ def _time_squares_kernel(statistic: int, time_window: int, first: int, slots: An
     # As _time_sums_kernel; a separate loop because the recomputation call slows the sums'.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
-        start, mask = ring[s, _START], ring[s, _CAPACITY] - 1
-        oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
+        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
+        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
         while size > 0 and positions[start + oldest] <= t - time_window:
             _slide_squares(moments, s, pool[start + oldest], np.nan)
             oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
         if size == mask + 1:
             return r
         positions[start + ((oldest + size) & mask)] = t
         pool[start + ((oldest + size) & mask)] = x
-        ring[s, _SIZE] = size + 1
+        ring[s, RING_SIZE] = size + 1
         sequence = _note_value(tally, s, x)
         _slide_squares(moments, s, np.nan, x)
         if _squares_stale(moments, tally, s, x, size + 1, sequence):
@@ -536,33 +350,32 @@ def _time_extreme_kernel(sign: float, time_window: int, first: int, slots: Any, 
     # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
-        start, mask = ring[s, _START], ring[s, _CAPACITY] - 1
-        oldest, size = ring[s, _OLDEST], ring[s, _SIZE]
+        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
+        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
         while size > 0 and positions[start + oldest] <= t - time_window:
             oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, _OLDEST], ring[s, _SIZE] = oldest, size
+        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
         v = sign * x
         nan_at[s, 0] = t if math.isnan(v) else nan_at[s, 0]
         if not math.isnan(v):
             while size > 0 and pool[start + ((oldest + size - 1) & mask)] <= v:
                 size -= 1
-            ring[s, _SIZE] = size
+            ring[s, RING_SIZE] = size
             if size == mask + 1:
                 return r
             back = start + ((oldest + size) & mask)
             positions[back], pool[back] = t, v
-            ring[s, _SIZE] = size + 1
+            ring[s, RING_SIZE] = size + 1
         out[r] = np.nan if nan_at[s, 0] > t - time_window else sign * pool[start + oldest]
     rows: int = slots.shape[0]
     return rows
 
 
 # -- runtime logic ---------------------------------------------------------------------------
-class RollingLogic:
+class RollingLogic(KeyedStateLogic):
     """Runtime of the rolling family and zscore: one kernel call per batch, state per key."""
 
     def __init__(self, config: NodeConfig, statistic: str, snapshot: bytes | None = None) -> None:
-        refuse_interval(config)
         self._name = config.name
         self._field = str(config.params["field"])
         self._window = int(config.params["window"])
@@ -582,15 +395,10 @@ class RollingLogic:
             per_key["tally"] = StateArray(6, np.int64, 0)
         shared = {}
         if not window:
-            per_key["ring"] = StateArray(4, np.int64, 0)
-            shared = {"positions": np.empty(0, dtype=np.int64), "pool": np.empty(0),
-                      "used": np.zeros(1, dtype=np.int64)}
+            per_key["ring"] = GROWABLE_RING
+            shared = ring_pools()
         self._state = KeyedState(inputs=1, period=max(window, 1), features=1,
                                  per_key=per_key, shared=shared, snapshot=snapshot)
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """Dense slots of ``keys`` in this node's key table, for ``update``."""
-        return self._state.slots(keys)
 
     def update(
         self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64], xs: npt.NDArray[np.float64]
@@ -636,7 +444,7 @@ class RollingLogic:
             if row == len(slots):
                 return
             # The ring of slots[row]'s key is full: double it, then resume at that row.
-            shared["positions"], shared["pool"] = _ring_grow(
+            shared["positions"], shared["pool"] = grow_ring(
                 key["ring"], shared["positions"], shared["pool"], shared["used"], slots[row])
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
@@ -646,20 +454,13 @@ class RollingLogic:
                                       float_column(batch, self._field, self._name))
         return rows_emitted(batch, values, emitted)
 
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """Rolling windows close on events, not on event time passing: nothing to emit."""
-        return None
-
-    def snapshot(self) -> bytes:
-        """Rings, key table and running sums or deques, from which ``create`` restores exactly."""
-        return self._state.snapshot()
-
 
 # -- declarations ----------------------------------------------------------------------------
 class _RollingDef(OperatorDef):
     """Shared declaration of the rolling family: a field, and a count or a time window."""
 
     statistic: ClassVar[str]
+    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to aggregate"),
         Param("window", "int", default=0, minimum=0, doc="window length in events"),

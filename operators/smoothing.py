@@ -16,16 +16,15 @@ from numba import njit
 
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.rolling import (
+from streamdag.operators.keyed_state import (
     NUMERIC_TYPES,
     VALUE_SCHEMA,
     KeyedState,
-    RollingLogic,
+    KeyedStateLogic,
     StateArray,
-    code_hash_with_rolling,
     float_column,
-    refuse_interval,
 )
+from streamdag.operators.rolling import RollingLogic
 from streamdag.params import Param
 from streamdag.registry import register
 from streamdag.schema import Schema
@@ -44,21 +43,16 @@ def _ema_kernel(alpha: float, slots: Any, xs: Any, average: Any, out: Any) -> No
         out[r] = average[s, 0]
 
 
-class EmaLogic:
+class EmaLogic(KeyedStateLogic):
     """Runtime of ``ema``: one running average per key."""
 
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
-        refuse_interval(config)
         self._name = config.name
         self._field = str(config.params["field"])
         self._alpha = 2.0 / (int(config.params["span"]) + 1.0)
         self._state = KeyedState(inputs=1, period=1, features=1,
                                  per_key={"average": StateArray(1, np.float64, np.nan)},
                                  snapshot=snapshot)
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """Dense slots of ``keys`` in this node's key table, for ``update``."""
-        return self._state.slots(keys)
 
     def update(self, slots: npt.NDArray[np.int64],
                xs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -73,14 +67,6 @@ class EmaLogic:
         batch = inputs[0]
         values = self.update(self.slots(batch.key), float_column(batch, self._field, self._name))
         return batch.with_columns({"value": values})
-
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """The average moves on events only: nothing to emit."""
-        return None
-
-    def snapshot(self) -> bytes:
-        """Key table and averages, from which ``create`` restores exactly."""
-        return self._state.snapshot()
 
 
 @register
@@ -103,6 +89,7 @@ class EmaDef(OperatorDef):
 
     type_name: ClassVar[str] = "ema"
     summary: ClassVar[str] = "exponential moving average per key"
+    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to average"),
         Param("span", "int", minimum=1, doc="span in events; alpha = 2 / (span + 1)"),
@@ -113,11 +100,6 @@ class EmaDef(OperatorDef):
         """``{value: float64}``; the field must be numeric."""
         require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
         return VALUE_SCHEMA
-
-    @classmethod
-    def code_hash(cls) -> str:
-        """Hash of this module and of the rolling module whose state handling it uses."""
-        return code_hash_with_rolling(cls.__module__)
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
@@ -144,6 +126,7 @@ class ZScoreDef(OperatorDef):
 
     type_name: ClassVar[str] = "zscore"
     summary: ClassVar[str] = "rolling z-score per key"
+    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to normalize"),
         Param("window", "int", minimum=2, doc="window length in events, the event included"),
@@ -159,11 +142,6 @@ class ZScoreDef(OperatorDef):
     def history(cls, params: Mapping[str, Any]) -> int:
         """The last ``window`` events per key."""
         return int(params["window"])
-
-    @classmethod
-    def code_hash(cls) -> str:
-        """Hash of this module and of the rolling module whose kernel computes it."""
-        return code_hash_with_rolling(cls.__module__)
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:

@@ -7,7 +7,7 @@ function is called once per ``process`` call, vectorized over all of the call's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy.typing as npt
 from numba import njit
 
 from streamdag.batch import Batch
+from streamdag.codehash import describe_function
 from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operators.errors import UserFunctionOutputError
@@ -58,16 +59,6 @@ def _gather_windows(
         for k in range(n):
             out[e, period - n + k] = values[input_index, s, (start + k) % period, 0]
         filled[e] = n
-
-
-def _describe_function(function: Callable[..., Any]) -> str:
-    """``module.qualname (line N)`` of a function, numba dispatchers included."""
-    python_function = getattr(function, "py_func", function)
-    module = getattr(python_function, "__module__", "?")
-    name = getattr(python_function, "__qualname__", repr(python_function))
-    code = getattr(python_function, "__code__", None)
-    line = f" (line {code.co_firstlineno})" if code is not None else ""
-    return f"{module}.{name}{line}"
 
 
 def _describe_result(result: Any) -> str:
@@ -217,7 +208,7 @@ class UserFunctionLogic:
             values = None
         if values is None or values.shape != (events,):
             raise UserFunctionOutputError(
-                f"node {self._name!r}: user function {_describe_function(self._function)} "
+                f"node {self._name!r}: user function {describe_function(self._function)} "
                 f"returned {_describe_result(result)} for {events} event(s); expected a float "
                 f"array of shape ({events},), one value per event (row) of its "
                 f"(events, {self._period}) window arrays, e.g. windows[:, -1]"

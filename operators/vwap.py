@@ -19,15 +19,14 @@ from numba import njit
 
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.rolling import (
+from streamdag.operators.keyed_state import (
     NUMERIC_TYPES,
     VALUE_SCHEMA,
     KeyedState,
+    KeyedStateLogic,
     StateArray,
-    code_hash_with_rolling,
     compensated_add,
     float_column,
-    refuse_interval,
     rows_emitted,
 )
 from streamdag.params import Param
@@ -80,11 +79,10 @@ def _vwap_kernel(window: int, slots: Any, ts: Any, prices: Any, sizes: Any, time
         out[r] = np.nan if nan else (sums[s, _NOTIONAL] + sums[s, _NOTIONAL_COMP]) / total_size
 
 
-class VwapLogic:
+class VwapLogic(KeyedStateLogic):
     """Runtime of ``vwap``: a price/size ring and compensated sums per key."""
 
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
-        refuse_interval(config)
         self._name = config.name
         self._price = str(config.params["price"])
         self._size = str(config.params["size"])
@@ -93,10 +91,6 @@ class VwapLogic:
                                  per_key={"sums": StateArray(4, np.float64, 0.0),
                                           "tally": StateArray(2, np.int64, 0)},
                                  snapshot=snapshot)
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """Dense slots of ``keys`` in this node's key table, for ``update``."""
-        return self._state.slots(keys)
 
     def update(
         self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
@@ -120,14 +114,6 @@ class VwapLogic:
             float_column(batch, self._size, self._name))
         return rows_emitted(batch, values, emitted)
 
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """The window moves on events only: nothing to emit."""
-        return None
-
-    def snapshot(self) -> bytes:
-        """Rings, key table and running sums, from which ``create`` restores exactly."""
-        return self._state.snapshot()
-
 
 @register
 class VwapDef(OperatorDef):
@@ -150,6 +136,7 @@ class VwapDef(OperatorDef):
 
     type_name: ClassVar[str] = "vwap"
     summary: ClassVar[str] = "volume-weighted average price per key over a count window"
+    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("price", "str", default="price", doc="input field holding the price"),
         Param("size", "str", default="size", doc="input field holding the traded size"),
@@ -167,11 +154,6 @@ class VwapDef(OperatorDef):
     def history(cls, params: Mapping[str, Any]) -> int:
         """The last ``window`` trades per key."""
         return int(params["window"])
-
-    @classmethod
-    def code_hash(cls) -> str:
-        """Hash of this module and of the rolling module whose state handling it uses."""
-        return code_hash_with_rolling(cls.__module__)
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:

@@ -13,7 +13,6 @@ cannot start one node twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -41,15 +40,17 @@ from streamdag.runtime.lifecycle import (
     failure_cause,
     load_submissions,
     log_event,
-    log_to_stderr_inside_ray_actor,
+    log_to_file_inside_ray_actor,
     new_submission_id,
     save_submissions,
 )
 from streamdag.runtime.messages import edge_id
 from streamdag.runtime.planner import diff_graph
 from streamdag.runtime.registry import (
-    NODE_NAMESPACE,
+    ActorNotReadyError,
+    NodeActors,
     NodeEntry,
+    NodeProbe,
     NodeRegistry,
     acquire,
     instance_key,
@@ -142,16 +143,6 @@ class MetricsSnapshot:
     taken_at: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True)
-class _Probe:
-    """What one health probe learnt about a node actor."""
-
-    alive: bool
-    finished: bool = False
-    error: str | None = None
-    stats: NodeStats | None = None
-
-
 class _SubmissionFailedError(Exception):
     """Carries a failed submission's cause to the rollback."""
 
@@ -187,7 +178,7 @@ class Controller:
                                         settings.runtime.max_batch_records,
                                         settings.runtime.linger_ms / 1000)
         self._lock = asyncio.Lock()
-        self._handles: dict[str, Any] = {}
+        self._actors = NodeActors(self.deployment, call_timeout_s=self.options.call_timeout_s)
         self._stats: dict[str, NodeStats] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._started = False
@@ -209,17 +200,18 @@ class Controller:
         if self._started:
             return
         self._started = True
-        log_to_stderr_inside_ray_actor("streamdag.lifecycle", "streamdag.controller")
+        log_to_file_inside_ray_actor(self.state_dir / "deployment.log", "streamdag.lifecycle",
+                                     "streamdag.controller")
         # Step 1: find each live node's actor by its deterministic name.
         found, missing, leftovers = locate_node_actors(self._registry, self.deployment)
-        self._handles.update(found)
+        self._actors.handles.update(found)
         # Step 2: nodes whose actor is gone died while no controller watched them.
         await self._declare_dead(
             dict.fromkeys(missing, "its actor was not found when the controller started"))
         # Step 3: named node actors no entry claims are leftovers of an interrupted submission.
         for name, handle in leftovers.items():
             _log.warning("stopping leftover node actor %s", name)
-            await self._stop_actor(handle, name)
+            await self._actors.stop_actor(handle, name)
         # Step 4: periodic health checks.
         if self.options.health_interval_s > 0:
             self._health_task = asyncio.create_task(self._health_loop())
@@ -292,8 +284,9 @@ class Controller:
             await self._create_and_start(graph, keys, diff.creation_order, created, attached)
         except Exception as exc:
             await self._roll_back(submission, created, attached)
-            cause = str(exc) if isinstance(exc, _SubmissionFailedError) else failure_cause(exc)
-            raise _SubmissionFailedError(cause) from exc
+            raise _SubmissionFailedError(
+                str(exc) if isinstance(exc, ActorNotReadyError) else failure_cause(exc)
+            ) from exc
         await self._move(submission, _S.EXECUTING)
         await self._refresh_stats(keys.values())
 
@@ -308,7 +301,8 @@ class Controller:
         """Create, wire and start the new nodes; records what it did for a rollback."""
         hosts = {
             spec.node.node_id: spec
-            for generation in wire_graph(graph, {}, {}, *self._binding.defaults())[0]
+            for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
+                                         capture_outputs=False)[0]
             for spec in generation
         }
         new = {keys[node_id] for generation in creation_order for node_id in generation}
@@ -320,66 +314,23 @@ class Controller:
         await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
         for generation in creation_order:
             # Step 3a: one generation of actors, all ready before the next one upstream.
-            born = {}
             for node_id in generation:  # one at a time: a failing call leaks no actor
-                born[keys[node_id]] = self._create_actor(keys[node_id], hosts[node_id])
-                self._handles[keys[node_id]] = born[keys[node_id]]
+                self._actors.create(keys[node_id], hosts[node_id], self._runtime)
                 created.append(keys[node_id])
-            await self._ready(born, {keys[n]: hosts[n].node.name for n in generation})
+            born = {keys[n]: hosts[n].node.name for n in generation}
+            await self._actors.wait_ready(born, self.options.ready_timeout_s)
             # Step 3b: wire them to the new consumers created before them.
             for edge, upstream, downstream, index in edges:
                 if upstream in born and downstream in new:
-                    await self._subscribe(edge, upstream, downstream, index)
+                    await self._actors.subscribe(edge, upstream, downstream, index)
         # Step 3c: running producers feed their new consumers from their next batch on.
         for edge, upstream, downstream, index in edges:
             if upstream not in new and downstream in new:
-                await self._subscribe(edge, upstream, downstream, index)
+                await self._actors.subscribe(edge, upstream, downstream, index)
                 attached.append((edge, upstream))
         # Step 3d: sources start reading last, once everything below them is ready.
-        sources = [keys[n] for g in creation_order for n in g if hosts[n].source is not None]
-        await asyncio.gather(*(self._handles[k].start_source.remote() for k in sources))
-
-    def _create_actor(self, key: str, host: HostSpec) -> Any:
-        from streamdag.runtime.ray_runner import node_actor_class
-
-        return node_actor_class().options(
-            name=node_actor_name(self.deployment, key), namespace=NODE_NAMESPACE,
-            lifetime="detached", get_if_exists=True, num_cpus=0, max_restarts=0,
-        ).remote(host.node.config(), settings=self._runtime, source=host.source,
-                 sink=host.sink, capture=host.capture)
-
-    async def _ready(self, born: Mapping[str, Any], names: Mapping[str, str]) -> None:
-        tasks = {key: asyncio.ensure_future(_awaitable(handle.ready.remote()))
-                 for key, handle in born.items()}
-        done, pending = await asyncio.wait(tasks.values(), timeout=self.options.ready_timeout_s,
-                                           return_when=asyncio.FIRST_EXCEPTION)
-        for task in pending:
-            task.cancel()
-        for key, task in tasks.items():
-            error = task.exception() if task in done else None
-            if error is not None:
-                raise _SubmissionFailedError(
-                    f"node {names[key]!r} failed to become ready: {failure_cause(error)}")
-        late = [names[key] for key, task in tasks.items() if task in pending]
-        if late:
-            raise _SubmissionFailedError(
-                f"node(s) {late} did not report ready within {self.options.ready_timeout_s} s; "
-                "check their actors' logs, or raise ControllerOptions.ready_timeout_s")
-
-    async def _subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
-        from streamdag.runtime.channels import RayTarget
-
-        consumer = self._handles[downstream]
-        await consumer.connect_input.remote(edge, index)
-        await self._handles[upstream].subscribe.remote(edge, RayTarget(consumer))
-
-    async def _unsubscribe(self, upstream: str, edge: str) -> None:
-        """Stop ``upstream`` sending on ``edge``; an upstream that is gone sends nothing."""
-        handle = self._handles.get(upstream)
-        with contextlib.suppress(Exception):  # its consumer may be dead: nothing to drain
-            if handle is not None:
-                await asyncio.wait_for(_awaitable(handle.unsubscribe.remote(edge)),
-                                       self.options.call_timeout_s)
+        await self._actors.start_sources(
+            keys[n] for g in creation_order for n in g if hosts[n].source is not None)
 
     async def _create_sink_topics(self, hosts: list[HostSpec]) -> None:
         topics = {str(h.node.params["topic"]): self.settings.kafka.partitions
@@ -394,10 +345,10 @@ class Controller:
         """Undo a failed submission: shared actors keep running, untouched."""
         # Step 1: running producers stop sending to what this submission created.
         for edge, upstream in attached:
-            await self._unsubscribe(upstream, edge)
+            await self._actors.unsubscribe(upstream, edge)
         # Step 2: the created actors stop, in reverse creation order (sources first).
         for key in reversed(created):
-            await self._stop_actor(self._handles.pop(key), node_actor_name(self.deployment, key))
+            await self._actors.stop(key, node_actor_name(self.deployment, key))
             self._stats.pop(key, None)
         # Step 3: the registry forgets this submission's references.
         self._registry, _ = release(self._registry, submission)
@@ -438,7 +389,7 @@ class Controller:
         for key in retired:
             for edge, upstream, _ in before.entries[key].input_edges():
                 if upstream in self._registry.entries:
-                    await self._unsubscribe(upstream, edge)
+                    await self._actors.unsubscribe(upstream, edge)
         task = asyncio.create_task(self._retire(retired, [before.entries[k] for k in retired]))
         for key in retired:
             self._retiring[key] = task
@@ -449,31 +400,11 @@ class Controller:
         try:
             await asyncio.sleep(self.options.grace_s)
             for key, entry in zip(keys, entries, strict=True):
-                handle = self._handles.pop(key, None)
-                if handle is not None:
-                    await self._stop_actor(handle, entry.actor_name)
+                await self._actors.stop(key, entry.actor_name)
                 self._stats.pop(key, None)
         finally:
             for key in keys:
                 self._retiring.pop(key, None)
-
-    async def _stop_actor(self, handle: Any, name: str) -> None:
-        """Stop and kill one actor, then wait until its name is free for a new one."""
-        import ray
-
-        with contextlib.suppress(Exception):  # a dead actor is already stopped
-            await asyncio.wait_for(_awaitable(handle.stop.remote()), self.options.call_timeout_s)
-        with contextlib.suppress(Exception):
-            ray.kill(handle)
-        deadline = time.monotonic() + self.options.call_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(name, namespace=NODE_NAMESPACE)
-            except ValueError:
-                return
-            await asyncio.sleep(0.01)
-        _log.warning("actor %s still holds its name %.0f s after being killed", name,
-                     self.options.call_timeout_s)
 
     async def shutdown(self) -> dict[str, Any]:
         """Stop every node actor (sources first) and every submission still running."""
@@ -490,9 +421,7 @@ class Controller:
             entries = self._registry.entries
             order = retirement_order(entries, set(entries))
             for key in order:
-                handle = self._handles.pop(key, None)
-                if handle is not None:
-                    await self._stop_actor(handle, entries[key].actor_name)
+                await self._actors.stop(key, entries[key].actor_name)
             self._registry = NodeRegistry()
             self._stats.clear()
             self._save_registry()
@@ -536,11 +465,11 @@ class Controller:
             entry = self._registry.entries[key]
             self._crashes += 1
             problems.append(f"node {entry.name!r} (actor {entry.actor_name}) died: {cause}")
-            self._handles.pop(key, None)
+            self._actors.handles.pop(key, None)
             # Shared producers keep serving healthy graphs only if they stop sending here.
             for edge, upstream, _ in entry.input_edges():
                 if upstream not in causes:
-                    await self._unsubscribe(upstream, edge)
+                    await self._actors.unsubscribe(upstream, edge)
         self._registry = mark_dead(self._registry, causes)
         self._save_registry()
         for record in list(self._records.values()):
@@ -561,38 +490,13 @@ class Controller:
             except Exception:  # the loop must outlive one failed round
                 _log.exception("health check of deployment %r failed", self.deployment)
 
-    async def _probe_all(self, keys: Iterable[str]) -> dict[str, _Probe]:
+    async def _probe_all(self, keys: Iterable[str]) -> dict[str, NodeProbe]:
         ordered = sorted(keys)
-        probes = await asyncio.gather(*(self._probe(key) for key in ordered))
+        probes = await asyncio.gather(*(self._actors.probe(key) for key in ordered))
         for key, probe in zip(ordered, probes, strict=True):
             if probe.stats is not None:
                 self._stats[key] = probe.stats
         return dict(zip(ordered, probes, strict=True))
-
-    async def _probe(self, key: str) -> _Probe:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-        handle = self._handles.get(key)
-        if handle is None:
-            return _Probe(alive=False, error="the controller holds no handle to its actor")
-        timeout = self.options.call_timeout_s
-        try:
-            stats, finished = await asyncio.wait_for(
-                asyncio.gather(_awaitable(handle.stats.remote()),
-                               _awaitable(handle.is_finished.remote())), timeout)
-        except ActorUnavailableError:
-            return _Probe(alive=True)  # restarting or unreachable for now: not (yet) dead
-        except (ActorDiedError, RayActorError) as exc:
-            return _Probe(alive=False, error=failure_cause(exc))
-        except TimeoutError:
-            return _Probe(alive=True)  # busy, not dead: the next round asks again
-        error = None
-        if finished:
-            try:
-                await asyncio.wait_for(_awaitable(handle.wait_finished.remote()), timeout)
-            except Exception as exc:
-                error = failure_cause(exc)
-        return _Probe(alive=True, finished=bool(finished), error=error, stats=stats)
 
     async def _refresh_stats(self, keys: Iterable[str]) -> None:
         await self._probe_all(k for k in set(keys) if k in self._registry.live_keys())
@@ -678,7 +582,3 @@ class Controller:
     def _save_submissions(self) -> None:
         save_submissions(self._submissions_path, list(self._records.values()))
 
-
-async def _awaitable(ref: Any) -> Any:
-    """Await a Ray ObjectRef as a coroutine (so asyncio can wrap it in a task)."""
-    return await ref

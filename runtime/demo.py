@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from streamdag.config import Settings
 from streamdag.graph import Graph
-from streamdag.runtime.host import RuntimeSettings
 from streamdag.runtime.stats import NodeStats
 from streamdag.runtime.synthetic import RandomWalk
 
@@ -117,6 +116,20 @@ def render_console(
     return "\n".join(lines)
 
 
+class _DeploymentView:
+    """Per-node figures of a deployment, named as in the merged view of the demo's graphs."""
+
+    def __init__(self, deployment: Any, graph: Graph) -> None:
+        self.deployment = deployment
+        self._names = {node.node_id: node.name for node in graph.nodes}
+
+    def stats(self) -> dict[str, NodeStats]:
+        """Every node's counters, by name, in the merged graph's order."""
+        snapshot = self.deployment.metrics_snapshot()
+        by_id = {node.node_id: node.stats for node in snapshot.nodes}
+        return {name: by_id[node_id] for node_id, name in self._names.items() if node_id in by_id}
+
+
 class _InterruptFlag:
     """The first Ctrl-C ends the run gracefully (summary, clean stop); a second one aborts."""
 
@@ -197,8 +210,8 @@ def run_demo(
 
     from streamdag.connectors.broker import EmbeddedBroker
     from streamdag.connectors.topics import ensure_topics
-    from streamdag.runtime.kafka_binding import KafkaBinding
-    from streamdag.runtime.ray_runner import RayRunner, ensure_ray
+    from streamdag.runtime.deployment import Deployment
+    from streamdag.runtime.ray_runner import ensure_ray
     from streamdag.runtime.wiring import merge_graphs
 
     report = DemoReport()
@@ -231,10 +244,19 @@ def run_demo(
         print(f"graphs: {', '.join(g.name for g in graphs)}; {len(graph.nodes)} actors for "
               f"{sum(len(g.nodes) for g in graphs)} nodes (shared: {', '.join(report.shared)})",
               file=out)
-        binding = KafkaBinding(bootstrap, settings.kafka.fetch_max_wait_ms)
-        runtime = RuntimeSettings(settings.runtime.credits, settings.runtime.max_batch_records,
-                                  settings.runtime.linger_ms / 1000)
-        running = RayRunner(runtime, *binding.defaults()).start(graph)
+        # Each graph is submitted on its own; the controller runs shared nodes once.
+        deployment = Deployment.connect(
+            replace(settings, name=f"{settings.name}-demo"), bootstrap,
+            state_dir=Path(settings.state_dir) / "demo-deployment",
+        )
+        running = _DeploymentView(deployment, graph)
+        for submitted in graphs:
+            result = deployment.submit(submitted)
+            if result["state"] == "failed":
+                raise RuntimeError(f"graph {submitted.name!r} failed: {result['cause']}")
+            diff = result["diff"]
+            print(f"submitted {submitted.name}: new {', '.join(diff['new']) or '-'}; "
+                  f"reused {', '.join(diff['reused']) or '-'}", file=out)
         # Step 3: produce ticks and refresh the console until the duration is over.
         producer = TickProducer(bootstrap, settings.demo.topic, settings.demo.rate,
                                 settings.demo.symbols)
@@ -272,7 +294,7 @@ def run_demo(
             with contextlib.suppress(Exception, KeyboardInterrupt):
                 loop.run_until_complete(asyncio.wait_for(task, 10))
         if running is not None:
-            running.stop()
+            running.deployment.shutdown()
         if started_ray:
             ray.shutdown()
         if broker is not None:

@@ -7,6 +7,7 @@ It is a plain class: the local runner uses it directly, the Ray runner wraps it 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ from streamdag.runtime.worker import NodeWorker
 __all__ = ["NodeHost", "RuntimeSettings"]
 
 _DAY_NS = 86_400 * 10**9
+_log = logging.getLogger(__name__)
 
 SourceFactory = Callable[[], SourceReader]
 SinkFactory = Callable[[], SinkWriter]
@@ -133,12 +135,21 @@ class NodeHost:
         """Stop sending to the subscriber of ``edge``, once it has acknowledged what was sent."""
         channel = self._channels.pop(edge, None)
         if channel is not None:
-            await channel.drain()
+            try:
+                await channel.drain()
+            except Exception as exc:
+                self.worker.stats.subscribers_lost += 1
+                _log.warning("node %s lost subscriber %s: %s", self.config.name, edge, exc)
 
     async def drain(self) -> None:
         """Wait until every subscriber has acknowledged everything sent to it."""
-        for channel in list(self._channels.values()):
-            await channel.drain()
+        for edge, channel in list(self._channels.items()):
+            try:
+                await channel.drain()
+            except Exception as exc:
+                self._channels.pop(edge, None)
+                self.worker.stats.subscribers_lost += 1
+                _log.warning("node %s dropped subscriber %s: %s", self.config.name, edge, exc)
 
     def subscribers(self) -> list[str]:
         """The edges this node sends on."""
@@ -178,11 +189,17 @@ class NodeHost:
                 await self._to_sink(payload)
             if self._capture and isinstance(payload, Batch):
                 self.captured.append(payload)
-            for channel in list(self._channels.values()):
-                await channel.send(payload)
+            for edge, channel in list(self._channels.items()):
+                try:
+                    await channel.send(payload)
+                except Exception as exc:
+                    # A dead subscriber must not take a shared node down with it: drop it, and
+                    # let the controller's health check report it.
+                    self._channels.pop(edge, None)
+                    self.worker.stats.subscribers_lost += 1
+                    _log.warning("node %s dropped subscriber %s: %s", self.config.name, edge, exc)
             if isinstance(payload, EndOfStream):
-                for channel in list(self._channels.values()):
-                    await channel.drain()
+                await self.drain()
                 assert self._finished is not None
                 self._finished.set()
         self.worker.stats.backpressure_wait_seconds = sum(

@@ -22,13 +22,13 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,7 +65,7 @@ __all__ = [
     "failure_cause",
     "load_submissions",
     "log_event",
-    "log_to_stderr_inside_ray_actor",
+    "log_to_file_inside_ray_actor",
     "new_submission_id",
     "save_submissions",
 ]
@@ -434,22 +434,26 @@ def log_event(event: Mapping[str, Any]) -> None:
     _log.info("%s", json.dumps(event, sort_keys=True))
 
 
-def log_to_stderr_inside_ray_actor(*logger_names: str) -> None:
-    """Inside a Ray actor, send INFO logs of ``logger_names`` to stderr (Ray's worker log).
+def log_to_file_inside_ray_actor(path: str | os.PathLike[str], *logger_names: str) -> None:
+    """Inside a Ray actor, append INFO logs of ``logger_names`` to the file ``path``.
 
-    Outside an actor nothing changes: the application configures its own logging.
+    The deployment's log lives in its state directory rather than on Ray's stderr, which Ray
+    forwards to every driver. Outside an actor nothing changes: the application configures
+    its own logging.
     """
     import ray
 
     if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in logger_names:
         logger = logging.getLogger(name)
         if not logger.handlers:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 def save_submissions(path: str | os.PathLike[str], records: Sequence[SubmissionRecord]) -> None:

@@ -1,10 +1,12 @@
 """The node registry of a deployment: which actor runs each node, who uses it, and its region.
 
-Everything here is a pure function over immutable data, so the reference counting and garbage
+The registry is immutable data and pure functions, so the reference counting and garbage
 collection the controller relies on can be checked against a model without Ray: ``acquire``
 adds a graph's references, ``release`` drops them and names the nodes no graph uses any more,
-in the order they are retired (sources first). The registry is persisted as JSON, written
-atomically (temp file, fsync, rename), and reloaded by a controller that restarts.
+in the order they are retired (sources first). It is persisted as JSON, written atomically
+(temp file, fsync, rename), and reloaded by a controller that restarts, which finds the
+surviving actors by name (``locate_node_actors``). ``NodeActors`` holds the live handles and
+is the thin executor through which the controller creates, wires, probes and stops them.
 
 >>> request = NodeRequest("a" * 64, "a" * 64, "streamdag-demo-node-aaa", "ticks",
 ...                       "kafka_source", "source", ())
@@ -18,11 +20,15 @@ atomically (temp file, fsync, rename), and reloaded by a controller that restart
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,11 +40,17 @@ from streamdag.runtime.messages import edge_id
 
 if TYPE_CHECKING:
     from streamdag.graph import Node
+    from streamdag.runtime.host import RuntimeSettings
+    from streamdag.runtime.stats import NodeStats
+    from streamdag.runtime.wiring import HostSpec
 
 __all__ = [
     "NODE_NAMESPACE",
     "REGISTRY_FORMAT",
+    "ActorNotReadyError",
+    "NodeActors",
     "NodeEntry",
+    "NodeProbe",
     "NodeRegistry",
     "NodeRequest",
     "RegistryFileError",
@@ -63,9 +75,15 @@ NODE_NAMESPACE = "streamdag"
 #: Version of the registry's JSON document; a different one is refused when loading.
 REGISTRY_FORMAT = 1
 
+_log = logging.getLogger("streamdag.controller")
+
 
 class RegistryFileError(StreamdagError):
     """A persisted registry or submissions file cannot be read back."""
+
+
+class ActorNotReadyError(StreamdagError):
+    """A new node actor failed, or took too long, to report ready."""
 
 
 def node_actor_name(deployment: str, key: str) -> str:
@@ -441,3 +459,136 @@ def load_registry(path: str | os.PathLike[str]) -> NodeRegistry:
     """The registry persisted at ``path`` (empty when there is none)."""
     document = read_json(path)
     return NodeRegistry() if document is None else NodeRegistry.from_document(document)
+
+
+@dataclass(frozen=True)
+class NodeProbe:
+    """What one probe learnt about a node actor."""
+
+    alive: bool
+    finished: bool = False
+    error: str | None = None
+    stats: NodeStats | None = None
+
+
+class NodeActors:
+    """The live handles of a deployment's node actors, by registry key.
+
+    Node actors are detached and named after their key (``node_actor_name``), and created
+    with ``get_if_exists``: a second creation of one key returns the running actor.
+    """
+
+    def __init__(self, deployment: str, *, call_timeout_s: float = 10.0) -> None:
+        self.deployment = deployment
+        self.call_timeout_s = call_timeout_s
+        self.handles: dict[str, Any] = {}
+
+    def create(self, key: str, host: HostSpec, settings: RuntimeSettings) -> Any:
+        """Create (or get) the actor of ``key`` hosting ``host``'s node; returns its handle."""
+        from streamdag.runtime.ray_runner import node_actor_class
+
+        handle = node_actor_class().options(
+            name=node_actor_name(self.deployment, key), namespace=NODE_NAMESPACE,
+            lifetime="detached", get_if_exists=True, num_cpus=0, max_restarts=0,
+        ).remote(host.node.config(), settings=settings, source=host.source, sink=host.sink,
+                 capture=host.capture)
+        self.handles[key] = handle
+        return handle
+
+    async def wait_ready(self, names: Mapping[str, str], timeout_s: float) -> None:
+        """Wait until every actor of ``names`` (key -> node name) is ready, or raise."""
+        from streamdag.runtime.lifecycle import failure_cause
+
+        tasks = {key: asyncio.ensure_future(_awaited(self.handles[key].ready.remote()))
+                 for key in names}
+        done, pending = await asyncio.wait(tasks.values(), timeout=timeout_s,
+                                           return_when=asyncio.FIRST_EXCEPTION)
+        for task in pending:
+            task.cancel()
+        for key, task in tasks.items():
+            error = task.exception() if task in done else None
+            if error is not None:
+                raise ActorNotReadyError(
+                    f"node {names[key]!r} failed to become ready: {failure_cause(error)}")
+        late = [names[key] for key, task in tasks.items() if task in pending]
+        if late:
+            raise ActorNotReadyError(
+                f"node(s) {late} did not report ready within {timeout_s} s; check their "
+                "actors' logs, or raise ControllerOptions.ready_timeout_s")
+
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge``."""
+        from streamdag.runtime.channels import RayTarget
+
+        consumer = self.handles[downstream]
+        await consumer.connect_input.remote(edge, index)
+        await self.handles[upstream].subscribe.remote(edge, RayTarget(consumer))
+
+    async def unsubscribe(self, upstream: str, edge: str) -> None:
+        """Stop ``upstream`` sending on ``edge``; an upstream that is gone sends nothing."""
+        handle = self.handles.get(upstream)
+        with contextlib.suppress(Exception):  # its consumer may be dead: nothing to drain
+            if handle is not None:
+                await asyncio.wait_for(_awaited(handle.unsubscribe.remote(edge)),
+                                       self.call_timeout_s)
+
+    async def start_sources(self, keys: Iterable[str]) -> None:
+        """Let the source actors of ``keys`` start reading."""
+        await asyncio.gather(*(_awaited(self.handles[k].start_source.remote()) for k in keys))
+
+    async def stop(self, key: str, name: str) -> None:
+        """Stop and kill the actor of ``key`` (if it has a handle) and forget it."""
+        handle = self.handles.pop(key, None)
+        if handle is not None:
+            await self.stop_actor(handle, name)
+
+    async def stop_actor(self, handle: Any, name: str) -> None:
+        """Stop and kill one actor, then wait until its name is free for a new one."""
+        import ray
+
+        with contextlib.suppress(Exception):  # a dead actor is already stopped
+            await asyncio.wait_for(_awaited(handle.stop.remote()), self.call_timeout_s)
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
+        deadline = time.monotonic() + self.call_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=NODE_NAMESPACE)
+            except ValueError:
+                return
+            await asyncio.sleep(0.01)
+        _log.warning("actor %s still holds its name %.0f s after being killed; a new actor of "
+                     "that name will fail until Ray releases it", name, self.call_timeout_s)
+
+    async def probe(self, key: str) -> NodeProbe:
+        """Ask the actor of ``key`` for its figures and whether it finished (or failed)."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        from streamdag.runtime.lifecycle import failure_cause
+
+        handle = self.handles.get(key)
+        if handle is None:
+            return NodeProbe(alive=False, error="the controller holds no handle to its actor")
+        try:
+            stats, finished = await asyncio.wait_for(
+                asyncio.gather(_awaited(handle.stats.remote()),
+                               _awaited(handle.is_finished.remote())), self.call_timeout_s)
+        except ActorUnavailableError:
+            return NodeProbe(alive=True)  # restarting or unreachable for now: not (yet) dead
+        except RayActorError as exc:
+            return NodeProbe(alive=False, error=failure_cause(exc))
+        except TimeoutError:
+            return NodeProbe(alive=True)  # busy, not dead: the next round asks again
+        error = None
+        if finished:
+            try:
+                await asyncio.wait_for(_awaited(handle.wait_finished.remote()),
+                                       self.call_timeout_s)
+            except Exception as exc:
+                error = failure_cause(exc)
+        return NodeProbe(alive=True, finished=bool(finished), error=error, stats=stats)
+
+
+async def _awaited(ref: Any) -> Any:
+    """Await a Ray ObjectRef as a coroutine (so asyncio can wrap it in a task)."""
+    return await ref

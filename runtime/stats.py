@@ -70,6 +70,8 @@ class NodeStats:
     batches_in: int = 0
     batches_out: int = 0
     duplicates_dropped: int = 0
+    #: Subscribers dropped because delivering to them failed (a dead consumer actor).
+    subscribers_lost: int = 0
     stale_dropped: int = 0
     backpressure_wait_seconds: float = 0.0
     queue_depth: int = 0

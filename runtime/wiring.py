@@ -66,8 +66,14 @@ def wire_graph(
     sinks: Mapping[str, SinkFactory],
     default_source: Callable[[Node], SourceFactory] | None = None,
     default_sink: Callable[[Node], SinkFactory] | None = None,
+    *,
+    capture_outputs: bool = True,
 ) -> tuple[list[list[HostSpec]], list[EdgeSpec]]:
-    """Hosts in creation order (generations, sinks first) and the edges between them."""
+    """Hosts in creation order (generations, sinks first) and the edges between them.
+
+    ``capture_outputs`` keeps, in memory, what output nodes that are not sinks produce: right
+    for tests and bounded runs, never for long-running deployments.
+    """
     plan = plan_graph(graph, mode="streaming")
     by_id = {node.node_id: node for node in graph.nodes}
     leaves = {node.node_id for node in graph.sinks} | {n.node_id for n in graph.outputs}
@@ -87,7 +93,7 @@ def wire_graph(
                     node,
                     _source_for(node, sources, default_source),
                     _sink_for(node, sinks, default_sink),
-                    capture=node.node_id in leaves and node.role != "sink",
+                    capture=capture_outputs and node.node_id in leaves and node.role != "sink",
                 )
             )
         generations.append(hosts)

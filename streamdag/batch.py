@@ -21,15 +21,30 @@ TimeArray = npt.NDArray[np.int64]
 def encode_keys(keys: Iterable[str | bytes] | npt.NDArray[Any]) -> KeyArray:
     """Turn keys (str or bytes) into a fixed-width bytes array, the batch's key column.
 
+    Strings are UTF-8 encoded.
+
     >>> encode_keys(["AAPL", "MSFT"])
     array([b'AAPL', b'MSFT'], dtype='|S4')
+    >>> encode_keys(["Zürich"]).tolist() == ["Zürich".encode("utf-8")]
+    True
     """
     if isinstance(keys, np.ndarray) and keys.dtype.kind == "S":
         return keys
-    encoded = [k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys]
-    if not encoded:
+    items = keys if isinstance(keys, np.ndarray | list | tuple) else list(keys)
+    if len(items) == 0:
         return np.empty(0, dtype="S1")
-    return np.asarray(encoded, dtype=np.bytes_)
+    try:
+        # numpy encodes ASCII text in C, far faster than a Python loop over the keys.
+        encoded: KeyArray = np.array(items, dtype=np.bytes_)
+    except (UnicodeEncodeError, ValueError):  # non-ASCII text; ragged byte buffers
+        return _encode_one_by_one(items)
+    # numpy reads a bytearray key as a row of numbers, not as one bytes value.
+    return encoded if encoded.ndim == 1 else _encode_one_by_one(items)
+
+
+def _encode_one_by_one(keys: Iterable[Any]) -> KeyArray:
+    return np.array([k.encode("utf-8") if isinstance(k, str) else bytes(k) for k in keys],
+                    dtype=np.bytes_)
 
 
 @dataclass(frozen=True)

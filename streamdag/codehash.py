@@ -40,7 +40,7 @@ import numpy as np
 from streamdag.errors import CodeHashError
 from streamdag.identity import canonical_encode
 
-__all__ = ["function_code_hash"]
+__all__ = ["describe_function", "function_code_hash"]
 
 #: Prefix of every hashed payload; bump it when the encoding changes.
 _HASH_SCHEME = "streamdag-code-hash/1"
@@ -264,7 +264,7 @@ class _CodeHasher:
     def _chain(self) -> str:
         if not self._stack:
             return "the function"
-        names = [_describe(frame.function) for frame in self._stack]
+        names = [describe_function(frame.function) for frame in self._stack]
         return names[0] + "".join(f" (through {name})" for name in names[1:])
 
     def _refusal(self, where: str, value: Any, what: str | None = None) -> CodeHashError:
@@ -297,9 +297,20 @@ def _type_name(kind: type) -> str:
     return f"{module}.{kind.__qualname__}"
 
 
-def _describe(function: FunctionType) -> str:
-    module = function.__module__ or "<no module>"
-    return f"{module}.{function.__qualname__} (line {function.__code__.co_firstlineno})"
+def describe_function(function: Callable[..., Any]) -> str:
+    """``module.qualname (line N)`` of a function, or of a numba dispatcher's Python function.
+
+    >>> def scaled(values):
+    ...     return values * 2
+    >>> describe_function(scaled)
+    'streamdag.codehash.scaled (line 1)'
+    """
+    python_function = getattr(function, "py_func", function)
+    module = getattr(python_function, "__module__", None) or "<no module>"
+    name = getattr(python_function, "__qualname__", None) or repr(python_function)
+    code = getattr(python_function, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{module}.{name}{line}"
 
 
 def _cell_holds(cell: CellType, value: Any) -> bool:
@@ -340,8 +351,8 @@ def _locate_function_node(function: FunctionType, global_names: Iterable[str]) -
         lines, _ = inspect.findsource(code)
     except (OSError, TypeError):
         raise CodeHashError(
-            f"cannot hash {_describe(function)}: its source code is not available (it was "
-            "probably defined by exec or in an interactive session without source). Define it "
+            f"cannot hash {describe_function(function)}: its source code is not available (it "
+            "was probably defined by exec or in an interactive session without source). Define it "
             "in a .py module, or build the node with udf(..., shareable=False) to run it "
             "unshared"
         ) from None
@@ -364,9 +375,10 @@ def _locate_function_node(function: FunctionType, global_names: Iterable[str]) -
     if fitting and _arguments_match(fitting[0], code) and _names_appear(fitting[0], global_names):
         return fitting[0]
     raise CodeHashError(
-        f"cannot hash {_describe(function)}: the source found for it in {code.co_filename!r} "
-        "does not match its code (was the file edited after it was imported?). Restart the "
-        "process that builds the graph, or build the node with udf(..., shareable=False)"
+        f"cannot hash {describe_function(function)}: the source found for it in "
+        f"{code.co_filename!r} does not match its code (was the file edited after it was "
+        "imported?). Restart the process that builds the graph, or build the node with "
+        "udf(..., shareable=False)"
     )
 
 

@@ -237,6 +237,13 @@ def make_node(
     interval_ns = None if interval is None else parse_duration(interval)
     if interval_ns == 0:
         raise GraphError(f"node {display!r}: interval must be positive, got 0")
+    if interval_ns is not None and not definition.supports_interval:
+        raise GraphError(
+            f"node {display!r}: {operator} updates on every event and does not bucket events "
+            f"by interval, but interval={interval_ns} ns was given; remove interval= from this "
+            "node and bucket upstream instead, e.g. with ohlcv bars (.ohlcv(bar='1s')) or a "
+            "user function built with sd.udf(interval=...)"
+        )
     resolved_period = definition.history(canonical) if period is None else int(period)
     if resolved_period < 1:
         raise GraphError(f"node {display!r}: period must be at least 1, got {period!r}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, ClassVar, Literal, Protocol
 
 from streamdag.batch import Batch
@@ -22,6 +24,7 @@ __all__ = [
     "OperatorLogic",
     "Role",
     "module_code_hash",
+    "operator_code_modules",
     "require_fields",
 ]
 
@@ -79,6 +82,8 @@ class OperatorDef(ABC):
     arity: ClassVar[int | None] = 1
     role: ClassVar[Role] = "operator"
     summary: ClassVar[str] = ""
+    #: False for kernels that update on every event: a node ``interval`` is refused when built.
+    supports_interval: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod
@@ -92,8 +97,10 @@ class OperatorDef(ABC):
 
     @classmethod
     def code_hash(cls) -> str:
-        """Hash of the code that implements this operator (its whole module)."""
-        return module_code_hash(cls.__module__)
+        """sha256 over the name and source of every module in ``operator_code_modules(cls)``."""
+        listing = "".join(f"{name} {module_code_hash(name)}\n"
+                          for name in operator_code_modules(cls))
+        return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
     @classmethod
     @abstractmethod
@@ -102,6 +109,8 @@ class OperatorDef(ABC):
 
 
 _module_hashes: dict[str, str] = {}
+#: Modules of the built-in operators; a declaration's hash covers those its module uses.
+_OPERATOR_MODULES = "streamdag.operators."
 
 
 def module_code_hash(module_name: str) -> str:
@@ -112,6 +121,44 @@ def module_code_hash(module_name: str) -> str:
         cached = hashlib.sha256(source.encode("utf-8")).hexdigest()
         _module_hashes[module_name] = cached
     return cached
+
+
+def operator_code_modules(definition: type[OperatorDef]) -> tuple[str, ...]:
+    """Sorted names of the modules whose code ``definition`` runs, for its code hash.
+
+    That is its own module and every ``streamdag.operators`` module it uses, directly or through
+    another: a module object, function or class in a module's globals, or a constant's class.
+
+    >>> from streamdag.registry import lookup
+    >>> operator_code_modules(lookup("ohlcv"))
+    ('streamdag.operators.bars', 'streamdag.operators.key_slots')
+    """
+    return _code_modules(definition.__module__)
+
+
+@functools.cache
+def _code_modules(module_name: str) -> tuple[str, ...]:
+    found = {module_name}
+    pending = [module_name]
+    while pending:
+        for value in vars(sys.modules[pending.pop()]).values():
+            used = _operator_module_of(value)
+            if used is not None and used not in found:
+                found.add(used)
+                pending.append(used)
+    return tuple(sorted(found))
+
+
+def _operator_module_of(value: Any) -> str | None:
+    # A module, or the module defining a function, class or (for constants) the value's class.
+    name: object
+    if isinstance(value, ModuleType):
+        name = value.__name__
+    elif isinstance(value, type) or callable(value):
+        name = getattr(value, "__module__", None)
+    else:
+        name = type(value).__module__
+    return name if isinstance(name, str) and name.startswith(_OPERATOR_MODULES) else None
 
 
 def require_fields(

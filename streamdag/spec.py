@@ -21,7 +21,7 @@ consumes)::
     name = "sma20"
     type = "rolling_mean"
     inputs = ["ticks"]
-    interval = "1s"       # node options: interval, period, missing, tags
+    tags = ["trend"]      # node options: interval, period, missing, tags
     params = { field = "price", window = 20 }
 
 Dumps are canonical: nodes in topological order, params in declaration order and only where
@@ -69,6 +69,7 @@ from typing import Any, Literal, get_args
 import msgpack
 
 from streamdag import toml_writer
+from streamdag.codehash import describe_function
 from streamdag.errors import (
     DanglingInputError,
     DuplicateNameError,
@@ -426,7 +427,7 @@ def graph_to_dict(graph: Graph) -> dict[str, Any]:
 def _node_to_dict(node: Node, names: Mapping[str, str]) -> dict[str, Any]:
     if node.function is not None or node.operator == _USER_FUNCTION:
         raise SpecError(
-            f"node {node.name!r} runs user function {_describe(node.function)}; graph specs "
+            f"node {node.name!r} runs user function {_function_of(node)}; graph specs "
             "are data only and cannot carry its code. Install it as an operator (an "
             "OperatorDef registered with streamdag.registry.register) and build the node by "
             "that type name, or submit this graph through the SDK instead of a spec"
@@ -474,14 +475,10 @@ def _params_to_dict(node: Node, definition: type[OperatorDef]) -> dict[str, Any]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def _describe(function: Callable[..., Any] | None) -> str:
-    if function is None:
+def _function_of(node: Node) -> str:
+    if node.function is None:
         return "(its function is not attached)"
-    module = getattr(function, "__module__", "?")
-    qualname = getattr(function, "__qualname__", repr(function))
-    code = getattr(function, "__code__", None)
-    line = f", line {code.co_firstlineno}" if code is not None else ""
-    return f"{module}.{qualname}{line}"
+    return describe_function(node.function)
 
 
 def _format_of(path: Path) -> SpecFormat:

@@ -3,7 +3,6 @@ wraparound, empty and arbitrarily split batches, snapshots, non-finite values, s
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections import defaultdict
@@ -14,14 +13,24 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_checks import (
+    Event,
+    assert_records,
+    batches,
+    cut_lists,
+    event_streams,
+    quarters,
+    run,
+    special,
+)
 
 import streamdag as sd
-from streamdag.errors import GraphError, ParamError, SchemaMismatchError, StreamdagError
+from streamdag.errors import GraphError, ParamError, SchemaMismatchError
 from streamdag.graph import Node
+from streamdag.operators.errors import SnapshotMismatchError
 from streamdag.operators.rolling import RollingLogic  # importing registers the rolling family
 from streamdag.registry import lookup
 
-Event = tuple[int, str, float]
 SOURCE = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
 STATISTICS = ("sum", "mean", "std", "min", "max")
 # std divides and takes a square root in a different order than statistics.stdev; everything
@@ -65,70 +74,10 @@ def reference(events: Sequence[Event], statistic: str, window: int,
     return out
 
 
-def batches(events: Sequence[Event], cuts: Sequence[int]) -> list[sd.Batch]:
-    """The events cut into consecutive batches at ``cuts`` (repeated cuts give empty batches)."""
-    bounds = [0, *sorted(min(c, len(events)) for c in cuts), len(events)]
-    return [
-        sd.Batch.from_columns(
-            ts=np.array([e[0] for e in events[a:b]], dtype=np.int64),
-            key=sd.batch.encode_keys([e[1] for e in events[a:b]]),
-            price=np.array([e[2] for e in events[a:b]], dtype=np.float64),
-        )
-        for a, b in itertools.pairwise(bounds)
-    ]
-
-
-def run(node: Node, parts: Sequence[sd.Batch], restore_after: int | None = None
-        ) -> list[dict[str, Any]]:
-    """Process ``parts`` in order; after part ``restore_after``, continue from a snapshot."""
-    definition = lookup(node.operator)
-    logic = definition.create(node.config())
-    out: list[dict[str, Any]] = []
-    for index, part in enumerate(parts):
-        out += logic.process([part]).to_records()
-        if index == restore_after:
-            logic = definition.create(node.config(), logic.snapshot())
-    return out
-
-
-def assert_records(actual: list[dict[str, Any]], expected: list[dict[str, Any]],
-                   exact: bool = True) -> None:
-    """Equal ts and keys; equal values (NaN equals NaN), bit for bit unless ``exact`` is off."""
-    assert [(r["ts"], r["key"]) for r in actual] == [(r["ts"], r["key"]) for r in expected]
-    for got, want in zip(actual, expected, strict=True):
-        if math.isnan(want["value"]):
-            assert math.isnan(got["value"]), (got, want)
-        elif exact:
-            assert got["value"] == want["value"], (got, want)
-        else:
-            assert got["value"] == pytest.approx(want["value"], rel=1e-9, abs=1e-9), (got, want)
-
-
 def node_for(statistic: str, window: int = 0, time_window: int = 0) -> Node:
     """The rolling node of ``statistic`` over SOURCE's price."""
     spec = {"window": window} if window else {"time_window": time_window}
     return SOURCE.apply(f"rolling_{statistic}", field="price", name="rolled", **spec)
-
-
-quarters = st.integers(-4000, 4000).map(lambda n: n / 4)
-special = st.sampled_from([math.nan, math.inf, -math.inf])
-
-
-@st.composite
-def event_streams(draw: st.DrawFn, values: st.SearchStrategy[float] = quarters,
-                  max_keys: int = 80) -> list[Event]:
-    """ts-sorted events with repeated timestamps over up to ``max_keys`` keys."""
-    keys = draw(st.integers(1, max_keys))
-    rows = draw(st.lists(st.tuples(st.integers(0, 3), st.integers(0, keys - 1), values),
-                         max_size=300))
-    events, ts = [], 1_000
-    for step, key, x in rows:
-        ts += step
-        events.append((ts, f"k{key}", x))
-    return events
-
-
-cut_lists = st.lists(st.integers(0, 300), max_size=6)
 
 
 @pytest.mark.parametrize("statistic", STATISTICS)
@@ -277,10 +226,9 @@ def test_unknown_field_is_refused_when_built() -> None:
         SOURCE.rolling_max("volume", window=3, name="bad")
 
 
-def test_interval_is_refused() -> None:
-    node = SOURCE.rolling_mean("price", window=3, name="m", interval="1s")
-    with pytest.raises(GraphError, match="interval"):
-        lookup(node.operator).create(node.config())
+def test_interval_is_refused_when_built() -> None:
+    with pytest.raises(GraphError, match="node 'm': rolling_mean updates on every event"):
+        SOURCE.rolling_mean("price", window=3, name="m", interval="1s")
 
 
 def test_history_is_the_count_window() -> None:
@@ -297,7 +245,7 @@ def test_slots_not_from_the_table_are_refused() -> None:
 def test_snapshot_of_another_window_is_refused() -> None:
     three, four = node_for("mean", window=3), node_for("mean", window=4)
     snapshot = lookup("rolling_mean").create(three.config()).snapshot()
-    with pytest.raises(StreamdagError, match="belongs to another node configuration"):
+    with pytest.raises(SnapshotMismatchError, match="belongs to another node configuration"):
         lookup("rolling_mean").create(four.config(), snapshot)
 
 

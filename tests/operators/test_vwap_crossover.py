@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_checks import assert_records, batch_of, batches, cut_lists, quarters, run
 
 import streamdag as sd
 from streamdag.errors import SchemaMismatchError
 from streamdag.operators.crossover import CrossoverLogic  # importing registers crossover
 from streamdag.operators.vwap import VwapLogic  # importing registers vwap
-from streamdag.registry import lookup
 
 Trade = tuple[int, str, float, float]
+TRADE_FIELDS = ("price", "size")
+VALUE = ("value",)
 TRADES = sd.source("trades", topic="trades", key="symbol",
                    schema={"price": "float64", "size": "float64"})
 FAST = TRADES.ema("price", span=3, name="fast")
@@ -43,25 +45,6 @@ def reference_vwap(trades: Sequence[Trade], window: int) -> list[dict[str, Any]]
     return out
 
 
-def trade_batch(trades: Sequence[Trade]) -> sd.Batch:
-    """The trades as one batch."""
-    return sd.Batch.from_columns(
-        ts=np.array([t[0] for t in trades], dtype=np.int64),
-        key=sd.batch.encode_keys([t[1] for t in trades]),
-        price=np.array([t[2] for t in trades], dtype=np.float64),
-        size=np.array([t[3] for t in trades], dtype=np.float64),
-    )
-
-
-def assert_values(actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
-    """Equal records, NaN equal to NaN."""
-    def normal(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        return [(r["ts"], r["key"], "nan" if math.isnan(r["value"]) else r["value"])
-                for r in records]
-    assert normal(actual) == normal(expected)
-
-
-quarters = st.integers(-4000, 4000).map(lambda n: n / 4)
 sizes = st.one_of(st.integers(0, 20).map(float), st.integers(0, 20).map(float),
                   st.sampled_from([math.nan, math.inf]))
 
@@ -81,19 +64,12 @@ def trade_streams(draw: st.DrawFn) -> list[Trade]:
 
 @settings(max_examples=100, deadline=None)
 @given(trades=trade_streams(), window=st.integers(1, 12),
-       cuts=st.lists(st.integers(0, 300), max_size=6), restore_after=st.integers(0, 6))
+       cuts=cut_lists, restore_after=st.integers(0, 6))
 def test_vwap_matches_reference(trades: list[Trade], window: int, cuts: list[int],
                                 restore_after: int) -> None:
     node = TRADES.vwap(window=window, name="v")
-    definition = lookup("vwap")
-    logic = definition.create(node.config())
-    bounds = [0, *sorted(min(c, len(trades)) for c in cuts), len(trades)]
-    got: list[dict[str, Any]] = []
-    for index, (a, b) in enumerate(itertools.pairwise(bounds)):
-        got += logic.process([trade_batch(trades[a:b])]).to_records()
-        if index == restore_after:
-            logic = definition.create(node.config(), logic.snapshot())
-    assert_values(got, reference_vwap(trades, window))
+    got = run(node, batches(trades, cuts, TRADE_FIELDS), restore_after)
+    assert_records(got, reference_vwap(trades, window))
 
 
 def test_vwap_many_keys_long_stream() -> None:
@@ -103,9 +79,9 @@ def test_vwap_many_keys_long_stream() -> None:
         zip(rng.integers(0, 150, n), rng.integers(1, 4_000, n) / 4, rng.integers(1, 50, n),
             strict=True))]
     logic = VwapLogic(TRADES.vwap(window=10, name="v").config())
-    got = logic.process([trade_batch(trades[:2_000])]).to_records()
-    got += logic.process([trade_batch(trades[2_000:])]).to_records()
-    assert_values(got, reference_vwap(trades, 10))
+    got = logic.process([batch_of(trades[:2_000], TRADE_FIELDS)]).to_records()
+    got += logic.process([batch_of(trades[2_000:], TRADE_FIELDS)]).to_records()
+    assert_records(got, reference_vwap(trades, 10))
 
 
 def test_vwap_refuses_a_missing_size_field() -> None:
@@ -139,15 +115,6 @@ def reference_crossover(fast: Sequence[Row], slow: Sequence[Row]) -> list[dict[s
     return out
 
 
-def row_batch(rows: Sequence[Row]) -> sd.Batch:
-    """Rows as one batch with a ``value`` column."""
-    return sd.Batch.from_columns(
-        ts=np.array([r[0] for r in rows], dtype=np.int64),
-        key=sd.batch.encode_keys([r[1] for r in rows]),
-        value=np.array([r[2] for r in rows], dtype=np.float64),
-    )
-
-
 small = st.integers(-8, 8).map(float)
 
 
@@ -175,17 +142,12 @@ def test_crossover_matches_reference(streams: tuple[list[Row], list[Row]],
                                      cut_times: list[int], restore_after: int) -> None:
     fast, slow = streams
     node = FAST.crossover(SLOW, name="x")
-    definition = lookup("crossover")
-    logic = definition.create(node.config())
     bounds = [-1, *sorted(cut_times), 10**9]
-    got: list[dict[str, Any]] = []
     # The runtime aligns the inputs: each call covers the same event-time range in both.
-    for index, (low, high) in enumerate(itertools.pairwise(bounds)):
-        parts = [row_batch([r for r in rows if low <= r[0] < high]) for rows in (fast, slow)]
-        got += logic.process(parts).to_records()
-        if index == restore_after:
-            logic = definition.create(node.config(), logic.snapshot())
-    assert_values(got, reference_crossover(fast, slow))
+    parts = [[batch_of([r for r in rows if low <= r[0] < high], VALUE) for rows in (fast, slow)]
+             for low, high in itertools.pairwise(bounds)]
+    got = run(node, parts, restore_after)
+    assert_records(got, reference_crossover(fast, slow))
 
 
 def test_crossover_many_keys_sharing_timestamps() -> None:
@@ -197,14 +159,14 @@ def test_crossover_many_keys_sharing_timestamps() -> None:
     slow = [(int(t), f"k{k}", float(x)) for t, k, x in zip(ts, keys, rng.integers(-3, 4, 8_000),
                                                            strict=True)]
     logic = CrossoverLogic(FAST.crossover(SLOW, name="x").config())
-    got = logic.process([row_batch(fast), row_batch(slow[::-1])]).to_records()
-    assert_values(got, reference_crossover(fast, slow))
+    got = logic.process([batch_of(fast, VALUE), batch_of(slow[::-1], VALUE)]).to_records()
+    assert_records(got, reference_crossover(fast, slow))
 
 
 def test_crossover_first_event_and_unpaired_rows() -> None:
     logic = CrossoverLogic(FAST.crossover(SLOW, name="x").config())
-    fast = row_batch([(1, "a", 1.0), (2, "a", -1.0), (2, "b", 5.0), (3, "a", 2.0)])
-    slow = row_batch([(1, "a", 0.0), (3, "a", 0.0)])
+    fast = batch_of([(1, "a", 1.0), (2, "a", -1.0), (2, "b", 5.0), (3, "a", 2.0)], VALUE)
+    slow = batch_of([(1, "a", 0.0), (3, "a", 0.0)], VALUE)
     assert logic.process([fast, slow]).to_records() == [
         {"ts": 1, "key": "a", "value": 0.0},
         {"ts": 3, "key": "a", "value": 0.0},

@@ -265,8 +265,12 @@ def test_a_crashed_actor_fails_its_graph_and_is_counted(connect: Connect, bootst
     submission = deployment.submit(graph)
     ray.kill(_actor(deployment, submission, "sma20"))
     problems: list[str] = []
-    _wait_for(lambda: bool(problems.extend(deployment.check_health()) or problems),
-              "check_health to report the killed actor")
+
+    def reported() -> bool:
+        problems.extend(deployment.check_health())
+        return bool(problems)
+
+    _wait_for(reported, "check_health to report the killed actor")
     assert len(problems) == 1
     assert problems[0].startswith("node 'sma20' (actor streamdag-")
     status = deployment.status(submission["id"])

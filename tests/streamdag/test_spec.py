@@ -458,7 +458,7 @@ def test_user_function_cannot_be_dumped() -> None:
     graph = Graph("g", outputs=[node])
     line = _momentum.__code__.co_firstlineno
     expected = (
-        f"node 'mom' runs user function {__name__}._momentum, line {line}; graph specs are "
+        f"node 'mom' runs user function {__name__}._momentum (line {line}); graph specs are "
         "data only and cannot carry its code. Install it as an operator (an OperatorDef "
         "registered with streamdag.registry.register) and build the node by that type name, "
         "or submit this graph through the SDK instead of a spec"
