@@ -8,7 +8,6 @@ Throughput: the data-plane graph (source -> 3 operators -> sink, 100 keys) on Ra
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -17,12 +16,9 @@ import numpy as np
 
 import streamdag as sd
 from benchmarks.data_plane import _CountingSink, _Walk, build_graph
-from benchmarks.kafka_end_to_end import _latencies
+from benchmarks.kafka_end_to_end import live_latencies
 from streamdag.connectors.broker import EmbeddedBroker
-from streamdag.connectors.topics import ensure_topics
-from streamdag.runtime.demo import TickProducer
 from streamdag.runtime.host import RuntimeSettings
-from streamdag.runtime.kafka_binding import KafkaBinding
 from streamdag.runtime.ray_runner import RayRunner, ensure_ray
 
 __all__ = ["main"]
@@ -36,26 +32,15 @@ def _throughput(batch: int, events: int) -> float:
     return events / seconds
 
 
+def _thin_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
+    return sd.Graph("thin", outputs=[ticks.map("price * 1", name="copy").to_topic(
+        output_topic, name="out")])
+
+
 def _latency(bootstrap: str, linger_s: float, rate: float, seconds: float) -> tuple[float, float]:
-    loop = asyncio.new_event_loop()
     topic = f"bench.linger.{int(linger_s * 1e3)}.{time.strftime('%H%M%S')}"
-    loop.run_until_complete(ensure_topics(bootstrap, {topic: 4, f"{topic}.out": 4}))
-    ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
-    graph = sd.Graph("thin", outputs=[ticks.map("price * 1", name="copy").to_topic(
-        f"{topic}.out", name="out")])
-    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")
     settings = RuntimeSettings(credits=4, max_batch_records=100_000, linger_s=linger_s)
-    running = RayRunner(settings, *binding.defaults()).start(graph)
-    producer = TickProducer(bootstrap, topic, rate, symbols=100)
-    try:
-        task = loop.create_task(producer.run())
-        loop.run_until_complete(asyncio.sleep(2))
-        samples = loop.run_until_complete(_latencies(bootstrap, f"{topic}.out", seconds))
-        producer.stop()
-        loop.run_until_complete(task)
-    finally:
-        running.stop()
-        loop.close()
+    samples = live_latencies(bootstrap, topic, _thin_graph, settings, rate, seconds, settle_s=2.0)
     p50, p99 = np.percentile(samples, [50, 99])
     return float(p50), float(p99)
 

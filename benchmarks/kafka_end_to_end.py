@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -30,7 +30,7 @@ from streamdag.runtime.local_runner import LocalRunner
 from streamdag.runtime.ray_runner import RayRunner, ensure_ray
 from streamdag.runtime.wiring import RunResult
 
-__all__ = ["main"]
+__all__ = ["live_latencies", "main"]
 
 
 def _replay_graph(source: str, sink: str) -> sd.Graph:
@@ -80,26 +80,42 @@ async def _latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:
         await consumer.stop()
 
 
-def _live_latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, float, int]:
+def live_latencies(bootstrap: str, topic: str, build: Callable[[sd.Node, str], sd.Graph],
+                   settings: RuntimeSettings, rate: float, seconds: float,
+                   settle_s: float) -> list[float]:
+    """End-to-end latencies (ms) of a live tick stream through ``build(ticks, output_topic)``.
+
+    ``rate`` ticks/s go to ``topic``; the graph runs on Ray; samples are taken for ``seconds``
+    once ``settle_s`` have passed.
+    """
     loop = asyncio.new_event_loop()
-    topic = f"bench.live.{time.strftime('%H%M%S')}"
-    loop.run_until_complete(ensure_topics(bootstrap, {topic: 4, f"{topic}.out": 4}))
+    output_topic = f"{topic}.out"
+    loop.run_until_complete(ensure_topics(bootstrap, {topic: 4, output_topic: 4}))
     ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
-    graph = sd.Graph("live", outputs=[
-        ticks.rolling_mean("price", window=20, name="mean").to_topic(f"{topic}.out", name="out")])
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")
-    settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
-    running = RayRunner(settings, *binding.defaults()).start(graph)
+    running = RayRunner(settings, *binding.defaults()).start(build(ticks, output_topic))
     producer = TickProducer(bootstrap, topic, rate, symbols=100)
     try:
         produce = loop.create_task(producer.run())
-        loop.run_until_complete(asyncio.sleep(3))  # settle: warm caches, steady rate
-        samples = loop.run_until_complete(_latencies(bootstrap, f"{topic}.out", seconds))
+        loop.run_until_complete(asyncio.sleep(settle_s))  # settle: warm caches, steady rate
+        samples = loop.run_until_complete(_latencies(bootstrap, output_topic, seconds))
         producer.stop()
         loop.run_until_complete(produce)
     finally:
         running.stop()
         loop.close()
+    return samples
+
+
+def _live_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
+    mean = ticks.rolling_mean("price", window=20, name="mean")
+    return sd.Graph("live", outputs=[mean.to_topic(output_topic, name="out")])
+
+
+def _live_latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, float, int]:
+    settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
+    samples = live_latencies(bootstrap, f"bench.live.{time.strftime('%H%M%S')}", _live_graph,
+                             settings, rate, seconds, settle_s=3.0)
     p50, p99 = np.percentile(samples, [50, 99])
     return float(p50), float(p99), len(samples)
 

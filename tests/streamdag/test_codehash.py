@@ -228,15 +228,6 @@ def test_numpy_array_content_dtype_and_shape_matter(
     assert len(set(hashes)) == len(variants) - 1
 
 
-def test_referenced_helper_function_is_hashed_recursively(write_module: Any) -> None:
-    template = "def helper(x):\n    return x {op} 2\n\ndef outer(x):\n    return helper(x) + 1\n"
-    plus = write_module("codehash_helper_plus", template.format(op="+"))
-    again = write_module("codehash_helper_plus_again", template.format(op="+"))
-    minus = write_module("codehash_helper_minus", template.format(op="-"))
-    assert function_code_hash(plus.outer) == function_code_hash(again.outer)
-    assert function_code_hash(plus.outer) != function_code_hash(minus.outer)
-
-
 def test_user_module_reference_hashes_its_source(write_module: Any) -> None:
     write_module("codehash_tools_v1", "def twice(x):\n    return 2 * x\n")
     write_module("codehash_tools_v2", "def twice(x):\n    return 3 * x\n")
@@ -258,27 +249,33 @@ def test_modules_builtins_and_library_callables_are_named() -> None:
     )
 
 
-def test_library_callables_are_told_apart_by_name(write_module: Any) -> None:
-    template = "from numpy import {name} as reduce\ndef summary(x):\n    return reduce(x)\n"
-    mean = write_module("codehash_reduce_mean", template.format(name="mean"))
-    mean_again = write_module("codehash_reduce_mean_again", template.format(name="mean"))
-    median = write_module("codehash_reduce_median", template.format(name="median"))
-    assert function_code_hash(mean.summary) == function_code_hash(mean_again.summary)
-    assert function_code_hash(mean.summary) != function_code_hash(median.summary)
+@pytest.mark.parametrize(
+    ("template", "function", "same", "others"),
+    [
+        pytest.param(
+            "def helper(x):\n    return x {0} 2\n\ndef outer(x):\n    return helper(x) + 1\n",
+            "outer", ("+",), [("-",)], id="helper functions are hashed recursively"),
+        pytest.param(
+            "from numpy import {0} as reduce\ndef summary(x):\n    return reduce(x)\n",
+            "summary", ("mean",), [("median",)], id="library callables are told apart by name"),
+        pytest.param(
+            "import numba\nOFFSET = {0}\n"
+            "@numba.njit(cache=False{1})\ndef shift(x):\n    return x + OFFSET\n",
+            "shift", (1, ""), [(2, ""), (1, ", fastmath=True")],
+            id="numba dispatchers are hashed through their Python function and options"),
+    ],
+)
+def test_what_a_function_uses_is_part_of_its_hash(
+    write_module: Any, template: str, function: str, same: tuple[Any, ...],
+    others: list[tuple[Any, ...]],
+) -> None:
+    def hash_of(index: int, values: tuple[Any, ...]) -> str:
+        module = write_module(f"codehash_uses_{function}_{index}", template.format(*values))
+        return function_code_hash(getattr(module, function))
 
-
-def test_numba_dispatcher_is_hashed_through_its_python_function(write_module: Any) -> None:
-    source = (
-        "import numba\nOFFSET = {offset}\n"
-        "@numba.njit(cache=False{options})\ndef shift(x):\n    return x + OFFSET\n"
-    )
-    base = write_module("codehash_numba_a", source.format(offset=1, options=""))
-    same = write_module("codehash_numba_b", source.format(offset=1, options=""))
-    other_offset = write_module("codehash_numba_c", source.format(offset=2, options=""))
-    fastmath = write_module("codehash_numba_d", source.format(offset=1, options=", fastmath=True"))
-    assert function_code_hash(base.shift) == function_code_hash(same.shift)
-    assert function_code_hash(base.shift) != function_code_hash(other_offset.shift)
-    assert function_code_hash(base.shift) != function_code_hash(fastmath.shift)
+    base = hash_of(0, same)
+    assert hash_of(1, same) == base
+    assert all(hash_of(2 + n, values) != base for n, values in enumerate(others))
 
 
 def test_partial_arguments_matter() -> None:
