@@ -1,5 +1,5 @@
-"""What the incremental-kernel tests share: rows as batches, runs resumed from a snapshot,
-exact comparison of records, and the event streams hypothesis draws."""
+"""What the operator tests share: rows as batches, runs resumed from a snapshot, exact
+comparison of records, and the event streams hypothesis draws."""
 
 from __future__ import annotations
 
@@ -80,3 +80,26 @@ def event_streams(draw: st.DrawFn, values: st.SearchStrategy[float] = quarters,
         ts += step
         events.append((ts, f"k{key}", x))
     return events
+
+
+@st.composite
+def aligned_steps(draw: st.DrawFn, left_values: Sequence[st.SearchStrategy[Any]],
+                  right_values: Sequence[st.SearchStrategy[Any]], max_steps: int,
+                  max_span: int) -> list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
+    """Pairs of ts-sorted ``(ts, key, *values)`` row lists over consecutive event-time ranges.
+
+    Each pair is what the runtime hands a two-input node in one call: both sides cover the
+    same range.
+    """
+    steps = []
+    base = 0
+    for _ in range(draw(st.integers(0, max_steps))):
+        span = draw(st.integers(1, max_span))
+        times = st.integers(base, base + span - 1)
+        keys = st.sampled_from(["A", "B", "C"])
+        left, right = (sorted(draw(st.lists(st.tuples(times, keys, *values), max_size=8)),
+                              key=lambda row: row[0])
+                       for values in (left_values, right_values))
+        steps.append((left, right))
+        base += span
+    return steps

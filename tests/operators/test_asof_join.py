@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_checks import aligned_steps
 
 import streamdag as sd
 import streamdag.operators.asof_join  # registers asof_join
@@ -77,21 +78,9 @@ def reference_join(steps: list[tuple[list[Left], list[Right]]],
     return outputs
 
 
-@st.composite
-def _aligned_steps(draw: st.DrawFn) -> list[tuple[list[Left], list[Right]]]:
-    """Batches pairs covering consecutive event-time ranges, each side ts-sorted."""
-    steps = []
-    base = 0
-    for _ in range(draw(st.integers(0, 6))):
-        span = draw(st.integers(1, 12))
-        times = st.integers(base, base + span - 1)
-        keys = st.sampled_from(["A", "B", "C"])
-        left = draw(st.lists(st.tuples(times, keys, st.integers(0, 9).map(float)), max_size=8))
-        right = draw(st.lists(st.tuples(times, keys, st.integers(0, 99).map(float),
-                                        st.integers(0, 5)), max_size=8))
-        steps.append((sorted(left, key=lambda e: e[0]), sorted(right, key=lambda e: e[0])))
-        base += span
-    return steps
+_ALIGNED_STEPS = aligned_steps(
+    left_values=[st.integers(0, 9).map(float)],
+    right_values=[st.integers(0, 99).map(float), st.integers(0, 5)], max_steps=6, max_span=12)
 
 
 def _run(logic: OperatorLogic, steps: list[tuple[list[Left], list[Right]]]) -> list[list[Record]]:
@@ -100,13 +89,13 @@ def _run(logic: OperatorLogic, steps: list[tuple[list[Left], list[Right]]]) -> l
 
 
 @settings(max_examples=150, deadline=None)
-@given(steps=_aligned_steps(), tolerance=st.sampled_from([0, 1, 4]))
+@given(steps=_ALIGNED_STEPS, tolerance=st.sampled_from([0, 1, 4]))
 def test_matches_reference(steps: list[tuple[list[Left], list[Right]]], tolerance: int) -> None:
     assert _run(_logic(tolerance), steps) == reference_join(steps, tolerance)
 
 
 @settings(max_examples=60, deadline=None)
-@given(steps=_aligned_steps(), cut=st.integers(0, 6))
+@given(steps=_ALIGNED_STEPS, cut=st.integers(0, 6))
 def test_snapshot_restore_carries_on_exactly(
     steps: list[tuple[list[Left], list[Right]]], cut: int
 ) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_checks import aligned_steps
 from numba import njit
 
 import streamdag as sd
@@ -295,24 +296,11 @@ def reference_aligned(steps: list[tuple[list[Row], list[Row]]], period: int,
     return computed
 
 
-@st.composite
-def _aligned_steps(draw: st.DrawFn) -> list[tuple[list[Row], list[Row]]]:
-    """Pairs of ts-sorted batches over consecutive event-time ranges."""
-    steps = []
-    base = 0
-    for _ in range(draw(st.integers(0, 5))):
-        span = draw(st.integers(1, 6))
-        row = st.tuples(st.integers(base, base + span - 1), st.sampled_from(["A", "B", "C"]),
-                        st.integers(0, 99).map(float))
-        x = sorted(draw(st.lists(row, max_size=8)), key=lambda r: r[0])
-        y = sorted(draw(st.lists(row, max_size=8)), key=lambda r: r[0])
-        steps.append((x, y))
-        base += span
-    return steps
+_VALUE = st.integers(0, 99).map(float)
 
 
 @settings(max_examples=120, deadline=None)
-@given(steps=_aligned_steps(), period=st.integers(1, 3),
+@given(steps=aligned_steps([_VALUE], [_VALUE], max_steps=5, max_span=6), period=st.integers(1, 3),
        missing=st.sampled_from(["skip", "interpolate"]), cut=st.integers(0, 5))
 def test_aligned_inputs_match_reference_across_a_snapshot(
     steps: list[tuple[list[Row], list[Row]]], period: int, missing: MissingPolicy, cut: int
