@@ -329,8 +329,10 @@ def test_a_restarted_controller_finds_its_actors_and_creates_no_duplicates(
     assert again["diff"]["new"] == []
     assert again["diff"]["reused"] == ["out", "ticks"]
     assert _node_actors(restarted) == actors - {_actor_name(doomed, "o")}
-    assert {n["name"]: n["refcount"] for n in restarted.nodes()} == {
-        "ticks": 2, "out": 2, "o": 1}
+    # Both graphs have a source named "ticks" (on different topics): tell them apart by id.
+    refcounts = {n["node_id"]: n["refcount"] for n in restarted.nodes()}
+    assert refcounts == {graph.node("ticks").node_id: 2, graph.node("out").node_id: 2,
+                         other.node("ticks").node_id: 1, other.node("o").node_id: 1}
     with pytest.raises(UnknownSubmissionError, match="has no submission 'nope'"):
         restarted.status("nope")
     with pytest.raises(StreamdagError):
