@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the graph on both runners and print one table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=100_000)
     parser.add_argument("--credits", type=int, default=4)
     args = parser.parse_args(argv)
     settings = RuntimeSettings(credits=args.credits, max_batch_records=args.batch)
