@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from streamdag.batch import Batch
 from streamdag.connector import SinkWriter, SourceReader
@@ -91,8 +92,8 @@ def wire_graph(
             hosts.append(
                 HostSpec(
                     node,
-                    _source_for(node, sources, default_source),
-                    _sink_for(node, sinks, default_sink),
+                    _connector_for(node, "source", sources, default_source),
+                    _connector_for(node, "sink", sinks, default_sink),
                     capture=capture_outputs and node.node_id in leaves and node.role != "sink",
                 )
             )
@@ -106,36 +107,25 @@ def wire_graph(
     return generations, edges
 
 
-def _source_for(
-    node: Node,
-    sources: Mapping[str, SourceFactory],
-    default: Callable[[Node], SourceFactory] | None,
-) -> SourceFactory | None:
-    if node.role != "source":
-        return None
-    if node.name in sources:
-        return sources[node.name]
-    if default is None:
-        raise GraphError(
-            f"source {node.name!r} (topic {node.params.get('topic')!r}) has no reader: pass "
-            f"sources={{{node.name!r}: factory}} or run with Kafka configured"
-        )
-    return default(node)
+F = TypeVar("F")
 
 
-def _sink_for(
+def _connector_for(
     node: Node,
-    sinks: Mapping[str, SinkFactory],
-    default: Callable[[Node], SinkFactory] | None,
-) -> SinkFactory | None:
-    if node.role != "sink":
+    role: str,
+    bound: Mapping[str, F],
+    default: Callable[[Node], F] | None,
+) -> F | None:
+    """The connector factory of a ``role`` node: bound by name, else the default, else refused."""
+    if node.role != role:
         return None
-    if node.name in sinks:
-        return sinks[node.name]
+    if node.name in bound:
+        return bound[node.name]
     if default is None:
+        what, argument = ("reader", "sources") if role == "source" else ("writer", "sinks")
         raise GraphError(
-            f"sink {node.name!r} (topic {node.params.get('topic')!r}) has no writer: pass "
-            f"sinks={{{node.name!r}: factory}} or run with Kafka configured"
+            f"{role} {node.name!r} (topic {node.params.get('topic')!r}) has no {what}: pass "
+            f"{argument}={{{node.name!r}: factory}} or run with Kafka configured"
         )
     return default(node)
 

@@ -205,3 +205,21 @@ def test_testing_source_markers_end_abort_pause() -> None:
     waiting, seen = asyncio.run(paused())
     assert waiting and seen == [1, 2, 3, 1, 2, 3]
     assert np.array_equal(batch.ts, [1, 2, 3])
+
+
+def test_an_unbound_source_or_sink_is_refused_before_anything_runs() -> None:
+    graph = _chain_graph()
+    with pytest.raises(sd.StreamdagError) as caught:
+        LocalRunner().run(graph, sinks={"out": ListSink})
+    assert str(caught.value) == (
+        "source 'ticks' (topic 'ticks') has no reader: pass sources={'ticks': factory} or run "
+        "with Kafka configured"
+    )
+    with pytest.raises(sd.StreamdagError) as caught:
+        LocalRunner().run(graph, sources={"ticks": _Script([])})
+    assert str(caught.value) == (
+        "sink 'out' (topic 'out.scaled') has no writer: pass sinks={'out': factory} or run "
+        "with Kafka configured"
+    )
+    with pytest.raises(sd.StreamdagError, match=r"has no node\(s\) \['nope'\]"):
+        LocalRunner().run(graph, sources={"nope": _Script([])})
