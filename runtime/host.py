@@ -209,8 +209,10 @@ class NodeHost:
     async def _to_sink(self, payload: Payload) -> None:
         assert self.sink is not None
         if isinstance(payload, Batch):
+            started = time.perf_counter()
             await self.sink.write(payload)
             await self.sink.flush()
+            self.worker.stats.publish_latency.observe(time.perf_counter() - started)
             if len(payload):
                 # Meaningful for live streams, whose event times are wall-clock nanoseconds.
                 lag_ns = time.time_ns() - int(payload.ts.max())

@@ -90,8 +90,10 @@ class NodeStats:
     warm_up_seconds: float = 0.0
     #: Bytes held by the operator's state (ring buffers, key tables, per-key arrays).
     cache_bytes: int = 0
-    #: Sinks: wall clock at write minus the newest event time of each batch written.
+    #: Sinks: wall clock once a batch is published minus its newest event time.
     end_to_end_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: Sinks: seconds to write and publish (flush) each batch.
+    publish_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     process_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
