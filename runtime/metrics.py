@@ -158,8 +158,12 @@ def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
     sinks = [node for node in nodes if node.role == "sink"]
     yield _histogram_family(
         "streamdag_sink_end_to_end_latency_seconds",
-        "Seconds from an event's time to a sink writing it (live streams).",
+        "Seconds from an event's time to a sink having published it (live streams).",
         labels, [(_node_labels(n), n.stats.end_to_end_latency) for n in sinks])
+    yield _histogram_family(
+        "streamdag_sink_publish_latency_seconds",
+        "Seconds a sink took to write and publish one batch.",
+        labels, [(_node_labels(n), n.stats.publish_latency) for n in sinks])
 
     sources = [node for node in nodes if node.role == "source"]
     lag = GaugeMetricFamily("streamdag_source_consumer_lag",
