@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -92,9 +94,7 @@ class Channel:
 
 
 def _ensure_future(awaitable: Awaitable[Any]) -> Awaitable[Any]:
-    import asyncio
-    import inspect
-
+    # A local delivery is a coroutine: start it now so pushes pipeline as they do over Ray.
     if inspect.iscoroutine(awaitable):
         return asyncio.ensure_future(awaitable)
     return awaitable

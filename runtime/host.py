@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from streamdag.batch import Batch
-from streamdag.connector import SinkWriter, SourceReader
+from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
 from streamdag.operator import NodeConfig
 from streamdag.runtime.channels import Channel, Target
 from streamdag.runtime.messages import EndOfStream, Envelope, Payload, Watermark
@@ -26,8 +25,6 @@ __all__ = ["NodeHost", "RuntimeSettings"]
 _DAY_NS = 86_400 * 10**9
 _log = logging.getLogger(__name__)
 
-SourceFactory = Callable[[], SourceReader]
-SinkFactory = Callable[[], SinkWriter]
 
 
 @dataclass(frozen=True)

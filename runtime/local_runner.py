@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from streamdag.batch import Batch
+from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
 from streamdag.runtime.channels import LocalTarget
 from streamdag.runtime.host import NodeHost, RuntimeSettings
-from streamdag.runtime.wiring import RunResult, SinkFactory, SourceFactory, wire_graph
+from streamdag.runtime.wiring import RunResult, wire_graph
 
 __all__ = ["LocalRunner"]
 

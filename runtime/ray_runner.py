@@ -9,11 +9,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamdag.batch import Batch
+from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
 from streamdag.runtime.channels import RayTarget
 from streamdag.runtime.host import NodeHost, RuntimeSettings
 from streamdag.runtime.stats import NodeStats
-from streamdag.runtime.wiring import RunResult, SinkFactory, SourceFactory, wire_graph
+from streamdag.runtime.wiring import RunResult, wire_graph
 
 __all__ = ["RayRunner", "RunningGraph", "ensure_ray", "node_actor_class"]
 

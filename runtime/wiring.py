@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from streamdag.batch import Batch
-from streamdag.connector import SinkWriter, SourceReader
+from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.errors import GraphError
 from streamdag.graph import Graph, Node, make_node
 from streamdag.runtime.messages import edge_id
@@ -18,14 +18,10 @@ __all__ = [
     "EdgeSpec",
     "HostSpec",
     "RunResult",
-    "SinkFactory",
-    "SourceFactory",
     "merge_graphs",
     "wire_graph",
 ]
 
-SourceFactory = Callable[[], SourceReader]
-SinkFactory = Callable[[], SinkWriter]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from streamdag.batch import Batch
 
-__all__ = ["SinkWriter", "SourceChunk", "SourceReader"]
+__all__ = ["SinkFactory", "SinkWriter", "SourceChunk", "SourceFactory", "SourceReader"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,9 @@ class SinkWriter(Protocol):
     async def close(self) -> None:
         """Flush and release connections; safe to call twice."""
         ...
+
+
+#: Builds a source's reader inside the actor that hosts it (so it must be picklable).
+SourceFactory = Callable[[], SourceReader]
+#: Builds a sink's writer inside the actor that hosts it (so it must be picklable).
+SinkFactory = Callable[[], SinkWriter]
