@@ -7,9 +7,10 @@ It is a plain class: the local runner uses it directly, the Ray runner wraps it 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from streamdag.batch import Batch
@@ -69,6 +70,8 @@ class NodeHost:
         self._source_task: asyncio.Task[None] | None = None
         self._finished: asyncio.Event | None = None
         self._stopping = False
+        #: Backpressure waited on channels that have since been removed.
+        self._retired_wait_seconds = 0.0
         self.error: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -132,11 +135,11 @@ class NodeHost:
         """Stop sending to the subscriber of ``edge``, once it has acknowledged what was sent."""
         channel = self._channels.pop(edge, None)
         if channel is not None:
+            self._retired_wait_seconds += channel.backpressure_wait_seconds
             try:
                 await channel.drain()
             except Exception as exc:
-                self.worker.stats.subscribers_lost += 1
-                _log.warning("node %s lost subscriber %s: %s", self.config.name, edge, exc)
+                self._lose_subscriber(edge, channel, exc)
 
     async def drain(self) -> None:
         """Wait until every subscriber has acknowledged everything sent to it."""
@@ -144,9 +147,15 @@ class NodeHost:
             try:
                 await channel.drain()
             except Exception as exc:
-                self._channels.pop(edge, None)
-                self.worker.stats.subscribers_lost += 1
-                _log.warning("node %s dropped subscriber %s: %s", self.config.name, edge, exc)
+                self._lose_subscriber(edge, channel, exc)
+
+    def _lose_subscriber(self, edge: str, channel: Channel, error: Exception) -> None:
+        # A dead subscriber must not take a shared node down with it: drop it, and let the
+        # controller's health check report it.
+        if self._channels.pop(edge, None) is not None:
+            self._retired_wait_seconds += channel.backpressure_wait_seconds
+        self.worker.stats.subscribers_lost += 1
+        _log.warning("node %s dropped subscriber %s: %s", self.config.name, edge, error)
 
     def subscribers(self) -> list[str]:
         """The edges this node sends on."""
@@ -158,9 +167,8 @@ class NodeHost:
         assert self._queue is not None, f"node {self.config.name!r} got a push before ready()"
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._queue.put((envelope, done))
-        depth = self._queue.qsize()
-        self.worker.stats.queue_depth = depth
-        self.worker.stats.max_queue_depth = max(self.worker.stats.max_queue_depth, depth)
+        stats = self.worker.stats
+        stats.max_queue_depth = max(stats.max_queue_depth, self._queue.qsize())
         await done
 
     async def _drain(self) -> None:
@@ -173,11 +181,8 @@ class NodeHost:
                 await self._emit(self.worker.accept(envelope))
                 done.set_result(None)
             except Exception as exc:  # surfaced to the sender through its ack
-                self.error = exc
                 done.set_exception(exc)
-                assert self._finished is not None
-                self._finished.set()
-            self.worker.stats.queue_depth = self._queue.qsize()
+                self._fail(exc)
 
     # -- data out -------------------------------------------------------------------------
     async def _emit(self, payloads: list[Payload]) -> None:
@@ -190,18 +195,11 @@ class NodeHost:
                 try:
                     await channel.send(payload)
                 except Exception as exc:
-                    # A dead subscriber must not take a shared node down with it: drop it, and
-                    # let the controller's health check report it.
-                    self._channels.pop(edge, None)
-                    self.worker.stats.subscribers_lost += 1
-                    _log.warning("node %s dropped subscriber %s: %s", self.config.name, edge, exc)
+                    self._lose_subscriber(edge, channel, exc)
             if isinstance(payload, EndOfStream):
                 await self.drain()
                 assert self._finished is not None
                 self._finished.set()
-        self.worker.stats.backpressure_wait_seconds = sum(
-            c.backpressure_wait_seconds for c in self._channels.values()
-        )
 
     async def _to_sink(self, payload: Payload) -> None:
         assert self.sink is not None
@@ -238,19 +236,24 @@ class NodeHost:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.error = exc
-            assert self._finished is not None
-            self._finished.set()
+            self._fail(exc)
+
+    def _fail(self, error: Exception) -> None:
+        self.error = error
+        assert self._finished is not None
+        self._finished.set()
 
     # -- introspection --------------------------------------------------------------------
     def stats(self) -> NodeStats:
         """A copy of this node's counters, with the hosting process's resident memory."""
         import psutil
 
-        stats = replace(
-            self.worker.stats,
-            rss_bytes=int(psutil.Process().memory_info().rss),
-            cache_bytes=resident_bytes_of(self.worker.logic),
+        stats = copy.deepcopy(self.worker.stats)  # callers in this process keep a snapshot
+        stats.rss_bytes = int(psutil.Process().memory_info().rss)
+        stats.cache_bytes = resident_bytes_of(self.worker.logic)
+        stats.queue_depth = self._queue.qsize() if self._queue is not None else 0
+        stats.backpressure_wait_seconds = self._retired_wait_seconds + sum(
+            channel.backpressure_wait_seconds for channel in self._channels.values()
         )
         lag = getattr(self.source, "lag", None)
         if callable(lag):
