@@ -152,6 +152,10 @@ class NodeWorker:
         if self._aligner is None:
             return self._process([batch])
         self._aligner.add(input_index, batch)
+        return self._process_released()
+
+    def _process_released(self) -> list[Payload]:
+        assert self._aligner is not None
         released = self._aligner.release()
         return self._process(released) if released is not None else []
 
@@ -180,9 +184,7 @@ class NodeWorker:
         outputs: list[Payload] = []
         if self._aligner is not None:
             self._aligner.advance(input_index, timestamp)
-            released = self._aligner.release()
-            if released is not None:
-                outputs.extend(self._process(released))
+            outputs = self._process_released()
         return outputs + self._advance_watermark()
 
     def _advance_watermark(self) -> list[Payload]:
@@ -205,9 +207,7 @@ class NodeWorker:
         outputs: list[Payload] = []
         if self._aligner is not None:
             self._aligner.end(input_index)
-            released = self._aligner.release()
-            if released is not None:
-                outputs.extend(self._process(released))
+            outputs = self._process_released()
         if all(self._ended):
             outputs.extend(self._advance_watermark())
             outputs.append(EndOfStream())
