@@ -138,6 +138,14 @@ def _kernel_cases(data: dict[str, npt.NDArray[Any]]) -> list[tuple[str, Fold]]:
     return cases
 
 
+def _passes(data: dict[str, npt.NDArray[Any]]) -> list[npt.NDArray[np.int64]]:
+    """The warm-up and timed passes' ts: each continues event time after the previous one."""
+    # Replaying the same ts would put each event before the time windows the previous pass
+    # left open, as a live stream never does.
+    span = int(data["ts"][-1]) + 1
+    return [data["ts"] + n * span for n in range(REPEATS + 1)]
+
+
 def _timed_passes(fold: Fold, passes: list[npt.NDArray[np.int64]]) -> float:
     """Seconds of the best timed pass, after passes[0] as the warm-up; batches of BATCH."""
     def one_pass(ts: npt.NDArray[np.int64]) -> None:
@@ -156,10 +164,7 @@ def _timed_passes(fold: Fold, passes: list[npt.NDArray[np.int64]]) -> float:
 def _kernels(data: dict[str, npt.NDArray[Any]]) -> None:
     _header(f"kernels: {EVENTS:,} events, {KEYS:,} keys, update() on {BATCH:,}-event batches of "
             "pre-mapped slots")
-    # Every pass continues event time, as a live stream does: replaying the same ts would put
-    # each event before the time windows the previous pass left open.
-    span = int(data["ts"][-1]) + 1
-    passes = [data["ts"] + n * span for n in range(REPEATS + 1)]
+    passes = _passes(data)
     slots, price = data["key_ids"], data["price"]
     state, out = np.zeros(KEYS), np.empty(EVENTS)
     floor = _timed_passes(lambda rows, ts: _keyed_floor(slots[rows], price[rows], state,
@@ -191,8 +196,7 @@ def _key_mapping(data: dict[str, npt.NDArray[Any]]) -> None:
 
 def _process_path(data: dict[str, npt.NDArray[Any]]) -> None:
     _header(f"process(): rolling_mean over {BATCH:,}-event batches (keys as bytes)")
-    span = int(data["ts"][-1]) + 1
-    passes = [data["ts"] + n * span for n in range(REPEATS + 1)]
+    passes = _passes(data)
     keys, price = data["keys"], data["price"]
     for label, window in (("count window", {"window": WINDOW}),
                           ("time window", {"time_window": WINDOW * KEYS * 1_000})):

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from streamdag.errors import ParamError, SchemaMismatchError, StreamdagError
 
-__all__ = ["SnapshotMismatchError", "UnknownFieldError", "UserFunctionOutputError"]
+__all__ = [
+    "SnapshotCorruptError",
+    "SnapshotMismatchError",
+    "UnknownFieldError",
+    "UserFunctionOutputError",
+]
 
 
 class SnapshotMismatchError(StreamdagError):
@@ -21,3 +26,7 @@ class UnknownFieldError(SchemaMismatchError, ParamError):
 
 class UserFunctionOutputError(StreamdagError):
     """A user function returned something other than one float per event."""
+
+
+class SnapshotCorruptError(StreamdagError):
+    """A snapshot's bytes do not describe a valid state (e.g. a key table with duplicate keys)."""

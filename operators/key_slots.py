@@ -10,6 +10,7 @@ import numpy.typing as npt
 from numba import njit
 
 from streamdag.errors import KeyCollisionError
+from streamdag.operators.errors import SnapshotCorruptError
 
 __all__ = ["KeySlots", "hash_keys"]
 
@@ -245,7 +246,10 @@ class KeySlots:
         if keys:
             slots = table.slots(np.array(keys, dtype=np.bytes_))
             if slots.tolist() != list(range(len(keys))):
-                raise ValueError("key-slot snapshot holds duplicate keys; it is corrupt")
+                raise SnapshotCorruptError(
+                    "key-slot snapshot holds duplicate keys; it is corrupt. Restore from an "
+                    "earlier checkpoint"
+                )
         return table
 
 

@@ -104,6 +104,13 @@ def _gather(times: Any, values: Any, head: Any, count: Any, input_index: int, s:
 
 
 @njit(cache=True)
+def _gather_many(times: Any, values: Any, head: Any, count: Any, input_index: int, slots: Any,
+                 feature: int, out: Any, filled: Any) -> None:
+    for e in range(slots.shape[0]):
+        filled[e] = _gather(times, values, head, count, input_index, slots[e], feature, out[e])
+
+
+@njit(cache=True)
 def _append(
     times: Any, values: Any, head: Any, count: Any, last_bucket: Any, stats: Any,
     input_index: int, slots: Any, ts: Any, rows: Any, interval: int, policy: int,
@@ -260,6 +267,16 @@ class NodeCache:
         out = np.empty(self.period, dtype=np.float64)
         _gather(self.times, self.values, self.head, self.count, input_index, slot, feature, out)
         return out
+
+    def gather_windows(
+        self, input_index: int, slots: npt.NDArray[np.int64], feature: int = 0
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """Each slot's current window (slots x period, as ``gather``) and its fill count."""
+        out = np.empty((len(slots), self.period), dtype=np.float64)
+        filled = np.empty(len(slots), dtype=np.int64)
+        _gather_many(self.times, self.values, self.head, self.count, input_index, slots, feature,
+                     out, filled)
+        return out, filled
 
     def resident_bytes(self) -> int:
         """Bytes held by the ring buffers and the key table."""

@@ -19,6 +19,7 @@ from streamdag.codehash import describe_function
 from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operators.errors import UserFunctionOutputError
+from streamdag.operators.keyed_state import float_column
 from streamdag.operators.node_cache import NodeCache
 from streamdag.params import Param
 from streamdag.registry import register
@@ -42,23 +43,6 @@ def _last_rows(
         out[e] = latest[event_slots[e]]
     for k in range(rows):
         latest[row_slots[k]] = -1
-
-
-@njit(cache=True)
-def _gather_windows(
-    values: Any, head: Any, count: Any, input_index: int, slots: Any, out: Any, filled: Any
-) -> None:
-    # Each slot's current window for feature 0, oldest first, NaN-padded at the front.
-    period = values.shape[2]
-    for e in range(slots.shape[0]):
-        s = slots[e]
-        n = count[input_index, s]
-        start = (head[input_index, s] - n) % period
-        for k in range(period - n):
-            out[e, k] = np.nan
-        for k in range(n):
-            out[e, period - n + k] = values[input_index, s, (start + k) % period, 0]
-        filled[e] = n
 
 
 def _describe_result(result: Any) -> str:
@@ -134,13 +118,7 @@ class UserFunctionLogic:
             # Events whose key has no row of this input yet (in this batch) see the window from
             # before the batch, so read it before the batch's rows are appended.
             before = np.flatnonzero(last_row < 0)
-            gathered = np.empty((len(before), self._period), dtype=np.float64)
-            gathered_filled = np.empty(len(before), dtype=np.int64)
-            _gather_windows(
-                self._cache.values, self._cache.head, self._cache.count, i,
-                event_slots[before], gathered, gathered_filled,
-            )
-            windows[before], filled[before] = gathered, gathered_filled
+            windows[before], filled[before] = self._cache.gather_windows(i, event_slots[before])
             row_windows, row_filled = self._append_windows(i, batch, slots)
             after = np.flatnonzero(last_row >= 0)
             windows[after] = row_windows[last_row[after]]
@@ -156,7 +134,7 @@ class UserFunctionLogic:
     def _append_windows(
         self, input_index: int, batch: Batch, slots: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-        column = batch.columns[self._fields[input_index]].astype(np.float64, copy=False)
+        column = float_column(batch, self._fields[input_index], self._name)
         try:
             return self._cache.append_windows(input_index, slots, batch.ts, column[:, None])
         except MissingDataError as exc:

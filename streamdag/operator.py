@@ -131,7 +131,7 @@ def operator_code_modules(definition: type[OperatorDef]) -> tuple[str, ...]:
 
     >>> from streamdag.registry import lookup
     >>> operator_code_modules(lookup("ohlcv"))
-    ('streamdag.operators.bars', 'streamdag.operators.key_slots')
+    ('streamdag.operators.bars', 'streamdag.operators.errors', 'streamdag.operators.key_slots')
     """
     return _code_modules(definition.__module__)
 

@@ -76,6 +76,18 @@ def test_append_windows_returns_the_window_after_each_event() -> None:
     assert filled.tolist() == [1, 1, 2, 3, 3]
 
 
+def test_gather_windows_reads_many_keys_without_appending() -> None:
+    cache = NodeCache(inputs=1, period=3, features=2)
+    slots = cache.slots(np.array([b"x", b"y", b"x"]))
+    cache.append(0, slots, np.arange(3, dtype=np.int64),
+                 np.array([[1.0, -1.0], [10.0, -10.0], [2.0, -2.0]]))
+    windows, filled = cache.gather_windows(0, np.array([1, 0, 1]), feature=1)
+    np.testing.assert_array_equal(
+        windows, [[np.nan, np.nan, -10.0], [np.nan, -1.0, -2.0], [np.nan, np.nan, -10.0]])
+    assert filled.tolist() == [1, 2, 1]
+    assert cache.window(0, 0)[1].tolist() == [1.0, 2.0]  # reading appended nothing
+
+
 def test_key_capacity_doubles_and_keeps_windows() -> None:
     cache = NodeCache(inputs=1, period=2, key_capacity=8)
     first = cache.slots(np.array([b"k0", b"k1"]))
