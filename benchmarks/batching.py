@@ -16,7 +16,7 @@ import numpy as np
 
 import streamdag as sd
 from benchmarks.data_plane import _CountingSink, _Walk, build_graph
-from benchmarks.kafka_end_to_end import live_latencies
+from benchmarks.kafka_end_to_end import events_per_second, live_latencies
 from streamdag.connectors.broker import EmbeddedBroker
 from streamdag.runtime.host import RuntimeSettings
 from streamdag.runtime.ray_runner import RayRunner, ensure_ray
@@ -28,8 +28,7 @@ def _throughput(batch: int, events: int) -> float:
     runner = RayRunner(RuntimeSettings(credits=4, max_batch_records=batch))
     result = runner.run(build_graph(), sources={"ticks": _Walk(events)},
                         sinks={"out": _CountingSink}, timeout_s=600)
-    seconds = result.stats["out"].last_output_at - result.stats["ticks"].first_output_at
-    return events / seconds
+    return events_per_second(result, events)
 
 
 def _thin_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:

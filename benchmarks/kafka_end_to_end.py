@@ -30,7 +30,7 @@ from streamdag.runtime.local_runner import LocalRunner
 from streamdag.runtime.ray_runner import RayRunner, ensure_ray
 from streamdag.runtime.wiring import RunResult
 
-__all__ = ["live_latencies", "main"]
+__all__ = ["events_per_second", "live_latencies", "main"]
 
 
 def _replay_graph(source: str, sink: str) -> sd.Graph:
@@ -39,9 +39,10 @@ def _replay_graph(source: str, sink: str) -> sd.Graph:
     return sd.Graph("replay", outputs=[mean.to_topic(sink, name="out")])
 
 
-def _rate(result: RunResult, records: int) -> float:
+def events_per_second(result: RunResult, events: int) -> float:
+    """``events`` over the time from the source ``ticks``' first output to sink ``out``'s last."""
     seconds = result.stats["out"].last_output_at - result.stats["ticks"].first_output_at
-    return records / seconds
+    return events / seconds
 
 
 def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str) -> float:
@@ -56,7 +57,7 @@ def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str) ->
     # Every record was read; the mean emits from the 20th event of each of the 100 keys on.
     assert result.stats["ticks"].events_out == records, result.stats["ticks"].events_out
     assert result.stats["out"].events_in == records - 100 * 19
-    return _rate(result, records)
+    return events_per_second(result, records)
 
 
 async def _latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:

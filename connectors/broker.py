@@ -136,14 +136,13 @@ class EmbeddedBroker:
         state_dir: str | os.PathLike[str] | None = None,
         *,
         port: int | None = None,
-        detach: bool = False,
         ready_timeout_s: float = 30.0,
         binary: str | None = None,
     ) -> EmbeddedBroker:
         """Start a broker and return once it answers Kafka requests.
 
-        ``detach`` puts the broker in its own session so that it outlives the calling
-        process and its terminal (what ``streamdag broker start`` does). A broker already
+        The broker runs in its own session, so it outlives the calling process and its
+        terminal until stopped (what ``streamdag broker start`` relies on). A broker already
         running for ``state_dir`` is refused: stop it, or ``attach`` to it.
         """
         directory = Path(state_dir) if state_dir is not None else DEFAULT_STATE_DIR
@@ -159,7 +158,7 @@ class EmbeddedBroker:
         failure = ""
         for _ in range(attempts):
             chosen = port if port is not None else _free_port()
-            process, saved = cls._spawn(directory, executable, chosen, detach)
+            process, saved = cls._spawn(directory, executable, chosen)
             broker = cls(directory, saved, process)
             failure = broker._wait_until_answering(ready_timeout_s)
             if not failure:
@@ -253,7 +252,7 @@ class EmbeddedBroker:
     # -- internals -------------------------------------------------------------------------
     @classmethod
     def _spawn(
-        cls, directory: Path, executable: str, port: int, detach: bool
+        cls, directory: Path, executable: str, port: int
     ) -> tuple[subprocess.Popen[bytes], _SavedState]:
         url = f"tcp://{_HOST}:{port}"
         command = [

@@ -36,9 +36,7 @@ def run(args: argparse.Namespace) -> int:
         if status.running:
             print(status.describe())
             return 0
-        broker = EmbeddedBroker.start(
-            args.state_dir, port=args.port, detach=True, ready_timeout_s=args.timeout
-        )
+        broker = EmbeddedBroker.start(args.state_dir, port=args.port, ready_timeout_s=args.timeout)
         print(broker.status().describe())
         return 0
     if args.action == "stop":

@@ -48,6 +48,7 @@ __all__ = [
     "RecordDecoder",
     "Rejection",
     "TimeUnit",
+    "decoder_config_problems",
     "encode_values",
 ]
 
@@ -121,14 +122,9 @@ class RecordDecoder:
         max_record_bytes: int = 1 << 20,
         fast_path: bool = True,
     ) -> None:
-        if codec not in CODECS:
-            raise ConnectorConfigError(f"codec {codec!r} is unknown; expected one of {CODECS}")
-        if time_unit not in TIME_UNIT_NANOS:
-            raise ConnectorConfigError(
-                f"time_unit {time_unit!r} is unknown; expected one of {list(TIME_UNIT_NANOS)}"
-            )
-        if not key_field:
-            raise ConnectorConfigError("key_field is empty; name the payload field holding the key")
+        problems = decoder_config_problems(key_field, time_unit, codec)
+        if problems:
+            raise ConnectorConfigError("; ".join(problems))
         self._schema = schema
         self._key_field = key_field
         self._time_field = time_field
@@ -141,11 +137,6 @@ class RecordDecoder:
         self._slot = {name: i for i, name in enumerate(names)}
         self._names, self._name_offsets = encode_names(names)
         self._loads: Callable[[bytes], Any] = json.loads if codec == "json" else msgpack.unpackb
-
-    @property
-    def schema(self) -> Schema:
-        """The value schema records must follow."""
-        return self._schema
 
     def decode(
         self,
@@ -367,6 +358,25 @@ class RecordDecoder:
             expected = "true or false"
         raise _Refused("schema", f"the field {name!r} ({type_name}) holds {_show(raw)}; "
                        f"expected {expected}")
+
+
+def decoder_config_problems(key_field: str, time_unit: str, codec: str) -> list[str]:
+    """What is wrong with a decoder's key field, time unit and codec; empty when nothing.
+
+    >>> decoder_config_problems("symbol", "ms", "json")
+    []
+    >>> decoder_config_problems("", "ms", "xml")[0]
+    "codec 'xml' is unknown; expected one of ('json', 'msgpack')"
+    """
+    problems = []
+    if codec not in CODECS:
+        problems.append(f"codec {codec!r} is unknown; expected one of {CODECS}")
+    if time_unit not in TIME_UNIT_NANOS:
+        problems.append(f"time_unit {time_unit!r} is unknown; expected one of "
+                        f"{list(TIME_UNIT_NANOS)}")
+    if not key_field:
+        problems.append("key_field is empty; name the payload field holding the key")
+    return problems
 
 
 def _show(value: Any) -> str:

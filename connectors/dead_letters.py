@@ -62,11 +62,6 @@ class DeadLetterPublisher:
         self.stats = DeliveryStats()
 
     @property
-    def topic(self) -> str:
-        """The dead-letter topic."""
-        return self._topic
-
-    @property
     def count(self) -> int:
         """How many records were dead-lettered."""
         return sum(self._by_reason.values())

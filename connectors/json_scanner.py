@@ -322,11 +322,7 @@ def scan_json(
     Short decimals are converted in the kernel; longer ones (e.g. 17-digit ``repr`` output)
     by numpy's correctly rounded parser. Both give the float64 ``json.loads`` gives.
     """
-    tables = ScanTables.allocate(starts.shape[0], name_offsets.shape[0] - 1)
-    scan_json_records(
-        buffer, starts, ends, names, name_offsets,
-        tables.kind, tables.start, tables.end, tables.integer, tables.real, tables.slow,
-    )
+    tables = ScanTables.filled_by(scan_json_records, buffer, starts, ends, names, name_offsets)
     for field in range(tables.kind.shape[1]):
         pending = tables.kind[:, field] == _KIND_FLOAT_TEXT
         rows = np.flatnonzero(pending & ~tables.slow)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from streamdag.batch import Batch
-from streamdag.connectors.codecs import CODECS, CodecName, encode_values
+from streamdag.connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
 from streamdag.connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from streamdag.connectors.partitioning import key_partitions
 from streamdag.connectors.producing import (
@@ -35,7 +35,6 @@ __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
 
 #: The header carrying a record's idempotence id, when the caller gives ids.
 ID_HEADER = "streamdag.id"
-_NANOS_PER_MS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -134,8 +133,10 @@ class KafkaSinkWriter:
             )
         values = encode_values(batch, self._config.codec)
         if self._config.event_time_stamps:
-            stamps = np.where(batch.ts >= 0, batch.ts // _NANOS_PER_MS, -1).tolist()
-            timestamps: list[int | None] = [None if s < 0 else s for s in stamps]
+            stamps = (batch.ts // TIME_UNIT_NANOS["ms"]).astype(object)
+            # Kafka has no negative timestamps: those records take the producer's clock (None).
+            stamps[batch.ts < 0] = None
+            timestamps: list[int | None] = stamps.tolist()
         else:
             timestamps = [None] * len(batch)
         headers = (
@@ -181,13 +182,11 @@ class KafkaSinkWriter:
         if self._closed:
             return
         self._closed = True
-        producer, self._producer = self._producer, None
+        producer = self._producer
         if producer is None:
             return
         try:
-            if self._pending:
-                self._producer = producer
-                await self.flush()
+            await self.flush()
         finally:
             self._producer = None
             await producer.stop()
@@ -196,11 +195,6 @@ class KafkaSinkWriter:
     def pending_records(self) -> int:
         """Records written but not yet delivered."""
         return sum(len(records) for records in self._pending.values())
-
-    @property
-    def partition_count(self) -> int:
-        """The topic's partition count (known after ``open``)."""
-        return self._partition_count
 
 
 def _default_producer(config: KafkaSinkConfig) -> AIOKafkaProducer:

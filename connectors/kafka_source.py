@@ -28,11 +28,10 @@ from aiokafka.errors import KafkaError
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
 from streamdag.connectors.codecs import (
-    CODECS,
-    TIME_UNIT_NANOS,
     CodecName,
     RecordDecoder,
     TimeUnit,
+    decoder_config_problems,
 )
 from streamdag.connectors.dead_letters import DeadLetter, DeadLetterPublisher
 from streamdag.connectors.errors import ConnectorConfigError, TopicError
@@ -116,16 +115,8 @@ class KafkaSourceConfig:
 
 
 def _config_problems(config: KafkaSourceConfig) -> list[str]:
-    problems = []
-    if not config.topic:
-        problems.append("topic is empty")
-    if not config.key_field:
-        problems.append("key_field is empty; name the payload field holding the key")
-    if config.codec not in CODECS:
-        problems.append(f"codec {config.codec!r} is unknown; expected one of {CODECS}")
-    if config.time_unit not in TIME_UNIT_NANOS:
-        problems.append(f"time_unit {config.time_unit!r} is unknown; expected one of "
-                        f"{list(TIME_UNIT_NANOS)}")
+    problems = ["topic is empty"] if not config.topic else []
+    problems += decoder_config_problems(config.key_field, config.time_unit, config.codec)
     start = config.start
     if not (start in ("earliest", "latest") or isinstance(start, Timestamp)
             or (isinstance(start, int) and not isinstance(start, bool) and start >= 0)):

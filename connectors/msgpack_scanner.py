@@ -219,9 +219,4 @@ def scan_msgpack(
     name_offsets: npt.NDArray[np.int64],
 ) -> ScanTables:
     """Scan msgpack records into tables (floats, float32 widened, land in ``real``)."""
-    tables = ScanTables.allocate(starts.shape[0], name_offsets.shape[0] - 1)
-    scan_msgpack_records(
-        buffer, starts, ends, names, name_offsets,
-        tables.kind, tables.start, tables.end, tables.integer, tables.real, tables.slow,
-    )
-    return tables
+    return ScanTables.filled_by(scan_msgpack_records, buffer, starts, ends, names, name_offsets)

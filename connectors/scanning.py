@@ -8,7 +8,7 @@ accepts them with the same result or names what is wrong with them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -65,6 +65,27 @@ class ScanTables:
             real=np.zeros((records, fields), dtype=np.float64),
             slow=np.zeros(records, dtype=np.bool_),
         )
+
+    @classmethod
+    def filled_by(
+        cls,
+        kernel: Callable[..., None],
+        buffer: npt.NDArray[np.uint8],
+        starts: npt.NDArray[np.int64],
+        ends: npt.NDArray[np.int64],
+        names: npt.NDArray[np.uint8],
+        name_offsets: npt.NDArray[np.int64],
+    ) -> ScanTables:
+        """Tables for every record of a fetch, filled by a compiled scanner ``kernel``.
+
+        ``kernel`` takes the fetch, the names, then every table in field order.
+        """
+        tables = cls.allocate(starts.shape[0], name_offsets.shape[0] - 1)
+        kernel(
+            buffer, starts, ends, names, name_offsets,
+            tables.kind, tables.start, tables.end, tables.integer, tables.real, tables.slow,
+        )
+        return tables
 
 
 def concatenate_values(

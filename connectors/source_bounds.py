@@ -9,12 +9,14 @@ before it, and a timestamp end is decided per record, never by a lookup alone.
 from __future__ import annotations
 
 import bisect
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamdag.connectors.errors import TopicError
@@ -22,6 +24,8 @@ from streamdag.connectors.errors import TopicError
 __all__ = ["PartitionBounds", "Timestamp"]
 
 _NANOS_PER_MS = 1_000_000
+_OFFSET = attrgetter("offset")
+_TIMESTAMP = attrgetter("timestamp")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,16 @@ class Timestamp:
         """The timestamp ``ms`` milliseconds after the epoch (Kafka's record time unit)."""
         return cls(ms * _NANOS_PER_MS)
 
+    @property
+    def first_ms(self) -> int:
+        """The first whole millisecond at or after this time (records carry ms timestamps).
+
+        >>> Timestamp(1_700_000_000_000_000_001).first_ms
+        1700000000001
+        """
+        # Integer arithmetic: a float quotient of nanoseconds this large loses the remainder.
+        return -(-self.ns // _NANOS_PER_MS)
+
 
 class PartitionBounds:
     """One partition's read state: position, end (offset or time) and whether it is done."""
@@ -48,17 +62,17 @@ class PartitionBounds:
         tp: TopicPartition,
         position: int,
         *,
-        start_ns: int | None = None,
+        start: Timestamp | None = None,
         end_offset: int | None = None,
-        end_ns: int | None = None,
+        end: Timestamp | None = None,
         end_in_past: bool = False,
     ) -> None:
         self.tp = tp
         #: The offset after the last record handed out (or consumed before the start time).
         self.position = position
-        self._start_ns = start_ns
+        self._start_ms = None if start is None else start.first_ms
         self._end_offset = end_offset
-        self._end_ns = end_ns
+        self._end_ms = None if end is None else end.first_ms
         self._end_in_past = end_in_past
         self.finished = end_offset is not None and position >= end_offset
 
@@ -78,7 +92,8 @@ class PartitionBounds:
         fresh = [tp for tp in tps if tp.partition not in resume_from]
         for tp in resumed:
             consumer.seek(tp, resume_from[tp.partition])
-        start_ns = start.ns if isinstance(start, Timestamp) else None
+        start_time = start if isinstance(start, Timestamp) else None
+        end_time = end if isinstance(end, Timestamp) else None
         if fresh:
             await _seek_to_start(consumer, fresh, start, timeout_s)
         bounds: dict[int, PartitionBounds] = {}
@@ -86,10 +101,10 @@ class PartitionBounds:
             bounds[tp.partition] = cls(
                 tp,
                 await consumer.position(tp),
-                start_ns=start_ns if tp in fresh else None,
+                start=start_time if tp in fresh else None,
                 end_offset=end if isinstance(end, int) else None,
-                end_ns=end.ns if isinstance(end, Timestamp) else None,
-                end_in_past=isinstance(end, Timestamp) and end.ns <= now_ns,
+                end=end_time,
+                end_in_past=end_time is not None and end_time.ns <= now_ns,
             )
         return bounds
 
@@ -97,20 +112,26 @@ class PartitionBounds:
         """The records of a fetch that lie within bounds; moves the position past them."""
         if not records:
             return records
+        # One C-level pass over the timestamps, only when a time bound needs them.
+        timed = self._start_ms is not None or self._end_ms is not None
+        stamps = _timestamps(records) if timed else None
         first = 0
-        if self._start_ns is not None:
-            start_ms = math.ceil(self._start_ns / _NANOS_PER_MS)
-            first = next((i for i, r in enumerate(records) if r.timestamp >= start_ms), -1)
-            if first < 0:
+        if self._start_ms is not None:
+            assert stamps is not None
+            started = np.flatnonzero(stamps >= self._start_ms)
+            if not started.shape[0]:
                 self.position = records[-1].offset + 1
                 return []
-            self._start_ns = None
+            first = int(started[0])
+            self._start_ms = None
         stop = len(records)
         if self._end_offset is not None:
-            stop = bisect.bisect_left(records, self._end_offset, key=_offset_of)
-        if self._end_ns is not None:
-            end_ms = math.ceil(self._end_ns / _NANOS_PER_MS)
-            stop = next((i for i in range(first, stop) if records[i].timestamp >= end_ms), stop)
+            stop = bisect.bisect_left(records, self._end_offset, key=_OFFSET)
+        if self._end_ms is not None:
+            assert stamps is not None
+            ended = np.flatnonzero(stamps[first:stop] >= self._end_ms)
+            if ended.shape[0]:
+                stop = first + int(ended[0])
         if stop < len(records):
             self.finished = True
         if stop > 0:
@@ -121,7 +142,7 @@ class PartitionBounds:
         """Whether a bounded partition has nothing more to give (read to its end)."""
         if self._end_offset is not None:
             return bool(await consumer.position(self.tp) >= self._end_offset)
-        if self._end_ns is not None and self._end_in_past:
+        if self._end_ms is not None and self._end_in_past:
             highwater = consumer.highwater(self.tp)
             return highwater is not None and bool(await consumer.position(self.tp) >= highwater)
         return False
@@ -129,12 +150,12 @@ class PartitionBounds:
     def restart_at(self, offset: int) -> None:
         """Continue from ``offset`` (a checkpoint's): no start filter, end not yet reached."""
         self.position = offset
-        self._start_ns = None
+        self._start_ms = None
         self.finished = self._end_offset is not None and offset >= self._end_offset
 
 
-def _offset_of(record: Any) -> int:
-    return int(record.offset)
+def _timestamps(records: list[Any]) -> npt.NDArray[np.int64]:
+    return np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=len(records))
 
 
 async def _seek_to_start(
@@ -146,9 +167,7 @@ async def _seek_to_start(
         await consumer.seek_to_end(*tps)
         await _settle_at_log_end(consumer, tps, timeout_s)
     elif isinstance(start, Timestamp):
-        found = await consumer.offsets_for_times(
-            {tp: math.ceil(start.ns / _NANOS_PER_MS) for tp in tps}
-        )
+        found = await consumer.offsets_for_times({tp: start.first_ms for tp in tps})
         past_the_end = [tp for tp in tps if found.get(tp) is None]
         for tp in tps:
             answer = found.get(tp)

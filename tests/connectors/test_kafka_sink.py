@@ -104,17 +104,25 @@ class FlakyProducer:
         return await self.real.send_batch(batch, topic, partition=partition)
 
 
+def flaky_factory(
+    failures: int, error: Exception
+) -> tuple[list[FlakyProducer], Callable[[KafkaSinkConfig], FlakyProducer]]:
+    """A producer factory for the sink, and the list of the FlakyProducers it built."""
+    built: list[FlakyProducer] = []
+
+    def factory(config: KafkaSinkConfig) -> FlakyProducer:
+        built.append(FlakyProducer(config, failures=failures, error=error))
+        return built[-1]
+
+    return built, factory
+
+
 async def test_retriable_errors_are_retried_and_order_holds(
     bootstrap: str, new_topic: NewTopic, consume: Consume
 ) -> None:
     topic = await new_topic(1)
-    flaky: list[FlakyProducer] = []
+    _, factory = flaky_factory(failures=2, error=RequestTimedOutError())
     config = KafkaSinkConfig(bootstrap, topic, max_batch_bytes=1024, initial_backoff_s=0.001)
-
-    def factory(c: KafkaSinkConfig) -> FlakyProducer:
-        flaky.append(FlakyProducer(c, failures=2, error=RequestTimedOutError()))
-        return flaky[-1]
-
     sink = KafkaSinkWriter(config, producer_factory=factory)
     await sink.open()
     await sink.write(means(40))
@@ -130,12 +138,7 @@ async def test_delivery_that_keeps_failing_raises_and_keeps_records_pending(
     bootstrap: str, new_topic: NewTopic, consume: Consume
 ) -> None:
     topic = await new_topic(1)
-    producers: list[FlakyProducer] = []
-
-    def factory(c: KafkaSinkConfig) -> FlakyProducer:
-        producers.append(FlakyProducer(c, failures=1000, error=RequestTimedOutError()))
-        return producers[-1]
-
+    producers, factory = flaky_factory(failures=1000, error=RequestTimedOutError())
     sink = KafkaSinkWriter(
         KafkaSinkConfig(bootstrap, topic, max_attempts=3, initial_backoff_s=0.001),
         producer_factory=factory,
@@ -160,12 +163,7 @@ async def test_errors_that_cannot_heal_are_raised_at_once(
     bootstrap: str, new_topic: NewTopic
 ) -> None:
     topic = await new_topic(1)
-    producers: list[FlakyProducer] = []
-
-    def factory(c: KafkaSinkConfig) -> FlakyProducer:
-        producers.append(FlakyProducer(c, failures=1, error=MessageSizeTooLargeError()))
-        return producers[-1]
-
+    producers, factory = flaky_factory(failures=1, error=MessageSizeTooLargeError())
     sink = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic), producer_factory=factory)
     await sink.open()
     await sink.write(means(2))

@@ -73,7 +73,7 @@ def test_reserved_names_and_non_utf8_keys_are_refused() -> None:
     bad_key = Batch(one, np.array([b"\xff"]), {"x": np.ones(1)})
     for codec in ("json", "msgpack"):
         with pytest.raises(EncodeError, match="not UTF-8"):
-            encode_values(bad_key, codec)  # type: ignore[arg-type]
+            encode_values(bad_key, codec)
 
 
 def test_partitions_match_kafkas_default_partitioner() -> None:
