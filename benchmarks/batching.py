@@ -15,8 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 
 import streamdag as sd
-from benchmarks.data_plane import _CountingSink, _Walk, build_graph
-from benchmarks.kafka_end_to_end import events_per_second, live_latencies
+from benchmarks.data_plane import (
+    CountingSink,
+    WalkSource,
+    build_graph,
+    events_per_second,
+)
+from benchmarks.kafka_end_to_end import live_latencies
 from streamdag.connectors.broker import EmbeddedBroker
 from streamdag.runtime.host import RuntimeSettings
 from streamdag.runtime.ray_runner import RayRunner, ensure_ray
@@ -26,8 +31,8 @@ __all__ = ["main"]
 
 def _throughput(batch: int, events: int) -> float:
     runner = RayRunner(RuntimeSettings(credits=4, max_batch_records=batch))
-    result = runner.run(build_graph(), sources={"ticks": _Walk(events)},
-                        sinks={"out": _CountingSink}, timeout_s=600)
+    result = runner.run(build_graph(), sources={"ticks": WalkSource(events)},
+                        sinks={"out": CountingSink}, timeout_s=600)
     return events_per_second(result, events)
 
 

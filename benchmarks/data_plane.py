@@ -19,10 +19,10 @@ from streamdag.runtime.synthetic import RandomWalkSource
 from streamdag.runtime.testing import ListSink
 from streamdag.runtime.wiring import RunResult
 
-__all__ = ["main"]
+__all__ = ["CountingSink", "WalkSource", "build_graph", "events_per_second", "main"]
 
 
-class _CountingSink(ListSink):
+class CountingSink(ListSink):
     """Keeps only counts, so the sink is not the bottleneck being measured."""
 
     def __init__(self) -> None:
@@ -33,12 +33,18 @@ class _CountingSink(ListSink):
         self.events += len(batch)
 
 
-class _Walk:
+class WalkSource:
     def __init__(self, total: int) -> None:
         self.total = total
 
     def __call__(self) -> RandomWalkSource:
         return RandomWalkSource(self.total, symbols=100)
+
+
+def events_per_second(result: RunResult, events: int) -> float:
+    """``events`` over the time from source ``ticks``' first output to sink ``out``'s last."""
+    seconds = result.stats["out"].last_output_at - result.stats["ticks"].first_output_at
+    return events / seconds
 
 
 def build_graph() -> sd.Graph:
@@ -52,9 +58,8 @@ def build_graph() -> sd.Graph:
 
 
 def _report(label: str, events: int, result: RunResult) -> None:
-    # Steady state: from the source's first batch out to the sink's last batch out, so actor
-    # start-up (reported separately as the wall time) is not counted as throughput.
-    seconds = result.stats["out"].last_output_at - result.stats["ticks"].first_output_at
+    # Steady state, so actor start-up (reported separately as the wall time) is not counted.
+    seconds = events / events_per_second(result, events)
     hops = [s.hop_latency for name, s in result.stats.items() if name != "ticks"]
     p50 = max(h.quantile(0.5) for h in hops) * 1e3
     p99 = max(h.quantile(0.99) for h in hops) * 1e3
@@ -73,23 +78,23 @@ def main(argv: list[str] | None = None) -> None:
     settings = RuntimeSettings(credits=args.credits, max_batch_records=args.batch)
     graph = build_graph()
     # Compile the kernels before timing (compile time is reported by benchmarks.kernels).
-    LocalRunner(settings).run(graph, sources={"ticks": _Walk(1_000)},
-                              sinks={"out": _CountingSink})
+    LocalRunner(settings).run(graph, sources={"ticks": WalkSource(1_000)},
+                              sinks={"out": CountingSink})
     print(f"{'runner':<8} {'events':>11} {'seconds':>8} {'events/s':>14} "
           f"{'hop p50':>8} {'hop p99':>8} {'max RSS':>9}")
     print(f"{'':<8} {'':>11} {'':>8} {'':>14} {'(ms)':>8} {'(ms)':>8} {'(MiB)':>9}")
     started = time.perf_counter()
-    result = LocalRunner(settings).run(graph, sources={"ticks": _Walk(args.events)},
-                                       sinks={"out": _CountingSink})
+    result = LocalRunner(settings).run(graph, sources={"ticks": WalkSource(args.events)},
+                                       sinks={"out": CountingSink})
     print(f"(local wall time incl. start-up: {time.perf_counter() - started:.2f} s)")
     _report("local", args.events, result)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ensure_ray(num_cpus=2)
     runner = RayRunner(settings)
-    runner.run(graph, sources={"ticks": _Walk(200_000)}, sinks={"out": _CountingSink})
+    runner.run(graph, sources={"ticks": WalkSource(200_000)}, sinks={"out": CountingSink})
     started = time.perf_counter()
-    result = runner.run(graph, sources={"ticks": _Walk(args.events)},
-                        sinks={"out": _CountingSink}, timeout_s=600)
+    result = runner.run(graph, sources={"ticks": WalkSource(args.events)},
+                        sinks={"out": CountingSink}, timeout_s=600)
     print(f"(ray wall time incl. actor start-up: {time.perf_counter() - started:.2f} s)")
     _report("ray", args.events, result)
 

@@ -19,6 +19,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import streamdag as sd
+from benchmarks.data_plane import events_per_second
 from benchmarks.kafka_baselines import produce_input, run_batched_loop, run_per_record_loop
 from streamdag.connectors.broker import EmbeddedBroker
 from streamdag.connectors.source_bounds import Timestamp
@@ -28,7 +29,6 @@ from streamdag.runtime.host import RuntimeSettings
 from streamdag.runtime.kafka_binding import KafkaBinding
 from streamdag.runtime.local_runner import LocalRunner
 from streamdag.runtime.ray_runner import RayRunner, ensure_ray
-from streamdag.runtime.wiring import RunResult
 
 __all__ = ["events_per_second", "live_latencies", "main"]
 
@@ -37,12 +37,6 @@ def _replay_graph(source: str, sink: str) -> sd.Graph:
     ticks = sd.source("ticks", topic=source, key="key", time="ts", schema={"price": "float64"})
     mean = ticks.rolling_mean("price", window=20, name="mean")
     return sd.Graph("replay", outputs=[mean.to_topic(sink, name="out")])
-
-
-def events_per_second(result: RunResult, events: int) -> float:
-    """``events`` over the time from the source ``ticks``' first output to sink ``out``'s last."""
-    seconds = result.stats["out"].last_output_at - result.stats["ticks"].first_output_at
-    return events / seconds
 
 
 def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str) -> float:
