@@ -20,6 +20,7 @@ from typing import Any
 
 from streamdag.config import ConfigError, load_settings
 from streamdag.errors import StreamdagError
+from streamdag.runtime.registry import write_json_atomically
 
 __all__ = [
     "GATEWAY_FILE",
@@ -65,16 +66,10 @@ class GatewayAddress:
 
     def save(self, state_dir: str | os.PathLike[str]) -> Path:
         """Write ``<state_dir>/gateway.json``, readable by its owner only; returns its path."""
-        directory = Path(state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / GATEWAY_FILE
-        temporary = path.with_suffix(".tmp")
-        # Created 0600 from the start: the token must never be readable by others, not even
-        # for the moment between creating the file and changing its mode.
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            json.dump({"url": self.url, "token": self.token, "pid": os.getpid()}, file)
-        temporary.replace(path)
+        path = Path(state_dir) / GATEWAY_FILE
+        # The atomic writer's temp file is created 0600 (mkstemp) and renamed into place, so
+        # the token is never readable by others, not even for a moment.
+        write_json_atomically(path, {"url": self.url, "token": self.token, "pid": os.getpid()})
         return path
 
     @classmethod

@@ -74,10 +74,20 @@ __all__ = [
     "NodeMetrics",
     "UnknownSubmissionError",
     "controller_actor_name",
+    "deployment_state_dir",
 ]
 
 _log = logging.getLogger("streamdag.controller")
 _S = SubmissionState
+
+
+def deployment_state_dir(settings: Settings) -> Path:
+    """Where a deployment keeps its registry, submissions and log unless told otherwise.
+
+    >>> deployment_state_dir(Settings(name="live", state_dir=".state")).as_posix()
+    '.state/deployments/live'
+    """
+    return Path(settings.state_dir) / "deployments" / settings.name
 
 
 def controller_actor_name(deployment: str) -> str:
@@ -163,8 +173,7 @@ class Controller:
         self.deployment = settings.name
         self.bootstrap_servers = bootstrap_servers
         self.options = options or ControllerOptions()
-        root = Path(state_dir) if state_dir else Path(settings.state_dir) / "deployments"
-        self.state_dir = (root if state_dir else root / settings.name).resolve()
+        self.state_dir = Path(state_dir or deployment_state_dir(settings)).resolve()
         self._registry_path = self.state_dir / "registry.json"
         self._submissions_path = self.state_dir / "submissions.json"
         self._registry = load_registry(self._registry_path)
@@ -254,7 +263,8 @@ class Controller:
         diff = diff_graph(graph, self._registry.live_keys() if dedup else frozenset())
         self._diff_duration.observe(time.perf_counter() - started)
         names = {node.node_id: node.name for node in graph.nodes}
-        dead = [names[n] for n, key in keys.items() if key in self._registry.dead_keys()]
+        dead_keys = self._registry.dead_keys()
+        dead = [names[n] for n, key in keys.items() if key in dead_keys]
         if dead:
             raise _SubmissionFailedError(
                 f"node(s) {dead} of graph {graph.name!r} run in actors that died; remove the "
@@ -311,6 +321,10 @@ class Controller:
              keys[node.node_id], index)
             for node in graph.nodes for index, up in enumerate(node.inputs)
         ]
+        # Indexed by producer so wiring a generation touches its own edges, not all of them.
+        edges_from: dict[str, list[tuple[str, str, str, int]]] = {}
+        for wire in edges:
+            edges_from.setdefault(wire[1], []).append(wire)
         await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
         for generation in creation_order:
             # Step 3a: one generation of actors, all ready before the next one upstream.
@@ -320,9 +334,10 @@ class Controller:
             born = {keys[n]: hosts[n].node.name for n in generation}
             await self._actors.wait_ready(born, self.options.ready_timeout_s)
             # Step 3b: wire them to the new consumers created before them.
-            for edge, upstream, downstream, index in edges:
-                if upstream in born and downstream in new:
-                    await self._actors.subscribe(edge, upstream, downstream, index)
+            for upstream in born:
+                for edge, _, downstream, index in edges_from.get(upstream, ()):
+                    if downstream in new:
+                        await self._actors.subscribe(edge, upstream, downstream, index)
         # Step 3c: running producers feed their new consumers from their next batch on.
         for edge, upstream, downstream, index in edges:
             if upstream not in new and downstream in new:
@@ -499,7 +514,7 @@ class Controller:
         return dict(zip(ordered, probes, strict=True))
 
     async def _refresh_stats(self, keys: Iterable[str]) -> None:
-        await self._probe_all(k for k in set(keys) if k in self._registry.live_keys())
+        await self._probe_all(self._registry.live_keys().intersection(keys))
 
     # -- reading ----------------------------------------------------------------------------
     def list_submissions(self) -> list[dict[str, Any]]:

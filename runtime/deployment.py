@@ -23,6 +23,7 @@ from streamdag.runtime.controller import (
     ControllerOptions,
     MetricsSnapshot,
     controller_actor_name,
+    deployment_state_dir,
 )
 from streamdag.runtime.registry import NODE_NAMESPACE
 
@@ -57,9 +58,7 @@ class Deployment:
 
         ensure_ray(settings.ray.address or None, settings.ray.num_cpus)
         # The controller may run in another working directory: give it an absolute path.
-        root = Path(state_dir) if state_dir is not None else (
-            Path(settings.state_dir) / "deployments" / settings.name
-        )
+        root = Path(state_dir) if state_dir is not None else deployment_state_dir(settings)
         controller: Any = ray.remote(Controller).options(
             name=controller_actor_name(settings.name), namespace=NODE_NAMESPACE,
             lifetime="detached", get_if_exists=True, num_cpus=0,

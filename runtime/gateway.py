@@ -35,7 +35,7 @@ from streamdag.config import ConfigError, GatewaySettings
 from streamdag.errors import GraphError, SpecError, StreamdagError
 from streamdag.params import validate_params
 from streamdag.registry import lookup
-from streamdag.runtime.lifecycle import UnknownSubmissionError
+from streamdag.runtime.lifecycle import UnknownSubmissionError, failure_cause
 from streamdag.runtime.metrics import StreamdagCollector
 from streamdag.spec import graph_from_dict
 
@@ -442,13 +442,8 @@ async def _health(request: web.Request) -> web.Response:
         await asyncio.wait_for(request.app[_CONTROLLER].list_submissions(), _HEALTH_TIMEOUT_S)
     except Exception as exc:
         return _json({"status": "unavailable",
-                      "problems": [f"the controller does not answer: {_describe(exc)}"]}, 503)
+                      "problems": [f"the controller does not answer: {failure_cause(exc)}"]}, 503)
     return _json({"status": "ok", "problems": []})
-
-
-def _describe(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 async def _metrics(request: web.Request) -> web.Response:

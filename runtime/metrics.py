@@ -87,46 +87,49 @@ class StreamdagCollector(Collector):
         yield from _deployment_families(snapshot)
 
 
+_Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+#: Per-node families read straight off one NodeStats field: (kind, name, help, field).
+_NODE_FIGURES: tuple[tuple[_Family, str, str, str], ...] = (
+    (CounterMetricFamily, "streamdag_node_events_in", "Events a node received.", "events_in"),
+    (CounterMetricFamily, "streamdag_node_events_out", "Events a node emitted.", "events_out"),
+    (CounterMetricFamily, "streamdag_node_batches_in", "Batches a node received.", "batches_in"),
+    (CounterMetricFamily, "streamdag_node_batches_out", "Batches a node emitted.",
+     "batches_out"),
+    (CounterMetricFamily, "streamdag_node_duplicates_dropped",
+     "Pushes dropped because their sequence number was already seen.", "duplicates_dropped"),
+    (CounterMetricFamily, "streamdag_node_stale_dropped",
+     "Pushes dropped because they came from an older incarnation.", "stale_dropped"),
+    (CounterMetricFamily, "streamdag_node_checkpoints", "Checkpoints a node took part in.",
+     "checkpoints"),
+    (CounterMetricFamily, "streamdag_node_backpressure_wait_seconds",
+     "Seconds a node waited for downstream credit before it could push.",
+     "backpressure_wait_seconds"),
+    (GaugeMetricFamily, "streamdag_node_queue_depth", "Pushes waiting in a node's input queue.",
+     "queue_depth"),
+    (GaugeMetricFamily, "streamdag_node_queue_depth_max",
+     "Deepest a node's input queue has been.", "max_queue_depth"),
+    (GaugeMetricFamily, "streamdag_node_cache_resident_bytes",
+     "Bytes a node's operator state holds (ring buffers, key tables).", "cache_bytes"),
+    (GaugeMetricFamily, "streamdag_node_process_resident_bytes",
+     "Resident memory of the process hosting a node.", "rss_bytes"),
+    (GaugeMetricFamily, "streamdag_node_warm_up_seconds",
+     "Seconds a node spent compiling and loading its kernels before it was ready.",
+     "warm_up_seconds"),
+)
+
+
 def _node_labels(node: NodeMetrics) -> list[str]:
     return [node.name, node.node_id, node.operator]
 
 
 def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
     labels = list(NODE_LABELS)
-    counters: list[tuple[str, str, str]] = [
-        ("streamdag_node_events_in", "Events a node received.", "events_in"),
-        ("streamdag_node_events_out", "Events a node emitted.", "events_out"),
-        ("streamdag_node_batches_in", "Batches a node received.", "batches_in"),
-        ("streamdag_node_batches_out", "Batches a node emitted.", "batches_out"),
-        ("streamdag_node_duplicates_dropped",
-         "Pushes dropped because their sequence number was already seen.", "duplicates_dropped"),
-        ("streamdag_node_stale_dropped",
-         "Pushes dropped because they came from an older incarnation.", "stale_dropped"),
-        ("streamdag_node_checkpoints", "Checkpoints a node took part in.", "checkpoints"),
-    ]
-    for name, documentation, field in counters:
-        family = CounterMetricFamily(name, documentation, labels=labels)
+    for kind, name, documentation, field in _NODE_FIGURES:
+        family = kind(name, documentation, labels=labels)
         for node in nodes:
             family.add_metric(_node_labels(node), float(getattr(node.stats, field)))
         yield family
 
-    backpressure = CounterMetricFamily(
-        "streamdag_node_backpressure_wait_seconds",
-        "Seconds a node waited for downstream credit before it could push.", labels=labels)
-    queue = GaugeMetricFamily("streamdag_node_queue_depth",
-                              "Pushes waiting in a node's input queue.", labels=labels)
-    queue_max = GaugeMetricFamily("streamdag_node_queue_depth_max",
-                                  "Deepest a node's input queue has been.", labels=labels)
-    cache = GaugeMetricFamily(
-        "streamdag_node_cache_resident_bytes",
-        "Bytes a node's operator state holds (ring buffers, key tables).", labels=labels)
-    process = GaugeMetricFamily(
-        "streamdag_node_process_resident_bytes",
-        "Resident memory of the process hosting a node.", labels=labels)
-    warm_up = GaugeMetricFamily(
-        "streamdag_node_warm_up_seconds",
-        "Seconds a node spent compiling and loading its kernels before it was ready.",
-        labels=labels)
     graphs = GaugeMetricFamily(
         "streamdag_node_graphs",
         "Submitted graphs sharing a node (above 1: the node runs once for several graphs).",
@@ -135,17 +138,10 @@ def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
         "streamdag_node_watermark_timestamp_seconds",
         "Event-time watermark of a node, as Unix seconds.", labels=labels)
     for node in nodes:
-        stats, values = node.stats, _node_labels(node)
-        backpressure.add_metric(values, stats.backpressure_wait_seconds)
-        queue.add_metric(values, float(stats.queue_depth))
-        queue_max.add_metric(values, float(stats.max_queue_depth))
-        cache.add_metric(values, float(stats.cache_bytes))
-        process.add_metric(values, float(stats.rss_bytes))
-        warm_up.add_metric(values, stats.warm_up_seconds)
-        graphs.add_metric(values, float(len(node.graphs)))
-        if stats.watermark is not None:
-            watermark.add_metric(values, stats.watermark / 1e9)
-    yield from (backpressure, queue, queue_max, cache, process, warm_up, graphs, watermark)
+        graphs.add_metric(_node_labels(node), float(len(node.graphs)))
+        if node.stats.watermark is not None:
+            watermark.add_metric(_node_labels(node), node.stats.watermark / 1e9)
+    yield from (graphs, watermark)
 
     yield _histogram_family(
         "streamdag_node_batch_latency_seconds",

@@ -197,10 +197,6 @@ class NodeRegistry:
         """Keys of nodes whose actor died and that some graph still references."""
         return frozenset(key for key, entry in self.entries.items() if not entry.alive)
 
-    def keys_of(self, graph_id: str) -> frozenset[str]:
-        """Keys of the nodes ``graph_id`` uses."""
-        return frozenset(key for key, entry in self.entries.items() if graph_id in entry.graphs)
-
     def consumer_edges(self, key: str) -> list[tuple[str, str, int]]:
         """``(edge, consumer key, input index)`` of every edge out of node ``key``."""
         return [

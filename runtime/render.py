@@ -166,10 +166,9 @@ def _format_duration(nanoseconds: int) -> str:
 
 
 def _mermaid_shape(node: Node) -> tuple[str, str]:
-    role = lookup(node.operator).role
-    if role == "source":
+    if node.role == "source":
         return "([", "])"
-    if role == "sink":
+    if node.role == "sink":
         return "[/", "/]"
     if node.operator == ITERATE_OPERATOR:
         return "{{", "}}"
@@ -184,10 +183,9 @@ def _mermaid_escape(text: str) -> str:
 
 
 def _dot_shape(node: Node) -> str:
-    role = lookup(node.operator).role
-    if role == "source":
+    if node.role == "source":
         return "invhouse"
-    if role == "sink":
+    if node.role == "sink":
         return "house"
     if node.operator == ITERATE_OPERATOR:
         return "doubleoctagon"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -100,6 +100,15 @@ def _diamond() -> Graph:
     )
 
 
+def _diamond_with(name: str, change: Callable[[Node], Node]) -> Graph:
+    """The diamond with node ``name`` swapped for ``change(node)``, past the SDK's own checks."""
+    graph = _diamond()
+    old = graph.node(name)
+    new = change(old)
+    graph.nodes = tuple(new if n is old else n for n in graph.nodes)
+    return graph
+
+
 def _names(plan: ExecutionPlan) -> list[list[str]]:
     return [[plan.names[node_id] for node_id in generation] for generation in plan.generations]
 
@@ -170,10 +179,9 @@ def test_validate_graph_accepts_an_sdk_graph() -> None:
 
 
 def test_validate_graph_refuses_duplicate_names() -> None:
-    graph = _diamond()
-    fast, slow = graph.node("fast"), graph.node("slow")
-    renamed = dataclasses.replace(slow, name="fast")
-    graph.nodes = tuple(renamed if n is slow else n for n in graph.nodes)
+    original = _diamond()
+    fast, slow = original.node("fast"), original.node("slow")
+    graph = _diamond_with("slow", lambda node: dataclasses.replace(node, name="fast"))
     with pytest.raises(DuplicateNameError) as caught:
         validate_graph(graph)
     assert str(caught.value) == (
@@ -209,10 +217,11 @@ def test_validate_graph_names_a_cycle_by_node_names() -> None:
 
 
 def test_validate_graph_refuses_two_sinks_on_one_topic() -> None:
-    graph = _diamond()
-    raw_out = graph.node("raw_out")
-    twin = make_node("kafka_sink", raw_out.inputs, {"topic": "signals"}, name="raw_out")
-    graph.nodes = tuple(twin if n is raw_out else n for n in graph.nodes)
+    graph = _diamond_with(
+        "raw_out",
+        lambda raw_out: make_node("kafka_sink", raw_out.inputs, {"topic": "signals"},
+                                  name="raw_out"),
+    )
     with pytest.raises(DuplicateSinkTopicError) as caught:
         validate_graph(graph)
     assert str(caught.value) == (
@@ -222,10 +231,8 @@ def test_validate_graph_refuses_two_sinks_on_one_topic() -> None:
 
 
 def test_validate_graph_refuses_an_output_schema_its_inputs_do_not_give() -> None:
-    graph = _diamond()
-    out = graph.node("out")
-    wrong = dataclasses.replace(out, output_schema=Schema.of(value="int64"))
-    graph.nodes = tuple(wrong if n is out else n for n in graph.nodes)
+    graph = _diamond_with(
+        "out", lambda out: dataclasses.replace(out, output_schema=Schema.of(value="int64")))
     with pytest.raises(SchemaMismatchError) as caught:
         validate_graph(graph)
     assert str(caught.value) == (
@@ -235,10 +242,8 @@ def test_validate_graph_refuses_an_output_schema_its_inputs_do_not_give() -> Non
 
 
 def test_validate_graph_refuses_an_unknown_operator() -> None:
-    graph = _diamond()
-    cross = graph.node("cross")
-    unknown = dataclasses.replace(cross, operator="no_such_operator")
-    graph.nodes = tuple(unknown if n is cross else n for n in graph.nodes)
+    graph = _diamond_with(
+        "cross", lambda cross: dataclasses.replace(cross, operator="no_such_operator"))
     prefix = "graph 'diamond': node 'cross': unknown operator type 'no_such_operator'; "
     with pytest.raises(UnknownOperatorError, match="^" + re.escape(prefix)):
         validate_graph(graph)
