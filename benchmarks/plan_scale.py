@@ -11,17 +11,14 @@ floor a networkx-based planner cannot beat. Run with ``python -m benchmarks.plan
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import networkx as nx
 
 from streamdag.graph import Graph, Node, make_node
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, Role
-from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.runtime.planner import diff_graph, plan_graph
-from streamdag.schema import Schema
+from streamdag.runtime.testing import declaration_only_operator
 
 __all__ = ["main"]
 
@@ -32,37 +29,8 @@ BUDGET_S = 1.0
 T = TypeVar("T")
 
 
-class _BenchDef(OperatorDef):
-    """Benchmark-only operators: the planner never runs them, only their declarations."""
-
-    params: ClassVar[tuple[Param, ...]] = (Param("tag", "int"),)
-
-    @classmethod
-    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """One float64 ``value``."""
-        return Schema.of(value="float64")
-
-    @classmethod
-    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
-        """Never called: planning builds no logic."""
-        raise AssertionError("the planner benchmark builds no operator logic")
-
-
-@register
-class PlanScaleSourceDef(_BenchDef):
-    """A root node."""
-
-    type_name: ClassVar[str] = "plan_scale_source"
-    role: ClassVar[Role] = "source"
-    arity: ClassVar[int | None] = 0
-
-
-@register
-class PlanScaleIdentityDef(_BenchDef):
-    """An inner node of one or more inputs."""
-
-    type_name: ClassVar[str] = "plan_scale_identity"
-    arity: ClassVar[int | None] = None
+declaration_only_operator("plan_scale_source", role="source", arity=0)
+declaration_only_operator("plan_scale_identity")
 
 
 def _source() -> Node:

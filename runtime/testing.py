@@ -6,12 +6,17 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, ClassVar
 
 import numpy as np
 
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
 from streamdag.errors import StreamdagError
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, Role
+from streamdag.params import Param
+from streamdag.registry import available, register
+from streamdag.schema import Schema
 
 __all__ = [
     "ABORT",
@@ -22,6 +27,7 @@ __all__ = [
     "Marker",
     "SourceAbortedError",
     "TestingSource",
+    "declaration_only_operator",
 ]
 
 
@@ -184,3 +190,41 @@ class ManualClock:
         if seconds < 0:
             raise ValueError(f"a clock cannot go back; got advance({seconds})")
         self.now += seconds
+
+
+class _DeclarationOnly(OperatorDef):
+    """An operator with a declaration and no logic: for planning, rendering and their benchmarks."""
+
+    params: ClassVar[tuple[Param, ...]] = (Param("tag", "int"),)
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """One float64 ``value``."""
+        return Schema.of(value="float64")
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Never called: planning builds no logic."""
+        raise AssertionError(f"{cls.type_name} is declaration-only; nothing may run it")
+
+
+def declaration_only_operator(
+    type_name: str, *, role: Role = "operator", arity: int | None = None
+) -> type[OperatorDef]:
+    """Register (once) an operator that planning can use but nothing can run.
+
+    It takes one int param ``tag`` (so generated nodes stay distinct) and outputs one float64
+    ``value``.
+
+    >>> declaration_only_operator("doc_source", role="source", arity=0).role
+    'source'
+    """
+    existing = available().get(type_name)
+    if existing is not None:
+        return existing
+    declaration = type(
+        f"DeclarationOnly_{type_name}",
+        (_DeclarationOnly,),
+        {"type_name": type_name, "role": role, "arity": arity, "__module__": __name__},
+    )
+    return register(declaration)

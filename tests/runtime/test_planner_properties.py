@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -12,46 +10,14 @@ from hypothesis import strategies as st
 
 from streamdag.errors import CycleError, DanglingInputError
 from streamdag.graph import Graph, Node, make_node
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, Role
-from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.runtime.planner import ExecutionPlan, diff_graph, plan_graph, validate_structure
-from streamdag.schema import Schema
+from streamdag.runtime.testing import declaration_only_operator
 
 _SETTINGS = settings(max_examples=60, deadline=None)
 
 
-class _PropertyTestDef(OperatorDef):
-    """Test-only operators: a ``tag`` param keeps every generated node distinct."""
-
-    params: ClassVar[tuple[Param, ...]] = (Param("tag", "int"),)
-
-    @classmethod
-    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """One float64 ``value``."""
-        return Schema.of(value="float64")
-
-    @classmethod
-    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
-        """Planning never builds logic."""
-        raise AssertionError("the planner must not build operator logic")
-
-
-@register
-class PlannerPropertySourceDef(_PropertyTestDef):
-    """A root of a generated DAG."""
-
-    type_name: ClassVar[str] = "planner_property_source"
-    role: ClassVar[Role] = "source"
-    arity: ClassVar[int | None] = 0
-
-
-@register
-class PlannerPropertyCombineDef(_PropertyTestDef):
-    """An inner node of a generated DAG, of one or more inputs."""
-
-    type_name: ClassVar[str] = "planner_property_combine"
-    arity: ClassVar[int | None] = None
+declaration_only_operator("planner_property_source", role="source", arity=0)
+declaration_only_operator("planner_property_combine")
 
 
 @dataclass(frozen=True)
