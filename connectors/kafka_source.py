@@ -35,7 +35,7 @@ from streamdag.connectors.codecs import (
 )
 from streamdag.connectors.dead_letters import DeadLetter, DeadLetterPublisher
 from streamdag.connectors.errors import ConnectorConfigError, TopicError
-from streamdag.connectors.source_bounds import PartitionBounds, Timestamp
+from streamdag.connectors.source_bounds import LogEnds, PartitionBounds, Timestamp
 from streamdag.connectors.watermarks import PartitionWatermarks
 from streamdag.schema import Schema
 
@@ -87,6 +87,9 @@ class KafkaSourceConfig:
     isolation_level: Literal["read_uncommitted", "read_committed"] = "read_uncommitted"
     client_id: str = "streamdag-source"
     request_timeout_ms: int = 30_000
+    #: Seconds between two measurements of the log end behind ``lag()``; 0 measures only on
+    #: ``measure_lag()``.
+    lag_refresh_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.dead_letter_topic:
@@ -136,8 +139,10 @@ def _config_problems(config: KafkaSourceConfig) -> list[str]:
                  "fetch_max_bytes", "request_timeout_ms"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1, got {getattr(config, name)}")
-    if config.fetch_max_wait_ms < 0 or config.lateness_ns < 0 or config.poll_timeout_s < 0:
-        problems.append("fetch_max_wait_ms, lateness_ns and poll_timeout_s cannot be negative")
+    if (config.fetch_max_wait_ms < 0 or config.lateness_ns < 0 or config.poll_timeout_s < 0
+            or config.lag_refresh_s < 0):
+        problems.append("fetch_max_wait_ms, lateness_ns, poll_timeout_s and lag_refresh_s "
+                        "cannot be negative")
     if config.idle_timeout_s is not None and not config.idle_timeout_s > 0:
         problems.append(f"idle_timeout_s must be > 0 or None, got {config.idle_timeout_s}")
     return problems
@@ -185,6 +190,8 @@ class KafkaSourceReader:
             client_id=f"{config.client_id}-dead-letters",
         )
         self._counters = _Counters()
+        self._log_ends: LogEnds | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -223,14 +230,30 @@ class KafkaSourceReader:
         for partition, bounds in self._bounds.items():
             if bounds.finished:
                 self._finish(partition)
+        self._log_ends = LogEnds(
+            consumer, tps,
+            {"bootstrap_servers": config.bootstrap_servers,
+             "client_id": f"{config.client_id}-log-end",
+             "fetch_max_wait_ms": config.fetch_max_wait_ms,
+             "isolation_level": config.isolation_level,
+             "request_timeout_ms": config.request_timeout_ms},
+            timeout_s=min(5.0, config.request_timeout_ms / 1000),
+        )
+        if config.lag_refresh_s > 0:
+            self._lag_task = asyncio.create_task(self._refresh_lag())
 
     async def close(self) -> None:
-        """Commit positions (when monitored), stop the consumer and the dead-letter producer."""
+        """Commit positions (when monitored), stop the consumers and the dead-letter producer."""
         if self._closed:
             return
         self._closed = True
         consumer, self._consumer = self._consumer, None
         try:
+            if self._lag_task is not None:
+                self._lag_task.cancel()
+                await asyncio.wait([self._lag_task])
+            if self._log_ends is not None:
+                await self._log_ends.close()
             if consumer is not None:
                 if self._config.group_id is not None and self._bounds:
                     await self._commit(consumer)
@@ -287,20 +310,35 @@ class KafkaSourceReader:
                 consumer.resume(tp)
                 marks.reopen(partition)
 
-    def lag(self) -> dict[int, int]:
-        """Per partition, records in the log past our position.
-
-        The log end is the high watermark of the partition's latest fetch answer (as in Kafka's
-        own consumer metrics), so it lags while a buffered fetch waits to be read; partitions
-        with no fetch answer yet are left out.
-        """
+    def pause(self) -> None:
+        """Fetch nothing more (the runtime holds this source) until ``seek_to`` resumes."""
         consumer = self._require_open()
+        consumer.pause(*(bounds.tp for bounds in self._bounds.values()))
+
+    def lag(self) -> dict[int, int]:
+        """Per partition, records in the log past our position (read, not merely fetched).
+
+        The log end is the largest known of: the latest fetch answer's high watermark, the
+        offset after the last record fetched, and the latest measurement (every
+        ``lag_refresh_s``, or ``measure_lag``), which stays right while the reader is held
+        back and on brokers whose ListOffsets answer falls short (see ``LogEnds``).
+        Partitions nothing is known of yet are left out.
+        """
+        self._require_open()
+        assert self._log_ends is not None
         lags: dict[int, int] = {}
         for partition, bounds in self._bounds.items():
-            highwater = consumer.highwater(TopicPartition(self._config.topic, partition))
-            if highwater is not None:
-                lags[partition] = max(0, highwater - bounds.position)
+            end = self._log_ends.end(bounds.tp)
+            if end is not None:
+                lags[partition] = max(0, end - bounds.position)
         return lags
+
+    async def measure_lag(self) -> dict[int, int]:
+        """Measure every partition's log end now; then ``lag()``."""
+        self._require_open()
+        assert self._log_ends is not None
+        await self._log_ends.measure()
+        return self.lag()
 
     # -- counters --------------------------------------------------------------------------
     @property
@@ -375,6 +413,8 @@ class KafkaSourceReader:
             if not fetched:
                 break
             for tp, records in fetched.items():
+                assert self._log_ends is not None
+                self._log_ends.saw(tp, records)
                 bounds = self._bounds[tp.partition]
                 kept = bounds.admit(records)
                 assert self._marks is not None
@@ -426,6 +466,15 @@ class KafkaSourceReader:
         return Batch(
             decoded.ts, decoded.key, decoded.columns, kept_partitions, offsets[decoded.accepted]
         )
+
+    async def _refresh_lag(self) -> None:
+        assert self._log_ends is not None
+        while True:
+            try:
+                await self._log_ends.measure()
+            except Exception as error:  # lag is monitoring: the loop outlives a failed round
+                _log.debug("log end of %s not measured: %s", self._config.topic, error)
+            await asyncio.sleep(self._config.lag_refresh_s)
 
     def _finish(self, partition: int) -> None:
         assert self._consumer is not None and self._marks is not None

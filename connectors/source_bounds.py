@@ -1,14 +1,18 @@
-"""Where each partition of a Kafka source starts and ends, and how far it has been read.
+"""Where each partition of a Kafka source starts and ends, how far it has been read, and how
+far the log goes.
 
 Robust to brokers whose offset lookups are approximate (Tansu: ListOffsets(latest) returns the
-base offset of the last batch, and a timestamp lookup may answer an earlier offset): "latest"
-is settled by the high watermark of a real fetch, a timestamp start also skips any record
-before it, and a timestamp end is decided per record, never by a lookup alone.
+base offset of the last batch plus one, and a timestamp lookup may answer an earlier offset):
+"latest" is settled by the high watermark of a real fetch, a timestamp start also skips any
+record before it, a timestamp end is decided per record, never by a lookup alone, and the log
+end behind the lag is measured with a fetch where the lookup falls short (``LogEnds``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamdag.connectors.errors import TopicError
 
-__all__ = ["PartitionBounds", "Timestamp"]
+__all__ = ["LogEnds", "PartitionBounds", "Timestamp"]
 
 _NANOS_PER_MS = 1_000_000
 _OFFSET = attrgetter("offset")
@@ -152,6 +156,89 @@ class PartitionBounds:
         self.position = offset
         self._start_ms = None
         self.finished = self._end_offset is not None and offset >= self._end_offset
+
+
+class LogEnds:
+    """Each partition's log end as far as is known, and a way to measure it afresh.
+
+    A fetch answer's high watermark is the log end on every broker, but only as fresh as the
+    fetch, and a reader held back by backpressure does not fetch; Kafka's ListOffsets(latest)
+    answers the log end, Tansu's only the base offset of the last batch plus one. So the end is
+    the largest of: the reading consumer's latest high watermark, the offset after the last
+    record it fetched, and a measurement: ListOffsets, and wherever that answers more than is
+    known, the high watermark of a one-record fetch at the answer's last offset, made by a
+    probe consumer of its own (so the reader's position is never touched).
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        tps: Sequence[TopicPartition],
+        probe_options: Mapping[str, Any],
+        timeout_s: float,
+    ) -> None:
+        self._consumer = consumer
+        self._tps = list(tps)
+        self._probe_options = dict(probe_options)
+        self._timeout_s = timeout_s
+        self._probe: AIOKafkaConsumer | None = None
+        self._ends: dict[TopicPartition, int] = {}
+
+    def saw(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+        """Note the records a fetch returned for ``tp`` (the log goes at least past them)."""
+        if records:
+            self._note(tp, records[-1].offset + 1)
+
+    def end(self, tp: TopicPartition) -> int | None:
+        """The log end of ``tp`` as far as is known; None before any answer about it."""
+        known = self._ends.get(tp)
+        highwater = self._consumer.highwater(tp)
+        if highwater is None:
+            return known
+        return int(highwater) if known is None else max(known, int(highwater))
+
+    async def measure(self) -> None:
+        """Learn every partition's log end now (one lookup; a probe fetch where it falls short)."""
+        answers = await asyncio.wait_for(self._consumer.end_offsets(self._tps), self._timeout_s)
+        for tp in self._tps:
+            answer = int(answers[tp])
+            known = self.end(tp)
+            if known is not None and answer <= known:
+                continue  # no batch began past what is known: the known end stands
+            self._note(tp, answer)
+            if answer > 0:
+                self._note(tp, await self._probe_end(tp, answer - 1))
+
+    async def close(self) -> None:
+        """Stop the probe consumer, if one was started."""
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await probe.stop()
+
+    def _note(self, tp: TopicPartition, end: int) -> None:
+        self._ends[tp] = max(end, self._ends.get(tp, end))
+
+    async def _probe_end(self, tp: TopicPartition, offset: int) -> int:
+        probe = await self._probe_consumer()
+        probe.seek(tp, offset)
+        probe.resume(tp)
+        try:
+            fetched = await probe.getmany(tp, timeout_ms=math.ceil(self._timeout_s * 1000),
+                                          max_records=1)
+        finally:
+            probe.pause(tp)
+        records = fetched.get(tp, [])
+        return max([int(probe.highwater(tp) or 0), *(int(r.offset) + 1 for r in records)])
+
+    async def _probe_consumer(self) -> AIOKafkaConsumer:
+        if self._probe is None:
+            probe = AIOKafkaConsumer(**self._probe_options, enable_auto_commit=False,
+                                     group_id=None, auto_offset_reset="latest")
+            await probe.start()
+            probe.assign(self._tps)
+            probe.pause(*self._tps)
+            self._probe = probe
+        return self._probe
 
 
 def _timestamps(records: list[Any]) -> npt.NDArray[np.int64]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -256,3 +258,30 @@ async def test_reader_returns_source_chunks(
     assert isinstance(chunk, SourceChunk)
     assert chunk.finished and len(chunk.batch) == 0 and chunk.watermark is None
     assert chunk.batch.schema == SCHEMA
+
+
+async def test_lag_is_the_exact_backlog_while_the_reader_holds(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    # Five producer batches; ListOffsets on Tansu answers the last one's base offset plus one,
+    # and the fetch answer the reader got is stale once more batches arrive while it holds.
+    topic = await new_topic(1)
+    for first in range(0, 300, 100):
+        await produce(topic, [tick(n) for n in range(first, first + 100)])
+    reader = KafkaSourceReader(KafkaSourceConfig(bootstrap, topic, SCHEMA, lag_refresh_s=0.05))
+    await reader.open()
+    consumed = await read_count(reader, 120)
+    await produce(topic, [tick(n) for n in range(300, 350)])
+    await produce(topic, [tick(n) for n in range(350, 420)])
+    deadline = time.monotonic() + 20
+    while reader.lag() != {0: 420 - 120} and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # the reader measures in the background: poll, bounded
+    background = reader.lag()
+    measured = await reader.measure_lag()
+    position = reader.position()
+    await reader.close()
+
+    assert len(consumed) == 120
+    assert position == {0: 120}
+    assert background == {0: 300}
+    assert measured == {0: 300}
