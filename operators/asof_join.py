@@ -156,6 +156,10 @@ class AsofJoinDef(OperatorDef):
     type_name: ClassVar[str] = "asof_join"
     arity: ClassVar[int | None] = 2
     summary: ClassVar[str] = "join with the latest right event of the key at or before each event"
+    handles_events: ClassVar[str] = (
+        "joins each left event with its key's latest right event and does not bucket events "
+        "by interval"
+    )
     params: ClassVar[tuple[Param, ...]] = (
         Param("tolerance", "duration", default=0,
               doc="largest age of a matching right event; 0 = unlimited"),

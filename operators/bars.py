@@ -497,6 +497,11 @@ class OhlcvDef(OperatorDef):
 
     type_name: ClassVar[str] = "ohlcv"
     summary: ClassVar[str] = "open/high/low/close/volume bars per key over event-time intervals"
+    handles_events: ClassVar[str] = (
+        "buckets events into bars of its own bar= length, not by a node interval, and emits a "
+        "bar only where there were trades, as a Flink tumbling window does"
+    )
+    interval_hint: ClassVar[str] = "set the bar length with bar= instead, e.g. .ohlcv(bar='1s')"
     params: ClassVar[tuple[Param, ...]] = (
         Param("price", "str", default="price", doc="field holding the trade price"),
         Param("size", "str", default="size", doc="field holding the traded size"),

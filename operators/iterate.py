@@ -150,6 +150,9 @@ class IterateDef(OperatorDef):
 
     type_name: ClassVar[str] = "iterate"
     summary: ClassVar[str] = "a fixed-point block iterated per event until |change| < tolerance"
+    handles_events: ClassVar[str] = (
+        "iterates each event on its own and does not bucket events by interval"
+    )
     params: ClassVar[tuple[Param, ...]] = (
         Param("initial", "str_map", doc="var -> expression over the input fields"),
         Param("update", "str_map", doc="var -> expression over the vars and the input fields"),

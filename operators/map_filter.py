@@ -59,6 +59,9 @@ class MapDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "map"
+    handles_events: ClassVar[str] = (
+        "computes each event from that event alone and does not bucket events by interval"
+    )
     summary: ClassVar[str] = "a float64 field computed by an expression over the input's fields"
     params: ClassVar[tuple[Param, ...]] = (
         Param("expression", "str", doc="expression over the input's fields, e.g. 'price * size'"),
@@ -127,6 +130,9 @@ class FilterDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "filter"
+    handles_events: ClassVar[str] = (
+        "keeps or drops each event on its own and does not bucket events by interval"
+    )
     summary: ClassVar[str] = "the events for which a boolean expression holds"
     params: ClassVar[tuple[Param, ...]] = (
         Param("expression", "str", doc="boolean expression over the input's fields"),

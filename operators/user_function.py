@@ -17,7 +17,7 @@ from numba import njit
 from streamdag.batch import Batch
 from streamdag.codehash import describe_function
 from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operators.errors import UserFunctionOutputError
 from streamdag.operators.keyed_state import float_column
 from streamdag.operators.node_cache import NodeCache
@@ -258,6 +258,8 @@ class UserFunctionDef(OperatorDef):
 
     type_name: ClassVar[str] = "user_function"
     arity: ClassVar[int | None] = None
+    supports_interval: ClassVar[bool] = True
+    missing_policies: ClassVar[tuple[MissingPolicy, ...]] = ("skip", "fail", "interpolate")
     summary: ClassVar[str] = "a user's function of per-input window views, one value per event"
     params: ClassVar[tuple[Param, ...]] = (
         Param("fields", "str_list", doc="the field read from each input, in input order"),

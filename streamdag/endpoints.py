@@ -42,6 +42,13 @@ class KafkaSourceDef(OperatorDef):
     type_name: ClassVar[str] = "kafka_source"
     role: ClassVar[Role] = "source"
     arity: ClassVar[int | None] = 0
+    handles_events: ClassVar[str] = (
+        "hands on events as they are read and does not bucket events by interval"
+    )
+    interval_hint: ClassVar[str] = (
+        "bucket downstream instead, e.g. with ohlcv bars (.ohlcv(bar='1s')) or a user function "
+        "built with sd.udf(interval=...)"
+    )
     params: ClassVar[tuple[Param, ...]] = (
         Param("topic", "str", doc="Kafka topic to read"),
         Param("schema", "schema", doc="value fields and their types"),
@@ -72,6 +79,9 @@ class KafkaSinkDef(OperatorDef):
 
     type_name: ClassVar[str] = "kafka_sink"
     role: ClassVar[Role] = "sink"
+    handles_events: ClassVar[str] = (
+        "writes every event it receives and does not bucket events by interval"
+    )
     params: ClassVar[tuple[Param, ...]] = (
         Param("topic", "str", doc="Kafka topic to write"),
         Param("codec", "str", default="json", choices=_CODECS),

@@ -15,7 +15,7 @@ from streamdag.errors import (
     SchemaMismatchError,
 )
 from streamdag.identity import compute_node_id
-from streamdag.operator import MissingPolicy, NodeConfig
+from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef
 from streamdag.params import parse_duration, validate_params
 from streamdag.registry import lookup
 from streamdag.schema import Schema
@@ -237,13 +237,7 @@ def make_node(
     interval_ns = None if interval is None else parse_duration(interval)
     if interval_ns == 0:
         raise GraphError(f"node {display!r}: interval must be positive, got 0")
-    if interval_ns is not None and not definition.supports_interval:
-        raise GraphError(
-            f"node {display!r}: {operator} updates on every event and does not bucket events "
-            f"by interval, but interval={interval_ns} ns was given; remove interval= from this "
-            "node and bucket upstream instead, e.g. with ohlcv bars (.ohlcv(bar='1s')) or a "
-            "user function built with sd.udf(interval=...)"
-        )
+    _refuse_ignored_options(definition, display, interval_ns, missing)
     resolved_period = definition.history(canonical) if period is None else int(period)
     if resolved_period < 1:
         raise GraphError(f"node {display!r}: period must be at least 1, got {period!r}")
@@ -371,3 +365,28 @@ def _topological(outputs: Sequence[Node]) -> tuple[Node, ...]:
         stack.append((node, True))
         stack.extend((i, False) for i in reversed(node.inputs) if i.node_id not in seen)
     return tuple(order)
+
+def _refuse_ignored_options(
+    definition: type[OperatorDef], display: str, interval: int | None, missing: MissingPolicy
+) -> None:
+    """Raise GraphError for an interval or missing-data policy the node's kernel would ignore."""
+    operator = definition.type_name
+    if interval is not None and not definition.supports_interval:
+        raise GraphError(
+            f"node {display!r}: {operator} {definition.handles_events}, but interval={interval} "
+            f"ns was given; remove interval= from this node and {definition.interval_hint}"
+        )
+    if missing not in definition.missing_policies:
+        raise GraphError(
+            f"node {display!r}: {operator} {definition.handles_events}, so it has no gap between "
+            f"interval buckets to handle, but missing={missing!r} was given; remove missing= "
+            "from this node (the default, 'skip', then applies) or set the policy on a node that "
+            f"buckets events by interval, e.g. a user function built with sd.udf(interval=..., "
+            f"missing={missing!r})"
+        )
+    if missing == "fail" and interval is None:
+        raise GraphError(
+            f"node {display!r}: missing='fail' fails on a gap between interval buckets, but this "
+            "node has no interval, so it could never fail; give it one as well (e.g. "
+            "sd.udf(interval='1s', missing='fail')) or remove missing="
+        )

@@ -82,8 +82,19 @@ class OperatorDef(ABC):
     arity: ClassVar[int | None] = 1
     role: ClassVar[Role] = "operator"
     summary: ClassVar[str] = ""
-    #: False for kernels that update on every event: a node ``interval`` is refused when built.
-    supports_interval: ClassVar[bool] = True
+    #: Whether the kernel buckets events by the node's ``interval``; if not, one is refused when
+    #: the node is built (opt in, so a new kernel cannot silently ignore one).
+    supports_interval: ClassVar[bool] = False
+    #: The missing-data policies the kernel honours; any other is refused when built. ``skip``,
+    #: the default, holds everywhere: a kernel without interval buckets has no gap to skip.
+    missing_policies: ClassVar[tuple[MissingPolicy, ...]] = ("skip",)
+    #: What the kernel does with events, in the message refusing an interval or a policy.
+    handles_events: ClassVar[str] = "updates on every event and does not bucket events by interval"
+    #: The fix that message offers for a refused interval.
+    interval_hint: ClassVar[str] = (
+        "bucket upstream instead, e.g. with ohlcv bars (.ohlcv(bar='1s')) or a user function "
+        "built with sd.udf(interval=...)"
+    )
 
     @classmethod
     @abstractmethod

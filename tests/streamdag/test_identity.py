@@ -19,7 +19,7 @@ import streamdag as sd
 from streamdag.endpoints import PassThrough
 from streamdag.errors import CodeHashError, ParamError, UnknownOperatorError
 from streamdag.identity import ID_SCHEME, canonical_encode, compute_node_id
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
+from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic
 from streamdag.params import Param
 from streamdag.registry import lookup, register
 from streamdag.schema import Schema
@@ -33,6 +33,9 @@ class WindowMeanForTests(OperatorDef):
     """A per-key window mean declaration with one param of every numeric kind."""
 
     type_name: ClassVar[str] = WINDOW_MEAN
+    # Declares the node options it is tested with: they are refused where not declared.
+    supports_interval: ClassVar[bool] = True
+    missing_policies: ClassVar[tuple[MissingPolicy, ...]] = ("skip", "interpolate")
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value"),
         Param("window", "int", default=1, minimum=1),

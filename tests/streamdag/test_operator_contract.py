@@ -137,7 +137,9 @@ def test_event_by_event_kernels_refuse_an_interval_when_built(build: Callable[[]
 
 
 def test_interval_is_kept_where_the_operator_supports_it() -> None:
-    assert lookup("ohlcv").supports_interval
+    # ohlcv buckets by its own bar= length and ignored a node interval: it refuses one now.
+    assert not lookup("ohlcv").supports_interval
     assert not lookup("rolling_mean").supports_interval
+    assert lookup("user_function").supports_interval
     node = sd.udf(period=2, interval="1s")(lambda prices: prices[:, -1])(TICKS["price"])
     assert node.interval == 1_000_000_000

@@ -29,7 +29,7 @@ from streamdag.errors import (
     UnknownOperatorError,
 )
 from streamdag.graph import Graph, make_node
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.params import Param
 from streamdag.registry import register
 from streamdag.schema import Schema
@@ -53,6 +53,9 @@ class SpecTestWindowDef(OperatorDef):
     """Test operator with one param of every kind, so dumps and loads meet each of them."""
 
     type_name: ClassVar[str] = "spec_test_window"
+    # Declares the node options it is tested with: they are refused where not declared.
+    supports_interval: ClassVar[bool] = True
+    missing_policies: ClassVar[tuple[MissingPolicy, ...]] = ("skip", "interpolate")
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value"),
         Param("window", "int", minimum=1),
