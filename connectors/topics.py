@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamdag.connectors.errors import TopicError
+from streamdag.topic_names import TOPIC_RULES, shown_topic, topic_name_problem
 
 __all__ = ["ensure_topics", "topic_partition_counts"]
 
@@ -26,15 +27,22 @@ async def ensure_topics(
 ) -> dict[str, int]:
     """Create each topic of ``partitions`` that is missing; return every topic's partition count.
 
-    Idempotent: an existing topic is left as it is. With ``strict`` an existing topic whose
-    partition count differs from the one asked raises TopicError, since key partitioning
-    depends on the count. ``configs`` sets topic configs at creation (name -> {key: value}).
+    Names are checked against Kafka's rules first (``streamdag.topic_names``), so a bad one is
+    refused here rather than by the broker. Idempotent: an existing topic is left as it is.
+    With ``strict`` an existing topic whose partition count differs from the one asked raises
+    TopicError, since key partitioning depends on the count. ``configs`` sets topic configs at
+    creation (name -> {key: value}).
     """
     for name, count in partitions.items():
-        if not name or count < 1:
+        problem = topic_name_problem(name)
+        if problem is not None:
             raise TopicError(
-                f"topic {name!r} was asked with {count} partition(s); give a non-empty name "
-                "and at least 1 partition"
+                f"topic {shown_topic(name)} cannot be created: {problem}; a Kafka topic name "
+                f"is {TOPIC_RULES}"
+            )
+        if count < 1:
+            raise TopicError(
+                f"topic {name!r} was asked with {count} partition(s); give at least 1 partition"
             )
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()

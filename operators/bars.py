@@ -18,7 +18,7 @@ from numba import njit
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operators.key_slots import KeySlots
-from streamdag.params import Param
+from streamdag.params import DAY_NS, MAX_SPAN_NS, Param
 from streamdag.registry import register
 from streamdag.schema import Schema
 
@@ -505,8 +505,10 @@ class OhlcvDef(OperatorDef):
     params: ClassVar[tuple[Param, ...]] = (
         Param("price", "str", default="price", doc="field holding the trade price"),
         Param("size", "str", default="size", doc="field holding the traded size"),
-        Param("bar", "duration", minimum=1, doc="bar length"),
-        Param("lateness", "duration", default=0, doc="wait after a bar's end before emitting"),
+        Param("bar", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True, doc="bar length"),
+        # Bars wait out the lateness in memory: about keys x (lateness / bar) of them stay open.
+        Param("lateness", "duration", default=0, minimum=0, maximum=DAY_NS, size=True,
+              doc="wait after a bar's end before emitting"),
         Param("late", "str", default="drop", choices=_LATE_POLICIES,
               doc="what to do with events for an emitted bar"),
     )

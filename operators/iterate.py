@@ -159,7 +159,7 @@ class IterateDef(OperatorDef):
         Param("output", "str", default="value", doc="the var emitted"),
         Param("tolerance", "float", default=1e-9, minimum=0.0, doc="stop when max |change| < it"),
         # Bounded because specs are data from the network: an iteration budget is CPU time.
-        Param("max_iterations", "int", default=100, minimum=1, maximum=100_000),
+        Param("max_iterations", "int", default=100, minimum=1, maximum=100_000, size=True),
     )
 
     @classmethod

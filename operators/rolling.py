@@ -61,7 +61,7 @@ from streamdag.operators.keyed_state import (
     ring_pools,
     rows_emitted,
 )
-from streamdag.params import Param
+from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
 from streamdag.registry import register
 from streamdag.schema import Schema
 
@@ -73,9 +73,6 @@ __all__ = [
     "RollingStdDef",
     "RollingSumDef",
 ]
-
-#: Largest time window: keeps ``ts - time_window`` inside int64 for any realistic timestamp.
-_MAX_TIME_WINDOW = 2**62
 
 _SUM, _MEAN, _STD, _ZSCORE = 0, 1, 2, 3
 _STATISTICS = {"sum": _SUM, "mean": _MEAN, "std": _STD, "zscore": _ZSCORE}
@@ -463,8 +460,9 @@ class _RollingDef(OperatorDef):
     supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to aggregate"),
-        Param("window", "int", default=0, minimum=0, doc="window length in events"),
-        Param("time_window", "duration", default=0, maximum=_MAX_TIME_WINDOW,
+        Param("window", "int", default=0, minimum=0, maximum=MAX_EVENTS, size=True,
+              doc="window length in events"),
+        Param("time_window", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS, size=True,
               doc="window length in event time: events with ts in (t - time_window, t]"),
     )
 

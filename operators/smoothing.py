@@ -25,7 +25,7 @@ from streamdag.operators.keyed_state import (
     float_column,
 )
 from streamdag.operators.rolling import RollingLogic
-from streamdag.params import Param
+from streamdag.params import MAX_EVENTS, Param
 from streamdag.registry import register
 from streamdag.schema import Schema
 
@@ -92,7 +92,8 @@ class EmaDef(OperatorDef):
     supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to average"),
-        Param("span", "int", minimum=1, doc="span in events; alpha = 2 / (span + 1)"),
+        Param("span", "int", minimum=1, maximum=MAX_EVENTS, size=True,
+              doc="span in events; alpha = 2 / (span + 1)"),
     )
 
     @classmethod
@@ -129,7 +130,8 @@ class ZScoreDef(OperatorDef):
     supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to normalize"),
-        Param("window", "int", minimum=2, doc="window length in events, the event included"),
+        Param("window", "int", minimum=2, maximum=MAX_EVENTS, size=True,
+              doc="window length in events, the event included"),
     )
 
     @classmethod

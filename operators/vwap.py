@@ -29,7 +29,7 @@ from streamdag.operators.keyed_state import (
     float_column,
     rows_emitted,
 )
-from streamdag.params import Param
+from streamdag.params import MAX_EVENTS, Param
 from streamdag.registry import register
 from streamdag.schema import Schema
 
@@ -140,7 +140,8 @@ class VwapDef(OperatorDef):
     params: ClassVar[tuple[Param, ...]] = (
         Param("price", "str", default="price", doc="input field holding the price"),
         Param("size", "str", default="size", doc="input field holding the traded size"),
-        Param("window", "int", minimum=1, doc="window length in events"),
+        Param("window", "int", minimum=1, maximum=MAX_EVENTS, size=True,
+              doc="window length in events"),
     )
 
     @classmethod

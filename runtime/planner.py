@@ -22,6 +22,7 @@ from streamdag.errors import (
     DuplicateSinkTopicError,
     PlanError,
     SchemaMismatchError,
+    TopicLoopError,
     UnknownOperatorError,
 )
 from streamdag.graph import Graph, Node
@@ -72,7 +73,9 @@ def dependency_graph(graph: Graph) -> nx.DiGraph:
 
 
 def validate_graph(graph: Graph) -> None:
-    """Re-check a built or loaded Graph: names, operators, inputs, cycles, sink topics, schemas.
+    """Re-check a built or loaded Graph: names, operators, inputs, cycles, topics, schemas.
+
+    Topics: no two sinks write one topic, and no sink writes a topic a source of the graph reads.
 
     Each condition raises its own GraphError subclass, naming the nodes involved. ``plan_graph``
     runs every check but the schema one, which re-runs each operator's ``output_schema`` (as
@@ -335,11 +338,14 @@ def _check_unique_names(graph: Graph) -> None:
 
 def _check_operators_and_sink_topics(graph: Graph) -> None:
     writers: dict[str, str] = {}
+    readers: dict[str, str] = {}
     for node in graph.nodes:
         try:
             definition = lookup(node.operator)
         except UnknownOperatorError as exc:
             raise UnknownOperatorError(f"graph {graph.name!r}: node {node.name!r}: {exc}") from None
+        if definition.role == "source" and "topic" in node.params:
+            readers.setdefault(str(node.params["topic"]), node.name)
         if definition.role != "sink" or "topic" not in node.params:
             continue
         topic = str(node.params["topic"])
@@ -348,6 +354,14 @@ def _check_operators_and_sink_topics(graph: Graph) -> None:
             raise DuplicateSinkTopicError(
                 f"graph {graph.name!r}: sinks {writer!r} and {node.name!r} both write topic "
                 f"{topic!r}; give each sink its own topic"
+            )
+    # Checked after the loop: a source of another branch may come after the sink in order.
+    for topic, writer in writers.items():
+        if topic in readers:
+            raise TopicLoopError(
+                f"graph {graph.name!r}: sink {writer!r} writes topic {topic!r}, which source "
+                f"{readers[topic]!r} of the same graph reads, so the graph's output would come "
+                "back as its input (a loop through Kafka); write another topic"
             )
 
 

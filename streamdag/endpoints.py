@@ -50,7 +50,7 @@ class KafkaSourceDef(OperatorDef):
         "built with sd.udf(interval=...)"
     )
     params: ClassVar[tuple[Param, ...]] = (
-        Param("topic", "str", doc="Kafka topic to read"),
+        Param("topic", "topic", doc="Kafka topic to read"),
         Param("schema", "schema", doc="value fields and their types"),
         Param("key", "str", default="key", doc="payload field holding the entity key"),
         Param("time", "str", default="ts", doc="payload field holding event time; '' = record ts"),
@@ -83,8 +83,10 @@ class KafkaSinkDef(OperatorDef):
         "writes every event it receives and does not bucket events by interval"
     )
     params: ClassVar[tuple[Param, ...]] = (
-        Param("topic", "str", doc="Kafka topic to write"),
+        Param("topic", "topic", doc="Kafka topic to write"),
         Param("codec", "str", default="json", choices=_CODECS),
+        Param("shared", "bool", default=False,
+              doc="other graphs may write this topic too, on purpose (each must say so)"),
     )
 
     @classmethod

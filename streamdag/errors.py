@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
+    "ActorBudgetError",
     "CodeHashError",
     "CycleError",
     "DanglingInputError",
     "DuplicateNameError",
     "DuplicateSinkTopicError",
     "GraphError",
+    "GraphSizeError",
     "KeyCollisionError",
+    "LimitError",
+    "MemoryBudgetError",
     "MissingDataError",
     "ParamError",
     "PlanError",
     "SchemaMismatchError",
+    "SharedTopicError",
     "SpecError",
     "StreamdagError",
+    "TopicLoopError",
+    "TopicNameError",
     "UnknownOperatorError",
+    "did_you_mean",
 ]
 
 
@@ -53,6 +64,34 @@ class DuplicateSinkTopicError(GraphError):
     """Two sinks of one graph write the same topic."""
 
 
+class TopicNameError(GraphError):
+    """A topic name breaks Kafka's rules (characters, length, ``.`` or ``..``)."""
+
+
+class TopicLoopError(GraphError):
+    """A sink writes a topic its own graph reads: its output would come back as input."""
+
+
+class SharedTopicError(GraphError):
+    """A sink writes a topic another running graph writes, and not both declared it shared."""
+
+
+class LimitError(GraphError):
+    """A graph needs more than the deployment's ``[limits]`` allow; refused before it runs."""
+
+
+class GraphSizeError(LimitError):
+    """A graph has more nodes than ``limits.max_nodes_per_graph``."""
+
+
+class ActorBudgetError(LimitError):
+    """Running a graph would take the deployment over ``limits.max_actors``."""
+
+
+class MemoryBudgetError(LimitError):
+    """A graph's estimated node-cache memory is over ``limits.memory_budget_bytes``."""
+
+
 class SchemaMismatchError(GraphError):
     """A node's input does not carry the fields or types the node needs."""
 
@@ -83,3 +122,13 @@ class KeyCollisionError(StreamdagError):
 
 class MissingDataError(StreamdagError):
     """A node with the ``fail`` missing-data policy saw a gap in its input."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``candidates`` to ``name``, or ``''``.
+
+    >>> did_you_mean("rolling_maen", ["rolling_mean", "rolling_max", "ema"])
+    " (did you mean 'rolling_mean'?)"
+    """
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -13,10 +13,12 @@ from streamdag.errors import (
     GraphError,
     ParamError,
     SchemaMismatchError,
+    TopicLoopError,
+    UnknownOperatorError,
 )
 from streamdag.identity import compute_node_id
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef
-from streamdag.params import parse_duration, validate_params
+from streamdag.params import MAX_EVENTS, parse_duration, validate_params
 from streamdag.registry import lookup
 from streamdag.schema import Schema
 
@@ -183,9 +185,15 @@ class Node:
         """A fixed-point block: vars start at ``initial`` and repeat ``update`` until converged."""
         return self.apply("iterate", initial=initial, update=update, output=output, **kw)
 
-    def to_topic(self, topic: str, codec: str = "json", **kw: Any) -> Node:
-        """A sink writing this stream to Kafka ``topic``, keyed by the stream's key."""
-        return self.apply("kafka_sink", topic=topic, codec=codec, **kw)
+    def to_topic(self, topic: str, codec: str = "json", *, shared: bool = False,
+                 **kw: Any) -> Node:
+        """A sink writing this stream to Kafka ``topic``, keyed by the stream's key.
+
+        ``topic`` must follow Kafka's naming rules and must not be one this graph reads. A
+        deployment refuses a second graph writing the same topic unless every writer says
+        ``shared=True``.
+        """
+        return self.apply("kafka_sink", topic=topic, codec=codec, shared=shared, **kw)
 
 
 @dataclass(frozen=True)
@@ -211,8 +219,12 @@ def make_node(
     shareable: bool = True,
 ) -> Node:
     """Validate and build a node: params, arity, schemas and options checked here, at build time."""
-    definition = lookup(operator)
     display = name or operator
+    try:
+        definition = lookup(operator)
+    except UnknownOperatorError as exc:
+        where = f"node {name!r}" if name else f"a node reading {[node.name for node in inputs]}"
+        raise UnknownOperatorError(f"{where}: {exc}") from None
     if definition.arity is not None and len(inputs) != definition.arity:
         raise GraphError(
             f"node {display!r}: operator {operator!r} takes {definition.arity} input(s), "
@@ -241,6 +253,12 @@ def make_node(
     resolved_period = definition.history(canonical) if period is None else int(period)
     if resolved_period < 1:
         raise GraphError(f"node {display!r}: period must be at least 1, got {period!r}")
+    if resolved_period > MAX_EVENTS:
+        raise GraphError(
+            f"node {display!r}: period {resolved_period} is over the maximum of {MAX_EVENTS} "
+            "events per key and input; a node holds its period of history in memory for every "
+            "key, so ask for less"
+        )
     resolved_code_hash = code_hash if code_hash is not None else definition.code_hash()
     identity_params = {
         **canonical,
@@ -276,8 +294,9 @@ def make_node(
 class Graph:
     """A named DAG: every node reachable upstream from ``outputs``.
 
-    Checked when built: node names are unique and no two sinks write one topic. Cycles cannot
-    be built with the SDK; specs loaded from files are checked by the planner's validation.
+    Checked when built: node names are unique, no two sinks write one topic and no sink writes
+    a topic the graph reads. Cycles cannot be built with the SDK; specs loaded from files are
+    checked by the planner's validation.
 
     >>> import streamdag as sd
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
@@ -336,6 +355,8 @@ class Graph:
 
     def _check_sink_topics(self) -> None:
         topics: dict[str, str] = {}
+        readers = {str(node.params["topic"]): node.name for node in self.nodes
+                   if node.operator == "kafka_source"}
         for node in self.nodes:
             if node.operator != "kafka_sink":
                 continue
@@ -346,6 +367,12 @@ class Graph:
                     f"write topic {topic!r}; give each sink its own topic"
                 )
             topics[topic] = node.name
+            if topic in readers:
+                raise TopicLoopError(
+                    f"graph {self.name!r}: sink {node.name!r} writes topic {topic!r}, which "
+                    f"source {readers[topic]!r} of the same graph reads, so the graph's output "
+                    "would come back as its input (a loop through Kafka); write another topic"
+                )
 
 
 def _topological(outputs: Sequence[Node]) -> tuple[Node, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TypeVar
 
-from streamdag.errors import UnknownOperatorError
+from streamdag.errors import UnknownOperatorError, did_you_mean
 from streamdag.operator import OperatorDef
 
 __all__ = ["available", "lookup", "register"]
@@ -44,8 +44,8 @@ def lookup(type_name: str) -> type[OperatorDef]:
         return _registry[type_name]
     except KeyError:
         raise UnknownOperatorError(
-            f"unknown operator type {type_name!r}; installed operators are "
-            f"{', '.join(sorted(_registry))}"
+            f"unknown operator type {type_name!r}{did_you_mean(type_name, _registry)}; "
+            f"installed operators are {', '.join(sorted(_registry))}"
         ) from None
 
 

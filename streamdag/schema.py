@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamdag.errors import SchemaMismatchError
+from streamdag.errors import SchemaMismatchError, did_you_mean
 
 __all__ = ["FIELD_TYPES", "Schema"]
 
@@ -38,10 +38,11 @@ class Schema:
                 )
             if name in seen:
                 raise SchemaMismatchError(f"field {name!r} appears twice in a schema")
-            if type_name not in FIELD_TYPES:
+            if not isinstance(type_name, str) or type_name not in FIELD_TYPES:
+                hint = did_you_mean(type_name, FIELD_TYPES) if isinstance(type_name, str) else ""
                 raise SchemaMismatchError(
-                    f"field {name!r} has type {type_name!r}; expected one of "
-                    f"{sorted(FIELD_TYPES)}"
+                    f"field {name!r} has type {type_name!r}{hint}, not one of "
+                    f"{', '.join(sorted(FIELD_TYPES))}"
                 )
             seen.add(name)
 
@@ -54,7 +55,8 @@ class Schema:
     def from_mapping(cls, fields: Mapping[str, str] | Iterable[tuple[str, str]]) -> Schema:
         """Build a schema from a mapping or pairs, keeping their order."""
         items = fields.items() if isinstance(fields, Mapping) else fields
-        return cls(tuple((str(k), str(v)) for k, v in items))
+        # A type that is not text is kept as it is, so the refusal shows what was given.
+        return cls(tuple((str(k), str(v) if isinstance(v, str) else v) for k, v in items))
 
     @property
     def names(self) -> tuple[str, ...]:

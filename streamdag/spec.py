@@ -58,7 +58,6 @@ True
 
 from __future__ import annotations
 
-import difflib
 import json
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -77,11 +76,12 @@ from streamdag.errors import (
     SpecError,
     StreamdagError,
     UnknownOperatorError,
+    did_you_mean,
 )
 from streamdag.graph import Graph, Node, make_node
 from streamdag.identity import canonical_encode
 from streamdag.operator import MissingPolicy, OperatorDef
-from streamdag.params import parse_duration
+from streamdag.params import MAX_EVENTS, parse_duration
 from streamdag.registry import lookup
 from streamdag.schema import Schema
 from streamdag.structure import validate_structure
@@ -278,8 +278,9 @@ def _read_node(position: int, raw: Any) -> _SpecNode:
     interval = _typed(label, raw, "interval", None,
                       "a positive duration (int nanoseconds, or a string like '1s')",
                       _is_positive_duration)
-    period = _typed(label, raw, "period", None, "an int >= 1",
-                    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    period = _typed(label, raw, "period", None, f"an int between 1 and {MAX_EVENTS}",
+                    lambda v: isinstance(v, int) and not isinstance(v, bool)
+                    and 1 <= v <= MAX_EVENTS)
     missing = _typed(label, raw, "missing", "skip", f"one of {list(get_args(MissingPolicy))}",
                      lambda v: v in get_args(MissingPolicy))
     tags = _typed(label, raw, "tags", [], "a list of strings", _is_str_list)
@@ -333,11 +334,6 @@ def _refuse_unknown_keys(
         )
 
 
-def _suggestion(name: str, candidates: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _read_outputs(graph_name: str, data: Mapping[str, Any], nodes: list[_SpecNode]) -> list[str]:
     inputs_of = {node.name: node.inputs for node in nodes}
     if "outputs" not in data:
@@ -353,7 +349,7 @@ def _read_outputs(graph_name: str, data: Mapping[str, Any], nodes: list[_SpecNod
         if name not in inputs_of:
             raise DanglingInputError(
                 f"graph spec {graph_name!r}: output {name!r} is not a node of the graph"
-                f"{_suggestion(name, inputs_of)}; the nodes are {list(inputs_of)}"
+                f"{did_you_mean(name, inputs_of)}; the nodes are {list(inputs_of)}"
             )
     feeding = set(outputs)
     stack = list(outputs)

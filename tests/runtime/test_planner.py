@@ -21,6 +21,7 @@ from streamdag.errors import (
     PlanError,
     SchemaMismatchError,
     SpecError,
+    TopicLoopError,
     UnknownOperatorError,
 )
 from streamdag.graph import Graph, Node, make_node
@@ -228,6 +229,21 @@ def test_validate_graph_refuses_two_sinks_on_one_topic() -> None:
         "graph 'diamond': sinks 'out' and 'raw_out' both write topic 'signals'; give each sink "
         "its own topic"
     )
+
+
+def test_validate_graph_and_plan_graph_refuse_a_sink_writing_what_the_graph_reads() -> None:
+    graph = _diamond_with(
+        "out",
+        lambda out: make_node("kafka_sink", out.inputs, {"topic": "ticks"}, name="out"),
+    )
+    for check in (validate_graph, plan_graph, lambda g: diff_graph(g, ())):
+        with pytest.raises(TopicLoopError) as caught:
+            check(graph)
+        assert str(caught.value) == (
+            "graph 'diamond': sink 'out' writes topic 'ticks', which source 'src' of the same "
+            "graph reads, so the graph's output would come back as its input (a loop through "
+            "Kafka); write another topic"
+        )
 
 
 def test_validate_graph_refuses_an_output_schema_its_inputs_do_not_give() -> None:
