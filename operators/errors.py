@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from streamdag.errors import ParamError, SchemaMismatchError, StreamdagError
+from streamdag.batch import Batch
+from streamdag.errors import MissingDataError, ParamError, SchemaMismatchError, StreamdagError
 
 __all__ = [
+    "DataGapError",
     "SnapshotCorruptError",
     "SnapshotMismatchError",
     "UnknownFieldError",
@@ -30,3 +32,15 @@ class UserFunctionOutputError(StreamdagError):
 
 class SnapshotCorruptError(StreamdagError):
     """A snapshot's bytes do not describe a valid state (e.g. a key table with duplicate keys)."""
+
+
+class DataGapError(MissingDataError):
+    """A gap under the ``fail`` policy, raised mid-batch with the node's output before it.
+
+    ``emitted`` holds the output for the events before the gap, so what a node emitted before
+    failing does not depend on where its input was cut into batches.
+    """
+
+    def __init__(self, message: str, emitted: Batch | None = None) -> None:
+        super().__init__(message)
+        self.emitted = emitted

@@ -14,10 +14,13 @@ from streamdag.errors import MissingDataError
 from streamdag.operator import MissingPolicy
 from streamdag.operators.key_slots import KeySlots
 
-__all__ = ["NodeCache"]
+__all__ = ["LATE_FILL", "NodeCache"]
 
 _POLICY_CODES = {"skip": 0, "fail": 1, "interpolate": 2}
 _NO_BUCKET = np.iinfo(np.int64).min
+#: The fill count ``append_windows`` gives a late event (one it dropped).
+LATE_FILL = -1
+_STORED, _LATE, _GAP = 0, 1, 2
 
 
 @njit(cache=True, inline="always")
@@ -39,6 +42,7 @@ def _append_record(
     head: Any,
     count: Any,
     last_bucket: Any,
+    newest: Any,
     stats: Any,
     input_index: int,
     s: int,
@@ -48,32 +52,34 @@ def _append_record(
     policy: int,
     before: Any,
     filler: Any,
-) -> bool:
-    # Returns False when the record's gap fails the `fail` policy (the record is not stored).
+) -> int:
+    # Returns _STORED, _LATE (older than the key's newest event: dropped and counted, so a
+    # window never holds data newer than its event) or _GAP (a gap under `fail`: not stored).
     # stats: [gaps seen, buckets interpolated, late records dropped]. `before` and `filler` are
     # scratch rows owned by the caller, so appending never allocates per record.
     period = times.shape[2]
     if interval <= 0:
         _push(times, values, head, count, input_index, s, t, row)
-        return True
+        return _STORED
+    if t < newest[input_index, s]:
+        stats[2] += 1
+        return _LATE
     bucket = (t // interval) * interval
     last = last_bucket[input_index, s]
     if last != _NO_BUCKET and bucket == last:
-        newest = (head[input_index, s] - 1) % period
+        newest[input_index, s] = t
+        position = (head[input_index, s] - 1) % period
         for f in range(values.shape[3]):
-            values[input_index, s, newest, f] = row[f]
-        return True
-    if last != _NO_BUCKET and bucket < last:
-        stats[2] += 1
-        return True
+            values[input_index, s, position, f] = row[f]
+        return _STORED
     if last != _NO_BUCKET and bucket > last + interval:
         stats[0] += 1
         if policy == 1:
-            return False
+            return _GAP
         if policy == 2:
-            newest = (head[input_index, s] - 1) % period
+            position = (head[input_index, s] - 1) % period
             for f in range(values.shape[3]):
-                before[f] = values[input_index, s, newest, f]
+                before[f] = values[input_index, s, position, f]
             missing = (bucket - last) // interval - 1
             # Only the last `period` filled buckets can stay in the window.
             first = max(np.int64(1), missing - period + 1)
@@ -85,7 +91,23 @@ def _append_record(
                 stats[1] += 1
     _push(times, values, head, count, input_index, s, bucket, row)
     last_bucket[input_index, s] = bucket
-    return True
+    newest[input_index, s] = t
+    return _STORED
+
+
+@njit(cache=True)
+def _late_rows(newest: Any, input_index: int, slots: Any, ts: Any, scratch: Any,
+               late: Any) -> None:
+    # late[r]: the record is older than its key's newest event so far (the cache's, or an
+    # earlier record's here). `scratch` holds _NO_BUCKET per slot on entry and again on exit.
+    for r in range(slots.shape[0]):
+        s = slots[r]
+        seen = max(newest[input_index, s], scratch[s])
+        late[r] = ts[r] < seen
+        if not late[r]:
+            scratch[s] = ts[r]
+    for r in range(slots.shape[0]):
+        scratch[slots[r]] = _NO_BUCKET
 
 
 @njit(cache=True)
@@ -112,19 +134,25 @@ def _gather_many(times: Any, values: Any, head: Any, count: Any, input_index: in
 
 @njit(cache=True)
 def _append(
-    times: Any, values: Any, head: Any, count: Any, last_bucket: Any, stats: Any,
+    times: Any, values: Any, head: Any, count: Any, last_bucket: Any, newest: Any, stats: Any,
     input_index: int, slots: Any, ts: Any, rows: Any, interval: int, policy: int,
     windows: bool, feature: int, out: Any, filled: Any,
 ) -> int:
-    # Returns -1, or the index of the record whose gap fails the `fail` policy. With `windows`,
-    # out[r] / filled[r] receive the key's window of `feature` right after record r.
+    # Returns -1, or the index of the record whose gap fails the `fail` policy (nothing from it
+    # on is appended). With `windows`, out[r] / filled[r] receive the key's window of `feature`
+    # right after record r; a late record gets a NaN row and LATE_FILL.
     before = np.empty(values.shape[3], dtype=np.float64)
     filler = np.empty(values.shape[3], dtype=np.float64)
     for r in range(slots.shape[0]):
-        if not _append_record(times, values, head, count, last_bucket, stats, input_index,
-                              slots[r], ts[r], rows[r], interval, policy, before, filler):
+        outcome = _append_record(times, values, head, count, last_bucket, newest, stats,
+                                 input_index, slots[r], ts[r], rows[r], interval, policy,
+                                 before, filler)
+        if outcome == _GAP:
             return r
-        if windows:
+        if windows and outcome == _LATE:
+            out[r, :] = np.nan
+            filled[r] = LATE_FILL
+        elif windows:
             filled[r] = _gather(times, values, head, count, input_index, slots[r], feature,
                                 out[r])
     return -1
@@ -138,7 +166,10 @@ class NodeCache:
     wraparound. With ``interval`` set, event times are bucketed to interval boundaries (the last
     event of a bucket wins), and a jump of more than one bucket is a gap handled by ``missing``:
     ``skip`` keeps going, ``fail`` raises MissingDataError, ``interpolate`` inserts linearly
-    interpolated buckets.
+    interpolated buckets. Events are taken in the order given; one older than its key's newest
+    event on its input is late: it is dropped and counted (``stats``), never stored, so no
+    window holds data newer than its event. A key's first buckets are no gap: gaps lie only
+    between buckets the key has seen.
 
     >>> cache = NodeCache(inputs=1, period=3, features=1)
     >>> slots = cache.slots(np.array([b"a", b"a", b"a", b"a"]))
@@ -173,8 +204,11 @@ class NodeCache:
         self.head = np.zeros((inputs, capacity), dtype=np.int64)
         self.count = np.zeros((inputs, capacity), dtype=np.int64)
         self.last_bucket = np.full((inputs, capacity), _NO_BUCKET, dtype=np.int64)
+        #: Per input and key, the newest event time stored (interval caches only).
+        self.newest = np.full((inputs, capacity), _NO_BUCKET, dtype=np.int64)
         #: [gaps seen, buckets interpolated, late records dropped]
         self.stats = np.zeros(3, dtype=np.int64)
+        self._scratch = np.empty(0, dtype=np.int64)
 
     @property
     def key_capacity(self) -> int:
@@ -199,6 +233,7 @@ class NodeCache:
         self.head = _grown(self.head, capacity, 0)
         self.count = _grown(self.count, capacity, 0)
         self.last_bucket = _grown(self.last_bucket, capacity, _NO_BUCKET)
+        self.newest = _grown(self.newest, capacity, _NO_BUCKET)
 
     def append(
         self,
@@ -208,8 +243,10 @@ class NodeCache:
         rows: npt.NDArray[np.float64],
     ) -> None:
         """Append events (``rows`` is events x features) for ``input_index``, in order."""
-        self._append_checked(input_index, slots, ts, rows, windows=False, feature=0,
-                             out=np.empty((0, 0)), filled=np.empty(0, dtype=np.int64))
+        gap = self._append(input_index, slots, ts, rows, windows=False, feature=0,
+                           out=np.empty((0, 0)), filled=np.empty(0, dtype=np.int64))
+        if gap >= 0:
+            raise self._gap_error(input_index, int(slots[gap]), int(ts[gap]))
 
     def append_windows(
         self,
@@ -222,15 +259,50 @@ class NodeCache:
         """Append events and return, per event, the window right after it and its fill count.
 
         The window array is events x period, oldest first, NaN-padded at the front while a
-        key has fewer than ``period`` values.
+        key has fewer than ``period`` values. A late event (dropped) gets a NaN row and
+        ``LATE_FILL``.
+        """
+        out, filled, gap = self.append_windows_until_gap(input_index, slots, ts, rows, feature)
+        if gap >= 0:
+            raise self._gap_error(input_index, int(slots[gap]), int(ts[gap]))
+        return out, filled
+
+    def append_windows_until_gap(
+        self,
+        input_index: int,
+        slots: npt.NDArray[np.int64],
+        ts: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.float64],
+        feature: int = 0,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], int]:
+        """As ``append_windows``, but a gap under ``fail`` stops the append instead of raising.
+
+        The third value is the failing event's position (it and the events after it are not
+        appended, and their rows are undefined), or -1; ``describe_gap`` tells what happened.
         """
         out = np.empty((len(slots), self.period), dtype=np.float64)
         filled = np.zeros(len(slots), dtype=np.int64)
-        self._append_checked(input_index, slots, ts, rows, windows=True, feature=feature,
-                             out=out, filled=filled)
-        return out, filled
+        gap = self._append(input_index, slots, ts, rows, windows=True, feature=feature,
+                           out=out, filled=filled)
+        return out, filled, gap
 
-    def _append_checked(
+    def on_time(
+        self, input_index: int, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """Which events are not late: none older than its key's newest so far on this input.
+
+        "So far" counts the cache and the earlier events given here. The late ones are counted
+        as dropped (``stats``); append only the others. Without ``interval`` none is late.
+        """
+        late = np.zeros(len(slots), dtype=np.bool_)
+        if self.interval:
+            if len(self._scratch) < self.key_capacity:
+                self._scratch = np.full(self.key_capacity, _NO_BUCKET, dtype=np.int64)
+            _late_rows(self.newest, input_index, slots, ts, self._scratch, late)
+            self.stats[2] += int(late.sum())
+        return ~late
+
+    def _append(
         self,
         input_index: int,
         slots: npt.NDArray[np.int64],
@@ -241,14 +313,12 @@ class NodeCache:
         feature: int,
         out: npt.NDArray[np.float64],
         filled: npt.NDArray[np.int64],
-    ) -> None:
-        failed = _append(
-            self.times, self.values, self.head, self.count, self.last_bucket, self.stats,
-            input_index, slots, ts, np.ascontiguousarray(rows, dtype=np.float64),
+    ) -> int:
+        return int(_append(
+            self.times, self.values, self.head, self.count, self.last_bucket, self.newest,
+            self.stats, input_index, slots, ts, np.ascontiguousarray(rows, dtype=np.float64),
             self.interval, _POLICY_CODES[self.missing], windows, feature, out, filled,
-        )
-        if failed >= 0:
-            raise self._gap_error(input_index, int(slots[failed]), int(ts[failed]))
+        ))
 
     def window(
         self, input_index: int, slot: int, feature: int = 0
@@ -280,7 +350,8 @@ class NodeCache:
 
     def resident_bytes(self) -> int:
         """Bytes held by the ring buffers and the key table."""
-        arrays = (self.times, self.values, self.head, self.count, self.last_bucket, self.stats)
+        arrays = (self.times, self.values, self.head, self.count, self.last_bucket, self.newest,
+                  self.stats, self._scratch)
         return int(sum(a.nbytes for a in arrays)) + self.key_slots.resident_bytes()
 
     def snapshot(self) -> bytes:
@@ -296,7 +367,8 @@ class NodeCache:
             meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
             keys=np.frombuffer(self.key_slots.snapshot(), dtype=np.uint8),
             times=self.times[:, :n], values=self.values[:, :n], head=self.head[:, :n],
-            count=self.count[:, :n], last_bucket=self.last_bucket[:, :n], stats=self.stats,
+            count=self.count[:, :n], last_bucket=self.last_bucket[:, :n],
+            newest=self.newest[:, :n], stats=self.stats,
         )
         return buffer.getvalue()
 
@@ -317,18 +389,24 @@ class NodeCache:
         cache.head[:, :n] = arrays["head"]
         cache.count[:, :n] = arrays["count"]
         cache.last_bucket[:, :n] = arrays["last_bucket"]
+        # A snapshot from before newest times were kept: a bucket's start is a safe lower bound.
+        cache.newest[:, :n] = arrays["newest"] if "newest" in arrays else arrays["last_bucket"]
         cache.stats[:] = arrays["stats"]
         return cache
 
-    def _gap_error(self, input_index: int, slot: int, ts: int) -> MissingDataError:
+    def describe_gap(self, input_index: int, slot: int, ts: int) -> str:
+        """What the gap before the event at ``ts`` of key ``slot`` is, and the fix."""
         key = self.key_slots.key_of(slot).decode("utf-8", "replace")
         last = int(self.last_bucket[input_index, slot])
-        return MissingDataError(
+        skipped = (ts // self.interval * self.interval - last) // self.interval - 1
+        return (
             f"input {input_index}, key {key!r}: event at {ts} follows the bucket at {last}, "
-            f"skipping {(ts // self.interval * self.interval - last) // self.interval - 1} "
-            f"interval(s) of {self.interval} ns; the node's missing-data policy is 'fail'. Use "
-            "missing='skip' or 'interpolate' to continue over gaps"
+            f"skipping {skipped} interval(s) of {self.interval} ns; the node's missing-data "
+            "policy is 'fail'. Use missing='skip' or 'interpolate' to continue over gaps"
         )
+
+    def _gap_error(self, input_index: int, slot: int, ts: int) -> MissingDataError:
+        return MissingDataError(self.describe_gap(input_index, slot, ts))
 
 
 def _grown(array: npt.NDArray[Any], capacity: int, fill: Any) -> npt.NDArray[Any]:

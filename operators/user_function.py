@@ -16,9 +16,9 @@ from numba import njit
 
 from streamdag.batch import Batch
 from streamdag.codehash import describe_function
-from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError
+from streamdag.errors import GraphError, SchemaMismatchError
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.errors import UserFunctionOutputError
+from streamdag.operators.errors import DataGapError, UserFunctionOutputError
 from streamdag.operators.keyed_state import float_column
 from streamdag.operators.node_cache import NodeCache
 from streamdag.params import Param
@@ -79,10 +79,11 @@ class UserFunctionLogic:
     # -- OperatorLogic -------------------------------------------------------------------
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """One output per event whose windows are complete (or filled); the function runs once."""
-        batches = [batch.sorted_by_time() for batch in inputs]
-        if len(batches) == 1:
-            return self._process_single(batches[0])
-        return self._process_aligned(batches)
+        aligned = len(inputs) > 1
+        prepared = [self._prepare(i, batch, aligned) for i, batch in enumerate(inputs)]
+        if not aligned:
+            return self._process_single(*prepared[0])
+        return self._process_aligned(prepared)
 
     def on_watermark(self, watermark: int) -> Batch | None:
         """A user function emits per event; time passing emits nothing."""
@@ -93,24 +94,54 @@ class UserFunctionLogic:
         return self._cache.snapshot()
 
     # -- the two shapes of input ---------------------------------------------------------
-    def _process_single(self, batch: Batch) -> Batch:
-        # Every row is an event; its window is the input's window right after the row.
-        slots = self._cache.slots(batch.key)
-        windows, filled = self._append_windows(0, batch, slots)
-        keep, filled_windows = self._apply_missing([windows], [filled], slots)
-        values = self._call(filled_windows)
-        return batch.take(keep).with_columns({self._output: values})
+    def _prepare(
+        self, input_index: int, batch: Batch, aligned: bool
+    ) -> tuple[Batch, npt.NDArray[np.int64]]:
+        """The batch to process and its key slots.
 
-    def _process_aligned(self, batches: list[Batch]) -> Batch:
+        Without an interval, in time order. With one, in arrival order less its late events
+        (older than their key's newest), dropped first so batching cannot change which; several
+        inputs are then put in time order to align them, which keeps each key's order.
+        """
+        if not self._cache.interval:
+            batch = batch.sorted_by_time()
+            return batch, self._cache.slots(batch.key)
+        slots = self._cache.slots(batch.key)
+        on_time = self._cache.on_time(input_index, slots, batch.ts)
+        if not bool(on_time.all()):
+            batch, slots = batch.take(on_time), slots[on_time]
+        if aligned and len(batch) > 1 and not bool(np.all(batch.ts[1:] >= batch.ts[:-1])):
+            order = np.argsort(batch.ts, kind="stable")
+            batch, slots = batch.take(order), slots[order]
+        return batch, slots
+
+    def _process_single(self, batch: Batch, slots: npt.NDArray[np.int64]) -> Batch:
+        # Every row is an event; its window is the input's window right after the row.
+        windows, filled, gap = self._append_windows(0, batch, slots)
+        if gap < 0:
+            keep, filled_windows = self._apply_missing([windows], [filled])
+            return batch.take(keep).with_columns({self._output: self._call(filled_windows)})
+        # The events before the gap were processed as if one by one: they leave with the error.
+        keep, filled_windows = self._apply_missing([windows[:gap]], [filled[:gap]])
+        emitted = batch.take(np.flatnonzero(keep)).with_columns(
+            {self._output: self._call(filled_windows)})
+        raise self._gap_error(0, int(slots[gap]), int(batch.ts[gap]), emitted)
+
+    def _process_aligned(self, prepared: list[tuple[Batch, npt.NDArray[np.int64]]]) -> Batch:
         # Events are the distinct (ts, key) pairs of all inputs, in time order with ties in
         # input order; each input's window for an event is that input's window for the key
         # after all its rows at or before the event's time.
-        slots_per_input = [self._cache.slots(batch.key) for batch in batches]
+        batches = [batch for batch, _ in prepared]
+        slots_per_input = [slots for _, slots in prepared]
         self._ensure_scratch()
         event_ts, event_slots, event_keys = _distinct_events(batches, slots_per_input)
+        # An event older than its key's newest value of any input (from an earlier batch) would
+        # see that newer value: it emits nothing.
+        events = event_ts >= self._cache.newest[:, event_slots].max(axis=0)
         windows_per_input: list[npt.NDArray[np.float64]] = []
         filled_per_input: list[npt.NDArray[np.int64]] = []
-        for i, (batch, slots) in enumerate(zip(batches, slots_per_input, strict=True)):
+        gaps: list[tuple[int, int, int]] = []  # (ts, input, slot) of each input's first gap
+        for i, (batch, slots) in enumerate(prepared):
             last_row = np.empty(len(event_ts), dtype=np.int64)
             _last_rows(event_ts, event_slots, batch.ts, slots, self._latest_row, last_row)
             windows = np.empty((len(event_ts), self._period), dtype=np.float64)
@@ -119,53 +150,58 @@ class UserFunctionLogic:
             # before the batch, so read it before the batch's rows are appended.
             before = np.flatnonzero(last_row < 0)
             windows[before], filled[before] = self._cache.gather_windows(i, event_slots[before])
-            row_windows, row_filled = self._append_windows(i, batch, slots)
+            row_windows, row_filled, gap = self._append_windows(i, batch, slots)
+            if gap >= 0:
+                gaps.append((int(batch.ts[gap]), i, int(slots[gap])))
             after = np.flatnonzero(last_row >= 0)
             windows[after] = row_windows[last_row[after]]
             filled[after] = row_filled[last_row[after]]
             windows_per_input.append(windows)
             filled_per_input.append(filled)
-        keep, filled_windows = self._apply_missing(windows_per_input, filled_per_input,
-                                                   event_slots)
-        values = self._call(filled_windows)
-        return Batch(event_ts[keep], event_keys[keep], {self._output: values})
+        if gaps:
+            # The earliest gap of any input fails the node; the events before its time stand.
+            gap_ts, gap_input, gap_slot = min(gaps)
+            events &= event_ts < gap_ts
+        if not bool(events.all()):
+            event_ts, event_keys = event_ts[events], event_keys[events]
+            windows_per_input = [w[events] for w in windows_per_input]
+            filled_per_input = [f[events] for f in filled_per_input]
+        keep, filled_windows = self._apply_missing(windows_per_input, filled_per_input)
+        output = Batch(event_ts[keep], event_keys[keep],
+                       {self._output: self._call(filled_windows)})
+        if gaps:
+            raise self._gap_error(gap_input, gap_slot, gap_ts, output)
+        return output
 
     # -- shared steps --------------------------------------------------------------------
     def _append_windows(
         self, input_index: int, batch: Batch, slots: npt.NDArray[np.int64]
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], int]:
         column = float_column(batch, self._fields[input_index], self._name)
-        try:
-            return self._cache.append_windows(input_index, slots, batch.ts, column[:, None])
-        except MissingDataError as exc:
-            raise MissingDataError(
-                f"node {self._name!r}, input {input_index} (field "
-                f"{self._fields[input_index]!r}): {exc}"
-            ) from None
+        return self._cache.append_windows_until_gap(input_index, slots, batch.ts,
+                                                    column[:, None])
+
+    def _gap_error(self, input_index: int, slot: int, ts: int, emitted: Batch) -> DataGapError:
+        return DataGapError(
+            f"node {self._name!r}, input {input_index} (field "
+            f"{self._fields[input_index]!r}): {self._cache.describe_gap(input_index, slot, ts)}",
+            emitted,
+        )
 
     def _apply_missing(
-        self,
-        windows: list[npt.NDArray[np.float64]],
-        filled: list[npt.NDArray[np.int64]],
-        slots: npt.NDArray[np.int64],
+        self, windows: list[npt.NDArray[np.float64]], filled: list[npt.NDArray[np.int64]]
     ) -> tuple[npt.NDArray[np.bool_], list[npt.NDArray[np.float64]]]:
-        """Which events produce output, and their windows after the missing-data policy."""
+        """Which events produce output, and their windows after the missing-data policy.
+
+        A window not yet full is no gap (gaps lie between interval buckets a key has seen, and
+        the cache handles them): ``skip`` and ``fail`` give no output for its event,
+        ``interpolate`` fills its front.
+        """
         complete = [f >= self._period for f in filled]
         keep = np.logical_and.reduce(complete) if complete else np.ones(0, dtype=np.bool_)
         if bool(keep.all()):
             return keep, windows
-        if self._missing == "fail":
-            event = int(np.flatnonzero(~keep)[0])
-            input_index = next(i for i, c in enumerate(complete) if not c[event])
-            key = self._cache.key_slots.key_of(int(slots[event])).decode("utf-8", "replace")
-            raise MissingDataError(
-                f"node {self._name!r}: input {input_index} (field "
-                f"{self._fields[input_index]!r}) has {int(filled[input_index][event])} of "
-                f"{self._period} values for key {key!r}; the node's missing-data policy is "
-                "'fail'. Use missing='skip' to leave such events out or 'interpolate' to fill "
-                "the window from the values it has"
-            )
-        if self._missing == "skip":
+        if self._missing != "interpolate":
             return keep, [w[keep] for w in windows]
         # interpolate: an input with no value at all for the key cannot be filled from
         # anything, so the event is left out even here.
@@ -239,9 +275,13 @@ class UserFunctionDef(OperatorDef):
     float per event; a numba ``@njit`` function works too. With one input every row is an
     event. With several, events are the distinct (ts, key) pairs across inputs in event-time
     order (ties in input order), and each input's window is as of all its rows at that time.
-    An input with fewer than ``period`` values for the key is missing: ``skip`` gives no output
-    for the event, ``fail`` raises MissingDataError, ``interpolate`` fills the window's front
-    with its oldest known value (an input with no value at all for the key is still skipped).
+    A window with fewer than ``period`` values is not full yet: ``skip`` and ``fail`` give no
+    output for the event, ``interpolate`` fills the window's front with its oldest known value
+    (an input with no value at all for the key is still skipped). With ``interval``, values are
+    interval buckets (see NodeCache): events are taken in arrival order and one older than its
+    key's newest on its input is late (dropped, counted, no output); a jump over empty buckets
+    is a gap: ``skip`` goes on, ``interpolate`` fills the buckets, ``fail`` raises DataGapError
+    carrying the output of the events before the gap (``fail`` needs an interval).
 
     >>> import streamdag as sd
     >>> from streamdag.registry import lookup

@@ -18,7 +18,7 @@ import streamdag.operators.user_function  # registers user_function
 from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError
 from streamdag.graph import make_node
 from streamdag.operator import MissingPolicy, OperatorLogic
-from streamdag.operators.errors import UserFunctionOutputError
+from streamdag.operators.errors import DataGapError, UserFunctionOutputError
 from streamdag.registry import lookup
 
 Row = tuple[int, str, float]  # ts, key, value
@@ -123,12 +123,16 @@ def test_empty_batch_does_not_call_the_function() -> None:
     assert recorder.calls == []
 
 
-def test_fail_policy_names_node_input_and_key() -> None:
-    node = sd.udf(period=2, missing="fail")(change)(_source()["price"], name="chg")
-    with pytest.raises(MissingDataError,
-                       match=r"node 'chg': input 0 \(field 'price'\) has 1 of 2 values for "
-                             r"key 'A'"):
-        _create(node).process([_batch([(1, "A", 1.0)])])
+def test_fail_policy_names_node_input_and_key_at_a_gap() -> None:
+    # A window not yet full is no gap: only the jump from bucket 10 to 30 fails.
+    node = sd.udf(period=2, interval=10, missing="fail")(change)(_source()["price"], name="chg")
+    with pytest.raises(DataGapError,
+                       match=r"^node 'chg', input 0 \(field 'price'\): input 0, key 'A': event "
+                             r"at 35 follows the bucket at 10, skipping 1 interval\(s\) of 10 "
+                             r"ns") as caught:
+        _create(node).process([_batch([(1, "A", 1.0), (12, "A", 2.0), (35, "A", 3.0)])])
+    assert caught.value.emitted is not None
+    assert caught.value.emitted.to_records() == [{"ts": 12, "key": "A", "value": 1.0}]
 
 
 def test_interpolate_backfills_from_the_oldest_known_value() -> None:
@@ -225,13 +229,16 @@ def test_window_from_before_the_batch_when_the_key_has_no_row_yet() -> None:
     assert recorder.events == [[[1.0], [10.0]], [[2.0], [10.0]], [[2.0], [30.0]]]
 
 
-def test_multi_input_fail_names_the_missing_input() -> None:
-    node = sd.udf(period=1, missing="fail")(numba_spread)(_source("x")["price"],
-                                                          _source("y")["price"], name="sp")
-    with pytest.raises(MissingDataError, match=r"node 'sp': input 1 \(field 'price'\) has 0 "
-                                               r"of 1 values for key 'B'"):
-        _create(node).process([_batch([(1, "A", 1.0), (2, "B", 2.0)]),
-                               _batch([(1, "A", 1.0)])])
+def test_multi_input_fail_names_the_input_with_the_earliest_gap() -> None:
+    # B has no y value yet (no gap: it is skipped); y's gap at 25 comes before x's at 31.
+    node = sd.udf(period=1, interval=10, missing="fail")(numba_spread)(
+        _source("x")["price"], _source("y")["price"], name="sp")
+    message = r"^node 'sp', input 1 \(field 'price'\): input 1, key 'A': event at 25 follows"
+    with pytest.raises(DataGapError, match=message) as caught:
+        _create(node).process([_batch([(1, "A", 1.0), (2, "B", 2.0), (31, "A", 3.0)]),
+                               _batch([(1, "A", 1.0), (25, "A", 5.0)])])
+    assert caught.value.emitted is not None
+    assert caught.value.emitted.to_records() == [{"ts": 1, "key": "A", "value": 0.0}]
 
 
 def _run_diamond(batches: list[sd.Batch]) -> tuple[list[dict[str, Any]], Recorder]:
