@@ -262,6 +262,11 @@ class Controller:
         started = time.perf_counter()
         diff = diff_graph(graph, self._registry.live_keys() if dedup else frozenset())
         self._diff_duration.observe(time.perf_counter() - started)
+        from streamdag.runtime.admission import admit_submission
+
+        # Limits and topic ownership, before anything is mapped or created.
+        admit_submission(self.state_dir, self.settings.limits, self._registry,
+                         self._records.values(), submission, graph, keys, diff)
         names = {node.node_id: node.name for node in graph.nodes}
         dead_keys = self._registry.dead_keys()
         dead = [names[n] for n, key in keys.items() if key in dead_keys]

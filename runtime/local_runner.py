@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from streamdag.batch import Batch
+from streamdag.config import LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
+from streamdag.runtime.budgets import check_runner_budgets
 from streamdag.runtime.channels import LocalTarget
 from streamdag.runtime.host import NodeHost, RuntimeSettings
 from streamdag.runtime.wiring import RunResult, wire_graph
@@ -33,10 +35,13 @@ class LocalRunner:
         settings: RuntimeSettings | None = None,
         default_source: Callable[[Node], SourceFactory] | None = None,
         default_sink: Callable[[Node], SinkFactory] | None = None,
+        limits: LimitSettings | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
         self._default_source = default_source
         self._default_sink = default_sink
+        #: Node count and memory budget a graph must fit before any host starts.
+        self.limits = limits or LimitSettings()
 
     def run(
         self,
@@ -56,6 +61,7 @@ class LocalRunner:
         timeout_s: float | None = None,
     ) -> RunResult:
         """The coroutine behind ``run``, for callers already inside an event loop."""
+        check_runner_budgets(graph, self.limits, actors=False)
         generations, edges = wire_graph(
             graph, sources, sinks, self._default_source, self._default_sink
         )

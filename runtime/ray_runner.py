@@ -9,8 +9,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamdag.batch import Batch
+from streamdag.config import LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
+from streamdag.runtime.budgets import check_runner_budgets
 from streamdag.runtime.channels import RayTarget
 from streamdag.runtime.host import NodeHost, RuntimeSettings
 from streamdag.runtime.stats import NodeStats
@@ -120,11 +122,14 @@ class RayRunner:
         default_source: Callable[[Node], SourceFactory] | None = None,
         default_sink: Callable[[Node], SinkFactory] | None = None,
         actor_options: Mapping[str, Any] | None = None,
+        limits: LimitSettings | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
         self._default_source = default_source
         self._default_sink = default_sink
         self._actor_options = {"num_cpus": 0, **(actor_options or {})}
+        #: Node count, actor count and memory budget a graph must fit before any actor starts.
+        self.limits = limits or LimitSettings()
 
     def start(
         self,
@@ -132,9 +137,10 @@ class RayRunner:
         sources: Mapping[str, SourceFactory] | None = None,
         sinks: Mapping[str, SinkFactory] | None = None,
     ) -> RunningGraph:
-        """Create, wire and start every actor of ``graph``."""
+        """Create, wire and start every actor of ``graph``, once it fits ``limits``."""
         import ray
 
+        check_runner_budgets(graph, self.limits, actors=True)
         ensure_ray()
         generations, edges = wire_graph(
             graph, sources or {}, sinks or {}, self._default_source, self._default_sink

@@ -23,6 +23,7 @@ __all__ = [
     "DemoSettings",
     "GatewaySettings",
     "KafkaSettings",
+    "LimitSettings",
     "RaySettings",
     "RuntimeSection",
     "Settings",
@@ -104,6 +105,30 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """What one deployment admits; a graph over a limit is refused before any actor starts.
+
+    The defaults suit one 24 GiB machine: 64 node actors of ~200 MB each (~12.5 GiB) plus
+    8 GiB of node caches leave room for Ray, the broker and the system.
+    """
+
+    #: Most nodes one graph may have.
+    max_nodes_per_graph: int = 64
+    #: Most node actors a deployment (or a Ray runner's graph) may run at once.
+    max_actors: int = 64
+    #: Estimated node-cache bytes a deployment's nodes (or a runner's graph) may hold.
+    memory_budget_bytes: int = 8 << 30
+    #: Keys (entities, e.g. symbols) a node is expected to see, for the memory estimate.
+    expected_keys: int = 10_000
+
+    def __post_init__(self) -> None:
+        for limit in fields(self):
+            value = getattr(self, limit.name)
+            if value < 1:
+                raise ConfigError(f"limits.{limit.name} must be at least 1, got {value}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of a deployment."""
 
@@ -116,7 +141,7 @@ class Settings:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     demo: DemoSettings = field(default_factory=DemoSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
-
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
 
 def _settings_keys() -> list[tuple[str | None, str, Any]]:
@@ -177,7 +202,11 @@ def _apply(settings: Settings, section: str | None, key: str, value: Any, where:
             if section is None:
                 return replace(settings, **{key: converted})
             current = getattr(settings, section)
-            return replace(settings, **{section: replace(current, **{key: converted})})
+            try:
+                updated = replace(current, **{key: converted})
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            return replace(settings, **{section: updated})
     known = [f"{s}.{k}" if s else k for s, k, _ in _settings_keys()]
     name = f"{section}.{key}" if section else key
     raise ConfigError(f"{where}: unknown setting {name!r}; known settings: {', '.join(known)}")

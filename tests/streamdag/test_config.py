@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from streamdag.config import ConfigError, add_setting_flags, load_settings, settings_from_args
+from streamdag.config import (
+    ConfigError,
+    LimitSettings,
+    add_setting_flags,
+    load_settings,
+    settings_from_args,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +28,28 @@ def test_shipped_configs_load() -> None:
                                  "configs/graphs/mean_reversion.toml")
     assert cluster.ray.address == "ray://ray-head.internal:10001"
     assert cluster.kafka.partitions == 12
+    assert local.limits == LimitSettings() == LimitSettings(
+        max_nodes_per_graph=64, max_actors=64, memory_budget_bytes=8 << 30, expected_keys=10_000)
+    assert cluster.limits == LimitSettings(
+        max_nodes_per_graph=256, max_actors=512, memory_budget_bytes=64 << 30,
+        expected_keys=100_000)
+
+
+def test_limits_come_from_file_variables_and_flags(tmp_path: Path) -> None:
+    file = tmp_path / "s.toml"
+    file.write_text("[limits]\nmax_actors = 10\nexpected_keys = 500\n")
+    settings = load_settings(file, environ={"STREAMDAG_LIMITS_MEMORY_BUDGET_BYTES": "1048576"},
+                             overrides=["limits.max_nodes_per_graph=5"])
+    assert settings.limits == LimitSettings(max_nodes_per_graph=5, max_actors=10,
+                                            memory_budget_bytes=1 << 20, expected_keys=500)
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_limit_below_one_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, environ={"STREAMDAG_LIMITS_MAX_ACTORS": value})
+    assert str(caught.value) == (
+        f"STREAMDAG_LIMITS_MAX_ACTORS: limits.max_actors must be at least 1, got {value}")
 
 
 def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
