@@ -15,7 +15,7 @@ import numpy.typing as npt
 from numba import njit
 
 from streamdag.batch import Batch
-from streamdag.codehash import describe_function
+from streamdag.code_freezing import FrozenFunction, describe_function, freeze_function
 from streamdag.errors import GraphError, SchemaMismatchError
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operators.errors import DataGapError, UserFunctionOutputError
@@ -57,12 +57,17 @@ class UserFunctionLogic:
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
         if config.function is None:
             raise GraphError(
-                f"node {config.name!r}: user function {config.params['function_name']!r} has no "
-                "Python function attached; user functions reach a cluster only through the SDK "
-                "(sd.udf applied in the driver), never from a data-only graph spec"
+                f"node {config.name!r} has no Python function attached; user functions reach "
+                "a cluster only through the SDK (sd.udf applied in the driver), never from a "
+                "data-only graph spec"
             )
         self._name = config.name
-        self._function = config.function
+        function = config.function
+        if isinstance(function, FrozenFunction):
+            # Copied again where it runs: values that travelled by pickle (numpy arrays come
+            # back writeable) are read-only again, so no call can change what the next sees.
+            function = freeze_function(function)
+        self._function = function
         self._fields: tuple[str, ...] = tuple(config.params["fields"])
         self._output = str(config.params["output"])
         self._period = config.period
@@ -272,9 +277,11 @@ class UserFunctionDef(OperatorDef):
     The function (``NodeConfig.function``, attached by ``sd.udf``) gets one float64 array per
     input shaped (events, period): per event, the last ``period`` values of that input's field
     for the event's key, oldest first. It runs once per batch over all events and returns one
-    float per event; a numba ``@njit`` function works too. With one input every row is an
-    event. With several, events are the distinct (ts, key) pairs across inputs in event-time
-    order (ties in input order), and each input's window is as of all its rows at that time.
+    float per event; a numba ``@njit`` function works too. A shareable function arrives frozen
+    (``streamdag.code_freezing``): it runs on read-only copies of the values it was hashed
+    with. With one input every row is an event. With several, events are the distinct
+    (ts, key) pairs across inputs in event-time order (ties in input order), and each input's
+    window is as of all its rows at that time.
     A window with fewer than ``period`` values is not full yet: ``skip`` and ``fail`` give no
     output for the event, ``interpolate`` fills the window's front with its oldest known value
     (an input with no value at all for the key is still skipped). With ``interval``, values are
@@ -304,22 +311,19 @@ class UserFunctionDef(OperatorDef):
     params: ClassVar[tuple[Param, ...]] = (
         Param("fields", "str_list", doc="the field read from each input, in input order"),
         Param("output", "str", default="value", doc="name of the output field"),
-        Param("function_name", "str", doc="the function's name, for messages and display"),
     )
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """``{output: float64}``; each input must carry its field as a number."""
         fields = tuple(params["fields"])
-        name = params["function_name"]
         if len(fields) != len(inputs):
             raise SchemaMismatchError(
-                f"user function {name!r} has {len(inputs)} input(s) but {len(fields)} field(s) "
+                f"user function has {len(inputs)} input(s) but {len(fields)} field(s) "
                 f"{list(fields)}; give one field per input"
             )
         for schema, field in zip(inputs, fields, strict=True):
-            require_fields(f"user function {name!r}", schema, [field],
-                           types=("float64", "int64", "bool"))
+            require_fields("user function", schema, [field], types=("float64", "int64", "bool"))
         return Schema(((str(params["output"]), "float64"),))
 
     @classmethod

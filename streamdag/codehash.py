@@ -2,34 +2,32 @@
 
 A user function's hash feeds its node's id, and equal ids are shared between graphs, so the
 hash must change whenever what the function computes can change, and must be the same in every
-process. It therefore covers:
+process. It is computed over the function's frozen copy (``streamdag.code_freezing``), the copy
+that runs, and covers:
 
 - the function's normalized syntax tree (comments, whitespace, docstrings, decorators and the
   function's own name removed; no line numbers, file paths or memory addresses);
-- the values of its default arguments and closure cells;
-- the value of every module-level global or builtin its code (nested code included) loads.
+- the values of its default arguments, closure cells and attributes;
+- the value of every global or builtin its code (nested code included) loads, and of every
+  attribute it reads from the user's own modules (``config.K``);
+- the installed library of every module it imports in its body.
 
 Values are encoded by content: plain constants and containers of them, numpy arrays and scalars,
-modules by name, user functions recursively, numba dispatchers through their Python function,
-and callables of installed libraries (numpy, the standard library, ...) by their importable name
-and the library's version. Anything else — an arbitrary object, a class instance, a bound method
-of a stateful object, a global the function assigns, a function without source — makes the
-function impossible to identify with certainty, and raises ``CodeHashError``.
+user functions recursively, numba dispatchers through their Python function, and callables and
+modules of installed libraries (numpy, the standard library, ...) by their importable name and
+the library's version. Anything else — an arbitrary object, a class instance, a bound method of a
+stateful object, a user module used other than through its attributes — and any code that could
+change what it depends on or reach values the hash cannot see (assigning globals or attributes,
+``eval``, ``globals()``, ``__globals__``, ``sys``, ``inspect``, ...) makes the function
+impossible to identify with certainty, and raises ``CodeHashError``.
 """
 
 from __future__ import annotations
 
 import ast
-import dis
 import functools
 import hashlib
-import importlib.metadata
 import inspect
-import os
-import platform
-import site
-import sys
-import sysconfig
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import CellType, CodeType, FunctionType, ModuleType
@@ -37,13 +35,34 @@ from typing import Any
 
 import numpy as np
 
+from streamdag.code_freezing import (
+    CodeUse,
+    FrozenDict,
+    FrozenFunction,
+    FrozenList,
+    FrozenPartial,
+    FrozenSet,
+    ModuleSnapshot,
+    code_use,
+    describe_chain,
+    describe_function,
+    freeze_function,
+    numba_python_function,
+    snapshot_attributes,
+)
+from streamdag.code_libraries import (
+    REFLECTIVE_MODULES,
+    library_token,
+    library_version,
+    library_version_of_import,
+)
 from streamdag.errors import CodeHashError
 from streamdag.identity import canonical_encode
 
-__all__ = ["describe_function", "function_code_hash"]
+__all__ = ["describe_function", "frozen_code_hash", "function_code_hash"]
 
 #: Prefix of every hashed payload; bump it when the encoding changes.
-_HASH_SCHEME = "streamdag-code-hash/1"
+_HASH_SCHEME = "streamdag-code-hash/2"
 #: Stands for a function's references to itself, so renaming a recursive function is harmless.
 _SELF_NAME = "<self>"
 _FIX = (
@@ -51,16 +70,38 @@ _FIX = (
     "tuple/list/dict/frozenset of those, a numpy array), pass it to the node as a param, or "
     "build the node with udf(..., shareable=False) to run it unshared"
 )
+_UNSHARED = "or build the node with udf(..., shareable=False) to run it unshared"
 _PLAIN_TYPES = (type(None), bool, int, str, bytes)
-_GLOBAL_ACCESS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
+_CONTAINER_TAGS: dict[type, str] = {
+    tuple: "tuple", list: "list", FrozenList: "list", dict: "dict", FrozenDict: "dict",
+    set: "set", FrozenSet: "set", frozenset: "frozenset",
+}
+#: Builtins through which code reaches or changes values that no hash can see.
+_REFLECTIVE_BUILTINS = frozenset({
+    "__import__", "breakpoint", "compile", "delattr", "eval", "exec", "globals", "locals",
+    "setattr", "super", "vars",
+})
+#: Attributes through which code reaches the values behind functions, frames and types.
+_INTROSPECTION_ATTRIBUTES = frozenset({
+    "__base__", "__bases__", "__builtins__", "__class__", "__closure__", "__code__",
+    "__defaults__", "__delattr__", "__delitem__", "__dict__", "__func__", "__globals__",
+    "__init__", "__kwdefaults__", "__mro__", "__reduce__", "__reduce_ex__", "__self__",
+    "__setattr__", "__setitem__", "__setstate__", "__subclasses__", "__wrapped__",
+    "ag_frame", "cell_contents", "cr_frame", "f_back", "f_builtins", "f_globals", "f_locals",
+    "gi_frame", "tb_frame",
+})
+#: Mutable builtin types whose methods, called on the type (``list.append(x, 1)``), would
+#: change a frozen copy around its read-only guard.
+_MUTABLE_TYPES: tuple[type, ...] = (list, dict, set)
 _FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
 
 
 def function_code_hash(function: Callable[..., Any]) -> str:
     """sha256 of a function's normalized code and every value it depends on.
 
-    Raises CodeHashError, naming the function and the offending value, when the function
-    depends on something whose content cannot be encoded.
+    The hash is that of the function's frozen copy (``freeze_function``), which holds the values
+    the function sees now. Raises CodeHashError, naming the function and the offending value,
+    when the function depends on something whose content cannot be encoded.
 
     >>> def scaled(values, factor=2.0):
     ...     return values * factor  # comments do not matter
@@ -74,7 +115,17 @@ def function_code_hash(function: Callable[..., Any]) -> str:
     >>> function_code_hash(scaled) == function_code_hash(halved)
     False
     """
-    token = _CodeHasher().token(function, "function itself")
+    return frozen_code_hash(freeze_function(function))
+
+
+def frozen_code_hash(frozen: FrozenFunction) -> str:
+    """sha256 of a frozen function as it stands: what it runs, hashed without copying it again.
+
+    >>> frozen = freeze_function(lambda values: values * 2)
+    >>> frozen_code_hash(frozen) == function_code_hash(frozen)
+    True
+    """
+    token = _CodeHasher().token(frozen.function, "function itself")
     return hashlib.sha256(canonical_encode([_HASH_SCHEME, token])).hexdigest()
 
 
@@ -108,20 +159,29 @@ class _CodeHasher:
         if kind is float:
             # hex keeps NaN, infinities and the sign of zero, all of which code can observe.
             return ["float", value.hex()]
-        if kind in (tuple, list, dict, set, frozenset):
-            return self._container_token(value, where)
+        tag = _CONTAINER_TAGS.get(kind)
+        if tag is not None:
+            return self._container_token(value, tag, where)
         if kind is np.ndarray:
             return self._array_token(value, where)
         if isinstance(value, np.generic):
             return ["numpy-scalar", repr(value.dtype.descr), value.tobytes()]
+        if kind is ModuleSnapshot:
+            # The module's name is display only: what code reads is the attributes.
+            return ["module-snapshot", [
+                [name, self.token(item, f"{where} attribute {name!r}")]
+                for name, item in sorted(snapshot_attributes(value).items())
+            ]]
         if isinstance(value, ModuleType):
-            return _module_token(value)
-        library = _library_token(value)
+            return self._module_token(value, where)
+        if kind is FrozenFunction:
+            return self.token(value.function, where)
+        library = library_token(value)
         if library is not None:
-            return library
+            return self._library_token(library, value, where)
         if kind is FunctionType:
             return self._function_token(value)
-        python_function = _numba_python_function(value)
+        python_function = numba_python_function(value)
         if python_function is not None:
             options = getattr(value, "targetoptions", {})
             return [
@@ -130,7 +190,7 @@ class _CodeHasher:
                 [[k, self.token(options[k], f"{where} (numba option {k!r})")]
                  for k in sorted(options) if k != "cache"],
             ]
-        if kind is functools.partial:
+        if kind in (functools.partial, FrozenPartial):
             return [
                 "partial",
                 self.token(value.func, f"{where} (partial function)"),
@@ -141,22 +201,22 @@ class _CodeHasher:
         raise self._refusal(where, value)
 
     # -- values --------------------------------------------------------------------------
-    def _container_token(self, value: Any, where: str) -> Any:
+    def _container_token(self, value: Any, tag: str, where: str) -> Any:
         if id(value) in self._open_containers:
             raise self._refusal(where, value, "a container that contains itself")
         self._open_containers.add(id(value))
         try:
-            if isinstance(value, dict):
+            if tag == "dict":
                 # Insertion order is kept: code iterating a dict sees it, and it is the same in
                 # every process (unlike set order, which depends on the hash seed).
                 return ["dict", [
                     [self.token(k, f"{where} key"), self.token(v, f"{where}[{k!r}]")]
                     for k, v in value.items()
                 ]]
-            if isinstance(value, set | frozenset):
+            if tag in ("set", "frozenset"):
                 items = [self.token(item, f"{where} element") for item in value]
-                return [type(value).__name__, sorted(items, key=canonical_encode)]
-            return [type(value).__name__, [
+                return [tag, sorted(items, key=canonical_encode)]
+            return [tag, [
                 self.token(item, f"{where}[{index}]") for index, item in enumerate(value)
             ]]
         finally:
@@ -167,6 +227,31 @@ class _CodeHasher:
             raise self._refusal(where, value, "a numpy array of Python objects")
         digest = hashlib.sha256(value.tobytes()).hexdigest()
         return ["ndarray", repr(value.dtype.descr), list(value.shape), digest]
+
+    def _module_token(self, module: ModuleType, where: str) -> Any:
+        version = library_version(module.__name__)
+        if version is None:
+            raise self._refusal(
+                where, module,
+                f"the module {module.__name__!r}, which is not an installed library, so its "
+                "attributes can change after hashing, and it is not a global or closure "
+                "variable whose attributes (module.NAME) could be frozen. Import it at module "
+                "level and read its attributes where they are used, or pass the values as params",
+                fix=False,
+            )
+        if module.__name__.partition(".")[0] in REFLECTIVE_MODULES:
+            raise self._reflective(where, f"the module {module.__name__!r}")
+        return ["module", module.__name__, version]
+
+    def _library_token(self, library: list[Any], value: Any, where: str) -> Any:
+        _, module_name, qualname, _ = library
+        top = module_name.partition(".")[0]
+        reflective = qualname in _REFLECTIVE_BUILTINS if top == "builtins" else (
+            top in REFLECTIVE_MODULES
+        )
+        if reflective:
+            raise self._reflective(where, f"{module_name}.{qualname}")
+        return library
 
     # -- functions -----------------------------------------------------------------------
     def _function_token(self, function: FunctionType) -> Any:
@@ -195,19 +280,11 @@ class _CodeHasher:
 
     def _hash_function(self, function: FunctionType) -> str:
         code = function.__code__
-        references = _global_references(code)
-        written = sorted(
-            references.get("STORE_GLOBAL", set()) | references.get("DELETE_GLOBAL", set())
-        )
-        if written:
-            raise CodeHashError(
-                f"cannot hash {self._chain()}: it assigns the global {written[0]!r}, so its "
-                "results depend on state kept outside its inputs. Keep state out of user "
-                "functions, or build the node with udf(..., shareable=False) to run it unshared"
-            )
-        required = references.get("LOAD_GLOBAL", set())
+        use = code_use(code)
+        self._check_code(function, use)
+        required = set(use.global_loads)
         # LOAD_NAME also reads class-body locals, so an unresolved one is not an error.
-        optional = references.get("LOAD_NAME", set()) - required
+        optional = set(use.name_loads) - required
         node = _locate_function_node(function, required)
         closure = dict(zip(code.co_freevars, function.__closure__ or (), strict=True))
         self_names = {n for n in required | optional if function.__globals__.get(n) is function}
@@ -225,6 +302,7 @@ class _CodeHasher:
                     f"the hash. Define {name!r} above the function (graphs are built when "
                     "their module runs), or pass the value as a param"
                 )
+            self._check_type_methods(name, value, use)
             label = _SELF_NAME if name in self_names else name
             globals_tokens.append([label, self.token(value, f"global {name!r}")])
         closure_tokens = []
@@ -238,14 +316,71 @@ class _CodeHasher:
                 ) from None
             label = _SELF_NAME if name in self_names else name
             closure_tokens.append([label, self.token(content, f"closure variable {name!r}")])
+        attribute_tokens = [
+            [name, self.token(value, f"function attribute {name!r}")]
+            for name, value in sorted(function.__dict__.items())
+        ]
         payload = [
             "function",
             _normalized_dump(node, self_names),
             self._defaults_token(function),
             closure_tokens,
             globals_tokens,
+            attribute_tokens,
+            self._imports_token(use),
         ]
         return hashlib.sha256(canonical_encode(payload)).hexdigest()
+
+    def _check_code(self, function: FunctionType, use: CodeUse) -> None:
+        """Refuse code that changes what it depends on, or reaches values no hash can see."""
+        written = sorted(use.global_stores)
+        if written:
+            raise CodeHashError(
+                f"cannot hash {self._chain()}: it assigns the global {written[0]!r}, so its "
+                "results depend on state kept outside its inputs. Keep state out of user "
+                "functions, or build the node with udf(..., shareable=False) to run it unshared"
+            )
+        assigned = sorted(use.attribute_stores)
+        if assigned:
+            raise CodeHashError(
+                f"cannot hash {self._chain()}: it assigns or deletes the attribute "
+                f"{assigned[0]!r} (x.{assigned[0]} = ...), which can change the values it "
+                "depends on after they were hashed. Build new values instead of changing "
+                f"attributes, {_UNSHARED}"
+            )
+        introspected = sorted(use.attribute_loads & _INTROSPECTION_ATTRIBUTES)
+        if introspected:
+            raise self._reflective("code", f"the attribute {introspected[0]!r}")
+
+    def _check_type_methods(self, name: str, value: Any, use: CodeUse) -> None:
+        kind = next((t for t in _MUTABLE_TYPES if value is t), None)
+        if kind is None:
+            return
+        for chain in sorted(use.global_chains.get(name, ())):
+            if chain and chain[0] != "fromkeys":
+                raise CodeHashError(
+                    f"cannot hash {self._chain()}: it calls {name}.{chain[0]} on the type "
+                    f"itself, which can change a {kind.__name__} it depends on in place. Change "
+                    f"only local copies (copy = {kind.__name__}(x); copy.{chain[0]}(...)), "
+                    f"{_UNSHARED}"
+                )
+
+    def _imports_token(self, use: CodeUse) -> Any:
+        tokens = []
+        for module_name, level in sorted(use.imports):
+            version = None if level else library_version_of_import(module_name)
+            if version is None:
+                spelled = "." * level + module_name
+                raise CodeHashError(
+                    f"cannot hash {self._chain()}: it imports {spelled!r} in its body, which "
+                    "is not an installed library, so what it reads from it is read when it "
+                    "runs, not when it is hashed. Import it at the top of the module instead "
+                    f"and read its attributes where they are used (module.NAME), {_UNSHARED}"
+                )
+            if module_name.partition(".")[0] in REFLECTIVE_MODULES:
+                raise self._reflective("code", f"an import of {module_name!r}")
+            tokens.append([module_name, version])
+        return tokens
 
     def _defaults_token(self, function: FunctionType) -> Any:
         code = function.__code__
@@ -262,12 +397,20 @@ class _CodeHasher:
 
     # -- errors --------------------------------------------------------------------------
     def _chain(self) -> str:
-        if not self._stack:
-            return "the function"
-        names = [describe_function(frame.function) for frame in self._stack]
-        return names[0] + "".join(f" (through {name})" for name in names[1:])
+        return describe_chain([frame.function for frame in self._stack])
 
-    def _refusal(self, where: str, value: Any, what: str | None = None) -> CodeHashError:
+    def _reflective(self, where: str, what: str) -> CodeHashError:
+        subject = "it uses" if where == "code" else f"its {where} is"
+        return CodeHashError(
+            f"cannot hash {self._chain()}: {subject} {what}, through which code can reach or "
+            "change values that no hash can see (other modules' globals, frames, live "
+            "objects). Use only its inputs and the values it names, or build the node with "
+            "udf(..., shareable=False) to run it unshared"
+        )
+
+    def _refusal(
+        self, where: str, value: Any, what: str | None = None, *, fix: bool = True
+    ) -> CodeHashError:
         kind = type(value)
         if what is None:
             if isinstance(value, type):
@@ -283,6 +426,10 @@ class _CodeHasher:
                 "Python function (def or lambda), or build the node with "
                 "udf(..., shareable=False) to run it unshared"
             )
+        if not fix:
+            return CodeHashError(
+                f"cannot hash {self._chain()}: its {where} is {what}; {_UNSHARED}"
+            )
         return CodeHashError(
             f"cannot hash {self._chain()}: its {where} is {what}, so the hash could not tell "
             f"when it changes. {_FIX}"
@@ -295,22 +442,6 @@ def _type_name(kind: type) -> str:
     if module in (None, "builtins"):
         return kind.__qualname__
     return f"{module}.{kind.__qualname__}"
-
-
-def describe_function(function: Callable[..., Any]) -> str:
-    """``module.qualname (line N)`` of a function, or of a numba dispatcher's Python function.
-
-    >>> def scaled(values):
-    ...     return values * 2
-    >>> describe_function(scaled)
-    'streamdag.codehash.scaled (line 1)'
-    """
-    python_function = getattr(function, "py_func", function)
-    module = getattr(python_function, "__module__", None) or "<no module>"
-    name = getattr(python_function, "__qualname__", None) or repr(python_function)
-    code = getattr(python_function, "__code__", None)
-    line = f" (line {code.co_firstlineno})" if code is not None else ""
-    return f"{module}.{name}{line}"
 
 
 def _cell_holds(cell: CellType, value: Any) -> bool:
@@ -328,19 +459,6 @@ def _resolve_global(function: FunctionType, name: str) -> tuple[bool, Any]:
     if name in builtins:
         return True, builtins[name]
     return False, None
-
-
-def _global_references(code: CodeType) -> dict[str, set[str]]:
-    """Names that each global-access instruction uses in ``code`` and every code nested in it."""
-    references: dict[str, set[str]] = {}
-    for instruction in dis.get_instructions(code):
-        if instruction.opname in _GLOBAL_ACCESS:
-            references.setdefault(instruction.opname, set()).add(str(instruction.argval))
-    for constant in code.co_consts:
-        if isinstance(constant, CodeType):
-            for opname, names in _global_references(constant).items():
-                references.setdefault(opname, set()).update(names)
-    return references
 
 
 # -- syntax trees --------------------------------------------------------------------------
@@ -467,103 +585,3 @@ def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
         # A body of only a docstring behaves as `pass`.
         return body[1:] or [ast.Pass()]
     return body
-
-
-# -- libraries and modules -----------------------------------------------------------------
-def _module_token(module: ModuleType) -> Any:
-    version = _library_version(module.__name__)
-    if version is not None:
-        return ["module", module.__name__, version]
-    # Attribute access through a user module (helpers.scale) is resolved by name only; its
-    # source text is hashed too so that editing the module changes the hash.
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):
-        return ["module", module.__name__]
-    return ["module", module.__name__, hashlib.sha256(source.encode("utf-8")).hexdigest()]
-
-
-def _library_token(value: Any) -> Any:
-    """``[library, module, name, version]`` for a value importable by name from a library."""
-    module_name = getattr(value, "__module__", None)
-    qualname = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
-    if not isinstance(module_name, str) or not isinstance(qualname, str):
-        return None
-    version = _library_version(module_name)
-    if version is None or not _importable_as(value, module_name, qualname):
-        return None
-    return ["library", module_name, qualname, version]
-
-
-def _importable_as(value: Any, module_name: str, qualname: str) -> bool:
-    target: Any = sys.modules.get(module_name)
-    for part in qualname.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            return False
-    return target is value
-
-
-@functools.cache
-def _library_version(module_name: str) -> str | None:
-    """The version of the installed library or Python that ships ``module_name``; else None.
-
-    Code outside the interpreter's and site-packages' folders (the user's own modules, editable
-    installs) is not a library: it is hashed by content.
-    """
-    module = sys.modules.get(module_name)
-    if module is None:
-        return None
-    python = f"{sys.implementation.name}-{platform.python_version()}"
-    top = module_name.partition(".")[0]
-    file = getattr(module, "__file__", None)
-    if file is None:
-        return python if top in sys.builtin_module_names else None
-    path = os.path.realpath(file)
-    if not any(path.startswith(root) for root in _installed_roots()):
-        return None
-    distributions = sorted(set(_distributions_by_package().get(top, ())))
-    if distributions:
-        return ",".join(_distribution_fingerprint(d) for d in distributions)
-    return python if top in sys.stdlib_module_names else None
-
-
-@functools.lru_cache(maxsize=1)
-def _distributions_by_package() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())
-
-
-@functools.cache
-def _distribution_fingerprint(name: str) -> str:
-    """``name==version`` plus a digest of the installed files' hashes.
-
-    The digest tells apart two installs of one version with different code (a package rebuilt
-    and reinstalled without a version bump). RECORD lines without a hash (bytecode caches) and
-    outside the package folder (scripts) are left out, and the rest sorted, so that the same
-    wheel gives the same fingerprint whatever installed it.
-    """
-    distribution = importlib.metadata.distribution(name)
-    record = distribution.read_text("RECORD") or ""
-    entries = sorted(
-        line for line in record.splitlines()
-        if not line.startswith("..") and line.count(",") >= 2 and line.split(",")[1]
-    )
-    digest = hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()[:16]
-    return f"{name}=={distribution.version}#{digest}"
-
-
-@functools.lru_cache(maxsize=1)
-def _installed_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
-    roots.update(site.getsitepackages())
-    roots.add(site.getusersitepackages())
-    return tuple(sorted(os.path.join(os.path.realpath(r), "") for r in roots))
-
-
-def _numba_python_function(value: Any) -> FunctionType | None:
-    """The Python function behind a numba dispatcher, or None for anything else."""
-    if not type(value).__module__.startswith("numba."):
-        return None
-    python_function = getattr(value, "py_func", None)
-    return python_function if isinstance(python_function, FunctionType) else None

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from streamdag.codehash import function_code_hash
+from streamdag.code_freezing import FrozenFunction, describe_function, freeze_function
+from streamdag.codehash import frozen_code_hash
 from streamdag.errors import CodeHashError, GraphError
 from streamdag.graph import Column, Node, make_node
+from streamdag.identity import canonical_encode
 from streamdag.operator import MissingPolicy
+from streamdag.registry import lookup
 
 __all__ = ["UserFunction", "udf"]
+
+#: Prefix of a user-function node's code hash; bump it when the encoding changes.
+_CODE_SCHEME = "streamdag-user-function/1"
 
 
 class UserFunction:
@@ -20,6 +27,13 @@ class UserFunction:
     The function receives one array per input, shaped (events, period): for every event of a
     batch, the last ``period`` values of that input's field for the event's key, oldest first.
     It returns one float per event.
+
+    A shareable function is frozen when it is decorated: ``function`` is a copy whose globals,
+    closure cells, defaults and attributes hold read-only copies of the values the original
+    sees then (``streamdag.code_freezing``), and ``code_hash`` is computed over that copy, which
+    is what every node built from it runs. Rebinding or changing those values afterwards
+    changes neither. An unshareable function (``shareable=False``) runs as it is, and its nodes
+    get ids that nothing else has.
     """
 
     def __init__(
@@ -32,21 +46,22 @@ class UserFunction:
         missing: MissingPolicy = "skip",
         shareable: bool = True,
     ) -> None:
-        self.function = function
         self.period = period
         self.output = output
         self.interval = interval
         self.missing = missing
+        self.shareable = shareable
         self.__name__ = getattr(function, "__name__", "user_function")
         self.__doc__ = function.__doc__
-        try:
-            self.code_hash = function_code_hash(function)
-            self.shareable = shareable
-        except CodeHashError:
-            if shareable:
-                raise  # its message already names the function and the shareable=False fix
+        self.function: Callable[..., Any]
+        if shareable:
+            # Raises CodeHashError naming the function and the shareable=False fix.
+            self.function = freeze_function(function)
+            self.code_hash = _node_code_hash(frozen_code_hash(self.function))
+        else:
+            # It runs unfrozen, so no hash can vouch for what it computes: never share it.
+            self.function = function
             self.code_hash = f"unshareable:{uuid.uuid4().hex}"
-            self.shareable = False
 
     def __call__(
         self,
@@ -71,10 +86,11 @@ class UserFunction:
                     f"user function {self.__name__!r} got {type(item).__name__}; pass streams "
                     "or columns such as ticks['price']"
                 )
+        self._check_unchanged()
         return make_node(
             "user_function",
             nodes,
-            {"fields": fields, "output": self.output, "function_name": self.__name__},
+            {"fields": fields, "output": self.output},
             name=name or self.__name__,
             interval=self.interval,
             period=self.period,
@@ -84,6 +100,26 @@ class UserFunction:
             code_hash=self.code_hash,
             shareable=self.shareable,
         )
+
+    def _check_unchanged(self) -> None:
+        """Refuse a frozen copy that no longer hashes as it did when it was frozen."""
+        if not isinstance(self.function, FrozenFunction):
+            return
+        if _node_code_hash(frozen_code_hash(self.function)) != self.code_hash:
+            raise CodeHashError(
+                f"user function {describe_function(self.function)}: its frozen copy no longer "
+                "hashes as it did when sd.udf froze it, so nodes built from it would run "
+                "something other than what their id names (a value inside the copy was "
+                "changed through its __globals__, __closure__ or a base-class method). Apply "
+                "sd.udf to the function again, or build it with shareable=False"
+            )
+
+
+def _node_code_hash(function_hash: str) -> str:
+    """The code of a user-function node: the user's function and the operator that runs it."""
+    operator_hash = lookup("user_function").code_hash()
+    payload = canonical_encode([_CODE_SCHEME, operator_hash, function_hash])
+    return hashlib.sha256(payload).hexdigest()
 
 
 def udf(

@@ -183,18 +183,123 @@ def test_numba_function_runs_vectorized() -> None:
 
 
 def test_no_function_attached_is_refused() -> None:
-    node = make_node("user_function", [_source()], {"fields": ["price"],
-                                                    "function_name": "lost"})
+    node = make_node("user_function", [_source()], {"fields": ["price"]}, name="lost")
     with pytest.raises(GraphError, match="'lost' has no Python function attached"):
         _create(node)
 
 
 def test_fields_must_match_the_inputs() -> None:
     with pytest.raises(SchemaMismatchError, match=r"1 input.* but 2 field"):
-        make_node("user_function", [_source()], {"fields": ["price", "price"],
-                                                 "function_name": "f"})
+        make_node("user_function", [_source()], {"fields": ["price", "price"]}, name="f")
     with pytest.raises(SchemaMismatchError, match="'size'"):
-        make_node("user_function", [_source()], {"fields": ["size"], "function_name": "f"})
+        make_node("user_function", [_source()], {"fields": ["size"]}, name="f")
+
+
+# -- what runs is what was hashed ----------------------------------------------------------
+OFFSET = 1.0
+KERNEL = np.array([1.0, 10.0])
+SEEN: list[float] = []
+
+
+def offset_last(prices: np.ndarray) -> np.ndarray:
+    """The newest value plus a module-level offset."""
+    return prices[:, -1] + OFFSET
+
+
+def weighted(prices: np.ndarray) -> np.ndarray:
+    """Each window weighted by a module-level array."""
+    return prices @ KERNEL
+
+
+@njit(cache=True)
+def numba_offset(prices: np.ndarray) -> np.ndarray:
+    """The newest value plus a module-level offset, compiled by numba."""
+    out = np.empty(prices.shape[0])
+    for e in range(prices.shape[0]):
+        out[e] = prices[e, -1] + OFFSET
+    return out
+
+
+def remembers(prices: np.ndarray) -> np.ndarray:
+    """Keeps state in a module-level list."""
+    SEEN.append(1.0)
+    return prices[:, -1]
+
+
+def writes_kernel(prices: np.ndarray) -> np.ndarray:
+    """Keeps state in a module-level array."""
+    KERNEL[0] = prices[0, -1]
+    return prices[:, -1]
+
+
+def _values(node: sd.Node, rows: Sequence[Row]) -> list[float]:
+    return list(_create(node).process([_batch(rows)]).columns["value"].tolist())
+
+
+def test_udfs_made_in_a_loop_compute_with_their_own_values() -> None:
+    # The lambdas bind k late (B023): the bug sd.udf's freezing fixes.
+    scalers = [sd.udf(period=1)(lambda prices: prices[:, -1] * k) for k in (2.0, 3.0)]  # noqa: B023
+    rows = [(1, "A", 1.0), (2, "A", 5.0)]
+    assert [_values(s(_source()["price"]), rows) for s in scalers] == [[2.0, 10.0], [3.0, 15.0]]
+
+
+def test_values_changed_after_decoration_do_not_change_what_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(globals(), "KERNEL", np.array([1.0, 10.0]))
+    offsets = sd.udf(period=1)(offset_last)
+    weights = sd.udf(period=2)(weighted)
+    compiled = sd.udf(period=1)(numba_offset)
+    monkeypatch.setitem(globals(), "OFFSET", 100.0)
+    KERNEL[1] = 1000.0
+    rows = [(1, "A", 1.0), (2, "A", 2.0)]
+    assert _values(offsets(_source()["price"]), rows) == [2.0, 3.0]
+    assert _values(weights(_source()["price"]), rows) == [21.0]
+    assert _values(compiled(_source()["price"]), rows) == [2.0, 3.0]
+
+
+def test_a_config_pickled_to_an_actor_runs_the_frozen_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ray import cloudpickle
+
+    monkeypatch.setitem(globals(), "KERNEL", np.array([1.0, 10.0]))
+    offsets = sd.udf(period=1)(offset_last)(_source()["price"])
+    writer = sd.udf(period=1)(writes_kernel)(_source()["price"])
+    payloads = [cloudpickle.dumps(node.config()) for node in (offsets, writer)]
+    monkeypatch.setitem(globals(), "OFFSET", 100.0)
+    configs = [cloudpickle.loads(payload) for payload in payloads]
+    batch = _batch([(1, "A", 1.0), (2, "A", 2.0)])
+    user_function = lookup("user_function")
+    assert user_function.create(configs[0]).process([batch]).columns["value"].tolist() == [
+        2.0, 3.0
+    ]
+    with pytest.raises(ValueError, match=r"^assignment destination is read-only$"):
+        user_function.create(configs[1]).process([batch])
+    assert KERNEL.tolist() == [1.0, 10.0]
+
+
+def test_a_shareable_udf_cannot_change_what_it_depends_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(globals(), "KERNEL", np.array([1.0, 10.0]))
+    monkeypatch.setitem(globals(), "SEEN", [])
+    rows = [(1, "A", 1.0)]
+    with pytest.raises(TypeError) as caught:
+        _values(sd.udf(period=1)(remembers)(_source()["price"]), rows)
+    assert str(caught.value) == (
+        "this list is a read-only copy, made by sd.udf, of a value that a shareable user "
+        "function depends on: what runs must be exactly what was hashed. Work on a copy "
+        "(list(x)), or build the node with udf(..., shareable=False) to run the function "
+        "unshared, as it is"
+    )
+    with pytest.raises(ValueError, match=r"^assignment destination is read-only$"):
+        _values(sd.udf(period=1)(writes_kernel)(_source()["price"]), rows)
+    assert (SEEN, KERNEL.tolist()) == ([], [1.0, 10.0])
+    assert _values(sd.udf(period=1, shareable=False)(remembers)(_source()["price"]), rows) == [
+        1.0
+    ]
+    assert SEEN == [1.0]
 
 
 # -- several inputs ------------------------------------------------------------------------

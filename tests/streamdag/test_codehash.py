@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import random
 import re
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -113,27 +110,6 @@ def uses_library_callables(values):
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def write_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
-    """Write ``source`` as module ``name`` in tmp_path and import it."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    written: list[str] = []
-
-    def write(name: str, source: str, folder: Path = tmp_path) -> ModuleType:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.py").write_text(source)
-        importlib.invalidate_caches()
-        sys.modules.pop(name, None)
-        written.append(name)
-        if folder != tmp_path:
-            monkeypatch.syspath_prepend(str(folder))
-        return importlib.import_module(name)
-
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
 
 
 def refusal(function: Callable[..., Any]) -> str:
@@ -403,3 +379,100 @@ def test_callable_object_is_refused() -> None:
         "function (def or lambda), or build the node with udf(..., shareable=False) to run it "
         "unshared"
     )
+
+
+# -- what cannot be frozen with certainty -----------------------------------------------------
+
+UNSHARED = "or build the node with udf(..., shareable=False) to run it unshared"
+REACHES = (
+    "through which code can reach or change values that no hash can see (other modules' "
+    "globals, frames, live objects). Use only its inputs and the values it names, " + UNSHARED
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        pytest.param(
+            "import codehash_settings as config\ndef helper(m):\n    return m.K\n"
+            "def f(x):\n    return helper(config)\n",
+            "cannot hash {module}.f (line 4): its global 'config' is the module "
+            "'codehash_settings', and it uses 'config' other than by reading an attribute "
+            "(config.NAME), so the values it reads through it cannot be frozen. Read the "
+            "attributes where they are used (config.NAME), import the values themselves (from "
+            "codehash_settings import NAME), " + UNSHARED,
+            id="a user module passed around"),
+        pytest.param(
+            "import codehash_settings as config\ndef f(x):\n    return config.LATER\n",
+            "cannot hash {module}.f (line 2): it reads config.LATER, but the module "
+            "'codehash_settings' has no attribute 'LATER' when the function is hashed, so its "
+            "value cannot be part of the hash. Define 'LATER' in 'codehash_settings' before the "
+            "function is given to sd.udf",
+            id="a module attribute not yet defined"),
+        pytest.param(
+            "import codehash_settings as config\ndef f(x, settings=config):\n"
+            "    return settings.K\n",
+            "cannot hash {module}.f (line 2): its default of argument 'settings' is the module "
+            "'codehash_settings', which is not an installed library, so its attributes can "
+            "change after hashing, and it is not a global or closure variable whose attributes "
+            "(module.NAME) could be frozen. Import it at module level and read its attributes "
+            "where they are used, or pass the values as params; " + UNSHARED,
+            id="a user module as a default"),
+        pytest.param(
+            "def f(x):\n    import codehash_settings\n    return x * codehash_settings.K\n",
+            "cannot hash {module}.f (line 1): it imports 'codehash_settings' in its body, which "
+            "is not an installed library, so what it reads from it is read when it runs, not "
+            "when it is hashed. Import it at the top of the module instead and read its "
+            "attributes where they are used (module.NAME), " + UNSHARED,
+            id="a user module imported in the body"),
+        pytest.param(
+            "def f(x):\n    out = x.copy()\n    out.shape = (-1,)\n    return out\n",
+            "cannot hash {module}.f (line 1): it assigns or deletes the attribute 'shape' "
+            "(x.shape = ...), which can change the values it depends on after they were "
+            "hashed. Build new values instead of changing attributes, " + UNSHARED,
+            id="an attribute assigned"),
+        pytest.param(
+            "WEIGHTS = [1.0]\ndef f(x):\n    list.append(WEIGHTS, 2.0)\n    return x\n",
+            "cannot hash {module}.f (line 2): it calls list.append on the type itself, which "
+            "can change a list it depends on in place. Change only local copies (copy = "
+            "list(x); copy.append(...)), " + UNSHARED,
+            id="a list method called on the type"),
+        pytest.param(
+            "def f(x):\n    return eval('x * 2')\n",
+            "cannot hash {module}.f (line 1): its global 'eval' is builtins.eval, " + REACHES,
+            id="eval"),
+        pytest.param(
+            "def f(x):\n    return globals()['K'] * x\n",
+            "cannot hash {module}.f (line 1): its global 'globals' is builtins.globals, "
+            + REACHES,
+            id="globals()"),
+        pytest.param(
+            "def g(x):\n    return x\ndef f(x):\n    return g.__globals__\n",
+            "cannot hash {module}.f (line 3): it uses the attribute '__globals__', " + REACHES,
+            id="a function's globals"),
+        pytest.param(
+            "import sys\ndef f(x):\n    return sys.modules['codehash_settings'].K * x\n",
+            "cannot hash {module}.f (line 2): its global 'sys' is the module 'sys', " + REACHES,
+            id="sys.modules"),
+        pytest.param(
+            "def f(x):\n    import importlib\n    return x\n",
+            "cannot hash {module}.f (line 1): it uses an import of 'importlib', " + REACHES,
+            id="importlib imported in the body"),
+    ],
+)
+def test_what_cannot_be_frozen_with_certainty_is_refused(
+    write_module: Any, source: str, message: str, request: pytest.FixtureRequest
+) -> None:
+    write_module("codehash_settings", "K = 2.0\n")
+    name = "codehash_refused_" + re.sub(r"\W", "_", request.node.callspec.id)
+    module = write_module(name, source)
+    assert refusal(module.f) == message.format(module=name)
+
+
+def test_a_library_imported_in_the_body_is_accepted(write_module: Any) -> None:
+    body = "def f(x):\n    import {0}\n    return {0}.sqrt(x)\n"
+    first = write_module("codehash_imports_math", body.format("math"))
+    again = write_module("codehash_imports_math_again", body.format("math"))
+    other = write_module("codehash_imports_numpy", body.format("numpy"))
+    assert function_code_hash(first.f) == function_code_hash(again.f)
+    assert function_code_hash(first.f) != function_code_hash(other.f)

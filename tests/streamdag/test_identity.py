@@ -365,3 +365,80 @@ def test_with_options_keeps_a_udf_nodes_code_identity() -> None:
     assert first_changed.code_hash == first.code_hash
     assert not first_changed.shareable
     assert first_changed.node_id != second_changed.node_id
+
+
+def make_lambda_scaler(k: float) -> Any:
+    return lambda prices: prices[:, -1] * k
+
+
+def test_udfs_made_in_a_loop_get_the_ids_of_what_they_compute() -> None:
+    price = ticks()["bid"]
+    # The lambdas bind k late (B023): each must still get the id of what it computes.
+    looped = [
+        sd.udf(period=1)(lambda prices: prices[:, -1] * k)(price)  # noqa: B023
+        for k in (2.0, 3.0)
+    ]
+    genuine = [sd.udf(period=1)(make_lambda_scaler(k))(price) for k in (2.0, 3.0)]
+    assert [node.node_id for node in looped] == [node.node_id for node in genuine]
+    assert looped[0].node_id != looped[1].node_id
+
+
+def test_a_udfs_python_name_is_display_only() -> None:
+    def momentum(prices):
+        return prices[:, -1] - prices[:, 0]
+
+    def drift(prices):
+        return prices[:, -1] - prices[:, 0]
+
+    price = ticks()["bid"]
+    first, second = sd.udf(period=3)(momentum)(price), sd.udf(period=3)(drift)(price)
+    assert (first.name, second.name) == ("momentum", "drift")
+    assert first.node_id == second.node_id
+    assert dict(first.params) == {"fields": ("bid",), "output": "value"}
+
+
+def test_unshareable_udfs_never_share_an_id() -> None:
+    price = ticks()["bid"]
+    scaler = make_scaler(2.0)
+    shared = sd.udf(period=3)(scaler)(price)
+    unshared = sd.udf(period=3, shareable=False)(scaler)
+    other_unshared = sd.udf(period=3, shareable=False)(scaler)(price)
+    assert unshared(price).node_id == unshared(price).node_id
+    assert len({shared.node_id, unshared(price).node_id, other_unshared.node_id}) == 3
+    assert unshared.function is scaler
+
+
+def test_a_module_attribute_a_udf_reads_is_part_of_its_id(
+    write_module: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_module("identity_settings", "FACTOR = 2.0\n")
+    user = write_module(
+        "identity_reader",
+        "import identity_settings as settings\n"
+        "def scaled(prices):\n    return prices[:, -1] * settings.FACTOR\n",
+    )
+    price = ticks()["bid"]
+    before = sd.udf(period=1)(user.scaled)(price)
+    monkeypatch.setattr(config, "FACTOR", 3.0)
+    after = sd.udf(period=1)(user.scaled)(price)
+    monkeypatch.setattr(config, "FACTOR", 2.0)
+    assert after.node_id != before.node_id
+    assert sd.udf(period=1)(user.scaled)(price).node_id == before.node_id
+
+
+def test_a_frozen_copy_changed_behind_its_back_is_refused_when_a_node_is_built() -> None:
+    scaler = sd.udf(period=3)(make_scaler(2.0))
+    price = ticks()["bid"]
+    scaler(price)
+    frozen = scaler.function.function  # type: ignore[attr-defined]
+    frozen.__closure__[0].cell_contents = 3.0
+    with pytest.raises(CodeHashError) as caught:
+        scaler(price)
+    line = make_scaler(2.0).__code__.co_firstlineno
+    assert str(caught.value) == (
+        f"user function test_identity.make_scaler.<locals>.scale (line {line}): its frozen "
+        "copy no longer hashes as it did when sd.udf froze it, so nodes built from it would "
+        "run something other than what their id names (a value inside the copy was changed "
+        "through its __globals__, __closure__ or a base-class method). Apply sd.udf to the "
+        "function again, or build it with shareable=False"
+    )
