@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from streamdag.errors import ParamError
 from streamdag.operators.errors import UnknownFieldError
+from streamdag.params import Param
 from streamdag.schema import FIELD_TYPES
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "MAX_EXPRESSION_DEPTH",
     "MAX_EXPRESSION_LENGTH",
     "CompiledExpression",
+    "ExpressionParam",
+    "canonical_expression",
     "compile_expression",
 ]
 
@@ -214,6 +217,46 @@ def compile_expression(text: str, names: Mapping[str, str], *, context: str) -> 
     compiler = _Compiler(source, names, context)
     root = compiler.compile(tree.body, depth=0)
     return CompiledExpression(source, root.type_name, frozenset(compiler.used), root.evaluate)
+
+
+def canonical_expression(text: str) -> str:
+    """The canonical spelling of an expression: its parsed tree, written back.
+
+    Spacing and redundant parentheses change nothing an expression computes, so they must not
+    change a node's id either; the tree keeps everything that does (operators, their grouping,
+    constants and their types). Text that does not parse is returned stripped, for
+    ``compile_expression`` to refuse with its message.
+
+    >>> canonical_expression("(price)*2"), canonical_expression("  price * 2 ")
+    ('price * 2', 'price * 2')
+    >>> canonical_expression("(a + b) * c"), canonical_expression("a + (b * c)")
+    ('(a + b) * c', 'a + b * c')
+    """
+    source = text.strip()
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        return source
+    try:
+        canonical = ast.unparse(ast.parse(source, mode="eval"))
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return source
+    # Near the length limit the canonical spelling may be the longer one; keep what was given.
+    return canonical if len(canonical) <= MAX_EXPRESSION_LENGTH else source
+
+
+@dataclass(frozen=True)
+class ExpressionParam(Param):
+    """A ``str`` param holding an expression, stored in its canonical spelling.
+
+    What is stored is what the node's id is computed from and what the node compiles and runs,
+    so two spellings of one expression make one node.
+
+    >>> ExpressionParam("expression", "str").coerce("doubled", "((price)*2)")
+    'price * 2'
+    """
+
+    def coerce(self, node: str, value: Any) -> Any:
+        """The canonical spelling of ``value``, or a ParamError naming node, param and value."""
+        return canonical_expression(super().coerce(node, value))
 
 
 class _Compiler:

@@ -10,7 +10,11 @@ import numpy as np
 from streamdag.batch import Batch
 from streamdag.errors import ParamError
 from streamdag.operator import NodeConfig, OperatorDef
-from streamdag.operators.expressions import CompiledExpression, compile_expression
+from streamdag.operators.expressions import (
+    CompiledExpression,
+    ExpressionParam,
+    compile_expression,
+)
 from streamdag.params import Param
 from streamdag.registry import register
 from streamdag.schema import Schema
@@ -64,7 +68,9 @@ class MapDef(OperatorDef):
     )
     summary: ClassVar[str] = "a float64 field computed by an expression over the input's fields"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("expression", "str", doc="expression over the input's fields, e.g. 'price * size'"),
+        ExpressionParam(
+            "expression", "str", doc="expression over the input's fields, e.g. 'price * size'"
+        ),
         Param("output", "str", default="value", doc="name of the computed float64 field"),
     )
 
@@ -135,7 +141,7 @@ class FilterDef(OperatorDef):
     )
     summary: ClassVar[str] = "the events for which a boolean expression holds"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("expression", "str", doc="boolean expression over the input's fields"),
+        ExpressionParam("expression", "str", doc="boolean expression over the input's fields"),
     )
 
     @classmethod

@@ -18,7 +18,9 @@ from streamdag.operators.expressions import (
     ALLOWED_FUNCTIONS,
     MAX_EXPRESSION_DEPTH,
     MAX_EXPRESSION_LENGTH,
+    ExpressionParam,
     UnknownFieldError,
+    canonical_expression,
     compile_expression,
 )
 
@@ -602,3 +604,49 @@ def test_predicates_match_a_per_row_python_reference(
     values = expression.evaluate(columns, len(columns["x"]))
     expected = [bool(tree.reference(row)) for row in _rows(columns)]
     assert values.tolist() == expected, tree.text
+
+
+# -- canonical spelling -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("x*2", "x * 2"),
+        ("  (x) * (2) ", "x * 2"),
+        ("((x + y))", "x + y"),
+        ("(x + y) * 2", "(x + y) * 2"),
+        ("x + (y * 2)", "x + y * 2"),
+        ("(x - y) - 1", "x - y - 1"),
+        ("x - (y - 1)", "x - (y - 1)"),
+        ("-(x ** 2)", "-x ** 2"),
+        ("(-x) ** 2", "(-x) ** 2"),
+        ("x ** (y ** 2)", "x ** y ** 2"),
+        ("(x ** y) ** 2", "(x ** y) ** 2"),
+        ("(x < y) == b", "(x < y) == b"),
+        ("x < y < 3", "x < y < 3"),
+        ("not (x > 1)", "not x > 1"),
+        ("not (b and x > 1)", "not (b and x > 1)"),
+        ("(b or x > 1) and b", "(b or x > 1) and b"),
+        ("where( b , x , y )", "where(b, x, y)"),
+        ("1_000 + 2.50 + 0x10", "1000 + 2.5 + 16"),
+        ("1e999", "1e309"),
+    ],
+)
+def test_canonical_spelling_keeps_everything_that_computes(given: str, canonical: str) -> None:
+    assert canonical_expression(given) == canonical
+    assert canonical_expression(canonical) == canonical
+    (original_type, original), (rewritten_type, rewritten) = evaluate(given), evaluate(canonical)
+    assert original_type == rewritten_type
+    assert same(rewritten, original)
+
+
+def test_text_that_does_not_parse_is_kept_for_compile_to_refuse() -> None:
+    assert canonical_expression("  x + ") == "x +"
+    assert canonical_expression("x" * (MAX_EXPRESSION_LENGTH + 1)) == "x" * (
+        MAX_EXPRESSION_LENGTH + 1
+    )
+    parameter = ExpressionParam("expression", "str")
+    assert parameter.coerce("node", "(x)*2") == "x * 2"
+    with pytest.raises(ParamError, match="param 'expression' got 3"):
+        parameter.coerce("node", 3)

@@ -231,6 +231,36 @@ def test_equal_expressions_share_a_node_id_and_different_ones_do_not() -> None:
     assert ticks().filter("price > 1").node_id != ticks().map("price > 1").node_id
 
 
+@pytest.mark.parametrize(
+    "spelling", ["price*2", "price * 2", "(price) * (2)", "((price * 2))", "  price  *2 "]
+)
+def test_spellings_of_one_expression_make_one_node(spelling: str) -> None:
+    canonical = ticks().map("price * 2", output="doubled")
+    node = ticks().map(spelling, output="doubled")
+    assert node.params["expression"] == "price * 2"
+    assert node.node_id == canonical.node_id
+    assert run_map(node, sample_batch()).columns["doubled"].tolist()[:2] == [20.0, 5.0]
+    spec_node = make_node("map", [ticks()], {"expression": spelling, "output": "doubled"})
+    assert spec_node.node_id == canonical.node_id
+
+
+def test_spellings_of_one_predicate_make_one_filter() -> None:
+    nodes = [ticks().filter(text) for text in
+             ("buy and price*size>=10", "(buy) and ((price * size) >= 10)",
+              "buy and (price * size >= 10)")]
+    assert [node.params["expression"] for node in nodes] == ["buy and price * size >= 10"] * 3
+    assert len({node.node_id for node in nodes}) == 1
+
+
+def test_different_expressions_keep_different_ids() -> None:
+    texts = ["price * 2", "2 * price", "price * 2.0", "price * 3", "price - size - 1",
+             "price - (size - 1)", "-price ** 2", "(-price) ** 2", "price / size * 2",
+             "price / (size * 2)"]
+    nodes = [ticks().map(text) for text in texts]
+    assert [node.params["expression"] for node in nodes] == texts
+    assert len({node.node_id for node in nodes}) == len(texts)
+
+
 # -- stateless contract ----------------------------------------------------------------------
 
 
