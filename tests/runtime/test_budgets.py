@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 
 import streamdag as sd
-from streamdag.config import LimitSettings
+from streamdag.config import LimitSettings, Settings
 from streamdag.errors import (
     ActorBudgetError,
     GraphSizeError,
@@ -33,6 +36,7 @@ from streamdag.runtime.budgets import (
     format_bytes,
     node_cache_bytes,
 )
+from streamdag.runtime.controller import Controller, ControllerOptions
 from streamdag.runtime.lifecycle import SubmissionRecord
 from streamdag.runtime.local_runner import LocalRunner
 from streamdag.runtime.planner import diff_graph
@@ -330,3 +334,35 @@ def test_actors_and_memory_count_what_the_deployment_already_runs(tmp_path: Path
         "window or period, or raise limits.memory_budget_bytes (or lower limits.expected_keys "
         "if fewer keys will come)"
     )
+
+
+class _Events:
+    """A lifecycle emitter that keeps the events (no Kafka needed)."""
+
+    def __init__(self) -> None:
+        self.events: list[Mapping[str, Any]] = []
+
+    async def emit(self, key: str, event: Mapping[str, Any]) -> None:
+        """Keep ``event``."""
+        self.events.append(event)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_the_controller_fails_a_submission_over_budget_before_any_actor_starts(
+    ray_session: None, tmp_path: Path
+) -> None:
+    events = _Events()
+    controller = Controller(
+        Settings(name=f"budget{uuid.uuid4().hex[:8]}", state_dir=str(tmp_path)),
+        bootstrap_servers="127.0.0.1:9",  # never contacted: nothing gets that far
+        state_dir=str(tmp_path / "controller"),
+        options=ControllerOptions(health_interval_s=0.0), emitter=events,
+    )
+    refused = asyncio.run(controller.submit_graph(_sma(1_000_000)))
+    assert refused["state"] == "failed"
+    assert refused["cause"] == f"MemoryBudgetError: {WINDOW_REFUSAL}"
+    assert [step["to"] for step in refused["history"]] == ["submitted", "processing", "failed"]
+    assert controller.nodes() == []
+    assert [e["data"]["to"] for e in events.events] == ["submitted", "processing", "failed"]
