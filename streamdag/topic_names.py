@@ -53,7 +53,7 @@ def topic_name_problem(name: object) -> str | None:
 def shown_topic(name: object) -> str:
     """``repr(name)``, cut to its first characters when it is very long."""
     text = repr(name)
-    return text if len(text) <= _SHOWN + 2 else f"{text[:_SHOWN]}...' ({len(str(name))} chars)"
+    return text if len(text) <= _SHOWN + 2 else f"{text[:_SHOWN]}...' ({len(str(name))} characters)"
 
 
 def validate_topic_name(name: object) -> str:

@@ -42,7 +42,7 @@ def test_illegal_names_are_refused_with_the_reason(name: str, problem: str) -> N
     assert topic_name_problem(name) == problem
     with pytest.raises(TopicNameError) as info:
         validate_topic_name(name)
-    shown = repr(name) if len(name) < 40 else f"'{'t' * 39}...' (300 chars)"
+    shown = repr(name) if len(name) < 40 else f"'{'t' * 39}...' (300 characters)"
     assert str(info.value) == f"topic {shown}: {problem}; a Kafka topic name is {RULES}"
 
 
