@@ -496,6 +496,7 @@ class OhlcvDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "ohlcv"
+    handles_late_events: ClassVar[bool] = True  # the `late` param: drop, side, recompute
     summary: ClassVar[str] = "open/high/low/close/volume bars per key over event-time intervals"
     handles_events: ClassVar[str] = (
         "buckets events into bars of its own bar= length, not by a node interval, and emits a "

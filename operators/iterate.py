@@ -149,6 +149,7 @@ class IterateDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "iterate"
+    needs_time_order: ClassVar[bool] = False  # each event is computed alone
     summary: ClassVar[str] = "a fixed-point block iterated per event until |change| < tolerance"
     handles_events: ClassVar[str] = (
         "iterates each event on its own and does not bucket events by interval"

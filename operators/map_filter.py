@@ -63,6 +63,7 @@ class MapDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "map"
+    needs_time_order: ClassVar[bool] = False  # each event is computed alone
     handles_events: ClassVar[str] = (
         "computes each event from that event alone and does not bucket events by interval"
     )
@@ -136,6 +137,7 @@ class FilterDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "filter"
+    needs_time_order: ClassVar[bool] = False  # each event is computed alone
     handles_events: ClassVar[str] = (
         "keeps or drops each event on its own and does not bucket events by interval"
     )

@@ -1,82 +1,197 @@
-"""Event-time alignment of a multi-input node's inputs."""
+"""Event-time order for a node's inputs: events are held until the watermark passes them.
+
+A source reads several partitions whose fetches interleave in an order that changes from run to
+run, so one input may deliver ``t=100`` from one partition and then ``t=50`` from another. The
+newest event time an input delivered therefore says nothing about what it may still deliver;
+only its watermark does. The aligner holds every input's events and releases, for all inputs
+at once, those below the smallest input watermark, each input's part sorted by event time
+(stable: events of equal time keep their arrival order, so a key's order is kept). The
+released sequence depends only on each input's events and the watermarks, never on how the
+fetches, partitions or batches interleaved: a live run equals the replay of its records.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from streamdag.batch import Batch
 from streamdag.schema import Schema
 
-__all__ = ["InputAligner"]
+__all__ = ["NOTHING_RELEASED", "AlignerState", "EventTimeAligner"]
 
-_END = np.iinfo(np.int64).max
+#: The release bound before any watermark: nothing has been released, nothing is late.
+NOTHING_RELEASED = int(np.iinfo(np.int64).min)
+_ENDED = int(np.iinfo(np.int64).max)
 
 
-class InputAligner:
-    """Buffers each input and releases, for all inputs at once, the events below a common bound.
+@dataclass(frozen=True)
+class AlignerState:
+    """What an aligner holds at a checkpoint, from which it is rebuilt exactly.
 
-    An input's frontier is the larger of its watermark and the newest event time it delivered;
-    events with ``ts`` below the smallest frontier are final on every input, so they are released
-    together, each input's part sorted by time. An ended input no longer holds others back.
-
-    >>> aligner = InputAligner([Schema.of(value="float64")] * 2)
-    >>> aligner.add(0, Batch.from_columns(ts=[1, 2], key=["a", "a"], value=[1.0, 2.0]))
-    >>> aligner.release() is None
-    True
-    >>> aligner.add(1, Batch.from_columns(ts=[1, 2], key=["a", "a"], value=[5.0, 6.0]))
-    >>> [b.ts.tolist() for b in aligner.release()]
-    [[1], [1]]
+    ``held`` has one batch per input, in the order it would be released; ``watermarks`` has
+    each input's watermark (None before the first; the largest int64 once the input ended).
     """
 
-    def __init__(self, schemas: Sequence[Schema]) -> None:
+    held: tuple[Batch, ...]
+    watermarks: tuple[int | None, ...]
+    released_below: int
+
+
+class _Runs:
+    """One input's held events: ts-sorted runs of consecutive arrivals, oldest first.
+
+    A new run is merged into the one before it while that one is at most twice its size, so
+    there are O(log n) runs and each event is merged O(log n) times. A release takes only the
+    prefix below the bound of each run; what stays is not copied.
+    """
+
+    def __init__(self, held: Batch | None = None) -> None:
+        self.runs: list[Batch] = [held] if held is not None and len(held) else []
+        self.count = sum(len(run) for run in self.runs)
+
+    def add(self, batch: Batch) -> None:
+        self.runs.append(batch.sorted_by_time())
+        self.count += len(batch)
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            newest = self.runs.pop()
+            self.runs[-1] = _merge([self.runs[-1], newest])
+
+    def take_below(self, bound: int) -> Batch | None:
+        """Remove and return the events with ``ts < bound``, sorted; None when there are none."""
+        taken: list[Batch] = []
+        kept: list[Batch] = []
+        for run in self.runs:
+            cut = len(run) if bound == _ENDED else int(np.searchsorted(run.ts, bound, "left"))
+            if cut:
+                taken.append(run.slice(0, cut))
+            if cut < len(run):
+                kept.append(run.slice(cut, len(run)))
+        self.runs = kept
+        if not taken:
+            return None
+        released = _merge(taken)
+        self.count -= len(released)
+        return released
+
+    def everything(self) -> Batch | None:
+        """Every held event, sorted, without removing them (for a snapshot)."""
+        if not self.runs:
+            return None
+        merged = _merge(self.runs)
+        self.runs = [merged]
+        return merged
+
+
+def _merge(runs: Sequence[Batch]) -> Batch:
+    # Runs are consecutive arrivals in order, so a stable sort of their concatenation orders
+    # equal times by arrival; timsort merges the already sorted runs in linear time.
+    return Batch.concat(runs).sorted_by_time()
+
+
+class EventTimeAligner:
+    """Holds each input's events and releases, for all inputs at once, those below the bound.
+
+    The bound is the smallest input watermark; an ended input no longer holds it back, and
+    once every input has ended everything is released. ``advance`` and ``end`` say whether the
+    bound moved: only then can ``release`` give anything, so a starving input costs nothing
+    per batch. An event below the bound already released is late: ``add`` hands it back,
+    unbuffered, for the node's late policy.
+
+    >>> aligner = EventTimeAligner([Schema.of(value="float64")] * 2)
+    >>> aligner.add(0, Batch.from_columns(ts=[5, 1], key=["a", "a"], value=[5.0, 1.0])).ts.size
+    0
+    >>> aligner.advance(0, 6), aligner.release() is None  # input 1 has no watermark yet
+    (False, True)
+    >>> aligner.add(1, Batch.from_columns(ts=[2], key=["a"], value=[2.0])).ts.size
+    0
+    >>> aligner.advance(1, 3)
+    True
+    >>> [b.ts.tolist() for b in aligner.release()]
+    [[1], [2]]
+    >>> aligner.add(0, Batch.from_columns(ts=[0, 4], key=["a", "a"], value=[0.0, 4.0])).ts
+    array([0])
+    """
+
+    def __init__(self, schemas: Sequence[Schema], state: AlignerState | None = None) -> None:
         self._schemas = list(schemas)
-        self._pending: list[list[Batch]] = [[] for _ in schemas]
-        self._frontier = [np.iinfo(np.int64).min for _ in schemas]
-        self._ended = [False for _ in schemas]
+        if state is None:
+            self._held = [_Runs() for _ in schemas]
+            self._watermarks: list[int | None] = [None] * len(schemas)
+            self._released_below = NOTHING_RELEASED
+        else:
+            if len(state.held) != len(schemas) or len(state.watermarks) != len(schemas):
+                raise ValueError(
+                    f"an aligner state of {len(state.held)} inputs cannot restore a node of "
+                    f"{len(schemas)}; the snapshot belongs to another node"
+                )
+            self._held = [_Runs(batch) for batch in state.held]
+            self._watermarks = list(state.watermarks)
+            self._released_below = state.released_below
+        self._pending_bound = self._released_below
 
     @property
     def buffered(self) -> int:
         """Events held back, over all inputs."""
-        return sum(len(b) for parts in self._pending for b in parts)
+        return sum(runs.count for runs in self._held)
 
-    def add(self, input_index: int, batch: Batch) -> None:
-        """Buffer a batch of input ``input_index``."""
-        if len(batch):
-            self._pending[input_index].append(batch)
-            self._frontier[input_index] = max(self._frontier[input_index], int(batch.ts.max()))
+    @property
+    def released_below(self) -> int:
+        """Every event below this time has been released; a later one below it is late."""
+        return self._released_below
 
-    def advance(self, input_index: int, watermark: int) -> None:
-        """Input ``input_index`` promises no more events below ``watermark``."""
-        self._frontier[input_index] = max(self._frontier[input_index], watermark)
+    def add(self, input_index: int, batch: Batch) -> Batch:
+        """Hold a batch of input ``input_index``; return its late events (often none)."""
+        if not len(batch):
+            return batch
+        if int(batch.ts.min()) >= self._released_below:
+            self._held[input_index].add(batch)
+            return batch.slice(0, 0)
+        late = batch.ts < self._released_below
+        on_time = batch.take(~late)
+        if len(on_time):
+            self._held[input_index].add(on_time)
+        return batch.take(late)
 
-    def end(self, input_index: int) -> None:
-        """Input ``input_index`` has ended."""
-        self._ended[input_index] = True
-        self._frontier[input_index] = _END
+    def advance(self, input_index: int, watermark: int) -> bool:
+        """Input ``input_index`` promises no more events below ``watermark``; did the bound move?"""
+        current = self._watermarks[input_index]
+        if current is None or watermark > current:
+            self._watermarks[input_index] = watermark
+        return self._bound_moved()
 
-    def bound(self) -> int:
-        """Events with ``ts`` below this are releasable (the end bound once all inputs ended)."""
-        if all(self._ended):
-            return _END
-        return min(self._frontier)
+    def end(self, input_index: int) -> bool:
+        """Input ``input_index`` has ended; did the bound move?"""
+        self._watermarks[input_index] = _ENDED
+        return self._bound_moved()
+
+    def _bound_moved(self) -> bool:
+        if any(mark is None for mark in self._watermarks):
+            return False
+        bound = min(mark for mark in self._watermarks if mark is not None)
+        if bound <= self._pending_bound:
+            return False
+        self._pending_bound = bound
+        return True
 
     def release(self) -> list[Batch] | None:
-        """The releasable events of every input (same time range), or None when there are none."""
-        bound = self.bound()
-        released: list[Batch] = []
-        any_events = False
-        for index, parts in enumerate(self._pending):
-            if not parts:
-                released.append(Batch.empty(self._schemas[index]))
-                continue
-            whole = Batch.concat(parts).sorted_by_time()
-            if bound == _END:
-                cut = len(whole)
-            else:
-                cut = int(np.searchsorted(whole.ts, bound, side="left"))
-            released.append(whole.slice(0, cut))
-            self._pending[index] = [whole.slice(cut, len(whole))] if cut < len(whole) else []
-            any_events = any_events or cut > 0
-        return released if any_events else None
+        """Every input's held events below the bound (one batch each), or None when none."""
+        bound = self._pending_bound
+        if bound <= self._released_below:
+            return None
+        self._released_below = bound
+        released = [runs.take_below(bound) for runs in self._held]
+        if all(batch is None for batch in released):
+            return None
+        return [Batch.empty(schema) if batch is None else batch
+                for schema, batch in zip(self._schemas, released, strict=True)]
+
+    def state(self) -> AlignerState:
+        """What the aligner holds now, for a checkpoint (call ``release`` first)."""
+        held = tuple(
+            runs.everything() or Batch.empty(schema)
+            for schema, runs in zip(self._schemas, self._held, strict=True)
+        )
+        return AlignerState(held, tuple(self._watermarks), self._released_below)

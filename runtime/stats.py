@@ -73,6 +73,12 @@ class NodeStats:
     #: Subscribers dropped because delivering to them failed (a dead consumer actor).
     subscribers_lost: int = 0
     stale_dropped: int = 0
+    #: Events that arrived below the watermark the node had already released its input up to.
+    late_events: int = 0
+    #: Of those, the ones dropped (the operator has no late policy of its own).
+    late_dropped: int = 0
+    #: Events held back until the watermarks pass them, to be processed in event-time order.
+    held_events: int = 0
     backpressure_wait_seconds: float = 0.0
     queue_depth: int = 0
     max_queue_depth: int = 0

@@ -52,9 +52,11 @@ class TestingSource:
     """A SourceReader over a script of batches and markers, for tests and examples.
 
     Each ``read`` returns the next batch (split to ``max_records``) with a watermark equal to the
-    newest event time so far. ``END`` finishes the stream (so does the end of the script);
-    ``ABORT`` raises SourceAbortedError once (a simulated crash; a reader resumed past it goes
-    on); ``PAUSE`` stops emitting until ``resume()``. ``position()`` is ``{0: items consumed}``.
+    newest event time so far minus ``lateness_ns`` (the disorder the script may have across
+    batches; an event further behind is late). ``END`` finishes the stream (so does the end of
+    the script); ``ABORT`` raises SourceAbortedError once (a simulated crash; a reader resumed
+    past it goes on); ``PAUSE`` stops emitting until ``resume()``. ``position()`` is
+    ``{0: items consumed}``.
 
     >>> import asyncio
     >>> src = TestingSource([Batch.from_columns(ts=[1, 2], key=["a", "b"], value=[1.0, 2.0])])
@@ -72,8 +74,12 @@ class TestingSource:
         script: Sequence[Batch | Marker],
         *,
         resume_from: Mapping[int, int] | None = None,
+        lateness_ns: int = 0,
     ) -> None:
+        if lateness_ns < 0:
+            raise ValueError(f"lateness_ns cannot be negative, got {lateness_ns}")
         self._script = list(script)
+        self._lateness_ns = lateness_ns
         self._index = int(resume_from.get(0, 0)) if resume_from else 0
         self._offset = 0
         self._paused = asyncio.Event()
@@ -109,7 +115,7 @@ class TestingSource:
                 self._index += 1
                 self._offset = 0
             if len(part):
-                newest = int(part.ts.max())
+                newest = int(part.ts.max()) - self._lateness_ns
                 self._watermark = newest if self._watermark is None else max(
                     self._watermark, newest
                 )

@@ -1,4 +1,4 @@
-"""The node worker: one operator, its ordered inputs, alignment and barriers; no Ray, no I/O."""
+"""The node worker: one operator, inputs in seq and event-time order, barriers; no Ray, no I/O."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorLogic
 from streamdag.registry import lookup
-from streamdag.runtime.alignment import InputAligner
+from streamdag.runtime.alignment import AlignerState, EventTimeAligner
 from streamdag.runtime.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
 from streamdag.runtime.stats import NodeStats
 from streamdag.schema import Schema
@@ -24,11 +24,17 @@ END_OF_TIME = int(np.iinfo(np.int64).max)
 
 @dataclass(frozen=True)
 class WorkerSnapshot:
-    """A node's state at a checkpoint barrier: the operator's bytes and the input positions."""
+    """A node's state at a checkpoint barrier: the operator's bytes, input watermarks, held events.
+
+    ``aligner`` is what the node held back for event-time order (None for a node that takes
+    its input as it arrives): events that came before the barrier but were not yet processed,
+    which no upstream replays after a restore.
+    """
 
     checkpoint_id: int
     logic: bytes
     watermarks: tuple[int | None, ...]
+    aligner: AlignerState | None = None
 
 
 @dataclass
@@ -43,35 +49,59 @@ class NodeWorker:
 
     Per edge, envelopes are processed in ``seq`` order: a duplicate (seq already processed) or a
     message of an older incarnation is dropped, one that arrives early is held until the gap is
-    filled. Multi-input nodes align their inputs by event time; barriers are aligned (an input
-    that delivered barrier ``n`` is held until every input has), then the operator's state is
-    captured and the barrier forwarded. ``accept`` returns the payloads to send downstream.
+    filled. Inputs are put in event-time order (see ``streamdag.runtime.alignment``): events
+    are held until every input's watermark has passed them, then handed to the operator sorted
+    by time, all inputs' events of the same time range in one call; only a one-input operator
+    declared without ``needs_time_order`` gets its batches as they arrive. An event below what
+    was already handed over is late: dropped and counted, or, for an operator that
+    ``handles_late_events``, handed over at once. Barriers are aligned (an input that delivered
+    barrier ``n`` is held until every input has), then the node's state is captured and the
+    barrier forwarded. ``accept`` returns the payloads to send downstream.
+
+    ``snapshot`` is the operator's bytes alone, or a whole ``WorkerSnapshot`` (held events
+    and watermarks too).
     """
 
     def __init__(
         self,
         config: NodeConfig,
         *,
-        snapshot: bytes | None = None,
+        snapshot: bytes | WorkerSnapshot | None = None,
         incarnation: int = 0,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.config = config
         self.incarnation = incarnation
-        self.logic: OperatorLogic = lookup(config.operator).create(config, snapshot)
+        definition = lookup(config.operator)
+        restored, logic_bytes = (
+            (snapshot, snapshot.logic) if isinstance(snapshot, WorkerSnapshot) else (None, snapshot)
+        )
+        self.logic: OperatorLogic = definition.create(config, logic_bytes)
         self.stats = NodeStats(config.node_id, config.name)
         self.snapshots: dict[int, WorkerSnapshot] = {}
         self._clock = clock
         self._edges: dict[str, _EdgeState] = {}
-        inputs = max(1, len(config.input_schemas))
-        self._aligner = (
-            InputAligner(config.input_schemas) if len(config.input_schemas) > 1 else None
+        self._schemas = config.input_schemas or (config.output_schema,)
+        inputs = len(self._schemas)
+        self._keeps_late = definition.handles_late_events
+        self._aligner: EventTimeAligner | None = None
+        if inputs > 1 or definition.needs_time_order:
+            self._aligner = EventTimeAligner(
+                self._schemas, restored.aligner if restored is not None else None
+            )
+        self._watermarks: list[int | None] = (
+            list(restored.watermarks) if restored is not None else [None] * inputs
         )
-        self._watermarks: list[int | None] = [None] * inputs
         self._ended = [False] * inputs
         self._barrier_of: list[int | None] = [None] * inputs
         self._blocked: list[list[Payload]] = [[] for _ in range(inputs)]
-        self._emitted_watermark: int | None = None
+        marks = self._watermarks
+        self._emitted_watermark: int | None = (
+            None if any(mark is None for mark in marks)
+            else min(mark for mark in marks if mark is not None)
+        )
+        self.stats.watermark = self._emitted_watermark
+        self.stats.held_events = self._aligner.buffered if self._aligner is not None else 0
         self.finished = False
 
     def warm_up(self) -> float:
@@ -151,12 +181,23 @@ class NodeWorker:
         self.stats.batches_in += 1
         if self._aligner is None:
             return self._process([batch])
-        self._aligner.add(input_index, batch)
-        return self._process_released()
+        # Holding events never moves the release bound, so nothing is released here.
+        late = self._aligner.add(input_index, batch)
+        self.stats.held_events = self._aligner.buffered
+        if not len(late):
+            return []
+        self.stats.late_events += len(late)
+        if not self._keeps_late:
+            self.stats.late_dropped += len(late)
+            return []
+        inputs = [Batch.empty(schema) for schema in self._schemas]
+        inputs[input_index] = late.sorted_by_time()
+        return self._process(inputs)
 
     def _process_released(self) -> list[Payload]:
         assert self._aligner is not None
         released = self._aligner.release()
+        self.stats.held_events = self._aligner.buffered
         return self._process(released) if released is not None else []
 
     def _process(self, inputs: list[Batch]) -> list[Payload]:
@@ -182,8 +223,7 @@ class NodeWorker:
             return []
         self._watermarks[input_index] = timestamp
         outputs: list[Payload] = []
-        if self._aligner is not None:
-            self._aligner.advance(input_index, timestamp)
+        if self._aligner is not None and self._aligner.advance(input_index, timestamp):
             outputs = self._process_released()
         return outputs + self._advance_watermark()
 
@@ -205,8 +245,7 @@ class NodeWorker:
     def _on_end(self, input_index: int) -> list[Payload]:
         self._ended[input_index] = True
         outputs: list[Payload] = []
-        if self._aligner is not None:
-            self._aligner.end(input_index)
+        if self._aligner is not None and self._aligner.end(input_index):
             outputs = self._process_released()
         if all(self._ended):
             outputs.extend(self._advance_watermark())
@@ -220,9 +259,11 @@ class NodeWorker:
         live = [i for i, ended in enumerate(self._ended) if not ended]
         if any(self._barrier_of[i] != barrier.checkpoint_id for i in live):
             return []
-        # Step 2: all inputs are blocked at the cut: copy the state.
+        # Step 2: all inputs are blocked at the cut: copy the state, with the events held back
+        # for event-time order (they came before the cut, so no upstream replays them).
         self.snapshots[barrier.checkpoint_id] = WorkerSnapshot(
-            barrier.checkpoint_id, self.logic.snapshot(), tuple(self._watermarks)
+            barrier.checkpoint_id, self.logic.snapshot(), tuple(self._watermarks),
+            self._aligner.state() if self._aligner is not None else None,
         )
         self.stats.checkpoints += 1
         # Step 3: forward the barrier, then unblock and replay what each input held back.

@@ -40,6 +40,7 @@ class KafkaSourceDef(OperatorDef):
     """A stream read from a Kafka topic: its binding (topic, key, time, schema) is its identity."""
 
     type_name: ClassVar[str] = "kafka_source"
+    needs_time_order: ClassVar[bool] = False  # it hands on what its connector reads
     role: ClassVar[Role] = "source"
     arity: ClassVar[int | None] = 0
     handles_events: ClassVar[str] = (
@@ -78,6 +79,7 @@ class KafkaSinkDef(OperatorDef):
     """A stream written to a Kafka topic, keyed by the stream's key."""
 
     type_name: ClassVar[str] = "kafka_sink"
+    needs_time_order: ClassVar[bool] = False  # it writes what it gets, as it gets it
     role: ClassVar[Role] = "sink"
     handles_events: ClassVar[str] = (
         "writes every event it receives and does not bucket events by interval"

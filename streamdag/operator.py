@@ -82,6 +82,13 @@ class OperatorDef(ABC):
     arity: ClassVar[int | None] = 1
     role: ClassVar[Role] = "operator"
     summary: ClassVar[str] = ""
+    #: Whether results depend on the order of events: if so, the runtime holds the input until
+    #: the watermark passes it and hands it over sorted by event time; if not (kernels that
+    #: compute each event alone), a one-input node gets every batch at once, as it arrives.
+    needs_time_order: ClassVar[bool] = True
+    #: Whether the kernel has its own policy for events that arrive after the watermark passed
+    #: them (they are handed to it at once); if not, the runtime drops them and counts them.
+    handles_late_events: ClassVar[bool] = False
     #: Whether the kernel buckets events by the node's ``interval``; if not, one is refused when
     #: the node is built (opt in, so a new kernel cannot silently ignore one).
     supports_interval: ClassVar[bool] = False

@@ -40,7 +40,8 @@ def full_snapshot() -> MetricsSnapshot:
     )
     operator = NodeStats(
         "bb" * 32, "sma20", events_in=1500, events_out=1481, batches_in=3, batches_out=3,
-        duplicates_dropped=1, stale_dropped=4, queue_depth=2, max_queue_depth=5,
+        duplicates_dropped=1, stale_dropped=4, late_events=9, late_dropped=8, held_events=11,
+        queue_depth=2, max_queue_depth=5,
         checkpoints=6, cache_bytes=48_000, rss_bytes=310_000_000,
         process_latency=histogram(0.0002, 0.0002, 0.3), hop_latency=histogram(0.001),
     )
@@ -96,6 +97,10 @@ def test_per_node_counters_and_gauges() -> None:
     assert samples[("streamdag_node_batches_out_total", TICKS)] == 3
     assert samples[("streamdag_node_duplicates_dropped_total", SMA)] == 1
     assert samples[("streamdag_node_stale_dropped_total", SMA)] == 4
+    assert samples[("streamdag_node_late_events_total", SMA)] == 9
+    assert samples[("streamdag_node_late_dropped_total", SMA)] == 8
+    assert samples[("streamdag_node_late_events_total", TICKS)] == 0
+    assert samples[("streamdag_node_held_events", SMA)] == 11
     assert samples[("streamdag_node_checkpoints_total", SMA)] == 6
     assert samples[("streamdag_node_backpressure_wait_seconds_total", TICKS)] == 0.25
     assert samples[("streamdag_node_queue_depth", SMA)] == 2
