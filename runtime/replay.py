@@ -22,13 +22,20 @@ class TimeOrderedReader:
     releases them sorted; the merged stream, and so every result downstream, is the same in every
     run: a replay equals the live run over the same records, on any runner. Partitions that end
     early hold the others back until the whole range is read, so use it for bounded ranges.
+
+    The watermark it passes on never exceeds the oldest record it still holds, so nothing it
+    releases later is late downstream. It merges only when the bound moved (every partition
+    passed a newer time) or the range is read: a partition that lags costs nothing per read.
     """
 
     def __init__(self, inner: SourceReader, partitions: Sequence[int] | None = None) -> None:
         self.inner = inner
         self._partitions = list(partitions) if partitions is not None else None
         self._held: list[Batch] = []
+        #: The oldest event time held (None when nothing is).
+        self._held_oldest: int | None = None
         self._newest: dict[int, int] = {}
+        self._bound: int | None = None
         self._released: dict[int, int] = {}
         self._finished = False
 
@@ -47,14 +54,17 @@ class TimeOrderedReader:
             if batch.partition is None:
                 raise ValueError("TimeOrderedReader needs batches with partition lineage")
             self._held.append(batch)
+            oldest = int(batch.ts.min())
+            self._held_oldest = oldest if self._held_oldest is None else min(
+                self._held_oldest, oldest)
             for partition in np.unique(batch.partition).tolist():
                 newest = int(batch.ts[batch.partition == partition].max())
                 self._newest[partition] = max(newest, self._newest.get(partition, newest))
         self._finished = chunk.finished
         released = self._release(chunk.finished)
         watermark = chunk.watermark
-        if released is not None and len(released) and watermark is not None:
-            watermark = min(watermark, int(released.ts[-1]))
+        if watermark is not None and self._held_oldest is not None:
+            watermark = min(watermark, self._held_oldest)
         empty = batch.slice(0, 0)
         return SourceChunk(released if released is not None else empty, watermark,
                            chunk.finished)
@@ -62,20 +72,24 @@ class TimeOrderedReader:
     def _release(self, everything: bool) -> Batch | None:
         if not self._held:
             return None
-        held = Batch.concat(self._held)
-        assert held.partition is not None and held.offset is not None
         partitions = self._partitions or []
         if everything:
             bound = None
         elif all(p in self._newest for p in partitions):
             bound = min(self._newest[p] for p in partitions)
+            if self._bound is not None and bound <= self._bound:
+                return None  # no partition has passed a newer time: nothing new to release
+            self._bound = bound
         else:
             return None
+        held = Batch.concat(self._held)
+        assert held.partition is not None and held.offset is not None
         order = np.lexsort((held.offset, held.partition, held.ts))
         merged = held.take(order)
         cut = len(merged) if bound is None else int(np.searchsorted(merged.ts, bound, "left"))
         released, rest = merged.slice(0, cut), merged.slice(cut, len(merged))
         self._held = [rest] if len(rest) else []
+        self._held_oldest = int(rest.ts[0]) if len(rest) else None
         if len(released):
             assert released.partition is not None and released.offset is not None
             for partition in np.unique(released.partition).tolist():
