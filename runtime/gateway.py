@@ -8,12 +8,16 @@ needs ``Authorization: Bearer <token>``. Errors answer ``{"errors": [{"node", "t
 
 Specs are data only: a body is parsed as JSON or TOML, never unpickled or imported, and it is
 validated completely (``streamdag.spec.graph_from_dict``) before the controller sees it, so a
-refused spec leaves nothing deployed.
+refused spec leaves nothing deployed. A TOML body is first scanned against ``SpecLimits`` (key
+depth, nesting, keys, lines: TOML's dotted keys parse in quadratic time), and reading and
+checking a spec runs off the event loop within ``SpecLimits.parse_timeout_s``, so no request
+can hold ``/healthz`` or any other route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import enum
 import hmac
@@ -37,6 +41,12 @@ from streamdag.params import validate_params
 from streamdag.registry import lookup
 from streamdag.runtime.lifecycle import UnknownSubmissionError, failure_cause
 from streamdag.runtime.metrics import StreamdagCollector
+from streamdag.runtime.spec_limits import (
+    SpecLimitError,
+    SpecLimits,
+    SpecTimeoutError,
+    scan_toml,
+)
 from streamdag.spec import graph_from_dict
 
 if TYPE_CHECKING:
@@ -57,6 +67,7 @@ __all__ = [
     "check_spec",
     "create_app",
     "parse_spec_body",
+    "read_spec_body",
 ]
 
 _log = logging.getLogger(__name__)
@@ -76,6 +87,8 @@ _TOO_DEEP = ("the graph spec nests deeper than Python can read; a spec is a tabl
              "whose params nest a few levels at most")
 _HEALTH_TIMEOUT_S = 5.0
 _METRICS_TIMEOUT_S = 10.0
+#: Specs read at once; more wait (within their time limit) so they cannot take every core.
+_SPEC_READERS = 2
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -136,8 +149,10 @@ class SpecRejectedError(GraphError):
 
 
 # -- specs ------------------------------------------------------------------------------------
-def parse_spec_body(body: bytes, content_type: str) -> Any:
+def parse_spec_body(body: bytes, content_type: str, limits: SpecLimits | None = None) -> Any:
     """The raw data of a spec body: JSON or TOML by ``content_type``, nothing else.
+
+    A TOML body past ``limits`` (key depth, nesting, keys, lines) is refused before parsing.
 
     >>> parse_spec_body(b'name = "g"', "application/toml")
     {'name': 'g'}
@@ -153,6 +168,7 @@ def parse_spec_body(body: bytes, content_type: str) -> Any:
                         "UTF-8") from None
     try:
         if content_type in TOML_CONTENT_TYPES:
+            scan_toml(text, limits or SpecLimits())
             return tomllib.loads(text)
         return json.loads(text, parse_constant=_refuse_constant)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
@@ -215,6 +231,38 @@ def _node_errors(data: Any) -> list[ErrorDetail]:
     return details
 
 
+def read_spec_body(body: bytes, content_type: str, limits: SpecLimits) -> Mapping[str, Any]:
+    """A spec body parsed (``parse_spec_body``) and checked (``check_spec``): what is submitted."""
+    return check_spec(parse_spec_body(body, content_type, limits))
+
+
+class _SpecReaders:
+    """Reads spec bodies in worker threads, each within ``limits.parse_timeout_s``."""
+
+    def __init__(self, limits: SpecLimits) -> None:
+        self.limits = limits
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def read(self, body: bytes, content_type: str) -> Mapping[str, Any]:
+        """The checked spec of ``body``; SpecTimeoutError when it takes too long."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                _SPEC_READERS, thread_name_prefix="streamdag-spec-reader")
+        job = asyncio.get_running_loop().run_in_executor(
+            self._pool, read_spec_body, body, content_type, self.limits)
+        try:
+            return await asyncio.wait_for(job, self.limits.parse_timeout_s)
+        except TimeoutError:
+            # A job already running cannot be stopped; the limits bound how long it runs on.
+            raise SpecTimeoutError.after(self.limits.parse_timeout_s) from None
+
+    def close(self) -> None:
+        """Stop the worker threads (a job still running finishes on its own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
 # -- the controller ---------------------------------------------------------------------------
 class ControllerCalls:
     """Awaitable calls to a controller: the plain ``Controller`` or its Ray actor handle.
@@ -274,6 +322,7 @@ _TOKEN = web.AppKey("token", bytes)
 _MAX_BODY = web.AppKey("max_body_bytes", int)
 _REGISTRY = web.AppKey("registry", CollectorRegistry)
 _COLLECTOR = web.AppKey("collector", StreamdagCollector)
+_SPEC_READERS_KEY = web.AppKey("spec_readers", _SpecReaders)
 
 
 def create_app(
@@ -282,11 +331,13 @@ def create_app(
     token: str,
     *,
     registry: CollectorRegistry | None = None,
+    spec_limits: SpecLimits | None = None,
 ) -> web.Application:
     """The gateway's aiohttp app over ``controller`` (a Controller or its Ray actor handle).
 
     ``token`` is the bearer token every route but ``/healthz`` requires. ``/metrics`` renders
     ``registry`` (a fresh one unless injected), on which a StreamdagCollector is registered.
+    ``spec_limits`` bounds the specs ``POST /graphs`` reads.
     """
     if not token:
         raise ConfigError(
@@ -302,6 +353,13 @@ def create_app(
     app[_MAX_BODY] = settings.max_body_bytes
     app[_REGISTRY] = registry
     app[_COLLECTOR] = StreamdagCollector(registry)
+    readers = _SpecReaders(spec_limits or SpecLimits())
+    app[_SPEC_READERS_KEY] = readers
+
+    async def close_readers(_: web.Application) -> None:
+        readers.close()
+
+    app.on_cleanup.append(close_readers)
     app.router.add_post("/graphs", _submit)
     app.router.add_get("/graphs", _list)
     app.router.add_get("/graphs/{id}", _status)
@@ -344,7 +402,7 @@ def _errors(details: Sequence[ErrorDetail], status: int) -> web.Response:
 
 
 def _status_of(error: StreamdagError) -> int:
-    if isinstance(error, GatewayRequestError):
+    if isinstance(error, GatewayRequestError | SpecLimitError):
         return error.status
     if isinstance(error, GraphError):
         return 400
@@ -410,10 +468,10 @@ async def _submit(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         return _errors([_too_large(request)], 413)
     _require_spec_content_type(request.content_type)
-    # Step 2: read (aiohttp stops at client_max_size) and parse as data.
-    data = parse_spec_body(await request.read(), request.content_type)
-    # Step 3: validate completely, then hand the controller only a spec known to be valid.
-    spec = check_spec(data)
+    # Step 2: read (aiohttp stops at client_max_size); then, off the event loop and within the
+    # time limit, scan it against the limits, parse it as data and validate it completely.
+    spec = await request.app[_SPEC_READERS_KEY].read(await request.read(), request.content_type)
+    # Step 3: hand the controller only a spec known to be valid.
     submission = await request.app[_CONTROLLER].submit_spec(spec)
     location = f"/graphs/{submission.get('id')}"
     return _json(submission, 201, {"Location": location})

@@ -23,6 +23,7 @@ from streamdag.registry import lookup
 from streamdag.runtime.controller import Controller, ControllerOptions
 from streamdag.runtime.deployment import Deployment
 from streamdag.runtime.gateway import create_app
+from streamdag.runtime.spec_limits import SpecLimits
 from streamdag.toml_writer import dumps as toml_dumps
 
 TOKEN = "s3cret-token"
@@ -64,8 +65,10 @@ async def serve() -> AsyncIterator[Client]:
     clients: list[TestClient[Any, Any]] = []
 
     async def start(controller: Any, registry: CollectorRegistry | None = None,
+                    spec_limits: SpecLimits | None = None,
                     **gateway: Any) -> TestClient[Any, Any]:
-        app = create_app(controller, GatewaySettings(**gateway), TOKEN, registry=registry)
+        app = create_app(controller, GatewaySettings(**gateway), TOKEN, registry=registry,
+                         spec_limits=spec_limits)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
@@ -171,6 +174,80 @@ async def test_only_json_and_toml_documents_are_read(
         [error] = await errors_of(response)
         assert (error["node"], error["type"]) == (None, "SpecError"), text
         assert error["message"].startswith(start), error
+    await assert_nothing_deployed(client)
+
+
+TOML = {**AUTH, "Content-Type": "application/toml"}
+
+
+async def test_a_pathological_toml_spec_is_refused_before_parsing_and_healthz_stays_up(
+    serve: Client, idle_controller: Controller
+) -> None:
+    client = await serve(idle_controller)
+    body = (".".join(["a"] * 50_000) + " = 1").encode()  # 100 KB: a minute or more to parse
+    submit = asyncio.ensure_future(client.post("/graphs", data=body, headers=TOML))
+    health = await asyncio.wait_for(client.get("/healthz"), 2.0)
+    assert (health.status, await health.json()) == (200, {"status": "ok", "problems": []})
+    response = await asyncio.wait_for(submit, 5.0)
+    assert response.status == 400
+    assert await errors_of(response) == [{
+        "node": None, "type": "SpecTooDeepError",
+        "message": "the TOML spec has a dotted key of more than 16 parts at line 1 "
+                   "(SpecLimits.max_key_depth); the keys of a graph spec have a few "
+                   "(nodes.params.window has 3): shorten the key, or write the table out "
+                   "under a [header]"}]
+    await assert_nothing_deployed(client)
+
+
+async def test_a_spec_that_reads_too_long_gets_422_while_healthz_answers(
+    serve: Client, idle_controller: Controller
+) -> None:
+    # Limits raised so the slow body gets past the scan: the time limit is the backstop.
+    limits = SpecLimits(max_key_depth=10**6, parse_timeout_s=0.3)
+    client = await serve(idle_controller, spec_limits=limits)
+    body = (".".join(["a"] * 6_000) + " = 1").encode()  # seconds to parse, off the loop
+    started = time.monotonic()
+    submit = asyncio.ensure_future(client.post("/graphs", data=body, headers=TOML))
+    answered_meanwhile = 0
+    while not submit.done():
+        health = await asyncio.wait_for(client.get("/healthz"), 1.0)
+        assert health.status == 200
+        answered_meanwhile += not submit.done()
+    response = await submit
+    assert response.status == 422
+    assert time.monotonic() - started < 3.0
+    assert answered_meanwhile >= 1
+    assert await errors_of(response) == [{
+        "node": None, "type": "SpecTimeoutError",
+        "message": "the gateway gave up reading the graph spec after 0.3 s "
+                   "(SpecLimits.parse_timeout_s); a graph spec takes milliseconds to read: "
+                   "send a smaller or simpler one"}]
+    await assert_nothing_deployed(client)
+
+
+async def test_toml_specs_past_the_key_line_and_nesting_limits_are_refused(
+    serve: Client, idle_controller: Controller
+) -> None:
+    client = await serve(idle_controller,
+                         spec_limits=SpecLimits(max_keys=6, max_lines=12, max_nesting=3))
+    at_the_limits = "#\n" * 5 + "\n".join(f"k{i} = [[{i}]]" for i in range(6))
+    response = await client.post("/graphs", data=at_the_limits.encode(), headers=TOML)
+    assert [e["type"] for e in await errors_of(response)] == ["SpecError"]  # read, then refused
+    for body, status, kind, message in [
+        ("\n".join(f"k{i} = {i}" for i in range(7)), 413, "SpecTooLargeError",
+         "the TOML spec has more than 6 keys (SpecLimits.max_keys): split the graph into "
+         "smaller ones, or raise the limit"),
+        ("#\n" * 12 + 'name = "g"', 413, "SpecTooLargeError",
+         "the TOML spec has 13 lines; the gateway reads at most 12 (SpecLimits.max_lines): "
+         "split the graph into smaller ones, or raise the limit"),
+        ('name = "g"\nx = [[{ y = ["[[[[", [1]] }]]', 400, "SpecTooDeepError",
+         "the graph spec nests deeper than 3 levels of arrays and inline tables at line 2 "
+         "(SpecLimits.max_nesting); a spec is a table of nodes whose params nest a few levels "
+         "at most"),
+    ]:
+        response = await client.post("/graphs", data=body.encode(), headers=TOML)
+        assert response.status == status, body
+        assert await errors_of(response) == [{"node": None, "type": kind, "message": message}]
     await assert_nothing_deployed(client)
 
 
