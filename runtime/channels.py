@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -70,31 +69,59 @@ class Channel:
         self.next_seq = 0
         self.backpressure_wait_seconds = 0.0
         self._clock = clock
-        self._in_flight: deque[Awaitable[Any]] = deque()
+        self._in_flight: deque[asyncio.Future[Any]] = deque()
+        #: What the first failed push raised; a failed channel sends nothing more.
+        self.failure: Exception | None = None
 
     @property
     def in_flight(self) -> int:
         """Pushes sent and not yet acknowledged."""
         return len(self._in_flight)
 
-    async def send(self, payload: Payload) -> None:
-        """Push ``payload`` as the next envelope, first waiting for credit if none is left."""
+    async def send(self, payload: Payload) -> asyncio.Future[Any]:
+        """Push ``payload`` as the next envelope, first waiting for credit if none is left.
+
+        Returns the push's acknowledgement: a future that completes once the receiver has
+        processed the envelope, or fails with what delivering it raised. Waiting for credit
+        raises what the oldest push raised: a channel whose receiver failed sends nothing more.
+        """
         while len(self._in_flight) >= self.credits:
             started = self._clock()
-            await self._in_flight.popleft()
+            await self._settle_oldest()
             self.backpressure_wait_seconds += self._clock() - started
+        if self.failure is not None:
+            raise self.failure
         envelope = Envelope(self.edge, self.incarnation, self.next_seq, payload, time.time())
         self.next_seq += 1
-        self._in_flight.append(_ensure_future(self.target.deliver(envelope)))
+        ack = asyncio.ensure_future(self.target.deliver(envelope))
+        self._in_flight.append(ack)
+        return ack
 
     async def drain(self) -> None:
         """Wait until every push is acknowledged (raises what a receiver raised)."""
         while self._in_flight:
-            await self._in_flight.popleft()
+            await self._settle_oldest()
+        if self.failure is not None:
+            raise self.failure
+
+    async def _settle_oldest(self) -> None:
+        oldest = self._in_flight[0]
+        await asyncio.wait([oldest])
+        self._in_flight.popleft()
+        if self.failure is None:
+            if oldest.cancelled():
+                self.failure = RuntimeError(f"a push on edge {self.edge} was cancelled")
+            else:
+                self.failure = _as_exception(oldest.exception())
+        if self.failure is not None:
+            raise self.failure
+
+    def pending(self) -> list[asyncio.Future[Any]]:
+        """The acknowledgements of pushes sent and not yet taken off the channel."""
+        return list(self._in_flight)
 
 
-def _ensure_future(awaitable: Awaitable[Any]) -> Awaitable[Any]:
-    # A local delivery is a coroutine: start it now so pushes pipeline as they do over Ray.
-    if inspect.iscoroutine(awaitable):
-        return asyncio.ensure_future(awaitable)
-    return awaitable
+def _as_exception(error: BaseException | None) -> Exception | None:
+    if error is None or isinstance(error, Exception):
+        return error
+    return RuntimeError(f"the receiver raised {type(error).__name__}: {error}")

@@ -24,6 +24,7 @@ from typing import Any
 from streamdag.config import Settings
 from streamdag.errors import StreamdagError
 from streamdag.graph import Graph
+from streamdag.runtime.crashes import hold_nodes, respond_to_crashes, reuse_refusal
 from streamdag.runtime.host import RuntimeSettings
 from streamdag.runtime.kafka_binding import KafkaBinding
 from streamdag.runtime.lifecycle import (
@@ -268,14 +269,10 @@ class Controller:
         admit_submission(self.state_dir, self.settings.limits, self._registry,
                          self._records.values(), submission, graph, keys, diff)
         names = {node.node_id: node.name for node in graph.nodes}
-        dead_keys = self._registry.dead_keys()
-        dead = [names[n] for n, key in keys.items() if key in dead_keys]
-        if dead:
-            raise _SubmissionFailedError(
-                f"node(s) {dead} of graph {graph.name!r} run in actors that died; remove the "
-                f"failed submissions using them ({self._failed_users(keys.values())}) and "
-                "submit again"
-            )
+        refusal = reuse_refusal(self._registry, self._records, graph.name,
+                                {keys[n]: name for n, name in names.items()})
+        if refusal is not None:  # dead nodes, or nodes held since their region failed
+            raise _SubmissionFailedError(refusal)
         await asyncio.gather(*(self._retiring[k] for k in keys.values() if k in self._retiring))
         # Step 2: map every node to its actor in the registry.
         self._registry = acquire(self._registry, submission,
@@ -453,9 +450,9 @@ class Controller:
     async def check_health(self) -> list[str]:
         """Probe every node actor: dead ones fail their submissions; returns what was found.
 
-        A dead actor counts as a crash; its producers stop sending to it. A submission using a
-        dead or failed node ends FAILED with the cause; one whose output nodes all finished
-        ends COMPLETED.
+        A dead actor counts as a crash: its region holds, and every submission with a node in
+        it ends FAILED with the cause (``crashes``). A submission using a failed node ends
+        FAILED too; one whose output nodes all finished ends COMPLETED.
         """
         async with self._lock:
             await self._ensure_started()
@@ -477,7 +474,7 @@ class Controller:
             return problems
 
     async def _declare_dead(self, causes: Mapping[str, str]) -> list[str]:
-        """Record actors as dead, protect their producers, fail the submissions using them."""
+        """Record actors as dead; their regions hold and their submissions fail (``crashes``)."""
         if not causes:
             return []
         problems = []
@@ -486,19 +483,13 @@ class Controller:
             self._crashes += 1
             problems.append(f"node {entry.name!r} (actor {entry.actor_name}) died: {cause}")
             self._actors.handles.pop(key, None)
-            # Shared producers keep serving healthy graphs only if they stop sending here.
-            for edge, upstream, _ in entry.input_edges():
-                if upstream not in causes:
-                    await self._actors.unsubscribe(upstream, edge)
         self._registry = mark_dead(self._registry, causes)
         self._save_registry()
-        for record in list(self._records.values()):
-            hit = [n.name for n in record.nodes if n.key in causes]
-            if hit and not record.terminal and record.holds_nodes:
-                first = self._registry.entries[next(n.key for n in record.nodes
-                                                    if n.key in causes)]
-                await self._fail(record.id, f"node(s) {hit} crashed: actor {first.actor_name} "
-                                            f"died ({causes[first.key]})")
+        # Producers must not drop a crashed node and read on: the whole region holds first.
+        response = respond_to_crashes(self._registry, self._records.values(), causes)
+        await hold_nodes(self._actors, response.holds)
+        for submission, cause in response.failures.items():
+            await self._fail(submission, cause)
         return problems
 
     async def _health_loop(self) -> None:
@@ -590,11 +581,6 @@ class Controller:
         event = cloud_event(self.deployment, record, record.history[-1])
         log_event(event)
         await self._emitter.emit(record.id, event)
-
-    def _failed_users(self, keys: Iterable[str]) -> list[str]:
-        wanted = set(keys) & self._registry.dead_keys()
-        return sorted(r.id for r in self._records.values()
-                      if r.holds_nodes and any(n.key in wanted for n in r.nodes))
 
     def _save_registry(self) -> None:
         save_registry(self._registry_path, self._registry, self.deployment)

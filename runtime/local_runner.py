@@ -11,7 +11,7 @@ from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
 from streamdag.runtime.budgets import check_runner_budgets
 from streamdag.runtime.channels import LocalTarget
-from streamdag.runtime.host import NodeHost, RuntimeSettings
+from streamdag.runtime.host import NodeHost, RuntimeSettings, followed_a_failure
 from streamdag.runtime.wiring import RunResult, wire_graph
 
 __all__ = ["LocalRunner"]
@@ -91,9 +91,7 @@ class LocalRunner:
                 if host.source is not None:
                     await host.start_source()
             leaves = [hosts[n.node_id] for n in (*graph.sinks, *graph.outputs)]
-            await asyncio.wait_for(
-                asyncio.gather(*(leaf.wait_finished() for leaf in leaves)), timeout_s
-            )
+            await _wait_for_leaves(list(hosts.values()), leaves, timeout_s)
             outputs: dict[str, Batch | None] = {}
             for node in (*graph.sinks, *graph.outputs):
                 batches = hosts[node.node_id].results()
@@ -103,3 +101,31 @@ class LocalRunner:
         finally:
             for host in hosts.values():
                 await host.stop()
+
+
+async def _wait_for_leaves(
+    hosts: list[NodeHost], leaves: list[NodeHost], timeout_s: float | None
+) -> None:
+    """Until every leaf finished; raise the root cause as soon as any host failed."""
+    waits = {asyncio.ensure_future(host.wait_finished()): host for host in hosts}
+    try:
+        pending = {task for task, host in waits.items() if host in leaves}
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        while pending:
+            remaining = (None if deadline is None
+                         else max(0.0, deadline - asyncio.get_running_loop().time()))
+            done, _ = await asyncio.wait(waits, timeout=remaining,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            failed = [host.error for host in hosts if host.error is not None]
+            if failed:
+                # The nodes that held after a failure only followed it: raise the first cause.
+                raise next((e for e in failed if not followed_a_failure(e)), failed[0])
+            if not done:
+                raise TimeoutError(f"{len(pending)} output node(s) did not finish within "
+                                   f"{timeout_s} s")
+            pending -= done
+            for task in done:
+                del waits[task]
+    finally:
+        for task in waits:
+            task.cancel()

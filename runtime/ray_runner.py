@@ -11,16 +11,24 @@ from typing import Any
 from streamdag.batch import Batch
 from streamdag.config import LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
+from streamdag.errors import StreamdagError
 from streamdag.graph import Graph, Node
 from streamdag.runtime.budgets import check_runner_budgets
 from streamdag.runtime.channels import RayTarget
-from streamdag.runtime.host import NodeHost, RuntimeSettings
+from streamdag.runtime.host import NodeHost, RuntimeSettings, followed_a_failure
+from streamdag.runtime.lifecycle import failure_cause
 from streamdag.runtime.stats import NodeStats
 from streamdag.runtime.wiring import RunResult, wire_graph
 
-__all__ = ["RayRunner", "RunningGraph", "ensure_ray", "node_actor_class"]
+__all__ = ["GraphFailedError", "RayRunner", "RunningGraph", "ensure_ray", "node_actor_class"]
 
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
+#: Seconds one node is given to answer while the cause of a failure is looked for.
+_PROBE_TIMEOUT_S = 10.0
+
+
+class GraphFailedError(StreamdagError):
+    """A running graph stopped before its outputs finished: a node failed or its actor died."""
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -77,23 +85,65 @@ class RunningGraph:
         return {name: ray.get(ref) for name, ref in refs.items()}
 
     def wait(self, timeout_s: float | None = None) -> RunResult:
-        """Block until every output node has seen EndOfStream; return the outputs."""
+        """Block until every output node has seen EndOfStream; return the outputs.
+
+        Raises GraphFailedError as soon as any node fails or its actor dies (the nodes that
+        fed it hold rather than lose what they read), with the cause.
+        """
         import ray
 
         leaves = [*self.graph.sinks, *self.graph.outputs]
-        refs = [self.actors[n.node_id].wait_finished.remote() for n in leaves]
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        if pending:
-            raise TimeoutError(
-                f"graph {self.graph.name!r}: {len(pending)} output node(s) did not finish "
-                f"within {timeout_s} s"
-            )
-        ray.get(ready)
+        waits = {actor.wait_finished.remote(): node_id for node_id, actor in self.actors.items()}
+        awaited = {n.node_id for n in leaves}
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        pending = list(waits)
+        while awaited:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            if not ready:
+                raise TimeoutError(
+                    f"graph {self.graph.name!r}: {len(awaited)} output node(s) did not finish "
+                    f"within {timeout_s} s"
+                )
+            try:
+                ray.get(ready[0])
+            except Exception as exc:
+                raise GraphFailedError(self._failure_cause(exc)) from None
+            awaited.discard(waits[ready[0]])
         outputs: dict[str, Batch | None] = {}
         for node in leaves:
             batches = ray.get(self.actors[node.node_id].results.remote())
             outputs[node.name] = Batch.concat(batches) if batches else None
         return RunResult(outputs, self.stats())
+
+    def _failure_cause(self, first: BaseException) -> str:
+        """The root cause once some node failed: a crashed actor, else a node's own failure."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        # Step 1: actors that died are the cause; the nodes that held after them only followed.
+        crashed: list[tuple[str, BaseException]] = []
+        failed: list[tuple[str, BaseException]] = []
+        for node in self.graph.nodes:
+            actor = self.actors[node.node_id]
+            try:
+                if ray.get(actor.is_finished.remote(), timeout=_PROBE_TIMEOUT_S):
+                    ray.get(actor.wait_finished.remote(), timeout=_PROBE_TIMEOUT_S)
+            except RayActorError as exc:
+                crashed.append((node.name, exc))
+            except GetTimeoutError:
+                continue  # busy, so not what stopped the graph
+            except Exception as exc:
+                failed.append((node.name, exc))
+        prefix = f"graph {self.graph.name!r} failed: "
+        if crashed:
+            return (f"{prefix}node(s) {[name for name, _ in crashed]} crashed: its actor died "
+                    f"({failure_cause(crashed[0][1])})")
+        # Step 2: else the first node that failed on its own, not one that held after it.
+        own = [item for item in failed if not followed_a_failure(item[1])] or failed
+        if not own:
+            return prefix + failure_cause(first)
+        return f"{prefix}node {own[0][0]!r} failed: {failure_cause(own[0][1])}"
 
     def stop(self) -> None:
         """Stop and kill every actor of this graph, sources first."""

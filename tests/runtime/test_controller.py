@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import ray
+from actor_kills import is_held, kill_actor_process, wait_for
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import streamdag as sd
@@ -355,3 +356,99 @@ def test_without_dedup_every_graph_gets_its_own_actors(connect: Connect, bootstr
     assert [d["new"] for d in diffs] == [["out", "ticks"], ["out", "ticks"]]
     assert len(_node_actors(deployment)) == 4
     assert sorted(n["refcount"] for n in deployment.nodes()) == [1, 1, 1, 1]
+
+
+def _copy_graph(name: str, ticks_topic: str, out_topic: str, factor: float,
+                operator: str) -> sd.Graph:
+    scaled = _ticks(ticks_topic).map(f"price * {factor}", name=operator)
+    return sd.Graph(name, outputs=[scaled.to_topic(out_topic, name=f"sig_{name}")])
+
+
+def _values(records: list[Any]) -> list[float]:
+    return [json.loads(record.value)["value"] for record in records]
+
+
+def test_a_killed_interior_actor_holds_its_source_and_fails_the_graph(
+    connect: Connect, bootstrap: str
+) -> None:
+    deployment = connect()
+    ticks, sig = _topic("ticks"), _topic("sig")
+    _produce(bootstrap, ticks, 1, 300)
+    submission = deployment.submit(_copy_graph("g1", ticks, sig, 2, "double"))
+    assert _values(_read(bootstrap, sig, 300)) == [2.0 * i for i in range(1, 301)]
+    source, double = _actor(deployment, submission, "ticks"), _actor(deployment, submission,
+                                                                     "double")
+    kill_actor_process(double)
+    _produce(bootstrap, ticks, 301, 400)  # the source reads them, and cannot deliver them
+    wait_for(lambda: is_held(source), "the source to hold")
+    _produce(bootstrap, ticks, 401, 450)  # never read
+
+    problems = deployment.check_health()
+    assert len(problems) == 1
+    assert problems[0].startswith(f"node 'double' (actor {_actor_name(submission, 'double')}) "
+                                  "died: ActorDiedError: ")
+    status = deployment.status(submission["id"])
+    assert status["state"] == "failed"
+    assert status["cause"].startswith(
+        f"node(s) ['double'] crashed: actor {_actor_name(submission, 'double')} died "
+        "(ActorDiedError: ")
+    assert {n["name"]: n["alive"] for n in status["nodes"]} == {
+        "ticks": True, "double": False, "sig_g1": True}
+    wait_for(lambda: ray.get(source.stats.remote()).lag == {0: 150}, "the lag to be 150")
+    assert ray.get(source.delivered_position.remote()) == {0: 300}
+    assert ray.get(source.stats.remote()).events_out == 300
+    assert _values(_read(bootstrap, sig, 300)) == [2.0 * i for i in range(1, 301)]
+    assert deployment.metrics_snapshot().actor_crashes_total == 1
+
+
+def test_a_crash_in_a_shared_region_holds_it_whole_and_other_regions_go_on(
+    connect: Connect, bootstrap: str
+) -> None:
+    deployment = connect()
+    ticks, other, sig1, sig2, sig3 = (_topic(s) for s in ("ticks", "other", "s1", "s2", "s3"))
+    _produce(bootstrap, ticks, 1, 0)  # the topics, empty
+    _produce(bootstrap, other, 1, 0)
+    g1 = deployment.submit(_copy_graph("g1", ticks, sig1, 2, "double"))
+    g2_graph = _copy_graph("g2", ticks, sig2, 3, "triple")
+    g2 = deployment.submit(g2_graph)  # shares the source, so the region, with g1
+    g3 = deployment.submit(_copy_graph("g3", other, sig3, 1, "same"))
+    assert [g["state"] for g in (g1, g2, g3)] == ["executing"] * 3
+    _produce(bootstrap, ticks, 1, 200)
+    _produce(bootstrap, other, 1, 50)
+    for topic, factor, count in ((sig1, 2, 200), (sig2, 3, 200), (sig3, 1, 50)):
+        assert _values(_read(bootstrap, topic, count)) == [factor * i for i in range(1, count + 1)]
+
+    kill_actor_process(_actor(deployment, g1, "double"))
+    assert len(deployment.check_health()) == 1
+    double = _actor_name(g1, "double")
+    states = {s["id"]: (s["state"], s["cause"]) for s in deployment.list()}
+    assert states[g1["id"]][1].startswith(
+        f"node(s) ['double'] crashed: actor {double} died (ActorDiedError: ")
+    assert states[g2["id"]][1].startswith(
+        f"node 'double' of its region crashed: actor {double} died (ActorDiedError: ")
+    assert states[g2["id"]][1].endswith("; the graphs sharing nodes with it stop with it")
+    assert [states[g["id"]][0] for g in (g1, g2, g3)] == ["failed", "failed", "executing"]
+
+    # The held region reads nothing more; the other region goes on.
+    _produce(bootstrap, ticks, 201, 300)
+    _produce(bootstrap, other, 51, 60)
+    assert _values(_read(bootstrap, sig3, 60)) == [float(i) for i in range(1, 61)]
+    source = _actor(deployment, g2, "ticks")
+    wait_for(lambda: ray.get(source.stats.remote()).lag == {0: 100}, "the lag to be 100")
+    assert ray.get(source.delivered_position.remote()) == {0: 200}
+    assert _values(_read(bootstrap, sig1, 200)) == [2.0 * i for i in range(1, 201)]
+    assert _values(_read(bootstrap, sig2, 200)) == [3.0 * i for i in range(1, 201)]
+
+    # Held nodes take no new graph until the failed ones using them are removed.
+    refused = deployment.submit(g2_graph)
+    assert refused["state"] == "failed"
+    assert refused["cause"] == (
+        "node(s) ['ticks', 'triple', 'sig_g2'] of graph 'g2' hold their input since their "
+        f"region failed; remove the failed submissions using them "
+        f"({sorted([g1['id'], g2['id']])}) and submit again")
+    assert sorted(deployment.remove(g1["id"])["retired"]) == ["double", "sig_g1"]
+    assert sorted(deployment.remove(g2["id"])["retired"]) == ["sig_g2", "ticks", "triple"]
+    assert deployment.submit(g2_graph)["state"] == "executing"
+    assert _values(_read(bootstrap, sig2, 500)) == (
+        [3.0 * i for i in range(1, 201)] + [3.0 * i for i in range(1, 301)])
+    assert deployment.status(g3["id"])["state"] == "executing"
