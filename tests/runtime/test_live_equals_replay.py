@@ -21,11 +21,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import streamdag as sd
+from streamdag.batch import Batch
+from streamdag.connector import SourceChunk
 from streamdag.connectors.kafka_source import KafkaSourceConfig
 from streamdag.connectors.topics import ensure_topics
 from streamdag.graph import Graph, Node
-from streamdag.batch import Batch
-from streamdag.connector import SourceChunk
 from streamdag.runtime.kafka_binding import KafkaBinding, KafkaSourceFactory
 from streamdag.runtime.local_runner import LocalRunner
 from streamdag.runtime.ray_runner import RayRunner
