@@ -4,6 +4,8 @@ Each partition's watermark is the largest event time seen on it minus the allowe
 The source's watermark is the smallest over the partitions that still hold it back: a
 partition that has had no records for ``idle_timeout_s`` (or has reached its end) stops
 holding it back, and a partition that has seen nothing yet holds it back until it goes idle.
+Once every partition is idle or finished, the watermark passes the newest event seen: what was
+read is final, so the last events of a quiet stream are released too.
 The watermark never moves backwards.
 """
 
@@ -25,9 +27,9 @@ class PartitionWatermarks:
     >>> marks.observe(0, 100); marks.current() is None   # partition 1 has seen nothing yet
     True
     >>> now[0] = 6.0; marks.current()                    # ...and is idle now; so is 0
-    90
+    101
     >>> marks.observe(1, 50); marks.current()            # never backwards
-    90
+    101
     """
 
     def __init__(
@@ -82,10 +84,13 @@ class PartitionWatermarks:
                 return self._emitted
             candidate = min(mark for mark in holding if mark is not None)
         else:
+            # Every partition is idle or finished: nothing seen so far can be overtaken any
+            # more, so the newest event itself is final (else a quiet stream would hold its
+            # last events, and every window they close, until traffic resumed).
             known = [mark for mark in self._max_event_ns.values() if mark is not None]
             if not known:
                 return self._emitted
-            candidate = max(known) - self._lateness_ns
+            candidate = max(known) + 1
         if self._emitted is None or candidate > self._emitted:
             self._emitted = candidate
         return self._emitted

@@ -240,8 +240,8 @@ class NodeHost:
         self, edge: str, channel: Channel, error: BaseException
     ) -> Exception | None:
         """Hold because ``channel`` failed; None when it was removed on purpose meanwhile."""
-        if self._channels.get(edge) is not channel:
-            return None
+        if self._channels.get(edge) is not channel or self._stopping:
+            return None  # removed on purpose, or this node is being stopped: not a failure
         if self._held is None:
             self.worker.stats.subscribers_lost += 1
             self._hold(SubscriberFailedError(

@@ -90,8 +90,9 @@ class LocalRunner:
             for host in hosts.values():
                 if host.source is not None:
                     await host.start_source()
-            leaves = [hosts[n.node_id] for n in (*graph.sinks, *graph.outputs)]
-            await _wait_for_leaves(list(hosts.values()), leaves, timeout_s)
+            # Every host, not only the leaves: a producer's counters are final once the
+            # acknowledgements of its last pushes came back, after its consumers finished.
+            await _wait_until_finished(list(hosts.values()), timeout_s)
             outputs: dict[str, Batch | None] = {}
             for node in (*graph.sinks, *graph.outputs):
                 batches = hosts[node.node_id].results()
@@ -99,17 +100,16 @@ class LocalRunner:
             return RunResult(outputs, {hosts[n.node_id].config.name: hosts[n.node_id].stats()
                                        for n in graph.nodes})
         finally:
-            for host in hosts.values():
+            # Sources first (they were created last): nothing pushes to a host already stopped.
+            for host in reversed(list(hosts.values())):
                 await host.stop()
 
 
-async def _wait_for_leaves(
-    hosts: list[NodeHost], leaves: list[NodeHost], timeout_s: float | None
-) -> None:
-    """Until every leaf finished; raise the root cause as soon as any host failed."""
+async def _wait_until_finished(hosts: list[NodeHost], timeout_s: float | None) -> None:
+    """Until every host finished; raise the root cause as soon as any host failed."""
     waits = {asyncio.ensure_future(host.wait_finished()): host for host in hosts}
     try:
-        pending = {task for task, host in waits.items() if host in leaves}
+        pending = set(waits)
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         while pending:
             remaining = (None if deadline is None
@@ -121,7 +121,7 @@ async def _wait_for_leaves(
                 # The nodes that held after a failure only followed it: raise the first cause.
                 raise next((e for e in failed if not followed_a_failure(e)), failed[0])
             if not done:
-                raise TimeoutError(f"{len(pending)} output node(s) did not finish within "
+                raise TimeoutError(f"{len(pending)} node(s) did not finish within "
                                    f"{timeout_s} s")
             pending -= done
             for task in done:

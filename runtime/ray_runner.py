@@ -94,7 +94,9 @@ class RunningGraph:
 
         leaves = [*self.graph.sinks, *self.graph.outputs]
         waits = {actor.wait_finished.remote(): node_id for node_id, actor in self.actors.items()}
-        awaited = {n.node_id for n in leaves}
+        # Every node, not only the leaves: a producer's counters are final once the
+        # acknowledgements of its last pushes came back, after its consumers finished.
+        awaited = set(self.actors)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         pending = list(waits)
         while awaited:

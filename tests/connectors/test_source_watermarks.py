@@ -35,10 +35,10 @@ def test_idle_partitions_stop_holding_the_watermark_back() -> None:
     marks.observe(0, 60)
     clock.now = 2.5  # partition 1 silent for 2.5 s, partition 0 for 1 s
     assert marks.current() == 60
-    clock.now = 10.0  # everything idle: the largest known time
+    clock.now = 10.0  # everything idle: past the largest known time, so all of it is final
     marks_before = marks.current()
     marks.observe(1, 30)  # partition 1 wakes up behind: the watermark never goes back
-    assert (marks_before, marks.current()) == (60, 60)
+    assert (marks_before, marks.current()) == (61, 61)
 
 
 def test_activity_without_event_time_keeps_a_partition_active() -> None:
