@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install_prometheus.sh
-	$(BIN)/python -m pytest tests streamdag $(ARGS)
+	$(BIN)/python -m pytest tests streamdag runtime operators connectors $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamdag runtime operators connectors tests benchmarks

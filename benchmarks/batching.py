@@ -22,9 +22,9 @@ from benchmarks.data_plane import (
     events_per_second,
 )
 from benchmarks.kafka_end_to_end import live_latencies
-from streamdag.connectors.broker import EmbeddedBroker
-from streamdag.runtime.host import RuntimeSettings
-from streamdag.runtime.ray_runner import RayRunner, ensure_ray
+from connectors.broker import EmbeddedBroker
+from runtime.dataplane.host import RuntimeSettings
+from runtime.runners.ray_runner import RayRunner, ensure_ray
 
 __all__ = ["main"]
 

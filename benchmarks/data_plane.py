@@ -11,13 +11,13 @@ import os
 import time
 
 import streamdag as sd
+from runtime.dataplane.host import RuntimeSettings
+from runtime.demo.synthetic import RandomWalkSource
+from runtime.planning.wiring import RunResult
+from runtime.runners.local_runner import LocalRunner
+from runtime.runners.ray_runner import RayRunner, ensure_ray
 from streamdag.batch import Batch
-from streamdag.runtime.host import RuntimeSettings
-from streamdag.runtime.local_runner import LocalRunner
-from streamdag.runtime.ray_runner import RayRunner, ensure_ray
-from streamdag.runtime.synthetic import RandomWalkSource
-from streamdag.runtime.testing import ListSink
-from streamdag.runtime.wiring import RunResult
+from streamdag.testing import ListSink
 
 __all__ = ["CountingSink", "WalkSource", "build_graph", "events_per_second", "main"]
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamdag as sd
+from runtime.deployment.controller import ControllerOptions
+from runtime.deployment.handle import Deployment
+from runtime.planning.planner import diff_graph
 from streamdag.config import KafkaSettings, Settings
 from streamdag.graph import Graph, Node, make_node
-from streamdag.runtime.controller import ControllerOptions
-from streamdag.runtime.deployment import Deployment
-from streamdag.runtime.planner import diff_graph
 
 __all__ = ["main"]
 
@@ -80,7 +80,7 @@ async def _produce(bootstrap: str, topic: str, ticks: int) -> None:
 def _actor_pids(deployment: Deployment) -> list[int]:
     import ray
 
-    from streamdag.runtime.registry import NODE_NAMESPACE
+    from runtime.deployment.node_registry import NODE_NAMESPACE
 
     handles = [ray.get_actor(n["actor"], namespace=NODE_NAMESPACE) for n in deployment.nodes()]
     return list(ray.get([h.__ray_call__.remote(lambda _host: os.getpid()) for h in handles]))
@@ -113,7 +113,7 @@ def _deploy_and_measure(bootstrap: str, state: Path, count: int, ticks: int,
     """Deploy ``count`` strategies over a topic of their own, feed it ``ticks``, measure."""
     import psutil
 
-    from streamdag.connectors.topics import ensure_topics
+    from connectors.topics import ensure_topics
 
     name = f"bench-{'dedup' if dedup else 'nodedup'}-{os.getpid()}"
     topic = f"{name}.ticks"
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--diff-repeats", type=int, default=50)
     args = parser.parse_args(argv)
 
-    from streamdag.connectors.broker import EmbeddedBroker
-    from streamdag.runtime.ray_runner import ensure_ray
+    from connectors.broker import EmbeddedBroker
+    from runtime.runners.ray_runner import ensure_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

@@ -28,8 +28,8 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from streamdag.connectors.broker import EmbeddedBroker
-from streamdag.connectors.topics import ensure_topics
+from connectors.broker import EmbeddedBroker
+from connectors.topics import ensure_topics
 
 __all__ = ["main", "produce_input", "run_batched_loop", "run_per_record_loop"]
 

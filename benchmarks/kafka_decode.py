@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import msgpack
 import numpy as np
 
-from streamdag.connectors.codecs import RecordDecoder
+from connectors.codecs import RecordDecoder
 from streamdag.schema import Schema
 
 __all__ = ["main", "make_values", "measure"]

@@ -21,14 +21,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import streamdag as sd
 from benchmarks.data_plane import events_per_second
 from benchmarks.kafka_baselines import produce_input, run_batched_loop, run_per_record_loop
-from streamdag.connectors.broker import EmbeddedBroker
-from streamdag.connectors.source_bounds import Timestamp
-from streamdag.connectors.topics import ensure_topics
-from streamdag.runtime.demo import TickProducer
-from streamdag.runtime.host import RuntimeSettings
-from streamdag.runtime.kafka_binding import KafkaBinding
-from streamdag.runtime.local_runner import LocalRunner
-from streamdag.runtime.ray_runner import RayRunner, ensure_ray
+from connectors.broker import EmbeddedBroker
+from connectors.source_bounds import Timestamp
+from connectors.topics import ensure_topics
+from runtime.dataplane.host import RuntimeSettings
+from runtime.demo.job import TickProducer
+from runtime.runners.kafka_binding import KafkaBinding
+from runtime.runners.local_runner import LocalRunner
+from runtime.runners.ray_runner import RayRunner, ensure_ray
 
 __all__ = ["events_per_second", "live_latencies", "main"]
 

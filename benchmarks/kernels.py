@@ -36,12 +36,12 @@ import numpy.typing as npt
 from numba import njit
 
 import streamdag as sd
+from operators.crossover import CrossoverLogic
+from operators.key_slots import KeySlots
+from operators.rolling import RollingLogic
+from operators.smoothing import EmaLogic
+from operators.vwap import VwapLogic
 from streamdag.batch import encode_keys
-from streamdag.operators.crossover import CrossoverLogic
-from streamdag.operators.key_slots import KeySlots
-from streamdag.operators.rolling import RollingLogic
-from streamdag.operators.smoothing import EmaLogic
-from streamdag.operators.vwap import VwapLogic
 
 __all__ = ["main"]
 
@@ -213,9 +213,9 @@ def _process_path(data: dict[str, npt.NDArray[Any]]) -> None:
 _COMPILE_SCRIPT = """
 import time
 import streamdag as sd
-from streamdag.registry import lookup
-import streamdag.operators.rolling, streamdag.operators.smoothing
-import streamdag.operators.vwap, streamdag.operators.crossover
+from streamdag.operator_registry import lookup
+import operators.rolling, operators.smoothing
+import operators.vwap, operators.crossover
 ticks = sd.source("t", topic="t", key="k", schema={"price": "float64", "size": "float64"})
 batch = sd.Batch.from_columns(ts=[1, 2, 3], key=["a", "b", "a"], price=[1.0, 2.0, 3.0],
                               size=[1.0, 1.0, 2.0], value=[1.0, 2.0, 3.0])

@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import networkx as nx
 
+from runtime.planning.planner import diff_graph, plan_graph
 from streamdag.graph import Graph, Node, make_node
-from streamdag.runtime.planner import diff_graph, plan_graph
-from streamdag.runtime.testing import declaration_only_operator
+from streamdag.testing import declaration_only_operator
 
 __all__ = ["main"]
 

@@ -1,3 +1,3 @@
-"""Connectors: Kafka source and sink, codecs, in-memory connectors, the embedded broker."""
+"""Connectors: Kafka source and sink, codecs and scanners, dead letters, the embedded broker."""
 
 __all__: list[str] = []

@@ -3,7 +3,7 @@
 A broker's state directory holds ``broker.json`` (pid, port, process start time) and
 ``broker.log``, so a broker started by one process (``streamdag broker start``) can be found,
 checked and stopped by another. Any real Kafka cluster can replace it: everything else in
-``streamdag.connectors`` takes ``bootstrap_servers``.
+``connectors`` takes ``bootstrap_servers``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from types import TracebackType
 
 import psutil
 
-from streamdag.connectors.errors import BrokerNotRunningError, BrokerStartError
+from connectors.errors import BrokerNotRunningError, BrokerStartError
 
 __all__ = ["DEFAULT_STATE_DIR", "BrokerStatus", "EmbeddedBroker", "broker_answers"]
 

@@ -20,12 +20,11 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from streamdag.batch import Batch
-from streamdag.connectors.errors import ConnectorConfigError
-from streamdag.connectors.json_scanner import scan_json
-from streamdag.connectors.msgpack_scanner import scan_msgpack
-from streamdag.connectors.record_encoding import encode_json_values, encode_msgpack_values
-from streamdag.connectors.scanning import (
+from connectors.errors import ConnectorConfigError
+from connectors.json_scanner import scan_json
+from connectors.msgpack_scanner import scan_msgpack
+from connectors.record_encoding import encode_json_values, encode_msgpack_values
+from connectors.scanning import (
     KIND_FALSE,
     KIND_FLOAT,
     KIND_INT,
@@ -37,6 +36,7 @@ from streamdag.connectors.scanning import (
     encode_names,
     gather_bytes,
 )
+from streamdag.batch import Batch
 from streamdag.schema import Schema
 
 __all__ = [

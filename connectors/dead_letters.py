@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from streamdag.connectors.producing import (
+from connectors.producing import (
     DeliveryStats,
     OutgoingRecords,
     RetryPolicy,
     publish_partition,
 )
-from streamdag.connectors.topics import ensure_topics
+from connectors.topics import ensure_topics
 
 __all__ = ["DeadLetter", "DeadLetterPublisher"]
 

@@ -17,7 +17,7 @@ __all__ = [
 
 
 class ConnectorError(StreamdagError):
-    """Root of the errors raised by ``streamdag.connectors``."""
+    """Root of the errors raised by ``connectors``."""
 
 
 class ConnectorConfigError(ConnectorError):

@@ -19,17 +19,17 @@ import numpy as np
 import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
-from streamdag.batch import Batch
-from streamdag.connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
-from streamdag.connectors.errors import ConnectorConfigError, ProduceError, TopicError
-from streamdag.connectors.partitioning import key_partitions
-from streamdag.connectors.producing import (
+from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
+from connectors.errors import ConnectorConfigError, ProduceError, TopicError
+from connectors.partitioning import key_partitions
+from connectors.producing import (
     DeliveryStats,
     OutgoingRecords,
     RetryPolicy,
     publish_partition,
     split_by_partition,
 )
+from streamdag.batch import Batch
 
 __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
 

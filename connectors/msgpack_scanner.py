@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from streamdag.connectors.scanning import (
+from connectors.scanning import (
     KIND_FALSE,
     KIND_FLOAT,
     KIND_INT,

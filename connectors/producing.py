@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from streamdag.connectors.errors import ConnectorConfigError, ProduceError
+from connectors.errors import ConnectorConfigError, ProduceError
 
 __all__ = [
     "DeliveryStats",

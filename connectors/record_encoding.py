@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from connectors.errors import EncodeError
 from streamdag.batch import Batch
-from streamdag.connectors.errors import EncodeError
 
 __all__ = ["encode_json_values", "encode_msgpack_values"]
 

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamdag.connectors.errors import TopicError
+from connectors.errors import TopicError
 
 __all__ = ["LogEnds", "PartitionBounds", "Timestamp"]
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streamdag.connectors.errors import TopicError
+from connectors.errors import TopicError
 from streamdag.topic_names import TOPIC_RULES, shown_topic, topic_name_problem
 
 __all__ = ["ensure_topics", "topic_partition_counts"]

@@ -4,7 +4,7 @@ Importing this package registers every built-in operator.
 """
 
 # Each import registers the operators its module declares.
-from streamdag.operators import (  # noqa: F401
+from operators import (  # noqa: F401
     asof_join,
     bars,
     crossover,

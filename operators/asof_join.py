@@ -9,12 +9,12 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit
 
+from operators.key_slots import KeySlots
 from streamdag.batch import Batch
 from streamdag.errors import SchemaMismatchError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
-from streamdag.operators.key_slots import KeySlots
+from streamdag.operator_registry import register
 from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["AsofJoinDef", "AsofJoinLogic"]
@@ -140,7 +140,7 @@ class AsofJoinDef(OperatorDef):
     to arrive wins. The last right event of every key is kept across batches and snapshots.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> trades = sd.source("trades", topic="t", key="symbol", schema={"size": "float64"})
     >>> quotes = sd.source("quotes", topic="q", key="symbol", schema={"bid": "float64"})
     >>> joined = trades.asof_join(quotes, tolerance=5, name="joined")

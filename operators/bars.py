@@ -15,11 +15,11 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.key_slots import KeySlots
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.key_slots import KeySlots
+from streamdag.operator_registry import register
 from streamdag.params import DAY_NS, MAX_SPAN_NS, Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["OHLCV_SCHEMA", "RECOMPUTE_RETAINED_BARS", "OhlcvDef", "OhlcvLogic"]
@@ -481,7 +481,7 @@ class OhlcvDef(OperatorDef):
     and counted.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="t", key="symbol",
     ...                   schema={"price": "float64", "size": "float64"})
     >>> bars = ticks.ohlcv(bar=10, name="bars")

@@ -17,9 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from streamdag.batch import Batch
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.keyed_state import (
+from operators.keyed_state import (
     NUMERIC_TYPES,
     VALUE_SCHEMA,
     KeyedState,
@@ -28,8 +26,10 @@ from streamdag.operators.keyed_state import (
     float_column,
     rows_emitted,
 )
+from streamdag.batch import Batch
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operator_registry import register
 from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["CrossoverDef", "CrossoverLogic"]
@@ -125,7 +125,7 @@ class CrossoverDef(OperatorDef):
     key's first pair gives 0.0. The output has the fast rows' ts and key.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> fast, slow = ticks.ema("price", span=2, name="f"), ticks.ema("price", span=5, name="s")
     >>> node = fast.crossover(slow, name="x")

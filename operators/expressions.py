@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from operators.errors import UnknownFieldError
 from streamdag.errors import ParamError
-from streamdag.operators.errors import UnknownFieldError
 from streamdag.params import Param
 from streamdag.schema import FIELD_TYPES
 

@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from operators.expressions import CompiledExpression, compile_expression
+from operators.map_filter import StatelessLogic
 from streamdag.batch import Batch
 from streamdag.errors import ParamError
 from streamdag.operator import NodeConfig, OperatorDef
-from streamdag.operators.expressions import CompiledExpression, compile_expression
-from streamdag.operators.map_filter import StatelessLogic
+from streamdag.operator_registry import register
 from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["FixedPointBlock", "IterateDef", "IterateLogic"]

@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.errors import SnapshotCorruptError
 from streamdag.errors import KeyCollisionError
-from streamdag.operators.errors import SnapshotCorruptError
 
 __all__ = ["KeySlots", "hash_keys"]
 

@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.errors import SnapshotMismatchError
+from operators.node_cache import NodeCache
 from streamdag.batch import Batch
 from streamdag.errors import SchemaMismatchError
-from streamdag.operators.errors import SnapshotMismatchError
-from streamdag.operators.node_cache import NodeCache
 from streamdag.schema import Schema
 
 __all__ = [

@@ -7,16 +7,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from streamdag.batch import Batch
-from streamdag.errors import ParamError
-from streamdag.operator import NodeConfig, OperatorDef
-from streamdag.operators.expressions import (
+from operators.expressions import (
     CompiledExpression,
     ExpressionParam,
     compile_expression,
 )
+from streamdag.batch import Batch
+from streamdag.errors import ParamError
+from streamdag.operator import NodeConfig, OperatorDef
+from streamdag.operator_registry import register
 from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["FilterDef", "FilterLogic", "MapDef", "MapLogic", "StatelessLogic"]

@@ -10,9 +10,9 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.key_slots import KeySlots
 from streamdag.errors import MissingDataError
 from streamdag.operator import MissingPolicy
-from streamdag.operators.key_slots import KeySlots
 
 __all__ = ["LATE_FILL", "NodeCache"]
 

@@ -23,7 +23,7 @@ Every kernel is one numba loop over the batch that updates per-key state in O(1)
 - **min, max** keep a monotonic deque per key (a fixed ring for count windows, a growable one
   for time windows): each value is pushed and popped at most once. NaN in the window gives NaN.
 
-Per-key state, growable rings and the shared helpers live in ``streamdag.operators.keyed_state``.
+Per-key state, growable rings and the shared helpers live in ``operators.keyed_state``.
 """
 
 from __future__ import annotations
@@ -36,15 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from streamdag.batch import Batch
-from streamdag.errors import ParamError
-from streamdag.operator import (
-    NodeConfig,
-    OperatorDef,
-    OperatorLogic,
-    require_fields,
-)
-from streamdag.operators.keyed_state import (
+from operators.keyed_state import (
     GROWABLE_RING,
     NUMERIC_TYPES,
     RING_CAPACITY,
@@ -61,8 +53,16 @@ from streamdag.operators.keyed_state import (
     ring_pools,
     rows_emitted,
 )
+from streamdag.batch import Batch
+from streamdag.errors import ParamError
+from streamdag.operator import (
+    NodeConfig,
+    OperatorDef,
+    OperatorLogic,
+    require_fields,
+)
+from streamdag.operator_registry import register
 from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = [
@@ -495,7 +495,7 @@ class RollingSumDef(_RollingDef):
     """Sum of a field over each key's last ``window`` events or ``time_window`` of event time.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> node = ticks.rolling_sum("price", time_window="2s", name="s")
     >>> logic = lookup(node.operator).create(node.config())
@@ -519,7 +519,7 @@ class RollingMeanDef(_RollingDef):
     A count window emits once the key has ``window`` events; a time window emits every event.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> node = ticks.rolling_mean("price", window=2, name="m")
     >>> logic = lookup(node.operator).create(node.config())
@@ -541,7 +541,7 @@ class RollingStdDef(_RollingDef):
     A window of one event gives NaN; a window of equal values gives exactly 0.0.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> node = ticks.rolling_std("price", window=3, name="sd")
     >>> logic = lookup(node.operator).create(node.config())
@@ -560,7 +560,7 @@ class RollingMinDef(_RollingDef):
     """Minimum of a field over each key's rolling window (NaN while a NaN is in the window).
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> node = ticks.rolling_min("price", window=2, name="lo")
     >>> logic = lookup(node.operator).create(node.config())
@@ -579,7 +579,7 @@ class RollingMaxDef(_RollingDef):
     """Maximum of a field over each key's rolling window (NaN while a NaN is in the window).
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> node = ticks.rolling_max("price", window=2, name="hi")
     >>> logic = lookup(node.operator).create(node.config())

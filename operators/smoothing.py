@@ -1,7 +1,7 @@
 """Smoothing and normalizing per key: exponential moving average and rolling z-score.
 
 ``ema`` keeps one running average per key and updates it in O(1) per event. ``zscore`` is a
-statistic of the rolling-moments kernel in ``streamdag.operators.rolling`` (compensated running
+statistic of the rolling-moments kernel in ``operators.rolling`` (compensated running
 sums, recomputed from the window once per window of events).
 """
 
@@ -14,9 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from streamdag.batch import Batch
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.keyed_state import (
+from operators.keyed_state import (
     NUMERIC_TYPES,
     VALUE_SCHEMA,
     KeyedState,
@@ -24,9 +22,11 @@ from streamdag.operators.keyed_state import (
     StateArray,
     float_column,
 )
-from streamdag.operators.rolling import RollingLogic
+from operators.rolling import RollingLogic
+from streamdag.batch import Batch
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operator_registry import register
 from streamdag.params import MAX_EVENTS, Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["EmaDef", "EmaLogic", "ZScoreDef"]
@@ -77,7 +77,7 @@ class EmaDef(OperatorDef):
     (the event emits the current average, NaN before the key's first finite value).
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> node = ticks.ema("price", span=3, name="e")
     >>> logic = lookup(node.operator).create(node.config())
@@ -116,7 +116,7 @@ class ZScoreDef(OperatorDef):
     infinite value in the window gives NaN.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
     >>> node = ticks.zscore("price", window=3, name="z")
     >>> logic = lookup(node.operator).create(node.config())

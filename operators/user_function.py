@@ -14,15 +14,15 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.errors import DataGapError, UserFunctionOutputError
+from operators.keyed_state import float_column
+from operators.node_cache import NodeCache
 from streamdag.batch import Batch
 from streamdag.code_freezing import FrozenFunction, describe_function, freeze_function
 from streamdag.errors import GraphError, SchemaMismatchError
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.errors import DataGapError, UserFunctionOutputError
-from streamdag.operators.keyed_state import float_column
-from streamdag.operators.node_cache import NodeCache
+from streamdag.operator_registry import register
 from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["UserFunctionDef", "UserFunctionLogic"]
@@ -291,7 +291,7 @@ class UserFunctionDef(OperatorDef):
     carrying the output of the events before the gap (``fail`` needs an interval).
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> @sd.udf(period=2)
     ... def change(prices):
     ...     return prices[:, -1] - prices[:, 0]

@@ -2,7 +2,7 @@
 
 Price and size of the last ``window`` events live in the node's ``NodeCache`` ring (two
 features). Running sums of price x size and of size are Neumaier-compensated, like the rolling
-sums (``streamdag.operators.rolling``): a trade leaving the window leaves no trace and error
+sums (``operators.rolling``): a trade leaving the window leaves no trace and error
 does not accumulate over the stream. A NaN or infinite price or size is kept out of the sums,
 and while one is in the window the result is NaN.
 """
@@ -17,9 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from streamdag.batch import Batch
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
-from streamdag.operators.keyed_state import (
+from operators.keyed_state import (
     NUMERIC_TYPES,
     VALUE_SCHEMA,
     KeyedState,
@@ -29,8 +27,10 @@ from streamdag.operators.keyed_state import (
     float_column,
     rows_emitted,
 )
+from streamdag.batch import Batch
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operator_registry import register
 from streamdag.params import MAX_EVENTS, Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["VwapDef", "VwapLogic"]
@@ -123,7 +123,7 @@ class VwapDef(OperatorDef):
     window's sizes sum to 0.
 
     >>> import streamdag as sd
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> trades = sd.source("trades", topic="trades", key="symbol",
     ...                    schema={"price": "float64", "size": "float64"})
     >>> node = trades.vwap(window=2, name="v")

@@ -1,4 +1,4 @@
-"""The ``streamdag`` command line: one subcommand per module, imported only when needed."""
+"""The ``streamdag`` command line: one subcommand per module; Ray and Kafka load only when run."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ __all__ = ["COMMANDS", "main"]
 
 #: Subcommand name -> module that defines ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, str] = {
-    "plan": "streamdag.runtime.plan_command",
-    "demo": "streamdag.runtime.demo_command",
-    "broker": "streamdag.connectors.broker_command",
-    "up": "streamdag.runtime.up_command",
-    "submit": "streamdag.runtime.submit_command",
-    "ls": "streamdag.runtime.ls_command",
-    "status": "streamdag.runtime.status_command",
-    "rm": "streamdag.runtime.rm_command",
-    "top": "streamdag.runtime.top_command",
+    "plan": "runtime.cli.plan",
+    "demo": "runtime.cli.demo",
+    "broker": "runtime.cli.broker",
+    "up": "runtime.cli.up",
+    "submit": "runtime.cli.submit",
+    "ls": "runtime.cli.ls",
+    "status": "runtime.cli.status",
+    "rm": "runtime.cli.rm",
+    "top": "runtime.cli.top",
 }
 
 

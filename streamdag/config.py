@@ -83,11 +83,8 @@ class DemoSettings:
     symbols: int = 100
     #: Seconds to run before the summary (0 runs until Ctrl-C).
     duration_s: float = 30.0
-    #: Graph spec files to run, relative to the working directory.
-    graphs: tuple[str, ...] = (
-        "configs/graphs/momentum.toml",
-        "configs/graphs/mean_reversion.toml",
-    )
+    #: Graph specs to run: file paths, or names of the example graphs shipped with streamdag.
+    graphs: tuple[str, ...] = ("momentum", "mean_reversion")
     #: Topic the synthetic ticks are written to.
     topic: str = "market.ticks"
 

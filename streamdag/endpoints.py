@@ -9,8 +9,8 @@ from streamdag.batch import Batch
 from streamdag.errors import SchemaMismatchError
 from streamdag.graph import Node, make_node
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, Role
+from streamdag.operator_registry import register
 from streamdag.params import Param
-from streamdag.registry import register
 from streamdag.schema import Schema
 
 __all__ = ["KafkaSinkDef", "KafkaSourceDef", "PassThrough", "source"]

@@ -18,8 +18,8 @@ from streamdag.errors import (
 )
 from streamdag.identity import compute_node_id
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef
+from streamdag.operator_registry import lookup
 from streamdag.params import MAX_EVENTS, parse_duration, validate_params
-from streamdag.registry import lookup
 from streamdag.schema import Schema
 
 __all__ = ["Column", "Graph", "Node", "make_node"]

@@ -71,7 +71,7 @@ class OperatorLogic(Protocol):
 class OperatorDef(ABC):
     """Declaration of an operator type: name, version, params, arity and schemas.
 
-    Subclasses are registered with ``streamdag.registry.register`` and never instantiated;
+    Subclasses are registered with ``streamdag.operator_registry.register`` and never instantiated;
     everything is a classmethod, so a declaration is pure data plus functions of it.
     """
 
@@ -128,7 +128,7 @@ class OperatorDef(ABC):
 
 _module_hashes: dict[str, str] = {}
 #: Modules of the built-in operators; a declaration's hash covers those its module uses.
-_OPERATOR_MODULES = "streamdag.operators."
+_OPERATOR_MODULES = "operators."
 
 
 def module_code_hash(module_name: str) -> str:
@@ -144,12 +144,12 @@ def module_code_hash(module_name: str) -> str:
 def operator_code_modules(definition: type[OperatorDef]) -> tuple[str, ...]:
     """Sorted names of the modules whose code ``definition`` runs, for its code hash.
 
-    That is its own module and every ``streamdag.operators`` module it uses, directly or through
+    That is its own module and every ``operators`` module it uses, directly or through
     another: a module object, function or class in a module's globals, or a constant's class.
 
-    >>> from streamdag.registry import lookup
+    >>> from streamdag.operator_registry import lookup
     >>> operator_code_modules(lookup("ohlcv"))
-    ('streamdag.operators.bars', 'streamdag.operators.errors', 'streamdag.operators.key_slots')
+    ('operators.bars', 'operators.errors', 'operators.key_slots')
     """
     return _code_modules(definition.__module__)
 

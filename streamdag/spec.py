@@ -33,7 +33,9 @@ they differ from their defaults, options only where set, durations as int nanose
 >>> graph = sd.Graph("copy", outputs=[ticks.to_topic("ticks.copy", name="out")])
 >>> print(dumps(graph, "toml"))
 name = "copy"
-outputs = ["out"]
+outputs = [
+    "out",
+]
 <BLANKLINE>
 [[nodes]]
 name = "ticks"
@@ -41,13 +43,17 @@ type = "kafka_source"
 <BLANKLINE>
 [nodes.params]
 topic = "market.ticks"
-schema = { price = "float64" }
 key = "symbol"
+<BLANKLINE>
+[nodes.params.schema]
+price = "float64"
 <BLANKLINE>
 [[nodes]]
 name = "out"
 type = "kafka_sink"
-inputs = ["ticks"]
+inputs = [
+    "ticks",
+]
 <BLANKLINE>
 [nodes.params]
 topic = "ticks.copy"
@@ -66,8 +72,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import msgpack
+import tomli_w
 
-from streamdag import toml_writer
 from streamdag.codehash import describe_function
 from streamdag.errors import (
     DanglingInputError,
@@ -81,8 +87,8 @@ from streamdag.errors import (
 from streamdag.graph import Graph, Node, make_node
 from streamdag.identity import canonical_encode
 from streamdag.operator import MissingPolicy, OperatorDef
+from streamdag.operator_registry import lookup
 from streamdag.params import MAX_EVENTS, parse_duration
-from streamdag.registry import lookup
 from streamdag.schema import Schema
 from streamdag.structure import validate_structure
 
@@ -165,7 +171,7 @@ def dumps(graph: Graph, format: SpecFormat) -> str:
     """The canonical spec text of ``graph`` in ``format`` (``"toml"`` or ``"json"``)."""
     data = graph_to_dict(graph)
     if format == "toml":
-        return toml_writer.dumps(data)
+        return tomli_w.dumps(data)
     if format == "json":
         return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     raise _unknown_format(format)
@@ -425,8 +431,8 @@ def _node_to_dict(node: Node, names: Mapping[str, str]) -> dict[str, Any]:
         raise SpecError(
             f"node {node.name!r} runs user function {_function_of(node)}; graph specs "
             "are data only and cannot carry its code. Install it as an operator (an "
-            "OperatorDef registered with streamdag.registry.register) and build the node by "
-            "that type name, or submit this graph through the SDK instead of a spec"
+            "OperatorDef registered with streamdag.operator_registry.register) and build the "
+            "node by that type name, or submit this graph through the SDK instead of a spec"
         )
     definition = lookup(node.operator)
     if node.code_hash != definition.code_hash():

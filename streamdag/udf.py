@@ -13,7 +13,7 @@ from streamdag.errors import CodeHashError, GraphError
 from streamdag.graph import Column, Node, make_node
 from streamdag.identity import canonical_encode
 from streamdag.operator import MissingPolicy
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 __all__ = ["UserFunction", "udf"]
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from streamdag.connectors.broker import EmbeddedBroker
+    from connectors.broker import EmbeddedBroker
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -28,7 +28,7 @@ def ray_session() -> Iterator[None]:
     """A real local Ray instance shared by every test that needs one."""
     import ray
 
-    from streamdag.runtime.ray_runner import ensure_ray
+    from runtime.runners.ray_runner import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield
@@ -38,7 +38,7 @@ def ray_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """The real embedded Kafka-compatible broker, started once for the session, then stopped."""
-    from streamdag.connectors.broker import EmbeddedBroker
+    from connectors.broker import EmbeddedBroker
 
     with EmbeddedBroker.start(tmp_path_factory.mktemp("broker")) as running:
         yield running

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamdag.connectors.topics import ensure_topics
+from connectors.topics import ensure_topics
 
 _topic_numbers = itertools.count()
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from streamdag.connectors.broker import EmbeddedBroker, broker_answers
-from streamdag.connectors.errors import BrokerNotRunningError, BrokerStartError, TopicError
-from streamdag.connectors.topics import ensure_topics, topic_partition_counts
+from connectors.broker import EmbeddedBroker, broker_answers
+from connectors.errors import BrokerNotRunningError, BrokerStartError, TopicError
+from connectors.topics import ensure_topics, topic_partition_counts
 
 
 def broker_cli(state_dir: Path, action: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamdag.connectors.broker_command", action,
+        [sys.executable, "-m", "runtime.cli.broker", action,
          "--state-dir", str(state_dir)],
         capture_output=True, text=True, timeout=60, check=False,
     )

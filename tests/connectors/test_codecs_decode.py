@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamdag.connectors.codecs import DecodedFetch, RecordDecoder
+from connectors.codecs import DecodedFetch, RecordDecoder
 from streamdag.schema import Schema
 
 SCHEMA = Schema.of(price="float64", size="int64", live="bool")

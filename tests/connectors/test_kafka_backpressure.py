@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import psutil
 
-from streamdag.connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
+from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from streamdag.schema import Schema
 
 RECORDS = 40_000

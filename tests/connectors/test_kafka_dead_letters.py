@@ -6,8 +6,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from streamdag.batch import Batch
-from streamdag.connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from streamdag.schema import Schema
 
 NewTopic = Callable[[int], Awaitable[str]]

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
+from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from streamdag.batch import Batch
-from streamdag.connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
-from streamdag.connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from streamdag.schema import Schema
 
 RECORDS = 300

@@ -14,9 +14,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RequestTimedOutError
 from aiokafka.partitioner import murmur2
 
+from connectors.errors import ProduceError
+from connectors.kafka_sink import ID_HEADER, KafkaSinkConfig, KafkaSinkWriter
 from streamdag.batch import Batch
-from streamdag.connectors.errors import ProduceError
-from streamdag.connectors.kafka_sink import ID_HEADER, KafkaSinkConfig, KafkaSinkWriter
 
 NewTopic = Callable[[int], Awaitable[str]]
 Consume = Callable[..., Awaitable[list[Any]]]

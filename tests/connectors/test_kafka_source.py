@@ -10,9 +10,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader, Timestamp
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
-from streamdag.connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader, Timestamp
 from streamdag.schema import Schema
 
 SCHEMA = Schema.of(price="float64", size="int64")

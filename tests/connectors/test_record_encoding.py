@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
+from connectors.codecs import RecordDecoder, encode_values
+from connectors.errors import EncodeError
+from connectors.partitioning import key_partitions, murmur2
 from streamdag.batch import Batch
-from streamdag.connectors.codecs import RecordDecoder, encode_values
-from streamdag.connectors.errors import EncodeError
-from streamdag.connectors.partitioning import key_partitions, murmur2
 from streamdag.schema import Schema
 
 

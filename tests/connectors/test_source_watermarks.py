@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamdag.connectors.watermarks import PartitionWatermarks
+from connectors.watermarks import PartitionWatermarks
 
 
 class Clock:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import streamdag as sd
 from streamdag.graph import Node
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 #: One event: (ts, key, value).
 Event = tuple[int, str, float]

@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from kernel_checks import aligned_steps
 
 import streamdag as sd
-import streamdag.operators.asof_join  # registers asof_join
 from streamdag.errors import SchemaMismatchError
 from streamdag.operator import OperatorLogic
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 Left = tuple[int, str, float]  # ts, key, size
 Right = tuple[int, str, float, int]  # ts, key, bid, level

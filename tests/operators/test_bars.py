@@ -10,11 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamdag as sd
-import streamdag.operators.bars  # registers ohlcv
+from operators.bars import OHLCV_SCHEMA, RECOMPUTE_RETAINED_BARS, OhlcvLogic
 from streamdag.errors import ParamError, SchemaMismatchError
 from streamdag.operator import OperatorLogic
-from streamdag.operators.bars import OHLCV_SCHEMA, RECOMPUTE_RETAINED_BARS, OhlcvLogic
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 Event = tuple[int, str, float, float]  # ts, key, price, size
 Record = dict[str, Any]

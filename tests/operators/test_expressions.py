@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamdag.errors import ParamError, SchemaMismatchError
-from streamdag.operators.expressions import (
+from operators.expressions import (
     ALLOWED_FUNCTIONS,
     MAX_EXPRESSION_DEPTH,
     MAX_EXPRESSION_LENGTH,
@@ -23,6 +22,7 @@ from streamdag.operators.expressions import (
     canonical_expression,
     compile_expression,
 )
+from streamdag.errors import ParamError, SchemaMismatchError
 
 NAMES = {"x": "float64", "y": "float64", "i": "int64", "j": "int64", "b": "bool"}
 COLUMNS = {

@@ -14,11 +14,10 @@ from kernel_checks import aligned_steps
 from test_node_cache import bucketed_reference
 
 import streamdag as sd
-import streamdag.operators.user_function  # registers user_function
+from operators.errors import DataGapError
+from operators.node_cache import NodeCache
 from streamdag.operator import MissingPolicy, OperatorLogic
-from streamdag.operators.errors import DataGapError
-from streamdag.operators.node_cache import NodeCache
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 Row = tuple[int, str, float]  # ts, key, value
 

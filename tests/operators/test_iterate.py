@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamdag as sd
+from operators.errors import UnknownFieldError
+from operators.iterate import IterateDef, IterateLogic
 from streamdag.batch import Batch
 from streamdag.errors import ParamError, SchemaMismatchError
 from streamdag.graph import Node, make_node
-from streamdag.operators.errors import UnknownFieldError
-from streamdag.operators.iterate import IterateDef, IterateLogic
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 from streamdag.schema import Schema
 
 NEWTON: dict[str, Any] = {

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators.key_slots import KeySlots, hash_keys
 from streamdag.errors import KeyCollisionError
-from streamdag.operators.key_slots import KeySlots, hash_keys
 
 _keys = st.lists(st.binary(max_size=12).map(lambda k: k.rstrip(b"\0")), max_size=60)
 

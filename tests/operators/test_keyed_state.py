@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import streamdag as sd
-from streamdag.errors import SchemaMismatchError
-from streamdag.operators.errors import SnapshotMismatchError
-from streamdag.operators.keyed_state import (
+from operators.errors import SnapshotMismatchError
+from operators.keyed_state import (
     GROWABLE_RING,
     RING_CAPACITY,
     RING_OLDEST,
@@ -24,6 +23,7 @@ from streamdag.operators.keyed_state import (
     ring_pools,
     rows_emitted,
 )
+from streamdag.errors import SchemaMismatchError
 
 
 def _state(snapshot: bytes | None = None, period: int = 2) -> KeyedState:

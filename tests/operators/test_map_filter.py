@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamdag as sd
+from operators.map_filter import FilterDef, FilterLogic, MapDef, MapLogic
 from streamdag.batch import Batch
 from streamdag.errors import GraphError, ParamError, SchemaMismatchError
 from streamdag.graph import Node, make_node
-from streamdag.operators.map_filter import FilterDef, FilterLogic, MapDef, MapLogic
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 from streamdag.schema import Schema
 
 SCHEMA = {"price": "float64", "size": "int64", "buy": "bool"}

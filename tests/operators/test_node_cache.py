@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators.node_cache import LATE_FILL, NodeCache
 from streamdag.errors import MissingDataError
 from streamdag.operator import MissingPolicy
-from streamdag.operators.node_cache import LATE_FILL, NodeCache
 
 # (input, key, value) appends; ts is the position in the list.
 _appends = st.lists(

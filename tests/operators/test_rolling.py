@@ -25,11 +25,11 @@ from kernel_checks import (
 )
 
 import streamdag as sd
+from operators.errors import SnapshotMismatchError
+from operators.rolling import RollingLogic  # importing registers the rolling family
 from streamdag.errors import GraphError, ParamError, SchemaMismatchError
 from streamdag.graph import Node
-from streamdag.operators.errors import SnapshotMismatchError
-from streamdag.operators.rolling import RollingLogic  # importing registers the rolling family
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 SOURCE = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
 STATISTICS = ("sum", "mean", "std", "min", "max")

@@ -25,8 +25,8 @@ from kernel_checks import (
 )
 
 import streamdag as sd
+from operators.smoothing import EmaLogic  # importing registers ema and zscore
 from streamdag.errors import ParamError
-from streamdag.operators.smoothing import EmaLogic  # importing registers ema and zscore
 
 SOURCE = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
 

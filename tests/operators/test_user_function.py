@@ -14,12 +14,11 @@ from kernel_checks import aligned_steps
 from numba import njit
 
 import streamdag as sd
-import streamdag.operators.user_function  # registers user_function
+from operators.errors import DataGapError, UserFunctionOutputError
 from streamdag.errors import GraphError, MissingDataError, SchemaMismatchError
 from streamdag.graph import make_node
 from streamdag.operator import MissingPolicy, OperatorLogic
-from streamdag.operators.errors import DataGapError, UserFunctionOutputError
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 Row = tuple[int, str, float]  # ts, key, value
 

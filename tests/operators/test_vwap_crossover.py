@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from kernel_checks import assert_records, batch_of, batches, cut_lists, quarters, run
 
 import streamdag as sd
+from operators.crossover import CrossoverLogic  # importing registers crossover
+from operators.vwap import VwapLogic  # importing registers vwap
 from streamdag.errors import SchemaMismatchError
-from streamdag.operators.crossover import CrossoverLogic  # importing registers crossover
-from streamdag.operators.vwap import VwapLogic  # importing registers vwap
 
 Trade = tuple[int, str, float, float]
 TRADE_FIELDS = ("price", "size")

@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamdag as sd
+from runtime.dataplane.alignment import AlignerState, EventTimeAligner
+from runtime.dataplane.messages import EndOfStream, Payload, Watermark
+from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
-from streamdag.registry import lookup
-from streamdag.runtime.alignment import AlignerState, EventTimeAligner
-from streamdag.runtime.messages import EndOfStream, Payload, Watermark
-from streamdag.runtime.worker import NodeWorker
+from streamdag.operator_registry import lookup
 from streamdag.schema import Schema
 
 SCHEMA = Schema.of(value="float64")

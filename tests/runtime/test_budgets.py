@@ -14,6 +14,23 @@ import numpy as np
 import pytest
 
 import streamdag as sd
+from operators.node_cache import NodeCache
+from runtime.deployment.admission import ADMISSION_FILE, admit_submission, load_admitted
+from runtime.deployment.controller import Controller, ControllerOptions
+from runtime.deployment.lifecycle import SubmissionRecord
+from runtime.deployment.node_registry import NodeRegistry, acquire, node_requests
+from runtime.planning.budgets import (
+    cache_key_slots,
+    check_runner_budgets,
+    estimate_graph,
+    estimate_node,
+    format_bytes,
+    node_cache_bytes,
+)
+from runtime.planning.planner import diff_graph
+from runtime.runners import ray_runner
+from runtime.runners.local_runner import LocalRunner
+from runtime.runners.ray_runner import RayRunner
 from streamdag.config import LimitSettings, Settings
 from streamdag.errors import (
     ActorBudgetError,
@@ -23,26 +40,9 @@ from streamdag.errors import (
     SharedTopicError,
 )
 from streamdag.graph import Graph, Node
-from streamdag.operators.node_cache import NodeCache
+from streamdag.operator_registry import available
 from streamdag.params import Param
-from streamdag.registry import available
-from streamdag.runtime import ray_runner
-from streamdag.runtime.admission import ADMISSION_FILE, admit_submission, load_admitted
-from streamdag.runtime.budgets import (
-    cache_key_slots,
-    check_runner_budgets,
-    estimate_graph,
-    estimate_node,
-    format_bytes,
-    node_cache_bytes,
-)
-from streamdag.runtime.controller import Controller, ControllerOptions
-from streamdag.runtime.lifecycle import SubmissionRecord
-from streamdag.runtime.local_runner import LocalRunner
-from streamdag.runtime.planner import diff_graph
-from streamdag.runtime.ray_runner import RayRunner
-from streamdag.runtime.registry import NodeRegistry, acquire, node_requests
-from streamdag.runtime.testing import TestingSource
+from streamdag.testing import TestingSource
 
 GIB = 1 << 30
 

@@ -17,29 +17,27 @@ from typing import Any
 
 import pytest
 import ray
+from tomli_w import dumps as toml_dumps
 
-from streamdag.config import ConfigError, GatewaySettings, KafkaSettings, Settings
-from streamdag.connectors.broker import EmbeddedBroker
-from streamdag.connectors.topics import ensure_topics
-from streamdag.runtime import (
-    ls_command,
-    rm_command,
-    status_command,
-    submit_command,
-    top_command,
-    up_command,
-)
-from streamdag.runtime.client import (
+from connectors.broker import EmbeddedBroker
+from connectors.topics import ensure_topics
+from runtime.cli import ls as ls_command
+from runtime.cli import rm as rm_command
+from runtime.cli import status as status_command
+from runtime.cli import submit as submit_command
+from runtime.cli import top as top_command
+from runtime.cli import up as up_command
+from runtime.cli.top import DeploymentView, NodeView, render_top
+from runtime.dataplane.stats import LatencyHistogram
+from runtime.deployment.client import (
     GatewayAddress,
     GatewayUnreachableError,
     RequestRefusedError,
     add_connection_flags,
     client_from_args,
 )
-from streamdag.runtime.registry import NODE_NAMESPACE
-from streamdag.runtime.stats import LatencyHistogram
-from streamdag.runtime.top_command import DeploymentView, NodeView, render_top
-from streamdag.toml_writer import dumps as toml_dumps
+from runtime.deployment.node_registry import NODE_NAMESPACE
+from streamdag.config import ConfigError, GatewaySettings, KafkaSettings, Settings
 
 
 def command(module: ModuleType, *argv: str) -> int:

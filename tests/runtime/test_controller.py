@@ -16,13 +16,13 @@ from actor_kills import is_held, kill_actor_process, wait_for
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import streamdag as sd
+from connectors.topics import ensure_topics
+from runtime.deployment.controller import ControllerOptions, UnknownSubmissionError
+from runtime.deployment.handle import Deployment
+from runtime.deployment.node_registry import NODE_NAMESPACE
+from runtime.runners.ray_runner import node_actor_class
 from streamdag.config import KafkaSettings, Settings
-from streamdag.connectors.topics import ensure_topics
 from streamdag.errors import StreamdagError
-from streamdag.runtime.controller import ControllerOptions, UnknownSubmissionError
-from streamdag.runtime.deployment import Deployment
-from streamdag.runtime.ray_runner import node_actor_class
-from streamdag.runtime.registry import NODE_NAMESPACE
 from streamdag.spec import graph_to_dict
 
 pytestmark = pytest.mark.integration

@@ -19,19 +19,19 @@ from actor_kills import is_held, kill_actor_process, wait_for
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import streamdag as sd
+from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
+from connectors.topics import ensure_topics
+from runtime.dataplane.channels import LocalTarget
+from runtime.dataplane.host import NodeHeldError, NodeHost, RuntimeSettings, SubscriberFailedError
+from runtime.dataplane.messages import Envelope
+from runtime.deployment.crashes import held_keys, respond_to_crashes, reuse_refusal
+from runtime.deployment.lifecycle import SubmissionNode, SubmissionRecord, SubmissionState
+from runtime.deployment.node_registry import NodeRegistry, NodeRequest, acquire, mark_dead
+from runtime.runners.kafka_binding import KafkaBinding
+from runtime.runners.ray_runner import GraphFailedError, RayRunner
 from streamdag.batch import Batch
-from streamdag.connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
-from streamdag.connectors.topics import ensure_topics
-from streamdag.runtime.channels import LocalTarget
-from streamdag.runtime.crashes import held_keys, respond_to_crashes, reuse_refusal
-from streamdag.runtime.host import NodeHeldError, NodeHost, RuntimeSettings, SubscriberFailedError
-from streamdag.runtime.kafka_binding import KafkaBinding
-from streamdag.runtime.lifecycle import SubmissionNode, SubmissionRecord, SubmissionState
-from streamdag.runtime.messages import Envelope
-from streamdag.runtime.ray_runner import GraphFailedError, RayRunner
-from streamdag.runtime.registry import NodeRegistry, NodeRequest, acquire, mark_dead
-from streamdag.runtime.testing import ListSink
 from streamdag.schema import Schema
+from streamdag.testing import ListSink
 
 
 def _ticks(topic: str = "ticks") -> sd.Node:

@@ -9,9 +9,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from connectors.broker import EmbeddedBroker
+from runtime.demo.job import run_demo
 from streamdag.config import load_settings
-from streamdag.connectors.broker import EmbeddedBroker
-from streamdag.runtime.demo import run_demo
 from streamdag.spec import load_graph
 
 ROOT = Path(__file__).resolve().parents[2]

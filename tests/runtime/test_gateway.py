@@ -16,15 +16,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.parser import text_string_to_metric_families
+from tomli_w import dumps as toml_dumps
 
+from connectors.topics import ensure_topics
+from runtime.deployment.controller import Controller, ControllerOptions
+from runtime.deployment.gateway import create_app
+from runtime.deployment.handle import Deployment
+from runtime.deployment.spec_limits import SpecLimits
 from streamdag.config import GatewaySettings, KafkaSettings, Settings
-from streamdag.connectors.topics import ensure_topics
-from streamdag.registry import lookup
-from streamdag.runtime.controller import Controller, ControllerOptions
-from streamdag.runtime.deployment import Deployment
-from streamdag.runtime.gateway import create_app
-from streamdag.runtime.spec_limits import SpecLimits
-from streamdag.toml_writer import dumps as toml_dumps
+from streamdag.operator_registry import lookup
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -266,7 +266,7 @@ async def test_invalid_specs_get_one_structured_error_per_bad_node(
     ]
     response = await client.post("/graphs", json=spec, headers=AUTH)
     assert response.status == 400
-    installed = ", ".join(sorted(__import__("streamdag.registry").registry.available()))
+    installed = ", ".join(sorted(__import__("streamdag.operator_registry").registry.available()))
     window = next(p for p in lookup("rolling_mean").params if p.name == "window")
     assert await errors_of(response) == [
         {"node": "a", "type": "UnknownOperatorError",

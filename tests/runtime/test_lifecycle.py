@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streamdag.runtime.lifecycle import (
+from runtime.deployment.lifecycle import (
     LEGAL_TRANSITIONS,
     TERMINAL_STATES,
     DiffSummary,
@@ -26,7 +26,7 @@ from streamdag.runtime.lifecycle import (
     log_event,
     save_submissions,
 )
-from streamdag.runtime.registry import RegistryFileError
+from runtime.deployment.node_registry import RegistryFileError
 
 S = SubmissionState
 EXPECTED = {

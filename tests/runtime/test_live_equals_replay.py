@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,20 +20,21 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import streamdag as sd
+from connectors.kafka_source import KafkaSourceConfig
+from connectors.topics import ensure_topics
+from runtime.demo import EXAMPLE_GRAPHS_DIR
+from runtime.demo.synthetic import RandomWalk
+from runtime.runners.kafka_binding import KafkaBinding, KafkaSourceFactory
+from runtime.runners.local_runner import LocalRunner
+from runtime.runners.ray_runner import RayRunner
+from runtime.runners.replay import TimeOrderedReader
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
-from streamdag.connectors.kafka_source import KafkaSourceConfig
-from streamdag.connectors.topics import ensure_topics
 from streamdag.graph import Graph, Node
-from streamdag.runtime.kafka_binding import KafkaBinding, KafkaSourceFactory
-from streamdag.runtime.local_runner import LocalRunner
-from streamdag.runtime.ray_runner import RayRunner
-from streamdag.runtime.replay import TimeOrderedReader
-from streamdag.runtime.synthetic import RandomWalk
-from streamdag.runtime.testing import ListSink
 from streamdag.spec import loads
+from streamdag.testing import ListSink
 
-GRAPHS = Path(__file__).parents[2] / "configs" / "graphs"
+GRAPHS = EXAMPLE_GRAPHS_DIR
 PARTITIONS = 4
 SYMBOLS = 12
 #: Records per partition; every partition of a run ends at this offset.

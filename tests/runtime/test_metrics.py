@@ -9,10 +9,10 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamdag.runtime.controller import MetricsSnapshot, NodeMetrics
-from streamdag.runtime.metrics import StreamdagCollector, cumulative_buckets
-from streamdag.runtime.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
-from streamdag.runtime.top_command import read_metrics
+from runtime.cli.top import read_metrics
+from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
+from runtime.deployment.controller import MetricsSnapshot, NodeMetrics
+from runtime.deployment.metrics import StreamdagCollector, cumulative_buckets
 
 DASHBOARD = Path(__file__).parents[2] / "configs" / "grafana" / "streamdag.json"
 

@@ -11,7 +11,15 @@ from typing import Any, ClassVar
 import pytest
 
 import streamdag as sd
-import streamdag.operators.iterate  # registers `iterate` whatever streamdag.operators imports
+from runtime.planning.planner import (
+    ExecutionPlan,
+    IterateBlock,
+    diff_graph,
+    plan_graph,
+    validate_graph,
+    validate_structure,
+)
+from runtime.planning.render import render_dot, render_mermaid, render_text
 from streamdag.cli import main
 from streamdag.errors import (
     CycleError,
@@ -26,17 +34,8 @@ from streamdag.errors import (
 )
 from streamdag.graph import Graph, Node, make_node
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
+from streamdag.operator_registry import register
 from streamdag.params import Param
-from streamdag.registry import register
-from streamdag.runtime.planner import (
-    ExecutionPlan,
-    IterateBlock,
-    diff_graph,
-    plan_graph,
-    validate_graph,
-    validate_structure,
-)
-from streamdag.runtime.render import render_dot, render_mermaid, render_text
 from streamdag.schema import Schema
 from streamdag.spec import load_graph
 

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runtime.planning.planner import ExecutionPlan, diff_graph, plan_graph, validate_structure
 from streamdag.errors import CycleError, DanglingInputError
 from streamdag.graph import Graph, Node, make_node
-from streamdag.runtime.planner import ExecutionPlan, diff_graph, plan_graph, validate_structure
-from streamdag.runtime.testing import declaration_only_operator
+from streamdag.testing import declaration_only_operator
 
 _SETTINGS = settings(max_examples=60, deadline=None)
 

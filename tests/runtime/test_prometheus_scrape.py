@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 import yaml
 
+from runtime.deployment.controller import Controller, ControllerOptions
+from runtime.deployment.gateway import GatewayServer, create_app
 from streamdag.config import GatewaySettings, KafkaSettings, Settings
-from streamdag.runtime.controller import Controller, ControllerOptions
-from streamdag.runtime.gateway import GatewayServer, create_app
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from streamdag.runtime.registry import (
+from runtime.deployment.node_registry import (
     NodeEntry,
     NodeRegistry,
     NodeRequest,

@@ -8,19 +8,19 @@ from typing import Any, ClassVar
 
 import pytest
 
-from streamdag.errors import PlanError
-from streamdag.graph import Graph, Node, make_node
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, Role
-from streamdag.params import Param
-from streamdag.registry import register
-from streamdag.runtime.planner import IterateBlock, plan_graph
-from streamdag.runtime.render import (
+from runtime.planning.planner import IterateBlock, plan_graph
+from runtime.planning.render import (
     node_label,
     render_dot,
     render_mermaid,
     render_text,
     short_ids,
 )
+from streamdag.errors import PlanError
+from streamdag.graph import Graph, Node, make_node
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, Role
+from streamdag.operator_registry import register
+from streamdag.params import Param
 from streamdag.schema import Schema
 
 

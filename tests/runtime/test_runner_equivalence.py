@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import streamdag as sd
+from runtime.demo.synthetic import RandomWalk
+from runtime.runners.local_runner import LocalRunner
+from runtime.runners.ray_runner import RayRunner
 from streamdag.batch import Batch
-from streamdag.runtime.local_runner import LocalRunner
-from streamdag.runtime.ray_runner import RayRunner
-from streamdag.runtime.synthetic import RandomWalk
-from streamdag.runtime.testing import TestingSource
+from streamdag.testing import TestingSource
 
 
 class _Script:

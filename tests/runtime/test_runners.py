@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 import streamdag as sd
+from runtime.dataplane.channels import LocalTarget
+from runtime.dataplane.host import NodeHost, RuntimeSettings
+from runtime.demo.synthetic import RandomWalk, RandomWalkSource
+from runtime.runners.local_runner import LocalRunner
+from runtime.runners.ray_runner import RayRunner
 from streamdag.batch import Batch
-from streamdag.runtime.channels import LocalTarget
-from streamdag.runtime.host import NodeHost, RuntimeSettings
-from streamdag.runtime.local_runner import LocalRunner
-from streamdag.runtime.ray_runner import RayRunner
-from streamdag.runtime.synthetic import RandomWalk, RandomWalkSource
-from streamdag.runtime.testing import ABORT, END, PAUSE, ListSink, SourceAbortedError, TestingSource
+from streamdag.testing import ABORT, END, PAUSE, ListSink, SourceAbortedError, TestingSource
 
 
 def _ticks() -> sd.Node:
@@ -150,7 +150,7 @@ def test_fan_out_subscribers_can_be_added_and_removed_while_running() -> None:
         first.connect_input("p->first", 0)
         second.connect_input("p->second", 0)
         producer.subscribe("p->first", LocalTarget(first.push))
-        from streamdag.runtime.messages import Envelope
+        from runtime.dataplane.messages import Envelope
 
         def tick(seq: int) -> Envelope:
             batch = Batch.from_columns(ts=[seq], key=["a"], price=[float(seq)], size=[1.0])

@@ -7,15 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import streamdag as sd
-import streamdag.operators.map_filter
+from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Watermark
+from runtime.dataplane.worker import END_OF_TIME, NodeWorker
+from runtime.runners.local_runner import LocalRunner
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
-from streamdag.registry import register
-from streamdag.runtime.local_runner import LocalRunner
-from streamdag.runtime.messages import Barrier, EndOfStream, Envelope, Watermark
-from streamdag.runtime.testing import TestingSource
-from streamdag.runtime.worker import END_OF_TIME, NodeWorker
+from streamdag.operator_registry import register
 from streamdag.schema import Schema
+from streamdag.testing import TestingSource
 
 
 def _ticks() -> sd.Node:

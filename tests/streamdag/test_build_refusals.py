@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 import streamdag as sd
-import streamdag.operators.user_function  # registers user_function
+from runtime.deployment.gateway import ErrorDetail, SpecRejectedError, check_spec
 from streamdag.errors import GraphError
-from streamdag.registry import available
-from streamdag.runtime.gateway import ErrorDetail, SpecRejectedError, check_spec
+from streamdag.operator_registry import available
 from streamdag.spec import graph_from_dict, loads
 
 TICKS = sd.source("ticks", topic="ticks", key="symbol",

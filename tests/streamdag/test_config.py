@@ -24,8 +24,7 @@ def test_shipped_configs_load() -> None:
     local = load_settings(ROOT / "configs" / "local.toml", environ={})
     cluster = load_settings(ROOT / "configs" / "cluster.toml", environ={})
     assert local.kafka.bootstrap_servers == "" and local.ray.address == ""
-    assert local.demo.graphs == ("configs/graphs/momentum.toml",
-                                 "configs/graphs/mean_reversion.toml")
+    assert local.demo.graphs == ("momentum", "mean_reversion")
     assert cluster.ray.address == "ray://ray-head.internal:10001"
     assert cluster.kafka.partitions == 12
     assert local.limits == LimitSettings() == LimitSettings(

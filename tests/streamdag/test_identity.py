@@ -20,8 +20,8 @@ from streamdag.endpoints import PassThrough
 from streamdag.errors import CodeHashError, ParamError, UnknownOperatorError
 from streamdag.identity import ID_SCHEME, canonical_encode, compute_node_id
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic
+from streamdag.operator_registry import lookup, register
 from streamdag.params import Param
-from streamdag.registry import lookup, register
 from streamdag.schema import Schema
 
 # A test-only declaration with a param of every numeric kind: the identity rules must hold for

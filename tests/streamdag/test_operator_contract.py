@@ -14,13 +14,13 @@ import streamdag as sd
 import streamdag.operator
 from streamdag.errors import GraphError
 from streamdag.operator import module_code_hash, operator_code_modules
-from streamdag.registry import lookup
+from streamdag.operator_registry import lookup
 
 KEYED_STATE_MODULES = (
-    "streamdag.operators.errors",
-    "streamdag.operators.key_slots",
-    "streamdag.operators.keyed_state",
-    "streamdag.operators.node_cache",
+    "operators.errors",
+    "operators.key_slots",
+    "operators.keyed_state",
+    "operators.node_cache",
 )
 TICKS = sd.source("ticks", topic="ticks", key="symbol",
                   schema={"price": "float64", "size": "float64"})
@@ -29,19 +29,19 @@ TICKS = sd.source("ticks", topic="ticks", key="symbol",
 @pytest.mark.parametrize(
     ("operator", "modules"),
     [
-        ("rolling_mean", (*KEYED_STATE_MODULES, "streamdag.operators.rolling")),
-        ("rolling_max", (*KEYED_STATE_MODULES, "streamdag.operators.rolling")),
+        ("rolling_mean", (*KEYED_STATE_MODULES, "operators.rolling")),
+        ("rolling_max", (*KEYED_STATE_MODULES, "operators.rolling")),
         # zscore runs the rolling kernel; ema only shares the module that declares zscore.
-        ("zscore", (*KEYED_STATE_MODULES, "streamdag.operators.rolling",
-                    "streamdag.operators.smoothing")),
-        ("ema", (*KEYED_STATE_MODULES, "streamdag.operators.rolling",
-                 "streamdag.operators.smoothing")),
-        ("vwap", (*KEYED_STATE_MODULES, "streamdag.operators.vwap")),
-        ("crossover", ("streamdag.operators.crossover", *KEYED_STATE_MODULES)),
-        ("ohlcv", ("streamdag.operators.bars", "streamdag.operators.errors",
-                   "streamdag.operators.key_slots")),
-        ("map", ("streamdag.operators.errors", "streamdag.operators.expressions",
-                 "streamdag.operators.map_filter")),
+        ("zscore", (*KEYED_STATE_MODULES, "operators.rolling",
+                    "operators.smoothing")),
+        ("ema", (*KEYED_STATE_MODULES, "operators.rolling",
+                 "operators.smoothing")),
+        ("vwap", (*KEYED_STATE_MODULES, "operators.vwap")),
+        ("crossover", ("operators.crossover", *KEYED_STATE_MODULES)),
+        ("ohlcv", ("operators.bars", "operators.errors",
+                   "operators.key_slots")),
+        ("map", ("operators.errors", "operators.expressions",
+                 "operators.map_filter")),
         ("kafka_source", ("streamdag.endpoints",)),
     ],
 )
@@ -74,11 +74,11 @@ def _ids() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("changed", "moved"),
     [
-        ("streamdag.operators.node_cache", {"mean", "vwap"}),
-        ("streamdag.operators.key_slots", {"mean", "vwap", "bars"}),
-        ("streamdag.operators.keyed_state", {"mean", "vwap"}),
-        ("streamdag.operators.rolling", {"mean"}),
-        ("streamdag.operators.expressions", {"map"}),
+        ("operators.node_cache", {"mean", "vwap"}),
+        ("operators.key_slots", {"mean", "vwap", "bars"}),
+        ("operators.keyed_state", {"mean", "vwap"}),
+        ("operators.rolling", {"mean"}),
+        ("operators.expressions", {"map"}),
     ],
 )
 def test_node_ids_change_with_every_module_their_code_runs(
@@ -91,7 +91,7 @@ def test_node_ids_change_with_every_module_their_code_runs(
 
 
 _PRINT_HASHES = (
-    "import json; from streamdag.registry import lookup; "
+    "import json; from streamdag.operator_registry import lookup; "
     "print(json.dumps({n: lookup(n).code_hash() for n in "
     "['rolling_mean', 'zscore', 'vwap', 'crossover', 'ohlcv']}))"
 )

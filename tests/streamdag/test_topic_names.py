@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 import streamdag as sd
-from streamdag.connectors.errors import TopicError
-from streamdag.connectors.topics import ensure_topics
+from connectors.errors import TopicError
+from connectors.topics import ensure_topics
+from runtime.planning.planner import plan_graph, validate_graph
 from streamdag.errors import ParamError, TopicLoopError, TopicNameError
 from streamdag.graph import Graph, make_node
-from streamdag.runtime.planner import plan_graph, validate_graph
 from streamdag.spec import graph_from_dict
 from streamdag.topic_names import topic_name_problem, validate_topic_name
 

@@ -1,0 +1,1 @@
+"""The data plane: node hosts and workers, channels, messages, alignment, stats."""

@@ -1,0 +1,466 @@
+"""NodeHost: the async shell around a NodeWorker — drain loop, subscribers, source and sink I/O.
+
+It is a plain class: the local runner uses it directly, the Ray runner wraps it with
+``ray.remote`` so that one actor hosts one node.
+
+A host that cannot deliver its output (a subscriber died, failed or holds) never drops it: it
+holds. It stops sending, refuses every push from then on (so its own producers hold in turn),
+and a source stops reading and rewinds its reader to the offset after the last record every
+subscriber acknowledged, so what was not delivered stays in Kafka. ``error`` says why, and
+``wait_finished`` raises it. Only a subscriber removed on purpose (``unsubscribe``) is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import functools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.dataplane.channels import Channel, Target
+from runtime.dataplane.messages import EndOfStream, Envelope, Payload, Watermark
+from runtime.dataplane.stats import NodeStats, resident_bytes_of
+from runtime.dataplane.worker import NodeWorker
+from runtime.deployment.lifecycle import failure_cause
+from streamdag.batch import Batch
+from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
+from streamdag.errors import StreamdagError
+from streamdag.operator import NodeConfig
+
+__all__ = [
+    "NodeHeldError",
+    "NodeHost",
+    "RuntimeSettings",
+    "SubscriberFailedError",
+    "followed_a_failure",
+]
+
+_DAY_NS = 86_400 * 10**9
+#: Seconds a held source waits for its pushes in flight to settle before it rewinds.
+_SETTLE_TIMEOUT_S = 5.0
+_log = logging.getLogger(__name__)
+
+
+class SubscriberFailedError(StreamdagError):
+    """A node stopped because a subscriber did not take a push (it died, failed or holds)."""
+
+
+class NodeHeldError(StreamdagError):
+    """A node holds its input: it, or the region it belongs to, failed."""
+
+
+def followed_a_failure(error: BaseException) -> bool:
+    """Whether ``error`` only says that a node stopped because another one failed first.
+
+    >>> followed_a_failure(NodeHeldError("node 'a' refused a push")), followed_a_failure(
+    ...     ValueError("window must be positive"))
+    (True, False)
+    """
+    cause = getattr(error, "cause", None)  # a Ray task error wraps the actor's own exception
+    own = cause if isinstance(cause, BaseException) else error
+    return isinstance(own, SubscriberFailedError | NodeHeldError)
+
+
+@dataclass
+class _Delivery:
+    """What one step (a push processed, a chunk read) sent: settled once every ack is in."""
+
+    events: int
+    #: Sources: the reader's position after the chunk this step sent.
+    position: dict[int, int] | None
+    #: Acks still awaited, plus one for the step itself until it has sent everything.
+    pending: int = 1
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Data-plane knobs shared by every node of a run."""
+
+    #: Unacknowledged pushes allowed per channel (W).
+    credits: int = 4
+    #: A source cuts a batch at this many records...
+    max_batch_records: int = 100_000
+    #: ...or after this long once it holds at least one record.
+    linger_s: float = 0.005
+
+
+class NodeHost:
+    """Hosts one node: processes pushes in order through one drain loop, fans output out."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        settings: RuntimeSettings | None = None,
+        source: SourceFactory | None = None,
+        sink: SinkFactory | None = None,
+        capture: bool = False,
+        incarnation: int = 0,
+        snapshot: bytes | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings or RuntimeSettings()
+        self.worker = NodeWorker(config, snapshot=snapshot, incarnation=incarnation)
+        self.incarnation = incarnation
+        self._source_factory = source
+        self._sink_factory = sink
+        self.source: SourceReader | None = None
+        self.sink: SinkWriter | None = None
+        self.captured: list[Batch] = []
+        self._capture = capture
+        self._channels: dict[str, Channel] = {}
+        self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._source_task: asyncio.Task[None] | None = None
+        self._finished: asyncio.Event | None = None
+        self._stopping = False
+        #: Why this node holds (None while it runs normally).
+        self._held: Exception | None = None
+        self._settle_task: asyncio.Task[None] | None = None
+        #: Steps whose output some subscriber has not acknowledged yet, oldest first.
+        self._deliveries: deque[_Delivery] = deque()
+        self._undelivered_events = 0
+        self._delivered_position: dict[int, int] = {}
+        #: Backpressure waited on channels that have since been removed.
+        self._retired_wait_seconds = 0.0
+        self.error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def ready(self) -> str:
+        """Open connectors and start the drain loop; returns the node id once ready."""
+        if self._queue is None:
+            self.worker.warm_up()
+            self._queue = asyncio.Queue()
+            self._finished = asyncio.Event()
+            self._drain_task = asyncio.create_task(self._drain())
+            if self._sink_factory is not None:
+                self.sink = self._sink_factory()
+                await self.sink.open()
+            if self._source_factory is not None:
+                self.source = self._source_factory()
+                await self.source.open()
+                self._delivered_position = dict(self.source.position())
+        return self.config.node_id
+
+    async def start_source(self) -> None:
+        """Start reading the source (called last, once everything below is ready)."""
+        if self.source is None:
+            raise RuntimeError(f"node {self.config.name!r} has no source to start")
+        if self._source_task is None and self._held is None:
+            self._source_task = asyncio.create_task(self._run_source())
+
+    async def wait_finished(self) -> bool:
+        """Block until EndOfStream went through this node (or it failed); True when finished."""
+        assert self._finished is not None, "call ready() first"
+        await self._finished.wait()
+        if self.error is not None:
+            raise self.error.with_traceback(None)  # asked again and again: keep it short
+        return True
+
+    def is_finished(self) -> bool:
+        """Whether EndOfStream went through this node, or it stopped (``error`` says why)."""
+        return self._finished is not None and self._finished.is_set()
+
+    async def stop(self) -> None:
+        """Stop reading and processing; close connectors (a source at what was delivered)."""
+        self._stopping = True
+        tasks = [t for t in (self._source_task, self._drain_task, self._settle_task)
+                 if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        if self.source is not None:
+            with contextlib.suppress(Exception):  # closing must not fail on a broken reader
+                await self._rewind_source()
+            await self.source.close()
+        if self.sink is not None:
+            await self.sink.close()
+
+    async def hold(self, cause: str) -> None:
+        """Stop reading and sending, and refuse pushes from now on (e.g. the region failed).
+
+        Returns once a source has stopped reading and rewound to what was delivered.
+        """
+        self._hold(NodeHeldError(f"node {self.config.name!r} holds its input: {cause}"))
+        if self._settle_task is not None:
+            await asyncio.wait([self._settle_task])
+
+    def delivered_position(self) -> dict[int, int]:
+        """Sources: per partition, the offset after the last record every subscriber took."""
+        return dict(self._delivered_position)
+
+    # -- wiring ---------------------------------------------------------------------------
+    def connect_input(self, edge: str, input_index: int) -> None:
+        """Expect pushes on ``edge`` for input ``input_index``."""
+        self.worker.connect(edge, input_index)
+
+    def subscribe(self, edge: str, target: Target) -> None:
+        """Send this node's output to ``target`` over ``edge`` from the next batch on."""
+        self._channels[edge] = Channel(
+            edge, target, credits=self.settings.credits, incarnation=self.incarnation
+        )
+
+    async def unsubscribe(self, edge: str) -> None:
+        """Stop sending to the subscriber of ``edge``, once it has acknowledged what was sent.
+
+        The subscriber is removed on purpose (its graph was removed): if delivering to it fails
+        meanwhile, it is dropped and this node, which other graphs may share, goes on.
+        """
+        channel = self._channels.pop(edge, None)
+        if channel is not None:
+            self._retired_wait_seconds += channel.backpressure_wait_seconds
+            try:
+                await channel.drain()
+            except Exception as exc:
+                self.worker.stats.subscribers_lost += 1
+                _log.warning("node %s dropped removed subscriber %s: %s", self.config.name, edge,
+                             failure_cause(exc))
+
+    async def drain(self) -> None:
+        """Wait until every subscriber has acknowledged everything sent to it.
+
+        Raises SubscriberFailedError, and holds, when one of them did not take a push.
+        """
+        for edge, channel in list(self._channels.items()):
+            try:
+                await channel.drain()
+            except Exception as exc:
+                failure = self._subscriber_failed(edge, channel, exc)
+                if failure is not None:
+                    raise failure from exc
+
+    def _subscriber_failed(
+        self, edge: str, channel: Channel, error: BaseException
+    ) -> Exception | None:
+        """Hold because ``channel`` failed; None when it was removed on purpose meanwhile."""
+        if self._channels.get(edge) is not channel or self._stopping:
+            return None  # removed on purpose, or this node is being stopped: not a failure
+        if self._held is None:
+            self.worker.stats.subscribers_lost += 1
+            self._hold(SubscriberFailedError(
+                f"node {self.config.name!r} stopped: its subscriber on edge {edge} did not take "
+                f"a push ({failure_cause(error)}); it holds its input, so nothing more is read "
+                "or sent"))
+        return self._held
+
+    def subscribers(self) -> list[str]:
+        """The edges this node sends on."""
+        return sorted(self._channels)
+
+    # -- data in --------------------------------------------------------------------------
+    async def push(self, envelope: Envelope) -> None:
+        """Receive an envelope; returns once it has been processed (that is the ack)."""
+        assert self._queue is not None, f"node {self.config.name!r} got a push before ready()"
+        if self._held is not None:
+            raise self._refusal()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put((envelope, done))
+        stats = self.worker.stats
+        stats.max_queue_depth = max(stats.max_queue_depth, self._queue.qsize())
+        await done
+
+    async def _drain(self) -> None:
+        assert self._queue is not None
+        while True:
+            envelope, done = await self._queue.get()
+            if self._held is not None:
+                _refuse(done, self._refusal())
+                continue
+            try:
+                if envelope.sent_at:
+                    self.worker.stats.hop_latency.observe(max(0.0, time.time() - envelope.sent_at))
+                await self._emit(self.worker.accept(envelope))
+                if not done.done():
+                    done.set_result(None)
+            except Exception as exc:  # surfaced to the sender through its ack
+                _refuse(done, exc)
+                self._hold(exc)
+
+    def _refusal(self) -> NodeHeldError:
+        return NodeHeldError(f"node {self.config.name!r} refused a push: it holds its input "
+                             f"({failure_cause(self._held or RuntimeError())})")
+
+    # -- data out -------------------------------------------------------------------------
+    async def _emit(
+        self, payloads: list[Payload], position: dict[int, int] | None = None
+    ) -> None:
+        # Counted as emitted (stats) only once every subscriber has acknowledged it.
+        delivery = _Delivery(sum(len(p) for p in payloads if isinstance(p, Batch)), position)
+        self._deliveries.append(delivery)
+        self._undelivered_events += delivery.events
+        try:
+            for payload in payloads:
+                if self._held is not None:
+                    raise self._refusal()
+                if self.sink is not None:
+                    await self._to_sink(payload)
+                if self._capture and isinstance(payload, Batch):
+                    self.captured.append(payload)
+                for edge, channel in list(self._channels.items()):
+                    await self._send(edge, channel, payload, delivery)
+                if isinstance(payload, EndOfStream):
+                    await self.drain()
+                    assert self._finished is not None
+                    self._finished.set()
+        except Exception:
+            delivery.failed = True
+            raise
+        finally:
+            delivery.pending -= 1
+            self._settle()
+
+    async def _send(self, edge: str, channel: Channel, payload: Payload,
+                    delivery: _Delivery) -> None:
+        if self._channels.get(edge) is not channel:
+            return  # unsubscribed while an earlier send waited for credit
+        try:
+            ack = await channel.send(payload)
+        except Exception as exc:
+            failure = self._subscriber_failed(edge, channel, exc)
+            if failure is not None:
+                raise failure from exc
+            return
+        delivery.pending += 1
+        ack.add_done_callback(functools.partial(self._on_ack, edge, channel, delivery))
+
+    def _on_ack(self, edge: str, channel: Channel, delivery: _Delivery,
+                ack: asyncio.Future[Any]) -> None:
+        delivery.pending -= 1
+        error = RuntimeError("the push was cancelled") if ack.cancelled() else ack.exception()
+        if error is not None and self._subscriber_failed(edge, channel, error) is not None:
+            delivery.failed = True
+        self._settle()
+
+    def _settle(self) -> None:
+        # Steps settle in order: one that failed keeps itself and all later ones undelivered.
+        while self._deliveries and not self._deliveries[0].pending:
+            if self._deliveries[0].failed:
+                return
+            delivery = self._deliveries.popleft()
+            self._undelivered_events -= delivery.events
+            if delivery.position is not None:
+                self._delivered_position = delivery.position
+
+    async def _to_sink(self, payload: Payload) -> None:
+        assert self.sink is not None
+        if isinstance(payload, Batch):
+            started = time.perf_counter()
+            await self.sink.write(payload)
+            await self.sink.flush()
+            self.worker.stats.publish_latency.observe(time.perf_counter() - started)
+            if len(payload):
+                # Meaningful for live streams, whose event times are wall-clock nanoseconds.
+                lag_ns = time.time_ns() - int(payload.ts.max())
+                if 0 <= lag_ns < _DAY_NS:
+                    self.worker.stats.end_to_end_latency.observe(lag_ns / 1e9)
+        elif isinstance(payload, EndOfStream):
+            await self.sink.flush()
+
+    async def _run_source(self) -> None:
+        assert self.source is not None
+        try:
+            while not self._stopping and self._held is None:
+                chunk = await self.source.read(
+                    self.settings.max_batch_records, self.settings.linger_s
+                )
+                if self._held is not None:
+                    return  # read after the node stopped: the rewind gives it back
+                position = dict(self.source.position())
+                payloads: list[Payload] = []
+                if len(chunk.batch):
+                    payloads.extend(self.worker.feed(0, chunk.batch))
+                if chunk.watermark is not None:
+                    payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))
+                if chunk.finished:
+                    payloads.extend(self.worker.feed(0, EndOfStream()))
+                await self._emit(payloads, position)
+                if chunk.finished:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._hold(exc)
+
+    def _hold(self, error: Exception) -> None:
+        """Stop for good: report ``error``, refuse pushes, and let a source give back its input."""
+        if self._held is not None:
+            return
+        self._held = error
+        if self.error is None:
+            self.error = error
+        _log.warning("node %s holds its input: %s", self.config.name, failure_cause(error))
+        if self._finished is not None:
+            self._finished.set()
+        # Step 1: pushes already queued are refused, so their senders hold in turn.
+        while self._queue is not None and not self._queue.empty():
+            _, done = self._queue.get_nowait()
+            _refuse(done, self._refusal())
+        # Step 2: a source stops reading and rewinds to what its subscribers took.
+        if self.source is not None and self._settle_task is None:
+            self._settle_task = asyncio.get_running_loop().create_task(self._settle_source())
+
+    async def _settle_source(self) -> None:
+        # Step 1: the reading loop stops, wherever it is (a read's records are given back).
+        task = self._source_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        # Step 2: pushes in flight settle (acknowledged or failed): the delivered position is
+        # final unless a subscriber hangs.
+        pending = [ack for channel in self._channels.values() for ack in channel.pending()]
+        if pending:
+            await asyncio.wait(pending, timeout=_SETTLE_TIMEOUT_S)
+        # Step 3: the reader continues from there, and fetches nothing more.
+        await self._rewind_source()
+
+    async def _rewind_source(self) -> None:
+        seek_to: Any = getattr(self.source, "seek_to", None)
+        assert self.source is not None
+        if callable(seek_to) and self.source.position() != self._delivered_position:
+            await seek_to(self._delivered_position)
+        pause: Any = getattr(self.source, "pause", None)
+        if self._held is not None and callable(pause):
+            pause()
+
+    # -- introspection --------------------------------------------------------------------
+    def stats(self) -> NodeStats:
+        """A copy of this node's counters, with the hosting process's resident memory.
+
+        ``events_out`` counts the events every subscriber acknowledged: never what was lost.
+        """
+        import psutil
+
+        stats = copy.deepcopy(self.worker.stats)  # callers in this process keep a snapshot
+        stats.events_out -= self._undelivered_events
+        stats.rss_bytes = int(psutil.Process().memory_info().rss)
+        stats.cache_bytes = resident_bytes_of(self.worker.logic)
+        stats.queue_depth = self._queue.qsize() if self._queue is not None else 0
+        stats.backpressure_wait_seconds = self._retired_wait_seconds + sum(
+            channel.backpressure_wait_seconds for channel in self._channels.values()
+        )
+        lag = getattr(self.source, "lag", None)
+        if callable(lag):
+            stats.lag = dict(lag())
+        dead_lettered = getattr(self.source, "dead_lettered", None)
+        if isinstance(dead_lettered, int):
+            stats.dead_lettered = dead_lettered
+        return stats
+
+    def results(self) -> list[Batch]:
+        """Batches captured (capture=True) or written to an in-memory sink."""
+        sink_batches: Any = getattr(self.sink, "batches", None)
+        if isinstance(sink_batches, list):
+            return list(sink_batches)
+        return list(self.captured)
+
+
+def _refuse(done: asyncio.Future[None], error: Exception) -> None:
+    if not done.done():
+        done.set_exception(error)

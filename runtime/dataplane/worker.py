@@ -1,0 +1,285 @@
+"""The node worker: one operator, inputs in seq and event-time order, barriers; no Ray, no I/O."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.dataplane.alignment import AlignerState, EventTimeAligner
+from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
+from runtime.dataplane.stats import NodeStats
+from streamdag.batch import Batch
+from streamdag.operator import NodeConfig, OperatorLogic
+from streamdag.operator_registry import lookup
+from streamdag.schema import Schema
+
+__all__ = ["END_OF_TIME", "NodeWorker", "WorkerSnapshot"]
+
+END_OF_TIME = int(np.iinfo(np.int64).max)
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """A node's state at a checkpoint barrier: the operator's bytes, input watermarks, held events.
+
+    ``aligner`` is what the node held back for event-time order (None for a node that takes
+    its input as it arrives): events that came before the barrier but were not yet processed,
+    which no upstream replays after a restore.
+    """
+
+    checkpoint_id: int
+    logic: bytes
+    watermarks: tuple[int | None, ...]
+    aligner: AlignerState | None = None
+
+
+@dataclass
+class _EdgeState:
+    input_index: int
+    expected_seq: int = 0
+    held: dict[int, Payload] = field(default_factory=dict)
+
+
+class NodeWorker:
+    """Runs one node's operator over envelopes from its input edges, in order, exactly once each.
+
+    Per edge, envelopes are processed in ``seq`` order: a duplicate (seq already processed) or a
+    message of an older incarnation is dropped, one that arrives early is held until the gap is
+    filled. Inputs are put in event-time order (see ``runtime.dataplane.alignment``): events
+    are held until every input's watermark has passed them, then handed to the operator sorted
+    by time, all inputs' events of the same time range in one call; only a one-input operator
+    declared without ``needs_time_order`` gets its batches as they arrive. An event below what
+    was already handed over is late: dropped and counted, or, for an operator that
+    ``handles_late_events``, handed over at once. Barriers are aligned (an input that delivered
+    barrier ``n`` is held until every input has), then the node's state is captured and the
+    barrier forwarded. ``accept`` returns the payloads to send downstream.
+
+    ``snapshot`` is the operator's bytes alone, or a whole ``WorkerSnapshot`` (held events
+    and watermarks too).
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        snapshot: bytes | WorkerSnapshot | None = None,
+        incarnation: int = 0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.config = config
+        self.incarnation = incarnation
+        definition = lookup(config.operator)
+        restored, logic_bytes = (
+            (snapshot, snapshot.logic) if isinstance(snapshot, WorkerSnapshot) else (None, snapshot)
+        )
+        self.logic: OperatorLogic = definition.create(config, logic_bytes)
+        self.stats = NodeStats(config.node_id, config.name)
+        self.snapshots: dict[int, WorkerSnapshot] = {}
+        self._clock = clock
+        self._edges: dict[str, _EdgeState] = {}
+        self._schemas = config.input_schemas or (config.output_schema,)
+        inputs = len(self._schemas)
+        self._keeps_late = definition.handles_late_events
+        self._aligner: EventTimeAligner | None = None
+        if inputs > 1 or definition.needs_time_order:
+            self._aligner = EventTimeAligner(
+                self._schemas, restored.aligner if restored is not None else None
+            )
+        self._watermarks: list[int | None] = (
+            list(restored.watermarks) if restored is not None else [None] * inputs
+        )
+        self._ended = [False] * inputs
+        self._barrier_of: list[int | None] = [None] * inputs
+        self._blocked: list[list[Payload]] = [[] for _ in range(inputs)]
+        marks = self._watermarks
+        self._emitted_watermark: int | None = (
+            None if any(mark is None for mark in marks)
+            else min(mark for mark in marks if mark is not None)
+        )
+        self.stats.watermark = self._emitted_watermark
+        self.stats.held_events = self._aligner.buffered if self._aligner is not None else 0
+        self.finished = False
+
+    def warm_up(self) -> float:
+        """Compile (or load from cache) the operator's kernels on a throwaway copy; seconds taken.
+
+        Runs the operator once over a tiny read-only batch per input, as batches arrive from Ray,
+        so that readiness means compiled and no first event pays for it. The copy is discarded.
+        """
+        started = time.perf_counter()
+        if self.config.function is not None:
+            return 0.0  # never call user code on made-up data: it may have side effects
+        schemas = self.config.input_schemas or (self.config.output_schema,)
+        batches = [_warm_up_batch(schema) for schema in schemas]
+        with contextlib.suppress(Exception):  # warming is an optimization, never a failure
+            scratch = lookup(self.config.operator).create(self.config, None)
+            scratch.process(batches)
+            scratch.on_watermark(END_OF_TIME - 1)
+        self.stats.warm_up_seconds = time.perf_counter() - started
+        return self.stats.warm_up_seconds
+
+    # -- wiring ---------------------------------------------------------------------------
+    def connect(self, edge: str, input_index: int) -> None:
+        """Expect envelopes on ``edge`` for input ``input_index``."""
+        if edge not in self._edges:
+            self._edges[edge] = _EdgeState(input_index)
+
+    @property
+    def edges(self) -> Mapping[str, int]:
+        """Connected edges and the input each feeds."""
+        return {edge: state.input_index for edge, state in self._edges.items()}
+
+    # -- the ordered entry point ----------------------------------------------------------
+    def accept(self, envelope: Envelope) -> list[Payload]:
+        """Take one envelope; return what it (and any envelopes it unblocked) produced."""
+        if envelope.incarnation != self.incarnation:
+            self.stats.stale_dropped += 1
+            return []
+        state = self._edges.get(envelope.edge)
+        if state is None:
+            raise KeyError(
+                f"node {self.config.name!r} got a push on unknown edge {envelope.edge!r}; "
+                f"connected edges: {sorted(self._edges)}"
+            )
+        if envelope.seq < state.expected_seq or envelope.seq in state.held:
+            self.stats.duplicates_dropped += 1
+            return []
+        state.held[envelope.seq] = envelope.payload
+        outputs: list[Payload] = []
+        while state.expected_seq in state.held:
+            payload = state.held.pop(state.expected_seq)
+            state.expected_seq += 1
+            outputs.extend(self._route(state.input_index, payload))
+        return outputs
+
+    def feed(self, input_index: int, payload: Payload) -> list[Payload]:
+        """Process a payload for an input directly (sources and in-process callers)."""
+        return self._route(input_index, payload)
+
+    # -- per-input handling ---------------------------------------------------------------
+    def _route(self, input_index: int, payload: Payload) -> list[Payload]:
+        if self._barrier_of[input_index] is not None:
+            self._blocked[input_index].append(payload)
+            return []
+        return self._handle(input_index, payload)
+
+    def _handle(self, input_index: int, payload: Payload) -> list[Payload]:
+        if isinstance(payload, Batch):
+            return self._on_batch(input_index, payload)
+        if isinstance(payload, Watermark):
+            return self._on_watermark(input_index, payload.timestamp)
+        if isinstance(payload, EndOfStream):
+            return self._on_end(input_index)
+        return self._on_barrier(input_index, payload)
+
+    def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
+        self.stats.events_in += len(batch)
+        self.stats.batches_in += 1
+        if self._aligner is None:
+            return self._process([batch])
+        # Holding events never moves the release bound, so nothing is released here.
+        late = self._aligner.add(input_index, batch)
+        self.stats.held_events = self._aligner.buffered
+        if not len(late):
+            return []
+        self.stats.late_events += len(late)
+        if not self._keeps_late:
+            self.stats.late_dropped += len(late)
+            return []
+        inputs = [Batch.empty(schema) for schema in self._schemas]
+        inputs[input_index] = late.sorted_by_time()
+        return self._process(inputs)
+
+    def _process_released(self) -> list[Payload]:
+        assert self._aligner is not None
+        released = self._aligner.release()
+        self.stats.held_events = self._aligner.buffered
+        return self._process(released) if released is not None else []
+
+    def _process(self, inputs: list[Batch]) -> list[Payload]:
+        started = self._clock()
+        output = self.logic.process(inputs)
+        self.stats.process_latency.observe(self._clock() - started)
+        return self._emit(output)
+
+    def _emit(self, output: Batch | None) -> list[Payload]:
+        if output is None or not len(output):
+            return []
+        self.stats.events_out += len(output)
+        self.stats.batches_out += 1
+        now = time.time()
+        if not self.stats.first_output_at:
+            self.stats.first_output_at = now
+        self.stats.last_output_at = now
+        return [output]
+
+    def _on_watermark(self, input_index: int, timestamp: int) -> list[Payload]:
+        current = self._watermarks[input_index]
+        if current is not None and timestamp <= current:
+            return []
+        self._watermarks[input_index] = timestamp
+        outputs: list[Payload] = []
+        if self._aligner is not None and self._aligner.advance(input_index, timestamp):
+            outputs = self._process_released()
+        return outputs + self._advance_watermark()
+
+    def _advance_watermark(self) -> list[Payload]:
+        marks = [END_OF_TIME if ended else mark
+                 for mark, ended in zip(self._watermarks, self._ended, strict=True)]
+        if any(mark is None for mark in marks):
+            return []
+        watermark = min(mark for mark in marks if mark is not None)
+        if self._emitted_watermark is not None and watermark <= self._emitted_watermark:
+            return []
+        self._emitted_watermark = watermark
+        self.stats.watermark = watermark
+        outputs = self._emit(self.logic.on_watermark(watermark))
+        if watermark < END_OF_TIME:
+            outputs.append(Watermark(watermark))
+        return outputs
+
+    def _on_end(self, input_index: int) -> list[Payload]:
+        self._ended[input_index] = True
+        outputs: list[Payload] = []
+        if self._aligner is not None and self._aligner.end(input_index):
+            outputs = self._process_released()
+        if all(self._ended):
+            outputs.extend(self._advance_watermark())
+            outputs.append(EndOfStream())
+            self.finished = True
+        return outputs
+
+    def _on_barrier(self, input_index: int, barrier: Barrier) -> list[Payload]:
+        # Step 1: block this input until every input has delivered the same barrier.
+        self._barrier_of[input_index] = barrier.checkpoint_id
+        live = [i for i, ended in enumerate(self._ended) if not ended]
+        if any(self._barrier_of[i] != barrier.checkpoint_id for i in live):
+            return []
+        # Step 2: all inputs are blocked at the cut: copy the state, with the events held back
+        # for event-time order (they came before the cut, so no upstream replays them).
+        self.snapshots[barrier.checkpoint_id] = WorkerSnapshot(
+            barrier.checkpoint_id, self.logic.snapshot(), tuple(self._watermarks),
+            self._aligner.state() if self._aligner is not None else None,
+        )
+        self.stats.checkpoints += 1
+        # Step 3: forward the barrier, then unblock and replay what each input held back.
+        outputs: list[Payload] = [barrier]
+        for i in range(len(self._barrier_of)):
+            self._barrier_of[i] = None
+        for i, held in enumerate(self._blocked):
+            self._blocked[i] = []
+            for payload in held:
+                outputs.extend(self._route(i, payload))
+        return outputs
+
+
+def _warm_up_batch(schema: Schema) -> Batch:
+    columns = {name: np.ones(2, dtype=schema.dtype(name)) for name in schema.names}
+    batch = Batch(np.array([1, 2], dtype=np.int64), np.array([b"warm", b"warm"]), columns)
+    for array in (batch.ts, batch.key, *batch.columns.values()):
+        array.flags.writeable = False
+    return batch

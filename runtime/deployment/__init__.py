@@ -1,0 +1,1 @@
+"""The deployment: controller, node registry, lifecycle, gateway, client, metrics."""

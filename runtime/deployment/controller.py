@@ -1,0 +1,590 @@
+"""The deployment controller: deduplicates graphs into shared node actors and runs their lifecycle.
+
+A plain class, deployed by ``Deployment`` as a detached named Ray actor. It holds the node
+registry (``node_id -> actor, refcount, graphs, region``, see ``registry``), persists it and
+every submission's lifecycle in its state directory, and carries out what the planner's diff
+says: new node actors are created sinks first, generation by generation, each generation only
+once every actor below it is ready; running producers are subscribed to their new consumers and
+new sources start reading last. Submissions are serialized by an asyncio lock; node actors are
+named after their node id and created with ``get_if_exists``, so even two controllers racing
+cannot start one node twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.dataplane.host import RuntimeSettings
+from runtime.dataplane.messages import edge_id
+from runtime.dataplane.stats import LatencyHistogram, NodeStats
+from runtime.deployment.crashes import hold_nodes, respond_to_crashes, reuse_refusal
+from runtime.deployment.lifecycle import (
+    TERMINAL_STATES,
+    DiffSummary,
+    IllegalTransitionError,
+    KafkaLifecycleEmitter,
+    LifecycleEmitter,
+    SubmissionNode,
+    SubmissionRecord,
+    SubmissionState,
+    UnknownSubmissionError,
+    cloud_event,
+    failure_cause,
+    load_submissions,
+    log_event,
+    log_to_file_inside_ray_actor,
+    new_submission_id,
+    save_submissions,
+)
+from runtime.deployment.node_registry import (
+    ActorNotReadyError,
+    NodeActors,
+    NodeEntry,
+    NodeProbe,
+    NodeRegistry,
+    acquire,
+    instance_key,
+    load_registry,
+    locate_node_actors,
+    mark_dead,
+    node_actor_name,
+    node_requests,
+    release,
+    retirement_order,
+    save_registry,
+)
+from runtime.planning.planner import diff_graph
+from runtime.planning.wiring import HostSpec, wire_graph
+from runtime.runners.kafka_binding import KafkaBinding
+from streamdag.config import Settings
+from streamdag.errors import StreamdagError
+from streamdag.graph import Graph
+
+__all__ = [
+    "Controller",
+    "ControllerOptions",
+    "IllegalTransitionError",
+    "MetricsSnapshot",
+    "NodeMetrics",
+    "UnknownSubmissionError",
+    "controller_actor_name",
+    "deployment_state_dir",
+]
+
+_log = logging.getLogger("streamdag.controller")
+_S = SubmissionState
+
+
+def deployment_state_dir(settings: Settings) -> Path:
+    """Where a deployment keeps its registry, submissions and log unless told otherwise.
+
+    >>> deployment_state_dir(Settings(name="live", state_dir=".state")).as_posix()
+    '.state/deployments/live'
+    """
+    return Path(settings.state_dir) / "deployments" / settings.name
+
+
+def controller_actor_name(deployment: str) -> str:
+    """The Ray actor name of a deployment's controller (namespace ``streamdag``).
+
+    >>> controller_actor_name("live")
+    'streamdag-controller-live'
+    """
+    return f"streamdag-controller-{deployment}"
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """How the controller behaves; the defaults suit a live deployment."""
+
+    #: Seconds a node no graph uses any more keeps draining (unsubscribed) before it stops.
+    grace_s: float = 1.0
+    #: Seconds between two health checks of every node actor; 0 turns periodic checks off.
+    health_interval_s: float = 2.0
+    #: Seconds a generation of new actors has to report ready.
+    ready_timeout_s: float = 60.0
+    #: Seconds one actor call of a health check or a stop may take.
+    call_timeout_s: float = 10.0
+    #: Kafka topic receiving the lifecycle CloudEvents.
+    lifecycle_topic: str = "streamdag.lifecycle"
+    #: Create missing sink topics (with ``settings.kafka.partitions``) before creating sinks.
+    create_sink_topics: bool = True
+    #: Share nodes that graphs define identically; False (benchmarks only) gives every graph
+    #: actors of its own.
+    dedup: bool = True
+
+
+@dataclass(frozen=True)
+class NodeMetrics:
+    """One node actor as the metrics endpoint sees it."""
+
+    node_id: str
+    name: str
+    operator: str
+    role: str
+    graphs: tuple[str, ...]
+    region: str
+    actor_name: str
+    alive: bool
+    stats: NodeStats
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """The controller's figures at one moment, for the Prometheus collector."""
+
+    nodes: tuple[NodeMetrics, ...]
+    #: Every state's submission count, zeros included.
+    submissions_by_state: Mapping[str, int]
+    #: Seconds taken by each submission's plan-and-diff.
+    diff_duration: LatencyHistogram
+    nodes_new_total: int
+    nodes_reused_total: int
+    #: Reused / total nodes of the last submission's diff.
+    reuse_ratio: float
+    actor_crashes_total: int
+    actors_running: int
+    taken_at: float = field(default_factory=time.time)
+
+
+class _SubmissionFailedError(Exception):
+    """Carries a failed submission's cause to the rollback."""
+
+
+class Controller:
+    """One deployment's controller: submissions, the shared node actors, their lifecycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap_servers: str,
+        state_dir: str | None = None,
+        options: ControllerOptions | None = None,
+        emitter: LifecycleEmitter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.deployment = settings.name
+        self.bootstrap_servers = bootstrap_servers
+        self.options = options or ControllerOptions()
+        self.state_dir = Path(state_dir or deployment_state_dir(settings)).resolve()
+        self._registry_path = self.state_dir / "registry.json"
+        self._submissions_path = self.state_dir / "submissions.json"
+        self._registry = load_registry(self._registry_path)
+        self._records = {r.id: r for r in load_submissions(self._submissions_path)}
+        self._emitter: LifecycleEmitter = emitter or KafkaLifecycleEmitter(
+            bootstrap_servers, self.options.lifecycle_topic,
+            partitions=settings.kafka.partitions,
+        )
+        self._binding = KafkaBinding(bootstrap_servers, settings.kafka.fetch_max_wait_ms)
+        self._runtime = RuntimeSettings(settings.runtime.credits,
+                                        settings.runtime.max_batch_records,
+                                        settings.runtime.linger_ms / 1000)
+        self._lock = asyncio.Lock()
+        self._actors = NodeActors(self.deployment, call_timeout_s=self.options.call_timeout_s)
+        self._stats: dict[str, NodeStats] = {}
+        self._retiring: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._health_task: asyncio.Task[None] | None = None
+        self._diff_duration = LatencyHistogram()
+        self._nodes_new_total = 0
+        self._nodes_reused_total = 0
+        self._last_reuse_ratio = 0.0
+        self._crashes = 0
+
+    # -- start and reconcile ----------------------------------------------------------------
+    async def start(self) -> None:
+        """Reconcile the persisted registry with the running actors and start health checks."""
+        async with self._lock:
+            await self._ensure_started()
+
+    async def _ensure_started(self) -> None:
+        """Runs once, under the lock, before anything else touches actors."""
+        if self._started:
+            return
+        self._started = True
+        log_to_file_inside_ray_actor(self.state_dir / "deployment.log", "streamdag.lifecycle",
+                                     "streamdag.controller")
+        # Step 1: find each live node's actor by its deterministic name.
+        found, missing, leftovers = locate_node_actors(self._registry, self.deployment)
+        self._actors.handles.update(found)
+        # Step 2: nodes whose actor is gone died while no controller watched them.
+        await self._declare_dead(
+            dict.fromkeys(missing, "its actor was not found when the controller started"))
+        # Step 3: named node actors no entry claims are leftovers of an interrupted submission.
+        for name, handle in leftovers.items():
+            _log.warning("stopping leftover node actor %s", name)
+            await self._actors.stop_actor(handle, name)
+        # Step 4: periodic health checks.
+        if self.options.health_interval_s > 0:
+            self._health_task = asyncio.create_task(self._health_loop())
+
+    # -- submissions ------------------------------------------------------------------------
+    async def submit_spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Deploy a data-only graph spec (the gateway's path); see ``submit_graph``."""
+        from streamdag.spec import graph_from_dict
+
+        return await self.submit_graph(graph_from_dict(spec))
+
+    async def submit_graph(self, graph: Graph) -> dict[str, Any]:
+        """Deploy ``graph``, sharing every node some running graph already has.
+
+        Returns the submission: ``id``, ``graph``, ``state`` (``executing``, or ``failed`` with
+        its ``cause``), ``diff`` (node names: ``new``, ``reused``, ``creation_order``, and
+        ``reuse_ratio``) and ``nodes``.
+        """
+        async with self._lock:
+            await self._ensure_started()
+            record = SubmissionRecord.new(new_submission_id(graph.name), graph.name)
+            self._records[record.id] = record
+            await self._publish(record)
+            try:
+                await self._deploy(record.id, graph)
+            except Exception as exc:  # every failure ends the submission FAILED, with its cause
+                if not isinstance(exc, _SubmissionFailedError | StreamdagError):
+                    _log.exception("submission %s of graph %r failed", record.id, graph.name)
+                await self._fail(record.id, str(exc) if isinstance(exc, _SubmissionFailedError)
+                                 else failure_cause(exc))
+            return self._records[record.id].describe(self.deployment)
+
+    async def _deploy(self, submission: str, graph: Graph) -> None:
+        """Steps of one submission; raises _SubmissionFailedError after rolling back."""
+        # Step 1: plan and diff against the live nodes.
+        await self._move(submission, _S.PROCESSING)
+        dedup = self.options.dedup
+        keys = {n.node_id: instance_key(n.node_id, submission, dedup=dedup) for n in graph.nodes}
+        started = time.perf_counter()
+        diff = diff_graph(graph, self._registry.live_keys() if dedup else frozenset())
+        self._diff_duration.observe(time.perf_counter() - started)
+        from runtime.deployment.admission import admit_submission
+
+        # Limits and topic ownership, before anything is mapped or created.
+        admit_submission(self.state_dir, self.settings.limits, self._registry,
+                         self._records.values(), submission, graph, keys, diff)
+        names = {node.node_id: node.name for node in graph.nodes}
+        refusal = reuse_refusal(self._registry, self._records, graph.name,
+                                {keys[n]: name for n, name in names.items()})
+        if refusal is not None:  # dead nodes, or nodes held since their region failed
+            raise _SubmissionFailedError(refusal)
+        await asyncio.gather(*(self._retiring[k] for k in keys.values() if k in self._retiring))
+        # Step 2: map every node to its actor in the registry.
+        self._registry = acquire(self._registry, submission,
+                                 node_requests(self.deployment, graph.nodes, keys))
+        leaves = {n.node_id for n in (*graph.sinks, *graph.outputs)}
+        self._records[submission] = dataclasses.replace(
+            self._records[submission], holds_nodes=True, diff=DiffSummary.of(diff, names),
+            nodes=tuple(SubmissionNode.of(n, keys[n.node_id], leaf=n.node_id in leaves)
+                        for n in graph.nodes),
+        )
+        self._nodes_new_total += len(diff.new)
+        self._nodes_reused_total += len(diff.reused)
+        self._last_reuse_ratio = diff.reuse_ratio
+        self._save_registry()
+        await self._move(submission, _S.MAPPED)
+        # Step 3: create the new actors, sinks first; then attach running producers; then
+        # let the new sources read.
+        created: list[str] = []
+        attached: list[tuple[str, str]] = []
+        try:
+            await self._create_and_start(graph, keys, diff.creation_order, created, attached)
+        except Exception as exc:
+            await self._roll_back(submission, created, attached)
+            raise _SubmissionFailedError(
+                str(exc) if isinstance(exc, ActorNotReadyError) else failure_cause(exc)
+            ) from exc
+        await self._move(submission, _S.EXECUTING)
+        await self._refresh_stats(keys.values())
+
+    async def _create_and_start(
+        self,
+        graph: Graph,
+        keys: Mapping[str, str],
+        creation_order: tuple[tuple[str, ...], ...],
+        created: list[str],
+        attached: list[tuple[str, str]],
+    ) -> None:
+        """Create, wire and start the new nodes; records what it did for a rollback."""
+        hosts = {
+            spec.node.node_id: spec
+            for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
+                                         capture_outputs=False)[0]
+            for spec in generation
+        }
+        new = {keys[node_id] for generation in creation_order for node_id in generation}
+        edges = [
+            (edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
+             keys[node.node_id], index)
+            for node in graph.nodes for index, up in enumerate(node.inputs)
+        ]
+        # Indexed by producer so wiring a generation touches its own edges, not all of them.
+        edges_from: dict[str, list[tuple[str, str, str, int]]] = {}
+        for wire in edges:
+            edges_from.setdefault(wire[1], []).append(wire)
+        await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
+        for generation in creation_order:
+            # Step 3a: one generation of actors, all ready before the next one upstream.
+            for node_id in generation:  # one at a time: a failing call leaks no actor
+                self._actors.create(keys[node_id], hosts[node_id], self._runtime)
+                created.append(keys[node_id])
+            born = {keys[n]: hosts[n].node.name for n in generation}
+            await self._actors.wait_ready(born, self.options.ready_timeout_s)
+            # Step 3b: wire them to the new consumers created before them.
+            for upstream in born:
+                for edge, _, downstream, index in edges_from.get(upstream, ()):
+                    if downstream in new:
+                        await self._actors.subscribe(edge, upstream, downstream, index)
+        # Step 3c: running producers feed their new consumers from their next batch on.
+        for edge, upstream, downstream, index in edges:
+            if upstream not in new and downstream in new:
+                await self._actors.subscribe(edge, upstream, downstream, index)
+                attached.append((edge, upstream))
+        # Step 3d: sources start reading last, once everything below them is ready.
+        await self._actors.start_sources(
+            keys[n] for g in creation_order for n in g if hosts[n].source is not None)
+
+    async def _create_sink_topics(self, hosts: list[HostSpec]) -> None:
+        topics = {str(h.node.params["topic"]): self.settings.kafka.partitions
+                  for h in hosts if h.node.operator == "kafka_sink"}
+        if topics and self.options.create_sink_topics:
+            from connectors.topics import ensure_topics
+
+            await ensure_topics(self.bootstrap_servers, topics, strict=False)
+
+    async def _roll_back(self, submission: str, created: list[str],
+                         attached: list[tuple[str, str]]) -> None:
+        """Undo a failed submission: shared actors keep running, untouched."""
+        # Step 1: running producers stop sending to what this submission created.
+        for edge, upstream in attached:
+            await self._actors.unsubscribe(upstream, edge)
+        # Step 2: the created actors stop, in reverse creation order (sources first).
+        for key in reversed(created):
+            await self._actors.stop(key, node_actor_name(self.deployment, key))
+            self._stats.pop(key, None)
+        # Step 3: the registry forgets this submission's references.
+        self._registry, _ = release(self._registry, submission)
+        self._records[submission] = dataclasses.replace(self._records[submission],
+                                                        holds_nodes=False)
+        self._save_registry()
+
+    # -- removal and garbage collection -----------------------------------------------------
+    async def remove(self, submission_id: str) -> dict[str, Any]:
+        """Stop a submission and release its nodes; nodes no graph uses any more are retired.
+
+        A retired node is unsubscribed from its producers at once, stopped after
+        ``grace_s``, and forgotten. Returns the submission, with ``retired`` node names.
+        Removing a submission already in a terminal state only releases its nodes.
+        """
+        async with self._lock:
+            await self._ensure_started()
+            record = self._record(submission_id)
+            if not record.terminal:
+                await self._move(submission_id, _S.STOPPED, "removed")
+            retiring = await self._release(submission_id)
+        await asyncio.gather(*retiring.values())
+        names = {node.key: node.name for node in record.nodes}
+        return {**self._records[submission_id].describe(self.deployment),
+                "retired": [names.get(key, key) for key in retiring]}
+
+    async def _release(self, submission: str) -> dict[str, asyncio.Task[None]]:
+        """Drop the submission's references and start retiring the nodes left unused."""
+        record = self._records[submission]
+        if not record.holds_nodes:
+            return {}
+        before = self._registry
+        self._registry, retired = release(before, submission)
+        self._records[submission] = dataclasses.replace(record, holds_nodes=False)
+        self._save_registry()
+        self._save_submissions()
+        # Unsubscribe now so no new batch enters a retiring node; what is in flight drains.
+        for key in retired:
+            for edge, upstream, _ in before.entries[key].input_edges():
+                if upstream in self._registry.entries:
+                    await self._actors.unsubscribe(upstream, edge)
+        task = asyncio.create_task(self._retire(retired, [before.entries[k] for k in retired]))
+        for key in retired:
+            self._retiring[key] = task
+        return dict.fromkeys(retired, task)
+
+    async def _retire(self, keys: tuple[str, ...], entries: list[NodeEntry]) -> None:
+        """Stop retired nodes after the grace period, sources first, and forget them."""
+        try:
+            await asyncio.sleep(self.options.grace_s)
+            for key, entry in zip(keys, entries, strict=True):
+                await self._actors.stop(key, entry.actor_name)
+                self._stats.pop(key, None)
+        finally:
+            for key in keys:
+                self._retiring.pop(key, None)
+
+    async def shutdown(self) -> dict[str, Any]:
+        """Stop every node actor (sources first) and every submission still running."""
+        async with self._lock:
+            await self._ensure_started()
+            if self._health_task is not None:
+                self._health_task.cancel()
+            for record in list(self._records.values()):
+                if not record.terminal:
+                    await self._move(record.id, _S.STOPPED, "deployment shut down")
+                self._records[record.id] = dataclasses.replace(
+                    self._records[record.id], holds_nodes=False)
+            await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+            entries = self._registry.entries
+            order = retirement_order(entries, set(entries))
+            for key in order:
+                await self._actors.stop(key, entries[key].actor_name)
+            self._registry = NodeRegistry()
+            self._stats.clear()
+            self._save_registry()
+            self._save_submissions()
+            await self._emitter.close()
+            return {"stopped": [entries[key].name for key in order]}
+
+    # -- health -----------------------------------------------------------------------------
+    async def check_health(self) -> list[str]:
+        """Probe every node actor: dead ones fail their submissions; returns what was found.
+
+        A dead actor counts as a crash: its region holds, and every submission with a node in
+        it ends FAILED with the cause (``crashes``). A submission using a failed node ends
+        FAILED too; one whose output nodes all finished ends COMPLETED.
+        """
+        async with self._lock:
+            await self._ensure_started()
+            probes = await self._probe_all(self._registry.live_keys())
+            problems = await self._declare_dead(
+                {key: probe.error or "its actor died" for key, probe in probes.items()
+                 if not probe.alive})
+            for record in list(self._records.values()):
+                if record.state is not _S.EXECUTING:
+                    continue
+                errors = [f"node {n.name!r} failed: {probes[n.key].error}" for n in record.nodes
+                          if n.key in probes and probes[n.key].alive and probes[n.key].error]
+                if errors:
+                    problems.append(f"submission {record.id}: {'; '.join(errors)}")
+                    await self._fail(record.id, "; ".join(errors))
+                elif all(n.key in probes and probes[n.key].finished
+                         for n in record.nodes if n.leaf):
+                    await self._move(record.id, _S.COMPLETED, "every output finished")
+            return problems
+
+    async def _declare_dead(self, causes: Mapping[str, str]) -> list[str]:
+        """Record actors as dead; their regions hold and their submissions fail (``crashes``)."""
+        if not causes:
+            return []
+        problems = []
+        for key, cause in causes.items():
+            entry = self._registry.entries[key]
+            self._crashes += 1
+            problems.append(f"node {entry.name!r} (actor {entry.actor_name}) died: {cause}")
+            self._actors.handles.pop(key, None)
+        self._registry = mark_dead(self._registry, causes)
+        self._save_registry()
+        # Producers must not drop a crashed node and read on: the whole region holds first.
+        response = respond_to_crashes(self._registry, self._records.values(), causes)
+        await hold_nodes(self._actors, response.holds)
+        for submission, cause in response.failures.items():
+            await self._fail(submission, cause)
+        return problems
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.health_interval_s)
+            try:
+                for problem in await self.check_health():
+                    _log.warning("%s", problem)
+            except Exception:  # the loop must outlive one failed round
+                _log.exception("health check of deployment %r failed", self.deployment)
+
+    async def _probe_all(self, keys: Iterable[str]) -> dict[str, NodeProbe]:
+        ordered = sorted(keys)
+        probes = await asyncio.gather(*(self._actors.probe(key) for key in ordered))
+        for key, probe in zip(ordered, probes, strict=True):
+            if probe.stats is not None:
+                self._stats[key] = probe.stats
+        return dict(zip(ordered, probes, strict=True))
+
+    async def _refresh_stats(self, keys: Iterable[str]) -> None:
+        await self._probe_all(self._registry.live_keys().intersection(keys))
+
+    # -- reading ----------------------------------------------------------------------------
+    def list_submissions(self) -> list[dict[str, Any]]:
+        """Every submission, oldest first, in the shape ``submit_graph`` returns."""
+        records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.id))
+        return [record.describe(self.deployment) for record in records]
+
+    def status(self, submission_id: str) -> dict[str, Any]:
+        """A submission with, per node: sharing, liveness and the latest NodeStats figures.
+
+        Figures are those of the latest health check (or of the submission itself).
+        """
+        record = self._record(submission_id)
+        return record.describe(self.deployment, self._registry, self._stats,
+                               retiring=self._retiring.keys())
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every registered node: actor, refcount, graphs, region, liveness."""
+        return self._registry.describe()
+
+    async def metrics_snapshot(self) -> MetricsSnapshot:
+        """Fresh per-node figures plus the controller's own counters."""
+        if not self._started:
+            await self.start()
+        registry = self._registry
+        await self._probe_all(registry.live_keys())
+        by_state = {str(state): 0 for state in SubmissionState}
+        for record in self._records.values():
+            by_state[str(record.state)] += 1
+        nodes = tuple(
+            NodeMetrics(e.node_id, e.name, e.operator, e.role, tuple(sorted(e.graphs)),
+                        e.region, e.actor_name, e.alive,
+                        self._stats.get(e.key) or NodeStats(e.node_id, e.name))
+            for e in sorted(registry.entries.values(), key=lambda e: e.key)
+        )
+        return MetricsSnapshot(
+            nodes=nodes, submissions_by_state=by_state,
+            diff_duration=dataclasses.replace(self._diff_duration,
+                                              counts=list(self._diff_duration.counts)),
+            nodes_new_total=self._nodes_new_total, nodes_reused_total=self._nodes_reused_total,
+            reuse_ratio=self._last_reuse_ratio, actor_crashes_total=self._crashes,
+            actors_running=len(registry.live_keys()),
+        )
+
+    # -- records, persistence, events -------------------------------------------------------
+    def _record(self, submission_id: str) -> SubmissionRecord:
+        record = self._records.get(submission_id)
+        if record is None:
+            known = sorted(self._records)[-5:]
+            raise UnknownSubmissionError(
+                f"deployment {self.deployment!r} has no submission {submission_id!r}; "
+                f"list_submissions() shows the ids ({len(self._records)} known, e.g. {known})"
+            )
+        return record
+
+    async def _move(self, submission: str, target: SubmissionState,
+                    cause: str | None = None) -> None:
+        self._records[submission] = self._records[submission].advance(target, cause)
+        await self._publish(self._records[submission])
+
+    async def _fail(self, submission: str, cause: str) -> None:
+        if self._records[submission].state not in TERMINAL_STATES:
+            await self._move(submission, _S.FAILED, cause)
+
+    async def _publish(self, record: SubmissionRecord) -> None:
+        """Persist the records, then emit the record's latest transition to log and topic."""
+        self._save_submissions()
+        event = cloud_event(self.deployment, record, record.history[-1])
+        log_event(event)
+        await self._emitter.emit(record.id, event)
+
+    def _save_registry(self) -> None:
+        save_registry(self._registry_path, self._registry, self.deployment)
+
+    def _save_submissions(self) -> None:
+        save_submissions(self._submissions_path, list(self._records.values()))
+

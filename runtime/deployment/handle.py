@@ -1,0 +1,140 @@
+"""The driver's handle on a deployment: connect to (or start) its controller and talk to it.
+
+``Deployment.connect`` gets the deployment's controller actor, or creates it: a detached named
+Ray actor (``streamdag-controller-<name>`` in namespace ``streamdag``) that outlives the driver.
+Every method is synchronous and waits for the controller's answer. Graphs built with the SDK
+travel through the trusted path (the user's own driver, as with Ray Jobs), so user functions
+may be part of them; spec files and dicts are data only.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runtime.deployment.controller import (
+    Controller,
+    ControllerOptions,
+    MetricsSnapshot,
+    controller_actor_name,
+    deployment_state_dir,
+)
+from runtime.deployment.node_registry import NODE_NAMESPACE
+from streamdag.config import Settings
+from streamdag.errors import SpecError
+from streamdag.graph import Graph
+
+__all__ = ["Deployment"]
+
+
+class Deployment:
+    """A connected deployment; build it with ``Deployment.connect``."""
+
+    def __init__(self, controller: Any, settings: Settings) -> None:
+        self.controller = controller
+        self.settings = settings
+
+    @classmethod
+    def connect(
+        cls,
+        settings: Settings,
+        bootstrap_servers: str,
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        options: ControllerOptions | None = None,
+    ) -> Deployment:
+        """Get or create the controller of deployment ``settings.name`` and wait until it runs.
+
+        Connects to Ray first (``settings.ray.address``, or a local Ray). When the controller
+        already exists, it keeps the settings it was created with; the arguments here are
+        then not used.
+        """
+        import ray
+
+        from runtime.runners.ray_runner import ensure_ray
+
+        ensure_ray(settings.ray.address or None, settings.ray.num_cpus)
+        # The controller may run in another working directory: give it an absolute path.
+        root = Path(state_dir) if state_dir is not None else deployment_state_dir(settings)
+        controller: Any = ray.remote(Controller).options(
+            name=controller_actor_name(settings.name), namespace=NODE_NAMESPACE,
+            lifetime="detached", get_if_exists=True, num_cpus=0,
+        ).remote(settings, bootstrap_servers=bootstrap_servers,
+                 state_dir=str(root.resolve()), options=options)
+        ray.get(controller.start.remote())
+        return cls(controller, settings)
+
+    def submit(self, graph: Graph | str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+        """Deploy a Graph, a graph spec file (TOML or JSON) or a spec dict; returns the submission.
+
+        The returned dict has ``id``, ``graph``, ``state``, ``cause``, ``diff`` and ``nodes``;
+        a submission that could not start has state ``failed`` and says why in ``cause``.
+        """
+        submission: dict[str, Any]
+        if isinstance(graph, Graph):
+            submission = self._call("submit_graph", graph)
+        elif isinstance(graph, Mapping):
+            submission = self._call("submit_spec", dict(graph))
+        elif isinstance(graph, str | os.PathLike):
+            from streamdag.spec import load_graph
+
+            submission = self._call("submit_graph", load_graph(Path(graph)))
+        else:
+            raise SpecError(
+                f"submit() takes a Graph, a spec file path or a spec dict; got "
+                f"{type(graph).__name__}; build a graph with streamdag.Graph or a spec file"
+            )
+        return submission
+
+    def remove(self, submission_id: str) -> dict[str, Any]:
+        """Stop a submission; nodes no other graph uses are retired."""
+        result: dict[str, Any] = self._call("remove", submission_id)
+        return result
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every submission, oldest first."""
+        result: list[dict[str, Any]] = self._call("list_submissions")
+        return result
+
+    def status(self, submission_id: str) -> dict[str, Any]:
+        """One submission with its nodes' sharing, liveness and figures."""
+        result: dict[str, Any] = self._call("status", submission_id)
+        return result
+
+    def nodes(self) -> builtins.list[dict[str, Any]]:
+        """Every node actor of the deployment."""
+        result: builtins.list[dict[str, Any]] = self._call("nodes")
+        return result
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """The controller's figures now."""
+        result: MetricsSnapshot = self._call("metrics_snapshot")
+        return result
+
+    def check_health(self) -> builtins.list[str]:
+        """Probe every node actor now; returns the problems found."""
+        result: builtins.list[str] = self._call("check_health")
+        return result
+
+    def shutdown(self) -> dict[str, Any]:
+        """Stop every node actor and every running submission, then the controller itself."""
+        import ray
+
+        stopped: dict[str, Any] = self._call("shutdown")
+        ray.kill(self.controller)
+        return stopped
+
+    def _call(self, method: str, *args: Any) -> Any:
+        import ray
+
+        try:
+            return ray.get(getattr(self.controller, method).remote(*args))
+        except ray.exceptions.RayTaskError as exc:
+            # Re-raise the controller's own error (UnknownSubmissionError, SpecError, ...).
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise

@@ -1,0 +1,219 @@
+"""Prometheus metrics of a deployment: one collector over the controller's metrics snapshot.
+
+Nothing is created at import time. Whoever serves ``/metrics`` makes a ``CollectorRegistry``,
+hands it to ``StreamdagCollector``, feeds the collector each fresh ``MetricsSnapshot`` with
+``update`` and renders the registry (``prometheus_client.generate_latest``). Every metric name
+starts with ``streamdag_``; per-node series carry the labels ``node``, ``node_id`` and
+``operator``.
+
+>>> from prometheus_client import CollectorRegistry, generate_latest
+>>> registry = CollectorRegistry()
+>>> collector = StreamdagCollector(registry)
+>>> generate_latest(registry)
+b''
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+
+from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram
+
+if TYPE_CHECKING:
+    from runtime.deployment.controller import MetricsSnapshot, NodeMetrics
+
+__all__ = ["NODE_LABELS", "StreamdagCollector", "cumulative_buckets"]
+
+# Bucket bounds are written as prometheus_client writes its own ("0.001", "1.0", "+Inf").
+_bound_text: Callable[[float], str] = floatToGoString
+
+#: Labels of every per-node series.
+NODE_LABELS: tuple[str, ...] = ("node", "node_id", "operator")
+
+
+def cumulative_buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
+    """Prometheus ``(le, cumulative count)`` pairs of ``histogram``, ending with ``+Inf``.
+
+    >>> h = LatencyHistogram()
+    >>> for seconds in (0.0002, 0.0002, 0.3, 20.0):
+    ...     h.observe(seconds)
+    >>> [pair for pair in cumulative_buckets(h) if pair[0] in ("0.0001", "0.00025", "0.5", "+Inf")]
+    [('0.0001', 0.0), ('0.00025', 2.0), ('0.5', 3.0), ('+Inf', 4.0)]
+    """
+    pairs: list[tuple[str, float]] = []
+    seen = 0
+    for bound, count in zip(LATENCY_BUCKETS, histogram.counts, strict=False):
+        seen += count
+        pairs.append((_bound_text(bound), float(seen)))
+    pairs.append(("+Inf", float(histogram.observations)))
+    return pairs
+
+
+class StreamdagCollector(Collector):
+    """Yields every streamdag metric family from the latest snapshot given to ``update``.
+
+    It registers itself with the injected ``registry``; before the first ``update`` it yields
+    nothing, so a scrape never shows made-up zeros.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._snapshot: MetricsSnapshot | None = None
+        registry.register(self)
+
+    def update(self, snapshot: MetricsSnapshot) -> None:
+        """Use ``snapshot`` from now on (the controller's ``metrics_snapshot()``)."""
+        self._snapshot = snapshot
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: families depend on the snapshot, so registering collects nothing."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric family of the latest snapshot."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return
+        yield from _node_families(snapshot.nodes)
+        yield from _deployment_families(snapshot)
+
+
+_Family = type[CounterMetricFamily] | type[GaugeMetricFamily]
+#: Per-node families read straight off one NodeStats field: (kind, name, help, field).
+_NODE_FIGURES: tuple[tuple[_Family, str, str, str], ...] = (
+    (CounterMetricFamily, "streamdag_node_events_in", "Events a node received.", "events_in"),
+    (CounterMetricFamily, "streamdag_node_events_out", "Events a node emitted.", "events_out"),
+    (CounterMetricFamily, "streamdag_node_batches_in", "Batches a node received.", "batches_in"),
+    (CounterMetricFamily, "streamdag_node_batches_out", "Batches a node emitted.",
+     "batches_out"),
+    (CounterMetricFamily, "streamdag_node_duplicates_dropped",
+     "Pushes dropped because their sequence number was already seen.", "duplicates_dropped"),
+    (CounterMetricFamily, "streamdag_node_stale_dropped",
+     "Pushes dropped because they came from an older incarnation.", "stale_dropped"),
+    (CounterMetricFamily, "streamdag_node_late_events",
+     "Events that arrived after the watermark had passed them.", "late_events"),
+    (CounterMetricFamily, "streamdag_node_late_dropped",
+     "Late events a node dropped (its operator has no late policy of its own).", "late_dropped"),
+    (CounterMetricFamily, "streamdag_node_checkpoints", "Checkpoints a node took part in.",
+     "checkpoints"),
+    (CounterMetricFamily, "streamdag_node_backpressure_wait_seconds",
+     "Seconds a node waited for downstream credit before it could push.",
+     "backpressure_wait_seconds"),
+    (GaugeMetricFamily, "streamdag_node_queue_depth", "Pushes waiting in a node's input queue.",
+     "queue_depth"),
+    (GaugeMetricFamily, "streamdag_node_queue_depth_max",
+     "Deepest a node's input queue has been.", "max_queue_depth"),
+    (GaugeMetricFamily, "streamdag_node_held_events",
+     "Events a node holds until the watermark passes them (event-time order).", "held_events"),
+    (GaugeMetricFamily, "streamdag_node_cache_resident_bytes",
+     "Bytes a node's operator state holds (ring buffers, key tables).", "cache_bytes"),
+    (GaugeMetricFamily, "streamdag_node_process_resident_bytes",
+     "Resident memory of the process hosting a node.", "rss_bytes"),
+    (GaugeMetricFamily, "streamdag_node_warm_up_seconds",
+     "Seconds a node spent compiling and loading its kernels before it was ready.",
+     "warm_up_seconds"),
+)
+
+
+def _node_labels(node: NodeMetrics) -> list[str]:
+    return [node.name, node.node_id, node.operator]
+
+
+def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
+    labels = list(NODE_LABELS)
+    for kind, name, documentation, field in _NODE_FIGURES:
+        family = kind(name, documentation, labels=labels)
+        for node in nodes:
+            family.add_metric(_node_labels(node), float(getattr(node.stats, field)))
+        yield family
+
+    graphs = GaugeMetricFamily(
+        "streamdag_node_graphs",
+        "Submitted graphs sharing a node (above 1: the node runs once for several graphs).",
+        labels=labels)
+    watermark = GaugeMetricFamily(
+        "streamdag_node_watermark_timestamp_seconds",
+        "Event-time watermark of a node, as Unix seconds.", labels=labels)
+    for node in nodes:
+        graphs.add_metric(_node_labels(node), float(len(node.graphs)))
+        if node.stats.watermark is not None:
+            watermark.add_metric(_node_labels(node), node.stats.watermark / 1e9)
+    yield from (graphs, watermark)
+
+    yield _histogram_family(
+        "streamdag_node_batch_latency_seconds",
+        "Seconds a node took to process one batch.",
+        labels, [(_node_labels(n), n.stats.process_latency) for n in nodes])
+    yield _histogram_family(
+        "streamdag_node_hop_latency_seconds",
+        "Seconds from a push being sent upstream to a node receiving it.",
+        labels, [(_node_labels(n), n.stats.hop_latency) for n in nodes])
+    sinks = [node for node in nodes if node.role == "sink"]
+    yield _histogram_family(
+        "streamdag_sink_end_to_end_latency_seconds",
+        "Seconds from an event's time to a sink having published it (live streams).",
+        labels, [(_node_labels(n), n.stats.end_to_end_latency) for n in sinks])
+    yield _histogram_family(
+        "streamdag_sink_publish_latency_seconds",
+        "Seconds a sink took to write and publish one batch.",
+        labels, [(_node_labels(n), n.stats.publish_latency) for n in sinks])
+
+    sources = [node for node in nodes if node.role == "source"]
+    lag = GaugeMetricFamily("streamdag_source_consumer_lag",
+                            "Records in a Kafka partition a source has not read yet.",
+                            labels=[*labels, "partition"])
+    dead = CounterMetricFamily("streamdag_source_dead_lettered",
+                               "Poison records a source sent to the dead-letter topic.",
+                               labels=labels)
+    for node in sources:
+        for partition, behind in sorted(node.stats.lag.items()):
+            lag.add_metric([*_node_labels(node), str(partition)], float(behind))
+        dead.add_metric(_node_labels(node), float(node.stats.dead_lettered))
+    yield from (lag, dead)
+
+
+def _histogram_family(
+    name: str,
+    documentation: str,
+    labels: Sequence[str],
+    series: Sequence[tuple[list[str], LatencyHistogram]],
+) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=list(labels))
+    for values, histogram in series:
+        family.add_metric(values, cumulative_buckets(histogram), histogram.total)
+    return family
+
+
+def _deployment_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
+    yield _histogram_family(
+        "streamdag_diff_duration_seconds",
+        "Seconds the controller took to diff a submitted graph against the deployment.",
+        [], [([], snapshot.diff_duration)])
+    yield CounterMetricFamily("streamdag_nodes_new",
+                              "Nodes submissions created (new actors).",
+                              value=float(snapshot.nodes_new_total))
+    yield CounterMetricFamily("streamdag_nodes_reused",
+                              "Nodes submissions found already running and shared.",
+                              value=float(snapshot.nodes_reused_total))
+    yield GaugeMetricFamily("streamdag_dedup_reuse_ratio",
+                            "Share of the last submission's nodes that were already running.",
+                            value=snapshot.reuse_ratio)
+    yield GaugeMetricFamily("streamdag_actors_running", "Node actors running.",
+                            value=float(snapshot.actors_running))
+    yield CounterMetricFamily("streamdag_actor_crashes",
+                              "Node actors found dead by the controller's health check.",
+                              value=float(snapshot.actor_crashes_total))
+    submissions = GaugeMetricFamily("streamdag_submissions", "Submissions in each state.",
+                                    labels=["state"])
+    for state, count in sorted(snapshot.submissions_by_state.items()):
+        submissions.add_metric([str(state)], float(count))
+    yield submissions

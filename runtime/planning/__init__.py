@@ -1,0 +1,1 @@
+"""Planning: the pure planner, its renderings, wiring and resource budgets."""

@@ -1,0 +1,1 @@
+"""Runners: in-process, one Ray actor per node, the Kafka binding, replay."""
