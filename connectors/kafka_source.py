@@ -36,6 +36,7 @@ from connectors.errors import ConnectorConfigError, TopicError
 from connectors.source_bounds import LogEnds, PartitionBounds, Timestamp
 from connectors.watermarks import PartitionWatermarks
 from streamdag.batch import Batch
+from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SourceChunk
 from streamdag.schema import Schema
 
@@ -249,9 +250,7 @@ class KafkaSourceReader:
         self._closed = True
         consumer, self._consumer = self._consumer, None
         try:
-            if self._lag_task is not None:
-                self._lag_task.cancel()
-                await asyncio.wait([self._lag_task])
+            await cancel_and_wait(self._lag_task)
             if self._log_ends is not None:
                 await self._log_ends.close()
             if consumer is not None:
@@ -470,7 +469,7 @@ class KafkaSourceReader:
 
     async def _refresh_lag(self) -> None:
         assert self._log_ends is not None
-        while True:
+        while not self._closed:  # and close() cancels it, again if a cancellation is lost
             try:
                 await self._log_ends.measure()
             except Exception as error:  # lag is monitoring: the loop outlives a failed round

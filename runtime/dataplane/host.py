@@ -28,6 +28,7 @@ from runtime.dataplane.stats import NodeStats, resident_bytes_of
 from runtime.dataplane.worker import NodeWorker
 from runtime.deployment.lifecycle import failure_cause
 from streamdag.batch import Batch
+from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
 from streamdag.errors import StreamdagError
 from streamdag.operator import NodeConfig
@@ -170,12 +171,7 @@ class NodeHost:
     async def stop(self) -> None:
         """Stop reading and processing; close connectors (a source at what was delivered)."""
         self._stopping = True
-        tasks = [t for t in (self._source_task, self._drain_task, self._settle_task)
-                 if t is not None and not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_and_wait(self._source_task, self._drain_task, self._settle_task)
         if self.source is not None:
             with contextlib.suppress(Exception):  # closing must not fail on a broken reader
                 await self._rewind_source()
@@ -408,10 +404,7 @@ class NodeHost:
 
     async def _settle_source(self) -> None:
         # Step 1: the reading loop stops, wherever it is (a read's records are given back).
-        task = self._source_task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
+        await cancel_and_wait(self._source_task)
         # Step 2: pushes in flight settle (acknowledged or failed): the delivered position is
         # final unless a subscriber hangs.
         pending = [ack for channel in self._channels.values() for ack in channel.pending()]
