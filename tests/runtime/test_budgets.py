@@ -89,7 +89,7 @@ def test_size_params_of_the_built_ins_are_bounded(build: Any, expected: str) -> 
 def test_every_size_param_of_the_built_ins_declares_its_maximum() -> None:
     day = 86_400 * 10**9
     sizes = {(name, p.name): p.maximum for name, definition in available().items()
-             if definition.__module__.startswith("streamdag.")
+             if definition.__module__.startswith("operators.")
              for p in definition.params if p.size}
     rolling = [f"rolling_{statistic}" for statistic in ("sum", "mean", "std", "min", "max")]
     assert sizes == {

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from connectors.broker import EmbeddedBroker
+from runtime.demo import resolve_graph_path
 from runtime.demo.job import run_demo
 from streamdag.config import load_settings
 from streamdag.spec import load_graph
@@ -36,7 +37,7 @@ def test_demo_runs_shared_strategies_live_and_stops_everything(
         overrides=[f"state_dir={tmp_path}", "demo.duration_s=8", "demo.rate=5000",
                    "demo.symbols=20"],
     )
-    graphs = [load_graph(ROOT / path) for path in settings.demo.graphs]
+    graphs = [load_graph(resolve_graph_path(name)) for name in settings.demo.graphs]
     screens = io.StringIO()
     before = _node_actor_processes()
     report = run_demo(settings, graphs, out=screens, refresh_s=1.0, clear=False)

@@ -24,7 +24,7 @@ from runtime.deployment.gateway import create_app
 from runtime.deployment.handle import Deployment
 from runtime.deployment.spec_limits import SpecLimits
 from streamdag.config import GatewaySettings, KafkaSettings, Settings
-from streamdag.operator_registry import lookup
+from streamdag.operator_registry import available, lookup
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -266,7 +266,7 @@ async def test_invalid_specs_get_one_structured_error_per_bad_node(
     ]
     response = await client.post("/graphs", json=spec, headers=AUTH)
     assert response.status == 400
-    installed = ", ".join(sorted(__import__("streamdag.operator_registry").registry.available()))
+    installed = ", ".join(sorted(available()))
     window = next(p for p in lookup("rolling_mean").params if p.name == "window")
     assert await errors_of(response) == [
         {"node": "a", "type": "UnknownOperatorError",

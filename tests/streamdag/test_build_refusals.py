@@ -125,7 +125,7 @@ def test_with_options_is_checked_like_a_new_node() -> None:
 def test_only_user_functions_take_an_interval_or_a_policy() -> None:
     # A kernel opts in; every other registered operator refuses both options.
     builtin = {name: d for name, d in available().items()
-               if d.__module__.startswith("streamdag.")}
+               if d.__module__.startswith("operators.")}
     honouring = {name: (d.supports_interval, d.missing_policies) for name, d in builtin.items()
                  if d.supports_interval or d.missing_policies != ("skip",)}
     assert honouring == {"user_function": (True, ("skip", "fail", "interpolate"))}
