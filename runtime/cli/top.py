@@ -18,26 +18,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from runtime.cli.ls import render_table
-from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram
+from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
 from runtime.deployment.client import add_connection_flags, client_from_args
+from runtime.deployment.metrics import NODE_FIGURE_FIELDS, NODE_HISTOGRAM_FIELDS
 
 __all__ = ["DeploymentView", "NodeView", "add_arguments", "read_metrics", "render_top", "run"]
 
 
 @dataclass
 class NodeView:
-    """One node's figures as read from ``/metrics``."""
+    """One node as read from ``/metrics``: its labels, sharing, and its ``NodeStats`` back."""
 
     name: str
     node_id: str
     operator: str
-    events_in: float = 0.0
-    events_out: float = 0.0
-    queue_depth: float = 0.0
-    graphs: float = 0.0
-    lag: dict[str, float] = field(default_factory=dict)
-    batch_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    end_to_end_latency: LatencyHistogram | None = None
+    graphs: int = 0
+    stats: NodeStats = field(default_factory=lambda: NodeStats("", ""))
+
+    def __post_init__(self) -> None:
+        self.stats.node_id, self.stats.name = self.node_id, self.name
 
 
 @dataclass
@@ -74,28 +73,23 @@ def read_metrics(text: str) -> DeploymentView:
             view.reuse_ratio = _single(family.samples)
         elif family.name == "streamdag_submissions":
             view.submissions = {s.labels["state"]: s.value for s in family.samples}
-        elif family.name in _NODE_FIGURES:
+        elif family.name == "streamdag_node_graphs":
             for sample in family.samples:
-                setattr(_node(view, sample.labels), _NODE_FIGURES[family.name], sample.value)
+                _node(view, sample.labels).graphs = int(sample.value)
+        elif family.name in NODE_FIGURE_FIELDS:
+            figure = NODE_FIGURE_FIELDS[family.name]
+            for sample in family.samples:
+                stats = _node(view, sample.labels).stats
+                setattr(stats, figure, type(getattr(stats, figure))(sample.value))
         elif family.name == "streamdag_source_consumer_lag":
             for sample in family.samples:
-                _node(view, sample.labels).lag[sample.labels["partition"]] = sample.value
-        elif family.name in _HISTOGRAMS:
+                lag = _node(view, sample.labels).stats.lag
+                lag[int(sample.labels["partition"])] = int(sample.value)
+        elif family.name in NODE_HISTOGRAM_FIELDS:
             for labels, histogram in _histograms(family.samples).items():
-                setattr(_node(view, dict(labels)), _HISTOGRAMS[family.name], histogram)
+                stats = _node(view, dict(labels)).stats
+                setattr(stats, NODE_HISTOGRAM_FIELDS[family.name], histogram)
     return view
-
-
-_NODE_FIGURES = {
-    "streamdag_node_events_in": "events_in",
-    "streamdag_node_events_out": "events_out",
-    "streamdag_node_queue_depth": "queue_depth",
-    "streamdag_node_graphs": "graphs",
-}
-_HISTOGRAMS = {
-    "streamdag_node_batch_latency_seconds": "batch_latency",
-    "streamdag_sink_end_to_end_latency_seconds": "end_to_end_latency",
-}
 
 
 def _single(samples: Iterable[Sample]) -> float:
@@ -153,18 +147,16 @@ def render_top(
     for node_id, node in sorted(current.nodes.items(), key=lambda item: (item[1].name, item[0])):
         before = previous.nodes.get(node_id) if previous is not None else None
         seconds = interval_s if before is not None else 0.0
-        batch = node.batch_latency.since(before.batch_latency) if before else node.batch_latency
-        end_to_end = node.end_to_end_latency
-        if end_to_end is not None and before is not None and before.end_to_end_latency:
-            end_to_end = end_to_end.since(before.end_to_end_latency)
+        stats, was = node.stats, before.stats if before is not None else None
+        batch = stats.process_latency.since(was.process_latency) if was else stats.process_latency
+        end_to_end = (stats.end_to_end_latency.since(was.end_to_end_latency) if was
+                      else stats.end_to_end_latency)
         rows.append([
-            node.name, node_id[:8], node.operator, int(node.graphs),
-            int(node.events_in),
-            _rate(node.events_in, before.events_in if before else None, seconds),
-            int(node.events_out),
-            _rate(node.events_out, before.events_out if before else None, seconds),
-            _milliseconds(batch), _milliseconds(end_to_end) if end_to_end else "-",
-            int(node.queue_depth), int(sum(node.lag.values())) if node.lag else "-",
+            node.name, node_id[:8], node.operator, node.graphs,
+            stats.events_in, _rate(stats.events_in, was.events_in if was else None, seconds),
+            stats.events_out, _rate(stats.events_out, was.events_out if was else None, seconds),
+            _milliseconds(batch), _milliseconds(end_to_end), stats.queue_depth,
+            sum(stats.lag.values()) if stats.lag else "-",
         ])
     if not rows:
         lines.append("no nodes running; submit a graph spec with `streamdag submit FILE`")

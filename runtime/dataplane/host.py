@@ -36,6 +36,7 @@ from streamdag.operator import NodeConfig
 __all__ = [
     "NodeHeldError",
     "NodeHost",
+    "NodeReport",
     "RuntimeSettings",
     "SubscriberFailedError",
     "followed_a_failure",
@@ -77,6 +78,16 @@ class _Delivery:
     #: Acks still awaited, plus one for the step itself until it has sent everything.
     pending: int = 1
     failed: bool = False
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """A node's figures and state in one answer, so asking a node actor costs one call."""
+
+    stats: NodeStats
+    #: EndOfStream went through the node, or it stopped (``error`` then says why).
+    finished: bool
+    error: BaseException | None
 
 
 @dataclass(frozen=True)
@@ -445,6 +456,11 @@ class NodeHost:
         if isinstance(dead_lettered, int):
             stats.dead_lettered = dead_lettered
         return stats
+
+    def report(self) -> NodeReport:
+        """Figures, whether finished, and the error: what a health check or scrape asks, at once."""
+        error = None if self.error is None else self.error.with_traceback(None)
+        return NodeReport(self.stats(), self.is_finished(), error)
 
     def results(self) -> list[Batch]:
         """Batches captured (capture=True) or written to an in-memory sink."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +18,8 @@ from streamdag.operator_registry import lookup
 from streamdag.schema import Schema
 
 __all__ = ["END_OF_TIME", "NodeWorker", "WorkerSnapshot"]
+
+_log = logging.getLogger("streamdag.worker")
 
 END_OF_TIME = int(np.iinfo(np.int64).max)
 
@@ -115,10 +117,14 @@ class NodeWorker:
             return 0.0  # never call user code on made-up data: it may have side effects
         schemas = self.config.input_schemas or (self.config.output_schema,)
         batches = [_warm_up_batch(schema) for schema in schemas]
-        with contextlib.suppress(Exception):  # warming is an optimization, never a failure
+        try:
             scratch = lookup(self.config.operator).create(self.config, None)
             scratch.process(batches)
             scratch.on_watermark(END_OF_TIME - 1)
+        except Exception:  # warming is an optimization, never a failure: say so and go on
+            _log.warning("node %r (%s): warming its kernels up failed; they compile on the "
+                         "first batch instead", self.config.name, self.config.operator,
+                         exc_info=True)
         self.stats.warm_up_seconds = time.perf_counter() - started
         return self.stats.warm_up_seconds
 

@@ -20,12 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.deployment.lifecycle import SubmissionRecord
-from runtime.deployment.node_registry import (
-    NodeRegistry,
-    RegistryFileError,
-    read_json,
-    write_json_atomically,
-)
+from runtime.deployment.node_registry import NodeRegistry, RegistryFileError
+from runtime.deployment.state_files import read_json, write_json_atomically
 from runtime.planning.budgets import (
     check_actors,
     check_graph_size,

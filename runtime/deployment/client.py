@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.deployment.node_registry import write_json_atomically
+from runtime.deployment.state_files import write_json_atomically
 from streamdag.config import ConfigError, load_settings
 from streamdag.errors import StreamdagError
 

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,25 +43,22 @@ from runtime.deployment.lifecycle import (
     new_submission_id,
     save_submissions,
 )
+from runtime.deployment.metrics import MetricsSnapshot, NodeMetrics
+from runtime.deployment.node_actors import NodeActors, NodeProbe, locate_node_actors
 from runtime.deployment.node_registry import (
-    ActorNotReadyError,
-    NodeActors,
-    NodeEntry,
-    NodeProbe,
     NodeRegistry,
     acquire,
     instance_key,
-    load_registry,
-    locate_node_actors,
     mark_dead,
     node_actor_name,
     node_requests,
     release,
     retirement_order,
-    save_registry,
 )
+from runtime.deployment.state_files import load_registry, save_registry
 from runtime.planning.planner import diff_graph
-from runtime.planning.wiring import HostSpec, wire_graph
+from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
+from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
 from runtime.runners.kafka_binding import KafkaBinding
 from streamdag.config import Settings
 from streamdag.errors import StreamdagError
@@ -71,8 +68,6 @@ __all__ = [
     "Controller",
     "ControllerOptions",
     "IllegalTransitionError",
-    "MetricsSnapshot",
-    "NodeMetrics",
     "UnknownSubmissionError",
     "controller_actor_name",
     "deployment_state_dir",
@@ -121,39 +116,6 @@ class ControllerOptions:
     dedup: bool = True
 
 
-@dataclass(frozen=True)
-class NodeMetrics:
-    """One node actor as the metrics endpoint sees it."""
-
-    node_id: str
-    name: str
-    operator: str
-    role: str
-    graphs: tuple[str, ...]
-    region: str
-    actor_name: str
-    alive: bool
-    stats: NodeStats
-
-
-@dataclass(frozen=True)
-class MetricsSnapshot:
-    """The controller's figures at one moment, for the Prometheus collector."""
-
-    nodes: tuple[NodeMetrics, ...]
-    #: Every state's submission count, zeros included.
-    submissions_by_state: Mapping[str, int]
-    #: Seconds taken by each submission's plan-and-diff.
-    diff_duration: LatencyHistogram
-    nodes_new_total: int
-    nodes_reused_total: int
-    #: Reused / total nodes of the last submission's diff.
-    reuse_ratio: float
-    actor_crashes_total: int
-    actors_running: int
-    taken_at: float = field(default_factory=time.time)
-
-
 class _SubmissionFailedError(Exception):
     """Carries a failed submission's cause to the rollback."""
 
@@ -188,7 +150,9 @@ class Controller:
                                         settings.runtime.max_batch_records,
                                         settings.runtime.linger_ms / 1000)
         self._lock = asyncio.Lock()
-        self._actors = NodeActors(self.deployment, call_timeout_s=self.options.call_timeout_s)
+        self._actors = NodeActors(self.deployment, self._runtime,
+                                  call_timeout_s=self.options.call_timeout_s,
+                                  ready_timeout_s=self.options.ready_timeout_s)
         self._stats: dict[str, NodeStats] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._started = False
@@ -288,14 +252,13 @@ class Controller:
         self._last_reuse_ratio = diff.reuse_ratio
         self._save_registry()
         await self._move(submission, _S.MAPPED)
-        # Step 3: create the new actors, sinks first; then attach running producers; then
-        # let the new sources read.
-        created: list[str] = []
-        attached: list[tuple[str, str]] = []
+        # Step 3: the deployment sequence: the new actors, sinks first; running producers
+        # attach to them; the new sources read.
+        progress = DeployProgress()
         try:
-            await self._create_and_start(graph, keys, diff.creation_order, created, attached)
+            await self._create_and_start(graph, keys, diff.creation_order, progress)
         except Exception as exc:
-            await self._roll_back(submission, created, attached)
+            await self._roll_back(submission, progress)
             raise _SubmissionFailedError(
                 str(exc) if isinstance(exc, ActorNotReadyError) else failure_cause(exc)
             ) from exc
@@ -307,47 +270,23 @@ class Controller:
         graph: Graph,
         keys: Mapping[str, str],
         creation_order: tuple[tuple[str, ...], ...],
-        created: list[str],
-        attached: list[tuple[str, str]],
+        progress: DeployProgress,
     ) -> None:
-        """Create, wire and start the new nodes; records what it did for a rollback."""
+        """Create, wire and start the new nodes; ``progress`` records it for a rollback."""
         hosts = {
             spec.node.node_id: spec
             for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
                                          capture_outputs=False)[0]
             for spec in generation
         }
-        new = {keys[node_id] for generation in creation_order for node_id in generation}
         edges = [
-            (edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
-             keys[node.node_id], index)
+            EdgeSpec(edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
+                     keys[node.node_id], index)
             for node in graph.nodes for index, up in enumerate(node.inputs)
         ]
-        # Indexed by producer so wiring a generation touches its own edges, not all of them.
-        edges_from: dict[str, list[tuple[str, str, str, int]]] = {}
-        for wire in edges:
-            edges_from.setdefault(wire[1], []).append(wire)
         await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
-        for generation in creation_order:
-            # Step 3a: one generation of actors, all ready before the next one upstream.
-            for node_id in generation:  # one at a time: a failing call leaks no actor
-                self._actors.create(keys[node_id], hosts[node_id], self._runtime)
-                created.append(keys[node_id])
-            born = {keys[n]: hosts[n].node.name for n in generation}
-            await self._actors.wait_ready(born, self.options.ready_timeout_s)
-            # Step 3b: wire them to the new consumers created before them.
-            for upstream in born:
-                for edge, _, downstream, index in edges_from.get(upstream, ()):
-                    if downstream in new:
-                        await self._actors.subscribe(edge, upstream, downstream, index)
-        # Step 3c: running producers feed their new consumers from their next batch on.
-        for edge, upstream, downstream, index in edges:
-            if upstream not in new and downstream in new:
-                await self._actors.subscribe(edge, upstream, downstream, index)
-                attached.append((edge, upstream))
-        # Step 3d: sources start reading last, once everything below them is ready.
-        await self._actors.start_sources(
-            keys[n] for g in creation_order for n in g if hosts[n].source is not None)
+        generations = [[(keys[n], hosts[n]) for n in generation] for generation in creation_order]
+        await deploy(self._actors, generations, edges, progress)
 
     async def _create_sink_topics(self, hosts: list[HostSpec]) -> None:
         topics = {str(h.node.params["topic"]): self.settings.kafka.partitions
@@ -357,16 +296,20 @@ class Controller:
 
             await ensure_topics(self.bootstrap_servers, topics, strict=False)
 
-    async def _roll_back(self, submission: str, created: list[str],
-                         attached: list[tuple[str, str]]) -> None:
+    async def _roll_back(self, submission: str, progress: DeployProgress) -> None:
         """Undo a failed submission: shared actors keep running, untouched."""
         # Step 1: running producers stop sending to what this submission created.
-        for edge, upstream in attached:
-            await self._actors.unsubscribe(upstream, edge)
-        # Step 2: the created actors stop, in reverse creation order (sources first).
-        for key in reversed(created):
-            await self._actors.stop(key, node_actor_name(self.deployment, key))
-            self._stats.pop(key, None)
+        detaching = [self._actors.unsubscribe(edge.upstream, edge.edge)
+                     for edge in progress.attached]
+        # Step 2: the created actors stop, in reverse creation order (sources first), once no
+        # producer sends to them; a producer slow to take that goes on in the background.
+        created = tuple(reversed(progress.created))
+        stopping = asyncio.create_task(self._retire(
+            created, [node_actor_name(self.deployment, key) for key in created], detaching,
+            grace_s=0.0))
+        for key in created:
+            self._retiring[key] = stopping
+        await asyncio.wait([stopping], timeout=self.options.call_timeout_s)
         # Step 3: the registry forgets this submission's references.
         self._registry, _ = release(self._registry, submission)
         self._records[submission] = dataclasses.replace(self._records[submission],
@@ -403,21 +346,27 @@ class Controller:
         self._save_registry()
         self._save_submissions()
         # Unsubscribe now so no new batch enters a retiring node; what is in flight drains.
-        for key in retired:
-            for edge, upstream, _ in before.entries[key].input_edges():
-                if upstream in self._registry.entries:
-                    await self._actors.unsubscribe(upstream, edge)
-        task = asyncio.create_task(self._retire(retired, [before.entries[k] for k in retired]))
+        detaching = [self._actors.unsubscribe(upstream, edge) for key in retired
+                     for edge, upstream, _ in before.entries[key].input_edges()
+                     if upstream in self._registry.entries]
+        task = asyncio.create_task(self._retire(
+            retired, [before.entries[k].actor_name for k in retired], detaching,
+            grace_s=self.options.grace_s))
         for key in retired:
             self._retiring[key] = task
         return dict.fromkeys(retired, task)
 
-    async def _retire(self, keys: tuple[str, ...], entries: list[NodeEntry]) -> None:
-        """Stop retired nodes after the grace period, sources first, and forget them."""
+    async def _retire(self, keys: tuple[str, ...], actor_names: list[str],
+                      detaching: list[asyncio.Future[None]], grace_s: float) -> None:
+        """Stop retired nodes, sources first, once no producer sends to them, and forget them."""
         try:
-            await asyncio.sleep(self.options.grace_s)
-            for key, entry in zip(keys, entries, strict=True):
-                await self._actors.stop(key, entry.actor_name)
+            # Step 1: every running producer has stopped sending to them.
+            await asyncio.gather(*detaching)
+            # Step 2: what was in flight drains during the grace period.
+            await asyncio.sleep(grace_s)
+            # Step 3: the actors stop.
+            for key, name in zip(keys, actor_names, strict=True):
+                await self._actors.stop(key, name)
                 self._stats.pop(key, None)
         finally:
             for key in keys:

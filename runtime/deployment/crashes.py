@@ -23,7 +23,7 @@ from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
 from runtime.deployment.node_registry import NodeRegistry, retirement_order
 
 if TYPE_CHECKING:
-    from runtime.deployment.node_registry import NodeActors
+    from runtime.deployment.node_actors import NodeActors
 
 __all__ = ["CrashResponse", "held_keys", "hold_nodes", "respond_to_crashes", "reuse_refusal"]
 

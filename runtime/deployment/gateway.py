@@ -50,7 +50,7 @@ from streamdag.params import validate_params
 from streamdag.spec import graph_from_dict
 
 if TYPE_CHECKING:
-    from runtime.deployment.controller import MetricsSnapshot
+    from runtime.deployment.metrics import MetricsSnapshot
 
 __all__ = [
     "JSON_CONTENT_TYPES",

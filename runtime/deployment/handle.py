@@ -18,10 +18,10 @@ from typing import Any
 from runtime.deployment.controller import (
     Controller,
     ControllerOptions,
-    MetricsSnapshot,
     controller_actor_name,
     deployment_state_dir,
 )
+from runtime.deployment.metrics import MetricsSnapshot
 from runtime.deployment.node_registry import NODE_NAMESPACE
 from streamdag.config import Settings
 from streamdag.errors import SpecError

@@ -33,13 +33,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runtime.dataplane.stats import NodeStats
-from runtime.deployment.node_registry import (
-    NodeRegistry,
-    RegistryFileError,
-    node_actor_name,
-    read_json,
-    write_json_atomically,
-)
+from runtime.deployment.node_registry import NodeRegistry, RegistryFileError, node_actor_name
+from runtime.deployment.state_files import read_json, write_json_atomically
 from streamdag.errors import StreamdagError
 
 if TYPE_CHECKING:

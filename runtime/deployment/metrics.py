@@ -11,12 +11,19 @@ starts with ``streamdag_``; per-node series carry the labels ``node``, ``node_id
 >>> collector = StreamdagCollector(registry)
 >>> generate_latest(registry)
 b''
+>>> from prometheus_client import Gauge  # the registry knows every name the collector owns
+>>> try:
+...     Gauge("streamdag_actors_running", "A second owner of the name.", registry=registry)
+... except ValueError as clash:
+...     print(clash)
+Duplicated timeseries in CollectorRegistry: {'streamdag_actors_running'}
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,18 +34,59 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram
+from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
 
-if TYPE_CHECKING:
-    from runtime.deployment.controller import MetricsSnapshot, NodeMetrics
-
-__all__ = ["NODE_LABELS", "StreamdagCollector", "cumulative_buckets"]
+__all__ = [
+    "NODE_FIGURE_FIELDS",
+    "NODE_HISTOGRAM_FIELDS",
+    "NODE_LABELS",
+    "MetricsSnapshot",
+    "NodeMetrics",
+    "StreamdagCollector",
+    "cumulative_buckets",
+]
 
 # Bucket bounds are written as prometheus_client writes its own ("0.001", "1.0", "+Inf").
 _bound_text: Callable[[float], str] = floatToGoString
 
 #: Labels of every per-node series.
 NODE_LABELS: tuple[str, ...] = ("node", "node_id", "operator")
+
+
+@dataclass(frozen=True)
+class NodeMetrics:
+    """One node actor as the metrics endpoint sees it."""
+
+    node_id: str
+    name: str
+    operator: str
+    role: str
+    graphs: tuple[str, ...]
+    region: str
+    actor_name: str
+    alive: bool
+    stats: NodeStats
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """The controller's figures at one moment, for the Prometheus collector."""
+
+    nodes: tuple[NodeMetrics, ...]
+    #: Every state's submission count, zeros included.
+    submissions_by_state: Mapping[str, int]
+    #: Seconds taken by each submission's plan-and-diff.
+    diff_duration: LatencyHistogram
+    nodes_new_total: int
+    nodes_reused_total: int
+    #: Reused / total nodes of the last submission's diff.
+    reuse_ratio: float
+    actor_crashes_total: int
+    actors_running: int
+    taken_at: float = field(default_factory=time.time)
+
+
+_EMPTY = MetricsSnapshot((), {}, LatencyHistogram(), 0, 0, 0.0, 0, 0)
 
 
 def cumulative_buckets(histogram: LatencyHistogram) -> list[tuple[str, float]]:
@@ -75,8 +123,8 @@ class StreamdagCollector(Collector):
         self._snapshot = snapshot
 
     def describe(self) -> list[Metric]:
-        """Nothing up front: families depend on the snapshot, so registering collects nothing."""
-        return []
+        """Every family, without figures: the registry refuses a second owner of any name."""
+        return [*_node_families(_EMPTY.nodes), *_deployment_families(_EMPTY)]
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family of the latest snapshot."""
@@ -124,16 +172,34 @@ _NODE_FIGURES: tuple[tuple[_Family, str, str, str], ...] = (
 )
 
 
+#: The NodeStats field behind each per-node family that is one figure (read back by ``top``).
+NODE_FIGURE_FIELDS: dict[str, str] = {name: figure for _, name, _, figure in _NODE_FIGURES}
+#: Latency families: (name, help, NodeStats field, the roles that have it; None: every node).
+_NODE_HISTOGRAMS: tuple[tuple[str, str, str, tuple[str, ...] | None], ...] = (
+    ("streamdag_node_batch_latency_seconds", "Seconds a node took to process one batch.",
+     "process_latency", None),
+    ("streamdag_node_hop_latency_seconds",
+     "Seconds from a push being sent upstream to a node receiving it.", "hop_latency", None),
+    ("streamdag_sink_end_to_end_latency_seconds",
+     "Seconds from an event's time to a sink having published it (live streams).",
+     "end_to_end_latency", ("sink",)),
+    ("streamdag_sink_publish_latency_seconds",
+     "Seconds a sink took to write and publish one batch.", "publish_latency", ("sink",)),
+)
+#: The NodeStats histogram behind each latency family (read back by ``top``).
+NODE_HISTOGRAM_FIELDS: dict[str, str] = {name: figure for name, _, figure, _ in _NODE_HISTOGRAMS}
+
+
 def _node_labels(node: NodeMetrics) -> list[str]:
     return [node.name, node.node_id, node.operator]
 
 
 def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
     labels = list(NODE_LABELS)
-    for kind, name, documentation, field in _NODE_FIGURES:
+    for kind, name, documentation, figure in _NODE_FIGURES:
         family = kind(name, documentation, labels=labels)
         for node in nodes:
-            family.add_metric(_node_labels(node), float(getattr(node.stats, field)))
+            family.add_metric(_node_labels(node), float(getattr(node.stats, figure)))
         yield family
 
     graphs = GaugeMetricFamily(
@@ -149,23 +215,10 @@ def _node_families(nodes: Sequence[NodeMetrics]) -> Iterator[Metric]:
             watermark.add_metric(_node_labels(node), node.stats.watermark / 1e9)
     yield from (graphs, watermark)
 
-    yield _histogram_family(
-        "streamdag_node_batch_latency_seconds",
-        "Seconds a node took to process one batch.",
-        labels, [(_node_labels(n), n.stats.process_latency) for n in nodes])
-    yield _histogram_family(
-        "streamdag_node_hop_latency_seconds",
-        "Seconds from a push being sent upstream to a node receiving it.",
-        labels, [(_node_labels(n), n.stats.hop_latency) for n in nodes])
-    sinks = [node for node in nodes if node.role == "sink"]
-    yield _histogram_family(
-        "streamdag_sink_end_to_end_latency_seconds",
-        "Seconds from an event's time to a sink having published it (live streams).",
-        labels, [(_node_labels(n), n.stats.end_to_end_latency) for n in sinks])
-    yield _histogram_family(
-        "streamdag_sink_publish_latency_seconds",
-        "Seconds a sink took to write and publish one batch.",
-        labels, [(_node_labels(n), n.stats.publish_latency) for n in sinks])
+    for name, documentation, figure, roles in _NODE_HISTOGRAMS:
+        yield _histogram_family(name, documentation, labels, [
+            (_node_labels(n), getattr(n.stats, figure)) for n in nodes
+            if roles is None or n.role in roles])
 
     sources = [node for node in nodes if node.role == "source"]
     lag = GaugeMetricFamily("streamdag_source_consumer_lag",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from runtime.dataplane.messages import edge_id
 from runtime.dataplane.stats import NodeStats
@@ -14,6 +14,9 @@ from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.errors import GraphError
 from streamdag.graph import Graph, Node, make_node
 
+if TYPE_CHECKING:
+    from runtime.dataplane.host import RuntimeSettings
+
 __all__ = [
     "EdgeSpec",
     "HostSpec",
@@ -21,7 +24,6 @@ __all__ = [
     "merge_graphs",
     "wire_graph",
 ]
-
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class HostSpec:
     source: SourceFactory | None
     sink: SinkFactory | None
     capture: bool
+
+    def host_arguments(self, settings: RuntimeSettings) -> dict[str, Any]:
+        """Keyword arguments of the ``NodeHost`` (in process or as an actor) for this node."""
+        return {"config": self.node.config(), "settings": settings, "source": self.source,
+                "sink": self.sink, "capture": self.capture}
 
 
 @dataclass(frozen=True)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from runtime.dataplane.channels import LocalTarget
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
 from runtime.planning.budgets import check_runner_budgets
-from runtime.planning.wiring import RunResult, wire_graph
+from runtime.planning.wiring import HostSpec, RunResult, wire_graph
+from runtime.runners.deploy_sequence import deploy
 from streamdag.batch import Batch
 from streamdag.config import LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
 
-__all__ = ["LocalRunner"]
+__all__ = ["LocalNodes", "LocalRunner"]
 
 
 class LocalRunner:
@@ -65,31 +66,10 @@ class LocalRunner:
         generations, edges = wire_graph(
             graph, sources, sinks, self._default_source, self._default_sink
         )
-        hosts: dict[str, NodeHost] = {}
+        nodes = LocalNodes(self.settings)
+        hosts = nodes.hosts
         try:
-            # Sinks first: a host exists and is ready before anything upstream can send to it.
-            for generation in generations:
-                for spec in generation:
-                    host = NodeHost(
-                        spec.node.config(),
-                        settings=self.settings,
-                        source=spec.source,
-                        sink=spec.sink,
-                        capture=spec.capture,
-                    )
-                    await host.ready()
-                    hosts[spec.node.node_id] = host
-                for edge in edges:
-                    if edge.upstream in hosts and edge.downstream in hosts:
-                        downstream = hosts[edge.downstream]
-                        downstream.connect_input(edge.edge, edge.input_index)
-                        if edge.edge not in hosts[edge.upstream].subscribers():
-                            hosts[edge.upstream].subscribe(
-                                edge.edge, LocalTarget(downstream.push)
-                            )
-            for host in hosts.values():
-                if host.source is not None:
-                    await host.start_source()
+            await deploy(nodes, [[(h.node.node_id, h) for h in g] for g in generations], edges)
             # Every host, not only the leaves: a producer's counters are final once the
             # acknowledgements of its last pushes came back, after its consumers finished.
             await _wait_until_finished(list(hosts.values()), timeout_s)
@@ -103,6 +83,35 @@ class LocalRunner:
             # Sources first (they were created last): nothing pushes to a host already stopped.
             for host in reversed(list(hosts.values())):
                 await host.stop()
+
+
+class LocalNodes:
+    """The deployment sequence's backend for one process: each node a ``NodeHost`` here."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        #: The hosts created so far, by key, in creation order.
+        self.hosts: dict[str, NodeHost] = {}
+
+    def create(self, key: str, host: HostSpec) -> None:
+        """Build the host of ``key``."""
+        self.hosts[key] = NodeHost(**host.host_arguments(self.settings))
+
+    async def wait_ready(self, names: Mapping[str, str]) -> None:
+        """Open the connectors of every host of ``names``."""
+        for key in names:
+            await self.hosts[key].ready()
+
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+        """Connect ``downstream``'s input ``index`` and let ``upstream`` push to it."""
+        consumer = self.hosts[downstream]
+        consumer.connect_input(edge, index)
+        self.hosts[upstream].subscribe(edge, LocalTarget(consumer.push))
+
+    async def start_sources(self, keys: Iterable[str]) -> None:
+        """Let the source hosts of ``keys`` start reading."""
+        for key in keys:
+            await self.hosts[key].start_source()
 
 
 async def _wait_until_finished(hosts: list[NodeHost], timeout_s: float | None) -> None:

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
 
 from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
 from runtime.dataplane.stats import NodeStats
 from runtime.deployment.lifecycle import failure_cause
 from runtime.planning.budgets import check_runner_budgets
-from runtime.planning.wiring import RunResult, wire_graph
+from runtime.planning.wiring import HostSpec, RunResult, wire_graph
+from runtime.runners.deploy_sequence import ActorNotReadyError, deploy
 from streamdag.batch import Batch
 from streamdag.config import LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.errors import StreamdagError
 from streamdag.graph import Graph, Node
 
-__all__ = ["GraphFailedError", "RayRunner", "RunningGraph", "ensure_ray", "node_actor_class"]
+__all__ = [
+    "GraphFailedError",
+    "RayNodes",
+    "RayRunner",
+    "RunningGraph",
+    "awaited",
+    "ensure_ray",
+    "node_actor_class",
+    "run_blocking",
+]
+
+T = TypeVar("T")
 
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
 #: Seconds one node is given to answer while the cause of a failure is looked for.
@@ -64,10 +78,91 @@ def node_actor_class() -> Any:
     return ray.remote(NodeHost)
 
 
+class RayNodes:
+    """The deployment sequence's backend on Ray: each node an actor hosting its ``NodeHost``.
+
+    Actors of one generation are created together and become ready concurrently.
+    """
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        actor_options: Mapping[str, Any] | None = None,
+        *,
+        ready_timeout_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.actor_options: dict[str, Any] = {"num_cpus": 0, **(actor_options or {})}
+        #: Seconds a generation is given to become ready (None: as long as it takes).
+        self.ready_timeout_s = ready_timeout_s
+        #: The actor of every node created (or found), by key.
+        self.handles: dict[str, Any] = {}
+        #: Keys of the source nodes created, so they can be stopped first.
+        self.sources: list[str] = []
+
+    def options_for(self, key: str) -> dict[str, Any]:
+        """Ray actor options of the actor of ``key``."""
+        return self.actor_options
+
+    def create(self, key: str, host: HostSpec) -> Any:
+        """Create the actor of ``key`` hosting ``host``'s node; returns its handle."""
+        handle = node_actor_class().options(**self.options_for(key)).remote(
+            **host.host_arguments(self.settings))
+        self.handles[key] = handle
+        if host.source is not None:
+            self.sources.append(key)
+        return handle
+
+    async def wait_ready(self, names: Mapping[str, str]) -> None:
+        """Wait until every actor of ``names`` (key -> node name) is ready, or raise."""
+        tasks = {key: asyncio.ensure_future(awaited(self.handles[key].ready.remote()))
+                 for key in names}
+        done, pending = await asyncio.wait(tasks.values(), timeout=self.ready_timeout_s,
+                                           return_when=asyncio.FIRST_EXCEPTION)
+        for task in pending:
+            task.cancel()
+        for key, task in tasks.items():
+            error = task.exception() if task in done else None
+            if error is not None:
+                raise ActorNotReadyError(
+                    f"node {names[key]!r} failed to become ready: {failure_cause(error)}")
+        late = [names[key] for key, task in tasks.items() if task in pending]
+        if late:
+            raise ActorNotReadyError(
+                f"node(s) {late} did not report ready within {self.ready_timeout_s} s; check "
+                "their actors' logs, or raise the ready timeout (ready_timeout_s)")
+
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge``."""
+        consumer = self.handles[downstream]
+        await consumer.connect_input.remote(edge, index)
+        await self.handles[upstream].subscribe.remote(edge, RayTarget(consumer))
+
+    async def start_sources(self, keys: Iterable[str]) -> None:
+        """Let the source actors of ``keys`` start reading."""
+        await asyncio.gather(*(awaited(self.handles[k].start_source.remote()) for k in keys))
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end from synchronous code, even under a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    # A loop runs in this thread (a notebook, an async caller): use a loop of our own elsewhere.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+async def awaited(ref: Any) -> Any:
+    """Await a Ray ObjectRef as a coroutine (so asyncio can wrap it in a task)."""
+    return await ref
+
+
 class RunningGraph:
     """A graph whose actors are up: wait for it, read its stats, attach or stop it."""
 
-    def __init__(self, graph: Graph, actors: dict[str, Any], sources: list[Any]) -> None:
+    def __init__(self, graph: Graph, actors: dict[str, Any], sources: list[str]) -> None:
         self.graph = graph
         self.actors = actors
         self._sources = sources
@@ -151,7 +246,7 @@ class RunningGraph:
         """Stop and kill every actor of this graph, sources first."""
         import ray
 
-        order = sorted(self.actors.items(), key=lambda item: item[1] not in self._sources)
+        order = sorted(self.actors.items(), key=lambda item: item[0] not in self._sources)
         for _, actor in order:
             # A dead actor is already stopped; killing it is all that is left.
             with contextlib.suppress(Exception):
@@ -179,7 +274,7 @@ class RayRunner:
         self.settings = settings or RuntimeSettings()
         self._default_source = default_source
         self._default_sink = default_sink
-        self._actor_options = {"num_cpus": 0, **(actor_options or {})}
+        self._actor_options = dict(actor_options or {})
         #: Node count, actor count and memory budget a graph must fit before any actor starts.
         self.limits = limits or LimitSettings()
 
@@ -190,44 +285,16 @@ class RayRunner:
         sinks: Mapping[str, SinkFactory] | None = None,
     ) -> RunningGraph:
         """Create, wire and start every actor of ``graph``, once it fits ``limits``."""
-        import ray
-
         check_runner_budgets(graph, self.limits, actors=True)
         ensure_ray()
         generations, edges = wire_graph(
             graph, sources or {}, sinks or {}, self._default_source, self._default_sink
         )
-        actor_class = node_actor_class().options(**self._actor_options)
-        actors: dict[str, Any] = {}
-        source_actors: list[Any] = []
-        running = RunningGraph(graph, actors, source_actors)
+        nodes = RayNodes(self.settings, self._actor_options)
+        running = RunningGraph(graph, nodes.handles, nodes.sources)
         try:
-            for generation in generations:
-                created = {}
-                for spec in generation:
-                    created[spec.node.node_id] = actor_class.remote(
-                        spec.node.config(),
-                        settings=self.settings,
-                        source=spec.source,
-                        sink=spec.sink,
-                        capture=spec.capture,
-                    )
-                    if spec.source is not None:
-                        source_actors.append(created[spec.node.node_id])
-                ray.get([actor.ready.remote() for actor in created.values()])
-                actors.update(created)
-                wiring = []
-                for edge in edges:
-                    if edge.upstream in created and edge.downstream in actors:
-                        downstream = actors[edge.downstream]
-                        ray.get(downstream.connect_input.remote(edge.edge, edge.input_index))
-                        wiring.append(
-                            created[edge.upstream].subscribe.remote(
-                                edge.edge, RayTarget(downstream)
-                            )
-                        )
-                ray.get(wiring)
-            ray.get([actor.start_source.remote() for actor in source_actors])
+            run_blocking(deploy(
+                nodes, [[(h.node.node_id, h) for h in g] for g in generations], edges))
         except BaseException:
             running.stop()
             raise

@@ -28,7 +28,7 @@ from runtime.cli import submit as submit_command
 from runtime.cli import top as top_command
 from runtime.cli import up as up_command
 from runtime.cli.top import DeploymentView, NodeView, render_top
-from runtime.dataplane.stats import LatencyHistogram
+from runtime.dataplane.stats import LatencyHistogram, NodeStats
 from runtime.deployment.client import (
     GatewayAddress,
     GatewayUnreachableError,
@@ -102,19 +102,22 @@ def histogram(*seconds: float) -> LatencyHistogram:
 def test_top_shows_rates_and_p99s_over_the_last_refresh_only() -> None:
     before = DeploymentView(
         nodes={
-            "a": NodeView("ticks", "a", "kafka_source", events_out=1000, graphs=2,
-                          lag={"0": 5.0}, batch_latency=histogram(0.2)),
-            "b": NodeView("out", "b", "kafka_sink", events_in=900, events_out=900, graphs=1,
-                          batch_latency=histogram(0.2), end_to_end_latency=histogram(0.2)),
+            "a": NodeView("ticks", "a", "kafka_source", graphs=2, stats=NodeStats(
+                "a", "ticks", events_out=1000, lag={0: 5}, process_latency=histogram(0.2))),
+            "b": NodeView("out", "b", "kafka_sink", graphs=1, stats=NodeStats(
+                "b", "out", events_in=900, events_out=900, process_latency=histogram(0.2),
+                end_to_end_latency=histogram(0.2))),
         },
         actors_running=2, reuse_ratio=0.5, submissions={"executing": 2, "failed": 0})
     after = DeploymentView(
         nodes={
-            "a": NodeView("ticks", "a", "kafka_source", events_out=3000, graphs=2,
-                          lag={"0": 5.0, "1": 2.0}, batch_latency=histogram(0.2, 0.0002)),
-            "b": NodeView("out", "b", "kafka_sink", events_in=2900, events_out=2900, graphs=1,
-                          queue_depth=3, batch_latency=histogram(0.2, 0.004),
-                          end_to_end_latency=histogram(0.2, 0.03)),
+            "a": NodeView("ticks", "a", "kafka_source", graphs=2, stats=NodeStats(
+                "a", "ticks", events_out=3000, lag={0: 5, 1: 2},
+                process_latency=histogram(0.2, 0.0002))),
+            "b": NodeView("out", "b", "kafka_sink", graphs=1, stats=NodeStats(
+                "b", "out", events_in=2900, events_out=2900, queue_depth=3,
+                process_latency=histogram(0.2, 0.004),
+                end_to_end_latency=histogram(0.2, 0.03))),
         },
         actors_running=2, actor_crashes=1, reuse_ratio=0.5,
         submissions={"executing": 1, "failed": 1})

@@ -11,8 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.cli.top import read_metrics
 from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
-from runtime.deployment.controller import MetricsSnapshot, NodeMetrics
-from runtime.deployment.metrics import StreamdagCollector, cumulative_buckets
+from runtime.deployment.metrics import (
+    MetricsSnapshot,
+    NodeMetrics,
+    StreamdagCollector,
+    cumulative_buckets,
+)
 
 DASHBOARD = Path(__file__).parents[2] / "configs" / "grafana" / "streamdag.json"
 
@@ -181,12 +185,13 @@ def test_top_reads_back_what_the_collector_wrote() -> None:
     assert (view.actors_running, view.actor_crashes, view.reuse_ratio) == (3, 1, 2 / 3)
     assert view.submissions == {"submitted": 0, "executing": 2, "failed": 1, "stopped": 0}
     sma = view.nodes["bb" * 32]
-    assert (sma.name, sma.operator, sma.events_in, sma.events_out, sma.queue_depth) == (
-        "sma20", "rolling_mean", 1500, 1481, 2)
-    assert sma.batch_latency == snapshot.nodes[1].stats.process_latency
-    assert view.nodes["aa" * 32].lag == {"0": 7, "1": 40}
-    assert view.nodes["cc" * 32].end_to_end_latency == snapshot.nodes[2].stats.end_to_end_latency
-    assert view.nodes["aa" * 32].end_to_end_latency is None
+    assert (sma.name, sma.operator, sma.stats.events_in, sma.stats.events_out,
+            sma.stats.queue_depth) == ("sma20", "rolling_mean", 1500, 1481, 2)
+    assert sma.stats.process_latency == snapshot.nodes[1].stats.process_latency
+    assert view.nodes["aa" * 32].stats.lag == {0: 7, 1: 40}
+    sink = view.nodes["cc" * 32].stats
+    assert sink.end_to_end_latency == snapshot.nodes[2].stats.end_to_end_latency
+    assert view.nodes["aa" * 32].stats.end_to_end_latency.observations == 0
 
 
 def test_dashboard_queries_use_only_exported_names() -> None:

@@ -18,15 +18,13 @@ from runtime.deployment.node_registry import (
     RegistryFileError,
     acquire,
     instance_key,
-    load_registry,
     mark_alive,
     mark_dead,
     node_actor_name,
     release,
     retirement_order,
-    save_registry,
-    write_json_atomically,
 )
+from runtime.deployment.state_files import load_registry, save_registry, write_json_atomically
 
 
 def _key(index: int) -> str:

@@ -3,8 +3,11 @@ event-time order of inputs, late events, held events in snapshots."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
+
+import pytest
 
 import streamdag as sd
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Watermark
@@ -289,3 +292,48 @@ def test_a_restored_worker_resumes_with_the_events_it_held_at_the_barrier() -> N
     assert _sums(after) == [(3 * SECOND, 10.0), (4 * SECOND, 1010.0)]
     assert (restored.stats.late_dropped, restored.stats.watermark) == (1, END_OF_TIME)
     assert after[-1] == EndOfStream()
+
+
+@register
+class _FailsOnReadOnlyInput(OperatorDef):
+    """Test-only operator that writes into its input: it fails on warm-up's read-only batch."""
+
+    type_name: ClassVar[str] = "test_writes_its_input"
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        return Schema.of(value="float64")
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        return _WritesItsInput()
+
+
+class _WritesItsInput:
+    def process(self, inputs: Sequence[Batch]) -> Batch:
+        prices = inputs[0].columns["price"]
+        prices *= 2  # in place: refused on a read-only array
+        return Batch(inputs[0].ts, inputs[0].key, {"value": prices})
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        return None
+
+    def snapshot(self) -> bytes:
+        return b""
+
+
+def test_a_failed_warm_up_is_logged_and_the_node_still_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = NodeWorker(_ticks().apply("test_writes_its_input", name="writer").config())
+    worker.connect("e", 0)
+    with caplog.at_level(logging.WARNING, logger="streamdag.worker"):
+        worker.warm_up()
+    out = worker.accept(Envelope("e", 0, 0, _batch([1], [1.5])))
+    out += worker.accept(Envelope("e", 0, 1, Watermark(2)))
+    assert [r.getMessage() for r in caplog.records] == [
+        "node 'writer' (test_writes_its_input): warming its kernels up failed; they compile on "
+        "the first batch instead"]
+    assert caplog.records[0].exc_info is not None
+    assert caplog.records[0].exc_info[0] is ValueError
+    assert _values(out) == [3.0]

@@ -1,0 +1,159 @@
+"""A deployment's node actors: named, detached Ray actors the controller finds again.
+
+``NodeActors`` is the deployment sequence's backend for a deployment and the thin executor
+through which the controller also unsubscribes, probes and stops them; a controller that
+restarts finds the surviving actors by name (``locate_node_actors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runtime.deployment.node_registry import NODE_NAMESPACE, NodeRegistry, node_actor_name
+from runtime.runners.ray_runner import RayNodes, awaited
+
+if TYPE_CHECKING:
+    from runtime.dataplane.host import RuntimeSettings
+    from runtime.dataplane.stats import NodeStats
+
+__all__ = ["NodeActors", "NodeProbe", "locate_node_actors"]
+
+_log = logging.getLogger("streamdag.controller")
+
+
+def locate_node_actors(
+    registry: NodeRegistry, deployment: str
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Find node actors in Ray by name: ``(handles by key, keys not found, leftovers)``.
+
+    Leftovers are named node actors of ``deployment`` that no entry claims (an interrupted
+    submission's), by name. Only live entries are looked up; dead ones stay dead.
+    """
+    import ray
+
+    found: dict[str, Any] = {}
+    missing: list[str] = []
+    for key, entry in registry.entries.items():
+        if entry.alive:
+            try:
+                found[key] = ray.get_actor(entry.actor_name, namespace=NODE_NAMESPACE)
+            except ValueError:
+                missing.append(key)
+    claimed = {entry.actor_name for entry in registry.entries.values()}
+    pattern = re.compile(re.escape(node_actor_name(deployment, "")) + "[0-9a-f]{24}")
+    leftovers = {
+        actor["name"]: ray.get_actor(actor["name"], namespace=NODE_NAMESPACE)
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == NODE_NAMESPACE and pattern.fullmatch(actor["name"])
+        and actor["name"] not in claimed
+    }
+    return found, missing, leftovers
+
+
+@dataclass(frozen=True)
+class NodeProbe:
+    """What one probe learnt about a node actor."""
+
+    alive: bool
+    finished: bool = False
+    error: str | None = None
+    stats: NodeStats | None = None
+
+
+class NodeActors(RayNodes):
+    """The live handles of a deployment's node actors, by registry key.
+
+    Node actors are detached and named after their key (``node_actor_name``), and created
+    with ``get_if_exists``: a second creation of one key returns the running actor. They are
+    created, made ready, wired and started by the deployment sequence like any runner's.
+    """
+
+    def __init__(
+        self,
+        deployment: str,
+        settings: RuntimeSettings,
+        *,
+        call_timeout_s: float = 10.0,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        super().__init__(settings, ready_timeout_s=ready_timeout_s)
+        self.deployment = deployment
+        self.call_timeout_s = call_timeout_s
+
+    def options_for(self, key: str) -> dict[str, Any]:
+        """A named, detached actor that Ray never restarts behind the controller's back."""
+        return {**self.actor_options, "name": node_actor_name(self.deployment, key),
+                "namespace": NODE_NAMESPACE, "lifetime": "detached", "get_if_exists": True,
+                "max_restarts": 0}
+
+    def unsubscribe(self, upstream: str, edge: str) -> asyncio.Future[None]:
+        """Stop ``upstream`` sending on ``edge``: the future ends once it sends no more.
+
+        It is never given up on: a consumer stopped before its producer took the call would
+        fail the producer's next push, and a shared producer would hold. A producer that is
+        gone sends nothing, so its future ends at once.
+        """
+        return asyncio.ensure_future(self._unsubscribe(upstream, edge))
+
+    async def _unsubscribe(self, upstream: str, edge: str) -> None:
+        handle = self.handles.get(upstream)
+        if handle is None:
+            return
+        call = asyncio.ensure_future(awaited(handle.unsubscribe.remote(edge)))
+        done, _ = await asyncio.wait([call], timeout=self.call_timeout_s)
+        if not done:
+            _log.warning("node actor %s has not taken the unsubscribe of edge %s within %.0f s; "
+                         "its consumer stays up until it has", upstream[:24], edge,
+                         self.call_timeout_s)
+        with contextlib.suppress(Exception):  # a dead producer sends nothing
+            await call
+
+    async def stop(self, key: str, name: str) -> None:
+        """Stop and kill the actor of ``key`` (if it has a handle) and forget it."""
+        handle = self.handles.pop(key, None)
+        if handle is not None:
+            await self.stop_actor(handle, name)
+
+    async def stop_actor(self, handle: Any, name: str) -> None:
+        """Stop and kill one actor, then wait until its name is free for a new one."""
+        import ray
+
+        with contextlib.suppress(Exception):  # a dead actor is already stopped
+            await asyncio.wait_for(awaited(handle.stop.remote()), self.call_timeout_s)
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
+        deadline = time.monotonic() + self.call_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=NODE_NAMESPACE)
+            except ValueError:
+                return
+            await asyncio.sleep(0.01)
+        _log.warning("actor %s still holds its name %.0f s after being killed; a new actor of "
+                     "that name will fail until Ray releases it", name, self.call_timeout_s)
+
+    async def probe(self, key: str) -> NodeProbe:
+        """One call to the actor of ``key``: its figures, and whether it finished or failed."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        from runtime.deployment.lifecycle import failure_cause
+
+        handle = self.handles.get(key)
+        if handle is None:
+            return NodeProbe(alive=False, error="the controller holds no handle to its actor")
+        try:
+            report = await asyncio.wait_for(awaited(handle.report.remote()), self.call_timeout_s)
+        except ActorUnavailableError:
+            return NodeProbe(alive=True)  # restarting or unreachable for now: not (yet) dead
+        except RayActorError as exc:
+            return NodeProbe(alive=False, error=failure_cause(exc))
+        except TimeoutError:
+            return NodeProbe(alive=True)  # busy, not dead: the next round asks again
+        error = None if report.error is None else failure_cause(report.error)
+        return NodeProbe(alive=True, finished=report.finished, error=error, stats=report.stats)
