@@ -140,7 +140,6 @@ class CrossoverDef(OperatorDef):
     type_name: ClassVar[str] = "crossover"
     arity: ClassVar[int | None] = 2
     summary: ClassVar[str] = "+1/-1 where a fast stream crosses a slow one, per key"
-    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("fast_field", "str", default="value", doc="field of the first (fast) input"),
         Param("slow_field", "str", default="value", doc="field of the second (slow) input"),

@@ -10,7 +10,7 @@ The helpers at the end read batch fields and build outputs the same way for ever
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from operators.errors import SnapshotMismatchError
 from operators.node_cache import NodeCache
 from streamdag.batch import Batch
 from streamdag.errors import SchemaMismatchError
+from streamdag.operator import OperatorDef, require_fields
 from streamdag.schema import Schema
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "VALUE_SCHEMA",
     "KeyedState",
     "KeyedStateLogic",
+    "NumericFieldDef",
     "StateArray",
     "compensated_add",
     "float_column",
@@ -46,6 +48,18 @@ __all__ = [
 VALUE_SCHEMA = Schema.of(value="float64")
 #: Field types the numeric kernels read (int64 is converted to float64).
 NUMERIC_TYPES = ("float64", "int64")
+
+
+class NumericFieldDef(OperatorDef):
+    """Base of operators over one numeric ``field`` per key that emit ``{value: float64}``."""
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """``{value: float64}``; the field must be numeric."""
+        require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
+        return VALUE_SCHEMA
+
+
 #: Columns of a growable ring's per-key row: its segment of the shared pools.
 RING_START, RING_CAPACITY, RING_OLDEST, RING_SIZE = 0, 1, 2, 3
 _FIRST_RING = 8

@@ -457,7 +457,6 @@ class _RollingDef(OperatorDef):
     """Shared declaration of the rolling family: a field, and a count or a time window."""
 
     statistic: ClassVar[str]
-    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to aggregate"),
         Param("window", "int", default=0, minimum=0, maximum=MAX_EVENTS, size=True,

@@ -15,19 +15,17 @@ import numpy.typing as npt
 from numba import njit
 
 from operators.keyed_state import (
-    NUMERIC_TYPES,
-    VALUE_SCHEMA,
     KeyedState,
     KeyedStateLogic,
+    NumericFieldDef,
     StateArray,
     float_column,
 )
 from operators.rolling import RollingLogic
 from streamdag.batch import Batch
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
+from streamdag.operator import NodeConfig, OperatorLogic
 from streamdag.operator_registry import register
 from streamdag.params import MAX_EVENTS, Param
-from streamdag.schema import Schema
 
 __all__ = ["EmaDef", "EmaLogic", "ZScoreDef"]
 
@@ -70,7 +68,7 @@ class EmaLogic(KeyedStateLogic):
 
 
 @register
-class EmaDef(OperatorDef):
+class EmaDef(NumericFieldDef):
     """Exponential moving average of a field per key: alpha = 2 / (span + 1), emitted every event.
 
     A key's first value starts its average. NaN and infinite inputs leave the average unchanged
@@ -89,18 +87,11 @@ class EmaDef(OperatorDef):
 
     type_name: ClassVar[str] = "ema"
     summary: ClassVar[str] = "exponential moving average per key"
-    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to average"),
         Param("span", "int", minimum=1, maximum=MAX_EVENTS, size=True,
               doc="span in events; alpha = 2 / (span + 1)"),
     )
-
-    @classmethod
-    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """``{value: float64}``; the field must be numeric."""
-        require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
-        return VALUE_SCHEMA
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
@@ -109,7 +100,7 @@ class EmaDef(OperatorDef):
 
 
 @register
-class ZScoreDef(OperatorDef):
+class ZScoreDef(NumericFieldDef):
     """(x - mean) / std (ddof=1) of a field over each key's last ``window`` events, x included.
 
     Emits once the key's window is full; a window of equal values gives 0.0, and a NaN or
@@ -127,18 +118,11 @@ class ZScoreDef(OperatorDef):
 
     type_name: ClassVar[str] = "zscore"
     summary: ClassVar[str] = "rolling z-score per key"
-    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to normalize"),
         Param("window", "int", minimum=2, maximum=MAX_EVENTS, size=True,
               doc="window length in events, the event included"),
     )
-
-    @classmethod
-    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """``{value: float64}``; the field must be numeric."""
-        require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
-        return VALUE_SCHEMA
 
     @classmethod
     def history(cls, params: Mapping[str, Any]) -> int:

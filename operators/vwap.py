@@ -136,7 +136,6 @@ class VwapDef(OperatorDef):
 
     type_name: ClassVar[str] = "vwap"
     summary: ClassVar[str] = "volume-weighted average price per key over a count window"
-    supports_interval: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = (
         Param("price", "str", default="price", doc="input field holding the price"),
         Param("size", "str", default="size", doc="input field holding the traded size"),

@@ -218,7 +218,7 @@ class RunningGraph:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        # Step 1: actors that died are the cause; the nodes that held after them only followed.
+        # Actors that died are the cause; the nodes that held after them only followed.
         crashed: list[tuple[str, BaseException]] = []
         failed: list[tuple[str, BaseException]] = []
         for node in self.graph.nodes:
@@ -236,7 +236,7 @@ class RunningGraph:
         if crashed:
             return (f"{prefix}node(s) {[name for name, _ in crashed]} crashed: its actor died "
                     f"({failure_cause(crashed[0][1])})")
-        # Step 2: else the first node that failed on its own, not one that held after it.
+        # Else the first node that failed on its own, not one that held after it.
         own = [item for item in failed if not followed_a_failure(item[1])] or failed
         if not own:
             return prefix + failure_cause(first)
