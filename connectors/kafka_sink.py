@@ -20,6 +20,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
+from connectors.epoch_commits import EpochLedger, commits_topic, parse_record_id, record_id
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
 from connectors.producing import (
@@ -29,6 +30,7 @@ from connectors.producing import (
     publish_partition,
     split_by_partition,
 )
+from connectors.topics import ensure_topics
 from streamdag.batch import Batch
 
 __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
@@ -59,6 +61,8 @@ class KafkaSinkConfig:
     request_timeout_ms: int = 30_000
     compression_type: str | None = None
     client_id: str = "streamdag-sink"
+    #: Keeps epoch commits in ``<topic>.commits`` (created on open) for exactly-once output.
+    exactly_once: bool = False
 
     def __post_init__(self) -> None:
         if not self.topic:
@@ -100,6 +104,8 @@ class KafkaSinkWriter:
         self._partition_count = 0
         self._pending: dict[int, OutgoingRecords] = {}
         self._closed = False
+        self._ledger = EpochLedger(config.bootstrap_servers, config.topic)
+        self._resume_offsets: dict[int, int] = {}
         self.stats = DeliveryStats()
 
     async def open(self) -> None:
@@ -115,6 +121,9 @@ class KafkaSinkWriter:
                 f"{self._config.bootstrap_servers}; create it first (ensure_topics)"
             )
         self._partition_count = len(partitions)
+        if self._config.exactly_once:
+            await ensure_topics(self._config.bootstrap_servers,
+                                {commits_topic(self._config.topic): 1}, strict=False)
 
     async def write(
         self, batch: Batch, record_ids: Sequence[bytes] | npt.NDArray[np.bytes_] | None = None
@@ -176,6 +185,34 @@ class KafkaSinkWriter:
                 del self._pending[partition]
         if first_error is not None:
             raise first_error
+
+    # -- exactly-once epochs (runtime.dataplane.sink_epochs.EpochPublisher) ---------------
+    async def committed_epoch(self, sink_id: str) -> int:
+        """The newest epoch of ``sink_id`` recorded in ``<topic>.commits`` (-1: none)."""
+        commit = await self._ledger.last_commit(sink_id)
+        self._resume_offsets = dict(commit.resume_offsets) if commit is not None else {}
+        return commit.epoch if commit is not None else -1
+
+    async def published_ids(self, sink_id: str, after_epoch: int) -> set[bytes]:
+        """Ids of ``sink_id``'s records already in the topic past its newest commit.
+
+        Reads from where the newest commit says later epochs start (the whole topic when
+        there is no commit); ``after_epoch`` is that commit's epoch (``committed_epoch``).
+        """
+        found = await self._ledger.published_ids(ID_HEADER, record_id(sink_id, 0, 0)[:-16],
+                                                 self._resume_offsets)
+        return {value for value in found if parse_record_id(value)[1] > after_epoch}
+
+    async def commit_epoch(self, sink_id: str, epoch: int) -> None:
+        """Record in ``<topic>.commits`` that ``epoch`` of ``sink_id`` is wholly published."""
+        await self._ledger.commit(self._require_producer(), sink_id, epoch)
+
+    def _require_producer(self) -> Any:
+        if self._producer is None:
+            raise ConnectorConfigError(
+                f"the Kafka sink for {self._config.topic!r} is not open; call open() first"
+            )
+        return self._producer
 
     async def close(self) -> None:
         """Flush what is pending, then stop the producer; safe to call twice."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from runtime.checkpoints.store import write_file_durably
 from runtime.deployment.node_registry import NodeRegistry, RegistryFileError
 
 __all__ = [
@@ -19,32 +19,8 @@ __all__ = [
 
 
 def write_json_atomically(path: str | os.PathLike[str], document: Any) -> None:
-    """Write ``document`` as JSON to ``path`` so a reader sees the old file or the new one.
-
-    Steps: write a temp file in the same folder, fsync it, rename it over ``path``, fsync the
-    folder (so the rename itself survives a power cut).
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Step 1: the new content goes to a temp file beside the target.
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp:
-            json.dump(document, temp, indent=1, sort_keys=True)
-            temp.flush()
-            # Step 2: the bytes are on disk before the name points at them.
-            os.fsync(temp.fileno())
-        # Step 3: the atomic switch.
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    # Step 4: persist the directory entry.
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Write ``document`` as JSON to ``path`` so a reader sees the old file or the new one."""
+    write_file_durably(Path(path), json.dumps(document, indent=1, sort_keys=True).encode())
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
