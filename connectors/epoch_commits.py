@@ -20,6 +20,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from connectors.topics import ensure_topics
+
 __all__ = [
     "COMMITS_SUFFIX",
     "EpochCommit",
@@ -77,6 +79,14 @@ class EpochLedger:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.timeout_s = timeout_s
+        self._ensured = False
+
+    async def ensure(self) -> None:
+        """Create the companion topic (one partition) unless it exists."""
+        if not self._ensured:
+            await ensure_topics(self.bootstrap_servers, {commits_topic(self.topic): 1},
+                                strict=False)
+            self._ensured = True
 
     async def commit(self, producer: AIOKafkaProducer, sink_id: str, epoch: int) -> None:
         """Record ``epoch`` of ``sink_id`` as published (call once its records are acknowledged).
@@ -84,6 +94,7 @@ class EpochLedger:
         The offsets recorded are the output partitions' log ends as the broker reports them;
         a broker that under-reports (Tansu) only makes a later read-back start earlier.
         """
+        await self.ensure()
         consumer = self._consumer()
         await consumer.start()
         try:
@@ -99,6 +110,7 @@ class EpochLedger:
 
     async def last_commit(self, sink_id: str) -> EpochCommit | None:
         """The newest commit of ``sink_id``; None when it never committed an epoch."""
+        await self.ensure()
         tp = TopicPartition(commits_topic(self.topic), 0)
         key = sink_id.encode()
         consumer = self._consumer()

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
-from connectors.epoch_commits import EpochLedger, commits_topic, parse_record_id, record_id
+from connectors.epoch_commits import EpochLedger, parse_record_id, record_id
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
 from connectors.producing import (
@@ -30,7 +30,6 @@ from connectors.producing import (
     publish_partition,
     split_by_partition,
 )
-from connectors.topics import ensure_topics
 from streamdag.batch import Batch
 
 __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
@@ -61,8 +60,6 @@ class KafkaSinkConfig:
     request_timeout_ms: int = 30_000
     compression_type: str | None = None
     client_id: str = "streamdag-sink"
-    #: Keeps epoch commits in ``<topic>.commits`` (created on open) for exactly-once output.
-    exactly_once: bool = False
 
     def __post_init__(self) -> None:
         if not self.topic:
@@ -121,9 +118,6 @@ class KafkaSinkWriter:
                 f"{self._config.bootstrap_servers}; create it first (ensure_topics)"
             )
         self._partition_count = len(partitions)
-        if self._config.exactly_once:
-            await ensure_topics(self._config.bootstrap_servers,
-                                {commits_topic(self._config.topic): 1}, strict=False)
 
     async def write(
         self, batch: Batch, record_ids: Sequence[bytes] | npt.NDArray[np.bytes_] | None = None

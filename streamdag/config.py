@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 from streamdag.errors import StreamdagError
 
 __all__ = [
+    "CheckpointSettings",
     "ConfigError",
     "DemoSettings",
     "GatewaySettings",
@@ -126,6 +127,48 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class CheckpointSettings:
+    """Checkpoints and recovery (DESIGN.md §7)."""
+
+    #: Where checkpoints go, as an fsspec URL; empty: ``file://<state_dir>/checkpoints``.
+    url: str = ""
+    #: Seconds between the starts of two checkpoints (one is in flight at a time).
+    interval_s: float = 1.0
+    #: Seconds a checkpoint may take before it is abandoned for the next one.
+    timeout_s: float = 30.0
+    #: Complete checkpoints kept per region.
+    keep: int = 2
+    #: ``exactly_once`` (sinks publish an epoch once its checkpoint is complete) or
+    #: ``at_least_once`` (sinks publish at once: lower latency, duplicates after a recovery).
+    delivery: str = "exactly_once"
+    #: Recoveries allowed within ``failure_window_s`` before the graph ends Failed.
+    max_failures: int = 5
+    failure_window_s: float = 300.0
+    #: Seconds before the first restart of a failed region, doubling up to ``max_backoff_s``.
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.delivery not in ("exactly_once", "at_least_once"):
+            raise ConfigError(f"checkpoint.delivery must be 'exactly_once' or 'at_least_once', "
+                              f"got {self.delivery!r}")
+        if self.interval_s <= 0 or self.timeout_s <= 0 or self.keep < 1:
+            raise ConfigError("checkpoint.interval_s and timeout_s must be positive and "
+                              f"checkpoint.keep at least 1; got {self.interval_s}, "
+                              f"{self.timeout_s}, {self.keep}")
+
+    def store_url(self, state_dir: str) -> str:
+        """``url``, or the default under ``state_dir``.
+
+        >>> CheckpointSettings().store_url("/var/streamdag")
+        'file:///var/streamdag/checkpoints'
+        """
+        if self.url:
+            return self.url
+        return Path(state_dir).resolve().joinpath("checkpoints").as_uri()
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of a deployment."""
 
@@ -139,6 +182,7 @@ class Settings:
     demo: DemoSettings = field(default_factory=DemoSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
 
 
 def _settings_keys() -> list[tuple[str | None, str, Any]]:

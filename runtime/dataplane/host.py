@@ -22,8 +22,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import Channel, Target
-from runtime.dataplane.messages import EndOfStream, Envelope, Payload, Watermark
+from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
+from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
+from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
 from runtime.dataplane.worker import NodeWorker
 from runtime.deployment.lifecycle import failure_cause
@@ -114,12 +117,19 @@ class NodeHost:
         sink: SinkFactory | None = None,
         capture: bool = False,
         incarnation: int = 0,
-        snapshot: bytes | None = None,
+        snapshot: NodeSnapshot | bytes | None = None,
+        checkpoints: CheckpointTarget | None = None,
     ) -> None:
         self.config = config
         self.settings = settings or RuntimeSettings()
-        self.worker = NodeWorker(config, snapshot=snapshot, incarnation=incarnation)
+        restored = snapshot if isinstance(snapshot, NodeSnapshot) else None
+        worker_state = restored.worker if restored is not None else snapshot
+        assert not isinstance(worker_state, NodeSnapshot)
+        self.worker = NodeWorker(config, snapshot=worker_state, incarnation=incarnation)
         self.incarnation = incarnation
+        #: This node's part in checkpoints (inert when ``checkpoints`` is None).
+        self.checkpointing = NodeCheckpoints(config.node_id, checkpoints, restored)
+        self._output: EpochOutput | None = None
         self._source_factory = source
         self._sink_factory = sink
         self.source: SourceReader | None = None
@@ -154,9 +164,15 @@ class NodeHost:
             if self._sink_factory is not None:
                 self.sink = self._sink_factory()
                 await self.sink.open()
+                # A restored sink publishes what its checkpoint completed before it is ready.
+                self._output = self.checkpointing.sink_output(self.sink)
+                await self.checkpointing.publish_restored()
             if self._source_factory is not None:
                 self.source = self._source_factory()
                 await self.source.open()
+                restored = self.checkpointing.restored
+                if restored is not None and restored.source_position is not None:
+                    await _seek(self.source, restored.source_position)
                 self._delivered_position = dict(self.source.position())
         return self.config.node_id
 
@@ -198,6 +214,22 @@ class NodeHost:
         self._hold(NodeHeldError(f"node {self.config.name!r} holds its input: {cause}"))
         if self._settle_task is not None:
             await asyncio.wait([self._settle_task])
+
+    # -- checkpoints ----------------------------------------------------------------------
+    async def inject_barrier(self, checkpoint_id: int) -> bool:
+        """Sources: emit ``Barrier(checkpoint_id)`` after the current read; False if finished."""
+        if self.source is None or self.is_finished() or self._held is not None:
+            return False
+        self.checkpointing.requested = checkpoint_id
+        return True
+
+    async def checkpoint_done(self, checkpoint_id: int) -> SnapshotRef:
+        """Once this node's snapshot of ``checkpoint_id`` is persisted (its acknowledgement)."""
+        return await self.checkpointing.done(checkpoint_id)
+
+    async def commit_checkpoint(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete: an exactly-once sink publishes its epochs."""
+        await self.checkpointing.commit(checkpoint_id)
 
     def delivered_position(self) -> dict[int, int]:
         """Sources: per partition, the offset after the last record every subscriber took."""
@@ -306,6 +338,8 @@ class NodeHost:
             for payload in payloads:
                 if self._held is not None:
                     raise self._refusal()
+                if isinstance(payload, Barrier):
+                    self._snapshot_at(payload.checkpoint_id)
                 if self.sink is not None:
                     await self._to_sink(payload)
                 if self._capture and isinstance(payload, Batch):
@@ -355,8 +389,20 @@ class NodeHost:
             if delivery.position is not None:
                 self._delivered_position = delivery.position
 
+    def _snapshot_at(self, checkpoint_id: int) -> None:
+        worker = self.worker.snapshots.pop(checkpoint_id, None)
+        if worker is not None:
+            position = dict(self.source.position()) if self.source is not None else None
+            self.checkpointing.take(checkpoint_id, worker, position)
+
     async def _to_sink(self, payload: Payload) -> None:
         assert self.sink is not None
+        if self._output is not None:  # exactly-once: published once its checkpoint completes
+            if isinstance(payload, Batch):
+                self._output.add(payload)
+            elif isinstance(payload, EndOfStream):
+                await self._output.publish_rest(self.checkpointing.last_checkpoint + 1)
+            return
         if isinstance(payload, Batch):
             started = time.perf_counter()
             await self.sink.write(payload)
@@ -390,6 +436,9 @@ class NodeHost:
                 await self._emit(payloads, position)
                 if chunk.finished:
                     return
+                requested, self.checkpointing.requested = self.checkpointing.requested, None
+                if requested is not None:  # between two reads: the cut is at ``position``
+                    await self._emit(self.worker.feed(0, Barrier(requested)), position)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -468,6 +517,14 @@ class NodeHost:
         if isinstance(sink_batches, list):
             return list(sink_batches)
         return list(self.captured)
+
+
+async def _seek(source: SourceReader, position: dict[int, int]) -> None:
+    seek_to: Any = getattr(source, "seek_to", None)
+    if not callable(seek_to):
+        raise StreamdagError(f"cannot restore a {type(source).__name__} to offsets {position}: "
+                             "it has no seek_to")
+    await seek_to(position)
 
 
 def _refuse(done: asyncio.Future[None], error: Exception) -> None:

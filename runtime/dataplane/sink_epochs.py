@@ -8,8 +8,7 @@ a crash the restored sink asks its writer what of its pending epochs already rea
 and publishes only the rest. A writer that cannot say (an in-memory test sink) gets all of it.
 
 >>> import asyncio
->>> from connectors.epoch_commits import record_id
-from streamdag.batch import Batch
+>>> from streamdag.batch import Batch
 >>> from streamdag.testing import ListSink
 >>> sink = ListSink()
 >>> output = EpochOutput(sink, "sink-1")

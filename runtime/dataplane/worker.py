@@ -253,7 +253,11 @@ class NodeWorker:
         outputs: list[Payload] = []
         if self._aligner is not None and self._aligner.end(input_index):
             outputs = self._process_released()
-        if all(self._ended):
+        # Inputs blocked at a barrier wait only for the live ones: this one no longer counts.
+        waiting = next((cid for cid in self._barrier_of if cid is not None), None)
+        if waiting is not None:
+            outputs.extend(self._on_barrier(self._barrier_of.index(waiting), Barrier(waiting)))
+        if all(self._ended) and not self.finished:
             outputs.extend(self._advance_watermark())
             outputs.append(EndOfStream())
             self.finished = True

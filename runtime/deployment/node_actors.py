@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runtime.deployment.node_registry import NODE_NAMESPACE, NodeRegistry, node_actor_name
-from runtime.runners.ray_runner import RayNodes, awaited
+from runtime.runners.ray_nodes import RayNodes, awaited
 
 if TYPE_CHECKING:
     from runtime.dataplane.host import RuntimeSettings

@@ -15,6 +15,7 @@ from streamdag.errors import GraphError
 from streamdag.graph import Graph, Node, make_node
 
 if TYPE_CHECKING:
+    from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
     from runtime.dataplane.host import RuntimeSettings
 
 __all__ = [
@@ -45,10 +46,18 @@ class HostSpec:
     sink: SinkFactory | None
     capture: bool
 
-    def host_arguments(self, settings: RuntimeSettings) -> dict[str, Any]:
+    def host_arguments(
+        self,
+        settings: RuntimeSettings,
+        *,
+        incarnation: int = 0,
+        snapshot: NodeSnapshot | None = None,
+        checkpoints: CheckpointTarget | None = None,
+    ) -> dict[str, Any]:
         """Keyword arguments of the ``NodeHost`` (in process or as an actor) for this node."""
         return {"config": self.node.config(), "settings": settings, "source": self.source,
-                "sink": self.sink, "capture": self.capture}
+                "sink": self.sink, "capture": self.capture, "incarnation": incarnation,
+                "snapshot": snapshot, "checkpoints": checkpoints}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ async def test_a_recovered_sink_publishes_only_what_did_not_reach_the_topic(
     bootstrap: str, new_topic: NewTopic, consume: Consume
 ) -> None:
     topic = await new_topic(2)
-    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic, exactly_once=True))
+    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
     await writer.open()
     before_crash = EpochOutput(writer, SINK)
     before_crash.add(values(0, 5))
@@ -62,7 +62,7 @@ async def test_a_recovered_sink_skips_an_epoch_already_committed(
     bootstrap: str, new_topic: NewTopic, consume: Consume
 ) -> None:
     topic = await new_topic(1)
-    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic, exactly_once=True))
+    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
     await writer.open()
     first = EpochOutput(writer, SINK)
     first.add(values(0, 4))

@@ -20,7 +20,7 @@ from connectors.topics import ensure_topics
 from runtime.deployment.controller import ControllerOptions, UnknownSubmissionError
 from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
-from runtime.runners.ray_runner import node_actor_class
+from runtime.runners.ray_nodes import node_actor_class
 from streamdag.config import KafkaSettings, Settings
 from streamdag.errors import StreamdagError
 from streamdag.spec import graph_to_dict

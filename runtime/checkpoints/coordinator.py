@@ -1,0 +1,131 @@
+"""The checkpoint coordinator of a region: one checkpoint in flight, every ``interval_s``.
+
+It talks to the region's nodes through ``CheckpointCalls`` (in-process hosts or Ray actors
+alike) and completes a checkpoint only by writing its manifest to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from runtime.checkpoints.store import CheckpointStore, Manifest, SnapshotRef
+from runtime.dataplane.stats import LatencyHistogram
+
+__all__ = ["CheckpointCalls", "CheckpointCoordinator", "CheckpointFigures"]
+
+_log = logging.getLogger("streamdag.checkpoints")
+
+
+class CheckpointCalls(Protocol):
+    """How a coordinator reaches the nodes of its region, by key."""
+
+    async def inject_barrier(self, key: str, checkpoint_id: int) -> bool:
+        """Let source ``key`` emit ``Barrier(checkpoint_id)`` next; False once it finished."""
+
+    async def checkpoint_done(self, key: str, checkpoint_id: int) -> SnapshotRef:
+        """Once node ``key`` persisted its snapshot of ``checkpoint_id``: where it lies."""
+
+    async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
+        """Tell node ``key`` that ``checkpoint_id`` is complete (sinks publish its epochs)."""
+
+
+@dataclass
+class CheckpointFigures:
+    """What a coordinator has done: for metrics, tests and the console."""
+
+    completed: int = 0
+    #: Checkpoints that failed or timed out and were given up for the next one.
+    abandoned: int = 0
+    last_completed_id: int = 0
+    #: Wall-clock time (time.time()) the last checkpoint completed; 0: never.
+    last_completed_at: float = 0.0
+    #: Bytes of the last complete checkpoint's snapshots.
+    last_size_bytes: int = 0
+    duration: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class CheckpointCoordinator:
+    """Starts and completes the checkpoints of one region.
+
+    A checkpoint that fails or times out is abandoned and counted, and the next one tried; a
+    failed commit (a sink could not publish) is raised: the region must recover.
+    """
+
+    def __init__(
+        self,
+        region: str,
+        store: CheckpointStore,
+        calls: CheckpointCalls,
+        nodes: Sequence[str],
+        sources: Sequence[str],
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 30.0,
+        first_id: int = 1,
+    ) -> None:
+        self.region = region
+        self.store = store
+        self.calls = calls
+        self.nodes = list(nodes)
+        self.sources = list(sources)
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        #: The id the next checkpoint gets.
+        self.next_id = first_id
+        self.figures = CheckpointFigures()
+        #: Set once a source finished: a bounded stream is ending, no checkpoint can complete.
+        self.sources_finished = False
+
+    async def run(self) -> None:
+        """Checkpoint every ``interval_s`` until cancelled or a source finished."""
+        while not self.sources_finished:
+            await asyncio.sleep(self.interval_s)
+            await self.checkpoint()
+
+    async def checkpoint(self) -> bool:
+        """Take one checkpoint; True once it is complete.
+
+        Steps:
+        1. Every source emits ``Barrier(cid)`` between two fetches (a finished one ends
+           checkpointing: the stream is ending).
+        2. Every node acknowledges, within ``timeout_s``, that its snapshot is persisted.
+        3. The manifest is written: only now is ``cid`` complete.
+        4. Every node learns it: sinks publish the epochs ``cid`` completed.
+        """
+        checkpoint_id, self.next_id = self.next_id, self.next_id + 1
+        started = time.perf_counter()
+        # Step 1: barriers.
+        injected = await asyncio.gather(
+            *(self.calls.inject_barrier(key, checkpoint_id) for key in self.sources))
+        if not all(injected):
+            self.sources_finished = True
+            return False
+        # Step 2: acknowledgements.
+        try:
+            refs = await asyncio.wait_for(asyncio.gather(
+                *(self.calls.checkpoint_done(key, checkpoint_id) for key in self.nodes)),
+                self.timeout_s)
+        except Exception as exc:  # timed out or a node failed: this one is given up
+            self.figures.abandoned += 1
+            _log.warning("checkpoint %d of region %s abandoned: %s", checkpoint_id,
+                         self.region, exc or type(exc).__name__)
+            return False
+        # Step 3: complete.
+        snapshots = dict(zip(self.nodes, refs, strict=True))
+        await asyncio.to_thread(self.store.write_manifest,
+                                Manifest(self.region, checkpoint_id, snapshots))
+        # Step 4: commit.
+        await asyncio.gather(
+            *(self.calls.commit_checkpoint(key, checkpoint_id) for key in self.nodes))
+        figures = self.figures
+        figures.completed += 1
+        figures.last_completed_id = checkpoint_id
+        figures.last_completed_at = time.time()
+        figures.last_size_bytes = sum(ref.size for ref in refs)
+        figures.duration.observe(time.perf_counter() - started)
+        return True

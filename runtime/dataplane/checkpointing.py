@@ -1,0 +1,158 @@
+"""One node's part in checkpoints: its snapshot at a barrier, persisted off the hot path.
+
+The host calls ``take`` when a barrier has passed its worker (all inputs aligned, DESIGN.md §7
+step 3): the worker's copy of its state, a source's offsets after the last record it emitted,
+and a sink's pending epochs become one ``NodeSnapshot``, pickled at once (so nothing that runs
+on can change it) and written to the store in a worker thread. The coordinator asks ``done``
+for the snapshot's reference (the acknowledgement) and, once the manifest is written, the
+host's ``commit`` lets an exactly-once sink publish what the checkpoint completed.
+
+Snapshots are pickled: they are written and read only by this cluster's own nodes, in the
+store the cluster is configured with, and are checked against the manifest's SHA-256.
+
+>>> import asyncio
+>>> from runtime.checkpoints.store import CheckpointStore
+>>> from runtime.dataplane.worker import WorkerSnapshot
+>>> target = CheckpointTarget(CheckpointStore("memory://doctest-node"), "r")
+>>> async def one_checkpoint():
+...     node = NodeCheckpoints("n1", target)
+...     node.take(1, WorkerSnapshot(1, b"state", (None,)), None)
+...     ref = await node.done(1)
+...     data = target.store.fs.cat_file(ref.path)
+...     return NodeSnapshot.from_bytes(data).worker.logic
+>>> asyncio.run(one_checkpoint())
+b'state'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from dataclasses import dataclass, field
+
+from runtime.checkpoints.store import CheckpointStore, SnapshotRef
+from runtime.dataplane.sink_epochs import EpochOutput, PendingEpoch
+from runtime.dataplane.worker import WorkerSnapshot
+from streamdag.connector import SinkWriter
+from streamdag.errors import StreamdagError
+
+__all__ = ["CheckpointAbandonedError", "CheckpointTarget", "NodeCheckpoints", "NodeSnapshot"]
+
+
+class CheckpointAbandonedError(StreamdagError):
+    """A checkpoint this node was asked about was abandoned (a later one completed first)."""
+
+
+@dataclass(frozen=True)
+class CheckpointTarget:
+    """Where a node's snapshots go (store and region), and whether its output is exactly-once."""
+
+    store: CheckpointStore
+    region: str
+    exactly_once: bool = True
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """Everything a node continues from: worker state, source offsets, a sink's pending epochs."""
+
+    checkpoint_id: int
+    worker: WorkerSnapshot
+    #: Sources: per partition, the offset after the last record emitted before the barrier.
+    source_position: dict[int, int] | None = None
+    #: Exactly-once sinks: the output of epochs not yet published.
+    sink_epochs: tuple[PendingEpoch, ...] = field(default_factory=tuple)
+
+    def to_bytes(self) -> bytes:
+        """The snapshot as stored."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NodeSnapshot:
+        """The snapshot ``to_bytes`` stored (already checked against its checksum)."""
+        snapshot = pickle.loads(data)
+        if not isinstance(snapshot, cls):
+            raise StreamdagError(f"a stored node snapshot holds a {type(snapshot).__name__}")
+        return snapshot
+
+
+class NodeCheckpoints:
+    """The checkpoints of one node: requested barriers, persisted snapshots, commits."""
+
+    def __init__(self, node_id: str, target: CheckpointTarget | None,
+                 restored: NodeSnapshot | None = None) -> None:
+        self.node_id = node_id
+        self.target = target
+        self.restored = restored
+        #: Sources: the checkpoint whose barrier to inject between two reads.
+        self.requested: int | None = None
+        #: The newest checkpoint this node took part in (or was restored from); 0: none.
+        self.last_checkpoint = restored.checkpoint_id if restored is not None else 0
+        self.output: EpochOutput | None = None
+        self._persisted: dict[int, asyncio.Future[SnapshotRef]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this node takes part in checkpoints at all."""
+        return self.target is not None
+
+    def sink_output(self, writer: SinkWriter) -> EpochOutput | None:
+        """An exactly-once sink's epochs over ``writer`` (None: publish at once)."""
+        if self.target is None or not self.target.exactly_once:
+            return None
+        pending = self.restored.sink_epochs if self.restored is not None else ()
+        self.output = EpochOutput(writer, self.node_id, pending)
+        return self.output
+
+    async def publish_restored(self) -> None:
+        """A restored sink publishes its pending epochs (their checkpoint completed) first."""
+        if self.output is not None and self.restored is not None:
+            await self.output.publish_through(self.restored.checkpoint_id)
+
+    def take(self, checkpoint_id: int, worker: WorkerSnapshot,
+             source_position: dict[int, int] | None) -> None:
+        """Barrier ``checkpoint_id`` passed: copy the node's state now, persist it off the loop."""
+        if self.target is None:
+            return
+        self.last_checkpoint = checkpoint_id
+        if self.output is not None:
+            self.output.close_epoch(checkpoint_id)
+        snapshot = NodeSnapshot(checkpoint_id, worker, source_position,
+                                self.output.pending() if self.output is not None else ())
+        data = snapshot.to_bytes()  # now: what runs on cannot change the copy
+        future = self._future(checkpoint_id)
+        task = asyncio.ensure_future(asyncio.to_thread(
+            self.target.store.write_snapshot, self.target.region, checkpoint_id,
+            self.node_id, data))
+        task.add_done_callback(lambda done: _settle(future, done))
+
+    async def done(self, checkpoint_id: int) -> SnapshotRef:
+        """Once this node's snapshot of ``checkpoint_id`` is persisted: where it lies."""
+        return await asyncio.shield(self._future(checkpoint_id))
+
+    async def commit(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete: publish its epochs; forget older ones."""
+        for earlier in [cid for cid in self._persisted if cid <= checkpoint_id]:
+            future = self._persisted.pop(earlier)
+            if not future.done():
+                future.set_exception(CheckpointAbandonedError(
+                    f"checkpoint {earlier} of node {self.node_id[:12]} was abandoned"))
+                future.exception()  # retrieved: nobody may be waiting any more
+        if self.output is not None:
+            await self.output.publish_through(checkpoint_id)
+
+    def _future(self, checkpoint_id: int) -> asyncio.Future[SnapshotRef]:
+        if checkpoint_id not in self._persisted:
+            self._persisted[checkpoint_id] = asyncio.get_running_loop().create_future()
+        return self._persisted[checkpoint_id]
+
+
+def _settle(future: asyncio.Future[SnapshotRef], task: asyncio.Future[SnapshotRef]) -> None:
+    if future.done():
+        return
+    if task.cancelled():
+        future.set_exception(CheckpointAbandonedError("persisting the snapshot was cancelled"))
+    elif task.exception() is not None:
+        future.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(task.result())

@@ -1,0 +1,128 @@
+"""Nodes as Ray actors: the Ray backend of the deployment sequence and of checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, TypeVar
+
+from runtime.checkpoints.store import SnapshotRef
+from runtime.dataplane.channels import RayTarget
+from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
+from runtime.dataplane.host import NodeHost, RuntimeSettings
+from runtime.deployment.lifecycle import failure_cause
+from runtime.planning.wiring import HostSpec
+from runtime.runners.deploy_sequence import ActorNotReadyError
+
+__all__ = ["RayNodes", "awaited", "node_actor_class", "run_blocking"]
+
+T = TypeVar("T")
+
+
+def node_actor_class() -> Any:
+    """NodeHost wrapped with ``ray.remote``: the actor class hosting one node."""
+    import ray
+
+    return ray.remote(NodeHost)
+
+
+class RayNodes:
+    """The deployment sequence's backend on Ray: each node an actor hosting its ``NodeHost``.
+
+    Actors of one generation are created together and become ready concurrently.
+    """
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        actor_options: Mapping[str, Any] | None = None,
+        *,
+        ready_timeout_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.actor_options: dict[str, Any] = {"num_cpus": 0, **(actor_options or {})}
+        #: Seconds a generation is given to become ready (None: as long as it takes).
+        self.ready_timeout_s = ready_timeout_s
+        #: The actor of every node created (or found), by key.
+        self.handles: dict[str, Any] = {}
+        #: Keys of the source nodes created, so they can be stopped first.
+        self.sources: list[str] = []
+        #: What the next actors are created with when a region is restored.
+        self.incarnation = 0
+        self.snapshots: dict[str, NodeSnapshot] = {}
+        self.checkpoints: CheckpointTarget | None = None
+
+    def options_for(self, key: str) -> dict[str, Any]:
+        """Ray actor options of the actor of ``key``."""
+        return self.actor_options
+
+    def create(self, key: str, host: HostSpec) -> Any:
+        """Create the actor of ``key`` hosting ``host``'s node; returns its handle."""
+        handle = node_actor_class().options(**self.options_for(key)).remote(
+            **host.host_arguments(self.settings, incarnation=self.incarnation,
+                                  snapshot=self.snapshots.get(key),
+                                  checkpoints=self.checkpoints))
+        self.handles[key] = handle
+        if host.source is not None:
+            self.sources.append(key)
+        return handle
+
+    async def wait_ready(self, names: Mapping[str, str]) -> None:
+        """Wait until every actor of ``names`` (key -> node name) is ready, or raise."""
+        tasks = {key: asyncio.ensure_future(awaited(self.handles[key].ready.remote()))
+                 for key in names}
+        done, pending = await asyncio.wait(tasks.values(), timeout=self.ready_timeout_s,
+                                           return_when=asyncio.FIRST_EXCEPTION)
+        for task in pending:
+            task.cancel()
+        for key, task in tasks.items():
+            error = task.exception() if task in done else None
+            if error is not None:
+                raise ActorNotReadyError(
+                    f"node {names[key]!r} failed to become ready: {failure_cause(error)}")
+        late = [names[key] for key, task in tasks.items() if task in pending]
+        if late:
+            raise ActorNotReadyError(
+                f"node(s) {late} did not report ready within {self.ready_timeout_s} s; check "
+                "their actors' logs, or raise the ready timeout (ready_timeout_s)")
+
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge``."""
+        consumer = self.handles[downstream]
+        await consumer.connect_input.remote(edge, index)
+        await self.handles[upstream].subscribe.remote(edge, RayTarget(consumer))
+
+    async def start_sources(self, keys: Iterable[str]) -> None:
+        """Let the source actors of ``keys`` start reading."""
+        await asyncio.gather(*(awaited(self.handles[k].start_source.remote()) for k in keys))
+
+    # -- checkpoints (runtime.checkpoints.coordinator.CheckpointCalls) ---------------------
+    async def inject_barrier(self, key: str, checkpoint_id: int) -> bool:
+        """Let source ``key`` emit ``Barrier(checkpoint_id)`` next; False once it finished."""
+        return bool(await self.handles[key].inject_barrier.remote(checkpoint_id))
+
+    async def checkpoint_done(self, key: str, checkpoint_id: int) -> SnapshotRef:
+        """Once node ``key`` persisted its snapshot of ``checkpoint_id``: where it lies."""
+        ref: SnapshotRef = await self.handles[key].checkpoint_done.remote(checkpoint_id)
+        return ref
+
+    async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
+        """Tell node ``key`` that ``checkpoint_id`` is complete."""
+        await self.handles[key].commit_checkpoint.remote(checkpoint_id)
+
+
+def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end from synchronous code, even under a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    # A loop runs in this thread (a notebook, an async caller): use a loop of our own elsewhere.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+async def awaited(ref: Any) -> Any:
+    """Await a Ray ObjectRef as a coroutine (so asyncio can wrap it in a task)."""
+    return await ref

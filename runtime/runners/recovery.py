@@ -1,0 +1,89 @@
+"""What the runners share to recover a failed region: the restart policy, a background loop.
+
+>>> now = [0.0]
+>>> policy = RestartPolicy(CheckpointSettings(max_failures=2, failure_window_s=60, backoff_s=1,
+...                                           max_backoff_s=3), clock=lambda: now[0])
+>>> policy.next_delay("boom"), policy.next_delay("boom")
+(1.0, 2.0)
+>>> try:
+...     policy.next_delay("boom")
+... except GraphFailedError as gave_up:
+...     print(gave_up)
+boom (3 failures within 60 s: more than checkpoint.max_failures = 2, so the graph is not
+restarted again)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from streamdag.config import CheckpointSettings
+from streamdag.errors import StreamdagError
+
+__all__ = ["BackgroundLoop", "GraphFailedError", "RestartPolicy"]
+
+T = TypeVar("T")
+
+
+class GraphFailedError(StreamdagError):
+    """A running graph stopped before its outputs finished: a node failed or its actor died,
+    and it was not (or could no longer be) recovered."""
+
+
+class RestartPolicy:
+    """Backoff between restarts (doubling up to a maximum), and when to give up."""
+
+    def __init__(self, settings: CheckpointSettings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._failures: list[float] = []
+        #: Restarts so far.
+        self.recoveries = 0
+
+    def next_delay(self, cause: str) -> float:
+        """Seconds to wait before restarting after a failure caused by ``cause``.
+
+        Raises GraphFailedError once more than ``max_failures`` fell within the window.
+        """
+        now = self._clock()
+        window = self.settings.failure_window_s
+        self._failures = [at for at in self._failures if now - at <= window] + [now]
+        if len(self._failures) > self.settings.max_failures:
+            raise GraphFailedError(
+                f"{cause} ({len(self._failures)} failures within {window:g} s: more than "
+                f"checkpoint.max_failures = {self.settings.max_failures}, so the graph is not "
+                "restarted again)")
+        self.recoveries += 1
+        delay = self.settings.backoff_s * 2 ** (len(self._failures) - 1)
+        return float(min(delay, self.settings.max_backoff_s))
+
+
+class BackgroundLoop:
+    """An event loop in a thread of its own: async work (the coordinator) for sync callers."""
+
+    def __init__(self, name: str = "streamdag-background") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coroutine`` on the loop; its future can be waited for or cancelled."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and wait for its result."""
+        return self.submit(coroutine).result()
+
+    def close(self) -> None:
+        """Stop the loop and its thread."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
