@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.topics import ensure_topics
@@ -28,7 +30,8 @@ __all__ = [
     "EpochLedger",
     "commits_topic",
     "parse_record_id",
-    "record_id",
+    "record_ids",
+    "sink_prefix",
 ]
 
 #: The companion topic of output topic ``t`` is ``t`` + this.
@@ -36,19 +39,28 @@ COMMITS_SUFFIX = ".commits"
 _ID = struct.Struct(">QQ")
 
 
-def record_id(sink_id: str, epoch: int, sequence: int) -> bytes:
-    """The idempotence id of record ``sequence`` of ``epoch`` of sink ``sink_id``.
+def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
+               sequences: Sequence[int] | npt.NDArray[np.int64]) -> list[bytes]:
+    """Idempotence ids: the sink, the record's key (its 64-bit hash) and its place in the
+    sink's output of that key.
 
-    >>> parse_record_id(record_id("ab" * 32, 7, 3))
-    ('abababababababababababababababab', 7, 3)
+    >>> [parse_record_id(i) for i in record_ids("ab" * 32, [7], [3])]
+    [('abababababababababababababababab', 7, 3)]
     """
-    return sink_id[:32].encode() + _ID.pack(epoch, sequence)
+    prefix = sink_id[:32].encode()
+    return [prefix + _ID.pack(int(key), int(sequence))
+            for key, sequence in zip(key_hashes, sequences, strict=True)]
 
 
 def parse_record_id(value: bytes) -> tuple[str, int, int]:
-    """``(sink id prefix, epoch, sequence)`` of an id ``record_id`` made."""
-    epoch, sequence = _ID.unpack(value[-_ID.size:])
-    return value[:-_ID.size].decode(), epoch, sequence
+    """``(sink id prefix, key hash, sequence)`` of an id ``record_ids`` made."""
+    key, sequence = _ID.unpack(value[-_ID.size:])
+    return value[:-_ID.size].decode(), key, sequence
+
+
+def sink_prefix(sink_id: str) -> bytes:
+    """What every id of ``sink_id``'s records starts with."""
+    return sink_id[:32].encode()
 
 
 #: Commit records read back per step when looking for a sink's newest one from the end.
@@ -108,8 +120,10 @@ class EpochLedger:
         await producer.send_and_wait(commits_topic(self.topic), value.encode(),
                                      key=sink_id.encode(), partition=0)
 
-    async def last_commit(self, sink_id: str) -> EpochCommit | None:
-        """The newest commit of ``sink_id``; None when it never committed an epoch."""
+    async def last_commit(self, sink_id: str,
+                          before_epoch: int | None = None) -> EpochCommit | None:
+        """The newest commit of ``sink_id`` (of an epoch before ``before_epoch``, if given);
+        None when there is none."""
         await self.ensure()
         tp = TopicPartition(commits_topic(self.topic), 0)
         key = sink_id.encode()
@@ -121,15 +135,17 @@ class EpochLedger:
             upper = None
             while True:
                 start = max(0, end - _LOOK_BACK)
-                found = None
+                found: dict[str, Any] | None = None
                 for record in await _read_range(consumer, {tp: start}, {tp: upper},
                                                 self.timeout_s):
-                    if record.key == key:
-                        found = record
+                    if record.key != key:
+                        continue
+                    document = json.loads(record.value)
+                    if before_epoch is None or int(document["epoch"]) < before_epoch:
+                        found = document
                 if found is not None:
-                    document = json.loads(found.value)
-                    return EpochCommit(int(document["epoch"]),
-                                       {int(p): int(o) for p, o in document["resume"].items()})
+                    return EpochCommit(int(found["epoch"]),
+                                       {int(p): int(o) for p, o in found["resume"].items()})
                 if start == 0:
                     return None
                 end, upper = start, start

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
-from connectors.epoch_commits import EpochLedger, parse_record_id, record_id
+from connectors.epoch_commits import EpochLedger, parse_record_id, sink_prefix
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
 from connectors.producing import (
@@ -102,7 +102,6 @@ class KafkaSinkWriter:
         self._pending: dict[int, OutgoingRecords] = {}
         self._closed = False
         self._ledger = EpochLedger(config.bootstrap_servers, config.topic)
-        self._resume_offsets: dict[int, int] = {}
         self.stats = DeliveryStats()
 
     async def open(self) -> None:
@@ -181,21 +180,17 @@ class KafkaSinkWriter:
             raise first_error
 
     # -- exactly-once epochs (runtime.dataplane.sink_epochs.EpochPublisher) ---------------
-    async def committed_epoch(self, sink_id: str) -> int:
-        """The newest epoch of ``sink_id`` recorded in ``<topic>.commits`` (-1: none)."""
-        commit = await self._ledger.last_commit(sink_id)
-        self._resume_offsets = dict(commit.resume_offsets) if commit is not None else {}
-        return commit.epoch if commit is not None else -1
-
-    async def published_ids(self, sink_id: str, after_epoch: int) -> set[bytes]:
-        """Ids of ``sink_id``'s records already in the topic past its newest commit.
-
-        Reads from where the newest commit says later epochs start (the whole topic when
-        there is no commit); ``after_epoch`` is that commit's epoch (``committed_epoch``).
-        """
-        found = await self._ledger.published_ids(ID_HEADER, record_id(sink_id, 0, 0)[:-16],
-                                                 self._resume_offsets)
-        return {value for value in found if parse_record_id(value)[1] > after_epoch}
+    async def published_sequences(self, sink_id: str, before_epoch: int) -> dict[int, int]:
+        """Per key hash, the highest sequence of ``sink_id``'s records in the topic from its
+        last epoch commit before ``before_epoch`` on (the whole topic when there is none)."""
+        commit = await self._ledger.last_commit(sink_id, before_epoch)
+        found = await self._ledger.published_ids(
+            ID_HEADER, sink_prefix(sink_id), commit.resume_offsets if commit else {})
+        highest: dict[int, int] = {}
+        for value in found:
+            _, key, sequence = parse_record_id(value)
+            highest[key] = max(sequence, highest.get(key, -1))
+        return highest
 
     async def commit_epoch(self, sink_id: str, epoch: int) -> None:
         """Record in ``<topic>.commits`` that ``epoch`` of ``sink_id`` is wholly published."""

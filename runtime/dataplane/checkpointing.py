@@ -31,7 +31,7 @@ import pickle
 from dataclasses import dataclass, field
 
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
-from runtime.dataplane.sink_epochs import EpochOutput, PendingEpoch
+from runtime.dataplane.sink_epochs import EpochOutput, KeySequences, PendingEpoch
 from runtime.dataplane.worker import WorkerSnapshot
 from streamdag.connector import SinkWriter
 from streamdag.errors import StreamdagError
@@ -60,12 +60,21 @@ class NodeSnapshot:
     worker: WorkerSnapshot
     #: Sources: per partition, the offset after the last record emitted before the barrier.
     source_position: dict[int, int] | None = None
-    #: Exactly-once sinks: the output of epochs not yet published.
+    #: Exactly-once sinks: the output of epochs not yet published, and each key's next
+    #: output sequence (what the ids of the records to come are made of).
     sink_epochs: tuple[PendingEpoch, ...] = field(default_factory=tuple)
+    sink_sequences: KeySequences | None = None
 
     def to_bytes(self) -> bytes:
-        """The snapshot as stored."""
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+        """The snapshot as stored.
+
+        Protocol 4: protocol 5 would hand numpy arrays back read-only, backed by the bytes.
+        """
+        return pickle.dumps(self, protocol=4)
+
+    def writable_copy(self) -> NodeSnapshot:
+        """A deep copy whose arrays can be written (Ray hands arguments over read-only)."""
+        return NodeSnapshot.from_bytes(self.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NodeSnapshot:
@@ -100,8 +109,13 @@ class NodeCheckpoints:
         """An exactly-once sink's epochs over ``writer`` (None: publish at once)."""
         if self.target is None or not self.target.exactly_once:
             return None
-        pending = self.restored.sink_epochs if self.restored is not None else ()
-        self.output = EpochOutput(writer, self.node_id, pending)
+        restored = self.restored
+        if restored is None:
+            self.output = EpochOutput(writer, self.node_id)
+        else:
+            self.output = EpochOutput(writer, self.node_id, restored.sink_epochs,
+                                      restored.sink_sequences,
+                                      restored_checkpoint=restored.checkpoint_id)
         return self.output
 
     async def publish_restored(self) -> None:
@@ -117,8 +131,10 @@ class NodeCheckpoints:
         self.last_checkpoint = checkpoint_id
         if self.output is not None:
             self.output.close_epoch(checkpoint_id)
+        output = self.output
         snapshot = NodeSnapshot(checkpoint_id, worker, source_position,
-                                self.output.pending() if self.output is not None else ())
+                                output.pending() if output is not None else (),
+                                output.sequences if output is not None else None)
         data = snapshot.to_bytes()  # now: what runs on cannot change the copy
         future = self._future(checkpoint_id)
         task = asyncio.ensure_future(asyncio.to_thread(

@@ -122,7 +122,7 @@ class NodeHost:
     ) -> None:
         self.config = config
         self.settings = settings or RuntimeSettings()
-        restored = snapshot if isinstance(snapshot, NodeSnapshot) else None
+        restored = snapshot.writable_copy() if isinstance(snapshot, NodeSnapshot) else None
         worker_state = restored.worker if restored is not None else snapshot
         assert not isinstance(worker_state, NodeSnapshot)
         self.worker = NodeWorker(config, snapshot=worker_state, incarnation=incarnation)

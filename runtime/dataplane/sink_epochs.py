@@ -1,11 +1,15 @@
 """A sink's output per epoch: held until its checkpoint is complete, then published once.
 
-Exactly-once without broker transactions (DESIGN.md §7, step 4-5): what a sink receives between
+Exactly-once without broker transactions (DESIGN.md §7, steps 4-5): what a sink receives between
 barrier ``n-1`` and barrier ``n`` is epoch ``n``. It stays pending (and is part of the sink's
-snapshot) until checkpoint ``n`` is complete; only then is it published, every record tagged
-with the idempotence id ``(sink, epoch, sequence)``, and the epoch's completion recorded. After
-a crash the restored sink asks its writer what of its pending epochs already reached the topic
-and publishes only the rest. A writer that cannot say (an in-memory test sink) gets all of it.
+snapshot) until checkpoint ``n`` is complete; only then is it published and the epoch's
+completion recorded. Every record carries the idempotence id ``(sink, key, sequence)``: its
+place in the sink's output of its key. Computations are deterministic per key (inputs are in
+event-time order), so a record recomputed after a restore has the id it had the first time,
+whatever the epochs and however far back the checkpoint restored (an older one, when the newest
+is corrupt). A restored sink reads back what of its output already reached the topic past the
+last epoch commit before its checkpoint, and publishes only records with a higher sequence for
+their key. A writer that cannot say (an in-memory test sink) gets all of it.
 
 >>> import asyncio
 >>> from streamdag.batch import Batch
@@ -23,38 +27,73 @@ and publishes only the rest. A writer that cannot say (an in-memory test sink) g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
-from connectors.epoch_commits import record_id
+from connectors.epoch_commits import record_ids
+from operators.key_slots import KeySlots, hash_keys
 from streamdag.batch import Batch
 from streamdag.connector import SinkWriter
 
-__all__ = ["EpochOutput", "EpochPublisher", "PendingEpoch"]
+__all__ = ["EpochOutput", "EpochPublisher", "KeySequences", "PendingEpoch"]
+
+
+class KeySequences:
+    """The next output sequence number of every key (vectorized; picklable)."""
+
+    def __init__(self) -> None:
+        self._slots = KeySlots()
+        self._next = np.zeros(0, dtype=np.int64)
+
+    def assign(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """Sequence numbers of a batch's records, per key in batch order; advances the keys.
+
+        >>> sequences = KeySequences()
+        >>> sequences.assign(np.array([b"a", b"b", b"a"])).tolist()
+        [0, 0, 1]
+        >>> sequences.assign(np.array([b"a"])).tolist()
+        [2]
+        """
+        slots = self._slots.slots(keys)
+        if len(self._slots) > len(self._next):
+            grown = np.zeros(max(len(self._slots), 2 * len(self._next)), dtype=np.int64)
+            grown[: len(self._next)] = self._next
+            self._next = grown
+        order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        group_start = np.repeat(starts, np.diff(np.r_[starts, len(ordered)]))
+        occurrence = np.empty(len(slots), dtype=np.int64)
+        occurrence[order] = np.arange(len(ordered)) - group_start
+        sequences = self._next[slots] + occurrence
+        np.add.at(self._next, slots, 1)
+        return sequences
+
 
 @dataclass(frozen=True)
 class PendingEpoch:
-    """One closed epoch's output, not yet published."""
+    """One closed epoch's output with each record's key hash and sequence, not yet published."""
 
     epoch: int
     batch: Batch
+    key_hashes: npt.NDArray[np.uint64]
+    sequences: npt.NDArray[np.int64]
 
 
 @runtime_checkable
 class EpochPublisher(Protocol):
-    """A sink writer that records epochs and can tell what of an epoch already got out."""
+    """A sink writer that records epochs and can tell what of its output already got out."""
 
     async def write(self, batch: Batch, record_ids: Sequence[bytes] | None = None) -> None:
         """Hand ``batch`` to the writer, each record tagged with its id."""
 
-    async def committed_epoch(self, sink_id: str) -> int:
-        """The newest epoch of ``sink_id`` recorded as wholly published (-1: none)."""
-
-    async def published_ids(self, sink_id: str, after_epoch: int) -> set[bytes]:
-        """Ids of ``sink_id``'s records of epochs after ``after_epoch`` already in the topic."""
+    async def published_sequences(self, sink_id: str, before_epoch: int) -> dict[int, int]:
+        """Per key hash, the highest sequence of ``sink_id`` in the topic after its last
+        epoch commit before ``before_epoch``."""
 
     async def commit_epoch(self, sink_id: str, epoch: int) -> None:
         """Record that ``epoch`` of ``sink_id`` is wholly published."""
@@ -63,26 +102,35 @@ class EpochPublisher(Protocol):
 class EpochOutput:
     """The pending epochs of one sink and how they are published."""
 
-    def __init__(self, writer: SinkWriter, sink_id: str,
-                 pending: Sequence[PendingEpoch] = ()) -> None:
+    def __init__(self, writer: SinkWriter, sink_id: str, pending: Sequence[PendingEpoch] = (),
+                 sequences: KeySequences | None = None, *,
+                 restored_checkpoint: int | None = None) -> None:
         self.writer = writer
         self.sink_id = sink_id
-        self._open: list[Batch] = []
+        self.sequences = sequences if sequences is not None else KeySequences()
+        self._open: list[tuple[Batch, npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
         self._pending: list[PendingEpoch] = list(pending)
-        #: Restored epochs may have been published, wholly or in part, before the crash.
-        self._recovering = bool(self._pending)
+        #: A restored sink's output may have reached the topic, wholly or in part, already:
+        #: any epoch after the last one committed before what it restored.
+        self._recover_after: int | None = None
+        if restored_checkpoint is not None:
+            self._recover_after = min([p.epoch for p in self._pending]
+                                      + [restored_checkpoint + 1])
+        self._published: dict[int, int] = {}
         self.published_records = 0
         self.skipped_records = 0
 
     def add(self, batch: Batch) -> None:
-        """Output of the epoch now open."""
+        """Output of the epoch now open: each record gets its key's next sequence."""
         if len(batch):
-            self._open.append(batch)
+            self._open.append((batch, hash_keys(batch.key), self.sequences.assign(batch.key)))
 
     def close_epoch(self, epoch: int) -> None:
         """Barrier ``epoch`` passed: what came since the last one is that epoch's output."""
         if self._open:
-            self._pending.append(PendingEpoch(epoch, Batch.concat(self._open)))
+            batches, hashes, sequences = zip(*self._open, strict=True)
+            self._pending.append(PendingEpoch(epoch, Batch.concat(batches),
+                                              np.concatenate(hashes), np.concatenate(sequences)))
             self._open = []
 
     def pending(self) -> tuple[PendingEpoch, ...]:
@@ -99,35 +147,28 @@ class EpochOutput:
         if not due:
             return
         publisher = self.writer if isinstance(self.writer, EpochPublisher) else None
-        present: set[bytes] = set()
-        committed = -1
-        if self._recovering and publisher is not None:
-            committed = await publisher.committed_epoch(self.sink_id)
-            present = await publisher.published_ids(self.sink_id, committed)
+        if self._recover_after is not None and publisher is not None:
+            self._published = await publisher.published_sequences(self.sink_id,
+                                                                  self._recover_after)
+        self._recover_after = None
         for pending in due:
-            if pending.epoch > committed:
-                await self._publish(pending, publisher, present)
-            else:
-                self.skipped_records += len(pending.batch)
+            await self._publish(pending, publisher)
             self._pending.remove(pending)
-        self._recovering = False
 
     async def publish_rest(self, final_epoch: int) -> None:
         """End of stream: the open output becomes ``final_epoch``, and everything goes out."""
         self.close_epoch(final_epoch)
         await self.publish_through(final_epoch)
 
-    async def _publish(self, pending: PendingEpoch, publisher: EpochPublisher | None,
-                       present: set[bytes]) -> None:
-        batch = pending.batch
-        ids = [record_id(self.sink_id, pending.epoch, n) for n in range(len(batch))]
-        if present:
-            keep = np.array([i not in present for i in ids], dtype=bool)
+    async def _publish(self, pending: PendingEpoch, publisher: EpochPublisher | None) -> None:
+        batch, hashes, sequences = pending.batch, pending.key_hashes, pending.sequences
+        if self._published:
+            keep = ~_already_published(hashes, sequences, self._published)
             self.skipped_records += int((~keep).sum())
-            batch = batch.take(np.flatnonzero(keep))
-            ids = [i for i, kept in zip(ids, keep.tolist(), strict=True) if kept]
+            batch, hashes, sequences = (batch.take(np.flatnonzero(keep)), hashes[keep],
+                                        sequences[keep])
         if publisher is not None:
-            await publisher.write(batch, ids)
+            await publisher.write(batch, record_ids(self.sink_id, hashes, sequences))
         else:
             await self.writer.write(batch)
         await self.writer.flush()
@@ -135,3 +176,16 @@ class EpochOutput:
             await publisher.commit_epoch(self.sink_id, pending.epoch)
         self.published_records += len(batch)
 
+
+def _already_published(hashes: npt.NDArray[np.uint64], sequences: npt.NDArray[np.int64],
+                       published: Mapping[int, int]) -> npt.NDArray[np.bool_]:
+    """Which records have a sequence at or below the highest published for their key."""
+    known = np.array(sorted(published), dtype=np.uint64)
+    highest = np.array([published[int(h)] for h in known], dtype=np.int64)
+    index = np.searchsorted(known, hashes)
+    inside = index < len(known)
+    found = np.zeros(len(hashes), dtype=bool)
+    found[inside] = known[index[inside]] == hashes[inside]
+    result = np.zeros(len(hashes), dtype=bool)
+    result[found] = sequences[found] <= highest[index[found]]
+    return result

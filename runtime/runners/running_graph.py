@@ -84,6 +84,8 @@ class RunningGraph:
         self._supervised: concurrent.futures.Future[RunResult] | None = None
         self._supervisor: concurrent.futures.ThreadPoolExecutor | None = None
         self._stopping = False
+        #: The checkpoint each recovery restored (None: there was none, it started over).
+        self.restored_from: list[int | None] = []
 
     @property
     def actors(self) -> dict[str, Any]:
@@ -204,6 +206,7 @@ class RunningGraph:
         if self._stopping:
             raise _StoppedError
         loaded = plan.store.latest(plan.region)
+        self.restored_from.append(loaded.checkpoint_id if loaded is not None else None)
         nodes = self.nodes
         nodes.snapshots = ({} if loaded is None else
                            {key: NodeSnapshot.from_bytes(data)

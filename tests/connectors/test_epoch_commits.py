@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -9,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from connectors.epoch_commits import commits_topic, parse_record_id, record_id
+from connectors.epoch_commits import commits_topic, parse_record_id, record_ids
 from connectors.kafka_sink import ID_HEADER, KafkaSinkConfig, KafkaSinkWriter
-from runtime.dataplane.sink_epochs import EpochOutput, PendingEpoch
+from runtime.dataplane.sink_epochs import EpochOutput
 from streamdag.batch import Batch
 
 NewTopic = Callable[[int], Awaitable[str]]
@@ -24,58 +25,78 @@ def values(first: int, count: int) -> Batch:
     return Batch.from_columns(ts=n, key=[f"k{i % 3}" for i in n.tolist()], value=n * 1.0)
 
 
-async def test_a_recovered_sink_publishes_only_what_did_not_reach_the_topic(
+def _check(records: list[Any], count: int) -> None:
+    """``count`` records, each id once, and the values 0..count-1 in order per key."""
+    ids = [parse_record_id(dict(r.headers)[ID_HEADER]) for r in records]
+    assert len(records) == count
+    assert max(Counter(ids).values()) == 1
+    by_key: dict[str, list[float]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        value = json.loads(record.value)
+        by_key.setdefault(value["key"], []).append(value["value"])
+    assert by_key == {f"k{k}": [float(v) for v in range(count) if v % 3 == k] for k in range(3)}
+
+
+async def test_a_restored_sink_completes_a_half_published_epoch_without_a_duplicate(
     bootstrap: str, new_topic: NewTopic, consume: Consume
 ) -> None:
     topic = await new_topic(2)
     writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
     await writer.open()
-    before_crash = EpochOutput(writer, SINK)
-    before_crash.add(values(0, 5))
-    before_crash.close_epoch(1)
-    await before_crash.publish_through(1)  # epoch 1: published and committed
-    # Epoch 2 was half published when the sink crashed: records 0-2 of 6, no commit.
-    half = values(5, 3)
-    await writer.write(half, [record_id(SINK, 2, n) for n in range(3)])
+    first = EpochOutput(writer, SINK)
+    first.add(values(0, 5))
+    first.close_epoch(1)
+    await first.publish_through(1)  # epoch 1: published and committed
+    first.add(values(5, 6))
+    first.close_epoch(2)
+    pending, sequences = first.pending(), copy.deepcopy(first.sequences)  # checkpoint 2
+    # Epoch 2 was half published when the sink crashed: 3 of its 6 records, no commit.
+    epoch = pending[0]
+    half = np.arange(3)
+    await writer.write(epoch.batch.take(half),
+                       record_ids(SINK, epoch.key_hashes[half], epoch.sequences[half]))
     await writer.flush()
 
-    restored = EpochOutput(writer, SINK, [PendingEpoch(2, values(5, 6))])
-    committed = await writer.committed_epoch(SINK)
+    restored = EpochOutput(writer, SINK, pending, sequences, restored_checkpoint=2)
     await restored.publish_through(2)
+    restored.add(values(11, 2))
+    restored.close_epoch(3)
+    await restored.publish_through(3)
     await writer.close()
-    records = await consume(topic, 11)
-    commits = await consume(commits_topic(topic), 2)
+    records = await consume(topic, 13)
+    commits = await consume(commits_topic(topic), 3)
 
-    assert committed == 1
-    ids = [parse_record_id(dict(r.headers)[ID_HEADER]) for r in records]
-    assert Counter(ids) == Counter(
-        [(SINK[:32], 1, n) for n in range(5)] + [(SINK[:32], 2, n) for n in range(6)])
-    by_id = {parse_record_id(dict(r.headers)[ID_HEADER]): json.loads(r.value)["value"]
-             for r in records}
-    assert [by_id[(SINK[:32], 2, n)] for n in range(6)] == [5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
-    assert (restored.published_records, restored.skipped_records) == (3, 3)
-    assert [json.loads(c.value)["epoch"] for c in commits] == [1, 2]
+    _check(records, 13)
+    assert (restored.published_records, restored.skipped_records) == (5, 3)
+    assert [json.loads(c.value)["epoch"] for c in commits] == [1, 2, 3]
     assert {c.key for c in commits} == {SINK.encode()}
 
 
-async def test_a_recovered_sink_skips_an_epoch_already_committed(
+async def test_a_sink_restored_from_an_older_checkpoint_skips_what_it_recomputes(
     bootstrap: str, new_topic: NewTopic, consume: Consume
 ) -> None:
     topic = await new_topic(1)
     writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
     await writer.open()
     first = EpochOutput(writer, SINK)
-    first.add(values(0, 4))
-    first.close_epoch(3)
-    await first.publish_through(3)
-    # The crash came after the commit but before the checkpoint after it was taken: epoch 3 is
-    # pending again in the restored snapshot.
-    restored = EpochOutput(writer, SINK, [PendingEpoch(3, values(0, 4))])
-    restored.add(values(4, 1))
-    restored.close_epoch(4)
-    await restored.publish_through(4)
+    first.add(values(0, 5))
+    first.close_epoch(1)
+    at_checkpoint_1 = copy.deepcopy(first.sequences)
+    await first.publish_through(1)
+    first.add(values(5, 6))
+    first.close_epoch(2)
+    await first.publish_through(2)
+    # Checkpoint 2 turned out corrupt: the sink is restored from checkpoint 1, and the replay
+    # recomputes epoch 2's records in epochs numbered anew.
+    restored = EpochOutput(writer, SINK, (), at_checkpoint_1, restored_checkpoint=1)
+    restored.add(values(5, 6))
+    restored.close_epoch(5)
+    await restored.publish_through(5)
+    restored.add(values(11, 2))
+    restored.close_epoch(6)
+    await restored.publish_through(6)
     await writer.close()
-    records = await consume(topic, 5)
+    records = await consume(topic, 13)
 
-    assert [json.loads(r.value)["value"] for r in records] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert (restored.published_records, restored.skipped_records) == (1, 4)
+    _check(records, 13)
+    assert (restored.published_records, restored.skipped_records) == (2, 6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -28,6 +29,7 @@ from streamdag.config import CheckpointSettings
 from streamdag.testing import TestingSource
 
 KEYS = ("A", "B", "C", "D", "E")
+TOTAL = 4000
 
 
 def _graph(topic: str, out: str) -> sd.Graph:
@@ -112,14 +114,15 @@ def _per_key(records: list[Any]) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
-@pytest.mark.integration
-def test_ray_a_killed_interior_actor_is_recovered_with_exact_output(
-    ray_session: None, bootstrap: str, tmp_path: Path
-) -> None:
+def _run_with_a_kill(bootstrap: str, tmp_path: Path, victim: str, *,
+                     corrupt_latest: bool = False) -> tuple[list[Any], Any]:
+    """Stream 4000 events, kill -9 ``victim`` mid-stream; every output record, and the run."""
     topic, out = f"rec-in-{uuid.uuid4().hex[:8]}", f"rec-out-{uuid.uuid4().hex[:8]}"
     asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
-    total, half = 4000, 2000
-    settings = CheckpointSettings(url=tmp_path.as_uri(), interval_s=0.3, backoff_s=0.2)
+    half = TOTAL // 2
+    # A corruption test gives itself the backoff to corrupt the newest checkpoint in.
+    settings = CheckpointSettings(url=tmp_path.as_uri(), interval_s=0.3,
+                                  backoff_s=3.0 if corrupt_latest else 0.2)
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10)
     runner = RayRunner(checkpoints=settings, default_source=binding.source_for,
                        default_sink=binding.sink_for)
@@ -130,17 +133,46 @@ def test_ray_a_killed_interior_actor_is_recovered_with_exact_output(
                           and running.checkpoints.completed >= 2
                           and running.stats()["out"].events_in >= half),
                  "two checkpoints and the first half through")
-        flowing = _produce_in_background(bootstrap, topic, half, total)
+        flowing = _produce_in_background(bootstrap, topic, half, TOTAL)
         wait_for(lambda: running.stats()["out"].events_in >= half + 400, "the second half to flow")
-        kill_actor_process(running.actor("smooth"))
+        kill_actor_process(running.actor(victim))
+        if corrupt_latest:
+            store = CheckpointStore(tmp_path.as_uri())
+            newest = store.checkpoint_ids(running.plan.region)[-1]  # type: ignore[union-attr]
+            snapshot = next((tmp_path / running.plan.region / f"{newest:012d}")  # type: ignore[union-attr]
+                            .glob("*.snapshot"))
+            snapshot.write_bytes(snapshot.read_bytes()[:-7])  # truncated
         flowing.join(timeout=60)
-        records = asyncio.run(_read_all(bootstrap, out, total, timeout_s=60))
-        recoveries = running.recoveries
+        records = asyncio.run(_read_all(bootstrap, out, TOTAL, timeout_s=60))
     finally:
         running.stop()
+    return records, running
 
-    assert recoveries == 1
-    assert len(records) == total  # 0 lost, 0 duplicated
-    assert _per_key(records) == _expected(total)  # per-key order and exact values
-    stored = CheckpointStore(tmp_path.as_uri()).checkpoint_ids(running.plan.region)  # type: ignore[union-attr]
+
+@pytest.mark.integration
+@pytest.mark.parametrize("victim", ["smooth", "ticks", "out"])
+def test_ray_a_killed_actor_is_recovered_with_exact_output(
+    ray_session: None, bootstrap: str, tmp_path: Path, victim: str
+) -> None:
+    records, running = _run_with_a_kill(bootstrap, tmp_path, victim)
+
+    assert running.recoveries == 1
+    assert len(records) == TOTAL  # 0 lost, 0 duplicated
+    assert _per_key(records) == _expected(TOTAL)  # per-key order and exact values
+    stored = CheckpointStore(tmp_path.as_uri()).checkpoint_ids(running.plan.region)
     assert len(stored) == 2  # keep = 2
+
+
+@pytest.mark.integration
+def test_ray_a_corrupt_latest_checkpoint_falls_back_to_the_one_before_with_exact_output(
+    ray_session: None, bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="streamdag.checkpoints"):
+        records, running = _run_with_a_kill(bootstrap, tmp_path, "smooth", corrupt_latest=True)
+
+    assert running.recoveries == 1
+    fallbacks = [r.getMessage() for r in caplog.records if "is corrupt" in r.getMessage()]
+    assert len(fallbacks) == 1 and "truncated" in fallbacks[0]
+    assert running.restored_from[0] is not None  # the one before, not a start over
+    assert len(records) == TOTAL
+    assert _per_key(records) == _expected(TOTAL)
