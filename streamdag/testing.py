@@ -130,6 +130,11 @@ class TestingSource:
         """Items fully consumed so far (a partly read batch counts as not consumed)."""
         return {0: self._index}
 
+    async def seek_to(self, positions: Mapping[int, int]) -> None:
+        """Continue from item ``positions[0]`` (a checkpoint's ``position()``), at its start."""
+        self._index = int(positions.get(0, self._index))
+        self._offset = 0
+
     async def close(self) -> None:
         """Nothing to release."""
 
@@ -144,6 +149,10 @@ def _empty_like(script: Sequence[Batch | Marker]) -> Batch:
 class ListSink:
     """A SinkWriter that keeps every batch it is given, in order.
 
+    It also keeps records' idempotence ids and epoch commits, like a Kafka sink's topic and
+    companion topic, so one instance shared by every incarnation of a sink (``sinks={"out":
+    lambda: shared}``) gives exactly-once output across recoveries in one process.
+
     >>> import asyncio
     >>> sink = ListSink()
     >>> asyncio.run(sink.write(Batch.from_columns(ts=[1], key=["a"], value=[1.5])))
@@ -154,14 +163,38 @@ class ListSink:
     def __init__(self) -> None:
         self.batches: list[Batch] = []
         self.flushes = 0
+        #: Every record's id (b"" for records written without one), in write order.
+        self.record_ids: list[bytes] = []
+        #: ``(sink id, epoch, records written by then)`` of every epoch commit.
+        self.commits: list[tuple[str, int, int]] = []
 
     async def open(self) -> None:
         """Nothing to connect."""
 
-    async def write(self, batch: Batch) -> None:
-        """Keep the batch."""
+    async def write(self, batch: Batch, record_ids: Sequence[bytes] | None = None) -> None:
+        """Keep the batch (and its records' ids)."""
         if len(batch):
             self.batches.append(batch)
+            self.record_ids.extend(record_ids if record_ids is not None else [b""] * len(batch))
+
+    async def published_sequences(self, sink_id: str, before_epoch: int) -> dict[int, int]:
+        """Per key hash, the highest sequence of ``sink_id`` after its last commit of an epoch
+        before ``before_epoch``."""
+        from connectors.epoch_commits import parse_record_id, sink_prefix
+
+        start = max((written for sink, epoch, written in self.commits
+                     if sink == sink_id and epoch < before_epoch), default=0)
+        highest: dict[int, int] = {}
+        prefix = sink_prefix(sink_id)
+        for value in self.record_ids[start:]:
+            if value.startswith(prefix):
+                _, key, sequence = parse_record_id(value)
+                highest[key] = max(sequence, highest.get(key, -1))
+        return highest
+
+    async def commit_epoch(self, sink_id: str, epoch: int) -> None:
+        """Record that ``epoch`` of ``sink_id`` is wholly written."""
+        self.commits.append((sink_id, epoch, len(self.record_ids)))
 
     async def flush(self) -> None:
         """Count the flush; everything is already kept."""

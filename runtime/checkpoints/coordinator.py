@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import CheckpointStore, Manifest, SnapshotRef
 from runtime.dataplane.stats import LatencyHistogram
 
@@ -119,6 +120,7 @@ class CheckpointCoordinator:
         snapshots = dict(zip(self.nodes, refs, strict=True))
         await asyncio.to_thread(self.store.write_manifest,
                                 Manifest(self.region, checkpoint_id, snapshots))
+        failpoints.hit("after_manifest_before_publish")
         # Step 4: commit.
         await asyncio.gather(
             *(self.calls.commit_checkpoint(key, checkpoint_id) for key in self.nodes))

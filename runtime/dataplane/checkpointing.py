@@ -30,6 +30,7 @@ import asyncio
 import pickle
 from dataclasses import dataclass, field
 
+from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.sink_epochs import EpochOutput, KeySequences, PendingEpoch
 from runtime.dataplane.worker import WorkerSnapshot
@@ -128,6 +129,7 @@ class NodeCheckpoints:
         """Barrier ``checkpoint_id`` passed: copy the node's state now, persist it off the loop."""
         if self.target is None:
             return
+        failpoints.hit("before_snapshot")
         self.last_checkpoint = checkpoint_id
         if self.output is not None:
             self.output.close_epoch(checkpoint_id)
@@ -144,7 +146,9 @@ class NodeCheckpoints:
 
     async def done(self, checkpoint_id: int) -> SnapshotRef:
         """Once this node's snapshot of ``checkpoint_id`` is persisted: where it lies."""
-        return await asyncio.shield(self._future(checkpoint_id))
+        ref = await asyncio.shield(self._future(checkpoint_id))
+        failpoints.hit("after_persist_before_ack")
+        return ref
 
     async def commit(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` is complete: publish its epochs; forget older ones."""

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import Channel, Target
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
@@ -225,11 +226,27 @@ class NodeHost:
 
     async def checkpoint_done(self, checkpoint_id: int) -> SnapshotRef:
         """Once this node's snapshot of ``checkpoint_id`` is persisted (its acknowledgement)."""
-        return await self.checkpointing.done(checkpoint_id)
+        try:
+            return await self.checkpointing.done(checkpoint_id)
+        except failpoints.InjectedFaultError as fault:
+            self._hold(fault)  # as a crash right there would: the node is gone
+            raise
 
     async def commit_checkpoint(self, checkpoint_id: int) -> None:
-        """Checkpoint ``checkpoint_id`` is complete: an exactly-once sink publishes its epochs."""
-        await self.checkpointing.commit(checkpoint_id)
+        """Checkpoint ``checkpoint_id`` is complete: an exactly-once sink publishes its epochs.
+
+        A sink that cannot publish fails (and holds): the region recovers, and the restored
+        sink publishes what did not get out.
+        """
+        try:
+            await self.checkpointing.commit(checkpoint_id)
+        except Exception as exc:
+            self._hold(exc)
+            raise
+
+    def arm_failpoint(self, step: str) -> None:
+        """Tests: make the next pass through ``step`` in this node's process fail."""
+        failpoints.arm(step)
 
     def delivered_position(self) -> dict[int, int]:
         """Sources: per partition, the offset after the last record every subscriber took."""

@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from connectors.epoch_commits import record_ids
 from operators.key_slots import KeySlots, hash_keys
+from runtime.checkpoints import failpoints
 from streamdag.batch import Batch
 from streamdag.connector import SinkWriter
 
@@ -167,14 +168,25 @@ class EpochOutput:
             self.skipped_records += int((~keep).sum())
             batch, hashes, sequences = (batch.take(np.flatnonzero(keep)), hashes[keep],
                                         sequences[keep])
-        if publisher is not None:
-            await publisher.write(batch, record_ids(self.sink_id, hashes, sequences))
-        else:
-            await self.writer.write(batch)
+        ids = record_ids(self.sink_id, hashes, sequences)
+        if failpoints.armed("mid_publish") and len(batch) > 1:  # half out, then the crash
+            half = np.arange(len(batch) // 2)
+            await self._write(publisher, batch.take(half), ids[: len(half)])
+            await self.writer.flush()
+            failpoints.hit("mid_publish")
+        await self._write(publisher, batch, ids)
         await self.writer.flush()
         if publisher is not None:
             await publisher.commit_epoch(self.sink_id, pending.epoch)
         self.published_records += len(batch)
+
+
+    async def _write(self, publisher: EpochPublisher | None, batch: Batch,
+                     ids: list[bytes]) -> None:
+        if publisher is not None:
+            await publisher.write(batch, ids)
+        else:
+            await self.writer.write(batch)
 
 
 def _already_published(hashes: npt.NDArray[np.uint64], sequences: npt.NDArray[np.int64],

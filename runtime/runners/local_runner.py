@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from runtime.checkpoints.coordinator import CheckpointCoordinator
+from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.channels import LocalTarget
+from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
+from runtime.deployment.lifecycle import failure_cause
 from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
+from runtime.runners.recovery import RestartPolicy
 from streamdag.batch import Batch
-from streamdag.config import LimitSettings
+from streamdag.cancellation import cancel_and_wait
+from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
 
@@ -37,12 +45,17 @@ class LocalRunner:
         default_source: Callable[[Node], SourceFactory] | None = None,
         default_sink: Callable[[Node], SinkFactory] | None = None,
         limits: LimitSettings | None = None,
+        checkpoints: CheckpointSettings | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
         self._default_source = default_source
         self._default_sink = default_sink
         #: Node count and memory budget a graph must fit before any host starts.
         self.limits = limits or LimitSettings()
+        #: Checkpoints and recovery; None: off (a failed node ends the run with its error).
+        self.checkpoints = checkpoints
+        #: Recoveries of the last run.
+        self.recoveries = 0
 
     def run(
         self,
@@ -61,18 +74,74 @@ class LocalRunner:
         sinks: Mapping[str, SinkFactory],
         timeout_s: float | None = None,
     ) -> RunResult:
-        """The coroutine behind ``run``, for callers already inside an event loop."""
+        """The coroutine behind ``run``, for callers already inside an event loop.
+
+        With ``checkpoints``, a failed node is recovered as the Ray runner recovers an actor
+        (``runtime.runners.running_graph``): count it against the restart policy, stop every
+        host, back off, restore the newest complete checkpoint through the deployment
+        sequence with the next incarnation, and go on.
+        """
         check_runner_budgets(graph, self.limits, actors=False)
         generations, edges = wire_graph(
             graph, sources, sinks, self._default_source, self._default_sink
         )
+        keyed = [[(h.node.node_id, h) for h in generation] for generation in generations]
         nodes = LocalNodes(self.settings)
-        hosts = nodes.hosts
+        policy = store = region = None
+        if self.checkpoints is not None:
+            policy = RestartPolicy(self.checkpoints)
+            store = CheckpointStore(
+                self.checkpoints.url or f"memory://streamdag-local-{uuid.uuid4().hex}",
+                keep=self.checkpoints.keep)
+            region = f"local-{uuid.uuid4().hex[:12]}"
+            nodes.checkpoints = CheckpointTarget(
+                store, region, self.checkpoints.delivery == "exactly_once")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        next_id = 1
+        self.recoveries = 0
         try:
-            await deploy(nodes, [[(h.node.node_id, h) for h in g] for g in generations], edges)
-            # Every host, not only the leaves: a producer's counters are final once the
-            # acknowledgements of its last pushes came back, after its consumers finished.
-            await _wait_until_finished(list(hosts.values()), timeout_s)
+            while True:
+                await deploy(nodes, keyed, edges)
+                nodes.snapshots = {}
+                coordinator = coordinating = None
+                if self.checkpoints is not None and store is not None and region is not None:
+                    coordinator = CheckpointCoordinator(
+                        region, store, nodes, list(nodes.hosts),
+                        [k for k, h in nodes.hosts.items() if h.source is not None],
+                        interval_s=self.checkpoints.interval_s,
+                        timeout_s=self.checkpoints.timeout_s, first_id=next_id)
+                    coordinating = asyncio.ensure_future(coordinator.run())
+                try:
+                    remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                    # Every host, not only the leaves: a producer's counters are final once
+                    # the acknowledgements of its last pushes came back.
+                    await _wait_until_finished(list(nodes.hosts.values()), remaining,
+                                               coordinating)
+                    break
+                except TimeoutError:
+                    raise
+                except Exception as exc:
+                    if policy is None or store is None or region is None:
+                        raise
+                    delay = policy.next_delay(f"graph {graph.name!r} failed: "
+                                              f"{failure_cause(exc)}")
+                finally:
+                    await cancel_and_wait(coordinating)
+                # Recovery: stop everything, back off, restore the newest checkpoint.
+                assert coordinator is not None
+                next_id = coordinator.next_id
+                for host in reversed(list(nodes.hosts.values())):
+                    await host.stop()
+                nodes.hosts.clear()
+                await asyncio.sleep(delay)
+                loaded = await asyncio.to_thread(store.latest, region)
+                nodes.snapshots = ({} if loaded is None else
+                                   {key: NodeSnapshot.from_bytes(data)
+                                    for key, data in loaded.snapshots.items()})
+                nodes.incarnation += 1
+                self.recoveries = policy.recoveries
+            hosts = nodes.hosts
             outputs: dict[str, Batch | None] = {}
             for node in (*graph.sinks, *graph.outputs):
                 batches = hosts[node.node_id].results()
@@ -81,7 +150,7 @@ class LocalRunner:
                                        for n in graph.nodes})
         finally:
             # Sources first (they were created last): nothing pushes to a host already stopped.
-            for host in reversed(list(hosts.values())):
+            for host in reversed(list(nodes.hosts.values())):
                 await host.stop()
 
 
@@ -92,10 +161,16 @@ class LocalNodes:
         self.settings = settings
         #: The hosts created so far, by key, in creation order.
         self.hosts: dict[str, NodeHost] = {}
+        #: What the next hosts are created with when a region is restored.
+        self.incarnation = 0
+        self.snapshots: dict[str, NodeSnapshot] = {}
+        self.checkpoints: CheckpointTarget | None = None
 
     def create(self, key: str, host: HostSpec) -> None:
         """Build the host of ``key``."""
-        self.hosts[key] = NodeHost(**host.host_arguments(self.settings))
+        self.hosts[key] = NodeHost(**host.host_arguments(
+            self.settings, incarnation=self.incarnation, snapshot=self.snapshots.get(key),
+            checkpoints=self.checkpoints))
 
     async def wait_ready(self, names: Mapping[str, str]) -> None:
         """Open the connectors of every host of ``names``."""
@@ -113,18 +188,40 @@ class LocalNodes:
         for key in keys:
             await self.hosts[key].start_source()
 
+    # -- checkpoints (runtime.checkpoints.coordinator.CheckpointCalls) ---------------------
+    async def inject_barrier(self, key: str, checkpoint_id: int) -> bool:
+        """Let source ``key`` emit ``Barrier(checkpoint_id)`` next; False once it finished."""
+        return await self.hosts[key].inject_barrier(checkpoint_id)
 
-async def _wait_until_finished(hosts: list[NodeHost], timeout_s: float | None) -> None:
-    """Until every host finished; raise the root cause as soon as any host failed."""
-    waits = {asyncio.ensure_future(host.wait_finished()): host for host in hosts}
+    async def checkpoint_done(self, key: str, checkpoint_id: int) -> SnapshotRef:
+        """Once host ``key`` persisted its snapshot of ``checkpoint_id``: where it lies."""
+        return await self.hosts[key].checkpoint_done(checkpoint_id)
+
+    async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
+        """Tell host ``key`` that ``checkpoint_id`` is complete."""
+        await self.hosts[key].commit_checkpoint(checkpoint_id)
+
+
+async def _wait_until_finished(hosts: list[NodeHost], timeout_s: float | None,
+                               coordinating: asyncio.Future[None] | None = None) -> None:
+    """Until every host finished; raise the root cause as soon as any host (or the checkpoint
+    coordinator) failed."""
+    pending: set[asyncio.Future[Any]] = {asyncio.ensure_future(h.wait_finished()) for h in hosts}
+    watched = set(pending)
+    if coordinating is not None:
+        watched.add(coordinating)
     try:
-        pending = set(waits)
         deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
         while pending:
             remaining = (None if deadline is None
                          else max(0.0, deadline - asyncio.get_running_loop().time()))
-            done, _ = await asyncio.wait(waits, timeout=remaining,
+            done, _ = await asyncio.wait(watched, timeout=remaining,
                                          return_when=asyncio.FIRST_COMPLETED)
+            if coordinating is not None and coordinating in done:
+                watched.discard(coordinating)  # it ends once the sources finished, or fails
+                error = None if coordinating.cancelled() else coordinating.exception()
+                if error is not None:
+                    raise error
             failed = [host.error for host in hosts if host.error is not None]
             if failed:
                 # The nodes that held after a failure only followed it: raise the first cause.
@@ -133,8 +230,7 @@ async def _wait_until_finished(hosts: list[NodeHost], timeout_s: float | None) -
                 raise TimeoutError(f"{len(pending)} node(s) did not finish within "
                                    f"{timeout_s} s")
             pending -= done
-            for task in done:
-                del waits[task]
+            watched -= done
     finally:
-        for task in waits:
+        for task in pending:
             task.cancel()

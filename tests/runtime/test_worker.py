@@ -337,3 +337,15 @@ def test_a_failed_warm_up_is_logged_and_the_node_still_runs(
     assert caplog.records[0].exc_info is not None
     assert caplog.records[0].exc_info[0] is ValueError
     assert _values(out) == [3.0]
+
+
+def test_a_barrier_waiting_for_an_input_that_ends_completes_at_its_end() -> None:
+    worker = _pair_worker()
+    out = worker.accept(Envelope("l", 0, 0, Barrier(3)))  # the left input is blocked at 3
+    blocked = worker.accept(Envelope("l", 0, 1, _batch([5], [5.0])))
+    out += worker.accept(Envelope("r", 0, 0, EndOfStream()))  # the right one never gets it
+
+    assert blocked == []
+    assert [type(p).__name__ for p in out][:1] == ["Barrier"]
+    assert worker.snapshots[3].checkpoint_id == 3
+    assert worker.stats.events_in == 1  # the held batch was replayed after the barrier
