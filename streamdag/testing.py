@@ -28,6 +28,7 @@ __all__ = [
     "SourceAbortedError",
     "TestingSource",
     "declaration_only_operator",
+    "read_topic",
 ]
 
 
@@ -206,6 +207,37 @@ class ListSink:
     def records(self) -> list[dict[str, object]]:
         """Every record written, as dicts, in order."""
         return [record for batch in self.batches for record in batch.to_records()]
+
+
+async def read_topic(bootstrap_servers: str, topic: str, count: int,
+                     timeout_s: float = 60.0) -> list[Any]:
+    """Every record of ``topic`` (aiokafka ConsumerRecords, all partitions from the start).
+
+    Waits up to ``timeout_s`` for ``count`` records, then a little longer for any more: what
+    an exactly-once test compares with its oracle, duplicates included.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, fetch_max_wait_ms=10,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(topic, p)
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(records) < count and loop.time() < deadline:
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(batch)
+        for batch in (await consumer.getmany(timeout_ms=1500)).values():
+            records.extend(batch)  # anything more is a duplicate
+        return records
+    finally:
+        await consumer.stop()
 
 
 @dataclass

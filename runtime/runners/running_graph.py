@@ -86,6 +86,7 @@ class RunningGraph:
         self._stopping = False
         #: The checkpoint each recovery restored (None: there was none, it started over).
         self.restored_from: list[int | None] = []
+        self._recovered = 0
 
     @property
     def actors(self) -> dict[str, Any]:
@@ -94,8 +95,9 @@ class RunningGraph:
 
     @property
     def recoveries(self) -> int:
-        """How many times the graph was restored from a checkpoint (or restarted)."""
-        return self._policy.recoveries if self._policy is not None else 0
+        """How many times the graph was restored (from a checkpoint, or from the start) and
+        runs again."""
+        return self._recovered
 
     @property
     def checkpoints(self) -> CheckpointFigures | None:
@@ -219,6 +221,7 @@ class RunningGraph:
             nodes.snapshots = {}
         # Step 5: checkpoints go on.
         self.start_checkpoints(first_id=next_id)
+        self._recovered += 1
         _log.warning("graph %r recovered from checkpoint %s (incarnation %d)", self.graph.name,
                      loaded.checkpoint_id if loaded is not None else "none", nodes.incarnation)
 

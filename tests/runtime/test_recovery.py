@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from actor_kills import kill_actor_process, wait_for
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 import streamdag as sd
 from connectors.topics import ensure_topics
@@ -26,7 +26,7 @@ from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
 from streamdag.batch import Batch
 from streamdag.config import CheckpointSettings
-from streamdag.testing import TestingSource
+from streamdag.testing import TestingSource, read_topic
 
 KEYS = ("A", "B", "C", "D", "E")
 TOTAL = 4000
@@ -66,29 +66,6 @@ def _produce_in_background(bootstrap: str, topic: str, first: int,
         _produce(bootstrap, topic, first, last, pace_s=0.05)), daemon=True)
     thread.start()
     return thread
-
-
-async def _read_all(bootstrap: str, topic: str, count: int, timeout_s: float) -> list[Any]:
-    """Every record of ``topic``; waits for ``count`` of them, then makes sure none follow."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=10,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        records: list[Any] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while len(records) < count and loop.time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-        for batch in (await consumer.getmany(timeout_ms=1500)).values():
-            records.extend(batch)  # anything more is a duplicate
-        return records
-    finally:
-        await consumer.stop()
 
 
 def _expected(total: int) -> dict[str, list[tuple[int, float]]]:
@@ -143,7 +120,7 @@ def _run_with_a_kill(bootstrap: str, tmp_path: Path, victim: str, *,
                             .glob("*.snapshot"))
             snapshot.write_bytes(snapshot.read_bytes()[:-7])  # truncated
         flowing.join(timeout=60)
-        records = asyncio.run(_read_all(bootstrap, out, TOTAL, timeout_s=60))
+        records = asyncio.run(read_topic(bootstrap, out, TOTAL, timeout_s=60))
     finally:
         running.stop()
     return records, running
