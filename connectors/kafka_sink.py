@@ -216,6 +216,7 @@ class KafkaSinkWriter:
         finally:
             self._producer = None
             await producer.stop()
+            await self._ledger.close()
 
     @property
     def pending_records(self) -> int:

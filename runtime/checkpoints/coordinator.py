@@ -107,10 +107,12 @@ class CheckpointCoordinator:
             self.sources_finished = True
             return False
         # Step 2: acknowledgements.
+        acknowledgements = asyncio.gather(
+            *(self.calls.checkpoint_done(key, checkpoint_id) for key in self.nodes))
+        # Retrieved whatever happens, so an abandoned one leaves no "never retrieved" warning.
+        acknowledgements.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
-            refs = await asyncio.wait_for(asyncio.gather(
-                *(self.calls.checkpoint_done(key, checkpoint_id) for key in self.nodes)),
-                self.timeout_s)
+            refs = await asyncio.wait_for(acknowledgements, self.timeout_s)
         except Exception as exc:  # timed out or a node failed: this one is given up
             self.figures.abandoned += 1
             _log.warning("checkpoint %d of region %s abandoned: %s", checkpoint_id,

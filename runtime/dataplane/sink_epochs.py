@@ -27,6 +27,7 @@ their key. A writer that cannot say (an in-memory test sink) gets all of it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -118,6 +119,7 @@ class EpochOutput:
             self._recover_after = min([p.epoch for p in self._pending]
                                       + [restored_checkpoint + 1])
         self._published: dict[int, int] = {}
+        self._publishing = asyncio.Lock()
         self.published_records = 0
         self.skipped_records = 0
 
@@ -143,7 +145,14 @@ class EpochOutput:
         return [pending.epoch for pending in self._pending]
 
     async def publish_through(self, epoch: int) -> None:
-        """Publish every pending epoch up to ``epoch`` (its checkpoint is complete), in order."""
+        """Publish every pending epoch up to ``epoch`` (its checkpoint is complete), in order.
+
+        One publish at a time: a commit and the end of the stream may ask at once.
+        """
+        async with self._publishing:
+            await self._publish_due(epoch)
+
+    async def _publish_due(self, epoch: int) -> None:
         due = [pending for pending in self._pending if pending.epoch <= epoch]
         if not due:
             return

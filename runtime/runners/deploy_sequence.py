@@ -18,8 +18,8 @@ recovery re-creates nodes through the same sequence.
 >>> generations = [[("sink", host("sink"))], [("src", host("src", source=object()))]]
 >>> progress = asyncio.run(deploy(Printing(), generations, [EdgeSpec("e", "src", "sink", 0)]))
 create sink
-ready ['sink']
 create src
+ready ['sink']
 ready ['src']
 wire src -> sink
 start ['src']
@@ -82,9 +82,11 @@ async def deploy(
     ``progress`` to keep what was done even when a step raises.
 
     Steps:
-    1. One generation at a time, downstream first: create each of its nodes (a failing call
-       leaks nothing: what was created is recorded first), then wait until all are ready.
-    2. Wire the generation's nodes to their consumers, all created (and ready) before them.
+    1. Every node is created, downstream first, all at once (actors start in parallel; a
+       failing call leaks nothing: what was created is recorded first). Nothing can send yet:
+       no node has a subscriber.
+    2. One generation at a time, downstream first: wait until all its nodes are ready (restored,
+       connectors open), then wire them to their consumers, all ready before them.
     3. Producers that were already running feed their new consumers from their next batch on.
     4. Sources start reading last, once everything below them is ready.
     """
@@ -93,13 +95,14 @@ async def deploy(
     edges_from: dict[str, list[EdgeSpec]] = {}
     for edge in edges:
         edges_from.setdefault(edge.upstream, []).append(edge)
+    # Step 1: create everything.
     for generation in generations:
-        # Step 1: one generation, all ready before the next one upstream is created.
         for key, host in generation:
             backend.create(key, host)
             progress.created.append(key)
+    for generation in generations:
+        # Step 2: ready, downstream first, then wired.
         await backend.wait_ready({key: host.node.name for key, host in generation})
-        # Step 2: wire it to the consumers created before it.
         for key, _ in generation:
             for edge in edges_from.get(key, ()):
                 if edge.downstream in new:

@@ -71,9 +71,10 @@ def _region_of(graph: Graph) -> str:
 class RayRunner:
     """Runs a graph with one Ray actor per node.
 
-    Actors are created generation by generation in the streaming plan's order (sinks first);
-    each generation is ready before the next one upstream is created, and sources start reading
-    only when the whole chain below them is ready.
+    Actors are created in the streaming plan's order (sinks first), all at once so their
+    processes start in parallel; each generation is ready (restored, connectors open) and wired
+    before the next one upstream is, so nothing sends to an actor that is not ready, and sources
+    start reading only when the whole chain below them is ready.
 
     With ``checkpoints``, the graph is checkpointed every ``checkpoints.interval_s`` into
     ``checkpoints.url`` (empty: a temporary folder of this run) and recovers by itself from a

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,6 +100,20 @@ class TimeOrderedReader:
     def position(self) -> dict[int, int]:
         """Per partition, the offset after the last record released."""
         return dict(self._released)
+
+    async def seek_to(self, positions: Mapping[int, int]) -> None:
+        """Continue each named partition from its offset (a checkpoint's ``position()``).
+
+        What was held is dropped: the wrapped reader reads it again from those offsets.
+        """
+        seek_to: Any = getattr(self.inner, "seek_to", None)
+        if not callable(seek_to):
+            raise TypeError(f"{type(self.inner).__name__} cannot seek; a replay restored from "
+                            "a checkpoint needs a reader with seek_to")
+        await seek_to(positions)
+        self._held, self._held_oldest, self._newest, self._bound = [], None, {}, None
+        self._released.update(positions)
+        self._finished = False
 
     def lag(self) -> dict[int, int]:
         """The wrapped reader's consumer lag, when it reports one."""

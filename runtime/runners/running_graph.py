@@ -200,9 +200,9 @@ class RunningGraph:
             self._stop_checkpoints()
             raise
         _log.warning("graph %r failed (%s); recovering in %.1f s", self.graph.name, cause, delay)
-        # Step 2: stop everything.
+        # Step 2: stop everything: killed, not drained (it restarts from the checkpoint anyway).
         next_id = self._stop_checkpoints()
-        self._stop_actors()
+        self._stop_actors(drain=False)
         # Step 3: back off, then the newest complete checkpoint.
         time.sleep(delay)
         if self._stopping:
@@ -315,15 +315,15 @@ class RunningGraph:
             self._loop = None
         self._stop_actors()
 
-    def _stop_actors(self) -> None:
+    def _stop_actors(self, *, drain: bool = True) -> None:
         import ray
 
         sources = set(self.nodes.sources)
         order = sorted(self.actors.items(), key=lambda item: item[0] not in sources)
         for _, actor in order:
-            # A dead actor is already stopped; killing it is all that is left.
-            with contextlib.suppress(Exception):
-                ray.get(actor.stop.remote(), timeout=10)
+            if drain:  # a dead actor is already stopped; killing it is all that is left
+                with contextlib.suppress(Exception):
+                    ray.get(actor.stop.remote(), timeout=10)
             ray.kill(actor)
         self.nodes.handles.clear()
         self.nodes.sources.clear()
