@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 from streamdag.errors import StreamdagError
 
 __all__ = [
+    "DELIVERIES",
     "CheckpointSettings",
     "ConfigError",
     "DemoSettings",
@@ -126,6 +127,10 @@ class LimitSettings:
                 raise ConfigError(f"limits.{limit.name} must be at least 1, got {value}")
 
 
+#: How a graph's sinks may publish (``checkpoint.delivery``, ``Graph(delivery=...)``).
+DELIVERIES = ("exactly_once", "at_least_once")
+
+
 @dataclass(frozen=True)
 class CheckpointSettings:
     """Checkpoints and recovery (DESIGN.md §7)."""
@@ -149,8 +154,8 @@ class CheckpointSettings:
     max_backoff_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.delivery not in ("exactly_once", "at_least_once"):
-            raise ConfigError(f"checkpoint.delivery must be 'exactly_once' or 'at_least_once', "
+        if self.delivery not in DELIVERIES:
+            raise ConfigError(f"checkpoint.delivery must be one of {list(DELIVERIES)}, "
                               f"got {self.delivery!r}")
         if self.interval_s <= 0 or self.timeout_s <= 0 or self.keep < 1:
             raise ConfigError("checkpoint.interval_s and timeout_s must be positive and "

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, get_args
 
+from streamdag.config import DELIVERIES
 from streamdag.errors import (
     DuplicateNameError,
     DuplicateSinkTopicError,
@@ -303,14 +304,25 @@ class Graph:
     >>> g = sd.Graph("demo", outputs=[ticks.rolling_mean("price", window=3, name="sma3")])
     >>> [n.name for n in g.nodes]
     ['ticks', 'sma3']
+
+    ``delivery`` is how its sinks publish once checkpoints are on: ``"exactly_once"`` (an
+    epoch once its checkpoint is complete) or ``"at_least_once"`` (at once: lower latency,
+    duplicates after a recovery); None takes ``checkpoint.delivery`` (exactly-once by
+    default). It does not change any node's id.
     """
 
-    def __init__(self, name: str, outputs: Sequence[Node]) -> None:
+    def __init__(self, name: str, outputs: Sequence[Node], *,
+                 delivery: str | None = None) -> None:
         if not name or not isinstance(name, str):
             raise GraphError(f"a graph needs a non-empty name, got {name!r}")
         if not outputs:
             raise GraphError(f"graph {name!r} has no outputs; pass outputs=[...] of nodes")
+        if delivery not in (None, *DELIVERIES):
+            raise GraphError(f"graph {name!r}: delivery {delivery!r} is unknown; expected one "
+                             f"of {list(DELIVERIES)}")
         self.name = name
+        #: "exactly_once", "at_least_once", or None (the configured checkpoint.delivery).
+        self.delivery = delivery
         self.outputs: tuple[Node, ...] = tuple(outputs)
         self.nodes: tuple[Node, ...] = _topological(self.outputs)
         self._check_names()

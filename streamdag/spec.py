@@ -109,7 +109,7 @@ __all__ = [
 SpecFormat = Literal["toml", "json"]
 
 #: The keys a graph spec may have at its top level.
-GRAPH_KEYS: tuple[str, ...] = ("name", "outputs", "nodes")
+GRAPH_KEYS: tuple[str, ...] = ("name", "outputs", "delivery", "nodes")
 #: The keys a spec node may have, in the order dumps write them.
 NODE_KEYS: tuple[str, ...] = (
     "name", "type", "inputs", "interval", "period", "missing", "tags", "params"
@@ -248,8 +248,12 @@ def graph_from_dict(data: Mapping[str, Any]) -> Graph:
     for name in order:
         built[name] = _build(by_name[name], built)
     _refuse_merged_nodes(graph_name, [built[node.name] for node in nodes])
-    # Step 7: the graph (it checks sink topics).
-    return Graph(graph_name, outputs=[built[name] for name in outputs])
+    # Step 7: the graph (it checks sink topics and the delivery).
+    delivery = data.get("delivery")
+    if delivery is not None and not isinstance(delivery, str):
+        raise SpecError(f"graph spec {graph_name!r}: 'delivery' got {delivery!r}; expected "
+                        "\"exactly_once\" or \"at_least_once\"")
+    return Graph(graph_name, outputs=[built[name] for name in outputs], delivery=delivery)
 
 
 def _read_node(position: int, raw: Any) -> _SpecNode:
@@ -419,11 +423,14 @@ def graph_to_dict(graph: Graph) -> dict[str, Any]:
     Refuses (SpecError) a user-function node: a spec cannot carry its code.
     """
     names = {node.node_id: node.name for node in graph.nodes}
-    return {
+    data: dict[str, Any] = {
         "name": graph.name,
         "outputs": [names[node.node_id] for node in graph.outputs],
-        "nodes": [_node_to_dict(node, names) for node in graph.nodes],
     }
+    if graph.delivery is not None:  # only where set, so dumps stay canonical
+        data["delivery"] = graph.delivery
+    data["nodes"] = [_node_to_dict(node, names) for node in graph.nodes]
+    return data
 
 
 def _node_to_dict(node: Node, names: Mapping[str, str]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.cli.ls import render_table
 from runtime.cli.submit import describe_submission
+from runtime.cli.tables import render_table
 from runtime.dataplane.stats import LatencyHistogram
 from runtime.deployment.client import add_connection_flags, client_from_args
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from runtime.cli.ls import render_table
+from runtime.cli.tables import render_table
 from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
 from runtime.deployment.client import add_connection_flags, client_from_args
 from runtime.deployment.metrics import NODE_FIGURE_FIELDS, NODE_HISTOGRAM_FIELDS

@@ -94,8 +94,8 @@ class LocalRunner:
                 self.checkpoints.url or f"memory://streamdag-local-{uuid.uuid4().hex}",
                 keep=self.checkpoints.keep)
             region = f"local-{uuid.uuid4().hex[:12]}"
-            nodes.checkpoints = CheckpointTarget(
-                store, region, self.checkpoints.delivery == "exactly_once")
+            delivery = graph.delivery or self.checkpoints.delivery
+            nodes.checkpoints = CheckpointTarget(store, region, delivery == "exactly_once")
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         next_id = 1

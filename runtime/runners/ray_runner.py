@@ -120,8 +120,9 @@ class RayRunner:
         if self.checkpoints is not None:
             plan = RecoveryPlan(keyed, edges, self._store(self.checkpoints),
                                 _region_of(graph), self.checkpoints)
-            nodes.checkpoints = CheckpointTarget(
-                plan.store, plan.region, self.checkpoints.delivery == "exactly_once")
+            delivery = graph.delivery or self.checkpoints.delivery
+            nodes.checkpoints = CheckpointTarget(plan.store, plan.region,
+                                                 delivery == "exactly_once")
         running = RunningGraph(graph, nodes, plan)
         try:
             run_blocking(deploy(nodes, keyed, edges))

@@ -109,3 +109,19 @@ def test_a_node_failing_every_time_gives_up_after_max_failures_with_the_cause() 
     assert str(failure.value) == (
         "graph 'bad' failed: ValueError: a bad tick (3 failures within 300 s: more than "
         "checkpoint.max_failures = 2, so the graph is not restarted again)")
+
+
+def test_a_graph_chooses_its_own_delivery_over_the_configured_one() -> None:
+    ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    graph = sd.Graph("ema", outputs=[ticks.ema("price", span=7, name="smooth")
+                                     .to_topic("out", name="out")], delivery="at_least_once")
+    shared = ListSink()
+    runner = LocalRunner(checkpoints=SETTINGS)  # configured: exactly once
+    failpoints.arm("after_persist_before_ack")
+    runner.run(graph, sources={"ticks": lambda: _SlowSource(_script())},
+               sinks={"out": lambda: shared}, timeout_s=60)
+
+    assert runner.recoveries == 1
+    assert shared.commits == []  # published at once, never by epoch
+    assert len(shared.records()) > BATCHES * 30
+    assert graph.node_ids == _graph().node_ids  # delivery is no part of a node's identity

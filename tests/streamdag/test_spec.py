@@ -341,7 +341,7 @@ def test_validate_structure_orders_by_listing_order() -> None:
 def test_unknown_top_level_key() -> None:
     data = {**_spec(), "graph": "x"}
     assert _error(SpecError, data) == (
-        "graph spec: unknown key 'graph'; allowed keys are name, outputs, nodes"
+        "graph spec: unknown key 'graph'; allowed keys are name, outputs, delivery, nodes"
     )
 
 
@@ -546,7 +546,7 @@ def test_node_option_types(key: str, value: Any, expected: str) -> None:
 
 def test_graph_shape_errors() -> None:
     assert _error(SpecError, ["not", "a", "table"]) == (
-        "a graph spec must be a table with keys ['name', 'outputs', 'nodes'], got list"
+        "a graph spec must be a table with keys ['name', 'outputs', 'delivery', 'nodes'], got list"
     )
     assert _error(SpecError, {"nodes": _spec()["nodes"]}) == (
         "graph spec: 'name' got None; expected the graph's name, a non-empty string"
@@ -698,3 +698,19 @@ def test_a_shared_sink_loads_and_dumps_its_option() -> None:
     plain = graph_from_dict(_spec())
     assert "shared" not in graph_to_dict(plain)["nodes"][2]["params"]
     assert plain.node("out").node_id != graph.node("out").node_id
+
+
+def test_a_graphs_delivery_round_trips_and_a_wrong_one_is_refused() -> None:
+    ticks = sd.source("ticks", topic="market.ticks", key="symbol", schema={"price": "float64"})
+    graph = sd.Graph("eo", outputs=[ticks.to_topic("copy", name="out")],
+                     delivery="at_least_once")
+    text = dumps(graph, "toml")
+    again = loads(text, "toml")
+
+    assert 'delivery = "at_least_once"' in text
+    assert again.delivery == "at_least_once" and again.node_ids == graph.node_ids
+    assert "delivery" not in dumps(sd.Graph("eo", outputs=[ticks]), "toml")
+    with pytest.raises(GraphError) as refused:
+        loads(text.replace("at_least_once", "twice"), "toml")
+    assert str(refused.value) == ("graph 'eo': delivery 'twice' is unknown; expected one of "
+                                  "['exactly_once', 'at_least_once']")
