@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "status": "runtime.cli.status",
     "rm": "runtime.cli.rm",
     "top": "runtime.cli.top",
+    "checkpoints": "runtime.cli.checkpoints",
 }
 
 

@@ -172,6 +172,22 @@ class CheckpointStore:
         return [cid for cid in self._folders(region)
                 if self.fs.exists(f"{self._folder(region, cid)}/{_MANIFEST}")]
 
+    def regions(self) -> list[str]:
+        """Every region that has a folder in the store, sorted."""
+        if not self.fs.exists(self.root):
+            return []
+        return sorted(str(entry).rstrip("/").rsplit("/", 1)[-1]
+                      for entry in self.fs.ls(self.root, detail=False)
+                      if self.fs.isdir(entry))
+
+    def manifest(self, region: str, checkpoint_id: int) -> Manifest:
+        """The manifest of one checkpoint (not verified against its snapshots)."""
+        path = f"{self._folder(region, checkpoint_id)}/{_MANIFEST}"
+        try:
+            return Manifest.from_document(json.loads(self.fs.cat_file(path)))
+        except (OSError, ValueError) as exc:
+            raise CorruptCheckpointError(f"its manifest cannot be read ({exc!r})") from None
+
     def latest(self, region: str) -> LoadedCheckpoint | None:
         """The newest complete checkpoint that verifies; None when there is none.
 
@@ -188,12 +204,7 @@ class CheckpointStore:
 
     def load(self, region: str, checkpoint_id: int) -> LoadedCheckpoint:
         """Checkpoint ``checkpoint_id`` of ``region``, verified; CorruptCheckpointError if not."""
-        folder = self._folder(region, checkpoint_id)
-        try:
-            document = json.loads(self.fs.cat_file(f"{folder}/{_MANIFEST}"))
-        except (OSError, ValueError) as exc:
-            raise CorruptCheckpointError(f"its manifest cannot be read ({exc!r})") from None
-        manifest = Manifest.from_document(document)
+        manifest = self.manifest(region, checkpoint_id)
         snapshots: dict[str, bytes] = {}
         for node_id, ref in manifest.snapshots.items():
             try:

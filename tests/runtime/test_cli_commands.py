@@ -270,3 +270,31 @@ def use_every_command(
     assert str(refused.value).startswith(
         "the gateway refused the request (404): UnknownSubmissionError: deployment ")
 
+
+
+def test_checkpoints_lists_the_store_and_verify_finds_a_corrupt_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runtime.checkpoints.store import CheckpointStore, Manifest
+    from streamdag.cli import main
+
+    store = CheckpointStore(tmp_path.as_uri())
+    for cid in (1, 2):
+        ref = store.write_snapshot("ema-1", cid, "n1", b"x" * (10 * cid))
+        store.write_manifest(Manifest("ema-1", cid, {"n1": ref}, created_at=86_400.0 * cid))
+    (tmp_path / "ema-1" / f"{2:012d}" / "n1.snapshot").write_bytes(b"x" * 5)
+
+    listed = main(["checkpoints", "--checkpoint-url", tmp_path.as_uri()])
+    table = capsys.readouterr().out
+    verified = main(["checkpoints", "--checkpoint-url", tmp_path.as_uri(), "--verify"])
+    checked = capsys.readouterr().out
+
+    assert listed == 0
+    assert table.splitlines() == [
+        "region  checkpoint  created (UTC)        nodes  bytes  state",
+        "ema-1            1  1970-01-02 00:00:00      1     10  complete",
+        "ema-1            2  1970-01-03 00:00:00      1     20  complete",
+    ]
+    assert verified == 1
+    assert checked.splitlines()[2].endswith(
+        "corrupt: the snapshot of node n1 has 5 bytes, the manifest says 20 (truncated)")
