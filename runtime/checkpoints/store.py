@@ -122,9 +122,11 @@ class CheckpointStore:
         self.url = url.rstrip("/")
         self.keep = keep
         self._fs: Any = None
+        #: ``url`` as a path of its filesystem (parsed once, not per path built).
+        self.root = str(fsspec.core.url_to_fs(self.url)[1]).rstrip("/")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "keep": self.keep, "_fs": None}
+        return {"url": self.url, "keep": self.keep, "_fs": None, "root": self.root}
 
     @property
     def fs(self) -> Any:
@@ -132,12 +134,6 @@ class CheckpointStore:
         if self._fs is None:
             self._fs, _ = fsspec.core.url_to_fs(self.url)
         return self._fs
-
-    @property
-    def root(self) -> str:
-        """``url`` as a path of ``fs``."""
-        _, root = fsspec.core.url_to_fs(self.url)
-        return str(root).rstrip("/")
 
     # -- writing --------------------------------------------------------------------------
     def write_snapshot(self, region: str, checkpoint_id: int, node_id: str,
