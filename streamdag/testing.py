@@ -210,11 +210,12 @@ class ListSink:
 
 
 async def read_topic(bootstrap_servers: str, topic: str, count: int,
-                     timeout_s: float = 60.0) -> list[Any]:
+                     timeout_s: float = 60.0, *, stalled_s: float | None = None) -> list[Any]:
     """Every record of ``topic`` (aiokafka ConsumerRecords, all partitions from the start).
 
-    Waits up to ``timeout_s`` for ``count`` records, then a little longer for any more: what
-    an exactly-once test compares with its oracle, duplicates included.
+    Waits up to ``timeout_s`` for ``count`` records (with ``stalled_s``: for as long as new
+    records keep coming, giving up once none came for ``stalled_s``), then a little longer
+    for any more: what an exactly-once test compares with its oracle, duplicates included.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -231,8 +232,11 @@ async def read_topic(bootstrap_servers: str, topic: str, count: int,
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while len(records) < count and loop.time() < deadline:
+            before = len(records)
             for batch in (await consumer.getmany(timeout_ms=200)).values():
                 records.extend(batch)
+            if stalled_s is not None and len(records) > before:
+                deadline = max(deadline, loop.time() + stalled_s)
         for batch in (await consumer.getmany(timeout_ms=1500)).values():
             records.extend(batch)  # anything more is a duplicate
         return records

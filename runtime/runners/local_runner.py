@@ -124,6 +124,8 @@ class LocalRunner:
                 except Exception as exc:
                     if policy is None or store is None or region is None:
                         raise
+                    if coordinator is not None and coordinator.figures.completed:
+                        policy.reset_backoff()
                     delay = policy.next_delay(f"graph {graph.name!r} failed: "
                                               f"{failure_cause(exc)}")
                 finally:
@@ -140,7 +142,7 @@ class LocalRunner:
                                    {key: NodeSnapshot.from_bytes(data)
                                     for key, data in loaded.snapshots.items()})
                 nodes.incarnation += 1
-                self.recoveries = policy.recoveries
+                self.recoveries += 1
             hosts = nodes.hosts
             outputs: dict[str, Batch | None] = {}
             for node in (*graph.sinks, *graph.outputs):

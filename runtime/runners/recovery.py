@@ -5,6 +5,7 @@
 ...                                           max_backoff_s=3), clock=lambda: now[0])
 >>> policy.next_delay("boom"), policy.next_delay("boom")
 (1.0, 2.0)
+>>> policy.reset_backoff()  # a checkpoint completed after the restart: it ran stably
 >>> try:
 ...     policy.next_delay("boom")
 ... except GraphFailedError as gave_up:
@@ -36,15 +37,24 @@ class GraphFailedError(StreamdagError):
 
 
 class RestartPolicy:
-    """Backoff between restarts (doubling up to a maximum), and when to give up."""
+    """Backoff between restarts (doubling up to a maximum), and when to give up.
+
+    The backoff doubles with every failure since the graph last ran stably (a checkpoint
+    completed after its restart: ``reset_backoff``), as Flink's exponential-delay strategy
+    resets; every failure within the window counts toward ``max_failures`` regardless.
+    """
 
     def __init__(self, settings: CheckpointSettings,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self._clock = clock
         self._failures: list[float] = []
-        #: Restarts so far.
-        self.recoveries = 0
+        #: Failures since the graph last ran stably.
+        self._streak = 0
+
+    def reset_backoff(self) -> None:
+        """The graph ran stably again: the next restart waits ``backoff_s`` again."""
+        self._streak = 0
 
     def next_delay(self, cause: str) -> float:
         """Seconds to wait before restarting after a failure caused by ``cause``.
@@ -59,8 +69,8 @@ class RestartPolicy:
                 f"{cause} ({len(self._failures)} failures within {window:g} s: more than "
                 f"checkpoint.max_failures = {self.settings.max_failures}, so the graph is not "
                 "restarted again)")
-        self.recoveries += 1
-        delay = self.settings.backoff_s * 2 ** (len(self._failures) - 1)
+        self._streak += 1
+        delay = self.settings.backoff_s * 2 ** (self._streak - 1)
         return float(min(delay, self.settings.max_backoff_s))
 
 

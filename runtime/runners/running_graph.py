@@ -87,6 +87,8 @@ class RunningGraph:
         #: The checkpoint each recovery restored (None: there was none, it started over).
         self.restored_from: list[int | None] = []
         self._recovered = 0
+        #: Checkpoints completed when the graph last (re)started: more since means stable.
+        self._completed_at_start = 0
 
     @property
     def actors(self) -> dict[str, Any]:
@@ -194,6 +196,9 @@ class RunningGraph:
         plan, policy = self.plan, self._policy
         assert plan is not None and policy is not None, "recovery needs checkpoints"
         # Step 1: count it; give up past the limit.
+        figures = self.checkpoints
+        if figures is not None and figures.completed > self._completed_at_start:
+            policy.reset_backoff()  # it ran stably since its last restart
         try:
             delay = policy.next_delay(cause)
         except GraphFailedError:
@@ -201,12 +206,15 @@ class RunningGraph:
             raise
         _log.warning("graph %r failed (%s); recovering in %.1f s", self.graph.name, cause, delay)
         # Step 2: stop everything: killed, not drained (it restarts from the checkpoint anyway).
+        started = time.monotonic()
         next_id = self._stop_checkpoints()
         self._stop_actors(drain=False)
+        stopped = time.monotonic()
         # Step 3: back off, then the newest complete checkpoint.
         time.sleep(delay)
         if self._stopping:
             raise _StoppedError
+        restoring = time.monotonic()
         loaded = plan.store.latest(plan.region)
         self.restored_from.append(loaded.checkpoint_id if loaded is not None else None)
         nodes = self.nodes
@@ -221,9 +229,13 @@ class RunningGraph:
             nodes.snapshots = {}
         # Step 5: checkpoints go on.
         self.start_checkpoints(first_id=next_id)
+        self._completed_at_start = self.checkpoints.completed if self.checkpoints else 0
         self._recovered += 1
-        _log.warning("graph %r recovered from checkpoint %s (incarnation %d)", self.graph.name,
-                     loaded.checkpoint_id if loaded is not None else "none", nodes.incarnation)
+        done = time.monotonic()
+        _log.warning("graph %r recovered from checkpoint %s (incarnation %d) in %.2f s: stop "
+                     "%.2f s, backoff %.2f s, restore %.2f s", self.graph.name,
+                     loaded.checkpoint_id if loaded is not None else "none", nodes.incarnation,
+                     done - started, stopped - started, restoring - stopped, done - restoring)
 
     def _wait_once(self, deadline: float | None, timeout_s: float | None) -> RunResult:
         import ray
