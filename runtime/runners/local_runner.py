@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from runtime.checkpoints.coordinator import CheckpointCoordinator
+from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFigures
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.channels import LocalTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
@@ -99,6 +99,7 @@ class LocalRunner:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         next_id = 1
+        figures = CheckpointFigures()
         self.recoveries = 0
         try:
             while True:
@@ -111,6 +112,7 @@ class LocalRunner:
                         [k for k, h in nodes.hosts.items() if h.source is not None],
                         interval_s=self.checkpoints.interval_s,
                         timeout_s=self.checkpoints.timeout_s, first_id=next_id)
+                    coordinator.figures = figures  # counted over every incarnation
                     coordinating = asyncio.ensure_future(coordinator.run())
                 try:
                     remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -124,10 +126,8 @@ class LocalRunner:
                 except Exception as exc:
                     if policy is None or store is None or region is None:
                         raise
-                    if coordinator is not None and coordinator.figures.completed:
-                        policy.reset_backoff()
                     delay = policy.next_delay(f"graph {graph.name!r} failed: "
-                                              f"{failure_cause(exc)}")
+                                              f"{failure_cause(exc)}", figures.completed)
                 finally:
                     await cancel_and_wait(coordinating)
                 # Recovery: stop everything, back off, restore the newest checkpoint.

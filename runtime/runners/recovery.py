@@ -3,11 +3,10 @@
 >>> now = [0.0]
 >>> policy = RestartPolicy(CheckpointSettings(max_failures=2, failure_window_s=60, backoff_s=1,
 ...                                           max_backoff_s=3), clock=lambda: now[0])
->>> policy.next_delay("boom"), policy.next_delay("boom")
+>>> policy.next_delay("boom", completed_checkpoints=0), policy.next_delay("boom", 0)
 (1.0, 2.0)
->>> policy.reset_backoff()  # a checkpoint completed after the restart: it ran stably
->>> try:
-...     policy.next_delay("boom")
+>>> try:  # a checkpoint completed since the last restart: the backoff starts over, but ...
+...     policy.next_delay("boom", completed_checkpoints=1)
 ... except GraphFailedError as gave_up:
 ...     print(gave_up)
 boom (3 failures within 60 s: more than checkpoint.max_failures = 2, so the graph is not
@@ -40,8 +39,8 @@ class RestartPolicy:
     """Backoff between restarts (doubling up to a maximum), and when to give up.
 
     The backoff doubles with every failure since the graph last ran stably (a checkpoint
-    completed after its restart: ``reset_backoff``), as Flink's exponential-delay strategy
-    resets; every failure within the window counts toward ``max_failures`` regardless.
+    completed after its restart), as Flink's exponential-delay strategy resets; every failure
+    within the window counts toward ``max_failures`` regardless.
     """
 
     def __init__(self, settings: CheckpointSettings,
@@ -51,13 +50,13 @@ class RestartPolicy:
         self._failures: list[float] = []
         #: Failures since the graph last ran stably.
         self._streak = 0
+        #: The graph's completed checkpoints at the last failure.
+        self._completed_at_failure = 0
 
-    def reset_backoff(self) -> None:
-        """The graph ran stably again: the next restart waits ``backoff_s`` again."""
-        self._streak = 0
-
-    def next_delay(self, cause: str) -> float:
-        """Seconds to wait before restarting after a failure caused by ``cause``.
+    def next_delay(self, cause: str, completed_checkpoints: int) -> float:
+        """Seconds to wait before restarting after a failure caused by ``cause``, given how
+        many checkpoints the graph has completed in all (more than at the last failure: it
+        ran stably, and the backoff starts over).
 
         Raises GraphFailedError once more than ``max_failures`` fell within the window.
         """
@@ -69,6 +68,9 @@ class RestartPolicy:
                 f"{cause} ({len(self._failures)} failures within {window:g} s: more than "
                 f"checkpoint.max_failures = {self.settings.max_failures}, so the graph is not "
                 "restarted again)")
+        if completed_checkpoints > self._completed_at_failure:
+            self._streak = 0
+        self._completed_at_failure = completed_checkpoints
         self._streak += 1
         delay = self.settings.backoff_s * 2 ** (self._streak - 1)
         return float(min(delay, self.settings.max_backoff_s))

@@ -87,8 +87,6 @@ class RunningGraph:
         #: The checkpoint each recovery restored (None: there was none, it started over).
         self.restored_from: list[int | None] = []
         self._recovered = 0
-        #: Checkpoints completed when the graph last (re)started: more since means stable.
-        self._completed_at_start = 0
 
     @property
     def actors(self) -> dict[str, Any]:
@@ -197,10 +195,8 @@ class RunningGraph:
         assert plan is not None and policy is not None, "recovery needs checkpoints"
         # Step 1: count it; give up past the limit.
         figures = self.checkpoints
-        if figures is not None and figures.completed > self._completed_at_start:
-            policy.reset_backoff()  # it ran stably since its last restart
         try:
-            delay = policy.next_delay(cause)
+            delay = policy.next_delay(cause, figures.completed if figures is not None else 0)
         except GraphFailedError:
             self._stop_checkpoints()
             raise
@@ -229,7 +225,6 @@ class RunningGraph:
             nodes.snapshots = {}
         # Step 5: checkpoints go on.
         self.start_checkpoints(first_id=next_id)
-        self._completed_at_start = self.checkpoints.completed if self.checkpoints else 0
         self._recovered += 1
         done = time.monotonic()
         _log.warning("graph %r recovered from checkpoint %s (incarnation %d) in %.2f s: stop "
