@@ -84,6 +84,10 @@ class NodeStats:
     max_queue_depth: int = 0
     watermark: int | None = None
     checkpoints: int = 0
+    #: Barriers of checkpoints given up on (older than the one aligned, or than the last cut).
+    barriers_dropped: int = 0
+    #: Alignments abandoned because a newer barrier overtook them.
+    alignments_abandoned: int = 0
     #: Resident memory of the process hosting the node, when the host reports it.
     rss_bytes: int = 0
     #: Wall-clock times (time.time()) of the first and the latest batch this node emitted.

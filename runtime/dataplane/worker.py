@@ -96,6 +96,8 @@ class NodeWorker:
         )
         self._ended = [False] * inputs
         self._barrier_of: list[int | None] = [None] * inputs
+        #: The checkpoint of the last cut taken here; a barrier at or below it is stale.
+        self._last_cut = 0
         self._blocked: list[list[Payload]] = [[] for _ in range(inputs)]
         marks = self._watermarks
         self._emitted_watermark: int | None = (
@@ -264,25 +266,52 @@ class NodeWorker:
         return outputs
 
     def _on_barrier(self, input_index: int, barrier: Barrier) -> list[Payload]:
-        # Step 1: block this input until every input has delivered the same barrier.
-        self._barrier_of[input_index] = barrier.checkpoint_id
-        live = [i for i, ended in enumerate(self._ended) if not ended]
-        if any(self._barrier_of[i] != barrier.checkpoint_id for i in live):
+        checkpoint_id = barrier.checkpoint_id
+        aligning = next((cid for cid in self._barrier_of if cid is not None), None)
+        # Step 1: a barrier older than the one being aligned (or than the last cut) belongs to
+        # a checkpoint the coordinator has given up on: drop it.
+        if checkpoint_id <= self._last_cut or (aligning is not None and checkpoint_id < aligning):
+            self.stats.barriers_dropped += 1
             return []
-        # Step 2: all inputs are blocked at the cut: copy the state, with the events held back
+        outputs: list[Payload] = []
+        if aligning is not None and checkpoint_id > aligning:
+            # Step 2: a newer barrier overtakes the alignment in progress (as in Flink): that
+            # checkpoint can never complete here, so unblock its inputs and go on with this one.
+            outputs = self._abandon_alignment(input_index, checkpoint_id)
+        else:
+            # Step 2': block this input until every live input has delivered the same barrier.
+            self._barrier_of[input_index] = checkpoint_id
+        return outputs + self._cut_if_aligned(checkpoint_id)
+
+    def _abandon_alignment(self, input_index: int, checkpoint_id: int) -> list[Payload]:
+        self.stats.alignments_abandoned += 1
+        held, self._blocked = self._blocked, [[] for _ in self._blocked]
+        self._barrier_of = [None] * len(self._barrier_of)
+        self._barrier_of[input_index] = checkpoint_id
+        outputs: list[Payload] = []
+        for i, payloads in enumerate(held):  # may block again, at this barrier, or cut
+            for payload in payloads:
+                outputs.extend(self._route(i, payload))
+        return outputs
+
+    def _cut_if_aligned(self, checkpoint_id: int) -> list[Payload]:
+        live = [i for i, ended in enumerate(self._ended) if not ended]
+        if any(self._barrier_of[i] != checkpoint_id for i in live):
+            return []
+        # Step 3: all inputs are blocked at the cut: copy the state, with the events held back
         # for event-time order (they came before the cut, so no upstream replays them).
-        self.snapshots[barrier.checkpoint_id] = WorkerSnapshot(
-            barrier.checkpoint_id, self.logic.snapshot(), tuple(self._watermarks),
+        self.snapshots[checkpoint_id] = WorkerSnapshot(
+            checkpoint_id, self.logic.snapshot(), tuple(self._watermarks),
             self._aligner.state() if self._aligner is not None else None,
         )
         self.stats.checkpoints += 1
-        # Step 3: forward the barrier, then unblock and replay what each input held back.
-        outputs: list[Payload] = [barrier]
-        for i in range(len(self._barrier_of)):
-            self._barrier_of[i] = None
-        for i, held in enumerate(self._blocked):
-            self._blocked[i] = []
-            for payload in held:
+        self._last_cut = checkpoint_id
+        # Step 4: forward the barrier, then unblock and replay what each input held back.
+        outputs: list[Payload] = [Barrier(checkpoint_id)]
+        self._barrier_of = [None] * len(self._barrier_of)
+        held, self._blocked = self._blocked, [[] for _ in self._blocked]
+        for i, payloads in enumerate(held):
+            for payload in payloads:
                 outputs.extend(self._route(i, payload))
         return outputs
 

@@ -349,3 +349,34 @@ def test_a_barrier_waiting_for_an_input_that_ends_completes_at_its_end() -> None
     assert [type(p).__name__ for p in out][:1] == ["Barrier"]
     assert worker.snapshots[3].checkpoint_id == 3
     assert worker.stats.events_in == 1  # the held batch was replayed after the barrier
+
+
+def test_a_newer_barrier_overtakes_an_alignment_that_can_never_complete() -> None:
+    # Checkpoint 1 reached the left input only (its trigger failed on the right's source):
+    # the right delivers barrier 2. Waiting for 1 would block both inputs for good.
+    worker = _pair_worker()
+    assert worker.accept(Envelope("l", 0, 0, Barrier(1))) == []
+    assert worker.accept(Envelope("l", 0, 1, _batch([1], [1.0]))) == []  # held behind 1
+    assert worker.accept(Envelope("l", 0, 2, Barrier(2))) == []
+    out = worker.accept(Envelope("r", 0, 0, Barrier(2)))
+
+    assert out == [Barrier(2)]
+    assert sorted(worker.snapshots) == [2]
+    assert worker.stats.alignments_abandoned == 1
+    assert worker.stats.events_in == 1  # the held batch came before the cut at 2
+    assert [b.ts.tolist() for b in worker.snapshots[2].aligner.held] == [[1], []]
+
+
+def test_a_barrier_older_than_the_alignment_in_progress_is_dropped() -> None:
+    worker = _pair_worker()
+    assert worker.accept(Envelope("r", 0, 0, Barrier(2))) == []
+    assert worker.accept(Envelope("l", 0, 0, Barrier(1))) == []  # given up on: dropped
+    assert worker.accept(Envelope("l", 0, 1, _batch([1], [1.0]))) == []  # not blocked
+    out = worker.accept(Envelope("l", 0, 2, Barrier(2)))
+
+    assert out == [Barrier(2)]
+    assert worker.stats.barriers_dropped == 1
+    assert worker.stats.alignments_abandoned == 0
+    assert worker.stats.events_in == 1
+    assert worker.accept(Envelope("l", 0, 3, Barrier(2))) == []  # at the last cut: stale
+    assert worker.stats.barriers_dropped == 2
