@@ -135,6 +135,9 @@ DELIVERIES = ("exactly_once", "at_least_once")
 class CheckpointSettings:
     """Checkpoints and recovery (DESIGN.md §7)."""
 
+    #: Deployments: checkpoint every region and recover it by itself when an actor dies (off
+    #: by default, as in Flink; runners take their ``checkpoints=`` settings directly).
+    enabled: bool = False
     #: Where checkpoints go, as an fsspec URL; empty: ``file://<state_dir>/checkpoints``.
     url: str = ""
     #: Seconds between the starts of two checkpoints (one is in flight at a time).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,6 +68,7 @@ class CheckpointCoordinator:
         interval_s: float = 1.0,
         timeout_s: float = 30.0,
         first_id: int = 1,
+        ids: Callable[[], int] | None = None,
     ) -> None:
         self.region = region
         self.store = store
@@ -78,6 +79,9 @@ class CheckpointCoordinator:
         self.timeout_s = timeout_s
         #: The id the next checkpoint gets.
         self.next_id = first_id
+        #: Where ids come from when several coordinators share one increasing sequence (a
+        #: deployment's regions merge and split; a node's checkpoint ids must only grow).
+        self._ids = ids
         self.figures = CheckpointFigures()
         #: Set once a source finished: a bounded stream is ending, no checkpoint can complete.
         self.sources_finished = False
@@ -98,6 +102,8 @@ class CheckpointCoordinator:
         3. The manifest is written: only now is ``cid`` complete.
         4. Every node learns it: sinks publish the epochs ``cid`` completed.
         """
+        if self._ids is not None:
+            self.next_id = self._ids()
         checkpoint_id, self.next_id = self.next_id, self.next_id + 1
         started = time.perf_counter()
         # Step 1: barriers.

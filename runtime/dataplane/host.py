@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import time
@@ -223,6 +224,13 @@ class NodeHost:
             return False
         self.checkpointing.requested = checkpoint_id
         return True
+
+    async def retarget_checkpoints(self, region: str) -> None:
+        """From the next barrier on, put snapshots under ``region`` (the node's region merged
+        with another or split)."""
+        target = self.checkpointing.target
+        if target is not None:
+            self.checkpointing.target = dataclasses.replace(target, region=region)
 
     async def checkpoint_done(self, checkpoint_id: int) -> SnapshotRef:
         """Once this node's snapshot of ``checkpoint_id`` is persisted (its acknowledgement)."""

@@ -50,15 +50,16 @@ class NodeWorker:
     """Runs one node's operator over envelopes from its input edges, in order, exactly once each.
 
     Per edge, envelopes are processed in ``seq`` order: a duplicate (seq already processed) or a
-    message of an older incarnation is dropped, one that arrives early is held until the gap is
-    filled. Inputs are put in event-time order (see ``runtime.dataplane.alignment``): events
-    are held until every input's watermark has passed them, then handed to the operator sorted
-    by time, all inputs' events of the same time range in one call; only a one-input operator
-    declared without ``needs_time_order`` gets its batches as they arrive. An event below what
-    was already handed over is late: dropped and counted, or, for an operator that
-    ``handles_late_events``, handed over at once. Barriers are aligned (an input that delivered
-    barrier ``n`` is held until every input has), then the node's state is captured and the
-    barrier forwarded. ``accept`` returns the payloads to send downstream.
+    message of an older incarnation than the node's own is dropped, one that arrives early is
+    held until the gap is filled. Inputs are put in event-time order (see
+    ``runtime.dataplane.alignment``): events are held until every input's watermark has passed
+    them, then handed to the operator sorted by time, all inputs' events of the same time range
+    in one call; only a one-input operator declared without ``needs_time_order`` gets its
+    batches as they arrive. An event below what was already handed over is late: dropped and
+    counted, or, for an operator that ``handles_late_events``, handed over at once. Barriers are
+    aligned (an input that delivered barrier ``n`` is held until every input has), then the
+    node's state is captured and the barrier forwarded. ``accept`` returns the payloads to send
+    downstream.
 
     ``snapshot`` is the operator's bytes alone, or a whole ``WorkerSnapshot`` (held events
     and watermarks too).
@@ -144,7 +145,9 @@ class NodeWorker:
     # -- the ordered entry point ----------------------------------------------------------
     def accept(self, envelope: Envelope) -> list[Payload]:
         """Take one envelope; return what it (and any envelopes it unblocked) produced."""
-        if envelope.incarnation != self.incarnation:
+        # Older incarnations are dropped; a newer one is a producer restored after this node
+        # was created (a deployment's region recovered while this node joined it later).
+        if envelope.incarnation < self.incarnation:
             self.stats.stale_dropped += 1
             return []
         state = self._edges.get(envelope.edge)

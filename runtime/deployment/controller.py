@@ -49,12 +49,14 @@ from runtime.deployment.node_registry import (
     NodeRegistry,
     acquire,
     instance_key,
+    mark_alive,
     mark_dead,
     node_actor_name,
     node_requests,
     release,
     retirement_order,
 )
+from runtime.deployment.region_checkpoints import region_checkpoints
 from runtime.deployment.state_files import load_registry, save_registry
 from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
@@ -162,6 +164,9 @@ class Controller:
         self._nodes_reused_total = 0
         self._last_reuse_ratio = 0.0
         self._crashes = 0
+        #: With ``checkpoint.enabled``: every region checkpoints and recovers by itself.
+        self._checkpoints = (region_checkpoints(self.deployment, settings, self._actors)
+                             if settings.checkpoint.enabled else None)
 
     # -- start and reconcile ----------------------------------------------------------------
     async def start(self) -> None:
@@ -263,6 +268,7 @@ class Controller:
                 str(exc) if isinstance(exc, ActorNotReadyError) else failure_cause(exc)
             ) from exc
         await self._move(submission, _S.EXECUTING)
+        await self._reconcile_checkpoints()
         await self._refresh_stats(keys.values())
 
     async def _create_and_start(
@@ -285,6 +291,8 @@ class Controller:
             for node in graph.nodes for index, up in enumerate(node.inputs)
         ]
         await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
+        if self._checkpoints is not None:
+            self._checkpoints.add_nodes(self._registry, graph, keys, hosts, creation_order)
         generations = [[(keys[n], hosts[n]) for n in generation] for generation in creation_order]
         await deploy(self._actors, generations, edges, progress)
 
@@ -311,10 +319,11 @@ class Controller:
             self._retiring[key] = stopping
         await asyncio.wait([stopping], timeout=self.options.call_timeout_s)
         # Step 3: the registry forgets this submission's references.
-        self._registry, _ = release(self._registry, submission)
+        self._registry, retired = release(self._registry, submission)
         self._records[submission] = dataclasses.replace(self._records[submission],
                                                         holds_nodes=False)
         self._save_registry()
+        await self._reconcile_checkpoints(retired)
 
     # -- removal and garbage collection -----------------------------------------------------
     async def remove(self, submission_id: str) -> dict[str, Any]:
@@ -345,6 +354,7 @@ class Controller:
         self._records[submission] = dataclasses.replace(record, holds_nodes=False)
         self._save_registry()
         self._save_submissions()
+        await self._reconcile_checkpoints(retired)
         # Unsubscribe now so no new batch enters a retiring node; what is in flight drains.
         detaching = [self._actors.unsubscribe(upstream, edge) for key in retired
                      for edge, upstream, _ in before.entries[key].input_edges()
@@ -378,6 +388,8 @@ class Controller:
             await self._ensure_started()
             if self._health_task is not None:
                 self._health_task.cancel()
+            if self._checkpoints is not None:
+                await self._checkpoints.stop_all()
             for record in list(self._records.values()):
                 if not record.terminal:
                     await self._move(record.id, _S.STOPPED, "deployment shut down")
@@ -409,6 +421,17 @@ class Controller:
             problems = await self._declare_dead(
                 {key: probe.error or "its actor died" for key, probe in probes.items()
                  if not probe.alive})
+            if self._checkpoints is not None:  # failed nodes and checkpoints recover too
+                if problems:  # regions recovered: what their old actors said is gone
+                    probes = await self._probe_all(self._registry.live_keys())
+                failing = {key: f"node {self._registry.entries[key].name!r} failed: "
+                                f"{probe.error}" for key, probe in probes.items()
+                           if probe.alive and probe.error and key in self._registry.entries}
+                failing.update(self._checkpoints.failed_nodes(self._registry))
+                if failing:
+                    problems += [f"{cause}; its region recovers" for cause in failing.values()]
+                    await self._recover_or_fail(failing)
+                    probes = await self._probe_all(self._registry.live_keys())
             for record in list(self._records.values()):
                 if record.state is not _S.EXECUTING:
                     continue
@@ -434,12 +457,28 @@ class Controller:
             self._actors.handles.pop(key, None)
         self._registry = mark_dead(self._registry, causes)
         self._save_registry()
+        await self._recover_or_fail(causes)
+        return problems
+
+    async def _recover_or_fail(self, causes: Mapping[str, str]) -> None:
+        """Recover the regions of ``causes`` (crashed or failed nodes), or fail their graphs."""
+        if self._checkpoints is not None:
+            recovered, causes = await self._checkpoints.recover_regions(self._registry, causes)
+            self._registry = mark_alive(self._registry, recovered)
+            self._registry = mark_dead(self._registry, causes)
+            self._save_registry()
+        if not causes:
+            return
         # Producers must not drop a crashed node and read on: the whole region holds first.
         response = respond_to_crashes(self._registry, self._records.values(), causes)
         await hold_nodes(self._actors, response.holds)
         for submission, cause in response.failures.items():
             await self._fail(submission, cause)
-        return problems
+
+    async def _reconcile_checkpoints(self, retired: Iterable[str] = ()) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.forget(retired)
+            await self._checkpoints.reconcile(self._registry)
 
     async def _health_loop(self) -> None:
         while True:
@@ -475,6 +514,13 @@ class Controller:
         record = self._record(submission_id)
         return record.describe(self.deployment, self._registry, self._stats,
                                retiring=self._retiring.keys())
+
+    def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
+        """The checkpoints and recoveries of the regions a submission's nodes are in."""
+        record = self._record(submission_id)
+        if self._checkpoints is None:
+            return []
+        return self._checkpoints.describe(self._registry, (n.key for n in record.nodes))
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every registered node: actor, refcount, graphs, region, liveness."""

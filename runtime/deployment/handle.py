@@ -104,6 +104,12 @@ class Deployment:
         result: dict[str, Any] = self._call("status", submission_id)
         return result
 
+    def checkpoints(self, submission_id: str) -> builtins.list[dict[str, Any]]:
+        """Per region of the submission: checkpoints completed and abandoned, the last one,
+        recoveries (empty without ``checkpoint.enabled``)."""
+        result: builtins.list[dict[str, Any]] = self._call("checkpoints", submission_id)
+        return result
+
     def nodes(self) -> builtins.list[dict[str, Any]]:
         """Every node actor of the deployment."""
         result: builtins.list[dict[str, Any]] = self._call("nodes")

@@ -19,6 +19,7 @@ from runtime.deployment.node_registry import NODE_NAMESPACE, NodeRegistry, node_
 from runtime.runners.ray_nodes import RayNodes, awaited
 
 if TYPE_CHECKING:
+    from runtime.dataplane.checkpointing import CheckpointTarget
     from runtime.dataplane.host import RuntimeSettings
     from runtime.dataplane.stats import NodeStats
 
@@ -85,6 +86,12 @@ class NodeActors(RayNodes):
         super().__init__(settings, ready_timeout_s=ready_timeout_s)
         self.deployment = deployment
         self.call_timeout_s = call_timeout_s
+        #: With checkpoints: where each node's actor puts its snapshots, by key.
+        self.targets: dict[str, CheckpointTarget] = {}
+
+    def checkpoints_for(self, key: str) -> CheckpointTarget | None:
+        """The target of ``key``'s region (None: the deployment does not checkpoint)."""
+        return self.targets.get(key)
 
     def options_for(self, key: str) -> dict[str, Any]:
         """A named, detached actor that Ray never restarts behind the controller's back."""
@@ -122,10 +129,14 @@ class NodeActors(RayNodes):
 
     async def stop_actor(self, handle: Any, name: str) -> None:
         """Stop and kill one actor, then wait until its name is free for a new one."""
-        import ray
-
         with contextlib.suppress(Exception):  # a dead actor is already stopped
             await asyncio.wait_for(awaited(handle.stop.remote()), self.call_timeout_s)
+        await self.kill_actor(handle, name)
+
+    async def kill_actor(self, handle: Any, name: str) -> None:
+        """Kill one actor at once (no stop, no drain), then wait until its name is free."""
+        import ray
+
         with contextlib.suppress(Exception):
             ray.kill(handle)
         deadline = time.monotonic() + self.call_timeout_s

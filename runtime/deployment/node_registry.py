@@ -20,6 +20,7 @@ which finds the surviving actors by name (``node_actors``).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
@@ -105,12 +106,15 @@ class NodeEntry(NodeRequest):
     graphs: frozenset[str]
     region: str = ""
     alive: bool = True
+    #: Wall-clock time (time.time()) the entry was created: checkpoints older than it hold an
+    #: earlier node of the same key (retired since), never this one.
+    since: float = 0.0
 
     @classmethod
     def of(cls, request: NodeRequest, graph_id: str) -> NodeEntry:
         """The new entry of ``request``, used by ``graph_id`` alone."""
         return cls(**{f.name: getattr(request, f.name) for f in fields(NodeRequest)},
-                   graphs=frozenset({graph_id}))
+                   graphs=frozenset({graph_id}), since=time.time())
 
     @property
     def refcount(self) -> int:
@@ -139,6 +143,7 @@ class NodeEntry(NodeRequest):
             graphs=frozenset(str(g) for g in data["graphs"]),
             region=str(data.get("region", "")),
             alive=bool(data.get("alive", True)),
+            since=float(data.get("since", 0.0)),
         )
 
 

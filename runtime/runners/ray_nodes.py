@@ -57,12 +57,16 @@ class RayNodes:
         """Ray actor options of the actor of ``key``."""
         return self.actor_options
 
+    def checkpoints_for(self, key: str) -> CheckpointTarget | None:
+        """Where the actor of ``key`` puts its snapshots (None: it takes no part)."""
+        return self.checkpoints
+
     def create(self, key: str, host: HostSpec) -> Any:
         """Create the actor of ``key`` hosting ``host``'s node; returns its handle."""
         handle = node_actor_class().options(**self.options_for(key)).remote(
             **host.host_arguments(self.settings, incarnation=self.incarnation,
                                   snapshot=self.snapshots.get(key),
-                                  checkpoints=self.checkpoints))
+                                  checkpoints=self.checkpoints_for(key)))
         self.handles[key] = handle
         if host.source is not None:
             self.sources.append(key)

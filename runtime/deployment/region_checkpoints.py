@@ -1,0 +1,404 @@
+"""A deployment's checkpoints and recovery, region by region (DESIGN.md §7 in a deployment).
+
+Graphs that share a node form one region (``node_registry.assign_regions``); each region has
+its own coordinator, so a failing region never stalls another's checkpoints, and a crash
+restores only the region it hit while every other region reads on. The controller calls
+``reconcile`` whenever regions change (a submission, a removal) and ``recover`` when an actor
+of a region died or a node of it failed.
+
+Regions merge when a graph attaches to a shared node and split when one is removed, so a
+region's name can change: checkpoint ids come from one increasing sequence for the whole
+deployment (a node's ids only grow whatever region it is in), a node is told its new region
+before the next barrier, and a restore takes each node's snapshot from the newest complete
+checkpoint that holds it (of whatever region name), never from one older than the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFigures
+from runtime.checkpoints.store import CheckpointStore, CorruptCheckpointError, Manifest
+from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
+from runtime.dataplane.stats import LatencyHistogram
+from runtime.deployment.lifecycle import failure_cause
+from runtime.deployment.node_actors import NodeActors
+from runtime.deployment.node_registry import NodeRegistry
+from runtime.planning.wiring import EdgeSpec, HostSpec
+from runtime.runners.deploy_sequence import deploy
+from runtime.runners.recovery import GraphFailedError, RestartPolicy
+from streamdag.config import CheckpointSettings, Settings
+from streamdag.errors import StreamdagError
+from streamdag.graph import Graph
+
+__all__ = ["RegionCheckpoints", "RegionFigures", "choose_snapshots", "region_checkpoints",
+           "sinks_first"]
+
+_log = logging.getLogger("streamdag.recovery")
+
+
+def region_checkpoints(deployment: str, settings: Settings,
+                       actors: NodeActors) -> RegionCheckpoints:
+    """The regions' checkpoints of ``deployment``, in ``settings.checkpoint``'s store."""
+    url = settings.checkpoint.store_url(settings.state_dir)
+    if url.startswith("memory://"):
+        raise StreamdagError(
+            f"checkpoint url {url!r} is memory of one process, and a deployment's nodes are "
+            "processes of their own; give a file:// URL (or shared storage)")
+    store = CheckpointStore(url, keep=settings.checkpoint.keep)
+    return RegionCheckpoints(deployment, settings.checkpoint, store, actors)
+
+
+@dataclass
+class RegionFigures:
+    """What the regions' checkpoints and recoveries did: for metrics and the API."""
+
+    #: Per region name: its coordinators' figures (carried over while the name lasts).
+    checkpoints: dict[str, CheckpointFigures] = field(default_factory=dict)
+    recoveries: int = 0
+    #: Seconds from the start of a recovery (after its backoff) to every actor ready again.
+    restore_duration: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+@dataclass
+class _Running:
+    members: frozenset[str]
+    coordinator: CheckpointCoordinator
+    task: asyncio.Task[None]
+
+
+class RegionCheckpoints:
+    """The checkpoint coordinators of a deployment's regions, and their recoveries."""
+
+    def __init__(self, deployment: str, settings: CheckpointSettings, store: CheckpointStore,
+                 actors: NodeActors) -> None:
+        self.settings = settings
+        self.store = store
+        self.actors = actors
+        #: Store regions of this deployment are named ``<deployment>.<region>``: deployments
+        #: may share a store, and the same graph has the same node keys in each of them.
+        self.prefix = f"{deployment}."
+        #: How to re-create every node, by key (kept from the submissions that created them).
+        self.hosts: dict[str, HostSpec] = {}
+        #: Whether each node's output is exactly-once, by key.
+        self.exactly_once: dict[str, bool] = {}
+        self.figures = RegionFigures()
+        self._running: dict[str, _Running] = {}
+        self._policies: dict[str, RestartPolicy] = {}
+        self._next_id = 0
+        self._incarnation = 0
+        self._recoveries: dict[str, int] = {}
+
+    def next_checkpoint_id(self) -> int:
+        """The next id of the deployment's one increasing sequence (above all stored ones)."""
+        if self._next_id == 0:
+            stored = [cid for region in self.store.regions() if region.startswith(self.prefix)
+                      for cid in self.store.checkpoint_ids(region)]
+            self._next_id = max(stored, default=0) + 1
+        checkpoint_id, self._next_id = self._next_id, self._next_id + 1
+        return checkpoint_id
+
+    def target(self, key: str, region: str) -> CheckpointTarget:
+        """Where node ``key`` of (registry) ``region`` puts its snapshots."""
+        return CheckpointTarget(self.store, self.prefix + region,
+                                self.exactly_once.get(key, True))
+
+    def add_nodes(self, registry: NodeRegistry, graph: Graph, keys: Mapping[str, str],
+                  hosts: Mapping[str, HostSpec],
+                  creation_order: tuple[tuple[str, ...], ...]) -> None:
+        """Remember how to re-create ``graph``'s nodes (hosts by node id, keys by node id),
+        and where the ones about to be created put their snapshots."""
+        exactly_once = (graph.delivery or self.settings.delivery) == "exactly_once"
+        for node_id, host in hosts.items():
+            self.hosts.setdefault(keys[node_id], host)
+            self.exactly_once.setdefault(keys[node_id], exactly_once)
+        for node_id in (n for generation in creation_order for n in generation):
+            key = keys[node_id]
+            self.actors.targets[key] = self.target(key, registry.entries[key].region)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Nodes retired: nothing re-creates them any more."""
+        for key in keys:
+            self.hosts.pop(key, None)
+            self.exactly_once.pop(key, None)
+            self.actors.targets.pop(key, None)
+
+    # -- coordinators -----------------------------------------------------------------------
+    async def reconcile(self, registry: NodeRegistry) -> None:
+        """Give every region of ``registry`` a coordinator over exactly its live nodes.
+
+        Steps:
+        1. A coordinator whose region changed members (or is gone) stops: what it had in
+           flight is abandoned.
+        2. Every node learns its region's name, so its next snapshot lands there.
+        3. Every region without a coordinator gets one.
+        """
+        regions: dict[str, set[str]] = {}
+        for key, entry in registry.entries.items():
+            if entry.alive:
+                regions.setdefault(entry.region, set()).add(key)
+        # Step 1: changed or gone regions stop checkpointing.
+        for region in list(self._running):
+            if frozenset(regions.get(region, ())) != self._running[region].members:
+                await self.stop(region)
+        # Step 2: nodes of regions that merged or split are told their region.
+        retargets = []
+        for region, keys in regions.items():
+            for key in keys:
+                current = self.actors.targets.get(key)
+                if current is not None and current.region != self.prefix + region:
+                    self.actors.targets[key] = self.target(key, region)
+                    handle = self.actors.handles.get(key)
+                    if handle is not None:
+                        retargets.append(
+                            handle.retarget_checkpoints.remote(self.prefix + region))
+        for call in retargets:
+            with contextlib.suppress(Exception):  # a dead node is recovered, not retargeted
+                await call
+        # Step 3: new coordinators.
+        for region, keys in regions.items():
+            if region not in self._running and all(k in self.hosts for k in keys):
+                self._start(region, frozenset(keys))
+
+    def _start(self, region: str, members: frozenset[str]) -> None:
+        sources = sorted(k for k in members if self.hosts[k].source is not None)
+        coordinator = CheckpointCoordinator(
+            self.prefix + region, self.store, self.actors, sorted(members), sources,
+            interval_s=self.settings.interval_s, timeout_s=self.settings.timeout_s,
+            ids=self.next_checkpoint_id)
+        coordinator.figures = self.figures.checkpoints.setdefault(region, CheckpointFigures())
+        task = asyncio.create_task(coordinator.run(), name=f"checkpoints of {region}")
+        self._running[region] = _Running(members, coordinator, task)
+
+    async def stop(self, region: str) -> None:
+        """Stop the coordinator of ``region`` (its checkpoint in flight is abandoned)."""
+        running = self._running.pop(region, None)
+        if running is not None:
+            running.task.cancel()
+            with contextlib.suppress(BaseException):
+                await running.task
+
+    async def stop_all(self) -> None:
+        """Stop every coordinator."""
+        for region in list(self._running):
+            await self.stop(region)
+
+    def failed(self) -> dict[str, str]:
+        """Regions whose coordinator failed (a checkpoint could not be committed): why."""
+        failures = {}
+        for region, running in self._running.items():
+            task = running.task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                failures[region] = (f"a checkpoint of region {region} could not be completed "
+                                    f"({task.exception()!r})")
+        return failures
+
+    def describe(self, registry: NodeRegistry, keys: Iterable[str]) -> list[dict[str, Any]]:
+        """The checkpoints and recoveries of the regions of ``keys``, for people and the API."""
+        regions = sorted({registry.entries[k].region for k in keys if k in registry.entries})
+        described = []
+        for region in regions:
+            figures = self.figures.checkpoints.get(region, CheckpointFigures())
+            described.append({
+                "region": region, "store_region": self.prefix + region,
+                "nodes": sorted(e.name for e in registry.entries.values() if e.region == region),
+                "completed": figures.completed, "abandoned": figures.abandoned,
+                "last_checkpoint": figures.last_completed_id or None,
+                "last_completed_at": figures.last_completed_at or None,
+                "last_size_bytes": figures.last_size_bytes,
+                "recoveries": self._recoveries.get(region, 0)})
+        return described
+
+    def failed_nodes(self, registry: NodeRegistry) -> dict[str, str]:
+        """One node of every region whose coordinator failed, with the cause."""
+        failures = self.failed()
+        found: dict[str, str] = {}
+        for key in sorted(registry.entries):
+            region = registry.entries[key].region
+            if region in failures and region not in {registry.entries[k].region for k in found}:
+                found[key] = failures[region]
+        return found
+
+    # -- recovery ---------------------------------------------------------------------------
+    async def recover_regions(
+        self, registry: NodeRegistry, causes: Mapping[str, str]
+    ) -> tuple[set[str], dict[str, str]]:
+        """Recover the region of every node of ``causes`` (key -> why it crashed or failed).
+
+        Returns the keys recovered, and the causes of the nodes whose region could not be
+        (its graphs' definitions are unknown, or it failed too often: ``max_failures``).
+        """
+        entries = registry.entries
+        hit: dict[str, list[str]] = {}
+        for key in sorted(key for key in causes if key in entries):
+            hit.setdefault(entries[key].region, []).append(key)
+        recovered: set[str] = set()
+        left: dict[str, str] = {}
+        for region, keys in hit.items():
+            members = {key for key, entry in entries.items() if entry.region == region}
+            if not all(key in self.hosts for key in members):
+                left.update({key: causes[key] for key in keys})
+                continue
+            cause = f"node {entries[keys[0]].name!r}: {causes[keys[0]]}"
+            while True:
+                try:
+                    await self.recover(region, registry, cause)
+                except GraphFailedError as gave_up:
+                    await self.stop(region)
+                    left.update(dict.fromkeys(keys, str(gave_up)))
+                    break
+                except Exception as exc:  # the restore itself failed: one more failure
+                    _log.warning("recovering region %s failed", region, exc_info=True)
+                    cause = f"region {region}: recovery failed ({failure_cause(exc)})"
+                else:
+                    recovered |= members
+                    break
+        return recovered, left
+
+
+    async def recover(self, region: str, registry: NodeRegistry, cause: str) -> float:
+        """Restore ``region`` from its newest complete checkpoint; seconds it took.
+
+        Raises GraphFailedError once the region failed ``max_failures`` times in the window.
+
+        Steps:
+        1. The failure is counted, and the region's coordinator stops.
+        2. Every actor of the region is killed (not drained: it restarts from the checkpoint).
+        3. After the backoff, each node's snapshot is chosen (``choose_snapshots``).
+        4. The nodes are created again with a new incarnation, sinks first (which publish
+           what their checkpoint completed before they report ready), then interior nodes,
+           then the sources, which seek to their offsets and read.
+        5. The region checkpoints again.
+        """
+        entries = {key: e for key, e in registry.entries.items() if e.region == region}
+        # Step 1: count it.
+        policy = self._policies.setdefault(region, RestartPolicy(self.settings))
+        figures = self.figures.checkpoints.get(region, CheckpointFigures())
+        delay = policy.next_delay(cause, figures.completed)
+        _log.warning("region %s failed (%s); recovering in %.1f s", region, cause, delay)
+        await self.stop(region)
+        # Step 2: kill what is left of it.
+        for key, entry in entries.items():
+            handle = self.actors.handles.pop(key, None)
+            if handle is not None:
+                await self.actors.kill_actor(handle, entry.actor_name)
+        # Step 3: back off, then the snapshots.
+        await asyncio.sleep(delay)
+        started = time.monotonic()
+        snapshots, restored_from = await asyncio.to_thread(
+            choose_snapshots, self.store, {key: e.since for key, e in entries.items()},
+            self.prefix)
+        # Step 4: the next incarnation, sinks first.
+        self._incarnation = max(self._incarnation + 1, int(time.time() * 1000))
+        for key in entries:
+            self.actors.targets[key] = self.target(key, region)
+        generations = [[(key, self.hosts[key]) for key in generation]
+                       for generation in sinks_first(registry, set(entries))]
+        edges = [EdgeSpec(edge, upstream, key, index) for key, entry in entries.items()
+                 for edge, upstream, index in entry.input_edges()]
+        self.actors.incarnation, self.actors.snapshots = self._incarnation, snapshots
+        try:
+            await deploy(self.actors, generations, edges)
+        finally:
+            self.actors.incarnation, self.actors.snapshots = 0, {}
+        # Step 5: checkpoints go on.
+        self._start(region, frozenset(entries))
+        took = time.monotonic() - started
+        self.figures.recoveries += 1
+        self._recoveries[region] = self._recoveries.get(region, 0) + 1
+        self.figures.restore_duration.observe(took)
+        _log.warning("region %s recovered from checkpoint(s) %s (incarnation %d) in %.2f s "
+                     "after a %.1f s backoff", region, restored_from or "none",
+                     self._incarnation, took, delay)
+        return took
+
+
+def sinks_first(registry: NodeRegistry, keys: set[str]) -> list[list[str]]:
+    """``keys`` in generations, sinks first: a node comes after every consumer of it.
+
+    >>> from runtime.deployment.node_registry import NodeEntry
+    >>> def entry(key, inputs):
+    ...     return NodeEntry(key, key, key, key, "op", "map", inputs, frozenset({"g"}))
+    >>> registry = NodeRegistry({"s": entry("s", ()), "m": entry("m", ("s",)),
+    ...                          "k": entry("k", ("m",))})
+    >>> sinks_first(registry, {"s", "m", "k"})
+    [['k'], ['m'], ['s']]
+    """
+    consumers: dict[str, list[str]] = {key: [] for key in keys}
+    for key in keys:
+        for upstream in registry.entries[key].inputs:
+            if upstream in consumers:
+                consumers[upstream].append(key)
+    depth: dict[str, int] = {}
+
+    def depth_of(key: str) -> int:
+        if key not in depth:
+            depth[key] = 1 + max((depth_of(c) for c in consumers[key]), default=-1)
+        return depth[key]
+
+    levels: dict[int, list[str]] = {}
+    for key in sorted(keys):
+        levels.setdefault(depth_of(key), []).append(key)
+    return [levels[level] for level in sorted(levels)]
+
+
+def choose_snapshots(
+    store: CheckpointStore, since: Mapping[str, float], prefix: str = ""
+) -> tuple[dict[str, NodeSnapshot], list[str]]:
+    """Each node's snapshot from the newest complete checkpoint holding it; and which those are.
+
+    ``since`` maps node keys to when their entry was created: a checkpoint written before
+    then holds an earlier node of that key, never this one. Nodes that form one region were
+    in one region at every checkpoint holding them both, so they come from one cut. Only the
+    regions named ``prefix...`` are read. A corrupt checkpoint is skipped (with a logged
+    reason) for the one before it. A node no checkpoint holds starts afresh.
+    """
+    manifests: list[Manifest] = []
+    for region in store.regions():
+        if not region.startswith(prefix):
+            continue
+        for checkpoint_id in store.checkpoint_ids(region):
+            try:
+                manifests.append(store.manifest(region, checkpoint_id))
+            except CorruptCheckpointError as exc:
+                _log.warning("checkpoint %d of region %s is corrupt (%s); skipped",
+                             checkpoint_id, region, exc)
+    manifests.sort(key=lambda m: m.created_at, reverse=True)
+    while True:
+        chosen: dict[str, Manifest] = {}
+        for manifest in manifests:
+            for key, at in since.items():
+                if key not in chosen and key in manifest.snapshots and manifest.created_at >= at:
+                    chosen[key] = manifest
+        used = {id(m): m for m in chosen.values()}
+        try:
+            loaded = {key: _load(store, manifest) for key, manifest in used.items()}
+        except _CorruptError as corrupt:
+            _log.warning("checkpoint %d of region %s is corrupt (%s); falling back to the one "
+                         "before it", corrupt.manifest.checkpoint_id, corrupt.manifest.region,
+                         corrupt.reason)
+            manifests.remove(corrupt.manifest)
+            continue
+        snapshots = {key: NodeSnapshot.from_bytes(loaded[id(manifest)][key])
+                     for key, manifest in chosen.items()}
+        return snapshots, sorted(f"{m.region}/{m.checkpoint_id}" for m in used.values())
+
+
+class _CorruptError(Exception):
+    def __init__(self, manifest: Manifest, reason: str) -> None:
+        super().__init__(reason)
+        self.manifest = manifest
+        self.reason = reason
+
+
+def _load(store: CheckpointStore, manifest: Manifest) -> dict[str, bytes]:
+    try:
+        return store.load(manifest.region, manifest.checkpoint_id).snapshots
+    except CorruptCheckpointError as exc:
+        raise _CorruptError(manifest, str(exc)) from None
