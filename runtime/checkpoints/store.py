@@ -168,6 +168,10 @@ class CheckpointStore:
         return [cid for cid in self._folders(region)
                 if self.fs.exists(f"{self._folder(region, cid)}/{_MANIFEST}")]
 
+    def highest_id(self, region: str) -> int:
+        """The highest checkpoint id ``region`` has a folder of, complete or not; 0: none."""
+        return max(self._folders(region), default=0)
+
     def regions(self) -> list[str]:
         """Every region that has a folder in the store, sorted."""
         if not self.fs.exists(self.root):

@@ -17,13 +17,18 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.dataplane.host import RuntimeSettings
 from runtime.dataplane.messages import edge_id
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
+from runtime.deployment.controller_options import (
+    ControllerOptions,
+    controller_actor_name,
+    deployment_state_dir,
+    start_when_restarted_by_ray,
+)
 from runtime.deployment.crashes import hold_nodes, respond_to_crashes, reuse_refusal
 from runtime.deployment.lifecycle import (
     TERMINAL_STATES,
@@ -57,7 +62,7 @@ from runtime.deployment.node_registry import (
     retirement_order,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
-from runtime.deployment.state_files import load_registry, save_registry
+from runtime.deployment.state_files import load_graph, load_registry, save_graph, save_registry
 from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
 from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
@@ -77,45 +82,6 @@ __all__ = [
 
 _log = logging.getLogger("streamdag.controller")
 _S = SubmissionState
-
-
-def deployment_state_dir(settings: Settings) -> Path:
-    """Where a deployment keeps its registry, submissions and log unless told otherwise.
-
-    >>> deployment_state_dir(Settings(name="live", state_dir=".state")).as_posix()
-    '.state/deployments/live'
-    """
-    return Path(settings.state_dir) / "deployments" / settings.name
-
-
-def controller_actor_name(deployment: str) -> str:
-    """The Ray actor name of a deployment's controller (namespace ``streamdag``).
-
-    >>> controller_actor_name("live")
-    'streamdag-controller-live'
-    """
-    return f"streamdag-controller-{deployment}"
-
-
-@dataclass(frozen=True)
-class ControllerOptions:
-    """How the controller behaves; the defaults suit a live deployment."""
-
-    #: Seconds a node no graph uses any more keeps draining (unsubscribed) before it stops.
-    grace_s: float = 1.0
-    #: Seconds between two health checks of every node actor; 0 turns periodic checks off.
-    health_interval_s: float = 2.0
-    #: Seconds a generation of new actors has to report ready.
-    ready_timeout_s: float = 60.0
-    #: Seconds one actor call of a health check or a stop may take.
-    call_timeout_s: float = 10.0
-    #: Kafka topic receiving the lifecycle CloudEvents.
-    lifecycle_topic: str = "streamdag.lifecycle"
-    #: Create missing sink topics (with ``settings.kafka.partitions``) before creating sinks.
-    create_sink_topics: bool = True
-    #: Share nodes that graphs define identically; False (benchmarks only) gives every graph
-    #: actors of its own.
-    dedup: bool = True
 
 
 class _SubmissionFailedError(Exception):
@@ -167,6 +133,7 @@ class Controller:
         #: With ``checkpoint.enabled``: every region checkpoints and recovers by itself.
         self._checkpoints = (region_checkpoints(self.deployment, settings, self._actors)
                              if settings.checkpoint.enabled else None)
+        start_when_restarted_by_ray()
 
     # -- start and reconcile ----------------------------------------------------------------
     async def start(self) -> None:
@@ -184,14 +151,18 @@ class Controller:
         # Step 1: find each live node's actor by its deterministic name.
         found, missing, leftovers = locate_node_actors(self._registry, self.deployment)
         self._actors.handles.update(found)
-        # Step 2: nodes whose actor is gone died while no controller watched them.
+        # Step 2: with checkpoints, how to re-create the running graphs' nodes.
+        self._remember_graphs()
+        # Step 3: nodes whose actor is gone died while no controller watched them (with
+        # checkpoints, their regions recover).
         await self._declare_dead(
             dict.fromkeys(missing, "its actor was not found when the controller started"))
-        # Step 3: named node actors no entry claims are leftovers of an interrupted submission.
+        # Step 4: named node actors no entry claims are leftovers of an interrupted submission.
         for name, handle in leftovers.items():
             _log.warning("stopping leftover node actor %s", name)
             await self._actors.stop_actor(handle, name)
-        # Step 4: periodic health checks.
+        # Step 5: the regions checkpoint again; periodic health checks.
+        await self._reconcile_checkpoints()
         if self.options.health_interval_s > 0:
             self._health_task = asyncio.create_task(self._health_loop())
 
@@ -261,7 +232,8 @@ class Controller:
         # attach to them; the new sources read.
         progress = DeployProgress()
         try:
-            await self._create_and_start(graph, keys, diff.creation_order, progress)
+            await self._create_and_start(submission, graph, keys, diff.creation_order,
+                                         progress)
         except Exception as exc:
             await self._roll_back(submission, progress)
             raise _SubmissionFailedError(
@@ -271,20 +243,23 @@ class Controller:
         await self._reconcile_checkpoints()
         await self._refresh_stats(keys.values())
 
+    def _hosts_of(self, graph: Graph) -> dict[str, HostSpec]:
+        """How to build every node of ``graph``, by node id."""
+        return {spec.node.node_id: spec
+                for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
+                                             capture_outputs=False)[0]
+                for spec in generation}
+
     async def _create_and_start(
         self,
+        submission: str,
         graph: Graph,
         keys: Mapping[str, str],
         creation_order: tuple[tuple[str, ...], ...],
         progress: DeployProgress,
     ) -> None:
         """Create, wire and start the new nodes; ``progress`` records it for a rollback."""
-        hosts = {
-            spec.node.node_id: spec
-            for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
-                                         capture_outputs=False)[0]
-            for spec in generation
-        }
+        hosts = self._hosts_of(graph)
         edges = [
             EdgeSpec(edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
                      keys[node.node_id], index)
@@ -292,6 +267,7 @@ class Controller:
         ]
         await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
         if self._checkpoints is not None:
+            save_graph(self.state_dir / "graphs", submission, graph)
             self._checkpoints.add_nodes(self._registry, graph, keys, hosts, creation_order)
         generations = [[(keys[n], hosts[n]) for n in generation] for generation in creation_order]
         await deploy(self._actors, generations, edges, progress)
@@ -474,6 +450,19 @@ class Controller:
         await hold_nodes(self._actors, response.holds)
         for submission, cause in response.failures.items():
             await self._fail(submission, cause)
+
+    def _remember_graphs(self) -> None:
+        """A restarted controller reads back the graphs of the submissions holding nodes."""
+        if self._checkpoints is None:
+            return
+        for record in self._records.values():
+            graph = load_graph(self.state_dir / "graphs", record.id) if record.holds_nodes \
+                else None
+            if graph is not None:
+                keys = {node.node_id: instance_key(node.node_id, record.id,
+                                                   dedup=self.options.dedup)
+                        for node in graph.nodes}
+                self._checkpoints.remember(self._registry, graph, keys, self._hosts_of(graph))
 
     async def _reconcile_checkpoints(self, retired: Iterable[str] = ()) -> None:
         if self._checkpoints is not None:

@@ -61,7 +61,7 @@ class Deployment:
         root = Path(state_dir) if state_dir is not None else deployment_state_dir(settings)
         controller: Any = ray.remote(Controller).options(
             name=controller_actor_name(settings.name), namespace=NODE_NAMESPACE,
-            lifetime="detached", get_if_exists=True, num_cpus=0,
+            lifetime="detached", get_if_exists=True, num_cpus=0, max_restarts=-1,
         ).remote(settings, bootstrap_servers=bootstrap_servers,
                  state_dir=str(root.resolve()), options=options)
         ray.get(controller.start.remote())

@@ -98,8 +98,9 @@ class RegionCheckpoints:
     def next_checkpoint_id(self) -> int:
         """The next id of the deployment's one increasing sequence (above all stored ones)."""
         if self._next_id == 0:
-            stored = [cid for region in self.store.regions() if region.startswith(self.prefix)
-                      for cid in self.store.checkpoint_ids(region)]
+            # Abandoned ones count too: their barriers may have passed the running nodes.
+            stored = [self.store.highest_id(region) for region in self.store.regions()
+                      if region.startswith(self.prefix)]
             self._next_id = max(stored, default=0) + 1
         checkpoint_id, self._next_id = self._next_id, self._next_id + 1
         return checkpoint_id
@@ -121,6 +122,16 @@ class RegionCheckpoints:
         for node_id in (n for generation in creation_order for n in generation):
             key = keys[node_id]
             self.actors.targets[key] = self.target(key, registry.entries[key].region)
+
+    def remember(self, registry: NodeRegistry, graph: Graph, keys: Mapping[str, str],
+                 hosts: Mapping[str, HostSpec]) -> None:
+        """A restarted controller learns again how to re-create ``graph``'s running nodes;
+        the next ``reconcile`` tells each of them its region."""
+        self.add_nodes(registry, graph, keys, hosts, ())
+        for key in keys.values():
+            if key in registry.entries:
+                self.actors.targets.setdefault(
+                    key, CheckpointTarget(self.store, "", self.exactly_once.get(key, True)))
 
     def forget(self, keys: Iterable[str]) -> None:
         """Nodes retired: nothing re-creates them any more."""

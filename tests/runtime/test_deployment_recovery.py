@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -168,7 +170,7 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
     wait_for(lambda: deployment.checkpoints(g2["id"])[0]["completed"] >= completed_before + 2,
              "the merged region to checkpoint")
     bystander = _actor(g3, "smooth5")
-    bystander_pid = ray.get(bystander.__ray_call__.remote(lambda _: __import__("os").getpid()))
+    bystander_pid = _pid(bystander)
     flowing = _in_background(bootstrap, topic, half, TOTAL)
     wait_for(lambda: _events_in(g2, "out_g2") >= 300, "the second half to flow into g2")
     kill_actor_process(_actor(g2, "triple"))
@@ -183,8 +185,7 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
     assert [deployment.status(g["id"])["state"] for g in (g1, g2, g3)] == ["executing"] * 3
     assert deployment.checkpoints(g2["id"])[0]["recoveries"] == 1
     assert deployment.checkpoints(g3["id"])[0]["recoveries"] == 0
-    assert ray.get(bystander.__ray_call__.remote(lambda _: __import__("os").getpid())) == (
-        bystander_pid)  # the other region was not restarted
+    assert _pid(bystander) == bystander_pid  # the other region was not restarted
     assert len(first) == TOTAL and _per_key(first) == _expected(TOTAL, span=7)
     assert len(third) == TOTAL and _per_key(third) == _expected(TOTAL, span=5)
     # g2 joined mid-stream, from where the shared source was when it attached: from there on
@@ -194,3 +195,44 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
         assert first_ts < half + len(KEYS)  # it attached before the second half came
         assert outputs == [(ts, _tick(ts)["price"] * 3) for ts in range(first_ts, TOTAL)
                            if _tick(ts)["symbol"] == key]
+
+
+def test_a_killed_controller_comes_back_by_itself_and_recovers_what_died_meanwhile(
+    deployment: Deployment, bootstrap: str
+) -> None:
+    topic, out = f"drec-in-{uuid.uuid4().hex[:8]}", f"drec-out-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
+    submission = deployment.submit(_ema_graph("g1", topic, out, span=7))
+    half = TOTAL // 2
+    asyncio.run(_produce(bootstrap, topic, 0, half))
+    wait_for(lambda: _completed(deployment, submission) >= 2
+             and _events_in(submission, "out_g1") >= half, "two checkpoints and half through")
+    flowing = _in_background(bootstrap, topic, half, TOTAL)
+    wait_for(lambda: _events_in(submission, "out_g1") >= half + 300, "the second half to flow")
+
+    # An interior actor dies (health checks are off: the controller does not notice), then
+    # the controller dies: the one Ray brings back finds the actor gone when it starts.
+    pid = _pid(deployment.controller)
+    kill_actor_process(_actor(submission, "smooth7"))
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _recovered(deployment, submission), "the controller to come back and "
+             "recover the region by itself", timeout_s=60)
+    flowing.join(timeout=60)
+    records = asyncio.run(read_topic(bootstrap, out, TOTAL, timeout_s=60))
+
+    assert deployment.status(submission["id"])["state"] == "executing"
+    assert len(records) == TOTAL  # 0 lost, 0 duplicated
+    assert _per_key(records) == _expected(TOTAL, span=7)
+    assert _completed(deployment, submission) >= 1  # it checkpoints again
+    assert _pid(deployment.controller) != pid
+
+
+def _pid(actor: Any) -> int:
+    return int(ray.get(actor.__ray_call__.remote(lambda _: os.getpid())))
+
+
+def _recovered(deployment: Deployment, submission: dict[str, Any]) -> bool:
+    try:
+        return bool(deployment.checkpoints(submission["id"])[0]["recoveries"] == 1)
+    except ray.exceptions.RayActorError:
+        return False  # not back yet

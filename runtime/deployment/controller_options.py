@@ -1,0 +1,68 @@
+"""A deployment's names, folders and options, and how its controller actor comes back."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamdag.config import Settings
+
+__all__ = ["ControllerOptions", "controller_actor_name", "deployment_state_dir",
+           "start_when_restarted_by_ray"]
+
+
+def deployment_state_dir(settings: Settings) -> Path:
+    """Where a deployment keeps its registry, submissions and log unless told otherwise.
+
+    >>> deployment_state_dir(Settings(name="live", state_dir=".state")).as_posix()
+    '.state/deployments/live'
+    """
+    return Path(settings.state_dir) / "deployments" / settings.name
+
+
+def controller_actor_name(deployment: str) -> str:
+    """The Ray actor name of a deployment's controller (namespace ``streamdag``).
+
+    >>> controller_actor_name("live")
+    'streamdag-controller-live'
+    """
+    return f"streamdag-controller-{deployment}"
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """How the controller behaves; the defaults suit a live deployment."""
+
+    #: Seconds a node no graph uses any more keeps draining (unsubscribed) before it stops.
+    grace_s: float = 1.0
+    #: Seconds between two health checks of every node actor; 0 turns periodic checks off.
+    health_interval_s: float = 2.0
+    #: Seconds a generation of new actors has to report ready.
+    ready_timeout_s: float = 60.0
+    #: Seconds one actor call of a health check or a stop may take.
+    call_timeout_s: float = 10.0
+    #: Kafka topic receiving the lifecycle CloudEvents.
+    lifecycle_topic: str = "streamdag.lifecycle"
+    #: Create missing sink topics (with ``settings.kafka.partitions``) before creating sinks.
+    create_sink_topics: bool = True
+    #: Share nodes that graphs define identically; False (benchmarks only) gives every graph
+    #: actors of its own.
+    dedup: bool = True
+
+
+def start_when_restarted_by_ray() -> None:
+    """A controller actor that Ray restarted after it died starts by itself (finds its
+    actors, recovers its regions, checks health) instead of waiting for the next request."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:
+        return
+    with warnings.catch_warnings():  # Ray's property reads a deprecated one of its own
+        warnings.simplefilter("ignore", DeprecationWarning)
+        restarted = context.was_current_actor_reconstructed
+    if restarted:
+        context.current_actor.start.remote()
