@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from runtime.dataplane.checkpointing import NodeSnapshot
 from runtime.dataplane.host import RuntimeSettings
 from runtime.dataplane.messages import edge_id
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
@@ -60,9 +61,18 @@ from runtime.deployment.node_registry import (
     node_requests,
     release,
     retirement_order,
+    with_since,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
 from runtime.deployment.state_files import load_graph, load_registry, save_graph, save_registry
+from runtime.deployment.stop_resume import (
+    StopPoint,
+    drop_stop_point,
+    load_stop_point,
+    resume_snapshots,
+    save_stop_point,
+    stop_refusal,
+)
 from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
 from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
@@ -226,6 +236,8 @@ class Controller:
         self._nodes_new_total += len(diff.new)
         self._nodes_reused_total += len(diff.reused)
         self._last_reuse_ratio = diff.reuse_ratio
+        resuming, snapshots = self._resume_point(
+            graph, [keys[n] for g in diff.creation_order for n in g])
         self._save_registry()
         await self._move(submission, _S.MAPPED)
         # Step 3: the deployment sequence: the new actors, sinks first; running producers
@@ -233,13 +245,16 @@ class Controller:
         progress = DeployProgress()
         try:
             await self._create_and_start(submission, graph, keys, diff.creation_order,
-                                         progress)
+                                         progress, snapshots)
         except Exception as exc:
             await self._roll_back(submission, progress)
             raise _SubmissionFailedError(
                 str(exc) if isinstance(exc, ActorNotReadyError) else failure_cause(exc)
             ) from exc
-        await self._move(submission, _S.EXECUTING)
+        if resuming is not None:  # used once
+            drop_stop_point(self.state_dir, graph.name)
+        await self._move(submission, _S.EXECUTING, None if resuming is None else
+                         f"resumed from checkpoint(s) {resuming.describe()}")
         await self._reconcile_checkpoints()
         await self._refresh_stats(keys.values())
 
@@ -257,8 +272,10 @@ class Controller:
         keys: Mapping[str, str],
         creation_order: tuple[tuple[str, ...], ...],
         progress: DeployProgress,
+        snapshots: dict[str, NodeSnapshot],
     ) -> None:
-        """Create, wire and start the new nodes; ``progress`` records it for a rollback."""
+        """Create (from ``snapshots`` when a stopped graph resumes), wire and start the new
+        nodes; ``progress`` records it for a rollback."""
         hosts = self._hosts_of(graph)
         edges = [
             EdgeSpec(edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
@@ -270,7 +287,11 @@ class Controller:
             save_graph(self.state_dir / "graphs", submission, graph)
             self._checkpoints.add_nodes(self._registry, graph, keys, hosts, creation_order)
         generations = [[(keys[n], hosts[n]) for n in generation] for generation in creation_order]
-        await deploy(self._actors, generations, edges, progress)
+        self._actors.snapshots = snapshots
+        try:
+            await deploy(self._actors, generations, edges, progress)
+        finally:
+            self._actors.snapshots = {}
 
     async def _create_sink_topics(self, hosts: list[HostSpec]) -> None:
         topics = {str(h.node.params["topic"]): self.settings.kafka.partitions
@@ -450,6 +471,49 @@ class Controller:
         await hold_nodes(self._actors, response.holds)
         for submission, cause in response.failures.items():
             await self._fail(submission, cause)
+
+    def _resume_point(self, graph: Graph, new_keys: list[str]
+                      ) -> tuple[StopPoint | None, dict[str, NodeSnapshot]]:
+        """A graph stopped with a checkpoint resumes: its new nodes' snapshots there."""
+        point = (load_stop_point(self.state_dir, graph.name)
+                 if self._checkpoints is not None else None)
+        if point is None or self._checkpoints is None:
+            return None, {}
+        snapshots, since = resume_snapshots(self._checkpoints, point, new_keys)
+        self._registry = with_since(self._registry, since)
+        return point, snapshots
+
+    async def stop(self, submission_id: str) -> dict[str, Any]:
+        """Take a final checkpoint of a submission's regions, then stop it and release its
+        nodes; ``resume`` (or submitting the same graph again) goes on from that checkpoint."""
+        async with self._lock:
+            await self._ensure_started()
+            record = self._record(submission_id)
+            refusal = stop_refusal(self._registry, self._records, record,
+                                   self._checkpoints is not None)
+            if refusal is not None or self._checkpoints is None:
+                raise StreamdagError(refusal)
+            regions = sorted({self._registry.entries[n.key].region for n in record.nodes})
+            point = StopPoint.of(record, [
+                await self._checkpoints.final_checkpoint(region, self._registry)
+                for region in regions])
+            save_stop_point(self.state_dir, point)
+            await self._move(submission_id, _S.STOPPED, f"stopped at checkpoint(s) "
+                             f"{point.describe()}; `streamdag resume {submission_id}` goes on")
+            retiring = await self._release(submission_id)
+        await asyncio.gather(*retiring.values())
+        return self._records[submission_id].describe(self.deployment)
+
+    async def resume(self, submission_id: str) -> dict[str, Any]:
+        """Submit a stopped submission's graph again, from its final checkpoint."""
+        record = self._record(submission_id)
+        point = load_stop_point(self.state_dir, record.graph)
+        graph = load_graph(self.state_dir / "graphs", submission_id)
+        if point is None or point.submission != submission_id or graph is None:
+            raise StreamdagError(
+                f"submission {submission_id} was not stopped with a checkpoint (`streamdag "
+                "stop ID` does that), or has resumed already; submit its graph to start anew")
+        return await self.submit_graph(graph)
 
     def _remember_graphs(self) -> None:
         """A restarted controller reads back the graphs of the submissions holding nodes."""

@@ -104,6 +104,16 @@ class Deployment:
         result: dict[str, Any] = self._call("status", submission_id)
         return result
 
+    def stop(self, submission_id: str) -> dict[str, Any]:
+        """Take a final checkpoint, then stop the submission (see ``resume``)."""
+        result: dict[str, Any] = self._call("stop", submission_id)
+        return result
+
+    def resume(self, submission_id: str) -> dict[str, Any]:
+        """Submit a stopped submission's graph again, from its final checkpoint."""
+        result: dict[str, Any] = self._call("resume", submission_id)
+        return result
+
     def checkpoints(self, submission_id: str) -> builtins.list[dict[str, Any]]:
         """Per region of the submission: checkpoints completed and abandoned, the last one,
         recoveries (empty without ``checkpoint.enabled``)."""

@@ -50,6 +50,7 @@ __all__ = [
     "node_requests",
     "release",
     "retirement_order",
+    "with_since",
 ]
 
 #: Ray namespace of every named actor a deployment owns (controller and nodes).
@@ -248,6 +249,16 @@ def release(registry: NodeRegistry, graph_id: str) -> tuple[NodeRegistry, tuple[
             del entries[key]
     order = retirement_order(registry.entries, retired)
     return NodeRegistry(MappingProxyType(_with_regions(entries))), order
+
+
+def with_since(registry: NodeRegistry, since: Mapping[str, float]) -> NodeRegistry:
+    """The registry with the entries of ``since`` dated back (nodes resumed from a checkpoint
+    written then, which a recovery may use again)."""
+    entries = dict(registry.entries)
+    for key, at in since.items():
+        if key in entries:
+            entries[key] = replace(entries[key], since=at)
+    return NodeRegistry(MappingProxyType(entries))
 
 
 def mark_dead(registry: NodeRegistry, keys: Iterable[str]) -> NodeRegistry:

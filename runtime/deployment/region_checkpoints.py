@@ -187,6 +187,33 @@ class RegionCheckpoints:
         task = asyncio.create_task(coordinator.run(), name=f"checkpoints of {region}")
         self._running[region] = _Running(members, coordinator, task)
 
+    async def final_checkpoint(self, region: str, registry: NodeRegistry) -> Manifest:
+        """Take one more checkpoint of ``region`` now (its coordinator stops); its manifest.
+
+        Raises StreamdagError when none completes (a source finished: nothing to resume).
+        """
+        await self.stop(region)
+        members = sorted(k for k, e in registry.entries.items() if e.region == region)
+        coordinator = CheckpointCoordinator(
+            self.prefix + region, self.store, self.actors, members,
+            [k for k in members if self.hosts[k].source is not None],
+            interval_s=self.settings.interval_s, timeout_s=self.settings.timeout_s,
+            ids=self.next_checkpoint_id)
+        coordinator.figures = self.figures.checkpoints.setdefault(region, CheckpointFigures())
+        for _ in range(3):  # a checkpoint may be abandoned; the next one is tried
+            if await coordinator.checkpoint():
+                return self.store.manifest(self.prefix + region, coordinator.next_id - 1)
+            if coordinator.sources_finished:
+                break
+        raise StreamdagError(f"no final checkpoint of region {region} completed (a source "
+                             "finished, or its nodes did not acknowledge in time)")
+
+    def resumed_snapshots(self, region: str, checkpoint_id: int,
+                          keys: Iterable[str]) -> dict[str, NodeSnapshot]:
+        """The snapshots of ``keys`` in checkpoint ``checkpoint_id`` of store ``region``."""
+        loaded = self.store.load(region, checkpoint_id).snapshots
+        return {key: NodeSnapshot.from_bytes(loaded[key]) for key in keys if key in loaded}
+
     async def stop(self, region: str) -> None:
         """Stop the coordinator of ``region`` (its checkpoint in flight is abandoned)."""
         running = self._running.pop(region, None)

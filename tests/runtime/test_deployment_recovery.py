@@ -29,6 +29,7 @@ from runtime.deployment.node_registry import NODE_NAMESPACE
 from runtime.runners.local_runner import LocalRunner
 from streamdag.batch import Batch
 from streamdag.config import CheckpointSettings, KafkaSettings, Settings
+from streamdag.errors import StreamdagError
 from streamdag.testing import TestingSource, read_topic
 
 pytestmark = pytest.mark.integration
@@ -236,3 +237,49 @@ def _recovered(deployment: Deployment, submission: dict[str, Any]) -> bool:
         return bool(deployment.checkpoints(submission["id"])[0]["recoveries"] == 1)
     except ray.exceptions.RayActorError:
         return False  # not back yet
+
+
+def test_stop_takes_a_final_checkpoint_and_resume_or_resubmitting_goes_on_exactly(
+    deployment: Deployment, bootstrap: str
+) -> None:
+    topic, out = f"drec-in-{uuid.uuid4().hex[:8]}", f"drec-out-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
+    graph = _ema_graph("g1", topic, out, span=7)
+    first = deployment.submit(graph)
+    third = TOTAL // 3
+    asyncio.run(_produce(bootstrap, topic, 0, third))
+    wait_for(lambda: _events_in(first, "out_g1") >= third, "the first third through")
+
+    stopped = deployment.stop(first["id"])
+    asyncio.run(_produce(bootstrap, topic, third, 2 * third))  # while it is stopped
+    resumed = deployment.resume(first["id"])
+    wait_for(lambda: _events_in(resumed, "out_g1") >= 1, "the resumed graph to go on")
+    deployment.stop(resumed["id"])
+    asyncio.run(_produce(bootstrap, topic, 2 * third, TOTAL))
+    again = deployment.submit(graph)  # submitting the same graph resumes it too
+    records = asyncio.run(read_topic(bootstrap, out, TOTAL, timeout_s=60))
+
+    assert stopped["state"] == "stopped"
+    assert stopped["cause"].startswith(f"stopped at checkpoint(s) ['{deployment.settings.name}.")
+    assert [s["state"] for s in (resumed, again)] == ["executing", "executing"]
+    assert all(s["history"][-1]["cause"].startswith("resumed from checkpoint(s) [")
+               for s in (resumed, again))
+    assert len(records) == TOTAL  # 0 lost, 0 duplicated over two stops
+    assert _per_key(records) == _expected(TOTAL, span=7)
+
+
+def test_stop_is_refused_with_the_reason_when_the_graph_shares_nodes(
+    deployment: Deployment, bootstrap: str
+) -> None:
+    topic = f"drec-in-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2}))
+    g1 = deployment.submit(_ema_graph("g1", topic, f"drec-o1-{uuid.uuid4().hex[:8]}", span=7))
+    g2 = deployment.submit(_ema_graph("g2", topic, f"drec-o2-{uuid.uuid4().hex[:8]}", span=3))
+
+    with pytest.raises(StreamdagError) as refused:
+        deployment.stop(g1["id"])
+    assert str(refused.value) == (
+        f"submission {g1['id']} shares nodes with running submission(s) ['{g2['id']}']: they "
+        "go on reading, so it could not resume where it stopped; remove it (`streamdag rm`) "
+        "instead")
+    assert deployment.status(g1["id"])["state"] == "executing"
