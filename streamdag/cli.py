@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "ls": "runtime.cli.ls",
     "status": "runtime.cli.status",
     "rm": "runtime.cli.rm",
+    "stop": "runtime.cli.stop",
+    "resume": "runtime.cli.resume",
     "top": "runtime.cli.top",
     "checkpoints": "runtime.cli.checkpoints",
 }

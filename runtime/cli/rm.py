@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from runtime.deployment.client import add_connection_flags, client_from_args
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "print_submission", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Remove and print the submission's final state."""
-    removed = client_from_args(args).remove(args.id)
-    if args.json:
-        print(json.dumps(removed, indent=2))
-    else:
-        cause = removed.get("cause")
-        print(f"removed {removed.get('id', args.id)} (graph {removed.get('graph')}): "
-              f"{removed.get('state')}" + (f" ({cause})" if cause else ""))
+    print_submission("removed", client_from_args(args).remove(args.id), args)
     return 0
+
+
+def print_submission(verb: str, submission: dict[str, Any], args: argparse.Namespace) -> None:
+    """One line (or the JSON with ``--json``) saying what became of a submission."""
+    if args.json:
+        print(json.dumps(submission, indent=2))
+        return
+    cause = submission.get("cause")
+    print(f"{verb} {submission.get('id', args.id)} (graph {submission.get('graph')}): "
+          f"{submission.get('state')}" + (f" ({cause})" if cause else ""))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.deployment.state_files import write_json_atomically
-from streamdag.config import ConfigError, load_settings
+from streamdag.config import ConfigError, Settings, load_settings
 from streamdag.errors import StreamdagError
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "GatewayUnreachableError",
     "RequestRefusedError",
     "add_connection_flags",
+    "client_for",
     "client_from_args",
 ]
 
@@ -122,6 +123,19 @@ class GatewayClient:
         """Remove a submission."""
         return dict(self._request("DELETE", f"/graphs/{_quote(submission_id)}"))
 
+    def stop(self, submission_id: str) -> dict[str, Any]:
+        """Stop a submission with a final checkpoint."""
+        return dict(self._request("POST", f"/graphs/{_quote(submission_id)}/stop"))
+
+    def resume(self, submission_id: str) -> dict[str, Any]:
+        """Resume a stopped submission from its final checkpoint."""
+        return dict(self._request("POST", f"/graphs/{_quote(submission_id)}/resume"))
+
+    def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
+        """Per region of a submission: checkpoints, the last one, recoveries."""
+        return list(self._request("GET", f"/graphs/{_quote(submission_id)}/checkpoints")
+                    ["regions"])
+
     def nodes(self) -> list[dict[str, Any]]:
         """Every node of the deployment."""
         return list(self._request("GET", "/nodes")["nodes"])
@@ -196,16 +210,22 @@ def client_from_args(
     """The client a command's flags, STREAMDAG_* variables and gateway.json point at."""
     overrides = [f"state_dir={args.state_dir}"] if args.state_dir else []
     settings = load_settings(environ=environ, overrides=overrides)
+    return client_for(settings, args.url, args.token, args.timeout)
+
+
+def client_for(settings: Settings, url: str | None = None, token: str | None = None,
+               timeout_s: float = 60.0) -> GatewayClient:
+    """The client of the gateway ``settings`` point at (gateway.json, unless ``url``)."""
     saved = GatewayAddress.load(settings.state_dir)
-    url = args.url or (saved.url if saved else
-                       f"http://{settings.gateway.host}:{settings.gateway.port}")
+    url = url or (saved.url if saved else
+                  f"http://{settings.gateway.host}:{settings.gateway.port}")
     # A saved token belongs to the saved URL only: never send it to another gateway.
     saved_token = saved.token if saved and saved.url.rstrip("/") == url.rstrip("/") else ""
-    token = args.token or settings.gateway.token or saved_token
+    token = token or settings.gateway.token or saved_token
     if not token:
         raise ConfigError(
             f"no token for the gateway at {url}: pass --token, set STREAMDAG_GATEWAY_TOKEN, or "
             f"start the gateway with `streamdag up` (it writes {settings.state_dir}/"
             f"{GATEWAY_FILE})"
         )
-    return GatewayClient(url, token, timeout_s=args.timeout)
+    return GatewayClient(url, token, timeout_s=timeout_s)

@@ -298,6 +298,18 @@ class ControllerCalls:
         """Remove a submission."""
         return dict(await self.call("remove", submission_id))
 
+    async def stop(self, submission_id: str) -> dict[str, Any]:
+        """Stop a submission with a final checkpoint."""
+        return dict(await self.call("stop", submission_id))
+
+    async def resume(self, submission_id: str) -> dict[str, Any]:
+        """Resume a stopped submission from its final checkpoint."""
+        return dict(await self.call("resume", submission_id))
+
+    async def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
+        """The checkpoints and recoveries of a submission's regions."""
+        return list(await self.call("checkpoints", submission_id))
+
     async def list_submissions(self) -> list[dict[str, Any]]:
         """Every submission."""
         return list(await self.call("list_submissions"))
@@ -364,6 +376,9 @@ def create_app(
     app.router.add_get("/graphs", _list)
     app.router.add_get("/graphs/{id}", _status)
     app.router.add_delete("/graphs/{id}", _remove)
+    app.router.add_post("/graphs/{id}/stop", _stop)
+    app.router.add_post("/graphs/{id}/resume", _resume)
+    app.router.add_get("/graphs/{id}/checkpoints", _checkpoints)
     app.router.add_get("/nodes", _nodes)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _metrics)
@@ -426,7 +441,8 @@ async def _answer_errors(request: web.Request, handler: Any) -> web.StreamRespon
     except web.HTTPNotFound:
         missing = RouteNotFoundError(
             f"no route {request.method} {request.path}; routes are POST/GET /graphs, "
-            "GET/DELETE /graphs/{id}, GET /nodes, GET /healthz, GET /metrics")
+            "GET/DELETE /graphs/{id}, POST /graphs/{id}/stop and /resume, "
+            "GET /graphs/{id}/checkpoints, GET /nodes, GET /healthz, GET /metrics")
         return _errors([ErrorDetail.of(missing)], 404)
     except web.HTTPException as exc:
         answer = ErrorDetail(None, type(exc).__name__, f"{request.method} {request.path}: "
@@ -487,6 +503,19 @@ async def _status(request: web.Request) -> web.Response:
 
 async def _remove(request: web.Request) -> web.Response:
     return _json(await request.app[_CONTROLLER].remove(request.match_info["id"]))
+
+
+async def _stop(request: web.Request) -> web.Response:
+    return _json(await request.app[_CONTROLLER].stop(request.match_info["id"]))
+
+
+async def _resume(request: web.Request) -> web.Response:
+    return _json(await request.app[_CONTROLLER].resume(request.match_info["id"]))
+
+
+async def _checkpoints(request: web.Request) -> web.Response:
+    return _json({"regions": await request.app[_CONTROLLER].checkpoints(
+        request.match_info["id"])})
 
 
 async def _nodes(request: web.Request) -> web.Response:

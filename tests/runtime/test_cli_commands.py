@@ -17,13 +17,17 @@ from typing import Any
 
 import pytest
 import ray
+from actor_kills import wait_for
 from tomli_w import dumps as toml_dumps
 
 from connectors.broker import EmbeddedBroker
 from connectors.topics import ensure_topics
+from runtime.cli import checkpoints as checkpoints_command
 from runtime.cli import ls as ls_command
+from runtime.cli import resume as resume_command
 from runtime.cli import rm as rm_command
 from runtime.cli import status as status_command
+from runtime.cli import stop as stop_command
 from runtime.cli import submit as submit_command
 from runtime.cli import top as top_command
 from runtime.cli import up as up_command
@@ -31,13 +35,20 @@ from runtime.cli.top import DeploymentView, NodeView, render_top
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
 from runtime.deployment.client import (
     GatewayAddress,
+    GatewayClient,
     GatewayUnreachableError,
     RequestRefusedError,
     add_connection_flags,
     client_from_args,
 )
 from runtime.deployment.node_registry import NODE_NAMESPACE
-from streamdag.config import ConfigError, GatewaySettings, KafkaSettings, Settings
+from streamdag.config import (
+    CheckpointSettings,
+    ConfigError,
+    GatewaySettings,
+    KafkaSettings,
+    Settings,
+)
 
 
 def command(module: ModuleType, *argv: str) -> int:
@@ -156,7 +167,8 @@ def test_up_serves_every_command_until_ctrl_c_then_stops_what_it_started(
     ray_session: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = Settings(name=f"cli{uuid.uuid4().hex[:8]}", state_dir=str(tmp_path),
-                        kafka=KafkaSettings(partitions=1), gateway=GatewaySettings(port=0))
+                        kafka=KafkaSettings(partitions=1), gateway=GatewaySettings(port=0),
+                        checkpoint=CheckpointSettings(enabled=True, interval_s=0.3))
     out = io.StringIO()
     started: list[up_command.UpInfo] = []
     failures: list[BaseException] = []
@@ -258,10 +270,31 @@ def use_every_command(
         ["out", "kafka_sink", "1"], ["out", "kafka_sink", "1"],
         ["sma2", "rolling_mean", "1"], ["ticks", "kafka_source", "2"]]
 
-    # Step 5: rm both; an unknown id is refused with the gateway's structured error.
-    assert command(rm_command, first, *state) == 0
-    assert capsys.readouterr().out == f"removed {first} (graph copy): stopped (removed)\n"
+    # Step 5: checkpoints of a submission's region; stop is refused while a graph shares it.
+    client = GatewayClient(info.url, info.token)
+    wait_for(lambda: client.checkpoints(first)[0]["completed"] >= 1, "a checkpoint")
+    assert command(checkpoints_command, first, *state) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["region", "nodes", "completed", "abandoned", "last", "age",
+                                "(s)", "bytes", "recoveries"]
+    assert table[1].split()[1] == "4" and table[1].split()[-1] == "0"
+    with pytest.raises(RequestRefusedError) as shared:
+        command(stop_command, first, *state)
+    assert shared.value.status == 409
+    assert f"shares nodes with running submission(s) ['{second}']" in str(shared.value)
+
+    # Step 6: rm one; stop the other with a final checkpoint, and resume it from there.
     assert command(rm_command, second, *state) == 0
+    assert capsys.readouterr().out == f"removed {second} (graph mean): stopped (removed)\n"
+    assert command(stop_command, first, *state) == 0
+    stopped = capsys.readouterr().out
+    assert stopped.startswith(f"stopped {first} (graph copy): stopped (stopped at checkpoint(s) "
+                              f"['{info.controller_name.removeprefix('streamdag-controller-')}.")
+    assert stopped.endswith(f"]; `streamdag resume {first}` goes on)\n")
+    assert command(resume_command, first, *state) == 0
+    resumed = capsys.readouterr().out.split()
+    assert resumed[:5] == ["resumed", resumed[1], "(graph", "copy):", "executing"]
+    assert command(rm_command, resumed[1], *state) == 0
     capsys.readouterr()
     with pytest.raises(RequestRefusedError) as refused:
         command(status_command, "nope-1", *state)
