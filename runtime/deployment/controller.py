@@ -13,6 +13,7 @@ cannot start one node twice.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import time
@@ -141,7 +142,8 @@ class Controller:
         self._last_reuse_ratio = 0.0
         self._crashes = 0
         #: With ``checkpoint.enabled``: every region checkpoints and recovers by itself.
-        self._checkpoints = (region_checkpoints(self.deployment, settings, self._actors)
+        self._checkpoints = (region_checkpoints(self.deployment, settings, self._actors,
+                                                self._emitter.emit)
                              if settings.checkpoint.enabled else None)
         start_when_restarted_by_ray()
 
@@ -583,7 +585,7 @@ class Controller:
         """Fresh per-node figures plus the controller's own counters."""
         if not self._started:
             await self.start()
-        registry = self._registry
+        registry, regions = self._registry, self._checkpoints
         await self._probe_all(registry.live_keys())
         by_state = {str(state): 0 for state in SubmissionState}
         for record in self._records.values():
@@ -601,6 +603,9 @@ class Controller:
             nodes_new_total=self._nodes_new_total, nodes_reused_total=self._nodes_reused_total,
             reuse_ratio=self._last_reuse_ratio, actor_crashes_total=self._crashes,
             actors_running=len(registry.live_keys()),
+            regions=regions.metrics() if regions is not None else (),
+            restore_duration=copy.deepcopy(regions.figures.restore_duration)
+            if regions is not None else LatencyHistogram(),
         )
 
     # -- records, persistence, events -------------------------------------------------------

@@ -57,6 +57,7 @@ __all__ = [
     "UnknownSubmissionError",
     "check_transition",
     "cloud_event",
+    "cloud_event_of",
     "failure_cause",
     "load_submissions",
     "log_event",
@@ -339,23 +340,26 @@ def cloud_event(
     >>> event["type"], event["source"], event["time"], event["data"]["from"]
     ('io.streamdag.submission.submitted', 'streamdag/live', '1970-01-01T00:00:00.000000Z', None)
     """
-    stamp = datetime.fromtimestamp(step.at, UTC).isoformat(timespec="microseconds")
-    return {
-        "specversion": "1.0",
-        "id": event_id or str(uuid.uuid4()),
-        "source": f"streamdag/{deployment}",
-        "type": f"{CLOUDEVENT_TYPE_PREFIX}{step.to_state}",
-        "subject": record.id,
-        "time": stamp.replace("+00:00", "Z"),
-        "datacontenttype": "application/json",
-        "data": {
-            "submission": record.id,
-            "graph": record.graph,
-            "from": step.from_state and str(step.from_state),
-            "to": str(step.to_state),
-            "cause": step.cause,
-        },
-    }
+    return cloud_event_of(deployment, f"{CLOUDEVENT_TYPE_PREFIX}{step.to_state}", record.id,
+                          step.at, {"submission": record.id, "graph": record.graph,
+                                    "from": step.from_state and str(step.from_state),
+                                    "to": str(step.to_state), "cause": step.cause},
+                          event_id=event_id)
+
+
+def cloud_event_of(deployment: str, event_type: str, subject: str, at: float,
+                   data: Mapping[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
+    """A CloudEvents 1.0 record (structured JSON) of ``deployment`` about ``subject``.
+
+    >>> cloud_event_of("live", "io.streamdag.checkpoint.completed", "region-a", 0.0,
+    ...                {"checkpoint": 7}, event_id="e1")["time"]
+    '1970-01-01T00:00:00.000000Z'
+    """
+    stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+    return {"specversion": "1.0", "id": event_id or str(uuid.uuid4()),
+            "source": f"streamdag/{deployment}", "type": event_type, "subject": subject,
+            "time": stamp.replace("+00:00", "Z"), "datacontenttype": "application/json",
+            "data": dict(data)}
 
 
 class LifecycleEmitter(Protocol):

@@ -42,6 +42,7 @@ __all__ = [
     "NODE_LABELS",
     "MetricsSnapshot",
     "NodeMetrics",
+    "RegionMetrics",
     "StreamdagCollector",
     "cumulative_buckets",
 ]
@@ -69,6 +70,21 @@ class NodeMetrics:
 
 
 @dataclass(frozen=True)
+class RegionMetrics:
+    """One region's checkpoints and recoveries (deployments with ``checkpoint.enabled``)."""
+
+    region: str
+    completed: int
+    #: Checkpoints that failed or timed out and were given up.
+    abandoned: int
+    last_size_bytes: int
+    #: Wall-clock time the last one completed; 0: never.
+    last_completed_at: float
+    duration: LatencyHistogram
+    recoveries: int
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """The controller's figures at one moment, for the Prometheus collector."""
 
@@ -84,6 +100,9 @@ class MetricsSnapshot:
     actor_crashes_total: int
     actors_running: int
     taken_at: float = field(default_factory=time.time)
+    regions: tuple[RegionMetrics, ...] = ()
+    #: Seconds each region recovery took to restore its actors (after the backoff).
+    restore_duration: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 _EMPTY = MetricsSnapshot((), {}, LatencyHistogram(), 0, 0, 0.0, 0, 0)
@@ -265,8 +284,45 @@ def _deployment_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     yield CounterMetricFamily("streamdag_actor_crashes",
                               "Node actors found dead by the controller's health check.",
                               value=float(snapshot.actor_crashes_total))
+    yield from _region_families(snapshot)
     submissions = GaugeMetricFamily("streamdag_submissions", "Submissions in each state.",
                                     labels=["state"])
     for state, count in sorted(snapshot.submissions_by_state.items()):
         submissions.add_metric([str(state)], float(count))
     yield submissions
+
+
+def _region_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
+    regions = snapshot.regions
+    yield _histogram_family(
+        "streamdag_checkpoint_duration_seconds",
+        "Seconds from a checkpoint's barriers to its manifest and commit.", ["region"],
+        [([r.region], r.duration) for r in regions])
+    figures: tuple[tuple[_Family, str, str, Callable[[RegionMetrics], float]], ...] = (
+        (CounterMetricFamily, "streamdag_checkpoints_completed", "Checkpoints completed.",
+         lambda r: r.completed),
+        (CounterMetricFamily, "streamdag_checkpoints_abandoned",
+         "Checkpoints that failed or timed out and were given up.", lambda r: r.abandoned),
+        (GaugeMetricFamily, "streamdag_checkpoint_size_bytes",
+         "Bytes of the snapshots of a region's last complete checkpoint.",
+         lambda r: r.last_size_bytes),
+        (CounterMetricFamily, "streamdag_recoveries",
+         "Times a region was restored from its checkpoints after a failure.",
+         lambda r: r.recoveries),
+    )
+    for kind, name, documentation, read in figures:
+        family = kind(name, documentation, labels=["region"])
+        for region in regions:
+            family.add_metric([region.region], float(read(region)))
+        yield family
+    age = GaugeMetricFamily("streamdag_checkpoint_age_seconds",
+                            "Seconds since a region's last checkpoint completed.",
+                            labels=["region"])
+    for region in regions:
+        if region.last_completed_at:
+            age.add_metric([region.region], max(0.0, snapshot.taken_at - region.last_completed_at))
+    yield age
+    yield _histogram_family(
+        "streamdag_restore_duration_seconds",
+        "Seconds a region recovery took to restore its actors, after its backoff.", [],
+        [([], snapshot.restore_duration)])

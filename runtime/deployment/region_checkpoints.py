@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFig
 from runtime.checkpoints.store import CheckpointStore, CorruptCheckpointError, Manifest
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.stats import LatencyHistogram
-from runtime.deployment.lifecycle import failure_cause
+from runtime.deployment.lifecycle import cloud_event_of, failure_cause, log_event
+from runtime.deployment.metrics import RegionMetrics
 from runtime.deployment.node_actors import NodeActors
 from runtime.deployment.node_registry import NodeRegistry
 from runtime.planning.wiring import EdgeSpec, HostSpec
@@ -43,8 +45,12 @@ __all__ = ["RegionCheckpoints", "RegionFigures", "choose_snapshots", "region_che
 _log = logging.getLogger("streamdag.recovery")
 
 
-def region_checkpoints(deployment: str, settings: Settings,
-                       actors: NodeActors) -> RegionCheckpoints:
+#: Publishes one CloudEvent keyed by region (the controller's lifecycle emitter).
+EmitEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def region_checkpoints(deployment: str, settings: Settings, actors: NodeActors,
+                       emit: EmitEvent | None = None) -> RegionCheckpoints:
     """The regions' checkpoints of ``deployment``, in ``settings.checkpoint``'s store."""
     url = settings.checkpoint.store_url(settings.state_dir)
     if url.startswith("memory://"):
@@ -52,7 +58,7 @@ def region_checkpoints(deployment: str, settings: Settings,
             f"checkpoint url {url!r} is memory of one process, and a deployment's nodes are "
             "processes of their own; give a file:// URL (or shared storage)")
     store = CheckpointStore(url, keep=settings.checkpoint.keep)
-    return RegionCheckpoints(deployment, settings.checkpoint, store, actors)
+    return RegionCheckpoints(deployment, settings.checkpoint, store, actors, emit)
 
 
 @dataclass
@@ -77,7 +83,9 @@ class RegionCheckpoints:
     """The checkpoint coordinators of a deployment's regions, and their recoveries."""
 
     def __init__(self, deployment: str, settings: CheckpointSettings, store: CheckpointStore,
-                 actors: NodeActors) -> None:
+                 actors: NodeActors, emit: EmitEvent | None = None) -> None:
+        self.deployment = deployment
+        self._emit = emit
         self.settings = settings
         self.store = store
         self.actors = actors
@@ -184,7 +192,8 @@ class RegionCheckpoints:
             interval_s=self.settings.interval_s, timeout_s=self.settings.timeout_s,
             ids=self.next_checkpoint_id)
         coordinator.figures = self.figures.checkpoints.setdefault(region, CheckpointFigures())
-        task = asyncio.create_task(coordinator.run(), name=f"checkpoints of {region}")
+        task = asyncio.create_task(self._checkpoint_every_interval(region, coordinator),
+                                   name=f"checkpoints of {region}")
         self._running[region] = _Running(members, coordinator, task)
 
     async def final_checkpoint(self, region: str, registry: NodeRegistry) -> Manifest:
@@ -213,6 +222,31 @@ class RegionCheckpoints:
         """The snapshots of ``keys`` in checkpoint ``checkpoint_id`` of store ``region``."""
         loaded = self.store.load(region, checkpoint_id).snapshots
         return {key: NodeSnapshot.from_bytes(loaded[key]) for key in keys if key in loaded}
+
+    async def _checkpoint_every_interval(self, region: str,
+                                         coordinator: CheckpointCoordinator) -> None:
+        figures = coordinator.figures
+        while not coordinator.sources_finished:
+            await asyncio.sleep(coordinator.interval_s)
+            abandoned = figures.abandoned
+            if await coordinator.checkpoint():
+                await self._event("checkpoint.completed", region, {
+                    "checkpoint": figures.last_completed_id,
+                    "size_bytes": figures.last_size_bytes})
+            elif figures.abandoned > abandoned:
+                await self._event("checkpoint.failed", region, {
+                    "checkpoint": coordinator.next_id - 1, "abandoned": figures.abandoned})
+
+    async def _event(self, kind: str, region: str, data: dict[str, Any]) -> None:
+        """Emit CloudEvent ``io.streamdag.<kind>`` about ``region`` (never raises)."""
+        event = cloud_event_of(self.deployment, f"io.streamdag.{kind}", region, time.time(),
+                               {"region": region, **data})
+        log_event(event)
+        if self._emit is not None:
+            try:
+                await self._emit(region, event)
+            except Exception:  # events are for people; checkpoints go on without them
+                _log.warning("could not emit %s of region %s", kind, region, exc_info=True)
 
     async def stop(self, region: str) -> None:
         """Stop the coordinator of ``region`` (its checkpoint in flight is abandoned)."""
@@ -253,6 +287,14 @@ class RegionCheckpoints:
                 "recoveries": self._recoveries.get(region, 0)})
         return described
 
+    def metrics(self) -> tuple[RegionMetrics, ...]:
+        """Every region's figures, for the metrics endpoint."""
+        return tuple(
+            RegionMetrics(region, f.completed, f.abandoned, f.last_size_bytes,
+                          f.last_completed_at, copy.deepcopy(f.duration),
+                          self._recoveries.get(region, 0))
+            for region, f in sorted(self.figures.checkpoints.items()))
+
     def failed_nodes(self, registry: NodeRegistry) -> dict[str, str]:
         """One node of every region whose coordinator failed, with the cause."""
         failures = self.failed()
@@ -289,6 +331,7 @@ class RegionCheckpoints:
                     await self.recover(region, registry, cause)
                 except GraphFailedError as gave_up:
                     await self.stop(region)
+                    await self._event("recovery.failed", region, {"cause": str(gave_up)})
                     left.update(dict.fromkeys(keys, str(gave_up)))
                     break
                 except Exception as exc:  # the restore itself failed: one more failure
@@ -320,6 +363,7 @@ class RegionCheckpoints:
         figures = self.figures.checkpoints.get(region, CheckpointFigures())
         delay = policy.next_delay(cause, figures.completed)
         _log.warning("region %s failed (%s); recovering in %.1f s", region, cause, delay)
+        await self._event("recovery.started", region, {"cause": cause, "backoff_s": delay})
         await self.stop(region)
         # Step 2: kill what is left of it.
         for key, entry in entries.items():
@@ -354,6 +398,9 @@ class RegionCheckpoints:
         _log.warning("region %s recovered from checkpoint(s) %s (incarnation %d) in %.2f s "
                      "after a %.1f s backoff", region, restored_from or "none",
                      self._incarnation, took, delay)
+        await self._event("recovery.finished", region, {
+            "restored_from": restored_from, "incarnation": self._incarnation,
+            "restore_s": round(took, 3)})
         return took
 
 

@@ -147,6 +147,17 @@ def test_a_killed_actor_of_a_deployment_recovers_its_region_with_exact_output(
     assert region["recoveries"] == 1
     assert len(records) == TOTAL  # 0 lost, 0 duplicated
     assert _per_key(records) == _expected(TOTAL, span=7)  # per-key order and exact values
+    # Metrics and CloudEvents say what happened.
+    [metrics] = deployment.metrics_snapshot().regions
+    assert (metrics.region, metrics.recoveries) == (region["region"], 1)
+    assert metrics.completed >= 2 and metrics.duration.observations == metrics.completed
+    assert deployment.metrics_snapshot().restore_duration.observations == 1
+    events = asyncio.run(read_topic(bootstrap, f"{deployment.settings.name}.lifecycle", 1))
+    kinds = [json.loads(e.value)["type"] for e in events
+             if json.loads(e.value)["subject"] == region["region"]]
+    assert [k for k in kinds if k.startswith("io.streamdag.recovery.")] == [
+        "io.streamdag.recovery.started", "io.streamdag.recovery.finished"]
+    assert kinds.count("io.streamdag.checkpoint.completed") >= 2
 
 
 def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_alone(

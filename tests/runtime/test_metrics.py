@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
 from runtime.deployment.metrics import (
     MetricsSnapshot,
     NodeMetrics,
+    RegionMetrics,
     StreamdagCollector,
     cumulative_buckets,
 )
@@ -164,6 +166,25 @@ def test_deployment_figures() -> None:
     by_state = {dict(k[1])["state"]: v for k, v in samples.items()
                 if k[0] == "streamdag_submissions"}
     assert by_state == {"submitted": 0, "executing": 2, "failed": 1, "stopped": 0}
+
+
+def test_region_checkpoint_and_recovery_figures() -> None:
+    region = RegionMetrics("region-1", completed=12, abandoned=2, last_size_bytes=9900,
+                           last_completed_at=97.5, duration=histogram(0.05, 0.2),
+                           recoveries=1)
+    idle = RegionMetrics("region-2", 0, 0, 0, 0.0, LatencyHistogram(), 0)
+    samples = scrape(dataclasses.replace(full_snapshot(), regions=(region, idle),
+                                         restore_duration=histogram(3.2)))
+    one, two = (("region", "region-1"),), (("region", "region-2"),)
+    assert samples[("streamdag_checkpoints_completed_total", one)] == 12
+    assert samples[("streamdag_checkpoints_abandoned_total", one)] == 2
+    assert samples[("streamdag_checkpoint_size_bytes", one)] == 9900
+    assert samples[("streamdag_checkpoint_age_seconds", one)] == 2.5  # taken at 100.0
+    assert ("streamdag_checkpoint_age_seconds", two) not in samples  # none completed yet
+    assert samples[("streamdag_recoveries_total", one)] == 1
+    assert samples[("streamdag_checkpoint_duration_seconds_count", one)] == 2
+    assert samples[("streamdag_checkpoint_duration_seconds_sum", one)] == 0.25
+    assert samples[("streamdag_restore_duration_seconds_count", ())] == 1
 
 
 def test_every_name_starts_with_streamdag() -> None:
