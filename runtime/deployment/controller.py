@@ -62,17 +62,12 @@ from runtime.deployment.node_registry import (
     node_requests,
     release,
     retirement_order,
-    with_since,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
-from runtime.deployment.state_files import load_graph, load_registry, save_graph, save_registry
+from runtime.deployment.state_files import load_registry, save_graph, save_registry
 from runtime.deployment.stop_resume import (
-    StopPoint,
+    StopAndResume,
     drop_stop_point,
-    load_stop_point,
-    resume_snapshots,
-    save_stop_point,
-    stop_refusal,
 )
 from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
@@ -99,7 +94,7 @@ class _SubmissionFailedError(Exception):
     """Carries a failed submission's cause to the rollback."""
 
 
-class Controller:
+class Controller(StopAndResume):
     """One deployment's controller: submissions, the shared node actors, their lifecycle."""
 
     def __init__(
@@ -473,62 +468,6 @@ class Controller:
         await hold_nodes(self._actors, response.holds)
         for submission, cause in response.failures.items():
             await self._fail(submission, cause)
-
-    def _resume_point(self, graph: Graph, new_keys: list[str]
-                      ) -> tuple[StopPoint | None, dict[str, NodeSnapshot]]:
-        """A graph stopped with a checkpoint resumes: its new nodes' snapshots there."""
-        point = (load_stop_point(self.state_dir, graph.name)
-                 if self._checkpoints is not None else None)
-        if point is None or self._checkpoints is None:
-            return None, {}
-        snapshots, since = resume_snapshots(self._checkpoints, point, new_keys)
-        self._registry = with_since(self._registry, since)
-        return point, snapshots
-
-    async def stop(self, submission_id: str) -> dict[str, Any]:
-        """Take a final checkpoint of a submission's regions, then stop it and release its
-        nodes; ``resume`` (or submitting the same graph again) goes on from that checkpoint."""
-        async with self._lock:
-            await self._ensure_started()
-            record = self._record(submission_id)
-            refusal = stop_refusal(self._registry, self._records, record,
-                                   self._checkpoints is not None)
-            if refusal is not None or self._checkpoints is None:
-                raise StreamdagError(refusal)
-            regions = sorted({self._registry.entries[n.key].region for n in record.nodes})
-            point = StopPoint.of(record, [
-                await self._checkpoints.final_checkpoint(region, self._registry)
-                for region in regions])
-            save_stop_point(self.state_dir, point)
-            await self._move(submission_id, _S.STOPPED, f"stopped at checkpoint(s) "
-                             f"{point.describe()}; `streamdag resume {submission_id}` goes on")
-            retiring = await self._release(submission_id)
-        await asyncio.gather(*retiring.values())
-        return self._records[submission_id].describe(self.deployment)
-
-    async def resume(self, submission_id: str) -> dict[str, Any]:
-        """Submit a stopped submission's graph again, from its final checkpoint."""
-        record = self._record(submission_id)
-        point = load_stop_point(self.state_dir, record.graph)
-        graph = load_graph(self.state_dir / "graphs", submission_id)
-        if point is None or point.submission != submission_id or graph is None:
-            raise StreamdagError(
-                f"submission {submission_id} was not stopped with a checkpoint (`streamdag "
-                "stop ID` does that), or has resumed already; submit its graph to start anew")
-        return await self.submit_graph(graph)
-
-    def _remember_graphs(self) -> None:
-        """A restarted controller reads back the graphs of the submissions holding nodes."""
-        if self._checkpoints is None:
-            return
-        for record in self._records.values():
-            graph = load_graph(self.state_dir / "graphs", record.id) if record.holds_nodes \
-                else None
-            if graph is not None:
-                keys = {node.node_id: instance_key(node.node_id, record.id,
-                                                   dedup=self.options.dedup)
-                        for node in graph.nodes}
-                self._checkpoints.remember(self._registry, graph, keys, self._hosts_of(graph))
 
     async def _reconcile_checkpoints(self, retired: Iterable[str] = ()) -> None:
         if self._checkpoints is not None:

@@ -11,21 +11,28 @@ reading, so its nodes could not resume where they stopped.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.checkpoints.store import Manifest
 from runtime.dataplane.checkpointing import NodeSnapshot
-from runtime.deployment.lifecycle import SubmissionRecord
-from runtime.deployment.node_registry import NodeRegistry
+from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
+from runtime.deployment.node_registry import NodeRegistry, instance_key, with_since
 from runtime.deployment.region_checkpoints import RegionCheckpoints
-from runtime.deployment.state_files import read_json, write_json_atomically
+from runtime.deployment.state_files import load_graph, read_json, write_json_atomically
+from runtime.planning.wiring import HostSpec
+from streamdag.errors import StreamdagError
+from streamdag.graph import Graph
 
-__all__ = ["StopPoint", "drop_stop_point", "load_stop_point", "resume_snapshots",
-           "save_stop_point", "stop_refusal"]
+if TYPE_CHECKING:
+    from runtime.deployment.controller_options import ControllerOptions
+
+__all__ = ["StopAndResume", "StopPoint", "drop_stop_point", "load_stop_point",
+           "resume_snapshots", "save_stop_point", "stop_refusal"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +112,86 @@ def resume_snapshots(
         snapshots.update(found)
         since.update(dict.fromkeys(found, created_at))
     return snapshots, since
+
+
+class StopAndResume:
+    """The controller's stop, resume, and what a restarted controller reads back (a mixin of
+    ``Controller``: it uses the controller's registry, records and lock)."""
+
+    if TYPE_CHECKING:
+        state_dir: Path
+        deployment: str
+        options: ControllerOptions
+        _lock: asyncio.Lock
+        _registry: NodeRegistry
+        _records: dict[str, SubmissionRecord]
+        _checkpoints: RegionCheckpoints | None
+
+        async def _ensure_started(self) -> None: ...
+
+        def _record(self, submission_id: str) -> SubmissionRecord: ...
+
+        async def _move(self, submission: str, target: SubmissionState,
+                        cause: str | None = None) -> None: ...
+
+        async def _release(self, submission: str) -> dict[str, asyncio.Task[None]]: ...
+
+        async def submit_graph(self, graph: Graph) -> dict[str, Any]: ...
+
+        def _hosts_of(self, graph: Graph) -> dict[str, HostSpec]: ...
+
+    def _resume_point(self, graph: Graph, new_keys: list[str]
+                      ) -> tuple[StopPoint | None, dict[str, NodeSnapshot]]:
+        """A graph stopped with a checkpoint resumes: its new nodes' snapshots there."""
+        point = (load_stop_point(self.state_dir, graph.name)
+                 if self._checkpoints is not None else None)
+        if point is None or self._checkpoints is None:
+            return None, {}
+        snapshots, since = resume_snapshots(self._checkpoints, point, new_keys)
+        self._registry = with_since(self._registry, since)
+        return point, snapshots
+
+    async def stop(self, submission_id: str) -> dict[str, Any]:
+        """Take a final checkpoint of a submission's regions, then stop it and release its
+        nodes; ``resume`` (or submitting the same graph again) goes on from that checkpoint."""
+        async with self._lock:
+            await self._ensure_started()
+            record = self._record(submission_id)
+            refusal = stop_refusal(self._registry, self._records, record,
+                                   self._checkpoints is not None)
+            if refusal is not None or self._checkpoints is None:
+                raise StreamdagError(refusal)
+            regions = sorted({self._registry.entries[n.key].region for n in record.nodes})
+            point = StopPoint.of(record, [
+                await self._checkpoints.final_checkpoint(region, self._registry)
+                for region in regions])
+            save_stop_point(self.state_dir, point)
+            await self._move(submission_id, SubmissionState.STOPPED, f"stopped at checkpoint(s) "
+                             f"{point.describe()}; `streamdag resume {submission_id}` goes on")
+            retiring = await self._release(submission_id)
+        await asyncio.gather(*retiring.values())
+        return self._records[submission_id].describe(self.deployment)
+
+    async def resume(self, submission_id: str) -> dict[str, Any]:
+        """Submit a stopped submission's graph again, from its final checkpoint."""
+        record = self._record(submission_id)
+        point = load_stop_point(self.state_dir, record.graph)
+        graph = load_graph(self.state_dir / "graphs", submission_id)
+        if point is None or point.submission != submission_id or graph is None:
+            raise StreamdagError(
+                f"submission {submission_id} was not stopped with a checkpoint (`streamdag "
+                "stop ID` does that), or has resumed already; submit its graph to start anew")
+        return await self.submit_graph(graph)
+
+    def _remember_graphs(self) -> None:
+        """A restarted controller reads back the graphs of the submissions holding nodes."""
+        if self._checkpoints is None:
+            return
+        for record in self._records.values():
+            graph = load_graph(self.state_dir / "graphs", record.id) if record.holds_nodes \
+                else None
+            if graph is not None:
+                keys = {node.node_id: instance_key(node.node_id, record.id,
+                                                   dedup=self.options.dedup)
+                        for node in graph.nodes}
+                self._checkpoints.remember(self._registry, graph, keys, self._hosts_of(graph))
