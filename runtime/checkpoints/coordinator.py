@@ -86,8 +86,12 @@ class CheckpointCoordinator:
         #: Set once a source finished: a bounded stream is ending, no checkpoint can complete.
         self.sources_finished = False
 
-    async def run(self) -> None:
-        """Checkpoint every ``interval_s`` until cancelled or a source finished."""
+    async def run(self, *, at_once: bool = False) -> None:
+        """Checkpoint every ``interval_s`` until cancelled or a source finished; with
+        ``at_once``, the first one right away (a region just restored records its progress
+        as soon as it can, so a fault soon after need not start over from further back)."""
+        if at_once:
+            await self.checkpoint()
         while not self.sources_finished:
             await asyncio.sleep(self.interval_s)
             await self.checkpoint()

@@ -185,14 +185,14 @@ class RegionCheckpoints:
             if region not in self._running and all(k in self.hosts for k in keys):
                 self._start(region, frozenset(keys))
 
-    def _start(self, region: str, members: frozenset[str]) -> None:
+    def _start(self, region: str, members: frozenset[str], *, at_once: bool = False) -> None:
         sources = sorted(k for k in members if self.hosts[k].source is not None)
         coordinator = CheckpointCoordinator(
             self.prefix + region, self.store, self.actors, sorted(members), sources,
             interval_s=self.settings.interval_s, timeout_s=self.settings.timeout_s,
             ids=self.next_checkpoint_id)
         coordinator.figures = self.figures.checkpoints.setdefault(region, CheckpointFigures())
-        task = asyncio.create_task(self._checkpoint_every_interval(region, coordinator),
+        task = asyncio.create_task(self._checkpoint_every_interval(region, coordinator, at_once),
                                    name=f"checkpoints of {region}")
         self._running[region] = _Running(members, coordinator, task)
 
@@ -223,11 +223,13 @@ class RegionCheckpoints:
         loaded = self.store.load(region, checkpoint_id).snapshots
         return {key: NodeSnapshot.from_bytes(loaded[key]) for key in keys if key in loaded}
 
-    async def _checkpoint_every_interval(self, region: str,
-                                         coordinator: CheckpointCoordinator) -> None:
+    async def _checkpoint_every_interval(self, region: str, coordinator: CheckpointCoordinator,
+                                         at_once: bool) -> None:
         figures = coordinator.figures
         while not coordinator.sources_finished:
-            await asyncio.sleep(coordinator.interval_s)
+            if not at_once:
+                await asyncio.sleep(coordinator.interval_s)
+            at_once = False
             abandoned = figures.abandoned
             if await coordinator.checkpoint():
                 await self._event("checkpoint.completed", region, {
@@ -389,8 +391,8 @@ class RegionCheckpoints:
             await deploy(self.actors, generations, edges)
         finally:
             self.actors.incarnation, self.actors.snapshots = 0, {}
-        # Step 5: checkpoints go on.
-        self._start(region, frozenset(entries))
+        # Step 5: checkpoints go on, the first one at once.
+        self._start(region, frozenset(entries), at_once=True)
         took = time.monotonic() - started
         self.figures.recoveries += 1
         self._recoveries[region] = self._recoveries.get(region, 0) + 1

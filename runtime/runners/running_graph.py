@@ -86,6 +86,8 @@ class RunningGraph:
         self._stopping = False
         #: The checkpoint each recovery restored (None: there was none, it started over).
         self.restored_from: list[int | None] = []
+        #: True from a failure being noticed until the graph runs again.
+        self.recovering = False
         self._recovered = 0
 
     @property
@@ -117,8 +119,9 @@ class RunningGraph:
         return {name: ray.get(ref) for name, ref in refs.items()}
 
     # -- checkpoints ----------------------------------------------------------------------
-    def start_checkpoints(self, first_id: int = 1) -> None:
-        """Start the coordinator of this graph's region (a no-op without checkpoints)."""
+    def start_checkpoints(self, first_id: int = 1, *, at_once: bool = False) -> None:
+        """Start the coordinator of this graph's region (a no-op without checkpoints); with
+        ``at_once`` its first checkpoint starts now."""
         plan = self.plan
         if plan is None:
             return
@@ -131,7 +134,7 @@ class RunningGraph:
             timeout_s=plan.settings.timeout_s, first_id=first_id)
         if previous is not None:
             self._coordinator.figures = previous.figures
-        self._coordinating = self._loop.submit(self._coordinator.run())
+        self._coordinating = self._loop.submit(self._coordinator.run(at_once=at_once))
 
     def supervise(self) -> None:
         """With checkpoints: start the thread that waits for the graph and recovers it."""
@@ -178,9 +181,11 @@ class RunningGraph:
                 return self._wait_once(None, None)
             except _RegionFailedError as failed:
                 cause = str(failed)
+            self.recovering = True
             while True:
                 try:
                     self.recover(cause)
+                    self.recovering = False
                     break
                 except GraphFailedError:
                     raise
@@ -223,8 +228,8 @@ class RunningGraph:
             run_blocking(deploy(nodes, plan.generations, plan.edges))
         finally:
             nodes.snapshots = {}
-        # Step 5: checkpoints go on.
-        self.start_checkpoints(first_id=next_id)
+        # Step 5: checkpoints go on, the first one at once.
+        self.start_checkpoints(first_id=next_id, at_once=True)
         self._recovered += 1
         done = time.monotonic()
         _log.warning("graph %r recovered from checkpoint %s (incarnation %d) in %.2f s: stop "
