@@ -19,28 +19,20 @@ from typing import Any
 import pytest
 import ray
 from actor_kills import kill_actor_process, wait_for
-from aiokafka import AIOKafkaProducer
+from ema_oracle import KEYS, expected, per_key, produce, produce_in_background, tick
 
 import streamdag as sd
 from connectors.topics import ensure_topics
 from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
-from runtime.runners.local_runner import LocalRunner
-from streamdag.batch import Batch
 from streamdag.config import CheckpointSettings, KafkaSettings, Settings
 from streamdag.errors import StreamdagError
-from streamdag.testing import TestingSource, read_topic
+from streamdag.testing import read_topic
 
 pytestmark = pytest.mark.integration
 
-KEYS = ("A", "B", "C", "D", "E")
 TOTAL = 3000
-
-
-def _tick(i: int) -> dict[str, Any]:
-    """Event i: key KEYS[i % 5], time i."""
-    return {"symbol": KEYS[i % len(KEYS)], "ts": i, "price": float((i * 7919) % 1000) / 10}
 
 
 def _ema_graph(name: str, topic: str, out: str, span: int) -> sd.Graph:
@@ -49,49 +41,21 @@ def _ema_graph(name: str, topic: str, out: str, span: int) -> sd.Graph:
     return sd.Graph(name, outputs=[smooth.to_topic(out, name=f"out_{name}")])
 
 
-def _expected(total: int, span: int) -> dict[str, list[tuple[int, float]]]:
-    """The EMA outputs per key of a run without faults, in order."""
-    batch = Batch.from_columns(ts=[_tick(i)["ts"] for i in range(total)],
-                               key=[_tick(i)["symbol"] for i in range(total)],
-                               price=[_tick(i)["price"] for i in range(total)])
-    ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
-    graph = sd.Graph("ema", outputs=[ticks.ema("price", span=span, name="smooth")])
-    result = LocalRunner().run(graph, sources={"ticks": lambda: TestingSource([batch])})
-    expected: dict[str, list[tuple[int, float]]] = {key: [] for key in KEYS}
-    for record in result.records("smooth"):
-        expected[str(record["key"])].append((int(record["ts"]), float(record["value"])))
-    return expected
-
-
-def _per_key(records: list[Any]) -> dict[str, list[tuple[int, float]]]:
-    found: dict[str, list[tuple[int, float]]] = {key: [] for key in KEYS}
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        value = json.loads(record.value)
-        found[value["key"]].append((int(value["ts"]), float(value["value"])))
-    return found
-
-
-async def _produce(bootstrap: str, topic: str, first: int, last: int,
-                   pace_s: float = 0.0) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        for i in range(first, last):
-            tick = _tick(i)
-            await producer.send(topic, json.dumps(tick).encode(), key=tick["symbol"].encode())
-            if pace_s and i % 50 == 49:
-                await producer.flush()
-                await asyncio.sleep(pace_s)  # a live stream: the fault comes while it flows
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def _in_background(bootstrap: str, topic: str, first: int, last: int) -> threading.Thread:
-    thread = threading.Thread(target=lambda: asyncio.run(
-        _produce(bootstrap, topic, first, last, pace_s=0.05)), daemon=True)
-    thread.start()
-    return thread
+def _half_through_then_flowing(deployment: Deployment, bootstrap: str
+                               ) -> tuple[dict[str, Any], str, threading.Thread]:
+    """g1 (EMA span 7) submitted, half the events through it and two checkpoints taken, the
+    rest flowing: the submission, its output topic and the producing thread."""
+    topic, out = f"drec-in-{uuid.uuid4().hex[:8]}", f"drec-out-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
+    submission = deployment.submit(_ema_graph("g1", topic, out, span=7))
+    assert submission["state"] == "executing", submission["cause"]
+    half = TOTAL // 2
+    asyncio.run(produce(bootstrap, topic, 0, half))
+    wait_for(lambda: _completed(deployment, submission) >= 2
+             and _events_in(submission, "out_g1") >= half, "two checkpoints and half through")
+    flowing = produce_in_background(bootstrap, topic, half, TOTAL)
+    wait_for(lambda: _events_in(submission, "out_g1") >= half + 300, "the second half to flow")
+    return submission, out, flowing
 
 
 def _actor(submission: dict[str, Any], node: str) -> Any:
@@ -125,16 +89,7 @@ def deployment(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[De
 def test_a_killed_actor_of_a_deployment_recovers_its_region_with_exact_output(
     deployment: Deployment, bootstrap: str, victim: str
 ) -> None:
-    topic, out = f"drec-in-{uuid.uuid4().hex[:8]}", f"drec-out-{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
-    submission = deployment.submit(_ema_graph("g1", topic, out, span=7))
-    assert submission["state"] == "executing", submission["cause"]
-    half = TOTAL // 2
-    asyncio.run(_produce(bootstrap, topic, 0, half))
-    wait_for(lambda: _completed(deployment, submission) >= 2
-             and _events_in(submission, "out_g1") >= half, "two checkpoints and half through")
-    flowing = _in_background(bootstrap, topic, half, TOTAL)
-    wait_for(lambda: _events_in(submission, "out_g1") >= half + 300, "the second half to flow")
+    submission, out, flowing = _half_through_then_flowing(deployment, bootstrap)
     kill_actor_process(_actor(submission, victim))
 
     problems = deployment.check_health()  # finds the dead actor and recovers its region
@@ -146,7 +101,7 @@ def test_a_killed_actor_of_a_deployment_recovers_its_region_with_exact_output(
     [region] = deployment.checkpoints(submission["id"])
     assert region["recoveries"] == 1
     assert len(records) == TOTAL  # 0 lost, 0 duplicated
-    assert _per_key(records) == _expected(TOTAL, span=7)  # per-key order and exact values
+    assert per_key(records) == expected(TOTAL, span=7)  # per-key order and exact values
     # Metrics and CloudEvents say what happened.
     [metrics] = deployment.metrics_snapshot().regions
     assert (metrics.region, metrics.recoveries) == (region["region"], 1)
@@ -169,8 +124,8 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
     g1 = deployment.submit(_ema_graph("g1", topic, out1, span=7))
     g3 = deployment.submit(_ema_graph("g3", other, out3, span=5))  # a region of its own
     half = TOTAL // 2
-    asyncio.run(_produce(bootstrap, topic, 0, half))
-    asyncio.run(_produce(bootstrap, other, 0, TOTAL))
+    asyncio.run(produce(bootstrap, topic, 0, half))
+    asyncio.run(produce(bootstrap, other, 0, TOTAL))
     wait_for(lambda: _completed(deployment, g1) >= 2, "g1's region to checkpoint")
     tripled = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"}).map(
         "price * 3", name="triple")
@@ -183,7 +138,7 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
              "the merged region to checkpoint")
     bystander = _actor(g3, "smooth5")
     bystander_pid = _pid(bystander)
-    flowing = _in_background(bootstrap, topic, half, TOTAL)
+    flowing = produce_in_background(bootstrap, topic, half, TOTAL)
     wait_for(lambda: _events_in(g2, "out_g2") >= 300, "the second half to flow into g2")
     kill_actor_process(_actor(g2, "triple"))
 
@@ -198,29 +153,21 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
     assert deployment.checkpoints(g2["id"])[0]["recoveries"] == 1
     assert deployment.checkpoints(g3["id"])[0]["recoveries"] == 0
     assert _pid(bystander) == bystander_pid  # the other region was not restarted
-    assert len(first) == TOTAL and _per_key(first) == _expected(TOTAL, span=7)
-    assert len(third) == TOTAL and _per_key(third) == _expected(TOTAL, span=5)
+    assert len(first) == TOTAL and per_key(first) == expected(TOTAL, span=7)
+    assert len(third) == TOTAL and per_key(third) == expected(TOTAL, span=5)
     # g2 joined mid-stream, from where the shared source was when it attached: from there on
     # every event exactly once, in order, with its exact value.
-    for key, outputs in _per_key(second).items():
+    for key, outputs in per_key(second).items():
         first_ts = outputs[0][0]
         assert first_ts < half + len(KEYS)  # it attached before the second half came
-        assert outputs == [(ts, _tick(ts)["price"] * 3) for ts in range(first_ts, TOTAL)
-                           if _tick(ts)["symbol"] == key]
+        assert outputs == [(ts, tick(ts)["price"] * 3) for ts in range(first_ts, TOTAL)
+                           if tick(ts)["symbol"] == key]
 
 
 def test_a_killed_controller_comes_back_by_itself_and_recovers_what_died_meanwhile(
     deployment: Deployment, bootstrap: str
 ) -> None:
-    topic, out = f"drec-in-{uuid.uuid4().hex[:8]}", f"drec-out-{uuid.uuid4().hex[:8]}"
-    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
-    submission = deployment.submit(_ema_graph("g1", topic, out, span=7))
-    half = TOTAL // 2
-    asyncio.run(_produce(bootstrap, topic, 0, half))
-    wait_for(lambda: _completed(deployment, submission) >= 2
-             and _events_in(submission, "out_g1") >= half, "two checkpoints and half through")
-    flowing = _in_background(bootstrap, topic, half, TOTAL)
-    wait_for(lambda: _events_in(submission, "out_g1") >= half + 300, "the second half to flow")
+    submission, out, flowing = _half_through_then_flowing(deployment, bootstrap)
 
     # An interior actor dies (health checks are off: the controller does not notice), then
     # the controller dies: the one Ray brings back finds the actor gone when it starts.
@@ -234,7 +181,7 @@ def test_a_killed_controller_comes_back_by_itself_and_recovers_what_died_meanwhi
 
     assert deployment.status(submission["id"])["state"] == "executing"
     assert len(records) == TOTAL  # 0 lost, 0 duplicated
-    assert _per_key(records) == _expected(TOTAL, span=7)
+    assert per_key(records) == expected(TOTAL, span=7)
     assert _completed(deployment, submission) >= 1  # it checkpoints again
     assert _pid(deployment.controller) != pid
 
@@ -258,15 +205,15 @@ def test_stop_takes_a_final_checkpoint_and_resume_or_resubmitting_goes_on_exactl
     graph = _ema_graph("g1", topic, out, span=7)
     first = deployment.submit(graph)
     third = TOTAL // 3
-    asyncio.run(_produce(bootstrap, topic, 0, third))
+    asyncio.run(produce(bootstrap, topic, 0, third))
     wait_for(lambda: _events_in(first, "out_g1") >= third, "the first third through")
 
     stopped = deployment.stop(first["id"])
-    asyncio.run(_produce(bootstrap, topic, third, 2 * third))  # while it is stopped
+    asyncio.run(produce(bootstrap, topic, third, 2 * third))  # while it is stopped
     resumed = deployment.resume(first["id"])
     wait_for(lambda: _events_in(resumed, "out_g1") >= 1, "the resumed graph to go on")
     deployment.stop(resumed["id"])
-    asyncio.run(_produce(bootstrap, topic, 2 * third, TOTAL))
+    asyncio.run(produce(bootstrap, topic, 2 * third, TOTAL))
     again = deployment.submit(graph)  # submitting the same graph resumes it too
     records = asyncio.run(read_topic(bootstrap, out, TOTAL, timeout_s=60))
 
@@ -276,7 +223,7 @@ def test_stop_takes_a_final_checkpoint_and_resume_or_resubmitting_goes_on_exactl
     assert all(s["history"][-1]["cause"].startswith("resumed from checkpoint(s) [")
                for s in (resumed, again))
     assert len(records) == TOTAL  # 0 lost, 0 duplicated over two stops
-    assert _per_key(records) == _expected(TOTAL, span=7)
+    assert per_key(records) == expected(TOTAL, span=7)
 
 
 def test_stop_is_refused_with_the_reason_when_the_graph_shares_nodes(

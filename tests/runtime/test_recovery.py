@@ -7,28 +7,23 @@ The aggregate is an EMA per key: an event applied twice or lost changes every la
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from actor_kills import kill_actor_process, wait_for
-from aiokafka import AIOKafkaProducer
+from ema_oracle import expected, per_key, produce, produce_in_background
 
 import streamdag as sd
 from connectors.topics import ensure_topics
 from runtime.checkpoints.store import CheckpointStore
 from runtime.runners.kafka_binding import KafkaBinding
-from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
-from streamdag.batch import Batch
 from streamdag.config import CheckpointSettings
-from streamdag.testing import TestingSource, read_topic
+from streamdag.testing import read_topic
 
-KEYS = ("A", "B", "C", "D", "E")
 TOTAL = 4000
 
 
@@ -36,59 +31,6 @@ def _graph(topic: str, out: str) -> sd.Graph:
     ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
     smooth = ticks.ema("price", span=7, name="smooth")
     return sd.Graph("ema", outputs=[smooth.to_topic(out, name="out")])
-
-
-def _tick(i: int) -> dict[str, Any]:
-    """Event i: key KEYS[i % 5], time i (its sequence number within the key is i // 5)."""
-    return {"symbol": KEYS[i % len(KEYS)], "ts": i, "price": float((i * 7919) % 1000) / 10}
-
-
-async def _produce(bootstrap: str, topic: str, first: int, last: int,
-                   pace_s: float = 0.0) -> None:
-    """Events ``first``..``last - 1``; with ``pace_s``, 50 at a time, one step per ``pace_s``."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        for i in range(first, last):
-            tick = _tick(i)
-            await producer.send(topic, json.dumps(tick).encode(), key=tick["symbol"].encode())
-            if pace_s and i % 50 == 49:
-                await producer.flush()
-                await asyncio.sleep(pace_s)  # a live stream: the fault comes while it flows
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def _produce_in_background(bootstrap: str, topic: str, first: int,
-                           last: int) -> threading.Thread:
-    thread = threading.Thread(target=lambda: asyncio.run(
-        _produce(bootstrap, topic, first, last, pace_s=0.05)), daemon=True)
-    thread.start()
-    return thread
-
-
-def _expected(total: int) -> dict[str, list[tuple[int, float]]]:
-    """The EMA outputs per key of a run without faults, in order."""
-    batch = Batch.from_columns(
-        ts=[_tick(i)["ts"] for i in range(total)],
-        key=[_tick(i)["symbol"] for i in range(total)],
-        price=[_tick(i)["price"] for i in range(total)])
-    ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
-    graph = sd.Graph("ema", outputs=[ticks.ema("price", span=7, name="smooth")])
-    result = LocalRunner().run(graph, sources={"ticks": lambda: TestingSource([batch])})
-    expected: dict[str, list[tuple[int, float]]] = {key: [] for key in KEYS}
-    for record in result.records("smooth"):
-        expected[str(record["key"])].append((int(record["ts"]), float(record["value"])))
-    return expected
-
-
-def _per_key(records: list[Any]) -> dict[str, list[tuple[int, float]]]:
-    found: dict[str, list[tuple[int, float]]] = {key: [] for key in KEYS}
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        value = json.loads(record.value)
-        found[value["key"]].append((int(value["ts"]), float(value["value"])))
-    return found
 
 
 def _run_with_a_kill(bootstrap: str, tmp_path: Path, victim: str, *,
@@ -105,12 +47,12 @@ def _run_with_a_kill(bootstrap: str, tmp_path: Path, victim: str, *,
                        default_sink=binding.sink_for)
     running = runner.start(_graph(topic, out))
     try:
-        asyncio.run(_produce(bootstrap, topic, 0, half))
+        asyncio.run(produce(bootstrap, topic, 0, half))
         wait_for(lambda: (running.checkpoints is not None
                           and running.checkpoints.completed >= 2
                           and running.stats()["out"].events_in >= half),
                  "two checkpoints and the first half through")
-        flowing = _produce_in_background(bootstrap, topic, half, TOTAL)
+        flowing = produce_in_background(bootstrap, topic, half, TOTAL)
         wait_for(lambda: running.stats()["out"].events_in >= half + 400, "the second half to flow")
         kill_actor_process(running.actor(victim))
         if corrupt_latest:
@@ -135,7 +77,7 @@ def test_ray_a_killed_actor_is_recovered_with_exact_output(
 
     assert running.recoveries == 1
     assert len(records) == TOTAL  # 0 lost, 0 duplicated
-    assert _per_key(records) == _expected(TOTAL)  # per-key order and exact values
+    assert per_key(records) == expected(TOTAL)  # per-key order and exact values
     stored = CheckpointStore(tmp_path.as_uri()).checkpoint_ids(running.plan.region)
     assert len(stored) == 2  # keep = 2
 
@@ -152,4 +94,4 @@ def test_ray_a_corrupt_latest_checkpoint_falls_back_to_the_one_before_with_exact
     assert len(fallbacks) == 1 and "truncated" in fallbacks[0]
     assert running.restored_from[0] is not None  # the one before, not a start over
     assert len(records) == TOTAL
-    assert _per_key(records) == _expected(TOTAL)
+    assert per_key(records) == expected(TOTAL)
