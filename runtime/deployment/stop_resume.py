@@ -162,9 +162,13 @@ class StopAndResume:
             if refusal is not None or self._checkpoints is None:
                 raise StreamdagError(refusal)
             regions = sorted({self._registry.entries[n.key].region for n in record.nodes})
-            point = StopPoint.of(record, [
-                await self._checkpoints.final_checkpoint(region, self._registry)
-                for region in regions])
+            try:
+                point = StopPoint.of(record, [
+                    await self._checkpoints.final_checkpoint(region, self._registry)
+                    for region in regions])
+            except StreamdagError:  # it runs on: so do its checkpoints
+                await self._checkpoints.reconcile(self._registry)
+                raise
             save_stop_point(self.state_dir, point)
             await self._move(submission_id, SubmissionState.STOPPED, f"stopped at checkpoint(s) "
                              f"{point.describe()}; `streamdag resume {submission_id}` goes on")
