@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,6 +69,7 @@ class CheckpointCoordinator:
         timeout_s: float = 30.0,
         first_id: int = 1,
         ids: Callable[[], int] | None = None,
+        on_outcome: Callable[[int, bool], Awaitable[None]] | None = None,
     ) -> None:
         self.region = region
         self.store = store
@@ -82,6 +83,9 @@ class CheckpointCoordinator:
         #: Where ids come from when several coordinators share one increasing sequence (a
         #: deployment's regions merge and split; a node's checkpoint ids must only grow).
         self._ids = ids
+        #: Told ``(checkpoint id, completed)`` once a checkpoint ``run`` took completed or was
+        #: abandoned (a deployment emits its CloudEvents from there).
+        self._on_outcome = on_outcome
         self.figures = CheckpointFigures()
         #: Set once a source finished: a bounded stream is ending, no checkpoint can complete.
         self.sources_finished = False
@@ -90,11 +94,14 @@ class CheckpointCoordinator:
         """Checkpoint every ``interval_s`` until cancelled or a source finished; with
         ``at_once``, the first one right away (a region just restored records its progress
         as soon as it can, so a fault soon after need not start over from further back)."""
-        if at_once:
-            await self.checkpoint()
         while not self.sources_finished:
-            await asyncio.sleep(self.interval_s)
-            await self.checkpoint()
+            if not at_once:
+                await asyncio.sleep(self.interval_s)
+            at_once = False
+            abandoned = self.figures.abandoned
+            completed = await self.checkpoint()
+            if self._on_outcome is not None and (completed or self.figures.abandoned > abandoned):
+                await self._on_outcome(self.next_id - 1, completed)
 
     async def checkpoint(self) -> bool:
         """Take one checkpoint; True once it is complete.

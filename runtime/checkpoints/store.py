@@ -46,6 +46,7 @@ __all__ = [
     "LoadedCheckpoint",
     "Manifest",
     "SnapshotRef",
+    "shared_store",
     "write_file_durably",
 ]
 
@@ -239,6 +240,16 @@ class CheckpointStore:
             write_file_durably(Path(path), data)
         else:
             self.fs.pipe_file(path, data)  # one object, put whole
+
+
+def shared_store(url: str, keep: int, whose_nodes: str) -> CheckpointStore:
+    """The store at ``url`` for nodes that run as processes of their own (``whose_nodes``
+    says whose, in the refusal): a ``memory://`` one is refused, it lives in one process."""
+    if url.startswith("memory://"):
+        raise StreamdagError(
+            f"checkpoint url {url!r} is memory of one process, and {whose_nodes} nodes are "
+            "processes of their own; give a file:// URL (or shared storage)")
+    return CheckpointStore(url, keep=keep)
 
 
 def write_file_durably(target: Path, data: bytes) -> None:

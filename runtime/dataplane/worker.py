@@ -288,14 +288,9 @@ class NodeWorker:
 
     def _abandon_alignment(self, input_index: int, checkpoint_id: int) -> list[Payload]:
         self.stats.alignments_abandoned += 1
-        held, self._blocked = self._blocked, [[] for _ in self._blocked]
-        self._barrier_of = [None] * len(self._barrier_of)
+        held = self._unblock()
         self._barrier_of[input_index] = checkpoint_id
-        outputs: list[Payload] = []
-        for i, payloads in enumerate(held):  # may block again, at this barrier, or cut
-            for payload in payloads:
-                outputs.extend(self._route(i, payload))
-        return outputs
+        return self._replay(held)  # may block again, at this barrier, or cut
 
     def _cut_if_aligned(self, checkpoint_id: int) -> list[Payload]:
         live = [i for i, ended in enumerate(self._ended) if not ended]
@@ -310,13 +305,18 @@ class NodeWorker:
         self.stats.checkpoints += 1
         self._last_cut = checkpoint_id
         # Step 4: forward the barrier, then unblock and replay what each input held back.
-        outputs: list[Payload] = [Barrier(checkpoint_id)]
-        self._barrier_of = [None] * len(self._barrier_of)
+        held = self._unblock()
+        return [Barrier(checkpoint_id), *self._replay(held)]
+
+    def _unblock(self) -> list[list[Payload]]:
+        """Every input unblocked; what each held back while it was blocked."""
         held, self._blocked = self._blocked, [[] for _ in self._blocked]
-        for i, payloads in enumerate(held):
-            for payload in payloads:
-                outputs.extend(self._route(i, payload))
-        return outputs
+        self._barrier_of = [None] * len(self._barrier_of)
+        return held
+
+    def _replay(self, held: list[list[Payload]]) -> list[Payload]:
+        return [output for i, payloads in enumerate(held) for payload in payloads
+                for output in self._route(i, payload)]
 
 
 def _warm_up_batch(schema: Schema) -> Batch:

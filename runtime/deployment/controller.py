@@ -418,12 +418,12 @@ class Controller(StopAndResume):
             if self._checkpoints is not None:  # failed nodes and checkpoints recover too
                 if problems:  # regions recovered: what their old actors said is gone
                     probes = await self._probe_all(self._registry.live_keys())
-                failing = {key: f"node {self._registry.entries[key].name!r} failed: "
-                                f"{probe.error}" for key, probe in probes.items()
+                failing = {key: f"failed: {probe.error}" for key, probe in probes.items()
                            if probe.alive and probe.error and key in self._registry.entries}
                 failing.update(self._checkpoints.failed_nodes(self._registry))
-                if failing:
-                    problems += [f"{cause}; its region recovers" for cause in failing.values()]
+                if failing:  # recover_regions names each cause's node
+                    problems += [f"node {self._registry.entries[key].name!r}: {cause}; its "
+                                 "region recovers" for key, cause in failing.items()]
                     await self._recover_or_fail(failing)
                     probes = await self._probe_all(self._registry.live_keys())
             for record in list(self._records.values()):

@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFigures
-from runtime.checkpoints.store import CheckpointStore, CorruptCheckpointError, Manifest
+from runtime.checkpoints.store import (
+    CheckpointStore,
+    CorruptCheckpointError,
+    Manifest,
+    shared_store,
+)
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.stats import LatencyHistogram
 from runtime.deployment.lifecycle import cloud_event_of, failure_cause, log_event
@@ -52,12 +57,8 @@ EmitEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
 def region_checkpoints(deployment: str, settings: Settings, actors: NodeActors,
                        emit: EmitEvent | None = None) -> RegionCheckpoints:
     """The regions' checkpoints of ``deployment``, in ``settings.checkpoint``'s store."""
-    url = settings.checkpoint.store_url(settings.state_dir)
-    if url.startswith("memory://"):
-        raise StreamdagError(
-            f"checkpoint url {url!r} is memory of one process, and a deployment's nodes are "
-            "processes of their own; give a file:// URL (or shared storage)")
-    store = CheckpointStore(url, keep=settings.checkpoint.keep)
+    store = shared_store(settings.checkpoint.store_url(settings.state_dir),
+                         settings.checkpoint.keep, "a deployment's")
     return RegionCheckpoints(deployment, settings.checkpoint, store, actors, emit)
 
 
@@ -67,7 +68,8 @@ class RegionFigures:
 
     #: Per region name: its coordinators' figures (carried over while the name lasts).
     checkpoints: dict[str, CheckpointFigures] = field(default_factory=dict)
-    recoveries: int = 0
+    #: Per region name: how many times it was restored.
+    recoveries: dict[str, int] = field(default_factory=dict)
     #: Seconds from the start of a recovery (after its backoff) to every actor ready again.
     restore_duration: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -101,7 +103,6 @@ class RegionCheckpoints:
         self._policies: dict[str, RestartPolicy] = {}
         self._next_id = 0
         self._incarnation = 0
-        self._recoveries: dict[str, int] = {}
 
     def next_checkpoint_id(self) -> int:
         """The next id of the deployment's one increasing sequence (above all stored ones)."""
@@ -186,15 +187,31 @@ class RegionCheckpoints:
                 self._start(region, frozenset(keys))
 
     def _start(self, region: str, members: frozenset[str], *, at_once: bool = False) -> None:
-        sources = sorted(k for k in members if self.hosts[k].source is not None)
-        coordinator = CheckpointCoordinator(
-            self.prefix + region, self.store, self.actors, sorted(members), sources,
-            interval_s=self.settings.interval_s, timeout_s=self.settings.timeout_s,
-            ids=self.next_checkpoint_id)
-        coordinator.figures = self.figures.checkpoints.setdefault(region, CheckpointFigures())
-        task = asyncio.create_task(self._checkpoint_every_interval(region, coordinator, at_once),
+        coordinator = self._coordinator(region, members)
+        task = asyncio.create_task(coordinator.run(at_once=at_once),
                                    name=f"checkpoints of {region}")
         self._running[region] = _Running(members, coordinator, task)
+
+    def _coordinator(self, region: str, members: Iterable[str]) -> CheckpointCoordinator:
+        """A coordinator over ``members`` of ``region``, with the region's figures so far."""
+        nodes = sorted(members)
+
+        async def on_outcome(checkpoint_id: int, completed: bool) -> None:
+            figures = coordinator.figures
+            if completed:
+                await self._event("checkpoint.completed", region, {
+                    "checkpoint": checkpoint_id, "size_bytes": figures.last_size_bytes})
+            else:
+                await self._event("checkpoint.failed", region, {
+                    "checkpoint": checkpoint_id, "abandoned": figures.abandoned})
+
+        coordinator = CheckpointCoordinator(
+            self.prefix + region, self.store, self.actors, nodes,
+            [k for k in nodes if self.hosts[k].source is not None],
+            interval_s=self.settings.interval_s, timeout_s=self.settings.timeout_s,
+            ids=self.next_checkpoint_id, on_outcome=on_outcome)
+        coordinator.figures = self.figures.checkpoints.setdefault(region, CheckpointFigures())
+        return coordinator
 
     async def final_checkpoint(self, region: str, registry: NodeRegistry) -> Manifest:
         """Take one more checkpoint of ``region`` now (its coordinator stops); its manifest.
@@ -202,13 +219,8 @@ class RegionCheckpoints:
         Raises StreamdagError when none completes (a source finished: nothing to resume).
         """
         await self.stop(region)
-        members = sorted(k for k, e in registry.entries.items() if e.region == region)
-        coordinator = CheckpointCoordinator(
-            self.prefix + region, self.store, self.actors, members,
-            [k for k in members if self.hosts[k].source is not None],
-            interval_s=self.settings.interval_s, timeout_s=self.settings.timeout_s,
-            ids=self.next_checkpoint_id)
-        coordinator.figures = self.figures.checkpoints.setdefault(region, CheckpointFigures())
+        coordinator = self._coordinator(
+            region, (k for k, e in registry.entries.items() if e.region == region))
         for _ in range(3):  # a checkpoint may be abandoned; the next one is tried
             if await coordinator.checkpoint():
                 return self.store.manifest(self.prefix + region, coordinator.next_id - 1)
@@ -222,22 +234,6 @@ class RegionCheckpoints:
         """The snapshots of ``keys`` in checkpoint ``checkpoint_id`` of store ``region``."""
         loaded = self.store.load(region, checkpoint_id).snapshots
         return {key: NodeSnapshot.from_bytes(loaded[key]) for key in keys if key in loaded}
-
-    async def _checkpoint_every_interval(self, region: str, coordinator: CheckpointCoordinator,
-                                         at_once: bool) -> None:
-        figures = coordinator.figures
-        while not coordinator.sources_finished:
-            if not at_once:
-                await asyncio.sleep(coordinator.interval_s)
-            at_once = False
-            abandoned = figures.abandoned
-            if await coordinator.checkpoint():
-                await self._event("checkpoint.completed", region, {
-                    "checkpoint": figures.last_completed_id,
-                    "size_bytes": figures.last_size_bytes})
-            elif figures.abandoned > abandoned:
-                await self._event("checkpoint.failed", region, {
-                    "checkpoint": coordinator.next_id - 1, "abandoned": figures.abandoned})
 
     async def _event(self, kind: str, region: str, data: dict[str, Any]) -> None:
         """Emit CloudEvent ``io.streamdag.<kind>`` about ``region`` (never raises)."""
@@ -286,7 +282,7 @@ class RegionCheckpoints:
                 "last_checkpoint": figures.last_completed_id or None,
                 "last_completed_at": figures.last_completed_at or None,
                 "last_size_bytes": figures.last_size_bytes,
-                "recoveries": self._recoveries.get(region, 0)})
+                "recoveries": self.figures.recoveries.get(region, 0)})
         return described
 
     def metrics(self) -> tuple[RegionMetrics, ...]:
@@ -294,7 +290,7 @@ class RegionCheckpoints:
         return tuple(
             RegionMetrics(region, f.completed, f.abandoned, f.last_size_bytes,
                           f.last_completed_at, copy.deepcopy(f.duration),
-                          self._recoveries.get(region, 0))
+                          self.figures.recoveries.get(region, 0))
             for region, f in sorted(self.figures.checkpoints.items()))
 
     def failed_nodes(self, registry: NodeRegistry) -> dict[str, str]:
@@ -394,8 +390,7 @@ class RegionCheckpoints:
         # Step 5: checkpoints go on, the first one at once.
         self._start(region, frozenset(entries), at_once=True)
         took = time.monotonic() - started
-        self.figures.recoveries += 1
-        self._recoveries[region] = self._recoveries.get(region, 0) + 1
+        self.figures.recoveries[region] = self.figures.recoveries.get(region, 0) + 1
         self.figures.restore_duration.observe(took)
         _log.warning("region %s recovered from checkpoint(s) %s (incarnation %d) in %.2f s "
                      "after a %.1f s backoff", region, restored_from or "none",

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime.checkpoints.store import CheckpointStore
+from runtime.checkpoints.store import CheckpointStore, shared_store
 from runtime.dataplane.checkpointing import CheckpointTarget
 from runtime.dataplane.host import RuntimeSettings
 from runtime.planning.budgets import check_runner_budgets
@@ -22,7 +22,6 @@ from runtime.runners.recovery import GraphFailedError
 from runtime.runners.running_graph import RecoveryPlan, RunningGraph
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
-from streamdag.errors import StreamdagError
 from streamdag.graph import Graph, Node
 
 __all__ = [
@@ -136,11 +135,7 @@ class RayRunner:
     @staticmethod
     def _store(settings: CheckpointSettings) -> CheckpointStore:
         url = settings.url or Path(tempfile.mkdtemp(prefix="streamdag-checkpoints-")).as_uri()
-        if url.startswith("memory://"):
-            raise StreamdagError(
-                f"checkpoint url {url!r} is memory of one process, and a Ray runner's nodes "
-                "are processes of their own; give a file:// URL (or shared storage)")
-        return CheckpointStore(url, keep=settings.keep)
+        return shared_store(url, settings.keep, "a Ray runner's")
 
     def run(
         self,
