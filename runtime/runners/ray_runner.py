@@ -36,7 +36,13 @@ __all__ = [
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to Ray (``address``) or start a local one bound to 127.0.0.1, once."""
+    """Connect to Ray at ``address`` (``auto``, ``ray://...``, ``host:port``), or start a new local one.
+
+    With no address, ``RAY_ADDRESS`` is used when set (as Ray's own tools do); otherwise a new
+    cluster bound to 127.0.0.1 is started even when one started with ``ray start`` runs on this
+    machine (Ray's own ``address=None`` would attach to it).
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         # A local Ray binds to loopback only: Ray otherwise resolves 127.0.0.1 to the host's
         # routable address unless "cluster mode" is off (the same switch Ray uses on macOS).
@@ -53,7 +59,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
     if not ray.is_initialized():
         ray.init(
-            address=address,
+            # "local" always starts a new cluster: address=None would attach to any cluster
+            # started on this machine with `ray start`, and run the user's graph on it.
+            address=address if address is not None else "local",
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             configure_logging=False,
