@@ -11,6 +11,7 @@ on Tansu, whose InitProducerId fails, as on any Kafka.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 import time
@@ -45,7 +46,7 @@ def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
     sink's output of that key (built for the whole batch at once, no Python per record).
 
     >>> [parse_record_id(i) for i in record_ids("ab" * 32, [7], [3])]
-    [('abababababababababababababababab', 7, 3)]
+    [('1f804f8530c770c0', 7, 3)]
     """
     prefix = sink_prefix(sink_id)
     count, width = len(key_hashes), len(prefix) + _ID.size
@@ -59,14 +60,18 @@ def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
 
 
 def parse_record_id(value: bytes) -> tuple[str, int, int]:
-    """``(sink id prefix, key hash, sequence)`` of an id ``record_ids`` made."""
+    """``(sink prefix in hex, key hash, sequence)`` of an id ``record_ids`` made."""
     key, sequence = _ID.unpack(value[-_ID.size:])
-    return value[:-_ID.size].decode(), key, sequence
+    return value[:-_ID.size].hex(), key, sequence
 
 
 def sink_prefix(sink_id: str) -> bytes:
-    """What every id of ``sink_id``'s records starts with."""
-    return sink_id[:32].encode()
+    """What every id of ``sink_id``'s records starts with: 8 bytes of its BLAKE2b hash.
+
+    Short, because every output record carries it; two sinks writing one topic (refused unless
+    ``shared=True``) would have to collide on 64 bits to be confused.
+    """
+    return hashlib.blake2b(sink_id.encode(), digest_size=8).digest()
 
 
 #: Commit records read back per step when looking for a sink's newest one from the end.

@@ -16,20 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
 from connectors.epoch_commits import EpochLedger, parse_record_id, sink_prefix
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
-from connectors.producing import (
-    DeliveryStats,
-    OutgoingRecords,
-    RetryPolicy,
-    publish_partition,
-    split_by_partition,
-)
+from connectors.producing import DeliveryStats, RetryPolicy, partition_rows, publish_partition
+from connectors.record_batches import RecordColumns
 from streamdag.batch import Batch
 
 __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
@@ -99,7 +93,7 @@ class KafkaSinkWriter:
         self._producer_factory = producer_factory or _default_producer
         self._producer: Any = None
         self._partition_count = 0
-        self._pending: dict[int, OutgoingRecords] = {}
+        self._pending: dict[int, RecordColumns] = {}
         self._closed = False
         self._ledger = EpochLedger(config.bootstrap_servers, config.topic)
         self.stats = DeliveryStats()
@@ -119,7 +113,7 @@ class KafkaSinkWriter:
         self._partition_count = len(partitions)
 
     async def write(
-        self, batch: Batch, record_ids: Sequence[bytes] | npt.NDArray[np.bytes_] | None = None
+        self, batch: Batch, record_ids: Sequence[bytes] | None = None
     ) -> None:
         """Encode ``batch`` and keep it pending until ``flush``; ``record_ids`` tag each record."""
         if self._producer is None:
@@ -135,24 +129,18 @@ class KafkaSinkWriter:
             )
         values = encode_values(batch, self._config.codec)
         if self._config.event_time_stamps:
-            stamps = (batch.ts // TIME_UNIT_NANOS["ms"]).astype(object)
-            # Kafka has no negative timestamps: those records take the producer's clock (None).
-            stamps[batch.ts < 0] = None
-            timestamps: list[int | None] = stamps.tolist()
+            # Kafka has no negative timestamps: those records take the producer's clock (-1).
+            stamps = np.where(batch.ts < 0, -1, batch.ts // TIME_UNIT_NANOS["ms"])
         else:
-            timestamps = [None] * len(batch)
-        headers = (
-            [[(ID_HEADER, bytes(record_id))] for record_id in record_ids]
-            if record_ids is not None else None
-        )
-        records = OutgoingRecords(batch.key.tolist(), list(values), timestamps, headers)
+            stamps = np.full(len(batch), -1, dtype=np.int64)
+        records = RecordColumns.from_values(
+            batch.key, values, stamps, header_name=ID_HEADER.encode(), header_values=record_ids,
+            max_batch_bytes=self._config.max_batch_bytes)
         partitions = key_partitions(batch.key, self._partition_count)
-        for partition, part in split_by_partition(partitions, records).items():
+        for partition, rows in partition_rows(partitions).items():
+            part = records.take(rows)
             pending = self._pending.get(partition)
-            if pending is None:
-                self._pending[partition] = part
-            else:
-                pending.extend(part)
+            self._pending[partition] = part if pending is None else pending.extend(part)
 
     async def flush(self) -> None:
         """Publish everything pending; return once acknowledged, or raise ProduceError."""
@@ -170,7 +158,7 @@ class KafkaSinkWriter:
         for partition, outcome in zip(partitions, outcomes, strict=True):
             records = self._pending[partition]
             if isinstance(outcome, ProduceError):
-                records.drop_first(len(records) - outcome.pending)
+                self._pending[partition] = records.drop_first(len(records) - outcome.pending)
                 first_error = first_error or outcome
             elif isinstance(outcome, BaseException):
                 first_error = first_error or outcome

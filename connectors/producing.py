@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +20,15 @@ import numpy.typing as npt
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from connectors.errors import ConnectorConfigError, ProduceError
+from connectors.record_batches import RecordColumns
 
 __all__ = [
     "DeliveryStats",
     "Header",
     "OutgoingRecords",
     "RetryPolicy",
+    "partition_rows",
     "publish_partition",
-    "split_by_partition",
 ]
 
 #: A record header: name and raw value, as Kafka clients take it.
@@ -104,7 +105,7 @@ async def publish_partition(
     producer: Any,
     topic: str,
     partition: int,
-    records: OutgoingRecords,
+    records: OutgoingRecords | RecordColumns,
     policy: RetryPolicy,
     stats: DeliveryStats,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -119,13 +120,12 @@ async def publish_partition(
     while position < total:
         failures = 0
         while True:
-            builder = producer.create_batch()
-            end = _fill(builder, records, position)
+            builder, end = _next_batch(producer, records, position)
             if end == position:
                 stats.failures += 1
                 too_big = ValueError(
-                    f"a record of {len(records.values[position] or b'')} bytes does not fit in one "
-                    "producer batch; raise the sink's max_batch_bytes or shrink the record"
+                    f"record {position} to {topic}[{partition}] does not fit in one producer "
+                    "batch; raise the sink's max_batch_bytes or shrink the record"
                 )
                 raise ProduceError(topic, partition, failures, total - position, too_big)
             try:
@@ -146,6 +146,15 @@ async def publish_partition(
     return total
 
 
+def _next_batch(producer: Any, records: OutgoingRecords | RecordColumns,
+                position: int) -> tuple[Any, int]:
+    """The producer batch of the records from ``position`` that fit, and where it ends."""
+    if isinstance(records, RecordColumns):
+        return records.batch_from(position)
+    builder = producer.create_batch()
+    return builder, _fill(builder, records, position)
+
+
 def _fill(builder: Any, records: OutgoingRecords, position: int) -> int:
     keys, values, stamps, headers = (
         records.keys, records.values, records.timestamps_ms, records.headers
@@ -160,35 +169,14 @@ def _fill(builder: Any, records: OutgoingRecords, position: int) -> int:
     return len(values)
 
 
-def split_by_partition(
-    partitions: npt.NDArray[np.int32], records: OutgoingRecords
-) -> dict[int, OutgoingRecords]:
-    """Group ``records`` by their target partition, keeping their order within each.
+def partition_rows(partitions: npt.NDArray[np.int32]) -> dict[int, npt.NDArray[np.int64]]:
+    """The rows bound for each partition, in their order (one stable sort, no Python per record).
 
-    >>> grouped = split_by_partition(np.array([1, 0, 1], dtype=np.int32),
-    ...                              OutgoingRecords([b"a", b"b", b"c"], [b"1", b"2", b"3"],
-    ...                                              [None, None, None]))
-    >>> {p: r.values for p, r in sorted(grouped.items())}
-    {0: [b'2'], 1: [b'1', b'3']}
+    >>> {p: rows.tolist() for p, rows in partition_rows(np.array([1, 0, 1], np.int32)).items()}
+    {0: [1], 1: [0, 2]}
     """
     order = np.argsort(partitions, kind="stable")
     ordered = partitions[order]
     bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(order)]
-    columns = [_objects(records.keys), _objects(records.values), _objects(records.timestamps_ms)]
-    header_column = _objects(records.headers) if records.headers is not None else None
-    grouped: dict[int, OutgoingRecords] = {}
-    for first, stop in itertools.pairwise(bounds):
-        if first == stop:
-            continue
-        rows = order[first:stop]
-        keys, values, stamps = (column[rows].tolist() for column in columns)
-        headers = header_column[rows].tolist() if header_column is not None else None
-        grouped[int(ordered[first])] = OutgoingRecords(keys, values, stamps, headers)
-    return grouped
-
-
-def _objects(items: Sequence[Any]) -> npt.NDArray[np.object_]:
-    # An object array lets numpy take a partition's records without a Python loop.
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
+    return {int(ordered[first]): order[first:stop].astype(np.int64)
+            for first, stop in itertools.pairwise(bounds) if first < stop}

@@ -1,0 +1,296 @@
+"""Kafka record batches (message format v2) built for many records at once, in numba.
+
+aiokafka appends records to a producer batch one Python call at a time, and builds a header
+list per record: at a sink's rates that was most of the sink's CPU (5.5 µs per record, 6.5 µs
+with an idempotence id header). ``RecordColumns`` keeps a partition's outgoing records as flat
+numpy buffers, and ``batch_from`` writes the next producer batch from them in one compiled pass;
+only the 61-byte batch header and its CRC-32C are written per batch in Python. The bytes are
+exactly those aiokafka's own builder writes for the same records (a test compares them), handed
+to the producer's ``send_batch`` as a closed batch.
+
+>>> import asyncio
+>>> records = RecordColumns.from_values(np.array([b"a", b"bb"]), [b"1", b"22"],
+...                                     np.array([5, 7]), max_batch_bytes=1024)
+>>> batch, end = records.batch_from(0)
+>>> end, batch.record_count(), batch.size()
+(2, 2, 81)
+>>> records.take(np.array([1])).values_at(0)
+b'22'
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.util import calc_crc32c
+from numba import njit
+
+from connectors.errors import ConnectorConfigError
+
+__all__ = ["PrebuiltBatch", "RecordColumns"]
+
+#: Kafka's record batch header (v2): base offset, length, leader epoch, magic, CRC,
+#: attributes, last offset delta, first and max timestamp, producer id and epoch, base
+#: sequence, record count.
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+_CRC_AT = struct.calcsize(">qiib")
+_ATTRIBUTES_AT = struct.calcsize(">qiibI")
+_LENGTH_FROM = struct.calcsize(">qi")
+_U8 = npt.NDArray[np.uint8]
+_I64 = npt.NDArray[np.int64]
+
+
+class PrebuiltBatch(BatchBuilder):  # type: ignore[misc]  # aiokafka is untyped
+    """A closed producer batch whose bytes were built already; for ``producer.send_batch``."""
+
+    def __init__(self, buffer: bytearray, count: int) -> None:  # no builder: bytes are final
+        self._buffer = buffer
+        self._relative_offset = count
+        self._closed = True
+
+    def append(self, *, timestamp: object, key: object, value: object,
+               headers: object = ()) -> None:
+        """A built batch takes no more records."""
+        return None
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int,
+                            base_sequence: int) -> None:
+        raise ConnectorConfigError(
+            "prebuilt record batches carry no idempotent-producer state; streamdag's sinks "
+            "make output exactly-once with record ids instead (enable_idempotence must be off)"
+        )
+
+
+@dataclass(frozen=True)
+class RecordColumns:
+    """Outgoing records of one partition, in order, as flat buffers.
+
+    Keys are rows of ``keys`` (zero-padded) cut to ``key_lengths``; values are
+    ``values[value_offsets[i]:value_offsets[i + 1]]``; a negative timestamp takes the
+    producer's clock when the batch is built; a record with ``has_header`` carries the one
+    header ``header_name`` whose value is cut from ``header_values`` the same way.
+    """
+
+    keys: _U8
+    key_lengths: _I64
+    values: _U8
+    value_offsets: _I64
+    timestamps_ms: _I64
+    header_name: bytes
+    header_values: _U8
+    header_offsets: _I64
+    has_header: npt.NDArray[np.bool_]
+    max_batch_bytes: int
+
+    @classmethod
+    def from_values(cls, keys: npt.NDArray[np.bytes_], values: Sequence[bytes],
+                    timestamps_ms: _I64, *, header_name: bytes = b"",
+                    header_values: Sequence[bytes] | None = None,
+                    max_batch_bytes: int) -> RecordColumns:
+        """Columns from a key array, encoded values and (optionally) one header value each."""
+        count = len(values)
+        values_flat, value_offsets = _flat(values)
+        if header_values is None:
+            headers, header_offsets = np.zeros(0, np.uint8), np.zeros(count + 1, np.int64)
+        else:
+            headers, header_offsets = _flat(header_values)
+        key_rows = _key_rows(keys)
+        return cls(key_rows, _key_lengths(key_rows), values_flat, value_offsets,
+                   np.asarray(timestamps_ms, dtype=np.int64), header_name, headers,
+                   header_offsets, np.full(count, header_values is not None), max_batch_bytes)
+
+    def __len__(self) -> int:
+        return len(self.timestamps_ms)
+
+    def values_at(self, index: int) -> bytes:
+        """The value of record ``index``."""
+        return self.values[self.value_offsets[index]: self.value_offsets[index + 1]].tobytes()
+
+    def take(self, rows: _I64) -> RecordColumns:
+        """The records at ``rows``, in that order."""
+        values, offsets = _gather(self.values, self.value_offsets, rows)
+        headers, header_offsets = _gather(self.header_values, self.header_offsets, rows)
+        return RecordColumns(self.keys[rows], self.key_lengths[rows], values, offsets,
+                             self.timestamps_ms[rows], self.header_name, headers,
+                             header_offsets, self.has_header[rows], self.max_batch_bytes)
+
+    def extend(self, other: RecordColumns) -> RecordColumns:
+        """These records, then ``other``'s."""
+        width = max(self.keys.shape[1], other.keys.shape[1])
+        keys = np.zeros((len(self) + len(other), width), dtype=np.uint8)
+        keys[: len(self), : self.keys.shape[1]] = self.keys
+        keys[len(self):, : other.keys.shape[1]] = other.keys
+        name = self.header_name if bool(self.has_header.any()) else other.header_name
+        if bool(other.has_header.any()) and other.header_name != name:
+            raise ConnectorConfigError("records of one partition share one header name")
+        return RecordColumns(keys, np.concatenate([self.key_lengths, other.key_lengths]),
+                             np.concatenate([self.values, other.values]),
+                             _joined(self.value_offsets, other.value_offsets),
+                             np.concatenate([self.timestamps_ms, other.timestamps_ms]),
+                             name,
+                             np.concatenate([self.header_values, other.header_values]),
+                             _joined(self.header_offsets, other.header_offsets),
+                             np.concatenate([self.has_header, other.has_header]),
+                             self.max_batch_bytes)
+
+    def drop_first(self, count: int) -> RecordColumns:
+        """These records without the first ``count`` (they were delivered)."""
+        return RecordColumns(self.keys[count:], self.key_lengths[count:],
+                             self.values[self.value_offsets[count]:],
+                             self.value_offsets[count:] - self.value_offsets[count],
+                             self.timestamps_ms[count:], self.header_name,
+                             self.header_values[self.header_offsets[count]:],
+                             self.header_offsets[count:] - self.header_offsets[count],
+                             self.has_header[count:], self.max_batch_bytes)
+
+    def batch_from(self, position: int) -> tuple[PrebuiltBatch, int]:
+        """The producer batch of the records from ``position`` on that fit, and where it ends.
+
+        The first record always goes in (as aiokafka does); ``end == position`` only when
+        nothing is left.
+        """
+        if position >= len(self):
+            return PrebuiltBatch(bytearray(_HEADER.size), 0), position
+        stamps = self.timestamps_ms[position:]
+        if bool((stamps < 0).any()):
+            stamps = np.where(stamps < 0, int(time.time() * 1000), stamps)
+        name = np.frombuffer(self.header_name, dtype=np.uint8)
+        body, count = _write_records(
+            self.keys[position:], self.key_lengths[position:], self.values,
+            self.value_offsets[position:], stamps, name, self.header_values,
+            self.header_offsets[position:], self.has_header[position:], self.max_batch_bytes,
+            _HEADER.size)
+        buffer = bytearray(body.data)  # the header's bytes lead, written below
+        first, highest = int(stamps[0]), int(stamps[:count].max())
+        _HEADER.pack_into(buffer, 0, 0, len(buffer) - _LENGTH_FROM, -1, 2, 0, 0, count - 1,
+                          first, highest, -1, -1, 0, count)
+        struct.pack_into(">I", buffer, _CRC_AT, calc_crc32c(buffer[_ATTRIBUTES_AT:]))
+        return PrebuiltBatch(buffer, count), position + count
+
+
+def _flat(items: Sequence[bytes]) -> tuple[_U8, _I64]:
+    """``items`` as one buffer and the offsets of each (C loops only)."""
+    offsets = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)), out=offsets[1:])
+    return np.frombuffer(b"".join(items), dtype=np.uint8), offsets
+
+
+def _joined(first: _I64, second: _I64) -> _I64:
+    """Offsets into ``a + b`` from offsets into ``a`` and into ``b``."""
+    return np.concatenate([first[:-1], second + first[-1]])
+
+
+def _key_rows(keys: npt.NDArray[np.bytes_]) -> _U8:
+    keys = np.ascontiguousarray(keys)
+    width = keys.dtype.itemsize
+    return keys.view(np.uint8).reshape(len(keys), width)
+
+
+@njit(cache=True)
+def _key_lengths(rows: _U8) -> _I64:
+    out = np.empty(rows.shape[0], dtype=np.int64)
+    for i in range(rows.shape[0]):
+        length = rows.shape[1]
+        while length > 0 and rows[i, length - 1] == 0:
+            length -= 1
+        out[i] = length
+    return out
+
+
+@njit(cache=True)
+def _gather(values: _U8, offsets: _I64, rows: _I64) -> tuple[_U8, _I64]:
+    out_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    for i in range(len(rows)):
+        out_offsets[i + 1] = out_offsets[i] + offsets[rows[i] + 1] - offsets[rows[i]]
+    out = np.empty(out_offsets[-1], dtype=np.uint8)
+    for i in range(len(rows)):
+        start = offsets[rows[i]]
+        out[out_offsets[i]: out_offsets[i + 1]] = values[start: offsets[rows[i] + 1]]
+    return out, out_offsets
+
+
+@njit(cache=True, inline="always")
+def _varint_size(value: int) -> int:
+    unsigned = np.uint64((value << 1) ^ (value >> 63))  # zigzag
+    size = 1
+    while unsigned >= np.uint64(0x80):
+        unsigned >>= np.uint64(7)
+        size += 1
+    return size
+
+
+@njit(cache=True, inline="always")
+def _put_varint(out: _U8, at: int, value: int) -> int:
+    unsigned = np.uint64((value << 1) ^ (value >> 63))
+    while unsigned >= np.uint64(0x80):
+        out[at] = np.uint8((unsigned & np.uint64(0x7F)) | np.uint64(0x80))
+        unsigned >>= np.uint64(7)
+        at += 1
+    out[at] = np.uint8(unsigned)
+    return at + 1
+
+
+@njit(cache=True)
+def _record_size(key_length: int, value_length: int, delta_ts: int, delta_offset: int,
+                 name_length: int, header_width: int, has_header: bool) -> int:
+    size = 1 + _varint_size(delta_ts) + _varint_size(delta_offset)
+    size += _varint_size(key_length) + key_length + _varint_size(value_length) + value_length
+    if has_header:
+        size += 1 + _varint_size(name_length) + name_length
+        size += _varint_size(header_width) + header_width
+    else:
+        size += 1
+    return size
+
+
+@njit(cache=True)
+def _write_records(keys: _U8, key_lengths: _I64, values: _U8, value_offsets: _I64,
+                   stamps: _I64, name: _U8, headers: _U8, header_offsets: _I64,
+                   has_header: npt.NDArray[np.bool_], budget: int,
+                   header_size: int) -> tuple[_U8, int]:
+    # Pass 1: how many records fit (the first always does), and their bytes.
+    count, total, first = 0, header_size, stamps[0]
+    for i in range(len(stamps)):
+        body = _record_size(key_lengths[i], value_offsets[i + 1] - value_offsets[i],
+                            stamps[i] - first, i, len(name),
+                            header_offsets[i + 1] - header_offsets[i], has_header[i])
+        size = body + _varint_size(body)
+        if count > 0 and total + size >= budget:  # as aiokafka: a full batch stays under
+            break
+        total += size
+        count += 1
+    # Pass 2: write them.
+    out = np.empty(total, dtype=np.uint8)
+    at = header_size
+    for i in range(count):
+        key_length = key_lengths[i]
+        value_start, value_stop = value_offsets[i], value_offsets[i + 1]
+        value_length = value_stop - value_start
+        width = header_offsets[i + 1] - header_offsets[i]
+        body = _record_size(key_length, value_length, stamps[i] - first, i, len(name), width,
+                            has_header[i])
+        at = _put_varint(out, at, body)
+        out[at] = 0  # attributes
+        at = _put_varint(out, at + 1, stamps[i] - first)
+        at = _put_varint(out, at, i)
+        at = _put_varint(out, at, key_length)
+        out[at: at + key_length] = keys[i, :key_length]
+        at = _put_varint(out, at + key_length, value_length)
+        out[at: at + value_length] = values[value_start:value_stop]
+        at += value_length
+        if has_header[i]:
+            at = _put_varint(out, at, 1)
+            at = _put_varint(out, at, len(name))
+            out[at: at + len(name)] = name
+            at = _put_varint(out, at + len(name), width)
+            out[at: at + width] = headers[header_offsets[i]: header_offsets[i + 1]]
+            at += width
+        else:
+            at = _put_varint(out, at, 0)
+    return out, count
