@@ -8,7 +8,8 @@
 3. State: a rolling mean of 50 over 100k keys, full; one node's checkpoint (copy, pickle,
    durable write) timed and sized.
 
-Run: ``python -m benchmarks.checkpoints [--records N] [--kills K] [--keys K]``.
+Run: ``python -m benchmarks.checkpoints [--records N] [--kills K] [--keys K]
+[--only overhead|recovery|state]``.
 """
 
 from __future__ import annotations
@@ -179,14 +180,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--only", choices=["overhead", "recovery", "state"], default=None,
+                        help="run one of the three measurements")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    state(args.keys, args.window)
+    if args.only in (None, "state"):
+        state(args.keys, args.window)
+    if args.only == "state":
+        return
     ensure_ray(num_cpus=2)
 
     def run(bootstrap: str) -> None:
-        overhead(bootstrap, args.records, args.repeats)
-        recovery(bootstrap, args.kills)
+        if args.only in (None, "overhead"):
+            overhead(bootstrap, args.records, args.repeats)
+        if args.only in (None, "recovery"):
+            recovery(bootstrap, args.kills)
 
     if args.bootstrap:
         run(args.bootstrap)

@@ -150,7 +150,8 @@ class KafkaSinkWriter:
         partitions = sorted(self._pending)
         outcomes = await asyncio.gather(
             *(publish_partition(producer, self._config.topic, partition,
-                                self._pending[partition], self._policy, self.stats)
+                                self._pending[partition], self._policy_for(partition),
+                                self.stats)
               for partition in partitions),
             return_exceptions=True,
         )
@@ -166,6 +167,18 @@ class KafkaSinkWriter:
                 del self._pending[partition]
         if first_error is not None:
             raise first_error
+
+    def _policy_for(self, partition: int) -> RetryPolicy:
+        # A batch whose send timed out may have landed all the same: records with ids are not
+        # sent again blindly (that would duplicate them); the epoch publisher reads back what
+        # got out and sends only the rest (EpochOutput).
+        if bool(self._pending[partition].has_header.any()):
+            return RetryPolicy(1, self._policy.initial_backoff_s, self._policy.max_backoff_s)
+        return self._policy
+
+    def discard_pending(self) -> None:
+        """Forget every record not yet delivered (the caller resends what it must)."""
+        self._pending.clear()
 
     # -- exactly-once epochs (runtime.dataplane.sink_epochs.EpochPublisher) ---------------
     async def published_sequences(self, sink_id: str, before_epoch: int) -> dict[int, int]:

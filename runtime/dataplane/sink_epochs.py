@@ -36,12 +36,17 @@ import numpy as np
 import numpy.typing as npt
 
 from connectors.epoch_commits import record_ids
+from connectors.errors import ProduceError
 from operators.key_slots import KeySlots, hash_keys
 from runtime.checkpoints import failpoints
 from streamdag.batch import Batch
 from streamdag.connector import SinkWriter
 
 __all__ = ["EpochOutput", "EpochPublisher", "KeySequences", "PendingEpoch"]
+
+#: Tries of one epoch's publish, each after reading back what the last one got out.
+_PUBLISH_ATTEMPTS = 5
+_RESEND_BACKOFF_S = 0.05
 
 
 class KeySequences:
@@ -99,6 +104,9 @@ class EpochPublisher(Protocol):
 
     async def commit_epoch(self, sink_id: str, epoch: int) -> None:
         """Record that ``epoch`` of ``sink_id`` is wholly published."""
+
+    def discard_pending(self) -> None:
+        """Forget what a failed flush left undelivered (it is resent after a read-back)."""
 
 
 class EpochOutput:
@@ -183,8 +191,25 @@ class EpochOutput:
             await self._write(publisher, batch.take(half), ids[: len(half)])
             await self.writer.flush()
             failpoints.hit("mid_publish")
-        await self._write(publisher, batch, ids)
-        await self.writer.flush()
+        for attempt in range(1, _PUBLISH_ATTEMPTS + 1):
+            try:
+                await self._write(publisher, batch, ids)
+                await self.writer.flush()
+                break
+            except ProduceError:
+                if publisher is None or attempt == _PUBLISH_ATTEMPTS:
+                    raise
+            # Part of it may have landed (a send that timed out after the broker took it):
+            # read back what got out since the last commit and send only the rest.
+            publisher.discard_pending()
+            await asyncio.sleep(_RESEND_BACKOFF_S * 2 ** (attempt - 1))
+            published = await publisher.published_sequences(self.sink_id, pending.epoch)
+            keep = ~_already_published(hashes, sequences, published) if published else None
+            if keep is not None:
+                self.skipped_records += int((~keep).sum())
+                rows = np.flatnonzero(keep)
+                batch, hashes, sequences = batch.take(rows), hashes[keep], sequences[keep]
+                ids = [ids[row] for row in rows.tolist()]
         if publisher is not None:
             await publisher.commit_epoch(self.sink_id, pending.epoch)
         self.published_records += len(batch)

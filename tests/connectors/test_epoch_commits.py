@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections import Counter
@@ -100,3 +101,63 @@ async def test_a_sink_restored_from_an_older_checkpoint_skips_what_it_recomputes
 
     _check(records, 13)
     assert (restored.published_records, restored.skipped_records) == (2, 6)
+
+
+class _LandsThenTimesOut:
+    """A producer whose first ``failures`` sends reach the broker but answer a timeout."""
+
+    def __init__(self, config: KafkaSinkConfig, failures: int) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self.real = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers,
+                                     max_batch_size=config.max_batch_bytes)
+        self.failures = failures
+
+    async def start(self) -> None:
+        await self.real.start()
+
+    async def stop(self) -> None:
+        await self.real.stop()
+
+    async def partitions_for(self, topic: str) -> Any:
+        return await self.real.partitions_for(topic)
+
+    def __getattr__(self, name: str) -> Any:  # the commit ledger's sends go straight through
+        return getattr(self.real, name)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        from aiokafka.errors import RequestTimedOutError
+
+        delivered = await (await self.real.send_batch(batch, topic, partition=partition))
+        if self.failures <= 0:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(delivered)
+            return done
+        self.failures -= 1
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(RequestTimedOutError())
+        return failed
+
+
+async def test_a_send_that_landed_but_timed_out_is_not_published_twice(
+    bootstrap: str, new_topic: NewTopic, consume: Consume
+) -> None:
+    topic = await new_topic(2)
+    config = KafkaSinkConfig(bootstrap, topic, max_batch_bytes=1024)
+    producers: list[_LandsThenTimesOut] = []
+
+    def factory(config: KafkaSinkConfig) -> _LandsThenTimesOut:
+        producers.append(_LandsThenTimesOut(config, failures=2))
+        return producers[-1]
+
+    writer = KafkaSinkWriter(config, producer_factory=factory)
+    await writer.open()
+    output = EpochOutput(writer, SINK)
+    output.add(values(0, 60))
+    output.close_epoch(1)
+    await output.publish_through(1)
+    await writer.close()
+    records = await consume(topic, 60)
+
+    _check(records, 60)
+    assert producers[0].failures == 0 and output.skipped_records > 0
