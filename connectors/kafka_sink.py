@@ -111,6 +111,7 @@ class KafkaSinkWriter:
                 f"{self._config.bootstrap_servers}; create it first (ensure_topics)"
             )
         self._partition_count = len(partitions)
+        _warm_up_kernels(self._config)
 
     async def write(
         self, batch: Batch, record_ids: Sequence[bytes] | None = None
@@ -223,6 +224,17 @@ class KafkaSinkWriter:
     def pending_records(self) -> int:
         """Records written but not yet delivered."""
         return sum(len(records) for records in self._pending.values())
+
+
+def _warm_up_kernels(config: KafkaSinkConfig) -> None:
+    """Compile (or load from numba's cache) what a write runs, before the first batch waits."""
+    batch = Batch.from_columns(ts=[1, 2], key=["a", "b"], value=[1.0, 2.0])
+    records = RecordColumns.from_values(batch.key, encode_values(batch, config.codec),
+                                        batch.ts, header_name=ID_HEADER.encode(),
+                                        header_values=[b"1", b"2"],
+                                        max_batch_bytes=config.max_batch_bytes)
+    records.take(np.arange(2)).batch_from(0)
+    key_partitions(batch.key, 2)
 
 
 def _default_producer(config: KafkaSinkConfig) -> AIOKafkaProducer:

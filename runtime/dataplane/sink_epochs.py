@@ -34,6 +34,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
 from connectors.epoch_commits import record_ids
 from connectors.errors import ProduceError
@@ -70,15 +71,18 @@ class KeySequences:
             grown = np.zeros(max(len(self._slots), 2 * len(self._next)), dtype=np.int64)
             grown[: len(self._next)] = self._next
             self._next = grown
-        order = np.argsort(slots, kind="stable")
-        ordered = slots[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        group_start = np.repeat(starts, np.diff(np.r_[starts, len(ordered)]))
-        occurrence = np.empty(len(slots), dtype=np.int64)
-        occurrence[order] = np.arange(len(ordered)) - group_start
-        sequences = self._next[slots] + occurrence
-        np.add.at(self._next, slots, 1)
-        return sequences
+        return _take_sequences(slots, self._next)
+
+
+@njit(cache=True)
+def _take_sequences(slots: npt.NDArray[np.int64],
+                    next_of: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each record's sequence in its key's output, advancing the keys' counters (one pass)."""
+    out = np.empty(len(slots), dtype=np.int64)
+    for i in range(len(slots)):
+        out[i] = next_of[slots[i]]
+        next_of[slots[i]] += 1
+    return out
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,7 @@ class EpochOutput:
         self.writer = writer
         self.sink_id = sink_id
         self.sequences = sequences if sequences is not None else KeySequences()
+        KeySequences().assign(np.array([b"warm"]))  # compiled before the first batch waits
         self._open: list[tuple[Batch, npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
         self._pending: list[PendingEpoch] = list(pending)
         #: A restored sink's output may have reached the topic, wholly or in part, already:
@@ -204,11 +209,11 @@ class EpochOutput:
             publisher.discard_pending()
             await asyncio.sleep(_RESEND_BACKOFF_S * 2 ** (attempt - 1))
             published = await publisher.published_sequences(self.sink_id, pending.epoch)
-            keep = ~_already_published(hashes, sequences, published) if published else None
-            if keep is not None:
-                self.skipped_records += int((~keep).sum())
-                rows = np.flatnonzero(keep)
-                batch, hashes, sequences = batch.take(rows), hashes[keep], sequences[keep]
+            if published:
+                rest = ~_already_published(hashes, sequences, published)
+                self.skipped_records += int((~rest).sum())
+                rows = np.flatnonzero(rest)
+                batch, hashes, sequences = batch.take(rows), hashes[rest], sequences[rest]
                 ids = [ids[row] for row in rows.tolist()]
         if publisher is not None:
             await publisher.commit_epoch(self.sink_id, pending.epoch)
