@@ -288,6 +288,15 @@ class KafkaSourceReader:
         """Per partition, the offset after the last record returned by ``read``."""
         return {partition: bounds.position for partition, bounds in self._bounds.items()}
 
+    def event_times(self) -> dict[int, int | None]:
+        """Per partition, the newest event time read (a checkpoint keeps it with the offsets)."""
+        return self._marks.event_times() if self._marks is not None else {}
+
+    def restore_event_times(self, event_times: dict[int, int | None]) -> None:
+        """Continue the watermark from a checkpoint's ``event_times`` (after ``seek_to``)."""
+        if self._marks is not None:
+            self._marks.restore_event_times(event_times)
+
     async def seek_to(self, positions: Mapping[int, int]) -> None:
         """Continue each named partition from the given offset (e.g. a checkpoint's)."""
         consumer = self._require_open()

@@ -57,9 +57,24 @@ class PartitionWatermarks:
         """
         self._last_activity[partition] = self._clock()
         if max_event_ns is not None:
-            previous = self._max_event_ns.get(partition)
-            if previous is None or max_event_ns > previous:
-                self._max_event_ns[partition] = max_event_ns
+            self.observe_time(partition, max_event_ns)
+
+    def event_times(self) -> dict[int, int | None]:
+        """Per partition, the newest event time seen (what a checkpoint keeps of this state)."""
+        return dict(self._max_event_ns)
+
+    def restore_event_times(self, event_times: dict[int, int | None]) -> None:
+        """Continue from a checkpoint's ``event_times``: a restored stream that stays quiet
+        must still release its last events once idle, which needs the newest time seen."""
+        for partition, newest in event_times.items():
+            if partition in self._max_event_ns and newest is not None:
+                self.observe_time(partition, newest)
+
+    def observe_time(self, partition: int, max_event_ns: int) -> None:
+        """Raise ``partition``'s newest event time without counting it as activity."""
+        previous = self._max_event_ns.get(partition)
+        if previous is None or max_event_ns > previous:
+            self._max_event_ns[partition] = max_event_ns
 
     def finish(self, partition: int) -> None:
         """Mark ``partition`` as at its end: it no longer holds the watermark back."""

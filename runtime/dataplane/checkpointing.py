@@ -65,6 +65,9 @@ class NodeSnapshot:
     #: output sequence (what the ids of the records to come are made of).
     sink_epochs: tuple[PendingEpoch, ...] = field(default_factory=tuple)
     sink_sequences: KeySequences | None = None
+    #: Sources: per partition, the newest event time read before the barrier (a restored
+    #: source that stays quiet needs it to release its last events once idle).
+    source_event_times: dict[int, int | None] | None = None
 
     def to_bytes(self) -> bytes:
         """The snapshot as stored.
@@ -125,7 +128,8 @@ class NodeCheckpoints:
             await self.output.publish_through(self.restored.checkpoint_id)
 
     def take(self, checkpoint_id: int, worker: WorkerSnapshot,
-             source_position: dict[int, int] | None) -> None:
+             source_position: dict[int, int] | None,
+             source_event_times: dict[int, int | None] | None = None) -> None:
         """Barrier ``checkpoint_id`` passed: copy the node's state now, persist it off the loop."""
         if self.target is None:
             return
@@ -136,7 +140,8 @@ class NodeCheckpoints:
         output = self.output
         snapshot = NodeSnapshot(checkpoint_id, worker, source_position,
                                 output.pending() if output is not None else (),
-                                output.sequences if output is not None else None)
+                                output.sequences if output is not None else None,
+                                source_event_times)
         data = snapshot.to_bytes()  # now: what runs on cannot change the copy
         future = self._future(checkpoint_id)
         task = asyncio.ensure_future(asyncio.to_thread(

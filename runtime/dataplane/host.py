@@ -175,6 +175,7 @@ class NodeHost:
                 restored = self.checkpointing.restored
                 if restored is not None and restored.source_position is not None:
                     await _seek(self.source, restored.source_position)
+                    _restore_event_times(self.source, restored.source_event_times)
                 self._delivered_position = dict(self.source.position())
         return self.config.node_id
 
@@ -418,7 +419,9 @@ class NodeHost:
         worker = self.worker.snapshots.pop(checkpoint_id, None)
         if worker is not None:
             position = dict(self.source.position()) if self.source is not None else None
-            self.checkpointing.take(checkpoint_id, worker, position)
+            event_times: Any = getattr(self.source, "event_times", None)
+            self.checkpointing.take(checkpoint_id, worker, position,
+                                    event_times() if callable(event_times) else None)
 
     async def _to_sink(self, payload: Payload) -> None:
         assert self.sink is not None
@@ -550,6 +553,13 @@ async def _seek(source: SourceReader, position: dict[int, int]) -> None:
         raise StreamdagError(f"cannot restore a {type(source).__name__} to offsets {position}: "
                              "it has no seek_to")
     await seek_to(position)
+
+
+def _restore_event_times(source: SourceReader,
+                         event_times: dict[int, int | None] | None) -> None:
+    restore: Any = getattr(source, "restore_event_times", None)
+    if event_times and callable(restore):
+        restore(event_times)
 
 
 def _refuse(done: asyncio.Future[None], error: Exception) -> None:

@@ -85,34 +85,42 @@ def deployment(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[De
     handle.shutdown()
 
 
-@pytest.mark.parametrize("victim", ["smooth7", "out_g1"])
-def test_a_killed_actor_of_a_deployment_recovers_its_region_with_exact_output(
-    deployment: Deployment, bootstrap: str, victim: str
+def test_a_killed_interior_actor_then_a_killed_sink_recover_the_region_with_exact_output(
+    deployment: Deployment, bootstrap: str
 ) -> None:
     submission, out, flowing = _half_through_then_flowing(deployment, bootstrap)
-    kill_actor_process(_actor(submission, victim))
+    kill_actor_process(_actor(submission, "smooth7"))
+    first_problems = deployment.check_health()  # finds the dead actor and recovers its region
+    # Once the restored region checkpointed and output flows again, its sink dies too.
+    completed = _completed(deployment, submission)
+    wait_for(lambda: _completed(deployment, submission) >= completed + 1,
+             "the restored region to checkpoint")
+    passed = _events_in(submission, "out_g1")
+    wait_for(lambda: _events_in(submission, "out_g1") > passed, "output to flow again")
+    kill_actor_process(_actor(submission, "out_g1"))
 
-    problems = deployment.check_health()  # finds the dead actor and recovers its region
+    second_problems = deployment.check_health()
     flowing.join(timeout=60)
     records = asyncio.run(read_topic(bootstrap, out, TOTAL, timeout_s=60))
 
-    assert len(problems) == 1 and " died: " in problems[0]
+    assert [len(first_problems), len(second_problems)] == [1, 1]
+    assert " died: " in first_problems[0] and " died: " in second_problems[0]
     assert deployment.status(submission["id"])["state"] == "executing"
     [region] = deployment.checkpoints(submission["id"])
-    assert region["recoveries"] == 1
+    assert region["recoveries"] == 2
     assert len(records) == TOTAL  # 0 lost, 0 duplicated
     assert per_key(records) == expected(TOTAL, span=7)  # per-key order and exact values
     # Metrics and CloudEvents say what happened.
     [metrics] = deployment.metrics_snapshot().regions
-    assert (metrics.region, metrics.recoveries) == (region["region"], 1)
-    assert metrics.completed >= 2 and metrics.duration.observations == metrics.completed
-    assert deployment.metrics_snapshot().restore_duration.observations == 1
+    assert (metrics.region, metrics.recoveries) == (region["region"], 2)
+    assert metrics.completed >= 3 and metrics.duration.observations == metrics.completed
+    assert deployment.metrics_snapshot().restore_duration.observations == 2
     events = asyncio.run(read_topic(bootstrap, f"{deployment.settings.name}.lifecycle", 1))
     kinds = [json.loads(e.value)["type"] for e in events
              if json.loads(e.value)["subject"] == region["region"]]
     assert [k for k in kinds if k.startswith("io.streamdag.recovery.")] == [
-        "io.streamdag.recovery.started", "io.streamdag.recovery.finished"]
-    assert kinds.count("io.streamdag.checkpoint.completed") >= 2
+        "io.streamdag.recovery.started", "io.streamdag.recovery.finished"] * 2
+    assert kinds.count("io.streamdag.checkpoint.completed") >= 3
 
 
 def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_alone(
