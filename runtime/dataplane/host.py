@@ -27,11 +27,11 @@ from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import Channel, Target
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
+from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
 from runtime.dataplane.worker import NodeWorker
-from runtime.deployment.lifecycle import failure_cause
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
