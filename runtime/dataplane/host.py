@@ -25,7 +25,7 @@ from typing import Any
 
 from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import SnapshotRef
-from runtime.dataplane.channels import Channel, Target
+from runtime.dataplane.channels import Channel, RayTarget, Shipment, Target
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
@@ -330,6 +330,15 @@ class NodeHost:
         stats.max_queue_depth = max(stats.max_queue_depth, self._queue.qsize())
         await done
 
+    async def push_stored(self, edge: str, incarnation: int, seq: int, sent_at: float,
+                          payloads: tuple[Payload, ...]) -> None:
+        """``push`` for a sender that stored the payloads once for all its subscribers.
+
+        Ray resolved the stored reference into ``payloads`` before this call runs.
+        """
+        first, *trailing = payloads
+        await self.push(Envelope(edge, incarnation, seq, first, sent_at, tuple(trailing)))
+
     async def _drain(self) -> None:
         assert self._queue is not None
         while True:
@@ -369,12 +378,17 @@ class NodeHost:
                     await self._to_sink(payload)
                 if self._capture and isinstance(payload, Batch):
                     self.captured.append(payload)
+            if payloads:
+                # One push per subscriber carries the whole step (its batch, then the
+                # watermark, barrier or end of stream after it), serialized once for all.
+                actors = sum(isinstance(c.target, RayTarget) for c in self._channels.values())
+                shipment = Shipment(payloads, share=actors > 1)
                 for edge, channel in list(self._channels.items()):
-                    await self._send(edge, channel, payload, delivery)
-                if isinstance(payload, EndOfStream):
-                    await self.drain()
-                    assert self._finished is not None
-                    self._finished.set()
+                    await self._send(edge, channel, shipment, delivery)
+            if any(isinstance(payload, EndOfStream) for payload in payloads):
+                await self.drain()
+                assert self._finished is not None
+                self._finished.set()
         except Exception:
             delivery.failed = True
             raise
@@ -382,12 +396,12 @@ class NodeHost:
             delivery.pending -= 1
             self._settle()
 
-    async def _send(self, edge: str, channel: Channel, payload: Payload,
+    async def _send(self, edge: str, channel: Channel, shipment: Shipment,
                     delivery: _Delivery) -> None:
         if self._channels.get(edge) is not channel:
             return  # unsubscribed while an earlier send waited for credit
         try:
-            ack = await channel.send(payload)
+            ack = await channel.send(shipment)
         except Exception as exc:
             failure = self._subscriber_failed(edge, channel, exc)
             if failure is not None:
