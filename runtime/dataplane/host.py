@@ -30,6 +30,7 @@ from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, N
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
+from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
@@ -47,7 +48,6 @@ __all__ = [
     "followed_a_failure",
 ]
 
-_DAY_NS = 86_400 * 10**9
 #: Seconds a held source waits for its pushes in flight to settle before it rewinds.
 _SETTLE_TIMEOUT_S = 5.0
 _log = logging.getLogger(__name__)
@@ -132,6 +132,10 @@ class NodeHost:
         #: This node's part in checkpoints (inert when ``checkpoints`` is None).
         self.checkpointing = NodeCheckpoints(config.node_id, checkpoints, restored)
         self._output: EpochOutput | None = None
+        #: An at-least-once sink's batches, published off the drain loop.
+        self._publisher: SinkPublisher | None = None
+        #: Publications of the batches the current step handed to the sink.
+        self._publications: list[asyncio.Future[None]] = []
         self._source_factory = source
         self._sink_factory = sink
         self.source: SourceReader | None = None
@@ -169,6 +173,8 @@ class NodeHost:
                 await self.sink.open()
                 # A restored sink publishes what its checkpoint completed before it is ready.
                 self._output = self.checkpointing.sink_output(self.sink)
+                if self._output is None:
+                    self._publisher = SinkPublisher(self.sink, self.worker.stats)
                 await self.checkpointing.publish_restored()
             if self._source_factory is not None:
                 self.source = self._source_factory()
@@ -221,6 +227,8 @@ class NodeHost:
             with contextlib.suppress(Exception):  # closing must not fail on a broken reader
                 await self._rewind_source()
             await self.source.close()
+        if self._publisher is not None:
+            await self._publisher.close()
         if self.sink is not None:
             await self.sink.close()
 
@@ -366,11 +374,32 @@ class NodeHost:
                 if envelope.sent_at:
                     self.worker.stats.hop_latency.observe(max(0.0, time.time() - envelope.sent_at))
                 await self._emit(self.worker.accept(envelope))
-                if not done.done():
+                publications, self._publications = self._publications, []
+                if publications:  # acknowledged once what it brought is in the sink
+                    asyncio.gather(*publications).add_done_callback(
+                        functools.partial(self._published, done))
+                elif not done.done():
                     done.set_result(None)
             except Exception as exc:  # surfaced to the sender through its ack
+                self._publications = []
                 _refuse(done, exc)
                 self._hold(exc)
+
+    async def _step_published(self) -> None:
+        publications, self._publications = self._publications, []
+        if publications:
+            await asyncio.gather(*publications)
+
+    def _published(self, done: asyncio.Future[None], publications: asyncio.Future[Any]) -> None:
+        error = (RuntimeError("the publication was cancelled") if publications.cancelled()
+                 else publications.exception())
+        if error is None:
+            if not done.done():
+                done.set_result(None)
+            return
+        failure = error if isinstance(error, Exception) else RuntimeError(str(error))
+        _refuse(done, failure)
+        self._hold(failure)
 
     def _refusal(self) -> NodeHeldError:
         return NodeHeldError(f"node {self.config.name!r} refused a push: it holds its input "
@@ -458,17 +487,11 @@ class NodeHost:
             elif isinstance(payload, EndOfStream):
                 await self._output.publish_rest(self.checkpointing.last_checkpoint + 1)
             return
+        assert self._publisher is not None
         if isinstance(payload, Batch):
-            started = time.perf_counter()
-            await self.sink.write(payload)
-            await self.sink.flush()
-            self.worker.stats.publish_latency.observe(time.perf_counter() - started)
-            if len(payload):
-                # Meaningful for live streams, whose event times are wall-clock nanoseconds.
-                lag_ns = time.time_ns() - int(payload.ts.max())
-                if 0 <= lag_ns < _DAY_NS:
-                    self.worker.stats.end_to_end_latency.observe(lag_ns / 1e9)
+            self._publications.append(self._publisher.publish(payload))
         elif isinstance(payload, EndOfStream):
+            await self._publisher.idle()
             await self.sink.flush()
 
     async def _run_source(self) -> None:
@@ -489,11 +512,13 @@ class NodeHost:
                 if chunk.finished:
                     payloads.extend(self.worker.feed(0, EndOfStream()))
                 await self._emit(payloads, position)
+                await self._step_published()
                 if chunk.finished:
                     return
                 requested, self.checkpointing.requested = self.checkpointing.requested, None
                 if requested is not None:  # between two reads: the cut is at ``position``
                     await self._emit(self.worker.feed(0, Barrier(requested)), position)
+                    await self._step_published()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import streamdag as sd
 from runtime.dataplane.channels import Channel, LocalTarget, Shipment
-from runtime.dataplane.host import NodeHost
+from runtime.dataplane.host import NodeHeldError, NodeHost
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
-from streamdag.testing import TestingSource
+from streamdag.testing import ListSink, TestingSource
 
 
 def _ticks() -> sd.Node:
@@ -126,3 +127,79 @@ def test_a_step_is_stored_once_for_every_actor_subscriber(
     for target in targets:
         assert target.calls == [("stored", (0, "ref1")), ("copy", payloads)]
     assert in_process == [payloads, payloads]
+
+
+class _GatedSink(ListSink):
+    """A sink whose flushes wait for ``gate``; or fail, when ``fails`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.flushed_batches: list[int] = []
+        self.fails = False
+
+    async def flush(self) -> None:
+        await self.gate.wait()
+        if self.fails:
+            raise ConnectionError("the broker is gone")
+        self.flushed_batches.append(len(self.batches))
+
+
+def _sink_host(sink: _GatedSink) -> NodeHost:
+    out = _ticks().to_topic("out-topic", name="out")
+    host = NodeHost(out.config(), sink=lambda: sink)
+    host.connect_input("in", 0)
+    return host
+
+
+def test_a_sink_takes_pushes_while_a_flush_is_out_and_acks_each_once_it_is_published() -> None:
+    async def scenario() -> tuple[list[int], list[list[int]], list[bool]]:
+        sink = _GatedSink()
+        host = _sink_host(sink)
+        await host.ready()
+        deadline = asyncio.get_running_loop().time() + 10
+
+        async def until(condition: Callable[[], bool]) -> None:
+            while not condition():
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+
+        first = asyncio.ensure_future(host.push(Envelope("in", 0, 0, _batch(1))))
+        await until(lambda: len(sink.batches) == 1)  # written, its flush waits at the gate
+        later = [asyncio.ensure_future(host.push(Envelope("in", 0, seq, _batch(seq + 1))))
+                 for seq in (1, 2)]
+        # The drain loop takes both though the first flush is still out.
+        await until(lambda: host.worker.stats.events_in == 3)
+        acked_early = [push.done() for push in (first, *later)]
+        sink.gate.set()
+        await asyncio.gather(first, *later)
+        written = [b.ts.tolist() for b in sink.batches]
+        await host.stop()
+        return sink.flushed_batches, written, acked_early
+
+    flushed, written, acked_early = asyncio.run(scenario())
+    assert acked_early == [False, False, False]
+    assert written == [[1], [2], [3]]
+    assert flushed == [1, 3]  # the two pushes that came meanwhile went out in one flush
+
+
+def test_a_failed_flush_fails_its_pushes_and_the_sink_holds() -> None:
+    async def scenario() -> tuple[list[str], str]:
+        sink = _GatedSink()
+        sink.fails = True
+        host = _sink_host(sink)
+        await host.ready()
+        pushes = [asyncio.ensure_future(host.push(Envelope("in", 0, seq, _batch(seq + 1))))
+                  for seq in (0, 1)]
+        sink.gate.set()
+        outcomes = await asyncio.gather(*pushes, return_exceptions=True)
+        with pytest.raises(NodeHeldError) as refused:
+            await host.push(Envelope("in", 0, 2, _batch(3)))
+        await host.stop()
+        return [type(o).__name__ for o in outcomes], str(refused.value)
+
+    outcomes, refusal = asyncio.run(scenario())
+    assert outcomes[0] == "ConnectionError"
+    assert outcomes[1] in ("ConnectionError", "NodeHeldError")
+    assert refusal == ("node 'out' refused a push: it holds its input (ConnectionError: the "
+                       "broker is gone)")
