@@ -37,6 +37,7 @@ from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
 from streamdag.errors import StreamdagError
+from streamdag.kernel_cache import compiling
 from streamdag.operator import NodeConfig
 
 __all__ = [
@@ -163,7 +164,8 @@ class NodeHost:
     async def ready(self) -> str:
         """Open connectors and start the drain loop; returns the node id once ready."""
         if self._queue is None:
-            self.worker.warm_up()
+            with compiling(f"operator-{self.config.operator}"):
+                self.worker.warm_up()
             self._warm_up_connectors()
             self._queue = asyncio.Queue()
             self._finished = asyncio.Event()
@@ -194,7 +196,8 @@ class NodeHost:
             if not callable(warm_up):
                 continue
             try:
-                warm_up()
+                with compiling(type(factory).__name__):
+                    warm_up()
             except Exception:
                 _log.warning("node %r: warming its connector up failed; its kernels load on "
                              "the first record instead", self.config.name, exc_info=True)

@@ -58,3 +58,33 @@ def test_without_settings_the_cache_is_under_the_users_cache_home(
     monkeypatch.delenv("STREAMDAG_KERNEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert kernel_cache_dir() == tmp_path / "streamdag" / "kernels"
+
+
+# Warms a rolling mean node up as its host does; says whether its kernel was compiled or loaded.
+_WARM_NODE = """
+import json
+import streamdag as sd
+from operators.rolling import _count_sums_kernel
+from runtime.dataplane.worker import NodeWorker
+from streamdag.kernel_cache import compiling
+ticks = sd.source("ticks", topic="t", key="k", schema={"price": "float64"})
+config = ticks.rolling_mean("price", window=4).config()
+with compiling(f"operator-{config.operator}"):
+    NodeWorker(config).warm_up()
+stats = _count_sums_kernel.stats
+print(json.dumps([sum(stats.cache_misses.values()), sum(stats.cache_hits.values())]))
+"""
+
+
+def test_processes_warming_the_same_operator_at_once_compile_it_once(tmp_path: Path) -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    environment["STREAMDAG_KERNEL_CACHE"] = str(tmp_path / "kernels")
+    processes = [subprocess.Popen([sys.executable, "-c", _WARM_NODE], env=environment,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    answers = sorted(json.loads(p.communicate(timeout=180)[0].strip().splitlines()[-1])
+                     for p in processes)
+    assert answers == [[0, 1], [1, 0]]  # one compiled it, the other waited and loaded it
+    assert list((tmp_path / "kernels" / "compiled").glob("operator-rolling_mean-*"))
+    later = subprocess.run([sys.executable, "-c", _WARM_NODE], env=environment, check=True,
+                           capture_output=True, text=True, timeout=180)
+    assert json.loads(later.stdout.strip().splitlines()[-1]) == [0, 1]
