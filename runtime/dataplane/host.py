@@ -426,7 +426,9 @@ class NodeHost:
                     await self._to_sink(payload)
                 if self._capture and isinstance(payload, Batch):
                     self.captured.append(payload)
-            if payloads:
+            if payloads and self._channels:
+                if self._held is not None:
+                    raise self._refusal()
                 # One push per subscriber carries the whole step (its batch, then the
                 # watermark, barrier or end of stream after it), serialized once for all.
                 actors = sum(isinstance(c.target, RayTarget) for c in self._channels.values())
