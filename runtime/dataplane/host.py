@@ -32,12 +32,12 @@ from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, 
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
+from runtime.dataplane.warming import warm_up_node
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
 from streamdag.errors import StreamdagError
-from streamdag.kernel_cache import compiling
 from streamdag.operator import NodeConfig
 
 __all__ = [
@@ -164,9 +164,7 @@ class NodeHost:
     async def ready(self) -> str:
         """Open connectors and start the drain loop; returns the node id once ready."""
         if self._queue is None:
-            with compiling(f"operator-{self.config.operator}"):
-                self.worker.warm_up()
-            self._warm_up_connectors()
+            warm_up_node(self.worker, (self._source_factory, self._sink_factory))
             self._queue = asyncio.Queue()
             self._finished = asyncio.Event()
             self._drain_task = asyncio.create_task(self._drain())
@@ -186,22 +184,6 @@ class NodeHost:
                     await _seek(self.source, restored.source_position)
                 self._delivered_position = dict(self.source.position())
         return self.config.node_id
-
-    def _warm_up_connectors(self) -> None:
-        """Let connector factories with a ``warm_up()`` load their kernels before the first
-        record, while the rest of the graph gets ready (an optimization: never a failure)."""
-        started = time.perf_counter()
-        for factory in (self._source_factory, self._sink_factory):
-            warm_up = getattr(factory, "warm_up", None)
-            if not callable(warm_up):
-                continue
-            try:
-                with compiling(type(factory).__name__):
-                    warm_up()
-            except Exception:
-                _log.warning("node %r: warming its connector up failed; its kernels load on "
-                             "the first record instead", self.config.name, exc_info=True)
-        self.worker.stats.warm_up_seconds += time.perf_counter() - started
 
     async def start_source(self) -> None:
         """Start reading the source (called last, once everything below is ready)."""
