@@ -31,7 +31,13 @@ from aiokafka.partitioner import murmur2
 from connectors.broker import EmbeddedBroker
 from connectors.topics import ensure_topics
 
-__all__ = ["main", "produce_input", "run_batched_loop", "run_per_record_loop"]
+__all__ = [
+    "main",
+    "produce_input",
+    "run_batched_loop",
+    "run_live_batched_loop",
+    "run_per_record_loop",
+]
 
 WINDOW = 20
 _PRODUCE_CHUNK = 5_000
@@ -180,6 +186,61 @@ async def run_batched_loop(bootstrap: str, source: str, sink: str, n: int) -> fl
         await producer.stop()
         await consumer.stop()
     return processed / elapsed
+
+
+async def run_live_batched_loop(bootstrap: str, source: str, sink: str) -> None:
+    """The batched loop on a live stream of ``{"symbol", "ts", "price"}`` ticks, until killed.
+
+    Reads ``source`` from its end, writes ``{"ts", "key", "mean"}`` to ``sink`` (the event
+    time passed on, so a consumer measures end-to-end latency), and prints ``ready`` once its
+    consumer is positioned. The latency baseline streamdag is measured against.
+    """
+    partitions = (await ensure_topics(bootstrap, {sink: 4}, strict=False))[sink]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=5,
+                                enable_auto_commit=False)
+    await consumer.start()
+    await consumer.topics()
+    tps = [TopicPartition(source, p) for p in sorted(consumer.partitions_for_topic(source) or [])]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    print("ready", flush=True)
+    means = _RollingMeans()
+    partition_of: dict[bytes, int] = {}
+    in_flight: Sequence[Any] = []
+    try:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=50)
+            builders: dict[int, Any] = {}
+            deliveries = []
+            for records in fetched.values():
+                for record in records:
+                    tick = json.loads(record.value)
+                    mean = means.update(tick["symbol"], tick["price"])
+                    out = json.dumps({"ts": tick["ts"], "key": tick["symbol"], "mean": mean})
+                    partition = partition_of.get(record.key)
+                    if partition is None:
+                        partition = (murmur2(record.key) & 0x7FFFFFFF) % partitions
+                        partition_of[record.key] = partition
+                    builder = builders.get(partition)
+                    if builder is None:
+                        builder = builders[partition] = producer.create_batch()
+                    if builder.append(key=record.key, value=out.encode(), timestamp=None) is None:
+                        deliveries.append(await producer.send_batch(builder, sink,
+                                                                    partition=partition))
+                        builder = builders[partition] = producer.create_batch()
+                        builder.append(key=record.key, value=out.encode(), timestamp=None)
+            for partition, builder in builders.items():
+                deliveries.append(await producer.send_batch(builder, sink, partition=partition))
+            await asyncio.gather(*in_flight)
+            in_flight = deliveries
+    finally:
+        await producer.stop()
+        await consumer.stop()
 
 
 async def _run(bootstrap: str, records: int) -> list[tuple[str, float]]:

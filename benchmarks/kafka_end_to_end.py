@@ -1,19 +1,27 @@
 """End to end over Kafka: streamdag beside two plain aiokafka loops, in one run, one broker.
 
 Throughput (issue workload): Kafka -> rolling mean of 20 per key -> Kafka, 500k JSON records,
-100 keys, 4 partitions, replayed from the topic. Latency: a steady 10k events/s live stream,
-measured producer -> Kafka -> streamdag -> Kafka -> consumer from the event time stamped at
-production. Run: ``python -m benchmarks.kafka_end_to_end [--records N] [--rate R]``.
+100 keys, 4 partitions, replayed from the topic: events/s, launch to last output (a standalone
+Ray run includes Ray's own start), CPU seconds and the Ray actors' peak RSS. Latency: a steady
+10k events/s live stream through the batched aiokafka loop and through streamdag on Ray, one
+after the other, measured producer -> Kafka -> pipeline -> Kafka -> consumer from the event time
+stamped at production, with each pipeline's and the broker's CPU over the sampled window. Run:
+``python -m benchmarks.kafka_end_to_end [--records N] [--rate R] [--live-seconds S]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import streamdag as sd
 from benchmarks.data_plane import events_per_second
 from benchmarks.kafka_baselines import produce_input, run_batched_loop, run_per_record_loop
+from benchmarks.startup import MemorySampler
 from connectors.broker import EmbeddedBroker
 from connectors.source_bounds import Timestamp
 from connectors.topics import ensure_topics
@@ -28,7 +37,7 @@ from runtime.dataplane.host import RuntimeSettings
 from runtime.demo.job import TickProducer
 from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.local_runner import LocalRunner
-from runtime.runners.ray_runner import RayRunner, ensure_ray
+from runtime.runners.ray_runner import RayRunner, RunningGraph, ensure_ray
 
 __all__ = ["events_per_second", "live_latencies", "main"]
 
@@ -39,19 +48,60 @@ def _replay_graph(source: str, sink: str) -> sd.Graph:
     return sd.Graph("replay", outputs=[mean.to_topic(sink, name="out")])
 
 
-def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str) -> float:
+@dataclass
+class _Figures:
+    """One pipeline's throughput run: rate, launch to last output, CPU, peak memory."""
+
+    name: str
+    events_per_s: float
+    launch_to_last_s: float
+    cpu_s: float
+    peak_rss: int = 0
+
+
+def _loop_figures(name: str, run: Callable[[], Coroutine[Any, Any, float]]) -> _Figures:
+    cpu, started = time.process_time(), time.perf_counter()
+    rate = asyncio.run(run())
+    return _Figures(name, rate, time.perf_counter() - started, time.process_time() - cpu)
+
+
+def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str,
+                      ray_start_s: float = 0.0) -> _Figures:
+    """Launch to last includes ``ray_start_s``: what a standalone run pays for Ray."""
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
                            end=Timestamp(time.time_ns()))
     graph = _replay_graph(source, f"{source}.streamdag-{runner}")
     settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
+    cpu, started = time.process_time(), time.perf_counter()
+    sampler = None
     if runner == "local":
         result = LocalRunner(settings, *binding.defaults()).run(graph, timeout_s=600)
     else:
-        result = RayRunner(settings, *binding.defaults()).run(graph, timeout_s=600)
+        running = RayRunner(settings, *binding.defaults()).start(graph)
+        try:
+            sampler = MemorySampler(_actor_pids(running, graph)).start()
+            result = running.wait(600)
+            sampler.stop()
+        finally:
+            running.stop()
+    elapsed = time.perf_counter() - started + ray_start_s
+    cpu_s = time.process_time() - cpu
     # Every record was read; the mean emits from the 20th event of each of the 100 keys on.
     assert result.stats["ticks"].events_out == records, result.stats["ticks"].events_out
     assert result.stats["out"].events_in == records - 100 * 19
-    return events_per_second(result, records)
+    name = "streamdag, local runner"
+    if sampler is not None:
+        name = "streamdag, Ray (actor per node)"
+        cpu_s += sum(sampler.cpu_seconds.values())
+    return _Figures(name, events_per_second(result, records), elapsed, cpu_s,
+                    sum(sampler.peak_rss.values()) if sampler is not None else 0)
+
+
+def _actor_pids(running: RunningGraph, graph: sd.Graph) -> list[int]:
+    import ray
+
+    return [ray.get(running.actor(node.name).__ray_call__.remote(lambda _: os.getpid()))
+            for node in graph.nodes]
 
 
 async def _latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:
@@ -75,6 +125,47 @@ async def _latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:
         await consumer.stop()
 
 
+@dataclass
+class _Live:
+    """One pipeline at a steady rate: latencies (ms) and CPU seconds over the sampled window."""
+
+    samples: list[float]
+    cpu_s: float
+    broker_cpu_s: float
+
+
+def _cpu_of(pids: Sequence[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def _measure_live(bootstrap: str, topic: str, output_topic: str, pids: Callable[[], list[int]],
+                  broker_pid: int | None, rate: float, seconds: float,
+                  settle_s: float) -> _Live:
+    """Feed ``rate`` ticks/s to ``topic``; after ``settle_s``, sample ``output_topic``."""
+    loop = asyncio.new_event_loop()
+    producer = TickProducer(bootstrap, topic, rate, symbols=100)
+    try:
+        produce = loop.create_task(producer.run())
+        loop.run_until_complete(asyncio.sleep(settle_s))  # settle: warm caches, steady rate
+        watched = pids()
+        cpu, broker = _cpu_of(watched), _cpu_of([broker_pid] if broker_pid else [])
+        samples = loop.run_until_complete(_latencies(bootstrap, output_topic, seconds))
+        cpu = _cpu_of(watched) - cpu
+        broker = _cpu_of([broker_pid] if broker_pid else []) - broker
+        producer.stop()
+        loop.run_until_complete(produce)
+    finally:
+        loop.close()
+    return _Live(samples, cpu, broker)
+
+
 def live_latencies(bootstrap: str, topic: str, build: Callable[[sd.Node, str], sd.Graph],
                    settings: RuntimeSettings, rate: float, seconds: float,
                    settle_s: float) -> list[float]:
@@ -83,23 +174,45 @@ def live_latencies(bootstrap: str, topic: str, build: Callable[[sd.Node, str], s
     ``rate`` ticks/s go to ``topic``; the graph runs on Ray; samples are taken for ``seconds``
     once ``settle_s`` have passed.
     """
-    loop = asyncio.new_event_loop()
+    return _streamdag_live(bootstrap, topic, build, settings, rate, seconds, settle_s,
+                           None).samples
+
+
+def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], sd.Graph],
+                    settings: RuntimeSettings, rate: float, seconds: float, settle_s: float,
+                    broker_pid: int | None) -> _Live:
     output_topic = f"{topic}.out"
-    loop.run_until_complete(ensure_topics(bootstrap, {topic: 4, output_topic: 4}))
+    asyncio.run(ensure_topics(bootstrap, {topic: 4, output_topic: 4}))
     ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")
-    running = RayRunner(settings, *binding.defaults()).start(build(ticks, output_topic))
-    producer = TickProducer(bootstrap, topic, rate, symbols=100)
+    graph = build(ticks, output_topic)
+    running = RayRunner(settings, *binding.defaults()).start(graph)
     try:
-        produce = loop.create_task(producer.run())
-        loop.run_until_complete(asyncio.sleep(settle_s))  # settle: warm caches, steady rate
-        samples = loop.run_until_complete(_latencies(bootstrap, output_topic, seconds))
-        producer.stop()
-        loop.run_until_complete(produce)
+        return _measure_live(bootstrap, topic, output_topic,
+                             lambda: [os.getpid(), *_actor_pids(running, graph)],
+                             broker_pid, rate, seconds, settle_s)
     finally:
         running.stop()
-        loop.close()
-    return samples
+
+
+def _loop_live(bootstrap: str, topic: str, rate: float, seconds: float,
+               broker_pid: int | None) -> _Live:
+    output_topic = f"{topic}.out"
+    asyncio.run(ensure_topics(bootstrap, {topic: 4, output_topic: 4}))
+    code = ("import asyncio, sys; from benchmarks.kafka_baselines import run_live_batched_loop;"
+            " asyncio.run(run_live_batched_loop(*sys.argv[1:]))")
+    child = subprocess.Popen([sys.executable, "-c", code, bootstrap, topic, output_topic],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError("the live batched loop did not start")
+        # The producing (TickProducer) and sampling run in this process for both pipelines.
+        return _measure_live(bootstrap, topic, output_topic, lambda: [os.getpid(), child.pid],
+                             broker_pid, rate, seconds, settle_s=3.0)
+    finally:
+        child.terminate()
+        child.wait(30)
 
 
 def _live_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
@@ -107,34 +220,48 @@ def _live_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
     return sd.Graph("live", outputs=[mean.to_topic(output_topic, name="out")])
 
 
-def _live_latency(bootstrap: str, rate: float, seconds: float) -> tuple[float, float, int]:
-    settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
-    samples = live_latencies(bootstrap, f"bench.live.{time.strftime('%H%M%S')}", _live_graph,
-                             settings, rate, seconds, settle_s=3.0)
-    p50, p99 = np.percentile(samples, [50, 99])
-    return float(p50), float(p99), len(samples)
-
-
-def _run(bootstrap: str, records: int, rate: float, live_s: float) -> None:
+def _run(bootstrap: str, records: int, rate: float, live_s: float,
+         broker_pid: int | None) -> None:
     source = f"bench.e2e.{time.strftime('%H%M%S')}"
     asyncio.run(produce_input(bootstrap, source, records))
-    per_record = asyncio.run(run_per_record_loop(bootstrap, source, f"{source}.pr", records))
-    batched = asyncio.run(run_batched_loop(bootstrap, source, f"{source}.batched", records))
+    per_record = _loop_figures("aiokafka per-record loop (send)", lambda: run_per_record_loop(
+        bootstrap, source, f"{source}.pr", records))
+    batched = _loop_figures("aiokafka batched loop", lambda: run_batched_loop(
+        bootstrap, source, f"{source}.batched", records))
+    started = time.perf_counter()
     ensure_ray(num_cpus=2)
-    ours_ray = _streamdag_replay(bootstrap, source, records, "ray")
+    ray_start_s = time.perf_counter() - started
+    ours_ray = _streamdag_replay(bootstrap, source, records, "ray", ray_start_s)
     ours_local = _streamdag_replay(bootstrap, source, records, "local")
-    print(f"\nthroughput: {records:,} JSON records, 100 keys, 4 partitions, rolling mean of 20")
-    print(f"{'pipeline':<34} {'events/s':>10} {'vs per-record':>14} {'vs batched':>11}")
-    for name, value in [("aiokafka per-record loop (send)", per_record),
-                        ("aiokafka batched loop", batched),
-                        ("streamdag, Ray (actor per node)", ours_ray),
-                        ("streamdag, local runner", ours_local)]:
-        print(f"{name:<34} {value:>10,.0f} {value / per_record:>13.2f}x "
-              f"{value / batched:>10.2f}x")
-    p50, p99, count = _live_latency(bootstrap, rate, live_s)
-    print(f"\nlatency at a steady {rate:,.0f} events/s over {live_s:.0f} s ({count:,} outputs), "
-          f"producer -> Kafka -> streamdag (Ray) -> Kafka -> consumer:")
-    print(f"  p50 {p50:.1f} ms   p99 {p99:.1f} ms")
+    print(f"\nthroughput: {records:,} JSON records, 100 keys, 4 partitions, rolling mean of 20;"
+          f" Ray's own start {ray_start_s:.2f} s (in the Ray run's launch to last)")
+    print(f"{'pipeline':<34} {'events/s':>10} {'vs batched':>11} {'launch->last s':>15} "
+          f"{'vs batched':>11} {'CPU s':>7} {'peak RSS MiB':>13}")
+    for run in (per_record, batched, ours_ray, ours_local):
+        rss = f"{run.peak_rss / 2**20:>13.0f}" if run.peak_rss else f"{'-':>13}"
+        print(f"{run.name:<34} {run.events_per_s:>10,.0f} "
+              f"{run.events_per_s / batched.events_per_s:>10.2f}x {run.launch_to_last_s:>15.2f} "
+              f"{batched.launch_to_last_s / run.launch_to_last_s:>10.2f}x {run.cpu_s:>7.1f} {rss}")
+    stamp = time.strftime("%H%M%S")
+    loop_live = _loop_live(bootstrap, f"bench.live-loop.{stamp}", rate, live_s, broker_pid)
+    settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
+    ours_live = _streamdag_live(bootstrap, f"bench.live.{stamp}", _live_graph, settings, rate,
+                                live_s, 3.0, broker_pid)
+    print(f"\nlatency at a steady {rate:,.0f} events/s over {live_s:.0f} s, producer -> Kafka -> "
+          "pipeline -> Kafka -> consumer (CPU: the pipeline's processes and the producing and "
+          "sampling process; broker: Tansu)")
+    print(f"{'pipeline':<26} {'outputs':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU s':>6} "
+          f"{'broker CPU s':>13}")
+    figures = []
+    for name, live in (("aiokafka batched loop", loop_live), ("streamdag, Ray", ours_live)):
+        p50, p99 = np.percentile(live.samples, [50, 99]) if live.samples else (np.nan, np.nan)
+        figures.append((float(p50), float(p99), live))
+        print(f"{name:<26} {len(live.samples):>8,} {p50:>7.1f} {p99:>7.1f} {live.cpu_s:>6.1f} "
+              f"{live.broker_cpu_s:>13.1f}")
+    (base50, base99, base), (p50, p99, ours) = figures
+    print(f"streamdag / loop: p50 {p50 / base50:.2f}x, p99 {p99 / base99:.2f}x, CPU "
+          f"{ours.cpu_s / max(base.cpu_s, 1e-9):.2f}x, broker CPU "
+          f"{ours.broker_cpu_s / max(base.broker_cpu_s, 1e-9):.2f}x")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -147,10 +274,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.bootstrap:
-        _run(args.bootstrap, args.records, args.rate, args.live_seconds)
+        _run(args.bootstrap, args.records, args.rate, args.live_seconds, None)
     else:
         with EmbeddedBroker.start(".state/bench-broker") as broker:
-            _run(broker.bootstrap_servers, args.records, args.rate, args.live_seconds)
+            _run(broker.bootstrap_servers, args.records, args.rate, args.live_seconds,
+                 broker.pid)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 Importing this package starts nothing: no Ray, no network.
 """
 
+# First: numba caches kernels in one known directory (before any kernel is decorated).
+import streamdag.kernel_cache  # noqa: F401
 from streamdag.batch import Batch
 from streamdag.endpoints import source
 from streamdag.errors import StreamdagError

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from runtime.dataplane.messages import Envelope, Payload
 
-__all__ = ["Channel", "LocalTarget", "RayTarget", "Target"]
+__all__ = ["Channel", "LocalTarget", "RayTarget", "Shipment", "Target"]
 
 
 class Target(Protocol):
@@ -32,6 +32,30 @@ class LocalTarget:
         return self._push(envelope)
 
 
+class Shipment:
+    """What one step of a node sends on all its channels, serialized at most once for Ray.
+
+    With several actor subscribers, the payloads are put in Ray's object store once and every
+    push carries the reference (``RayTarget.deliver_shared``), instead of each call pickling
+    and copying them again. In-process receivers get the objects themselves.
+    """
+
+    def __init__(self, payloads: Sequence[Payload], *, share: bool = False) -> None:
+        #: The payloads, in order.
+        self.payloads = tuple(payloads)
+        #: Whether pushes to actors carry one stored copy (worth it from two subscribers on).
+        self.share = share
+        self._ref: Any = None
+
+    def object_ref(self) -> Any:
+        """The payloads in Ray's object store, put there on the first call only."""
+        if self._ref is None:
+            import ray
+
+            self._ref = ray.put(self.payloads)
+        return self._ref
+
+
 class RayTarget:
     """A receiver that is a Ray actor: delivery is an actor call, its ObjectRef the ack."""
 
@@ -41,6 +65,16 @@ class RayTarget:
     def deliver(self, envelope: Envelope) -> Awaitable[Any]:
         """Call the actor's ``push``; the returned ObjectRef is awaitable."""
         ref: Awaitable[Any] = self.actor.push.remote(envelope)
+        return ref
+
+    def deliver_shared(self, envelope: Envelope, shipment: Shipment) -> Awaitable[Any]:
+        """Call the actor's ``push_stored`` with the shipment's one stored copy of the payloads.
+
+        Ray resolves the reference (a top-level argument) before the call runs.
+        """
+        ref: Awaitable[Any] = self.actor.push_stored.remote(
+            envelope.edge, envelope.incarnation, envelope.seq, envelope.sent_at,
+            shipment.object_ref())
         return ref
 
 
@@ -78,8 +112,8 @@ class Channel:
         """Pushes sent and not yet acknowledged."""
         return len(self._in_flight)
 
-    async def send(self, payload: Payload) -> asyncio.Future[Any]:
-        """Push ``payload`` as the next envelope, first waiting for credit if none is left.
+    async def send(self, payload: Payload | Shipment) -> asyncio.Future[Any]:
+        """Push ``payload`` (or all of a shipment's) as the next envelope, once there is credit.
 
         Returns the push's acknowledgement: a future that completes once the receiver has
         processed the envelope, or fails with what delivering it raised. Waiting for credit
@@ -91,9 +125,17 @@ class Channel:
             self.backpressure_wait_seconds += self._clock() - started
         if self.failure is not None:
             raise self.failure
-        envelope = Envelope(self.edge, self.incarnation, self.next_seq, payload, time.time())
+        shipment = payload if isinstance(payload, Shipment) else Shipment((payload,))
+        first, *trailing = shipment.payloads
+        envelope = Envelope(self.edge, self.incarnation, self.next_seq, first, time.time(),
+                            tuple(trailing))
         self.next_seq += 1
-        ack = asyncio.ensure_future(self.target.deliver(envelope))
+        deliver_shared = getattr(self.target, "deliver_shared", None)
+        ack: asyncio.Future[Any]
+        if shipment.share and deliver_shared is not None:
+            ack = asyncio.ensure_future(deliver_shared(envelope, shipment))
+        else:
+            ack = asyncio.ensure_future(self.target.deliver(envelope))
         self._in_flight.append(ack)
         return ack
 

@@ -25,13 +25,15 @@ from typing import Any
 
 from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import SnapshotRef
-from runtime.dataplane.channels import Channel, Target
+from runtime.dataplane.channels import Channel, RayTarget, Shipment, Target
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
+from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
+from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
+from runtime.dataplane.warming import warm_up_node
 from runtime.dataplane.worker import NodeWorker
-from runtime.deployment.lifecycle import failure_cause
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
@@ -47,7 +49,6 @@ __all__ = [
     "followed_a_failure",
 ]
 
-_DAY_NS = 86_400 * 10**9
 #: Seconds a held source waits for its pushes in flight to settle before it rewinds.
 _SETTLE_TIMEOUT_S = 5.0
 _log = logging.getLogger(__name__)
@@ -132,6 +133,10 @@ class NodeHost:
         #: This node's part in checkpoints (inert when ``checkpoints`` is None).
         self.checkpointing = NodeCheckpoints(config.node_id, checkpoints, restored)
         self._output: EpochOutput | None = None
+        #: An at-least-once sink's batches, published off the drain loop.
+        self._publisher: SinkPublisher | None = None
+        #: Publications of the batches the current step handed to the sink.
+        self._publications: list[asyncio.Future[None]] = []
         self._source_factory = source
         self._sink_factory = sink
         self.source: SourceReader | None = None
@@ -159,7 +164,7 @@ class NodeHost:
     async def ready(self) -> str:
         """Open connectors and start the drain loop; returns the node id once ready."""
         if self._queue is None:
-            self.worker.warm_up()
+            warm_up_node(self.worker, (self._source_factory, self._sink_factory))
             self._queue = asyncio.Queue()
             self._finished = asyncio.Event()
             self._drain_task = asyncio.create_task(self._drain())
@@ -168,6 +173,8 @@ class NodeHost:
                 await self.sink.open()
                 # A restored sink publishes what its checkpoint completed before it is ready.
                 self._output = self.checkpointing.sink_output(self.sink)
+                if self._output is None:
+                    self._publisher = SinkPublisher(self.sink, self.worker.stats)
                 await self.checkpointing.publish_restored()
             if self._source_factory is not None:
                 self.source = self._source_factory()
@@ -206,6 +213,8 @@ class NodeHost:
             with contextlib.suppress(Exception):  # closing must not fail on a broken reader
                 await self._rewind_source()
             await self.source.close()
+        if self._publisher is not None:
+            await self._publisher.close()
         if self.sink is not None:
             await self.sink.close()
 
@@ -331,6 +340,15 @@ class NodeHost:
         stats.max_queue_depth = max(stats.max_queue_depth, self._queue.qsize())
         await done
 
+    async def push_stored(self, edge: str, incarnation: int, seq: int, sent_at: float,
+                          payloads: tuple[Payload, ...]) -> None:
+        """``push`` for a sender that stored the payloads once for all its subscribers.
+
+        Ray resolved the stored reference into ``payloads`` before this call runs.
+        """
+        first, *trailing = payloads
+        await self.push(Envelope(edge, incarnation, seq, first, sent_at, tuple(trailing)))
+
     async def _drain(self) -> None:
         assert self._queue is not None
         while True:
@@ -342,11 +360,32 @@ class NodeHost:
                 if envelope.sent_at:
                     self.worker.stats.hop_latency.observe(max(0.0, time.time() - envelope.sent_at))
                 await self._emit(self.worker.accept(envelope))
-                if not done.done():
+                publications, self._publications = self._publications, []
+                if publications:  # acknowledged once what it brought is in the sink
+                    asyncio.gather(*publications).add_done_callback(
+                        functools.partial(self._published, done))
+                elif not done.done():
                     done.set_result(None)
             except Exception as exc:  # surfaced to the sender through its ack
+                self._publications = []
                 _refuse(done, exc)
                 self._hold(exc)
+
+    async def _step_published(self) -> None:
+        publications, self._publications = self._publications, []
+        if publications:
+            await asyncio.gather(*publications)
+
+    def _published(self, done: asyncio.Future[None], publications: asyncio.Future[Any]) -> None:
+        error = (RuntimeError("the publication was cancelled") if publications.cancelled()
+                 else publications.exception())
+        if error is None:
+            if not done.done():
+                done.set_result(None)
+            return
+        failure = error if isinstance(error, Exception) else RuntimeError(str(error))
+        _refuse(done, failure)
+        self._hold(failure)
 
     def _refusal(self) -> NodeHeldError:
         return NodeHeldError(f"node {self.config.name!r} refused a push: it holds its input "
@@ -370,12 +409,19 @@ class NodeHost:
                     await self._to_sink(payload)
                 if self._capture and isinstance(payload, Batch):
                     self.captured.append(payload)
+            if payloads and self._channels:
+                if self._held is not None:
+                    raise self._refusal()
+                # One push per subscriber carries the whole step (its batch, then the
+                # watermark, barrier or end of stream after it), serialized once for all.
+                actors = sum(isinstance(c.target, RayTarget) for c in self._channels.values())
+                shipment = Shipment(payloads, share=actors > 1)
                 for edge, channel in list(self._channels.items()):
-                    await self._send(edge, channel, payload, delivery)
-                if isinstance(payload, EndOfStream):
-                    await self.drain()
-                    assert self._finished is not None
-                    self._finished.set()
+                    await self._send(edge, channel, shipment, delivery)
+            if any(isinstance(payload, EndOfStream) for payload in payloads):
+                await self.drain()
+                assert self._finished is not None
+                self._finished.set()
         except Exception:
             delivery.failed = True
             raise
@@ -383,12 +429,12 @@ class NodeHost:
             delivery.pending -= 1
             self._settle()
 
-    async def _send(self, edge: str, channel: Channel, payload: Payload,
+    async def _send(self, edge: str, channel: Channel, shipment: Shipment,
                     delivery: _Delivery) -> None:
         if self._channels.get(edge) is not channel:
             return  # unsubscribed while an earlier send waited for credit
         try:
-            ack = await channel.send(payload)
+            ack = await channel.send(shipment)
         except Exception as exc:
             failure = self._subscriber_failed(edge, channel, exc)
             if failure is not None:
@@ -431,17 +477,11 @@ class NodeHost:
             elif isinstance(payload, EndOfStream):
                 await self._output.publish_rest(self.checkpointing.last_checkpoint + 1)
             return
+        assert self._publisher is not None
         if isinstance(payload, Batch):
-            started = time.perf_counter()
-            await self.sink.write(payload)
-            await self.sink.flush()
-            self.worker.stats.publish_latency.observe(time.perf_counter() - started)
-            if len(payload):
-                # Meaningful for live streams, whose event times are wall-clock nanoseconds.
-                lag_ns = time.time_ns() - int(payload.ts.max())
-                if 0 <= lag_ns < _DAY_NS:
-                    self.worker.stats.end_to_end_latency.observe(lag_ns / 1e9)
+            self._publications.append(self._publisher.publish(payload))
         elif isinstance(payload, EndOfStream):
+            await self._publisher.idle()
             await self.sink.flush()
 
     async def _run_source(self) -> None:
@@ -462,11 +502,13 @@ class NodeHost:
                 if chunk.finished:
                     payloads.extend(self.worker.feed(0, EndOfStream()))
                 await self._emit(payloads, position)
+                await self._step_published()
                 if chunk.finished:
                     return
                 requested, self.checkpointing.requested = self.checkpointing.requested, None
                 if requested is not None:  # between two reads: the cut is at ``position``
                     await self._emit(self.worker.feed(0, Barrier(requested)), position)
+                    await self._step_published()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

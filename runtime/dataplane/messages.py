@@ -33,7 +33,15 @@ Payload = Batch | Watermark | EndOfStream | Barrier
 
 @dataclass(frozen=True)
 class Envelope:
-    """One push on one edge: ordered by ``seq`` within ``(edge, incarnation)``."""
+    """One push on one edge: ordered by ``seq`` within ``(edge, incarnation)``.
+
+    What one step of the sender produced travels in one push: ``payload`` first, then
+    ``trailing`` (typically the watermark, barrier or end of stream after a batch), so that
+    control messages cost no call of their own.
+
+    >>> Envelope("e", 0, 7, Watermark(5), trailing=(EndOfStream(),)).payloads
+    (Watermark(timestamp=5), EndOfStream())
+    """
 
     edge: str
     incarnation: int
@@ -41,6 +49,13 @@ class Envelope:
     payload: Payload
     #: Wall-clock time (time.time()) when the sender let it go, for per-hop latency.
     sent_at: float = 0.0
+    #: Payloads that follow ``payload`` in order, in the same push.
+    trailing: tuple[Payload, ...] = ()
+
+    @property
+    def payloads(self) -> tuple[Payload, ...]:
+        """Everything this push carries, in order."""
+        return (self.payload, *self.trailing)
 
 
 def edge_id(upstream: str, downstream: str, input_index: int) -> str:

@@ -43,7 +43,7 @@ class WorkerSnapshot:
 class _EdgeState:
     input_index: int
     expected_seq: int = 0
-    held: dict[int, Payload] = field(default_factory=dict)
+    held: dict[int, tuple[Payload, ...]] = field(default_factory=dict)
 
 
 class NodeWorker:
@@ -159,12 +159,13 @@ class NodeWorker:
         if envelope.seq < state.expected_seq or envelope.seq in state.held:
             self.stats.duplicates_dropped += 1
             return []
-        state.held[envelope.seq] = envelope.payload
+        state.held[envelope.seq] = envelope.payloads
         outputs: list[Payload] = []
         while state.expected_seq in state.held:
-            payload = state.held.pop(state.expected_seq)
+            payloads = state.held.pop(state.expected_seq)
             state.expected_seq += 1
-            outputs.extend(self._route(state.input_index, payload))
+            for payload in payloads:
+                outputs.extend(self._route(state.input_index, payload))
         return outputs
 
     def feed(self, input_index: int, payload: Payload) -> list[Payload]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.stats import NodeStats
 from runtime.deployment.node_registry import NodeRegistry, RegistryFileError, node_actor_name
 from runtime.deployment.state_files import read_json, write_json_atomically
@@ -310,20 +311,6 @@ def new_submission_id(graph_name: str) -> str:
     """
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", graph_name).strip("-")[:48] or "graph"
     return f"{stem}-{uuid.uuid4().hex[:8]}"
-
-
-def failure_cause(exc: BaseException) -> str:
-    """A transition's cause from an exception, as ``Type: message`` without Ray's wrapping.
-
-    >>> failure_cause(ValueError("window must be positive"))
-    'ValueError: window must be positive'
-    """
-    cause = getattr(exc, "cause", None)  # a Ray task error wraps the actor's own exception
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {' '.join(str(cause).split())}"[:1000]
-    # Ray's own errors put the message first and a long description after it.
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:1000]
 
 
 def cloud_event(

@@ -11,8 +11,8 @@ from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFig
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.channels import LocalTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
+from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
-from runtime.deployment.lifecycle import failure_cause
 from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy

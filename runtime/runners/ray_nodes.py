@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
+from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings
-from runtime.deployment.lifecycle import failure_cause
 from runtime.planning.wiring import HostSpec
 from runtime.runners.deploy_sequence import ActorNotReadyError
 

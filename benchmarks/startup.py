@@ -1,0 +1,205 @@
+"""Start-up and memory: where a run's first seconds and its resident memory go.
+
+The issue workload (Kafka -> rolling mean of 20 per key -> Kafka, 100 keys, 4 partitions,
+JSON records replayed from the topic), run once with ``RayRunner`` (one actor per node) and
+once with ``LocalRunner`` in a fresh process. Reported: Ray's own start, launch to first and
+last output, each node's kernel warm-up, and peak resident memory (RSS, and USS: the pages no
+other process shares, which is what each process really adds). Run:
+``python -m benchmarks.startup [--records N] [--bootstrap HOST:PORT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamdag as sd
+from benchmarks.kafka_baselines import produce_input
+from connectors.broker import EmbeddedBroker
+from connectors.source_bounds import Timestamp
+from runtime.dataplane.host import RuntimeSettings
+from runtime.runners.kafka_binding import KafkaBinding
+
+__all__ = ["MemorySampler", "main", "replay_graph"]
+
+_SETTINGS = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
+
+
+def replay_graph(source: str, sink: str) -> sd.Graph:
+    """The issue workload's graph: three nodes, source -> rolling mean of 20 -> sink."""
+    ticks = sd.source("ticks", topic=source, key="key", time="ts", schema={"price": "float64"})
+    mean = ticks.rolling_mean("price", window=20, name="mean")
+    return sd.Graph("replay", outputs=[mean.to_topic(sink, name="out")])
+
+
+@dataclass
+class MemorySampler:
+    """Samples the RSS and USS of some processes every ``interval_s``, keeping the peaks."""
+
+    pids: list[int]
+    interval_s: float = 0.2
+    peak_rss: dict[int, int] = field(default_factory=dict)
+    peak_uss: dict[int, int] = field(default_factory=dict)
+    cpu_seconds: dict[int, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> MemorySampler:
+        """Sample in a background thread until ``stop``."""
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Take a last sample and stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        import psutil
+
+        for pid in self.pids:
+            try:
+                process = psutil.Process(pid)
+                memory = process.memory_full_info()
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), memory.rss)
+            self.peak_uss[pid] = max(self.peak_uss.get(pid, 0), memory.uss)
+            self.cpu_seconds[pid] = times.user + times.system
+
+
+def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
+    import ray
+
+    from runtime.runners.ray_runner import RayRunner, ensure_ray
+
+    started = time.perf_counter()
+    ensure_ray(num_cpus=2)
+    ray_start_s = time.perf_counter() - started
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
+                           end=Timestamp(time.time_ns()))
+    graph = replay_graph(source, f"{source}.ray")
+    launched = time.time()
+    running = RayRunner(_SETTINGS, *binding.defaults()).start(graph)
+    started_s = time.time() - launched
+    try:
+        pids = {name: ray.get(handle.__ray_call__.remote(lambda host: os.getpid()))
+                for name, handle in ((n.name, running.actor(n.name)) for n in graph.nodes)}
+        sampler = MemorySampler(list(pids.values())).start()
+        result = running.wait(600)
+        sampler.stop()
+    finally:
+        running.stop()
+    assert result.stats["out"].events_in == records - 100 * 19
+    return {
+        "ray_start_s": ray_start_s, "started_s": started_s,
+        "first_s": result.stats["mean"].first_output_at - launched,
+        "last_s": result.stats["mean"].last_output_at - launched,
+        "warm_up_s": {name: s.warm_up_seconds for name, s in result.stats.items()},
+        "rss": {name: sampler.peak_rss.get(pid, 0) for name, pid in pids.items()},
+        "uss": {name: sampler.peak_uss.get(pid, 0) for name, pid in pids.items()},
+        "cpu_s": {name: sampler.cpu_seconds.get(pid, 0.0) for name, pid in pids.items()},
+    }
+
+
+def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
+    """Run the graph with LocalRunner in this process; print its figures as JSON (a child)."""
+    import psutil
+
+    from runtime.runners.local_runner import LocalRunner
+
+    sampler = MemorySampler([os.getpid()]).start()
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
+                           end=Timestamp(time.time_ns()))
+    launched = time.time()
+    result = LocalRunner(_SETTINGS, *binding.defaults()).run(
+        replay_graph(source, f"{source}.local"), timeout_s=600)
+    sampler.stop()
+    assert result.stats["out"].events_in == records - 100 * 19
+    times = psutil.Process().cpu_times()
+    return {
+        "first_s": result.stats["mean"].first_output_at - launched,
+        "last_s": result.stats["mean"].last_output_at - launched,
+        "rss": max(sampler.peak_rss.values()), "uss": max(sampler.peak_uss.values()),
+        "cpu_s": times.user + times.system,
+    }
+
+
+def _local_in_child(bootstrap: str, source: str, records: int) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.startup", "--local-child",
+               "--bootstrap", bootstrap, "--topic", source, "--records", str(records)]
+    launched = time.time()
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    figures: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    figures["process_s"] = time.time() - launched
+    return figures
+
+
+def _report(records: int, ray_run: dict[str, Any], local: dict[str, Any]) -> None:
+    mib = 2**20
+    print(f"\nstart-up and memory: {records:,} JSON records, 100 keys, 4 partitions, "
+          "rolling mean of 20 (three nodes)")
+    print(f"Ray's own start (ray.init, new local cluster)      {ray_run['ray_start_s']:6.2f} s")
+    print(f"RayRunner: launch -> actors ready, sources started {ray_run['started_s']:6.2f} s")
+    print(f"RayRunner: launch -> first output                  {ray_run['first_s']:6.2f} s")
+    print(f"RayRunner: launch -> last output                   {ray_run['last_s']:6.2f} s")
+    warm = ", ".join(f"{n} {s:.2f}" for n, s in ray_run["warm_up_s"].items())
+    print(f"  kernel warm-up per node (s): {warm}")
+    print(f"{'node actor':<12} {'peak RSS MiB':>13} {'peak USS MiB':>13} {'CPU s':>7}")
+    for name in ray_run["rss"]:
+        print(f"{name:<12} {ray_run['rss'][name] / mib:>13.0f} {ray_run['uss'][name] / mib:>13.0f}"
+              f" {ray_run['cpu_s'][name]:>7.2f}")
+    print(f"{'Ray total':<12} {sum(ray_run['rss'].values()) / mib:>13.0f} "
+          f"{sum(ray_run['uss'].values()) / mib:>13.0f} {sum(ray_run['cpu_s'].values()):>7.2f}")
+    print(f"LocalRunner (own process): first output {local['first_s']:.2f} s, last "
+          f"{local['last_s']:.2f} s after launch ({local['process_s']:.2f} s with the "
+          f"interpreter's start), peak RSS {local['rss'] / mib:.0f} MiB, USS "
+          f"{local['uss'] / mib:.0f} MiB, CPU {local['cpu_s']:.2f} s")
+
+
+def _run(bootstrap: str, records: int) -> None:
+    source = f"bench.startup.{time.strftime('%H%M%S')}"
+    asyncio.run(produce_input(bootstrap, source, records))
+    local = _local_in_child(bootstrap, source, records)
+    ray_run = _ray_run(bootstrap, source, records)
+    _report(records, ray_run, local)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Measure start-up and memory on an embedded broker (or --bootstrap)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--topic", default="")
+    parser.add_argument("--local-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.local_child:
+        print(json.dumps(_local_run(args.bootstrap, args.topic, args.records)))
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.bootstrap:
+        _run(args.bootstrap, args.records)
+    else:
+        with EmbeddedBroker.start(".state/bench-broker") as broker:
+            _run(broker.bootstrap_servers, args.records)
+
+
+if __name__ == "__main__":
+    main()
