@@ -162,6 +162,8 @@ def backtest(
         figures.update(computed=sorted({n.name for g in variants.values() for n in g.nodes}),
                        cached=[])
     progress.finish()
+    if cache is not None:
+        cache.persist()
     # Step 5: suppress what lies before the range.
     figures["seconds"] = time.perf_counter() - started
     results_by_variant = {

@@ -10,6 +10,7 @@ entries older than the TTL; the disk tier keeps one ``.npz`` file per key under 
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import threading
@@ -25,6 +26,9 @@ import numpy as np
 from streamdag.batch import Batch
 
 __all__ = ["CacheStats", "ResultCache", "batch_from_bytes", "batch_to_bytes"]
+
+#: The disk tier's counters, kept beside its entries.
+_COUNTERS = "counters.json"
 
 
 @dataclass
@@ -81,6 +85,7 @@ class ResultCache:
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._count_disk()
+            self._load_counters()
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, key: str) -> Batch | None:
@@ -122,6 +127,18 @@ class ResultCache:
                 self._disk.entries += 1
                 self._disk.bytes += len(data)
 
+    def persist(self) -> None:
+        """Save the disk tier's hits, misses and evictions, so other processes' stats add up."""
+        if self.directory is None:
+            return
+        with self._lock:
+            counters = {"hits": self._disk.hits, "misses": self._disk.misses,
+                        "evictions": self._disk.evictions}
+        path = self.directory / _COUNTERS
+        temporary = path.with_suffix(".part")
+        temporary.write_text(json.dumps(counters))
+        os.replace(temporary, path)
+
     def clear(self) -> dict[str, int]:
         """Drop every entry of both tiers; how many of each were dropped."""
         with self._lock:
@@ -133,6 +150,8 @@ class ResultCache:
                     path.unlink(missing_ok=True)
                     dropped["disk"] += 1
                 self._disk.entries = self._disk.bytes = 0
+                self._disk.evictions += dropped["disk"]
+        self.persist()
         return dropped
 
     def stats(self) -> dict[str, dict[str, float]]:
@@ -178,6 +197,17 @@ class ResultCache:
         if not key.isalnum():
             raise ValueError(f"cache key {key!r} must be a hex digest")
         return self.directory / f"{key}.npz"
+
+    def _load_counters(self) -> None:
+        assert self.directory is not None
+        path = self.directory / _COUNTERS
+        try:
+            counters = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # none yet (or unreadable): count from zero
+        self._disk.hits = int(counters.get("hits", 0))
+        self._disk.misses = int(counters.get("misses", 0))
+        self._disk.evictions = int(counters.get("evictions", 0))
 
     def _count_disk(self) -> None:
         assert self.directory is not None

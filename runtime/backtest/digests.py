@@ -3,24 +3,23 @@
 Two outputs with the same records have the same digest however their records were batched or
 interleaved across keys: records are ordered by key, then event time, keeping the order a key's
 records were produced in for equal times. Columns are compared by name, float64 bit for bit
-(every NaN alike). Live output read back from a topic (JSON) and a backtest's arrays digest
-alike, since JSON floats round-trip exactly.
+(every NaN alike). Live output read back from a topic and a backtest's arrays digest alike,
+since the sinks' JSON and msgpack floats round-trip exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from streamdag.batch import Batch
-from streamdag.schema import Schema
 
-__all__ = ["batch_from_json_values", "canonical", "digest", "first_difference"]
+__all__ = ["canonical", "digest", "first_difference"]
 
 
 def canonical(batch: Batch) -> Batch:
@@ -73,20 +72,6 @@ def first_difference(expected: Batch, actual: Batch) -> str | None:
         return (f"{len(right)} records, expected {len(left)}; the first "
                 f"{min(len(left), len(right))} agree")
     return None
-
-
-def batch_from_json_values(values: Iterable[bytes], schema: Schema) -> Batch:
-    """Records a JSON sink wrote (``{"ts":..,"key":..,<fields>}``) back into a Batch."""
-    rows = [json.loads(value) for value in values]
-    columns: dict[str, Any] = {}
-    for name in schema.names:
-        dtype = schema.dtype(name)
-        raw = [row.get(name) for row in rows]
-        if np.dtype(dtype).kind == "f":
-            raw = [np.nan if value is None else value for value in raw]
-        columns[name] = np.asarray(raw, dtype=dtype)
-    return Batch.from_columns([int(row["ts"]) for row in rows], [row["key"] for row in rows],
-                              **columns)
 
 
 def _canonical_bytes(column: npt.NDArray[Any]) -> bytes:

@@ -24,7 +24,7 @@ from runtime.backtest.errors import BacktestError
 from streamdag.batch import Batch
 from streamdag.graph import Node
 
-__all__ = ["RecordedInput", "fingerprint", "read_recorded"]
+__all__ = ["RecordedInput", "fingerprint", "read_all", "read_recorded"]
 
 #: Records per read of a recorded topic.
 _READ_RECORDS = 50_000
@@ -66,20 +66,7 @@ async def read_recorded(
         node.params, bootstrap_servers, start="earliest", end=Timestamp(time.time_ns()),
         fetch_max_wait_ms=10, idle_timeout_s=None, max_batch_records=_READ_RECORDS,
         fetch_max_bytes=64 << 20, max_partition_fetch_bytes=16 << 20)
-    reader = KafkaSourceReader(config)
-    batches: list[Batch] = []
-    await reader.open()
-    try:
-        while True:
-            chunk = await reader.read(_READ_RECORDS, 0.0)
-            if len(chunk.batch):
-                batches.append(chunk.batch)
-                if on_progress is not None:
-                    on_progress(len(chunk.batch))
-            if chunk.finished:
-                break
-    finally:
-        await reader.close()
+    batches = await read_all(config, on_progress)
     if not batches:
         raise BacktestError(f"source {node.name!r}: topic {node.params['topic']!r} has no "
                             f"records at {bootstrap_servers}; record some first, or check the "
@@ -93,6 +80,25 @@ async def read_recorded(
     if cache is not None:
         cache.put(key, ordered)
     return RecordedInput(ordered, key)
+
+
+async def read_all(config: KafkaSourceConfig,
+                   on_progress: Callable[[int], None] | None = None) -> list[Batch]:
+    """Every batch a bounded source config reads, in read order."""
+    reader = KafkaSourceReader(config)
+    batches: list[Batch] = []
+    await reader.open()
+    try:
+        while True:
+            chunk = await reader.read(_READ_RECORDS, 0.0)
+            if len(chunk.batch):
+                batches.append(chunk.batch)
+                if on_progress is not None:
+                    on_progress(len(chunk.batch))
+            if chunk.finished:
+                return batches
+    finally:
+        await reader.close()
 
 
 def fingerprint(batch: Batch) -> str:
