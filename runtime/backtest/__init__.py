@@ -10,6 +10,7 @@ from runtime.backtest.backtest import BacktestOptions, backtest, output_nodes
 from runtime.backtest.cache import CacheStats, ResultCache
 from runtime.backtest.digests import digest, first_difference
 from runtime.backtest.errors import BacktestError, ScenarioError, TimeRangeError
+from runtime.backtest.inputs import RecordedInput
 from runtime.backtest.results import BacktestResult, SweepResult
 from runtime.backtest.scenarios import Scenario, apply_scenario, parse_sweeps
 from runtime.backtest.times import parse_time
@@ -19,6 +20,7 @@ __all__ = [
     "BacktestOptions",
     "BacktestResult",
     "CacheStats",
+    "RecordedInput",
     "ResultCache",
     "Scenario",
     "ScenarioError",

@@ -31,7 +31,7 @@ from runtime.backtest.progress import ProgressBar
 from runtime.backtest.results import BacktestResult, SweepResult
 from runtime.backtest.scenarios import Scenario, apply_scenario
 from runtime.backtest.times import parse_time
-from runtime.backtest.warmup import WARM_UP_MODES, WarmUp, range_mask, warm_up_of
+from runtime.backtest.warmup import WARM_UP_MODES, WarmUp, select_range, warm_up_of
 from streamdag.batch import Batch
 from streamdag.graph import Graph, Node
 
@@ -85,7 +85,7 @@ def backtest(
     end: TimeLike,
     *,
     bootstrap_servers: str | None = None,
-    inputs: Mapping[str, Batch] | None = None,
+    inputs: Mapping[str, Batch | RecordedInput] | None = None,
     scenarios: Sequence[Scenario] = (),
     options: BacktestOptions | None = None,
     cache: ResultCache | None = None,
@@ -95,7 +95,8 @@ def backtest(
 
     Times are nanoseconds since the epoch (an int), or ISO-8601 / epoch text. Recorded input
     comes from each source's topic at ``bootstrap_servers``, or from ``inputs`` (source name ->
-    events). With ``scenarios``, each is applied to the graph and the result is a SweepResult
+    events, or a ``RecordedInput`` whose key names them so they need not be hashed). With
+    ``scenarios``, each is applied to the graph and the result is a SweepResult
     by scenario name; without, a BacktestResult. Nothing is written anywhere.
 
     >>> import streamdag as sd
@@ -127,12 +128,17 @@ def backtest(
     selected: dict[str, Batch] = {}
     hasher = hashlib.sha256()
     for node_id in sorted(sources):
-        batch = recorded[node_id].batch
-        keep = range_mask(batch, start_ns, end_ns, need[node_id])
-        selected[node_id] = batch.take(np.flatnonzero(keep))
-        # The events fed, exactly: the recorded events' identity and which of them were kept.
-        hasher.update(f"{node_id}\n{recorded[node_id].key}\n".encode())
-        hasher.update(np.packbits(keep).tobytes())
+        # The events fed are a function of the recorded events' identity, the range and the
+        # warm-up: that is their fingerprint, and the key of the selection kept in memory.
+        key = hashlib.sha256(repr((recorded[node_id].key, start_ns, end_ns,
+                                   need[node_id].canonical())).encode()).hexdigest()
+        hasher.update(f"{node_id}\n{key}\n".encode())
+        chosen = cache.get(key) if cache is not None else None
+        if chosen is None:
+            chosen = select_range(recorded[node_id].batch, start_ns, end_ns, need[node_id])
+            if cache is not None:
+                cache.put(key, chosen, memory_only=True)  # cheap to recompute from the input
+        selected[node_id] = chosen
     range_fingerprint = hasher.hexdigest()
     events = sum(len(batch) for batch in selected.values())
     warm_up_events = sum(int(np.count_nonzero(batch.ts < start_ns))
@@ -184,15 +190,16 @@ def output_nodes(graph: Graph) -> list[Node]:
 
 
 def _recorded(sources: Mapping[str, Node], bootstrap_servers: str | None,
-              inputs: Mapping[str, Batch] | None, cache: ResultCache | None,
+              inputs: Mapping[str, Batch | RecordedInput] | None, cache: ResultCache | None,
               progress: ProgressBar) -> dict[str, RecordedInput]:
     if inputs is not None:
         missing = sorted({n.name for n in sources.values()} - set(inputs))
         if missing:
             raise BacktestError(f"no recorded input for source(s) {missing}; pass "
                                 f"inputs={{name: Batch}} for each of them")
-        return {node_id: RecordedInput.of(inputs[node.name]) for node_id, node in
-                sources.items()}
+        given = {node_id: inputs[node.name] for node_id, node in sources.items()}
+        return {node_id: value if isinstance(value, RecordedInput) else RecordedInput.of(value)
+                for node_id, value in given.items()}
     if bootstrap_servers is None:
         raise BacktestError("a backtest needs recorded input: bootstrap_servers= to read the "
                             "sources' topics, or inputs={source name: Batch}")

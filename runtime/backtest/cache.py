@@ -112,10 +112,11 @@ class ResultCache:
         self._remember(key, batch)
         return batch
 
-    def put(self, key: str, batch: Batch) -> None:
-        """Store ``batch`` under ``key`` in memory and, with a directory, on disk."""
+    def put(self, key: str, batch: Batch, *, memory_only: bool = False) -> None:
+        """Store ``batch`` under ``key`` in memory and (with a directory, unless
+        ``memory_only``) on disk."""
         self._remember(key, batch)
-        path = self._path(key)
+        path = None if memory_only else self._path(key)
         if path is not None and not path.exists():
             data = batch_to_bytes(batch)
             # Write then rename: a reader never sees half a file.

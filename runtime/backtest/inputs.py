@@ -32,7 +32,8 @@ _READ_RECORDS = 50_000
 
 @dataclass(frozen=True)
 class RecordedInput:
-    """A source's recorded events, and a key that identifies exactly those events."""
+    """A source's recorded events (in event-time order), and a key that identifies exactly
+    those events: give the same key only to the same events."""
 
     batch: Batch
     key: str

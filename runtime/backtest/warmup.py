@@ -44,6 +44,10 @@ class WarmUp:
     span_ns: int = 0
     everything: bool = False
 
+    def canonical(self) -> tuple[int, int, bool]:
+        """What decides the events kept (all history makes the counts irrelevant)."""
+        return (0, 0, True) if self.everything else (self.events, self.span_ns, False)
+
     def __str__(self) -> str:
         if self.everything:
             return "all history"
