@@ -25,7 +25,12 @@ import numpy as np
 
 from runtime.backtest.cache import ResultCache
 from runtime.backtest.errors import BacktestError, TimeRangeError
-from runtime.backtest.executors import BatchExecutor, batch_generations, run_streaming
+from runtime.backtest.executors import (
+    BatchExecutor,
+    Workers,
+    batch_generations,
+    run_streaming,
+)
 from runtime.backtest.inputs import RecordedInput, read_recorded
 from runtime.backtest.progress import ProgressBar
 from runtime.backtest.results import BacktestResult, SweepResult
@@ -48,7 +53,9 @@ class BacktestOptions:
     ``executor``: ``batch`` (whole ranges per node, generation by generation), ``streaming``
     (micro-batches through the local runner, as live) or ``auto`` (batch, unless paced).
     ``pace``: with the streaming executor, replay at N times event-time speed (None: as fast as
-    possible). ``warmup``: ``auto`` (what the nodes need to equal live), ``period``, ``all`` or
+    possible). ``workers``: where the batch executor runs a generation's independent nodes,
+    ``threads`` here or ``ray`` tasks (``ensure_ray``: a local Ray unless configured).
+    ``warmup``: ``auto`` (what the nodes need to equal live), ``period``, ``all`` or
     ``none`` (``runtime.backtest.warmup``).
     """
 
@@ -57,6 +64,7 @@ class BacktestOptions:
     warmup: str = "auto"
     max_batch_records: int = 8_192
     parallelism: int = 4
+    workers: Workers = "threads"
 
     def __post_init__(self) -> None:
         if self.executor not in ("auto", "batch", "streaming"):
@@ -149,7 +157,7 @@ def backtest(
                                   "warm_up_events": warm_up_events}
     outputs_by_variant: dict[str, dict[str, Batch]] = {}
     if executor == "batch":
-        runner = BatchExecutor(cache, options.parallelism)
+        runner = BatchExecutor(cache, options.parallelism, options.workers)
         wanted = [node for g in variants.values() for node in output_nodes(g)]
         progress.start("running", sum(len(g) for g in batch_generations(wanted)), "nodes")
         results = runner.run(wanted, selected, range_fingerprint,

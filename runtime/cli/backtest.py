@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=get_args(Executor), default="auto",
                         help="batch: whole ranges per node; streaming: micro-batches as live; "
                         "auto: batch unless paced (default)")
+    parser.add_argument("--workers", choices=("threads", "ray"), default="threads",
+                        help="where the batch executor runs a generation's independent nodes "
+                        "(default threads; ray: one Ray task per node)")
     parser.add_argument("--warmup", choices=WARM_UP_MODES, default="auto",
                         help="history replayed before --from (default auto: what equals live)")
     where = parser.add_mutually_exclusive_group()
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                  else [Scenario.parse(args.scenario)] if args.scenario else [])
     result = backtest(
         graph, start_ns, end_ns, bootstrap_servers=bootstrap, scenarios=scenarios,
-        options=BacktestOptions(executor=args.executor, pace=args.pace, warmup=args.warmup),
+        options=BacktestOptions(executor=args.executor, pace=args.pace, warmup=args.warmup,
+                                workers=args.workers),
         cache=None if args.no_cache else open_cache(settings),
         progress=ProgressBar(sys.stderr))
     variants = result.variants if isinstance(result, SweepResult) else {"": result}

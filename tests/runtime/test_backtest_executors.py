@@ -3,11 +3,14 @@ the streaming replay over every operator family, scenarios and sweeps share thei
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
 import streamdag as sd
 from runtime.backtest import (
+    BacktestError,
     BacktestOptions,
     BacktestResult,
     ResultCache,
@@ -173,3 +176,22 @@ def test_outputs_come_as_columns() -> None:
     assert list(columns)[:2] == ["ts", "key"] and columns["key"].dtype.kind == "U"
     assert len(columns["ts"]) == len(result.outputs["bars"])
     assert isinstance(result.outputs["bars"], Batch)
+
+
+@pytest.mark.integration
+def test_the_batch_executor_on_ray_tasks_equals_threads(ray_session: None) -> None:
+    graph = _families()
+    on_ray = _run(graph, START, END, workers="ray")
+    assert on_ray.digests() == _run(graph, START, END).digests()
+    assert len(on_ray.figures["computed"]) == len(graph.nodes)
+
+
+def test_outputs_convert_to_pandas_when_it_is_installed() -> None:
+    result = _run(_bounded(), START, END)
+    if importlib.util.find_spec("pandas") is None:
+        with pytest.raises(BacktestError, match="pip install pandas"):
+            result.to_pandas("bars")
+    else:
+        frame = result.to_pandas("bars")
+        assert list(frame.columns[:2]) == ["ts", "key"]
+        assert frame["close"].tolist() == result["bars"]["close"].tolist()
