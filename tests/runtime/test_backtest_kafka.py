@@ -19,6 +19,7 @@ from connectors.kafka_source import KafkaSourceConfig
 from connectors.source_bounds import Timestamp
 from connectors.topics import ensure_topics
 from runtime.backtest import BacktestResult, backtest, digest
+from runtime.backtest.dryrun import dry_run
 from runtime.backtest.inputs import read_all
 from runtime.demo import EXAMPLE_GRAPHS_DIR
 from runtime.demo.synthetic import RandomWalk
@@ -117,3 +118,10 @@ def test_live_equals_backtest_over_kafka(bootstrap: str, tmp_path: Path,
         LocalRunner(None, *recorded.defaults()).run(graph)
     replay = LocalRunner(None, *recorded.defaults()).run(graph, sinks={"to_signals": ListSink})
     assert len(replay.records("to_signals")) == len(live)
+
+    # Step 5: a dry run reads live input and writes its sink to a file, not to Kafka.
+    assert dry_run(graph, bootstrap, 4.0, tmp_path / "dry", start="earliest") is None
+    lines = (tmp_path / "dry" / "to_signals.jsonl").read_text().splitlines()
+    published = {json.dumps(record, sort_keys=True) for record in live.to_records()}
+    assert lines and {json.dumps(json.loads(line), sort_keys=True) for line in lines} <= published
+    assert len(Batch.concat(asyncio.run(read_all(config)))) == len(live)  # nothing added
