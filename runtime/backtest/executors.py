@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -194,11 +194,13 @@ class PacedSource:
 
     def __init__(self, batch: Batch, pace: float | None,
                  on_read: Callable[[int], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._inner = TestingSource([batch])
         self._pace = pace
         self._on_read = on_read
         self._clock = clock
+        self._sleep = sleep
         self._first: tuple[int, float] | None = None
 
     async def open(self) -> None:
@@ -213,7 +215,7 @@ class PacedSource:
                 if self._first is None:
                     self._first = (int(chunk.batch.ts[0]), self._clock())
                 due = self._first[1] + (newest - self._first[0]) / 1e9 / self._pace
-                await asyncio.sleep(max(0.0, due - self._clock()))
+                await self._sleep(max(0.0, due - self._clock()))
             if self._on_read is not None:
                 self._on_read(len(chunk.batch))
         return chunk

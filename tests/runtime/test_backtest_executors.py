@@ -3,11 +3,15 @@ the streaming replay over every operator family, scenarios and sweeps share thei
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import operators
 import streamdag as sd
 from runtime.backtest import (
     BacktestError,
@@ -21,9 +25,11 @@ from runtime.backtest import (
     backtest,
     parse_sweeps,
 )
+from runtime.backtest.executors import PacedSource
 from runtime.demo.synthetic import RandomWalk
 from streamdag.batch import Batch
 from streamdag.graph import Graph
+from streamdag.testing import ManualClock
 
 TICKS = RandomWalk(symbols=6, seed=5).next_batch(3_000)  # 1 ms apart, from 0
 START, END = 1_000_000_000, 2_500_000_000  # ticks 1000 to 2499
@@ -195,3 +201,36 @@ def test_outputs_convert_to_pandas_when_it_is_installed() -> None:
         frame = result.to_pandas("bars")
         assert list(frame.columns[:2]) == ["ts", "key"]
         assert frame["close"].tolist() == result["bars"]["close"].tolist()
+
+
+def test_a_paced_replay_waits_for_each_batch_s_event_time_at_n_times_speed() -> None:
+    clock, slept = ManualClock(100.0), []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    ticks = TICKS.slice(0, 1_000)  # 0 to 999 ms
+    source = PacedSource(ticks, 4.0, clock=clock, sleep=sleep)
+
+    async def read_all() -> list[int]:
+        sizes = []
+        while not (chunk := await source.read(250, 0.0)).finished:
+            sizes.append(len(chunk.batch))
+        return sizes
+
+    assert asyncio.run(read_all()) == [250] * 4
+    # Each batch is due when its newest event is, at 4x: 249 ms / 4, then 250 ms / 4 more.
+    assert slept == pytest.approx([0.06225, 0.0625, 0.0625, 0.0625])
+    assert clock() == pytest.approx(100.0 + 0.999 / 4)
+
+
+def test_no_operator_reads_the_wall_clock() -> None:
+    clocks = {"time", "datetime"}
+    for path in sorted(Path(operators.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom)}
+        assert not imported & clocks, f"{path.name} imports {imported & clocks}"
