@@ -111,6 +111,12 @@ def test_live_equals_backtest_over_kafka(bootstrap: str, tmp_path: Path,
     assert main(["cache", "stats", "--json", *state]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["hits"] >= 6 and stats["entries"] >= 6
+    assert main(["cache", "clear", *state]) == 0
+    assert f"cleared {stats['entries']} entries" in capsys.readouterr().out
+    assert main(["cache", "warm", *common, "--sweep", "sma50.window=40,50"]) == 0
+    assert "warmed: 8 node(s) computed, 0 already cached" in capsys.readouterr().out
+    assert main(["backtest", *common]) == 0
+    assert "0 node(s) computed, 5 from the cache" in capsys.readouterr().out
 
     # Step 4: a bounded replay never appends to the live topic unless told to.
     recorded = KafkaBinding(bootstrap, start="earliest", end=Timestamp(time.time_ns()))
