@@ -108,9 +108,12 @@ def _sweep_graph() -> Graph:
     return sd.Graph("sweep", outputs=[out, *shared])
 
 
-def _row(name: str, events: int, seconds: float, baseline: float | None) -> str:
-    ratio = "" if baseline is None else f"{baseline / seconds:8.2f}x"
-    return f"{name:<34}{events / seconds:>14,.0f}{seconds:>10.2f}{ratio:>11}"
+def _row(name: str, events: int, seconds: float, cpu: float,
+         baseline: tuple[float, float] | None) -> str:
+    ratios = ("", "") if baseline is None else (f"{baseline[0] / seconds:.2f}x",
+                                                f"{baseline[1] / cpu:.2f}x")
+    return (f"{name:<32}{events / seconds:>12,.0f}{seconds:>8.2f}{events / cpu:>12,.0f}"
+            f"{cpu:>8.2f}{ratios[0]:>9}{ratios[1]:>9}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,21 +132,25 @@ def main(argv: list[str] | None = None) -> None:
     # 1. executors against pandas.
     print(f"\n1. {args.ticks:,} ticks x 2 graphs (momentum, mean_reversion); events/s = "
           "ticks x graphs / s")
-    print(f"{'run':<34}{'events/s':>14}{'seconds':>10}{'vs pandas':>11}")
+    print("(the machine is shared: CPU seconds of this process are the steadier figure)")
+    print(f"{'run':<32}{'events/s':>12}{'wall s':>8}{'ev/cpu-s':>12}{'cpu s':>8}"
+          f"{'/pandas':>9}{'cpu':>9}")
     events = args.ticks * len(graphs)
-    pandas_s = None
+    pandas_s: tuple[float, float] | None = None
     if importlib.util.find_spec("pandas") is None:  # only this benchmark uses it
         print("pandas                             not installed: pip install pandas")
     else:
-        _, pandas_s, _ = _timed(lambda: _pandas_strategies(ticks))
-        print(_row("pandas groupby-rolling", events, pandas_s, pandas_s))
-    streamed, streaming_s, _ = _timed(
+        _, wall, cpu = _timed(lambda: _pandas_strategies(ticks))
+        pandas_s = (wall, cpu)
+        print(_row("pandas groupby-rolling", events, wall, cpu, pandas_s))
+    streamed, streaming_s, streaming_cpu = _timed(
         lambda: [_run(g, ticks, executor="streaming") for g in graphs])
-    batched, batch_s, _ = _timed(lambda: [_run(g, ticks) for g in graphs])
-    print(_row("streaming replay (local runner)", events, streaming_s, pandas_s))
-    print(_row("batch executor", events, batch_s, pandas_s))
+    batched, batch_s, batch_cpu = _timed(lambda: [_run(g, ticks) for g in graphs])
+    print(_row("streaming replay (local runner)", events, streaming_s, streaming_cpu, pandas_s))
+    print(_row("batch executor", events, batch_s, batch_cpu, pandas_s))
     assert [r.digests() for r in streamed] == [r.digests() for r in batched]
-    print(f"batch executor vs streaming replay: {streaming_s / batch_s:.2f}x; outputs equal")
+    print(f"batch executor vs streaming replay: {streaming_s / batch_s:.2f}x wall, "
+          f"{streaming_cpu / batch_cpu:.2f}x cpu; outputs equal")
 
     # 2. the cache.
     # The recorded ticks named by what made them (as a topic's log ends name what it holds).
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.sweep_ticks:,} ticks; nodes computed together: "
           f"{len(together.figures['computed'])} (separately: {len(variants) * len(graph.nodes)})")
     print(f"{'run':<34}{'wall s':>10}{'cpu s':>10}")
-    print(f"{'20 separate runs':<34}{separate_s:>10.2f}{separate_cpu:>10.2f}")
+    print(f"{f'{len(variants)} separate runs':<34}{separate_s:>10.2f}{separate_cpu:>10.2f}")
     print(f"{'one sweep':<34}{together_s:>10.2f}{together_cpu:>10.2f}")
     print(f"sweep vs separate: {separate_s / together_s:.2f}x wall, "
           f"{separate_cpu / together_cpu:.2f}x cpu")
