@@ -36,7 +36,7 @@ from runtime.backtest.progress import ProgressBar
 from runtime.backtest.results import BacktestResult, SweepResult
 from runtime.backtest.scenarios import Scenario, apply_scenario
 from runtime.backtest.times import parse_time
-from runtime.backtest.warmup import WARM_UP_MODES, WarmUp, select_range, warm_up_of
+from runtime.backtest.warmup import WARM_UP_MODES, WarmUp, describe, select_range, warm_up_of
 from streamdag.batch import Batch
 from streamdag.graph import Graph, Node
 
@@ -51,7 +51,8 @@ class BacktestOptions:
     """How a backtest runs.
 
     ``executor``: ``batch`` (whole ranges per node, generation by generation), ``streaming``
-    (micro-batches through the local runner, as live) or ``auto`` (batch, unless paced).
+    (micro-batches through the local runner, as live) or ``auto`` (batch, unless paced); the
+    cache serves the batch executor (the streaming one computes every node, as live does).
     ``pace``: with the streaming executor, replay at N times event-time speed (None: as fast as
     possible). ``workers``: where the batch executor runs a generation's independent nodes,
     ``threads`` here or ``ray`` tasks (``ensure_ray``: a local Ray unless configured).
@@ -153,8 +154,9 @@ def backtest(
                          for batch in selected.values())
     # Step 4: run.
     executor = options.chosen_executor
-    figures: dict[str, object] = {"executor": executor, "events": events,
-                                  "warm_up_events": warm_up_events}
+    figures: dict[str, object] = {
+        "executor": executor, "events": events, "warm_up_events": warm_up_events,
+        "warm_up": describe({sources[node_id].name: need[node_id] for node_id in sources})}
     outputs_by_variant: dict[str, dict[str, Batch]] = {}
     if executor == "batch":
         runner = BatchExecutor(cache, options.parallelism, options.workers)

@@ -122,7 +122,10 @@ class BatchExecutor:
                 todo = []
                 for node in generation:
                     key = _result_key(node, range_fingerprint)
-                    cached = self.cache.get(key) if self.cache is not None else None
+                    # A node whose code could not be hashed with certainty (not shareable)
+                    # may compute something else under the same id: never cached.
+                    cached = (self.cache.get(key) if self.cache is not None and node.shareable
+                              else None)
                     if cached is not None:
                         results[node.node_id] = cached
                         self.figures.cached.append(node.name)
@@ -139,7 +142,7 @@ class BatchExecutor:
                     results[node.node_id] = output
                     self.figures.computed.append(node.name)
                     self.figures.seconds[node.name] = seconds
-                    if self.cache is not None:
+                    if self.cache is not None and node.shareable:
                         self.cache.put(key, output)
                     if on_node is not None:
                         on_node(node)

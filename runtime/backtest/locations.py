@@ -9,7 +9,7 @@ from runtime.backtest.cache import ResultCache
 from runtime.backtest.errors import BacktestError
 from streamdag.config import Settings
 
-__all__ = ["bootstrap_servers_of", "cache_directory", "open_cache"]
+__all__ = ["CACHE_FOLDER", "bootstrap_servers_of", "cache_directory", "open_cache"]
 
 #: The cache's folder under the state directory.
 CACHE_FOLDER = "backtest-cache"

@@ -23,8 +23,8 @@ class BacktestResult:
     """Each output node's records in the range, by node name, and how the run went.
 
     ``figures`` holds ``events`` (recorded input events replayed, warm-up included),
-    ``warm_up_events``, ``seconds``, ``executor``, and the names of nodes ``computed`` and
-    read from the cache (``cached``).
+    ``warm_up_events``, ``warm_up`` (per source, in words), ``seconds``, ``executor``, and the
+    names of nodes ``computed`` and read from the cache (``cached``).
     """
 
     outputs: Mapping[str, Batch]

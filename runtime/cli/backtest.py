@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     figures = result.figures
     print(f"{figures['events']:,} events replayed ({figures['warm_up_events']:,} of warm-up) "
           f"in {figures['seconds']:.2f} s by the {figures['executor']} executor; "
-          f"{len(figures['computed'])} node(s) computed, {len(figures['cached'])} from the cache")
+          f"{len(figures['computed'])} node(s) computed, {len(figures['cached'])} from the cache"
+          f"\nwarm-up: {figures['warm_up']}")
     status = 0
     for name, variant in variants.items():
         label = f"[{name}] " if name else ""

@@ -234,3 +234,22 @@ def test_no_operator_reads_the_wall_clock() -> None:
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree)
                      if isinstance(node, ast.ImportFrom)}
         assert not imported & clocks, f"{path.name} imports {imported & clocks}"
+
+
+def test_nodes_whose_code_is_not_hashed_with_certainty_are_never_cached() -> None:
+    calls = []
+
+    def latest(prices: np.ndarray) -> np.ndarray:
+        calls.append(len(prices))
+        return prices[:, -1]
+
+    ticks = sd.source("ticks", topic="bt.ticks", key="symbol",
+                      schema={"price": "float64", "size": "float64"})
+    unhashed = sd.udf(period=1, shareable=False)(latest)(ticks["price"], name="latest")
+    graph = sd.Graph("opaque", outputs=[unhashed, ticks.rolling_mean("price", window=3)])
+    cache = ResultCache()
+    for _ in range(2):
+        result = backtest(graph, START, END, inputs={"ticks": TICKS}, cache=cache)
+        assert isinstance(result, BacktestResult)
+    assert len(calls) == 2 and "latest" in result.figures["computed"]
+    assert sorted(result.figures["cached"])[0].startswith("rolling_mean")
