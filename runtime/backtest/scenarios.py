@@ -19,12 +19,16 @@ from runtime.backtest.errors import ScenarioError
 from streamdag.graph import Graph, Node, make_node
 from streamdag.operator_registry import lookup
 
-__all__ = ["Scenario", "apply_scenario", "parse_sweeps"]
+__all__ = ["INPUTS", "Scenario", "apply_scenario", "parse_sweeps"]
+
+#: The override that rewires a node: ``NODE.inputs=a,b`` reads nodes ``a`` and ``b`` instead.
+INPUTS = "inputs"
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """A named set of overrides: ``{node name: {param: value}}``.
+    """A named set of overrides: ``{node name: {param: value}}``; the ``inputs`` override
+    rewires a node to other nodes of the graph, by name.
 
     >>> Scenario.parse(["sma20.window=30", "to_signals.topic=alt.signals"]).overrides
     {'sma20': {'window': 30}, 'to_signals': {'topic': 'alt.signals'}}
@@ -68,33 +72,73 @@ def parse_sweeps(sweeps: Sequence[str], base: Sequence[str] = ()) -> list[Scenar
 
 
 def apply_scenario(graph: Graph, scenario: Scenario) -> Graph:
-    """The graph with the scenario's params set; unchanged nodes are the same objects.
+    """The graph with the scenario's params and inputs set; unchanged nodes are the same
+    objects.
 
-    Raises ScenarioError naming the node or param that does not exist. A node whose period
-    followed its params (the default) follows the new ones.
+    Raises ScenarioError naming the node, param or input that does not exist, or the cycle a
+    rewiring would make. A node whose period followed its params (the default) follows the
+    new ones.
+
+    >>> import streamdag as sd
+    >>> ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    >>> fast = ticks.rolling_mean("price", window=5, name="fast")
+    >>> slow = ticks.rolling_mean("price", window=9, name="slow")
+    >>> graph = sd.Graph("g", outputs=[fast.crossover(slow, name="x"), slow])
+    >>> varied = apply_scenario(graph, Scenario.parse(["x.inputs=slow,fast"]))
+    >>> [node.name for node in varied.node("x").inputs]
+    ['slow', 'fast']
     """
     names = {node.name for node in graph.nodes}
     unknown = sorted(set(scenario.overrides) - names)
     if unknown:
         raise ScenarioError(f"scenario {scenario.name!r} overrides node(s) {unknown}, which "
                             f"graph {graph.name!r} does not have; its nodes are {sorted(names)}")
+    by_name = {node.name: node for node in graph.nodes}
     rebuilt: dict[str, Node] = {}
-    for node in graph.nodes:
-        inputs = tuple(rebuilt[upstream.node_id] for upstream in node.inputs)
-        changes = scenario.overrides.get(node.name, {})
+    building: list[str] = []
+
+    def build(node: Node) -> Node:
+        done = rebuilt.get(node.name)
+        if done is not None:
+            return done
+        if node.name in building:
+            loop = " -> ".join([*building[building.index(node.name):], node.name])
+            raise ScenarioError(f"scenario {scenario.name!r} rewires inputs into a cycle: "
+                                f"{loop}; a node cannot read its own output")
+        building.append(node.name)
+        changes = dict(scenario.overrides.get(node.name, {}))
+        upstream = node.inputs
+        if INPUTS in changes:
+            upstream = _rewired(scenario, node, changes.pop(INPUTS), by_name)
         declared = {param.name for param in lookup(node.operator).params}
         undeclared = sorted(set(changes) - declared)
         if undeclared:
             raise ScenarioError(f"scenario {scenario.name!r}: node {node.name!r} "
                                 f"({node.operator}) has no param(s) {undeclared}; its params "
-                                f"are {sorted(declared)}")
-        same_inputs = all(a is b for a, b in zip(inputs, node.inputs, strict=True))
-        if not changes and same_inputs:
-            rebuilt[node.node_id] = node
-            continue
-        rebuilt[node.node_id] = _rebuild(node, inputs, changes)
-    outputs = [rebuilt[node.node_id] for node in graph.outputs]
-    return Graph(graph.name, outputs, delivery=graph.delivery)
+                                f"are {sorted(declared)} (and {INPUTS!r}, to rewire it)")
+        inputs = tuple(build(input_node) for input_node in upstream)
+        same = len(inputs) == len(node.inputs) and all(
+            a is b for a, b in zip(inputs, node.inputs, strict=True))
+        result = node if not changes and same else _rebuild(node, inputs, changes)
+        building.pop()
+        rebuilt[node.name] = result
+        return result
+
+    for node in graph.nodes:  # inputs first: recursion goes only as deep as a rewiring
+        build(node)
+    return Graph(graph.name, [rebuilt[node.name] for node in graph.outputs],
+                 delivery=graph.delivery)
+
+
+def _rewired(scenario: Scenario, node: Node, value: Any,
+             by_name: Mapping[str, Node]) -> tuple[Node, ...]:
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+    unknown = [name for name in names if name not in by_name]
+    if unknown or not all(isinstance(name, str) for name in names):
+        raise ScenarioError(f"scenario {scenario.name!r}: node {node.name!r} is rewired to "
+                            f"{names}, but {unknown or names} are not nodes of the graph; its "
+                            f"nodes are {sorted(by_name)}")
+    return tuple(by_name[name] for name in names)
 
 
 def _rebuild(node: Node, inputs: tuple[Node, ...], changes: Mapping[str, Any]) -> Node:

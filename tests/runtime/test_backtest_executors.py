@@ -253,3 +253,21 @@ def test_nodes_whose_code_is_not_hashed_with_certainty_are_never_cached() -> Non
         assert isinstance(result, BacktestResult)
     assert len(calls) == 2 and "latest" in result.figures["computed"]
     assert sorted(result.figures["cached"])[0].startswith("rolling_mean")
+
+
+def test_a_scenario_rewires_inputs_and_refuses_cycles_and_strangers() -> None:
+    graph, cache = _families(), ResultCache()
+    base = backtest(graph, START, END, inputs={"ticks": TICKS}, cache=cache)
+    assert isinstance(base, BacktestResult)
+    rewired = backtest(graph, START, END, inputs={"ticks": TICKS}, cache=cache,
+                       scenarios=[Scenario.parse(['diamond.inputs=["b", "fast"]'])])
+    assert isinstance(rewired, SweepResult)
+    assert rewired.figures["computed"] == ["diamond"]  # fast and b come from the cache
+    assert rewired["diamond.inputs=[\"b\", \"fast\"]"].digests()["diamond"] != base.digests()[
+        "diamond"]
+    with pytest.raises(ScenarioError, match="into a cycle: fast -> cross -> fast"):
+        backtest(graph, START, END, inputs={"ticks": TICKS},
+                 scenarios=[Scenario.parse(["fast.inputs=cross"])])
+    with pytest.raises(ScenarioError, match=r"\['nowhere'\] are not nodes of the graph"):
+        backtest(graph, START, END, inputs={"ticks": TICKS},
+                 scenarios=[Scenario.parse(["diamond.inputs=b,nowhere"])])
