@@ -4,15 +4,14 @@ Keys are sha256 hex strings a caller derives from everything that determines the
 node's output: its Merkle node_id, the fingerprint of its input range and the scenario's input
 overrides), so an entry can only ever be served for the computation that produced it. Values are
 Batches. The memory tier evicts the least recently used entries past its byte budget and drops
-entries older than the TTL; the disk tier keeps one ``.npz`` file per key under its directory.
+entries older than the TTL; the disk tier keeps one ``.npz`` file per key under its directory,
+a local path or any fsspec URL (``s3://bucket/cache``, ...).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -21,8 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
+from runtime.checkpoints.store import write_file_durably
 from streamdag.batch import Batch
 
 __all__ = ["CacheStats", "ResultCache", "batch_from_bytes", "batch_to_bytes"]
@@ -76,14 +78,20 @@ class ResultCache:
             raise ValueError(f"max_bytes cannot be negative, got {max_bytes}")
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
-        self.directory = Path(directory) if directory is not None else None
+        #: Where the disk tier lives (a path or fsspec URL), or None for memory only.
+        self.directory = str(directory) if directory is not None else None
+        self._fs: Any = None
+        self._root = ""
+        if self.directory is not None:
+            self._fs, root = fsspec.core.url_to_fs(self.directory)
+            self._root = str(root).rstrip("/")
         self._clock = clock
         self._entries: OrderedDict[str, tuple[Batch, int, float]] = OrderedDict()
         self._memory = CacheStats()
         self._disk = CacheStats()
         self._lock = threading.Lock()
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        if self._fs is not None:
+            self._fs.makedirs(self._root, exist_ok=True)
             self._count_disk()
             self._load_counters()
 
@@ -103,11 +111,11 @@ class ResultCache:
                 return entry[0]
             self._memory.misses += 1
         path = self._path(key)
-        if path is None or not path.is_file():
+        if path is None or not self._fs.exists(path):
             if path is not None:
                 self._disk.misses += 1
             return None
-        batch = batch_from_bytes(path.read_bytes())
+        batch = batch_from_bytes(self._fs.cat_file(path))
         self._disk.hits += 1
         self._remember(key, batch)
         return batch
@@ -117,28 +125,21 @@ class ResultCache:
         ``memory_only``) on disk."""
         self._remember(key, batch)
         path = None if memory_only else self._path(key)
-        if path is not None and not path.exists():
+        if path is not None and not self._fs.exists(path):
             data = batch_to_bytes(batch)
-            # Write then rename: a reader never sees half a file.
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(temporary, path)
+            self._write(path, data)
             with self._lock:
                 self._disk.entries += 1
                 self._disk.bytes += len(data)
 
     def persist(self) -> None:
         """Save the disk tier's hits, misses and evictions, so other processes' stats add up."""
-        if self.directory is None:
+        if self._fs is None:
             return
         with self._lock:
             counters = {"hits": self._disk.hits, "misses": self._disk.misses,
                         "evictions": self._disk.evictions}
-        path = self.directory / _COUNTERS
-        temporary = path.with_suffix(".part")
-        temporary.write_text(json.dumps(counters))
-        os.replace(temporary, path)
+        self._write(f"{self._root}/{_COUNTERS}", json.dumps(counters).encode())
 
     def clear(self) -> dict[str, int]:
         """Drop every entry of both tiers; how many of each were dropped."""
@@ -146,9 +147,9 @@ class ResultCache:
             dropped = {"memory": len(self._entries), "disk": 0}
             self._entries.clear()
             self._memory.entries = self._memory.bytes = 0
-            if self.directory is not None:
-                for path in self.directory.glob("*.npz"):
-                    path.unlink(missing_ok=True)
+            if self._fs is not None:
+                for path in self._entry_paths():
+                    self._fs.rm(path)
                     dropped["disk"] += 1
                 self._disk.entries = self._disk.bytes = 0
                 self._disk.evictions += dropped["disk"]
@@ -192,18 +193,26 @@ class ResultCache:
         self._memory.entries -= 1
         self._memory.bytes -= size
 
-    def _path(self, key: str) -> Path | None:
-        if self.directory is None:
+    def _path(self, key: str) -> str | None:
+        if self._fs is None:
             return None
         if not key.isalnum():
             raise ValueError(f"cache key {key!r} must be a hex digest")
-        return self.directory / f"{key}.npz"
+        return f"{self._root}/{key}.npz"
+
+    def _entry_paths(self) -> list[str]:
+        return [str(path) for path in self._fs.glob(f"{self._root}/*.npz")]
+
+    def _write(self, path: str, data: bytes) -> None:
+        # A reader sees the old file or the new one, never half of one.
+        if isinstance(self._fs, LocalFileSystem):
+            write_file_durably(Path(path), data)
+        else:
+            self._fs.pipe_file(path, data)  # one object, put whole
 
     def _load_counters(self) -> None:
-        assert self.directory is not None
-        path = self.directory / _COUNTERS
         try:
-            counters = json.loads(path.read_text())
+            counters = json.loads(self._fs.cat_file(f"{self._root}/{_COUNTERS}"))
         except (OSError, ValueError):
             return  # none yet (or unreadable): count from zero
         self._disk.hits = int(counters.get("hits", 0))
@@ -211,10 +220,9 @@ class ResultCache:
         self._disk.evictions = int(counters.get("evictions", 0))
 
     def _count_disk(self) -> None:
-        assert self.directory is not None
-        for path in self.directory.glob("*.npz"):
+        for path in self._entry_paths():
             self._disk.entries += 1
-            self._disk.bytes += path.stat().st_size
+            self._disk.bytes += int(self._fs.size(path))
 
 
 def batch_to_bytes(batch: Batch) -> bytes:

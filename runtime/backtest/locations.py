@@ -26,11 +26,12 @@ def bootstrap_servers_of(settings: Settings) -> str:
                         "(`streamdag broker start`) or pass --kafka-bootstrap-servers HOST:PORT")
 
 
-def cache_directory(settings: Settings) -> Path:
-    """``<state_dir>/backtest-cache``."""
-    return Path(settings.state_dir) / CACHE_FOLDER
+def cache_directory(settings: Settings, url: str | None = None) -> str:
+    """``url`` (a path or fsspec URL), else ``<state_dir>/backtest-cache``."""
+    return url if url else str(Path(settings.state_dir) / CACHE_FOLDER)
 
 
-def open_cache(settings: Settings, max_bytes: int = 1 << 30) -> ResultCache:
-    """The cache of this state dir: a memory tier over its directory."""
-    return ResultCache(max_bytes=max_bytes, directory=cache_directory(settings))
+def open_cache(settings: Settings, url: str | None = None,
+               max_bytes: int = 1 << 30) -> ResultCache:
+    """The cache at ``url`` (default: under the state dir): a memory tier over it."""
+    return ResultCache(max_bytes=max_bytes, directory=cache_directory(settings, url))

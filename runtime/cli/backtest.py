@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run on live input instead; sinks print, or write under --out-dir")
     parser.add_argument("--duration", type=float, default=10.0,
                         help="seconds a --dryrun runs (default 10)")
+    parser.add_argument("--cache-url", metavar="URL", default=None,
+                        help="the cache's path or fsspec URL (default <state_dir>/backtest-cache)")
     add_setting_flags(parser)
 
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         graph, start_ns, end_ns, bootstrap_servers=bootstrap, scenarios=scenarios,
         options=BacktestOptions(executor=args.executor, pace=args.pace, warmup=args.warmup,
                                 workers=args.workers),
-        cache=None if args.no_cache else open_cache(settings),
+        cache=None if args.no_cache else open_cache(settings, args.cache_url),
         progress=ProgressBar(sys.stderr))
     variants = result.variants if isinstance(result, SweepResult) else {"": result}
     by_name = {scenario.name: scenario for scenario in scenarios}

@@ -1,6 +1,7 @@
 """Show, clear or warm the backtest cache (decoded input ranges and node outputs).
 
-The cache lives under the state directory (<state_dir>/backtest-cache). ``stats`` prints hits,
+The cache lives under the state directory (<state_dir>/backtest-cache), or at --cache-url (a
+path or any fsspec URL). ``stats`` prints hits,
 misses, hit rate, entries, bytes and evictions; ``clear`` drops every entry; ``warm SPEC --from
 T --to T`` computes the graph's nodes over the range (with any --scenario/--sweep) so later
 backtests of it read them from the cache.
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", action="append", default=[], metavar="NODE.PARAM=VALUE")
     parser.add_argument("--sweep", action="append", default=[], metavar="NODE.PARAM=V1,V2")
     parser.add_argument("--json", action="store_true", help="print stats as JSON")
+    parser.add_argument("--cache-url", metavar="URL", default=None,
+                        help="the cache's path or fsspec URL (default <state_dir>/backtest-cache)")
     add_setting_flags(parser)
 
 
@@ -40,20 +43,21 @@ def run(args: argparse.Namespace) -> int:
     from runtime.backtest.locations import cache_directory, open_cache
 
     settings = settings_from_args(args)
-    cache = open_cache(settings)
+    cache = open_cache(settings, args.cache_url)
+    where = cache_directory(settings, args.cache_url)
     if args.action == "stats":
         stats = cache.stats()["disk"]
         if args.json:
             print(json.dumps(stats))
         else:
-            print(f"cache {cache_directory(settings)}: {int(stats['entries'])} entries, "
+            print(f"cache {where}: {int(stats['entries'])} entries, "
                   f"{int(stats['bytes']):,} bytes; {int(stats['hits'])} hits, "
                   f"{int(stats['misses'])} misses (hit rate {stats['hit_rate']:.0%}), "
                   f"{int(stats['evictions'])} evictions")
         return 0
     if args.action == "clear":
         dropped = cache.clear()
-        print(f"cleared {dropped['disk']} entries from {cache_directory(settings)}")
+        print(f"cleared {dropped['disk']} entries from {where}")
         return 0
     if args.spec is None or args.start is None or args.end is None:
         raise BacktestError("cache warm needs SPEC --from T --to T")

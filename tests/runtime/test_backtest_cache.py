@@ -3,10 +3,12 @@ clear; served by the gateway (/cache/stats, /cache/clear) and on Prometheus."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -47,19 +49,22 @@ def test_entries_expire_after_the_ttl() -> None:
     assert cache.stats()["memory"]["evictions"] == 1
 
 
-def test_the_disk_tier_serves_another_process_and_counts_across_them(tmp_path: Path) -> None:
-    first = ResultCache(directory=tmp_path)
+@pytest.mark.parametrize("where", ["path", "url"])
+def test_the_disk_tier_serves_another_process_and_counts_across_them(
+        tmp_path: Path, where: str) -> None:
+    location = tmp_path if where == "path" else f"memory://backtest-cache-{uuid.uuid4().hex}"
+    first = ResultCache(directory=location)
     assert first.get("a") is None
     first.put("a", _batch(5, 4.0))
     first.persist()
-    second = ResultCache(directory=tmp_path)  # a later process: empty memory
+    second = ResultCache(directory=location)  # a later process: empty memory
     batch = second.get("a")
     assert batch is not None and batch.to_records() == _batch(5, 4.0).to_records()
     second.persist()
-    disk = ResultCache(directory=tmp_path).stats()["disk"]
+    disk = ResultCache(directory=location).stats()["disk"]
     assert (disk["hits"], disk["misses"], disk["entries"]) == (1, 1, 1)
     assert second.clear() == {"memory": 1, "disk": 1}
-    assert ResultCache(directory=tmp_path).get("a") is None
+    assert ResultCache(directory=location).get("a") is None
 
 
 async def test_the_gateway_serves_cache_stats_clear_and_metrics(tmp_path: Path) -> None:
