@@ -103,6 +103,12 @@ def test_live_equals_backtest_over_kafka(bootstrap: str, tmp_path: Path,
     assert f"sha256 {digest(inside)}" in first and "verified" in first
     assert main(["backtest", *common, "--out-dir", str(tmp_path / "b")]) == 0
     assert "0 node(s) computed, 5 from the cache" in capsys.readouterr().out
+    assert main(["backtest", *common, "--out", f"bt{number}."]) == 0
+    assert f"wrote to_signals to topic 'bt{number}.{signals}'" in capsys.readouterr().out
+    config_out = KafkaSourceConfig(bootstrap, f"bt{number}.{signals}", config.schema,
+                                   key_field="key", time_field="ts",
+                                   end=Timestamp(time.time_ns()))
+    assert digest(Batch.concat(asyncio.run(read_all(config_out)))) == digest(inside)
     for name in ("to_signals.jsonl", "digests.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert main(["backtest", *common, "--scenario", "sma20.window=21",
