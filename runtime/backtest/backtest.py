@@ -217,7 +217,8 @@ def _recorded(sources: Mapping[str, Node], bootstrap_servers: str | None,
 
     async def read_all() -> dict[str, RecordedInput]:
         return {node_id: await read_recorded(bootstrap_servers, node, cache=cache,
-                                             on_progress=progress.advance)
+                                             on_progress=progress.advance,
+                                             on_size=progress.expect)
                 for node_id, node in sources.items()}
 
     return asyncio.run(read_all())

@@ -51,12 +51,15 @@ async def read_recorded(
     *,
     cache: ResultCache | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_size: Callable[[int], None] | None = None,
 ) -> RecordedInput:
     """Every record of ``node``'s topic up to the current log end, decoded and time-ordered."""
     # Step 1: where each partition's log ends now (the cache key's part that moves).
     ends = await _log_ends(bootstrap_servers, str(node.params["topic"]))
     key = hashlib.sha256(repr(("recorded-input", node.node_id, bootstrap_servers,
                                 sorted(ends.items()))).encode()).hexdigest()
+    if on_size is not None:
+        on_size(sum(ends.values()))  # records in the log (fewer if retention dropped some)
     cached = cache.get(key) if cache is not None else None
     if cached is not None:
         if on_progress is not None:

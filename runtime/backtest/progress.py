@@ -42,6 +42,10 @@ class ProgressBar:
         self._started = self._clock() if self.enabled else 0.0
         self._drawn = 0.0
 
+    def expect(self, amount: int) -> None:
+        """Add ``amount`` units to the phase's total (learnt as it goes, e.g. per topic)."""
+        self._total += max(amount, 0)
+
     def advance(self, amount: int) -> None:
         """Count ``amount`` more units done (redraws at most 10 times a second)."""
         self._done += amount

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import importlib.util
+import io
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from runtime.backtest import (
     parse_sweeps,
 )
 from runtime.backtest.executors import PacedSource
+from runtime.backtest.progress import ProgressBar
 from runtime.demo.synthetic import RandomWalk
 from streamdag.batch import Batch
 from streamdag.graph import Graph
@@ -271,3 +273,15 @@ def test_a_scenario_rewires_inputs_and_refuses_cycles_and_strangers() -> None:
     with pytest.raises(ScenarioError, match=r"\['nowhere'\] are not nodes of the graph"):
         backtest(graph, START, END, inputs={"ticks": TICKS},
                  scenarios=[Scenario.parse(["diamond.inputs=b,nowhere"])])
+
+
+def test_the_progress_bar_counts_events_of_the_range_and_nodes() -> None:
+    graph, out = _bounded(), io.StringIO()
+    backtest(graph, START, END, inputs={"ticks": TICKS}, options=BacktestOptions(
+        executor="streaming", max_batch_records=500), progress=ProgressBar(out, force=True))
+    events = (END - START) // 1_000_000 + 6 * (9 + 3)  # the range and its warm-up
+    last = out.getvalue().rstrip("\n").split("\r")[-1]
+    assert last.startswith(f"replaying [{'#' * 30}] {events:,}/{events:,} events  100%  ETA")
+    out = io.StringIO()
+    backtest(graph, START, END, inputs={"ticks": TICKS}, progress=ProgressBar(out, force=True))
+    assert f"running [{'#' * 30}] {len(graph.nodes)}/{len(graph.nodes)} nodes" in out.getvalue()
