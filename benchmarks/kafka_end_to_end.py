@@ -40,8 +40,9 @@ def _replay_graph(source: str, sink: str) -> sd.Graph:
 
 
 def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str) -> float:
+    # The replay publishes to its own graph's topic, on purpose (replay_prefix="").
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
-                           end=Timestamp(time.time_ns()))
+                           end=Timestamp(time.time_ns()), replay_prefix="")
     graph = _replay_graph(source, f"{source}.streamdag-{runner}")
     settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
     if runner == "local":
