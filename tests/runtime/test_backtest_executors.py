@@ -31,6 +31,7 @@ from runtime.backtest.progress import ProgressBar
 from runtime.demo.synthetic import RandomWalk
 from streamdag.batch import Batch
 from streamdag.graph import Graph
+from streamdag.operator_registry import available
 from streamdag.testing import ManualClock
 
 TICKS = RandomWalk(symbols=6, seed=5).next_batch(3_000)  # 1 ms apart, from 0
@@ -44,7 +45,8 @@ def _spread(fast: np.ndarray, slow: np.ndarray) -> np.ndarray:
 
 
 def _families(*, ema: bool = True) -> Graph:
-    """Rolling, ema, zscore, vwap, bars, crossover, as-of join, map, filter, a udf, sinks."""
+    """Every operator family: rolling sum/mean/std/min/max (count and time windows), ema,
+    zscore, vwap, bars, crossover, as-of join, map, filter, iterate, a udf, a sink."""
     ticks = sd.source("ticks", topic="bt.ticks", key="symbol",
                       schema={"price": "float64", "size": "float64"})
     fast = ticks.rolling_mean("price", window=5, name="fast")
@@ -55,9 +57,12 @@ def _families(*, ema: bool = True) -> Graph:
     bars = ticks.ohlcv(bar=40_000_000, name="bars")
     vwap = ticks.vwap(window=6, name="vwap").filter("value > 100", name="rich")
     smooth = ticks.ema("price", span=12, name="smooth")
+    roots = ticks.iterate({"x": "price"}, {"x": "0.5 * (x + price / x)"}, output="x",
+                          name="roots")
     return sd.Graph("families", outputs=[
-        joined.to_topic("bt.joined", name="joined_out"), gap, bars, vwap,
+        joined.to_topic("bt.joined", name="joined_out"), gap, bars, vwap, roots,
         ticks.rolling_min("price", time_window="15ms", name="low"),
+        ticks.rolling_sum("size", window=4, name="volume"),
         *([smooth] if ema else [])])
 
 
@@ -89,7 +94,11 @@ def test_batch_executor_equals_streaming_replay_over_every_family() -> None:
     graph = _families()
     batch = _run(graph, START, END, executor="batch")
     streaming = _run(graph, START, END, executor="streaming", max_batch_records=97)
-    assert sorted(batch.outputs) == ["bars", "diamond", "joined_out", "low", "rich", "smooth"]
+    assert sorted(batch.outputs) == ["bars", "diamond", "joined_out", "low", "rich", "roots",
+                                     "smooth", "volume"]
+    built_in = {name for name, definition in available().items()
+                if definition.__module__.startswith(("operators.", "streamdag.endpoints"))}
+    assert {node.operator for node in graph.nodes} == built_in  # every family
     for name in batch.outputs:
         assert len(batch.outputs[name]) > 0, name
         assert batch.records(name) == streaming.records(name), name
