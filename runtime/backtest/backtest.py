@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from runtime.backtest.cache import ResultCache
-from runtime.backtest.errors import BacktestError, TimeRangeError
+from runtime.backtest.errors import BacktestError, ScenarioError, TimeRangeError
 from runtime.backtest.executors import (
     BatchExecutor,
     Workers,
@@ -124,6 +124,10 @@ def backtest(
     start_ns, end_ns = _to_ns(start, "start"), _to_ns(end, "end")
     if end_ns <= start_ns:
         raise TimeRangeError(f"the range is empty: end ({end}) must be after start ({start})")
+    names = [scenario.name for scenario in scenarios]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"scenarios {names} repeat a name; give each its own, since "
+                            "each variant's outputs come back under its name")
     variants = {s.name: apply_scenario(graph, s) for s in scenarios} or {"base": graph}
     sources = {node.node_id: node for g in variants.values() for node in g.sources}
     # Step 2: recorded input, once per distinct source.

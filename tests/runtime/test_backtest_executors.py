@@ -181,6 +181,10 @@ def test_bad_scenarios_and_ranges_are_refused_with_the_fix() -> None:
                  scenarios=[Scenario.parse(["fast.span=3"])])
     with pytest.raises(ScenarioError, match=r"is not NODE\.PARAM=VALUE"):
         Scenario.parse(["fast=3"])
+    with pytest.raises(ScenarioError, match="repeat a name"):
+        backtest(graph, START, END, inputs={"ticks": TICKS},
+                 scenarios=[Scenario.parse(["fast.window=3"], name="a"),
+                            Scenario.parse(["fast.window=4"], name="a")])
     with pytest.raises(TimeRangeError, match="the range is empty"):
         backtest(graph, END, START, inputs={"ticks": TICKS})
     with pytest.raises(TimeRangeError, match="start: 'yesterday' is not a time"):
