@@ -3,7 +3,8 @@
 - ``BatchExecutor``: generations in order (sources first); each node processes its whole input
   range at once, through the same ``NodeWorker`` a live actor runs (one batch per input, then
   end of stream), so it aligns, orders and computes exactly as live; independent nodes of a
-  generation run in parallel threads (the numba kernels release the GIL). Nodes are keyed by
+  generation run concurrently in threads (which overlap only where numpy releases the GIL: the
+  numba kernels hold it). Nodes are keyed by
   node_id, so variants of a sweep run as one union and a node they share runs once; with a
   cache, a node whose (node_id, input fingerprint) was computed before is read from it. With
   ``workers="ray"``, each node of a generation is a Ray task instead (its inputs travel through
