@@ -137,3 +137,6 @@ def test_live_equals_backtest_over_kafka(bootstrap: str, tmp_path: Path,
     published = {json.dumps(record, sort_keys=True) for record in live.to_records()}
     assert lines and {json.dumps(json.loads(line), sort_keys=True) for line in lines} <= published
     assert len(Batch.concat(asyncio.run(read_all(config)))) == len(live)  # nothing added
+    assert main(["backtest", str(spec), "--dryrun", "--duration", "1", *state]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
+        "dryrun": "momentum", "stopped": "1 s are up"}
