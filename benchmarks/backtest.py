@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{first_s / second_s:,.0f}x faster")
     print(f"after sma20.window=21: {changed_s:.3f} s; computed {changed.figures['computed']} "
           f"({sum(seconds.values()):.3f} s), from the cache {changed.figures['cached']}")
+    before = first.figures["node_seconds"]
+    print("first run's seconds per node: " + ", ".join(
+        f"{name} {before[name]:.3f}" for name in sorted(before)))
 
     # 3. a sweep against separate runs.
     sweep_ticks = _ticks(args.sweep_ticks)
