@@ -57,8 +57,9 @@ def _graph(source: str, sink: str) -> sd.Graph:
 def _replay(bootstrap: str, source: str, records: int,
             checkpoints: CheckpointSettings | None) -> float:
     """Events/s of one bounded replay of ``source``: launch to the last output published."""
+    # The replay publishes to its own graph's topic, on purpose (replay_prefix="").
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
-                           end=Timestamp(time.time_ns()))
+                           end=Timestamp(time.time_ns()), replay_prefix="")
     tag = "on" if checkpoints else "off"
     runner = RayRunner(SETTINGS, *binding.defaults(), checkpoints=checkpoints)
     started = time.perf_counter()

@@ -69,7 +69,7 @@ def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str,
                       ray_start_s: float = 0.0) -> _Figures:
     """Launch to last includes ``ray_start_s``: what a standalone run pays for Ray."""
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
-                           end=Timestamp(time.time_ns()))
+                           end=Timestamp(time.time_ns()), replay_prefix="")
     graph = _replay_graph(source, f"{source}.streamdag-{runner}")
     settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
     cpu, started = time.process_time(), time.perf_counter()

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "resume": "runtime.cli.resume",
     "top": "runtime.cli.top",
     "checkpoints": "runtime.cli.checkpoints",
+    "backtest": "runtime.cli.backtest",
+    "cache": "runtime.cli.cache",
 }
 
 

@@ -145,14 +145,16 @@ async def _serve_gateway(
     out: TextIO,
     on_ready: Callable[[UpInfo], None] | None,
 ) -> None:
-    from runtime.deployment.gateway import GatewayServer, create_app
+    from runtime.backtest.locations import open_cache
+    from runtime.deployment.gateway import GatewayServer, add_cache_routes, create_app
 
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
-    server = GatewayServer(create_app(controller, settings.gateway, token),
-                           settings.gateway.host, settings.gateway.port)
+    app = create_app(controller, settings.gateway, token)
+    add_cache_routes(app, open_cache(settings))
+    server = GatewayServer(app, settings.gateway.host, settings.gateway.port)
     address = GatewayAddress(await server.start(), token)
     gateway_file = Path(settings.state_dir) / GATEWAY_FILE
     try:

@@ -35,8 +35,9 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from runtime.backtest.cache import ResultCache
 from runtime.deployment.lifecycle import UnknownSubmissionError, failure_cause
-from runtime.deployment.metrics import StreamdagCollector
+from runtime.deployment.metrics import BacktestCacheCollector, StreamdagCollector
 from runtime.deployment.spec_limits import (
     SpecLimitError,
     SpecLimits,
@@ -64,6 +65,7 @@ __all__ = [
     "SpecRejectedError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
+    "add_cache_routes",
     "check_spec",
     "create_app",
     "parse_spec_body",
@@ -383,6 +385,26 @@ def create_app(
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _metrics)
     return app
+
+
+# -- the backtest cache: GET /cache/stats, POST /cache/clear, and its Prometheus families -------
+_BACKTEST_CACHE = web.AppKey("backtest_cache", ResultCache)
+
+
+def add_cache_routes(app: web.Application, cache: ResultCache) -> None:
+    """Serve ``cache`` (the deployment's backtest cache) on ``/cache/*`` and ``/metrics``."""
+    app[_BACKTEST_CACHE] = cache
+    BacktestCacheCollector(app[_REGISTRY], cache.figures)
+    app.router.add_get("/cache/stats", _cache_stats)
+    app.router.add_post("/cache/clear", _cache_clear)
+
+
+async def _cache_stats(request: web.Request) -> web.Response:
+    return _json(request.app[_BACKTEST_CACHE].stats())
+
+
+async def _cache_clear(request: web.Request) -> web.Response:
+    return _json({"cleared": await asyncio.to_thread(request.app[_BACKTEST_CACHE].clear)})
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -40,6 +41,7 @@ __all__ = [
     "NODE_FIGURE_FIELDS",
     "NODE_HISTOGRAM_FIELDS",
     "NODE_LABELS",
+    "BacktestCacheCollector",
     "MetricsSnapshot",
     "NodeMetrics",
     "RegionMetrics",
@@ -326,3 +328,61 @@ def _region_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
         "streamdag_restore_duration_seconds",
         "Seconds a region recovery took to restore its actors, after its backoff.", [],
         [([], snapshot.restore_duration)])
+
+
+class BacktestCacheCollector(Collector):
+    """Yields the backtest cache's figures per tier (``memory``, ``disk``) from ``read()``.
+
+    ``read`` returns ``{tier: CacheStats}`` (``runtime.backtest.cache.ResultCache.figures``);
+    it is called at every scrape.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> from runtime.backtest.cache import CacheStats
+    >>> registry = CollectorRegistry()
+    >>> _ = BacktestCacheCollector(registry, lambda: {"disk": CacheStats(hits=3, misses=1)})
+    >>> for line in generate_latest(registry).decode().splitlines():
+    ...     if line.startswith("streamdag_backtest_cache_hit"):
+    ...         print(line)
+    streamdag_backtest_cache_hits_total{tier="disk"} 3.0
+    streamdag_backtest_cache_hit_ratio{tier="disk"} 0.75
+    """
+
+    def __init__(self, registry: CollectorRegistry,
+                 read: Callable[[], Mapping[str, Any]]) -> None:
+        self._read = read
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        """Every family, without figures."""
+        return list(_cache_families({}))
+
+    def collect(self) -> Iterator[Metric]:
+        """The families of the cache's current figures."""
+        yield from _cache_families(self._read())
+
+
+_CACHE_FIGURES: tuple[tuple[_Family, str, str, str], ...] = (
+    (CounterMetricFamily, "streamdag_backtest_cache_hits",
+     "Backtest cache lookups answered (decoded input ranges and node outputs).", "hits"),
+    (CounterMetricFamily, "streamdag_backtest_cache_misses",
+     "Backtest cache lookups that found nothing.", "misses"),
+    (CounterMetricFamily, "streamdag_backtest_cache_evictions",
+     "Backtest cache entries dropped (LRU byte budget, TTL, or a clear).", "evictions"),
+    (GaugeMetricFamily, "streamdag_backtest_cache_entries", "Backtest cache entries held.",
+     "entries"),
+    (GaugeMetricFamily, "streamdag_backtest_cache_bytes", "Bytes the backtest cache holds.",
+     "bytes"),
+)
+
+
+def _cache_families(tiers: Mapping[str, Any]) -> Iterator[Metric]:
+    for kind, name, documentation, figure in _CACHE_FIGURES:
+        family = kind(name, documentation, labels=["tier"])
+        for tier, stats in sorted(tiers.items()):
+            family.add_metric([tier], float(getattr(stats, figure)))
+        yield family
+    ratio = GaugeMetricFamily("streamdag_backtest_cache_hit_ratio",
+                              "Share of backtest cache lookups answered.", labels=["tier"])
+    for tier, stats in sorted(tiers.items()):
+        ratio.add_metric([tier], float(stats.hit_rate))
+    yield ratio

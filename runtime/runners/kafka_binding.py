@@ -14,6 +14,7 @@ from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from connectors.partitioning import key_partitions
 from runtime.runners.replay import TimeOrderedReader
 from streamdag.connector import SourceReader
+from streamdag.errors import GraphError
 from streamdag.graph import Node
 
 __all__ = ["KafkaBinding", "KafkaSinkFactory", "KafkaSourceFactory"]
@@ -82,6 +83,10 @@ class KafkaBinding:
     start: Any = "earliest"
     end: Any = None
     group_id: str | None = None
+    #: Where a bounded replay's sinks write: None refuses (a replay never appends to the live
+    #: graph's output topics unless asked), ``"backtest."`` writes ``backtest.<topic>``, and
+    #: ``""`` appends to the live topics on purpose.
+    replay_prefix: str | None = None
 
     def source_for(self, node: Node) -> KafkaSourceFactory:
         """The reader factory of a ``kafka_source`` node (time-ordered if the range is bounded)."""
@@ -98,10 +103,27 @@ class KafkaBinding:
         )
 
     def sink_for(self, node: Node) -> KafkaSinkFactory:
-        """The writer factory of a ``kafka_sink`` node."""
+        """The writer factory of a ``kafka_sink`` node (a bounded replay's: see
+        ``replay_prefix``).
+
+        >>> import streamdag as sd
+        >>> ticks = sd.source("ticks", topic="market.ticks", key="symbol",
+        ...                   schema={"p": "float64"})
+        >>> sink = ticks.to_topic("signals", name="out")
+        >>> KafkaBinding("127.0.0.1:9092", end=100, replay_prefix="bt.").sink_for(sink).config.topic
+        'bt.signals'
+        """
+        topic = str(node.params["topic"])
+        if self.end is not None:
+            if self.replay_prefix is None:
+                raise GraphError(
+                    f"sink {node.name!r} would append a bounded replay's output to the live "
+                    f"topic {topic!r}; bind it elsewhere (sinks={{{node.name!r}: ListSink}}), "
+                    "give KafkaBinding(..., replay_prefix='backtest.') to write "
+                    f"'backtest.{topic}', or replay_prefix='' to append to {topic!r} on purpose")
+            topic = f"{self.replay_prefix}{topic}"
         return KafkaSinkFactory(
-            KafkaSinkConfig(self.bootstrap_servers, str(node.params["topic"]),
-                            codec=node.params["codec"])
+            KafkaSinkConfig(self.bootstrap_servers, topic, codec=node.params["codec"])
         )
 
     def defaults(self) -> tuple[Callable[[Node], KafkaSourceFactory],
