@@ -15,16 +15,18 @@ from typing import Any
 import numpy as np
 
 from operators.inference import InferenceLogic
-from operators.inference_errors import DeviceUnavailableError
+from operators.inference_errors import DeviceUnavailableError, ModelLoadError
 from operators.inference_queue import InferenceFigures
 from runtime.dataplane.host import NodeHost
 from runtime.dataplane.stats import NodeStats
 from streamdag.graph import Node
+from streamdag.operator import NodeConfig
 
 __all__ = [
     "INFERENCE_OPERATOR",
     "INTERACTIVE_GROUP",
     "InferenceHost",
+    "actor_class_options",
     "host_class",
     "inference_actor_options",
 ]
@@ -37,7 +39,26 @@ INTERACTIVE_CONCURRENCY = 64
 
 
 class InferenceHost(NodeHost):
-    """A ``NodeHost`` whose logic is a model behind an inference engine."""
+    """A ``NodeHost`` whose logic is a model behind an inference engine.
+
+    The model loads in the constructor; if it cannot, ``ready()`` raises the load error
+    itself (an actor whose constructor raised would only report that it died), so the
+    submission fails with the cause.
+    """
+
+    def __init__(self, config: NodeConfig, **arguments: Any) -> None:
+        self.load_error: ModelLoadError | None = None
+        try:
+            super().__init__(config, **arguments)
+        except ModelLoadError as exc:
+            self.config = config
+            self.load_error = exc
+
+    async def ready(self) -> str:
+        """Raise the model's load error, if any; otherwise ready as any node."""
+        if self.load_error is not None:
+            raise self.load_error
+        return await super().ready()
 
     @property
     def inference(self) -> InferenceLogic:
@@ -84,6 +105,8 @@ class InferenceHost(NodeHost):
         2. The node stops as any does (its drain loop, connectors).
         3. The model is unloaded and its device memory freed; the health snapshot is logged.
         """
+        if self.load_error is not None:
+            return  # nothing was loaded, nothing started
         # Step 1: closed before the drain loop stops, so a stream's rows waiting fail too.
         engine = self.inference.engine
         if not engine.closed:
@@ -109,7 +132,7 @@ def inference_actor_options(node: Node, cluster_gpus: float) -> dict[str, Any]:
     >>> ticks = sd.source("t", topic="t", schema={"x": "float64"})
     >>> node = ticks.infer(lambda rows: rows, features=["x"], device="cuda", name="m")
     >>> inference_actor_options(node, cluster_gpus=2.0)
-    {'num_gpus': 1, 'concurrency_groups': {'interactive': 64}}
+    {'num_gpus': 1}
     >>> inference_actor_options(node, cluster_gpus=0.0)
     Traceback (most recent call last):
     ...
@@ -117,13 +140,23 @@ def inference_actor_options(node: Node, cluster_gpus: float) -> dict[str, Any]:
     """
     if node.operator != INFERENCE_OPERATOR:
         return {}
-    options: dict[str, Any] = {"concurrency_groups": {INTERACTIVE_GROUP: INTERACTIVE_CONCURRENCY}}
     device = node.params["device"]
     if device != "cpu" and cluster_gpus >= 1:
-        return {"num_gpus": 1, **options}
+        return {"num_gpus": 1}
     if device == "cuda":
         raise DeviceUnavailableError(
             f"node {node.name!r} asks for device='cuda', but the Ray cluster has no GPU "
             f"(GPU resources: {cluster_gpus:g}); add a GPU node to the cluster, or build the "
             "node with device='auto' to run it on the CPU where there is none")
-    return options
+    return {}
+
+
+def actor_class_options(operator: str) -> dict[str, Any]:
+    """``ray.remote`` options of the actor class of ``operator``'s nodes.
+
+    >>> actor_class_options("infer")
+    {'concurrency_groups': {'interactive': 64}}
+    """
+    if operator != INFERENCE_OPERATOR:
+        return {}
+    return {"concurrency_groups": {INTERACTIVE_GROUP: INTERACTIVE_CONCURRENCY}}

@@ -10,9 +10,14 @@ from typing import Any, TypeVar
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
-from runtime.dataplane.host import RuntimeSettings
+from runtime.dataplane.host import NodeHost, RuntimeSettings
 from runtime.deployment.lifecycle import failure_cause
-from runtime.inference.host import INFERENCE_OPERATOR, host_class, inference_actor_options
+from runtime.inference.host import (
+    INFERENCE_OPERATOR,
+    actor_class_options,
+    host_class,
+    inference_actor_options,
+)
 from runtime.planning.wiring import HostSpec
 from runtime.runners.deploy_sequence import ActorNotReadyError
 
@@ -25,7 +30,8 @@ def node_actor_class(operator: str = "") -> Any:
     """The host class of ``operator``'s nodes wrapped with ``ray.remote``: one node's actor."""
     import ray
 
-    return ray.remote(host_class(operator))
+    options = actor_class_options(operator)
+    return ray.remote(**options)(host_class(operator)) if options else ray.remote(NodeHost)
 
 
 class RayNodes:
