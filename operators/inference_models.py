@@ -161,6 +161,9 @@ def _load_onnx(path: str, device: Device) -> LoadedModel:
     providers = ([_ONNX_CUDA] if device != "cpu" and _ONNX_CUDA in available else [])
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    # Threads that spin between calls take the cores other nodes' actors need (and, under
+    # contention, give interactive requests their worst latencies): they sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = onnxruntime.InferenceSession(
             path, sess_options=options, providers=[*providers, "CPUExecutionProvider"])

@@ -2,10 +2,12 @@
 
 Interactive requests (priority 0) go ahead of streaming ones (priority 1); among interactive
 requests the newest goes first (LIFO: the caller most likely still waiting), streaming requests
-keep their arrival order. Rows of several requests are gathered into one model call of at most
-``max_batch`` rows, or fewer once the oldest waiting request has waited ``max_wait_s``; a
-request larger than a batch is split over several calls. Each request gets its own rows back,
-in its input order. A request whose caller has gone (cancelled, or past its deadline) is
+keep their arrival order. A stream's rows (of every graph sharing the node) are gathered into
+one model call of at most ``max_batch`` rows, or fewer once the oldest waiting request has
+waited ``max_wait_s``; a request larger than a batch is split over several calls. Interactive
+requests wait for no batch to fill: while any waits, the next call takes interactive rows only,
+so a request waits at most for the call already in the model. Each request gets its own rows
+back, in its input order. A request whose caller has gone (cancelled, or past its deadline) is
 dropped before it reaches the model.
 
 >>> import numpy as np
@@ -256,14 +258,16 @@ class InferenceEngine:
     def _next_batch(self) -> list[_Slice] | None:
         """The next batch's slices once full or due; None once closed and empty."""
         with self._condition:
-            # Step 1: wait for work, then for a full batch or the oldest request's deadline.
+            # Step 1: wait for work, then for a full batch, the oldest request's deadline or an
+            # interactive request.
             while True:
                 if self._closed and not self._heap:
                     return None
                 if self._heap:
                     oldest = min(request.enqueued_at for _, request in self._heap)
                     due = oldest + self.max_wait_s - self._clock()
-                    if self._waiting_rows >= self.max_batch or due <= 0 or self._closed:
+                    if (self._waiting_rows >= self.max_batch or due <= 0 or self._closed
+                            or self._waiting_interactive):
                         break
                     self._condition.wait(due)
                 else:
@@ -272,7 +276,10 @@ class InferenceEngine:
             now = self._clock()
             slices: list[_Slice] = []
             room = self.max_batch
+            interactive_only = bool(self._waiting_interactive)
             while self._heap and room:
+                if interactive_only and self._heap[0][1].priority != INTERACTIVE:
+                    break
                 _, request = heapq.heappop(self._heap)
                 if request.taken and request.future.done():  # an earlier batch of it failed
                     self._forget(request)

@@ -126,19 +126,30 @@ def test_outputs_do_not_depend_on_batching(mlp: str) -> None:
     assert (one.close().batches, many.close().batches) == (300, 5)
 
 
+def test_partial_batches_wait_at_most_max_wait_and_interactive_not_at_all() -> None:
+    waiting = InferenceEngine(lambda rows: rows, max_batch=100, max_wait_s=0.01, outputs=1)
+    assert waiting.submit(_column([1.0, 2.0]), STREAMING).result(WAIT_S).ravel().tolist() == [
+        1.0, 2.0]
+    patient = InferenceEngine(lambda rows: rows, max_batch=100, max_wait_s=3600.0, outputs=1)
+    assert patient.submit(_column([3.0]), INTERACTIVE).result(WAIT_S).ravel().tolist() == [3.0]
+    assert waiting.close().batches == patient.close().batches == 1
+
+
 def test_requests_waiting_together_share_one_model_call() -> None:
     engine, model = _held_engine(max_batch=4)
-    streams = [engine.submit(_column([1.0, 2.0, 3.0]), STREAMING),
+    streams = [  # two graphs' streams sharing the node, and an interactive request
+engine.submit(_column([1.0, 2.0, 3.0]), STREAMING),
                engine.submit(_column([4.0, 5.0, 6.0]), STREAMING)]
     asked = engine.submit(_column([9.0]), INTERACTIVE)
     model.release.set()
     assert asked.result(WAIT_S).ravel().tolist() == [18.0]
     assert streams[0].result(WAIT_S).ravel().tolist() == [2.0, 4.0, 6.0]
     assert streams[1].result(WAIT_S).ravel().tolist() == [8.0, 10.0, 12.0]
-    # Interactive first, then the streams in order, four rows a call, each stream split in order.
-    assert model.calls == [[-1.0], [9.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    # Interactive first, in a call of its own (no stream rows to wait behind), then the two
+    # streams' rows together, four a call, in order.
+    assert model.calls == [[-1.0], [9.0], [1.0, 2.0, 3.0, 4.0], [5.0, 6.0]]
     figures = engine.close()
-    assert (figures.batches, figures.requests_served, figures.rows_served) == (3, 4, 8)
+    assert (figures.batches, figures.requests_served, figures.rows_served) == (4, 4, 8)
     assert figures.queue_wait["interactive"].observations == 1
     assert figures.queue_wait["streaming"].observations == 3
 
@@ -161,9 +172,10 @@ def test_interactive_request_overtakes_a_stream_already_in_the_model() -> None:
     model.release.set()
     assert asked.result(WAIT_S).ravel().tolist() == [2000.0]
     assert backlog.result(WAIT_S).ravel().tolist() == [2.0 * i for i in range(1, 101)]
-    # The very next call after the one in flight leads with the interactive row.
-    assert model.calls[1] == [1000.0, *map(float, range(1, 10))]
-    assert [len(call) for call in model.calls] == [1, *[10] * 10, 1]
+    # The very next call after the one in flight is the interactive row's.
+    assert model.calls[1] == [1000.0]
+    assert model.calls[2] == [float(i) for i in range(1, 11)]
+    assert [len(call) for call in model.calls] == [1, 1, *[10] * 10]
     engine.close()
 
 
