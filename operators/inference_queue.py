@@ -112,6 +112,9 @@ class InferenceFigures:
     #: Requests failed because the engine stopped before computing them.
     stopped: int = 0
     queue_depth: int = 0
+    #: Most requests that have waited at once (a stream holds at most one: credits hold the
+    #: rest back upstream, in Kafka).
+    max_queue_depth: int = 0
     batch_size: BucketHistogram = field(default_factory=lambda: BucketHistogram(
         BATCH_SIZE_BUCKETS))
     model_latency: BucketHistogram = field(default_factory=lambda: BucketHistogram(WAIT_BUCKETS))
@@ -215,6 +218,7 @@ class InferenceEngine:
             self._waiting_rows += len(rows)
             self._waiting_interactive += priority == INTERACTIVE
             self.figures.queue_depth = len(self._heap)
+            self.figures.max_queue_depth = max(self.figures.max_queue_depth, len(self._heap))
             self._condition.notify()
         return future
 

@@ -385,7 +385,7 @@ def create_app(
     # Interactive inference requests, ahead of the inference node's streams.
     from runtime.inference.gateway_route import infer_handler
 
-    app.router.add_post("/infer/{node}", infer_handler(app[_CONTROLLER]))
+    app.router.add_post("/infer/{node}", infer_handler(controller))
     return app
 
 

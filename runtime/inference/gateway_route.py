@@ -5,10 +5,15 @@ is ``{"node": ..., "node_id": ..., "outputs": {"<output>": [numbers...]}}``. Err
 the gateway's shape, ``{"errors": [{"node", "type", "message"}]}``, with a status that says
 what to do: 400 a bad request, 404 no such node, 429 too many waiting (retry), 503 the node
 is stopping, 504 the request waited longer than its timeout (it was dropped, never computed).
+
+A client that disconnects before the answer cancels its request all the way down (the
+controller's call, then the node's), so the model never computes it if it has not yet.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 from typing import Any
 
@@ -28,6 +33,9 @@ from streamdag.errors import StreamdagError
 
 __all__ = ["infer_handler"]
 
+#: Seconds between two looks at whether the client is still connected.
+_WATCH_S = 0.02
+
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (InferenceRequestError, 400),
     (UnknownInferenceNodeError, 404),
@@ -39,7 +47,8 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
 
 
 def infer_handler(controller: Any) -> Any:
-    """The aiohttp handler of ``POST /infer/{node}`` over ``controller`` (ControllerCalls)."""
+    """The aiohttp handler of ``POST /infer/{node}`` over ``controller`` (a Controller or its
+    Ray actor handle)."""
 
     async def handle(request: web.Request) -> web.Response:
         node = request.match_info["node"]
@@ -53,8 +62,9 @@ def infer_handler(controller: Any) -> Any:
             except ValueError as exc:
                 raise InferenceRequestError(f"the body is not JSON: {exc}") from None
             features, timeout_s = read_request(data)
-            # Step 2: the controller finds the node and runs the request ahead of its streams.
-            answer = await controller.call("infer", node, features, timeout_s)
+            # Step 2: the controller finds the node and runs the request ahead of its streams;
+            # if the client goes meanwhile, the request is cancelled.
+            answer = await _unless_client_leaves(request, controller, node, features, timeout_s)
         except (StreamdagError, TimeoutError) as exc:
             status = next((code for kind, code in _STATUS if isinstance(exc, kind)), None)
             if status is None:
@@ -67,3 +77,38 @@ def infer_handler(controller: Any) -> Any:
         return web.json_response(answer)
 
     return handle
+
+
+async def _unless_client_leaves(request: web.Request, controller: Any, node: str,
+                                features: dict[str, list[float]], timeout_s: float) -> Any:
+    """The controller's answer; cancelled (here and remotely) if the client disconnects."""
+    remote = getattr(controller.infer, "remote", None)
+    ref = remote(node, features, timeout_s) if callable(remote) else None
+    call = asyncio.ensure_future(ref if ref is not None else _awaited(
+        controller.infer(node, features, timeout_s)))
+    try:
+        while True:
+            done, _ = await asyncio.wait([call], timeout=_WATCH_S)
+            if done:
+                break
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise asyncio.CancelledError  # the caller has gone: nobody wants the answer
+    except asyncio.CancelledError:
+        call.cancel()
+        if ref is not None:
+            import ray
+
+            ray.cancel(ref)
+        raise
+    try:
+        return call.result()
+    except Exception as exc:  # a Ray task error carries the controller's own error
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+
+
+async def _awaited(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result

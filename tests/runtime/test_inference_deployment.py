@@ -3,17 +3,22 @@ requests reach it through the controller, and a model that cannot load leaves no
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from test_controller import Connect, _node_actors, _produce, _read, _wait_for
 from test_controller import connect as connect  # the fixture, under its own name
 
 import streamdag as sd
+from runtime.deployment.gateway import create_app
 from runtime.inference.onnx_models import mlp_reference, write_mlp_onnx
+from streamdag.config import GatewaySettings
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +35,19 @@ def _graph(name: str, ticks: str, out: str, model: str, **options: str) -> sd.Gr
     source = sd.source("ticks", topic=ticks, key="symbol", schema={"price": "float64"})
     scored = source.infer(model, features=["price"], outputs=["score"], name="score", **options)
     return sd.Graph(name, outputs=[scored.to_topic(out, name=f"out_{name}")])
+
+
+def _over_http(controller: Any, node: str, prices: list[float]) -> tuple[int, Any]:
+    """``POST /infer/{node}`` through a gateway over the deployment's controller actor."""
+
+    async def post() -> tuple[int, Any]:
+        app = create_app(controller, GatewaySettings(), "token")
+        async with TestClient(TestServer(app)) as client:
+            answer = await client.post(f"/infer/{node}", json={"features": {"price": prices}},
+                                       headers={"Authorization": "Bearer token"})
+            return answer.status, await answer.json()
+
+    return asyncio.run(post())
 
 
 def test_graphs_share_one_inference_actor_and_failed_loads_leave_nothing(
@@ -52,13 +70,18 @@ def test_graphs_share_one_inference_actor_and_failed_loads_leave_nothing(
     # A Python call through the controller, ahead of the node's stream.
     answer = deployment.infer("score", {"price": [2.0, 3.5]})
     assert answer["outputs"] == {"score": _scores([2.0, 3.5])}
+    assert _over_http(deployment.controller, "score", [4.0, -1.5]) == (200, {
+        "node": "score", "node_id": answer["node_id"], "outputs": {"score": _scores([4.0, -1.5])}})
     _produce(bootstrap, ticks, 31, 32)
     assert [json.loads(r.value)["score"] for r in _read(bootstrap, out_b, 2)] == _scores(
         [31.0, 32.0])
     node = next(n for n in deployment.metrics_snapshot().nodes if n.name == "score")
     assert node.stats.inference.device == "cpu"
     assert node.stats.inference.fallback == "no GPU here"  # device="auto" says so
-    assert node.stats.inference.queue_wait["interactive"].observations == 1
+    assert node.stats.inference.queue_wait["interactive"].observations == 2  # Python, HTTP
+    status = {n["name"]: n for n in deployment.status(first["id"])["nodes"]}
+    assert status["score"]["stats"]["inference"]["device"] == "cpu"
+    assert status["score"]["stats"]["inference"]["fallback"] == "no GPU here"
 
     # A model that cannot load fails its submission with the cause, and nothing stays up.
     running = _node_actors(deployment)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import streamdag as sd
 from operators.inference_errors import InferenceStoppedError, RequestAbandonedError
+from runtime.dataplane.host import RuntimeSettings
 from runtime.dataplane.stats import NodeStats
 from runtime.deployment.gateway import create_app
 from runtime.deployment.metrics import MetricsSnapshot, NodeMetrics, StreamdagCollector
@@ -79,6 +82,25 @@ def test_local_runner_scores_every_event_exactly_and_unloads(mlp: str) -> None:
     assert figures.batches == 1 + 1 + 5 + 3  # 5, 1, 40 and 17 rows in batches of 8
 
 
+def test_a_slow_model_holds_the_source_back_instead_of_queueing() -> None:
+    def slow(rows: np.ndarray) -> np.ndarray:
+        time.sleep(0.001)  # a model slower than its input
+        return rows[:, :1] + rows[:, 1:]
+
+    batches = [Batch.from_columns(ts=list(range(i * 50, i * 50 + 50)), key=["A"] * 50,
+                                  price=np.arange(50.0), size=np.full(50, float(i)))
+               for i in range(30)]
+    summed = _ticks().infer(slow, features=["price", "size"], outputs=["total"], max_batch=10,
+                            max_wait_ms=0, name="total")
+    result = LocalRunner(RuntimeSettings(credits=1)).run(
+        sd.Graph("g", outputs=[summed]), sources={"ticks": _Script(batches)})
+    assert [r["total"] for r in result.records("total")] == [
+        p + i for i in range(30) for p in np.arange(50.0)]
+    # The engine never held more than the one batch in the model; the source waited instead.
+    assert result.stats["total"].inference.max_queue_depth == 1
+    assert result.stats["ticks"].backpressure_wait_seconds > 0
+
+
 @pytest.mark.integration
 def test_ray_runner_equals_local_runner(ray_session: None, mlp: str) -> None:
     scored = _ticks().infer(mlp, features=["price", "size"], outputs=["score"], name="score")
@@ -137,10 +159,17 @@ class _FakeController:
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, dict[str, list[float]], float]] = []
+        self.cancelled = asyncio.Event()
 
     async def infer(self, node: str, features: dict[str, list[float]],
                     timeout_s: float) -> dict[str, Any]:
         self.asked.append((node, features, timeout_s))
+        if node == "slow":
+            try:
+                await asyncio.Event().wait()  # an answer that never comes
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         if node == "late":
             raise RequestAbandonedError("the request's caller stopped waiting")
         if node != "score":
@@ -169,6 +198,11 @@ async def test_gateway_route_answers_and_maps_errors() -> None:
                                 headers=auth)
         assert bad.status == 400
         assert "expected a finite number" in (await bad.json())["errors"][0]["message"]
+        # A client that goes away cancels its request.
+        with pytest.raises(TimeoutError):
+            await client.post("/infer/slow", json=body, headers=auth,
+                              timeout=ClientTimeout(total=0.2))
+        await asyncio.wait_for(controller.cancelled.wait(), WAIT_S)
 
 
 def test_metrics_export_inference_figures(mlp: str) -> None:
