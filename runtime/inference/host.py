@@ -31,8 +31,8 @@ __all__ = [
     "inference_actor_options",
 ]
 
-_log = logging.getLogger(__name__)
 INFERENCE_OPERATOR = "infer"
+_INFERENCE_LOGGER = "operators.inference"
 #: The Ray concurrency group interactive requests run in, and how many run at once.
 INTERACTIVE_GROUP = "interactive"
 INTERACTIVE_CONCURRENCY = 64
@@ -47,6 +47,7 @@ class InferenceHost(NodeHost):
     """
 
     def __init__(self, config: NodeConfig, **arguments: Any) -> None:
+        _log_inference_to_stderr()
         self.load_error: ModelLoadError | None = None
         try:
             super().__init__(config, **arguments)
@@ -115,6 +116,18 @@ class InferenceHost(NodeHost):
         await super().stop()
         # Step 3.
         self.inference.close()
+
+
+def _log_inference_to_stderr() -> None:
+    """Let the model's load and the health snapshot at its stop (INFO) reach the process's
+    log (a node actor's log file on Ray) unless the application configured logging itself."""
+    logger = logging.getLogger(_INFERENCE_LOGGER)
+    if logger.handlers or logger.level != logging.NOTSET or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def host_class(operator: str) -> type[NodeHost]:

@@ -4,6 +4,7 @@ and the metrics; and, on a real Ray and broker, a deployment sharing one inferen
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -70,7 +71,10 @@ def _expected(batches: list[Batch]) -> list[float]:
     return mlp_reference(rows, LAYERS)[:, 0].astype(np.float64).tolist()
 
 
-def test_local_runner_scores_every_event_exactly_and_unloads(mlp: str) -> None:
+def test_local_runner_scores_every_event_exactly_and_unloads(
+    mlp: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="operators.inference")
     batches = _batches()
     scored = _ticks().infer(mlp, features=["price", "size"], outputs=["score"], max_batch=8,
                             name="score")
@@ -80,6 +84,9 @@ def test_local_runner_scores_every_event_exactly_and_unloads(mlp: str) -> None:
     figures = result.stats["score"].inference
     assert figures.rows_served == 63 and figures.device == "cpu"
     assert figures.batches == 1 + 1 + 5 + 3  # 5, 1, 40 and 17 rows in batches of 8
+    # Stopped: the health snapshot is in the log.
+    assert ("inference node score stopped: 4 requests served in 10 batches, 0 errors, "
+            "0 abandoned, 0 failed by the stop") in caplog.text
 
 
 def test_a_slow_model_holds_the_source_back_instead_of_queueing() -> None:
