@@ -252,12 +252,21 @@ class InferenceEngine:
 
     # -- the batching thread --------------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            if batch:
-                self._call_model(batch)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                if batch:
+                    self._call_model(batch)
+        except BaseException as exc:  # never leave a caller waiting on a thread that is gone
+            with self._condition:
+                self._closed = True
+                for _, request in self._heap:
+                    _fail(request.future, InferenceStoppedError(
+                        f"inference node {self.name!r}: its batching thread failed ({exc!r})"))
+                self._heap.clear()
+            raise
 
     def _next_batch(self) -> list[_Slice] | None:
         """The next batch's slices once full or due; None once closed and empty."""
@@ -316,7 +325,10 @@ class InferenceEngine:
                 f"inference node {self.name!r}: the request's caller stopped waiting after "
                 f"{request.deadline - request.enqueued_at:.3f} s, before the model got to it"))
             return False
-        return request.future.set_running_or_notify_cancel()
+        if not request.future.set_running_or_notify_cancel():  # cancelled just now
+            self.figures.abandoned += 1
+            return False
+        return True
 
     def _forget(self, request: _Request) -> None:
         """Account for a request leaving the queue without being (fully) computed."""

@@ -15,6 +15,7 @@ import streamdag as sd
 from operators.inference import InferenceDef, InferenceLogic
 from operators.inference_errors import (
     DeviceUnavailableError,
+    InferenceBusyError,
     InferenceStoppedError,
     ModelLoadError,
     RequestAbandonedError,
@@ -212,6 +213,20 @@ def test_stop_finishes_the_batch_in_flight_and_fails_waiting_requests() -> None:
         engine.submit(_column([5.0]), INTERACTIVE)
 
 
+def test_too_many_waiting_interactive_requests_are_refused_with_a_retry_hint() -> None:
+    model = GatedModel()
+    engine = InferenceEngine(model, max_batch=1, max_wait_s=0.0, outputs=1, max_waiting=1)
+    engine.submit(_column([1.0]), INTERACTIVE)
+    assert model.entered.wait(WAIT_S)
+    queued = engine.submit(_column([2.0]), INTERACTIVE)
+    with pytest.raises(InferenceBusyError, match="1 interactive requests waiting") as busy:
+        engine.submit(_column([3.0]), INTERACTIVE)
+    assert busy.value.retry_after_s > 0
+    model.release.set()
+    assert queued.result(WAIT_S).ravel().tolist() == [4.0]
+    assert engine.close().refused == 1
+
+
 def test_a_failing_model_fails_its_batch_and_the_engine_goes_on() -> None:
     calls = iter([ValueError("bad weights"), None])
 
@@ -253,6 +268,10 @@ def test_specs_round_trip_model_files_and_refuse_code(mlp: str) -> None:
     spec = graph_to_dict(graph)
     spec["nodes"][1]["params"] = {"model": "python:evil.run", "features": FEATURES}
     with pytest.raises(ParamError, match="names Python code"):
+        graph_from_dict(spec)
+    spec["nodes"][1]["params"] = {"model": mlp, "features": FEATURES, "outputs": ["y0", "y1"],
+                                  "model_sha256": "0" * 64}
+    with pytest.raises(ParamError, match="the file changed since the spec was written"):
         graph_from_dict(spec)
     callable_graph = sd.Graph("c", outputs=[_ticks().infer(lambda rows: rows[:, :1],
                                                            features=FEATURES)])
