@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ray
 from aiohttp import ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
@@ -108,8 +110,25 @@ def test_a_slow_model_holds_the_source_back_instead_of_queueing() -> None:
     assert result.stats["ticks"].backpressure_wait_seconds > 0
 
 
+def _gated_model(folder: str) -> Any:
+    """A model for an actor: it logs each call in ``folder``/calls; a stream's calls (price > 0)
+    wait until ``folder``/release exists, interactive ones (price < 0) do not."""
+
+    def model(rows: np.ndarray) -> np.ndarray:
+        if rows[0, 0] != 0.0:  # not the load check's row of zeros
+            with open(f"{folder}/calls", "a") as calls:
+                calls.write(f"{'s' if rows[0, 0] > 0 else 'i'}{len(rows)}\n")
+            while rows[0, 0] > 0 and not os.path.exists(f"{folder}/release"):
+                time.sleep(0.001)
+        return rows[:, :1]
+
+    return model
+
+
 @pytest.mark.integration
-def test_ray_runner_equals_local_runner(ray_session: None, mlp: str) -> None:
+def test_ray_actor_runs_like_local_and_takes_interactive_calls_while_its_stream_waits(
+    ray_session: None, mlp: str, tmp_path: Path
+) -> None:
     scored = _ticks().infer(mlp, features=["price", "size"], outputs=["score"], name="score")
     graph = sd.Graph("g", outputs=[scored])
     batches = _batches()
@@ -117,6 +136,41 @@ def test_ray_runner_equals_local_runner(ray_session: None, mlp: str) -> None:
     remote = RayRunner().run(graph, sources={"ticks": _Script(batches)})
     assert remote.records("score") == local.records("score")
     assert [r["score"] for r in remote.records("score")] == _expected(batches)
+
+    # The stream's first call holds the model; its drain loop waits inside process().
+    gated = _ticks().infer(_gated_model(str(tmp_path)), features=["price", "size"],
+                           outputs=["score"], max_batch=10, shareable=False, name="score")
+    stream = [Batch.from_columns(ts=list(range(i * 20, i * 20 + 20)), key=["A"] * 20,
+                                 price=np.arange(1.0, 21.0), size=np.zeros(20)) for i in range(3)]
+    running = RayRunner().start(sd.Graph("gated", outputs=[gated]),
+                                sources={"ticks": _Script(stream)})
+    try:
+        actor = running.actor("score")
+        _wait_until(lambda: (tmp_path / "calls").exists(), "the stream's first model call")
+        asked = actor.infer.options(concurrency_group="interactive").remote(
+            {"price": [-1.0], "size": [0.0]}, 30.0)
+
+        def queued() -> int:
+            figures = ray.get(actor.inference_figures.options(
+                concurrency_group="interactive").remote())
+            return int(figures.queue_depth)
+
+        _wait_until(lambda: queued() == 2, "the interactive request queued behind the call")
+        (tmp_path / "release").touch()
+        assert ray.get(asked, timeout=WAIT_S) == {"score": [-1.0]}
+        assert [r["score"] for r in running.wait(timeout_s=60).records("score")] == list(
+            np.tile(np.arange(1.0, 21.0), 3))
+    finally:
+        running.stop()
+    # Served right after the call in the model, ahead of the stream's other 50 rows.
+    assert (tmp_path / "calls").read_text().split() == ["s10", "i1", *["s10"] * 5]
+
+
+def _wait_until(condition: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 class _Gate:
