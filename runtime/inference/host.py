@@ -119,8 +119,12 @@ class InferenceHost(NodeHost):
 
 
 def _log_inference_to_stderr() -> None:
-    """Let the model's load and the health snapshot at its stop (INFO) reach the process's
-    log (a node actor's log file on Ray) unless the application configured logging itself."""
+    """Inside a Ray actor, let the model's load and the health snapshot at its stop (INFO)
+    reach the actor's log. Elsewhere the application configures its own logging."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
     logger = logging.getLogger(_INFERENCE_LOGGER)
     if logger.handlers or logger.level != logging.NOTSET or logging.getLogger().handlers:
         return
