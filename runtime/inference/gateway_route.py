@@ -27,6 +27,7 @@ from operators.inference_errors import (
 from runtime.inference.requests import (
     InferenceRequestError,
     UnknownInferenceNodeError,
+    own_error,
     read_request,
 )
 from streamdag.errors import StreamdagError
@@ -104,10 +105,7 @@ async def _unless_client_leaves(request: web.Request, controller: Any, node: str
     try:
         return call.result()
     except Exception as exc:  # a Ray task error carries the controller's own error
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, Exception):
-            raise cause from None
-        raise
+        raise own_error(exc) from None
 
 
 async def _awaited(result: Any) -> Any:

@@ -26,6 +26,7 @@ __all__ = [
     "UnknownInferenceNodeError",
     "call_interactive",
     "find_inference_node",
+    "own_error",
     "read_request",
 ]
 
@@ -130,8 +131,11 @@ async def call_interactive(
         ray.cancel(ref)
         raise
     except Exception as exc:  # the node's own error (e.g. RequestAbandonedError) as raised
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, Exception):
-            raise cause from None
-        raise
+        raise own_error(exc) from None
     return outputs
+
+
+def own_error(error: Exception) -> Exception:
+    """The error an actor raised, out of the Ray task error that carries it (else ``error``)."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, Exception) else error

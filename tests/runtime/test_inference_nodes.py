@@ -59,14 +59,6 @@ def _batches() -> list[Batch]:
             for start, n in zip(starts, sizes, strict=False)]
 
 
-class _Script:
-    def __init__(self, script: list[Batch]) -> None:
-        self.script = script
-
-    def __call__(self) -> TestingSource:
-        return TestingSource(self.script)
-
-
 def _expected(batches: list[Batch]) -> list[float]:
     rows = np.column_stack([np.concatenate([b.columns[f] for b in batches])
                             for f in ("price", "size")])
@@ -80,8 +72,8 @@ def test_local_runner_scores_every_event_exactly_and_unloads(
     batches = _batches()
     scored = _ticks().infer(mlp, features=["price", "size"], outputs=["score"], max_batch=8,
                             name="score")
-    result = LocalRunner().run(sd.Graph("g", outputs=[scored]), sources={"ticks":
-                                                                         _Script(batches)})
+    result = LocalRunner().run(sd.Graph("g", outputs=[scored]),
+                               sources={"ticks": lambda: TestingSource(batches)})
     assert [r["score"] for r in result.records("score")] == _expected(batches)
     figures = result.stats["score"].inference
     assert figures.rows_served == 63 and figures.device == "cpu"
@@ -102,7 +94,7 @@ def test_a_slow_model_holds_the_source_back_instead_of_queueing() -> None:
     summed = _ticks().infer(slow, features=["price", "size"], outputs=["total"], max_batch=10,
                             max_wait_ms=0, name="total")
     result = LocalRunner(RuntimeSettings(credits=1)).run(
-        sd.Graph("g", outputs=[summed]), sources={"ticks": _Script(batches)})
+        sd.Graph("g", outputs=[summed]), sources={"ticks": lambda: TestingSource(batches)})
     assert [r["total"] for r in result.records("total")] == [
         p + i for i in range(30) for p in np.arange(50.0)]
     # The engine never held more than the one batch in the model; the source waited instead.
@@ -132,8 +124,8 @@ def test_ray_actor_runs_like_local_and_takes_interactive_calls_while_its_stream_
     scored = _ticks().infer(mlp, features=["price", "size"], outputs=["score"], name="score")
     graph = sd.Graph("g", outputs=[scored])
     batches = _batches()
-    local = LocalRunner().run(graph, sources={"ticks": _Script(batches)})
-    remote = RayRunner().run(graph, sources={"ticks": _Script(batches)})
+    local = LocalRunner().run(graph, sources={"ticks": lambda: TestingSource(batches)})
+    remote = RayRunner().run(graph, sources={"ticks": lambda: TestingSource(batches)})
     assert remote.records("score") == local.records("score")
     assert [r["score"] for r in remote.records("score")] == _expected(batches)
 
@@ -143,7 +135,7 @@ def test_ray_actor_runs_like_local_and_takes_interactive_calls_while_its_stream_
     stream = [Batch.from_columns(ts=list(range(i * 20, i * 20 + 20)), key=["A"] * 20,
                                  price=np.arange(1.0, 21.0), size=np.zeros(20)) for i in range(3)]
     running = RayRunner().start(sd.Graph("gated", outputs=[gated]),
-                                sources={"ticks": _Script(stream)})
+                                sources={"ticks": lambda: TestingSource(stream)})
     try:
         actor = running.actor("score")
         _wait_until(lambda: (tmp_path / "calls").exists(), "the stream's first model call")
