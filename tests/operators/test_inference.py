@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import importlib.util
 import threading
 from pathlib import Path
 
@@ -303,3 +304,28 @@ def test_build_time_errors_name_the_fix() -> None:
         _ticks().infer(lambda rows: rows, features=["a"], outputs=["1x"])
     with pytest.raises(ParamError, match="device"):
         _ticks().infer(lambda rows: rows, features=["a"], device="tpu")
+
+
+def test_torchscript_files_run_where_torch_is_installed_and_say_how_otherwise(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "linear.pt"
+    if importlib.util.find_spec("torch") is None:
+        path.write_bytes(b"a TorchScript file needs torch to load")
+        node = _ticks().infer(str(path), features=FEATURES, outputs=["y0", "y1"])
+        with pytest.raises(ModelLoadError, match=r"pip install 'streamdag\[torch\]'"):
+            InferenceDef.create(node.config())
+        return
+    import torch
+
+    weight, bias = dyadic(2, 3), dyadic(2)
+    linear = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+        linear.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+    torch.jit.script(linear).save(str(path))
+    logic = _logic(str(path), device="cpu")
+    rows = dyadic(5, 3)
+    answer = logic.infer(dict(zip(FEATURES, rows.T, strict=True))).result(WAIT_S)
+    assert answer.tolist() == (rows @ weight.T + bias).astype(np.float32).tolist()
+    assert logic.close().device == "cpu"
