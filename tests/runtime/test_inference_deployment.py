@@ -16,6 +16,7 @@ from test_controller import Connect, _node_actors, _produce, _read, _wait_for
 from test_controller import connect as connect  # the fixture, under its own name
 
 import streamdag as sd
+from runtime.deployment.client import GatewayClient
 from runtime.deployment.gateway import create_app
 from runtime.inference.onnx_models import mlp_reference, write_mlp_onnx
 from streamdag.config import GatewaySettings
@@ -37,15 +38,14 @@ def _graph(name: str, ticks: str, out: str, model: str, **options: str) -> sd.Gr
     return sd.Graph(name, outputs=[scored.to_topic(out, name=f"out_{name}")])
 
 
-def _over_http(controller: Any, node: str, prices: list[float]) -> tuple[int, Any]:
-    """``POST /infer/{node}`` through a gateway over the deployment's controller actor."""
+def _over_http(controller: Any, node: str, prices: list[float]) -> Any:
+    """``POST /infer/{node}`` (GatewayClient.infer) through a gateway over the controller."""
 
-    async def post() -> tuple[int, Any]:
+    async def post() -> Any:
         app = create_app(controller, GatewaySettings(), "token")
         async with TestClient(TestServer(app)) as client:
-            answer = await client.post(f"/infer/{node}", json={"features": {"price": prices}},
-                                       headers={"Authorization": "Bearer token"})
-            return answer.status, await answer.json()
+            gateway = GatewayClient(str(client.make_url("")), "token")
+            return await asyncio.to_thread(gateway.infer, node, {"price": prices}, 5_000)
 
     return asyncio.run(post())
 
@@ -70,8 +70,8 @@ def test_graphs_share_one_inference_actor_and_failed_loads_leave_nothing(
     # A Python call through the controller, ahead of the node's stream.
     answer = deployment.infer("score", {"price": [2.0, 3.5]})
     assert answer["outputs"] == {"score": _scores([2.0, 3.5])}
-    assert _over_http(deployment.controller, "score", [4.0, -1.5]) == (200, {
-        "node": "score", "node_id": answer["node_id"], "outputs": {"score": _scores([4.0, -1.5])}})
+    assert _over_http(deployment.controller, "score", [4.0, -1.5]) == {
+        "node": "score", "node_id": answer["node_id"], "outputs": {"score": _scores([4.0, -1.5])}}
     _produce(bootstrap, ticks, 31, 32)
     assert [json.loads(r.value)["score"] for r in _read(bootstrap, out_b, 2)] == _scores(
         [31.0, 32.0])
