@@ -181,10 +181,11 @@ class InferenceLogic:
     ) -> Any:
         """Queue an interactive request (feature name -> values); a future of output rows."""
         missing = [name for name in self.features if name not in features]
-        if missing:
+        unknown = sorted(set(features) - set(self.features))
+        if missing or unknown:
             raise ParamError(
-                f"inference node {self.name!r} needs features {list(self.features)}; the "
-                f"request lacks {missing}")
+                f"inference node {self.name!r} takes features {list(self.features)}; the "
+                f"request lacks {missing} and has unknown {unknown}")
         rows = self.rows_of({name: np.atleast_1d(features[name]) for name in self.features})
         return self.engine.submit(rows, INTERACTIVE, timeout_s=timeout_s)
 

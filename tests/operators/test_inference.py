@@ -297,6 +297,13 @@ def test_loading_fails_fast_with_the_cause(mlp: str, tmp_path: Path) -> None:
         _logic(mlp, device="cuda")
 
 
+def test_interactive_requests_must_name_exactly_the_features(mlp: str) -> None:
+    logic = _logic(mlp)
+    with pytest.raises(ParamError, match=r"lacks \['c'\] and has unknown \['d'\]"):
+        logic.infer({"a": [1.0], "b": [2.0], "d": [3.0]})
+    logic.close()
+
+
 def test_build_time_errors_name_the_fix() -> None:
     with pytest.raises(sd.StreamdagError, match="needs field 'd'"):
         _ticks().infer(lambda rows: rows, features=["a", "d"])
