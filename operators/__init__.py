@@ -8,6 +8,7 @@ from operators import (  # noqa: F401
     asof_join,
     bars,
     crossover,
+    inference,
     iterate,
     map_filter,
     rolling,

@@ -186,6 +186,17 @@ class Node:
         """A fixed-point block: vars start at ``initial`` and repeat ``update`` until converged."""
         return self.apply("iterate", initial=initial, update=update, output=output, **kw)
 
+    def infer(self, model: Any, features: Sequence[str],
+              outputs: Sequence[str] = ("prediction",), **kw: Any) -> Node:
+        """Model outputs per event from ``features``, batched dynamically (``operators.inference``).
+
+        ``model``: an ONNX (.onnx) or TorchScript (.pt) file, or a callable on numpy rows; ``kw``:
+        max_batch, max_wait_ms, device ("auto", "cuda", "cpu"), dtype, shareable, name, tags.
+        """
+        from streamdag.inference import infer_node
+
+        return infer_node(self, model, features, outputs, **kw)
+
     def to_topic(self, topic: str, codec: str = "json", *, shared: bool = False,
                  **kw: Any) -> Node:
         """A sink writing this stream to Kafka ``topic``, keyed by the stream's key.
@@ -234,6 +245,10 @@ def make_node(
     if definition.arity is None and not inputs and definition.role != "source":
         raise GraphError(f"node {display!r}: operator {operator!r} needs at least one input")
     canonical = validate_params(display, operator, definition.params, params)
+    try:
+        canonical = definition.resolve_params(canonical, function)
+    except ParamError as exc:
+        raise ParamError(f"node {display!r}: {exc}") from None
     input_schemas = [node.output_schema for node in inputs]
     try:
         output_schema = definition.output_schema(canonical, input_schemas)

@@ -97,6 +97,9 @@ class OperatorDef(ABC):
     missing_policies: ClassVar[tuple[MissingPolicy, ...]] = ("skip",)
     #: What the kernel does with events, in the message refusing an interval or a policy.
     handles_events: ClassVar[str] = "updates on every event and does not bucket events by interval"
+    #: Whether the runtime may warm the kernel up on a throwaway copy before the node is ready;
+    #: not for operators whose logic is costly to build twice (a model loads once).
+    warms_up: ClassVar[bool] = True
     #: The fix that message offers for a refused interval.
     interval_hint: ClassVar[str] = (
         "bucket upstream instead, e.g. with ohlcv bars (.ohlcv(bar='1s')) or a user function "
@@ -107,6 +110,14 @@ class OperatorDef(ABC):
     @abstractmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """The output schema for these params and input schemas; SchemaMismatchError if unfit."""
+
+    @classmethod
+    def resolve_params(
+        cls, params: dict[str, Any], function: Callable[..., Any] | None
+    ) -> dict[str, Any]:
+        """Params derived from the validated ones (e.g. a model file's sha256), before the
+        node's id is computed; ParamError if they cannot be. By default: as given."""
+        return params
 
     @classmethod
     def history(cls, params: Mapping[str, Any]) -> int:

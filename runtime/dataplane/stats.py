@@ -106,6 +106,8 @@ class NodeStats:
     publish_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     process_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: Inference nodes: their engine's figures (operators.inference_queue.InferenceFigures).
+    inference: Any = None
 
 
 def resident_bytes_of(state: Any, depth: int = 3) -> int:

@@ -116,7 +116,7 @@ class NodeWorker:
         so that readiness means compiled and no first event pays for it. The copy is discarded.
         """
         started = time.perf_counter()
-        if self.config.function is not None:
+        if self.config.function is not None or not lookup(self.config.operator).warms_up:
             return 0.0  # never call user code on made-up data: it may have side effects
         schemas = self.config.input_schemas or (self.config.output_schema,)
         batches = [_warm_up_batch(schema) for schema in schemas]

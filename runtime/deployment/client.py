@@ -148,6 +148,12 @@ class GatewayClient:
         """The ``/metrics`` text (Prometheus exposition format)."""
         return self._send("GET", "/metrics", None, None).decode("utf-8")
 
+    def infer(self, node: str, features: Mapping[str, Any],
+              timeout_ms: float = 10_000) -> dict[str, Any]:
+        """Run inference node ``node`` on ``features`` (name -> values), ahead of its streams."""
+        body = json.dumps({"features": dict(features), "timeout_ms": timeout_ms}).encode()
+        return dict(self._request("POST", f"/infer/{_quote(node)}", body, "application/json"))
+
     def _request(
         self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
     ) -> Any:

@@ -547,6 +547,23 @@ class Controller(StopAndResume):
             if regions is not None else LatencyHistogram(),
         )
 
+    async def infer(self, node: str, features: Mapping[str, list[float]],
+                    timeout_s: float = 10.0) -> dict[str, Any]:
+        """One interactive request to inference node ``node`` (name or node id), run ahead of
+        its streams; ``{"node", "node_id", "outputs": {output: values}}``."""
+        from runtime.inference.requests import (
+            UnknownInferenceNodeError,
+            call_interactive,
+            find_inference_node,
+        )
+
+        entry = find_inference_node(self._registry, node)
+        handle = self._actors.handles.get(entry.key)
+        if handle is None:
+            raise UnknownInferenceNodeError(f"inference node {node!r} has no running actor")
+        outputs = await call_interactive(handle, features, timeout_s)
+        return {"node": entry.name, "node_id": entry.node_id, "outputs": outputs}
+
     # -- records, persistence, events -------------------------------------------------------
     def _record(self, submission_id: str) -> SubmissionRecord:
         record = self._records.get(submission_id)

@@ -384,6 +384,10 @@ def create_app(
     app.router.add_get("/nodes", _nodes)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _metrics)
+    # Interactive inference requests, ahead of the inference node's streams.
+    from runtime.inference.gateway_route import infer_handler
+
+    app.router.add_post("/infer/{node}", infer_handler(controller))
     return app
 
 

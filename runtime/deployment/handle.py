@@ -143,6 +143,15 @@ class Deployment:
         ray.kill(self.controller)
         return stopped
 
+    def infer(self, node: str, features: Mapping[str, Any],
+              timeout_s: float = 10.0) -> dict[str, Any]:
+        """Run inference node ``node`` on ``features`` (name -> values), ahead of its streams."""
+        from runtime.inference.requests import read_request
+
+        checked, timeout_s = read_request({"features": dict(features),
+                                           "timeout_ms": timeout_s * 1000})
+        return dict(self._call("infer", node, checked, timeout_s))
+
     def _call(self, method: str, *args: Any) -> Any:
         import ray
 

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from runtime.dataplane.stats import LATENCY_BUCKETS, LatencyHistogram, NodeStats
+from runtime.inference.metrics import inference_families
 
 __all__ = [
     "NODE_FIGURE_FIELDS",
@@ -145,7 +146,8 @@ class StreamdagCollector(Collector):
 
     def describe(self) -> list[Metric]:
         """Every family, without figures: the registry refuses a second owner of any name."""
-        return [*_node_families(_EMPTY.nodes), *_deployment_families(_EMPTY)]
+        return [*_node_families(_EMPTY.nodes), *_deployment_families(_EMPTY),
+                *inference_families(NODE_LABELS, ())]
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family of the latest snapshot."""
@@ -154,6 +156,9 @@ class StreamdagCollector(Collector):
             return
         yield from _node_families(snapshot.nodes)
         yield from _deployment_families(snapshot)
+        yield from inference_families(NODE_LABELS, [
+            (_node_labels(node), node.stats.inference) for node in snapshot.nodes
+            if node.stats.inference is not None])
 
 
 _Family = type[CounterMetricFamily] | type[GaugeMetricFamily]

@@ -13,6 +13,7 @@ from runtime.dataplane.channels import LocalTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
+from runtime.inference.host import host_class
 from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
@@ -170,7 +171,7 @@ class LocalNodes:
 
     def create(self, key: str, host: HostSpec) -> None:
         """Build the host of ``key``."""
-        self.hosts[key] = NodeHost(**host.host_arguments(
+        self.hosts[key] = host_class(host.node.operator)(**host.host_arguments(
             self.settings, incarnation=self.incarnation, snapshot=self.snapshots.get(key),
             checkpoints=self.checkpoints))
 

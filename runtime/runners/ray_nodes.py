@@ -12,6 +12,12 @@ from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings
+from runtime.inference.host import (
+    INFERENCE_OPERATOR,
+    actor_class_options,
+    host_class,
+    inference_actor_options,
+)
 from runtime.planning.wiring import HostSpec
 from runtime.runners.deploy_sequence import ActorNotReadyError
 
@@ -20,11 +26,12 @@ __all__ = ["RayNodes", "awaited", "node_actor_class", "run_blocking"]
 T = TypeVar("T")
 
 
-def node_actor_class() -> Any:
-    """NodeHost wrapped with ``ray.remote``: the actor class hosting one node."""
+def node_actor_class(operator: str = "") -> Any:
+    """The host class of ``operator``'s nodes wrapped with ``ray.remote``: one node's actor."""
     import ray
 
-    return ray.remote(NodeHost)
+    options = actor_class_options(operator)
+    return ray.remote(**options)(host_class(operator)) if options else ray.remote(NodeHost)
 
 
 class RayNodes:
@@ -63,7 +70,9 @@ class RayNodes:
 
     def create(self, key: str, host: HostSpec) -> Any:
         """Create the actor of ``key`` hosting ``host``'s node; returns its handle."""
-        handle = node_actor_class().options(**self.options_for(key)).remote(
+        options = {**self.options_for(key),
+                   **inference_actor_options(host.node, _cluster_gpus(host.node))}
+        handle = node_actor_class(host.node.operator).options(**options).remote(
             **host.host_arguments(self.settings, incarnation=self.incarnation,
                                   snapshot=self.snapshots.get(key),
                                   checkpoints=self.checkpoints_for(key)))
@@ -114,6 +123,15 @@ class RayNodes:
     async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
         """Tell node ``key`` that ``checkpoint_id`` is complete."""
         await self.handles[key].commit_checkpoint.remote(checkpoint_id)
+
+
+def _cluster_gpus(node: Any) -> float:
+    import ray
+
+    if node.operator != INFERENCE_OPERATOR:
+        return 0.0
+    resources = ray.cluster_resources()  # type: ignore[no-untyped-call]  # Ray ships no types here
+    return float(resources.get("GPU", 0.0))
 
 
 def run_blocking(coroutine: Coroutine[Any, Any, T]) -> T:

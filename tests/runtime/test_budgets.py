@@ -94,6 +94,7 @@ def test_every_size_param_of_the_built_ins_declares_its_maximum() -> None:
     rolling = [f"rolling_{statistic}" for statistic in ("sum", "mean", "std", "min", "max")]
     assert sizes == {
         ("ema", "span"): 1_000_000,
+        ("infer", "max_batch"): 65_536,
         ("iterate", "max_iterations"): 100_000,
         ("ohlcv", "bar"): 31 * day,
         ("ohlcv", "lateness"): day,
