@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "resume": "runtime.cli.resume",
     "top": "runtime.cli.top",
     "checkpoints": "runtime.cli.checkpoints",
+    "produce": "runtime.cli.produce",
+    "tail": "runtime.cli.tail",
 }
 
 

@@ -36,7 +36,7 @@ __all__ = [
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to Ray at ``address`` (``auto``, ``ray://...``, ``host:port``), or start a new local one.
+    """Connect to Ray at ``address`` (``auto``, ``ray://...``, ``host:port``), or start one.
 
     With no address, ``RAY_ADDRESS`` is used when set (as Ray's own tools do); otherwise a new
     cluster bound to 127.0.0.1 is started even when one started with ``ray start`` runs on this
