@@ -65,7 +65,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             configure_logging=False,
-            log_to_driver=True,
+            # `streamdag` commands keep workers' output in Ray's logs (runtime/cli/console.py).
+            log_to_driver=os.environ.get("STREAMDAG_RAY_LOG_TO_DRIVER", "1") != "0",
         )
 
 
