@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "checkpoints": "runtime.cli.checkpoints",
     "produce": "runtime.cli.produce",
     "tail": "runtime.cli.tail",
+    "report": "runtime.cli.report",
 }
 
 
