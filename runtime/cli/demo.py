@@ -55,10 +55,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nsummary: {report.produced:,} ticks in {report.seconds:.1f} s "
           f"({report.produced / max(report.seconds, 1e-9):,.0f}/s); shared nodes: "
           f"{', '.join(report.shared) or 'none'}")
+    if report.settled:
+        print("figures settled: every produced tick had gone through every node")
+    else:
+        print("figures NOT settled: ticks were still in flight 30 s after producing stopped "
+              "(the graph could not keep up with --rate); the counts below are partial")
     for name, node in report.stats.items():
         print(f"  {name:<28} in {node.events_in:>10,}  out {node.events_out:>10,}")
     for topic, records in report.samples.items():
-        print(f"sample of {topic}:")
+        read, fired = report.fired.get(topic, (0, 0))
+        what = "the last signals that fired" if fired else "no signal fired; the last records"
+        print(f"{topic}: {read:,} records, {fired:,} signals fired (+1/-1); {what}:")
         for record in records:
             print(f"  {record}")
     return 0
