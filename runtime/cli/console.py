@@ -34,6 +34,9 @@ def quiet_console(state_dir: str | os.PathLike[str]) -> Path:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.captureWarnings(True)
+    # Ray clears its logger's handlers in ray.init (configure_logging=False) and stops
+    # propagation, so its records reach Python's last-resort handler (stderr): make that ours.
+    logging.lastResort = handler
     for name in QUIET_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers = [handler]

@@ -20,7 +20,9 @@ def loggers_restored() -> Iterator[None]:
     saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
              for name in QUIET_LOGGERS}
     switch = os.environ.get("STREAMDAG_RAY_LOG_TO_DRIVER")
+    last_resort = logging.lastResort
     yield
+    logging.lastResort = last_resort
     for name, (handlers, propagate) in saved.items():
         logging.getLogger(name).handlers = handlers
         logging.getLogger(name).propagate = propagate
@@ -37,13 +39,18 @@ def test_library_warnings_go_to_the_log_file_not_the_terminal(
     path = quiet_console(tmp_path)
     logging.getLogger("aiokafka.consumer").warning("Unable connect to node with id 1")
     logging.getLogger("ray").warning("Ray is using a lot of memory")
+    # What ray.init does to its logger (configure_logging=False): its records then reach the
+    # last-resort handler, which is the log file too.
+    logging.getLogger("ray").handlers.clear()
+    logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
     assert capsys.readouterr() == ("", "")
-    for handler in logging.getLogger("ray").handlers:
-        handler.flush()
+    assert logging.lastResort is not None
+    logging.lastResort.flush()
     logged = path.read_text().splitlines()
     assert [line.split(" ", 2)[2] for line in logged] == [
         "WARNING aiokafka.consumer: Unable connect to node with id 1",
-        "WARNING ray: Ray is using a lot of memory"]
+        "WARNING ray: Ray is using a lot of memory",
+        "WARNING ray._private.authentication: Token authentication is enabled"]
     assert os.environ["STREAMDAG_RAY_LOG_TO_DRIVER"] == "0"
 
 
