@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
                    f"{state_dir!r}); start one with `streamdag up` in another shell, then "
                    "`streamdag submit FILE`")
         if args.json:
-            print(json.dumps({"running": False, "graphs": [], "message": message}, indent=2))
+            print(json.dumps({"error": {"type": "NoDeploymentRunning", "message": message}},
+                             indent=2))
         else:
             print(message)
         return 1

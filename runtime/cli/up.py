@@ -59,10 +59,10 @@ TOKEN_FILE = "gateway.token"
 
 #: What ``up`` says when it starts the embedded broker (BROKER.md: memory is never freed).
 EMBEDDED_BROKER_NOTE = (
-    "note:     the embedded broker keeps every topic in memory and never frees it (about "
-    "4 MB/s at 20k events/s),\n"
-    "          and loses them when it stops: it is for trying streamdag out. For long runs set "
-    "kafka.bootstrap_servers\n"
+    "note:     the embedded broker keeps every topic in memory, never frees that memory (about "
+    "4 MB/s at 20k events/s)\n"
+    "          and loses the topics when it stops: it is for trying streamdag out. For long runs "
+    "set kafka.bootstrap_servers\n"
     "          to your own Kafka (README: \"Running on your own Kafka and Ray cluster\")."
 )
 
@@ -209,7 +209,7 @@ async def _serve_gateway(
     address = GatewayAddress(await server.start(), token)
     gateway_file = Path(settings.state_dir) / GATEWAY_FILE
     running = RunningDeployment(settings.name, bootstrap, _ray_address(), address.url,
-                                os.getpid())
+                                os.getpid(), os.environ.get("RAY_AUTH_MODE", ""))
     try:
         address.save(settings.state_dir)
         running.save(settings.state_dir)

@@ -43,6 +43,8 @@ class RunningDeployment:
     ray_address: str
     url: str
     pid: int
+    #: RAY_AUTH_MODE of up's Ray ("token" when a driver must present ~/.ray's token).
+    ray_auth_mode: str = ""
 
     def save(self, state_dir: str | os.PathLike[str]) -> Path:
         """Write ``<state_dir>/up.json`` (owner-only, atomically); returns its path."""
@@ -50,6 +52,7 @@ class RunningDeployment:
         write_json_atomically(path, {
             "name": self.name, "bootstrap_servers": self.bootstrap_servers,
             "ray_address": self.ray_address, "url": self.url, "pid": self.pid,
+            "ray_auth_mode": self.ray_auth_mode,
         })
         return path
 
@@ -59,7 +62,8 @@ class RunningDeployment:
         try:
             raw = read_json(Path(state_dir) / UP_FILE)
             found = cls(str(raw["name"]), str(raw["bootstrap_servers"]),
-                        str(raw["ray_address"]), str(raw["url"]), int(raw["pid"]))
+                        str(raw["ray_address"]), str(raw["url"]), int(raw["pid"]),
+                        str(raw.get("ray_auth_mode", "")))
         except (TypeError, KeyError, ValueError):
             return None
         return found if _process_runs(found.pid) else None

@@ -66,6 +66,14 @@ class Deployment:
             running = discovery.find_deployment()
             settings = replace(discovery.settings_here(), name=running.name)
             bootstrap_servers = bootstrap_servers or running.bootstrap_servers
+            if running.ray_auth_mode == "token" and "RAY_AUTH_MODE" not in os.environ:
+                # Up's Ray wants this driver to present the token (~/.ray/auth_token) too: set
+                # RAY_AUTH_MODE as Ray does, refreshing the configuration Ray read at import.
+                from ray._private.authentication.authentication_token_setup import (
+                    _enable_token_auth,
+                )
+
+                _enable_token_auth()
             ensure_ray(running.ray_address)
         else:
             ensure_ray(settings.ray.address or None, settings.ray.num_cpus)

@@ -63,8 +63,8 @@ def test_ls_without_a_deployment_says_so_and_how_to_start_one(
     assert main(["ls", "--state-dir", str(tmp_path)]) == 1
     assert capsys.readouterr().out == message + "\n"
     assert main(["ls", "--state-dir", str(tmp_path), "--json"]) == 1
-    assert json.loads(capsys.readouterr().out) == {"running": False, "graphs": [],
-                                                    "message": message}
+    assert json.loads(capsys.readouterr().out) == {"error": {
+        "type": "NoDeploymentRunning", "message": message}}
 
 
 def test_json_errors_are_json(

@@ -81,7 +81,8 @@ def test_produce_a_file_and_ticks_then_tail_them(
     assert main(["tail", ticks, "--json", *kafka]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(records) == produced
-    assert {r["key"] for r in records} == {"SYM000", "SYM001", "SYM002", "SYM003"}
+    # Symbols in round-robin.
+    assert {r["key"] for r in records} == {f"SYM{i:03d}" for i in range(min(4, produced))}
     assert all(set(r["value"]) == {"symbol", "ts", "price", "size"} for r in records)
     assert main(["tail", ticks, "-n", "3", *kafka]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3
