@@ -126,6 +126,11 @@ async def _produce_ticks(args: argparse.Namespace, bootstrap: str, progress: _Pr
 
     producer = TickProducer(bootstrap, args.topic, args.rate or 1000.0, args.symbols)
     task = asyncio.create_task(producer.run())
+    # The duration and the shown rate count from when the producer is connected.
+    connected = asyncio.create_task(producer.connected.wait())
+    await asyncio.wait({task, connected}, return_when=asyncio.FIRST_COMPLETED)
+    connected.cancel()
+    progress.restart()
     started = time.monotonic()
     try:
         while not task.done() and (args.duration <= 0
@@ -181,6 +186,10 @@ class _Progress:
         self._started = time.monotonic()
         self._shown = 0.0
         self._live = out.isatty()
+
+    def restart(self) -> None:
+        """Count the elapsed time from now."""
+        self._started = time.monotonic()
 
     def _line(self) -> str:
         elapsed = max(time.monotonic() - self._started, 1e-9)

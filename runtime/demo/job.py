@@ -35,6 +35,8 @@ class TickProducer:
         self.rate = rate
         self.walk = RandomWalk(symbols)
         self.produced = 0
+        #: Set once connected, when the rate's clock starts.
+        self.connected = asyncio.Event()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -50,6 +52,7 @@ class TickProducer:
             max_batch_size=256 * 1024,
         )
         await producer.start()
+        self.connected.set()
         try:
             started = time.perf_counter()
             while not self._stop.is_set():
