@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
+from connectors.errors import BrokerNotRunningError
 from runtime.deployment.discovery import bootstrap_servers, settings_here
 from streamdag.config import Settings
 
-__all__ = ["add_kafka_flags", "kafka_from_args"]
+__all__ = ["add_kafka_flags", "kafka_answers", "kafka_from_args"]
 
 
 def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
@@ -26,3 +29,17 @@ def kafka_from_args(args: argparse.Namespace) -> tuple[str, Settings]:
     if args.bootstrap_servers:
         return args.bootstrap_servers, settings
     return bootstrap_servers(args.state_dir), settings
+
+
+@contextlib.contextmanager
+def kafka_answers(bootstrap: str) -> Iterator[None]:
+    """Turn "nothing answers at ``bootstrap``" into BrokerNotRunningError with the fix."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        yield
+    except KafkaConnectionError:
+        raise BrokerNotRunningError(
+            f"no Kafka answers at {bootstrap}: start the embedded broker with `streamdag "
+            "broker start`, or check --bootstrap-servers and STREAMDAG_KAFKA_BOOTSTRAP_SERVERS"
+        ) from None

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from runtime.cli.kafka_flags import add_kafka_flags, kafka_from_args
+from runtime.cli.kafka_flags import add_kafka_flags, kafka_answers, kafka_from_args
 from streamdag.config import ConfigError
 
 __all__ = ["add_arguments", "read_records", "run"]
@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate <= 0:
         raise ConfigError(f"--rate {args.rate:g}: give a positive number of records per second")
     try:
-        return asyncio.run(_produce(args, bootstrap, settings.kafka.partitions, sys.stdout))
+        with kafka_answers(bootstrap):
+            return asyncio.run(_produce(args, bootstrap, settings.kafka.partitions, sys.stdout))
     except KeyboardInterrupt:
         return 0
 

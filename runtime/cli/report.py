@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from runtime.cli.kafka_flags import add_kafka_flags, kafka_from_args
+from runtime.cli.kafka_flags import add_kafka_flags, kafka_answers, kafka_from_args
 from runtime.cli.tail import parse_start
 from streamdag.config import ConfigError
 
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     binding = KafkaBinding(bootstrap, start=start if start == "earliest" else Timestamp(
         int(start)), end=Timestamp(end))
     began = time.perf_counter()
-    result = LocalRunner(None, *binding.defaults()).run(shown, timeout_s=args.timeout)
+    with kafka_answers(bootstrap):
+        result = LocalRunner(None, *binding.defaults()).run(shown, timeout_s=args.timeout)
     seconds = time.perf_counter() - began
     # Step 3: the page.
     topics = sorted({str(n.params["topic"]) for n in graph.nodes if n.role == "source"})

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.errors import TopicError
-from runtime.cli.kafka_flags import add_kafka_flags, kafka_from_args
+from runtime.cli.kafka_flags import add_kafka_flags, kafka_answers, kafka_from_args
 from streamdag.config import ConfigError
 
 __all__ = ["add_arguments", "format_record", "iso_time", "parse_start", "run"]
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     start = parse_start(args.start)
     if args.count is not None and args.count < 1:
         raise ConfigError(f"-n {args.count}: give at least 1 record")
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt), kafka_answers(bootstrap):
         asyncio.run(_tail(args, bootstrap, start, lambda line: print(line, flush=True)))
     return 0
 

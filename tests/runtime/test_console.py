@@ -76,6 +76,12 @@ def test_json_errors_are_json(
         "type": "GatewayUnreachableError",
         "message": "no gateway answers at http://127.0.0.1:1 ([Errno 111] Connection refused); "
                    "start one with `streamdag up`, or point --url at a running one"}}
+    assert main(["tail", "t", "--bootstrap-servers", "127.0.0.1:1", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out) == {"error": {
+        "type": "BrokerNotRunningError",
+        "message": "no Kafka answers at 127.0.0.1:1: start the embedded broker with `streamdag "
+                   "broker start`, or check --bootstrap-servers and "
+                   "STREAMDAG_KAFKA_BOOTSTRAP_SERVERS"}}
     assert main(["ls", "--json", "--bogus"]) == 2
     assert json.loads(capsys.readouterr().out) == {"error": {
         "type": "UsageError", "message": "unrecognized arguments: --bogus"}}
