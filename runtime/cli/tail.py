@@ -2,8 +2,9 @@
 
 Like ``kcat -C``: reads every partition from ``--from`` (``earliest``, the default; ``latest``;
 an ISO-8601 time such as ``2026-01-02T09:30:00Z``; or a time back from now such as ``30s``,
-``5m``, ``2h``), prints one line per record, and stops at the end of the topic, after
-``-n N`` records, or never with ``--follow`` (Ctrl-C ends it). The event time is the record's
+``5m``, ``2h``; times select by the records' Kafka timestamps), prints one line per record,
+and stops at the end of the topic, after ``-n N`` records, or never with ``--follow`` (Ctrl-C
+ends it). The event time is the record's
 ``--time-field`` (default ``ts``, in ``--time-unit`` ns, as sources read it), else the Kafka
 timestamp. ``--json`` prints each record as one JSON object instead.
 Exit codes: 0 done (also after Ctrl-C), 2 bad input, no Kafka or no such topic.

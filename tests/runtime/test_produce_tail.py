@@ -64,7 +64,7 @@ def test_produce_a_file_and_ticks_then_tail_them(
     rows = tmp_path / "prices.csv"
     rows.write_text("symbol,ts,price\nAAPL,1767346200000000000,101.5\n"
                     "AAPL,1767346201000000000,102\n")
-    assert main(["produce", topic, "--file", str(rows), *kafka]) == 0
+    assert main(["produce", topic, "--file", str(rows), "--rate", "1000", *kafka]) == 0
     assert capsys.readouterr().out.startswith(f"produced 2 records to {topic} in ")
     assert main(["tail", topic, *kafka]) == 0
     lines = capsys.readouterr().out.splitlines()
