@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="graph spec to run (repeatable; default: the example strategies)")
     parser.add_argument("--no-clear", action="store_true",
                         help="append console refreshes instead of redrawing the screen")
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE.html",
+                        help="also write an HTML report with plots of the run (offline page)")
     add_setting_flags(parser)
     # The repo's local config when run from a checkout; the same built-in defaults elsewhere
     # (an installed wheel), so the demo needs no file of the repo.
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     graphs = [load_graph(resolve_graph_path(path)) for path in settings.demo.graphs]
     try:
-        report = run_demo(settings, graphs, clear=not args.no_clear and sys.stdout.isatty())
+        report = run_demo(settings, graphs, clear=not args.no_clear and sys.stdout.isatty(),
+                          html_report=args.report)
     except KeyboardInterrupt:
         print("\ninterrupted; everything the demo started has been stopped")
         return 130

@@ -11,7 +11,6 @@ it. Exit codes: 0 written, 2 bad input or no Kafka.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from runtime.cli.kafka_flags import add_kafka_flags, kafka_answers, kafka_from_args
@@ -38,11 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Replay, render, write; prints where the page is."""
-    from connectors.source_bounds import Timestamp
-    from runtime.report.page import ReportRun, render_report
-    from runtime.runners.kafka_binding import KafkaBinding
-    from runtime.runners.local_runner import LocalRunner
-    from streamdag.graph import Graph
+    from runtime.report.replay import replay_report
     from streamdag.spec import load_graph
 
     graph = load_graph(args.file)
@@ -53,25 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.keys < 1:
         raise ConfigError(f"--keys {args.keys}: give at least 1")
     bootstrap, _ = kafka_from_args(args)
-    # Step 1: every node but the sinks is an output, so nothing is written to Kafka.
-    shown = Graph(graph.name, outputs=[node for node in graph.nodes if node.role != "sink"])
-    # Step 2: the replay, from the start to now.
-    end = time.time_ns()
-    binding = KafkaBinding(bootstrap, start=start if start == "earliest" else Timestamp(
-        int(start)), end=Timestamp(end))
-    began = time.perf_counter()
     with kafka_answers(bootstrap):
-        result = LocalRunner(None, *binding.defaults()).run(shown, timeout_s=args.timeout)
-    seconds = time.perf_counter() - began
-    # Step 3: the page.
-    topics = sorted({str(n.params["topic"]) for n in graph.nodes if n.role == "source"})
-    described = (f"replay of {', '.join(topics)} on {bootstrap} from {args.start} to "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(end / 1e9))}")
-    page = render_report(ReportRun(
-        shown, {node.name: result.records(node.name) for node in shown.outputs},
-        result.stats, seconds, described), keys=args.keys)
-    args.output.write_text(page, encoding="utf-8")
-    read = sum(result.stats[n.name].events_out for n in graph.nodes if n.role == "source")
-    print(f"wrote {args.output} ({len(page):,} bytes): {read:,} input records replayed in "
-          f"{seconds:.1f} s; open it in a browser")
+        report = replay_report(graph, bootstrap, start=start, keys=args.keys,
+                               timeout_s=args.timeout)
+    args.output.write_text(report.page, encoding="utf-8")
+    print(f"wrote {args.output} ({len(report.page):,} bytes): {report.input_records:,} input "
+          f"records replayed in {report.seconds:.1f} s; open it in a browser")
     return 0

@@ -240,8 +240,13 @@ def run_demo(
     refresh_s: float = 1.0,
     clear: bool = True,
     on_tick: Callable[[dict[str, NodeStats]], None] | None = None,
+    html_report: Path | None = None,
 ) -> DemoReport:
-    """Run the main job end to end and stop everything it started; returns what it did."""
+    """Run the main job end to end and stop everything it started; returns what it did.
+
+    With ``html_report``, writes the HTML report there before stopping: the outputs of a
+    replay of the ticks beside them, with the live run's per-node figures.
+    """
     import ray
 
     from connectors.broker import EmbeddedBroker
@@ -327,6 +332,13 @@ def run_demo(
                 shown, read, fired = loop.run_until_complete(_sample_topic(bootstrap, topic, 3))
                 report.samples[topic] = shown
                 report.fired[topic] = (read, fired)
+        if html_report is not None:
+            from runtime.report.replay import replay_report
+
+            written = replay_report(graph, bootstrap, keys=3,
+                                    live=(report.stats, report.seconds))
+            html_report.write_text(written.page, encoding="utf-8")
+            print(f"wrote {html_report} ({len(written.page):,} bytes)", file=out)
         return report
     finally:
         # Step 4: stop everything this job started, in reverse order.

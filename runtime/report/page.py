@@ -55,6 +55,8 @@ class ReportRun:
     stats: Mapping[str, NodeStats]
     seconds: float
     input_description: str
+    #: How many keys the input had, when ``records`` hold only some of them (0: count them).
+    keys_total: int = 0
 
 
 def _numeric_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -150,7 +152,8 @@ def render_report(run: ReportRun, *, keys: int = 3) -> str:
     source = next(node for node in run.graph.nodes if node.role == "source")
     found = sorted({r["key"] for r in run.records.get(source.name, ())}, key=str)
     shown = found[:keys]
-    events = sum(len(v) for v in run.records.values())
+    events = sum(stats.events_out for node in run.graph.nodes
+                 if node.role != "source" and (stats := run.stats.get(node.name)) is not None)
     charts = "\n".join(_key_charts(run, key) for key in shown) or (
         '<p class="note">The input held no records: produce some first, e.g. '
         f"<code>streamdag produce {html.escape(str(source.params.get('topic', 'TOPIC')))}"
@@ -162,8 +165,8 @@ def render_report(run: ReportRun, *, keys: int = 3) -> str:
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="note">{html.escape(run.input_description)}; {events:,} output records over
-{run.seconds:.1f} s; {len(found)} keys, charts of {len(shown)}. Triangles: signals that fired
-(up +1, down -1), drawn at the input's price.</p>
+{run.seconds:.1f} s; {max(run.keys_total, len(found))} keys, charts of {len(shown)}.
+Triangles: signals that fired (up +1, down -1), drawn at the input's price.</p>
 <h2>Outputs per key over time</h2>
 {charts}
 <h2>Nodes: throughput and latency</h2>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def test_demo_runs_shared_strategies_live_and_stops_everything(
     graphs = [load_graph(resolve_graph_path(name)) for name in settings.demo.graphs]
     screens = io.StringIO()
     before = _node_actor_processes()
-    report = run_demo(settings, graphs, out=screens, refresh_s=1.0, clear=False)
+    page = tmp_path / "demo.html"
+    report = run_demo(settings, graphs, out=screens, refresh_s=1.0, clear=False,
+                      html_report=page)
 
     assert report.shared == ["ticks", "sma20"]
     assert 5000 * 6 <= report.produced <= 5000 * 10
@@ -60,6 +63,13 @@ def test_demo_runs_shared_strategies_live_and_stops_everything(
     assert {r["value"] for r in report.samples["signals.momentum"]} <= {-1.0, 1.0}
     console = screens.getvalue()
     assert "actors running: 9" in console
+    # The HTML report: three keys charted, each node's live figures, every fired signal drawn.
+    html = page.read_text()
+    assert re.findall(r"<h3>(\w+)</h3>", html) == ["SYM000", "SYM001", "SYM002"]
+    assert sorted(re.findall(r"<tr><td>(\w+)</td>", html)) == sorted(
+        ["ticks", "sma20", "sma50", "crossover", "zscore20", "price_cross", "signal"])
+    assert f"<td>{report.stats['ticks'].events_out:,}</td>" in html
+    assert html.count('<path class="marker"') > 0
     # Every screen, the first one too, reports a whole interval, not a partial second.
     intervals = [float(line.split("(figures over the last ")[1].split(" s)")[0])
                  for line in console.splitlines() if line.startswith("streamdag demo")]
