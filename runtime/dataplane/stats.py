@@ -32,7 +32,11 @@ class LatencyHistogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     total: float = 0.0
     observations: int = 0
-    recent: list[float] = field(default_factory=list, compare=False)
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: it travels with copies and pickles (the demo's snapshots), but
+        # stays out of asdict(), so status documents and the gateway's JSON keep their size.
+        self.recent: list[float] = []
 
     def observe(self, seconds: float) -> None:
         """Record one duration."""
@@ -47,12 +51,13 @@ class LatencyHistogram:
     def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
         """The observations made after ``earlier`` (a previous copy of this histogram)."""
         new = self.observations - earlier.observations
-        return LatencyHistogram(
+        window = LatencyHistogram(
             [now - then for now, then in zip(self.counts, earlier.counts, strict=True)],
             self.total - earlier.total,
             new,
-            self.recent[-new:] if new > 0 else [],
         )
+        window.recent = self.recent[-new:] if new > 0 else []
+        return window
 
     def sample_quantile(self, q: float) -> float:
         """Quantile ``q`` of the observations themselves, when all of them were kept.
