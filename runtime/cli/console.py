@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOG_FILE", "QUIET_LOGGERS", "error_document", "quiet_console"]
+__all__ = ["LOG_FILE", "QUIET_LOGGERS", "error_document", "print_error_json", "quiet_console"]
 
 #: Name of the log file, in the state directory, that library warnings go to.
 LOG_FILE = "streamdag.log"

@@ -26,7 +26,7 @@ from connectors.errors import TopicError
 from runtime.cli.kafka_flags import add_kafka_flags, kafka_answers, kafka_from_args
 from streamdag.config import ConfigError
 
-__all__ = ["add_arguments", "format_record", "iso_time", "parse_start", "run"]
+__all__ = ["add_arguments", "decode_value", "format_record", "iso_time", "parse_start", "run"]
 
 _UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _BACK = re.compile(r"^-?(\d+(?:\.\d+)?)(s|m|h|d)$")
