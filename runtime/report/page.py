@@ -131,9 +131,11 @@ def _figures(run: ReportRun) -> str:
         rows.append(
             f"<tr><td>{html.escape(node.name)}</td><td>{html.escape(node.operator)}</td>"
             f"<td>{stats.events_in:,}</td><td>{stats.events_out:,}</td><td>{rate:,.0f}</td>"
-            f"<td>{mean_ms:.3f}</td><td>{latency.observations:,}</td></tr>")
+            f"<td>{mean_ms:.3f}</td><td>{latency.sample_quantile(0.99) * 1e3:.3f}</td>"
+            f"<td>{latency.observations:,}</td></tr>")
     table = ("<table><tr><th>node</th><th>operator</th><th>events in</th><th>events out</th>"
-             "<th>events/s</th><th>mean batch ms</th><th>batches</th></tr>"
+             "<th>events/s</th><th>mean batch ms</th><th>p99 batch ms</th><th>batches</th>"
+             "</tr>"
              + "".join(rows) + "</table>")
     return table + bar_chart("events per second per node", names, rates, "events/s")
 
