@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -104,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             refused.parser.print_usage(sys.stderr)
             print(f"{refused.parser.prog}: error: {refused}", file=sys.stderr)
         return 2
-    if not args.verbose:
-        quiet_console(_state_dir(args))
+    quiet = contextlib.nullcontext() if args.verbose else quiet_console(_state_dir(args))
     try:
-        return _load(args.command).run(args)
+        with quiet:
+            return _load(args.command).run(args)
     except StreamdagError as exc:
         if getattr(args, "json", False):
             print_error_json(exc)

@@ -36,22 +36,31 @@ def loggers_restored() -> Iterator[None]:
 def test_library_warnings_go_to_the_log_file_not_the_terminal(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], loggers_restored: None
 ) -> None:
-    path = quiet_console(tmp_path)
+    ray_logger = logging.getLogger("ray")
+    before = (ray_logger.handlers[:], ray_logger.propagate, logging.lastResort,
+              os.environ.get("STREAMDAG_RAY_LOG_TO_DRIVER"))
+    with quiet_console(tmp_path) as path:
+        say_warnings()
+        assert os.environ["STREAMDAG_RAY_LOG_TO_DRIVER"] in ("0", before[3])
+        assert capsys.readouterr() == ("", "")
+    # Everything is as it was.
+    assert (ray_logger.handlers, ray_logger.propagate, logging.lastResort,
+            os.environ.get("STREAMDAG_RAY_LOG_TO_DRIVER")) == before
+    logged = path.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in logged] == [
+        "WARNING aiokafka.consumer: Unable connect to node with id 1",
+        "WARNING ray: Ray is using a lot of memory",
+        "WARNING ray._private.authentication: Token authentication is enabled"]
+
+
+def say_warnings() -> None:
+    """What the libraries say while a command runs."""
     logging.getLogger("aiokafka.consumer").warning("Unable connect to node with id 1")
     logging.getLogger("ray").warning("Ray is using a lot of memory")
     # What ray.init does to its logger (configure_logging=False): its records then reach the
     # last-resort handler, which is the log file too.
     logging.getLogger("ray").handlers.clear()
     logging.getLogger("ray._private.authentication").warning("Token authentication is enabled")
-    assert capsys.readouterr() == ("", "")
-    assert logging.lastResort is not None
-    logging.lastResort.flush()
-    logged = path.read_text().splitlines()
-    assert [line.split(" ", 2)[2] for line in logged] == [
-        "WARNING aiokafka.consumer: Unable connect to node with id 1",
-        "WARNING ray: Ray is using a lot of memory",
-        "WARNING ray._private.authentication: Token authentication is enabled"]
-    assert os.environ["STREAMDAG_RAY_LOG_TO_DRIVER"] == "0"
 
 
 def test_ls_without_a_deployment_says_so_and_how_to_start_one(
