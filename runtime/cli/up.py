@@ -208,7 +208,7 @@ async def _serve_gateway(
                            settings.gateway.host, settings.gateway.port)
     address = GatewayAddress(await server.start(), token)
     gateway_file = Path(settings.state_dir) / GATEWAY_FILE
-    running = RunningDeployment(settings.name, bootstrap, _ray_address(), address.url,
+    running = RunningDeployment(settings.name, bootstrap, _ray_address(settings), address.url,
                                 os.getpid(), os.environ.get("RAY_AUTH_MODE", ""))
     try:
         address.save(settings.state_dir)
@@ -231,8 +231,10 @@ async def _serve_gateway(
             loop.remove_signal_handler(signum)
 
 
-def _ray_address() -> str:
+def _ray_address(settings: Settings) -> str:
     import ray
 
-    # The GCS address of the Ray this process is connected to: another driver joins it there.
-    return str(ray.get_runtime_context().gcs_address)
+    # The configured address (a ray:// one works from anywhere), else the GCS address of the
+    # local Ray this process started: another driver joins it there.
+    configured = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    return configured or str(ray.get_runtime_context().gcs_address)
