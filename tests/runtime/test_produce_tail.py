@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -88,6 +91,21 @@ def test_produce_a_file_and_ticks_then_tail_them(
     assert len(capsys.readouterr().out.splitlines()) == 1
     assert main(["tail", ticks, "--from", "latest", *kafka]) == 0
     assert capsys.readouterr().out == ""
+    # --follow waits for records written after it started.
+    followed: list[int] = []
+    follower = threading.Thread(target=lambda: followed.append(
+        main(["tail", topic, "--from", "latest", "--follow", "-n", "2", *kafka])))
+    follower.start()
+    deadline = time.monotonic() + 60
+    while follower.is_alive() and time.monotonic() < deadline:
+        # Written until the follower, which may still be connecting, has seen two.
+        assert main(["produce", topic, "--file", str(rows), *kafka]) == 0
+        follower.join(1.0)
+    assert followed == [0]
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split("  ", 1)[1] for line in printed if re.match(r"p\d+@", line)][:2] == [
+        "AAPL  2026-01-02T09:30:00.000000Z  symbol=AAPL price=101.5",
+        "AAPL  2026-01-02T09:30:01.000000Z  symbol=AAPL price=102"]
     assert main(["tail", "no-such-topic", *kafka]) == 2
     assert capsys.readouterr().err.startswith(
         f"error: topic 'no-such-topic' does not exist on {bootstrap}; write to it with "
