@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/install_prometheus.sh
+	bash scripts/install_chromium.sh
 	$(BIN)/python -m pytest tests streamdag runtime operators connectors $(ARGS)
 
 lint: $(STAMP)

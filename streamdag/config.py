@@ -316,8 +316,14 @@ def _dest(section: str | None, key: str) -> str:
     return f"setting_{section}_{key}" if section else f"setting_{key}"
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config``, ``--set`` and one ``--section-key`` flag per setting to ``parser``."""
+def add_setting_flags(
+    parser: argparse.ArgumentParser, sections: Sequence[str | None] | None = None
+) -> None:
+    """Add ``--config``, ``--set`` and one ``--section-key`` flag per setting to ``parser``.
+
+    ``sections`` limits the flags to the settings of those sections (None: the top-level
+    ``name`` and ``state_dir``), so a command's help lists only what it uses; default: all.
+    """
     parser.add_argument("--config", default=None, help="settings file (TOML); default: none")
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -325,6 +331,8 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
     )
     group = parser.add_argument_group("settings (also STREAMDAG_SECTION_KEY variables)")
     for section, key, _ in _settings_keys():
+        if sections is not None and section not in sections:
+            continue
         group.add_argument(f"--{_flag(section, key)}", dest=_dest(section, key), default=None,
                            metavar="VALUE")
 

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=None, help="gateway bearer token")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for the gateway (default: 60)")
-    add_setting_flags(parser)
+    add_setting_flags(parser, (None, "checkpoint"))
 
 
 def run(args: argparse.Namespace) -> int:

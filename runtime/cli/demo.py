@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="graph spec to run (repeatable; default: the example strategies)")
     parser.add_argument("--no-clear", action="store_true",
                         help="append console refreshes instead of redrawing the screen")
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE.html",
+                        help="also write an HTML report with plots of the run (offline page)")
     add_setting_flags(parser)
     # The repo's local config when run from a checkout; the same built-in defaults elsewhere
     # (an installed wheel), so the demo needs no file of the repo.
@@ -48,17 +50,25 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     graphs = [load_graph(resolve_graph_path(path)) for path in settings.demo.graphs]
     try:
-        report = run_demo(settings, graphs, clear=not args.no_clear and sys.stdout.isatty())
+        report = run_demo(settings, graphs, clear=not args.no_clear and sys.stdout.isatty(),
+                          html_report=args.report)
     except KeyboardInterrupt:
         print("\ninterrupted; everything the demo started has been stopped")
         return 130
     print(f"\nsummary: {report.produced:,} ticks in {report.seconds:.1f} s "
           f"({report.produced / max(report.seconds, 1e-9):,.0f}/s); shared nodes: "
           f"{', '.join(report.shared) or 'none'}")
+    if report.settled:
+        print("figures settled: every produced tick had gone through every node")
+    else:
+        print("figures NOT settled: ticks were still in flight 30 s after producing stopped "
+              "(the graph could not keep up with --rate); the counts below are partial")
     for name, node in report.stats.items():
         print(f"  {name:<28} in {node.events_in:>10,}  out {node.events_out:>10,}")
     for topic, records in report.samples.items():
-        print(f"sample of {topic}:")
+        read, fired = report.fired.get(topic, (0, 0))
+        what = "the last signals that fired" if fired else "no signal fired; the last records"
+        print(f"{topic}: {read:,} records, {fired:,} signals fired (+1/-1); {what}:")
         for record in records:
             print(f"  {record}")
     return 0

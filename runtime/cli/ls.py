@@ -1,4 +1,8 @@
-"""List the deployment's submissions: id, graph, state, nodes and how many were reused."""
+"""List the deployment's submissions: id, graph, state, nodes and how many were reused.
+
+Exit codes: 0 listed; 1 no deployment is running (none started with `streamdag up` from this
+state directory, and no --url given); 2 an error.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import argparse
 import json
 
 from runtime.cli.tables import render_table
-from runtime.deployment.client import add_connection_flags, client_from_args
+from runtime.deployment.client import GatewayAddress, add_connection_flags, client_from_args
+from streamdag.config import load_settings
 
 __all__ = ["add_arguments", "run"]
 
@@ -24,6 +29,17 @@ def _shortened(text: str, limit: int = 60) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the submissions, oldest first."""
+    if args.url is None and not _gateway_known(args):
+        state_dir = args.state_dir or load_settings().state_dir
+        message = (f"no deployment is running (none started from state directory "
+                   f"{state_dir!r}); start one with `streamdag up` in another shell, then "
+                   "`streamdag submit FILE`")
+        if args.json:
+            print(json.dumps({"error": {"type": "NoDeploymentRunning", "message": message}},
+                             indent=2))
+        else:
+            print(message)
+        return 1
     submissions = client_from_args(args).list_submissions()
     if args.json:
         print(json.dumps(submissions, indent=2))
@@ -39,3 +55,10 @@ def run(args: argparse.Namespace) -> int:
                      len(diff.get("reused", [])), _shortened(submission.get("cause") or "")])
     print(render_table(["id", "graph", "state", "nodes", "new", "reused", "cause"], rows))
     return 0
+
+
+def _gateway_known(args: argparse.Namespace) -> bool:
+    # A gateway.json from `streamdag up`, or a gateway configured by settings and a token.
+    settings = load_settings(overrides=[f"state_dir={args.state_dir}"] if args.state_dir else [])
+    return GatewayAddress.load(settings.state_dir) is not None or bool(
+        args.token or settings.gateway.token)

@@ -17,27 +17,63 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 
+#: How many of the latest observations a histogram keeps as they were, for exact quantiles.
+RECENT_SAMPLES = 1024
+
+
 @dataclass
 class LatencyHistogram:
-    """Cumulative-ready bucket counts of observed durations, plus their sum and count."""
+    """Cumulative-ready bucket counts of observed durations, plus their sum and count.
+
+    The latest ``RECENT_SAMPLES`` observations are kept too (``recent``, oldest first), so the
+    quantiles of a short window (``since``) are exact rather than bucket bounds.
+    """
 
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     total: float = 0.0
     observations: int = 0
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: it travels with copies and pickles (the demo's snapshots), but
+        # stays out of asdict(), so status documents and the gateway's JSON keep their size.
+        self.recent: list[float] = []
 
     def observe(self, seconds: float) -> None:
         """Record one duration."""
         self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total += seconds
         self.observations += 1
+        self.recent.append(seconds)
+        if len(self.recent) >= 2 * RECENT_SAMPLES:
+            # Trimmed in halves, so an observation costs O(1) on average.
+            del self.recent[:-RECENT_SAMPLES]
 
     def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
         """The observations made after ``earlier`` (a previous copy of this histogram)."""
-        return LatencyHistogram(
+        new = self.observations - earlier.observations
+        window = LatencyHistogram(
             [now - then for now, then in zip(self.counts, earlier.counts, strict=True)],
             self.total - earlier.total,
-            self.observations - earlier.observations,
+            new,
         )
+        window.recent = self.recent[-new:] if new > 0 else []
+        return window
+
+    def sample_quantile(self, q: float) -> float:
+        """Quantile ``q`` of the observations themselves, when all of them were kept.
+
+        Otherwise (more than the kept samples) the quantile of the latest ones; 0 when empty.
+
+        >>> h = LatencyHistogram()
+        >>> for s in (0.001, 0.002, 0.2):
+        ...     h.observe(s)
+        >>> round(h.sample_quantile(0.5), 6), round(h.sample_quantile(1.0), 6)
+        (0.002, 0.2)
+        """
+        kept = self.recent[-self.observations:] if self.observations > 0 else []
+        if not kept:
+            return 0.0
+        return float(np.quantile(np.asarray(kept, dtype=np.float64), q))
 
     def quantile(self, q: float) -> float:
         """The upper bound of the bucket holding quantile ``q`` (0 when empty).

@@ -19,7 +19,7 @@ from runtime.demo.synthetic import RandomWalk
 from streamdag.config import Settings
 from streamdag.graph import Graph
 
-__all__ = ["DemoReport", "TickProducer", "render_console", "run_demo"]
+__all__ = ["DemoReport", "TickProducer", "fired_signal", "render_console", "run_demo"]
 
 
 class TickProducer:
@@ -35,6 +35,8 @@ class TickProducer:
         self.rate = rate
         self.walk = RandomWalk(symbols)
         self.produced = 0
+        #: Set once connected, when the rate's clock starts.
+        self.connected = asyncio.Event()
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -50,6 +52,7 @@ class TickProducer:
             max_batch_size=256 * 1024,
         )
         await producer.start()
+        self.connected.set()
         try:
             started = time.perf_counter()
             while not self._stop.is_set():
@@ -81,6 +84,10 @@ class DemoReport:
     stats: dict[str, NodeStats] = field(default_factory=dict)
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     shared: list[str] = field(default_factory=list)
+    #: Whether every produced tick had gone through every node when the figures were taken.
+    settled: bool = False
+    #: Per sink topic: records read back, and how many of them are signals that fired.
+    fired: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def render_console(
@@ -90,10 +97,14 @@ def render_console(
     produced: int,
     elapsed_s: float,
 ) -> str:
-    """The one-screen view: per node events/s, p99 latencies, queue; lag; actors running."""
+    """The one-screen view: per node events/s, p99 latencies, queue; lag; actors running.
+
+    Rates and latencies are over the last ``interval_s`` (measured between the two snapshots);
+    the p99s are quantiles of the observed durations themselves, not histogram bucket bounds.
+    """
     lines = [
         f"streamdag demo  {elapsed_s:6.1f} s   produced {produced:,} ticks   "
-        f"actors running: {len(stats)}",
+        f"actors running: {len(stats)}   (figures over the last {interval_s:.1f} s)",
         "",
         f"{'node':<28} {'events in':>11} {'events/s':>10} {'p99 hop ms':>10} "
         f"{'p99 proc ms':>11} {'queue':>5}",
@@ -107,8 +118,8 @@ def render_console(
         process = (node.process_latency.since(before.process_latency) if before
                    else node.process_latency)
         lines.append(
-            f"{name:<28} {seen:>11,} {rate:>10,.0f} {hop.quantile(0.99) * 1e3:>10.1f} "
-            f"{process.quantile(0.99) * 1e3:>11.2f} {node.queue_depth:>5}"
+            f"{name:<28} {seen:>11,} {rate:>10,.0f} {hop.sample_quantile(0.99) * 1e3:>10.1f} "
+            f"{process.sample_quantile(0.99) * 1e3:>11.2f} {node.queue_depth:>5}"
         )
     lags = {name: node.lag for name, node in stats.items() if node.lag}
     for name, lag in lags.items():
@@ -162,8 +173,9 @@ class _InterruptFlag:
 def _drained_stats(
     running: Any, graph: Graph, produced: int, loop: asyncio.AbstractEventLoop,
     timeout_s: float = 30.0,
-) -> dict[str, NodeStats]:
-    """Stats once every produced tick has gone through every node (or the timeout passed)."""
+) -> tuple[dict[str, NodeStats], bool]:
+    """Stats once every produced tick has gone through every node (or the timeout passed),
+    and whether they had settled so."""
     deadline = time.monotonic() + timeout_s
     while True:
         stats: dict[str, NodeStats] = running.stats()
@@ -173,11 +185,25 @@ def _drained_stats(
             for node in graph.nodes if node.inputs
         )
         if settled or time.monotonic() > deadline:
-            return stats
+            return stats, settled
         loop.run_until_complete(asyncio.sleep(0.1))
 
 
-async def _sample_topic(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
+def fired_signal(record: dict[str, Any]) -> bool:
+    """Whether an output record carries a signal that fired: a field (not ts) of +1 or -1.
+
+    >>> fired_signal({"ts": 1, "key": "A", "value": -1.0}), fired_signal({"ts": 1, "value": 0.0})
+    (True, False)
+    """
+    return any(value in (1, -1) and not isinstance(value, bool)
+               for name, value in record.items() if name not in ("ts", "key"))
+
+
+async def _sample_topic(
+    bootstrap: str, topic: str, count: int, limit: int = 500_000
+) -> tuple[list[dict[str, Any]], int, int]:
+    """The last ``count`` records of ``topic`` with a fired signal (else its last records),
+    the records read (up to ``limit``) and how many of them fired."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -189,10 +215,19 @@ async def _sample_topic(bootstrap: str, topic: str, count: int) -> list[dict[str
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
         records: list[dict[str, Any]] = []
-        fetched = await consumer.getmany(*assigned, timeout_ms=1000, max_records=count * 4)
-        for messages in fetched.values():
-            records.extend(json.loads(m.value) for m in messages)
-        return records[:count]
+        fired: list[dict[str, Any]] = []
+        while len(records) < limit:
+            fetched = await consumer.getmany(*assigned, timeout_ms=1000, max_records=10_000)
+            if not fetched:
+                break
+            for messages in fetched.values():
+                for message in messages:
+                    record = json.loads(message.value)
+                    records.append(record)
+                    if fired_signal(record):
+                        fired.append(record)
+        shown = sorted(fired or records, key=lambda r: r.get("ts", 0))[-count:]
+        return shown, len(records), len(fired)
     finally:
         await consumer.stop()
 
@@ -205,8 +240,13 @@ def run_demo(
     refresh_s: float = 1.0,
     clear: bool = True,
     on_tick: Callable[[dict[str, NodeStats]], None] | None = None,
+    html_report: Path | None = None,
 ) -> DemoReport:
-    """Run the main job end to end and stop everything it started; returns what it did."""
+    """Run the main job end to end and stop everything it started; returns what it did.
+
+    With ``html_report``, writes the HTML report there before stopping: the outputs of a
+    replay of the ticks beside them, with the live run's per-node figures.
+    """
     import ray
 
     from connectors.broker import EmbeddedBroker
@@ -263,7 +303,9 @@ def run_demo(
                                 settings.demo.symbols)
         task = loop.create_task(producer.run())
         started = time.perf_counter()
-        previous: dict[str, NodeStats] = {}
+        # Every screen reports a whole interval between two snapshots, the first one included.
+        previous: dict[str, NodeStats] = running.stats()
+        taken = time.perf_counter()
         duration = settings.demo.duration_s
         interrupted = _InterruptFlag.install()
         while (duration <= 0 or time.perf_counter() - started < duration) and not interrupted:
@@ -271,10 +313,11 @@ def run_demo(
             if task.done():
                 task.result()
             stats = running.stats()
-            screen = render_console(stats, previous, refresh_s, producer.produced,
-                                    time.perf_counter() - started)
+            now = time.perf_counter()
+            screen = render_console(stats, previous, now - taken, producer.produced,
+                                    now - started)
             print(("\x1b[2J\x1b[H" if clear else "") + screen, file=out, flush=True)
-            previous = stats
+            previous, taken = stats, now
             if on_tick is not None:
                 on_tick(stats)
         interrupted.uninstall()
@@ -282,11 +325,20 @@ def run_demo(
         loop.run_until_complete(task)
         report.produced = producer.produced
         report.seconds = time.perf_counter() - started
-        report.stats = _drained_stats(running, graph, producer.produced, loop)
+        report.stats, report.settled = _drained_stats(running, graph, producer.produced, loop)
         for node in graph.nodes:
             if node.role == "sink":
                 topic = str(node.params["topic"])
-                report.samples[topic] = loop.run_until_complete(_sample_topic(bootstrap, topic, 3))
+                shown, read, fired = loop.run_until_complete(_sample_topic(bootstrap, topic, 3))
+                report.samples[topic] = shown
+                report.fired[topic] = (read, fired)
+        if html_report is not None:
+            from runtime.report.replay import replay_report
+
+            written = replay_report(graph, bootstrap, keys=3,
+                                    live=(report.stats, report.seconds))
+            html_report.write_text(written.page, encoding="utf-8")
+            print(f"wrote {html_report} ({len(written.page):,} bytes)", file=out)
         return report
     finally:
         # Step 4: stop everything this job started, in reverse order.

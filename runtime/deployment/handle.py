@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,8 @@ class Deployment:
     @classmethod
     def connect(
         cls,
-        settings: Settings,
-        bootstrap_servers: str,
+        settings: Settings | None = None,
+        bootstrap_servers: str | None = None,
         *,
         state_dir: str | os.PathLike[str] | None = None,
         options: ControllerOptions | None = None,
@@ -50,13 +51,35 @@ class Deployment:
 
         Connects to Ray first (``settings.ray.address``, or a local Ray). When the controller
         already exists, it keeps the settings it was created with; the arguments here are
-        then not used.
+        then not used. Without ``settings``, joins the deployment ``streamdag up`` runs from
+        this directory (its Ray, Kafka and name; ConfigError when none runs). Without
+        ``bootstrap_servers``: ``settings.kafka.bootstrap_servers``, else the Kafka that
+        ``streamdag up`` or ``streamdag broker start`` started (``discovery.bootstrap_servers``).
         """
         import ray
 
+        from runtime.deployment import discovery
         from runtime.runners.ray_runner import ensure_ray
 
-        ensure_ray(settings.ray.address or None, settings.ray.num_cpus)
+        if settings is None:
+            # Step 1: the running `streamdag up`: its name, its Kafka and its Ray.
+            running = discovery.find_deployment()
+            settings = replace(discovery.settings_here(), name=running.name)
+            bootstrap_servers = bootstrap_servers or running.bootstrap_servers
+            if running.ray_auth_mode == "token" and "RAY_AUTH_MODE" not in os.environ:
+                # Up's Ray wants this driver to present the token (~/.ray/auth_token) too: set
+                # RAY_AUTH_MODE as Ray does, refreshing the configuration Ray read at import.
+                from ray._private.authentication.authentication_token_setup import (
+                    _enable_token_auth,
+                )
+
+                _enable_token_auth()
+            ensure_ray(running.ray_address)
+        else:
+            ensure_ray(settings.ray.address or None, settings.ray.num_cpus)
+        # Step 2: Kafka, as given, configured or found in the state directory.
+        bootstrap_servers = (bootstrap_servers or settings.kafka.bootstrap_servers
+                             or discovery.bootstrap_servers(settings.state_dir))
         # The controller may run in another working directory: give it an absolute path.
         root = Path(state_dir) if state_dir is not None else deployment_state_dir(settings)
         controller: Any = ray.remote(Controller).options(

@@ -43,7 +43,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     machine (Ray's own ``address=None`` would attach to it).
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is None:
+    # A local Ray (new, or one `streamdag up` started on 127.0.0.1) runs with cluster mode off.
+    loopback = address is None or address.startswith(("127.0.0.1:", "localhost:"))
+    if loopback:
         # A local Ray binds to loopback only: Ray otherwise resolves 127.0.0.1 to the host's
         # routable address unless "cluster mode" is off (the same switch Ray uses on macOS).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -55,7 +57,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     import ray
     from ray._private import ray_constants
 
-    if address is None:
+    if loopback:
         ray_constants.ENABLE_RAY_CLUSTER = False
     if not ray.is_initialized():
         ray.init(
@@ -65,7 +67,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             configure_logging=False,
-            log_to_driver=True,
+            # `streamdag` commands keep workers' output in Ray's logs (runtime/cli/console.py).
+            log_to_driver=os.environ.get("STREAMDAG_RAY_LOG_TO_DRIVER", "1") != "0",
         )
 
 

@@ -25,9 +25,11 @@ def test_readme_has_python_examples() -> None:
 
 @pytest.mark.integration
 def test_readme_python_examples_run_in_order(
-    ray_session: None, bootstrap: str, tmp_path: Path
+    ray_session: None, bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    namespace: dict[str, object] = {"BOOTSTRAP": bootstrap, "__name__": "readme"}
+    # The examples find Kafka themselves (runtime.deployment.discovery): here the setting.
+    monkeypatch.setenv("STREAMDAG_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+    namespace: dict[str, object] = {"__name__": "readme"}
     for index, (lang, body, _) in enumerate(_blocks()):
         if lang == "python":
             # A real file per block, so user functions defined there have source to hash.

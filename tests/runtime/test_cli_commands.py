@@ -41,6 +41,8 @@ from runtime.deployment.client import (
     add_connection_flags,
     client_from_args,
 )
+from runtime.deployment.discovery import RunningDeployment, bootstrap_servers, find_deployment
+from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
 from streamdag.config import (
     CheckpointSettings,
@@ -100,6 +102,27 @@ def test_an_absent_gateway_is_reported_with_the_fix(tmp_path: Path) -> None:
     assert str(unreachable.value) == (
         "no gateway answers at http://127.0.0.1:1 ([Errno 111] Connection refused); start "
         "one with `streamdag up`, or point --url at a running one")
+
+
+def test_the_gateway_token_is_kept_owner_only_until_rotated(tmp_path: Path) -> None:
+    token = up_command.gateway_token(str(tmp_path))
+    assert stat.S_IMODE((tmp_path / up_command.TOKEN_FILE).stat().st_mode) == 0o600
+    assert up_command.gateway_token(str(tmp_path)) == token
+    rotated = up_command.gateway_token(str(tmp_path), rotate=True)
+    assert rotated != token and len(rotated) == len(token)
+    assert up_command.gateway_token(str(tmp_path)) == rotated
+
+
+def test_up_help_lists_only_the_settings_up_uses() -> None:
+    from streamdag.cli import build_parser
+
+    parser = build_parser()
+    [up_parser] = [action.choices["up"] for action in parser._subparsers._group_actions]  # type: ignore[union-attr]
+    text = up_parser.format_help()
+    for flag in ("--rotate-token", "--gateway-port", "--kafka-bootstrap-servers",
+                 "--ray-address", "--checkpoint-enabled", "--state-dir"):
+        assert flag in text, flag
+    assert "--demo-" not in text
 
 
 # -- top's screen -----------------------------------------------------------------------------
@@ -196,6 +219,9 @@ def test_up_serves_every_command_until_ctrl_c_then_stops_what_it_started(
     [info] = started
     assert out.getvalue().endswith("\nstopping...\nstopped\n")
     assert GatewayAddress.load(tmp_path) is None
+    assert RunningDeployment.load(tmp_path) is None
+    # The token stays for the next `up`.
+    assert up_command.gateway_token(str(tmp_path)) == info.token
     with pytest.raises(ValueError):
         ray.get_actor(info.controller_name, namespace=NODE_NAMESPACE)
     assert not EmbeddedBroker.status_of(tmp_path / "broker").running
@@ -211,15 +237,26 @@ def use_every_command(
     assert GatewayAddress.load(tmp_path) == GatewayAddress(info.url, info.token)
     assert ray.get_actor(info.controller_name, namespace=NODE_NAMESPACE) is not None
     assert EmbeddedBroker.status_of(tmp_path / "broker").running
-    assert up_output.getvalue().splitlines()[:5] == [
+    assert up_output.getvalue().splitlines()[:8] == [
         f"kafka:    {info.bootstrap_servers} (embedded broker, log "
         f"{tmp_path / 'broker' / 'broker.log'})",
+        *up_command.EMBEDDED_BROKER_NOTE.splitlines(),
         f"controller: {info.controller_name} (started)",
         f"gateway:  {info.url}",
         f"token:    {info.token}",
         f"(both written to {tmp_path / 'gateway.json'}; `streamdag submit FILE` finds them "
         "there)",
     ]
+    # Scripts find the deployment, its Kafka and its Ray from the state directory.
+    found = find_deployment(tmp_path)
+    assert (found.bootstrap_servers, found.url) == (info.bootstrap_servers, info.url)
+    assert f"streamdag-controller-{found.name}" == info.controller_name
+    os.environ["STREAMDAG_STATE_DIR"] = str(tmp_path)
+    try:
+        assert bootstrap_servers() == info.bootstrap_servers
+        assert Deployment.connect().list() == []
+    finally:
+        del os.environ["STREAMDAG_STATE_DIR"]
     ticks = f"cli-ticks-{uuid.uuid4().hex[:8]}"
     asyncio.run(ensure_topics(info.bootstrap_servers, {ticks: 1}))
     copy_file, mean_file = tmp_path / "copy.toml", tmp_path / "mean.json"

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import pytest
 
 import streamdag as sd
+from runtime.cli.plan import ORDER_LEGENDS
 from runtime.planning.planner import (
     ExecutionPlan,
     IterateBlock,
@@ -538,8 +539,9 @@ def test_plan_command_prints_the_plan_in_each_format(
 
     assert main(["plan", str(path), "--mode", "batch"]) == 0
     printed = capsys.readouterr().out
-    assert printed == render_text(plan_graph(graph, mode="batch"), graph)
-    assert printed.splitlines()[0] == (
+    assert printed == ORDER_LEGENDS["batch"] + "\n" + render_text(
+        plan_graph(graph, mode="batch"), graph)
+    assert printed.splitlines()[1] == (
         "graph 'newton': batch plan: 3 nodes, 2 edges, 3 generations, max parallelism 1, "
         "1 iterate block"
     )
@@ -549,7 +551,14 @@ def test_plan_command_prints_the_plan_in_each_format(
     ]
 
     assert main(["plan", str(path)]) == 0
-    assert capsys.readouterr().out == render_text(plan_graph(graph), graph)
+    assert capsys.readouterr().out == (ORDER_LEGENDS["streaming"] + "\n"
+                                       + render_text(plan_graph(graph), graph))
+    assert main(["plan", str(path), "--both"]) == 0
+    assert capsys.readouterr().out == (
+        ORDER_LEGENDS["streaming"] + "\n" + render_text(plan_graph(graph), graph) + "\n"
+        + ORDER_LEGENDS["batch"] + "\n" + render_text(plan_graph(graph, mode="batch"), graph))
+    assert ORDER_LEGENDS["streaming"].startswith(
+        "streaming order (live runs and deployments): generation 0 is created first (the sinks)")
     assert main(["plan", str(path), "--format", "mermaid"]) == 0
     assert capsys.readouterr().out == render_mermaid(graph)
     assert main(["plan", str(path), "--format", "dot", "--mode", "batch"]) == 0
