@@ -141,6 +141,9 @@ class NodeHost:
         self._channels: dict[str, Channel] = {}
         self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        #: Held while the worker's output of one step is emitted, so that output of the drain
+        #: loop and of ``unfollow`` never interleaves.
+        self._turn = asyncio.Lock()
         self._source_task: asyncio.Task[None] | None = None
         self._finished: asyncio.Event | None = None
         self._stopping = False
@@ -265,6 +268,19 @@ class NodeHost:
         """Expect pushes on ``edge`` for input ``input_index``."""
         self.worker.connect(edge, input_index)
 
+    def follow(self, edge: str, origin: str) -> int:
+        """A tag query: expect pushes on ``edge`` from node ``origin`` as a new input."""
+        return self.worker.follow(edge, origin)
+
+    async def unfollow(self, edge: str) -> None:
+        """A tag query lets go of ``edge``, once its producer no longer sends on it."""
+        async with self._turn:
+            await self._emit(self.worker.unfollow(edge))
+
+    def followed(self) -> dict[str, str]:
+        """A tag query: the origin of every edge it follows."""
+        return dict(self.worker.origins)
+
     def subscribe(self, edge: str, target: Target) -> None:
         """Send this node's output to ``target`` over ``edge`` from the next batch on."""
         self._channels[edge] = Channel(
@@ -340,7 +356,8 @@ class NodeHost:
             try:
                 if envelope.sent_at:
                     self.worker.stats.hop_latency.observe(max(0.0, time.time() - envelope.sent_at))
-                await self._emit(self.worker.accept(envelope))
+                async with self._turn:
+                    await self._emit(self.worker.accept(envelope))
                 if not done.done():
                     done.set_result(None)
             except Exception as exc:  # surfaced to the sender through its ack

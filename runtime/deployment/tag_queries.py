@@ -1,0 +1,283 @@
+"""A deployment's tag queries: which running nodes each ``tag_query`` node follows.
+
+The controller tells ``TagQueries`` every node a submission registers (``learn``) and calls
+``apply`` after every submission and removal. ``resolve`` (pure) says, for one query, which
+live nodes to follow and which to let go: a node is followed when its tags match, its output
+carries the query's schema, following it makes no loop (it does not read the query's own
+output) and no other followed node has its name (the origin its records are labelled with).
+Every node that matches but is not followed is skipped with its reason, logged once.
+
+``apply`` then carries it out on the node actors: a new upstream is connected to the query as
+a new input before it is subscribed (from its next batch on); one let go is unsubscribed
+first (what it sent is delivered), then the query unfollows its input, which stops counting
+for watermarks at once. What each query follows is persisted in the state directory.
+
+>>> from streamdag.schema import Schema
+>>> from streamdag.tag_query import TagQuery
+>>> signal = Schema.of(value="float64")
+>>> known = {
+...     "q": KnownNode("q", "signals", (), signal, (), TagQuery(("signal",), "all", signal)),
+...     "a": KnownNode("a", "ema_a", ("signal",), signal, ()),
+...     "b": KnownNode("b", "bars", ("signal",), Schema.of(close="float64"), ()),
+... }
+>>> plan = resolve("q", known, {"q", "a", "b"}, {}, {}, next_index=0)
+>>> [(f.upstream, f.origin, f.index) for f in plan.follow], plan.skipped["b"][:31]
+([('a', 'ema_a', 0)], "its output has no field 'value'")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runtime.dataplane.messages import edge_id
+from runtime.deployment.state_files import read_json, write_json_atomically
+from streamdag.schema import Schema
+from streamdag.tag_query import TagQuery
+
+if TYPE_CHECKING:
+    from runtime.deployment.node_actors import NodeActors
+    from streamdag.graph import Graph
+
+__all__ = ["Following", "KnownNode", "Resolution", "TagQueries", "resolve"]
+
+_log = logging.getLogger("streamdag.controller")
+
+
+@dataclass(frozen=True)
+class KnownNode:
+    """What tag queries need of a registered node: name, tags, output schema, static inputs."""
+
+    key: str
+    name: str
+    tags: tuple[str, ...]
+    schema: Schema
+    #: Registry keys of its static inputs.
+    inputs: tuple[str, ...]
+    #: Set when the node is itself a tag query.
+    query: TagQuery | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        data: dict[str, Any] = {"key": self.key, "name": self.name, "tags": list(self.tags),
+                                "schema": [list(pair) for pair in self.schema.fields],
+                                "inputs": list(self.inputs)}
+        if self.query is not None:
+            data["query"] = {"tags": list(self.query.tags), "match": self.query.match,
+                             "schema": [list(pair) for pair in self.query.schema.fields]}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KnownNode:
+        """The node ``to_dict`` wrote."""
+        raw = data.get("query")
+        query = None if raw is None else TagQuery(
+            tuple(raw["tags"]), str(raw["match"]), Schema.from_mapping(raw["schema"]))
+        return cls(str(data["key"]), str(data["name"]), tuple(data["tags"]),
+                   Schema.from_mapping(data["schema"]), tuple(data["inputs"]), query)
+
+
+@dataclass(frozen=True)
+class Following:
+    """One node a query follows: its key, the edge into the query, the input, the origin."""
+
+    upstream: str
+    edge: str
+    index: int
+    origin: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What one query should do now: nodes to follow, ones to let go, and why others are not."""
+
+    follow: tuple[Following, ...]
+    drop: tuple[Following, ...]
+    #: Key of every matching node that is not followed, with the reason.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def resolve(
+    query_key: str,
+    known: Mapping[str, KnownNode],
+    live: Iterable[str],
+    current: Mapping[str, Following],
+    all_followings: Mapping[str, Mapping[str, Following]],
+    *,
+    next_index: int,
+) -> Resolution:
+    """Which ``live`` nodes the query ``query_key`` follows from now on (see the module).
+
+    ``current`` is what it follows now, by upstream key; ``all_followings`` what every query
+    follows (to refuse loops through other queries); new inputs are numbered from
+    ``next_index``, so an input index is never used twice.
+    """
+    query = known[query_key].query
+    assert query is not None, f"node {query_key} is not a tag query"
+    alive = set(live)
+    # Step 1: followed nodes that are gone (removed, or their actor died) are let go.
+    drop = tuple(f for key, f in sorted(current.items()) if key not in alive)
+    kept = {key: f for key, f in current.items() if key in alive}
+    # Step 2: what reads the query's output, through static inputs and followings alike.
+    readers = _downstream_of(query_key, known, all_followings)
+    origins = {f.origin for f in kept.values()}
+    follow: list[Following] = []
+    skipped: dict[str, str] = {}
+    candidates = sorted((node for key, node in known.items()
+                         if key in alive and key != query_key and key not in kept
+                         and query.matches(node.tags)), key=lambda n: (n.name, n.key))
+    for node in candidates:
+        # Step 3: a matching node is followed unless its schema, a loop or its name forbid.
+        reason = query.unfit(node.schema)
+        if reason is None and node.key in readers:
+            reason = "it reads this query's output, so following it would make a loop"
+        if reason is None and node.name in origins:
+            reason = (f"another followed node is named {node.name!r}, and records are "
+                      "labelled with the name of the node they come from; rename one")
+        if reason is not None:
+            skipped[node.key] = reason
+            continue
+        index = next_index + len(follow)
+        follow.append(Following(node.key, edge_id(node.key, query_key, index), index, node.name))
+        origins.add(node.name)
+    return Resolution(tuple(follow), drop, skipped)
+
+
+def _downstream_of(start: str, known: Mapping[str, KnownNode],
+                   followings: Mapping[str, Mapping[str, Following]]) -> set[str]:
+    readers: dict[str, set[str]] = {}
+    for node in known.values():
+        for upstream in node.inputs:
+            readers.setdefault(upstream, set()).add(node.key)
+    for query_key, followed in followings.items():
+        for upstream in followed:
+            readers.setdefault(upstream, set()).add(query_key)
+    seen: set[str] = set()
+    pending = [start]
+    while pending:
+        for reader in readers.get(pending.pop(), ()):
+            if reader not in seen:
+                seen.add(reader)
+                pending.append(reader)
+    return seen
+
+
+@dataclass
+class _QueryState:
+    followed: dict[str, Following] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    next_index: int = 0
+
+
+class TagQueries:
+    """The tag queries of one deployment, what they follow, persisted at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._known: dict[str, KnownNode] = {}
+        self._queries: dict[str, _QueryState] = {}
+        document = read_json(path)
+        if document is not None:
+            self._known = {n["key"]: KnownNode.from_dict(n) for n in document["nodes"]}
+            for key, raw in document["queries"].items():
+                self._queries[key] = _QueryState(
+                    {f["upstream"]: Following(f["upstream"], f["edge"], int(f["index"]),
+                                              f["origin"]) for f in raw["followed"]},
+                    dict(raw["skipped"]), int(raw["next_index"]))
+
+    def learn(self, graph: Graph, keys: Mapping[str, str]) -> None:
+        """Remember the nodes of a submitted ``graph``, each under ``keys[node_id]``."""
+        for node in graph.nodes:
+            key = keys[node.node_id]
+            query = TagQuery.of(node.params) if node.operator == "tag_query" else None
+            self._known.setdefault(key, KnownNode(
+                key, node.name, node.tags, node.output_schema,
+                tuple(keys[i.node_id] for i in node.inputs), query))
+            if query is not None:
+                self._queries.setdefault(key, _QueryState())
+
+    async def apply(self, live: Iterable[str], registered: Iterable[str],
+                    actors: NodeActors) -> None:
+        """Resolve every query against the ``live`` nodes and carry it out on ``actors``.
+
+        ``registered`` are the keys still in the registry: a query no longer among them is
+        being retired, and every node it followed stops sending to it first.
+        """
+        alive, present = set(live), set(registered)
+        # Step 1: retired queries let go of everything (before their actors are stopped).
+        for key in [k for k in self._queries if k not in present]:
+            state = self._queries.pop(key)
+            await asyncio.gather(*(actors.unsubscribe(f.upstream, f.edge)
+                                   for f in state.followed.values()))
+        # Step 2: each query, in key order, follows what matches now and lets go of the rest.
+        for key in sorted(self._queries):
+            if key not in alive:
+                continue
+            state = self._queries[key]
+            plan = resolve(key, self._known, alive, state.followed,
+                           {k: s.followed for k, s in self._queries.items()},
+                           next_index=state.next_index)
+            for following in plan.drop:
+                await self._let_go(actors, key, following)
+                del state.followed[following.upstream]
+            for following in plan.follow:
+                await self._follow(actors, key, following)
+                state.followed[following.upstream] = following
+            state.next_index += len(plan.follow)
+            for upstream, reason in plan.skipped.items():
+                if state.skipped.get(upstream) != reason:
+                    _log.warning("tag query %r (%s) skips node %r: %s", self._known[key].name,
+                                 self._known[key].query.describe()  # type: ignore[union-attr]
+                                 , self._known[upstream].name, reason)
+            state.skipped = plan.skipped
+        # Step 3: nodes no longer registered are forgotten.
+        self._known = {k: n for k, n in self._known.items() if k in present}
+        self._save()
+
+    async def _follow(self, actors: NodeActors, key: str, following: Following) -> None:
+        from runtime.dataplane.channels import RayTarget
+
+        query = actors.handles[key]
+        await query.follow.remote(following.edge, following.origin)
+        await actors.handles[following.upstream].subscribe.remote(following.edge,
+                                                                  RayTarget(query))
+        _log.info("tag query %r follows node %r", self._known[key].name, following.origin)
+
+    async def _let_go(self, actors: NodeActors, key: str, following: Following) -> None:
+        await actors.unsubscribe(following.upstream, following.edge)
+        handle = actors.handles.get(key)
+        if handle is not None:
+            with contextlib.suppress(Exception):  # a dead query has nothing to let go
+                await handle.unfollow.remote(following.edge)
+        _log.info("tag query %r lets go of node %r", self._known[key].name, following.origin)
+
+    def describe(self, key: str) -> dict[str, Any] | None:
+        """What the query of ``key`` follows and skips; None when ``key`` is no tag query."""
+        state = self._queries.get(key)
+        node = self._known.get(key)
+        if state is None or node is None or node.query is None:
+            return None
+        names = {k: n.name for k, n in self._known.items()}
+        return {
+            "query": {"tags": list(node.query.tags), "match": node.query.match,
+                      "schema": node.query.schema.to_dict()},
+            "follows": [{"name": names.get(f.upstream, f.origin), "key": f.upstream,
+                         "origin": f.origin}
+                        for f in sorted(state.followed.values(), key=lambda f: f.origin)],
+            "skipped": [{"name": names.get(k, k), "key": k, "reason": reason}
+                        for k, reason in sorted(state.skipped.items(),
+                                                key=lambda item: names.get(item[0], item[0]))],
+        }
+
+    def _save(self) -> None:
+        write_json_atomically(self._path, {
+            "nodes": [node.to_dict() for _, node in sorted(self._known.items())],
+            "queries": {key: {"followed": [vars(f) for f in state.followed.values()],
+                              "skipped": state.skipped, "next_index": state.next_index}
+                        for key, state in sorted(self._queries.items())},
+        })
