@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from streamdag.batch import Batch
-from streamdag.errors import ParamError, SchemaMismatchError
-from streamdag.graph import Node, make_node
+from streamdag.errors import GraphError, ParamError, SchemaMismatchError
+from streamdag.graph import Graph, Node, make_node
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
 from streamdag.operator_registry import register
 from streamdag.params import MAX_SPAN_NS, Param
@@ -35,6 +35,7 @@ __all__ = [
     "TagQueryDef",
     "TagQueryMerge",
     "label_origin",
+    "refuse_in_runner",
     "tag_query",
 ]
 
@@ -60,13 +61,17 @@ class TagQuery:
     tags: tuple[str, ...]
     match: str
     schema: Schema
+    #: Event time (ns) a node followed later may hold the others back before its first
+    #: watermark.
+    join_grace: int = 0
 
     @classmethod
     def of(cls, params: Mapping[str, Any]) -> TagQuery:
         """The query of a ``tag_query`` node's params."""
         schema = params["schema"]
         assert isinstance(schema, Schema)
-        return cls(tuple(params["tags"]), str(params["match"]), schema)
+        return cls(tuple(params["tags"]), str(params["match"]), schema,
+                   int(params["join_grace"]))
 
     def matches(self, tags: Iterable[str]) -> bool:
         """Whether a node with ``tags`` answers this query."""
@@ -197,3 +202,21 @@ def tag_query(
     params = {"tags": tuple(tags) if not isinstance(tags, str) else tags, "match": match,
               "schema": schema, "join_grace": join_grace}
     return make_node("tag_query", (), params, name=name)
+
+
+def refuse_in_runner(graph: Graph, runner: str) -> None:
+    """Raise GraphError when ``graph`` has a tag query: only a deployment resolves one.
+
+    >>> signals = tag_query(["signal"], schema={"value": "float64"}, name="signals")
+    >>> try:
+    ...     refuse_in_runner(Graph("g", outputs=[signals]), "LocalRunner")
+    ... except GraphError as refusal:
+    ...     print(str(refusal)[:72])
+    graph 'g': tag query node(s) ['signals'] follow the running nodes of a d
+    """
+    queries = [node.name for node in graph.nodes if node.operator == TagQueryDef.type_name]
+    if queries:
+        raise GraphError(
+            f"graph {graph.name!r}: tag query node(s) {queries} follow the running nodes of a "
+            f"deployment, which a {runner} does not have; submit the graph to a deployment "
+            "(Deployment.submit, streamdag submit), or give the node its inputs by name")

@@ -69,7 +69,8 @@ class KnownNode:
                                 "inputs": list(self.inputs)}
         if self.query is not None:
             data["query"] = {"tags": list(self.query.tags), "match": self.query.match,
-                             "schema": [list(pair) for pair in self.query.schema.fields]}
+                             "schema": [list(pair) for pair in self.query.schema.fields],
+                             "join_grace": self.query.join_grace}
         return data
 
     @classmethod
@@ -77,7 +78,8 @@ class KnownNode:
         """The node ``to_dict`` wrote."""
         raw = data.get("query")
         query = None if raw is None else TagQuery(
-            tuple(raw["tags"]), str(raw["match"]), Schema.from_mapping(raw["schema"]))
+            tuple(raw["tags"]), str(raw["match"]), Schema.from_mapping(raw["schema"]),
+            int(raw["join_grace"]))
         return cls(str(data["key"]), str(data["name"]), tuple(data["tags"]),
                    Schema.from_mapping(data["schema"]), tuple(data["inputs"]), query)
 
@@ -265,7 +267,8 @@ class TagQueries:
         names = {k: n.name for k, n in self._known.items()}
         return {
             "query": {"tags": list(node.query.tags), "match": node.query.match,
-                      "schema": node.query.schema.to_dict()},
+                      "schema": node.query.schema.to_dict(),
+                      "join_grace": node.query.join_grace},
             "follows": [{"name": names.get(f.upstream, f.origin), "key": f.upstream,
                          "origin": f.origin}
                         for f in sorted(state.followed.values(), key=lambda f: f.origin)],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import streamdag as sd
-from streamdag.errors import ParamError, SchemaMismatchError
+from streamdag.errors import GraphError, ParamError, SchemaMismatchError
 from streamdag.spec import graph_from_dict, graph_to_dict, loads
 
 
@@ -62,3 +62,13 @@ def test_bad_queries_are_refused_when_built() -> None:
         _query(schema={})
     with pytest.raises(ParamError, match="param 'tags' got 'signal'"):
         sd.make_node("tag_query", (), {"tags": "signal", "schema": {"value": "float64"}})
+
+
+def test_runners_refuse_a_tag_query_and_say_where_it_runs() -> None:
+    from runtime.runners.local_runner import LocalRunner
+
+    signals = _query(name="signals")
+    graph = sd.Graph("portfolio", outputs=[signals.rolling_sum("value", window=2, name="sum")])
+    with pytest.raises(GraphError, match=r"tag query node\(s\) \['signals'\] follow the running "
+                       r"nodes of a deployment, which a LocalRunner does not have; submit"):
+        LocalRunner().run(graph)
