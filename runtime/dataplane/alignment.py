@@ -142,6 +142,9 @@ class EventTimeAligner:
             self._held = [_Runs(batch) for batch in state.held]
             self._watermarks = list(state.watermarks)
             self._released_below = state.released_below
+            if dynamic:  # inputs without a watermark at the cut join again
+                self._joining = {index: (state.released_below, None)
+                                 for index, mark in enumerate(self._watermarks) if mark is None}
         self._pending_bound = self._released_below
 
     @property

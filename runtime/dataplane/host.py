@@ -277,6 +277,11 @@ class NodeHost:
         async with self._turn:
             await self._emit(self.worker.unfollow(edge))
 
+    async def keep_following(self, edges: list[str]) -> None:
+        """A restored tag query lets go of every edge but ``edges``."""
+        async with self._turn:
+            await self._emit(self.worker.keep_following(edges))
+
     def followed(self) -> dict[str, str]:
         """A tag query: the origin of every edge it follows."""
         return dict(self.worker.origins)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +38,10 @@ class WorkerSnapshot:
     logic: bytes
     watermarks: tuple[int | None, ...]
     aligner: AlignerState | None = None
+    #: A node with dynamic inputs (a tag query): the origin of every input so far...
+    origins: tuple[str, ...] = ()
+    #: ...and the edges it follows at the cut, with their input.
+    edges: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -91,6 +95,10 @@ class NodeWorker:
             () if self._dynamic else config.input_schemas or (config.output_schema,))
         #: Per input of a dynamic node: the name of the node it follows.
         self._origins: list[str] = []
+        if self._dynamic and restored is not None:  # the inputs it had at the cut
+            self._origins = list(restored.origins)
+            self._schemas = (config.output_schema,) * len(self._origins)
+            self._edges = {edge: _EdgeState(index) for edge, index in restored.edges}
         inputs = len(self._schemas)
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
@@ -103,6 +111,9 @@ class NodeWorker:
             list(restored.watermarks) if restored is not None else [None] * inputs
         )
         self._ended = [False] * inputs
+        if self._dynamic:  # inputs let go before the cut stay ended
+            followed = {state.input_index for state in self._edges.values()}
+            self._ended = [index not in followed for index in range(inputs)]
         self._barrier_of: list[int | None] = [None] * inputs
         #: The checkpoint of the last cut taken here; a barrier at or below it is stale.
         self._last_cut = 0
@@ -112,6 +123,8 @@ class NodeWorker:
             None if not marks or any(mark is None for mark in marks)
             else min(mark for mark in marks if mark is not None)
         )
+        if self._dynamic and self._aligner is not None:
+            self._emitted_watermark = self._aligner.bound
         self.stats.watermark = self._emitted_watermark
         self.stats.held_events = self._aligner.buffered if self._aligner is not None else 0
         self.finished = False
@@ -166,6 +179,13 @@ class NodeWorker:
         self._blocked.append([])
         self._edges[edge] = _EdgeState(index)
         return index
+
+    def keep_following(self, edges: Iterable[str]) -> list[Payload]:
+        """Let go of every followed edge but ``edges`` (after a restore: what the cut held
+        and the deployment no longer follows)."""
+        kept = set(edges)
+        return [out for edge in list(self._edges) if edge not in kept
+                for out in self.unfollow(edge)]
 
     def unfollow(self, edge: str) -> list[Payload]:
         """A dynamic node lets go of the input on ``edge`` (its producer sends no more).
@@ -357,6 +377,9 @@ class NodeWorker:
         self.snapshots[checkpoint_id] = WorkerSnapshot(
             checkpoint_id, self.logic.snapshot(), tuple(self._watermarks),
             self._aligner.state() if self._aligner is not None else None,
+            tuple(self._origins),
+            tuple((edge, state.input_index) for edge, state in self._edges.items())
+            if self._dynamic else (),
         )
         self.stats.checkpoints += 1
         self._last_cut = checkpoint_id

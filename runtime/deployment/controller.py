@@ -62,6 +62,7 @@ from runtime.deployment.node_registry import (
     node_requests,
     release,
     retirement_order,
+    with_follows,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
 from runtime.deployment.state_files import load_registry, save_graph, save_registry
@@ -148,6 +149,7 @@ class Controller(StopAndResume):
                              if settings.checkpoint.enabled else None)
         #: What every tag-query node follows (resolved after each submission and removal).
         self._tag_queries = TagQueries(self.state_dir / "tag_queries.json")
+        self._actors.origins.update(self._tag_queries.origins())
         start_when_restarted_by_ray()
 
     # -- start and reconcile ----------------------------------------------------------------
@@ -229,7 +231,6 @@ class Controller(StopAndResume):
         if refusal is not None:  # dead nodes, or nodes held since their region failed
             raise _SubmissionFailedError(refusal)
         await asyncio.gather(*(self._retiring[k] for k in keys.values() if k in self._retiring))
-        self._refuse_tag_queries_with_checkpoints(graph)
         # Step 2: map every node to its actor in the registry.
         self._registry = acquire(self._registry, submission,
                                  node_requests(self.deployment, graph.nodes, keys))
@@ -470,6 +471,7 @@ class Controller(StopAndResume):
         """Recover the regions of ``causes`` (crashed or failed nodes), or fail their graphs."""
         if self._checkpoints is not None:
             recovered, causes = await self._checkpoints.recover_regions(self._registry, causes)
+            await self._tag_queries.after_recovery(recovered, self._actors)
             self._registry = mark_alive(self._registry, recovered)
             self._registry = mark_dead(self._registry, causes)
             self._save_registry()
@@ -553,22 +555,19 @@ class Controller(StopAndResume):
 
     # -- tag queries ------------------------------------------------------------------------
     async def _follow_tags(self) -> None:
-        """Every tag query follows the live nodes that match it now (``tag_queries``)."""
+        """Every tag query follows the live nodes that match it now (``tag_queries``); the
+        registry holds it (a query and what it follows are one region)."""
         await self._tag_queries.apply(self._registry.live_keys(), self._registry.entries,
                                       self._actors)
+        self._registry = with_follows(self._registry, self._tag_queries.follows())
+        self._save_registry()
+        await self._reconcile_checkpoints()
 
     def _add_tag_query(self, node: dict[str, Any], key: str) -> None:
         query = self._tag_queries.describe(key)
         if query is not None:
             node["tag_query"] = query
 
-    def _refuse_tag_queries_with_checkpoints(self, graph: Graph) -> None:
-        queries = [n.name for n in graph.nodes if n.operator == "tag_query"]
-        if queries and self._checkpoints is not None:
-            raise _SubmissionFailedError(
-                f"graph {graph.name!r}: tag query node(s) {queries} cannot run in a deployment "
-                "with [checkpoint] enabled yet (what they follow is not part of a checkpoint); "
-                "submit the graph to a deployment without checkpoints")
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         """Fresh per-node figures plus the controller's own counters."""

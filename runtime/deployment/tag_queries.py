@@ -242,21 +242,38 @@ class TagQueries:
         self._save()
 
     async def _follow(self, actors: NodeActors, key: str, following: Following) -> None:
-        from runtime.dataplane.channels import RayTarget
-
-        query = actors.handles[key]
-        await query.follow.remote(following.edge, following.origin)
-        await actors.handles[following.upstream].subscribe.remote(following.edge,
-                                                                  RayTarget(query))
+        actors.origins[following.edge] = following.origin
+        await actors.subscribe(following.edge, following.upstream, key, following.index)
         _log.info("tag query %r follows node %r", self._known[key].name, following.origin)
 
     async def _let_go(self, actors: NodeActors, key: str, following: Following) -> None:
         await actors.unsubscribe(following.upstream, following.edge)
+        actors.origins.pop(following.edge, None)
         handle = actors.handles.get(key)
         if handle is not None:
             with contextlib.suppress(Exception):  # a dead query has nothing to let go
                 await handle.unfollow.remote(following.edge)
         _log.info("tag query %r lets go of node %r", self._known[key].name, following.origin)
+
+    def follows(self) -> dict[str, tuple[tuple[str, int, str], ...]]:
+        """What every query follows, as the registry holds it (``with_follows``)."""
+        return {key: tuple((f.upstream, f.index, f.origin)
+                           for f in sorted(state.followed.values(), key=lambda f: f.index))
+                for key, state in self._queries.items()}
+
+    def origins(self) -> dict[str, str]:
+        """The origin of every edge into a query (``NodeActors.origins``)."""
+        return {f.edge: f.origin for state in self._queries.values()
+                for f in state.followed.values()}
+
+    async def after_recovery(self, keys: Iterable[str], actors: NodeActors) -> None:
+        """Restored queries among ``keys`` let go of what their checkpoint followed and the
+        deployment no longer does (what it follows now was wired by the recovery)."""
+        for key in keys:
+            state = self._queries.get(key)
+            handle = actors.handles.get(key)
+            if state is not None and handle is not None:
+                await handle.keep_following.remote([f.edge for f in state.followed.values()])
 
     def describe(self, key: str) -> dict[str, Any] | None:
         """What the query of ``key`` follows and skips; None when ``key`` is no tag query."""

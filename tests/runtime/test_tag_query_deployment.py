@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import ray
+from actor_kills import kill_actor_process
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -24,7 +25,7 @@ from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.gateway import create_app
 from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
-from streamdag.config import GatewaySettings, KafkaSettings, Settings
+from streamdag.config import CheckpointSettings, GatewaySettings, KafkaSettings, Settings
 from streamdag.spec import graph_to_dict
 
 pytestmark = pytest.mark.integration
@@ -48,6 +49,22 @@ def deployment(ray_session: None, broker: EmbeddedBroker,
     prefix = f"streamdag-{name}-node-"
     assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
                 if a["namespace"] == NODE_NAMESPACE and a["name"].startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def checkpointed(ray_session: None, broker: EmbeddedBroker,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A deployment that checkpoints every 0.3 s and recovers after a 0.2 s backoff."""
+    name = f"tqc{uuid.uuid4().hex[:8]}"
+    state: Path = tmp_path_factory.mktemp("tag-queries-checkpointed")
+    opened = Deployment.connect(
+        Settings(name=name, state_dir=str(state), kafka=KafkaSettings(partitions=1),
+                 checkpoint=CheckpointSettings(enabled=True, interval_s=0.3, backoff_s=0.2)),
+        str(broker.bootstrap_servers), state_dir=state / name,
+        options=ControllerOptions(grace_s=0.0, health_interval_s=0.0,
+                                  lifecycle_topic=f"{name}.lifecycle"))
+    yield opened
+    opened.shutdown()
 
 
 def _topic(stem: str) -> str:
@@ -206,3 +223,30 @@ def test_a_portfolio_follows_strategies_as_they_come_and_go(
     for submission in (first, third, portfolio, again):
         deployment.remove(submission["id"])
     assert deployment.nodes() == []
+
+
+def test_what_a_query_follows_survives_a_recovery_exactly_once(
+    checkpointed: Deployment, broker: EmbeddedBroker
+) -> None:
+    """s2 is followed after the query's last checkpoint; its actor is killed: the restored
+    query follows s1 and s2 again, and the output has every record once."""
+    bootstrap = str(broker.bootstrap_servers)
+    ticks, out = _topic("ticks"), _topic("portfolio")
+    asyncio.run(ensure_topics(bootstrap, {ticks: 1}))
+    portfolio = checkpointed.submit(_portfolio("portfolio", out))
+    checkpointed.submit(_strategy(1, ticks))
+    _produce(bootstrap, ticks, 1, 10)
+    reader = _Reader(bootstrap, out)
+    assert reader.next(9) == _expected(1, 9, [1])  # published: a checkpoint holds them
+
+    checkpointed.submit(_strategy(2, ticks))
+    query = next(n["actor"] for n in portfolio["nodes"] if n["name"] == "signals")
+    kill_actor_process(ray.get_actor(query, namespace=NODE_NAMESPACE))
+    problems = checkpointed.check_health()  # finds the dead actor; its region recovers
+    assert len(problems) == 1 and " died: " in problems[0]
+    [region] = checkpointed.checkpoints(portfolio["id"])  # the query joined the strategies'
+    assert region["recoveries"] == 1
+    assert _follows(checkpointed, portfolio) == (["s1", "s2"], [])
+
+    _produce(bootstrap, ticks, 11, 20)
+    assert reader.next(1 + 9 * 2) == [(10, "s1/A", 10.0), *_expected(11, 19, [1, 2])]
