@@ -269,8 +269,13 @@ class NodeHost:
         self.worker.connect(edge, input_index)
 
     def follow(self, edge: str, origin: str) -> int:
-        """A tag query: expect pushes on ``edge`` from node ``origin`` as a new input."""
-        return self.worker.follow(edge, origin)
+        """A tag query: expect pushes on ``edge`` from node ``origin`` as a new input.
+
+        Returns the incarnation its pushes must carry at least (this node's): a node it
+        follows may have been created before this one was restored.
+        """
+        self.worker.follow(edge, origin)
+        return self.incarnation
 
     async def unfollow(self, edge: str) -> None:
         """A tag query lets go of ``edge``, once its producer no longer sends on it."""
@@ -286,10 +291,12 @@ class NodeHost:
         """A tag query: the origin of every edge it follows."""
         return dict(self.worker.origins)
 
-    def subscribe(self, edge: str, target: Target) -> None:
-        """Send this node's output to ``target`` over ``edge`` from the next batch on."""
+    def subscribe(self, edge: str, target: Target, incarnation: int = 0) -> None:
+        """Send this node's output to ``target`` over ``edge`` from the next batch on, as
+        incarnation ``incarnation`` if that is newer than this node's own."""
         self._channels[edge] = Channel(
-            edge, target, credits=self.settings.credits, incarnation=self.incarnation
+            edge, target, credits=self.settings.credits,
+            incarnation=max(self.incarnation, incarnation),
         )
 
     async def unsubscribe(self, edge: str) -> None:

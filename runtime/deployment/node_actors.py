@@ -102,8 +102,8 @@ class NodeActors(RayNodes):
         from runtime.dataplane.channels import RayTarget
 
         query = self.handles[downstream]
-        await query.follow.remote(edge, origin)
-        await self.handles[upstream].subscribe.remote(edge, RayTarget(query))
+        incarnation = await query.follow.remote(edge, origin)
+        await self.handles[upstream].subscribe.remote(edge, RayTarget(query), incarnation)
 
     def checkpoints_for(self, key: str) -> CheckpointTarget | None:
         """The target of ``key``'s region (None: the deployment does not checkpoint)."""

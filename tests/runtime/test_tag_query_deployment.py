@@ -36,25 +36,8 @@ Record = tuple[int, str, float]
 @pytest.fixture(scope="module")
 def deployment(ray_session: None, broker: EmbeddedBroker,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """One deployment for the module; shut down (every node actor gone) afterwards."""
-    name = f"tq{uuid.uuid4().hex[:8]}"
-    state: Path = tmp_path_factory.mktemp("tag-queries")
-    opened = Deployment.connect(
-        Settings(name=name, state_dir=str(state), kafka=KafkaSettings(partitions=1)),
-        str(broker.bootstrap_servers), state_dir=state / name,
-        options=ControllerOptions(grace_s=0.0, health_interval_s=0.0,
-                                  lifecycle_topic=f"{name}.lifecycle"))
-    yield opened
-    opened.shutdown()
-    prefix = f"streamdag-{name}-node-"
-    assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["namespace"] == NODE_NAMESPACE and a["name"].startswith(prefix)]
-
-
-@pytest.fixture(scope="module")
-def checkpointed(ray_session: None, broker: EmbeddedBroker,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """A deployment that checkpoints every 0.3 s and recovers after a 0.2 s backoff."""
+    """One deployment for the module, checkpointing every 0.3 s and recovering after a 0.2 s
+    backoff; shut down (every node actor gone) afterwards."""
     name = f"tqc{uuid.uuid4().hex[:8]}"
     state: Path = tmp_path_factory.mktemp("tag-queries-checkpointed")
     opened = Deployment.connect(
@@ -65,6 +48,9 @@ def checkpointed(ray_session: None, broker: EmbeddedBroker,
                                   lifecycle_topic=f"{name}.lifecycle"))
     yield opened
     opened.shutdown()
+    prefix = f"streamdag-{name}-node-"
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == NODE_NAMESPACE and a["name"].startswith(prefix)]
 
 
 def _topic(stem: str) -> str:
@@ -76,10 +62,9 @@ def _ticks(topic: str) -> sd.Node:
 
 
 def _strategy(k: int, ticks_topic: str, *extra: sd.Node) -> sd.Graph:
-    """Signal ``s<k>`` = k * price, tagged ``signal``, written to a topic of its own."""
+    """Signal ``s<k>`` = k * price, tagged ``signal`` (the portfolio is what reads it)."""
     signal = _ticks(ticks_topic).map(f"price * {k}", name=f"s{k}", tags=["signal"])
-    return sd.Graph(f"strategy{k}", outputs=[signal.to_topic(_topic(f"s{k}"), name=f"out{k}"),
-                                             *extra])
+    return sd.Graph(f"strategy{k}", outputs=[signal, *extra])
 
 
 def _portfolio(name: str, topic: str) -> sd.Graph:
@@ -164,7 +149,7 @@ async def _through_the_gateway(
         return submitted, node, (missing.status, errors)
 
 
-def test_a_portfolio_follows_strategies_as_they_come_and_go(
+def test_a_portfolio_follows_strategies_as_they_come_and_go_and_through_a_recovery(
     deployment: Deployment, broker: EmbeddedBroker
 ) -> None:
     bootstrap = str(broker.bootstrap_servers)
@@ -175,22 +160,30 @@ def test_a_portfolio_follows_strategies_as_they_come_and_go(
     assert _follows(deployment, portfolio) == ([], [])
     reader = _Reader(bootstrap, out)
 
-    # Strategy 1: ticks 1..10 reach the portfolio through s1 (10 waits for the watermark).
+    # Strategy 1: ticks 1..10 reach the portfolio through s1 (10 waits for the watermark);
+    # its sink publishes them once a checkpoint holds them.
     first = deployment.submit(_strategy(1, ticks))
     assert _follows(deployment, portfolio) == (["s1"], [])
     _produce(bootstrap, ticks, 1, 10)
     assert reader.next(9) == _expected(1, 9, [1])
 
-    # Strategy 2 joins: from the next ticks on, both, merged by event time.
+    # Strategy 2 joins after the query's last checkpoint, and the query's actor is killed:
+    # the restored query follows s1 and s2 again; from the next ticks on, both, merged by
+    # event time, each record once.
     second = deployment.submit(_strategy(2, ticks))
-    assert second["state"] == "executing"
+    query = next(n["actor"] for n in portfolio["nodes"] if n["name"] == "signals")
+    kill_actor_process(ray.get_actor(query, namespace=NODE_NAMESPACE))
+    problems = deployment.check_health()  # finds the dead actor; its region recovers
+    assert len(problems) == 1 and " died: " in problems[0]
+    [region] = deployment.checkpoints(portfolio["id"])  # the query joined the strategies'
+    assert region["recoveries"] == 1
     assert _follows(deployment, portfolio) == (["s1", "s2"], [])
     _produce(bootstrap, ticks, 11, 20)
     assert reader.next(1 + 9 * 2) == [(10, "s1/A", 10.0), *_expected(11, 19, [1, 2])]
 
     # Strategy 3 brings a node tagged "signal" without a "value": skipped, not fatal.
     raw = _ticks(ticks).filter("price > 0", name="raw", tags=["signal"])
-    third = deployment.submit(_strategy(3, ticks, raw.to_topic(_topic("raw"), name="raw_out")))
+    third = deployment.submit(_strategy(3, ticks, raw))
     assert third["state"] == "executing"
     assert _follows(deployment, portfolio) == (["s1", "s2", "s3"], ["raw"])
     _produce(bootstrap, ticks, 21, 30)
@@ -198,7 +191,7 @@ def test_a_portfolio_follows_strategies_as_they_come_and_go(
                                        *_expected(21, 29, [1, 2, 3])]
 
     # Strategy 2 is removed: the portfolio lets go of s2, and what s2 sent still comes out.
-    assert deployment.remove(second["id"])["retired"] == ["s2", "out2"]
+    assert deployment.remove(second["id"])["retired"] == ["s2"]
     assert _follows(deployment, portfolio) == (["s1", "s3"], ["raw"])
     _produce(bootstrap, ticks, 31, 40)
     assert reader.next(3 + 9 * 2) == [*_expected(30, 30, [1, 2, 3]),
@@ -223,30 +216,3 @@ def test_a_portfolio_follows_strategies_as_they_come_and_go(
     for submission in (first, third, portfolio, again):
         deployment.remove(submission["id"])
     assert deployment.nodes() == []
-
-
-def test_what_a_query_follows_survives_a_recovery_exactly_once(
-    checkpointed: Deployment, broker: EmbeddedBroker
-) -> None:
-    """s2 is followed after the query's last checkpoint; its actor is killed: the restored
-    query follows s1 and s2 again, and the output has every record once."""
-    bootstrap = str(broker.bootstrap_servers)
-    ticks, out = _topic("ticks"), _topic("portfolio")
-    asyncio.run(ensure_topics(bootstrap, {ticks: 1}))
-    portfolio = checkpointed.submit(_portfolio("portfolio", out))
-    checkpointed.submit(_strategy(1, ticks))
-    _produce(bootstrap, ticks, 1, 10)
-    reader = _Reader(bootstrap, out)
-    assert reader.next(9) == _expected(1, 9, [1])  # published: a checkpoint holds them
-
-    checkpointed.submit(_strategy(2, ticks))
-    query = next(n["actor"] for n in portfolio["nodes"] if n["name"] == "signals")
-    kill_actor_process(ray.get_actor(query, namespace=NODE_NAMESPACE))
-    problems = checkpointed.check_health()  # finds the dead actor; its region recovers
-    assert len(problems) == 1 and " died: " in problems[0]
-    [region] = checkpointed.checkpoints(portfolio["id"])  # the query joined the strategies'
-    assert region["recoveries"] == 1
-    assert _follows(checkpointed, portfolio) == (["s1", "s2"], [])
-
-    _produce(bootstrap, ticks, 11, 20)
-    assert reader.next(1 + 9 * 2) == [(10, "s1/A", 10.0), *_expected(11, 19, [1, 2])]
