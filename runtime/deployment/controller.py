@@ -234,7 +234,7 @@ class Controller(StopAndResume):
         # Step 2: map every node to its actor in the registry.
         self._registry = acquire(self._registry, submission,
                                  node_requests(self.deployment, graph.nodes, keys))
-        self._tag_queries.learn(graph, keys)
+        self._tag_queries.learn(submission, graph, keys)
         leaves = {n.node_id for n in (*graph.sinks, *graph.outputs)}
         self._records[submission] = dataclasses.replace(
             self._records[submission], holds_nodes=True, diff=DiffSummary.of(diff, names),

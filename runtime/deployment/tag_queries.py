@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from streamdag.tag_query import TagQuery
 
 if TYPE_CHECKING:
     from runtime.deployment.node_actors import NodeActors
+    from runtime.deployment.node_registry import NodeEntry
     from streamdag.graph import Graph
 
 __all__ = ["Following", "KnownNode", "Resolution", "TagQueries", "resolve"]
@@ -51,7 +52,11 @@ _log = logging.getLogger("streamdag.controller")
 
 @dataclass(frozen=True)
 class KnownNode:
-    """What tag queries need of a registered node: name, tags, output schema, static inputs."""
+    """What tag queries need of a registered node: name, tags, output schema, static inputs.
+
+    Tags are not part of a node's id: a node shared by several graphs carries the tags any
+    of them gives it.
+    """
 
     key: str
     name: str
@@ -122,9 +127,11 @@ def resolve(
     query = known[query_key].query
     assert query is not None, f"node {query_key} is not a tag query"
     alive = set(live)
-    # Step 1: followed nodes that are gone (removed, or their actor died) are let go.
-    drop = tuple(f for key, f in sorted(current.items()) if key not in alive)
-    kept = {key: f for key, f in current.items() if key in alive}
+    # Step 1: followed nodes that are gone (removed, or their actor died) or no longer carry
+    # the tags (the graph that tagged a shared node was removed) are let go.
+    kept = {key: f for key, f in current.items()
+            if key in alive and key in known and query.matches(known[key].tags)}
+    drop = tuple(f for key, f in sorted(current.items()) if key not in kept)
     # Step 2: what reads the query's output, through static inputs and followings alike.
     readers = _downstream_of(query_key, known, all_followings)
     origins = {f.origin for f in kept.values()}
@@ -182,20 +189,26 @@ class TagQueries:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._known: dict[str, KnownNode] = {}
+        #: The tags each submission gives each node, by key then submission.
+        self._tags: dict[str, dict[str, tuple[str, ...]]] = {}
         self._queries: dict[str, _QueryState] = {}
         document = read_json(path)
         if document is not None:
             self._known = {n["key"]: KnownNode.from_dict(n) for n in document["nodes"]}
+            self._tags = {key: {graph: tuple(tags) for graph, tags in by_graph.items()}
+                          for key, by_graph in document["tags"].items()}
             for key, raw in document["queries"].items():
                 self._queries[key] = _QueryState(
                     {f["upstream"]: Following(f["upstream"], f["edge"], int(f["index"]),
                                               f["origin"]) for f in raw["followed"]},
                     dict(raw["skipped"]), int(raw["next_index"]))
 
-    def learn(self, graph: Graph, keys: Mapping[str, str]) -> None:
-        """Remember the nodes of a submitted ``graph``, each under ``keys[node_id]``."""
+    def learn(self, submission: str, graph: Graph, keys: Mapping[str, str]) -> None:
+        """Remember the nodes of ``graph`` (submitted as ``submission``), each under
+        ``keys[node_id]``, and the tags it gives them."""
         for node in graph.nodes:
             key = keys[node.node_id]
+            self._tags.setdefault(key, {})[submission] = node.tags
             query = TagQuery.of(node.params) if node.operator == "tag_query" else None
             self._known.setdefault(key, KnownNode(
                 key, node.name, node.tags, node.output_schema,
@@ -203,14 +216,21 @@ class TagQueries:
             if query is not None:
                 self._queries.setdefault(key, _QueryState())
 
-    async def apply(self, live: Iterable[str], registered: Iterable[str],
+    async def apply(self, live: Iterable[str], registered: Mapping[str, NodeEntry],
                     actors: NodeActors) -> None:
         """Resolve every query against the ``live`` nodes and carry it out on ``actors``.
 
-        ``registered`` are the keys still in the registry: a query no longer among them is
-        being retired, and every node it followed stops sending to it first.
+        ``registered`` are the registry's entries: a query no longer among them is being
+        retired, and every node it followed stops sending to it first; a node carries the
+        tags the graphs that use it give it.
         """
         alive, present = set(live), set(registered)
+        self._tags = {key: {graph: tags for graph, tags in self._tags[key].items()
+                            if graph in entry.graphs}
+                      for key, entry in registered.items() if key in self._tags}
+        known = {key: replace(node, tags=tuple(sorted(
+                     {tag for tags in self._tags.get(key, {}).values() for tag in tags})))
+                 for key, node in self._known.items()}
         # Step 1: retired queries let go of everything (before their actors are stopped).
         for key in [k for k in self._queries if k not in present]:
             state = self._queries.pop(key)
@@ -221,7 +241,7 @@ class TagQueries:
             if key not in alive:
                 continue
             state = self._queries[key]
-            plan = resolve(key, self._known, alive, state.followed,
+            plan = resolve(key, known, alive, state.followed,
                            {k: s.followed for k, s in self._queries.items()},
                            next_index=state.next_index)
             for following in plan.drop:
@@ -233,9 +253,8 @@ class TagQueries:
             state.next_index += len(plan.follow)
             for upstream, reason in plan.skipped.items():
                 if state.skipped.get(upstream) != reason:
-                    _log.warning("tag query %r (%s) skips node %r: %s", self._known[key].name,
-                                 self._known[key].query.describe()  # type: ignore[union-attr]
-                                 , self._known[upstream].name, reason)
+                    _log.warning("tag query %r skips node %r: %s", known[key].name,
+                                 known[upstream].name, reason)
             state.skipped = plan.skipped
         # Step 3: nodes no longer registered are forgotten.
         self._known = {k: n for k, n in self._known.items() if k in present}
@@ -297,6 +316,8 @@ class TagQueries:
     def _save(self) -> None:
         write_json_atomically(self._path, {
             "nodes": [node.to_dict() for _, node in sorted(self._known.items())],
+            "tags": {key: {graph: list(tags) for graph, tags in sorted(by_graph.items())}
+                     for key, by_graph in sorted(self._tags.items())},
             "queries": {key: {"followed": [vars(f) for f in state.followed.values()],
                               "skipped": state.skipped, "next_index": state.next_index}
                         for key, state in sorted(self._queries.items())},

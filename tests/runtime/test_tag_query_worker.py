@@ -3,13 +3,17 @@ every record labelled with its origin; checked against a plain-Python reference.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamdag as sd
 from runtime.dataplane.messages import Envelope, Payload, Watermark
 from runtime.dataplane.worker import NodeWorker
-from runtime.deployment.tag_queries import Following, KnownNode, resolve
+from runtime.deployment.node_registry import NodeEntry
+from runtime.deployment.tag_queries import Following, KnownNode, TagQueries, resolve
 from streamdag.batch import Batch
 from streamdag.schema import Schema
 from streamdag.tag_query import TagQuery
@@ -139,3 +143,63 @@ def test_resolution_follows_matches_and_skips_misfits_loops_and_name_clashes() -
     assert again.drop == (plan.follow[0],)
     assert [(f.upstream, f.index) for f in again.follow] == [("d", 4)]
     assert again.follow[0] == Following("d", again.follow[0].edge, 4, "momentum")
+
+
+class _Handle:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.unfollow = self  # handle.unfollow.remote(edge)
+
+    async def remote(self, edge: str) -> None:
+        self.calls.append(f"unfollow {edge}")
+
+
+class _Actors:
+    """What TagQueries calls on NodeActors, recorded."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.calls: list[str] = []
+        self.origins: dict[str, str] = {}
+        self.handles = {key: _Handle(self.calls) for key in keys}
+
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+        self.calls.append(f"follow {self.origins[edge]} #{index}")
+
+    def unsubscribe(self, upstream: str, edge: str) -> asyncio.Future[None]:
+        self.calls.append(f"unsubscribe {edge}")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_a_shared_node_carries_the_tags_of_the_graphs_that_still_use_it(
+    tmp_path: Path
+) -> None:
+    ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    tagged = ticks.ema("price", span=5, name="ema", tags=["signal"])
+    plain = ticks.ema("price", span=5, name="ema")  # the same node, no tags
+    signals = sd.tag_query(["signal"], schema={"value": "float64"}, name="signals")
+    graphs = {"g1": sd.Graph("g1", outputs=[tagged]), "g2": sd.Graph("g2", outputs=[plain]),
+              "p": sd.Graph("p", outputs=[signals])}
+    queries = TagQueries(tmp_path / "tag_queries.json")
+    for submission, graph in graphs.items():
+        queries.learn(submission, graph, {n.node_id: n.node_id for n in graph.nodes})
+
+    def entries(users: dict[str, set[str]]) -> dict[str, NodeEntry]:
+        return {node.node_id: NodeEntry(node.node_id, node.node_id, "a", node.name, "op",
+                                        "operator", (), frozenset(users[node.name]))
+                for node in (ticks, tagged, signals)}
+
+    actors = _Actors([ticks.node_id, tagged.node_id, signals.node_id])
+    both = entries({"ticks": {"g1", "g2"}, "ema": {"g1", "g2"}, "signals": {"p"}})
+    await queries.apply(both, both, actors)  # type: ignore[arg-type]
+    assert actors.calls == ["follow ema #0"]
+    assert queries.follows() == {signals.node_id: ((tagged.node_id, 0, "ema"),)}
+    # g1, which tagged it, is removed: the node runs on for g2, untagged, and is let go.
+    untagged = entries({"ticks": {"g2"}, "ema": {"g2"}, "signals": {"p"}})
+    await queries.apply(untagged, untagged, actors)  # type: ignore[arg-type]
+    edge = f"{tagged.node_id[:16]}->{signals.node_id[:16]}#0"
+    assert actors.calls[1:] == [f"unsubscribe {edge}", f"unfollow {edge}"]
+    assert queries.follows() == {signals.node_id: ()}
+    # A controller that restarts reads back the same state.
+    assert TagQueries(tmp_path / "tag_queries.json").follows() == queries.follows()
