@@ -154,6 +154,9 @@ class NodeWorker:
     # -- wiring ---------------------------------------------------------------------------
     def connect(self, edge: str, input_index: int) -> None:
         """Expect envelopes on ``edge`` for input ``input_index``."""
+        if self._dynamic and edge not in self._edges:
+            raise TypeError(f"node {self.config.name!r} ({self.config.operator}) has no fixed "
+                            f"inputs to connect edge {edge!r} to; it follows nodes (follow)")
         if edge not in self._edges:
             self._edges[edge] = _EdgeState(input_index)
 

@@ -2,8 +2,9 @@
 
 Routes: ``POST /graphs`` (a graph spec, JSON or TOML by Content-Type; 201 with the diff and an
 id), ``GET /graphs``, ``GET /graphs/{id}``, ``DELETE /graphs/{id}``, ``GET /nodes``,
-``GET /healthz`` (open) and ``GET /metrics`` (Prometheus text). Everything but ``/healthz``
-needs ``Authorization: Bearer <token>``. Errors answer ``{"errors": [{"node", "type",
+``GET /nodes/{id}`` (a tag query: what it follows and skips), ``GET /healthz`` (open) and
+``GET /metrics`` (Prometheus text). Everything but ``/healthz`` needs
+``Authorization: Bearer <token>``. Errors answer ``{"errors": [{"node", "type",
 "message"}]}``.
 
 Specs are data only: a body is parsed as JSON or TOML, never unpickled or imported, and it is

@@ -256,6 +256,9 @@ class TagQueries:
                     _log.warning("tag query %r skips node %r: %s", known[key].name,
                                  known[upstream].name, reason)
             state.skipped = plan.skipped
+            # A query resumed from a snapshot may hold edges nothing sends on any more.
+            await actors.handles[key].keep_following.remote(
+                [f.edge for f in state.followed.values()])
         # Step 3: nodes no longer registered are forgotten.
         self._known = {k: n for k, n in self._known.items() if k in present}
         self._save()

@@ -145,13 +145,18 @@ def test_resolution_follows_matches_and_skips_misfits_loops_and_name_clashes() -
     assert again.follow[0] == Following("d", again.follow[0].edge, 4, "momentum")
 
 
+class _Method:
+    def __init__(self, calls: list[str], name: str) -> None:
+        self.calls, self.name = calls, name
+
+    async def remote(self, argument: object) -> None:
+        self.calls.append(f"{self.name} {argument}")
+
+
 class _Handle:
     def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
-        self.unfollow = self  # handle.unfollow.remote(edge)
-
-    async def remote(self, edge: str) -> None:
-        self.calls.append(f"unfollow {edge}")
+        self.unfollow = _Method(calls, "unfollow")
+        self.keep_following = _Method(calls, "keep_following")
 
 
 class _Actors:
@@ -193,13 +198,13 @@ async def test_a_shared_node_carries_the_tags_of_the_graphs_that_still_use_it(
     actors = _Actors([ticks.node_id, tagged.node_id, signals.node_id])
     both = entries({"ticks": {"g1", "g2"}, "ema": {"g1", "g2"}, "signals": {"p"}})
     await queries.apply(both, both, actors)  # type: ignore[arg-type]
-    assert actors.calls == ["follow ema #0"]
+    edge = f"{tagged.node_id[:16]}->{signals.node_id[:16]}#0"
+    assert actors.calls == ["follow ema #0", f"keep_following {[edge]}"]
     assert queries.follows() == {signals.node_id: ((tagged.node_id, 0, "ema"),)}
     # g1, which tagged it, is removed: the node runs on for g2, untagged, and is let go.
     untagged = entries({"ticks": {"g2"}, "ema": {"g2"}, "signals": {"p"}})
     await queries.apply(untagged, untagged, actors)  # type: ignore[arg-type]
-    edge = f"{tagged.node_id[:16]}->{signals.node_id[:16]}#0"
-    assert actors.calls[1:] == [f"unsubscribe {edge}", f"unfollow {edge}"]
+    assert actors.calls[2:] == [f"unsubscribe {edge}", f"unfollow {edge}", "keep_following []"]
     assert queries.follows() == {signals.node_id: ()}
     # A controller that restarts reads back the same state.
     assert TagQueries(tmp_path / "tag_queries.json").follows() == queries.follows()
