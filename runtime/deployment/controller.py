@@ -408,6 +408,7 @@ class Controller(StopAndResume):
             for key in order:
                 await self._actors.stop(key, entries[key].actor_name)
             self._registry = NodeRegistry()
+            await self._tag_queries.apply((), {}, self._actors)  # no query follows anything
             self._stats.clear()
             self._save_registry()
             self._save_submissions()

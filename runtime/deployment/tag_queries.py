@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.dataplane.messages import edge_id
+from runtime.deployment.node_registry import RegistryFileError
 from runtime.deployment.state_files import read_json, write_json_atomically
 from streamdag.schema import Schema
 from streamdag.tag_query import TagQuery
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["Following", "KnownNode", "Resolution", "TagQueries", "resolve"]
 
 _log = logging.getLogger("streamdag.controller")
+#: Version of the persisted document; a different one is refused when loading.
+_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,11 @@ class TagQueries:
         self._queries: dict[str, _QueryState] = {}
         document = read_json(path)
         if document is not None:
+            if document.get("format") != _FORMAT:
+                raise RegistryFileError(
+                    f"{path} has format {document.get('format')!r}, expected {_FORMAT}; it was "
+                    "written by another streamdag version: stop the deployment with that "
+                    "version, or move the state directory away")
             self._known = {n["key"]: KnownNode.from_dict(n) for n in document["nodes"]}
             self._tags = {key: {graph: tuple(tags) for graph, tags in by_graph.items()}
                           for key, by_graph in document["tags"].items()}
@@ -318,6 +326,7 @@ class TagQueries:
 
     def _save(self) -> None:
         write_json_atomically(self._path, {
+            "format": _FORMAT,
             "nodes": [node.to_dict() for _, node in sorted(self._known.items())],
             "tags": {key: {graph: list(tags) for graph, tags in sorted(by_graph.items())}
                      for key, by_graph in sorted(self._tags.items())},

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamdag as sd
 from runtime.dataplane.messages import Envelope, Payload, Watermark
 from runtime.dataplane.worker import NodeWorker
-from runtime.deployment.node_registry import NodeEntry
+from runtime.deployment.node_registry import NodeEntry, RegistryFileError
 from runtime.deployment.tag_queries import Following, KnownNode, TagQueries, resolve
 from streamdag.batch import Batch
 from streamdag.schema import Schema
@@ -208,3 +209,10 @@ async def test_a_shared_node_carries_the_tags_of_the_graphs_that_still_use_it(
     assert queries.follows() == {signals.node_id: ()}
     # A controller that restarts reads back the same state.
     assert TagQueries(tmp_path / "tag_queries.json").follows() == queries.follows()
+
+
+def test_a_state_file_of_another_version_is_refused_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "tag_queries.json").write_text('{"nodes": [], "queries": {}}')
+    with pytest.raises(RegistryFileError, match=r"has format None, expected 1; it was written "
+                       "by another streamdag version: stop the deployment"):
+        TagQueries(tmp_path / "tag_queries.json")
