@@ -244,6 +244,8 @@ class TagQueries:
             state = self._queries.pop(key)
             await asyncio.gather(*(actors.unsubscribe(f.upstream, f.edge)
                                    for f in state.followed.values()))
+            for following in state.followed.values():
+                actors.origins.pop(following.edge, None)
         # Step 2: each query, in key order, follows what matches now and lets go of the rest.
         for key in sorted(self._queries):
             if key not in alive:
@@ -256,8 +258,11 @@ class TagQueries:
                 await self._let_go(actors, key, following)
                 del state.followed[following.upstream]
             for following in plan.follow:
-                await self._follow(actors, key, following)
-                state.followed[following.upstream] = following
+                failure = await self._follow(actors, key, following)
+                if failure is None:
+                    state.followed[following.upstream] = following
+                else:  # tried again at the next resolution
+                    plan.skipped[following.upstream] = failure
             state.next_index += len(plan.follow)
             for upstream, reason in plan.skipped.items():
                 if state.skipped.get(upstream) != reason:
@@ -265,16 +270,26 @@ class TagQueries:
                                  known[upstream].name, reason)
             state.skipped = plan.skipped
             # A query resumed from a snapshot may hold edges nothing sends on any more.
-            await actors.handles[key].keep_following.remote(
-                [f.edge for f in state.followed.values()])
+            handle = actors.handles.get(key)
+            if handle is not None:
+                with contextlib.suppress(Exception):  # a dead query: its region recovers
+                    await handle.keep_following.remote([f.edge for f in state.followed.values()])
         # Step 3: nodes no longer registered are forgotten.
         self._known = {k: n for k, n in self._known.items() if k in present}
         self._save()
 
-    async def _follow(self, actors: NodeActors, key: str, following: Following) -> None:
+    async def _follow(self, actors: NodeActors, key: str, following: Following) -> str | None:
+        """Follow one node; why it failed (and was undone), or None."""
+        from runtime.deployment.lifecycle import failure_cause
+
         actors.origins[following.edge] = following.origin
-        await actors.subscribe(following.edge, following.upstream, key, following.index)
+        try:
+            await actors.subscribe(following.edge, following.upstream, key, following.index)
+        except Exception as exc:  # a node that just died: its region recovers or fails
+            await self._let_go(actors, key, following)
+            return f"following it failed: {failure_cause(exc)}"
         _log.info("tag query %r follows node %r", self._known[key].name, following.origin)
+        return None
 
     async def _let_go(self, actors: NodeActors, key: str, following: Following) -> None:
         await actors.unsubscribe(following.upstream, following.edge)

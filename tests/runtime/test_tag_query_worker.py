@@ -167,9 +167,13 @@ class _Actors:
         self.calls: list[str] = []
         self.origins: dict[str, str] = {}
         self.handles = {key: _Handle(self.calls) for key in keys}
+        #: Origins whose actor refuses to be followed.
+        self.refusing: set[str] = set()
 
     async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
         self.calls.append(f"follow {self.origins[edge]} #{index}")
+        if self.origins[edge] in self.refusing:
+            raise RuntimeError("the actor died")
 
     def unsubscribe(self, upstream: str, edge: str) -> asyncio.Future[None]:
         self.calls.append(f"unsubscribe {edge}")
@@ -209,6 +213,21 @@ async def test_a_shared_node_carries_the_tags_of_the_graphs_that_still_use_it(
     assert queries.follows() == {signals.node_id: ()}
     # A controller that restarts reads back the same state.
     assert TagQueries(tmp_path / "tag_queries.json").follows() == queries.follows()
+    # A node whose actor fails to be followed is skipped (and undone), and tried again later.
+    actors.calls.clear()
+    actors.refusing.add("ema")
+    queries.learn("g1", graphs["g1"], {n.node_id: n.node_id for n in graphs["g1"].nodes})
+    await queries.apply(both, both, actors)  # type: ignore[arg-type]
+    edge = f"{tagged.node_id[:16]}->{signals.node_id[:16]}#1"
+    assert actors.calls == ["follow ema #1", f"unsubscribe {edge}", f"unfollow {edge}",
+                            "keep_following []"]
+    described = queries.describe(signals.node_id)
+    assert described is not None and described["follows"] == []
+    assert described["skipped"][0]["reason"] == "following it failed: RuntimeError: the actor died"
+    assert actors.origins == {}
+    actors.refusing.clear()
+    await queries.apply(both, both, actors)  # type: ignore[arg-type]
+    assert queries.follows() == {signals.node_id: ((tagged.node_id, 2, "ema"),)}
 
 
 def test_a_state_file_of_another_version_is_refused_with_the_fix(tmp_path: Path) -> None:
