@@ -10,6 +10,7 @@ from streamdag.endpoints import source
 from streamdag.errors import StreamdagError
 from streamdag.graph import Column, Graph, Node, make_node
 from streamdag.schema import Schema
+from streamdag.tag_query import tag_query
 from streamdag.udf import UserFunction, udf
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "UserFunction",
     "make_node",
     "source",
+    "tag_query",
     "udf",
 ]
 

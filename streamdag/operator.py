@@ -81,6 +81,9 @@ class OperatorDef(ABC):
     #: Number of inputs; None means one or more.
     arity: ClassVar[int | None] = 1
     role: ClassVar[Role] = "operator"
+    #: Whether the node's inputs come and go while it runs (a tag query): it starts with none,
+    #: and each one it follows later is connected with the name of the node it comes from.
+    dynamic_inputs: ClassVar[bool] = False
     summary: ClassVar[str] = ""
     #: Whether results depend on the order of events: if so, the runtime holds the input until
     #: the watermark passes it and hands it over sorted by event time; if not (kernels that

@@ -12,7 +12,7 @@ __all__ = ["available", "lookup", "register"]
 
 _registry: dict[str, type[OperatorDef]] = {}
 _builtins_loaded = False
-_BUILTIN_MODULES = ("streamdag.endpoints", "operators")
+_BUILTIN_MODULES = ("streamdag.endpoints", "streamdag.tag_query", "operators")
 
 D = TypeVar("D", bound=type[OperatorDef])
 

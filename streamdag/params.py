@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 ParamKind = Literal[
-    "int", "float", "str", "bool", "str_list", "duration", "schema", "str_map", "topic"
+    "int", "float", "str", "bool", "str_list", "str_set", "duration", "schema", "str_map",
+    "topic",
 ]
 
 #: Nanoseconds in a day.
@@ -92,6 +93,7 @@ class Param:
         """What this parameter accepts, in words, for error messages."""
         text = {
             "str_list": "a list of strings",
+            "str_set": "a list of strings (order and repeats ignored)",
             "duration": "a duration (int nanoseconds, or a string like '500ms', '5s', '1m')",
             "schema": "a mapping of field names to types (float64, int64, bool)",
             "str_map": "a mapping of names to strings",
@@ -155,6 +157,10 @@ class Param:
             return value if isinstance(value, str) else None
         if self.kind == "topic":
             return value if topic_name_problem(value) is None else None
+        if self.kind == "str_set":  # order and repeats carry no meaning: one canonical form
+            is_list = isinstance(value, Sequence) and not isinstance(value, str | bytes)
+            return (tuple(sorted(set(value))) if is_list and all(isinstance(v, str) for v in value)
+                    else None)
         if self.kind == "str_list":
             is_list = isinstance(value, Sequence) and not isinstance(value, str | bytes)
             if is_list and all(isinstance(v, str) for v in value):

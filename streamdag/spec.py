@@ -476,7 +476,7 @@ def _params_to_dict(node: Node, definition: type[OperatorDef]) -> dict[str, Any]
             params[param.name] = value.to_dict() if isinstance(value, Schema) else dict(value)
         elif param.kind == "str_map":
             params[param.name] = dict(value)
-        elif param.kind == "str_list":
+        elif param.kind in ("str_list", "str_set"):
             params[param.name] = list(value)
         else:
             params[param.name] = value

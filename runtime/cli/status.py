@@ -17,7 +17,7 @@ from runtime.cli.tables import render_table
 from runtime.dataplane.stats import LatencyHistogram
 from runtime.deployment.client import add_connection_flags, client_from_args
 
-__all__ = ["add_arguments", "describe_status", "run"]
+__all__ = ["add_arguments", "describe_status", "describe_tag_query", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +63,26 @@ def describe_status(status: Mapping[str, Any]) -> str:
     if rows:
         lines.append(render_table(["node", "operator", "role", "alive", "graphs", "events in",
                                    "events out", "p99 batch ms", "queue", "lag"], rows))
+    lines.extend(describe_tag_query(node) for node in status.get("nodes") or []
+                 if node.get("tag_query"))
+    return "\n".join(lines)
+
+
+def describe_tag_query(node: Mapping[str, Any]) -> str:
+    """What a tag-query node follows now, and what it skips and why.
+
+    >>> print(describe_tag_query({"name": "signals", "tag_query": {
+    ...     "query": {"tags": ["signal"], "match": "all", "schema": {"value": "float64"}},
+    ...     "follows": [{"name": "ema_a", "origin": "ema_a"}],
+    ...     "skipped": [{"name": "bars", "reason": "its output has no field 'value'"}]}}))
+    tag query signals (all of ['signal']) follows: ema_a
+      skips bars: its output has no field 'value'
+    """
+    query = node["tag_query"]
+    follows = ", ".join(str(f["origin"]) for f in query["follows"]) or "nothing yet"
+    lines = [f"tag query {node.get('name')} ({query['query']['match']} of "
+             f"{query['query']['tags']}) follows: {follows}"]
+    lines.extend(f"  skips {skip['name']}: {skip['reason']}" for skip in query["skipped"])
     return "\n".join(lines)
 
 

@@ -115,8 +115,20 @@ class EventTimeAligner:
     array([0])
     """
 
-    def __init__(self, schemas: Sequence[Schema], state: AlignerState | None = None) -> None:
+    def __init__(self, schemas: Sequence[Schema], state: AlignerState | None = None, *,
+                 dynamic: bool = False, join_grace: int = 0) -> None:
         self._schemas = list(schemas)
+        #: Inputs come and go (``add_input``, ``end``): one that ended no longer counts, and
+        #: one that joined holds the bound where it was when it joined until its first
+        #: watermark, but only while the others' watermark is less than ``join_grace`` past
+        #: where it first stood after the join; then it counts from its first watermark on, and
+        #: its events below the bound are late (an upstream that never sends a watermark
+        #: cannot stall the node).
+        self._dynamic = dynamic
+        self._join_grace = join_grace
+        #: Inputs that joined and have no watermark yet: (bound when they joined, the others'
+        #: watermark up to which they hold it there, None until the others have one).
+        self._joining: dict[int, tuple[int, int | None]] = {}
         if state is None:
             self._held = [_Runs() for _ in schemas]
             self._watermarks: list[int | None] = [None] * len(schemas)
@@ -130,6 +142,9 @@ class EventTimeAligner:
             self._held = [_Runs(batch) for batch in state.held]
             self._watermarks = list(state.watermarks)
             self._released_below = state.released_below
+            if dynamic:  # inputs without a watermark at the cut join again
+                self._joining = {index: (state.released_below, None)
+                                 for index, mark in enumerate(self._watermarks) if mark is None}
         self._pending_bound = self._released_below
 
     @property
@@ -160,17 +175,47 @@ class EventTimeAligner:
         current = self._watermarks[input_index]
         if current is None or watermark > current:
             self._watermarks[input_index] = watermark
+        self._joining.pop(input_index, None)
         return self._bound_moved()
 
     def end(self, input_index: int) -> bool:
         """Input ``input_index`` has ended; did the bound move?"""
         self._watermarks[input_index] = _ENDED
+        self._joining.pop(input_index, None)
         return self._bound_moved()
 
+    def add_input(self, schema: Schema) -> int:
+        """A further input, without a watermark yet; returns its index."""
+        self._schemas.append(schema)
+        self._held.append(_Runs())
+        self._watermarks.append(None)
+        self._joining[len(self._schemas) - 1] = (self._pending_bound, None)
+        return len(self._schemas) - 1
+
+    @property
+    def bound(self) -> int | None:
+        """Every input promises no more events below this time (None before any promise)."""
+        return None if self._pending_bound == NOTHING_RELEASED else self._pending_bound
+
     def _bound_moved(self) -> bool:
-        if any(mark is None for mark in self._watermarks):
+        if self._dynamic:
+            counted = [mark for index, mark in enumerate(self._watermarks)
+                       if mark is not None and mark != _ENDED and index not in self._joining]
+            if not counted:
+                return False
+            others = bound = min(counted)
+            for index, (held_at, until) in list(self._joining.items()):
+                if until is None:
+                    until = min(others + self._join_grace, _ENDED - 1)
+                    self._joining[index] = (held_at, until)
+                if others < until:
+                    bound = min(bound, held_at)
+                else:  # waited long enough: it counts from its first watermark on
+                    del self._joining[index]
+        elif any(mark is None for mark in self._watermarks):
             return False
-        bound = min(mark for mark in self._watermarks if mark is not None)
+        else:
+            bound = min(mark for mark in self._watermarks if mark is not None)
         if bound <= self._pending_bound:
             return False
         self._pending_bound = bound

@@ -146,6 +146,9 @@ class NodeHost:
         self._channels: dict[str, Channel] = {}
         self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        #: Held while the worker's output of one step is emitted, so that output of the drain
+        #: loop and of ``unfollow`` never interleaves.
+        self._turn = asyncio.Lock()
         self._source_task: asyncio.Task[None] | None = None
         self._finished: asyncio.Event | None = None
         self._stopping = False
@@ -275,10 +278,35 @@ class NodeHost:
         """Expect pushes on ``edge`` for input ``input_index``."""
         self.worker.connect(edge, input_index)
 
-    def subscribe(self, edge: str, target: Target) -> None:
-        """Send this node's output to ``target`` over ``edge`` from the next batch on."""
+    def follow(self, edge: str, origin: str) -> int:
+        """A tag query: expect pushes on ``edge`` from node ``origin`` as a new input.
+
+        Returns the incarnation its pushes must carry at least (this node's): a node it
+        follows may have been created before this one was restored.
+        """
+        self.worker.follow(edge, origin)
+        return self.incarnation
+
+    async def unfollow(self, edge: str) -> None:
+        """A tag query lets go of ``edge``, once its producer no longer sends on it."""
+        async with self._turn:
+            await self._emit(self.worker.unfollow(edge))
+
+    async def keep_following(self, edges: list[str]) -> None:
+        """A restored tag query lets go of every edge but ``edges``."""
+        async with self._turn:
+            await self._emit(self.worker.keep_following(edges))
+
+    def followed(self) -> dict[str, str]:
+        """A tag query: the origin of every edge it follows."""
+        return dict(self.worker.origins)
+
+    def subscribe(self, edge: str, target: Target, incarnation: int = 0) -> None:
+        """Send this node's output to ``target`` over ``edge`` from the next batch on, as
+        incarnation ``incarnation`` if that is newer than this node's own."""
         self._channels[edge] = Channel(
-            edge, target, credits=self.settings.credits, incarnation=self.incarnation
+            edge, target, credits=self.settings.credits,
+            incarnation=max(self.incarnation, incarnation),
         )
 
     async def unsubscribe(self, edge: str) -> None:
@@ -359,7 +387,8 @@ class NodeHost:
             try:
                 if envelope.sent_at:
                     self.worker.stats.hop_latency.observe(max(0.0, time.time() - envelope.sent_at))
-                await self._emit(self.worker.accept(envelope))
+                async with self._turn:
+                    await self._emit(self.worker.accept(envelope))
                 publications, self._publications = self._publications, []
                 if publications:  # acknowledged once what it brought is in the sink
                     asyncio.gather(*publications).add_done_callback(

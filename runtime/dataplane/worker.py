@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,7 @@ from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorLogic
 from streamdag.operator_registry import lookup
 from streamdag.schema import Schema
+from streamdag.tag_query import label_origin
 
 __all__ = ["END_OF_TIME", "NodeWorker", "WorkerSnapshot"]
 
@@ -37,6 +38,10 @@ class WorkerSnapshot:
     logic: bytes
     watermarks: tuple[int | None, ...]
     aligner: AlignerState | None = None
+    #: A node with dynamic inputs (a tag query): the origin of every input so far...
+    origins: tuple[str, ...] = ()
+    #: ...and the edges it follows at the cut, with their input.
+    edges: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -84,27 +89,42 @@ class NodeWorker:
         self.snapshots: dict[int, WorkerSnapshot] = {}
         self._clock = clock
         self._edges: dict[str, _EdgeState] = {}
-        self._schemas = config.input_schemas or (config.output_schema,)
+        #: Inputs come and go while it runs (a tag query): see ``follow`` and ``unfollow``.
+        self._dynamic = definition.dynamic_inputs
+        self._schemas: tuple[Schema, ...] = (
+            () if self._dynamic else config.input_schemas or (config.output_schema,))
+        #: Per input of a dynamic node: the name of the node it follows.
+        self._origins: list[str] = []
+        if self._dynamic and restored is not None:  # the inputs it had at the cut
+            self._origins = list(restored.origins)
+            self._schemas = (config.output_schema,) * len(self._origins)
+            self._edges = {edge: _EdgeState(index) for edge, index in restored.edges}
         inputs = len(self._schemas)
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
         if inputs > 1 or definition.needs_time_order:
             self._aligner = EventTimeAligner(
-                self._schemas, restored.aligner if restored is not None else None
+                self._schemas, restored.aligner if restored is not None else None,
+                dynamic=self._dynamic, join_grace=int(config.params.get("join_grace", 0)),
             )
         self._watermarks: list[int | None] = (
             list(restored.watermarks) if restored is not None else [None] * inputs
         )
         self._ended = [False] * inputs
+        if self._dynamic:  # inputs let go before the cut stay ended
+            followed = {state.input_index for state in self._edges.values()}
+            self._ended = [index not in followed for index in range(inputs)]
         self._barrier_of: list[int | None] = [None] * inputs
         #: The checkpoint of the last cut taken here; a barrier at or below it is stale.
         self._last_cut = 0
         self._blocked: list[list[Payload]] = [[] for _ in range(inputs)]
         marks = self._watermarks
         self._emitted_watermark: int | None = (
-            None if any(mark is None for mark in marks)
+            None if not marks or any(mark is None for mark in marks)
             else min(mark for mark in marks if mark is not None)
         )
+        if self._dynamic and self._aligner is not None:
+            self._emitted_watermark = self._aligner.bound
         self.stats.watermark = self._emitted_watermark
         self.stats.held_events = self._aligner.buffered if self._aligner is not None else 0
         self.finished = False
@@ -134,8 +154,57 @@ class NodeWorker:
     # -- wiring ---------------------------------------------------------------------------
     def connect(self, edge: str, input_index: int) -> None:
         """Expect envelopes on ``edge`` for input ``input_index``."""
+        if self._dynamic and edge not in self._edges:
+            raise TypeError(f"node {self.config.name!r} ({self.config.operator}) has no fixed "
+                            f"inputs to connect edge {edge!r} to; it follows nodes (follow)")
         if edge not in self._edges:
             self._edges[edge] = _EdgeState(input_index)
+
+    def follow(self, edge: str, origin: str) -> int:
+        """A dynamic node's new input on ``edge``, from node ``origin``; returns its index.
+
+        It joins without a watermark: it holds the others back until its first one, by its
+        node's ``join_grace`` of event time at most (``EventTimeAligner``); its events below
+        what was already released are late.
+        """
+        if not self._dynamic:
+            raise TypeError(f"node {self.config.name!r} ({self.config.operator}) has fixed "
+                            "inputs; only a node with dynamic inputs (a tag query) follows")
+        if edge in self._edges:
+            return self._edges[edge].input_index
+        assert self._aligner is not None
+        index = self._aligner.add_input(self.config.output_schema)
+        self._schemas = (*self._schemas, self.config.output_schema)
+        self._origins.append(origin)
+        self._watermarks.append(None)
+        self._ended.append(False)
+        self._barrier_of.append(None)
+        self._blocked.append([])
+        self._edges[edge] = _EdgeState(index)
+        return index
+
+    def keep_following(self, edges: Iterable[str]) -> list[Payload]:
+        """Let go of every followed edge but ``edges`` (after a restore: what the cut held
+        and the deployment no longer follows)."""
+        kept = set(edges)
+        return [out for edge in list(self._edges) if edge not in kept
+                for out in self.unfollow(edge)]
+
+    def unfollow(self, edge: str) -> list[Payload]:
+        """A dynamic node lets go of the input on ``edge`` (its producer sends no more).
+
+        The input stops counting at once: for watermarks, event-time order and barriers.
+        What it delivered before is released in order with the others'.
+        """
+        state = self._edges.pop(edge, None)
+        if state is None:
+            return []
+        return self._on_end(state.input_index)
+
+    @property
+    def origins(self) -> Mapping[str, str]:
+        """Of a dynamic node: the origin each followed edge carries."""
+        return {edge: self._origins[state.input_index] for edge, state in self._edges.items()}
 
     @property
     def edges(self) -> Mapping[str, int]:
@@ -191,6 +260,8 @@ class NodeWorker:
     def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
         self.stats.events_in += len(batch)
         self.stats.batches_in += 1
+        if self._dynamic:
+            batch = label_origin(batch, self._origins[input_index], self.config.output_schema)
         if self._aligner is None:
             return self._process([batch])
         # Holding events never moves the release bound, so nothing is released here.
@@ -240,11 +311,17 @@ class NodeWorker:
         return outputs + self._advance_watermark()
 
     def _advance_watermark(self) -> list[Payload]:
-        marks = [END_OF_TIME if ended else mark
-                 for mark, ended in zip(self._watermarks, self._ended, strict=True)]
-        if any(mark is None for mark in marks):
-            return []
-        watermark = min(mark for mark in marks if mark is not None)
+        if self._dynamic:  # the aligner's bound, which joining inputs hold by a grace at most
+            assert self._aligner is not None
+            if self._aligner.bound is None:
+                return []
+            watermark = self._aligner.bound
+        else:
+            marks = [END_OF_TIME if ended else mark
+                     for mark, ended in zip(self._watermarks, self._ended, strict=True)]
+            if any(mark is None for mark in marks):
+                return []
+            watermark = min(mark for mark in marks if mark is not None)
         if self._emitted_watermark is not None and watermark <= self._emitted_watermark:
             return []
         self._emitted_watermark = watermark
@@ -259,11 +336,13 @@ class NodeWorker:
         outputs: list[Payload] = []
         if self._aligner is not None and self._aligner.end(input_index):
             outputs = self._process_released()
+        if self._dynamic:  # an input let go no longer holds the watermark back
+            outputs.extend(self._advance_watermark())
         # Inputs blocked at a barrier wait only for the live ones: this one no longer counts.
         waiting = next((cid for cid in self._barrier_of if cid is not None), None)
         if waiting is not None:
             outputs.extend(self._on_barrier(self._barrier_of.index(waiting), Barrier(waiting)))
-        if all(self._ended) and not self.finished:
+        if all(self._ended) and not self.finished and not self._dynamic:
             outputs.extend(self._advance_watermark())
             outputs.append(EndOfStream())
             self.finished = True
@@ -302,6 +381,9 @@ class NodeWorker:
         self.snapshots[checkpoint_id] = WorkerSnapshot(
             checkpoint_id, self.logic.snapshot(), tuple(self._watermarks),
             self._aligner.state() if self._aligner is not None else None,
+            tuple(self._origins),
+            tuple((edge, state.input_index) for edge, state in self._edges.items())
+            if self._dynamic else (),
         )
         self.stats.checkpoints += 1
         self._last_cut = checkpoint_id

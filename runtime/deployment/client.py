@@ -140,6 +140,10 @@ class GatewayClient:
         """Every node of the deployment."""
         return list(self._request("GET", "/nodes")["nodes"])
 
+    def node(self, node_id: str) -> dict[str, Any]:
+        """One node by id; a tag query says what it follows and skips."""
+        return dict(self._request("GET", f"/nodes/{_quote(node_id)}"))
+
     def health(self) -> dict[str, Any]:
         """The ``/healthz`` answer."""
         return dict(self._request("GET", "/healthz"))

@@ -62,6 +62,7 @@ from runtime.deployment.node_registry import (
     node_requests,
     release,
     retirement_order,
+    with_follows,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
 from runtime.deployment.state_files import load_registry, save_graph, save_registry
@@ -69,6 +70,7 @@ from runtime.deployment.stop_resume import (
     StopAndResume,
     drop_stop_point,
 )
+from runtime.deployment.tag_queries import TagQueries
 from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
 from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
@@ -81,6 +83,7 @@ __all__ = [
     "Controller",
     "ControllerOptions",
     "IllegalTransitionError",
+    "UnknownNodeError",
     "UnknownSubmissionError",
     "controller_actor_name",
     "deployment_state_dir",
@@ -88,6 +91,10 @@ __all__ = [
 
 _log = logging.getLogger("streamdag.controller")
 _S = SubmissionState
+
+
+class UnknownNodeError(StreamdagError):
+    """No registered node has the id asked for."""
 
 
 class _SubmissionFailedError(Exception):
@@ -140,6 +147,9 @@ class Controller(StopAndResume):
         self._checkpoints = (region_checkpoints(self.deployment, settings, self._actors,
                                                 self._emitter.emit)
                              if settings.checkpoint.enabled else None)
+        #: What every tag-query node follows (resolved after each submission and removal).
+        self._tag_queries = TagQueries(self.state_dir / "tag_queries.json")
+        self._actors.origins.update(self._tag_queries.origins())
         start_when_restarted_by_ray()
 
     # -- start and reconcile ----------------------------------------------------------------
@@ -224,6 +234,7 @@ class Controller(StopAndResume):
         # Step 2: map every node to its actor in the registry.
         self._registry = acquire(self._registry, submission,
                                  node_requests(self.deployment, graph.nodes, keys))
+        self._tag_queries.learn(submission, graph, keys)
         leaves = {n.node_id for n in (*graph.sinks, *graph.outputs)}
         self._records[submission] = dataclasses.replace(
             self._records[submission], holds_nodes=True, diff=DiffSummary.of(diff, names),
@@ -253,6 +264,7 @@ class Controller(StopAndResume):
         await self._move(submission, _S.EXECUTING, None if resuming is None else
                          f"resumed from checkpoint(s) {resuming.describe()}")
         await self._reconcile_checkpoints()
+        await self._follow_tags()
         await self._refresh_stats(keys.values())
 
     def _hosts_of(self, graph: Graph) -> dict[str, HostSpec]:
@@ -349,6 +361,7 @@ class Controller(StopAndResume):
         self._save_registry()
         self._save_submissions()
         await self._reconcile_checkpoints(retired)
+        await self._follow_tags()  # tag queries let go of retired nodes, or retire themselves
         # Unsubscribe now so no new batch enters a retiring node; what is in flight drains.
         detaching = [self._actors.unsubscribe(upstream, edge) for key in retired
                      for edge, upstream, _ in before.entries[key].input_edges()
@@ -395,6 +408,7 @@ class Controller(StopAndResume):
             for key in order:
                 await self._actors.stop(key, entries[key].actor_name)
             self._registry = NodeRegistry()
+            await self._tag_queries.apply((), {}, self._actors)  # no query follows anything
             self._stats.clear()
             self._save_registry()
             self._save_submissions()
@@ -458,6 +472,7 @@ class Controller(StopAndResume):
         """Recover the regions of ``causes`` (crashed or failed nodes), or fail their graphs."""
         if self._checkpoints is not None:
             recovered, causes = await self._checkpoints.recover_regions(self._registry, causes)
+            await self._tag_queries.after_recovery(recovered, self._actors)
             self._registry = mark_alive(self._registry, recovered)
             self._registry = mark_dead(self._registry, causes)
             self._save_registry()
@@ -506,8 +521,11 @@ class Controller(StopAndResume):
         Figures are those of the latest health check (or of the submission itself).
         """
         record = self._record(submission_id)
-        return record.describe(self.deployment, self._registry, self._stats,
-                               retiring=self._retiring.keys())
+        described = record.describe(self.deployment, self._registry, self._stats,
+                                    retiring=self._retiring.keys())
+        for node, key in zip(described["nodes"], (n.key for n in record.nodes), strict=True):
+            self._add_tag_query(node, key)
+        return described
 
     def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
         """The checkpoints and recoveries of the regions a submission's nodes are in."""
@@ -517,8 +535,40 @@ class Controller(StopAndResume):
         return self._checkpoints.describe(self._registry, (n.key for n in record.nodes))
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Every registered node: actor, refcount, graphs, region, liveness."""
-        return self._registry.describe()
+        """Every registered node: actor, refcount, graphs, region, liveness (and, for a tag
+        query, what it follows and skips)."""
+        described = self._registry.describe()
+        keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
+        for node in described:
+            self._add_tag_query(node, keys[node["actor"]])
+        return described
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        """One registered node by id (as ``nodes`` shows it), with its latest figures."""
+        found = [node for node in self.nodes() if node["node_id"] == node_id]
+        if not found:
+            raise UnknownNodeError(
+                f"deployment {self.deployment!r} runs no node {node_id!r}; nodes() lists the "
+                f"ids of the {len(self._registry.entries)} running")
+        keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
+        stats = self._stats.get(keys[found[0]["actor"]])
+        return {**found[0], "stats": dataclasses.asdict(stats) if stats else None}
+
+    # -- tag queries ------------------------------------------------------------------------
+    async def _follow_tags(self) -> None:
+        """Every tag query follows the live nodes that match it now (``tag_queries``); the
+        registry holds it (a query and what it follows are one region)."""
+        await self._tag_queries.apply(self._registry.live_keys(), self._registry.entries,
+                                      self._actors)
+        self._registry = with_follows(self._registry, self._tag_queries.follows())
+        self._save_registry()
+        await self._reconcile_checkpoints()
+
+    def _add_tag_query(self, node: dict[str, Any], key: str) -> None:
+        query = self._tag_queries.describe(key)
+        if query is not None:
+            node["tag_query"] = query
+
 
     async def metrics_snapshot(self) -> MetricsSnapshot:
         """Fresh per-node figures plus the controller's own counters."""

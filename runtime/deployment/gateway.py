@@ -2,8 +2,9 @@
 
 Routes: ``POST /graphs`` (a graph spec, JSON or TOML by Content-Type; 201 with the diff and an
 id), ``GET /graphs``, ``GET /graphs/{id}``, ``DELETE /graphs/{id}``, ``GET /nodes``,
-``GET /healthz`` (open) and ``GET /metrics`` (Prometheus text). Everything but ``/healthz``
-needs ``Authorization: Bearer <token>``. Errors answer ``{"errors": [{"node", "type",
+``GET /nodes/{id}`` (a tag query: what it follows and skips), ``GET /healthz`` (open) and
+``GET /metrics`` (Prometheus text). Everything but ``/healthz`` needs
+``Authorization: Bearer <token>``. Errors answer ``{"errors": [{"node", "type",
 "message"}]}``.
 
 Specs are data only: a body is parsed as JSON or TOML, never unpickled or imported, and it is
@@ -324,6 +325,10 @@ class ControllerCalls:
         """Every node of the deployment."""
         return list(await self.call("nodes"))
 
+    async def node(self, node_id: str) -> dict[str, Any]:
+        """One node of the deployment (a tag query with what it follows and skips)."""
+        return dict(await self.call("node", node_id))
+
     async def metrics_snapshot(self) -> MetricsSnapshot:
         """The controller's figures now, for the Prometheus collector."""
         snapshot: MetricsSnapshot = await self.call("metrics_snapshot")
@@ -382,6 +387,7 @@ def create_app(
     app.router.add_post("/graphs/{id}/resume", _resume)
     app.router.add_get("/graphs/{id}/checkpoints", _checkpoints)
     app.router.add_get("/nodes", _nodes)
+    app.router.add_get("/nodes/{id}", _node)
     app.router.add_get("/healthz", _health)
     app.router.add_get("/metrics", _metrics)
     # Interactive inference requests, ahead of the inference node's streams.
@@ -468,7 +474,8 @@ async def _answer_errors(request: web.Request, handler: Any) -> web.StreamRespon
         missing = RouteNotFoundError(
             f"no route {request.method} {request.path}; routes are POST/GET /graphs, "
             "GET/DELETE /graphs/{id}, POST /graphs/{id}/stop and /resume, "
-            "GET /graphs/{id}/checkpoints, GET /nodes, GET /healthz, GET /metrics")
+            "GET /graphs/{id}/checkpoints, GET /nodes, GET /nodes/{id}, GET /healthz, "
+            "GET /metrics")
         return _errors([ErrorDetail.of(missing)], 404)
     except web.HTTPException as exc:
         answer = ErrorDetail(None, type(exc).__name__, f"{request.method} {request.path}: "
@@ -546,6 +553,15 @@ async def _checkpoints(request: web.Request) -> web.Response:
 
 async def _nodes(request: web.Request) -> web.Response:
     return _json({"nodes": await request.app[_CONTROLLER].nodes()})
+
+
+async def _node(request: web.Request) -> web.Response:
+    from runtime.deployment.controller import UnknownNodeError
+
+    try:
+        return _json(await request.app[_CONTROLLER].node(request.match_info["id"]))
+    except UnknownNodeError as exc:
+        return _errors([ErrorDetail.of(exc)], 404)
 
 
 async def _health(request: web.Request) -> web.Response:

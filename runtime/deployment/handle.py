@@ -148,6 +148,11 @@ class Deployment:
         result: builtins.list[dict[str, Any]] = self._call("nodes")
         return result
 
+    def node(self, node_id: str) -> dict[str, Any]:
+        """One node by id; a tag query says what it follows and skips (``tag_query``)."""
+        result: dict[str, Any] = self._call("node", node_id)
+        return result
+
     def metrics_snapshot(self) -> MetricsSnapshot:
         """The controller's figures now."""
         result: MetricsSnapshot = self._call("metrics_snapshot")

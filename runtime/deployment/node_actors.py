@@ -88,6 +88,22 @@ class NodeActors(RayNodes):
         self.call_timeout_s = call_timeout_s
         #: With checkpoints: where each node's actor puts its snapshots, by key.
         self.targets: dict[str, CheckpointTarget] = {}
+        #: Edges into tag queries, with the name of the node each comes from: wiring one
+        #: (a recovery re-wires every edge of its region) makes the query follow it.
+        self.origins: dict[str, str] = {}
+
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge`` (a tag
+        query follows it, labelled with its origin)."""
+        origin = self.origins.get(edge)
+        if origin is None:
+            await super().subscribe(edge, upstream, downstream, index)
+            return
+        from runtime.dataplane.channels import RayTarget
+
+        query = self.handles[downstream]
+        incarnation = await query.follow.remote(edge, origin)
+        await self.handles[upstream].subscribe.remote(edge, RayTarget(query), incarnation)
 
     def checkpoints_for(self, key: str) -> CheckpointTarget | None:
         """The target of ``key``'s region (None: the deployment does not checkpoint)."""

@@ -50,6 +50,7 @@ __all__ = [
     "node_requests",
     "release",
     "retirement_order",
+    "with_follows",
     "with_since",
 ]
 
@@ -110,6 +111,9 @@ class NodeEntry(NodeRequest):
     #: Wall-clock time (time.time()) the entry was created: checkpoints older than it hold an
     #: earlier node of the same key (retired since), never this one.
     since: float = 0.0
+    #: A tag query: the nodes it follows now, as ``(upstream key, input index, origin)``;
+    #: edges like its static inputs' (regions, retirement, recovery), but they come and go.
+    follows: tuple[tuple[str, int, str], ...] = ()
 
     @classmethod
     def of(cls, request: NodeRequest, graph_id: str) -> NodeEntry:
@@ -122,17 +126,24 @@ class NodeEntry(NodeRequest):
         """How many graphs use this node."""
         return len(self.graphs)
 
+    @property
+    def upstreams(self) -> tuple[str, ...]:
+        """Keys of every node this one reads: its static inputs, then what it follows."""
+        return (*self.inputs, *(upstream for upstream, _, _ in self.follows))
+
     def input_edges(self) -> list[tuple[str, str, int]]:
         """``(edge, upstream key, input index)`` of every edge into this node."""
         return [
             (edge_id(upstream, self.key, index), upstream, index)
             for index, upstream in enumerate(self.inputs)
-        ]
+        ] + [(edge_id(upstream, self.key, index), upstream, index)
+             for upstream, index, _ in self.follows]
 
     def to_dict(self) -> dict[str, Any]:
         """The entry as JSON-ready data."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**data, "inputs": list(self.inputs), "graphs": sorted(self.graphs)}
+        return {**data, "inputs": list(self.inputs), "graphs": sorted(self.graphs),
+                "follows": [list(follow) for follow in self.follows]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeEntry:
@@ -145,6 +156,8 @@ class NodeEntry(NodeRequest):
             region=str(data.get("region", "")),
             alive=bool(data.get("alive", True)),
             since=float(data.get("since", 0.0)),
+            follows=tuple((str(upstream), int(index), str(origin))
+                          for upstream, index, origin in data.get("follows", [])),
         )
 
 
@@ -251,6 +264,18 @@ def release(registry: NodeRegistry, graph_id: str) -> tuple[NodeRegistry, tuple[
     return NodeRegistry(MappingProxyType(_with_regions(entries))), order
 
 
+def with_follows(
+    registry: NodeRegistry, follows: Mapping[str, tuple[tuple[str, int, str], ...]]
+) -> NodeRegistry:
+    """The registry with what each tag query of ``follows`` follows now; regions recomputed
+    (a query and the nodes it follows are one region)."""
+    entries = dict(registry.entries)
+    for key, followed in follows.items():
+        if key in entries and entries[key].follows != followed:
+            entries[key] = replace(entries[key], follows=followed)
+    return NodeRegistry(MappingProxyType(_with_regions(entries)))
+
+
 def with_since(registry: NodeRegistry, since: Mapping[str, float]) -> NodeRegistry:
     """The registry with the entries of ``since`` dated back (nodes resumed from a checkpoint
     written then, which a recovery may use again)."""
@@ -294,7 +319,7 @@ def assign_regions(entries: Mapping[str, NodeEntry]) -> dict[str, str]:
     union = nx.Graph()
     union.add_nodes_from(entries)
     union.add_edges_from((key, upstream) for key, entry in entries.items()
-                         for upstream in entry.inputs if upstream in entries)
+                         for upstream in entry.upstreams if upstream in entries)
     regions: dict[str, str] = {}
     for component in nx.connected_components(union):
         name = f"region-{min(component)[:12]}"
@@ -312,7 +337,7 @@ def _with_regions(entries: dict[str, NodeEntry]) -> dict[str, NodeEntry]:
 
 def retirement_order(entries: Mapping[str, NodeEntry], keys: set[str]) -> tuple[str, ...]:
     """``keys`` ordered so each comes after its inputs among them (ties by key): sources first."""
-    pending = {key: {i for i in entries[key].inputs if i in keys} for key in keys}
+    pending = {key: {i for i in entries[key].upstreams if i in keys} for key in keys}
     order: list[str] = []
     while pending:
         ready = sorted(key for key, waiting in pending.items() if not waiting)

@@ -414,7 +414,7 @@ def sinks_first(registry: NodeRegistry, keys: set[str]) -> list[list[str]]:
     """
     consumers: dict[str, list[str]] = {key: [] for key in keys}
     for key in keys:
-        for upstream in registry.entries[key].inputs:
+        for upstream in registry.entries[key].upstreams:
             if upstream in consumers:
                 consumers[upstream].append(key)
     depth: dict[str, int] = {}

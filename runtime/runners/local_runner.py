@@ -23,6 +23,7 @@ from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
+from streamdag.tag_query import refuse_in_runner
 
 __all__ = ["LocalNodes", "LocalRunner"]
 
@@ -82,6 +83,7 @@ class LocalRunner:
         host, back off, restore the newest complete checkpoint through the deployment
         sequence with the next incarnation, and go on.
         """
+        refuse_in_runner(graph, "LocalRunner")
         check_runner_budgets(graph, self.limits, actors=False)
         generations, edges = wire_graph(
             graph, sources, sinks, self._default_source, self._default_sink

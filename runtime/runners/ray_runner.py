@@ -23,6 +23,7 @@ from runtime.runners.running_graph import RecoveryPlan, RunningGraph
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
 from streamdag.graph import Graph, Node
+from streamdag.tag_query import refuse_in_runner
 
 __all__ = [
     "GraphFailedError",
@@ -119,6 +120,7 @@ class RayRunner:
         sinks: Mapping[str, SinkFactory] | None = None,
     ) -> RunningGraph:
         """Create, wire and start every actor of ``graph``, once it fits ``limits``."""
+        refuse_in_runner(graph, "RayRunner")
         check_runner_budgets(graph, self.limits, actors=True)
         ensure_ray()
         generations, edges = wire_graph(
