@@ -130,7 +130,7 @@ class NodeHost:
         self.worker = NodeWorker(config, snapshot=worker_state, incarnation=incarnation)
         self.incarnation = incarnation
         #: This node's part in checkpoints (inert when ``checkpoints`` is None).
-        self.checkpointing = NodeCheckpoints(config.node_id, checkpoints, restored)
+        self.checkpointing = NodeCheckpoints(config.instance_id, checkpoints, restored)
         self._output: EpochOutput | None = None
         self._source_factory = source
         self._sink_factory = sink

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
+from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.host import NodeHost, RuntimeSettings
 from runtime.deployment.lifecycle import failure_cause
 from runtime.planning.wiring import HostSpec
@@ -91,11 +92,15 @@ class RayNodes:
                 f"node(s) {late} did not report ready within {self.ready_timeout_s} s; check "
                 "their actors' logs, or raise the ready timeout (ready_timeout_s)")
 
-    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
-        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge``."""
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
+                        route: KeyRoute | None = None) -> None:
+        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge`` (the
+        records of ``route``'s keys, when set)."""
         consumer = self.handles[downstream]
         await consumer.connect_input.remote(edge, index)
-        await self.handles[upstream].subscribe.remote(edge, RayTarget(consumer))
+        target = RayTarget(consumer)
+        await self.handles[upstream].subscribe.remote(
+            edge, target if route is None else RoutedTarget(target, route))
 
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source actors of ``keys`` start reading."""

@@ -15,6 +15,7 @@ from runtime.checkpoints.store import CheckpointStore, shared_store
 from runtime.dataplane.checkpointing import CheckpointTarget
 from runtime.dataplane.host import RuntimeSettings
 from runtime.planning.budgets import check_runner_budgets
+from runtime.planning.sharding import shard_plan
 from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.ray_nodes import RayNodes, node_actor_class, run_blocking
@@ -36,7 +37,7 @@ __all__ = [
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to Ray at ``address`` (``auto``, ``ray://...``, ``host:port``), or start a new local one.
+    """Connect to Ray at ``address`` (``auto``, ``ray://...``, ``host:port``), or start one.
 
     With no address, ``RAY_ADDRESS`` is used when set (as Ray's own tools do); otherwise a new
     cluster bound to 127.0.0.1 is started even when one started with ``ray start`` runs on this
@@ -122,7 +123,7 @@ class RayRunner:
             graph, sources or {}, sinks or {}, self._default_source, self._default_sink
         )
         nodes = RayNodes(self.settings, self._actor_options)
-        keyed = [[(h.node.node_id, h) for h in generation] for generation in generations]
+        keyed, edges = shard_plan(graph, generations, edges)
         plan = None
         if self.checkpoints is not None:
             plan = RecoveryPlan(keyed, edges, self._store(self.checkpoints),
