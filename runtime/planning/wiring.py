@@ -182,6 +182,7 @@ def merge_graphs(name: str, graphs: Sequence[Graph]) -> Graph:
             name=f"{graph.name}.{node.name}" if clash else node.name,
             interval=node.interval, period=node.period, missing=node.missing, tags=node.tags,
             function=node.function, code_hash=node.code_hash, shareable=node.shareable,
+            parallelism=node.parallelism,
         )
         rebuilt[node.node_id] = copy
         return copy

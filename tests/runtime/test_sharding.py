@@ -263,3 +263,37 @@ def test_ray_shards_output_per_key_exactly_what_one_host_does(ray_session: None)
     assert _per_key(sharded, "crosses") == _per_key(one, "crosses")
     assert [len(sharded.shards[name]) for name in ("ticks", "fast", "cross")] == [2, 2, 3]
     assert sharded.stats["cross"].events_in == one.stats["cross"].events_in
+
+
+def test_specs_carry_parallelism_on_nodes_and_the_graph() -> None:
+    from streamdag.spec import dumps, loads
+
+    text = """
+name = "g"
+parallelism = 3
+
+[[nodes]]
+name = "t"
+type = "kafka_source"
+parallelism = 2
+params = { topic = "t", key = "k", schema = { value = "float64" } }
+
+[[nodes]]
+name = "m"
+type = "rolling_mean"
+inputs = ["t"]
+parallelism = 4
+params = { window = 2 }
+
+[[nodes]]
+name = "s"
+type = "rolling_sum"
+inputs = ["m"]
+params = { window = 2 }
+"""
+    graph = loads(text, "toml")
+    assert [graph.parallelism_of(node) for node in graph.nodes] == [2, 4, 3]
+    assert dumps(loads(dumps(graph, "toml"), "toml"), "toml") == dumps(graph, "toml")
+    assert loads(dumps(graph, "toml"), "toml").parallelism == 3
+    with pytest.raises(GraphError, match="node 'm': parallelism must be an int"):
+        loads(text.replace("parallelism = 4", "parallelism = 'four'"), "toml")
