@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from runtime.checkpoints.store import SnapshotRef
@@ -16,9 +16,12 @@ from runtime.deployment.lifecycle import failure_cause
 from runtime.planning.wiring import HostSpec
 from runtime.runners.deploy_sequence import ActorNotReadyError
 
-__all__ = ["RayNodes", "awaited", "node_actor_class", "run_blocking"]
+__all__ = ["RayNodes", "ShardOptions", "awaited", "node_actor_class", "run_blocking"]
 
 T = TypeVar("T")
+#: Extra Ray actor options of one shard: ``(node name, shard, shards) -> options``, e.g. a
+#: custom resource that only some cluster nodes have, to place each shard on its machine.
+ShardOptions = Callable[[str, int, int], Mapping[str, Any]]
 
 
 def node_actor_class() -> Any:
@@ -53,6 +56,8 @@ class RayNodes:
         self.incarnation = 0
         self.snapshots: dict[str, NodeSnapshot] = {}
         self.checkpoints: CheckpointTarget | None = None
+        #: Per-shard actor options on top of ``options_for`` (None: the same for every shard).
+        self.shard_options: ShardOptions | None = None
 
     def options_for(self, key: str) -> dict[str, Any]:
         """Ray actor options of the actor of ``key``."""
@@ -64,7 +69,10 @@ class RayNodes:
 
     def create(self, key: str, host: HostSpec) -> Any:
         """Create the actor of ``key`` hosting ``host``'s node; returns its handle."""
-        handle = node_actor_class().options(**self.options_for(key)).remote(
+        options = self.options_for(key)
+        if self.shard_options is not None:
+            options = {**options, **self.shard_options(host.node.name, host.shard, host.shards)}
+        handle = node_actor_class().options(**options).remote(
             **host.host_arguments(self.settings, incarnation=self.incarnation,
                                   snapshot=self.snapshots.get(key),
                                   checkpoints=self.checkpoints_for(key)))
