@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,17 @@ class KafkaSourceFactory:
         """A new reader for this config."""
         reader = KafkaSourceReader(self.config)
         return TimeOrderedReader(reader) if self.time_ordered else reader
+
+    def shard(self, index: int, count: int) -> KafkaSourceFactory:
+        """The factory of source shard ``index`` of ``count``: its group of the partitions.
+
+        >>> from streamdag.schema import Schema
+        >>> config = KafkaSourceConfig("127.0.0.1:9092", "ticks", Schema.of(p="float64"))
+        >>> KafkaSourceFactory(config).shard(1, 3).config.partition_group
+        (1, 3)
+        """
+        return dataclasses.replace(
+            self, config=dataclasses.replace(self.config, partition_group=(index, count)))
 
 
 @dataclass(frozen=True)

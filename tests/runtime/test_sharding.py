@@ -297,3 +297,50 @@ params = { window = 2 }
     assert loads(dumps(graph, "toml"), "toml").parallelism == 3
     with pytest.raises(GraphError, match="node 'm': parallelism must be an int"):
         loads(text.replace("parallelism = 4", "parallelism = 'four'"), "toml")
+
+
+@pytest.mark.integration
+def test_kafka_source_shards_read_partition_groups_with_the_same_output(bootstrap: str) -> None:
+    import asyncio
+    import json
+
+    from aiokafka import AIOKafkaProducer
+
+    from connectors.topics import ensure_topics
+    from runtime.runners.kafka_binding import KafkaBinding
+
+    topic = f"sharding-groups-{np.random.default_rng().integers(1 << 30)}"
+    keys = [f"s{i}" for i in range(10)]
+
+    async def produce() -> None:
+        await ensure_topics(bootstrap, {topic: 4})
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for partition in range(4):
+                builder = producer.create_batch()
+                for i in range(300):
+                    key = keys[(partition + 4 * i) % 10]
+                    value = {"symbol": key, "ts": i * 10 + partition, "price": float(i % 17)}
+                    builder.append(key=key.encode(), value=json.dumps(value).encode(),
+                                   timestamp=None)
+                await (await producer.send_batch(builder, topic, partition=partition))
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+
+    def graph(parallelism: int | None) -> sd.Graph:
+        ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"}
+                          ).with_options(parallelism=parallelism)
+        return sd.Graph("g", outputs=[ticks.rolling_mean("price", window=4, name="mean")],
+                        parallelism=3 if parallelism else None)
+
+    binding = KafkaBinding(bootstrap, start="earliest", end=300)
+    one = LocalRunner(None, *binding.defaults()).run(graph(None), timeout_s=60)
+    two = LocalRunner(None, *binding.defaults()).run(graph(2), timeout_s=60)
+    assert len(one.records("mean")) == 4 * 300 - 10 * 3
+    assert _per_key(two, "mean") == _per_key(one, "mean")
+    # Each source shard read its own two partitions, whole.
+    assert [sorted(shard.lag) for shard in two.shards["ticks"]] == [[0, 2], [1, 3]]
+    assert [shard.events_out for shard in two.shards["ticks"]] == [600, 600]
