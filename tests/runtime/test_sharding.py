@@ -134,15 +134,18 @@ def test_the_key_split_is_numpy_and_stable() -> None:
 
 
 @given(keys=st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=80),
-       parallelism=st.integers(1, 4), cut=st.integers(1, 30))
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+       shards=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 3)),
+       cut=st.integers(1, 30))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_sharded_rolling_equals_a_plain_python_reference(
-        keys: list[str], parallelism: int, cut: int) -> None:
+        keys: list[str], shards: tuple[int, int, int], cut: int) -> None:
     values = [float((i * 37) % 11) for i in range(len(keys))]
     batch = Batch.from_columns(ts=np.arange(len(keys)), key=keys, value=values)
     script = [batch.slice(i, i + cut) for i in range(0, len(keys), cut)]
-    ticks = sd.source("t", topic="t", key="k", schema={"value": "float64"})
-    total = ticks.rolling_sum(window=3, name="total", parallelism=parallelism)
+    ticks = sd.source("t", topic="t", key="k", schema={"value": "float64"}
+                      ).with_options(parallelism=shards[0])
+    total = ticks.rolling_sum(window=3, name="sum", parallelism=shards[1]).map(
+        "value * 2", name="total", parallelism=shards[2])
     result = LocalRunner().run(sd.Graph("g", outputs=[total]),
                                sources={"t": _Script(script)})
 
@@ -152,7 +155,7 @@ def test_sharded_rolling_equals_a_plain_python_reference(
         seen = history.setdefault(key, [])
         seen.append(value)
         if len(seen) >= 3:  # a rolling sum emits once its window is full
-            expected.setdefault(key, []).append((ts, sum(seen[-3:])))
+            expected.setdefault(key, []).append((ts, 2 * sum(seen[-3:])))
     found: dict[str, list[tuple[int, float]]] = {}
     for record in result.records("total"):
         found.setdefault(str(record["key"]), []).append((int(str(record["ts"])),
