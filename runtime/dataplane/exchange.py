@@ -1,8 +1,9 @@
 """Keyed exchange between sharded nodes: each record goes to the shard that owns its key.
 
 A node run with ``parallelism=N`` is N actors, shard ``s`` owning the keys whose stable hash
-(FNV-1a 64-bit over the key's bytes, ``operators.key_slots.hash_keys``; never Python's
-``hash()``, which changes from process to process) modulo N is ``s``. A producer sends to a
+(FNV-1a 64-bit over the key's bytes, ``operators.key_slots.hash_keys``, through murmur3's
+64-bit finalizer so that short keys differing in one byte spread over the shards; never
+Python's ``hash()``, which changes from process to process) modulo N is ``s``. A producer sends to a
 sharded consumer through one channel per consumer shard, each behind a ``RoutedTarget`` that
 keeps only the records of that shard's keys: a batch is split with numpy (one hash per
 record, computed once per batch however many shards), never record by record in Python.
@@ -49,22 +50,32 @@ _last: tuple[npt.NDArray[Any], int, npt.NDArray[np.int64]] | None = None
 def key_shards(keys: npt.NDArray[np.bytes_], shards: int) -> npt.NDArray[np.int64]:
     """The shard owning each key: its FNV-1a hash modulo ``shards``; the same in every process.
 
-    >>> key_shards(np.array([b"AAPL", b"IBM", b"AAPL"]), 4).tolist()
-    [3, 1, 3]
+    >>> key_shards(np.array([b"AAPL", b"AMZN", b"TSLA", b"AAPL"]), 4).tolist()
+    [3, 0, 2, 3]
     """
     global _last
     cached = _last
     if cached is not None and cached[0] is keys and cached[1] == shards:
         return cached[2]
-    owners = (hash_keys(keys) % np.uint64(shards)).astype(np.int64)
+    owners = (_mixed(hash_keys(keys)) % np.uint64(shards)).astype(np.int64)
     _last = (keys, shards, owners)
     return owners
+
+
+def _mixed(hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """murmur3's fmix64 over each hash (FNV-1a's low bits follow the key's last byte)."""
+    mixed = hashes ^ (hashes >> np.uint64(33))
+    mixed *= np.uint64(0xFF51AFD7ED558CCD)
+    mixed ^= mixed >> np.uint64(33)
+    mixed *= np.uint64(0xC4CEB9FE1A85EC53)
+    mixed ^= mixed >> np.uint64(33)
+    return mixed
 
 
 def shard_part(batch: Batch, route: KeyRoute) -> Batch:
     """The records of ``batch`` whose keys ``route`` owns, in their order.
 
-    >>> batch = Batch.from_columns(ts=[1, 2, 3], key=["AAPL", "IBM", "AAPL"], v=[1.0, 2.0, 3.0])
+    >>> batch = Batch.from_columns(ts=[1, 2, 3], key=["AAPL", "AMZN", "AAPL"], v=[1.0, 2.0, 3.0])
     >>> shard_part(batch, KeyRoute(3, 4)).to_records()
     [{'ts': 1, 'key': 'AAPL', 'v': 1.0}, {'ts': 3, 'key': 'AAPL', 'v': 3.0}]
     """

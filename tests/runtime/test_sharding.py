@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ from runtime.checkpoints import failpoints
 from runtime.dataplane.exchange import KeyRoute, key_shards, shard_part
 from runtime.dataplane.worker import NodeWorker
 from runtime.demo.synthetic import RandomWalk
-from runtime.planning.sharding import refuse_sharded, shard_plan
+from runtime.planning.sharding import refuse_sharded, shard_plan, shard_stats
 from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
@@ -239,67 +243,55 @@ def test_shards_checkpoint_and_recover_with_exact_output(_disarm: None) -> None:
     assert _sink_per_key(recovered) == _sink_per_key(expected)
 
 
-def _small_graph(parallelism: int | None) -> sd.Graph:
-    """Few actors (Ray starts each in its own process): sharded source, fan-in, a sink."""
-    ticks = sd.source("ticks", topic="ticks", key="symbol",
-                      schema={"price": "float64", "size": "float64"}
-                      ).with_options(parallelism=2 if parallelism else None)
-    fast = ticks.rolling_mean("price", window=5, name="fast")
-    cross = fast.crossover(ticks.ema("price", span=12, name="slow"), name="cross",
-                           parallelism=3 if parallelism else None)
-    return sd.Graph("small", outputs=[cross.to_topic("crosses", name="crosses")],
-                    parallelism=parallelism)
-
-
 @pytest.mark.integration
-def test_ray_shards_output_per_key_exactly_what_one_host_does(ray_session: None) -> None:
-    one = LocalRunner().run(_small_graph(None), sources={"ticks": _Script(_batches())},
-                            sinks={"crosses": ListSink})
-    running = RayRunner().start(_small_graph(2), sources={"ticks": _Script(_batches())},
-                                sinks={"crosses": ListSink})
+def test_ray_a_killed_shard_is_recovered_with_exact_output(
+        ray_session: None, bootstrap: str, tmp_path: Path) -> None:
+    """Source in 2 partition groups -> EMA in 3 shards -> sink: kill -9 one EMA shard while
+    the stream flows; the output per key equals a run of one host without faults."""
+    from actor_kills import kill_actor_process, wait_for
+    from ema_oracle import expected, per_key, produce, produce_in_background
+
+    from connectors.topics import ensure_topics
+    from runtime.runners.kafka_binding import KafkaBinding
+    from streamdag.testing import read_topic
+
+    total, half = 3000, 1500
+    topic, out = f"shard-in-{uuid.uuid4().hex[:8]}", f"shard-out-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
+    ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"}
+                      ).with_options(parallelism=2)
+    graph = sd.Graph("ema", outputs=[ticks.ema("price", span=7, name="smooth", parallelism=3)
+                                     .to_topic(out, name="out")])
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10)
+    runner = RayRunner(checkpoints=CheckpointSettings(url=tmp_path.as_uri(), interval_s=0.3,
+                                                      backoff_s=0.2),
+                       default_source=binding.source_for, default_sink=binding.sink_for)
+    running = runner.start(graph)
     try:
-        sharded = running.wait(120)
-        assert running.actor("cross", 2) is not running.actor("cross", 0)
+        asyncio.run(produce(bootstrap, topic, 0, half))
+        # Each source shard's watermark passes only its own partition's newest event while
+        # the stream pauses, so the last few events wait for the second half.
+        wait_for(lambda: (running.checkpoints is not None
+                          and running.checkpoints.completed >= 2
+                          and running.stats()["out"].events_in >= half - 5),
+                 "two checkpoints and the first half through")
+        flowing = produce_in_background(bootstrap, topic, half, total)
+        wait_for(lambda: running.stats()["out"].events_in >= half + 300, "the second half")
+        kill_actor_process(running.actor("smooth", 1))
+        flowing.join(timeout=60)
+        # A tail moves both source shards' watermarks past the last events (a paused stream
+        # holds them: each shard's idle watermark passes only its own partition's newest).
+        asyncio.run(produce(bootstrap, topic, total, total + 10))
+        records = [record for record in asyncio.run(read_topic(bootstrap, out, total + 5,
+                                                               timeout_s=60))
+                   if json.loads(record.value)["ts"] < total]
+        shards = [s.events_in for s in shard_stats(graph, running._reports())[1]["smooth"]]
     finally:
         running.stop()
-    assert len(one.records("crosses")) > 1000
-    assert _per_key(sharded, "crosses") == _per_key(one, "crosses")
-    assert [len(sharded.shards[name]) for name in ("ticks", "fast", "cross")] == [2, 2, 3]
-    assert sharded.stats["cross"].events_in == one.stats["cross"].events_in
-
-
-def test_specs_carry_parallelism_on_nodes_and_the_graph() -> None:
-    from streamdag.spec import dumps, loads
-
-    text = """
-name = "g"
-parallelism = 3
-
-[[nodes]]
-name = "t"
-type = "kafka_source"
-parallelism = 2
-params = { topic = "t", key = "k", schema = { value = "float64" } }
-
-[[nodes]]
-name = "m"
-type = "rolling_mean"
-inputs = ["t"]
-parallelism = 4
-params = { window = 2 }
-
-[[nodes]]
-name = "s"
-type = "rolling_sum"
-inputs = ["m"]
-params = { window = 2 }
-"""
-    graph = loads(text, "toml")
-    assert [graph.parallelism_of(node) for node in graph.nodes] == [2, 4, 3]
-    assert dumps(loads(dumps(graph, "toml"), "toml"), "toml") == dumps(graph, "toml")
-    assert loads(dumps(graph, "toml"), "toml").parallelism == 3
-    with pytest.raises(GraphError, match="node 'm': parallelism must be an int"):
-        loads(text.replace("parallelism = 4", "parallelism = 'four'"), "toml")
+    assert running.recoveries == 1
+    assert len(records) == total  # 0 lost, 0 duplicated
+    assert per_key(records) == expected(total)  # per-key order and exact values
+    assert len(shards) == 3 and all(shards)
 
 
 @pytest.mark.integration
