@@ -243,6 +243,40 @@ def test_shards_checkpoint_and_recover_with_exact_output(_disarm: None) -> None:
     assert _sink_per_key(recovered) == _sink_per_key(expected)
 
 
+def test_specs_carry_parallelism_on_nodes_and_the_graph() -> None:
+    from streamdag.spec import dumps, loads
+
+    text = """
+name = "g"
+parallelism = 3
+
+[[nodes]]
+name = "t"
+type = "kafka_source"
+parallelism = 2
+params = { topic = "t", key = "k", schema = { value = "float64" } }
+
+[[nodes]]
+name = "m"
+type = "rolling_mean"
+inputs = ["t"]
+parallelism = 4
+params = { window = 2 }
+
+[[nodes]]
+name = "s"
+type = "rolling_sum"
+inputs = ["m"]
+params = { window = 2 }
+"""
+    graph = loads(text, "toml")
+    assert [graph.parallelism_of(node) for node in graph.nodes] == [2, 4, 3]
+    assert dumps(loads(dumps(graph, "toml"), "toml"), "toml") == dumps(graph, "toml")
+    assert loads(dumps(graph, "toml"), "toml").parallelism == 3
+    with pytest.raises(GraphError, match="node 'm': parallelism must be an int"):
+        loads(text.replace("parallelism = 4", "parallelism = 'four'"), "toml")
+
+
 @pytest.mark.integration
 def test_ray_a_killed_shard_is_recovered_with_exact_output(
         ray_session: None, bootstrap: str, tmp_path: Path) -> None:
@@ -296,9 +330,6 @@ def test_ray_a_killed_shard_is_recovered_with_exact_output(
 
 @pytest.mark.integration
 def test_kafka_source_shards_read_partition_groups_with_the_same_output(bootstrap: str) -> None:
-    import asyncio
-    import json
-
     from aiokafka import AIOKafkaProducer
 
     from connectors.topics import ensure_topics
