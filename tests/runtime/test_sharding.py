@@ -280,7 +280,7 @@ params = { window = 2 }
 @pytest.mark.integration
 def test_ray_a_killed_shard_is_recovered_with_exact_output(
         ray_session: None, bootstrap: str, tmp_path: Path) -> None:
-    """Source in 2 partition groups -> EMA in 3 shards -> sink: kill -9 one EMA shard while
+    """Source in 2 partition groups -> EMA in 2 shards -> sink: kill -9 one EMA shard while
     the stream flows; the output per key equals a run of one host without faults."""
     from actor_kills import kill_actor_process, wait_for
     from ema_oracle import expected, per_key, produce, produce_in_background
@@ -294,7 +294,7 @@ def test_ray_a_killed_shard_is_recovered_with_exact_output(
     asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
     ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"}
                       ).with_options(parallelism=2)
-    graph = sd.Graph("ema", outputs=[ticks.ema("price", span=7, name="smooth", parallelism=3)
+    graph = sd.Graph("ema", outputs=[ticks.ema("price", span=7, name="smooth", parallelism=2)
                                      .to_topic(out, name="out")])
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10)
     runner = RayRunner(checkpoints=CheckpointSettings(url=tmp_path.as_uri(), interval_s=0.3,
@@ -308,16 +308,18 @@ def test_ray_a_killed_shard_is_recovered_with_exact_output(
         wait_for(lambda: (running.checkpoints is not None
                           and running.checkpoints.completed >= 2
                           and running.stats()["out"].events_in >= half - 5),
-                 "two checkpoints and the first half through")
+                 "two checkpoints and the first half through", timeout_s=120)
         flowing = produce_in_background(bootstrap, topic, half, total)
-        wait_for(lambda: running.stats()["out"].events_in >= half + 300, "the second half")
+        wait_for(lambda: running.stats()["out"].events_in >= half + 300, "the second half",
+                 timeout_s=120)
         kill_actor_process(running.actor("smooth", 1))
-        flowing.join(timeout=60)
+        flowing.join(timeout=120)
         # A tail moves both source shards' watermarks past the last events (a paused stream
         # holds them: each shard's idle watermark passes only its own partition's newest).
         asyncio.run(produce(bootstrap, topic, total, total + 10))
+        # Deadlines, not sleeps: a busy machine restores the actors in a minute or more.
         records = [record for record in asyncio.run(read_topic(bootstrap, out, total + 5,
-                                                               timeout_s=60))
+                                                               timeout_s=240))
                    if json.loads(record.value)["ts"] < total]
         shards = [s.events_in for s in shard_stats(graph, running._reports())[1]["smooth"]]
     finally:
@@ -325,7 +327,7 @@ def test_ray_a_killed_shard_is_recovered_with_exact_output(
     assert running.recoveries == 1
     assert len(records) == total  # 0 lost, 0 duplicated
     assert per_key(records) == expected(total)  # per-key order and exact values
-    assert len(shards) == 3 and all(shards)
+    assert len(shards) == 2 and all(shards)
 
 
 @pytest.mark.integration
