@@ -125,6 +125,18 @@ def test_the_plan_shards_hosts_and_exchanges_by_key() -> None:
     assert graph.node_ids == _graph(None).node_ids
 
 
+def test_the_text_plan_shows_each_sharded_node_s_shards() -> None:
+    from runtime.planning.planner import plan_graph
+    from runtime.planning.render import render_text
+
+    graph = _graph(4)
+    rows = {line.split()[0]: line for line in render_text(plan_graph(graph), graph).splitlines()
+            if line.startswith("  ")}
+    assert rows["z"].endswith("<- ticks  (3 shards)")
+    assert rows["fast"].endswith("(4 shards)")
+    assert not rows["ticks"].endswith("shards)") and not rows["gaps"].endswith("shards)")
+
+
 def test_the_key_split_is_numpy_and_stable() -> None:
     batch = Batch.from_columns(ts=np.arange(6), key=["a", "b", "c", "a", "d", "b"],
                                v=np.arange(6.0))
