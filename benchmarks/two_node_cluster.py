@@ -93,11 +93,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     source = functools.partial(TestingSource, batches)
     expected = _per_key(LocalRunner().run(graph(1), sources={"ticks": source},
                                           sinks={"out": ListSink}))
+    import ray
+
+    ray.shutdown()  # under `python -m benchmarks`, an earlier module's Ray may still be up
     started = time.perf_counter()
     cluster = start_cluster()
     try:
-        import ray
-
         from runtime.runners.ray_runner import RayRunner
 
         os.environ["RAY_ADDRESS"] = cluster.address  # as a user points at their cluster
