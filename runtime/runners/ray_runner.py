@@ -103,8 +103,9 @@ class RayRunner:
         shard_options: ShardOptions | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
-        #: Extra actor options per shard of a sharded node (e.g. custom resources that place
-        #: shards on different machines of the cluster).
+        #: Extra actor options per actor, from ``(node name, shard, shards)`` (an unsharded
+        #: node is shard 0 of 1): e.g. custom resources that place the shards of a node on
+        #: different machines of the cluster.
         self.shard_options = shard_options
         #: Checkpoints and recovery; None: off (a failure ends the run).
         self.checkpoints = checkpoints
