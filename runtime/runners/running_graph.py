@@ -115,6 +115,10 @@ class RunningGraph:
         """Every node's counters, by node name (a sharded node's summed over its shards)."""
         return shard_stats(self.graph, self._reports())[0]
 
+    def shard_stats(self) -> dict[str, tuple[NodeStats, ...]]:
+        """Each sharded node's counters shard by shard, by node name."""
+        return shard_stats(self.graph, self._reports())[1]
+
     def _reports(self) -> dict[str, NodeStats]:
         import ray
 

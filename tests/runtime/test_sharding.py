@@ -18,7 +18,7 @@ from runtime.checkpoints import failpoints
 from runtime.dataplane.exchange import KeyRoute, key_shards, shard_part
 from runtime.dataplane.worker import NodeWorker
 from runtime.demo.synthetic import RandomWalk
-from runtime.planning.sharding import refuse_sharded, shard_plan, shard_stats
+from runtime.planning.sharding import refuse_sharded, shard_plan
 from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
@@ -333,7 +333,7 @@ def test_ray_a_killed_shard_is_recovered_with_exact_output(
         records = [record for record in asyncio.run(read_topic(bootstrap, out, total + 5,
                                                                timeout_s=240))
                    if json.loads(record.value)["ts"] < total]
-        shards = [s.events_in for s in shard_stats(graph, running._reports())[1]["smooth"]]
+        shards = [s.events_in for s in running.shard_stats()["smooth"]]
     finally:
         running.stop()
     assert running.recoveries == 1
