@@ -127,8 +127,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         import ray
 
         ray.shutdown()
-        print("two-node cluster (python -m benchmarks.two_node_cluster):", flush=True)
-        subprocess.run([sys.executable, "-m", "benchmarks.two_node_cluster"],
+        print("two-node cluster, heavy shards on both machines "
+              "(python -m benchmarks.two_node_cluster --heavy):", flush=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.two_node_cluster", "--heavy",
+                        "--events", str(args.events)],
                        cwd=Path(__file__).resolve().parent.parent, check=False,
                        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
 

@@ -6,10 +6,11 @@ would to any existing cluster, and ``shard_options`` asks shard ``s`` for the re
 machine ``s % 2``. The run checks that both machines hosted a shard and that the output per
 key equals the local runner's. It needs its own Ray, so run it in a process of its own:
 
-    python -m benchmarks.two_node_cluster [--events N] [--parallelism N]
+    python -m benchmarks.two_node_cluster [--events N] [--parallelism N] [--heavy]
 
 It prints one line per shard (its machine) and one line of figures, and exits 1 when the
-placement or the output is wrong (tests/runtime/test_two_node_cluster.py runs it).
+placement or the output is wrong (tests/runtime/test_two_node_cluster.py runs it). With
+``--heavy`` the graph is ``benchmarks.scaling``'s CPU-heavy one, for its rate.
 """
 
 from __future__ import annotations
@@ -87,11 +88,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--heavy", action="store_true",
+                        help="benchmarks.scaling's CPU-heavy graph instead")
     args = parser.parse_args(argv)
+    build, sharded = graph, ("sma20", "smooth")
+    if args.heavy:
+        from benchmarks.scaling import heavy_graph
+
+        build, sharded = heavy_graph, ("heavy",)
     walk = RandomWalk(symbols=20, seed=3)
     batches: list[Batch] = [walk.next_batch(2_000) for _ in range(max(1, args.events // 2_000))]
     source = functools.partial(TestingSource, batches)
-    expected = _per_key(LocalRunner().run(graph(1), sources={"ticks": source},
+    expected = _per_key(LocalRunner().run(build(1), sources={"ticks": source},
                                           sinks={"out": ListSink}))
     import ray
 
@@ -104,12 +112,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["RAY_ADDRESS"] = cluster.address  # as a user points at their cluster
         up = time.perf_counter()
         running = RayRunner(shard_options=on_machine).start(
-            graph(args.parallelism), sources={"ticks": source}, sinks={"out": ListSink})
+            build(args.parallelism), sources={"ticks": source}, sinks={"out": ListSink})
         deployed = time.perf_counter()
         try:
             result = running.wait(120)
             machines = {f"{name}[{shard}]": _machine_of(running.actor(name, shard))
-                        for name in ("sma20", "smooth") for shard in range(args.parallelism)}
+                        for name in sharded for shard in range(args.parallelism)}
         finally:
             running.stop()
         done = time.perf_counter()
@@ -118,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         for shard, node_id in machines.items():
             print(f"{shard:<12} on {names.get(node_id, node_id)}")
         events = sum(len(b) for b in batches)
+        steady = result.stats["out"].last_output_at - result.stats["ticks"].first_output_at
         print(f"cluster up {up - started:.1f} s; actors up {deployed - up:.1f} s; run "
               f"{done - deployed:.1f} s for {events:,} events over "
-              f"{len(set(machines.values()))} machines")
+              f"{len(set(machines.values()))} machines; {events / steady:,.0f} events/s "
+              "from the first event read to the last written")
     finally:
         ray.shutdown()
         cluster.shutdown()
