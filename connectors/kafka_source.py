@@ -91,6 +91,9 @@ class KafkaSourceConfig:
     #: Seconds between two measurements of the log end behind ``lag()``; 0 measures only on
     #: ``measure_lag()``.
     lag_refresh_s: float = 1.0
+    #: ``(index, count)``: read only group ``index`` of ``count`` (every count-th of the
+    #: partitions, from the index-th on), as one shard of a sharded source does.
+    partition_group: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.dead_letter_topic:
@@ -144,6 +147,10 @@ def _config_problems(config: KafkaSourceConfig) -> list[str]:
             or config.lag_refresh_s < 0):
         problems.append("fetch_max_wait_ms, lateness_ns, poll_timeout_s and lag_refresh_s "
                         "cannot be negative")
+    group = config.partition_group
+    if group is not None and not (len(group) == 2 and 0 <= group[0] < group[1]):
+        problems.append(f"partition_group {group!r} must be (index, count) with "
+                        "0 <= index < count, or None for every partition")
     if config.idle_timeout_s is not None and not config.idle_timeout_s > 0:
         problems.append(f"idle_timeout_s must be > 0 or None, got {config.idle_timeout_s}")
     return problems
@@ -398,7 +405,15 @@ class KafkaSourceReader:
                 f"topic {topic!r} has partitions {available}, so {missing} cannot be read; "
                 "fix the source's partitions or leave them None for all"
             )
-        return sorted(wanted)
+        if self._config.partition_group is None:
+            return sorted(wanted)
+        index, count = self._config.partition_group
+        if len(wanted) < count:
+            raise TopicError(
+                f"topic {topic!r} has {len(wanted)} partition(s) to read, fewer than the "
+                f"{count} shards of its source, so shard {index} would read none; give the "
+                f"source a parallelism of at most {len(wanted)}, or the topic more partitions")
+        return sorted(wanted)[index::count]
 
     async def _fetch(
         self, consumer: AIOKafkaConsumer, limit: int, linger_s: float

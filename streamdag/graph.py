@@ -49,6 +49,8 @@ class Node:
     tags: tuple[str, ...] = ()
     shareable: bool = True
     function: Callable[..., Any] | None = field(default=None, repr=False)
+    #: Actors its keys are sharded over (None: the graph's default); not part of its id.
+    parallelism: int | None = None
 
     def __hash__(self) -> int:
         return hash(self.node_id)
@@ -88,6 +90,7 @@ class Node:
         period: int | None = None,
         missing: MissingPolicy | None = None,
         tags: Iterable[str] | None = None,
+        parallelism: int | None = None,
     ) -> Node:
         """A new node like this one with other options; its id (and only its) is recomputed.
 
@@ -106,6 +109,7 @@ class Node:
             function=self.function,
             code_hash=self.code_hash,
             shareable=self.shareable,
+            parallelism=parallelism if parallelism is not None else self.parallelism,
         )
 
     # -- fluent operators ----------------------------------------------------------------
@@ -122,7 +126,7 @@ class Node:
         """Chain any registered operator by type name, with ``others`` as further inputs."""
         options = {
             k: params_and_options.pop(k)
-            for k in ("name", "interval", "period", "missing", "tags")
+            for k in ("name", "interval", "period", "missing", "tags", "parallelism")
             if k in params_and_options
         }
         return make_node(operator, (self, *others), params_and_options, **options)
@@ -229,6 +233,7 @@ def make_node(
     function: Callable[..., Any] | None = None,
     code_hash: str | None = None,
     shareable: bool = True,
+    parallelism: int | None = None,
 ) -> Node:
     """Validate and build a node: params, arity, schemas and options checked here, at build time."""
     display = name or operator
@@ -266,6 +271,7 @@ def make_node(
     if interval_ns == 0:
         raise GraphError(f"node {display!r}: interval must be positive, got 0")
     _refuse_ignored_options(definition, display, interval_ns, missing)
+    check_parallelism(f"node {display!r}", parallelism, definition.role)
     resolved_period = definition.history(canonical) if period is None else int(period)
     if resolved_period < 1:
         raise GraphError(f"node {display!r}: period must be at least 1, got {period!r}")
@@ -304,6 +310,7 @@ def make_node(
         tags=tuple(tags),
         shareable=shareable and all(node.shareable for node in inputs),
         function=function,
+        parallelism=parallelism,
     )
 
 
@@ -324,10 +331,15 @@ class Graph:
     epoch once its checkpoint is complete) or ``"at_least_once"`` (at once: lower latency,
     duplicates after a recovery); None takes ``checkpoint.delivery`` (exactly-once by
     default). It does not change any node's id.
+
+    ``parallelism`` shards every operator node that sets none of its own over that many actors
+    by a stable hash of the key (``Node.with_options(parallelism=...)`` sets one node's;
+    sources take it only from their own option, sinks run as one). Not part of any id: a
+    node's output per key is the same whatever its parallelism.
     """
 
     def __init__(self, name: str, outputs: Sequence[Node], *,
-                 delivery: str | None = None) -> None:
+                 delivery: str | None = None, parallelism: int | None = None) -> None:
         if not name or not isinstance(name, str):
             raise GraphError(f"a graph needs a non-empty name, got {name!r}")
         if not outputs:
@@ -335,9 +347,12 @@ class Graph:
         if delivery not in (None, *DELIVERIES):
             raise GraphError(f"graph {name!r}: delivery {delivery!r} is unknown; expected one "
                              f"of {list(DELIVERIES)}")
+        check_parallelism(f"graph {name!r}", parallelism, "operator")
         self.name = name
         #: "exactly_once", "at_least_once", or None (the configured checkpoint.delivery).
         self.delivery = delivery
+        #: Shards of every operator node that sets no ``parallelism`` of its own (None: 1).
+        self.parallelism = parallelism
         self.outputs: tuple[Node, ...] = tuple(outputs)
         self.nodes: tuple[Node, ...] = _topological(self.outputs)
         self._check_names()
@@ -357,6 +372,13 @@ class Graph:
             if node.name == name:
                 return node
         raise KeyError(f"graph {self.name!r} has no node {name!r}")
+
+    def parallelism_of(self, node: Node) -> int:
+        """How many shards run ``node``: its own ``parallelism``, else the graph's default
+        for operators (sources and sinks: 1)."""
+        if node.parallelism is not None:
+            return node.parallelism
+        return self.parallelism or 1 if node.role == "operator" else 1
 
     @property
     def sources(self) -> tuple[Node, ...]:
@@ -444,3 +466,30 @@ def _refuse_ignored_options(
             "node has no interval, so it could never fail; give it one as well (e.g. "
             "sd.udf(interval='1s', missing='fail')) or remove missing="
         )
+
+
+#: The most shards one node may have.
+MAX_PARALLELISM = 256
+
+
+def check_parallelism(where: str, parallelism: object, role: str) -> None:
+    """Raise GraphError unless ``parallelism`` is None or an int in 1..MAX_PARALLELISM that a
+    node of ``role`` can take.
+
+    >>> try:
+    ...     check_parallelism("sma", 0, "operator")
+    ... except GraphError as error:
+    ...     print(error)
+    sma: parallelism must be an int from 1 to 256 (the actors its keys are sharded over), got 0
+    """
+    if parallelism is None:
+        return
+    if (not isinstance(parallelism, int) or isinstance(parallelism, bool)
+            or not 1 <= parallelism <= MAX_PARALLELISM):
+        raise GraphError(f"{where}: parallelism must be an int from 1 to {MAX_PARALLELISM} "
+                         f"(the actors its keys are sharded over), got {parallelism!r}")
+    if role == "sink" and parallelism > 1:
+        raise GraphError(
+            f"{where}: a sink runs as one actor (its writes are batched and its exactly-once "
+            f"epochs are one sequence per key), but parallelism={parallelism} was given; remove "
+            "parallelism= from the sink and set it on the nodes that feed it")

@@ -26,6 +26,7 @@ __all__ = [
     "module_code_hash",
     "operator_code_modules",
     "require_fields",
+    "shard_instance_id",
 ]
 
 MissingPolicy = Literal["skip", "fail", "interpolate"]
@@ -50,6 +51,26 @@ class NodeConfig:
     missing: MissingPolicy = "skip"
     tags: tuple[str, ...] = ()
     function: Callable[..., Any] | None = field(default=None, compare=False)
+    #: Keyed parallelism: this is shard ``shard`` of ``shards`` (the keys whose stable hash
+    #: modulo ``shards`` is ``shard``), and per input, how many upstream shards feed it
+    #: (empty: one each).
+    shard: int = 0
+    shards: int = 1
+    fan_in: tuple[int, ...] = ()
+
+    @property
+    def instance_id(self) -> str:
+        """The node id, with the shard for one shard of several: names its snapshots.
+
+        >>> NodeConfig("ab12", "n", "map", {}, (), Schema.of(), shard=1, shards=4).instance_id
+        'ab12.1of4'
+        """
+        return shard_instance_id(self.node_id, self.shard, self.shards)
+
+
+def shard_instance_id(node_id: str, shard: int, shards: int) -> str:
+    """``node_id`` for an unsharded node, else ``<node_id>.<shard>of<shards>``."""
+    return node_id if shards == 1 else f"{node_id}.{shard}of{shards}"
 
 
 class OperatorLogic(Protocol):

@@ -21,7 +21,7 @@ consumes)::
     name = "sma20"
     type = "rolling_mean"
     inputs = ["ticks"]
-    tags = ["trend"]      # node options: interval, period, missing, tags
+    tags = ["trend"]      # node options: interval, period, missing, tags, parallelism
     params = { field = "price", window = 20 }
 
 Dumps are canonical: nodes in topological order, params in declaration order and only where
@@ -109,10 +109,10 @@ __all__ = [
 SpecFormat = Literal["toml", "json"]
 
 #: The keys a graph spec may have at its top level.
-GRAPH_KEYS: tuple[str, ...] = ("name", "outputs", "delivery", "nodes")
+GRAPH_KEYS: tuple[str, ...] = ("name", "outputs", "delivery", "parallelism", "nodes")
 #: The keys a spec node may have, in the order dumps write them.
 NODE_KEYS: tuple[str, ...] = (
-    "name", "type", "inputs", "interval", "period", "missing", "tags", "params"
+    "name", "type", "inputs", "interval", "period", "missing", "tags", "parallelism", "params"
 )
 
 _USER_FUNCTION = "user_function"
@@ -131,6 +131,7 @@ class _SpecNode:
     period: int | None
     missing: MissingPolicy
     tags: tuple[str, ...]
+    parallelism: int | None = None
 
 
 # -- files, text and the wire -----------------------------------------------------------------
@@ -253,7 +254,8 @@ def graph_from_dict(data: Mapping[str, Any]) -> Graph:
     if delivery is not None and not isinstance(delivery, str):
         raise SpecError(f"graph spec {graph_name!r}: 'delivery' got {delivery!r}; expected "
                         "\"exactly_once\" or \"at_least_once\"")
-    return Graph(graph_name, outputs=[built[name] for name in outputs], delivery=delivery)
+    return Graph(graph_name, outputs=[built[name] for name in outputs], delivery=delivery,
+                 parallelism=data.get("parallelism"))
 
 
 def _read_node(position: int, raw: Any) -> _SpecNode:
@@ -303,6 +305,7 @@ def _read_node(position: int, raw: Any) -> _SpecNode:
         period=period,
         missing=missing,
         tags=tuple(tags),
+        parallelism=raw.get("parallelism"),  # checked where the node is built
     )
 
 
@@ -395,6 +398,7 @@ def _build(node: _SpecNode, built: Mapping[str, Node]) -> Node:
             period=node.period,
             missing=node.missing,
             tags=node.tags,
+            parallelism=node.parallelism,
         )
     except StreamdagError as exc:
         prefix = f"node {node.name!r}"
@@ -429,6 +433,8 @@ def graph_to_dict(graph: Graph) -> dict[str, Any]:
     }
     if graph.delivery is not None:  # only where set, so dumps stay canonical
         data["delivery"] = graph.delivery
+    if graph.parallelism is not None:
+        data["parallelism"] = graph.parallelism
     data["nodes"] = [_node_to_dict(node, names) for node in graph.nodes]
     return data
 
@@ -460,6 +466,8 @@ def _node_to_dict(node: Node, names: Mapping[str, str]) -> dict[str, Any]:
         entry["missing"] = node.missing
     if node.tags:
         entry["tags"] = list(node.tags)
+    if node.parallelism is not None:
+        entry["parallelism"] = node.parallelism
     entry["params"] = _params_to_dict(node, definition)
     return entry
 

@@ -68,8 +68,10 @@ class UserFunction:
         *inputs: Node | Column,
         name: str | None = None,
         tags: Iterable[str] = (),
+        parallelism: int | None = None,
     ) -> Node:
-        """Apply the function to streams (their ``value`` field) or columns (``ticks['price']``)."""
+        """Apply the function to streams (their ``value`` field) or columns (``ticks['price']``);
+        ``parallelism`` shards the node's keys over that many actors."""
         if not inputs:
             raise GraphError(f"user function {self.__name__!r} needs at least one input stream")
         nodes: list[Node] = []
@@ -99,6 +101,7 @@ class UserFunction:
             function=self.function,
             code_hash=self.code_hash,
             shareable=self.shareable,
+            parallelism=parallelism,
         )
 
     def _check_unchanged(self) -> None:

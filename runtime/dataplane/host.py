@@ -131,7 +131,7 @@ class NodeHost:
         self.worker = NodeWorker(config, snapshot=worker_state, incarnation=incarnation)
         self.incarnation = incarnation
         #: This node's part in checkpoints (inert when ``checkpoints`` is None).
-        self.checkpointing = NodeCheckpoints(config.node_id, checkpoints, restored)
+        self.checkpointing = NodeCheckpoints(config.instance_id, checkpoints, restored)
         self._output: EpochOutput | None = None
         #: An at-least-once sink's batches, published off the drain loop.
         self._publisher: SinkPublisher | None = None

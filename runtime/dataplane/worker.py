@@ -46,6 +46,7 @@ class WorkerSnapshot:
 
 @dataclass
 class _EdgeState:
+    #: The input slot: the input itself, or for a sharded producer, one of its shards.
     input_index: int
     expected_seq: int = 0
     held: dict[int, tuple[Payload, ...]] = field(default_factory=dict)
@@ -68,6 +69,11 @@ class NodeWorker:
 
     ``snapshot`` is the operator's bytes alone, or a whole ``WorkerSnapshot`` (held events
     and watermarks too).
+
+    An input fed by a sharded producer (``config.fan_in``) has one slot per producer shard:
+    watermarks, end-of-stream and barriers are tracked per slot (the input's watermark is
+    their minimum; it ends once all did; a barrier aligns over all), and what the slots of one
+    input release together is merged in event-time order (see ``runtime.planning.sharding``).
     """
 
     def __init__(
@@ -99,12 +105,21 @@ class NodeWorker:
             self._origins = list(restored.origins)
             self._schemas = (config.output_schema,) * len(self._origins)
             self._edges = {edge: _EdgeState(index) for edge, index in restored.edges}
-        inputs = len(self._schemas)
+        fan_in = config.fan_in or (1,) * len(self._schemas)
+        #: The input each slot feeds (a sharded producer feeds one slot per shard).
+        self._input_of = [i for i, count in enumerate(fan_in) for _ in range(count)]
+        slot_schemas = [self._schemas[i] for i in self._input_of]
+        inputs = len(slot_schemas)
+        if restored is not None and len(restored.watermarks) != inputs:
+            raise ValueError(
+                f"node {config.name!r}: its snapshot has {len(restored.watermarks)} input "
+                f"slot(s), this node {inputs}; restore it with the parallelism of the nodes "
+                "that fed it when the checkpoint was taken")
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
-        if inputs > 1 or definition.needs_time_order:
+        if len(self._schemas) > 1 or definition.needs_time_order:
             self._aligner = EventTimeAligner(
-                self._schemas, restored.aligner if restored is not None else None,
+                slot_schemas, restored.aligner if restored is not None else None,
                 dynamic=self._dynamic, join_grace=int(config.params.get("join_grace", 0)),
             )
         self._watermarks: list[int | None] = (
@@ -153,10 +168,13 @@ class NodeWorker:
 
     # -- wiring ---------------------------------------------------------------------------
     def connect(self, edge: str, input_index: int) -> None:
-        """Expect envelopes on ``edge`` for input ``input_index``."""
+        """Expect envelopes on ``edge`` for input slot ``input_index``."""
         if self._dynamic and edge not in self._edges:
             raise TypeError(f"node {self.config.name!r} ({self.config.operator}) has no fixed "
                             f"inputs to connect edge {edge!r} to; it follows nodes (follow)")
+        if not 0 <= input_index < len(self._input_of):
+            raise ValueError(f"node {self.config.name!r} has input slots 0..."
+                             f"{len(self._input_of) - 1}, not {input_index}")
         if edge not in self._edges:
             self._edges[edge] = _EdgeState(input_index)
 
@@ -175,6 +193,7 @@ class NodeWorker:
         assert self._aligner is not None
         index = self._aligner.add_input(self.config.output_schema)
         self._schemas = (*self._schemas, self.config.output_schema)
+        self._input_of.append(index)
         self._origins.append(origin)
         self._watermarks.append(None)
         self._ended.append(False)
@@ -258,6 +277,8 @@ class NodeWorker:
         return self._on_barrier(input_index, payload)
 
     def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
+        if not len(batch):
+            return []  # a sharded producer's part for this shard held nothing
         self.stats.events_in += len(batch)
         self.stats.batches_in += 1
         if self._dynamic:
@@ -274,14 +295,23 @@ class NodeWorker:
             self.stats.late_dropped += len(late)
             return []
         inputs = [Batch.empty(schema) for schema in self._schemas]
-        inputs[input_index] = late.sorted_by_time()
+        inputs[self._input_of[input_index]] = late.sorted_by_time()
         return self._process(inputs)
 
     def _process_released(self) -> list[Payload]:
         assert self._aligner is not None
         released = self._aligner.release()
         self.stats.held_events = self._aligner.buffered
-        return self._process(released) if released is not None else []
+        if released is None:
+            return []
+        if len(released) == len(self._schemas):
+            return self._process(released)
+        # Step 1: the slots of one input (its producer's shards) merge into that input, in
+        # event-time order; a key comes from one shard, so its own order is kept.
+        merged: list[list[Batch]] = [[] for _ in self._schemas]
+        for slot, batch in enumerate(released):
+            merged[self._input_of[slot]].append(batch)
+        return self._process([Batch.concat(parts).sorted_by_time() for parts in merged])
 
     def _process(self, inputs: list[Batch]) -> list[Payload]:
         started = self._clock()

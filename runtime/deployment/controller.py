@@ -221,7 +221,9 @@ class Controller(StopAndResume):
         diff = diff_graph(graph, self._registry.live_keys() if dedup else frozenset())
         self._diff_duration.observe(time.perf_counter() - started)
         from runtime.deployment.admission import admit_submission
+        from runtime.planning.sharding import refuse_sharded
 
+        refuse_sharded(graph)  # one actor per node id here: keyed parallelism is the runners'
         # Limits and topic ownership, before anything is mapped or created.
         admit_submission(self.state_dir, self.settings.limits, self._registry,
                          self._records.values(), submission, graph, keys, diff)

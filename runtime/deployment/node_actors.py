@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from runtime.dataplane.exchange import KeyRoute
 from runtime.deployment.node_registry import NODE_NAMESPACE, NodeRegistry, node_actor_name
 from runtime.runners.ray_nodes import RayNodes, awaited
 
@@ -92,12 +93,13 @@ class NodeActors(RayNodes):
         #: (a recovery re-wires every edge of its region) makes the query follow it.
         self.origins: dict[str, str] = {}
 
-    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
+                        route: KeyRoute | None = None) -> None:
         """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge`` (a tag
-        query follows it, labelled with its origin)."""
+        query follows it, labelled with its origin; deployments run no shards, so no route)."""
         origin = self.origins.get(edge)
         if origin is None:
-            await super().subscribe(edge, upstream, downstream, index)
+            await super().subscribe(edge, upstream, downstream, index, route)
             return
         from runtime.dataplane.channels import RayTarget
 

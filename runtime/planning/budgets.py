@@ -211,10 +211,11 @@ def check_memory(estimate: GraphEstimate, limits: LimitSettings, running: int = 
 def check_runner_budgets(
     graph: Graph, limits: LimitSettings, *, actors: bool
 ) -> GraphEstimate:
-    """Every budget of a graph run on its own (``actors``: one actor per node); its estimate."""
+    """Every budget of a graph run on its own (``actors``: one actor per node shard); its
+    estimate."""
     check_graph_size(graph, limits)
     if actors:
-        check_actors(graph, len(graph.nodes), 0, limits)
+        check_actors(graph, sum(graph.parallelism_of(n) for n in graph.nodes), 0, limits)
     estimate = estimate_graph(graph, limits.expected_keys)
     check_memory(estimate, limits)
     return estimate

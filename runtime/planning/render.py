@@ -62,7 +62,8 @@ def node_label(node: Node) -> str:
 
 
 def render_text(plan: ExecutionPlan, graph: Graph) -> str:
-    """The plan generation by generation: name, label, short id and inputs of every node."""
+    """The plan generation by generation: name, label, short id, inputs and shards of every
+    node."""
     by_id = {node.node_id: node for node in graph.nodes}
     foreign = [node_id for node_id in plan.order if node_id not in by_id]
     if foreign:
@@ -82,6 +83,8 @@ def render_text(plan: ExecutionPlan, graph: Graph) -> str:
             row = f"  {node.name:<{name_width}}  {labels[node_id]:<{label_width}}  {ids[node_id]}"
             if node.inputs:
                 row += "  <- " + ", ".join(upstream.name for upstream in node.inputs)
+            if graph.parallelism_of(node) > 1:
+                row += f"  ({graph.parallelism_of(node)} shards)"
             lines.append(row.rstrip())
     if plan.iterate_blocks:
         lines.append("iterate blocks:")

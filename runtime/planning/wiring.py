@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from runtime.dataplane.exchange import KeyRoute
 from runtime.dataplane.messages import edge_id
 from runtime.dataplane.stats import NodeStats
 from runtime.planning.planner import plan_graph
@@ -29,12 +30,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class EdgeSpec:
-    """One edge: ``upstream``'s output into input ``input_index`` of ``downstream``."""
+    """One edge: ``upstream``'s output into input ``input_index`` of ``downstream``.
+
+    Between sharded nodes ``input_index`` is the consumer's input slot, and ``route`` the
+    keys of the consumer shard (None: every record).
+    """
 
     edge: str
     upstream: str
     downstream: str
     input_index: int
+    route: KeyRoute | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,10 @@ class HostSpec:
     source: SourceFactory | None
     sink: SinkFactory | None
     capture: bool
+    #: Keyed parallelism: shard ``shard`` of ``shards``; upstream shards feeding each input.
+    shard: int = 0
+    shards: int = 1
+    fan_in: tuple[int, ...] = ()
 
     def host_arguments(
         self,
@@ -55,17 +65,25 @@ class HostSpec:
         checkpoints: CheckpointTarget | None = None,
     ) -> dict[str, Any]:
         """Keyword arguments of the ``NodeHost`` (in process or as an actor) for this node."""
-        return {"config": self.node.config(), "settings": settings, "source": self.source,
+        config = self.node.config()
+        if self.shards > 1 or self.fan_in:
+            config = replace(config, shard=self.shard, shards=self.shards, fan_in=self.fan_in)
+        return {"config": config, "settings": settings, "source": self.source,
                 "sink": self.sink, "capture": self.capture, "incarnation": incarnation,
                 "snapshot": snapshot, "checkpoints": checkpoints}
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """A finished run: each output node's records, and every node's counters."""
+    """A finished run: each output node's records, and every node's counters.
+
+    A sharded node's output holds its shards' outputs one after the other (each key's records
+    in order), its ``stats`` the shards' figures summed, and ``shards`` each shard's.
+    """
 
     outputs: Mapping[str, Batch | None]
     stats: Mapping[str, NodeStats]
+    shards: Mapping[str, tuple[NodeStats, ...]] = field(default_factory=dict)
 
     def records(self, name: str) -> list[dict[str, object]]:
         """The records an output node produced, as dicts."""
@@ -164,6 +182,7 @@ def merge_graphs(name: str, graphs: Sequence[Graph]) -> Graph:
             name=f"{graph.name}.{node.name}" if clash else node.name,
             interval=node.interval, period=node.period, missing=node.missing, tags=node.tags,
             function=node.function, code_hash=node.code_hash, shareable=node.shareable,
+            parallelism=node.parallelism,
         )
         rebuilt[node.node_id] = copy
         return copy

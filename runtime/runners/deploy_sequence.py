@@ -9,7 +9,7 @@ recovery re-creates nodes through the same sequence.
 >>> class Printing:
 ...     def create(self, key, host): print("create", key)
 ...     async def wait_ready(self, names): print("ready", sorted(names))
-...     async def subscribe(self, edge, upstream, downstream, index):
+...     async def subscribe(self, edge, upstream, downstream, index, route=None):
 ...         print("wire", upstream, "->", downstream)
 ...     async def start_sources(self, keys): print("start", list(keys))
 >>> from types import SimpleNamespace
@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from runtime.dataplane.exchange import KeyRoute
 from runtime.planning.wiring import EdgeSpec, HostSpec
 from streamdag.errors import StreamdagError
 
@@ -52,8 +53,10 @@ class NodeBackend(Protocol):
     async def wait_ready(self, names: Mapping[str, str]) -> None:
         """Wait until every node of ``names`` (key -> node name) is ready, or raise."""
 
-    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
-        """Connect input ``index`` of ``downstream``, then let ``upstream`` send on ``edge``."""
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
+                        route: KeyRoute | None = None) -> None:
+        """Connect input ``index`` of ``downstream``, then let ``upstream`` send on ``edge``
+        (only the records of ``route``'s keys, when set)."""
 
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source nodes of ``keys`` start reading."""
@@ -106,11 +109,13 @@ async def deploy(
         for key, _ in generation:
             for edge in edges_from.get(key, ()):
                 if edge.downstream in new:
-                    await backend.subscribe(edge.edge, key, edge.downstream, edge.input_index)
+                    await backend.subscribe(edge.edge, key, edge.downstream, edge.input_index,
+                                            edge.route)
     # Step 3: running producers attach to their new consumers.
     for edge in edges:
         if edge.upstream not in new and edge.downstream in new:
-            await backend.subscribe(edge.edge, edge.upstream, edge.downstream, edge.input_index)
+            await backend.subscribe(edge.edge, edge.upstream, edge.downstream, edge.input_index,
+                                    edge.route)
             progress.attached.append(edge)
     # Step 4: sources last.
     await backend.start_sources(

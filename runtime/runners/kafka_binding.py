@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,17 @@ class KafkaSourceFactory:
                                 time_field=config.time_field, time_unit=config.time_unit,
                                 codec=config.codec, max_record_bytes=config.max_record_bytes)
         decoder.decode([_EMPTY_RECORD[config.codec]], np.zeros(1, dtype=np.int64))
+
+    def shard(self, index: int, count: int) -> KafkaSourceFactory:
+        """The factory of source shard ``index`` of ``count``: its group of the partitions.
+
+        >>> from streamdag.schema import Schema
+        >>> config = KafkaSourceConfig("127.0.0.1:9092", "ticks", Schema.of(p="float64"))
+        >>> KafkaSourceFactory(config).shard(1, 3).config.partition_group
+        (1, 3)
+        """
+        return dataclasses.replace(
+            self, config=dataclasses.replace(self.config, partition_group=(index, count)))
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,15 @@ from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFig
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.channels import LocalTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
+from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
 from runtime.inference.host import host_class
 from runtime.planning.budgets import check_runner_budgets
+from runtime.planning.sharding import gather_outputs, shard_plan, shard_stats
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.recovery import RestartPolicy
-from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
@@ -88,7 +89,7 @@ class LocalRunner:
         generations, edges = wire_graph(
             graph, sources, sinks, self._default_source, self._default_sink
         )
-        keyed = [[(h.node.node_id, h) for h in generation] for generation in generations]
+        keyed, edges = shard_plan(graph, generations, edges)
         nodes = LocalNodes(self.settings)
         policy = store = region = None
         if self.checkpoints is not None:
@@ -147,12 +148,10 @@ class LocalRunner:
                 nodes.incarnation += 1
                 self.recoveries += 1
             hosts = nodes.hosts
-            outputs: dict[str, Batch | None] = {}
-            for node in (*graph.sinks, *graph.outputs):
-                batches = hosts[node.node_id].results()
-                outputs[node.name] = Batch.concat(batches) if batches else None
-            return RunResult(outputs, {hosts[n.node_id].config.name: hosts[n.node_id].stats()
-                                       for n in graph.nodes})
+            outputs = gather_outputs(graph, lambda key: hosts[key].results())
+            stats, shards = shard_stats(graph, {key: host.stats()
+                                                for key, host in hosts.items()})
+            return RunResult(outputs, stats, shards)
         finally:
             # Sources first (they were created last): nothing pushes to a host already stopped.
             for host in reversed(list(nodes.hosts.values())):
@@ -182,11 +181,15 @@ class LocalNodes:
         for key in names:
             await self.hosts[key].ready()
 
-    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
-        """Connect ``downstream``'s input ``index`` and let ``upstream`` push to it."""
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
+                        route: KeyRoute | None = None) -> None:
+        """Connect ``downstream``'s input ``index`` and let ``upstream`` push to it (the
+        records of ``route``'s keys, when set)."""
         consumer = self.hosts[downstream]
         consumer.connect_input(edge, index)
-        self.hosts[upstream].subscribe(edge, LocalTarget(consumer.push))
+        target = LocalTarget(consumer.push)
+        self.hosts[upstream].subscribe(
+            edge, target if route is None else RoutedTarget(target, route))
 
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source hosts of ``keys`` start reading."""

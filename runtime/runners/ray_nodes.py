@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
+from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings
 from runtime.inference.host import (
@@ -21,9 +22,12 @@ from runtime.inference.host import (
 from runtime.planning.wiring import HostSpec
 from runtime.runners.deploy_sequence import ActorNotReadyError
 
-__all__ = ["RayNodes", "awaited", "node_actor_class", "run_blocking"]
+__all__ = ["RayNodes", "ShardOptions", "awaited", "node_actor_class", "run_blocking"]
 
 T = TypeVar("T")
+#: Extra Ray actor options of one shard: ``(node name, shard, shards) -> options``, e.g. a
+#: custom resource that only some cluster nodes have, to place each shard on its machine.
+ShardOptions = Callable[[str, int, int], Mapping[str, Any]]
 
 
 def node_actor_class(operator: str = "") -> Any:
@@ -59,6 +63,8 @@ class RayNodes:
         self.incarnation = 0
         self.snapshots: dict[str, NodeSnapshot] = {}
         self.checkpoints: CheckpointTarget | None = None
+        #: Per-shard actor options on top of ``options_for`` (None: the same for every shard).
+        self.shard_options: ShardOptions | None = None
 
     def options_for(self, key: str) -> dict[str, Any]:
         """Ray actor options of the actor of ``key``."""
@@ -72,6 +78,8 @@ class RayNodes:
         """Create the actor of ``key`` hosting ``host``'s node; returns its handle."""
         options = {**self.options_for(key),
                    **inference_actor_options(host.node, _cluster_gpus(host.node))}
+        if self.shard_options is not None:
+            options = {**options, **self.shard_options(host.node.name, host.shard, host.shards)}
         handle = node_actor_class(host.node.operator).options(**options).remote(
             **host.host_arguments(self.settings, incarnation=self.incarnation,
                                   snapshot=self.snapshots.get(key),
@@ -100,11 +108,15 @@ class RayNodes:
                 f"node(s) {late} did not report ready within {self.ready_timeout_s} s; check "
                 "their actors' logs, or raise the ready timeout (ready_timeout_s)")
 
-    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int) -> None:
-        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge``."""
+    async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
+                        route: KeyRoute | None = None) -> None:
+        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge`` (the
+        records of ``route``'s keys, when set)."""
         consumer = self.handles[downstream]
         await consumer.connect_input.remote(edge, index)
-        await self.handles[upstream].subscribe.remote(edge, RayTarget(consumer))
+        target = RayTarget(consumer)
+        await self.handles[upstream].subscribe.remote(
+            edge, target if route is None else RoutedTarget(target, route))
 
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source actors of ``keys`` start reading."""

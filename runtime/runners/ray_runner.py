@@ -15,9 +15,10 @@ from runtime.checkpoints.store import CheckpointStore, shared_store
 from runtime.dataplane.checkpointing import CheckpointTarget
 from runtime.dataplane.host import RuntimeSettings
 from runtime.planning.budgets import check_runner_budgets
+from runtime.planning.sharding import shard_plan
 from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
-from runtime.runners.ray_nodes import RayNodes, node_actor_class, run_blocking
+from runtime.runners.ray_nodes import RayNodes, ShardOptions, node_actor_class, run_blocking
 from runtime.runners.recovery import GraphFailedError
 from runtime.runners.running_graph import RecoveryPlan, RunningGraph
 from streamdag.config import CheckpointSettings, LimitSettings
@@ -103,8 +104,13 @@ class RayRunner:
         actor_options: Mapping[str, Any] | None = None,
         limits: LimitSettings | None = None,
         checkpoints: CheckpointSettings | None = None,
+        shard_options: ShardOptions | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
+        #: Extra actor options per actor, from ``(node name, shard, shards)`` (an unsharded
+        #: node is shard 0 of 1): e.g. custom resources that place the shards of a node on
+        #: different machines of the cluster.
+        self.shard_options = shard_options
         #: Checkpoints and recovery; None: off (a failure ends the run).
         self.checkpoints = checkpoints
         self._default_source = default_source
@@ -127,7 +133,8 @@ class RayRunner:
             graph, sources or {}, sinks or {}, self._default_source, self._default_sink
         )
         nodes = RayNodes(self.settings, self._actor_options)
-        keyed = [[(h.node.node_id, h) for h in generation] for generation in generations]
+        nodes.shard_options = self.shard_options
+        keyed, edges = shard_plan(graph, generations, edges)
         plan = None
         if self.checkpoints is not None:
             plan = RecoveryPlan(keyed, edges, self._store(self.checkpoints),

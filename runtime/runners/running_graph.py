@@ -32,11 +32,11 @@ from runtime.dataplane.checkpointing import NodeSnapshot
 from runtime.dataplane.host import followed_a_failure
 from runtime.dataplane.stats import NodeStats
 from runtime.deployment.lifecycle import failure_cause
+from runtime.planning.sharding import gather_outputs, instance_keys, shard_stats
 from runtime.planning.wiring import EdgeSpec, HostSpec, RunResult
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.ray_nodes import RayNodes, run_blocking
 from runtime.runners.recovery import BackgroundLoop, GraphFailedError, RestartPolicy
-from streamdag.batch import Batch
 from streamdag.config import CheckpointSettings
 from streamdag.graph import Graph
 
@@ -92,7 +92,8 @@ class RunningGraph:
 
     @property
     def actors(self) -> dict[str, Any]:
-        """The actor of every node, by node id (of the current incarnation)."""
+        """The actor of every node, by node id (of the current incarnation); a sharded
+        node's, by ``<node_id>.<shard>of<count>``."""
         return self.nodes.handles
 
     @property
@@ -106,17 +107,23 @@ class RunningGraph:
         """The coordinator's figures (None without checkpoints)."""
         return self._coordinator.figures if self._coordinator is not None else None
 
-    def actor(self, name: str) -> Any:
-        """The actor hosting node ``name``."""
-        return self.actors[self.graph.node(name).node_id]
+    def actor(self, name: str, shard: int = 0) -> Any:
+        """The actor hosting node ``name`` (its shard ``shard``, when it has several)."""
+        return self.actors[instance_keys(self.graph, self.graph.node(name))[shard]]
 
     def stats(self) -> dict[str, NodeStats]:
-        """Every node's counters, by node name."""
+        """Every node's counters, by node name (a sharded node's summed over its shards)."""
+        return shard_stats(self.graph, self._reports())[0]
+
+    def shard_stats(self) -> dict[str, tuple[NodeStats, ...]]:
+        """Each sharded node's counters shard by shard, by node name."""
+        return shard_stats(self.graph, self._reports())[1]
+
+    def _reports(self) -> dict[str, NodeStats]:
         import ray
 
-        names = {n.node_id: n.name for n in self.graph.nodes}
-        refs = {names[node_id]: a.stats.remote() for node_id, a in self.actors.items()}
-        return {name: ray.get(ref) for name, ref in refs.items()}
+        refs = {key: actor.stats.remote() for key, actor in self.actors.items()}
+        return {key: ray.get(ref) for key, ref in refs.items()}
 
     # -- checkpoints ----------------------------------------------------------------------
     def start_checkpoints(self, first_id: int = 1, *, at_once: bool = False) -> None:
@@ -240,7 +247,6 @@ class RunningGraph:
     def _wait_once(self, deadline: float | None, timeout_s: float | None) -> RunResult:
         import ray
 
-        leaves = [*self.graph.sinks, *self.graph.outputs]
         waits = {actor.wait_finished.remote(): node_id for node_id, actor in self.actors.items()}
         # Every node, not only the leaves: a producer's counters are final once the
         # acknowledgements of its last pushes came back, after its consumers finished.
@@ -264,12 +270,10 @@ class RunningGraph:
             except Exception as exc:
                 raise _RegionFailedError(self._failure_cause(exc)) from None
             awaited.discard(waits[ready[0]])
-        outputs: dict[str, Batch | None] = {}
-        for node in leaves:
-            batches = ray.get(self.actors[node.node_id].results.remote())
-            outputs[node.name] = Batch.concat(batches) if batches else None
+        outputs = gather_outputs(self.graph,
+                                 lambda key: ray.get(self.actors[key].results.remote()))
         self._stop_checkpoints()
-        return RunResult(outputs, self.stats())
+        return RunResult(outputs, *shard_stats(self.graph, self._reports()))
 
     def _raise_if_coordinator_failed(self) -> None:
         running = self._coordinating
@@ -289,8 +293,10 @@ class RunningGraph:
         # Actors that died are the cause; the nodes that held after them only followed.
         crashed: list[tuple[str, BaseException]] = []
         failed: list[tuple[str, BaseException]] = []
-        for node in self.graph.nodes:
-            actor = self.actors[node.node_id]
+        shards = [(node, key) for node in self.graph.nodes
+                  for key in instance_keys(self.graph, node)]
+        for node, key in shards:
+            actor = self.actors[key]
             try:
                 if ray.get(actor.is_finished.remote(), timeout=_PROBE_TIMEOUT_S):
                     ray.get(actor.wait_finished.remote(), timeout=_PROBE_TIMEOUT_S)

@@ -256,6 +256,15 @@ def test_a_failed_submission_is_torn_down_and_leaves_shared_actors_untouched(
     _produce(bootstrap, ticks, 21, 22)
     assert _sma_values(_read(bootstrap, sig_a, 3)) == _expected_sma(1, 22)
     assert deployment.status(running["id"])["state"] == "executing"
+    # Keyed parallelism is the runners' for now: refused at once, nothing created.
+    wide = deployment.submit(sd.Graph("wide", outputs=[
+        sma.map("value * 3", name="triple").to_topic(_topic("tripled"), name="tripled")],
+        parallelism=2))
+    assert (wide["state"], wide["cause"]) == ("failed", (
+        "GraphError: graph 'wide': node(s) ['sma20', 'triple'] ask for parallelism above 1, "
+        "which a deployment does not run yet (it shares nodes between graphs by id, one actor "
+        "each); run the graph with RayRunner or LocalRunner, or submit it without parallelism"))
+    assert _node_actors(deployment) == before
 
 
 def test_a_crashed_actor_fails_its_graph_and_is_counted(connect: Connect, bootstrap: str) -> None:

@@ -341,7 +341,8 @@ def test_validate_structure_orders_by_listing_order() -> None:
 def test_unknown_top_level_key() -> None:
     data = {**_spec(), "graph": "x"}
     assert _error(SpecError, data) == (
-        "graph spec: unknown key 'graph'; allowed keys are name, outputs, delivery, nodes"
+        "graph spec: unknown key 'graph'; allowed keys are name, outputs, delivery, "
+        "parallelism, nodes"
     )
 
 
@@ -351,7 +352,8 @@ def test_unknown_node_key() -> None:
     data["nodes"][1]["colour"] = "red"
     assert _error(SpecError, data) == (
         "node 'smooth': unknown keys 'window', 'colour'; allowed keys are name, type, inputs, "
-        "interval, period, missing, tags, params (operator params go in its params table)"
+        "interval, period, missing, tags, parallelism, params (operator params go in its "
+        "params table)"
     )
 
 
@@ -546,7 +548,8 @@ def test_node_option_types(key: str, value: Any, expected: str) -> None:
 
 def test_graph_shape_errors() -> None:
     assert _error(SpecError, ["not", "a", "table"]) == (
-        "a graph spec must be a table with keys ['name', 'outputs', 'delivery', 'nodes'], got list"
+        "a graph spec must be a table with keys ['name', 'outputs', 'delivery', 'parallelism', "
+        "'nodes'], got list"
     )
     assert _error(SpecError, {"nodes": _spec()["nodes"]}) == (
         "graph spec: 'name' got None; expected the graph's name, a non-empty string"
