@@ -140,8 +140,10 @@ def merge_stats(shards: Sequence[NodeStats]) -> NodeStats:
             value = max(values)
         elif isinstance(first, dict):
             value = {k: v for shard in values for k, v in shard.items()}
-        else:
+        elif isinstance(first, int | float) and not isinstance(first, bool):
             value = sum(values)
+        else:  # figures of a kind that only unsharded nodes have (an inference engine's)
+            value = next((v for v in values if v is not None), first)
         setattr(merged, field.name, value)
     return merged
 
