@@ -7,13 +7,16 @@ Importing this package registers every built-in operator.
 from operators import (  # noqa: F401
     asof_join,
     bars,
+    count_window,
     crossover,
     iterate,
     map_filter,
     rolling,
+    session_window,
     smoothing,
     user_function,
     vwap,
+    windows,
 )
 
 __all__: list[str] = []

@@ -186,6 +186,31 @@ class Node:
         """A fixed-point block: vars start at ``initial`` and repeat ``update`` until converged."""
         return self.apply("iterate", initial=initial, update=update, output=output, **kw)
 
+    def tumbling_window(self, size: DurationLike, agg: str | Sequence[str],
+                        field: str = "value", **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over consecutive ``size`` windows."""
+        aggregations = [agg] if isinstance(agg, str) else agg
+        return self.apply("tumbling_window", size=size, agg=aggregations, field=field, **kw)
+
+    def hopping_window(self, size: DurationLike, step: DurationLike, agg: str | Sequence[str],
+                       field: str = "value", **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over ``size`` windows starting every ``step``."""
+        aggregations = [agg] if isinstance(agg, str) else agg
+        return self.apply("hopping_window", size=size, step=step, agg=aggregations,
+                          field=field, **kw)
+
+    def session_window(self, gap: DurationLike, agg: str | Sequence[str],
+                       field: str = "value", **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over sessions that a ``gap`` of time closes."""
+        aggregations = [agg] if isinstance(agg, str) else agg
+        return self.apply("session_window", gap=gap, agg=aggregations, field=field, **kw)
+
+    def count_window(self, count: int, agg: str | Sequence[str], field: str = "value",
+                     **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over every ``count`` consecutive events."""
+        aggregations = [agg] if isinstance(agg, str) else agg
+        return self.apply("count_window", count=count, agg=aggregations, field=field, **kw)
+
     def to_topic(self, topic: str, codec: str = "json", *, shared: bool = False,
                  **kw: Any) -> Node:
         """A sink writing this stream to Kafka ``topic``, keyed by the stream's key.

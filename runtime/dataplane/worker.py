@@ -203,7 +203,11 @@ class NodeWorker:
             return []
         inputs = [Batch.empty(schema) for schema in self._schemas]
         inputs[input_index] = late.sorted_by_time()
-        return self._process(inputs)
+        # An operator with a late policy counts what it drops (past its allowed lateness).
+        dropped = getattr(self.logic, "late_dropped", 0)
+        outputs = self._process(inputs)
+        self.stats.late_dropped += getattr(self.logic, "late_dropped", 0) - dropped
+        return outputs
 
     def _process_released(self) -> list[Payload]:
         assert self._aligner is not None

@@ -1,0 +1,292 @@
+"""Tumbling and hopping event-time windows per key, with allowed lateness and early updates.
+
+A hopping window of ``size`` starts every ``step`` of event time (epoch-aligned: at multiples
+of ``step``) and covers ``[start, start + size)``; a tumbling window is one whose step is its
+size. One numba pass folds a whole batch into the windows' aggregates (``window_state``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from operators.window_state import (
+    COUNT,
+    EARLY,
+    EMITTED,
+    END,
+    FINAL,
+    GROW_OUT,
+    GROW_ROWS,
+    NO_WATERMARK,
+    OK,
+    SIDE,
+    SLOT,
+    START,
+    Emissions,
+    WindowKeys,
+    WindowTable,
+    add_event,
+    emit_row,
+    find_or_open,
+    late_params,
+    load_arrays,
+    open_row,
+    save_arrays,
+    window_schema,
+)
+from streamdag.batch import Batch
+from streamdag.errors import ParamError
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
+from streamdag.operator_registry import register
+from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
+from streamdag.schema import Schema
+
+__all__ = ["MAX_WINDOWS_PER_EVENT", "HoppingWindowDef", "TumblingWindowDef", "WindowLogic"]
+
+#: Most hopping windows one event may fall in (size / step): each costs a fold per event.
+MAX_WINDOWS_PER_EVENT = 1_000
+
+
+@njit(cache=True)
+def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any,
+          out_acc: Any, out_size: Any, slots: Any, ts: Any, values: Any, first: int,
+          sequence: int, length: int, step: int, lateness: int, watermark: int,
+          early_every: int, side: bool) -> tuple[int, int, int]:
+    # Returns (status, event to resume from, events dropped). Each event is folded whole or
+    # not at all: room for all its windows and emissions is checked before it starts.
+    per_event = (length + step - 1) // step
+    dropped = 0
+    for i in range(first, slots.shape[0]):
+        if size[0] + per_event > meta.shape[0] or 2 * (size[0] + per_event) > index.shape[0]:
+            return GROW_ROWS, i, dropped
+        if out_size[0] + per_event + 1 > out_meta.shape[0]:
+            return GROW_OUT, i, dropped
+        slot, t, x = slots[i], ts[i], values[i]
+        latest_start = (t // step) * step
+        start = latest_start
+        covered = False
+        folded = False
+        while start + length > t:
+            covered = True
+            end = start + length
+            if watermark != NO_WATERMARK and end + lateness <= watermark:
+                break  # this and every earlier window are past their lateness
+            row = latest[slot]
+            if (start == latest_start and 0 <= row < size[0] and meta[row, SLOT] == slot
+                    and meta[row, START] == start):
+                add_event(meta, acc, row, t, sequence + i, x)
+            else:
+                row = find_or_open(meta, acc, index, size, slot, start, end, t, sequence + i, x)
+                if start == latest_start:
+                    latest[slot] = row
+            folded = True
+            if watermark != NO_WATERMARK and end <= watermark:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)  # a revision
+            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY)
+            start -= step
+        if covered and not folded:
+            dropped += 1
+            if side:
+                k = out_size[0]
+                open_row(out_meta, out_acc, k, slot, latest_start, latest_start + length, t,
+                         SIDE, x)
+                out_size[0] = k + 1
+    return OK, slots.shape[0], dropped
+
+
+class WindowLogic:
+    """Runtime logic of a tumbling or hopping window node: the open windows and a late count.
+
+    ``late_dropped`` counts events later than the allowed lateness (dropped, or sent on as
+    side records); it is part of the snapshot.
+    """
+
+    def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
+        params = config.params
+        self._field = str(params["field"])
+        self._aggregations = tuple(params["agg"])
+        self._size = int(params["size"])
+        self._step = int(params.get("step", self._size))
+        self._lateness = int(params["lateness"])
+        self._side = params["late"] == "side"
+        self._early_every = int(params["early_every"])
+        self._emissions = Emissions()
+        if snapshot is None:
+            self._keys = WindowKeys()
+            self._table = WindowTable()
+            self._watermark, self._sequence, self.late_dropped = NO_WATERMARK, 0, 0
+        else:
+            arrays = load_arrays(snapshot)
+            self._keys = WindowKeys(arrays["keys"].tobytes())
+            self._table = WindowTable.from_arrays(arrays)
+            self._watermark, self._sequence, self.late_dropped = (
+                int(v) for v in arrays["scalars"])
+        self._latest = np.full(self._keys.count, -1, dtype=np.int64)
+
+    def process(self, inputs: Sequence[Batch]) -> Batch:
+        """Fold events into their windows; emits early updates, revisions and side records."""
+        batch = inputs[0]
+        if len(batch):
+            slots = self._keys.slots(batch.key)
+            if len(self._latest) < self._keys.count:
+                grown = np.full(2 * self._keys.count, -1, dtype=np.int64)
+                grown[: len(self._latest)] = self._latest
+                self._latest = grown
+            self._fold(slots, batch.ts, np.ascontiguousarray(batch.columns[self._field],
+                                                               dtype=np.float64))
+        return self._keys.results(*self._emissions.take(), self._aggregations)
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """Emit every window whose end <= watermark, in (end, start, key slot) order."""
+        self._watermark = max(self._watermark, int(watermark))
+        table = self._table
+        live = table.meta[: len(table)]
+        due = (live[:, END] <= self._watermark) & (live[:, EMITTED] == 0)
+        if due.any():
+            table.emit_where(due, self._emissions)
+        # Past its lateness a window takes no more events: forget it.
+        retired = live[:, END] <= max(NO_WATERMARK, self._watermark - self._lateness)
+        if retired.any():
+            table.remove(retired)
+        if not len(self._emissions):
+            return None
+        return self._keys.results(*self._emissions.take(), self._aggregations)
+
+    def snapshot(self) -> bytes:
+        """Key table, live windows, watermark, arrival counter and late count."""
+        scalars = np.array([self._watermark, self._sequence, self.late_dropped], dtype=np.int64)
+        return save_arrays(keys=self._keys.snapshot(), scalars=scalars, **self._table.arrays())
+
+    def _fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+              values: npt.NDArray[np.float64]) -> None:
+        table, out = self._table, self._emissions
+        first = 0
+        while first < len(slots):
+            status, first, dropped = _fold(
+                table.meta, table.acc, table.index, table.size, self._latest, out.meta,
+                out.acc, out.size, slots, ts, values, first, self._sequence, self._size,
+                self._step, self._lateness, self._watermark, self._early_every, self._side,
+            )
+            self.late_dropped += dropped
+            if status == GROW_ROWS:
+                table.grow()
+            elif status == GROW_OUT:
+                out.reserve(len(out.meta))
+        self._sequence += len(slots)
+
+
+class _WindowDef(OperatorDef):
+    """What the tumbling and hopping window declarations share."""
+
+    handles_late_events: ClassVar[bool] = True  # lateness=, late=
+    handles_events: ClassVar[str] = (
+        "buckets events into windows of its own size= (and step=), not by a node interval"
+    )
+    interval_hint: ClassVar[str] = "set the window length with size= instead"
+    common_params: ClassVar[tuple[Param, ...]] = (
+        Param("agg", "str_list", doc="aggregations: sum, mean, min, max, count, first, last, std"),
+        Param("field", "str", default="value", doc="field aggregated"),
+        Param("early_every", "int", default=0, minimum=0, maximum=MAX_EVENTS,
+              doc="also emit a window's partial result every this many of its events; 0 = off"),
+        *late_params(),
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """start, end, the aggregations, revision, early, late."""
+        return window_schema(cls.type_name, params, inputs)
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Fresh logic, or the logic saved in ``snapshot``."""
+        return WindowLogic(config, snapshot)
+
+
+@register
+class TumblingWindowDef(_WindowDef):
+    """Aggregates of ``field`` per key over consecutive windows of ``size`` of event time.
+
+    A window ``[start, start + size)`` (starts at multiples of ``size``) is emitted once the
+    watermark reaches its end, as one record with ts = end - 1, its ``start`` and ``end``,
+    one column per aggregation in ``agg`` (count as int64; std is the sample one, NaN below
+    two events), ``revision`` 0, ``early`` and ``late`` False. Windows close in (end, start,
+    key slot) order. First and last are by event time, ties by arrival.
+
+    Late events: until the watermark passes ``end + lateness`` a window keeps its state, and
+    every late event for it re-emits it at once with ``revision`` + 1 (a window first opened
+    by a late event comes out as revision 0). Later events are counted in ``late_dropped``
+    and, under ``late="side"``, sent on at once as a one-event record with ``late`` True (its
+    window's start and end, ts its own). ``early_every=N`` also emits a window's partial
+    result (``early`` True) each time it has taken another N events before it closes.
+
+    >>> import streamdag as sd
+    >>> from streamdag.operator_registry import lookup
+    >>> ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.tumbling_window(10, agg=["mean", "count"], field="price", name="w")
+    >>> logic = lookup("tumbling_window").create(node.config())
+    >>> trades = sd.Batch.from_columns(ts=[1, 4, 12], key=["A", "A", "A"],
+    ...                                price=[10.0, 12.0, 13.0])
+    >>> len(logic.process([trades]))
+    0
+    >>> logic.on_watermark(10).to_records()  # doctest: +NORMALIZE_WHITESPACE
+    [{'ts': 9, 'key': 'A', 'start': 0, 'end': 10, 'mean': 11.0, 'count': 2, 'revision': 0,
+      'early': False, 'late': False}]
+    """
+
+    type_name: ClassVar[str] = "tumbling_window"
+    summary: ClassVar[str] = "aggregates per key over consecutive event-time windows"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("size", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
+              doc="window length"),
+        *_WindowDef.common_params,
+    )
+
+
+@register
+class HoppingWindowDef(_WindowDef):
+    """Aggregates of ``field`` per key over windows of ``size`` starting every ``step``.
+
+    As ``tumbling_window`` (emission, lateness, early updates), but windows start at every
+    multiple of ``step``, so an event falls in about size / step of them (at most
+    ``MAX_WINDOWS_PER_EVENT``); with step > size, events between windows fall in none and are
+    ignored, as in Flink.
+
+    >>> import streamdag as sd
+    >>> from streamdag.operator_registry import lookup
+    >>> ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.hopping_window(10, step=5, agg="max", field="price", name="w")
+    >>> logic = lookup("hopping_window").create(node.config())
+    >>> trades = sd.Batch.from_columns(ts=[3, 7], key=["A", "A"], price=[1.0, 2.0])
+    >>> len(logic.process([trades]))
+    0
+    >>> [(r["start"], r["end"], r["max"]) for r in logic.on_watermark(15).to_records()]
+    [(-5, 5, 1.0), (0, 10, 2.0), (5, 15, 2.0)]
+    """
+
+    type_name: ClassVar[str] = "hopping_window"
+    summary: ClassVar[str] = "aggregates per key over overlapping event-time windows"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("size", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
+              doc="window length"),
+        Param("step", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
+              doc="time between window starts"),
+        *_WindowDef.common_params,
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """As a tumbling window's; refuses a step giving too many windows per event."""
+        size, step = int(params["size"]), int(params["step"])
+        if -(-size // step) > MAX_WINDOWS_PER_EVENT:
+            raise ParamError(
+                f"hopping_window: size {size} ns and step {step} ns put each event in "
+                f"{-(-size // step)} windows, over the maximum of {MAX_WINDOWS_PER_EVENT}; "
+                "use a larger step (or a rolling operator for a window per event)"
+            )
+        return super().output_schema(params, inputs)
