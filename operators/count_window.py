@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 from numba import njit
 
 from operators.window_state import (
@@ -71,20 +72,29 @@ class CountWindowLogic:
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """Fold events in; every key's ``count``-th event since its last window emits one."""
         batch = inputs[0]
-        if len(batch):
-            slots = self._keys.slots(batch.key)
-            if len(self._meta) < self._keys.count:
-                capacity = 2 * self._keys.count
-                self._meta = np.concatenate(
-                    [self._meta, np.zeros((capacity - len(self._meta), META_COLUMNS), np.int64)])
-                self._acc = np.concatenate(
-                    [self._acc, np.zeros((capacity - len(self._acc), ACC_COLUMNS), np.float64)])
-            self._emissions.reserve(len(batch))  # at most one window closes per event
-            _fold(self._meta, self._acc, self._emissions.meta, self._emissions.acc,
-                  self._emissions.size, slots, batch.ts,
-                  np.ascontiguousarray(batch.columns[self._field], dtype=np.float64),
-                  self._sequence, self._count)
-            self._sequence += len(batch)
+        if not len(batch):
+            return self._keys.results(*self._emissions.take(), self._aggregations)
+        return self.fold(self.slots(batch.key), batch.ts,
+                         np.ascontiguousarray(batch.columns[self._field], dtype=np.float64))
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """The slot of every key, making room for new keys' open windows."""
+        slots = self._keys.slots(keys)
+        if len(self._meta) < self._keys.count:
+            capacity = 2 * self._keys.count
+            self._meta = np.concatenate(
+                [self._meta, np.zeros((capacity - len(self._meta), META_COLUMNS), np.int64)])
+            self._acc = np.concatenate(
+                [self._acc, np.zeros((capacity - len(self._acc), ACC_COLUMNS), np.float64)])
+        return slots
+
+    def fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+             values: npt.NDArray[np.float64]) -> Batch:
+        """Fold events of known key slots (see ``slots``); the windows they closed."""
+        self._emissions.reserve(len(slots))  # at most one window closes per event
+        _fold(self._meta, self._acc, self._emissions.meta, self._emissions.acc,
+              self._emissions.size, slots, ts, values, self._sequence, self._count)
+        self._sequence += len(slots)
         return self._keys.results(*self._emissions.take(), self._aggregations)
 
     def on_watermark(self, watermark: int) -> Batch | None:

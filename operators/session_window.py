@@ -94,7 +94,9 @@ def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: A
             return GROW_OUT, i, dropped
         slot, t, x = slots[i], ts[i], values[i]
         row = latest[slot]
-        if _is_session_of(meta, size, row, slot) and t >= meta[row, START]:
+        if row < 0:
+            pass  # the key has no live session: its latest would have outlived any other
+        elif _is_session_of(meta, size, row, slot) and t >= meta[row, START]:
             if t >= meta[row, END]:
                 row = -1  # a new session after the key's latest one
         else:
@@ -156,50 +158,23 @@ class SessionWindowLogic:
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """Fold events into sessions; emits early updates, revisions and side records."""
         batch = inputs[0]
-        if len(batch):
-            slots = self._keys.slots(batch.key)
-            if len(self._latest) < self._keys.count:
-                grown = np.full(2 * self._keys.count, -1, dtype=np.int64)
-                grown[: len(self._latest)] = self._latest
-                self._latest = grown
-            self._fold(slots, batch.ts, np.ascontiguousarray(batch.columns[self._field],
-                                                               dtype=np.float64))
-        return self._keys.results(*self._emissions.take(), self._aggregations)
+        if not len(batch):
+            return self._keys.results(*self._emissions.take(), self._aggregations)
+        return self.fold(self.slots(batch.key), batch.ts,
+                         np.ascontiguousarray(batch.columns[self._field], dtype=np.float64))
 
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """Emit every session the watermark passed the end of, in (end, start, key) order."""
-        passed, self._watermark = self._watermark, max(self._watermark, int(watermark))
-        table = self._table
-        live = table.meta[: len(table)]
-        due = (live[:, SLOT] != _DEAD) & (live[:, END] > passed) & (live[:, END] <= self._watermark)
-        if due.any():
-            table.emit_where(due, self._emissions)
-        gone = (live[:, SLOT] == _DEAD) | (
-            live[:, END] <= max(NO_WATERMARK, self._watermark - self._lateness))
-        if gone.any():
-            self._remove(gone)
-        if not len(self._emissions):
-            return None
-        return self._keys.results(*self._emissions.take(), self._aggregations)
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """The slot of every key, making room for new keys' state."""
+        slots = self._keys.slots(keys)
+        if len(self._latest) < self._keys.count:
+            grown = np.full(2 * self._keys.count, -1, dtype=np.int64)
+            grown[: len(self._latest)] = self._latest
+            self._latest = grown
+        return slots
 
-    def snapshot(self) -> bytes:
-        """Key table, live sessions, each key's latest, watermark, arrivals and late count."""
-        scalars = np.array([self._watermark, self._sequence, self.late_dropped], dtype=np.int64)
-        return save_arrays(keys=self._keys.snapshot(), scalars=scalars, latest=self._latest,
-                           **self._table.arrays())
-
-    def _remove(self, gone: npt.NDArray[np.bool_]) -> None:
-        # Rows move when the table compacts: the latest session of each key moves with them.
-        new_row = np.cumsum(~gone) - 1
-        valid = (self._latest >= 0) & (self._latest < len(gone))
-        moved = np.full(len(self._latest), -1, dtype=np.int64)
-        rows = self._latest[valid]
-        moved[valid] = np.where(gone[rows], -1, new_row[rows])
-        self._latest = moved
-        self._table.remove(gone)
-
-    def _fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
-              values: npt.NDArray[np.float64]) -> None:
+    def fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+             values: npt.NDArray[np.float64]) -> Batch:
+        """Fold events of known key slots (see ``slots``); what they emitted at once."""
         table, out = self._table, self._emissions
         first = 0
         while first < len(slots):
@@ -214,6 +189,24 @@ class SessionWindowLogic:
             elif status == GROW_OUT:
                 out.reserve(len(out.meta))
         self._sequence += len(slots)
+        return self._keys.results(*out.take(), self._aggregations)
+
+    def on_watermark(self, watermark: int) -> Batch | None:
+        """Emit every session the watermark passed the end of, by end (ties: as they opened)."""
+        passed, self._watermark = self._watermark, max(self._watermark, int(watermark))
+        if self._watermark == passed:
+            return None
+        self._table.close(passed, self._watermark, self._lateness, self._emissions,
+                          self._latest)
+        if not len(self._emissions):
+            return None
+        return self._keys.results(*self._emissions.take(), self._aggregations)
+
+    def snapshot(self) -> bytes:
+        """Key table, live sessions, each key's latest, watermark, arrivals and late count."""
+        scalars = np.array([self._watermark, self._sequence, self.late_dropped], dtype=np.int64)
+        return save_arrays(keys=self._keys.snapshot(), scalars=scalars, latest=self._latest,
+                           **self._table.arrays())
 
 
 @register
@@ -223,7 +216,7 @@ class SessionWindowDef(OperatorDef):
     A session covers ``[first ts, last ts + gap)`` and is emitted once the watermark reaches
     its end, as one record with ts = end - 1, ``start``, ``end``, one column per aggregation
     in ``agg`` (as ``tumbling_window``), ``revision`` 0, ``early`` and ``late`` False; sessions
-    closing together come in (end, start, key slot) order.
+    come out by end, sessions ending together in the order they opened.
 
     Late events: until the watermark passes ``end + lateness`` a session keeps its state; a
     late event that overlaps it (within ``gap``) joins it and, once the session has closed,

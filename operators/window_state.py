@@ -2,11 +2,11 @@
 
 A window's aggregates live in one row of two packed arrays: ``meta`` (int64: key slot, start,
 end, count, first and last event by (ts, arrival), times emitted) and ``acc`` (float64: sum,
-Welford mean and M2, min, max, first and last value). Kernels fold events into rows and write
-what they emit (a final result, an early update, a revision, a side record) into an
-``Emissions`` buffer as copies of the row at that moment, so results never depend on how the
-events were batched. ``WindowTable`` finds a row by (key slot, window start) through a hash
-index, for windows whose start is known from an event's time.
+shift and the shifted sums for the variance, min, max, first and last value). Kernels fold
+events into rows and write what they emit (a final result, an early update, a revision, a
+side record) into an ``Emissions`` buffer as copies of the row at that moment, so results
+never depend on how the events were batched. ``WindowTable`` finds a row by (key slot,
+window start) through a hash index, and closes rows when the watermark passes their end.
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ OK, GROW_ROWS, GROW_OUT = 0, 1, 2
 SLOT, START, END, COUNT, FIRST_TS, FIRST_SEQ, LAST_TS, LAST_SEQ, EMITTED = range(9)
 META_COLUMNS = 9
 # acc columns
-SUM, MEAN, M2, MIN, MAX, FIRST, LAST = range(7)
-ACC_COLUMNS = 7
+# The variance uses shifted data: sums of x - K and (x - K)**2 with K the window's first
+# value, which is stable while K is near the mean and costs no division per event.
+SUM, SHIFT, SHIFTED, SQUARES, MIN, MAX, FIRST, LAST = range(8)
+ACC_COLUMNS = 8
 # emission kinds
 FINAL, EARLY, SIDE = 0, 1, 2
 
@@ -75,8 +77,9 @@ def open_row(meta: Any, acc: Any, row: int, slot: int, start: int, end: int, ts:
     meta[row, LAST_SEQ] = seq
     meta[row, EMITTED] = 0
     acc[row, SUM] = x
-    acc[row, MEAN] = x
-    acc[row, M2] = 0.0
+    acc[row, SHIFT] = x
+    acc[row, SHIFTED] = 0.0
+    acc[row, SQUARES] = 0.0
     acc[row, MIN] = x
     acc[row, MAX] = x
     acc[row, FIRST] = x
@@ -85,13 +88,12 @@ def open_row(meta: Any, acc: Any, row: int, slot: int, start: int, end: int, ts:
 
 @njit(cache=True, inline="always")
 def add_event(meta: Any, acc: Any, row: int, ts: int, seq: int, x: float) -> None:
-    """Fold one event into row ``row`` (Welford's update for mean and M2)."""
-    n = meta[row, COUNT] + 1
-    meta[row, COUNT] = n
+    """Fold one event into row ``row``."""
+    meta[row, COUNT] += 1
     acc[row, SUM] += x
-    delta = x - acc[row, MEAN]
-    acc[row, MEAN] += delta / n
-    acc[row, M2] += delta * (x - acc[row, MEAN])
+    shifted = x - acc[row, SHIFT]
+    acc[row, SHIFTED] += shifted
+    acc[row, SQUARES] += shifted * shifted
     if x < acc[row, MIN]:
         acc[row, MIN] = x
     if x > acc[row, MAX]:
@@ -108,15 +110,13 @@ def add_event(meta: Any, acc: Any, row: int, ts: int, seq: int, x: float) -> Non
 
 @njit(cache=True, inline="always")
 def merge_rows(meta: Any, acc: Any, into: int, other: int) -> None:
-    """Fold row ``other``'s aggregates into row ``into`` (Chan's merge for mean and M2)."""
-    na = meta[into, COUNT]
+    """Fold row ``other``'s aggregates into row ``into`` (its shifted sums moved to our shift)."""
     nb = meta[other, COUNT]
-    n = na + nb
-    delta = acc[other, MEAN] - acc[into, MEAN]
-    acc[into, M2] += acc[other, M2] + delta * delta * na * nb / n
-    acc[into, MEAN] += delta * nb / n
+    d = acc[other, SHIFT] - acc[into, SHIFT]
+    acc[into, SQUARES] += acc[other, SQUARES] + 2.0 * d * acc[other, SHIFTED] + nb * d * d
+    acc[into, SHIFTED] += acc[other, SHIFTED] + nb * d
     acc[into, SUM] += acc[other, SUM]
-    meta[into, COUNT] = n
+    meta[into, COUNT] += nb
     acc[into, MIN] = min(acc[into, MIN], acc[other, MIN])
     acc[into, MAX] = max(acc[into, MAX], acc[other, MAX])
     if meta[other, FIRST_TS] < meta[into, FIRST_TS] or (
@@ -151,13 +151,6 @@ def emit_row(meta: Any, acc: Any, row: int, out_meta: Any, out_acc: Any, out_siz
     out_size[0] = k + 1
 
 
-@njit(cache=True)
-def _emit_rows(meta: Any, acc: Any, rows: Any, out_meta: Any, out_acc: Any,
-               out_size: Any) -> None:
-    for i in range(rows.shape[0]):
-        emit_row(meta, acc, rows[i], out_meta, out_acc, out_size, FINAL)
-
-
 @njit(cache=True, inline="always")
 def window_hash(slot: int, start: int) -> np.uint64:
     """splitmix64 over (slot, start): starts that differ only in high bits still spread."""
@@ -178,6 +171,36 @@ def _index_rows(meta: Any, index: Any, first: int, last: int) -> None:
         while index[position] != EMPTY:
             position = (position + 1) & mask
         index[position] = row
+
+
+@njit(cache=True)
+def _close(meta: Any, acc: Any, index: Any, size: Any, passed: int, watermark: int,
+           retire_to: int, out_meta: Any, out_acc: Any, out_size: Any, moved: Any) -> None:
+    # One pass over the live rows: emit those whose end the watermark passed, keep (compacted,
+    # in order) those not yet past their lateness; moved[row] is the row's new place or -1.
+    n = size[0]
+    kept = 0
+    for row in range(n):
+        end = meta[row, END]
+        if meta[row, SLOT] < 0:  # merged into another row
+            moved[row] = -1
+            continue
+        if passed < end <= watermark:
+            emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)
+        if end <= retire_to:
+            moved[row] = -1
+            continue
+        if kept != row:
+            for c in range(META_COLUMNS):
+                meta[kept, c] = meta[row, c]
+            for c in range(ACC_COLUMNS):
+                acc[kept, c] = acc[row, c]
+        moved[row] = kept
+        kept += 1
+    size[0] = kept
+    if kept != n:
+        index[:] = EMPTY
+        _index_rows(meta, index, 0, kept)
 
 
 @njit(cache=True, inline="always")
@@ -256,19 +279,32 @@ class WindowTable:
         self._rebuild(self.meta[: len(self)].copy(), self.acc[: len(self)].copy(),
                       2 * len(self.meta))
 
-    def emit_where(self, mask: npt.NDArray[np.bool_], emissions: Emissions) -> None:
-        """Emit the live rows where ``mask`` holds, in (end, start, slot) order."""
-        rows = np.flatnonzero(mask)
-        live = self.meta[: len(self)]
-        rows = rows[np.lexsort((live[rows, SLOT], live[rows, START], live[rows, END]))]
-        emissions.reserve(len(rows))
-        _emit_rows(self.meta, self.acc, rows, emissions.meta, emissions.acc, emissions.size)
+    def close(self, passed: int, watermark: int, lateness: int, emissions: Emissions,
+              latest: npt.NDArray[np.int64]) -> None:
+        """The watermark moved from ``passed`` to ``watermark``: emit, retire, compact.
 
-    def remove(self, mask: npt.NDArray[np.bool_]) -> None:
-        """Drop the live rows where ``mask`` holds; the rest are compacted and reindexed."""
+        Rows whose end it passed are emitted by end, ties in the order they opened; rows past
+        ``end + lateness`` (and rows merged away) are dropped, the rest compacted; ``latest``
+        (rows by key slot, -1 for none) follows the rows that moved.
+        """
         n = len(self)
-        kept = ~mask
-        self._rebuild(self.meta[:n][kept], self.acc[:n][kept], len(self.meta))
+        first = len(emissions)
+        emissions.reserve(n)
+        moved = np.empty(n, dtype=np.int64)
+        _close(self.meta, self.acc, self.index, self.size, passed, watermark,
+               max(NO_WATERMARK, watermark - lateness), emissions.meta, emissions.acc,
+               emissions.size, moved)
+        emitted = emissions.meta[first : len(emissions)]
+        if len(emitted) > 1:
+            # Rows are kept in the order they opened, so a stable sort by end gives one order
+            # however finely the watermark advanced.
+            order = np.argsort(emitted[:, END], kind="stable")
+            emitted[:] = emitted[order]
+            emitted_acc = emissions.acc[first : len(emissions)]
+            emitted_acc[:] = emitted_acc[order]
+        if len(self) != n:
+            pointing = (latest >= 0) & (latest < n)
+            latest[pointing] = moved[latest[pointing]]
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
         """The live rows, for a snapshot."""
@@ -340,7 +376,9 @@ class WindowKeys:
                 elif name == "mean":
                     columns[name] = acc[:, SUM] / count
                 elif name == "std":
-                    columns[name] = np.where(count > 1, np.sqrt(acc[:, M2] / (count - 1)), np.nan)
+                    squares = acc[:, SQUARES] - acc[:, SHIFTED] ** 2 / count
+                    columns[name] = np.where(
+                        count > 1, np.sqrt(np.maximum(squares, 0.0) / (count - 1)), np.nan)
                 else:
                     columns[name] = acc[:, {"sum": SUM, "min": MIN, "max": MAX, "first": FIRST,
                                             "last": LAST}[name]]

@@ -17,7 +17,6 @@ from numba import njit
 from operators.window_state import (
     COUNT,
     EARLY,
-    EMITTED,
     END,
     FINAL,
     GROW_OUT,
@@ -50,13 +49,14 @@ __all__ = ["MAX_WINDOWS_PER_EVENT", "HoppingWindowDef", "TumblingWindowDef", "Wi
 
 #: Most hopping windows one event may fall in (size / step): each costs a fold per event.
 MAX_WINDOWS_PER_EVENT = 1_000
+_MAX_WAYS = 8
 
 
 @njit(cache=True)
 def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any,
           out_acc: Any, out_size: Any, slots: Any, ts: Any, values: Any, first: int,
           sequence: int, length: int, step: int, lateness: int, watermark: int,
-          early_every: int, side: bool) -> tuple[int, int, int]:
+          early_every: int, side: bool, ways: int) -> tuple[int, int, int]:
     # Returns (status, event to resume from, events dropped). Each event is folded whole or
     # not at all: room for all its windows and emissions is checked before it starts.
     per_event = (length + step - 1) // step
@@ -67,7 +67,20 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
         if out_size[0] + per_event + 1 > out_meta.shape[0]:
             return GROW_OUT, i, dropped
         slot, t, x = slots[i], ts[i], values[i]
-        latest_start = (t // step) * step
+        row = latest[slot]
+        if (ways == 1 and 0 <= row < size[0] and meta[row, SLOT] == slot
+                and meta[row, START] <= t < meta[row, END]):
+            # A tumbling window's event in its key's latest window: no division, no lookup.
+            add_event(meta, acc, row, t, sequence + i, x)
+            if watermark != NO_WATERMARK and meta[row, END] <= watermark:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)  # a revision
+            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY)
+            continue
+        # Window j (start j * step) of a key is cached at latest[slot * ways + j % ways]: the
+        # windows of a key open at once are consecutive, so they rarely evict each other.
+        j = t // step
+        latest_start = j * step
         start = latest_start
         covered = False
         folded = False
@@ -76,20 +89,20 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
             end = start + length
             if watermark != NO_WATERMARK and end + lateness <= watermark:
                 break  # this and every earlier window are past their lateness
-            row = latest[slot]
-            if (start == latest_start and 0 <= row < size[0] and meta[row, SLOT] == slot
-                    and meta[row, START] == start):
+            cached = slot * ways + (j & (ways - 1))
+            row = latest[cached]
+            if 0 <= row < size[0] and meta[row, SLOT] == slot and meta[row, START] == start:
                 add_event(meta, acc, row, t, sequence + i, x)
             else:
                 row = find_or_open(meta, acc, index, size, slot, start, end, t, sequence + i, x)
-                if start == latest_start:
-                    latest[slot] = row
+                latest[cached] = row
             folded = True
             if watermark != NO_WATERMARK and end <= watermark:
                 emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)  # a revision
             elif early_every > 0 and meta[row, COUNT] % early_every == 0:
                 emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY)
             start -= step
+            j -= 1
         if covered and not folded:
             dropped += 1
             if side:
@@ -127,33 +140,54 @@ class WindowLogic:
             self._table = WindowTable.from_arrays(arrays)
             self._watermark, self._sequence, self.late_dropped = (
                 int(v) for v in arrays["scalars"])
-        self._latest = np.full(self._keys.count, -1, dtype=np.int64)
+        # Cached window rows per key: a power of two covering the windows an event falls in.
+        self._ways = 1 << (min(-(-self._size // self._step), _MAX_WAYS) - 1).bit_length()
+        self._latest = np.full(self._keys.count * self._ways, -1, dtype=np.int64)
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """Fold events into their windows; emits early updates, revisions and side records."""
         batch = inputs[0]
-        if len(batch):
-            slots = self._keys.slots(batch.key)
-            if len(self._latest) < self._keys.count:
-                grown = np.full(2 * self._keys.count, -1, dtype=np.int64)
-                grown[: len(self._latest)] = self._latest
-                self._latest = grown
-            self._fold(slots, batch.ts, np.ascontiguousarray(batch.columns[self._field],
-                                                               dtype=np.float64))
-        return self._keys.results(*self._emissions.take(), self._aggregations)
+        if not len(batch):
+            return self._keys.results(*self._emissions.take(), self._aggregations)
+        return self.fold(self.slots(batch.key), batch.ts,
+                         np.ascontiguousarray(batch.columns[self._field], dtype=np.float64))
+
+    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
+        """The slot of every key, making room for new keys' state."""
+        slots = self._keys.slots(keys)
+        if len(self._latest) < self._keys.count * self._ways:
+            grown = np.full(2 * self._keys.count * self._ways, -1, dtype=np.int64)
+            grown[: len(self._latest)] = self._latest
+            self._latest = grown
+        return slots
+
+    def fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+             values: npt.NDArray[np.float64]) -> Batch:
+        """Fold events of known key slots (see ``slots``); what they emitted at once."""
+        table, out = self._table, self._emissions
+        first = 0
+        while first < len(slots):
+            status, first, dropped = _fold(
+                table.meta, table.acc, table.index, table.size, self._latest, out.meta,
+                out.acc, out.size, slots, ts, values, first, self._sequence, self._size,
+                self._step, self._lateness, self._watermark, self._early_every, self._side,
+                self._ways,
+            )
+            self.late_dropped += dropped
+            if status == GROW_ROWS:
+                table.grow()
+            elif status == GROW_OUT:
+                out.reserve(len(out.meta))
+        self._sequence += len(slots)
+        return self._keys.results(*out.take(), self._aggregations)
 
     def on_watermark(self, watermark: int) -> Batch | None:
-        """Emit every window whose end <= watermark, in (end, start, key slot) order."""
-        self._watermark = max(self._watermark, int(watermark))
-        table = self._table
-        live = table.meta[: len(table)]
-        due = (live[:, END] <= self._watermark) & (live[:, EMITTED] == 0)
-        if due.any():
-            table.emit_where(due, self._emissions)
-        # Past its lateness a window takes no more events: forget it.
-        retired = live[:, END] <= max(NO_WATERMARK, self._watermark - self._lateness)
-        if retired.any():
-            table.remove(retired)
+        """Emit every window whose end <= watermark, by end (ties: in the order they opened)."""
+        passed, self._watermark = self._watermark, max(self._watermark, int(watermark))
+        if self._watermark == passed:
+            return None
+        self._table.close(passed, self._watermark, self._lateness, self._emissions,
+                          self._latest)
         if not len(self._emissions):
             return None
         return self._keys.results(*self._emissions.take(), self._aggregations)
@@ -162,23 +196,6 @@ class WindowLogic:
         """Key table, live windows, watermark, arrival counter and late count."""
         scalars = np.array([self._watermark, self._sequence, self.late_dropped], dtype=np.int64)
         return save_arrays(keys=self._keys.snapshot(), scalars=scalars, **self._table.arrays())
-
-    def _fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
-              values: npt.NDArray[np.float64]) -> None:
-        table, out = self._table, self._emissions
-        first = 0
-        while first < len(slots):
-            status, first, dropped = _fold(
-                table.meta, table.acc, table.index, table.size, self._latest, out.meta,
-                out.acc, out.size, slots, ts, values, first, self._sequence, self._size,
-                self._step, self._lateness, self._watermark, self._early_every, self._side,
-            )
-            self.late_dropped += dropped
-            if status == GROW_ROWS:
-                table.grow()
-            elif status == GROW_OUT:
-                out.reserve(len(out.meta))
-        self._sequence += len(slots)
 
 
 class _WindowDef(OperatorDef):
@@ -215,8 +232,9 @@ class TumblingWindowDef(_WindowDef):
     A window ``[start, start + size)`` (starts at multiples of ``size``) is emitted once the
     watermark reaches its end, as one record with ts = end - 1, its ``start`` and ``end``,
     one column per aggregation in ``agg`` (count as int64; std is the sample one, NaN below
-    two events), ``revision`` 0, ``early`` and ``late`` False. Windows close in (end, start,
-    key slot) order. First and last are by event time, ties by arrival.
+    two events), ``revision`` 0, ``early`` and ``late`` False. Windows come out by end,
+    those ending together in the order they opened. First and last are by event time, ties
+    by arrival.
 
     Late events: until the watermark passes ``end + lateness`` a window keeps its state, and
     every late event for it re-emits it at once with ``revision`` + 1 (a window first opened

@@ -39,6 +39,7 @@ class Window:
     first: tuple[int, int, float] = (0, 0, 0.0)
     last: tuple[int, int, float] = (0, 0, 0.0)
     emitted: int = 0
+    opened: int = 0
 
     def add(self, ts: int, seq: int, x: float) -> None:
         if not self.values:
@@ -79,18 +80,20 @@ class ReferenceWindows:
         self.aggs, self.size, self.step, self.gap = aggs, size, step, gap
         self.lateness, self.side, self.early = lateness, late == "side", early_every
         self.windows: dict[str, list[Window]] = {}
-        self.slot: dict[str, int] = {}
         self.watermark: int | None = None
         self.seq = 0
+        self.opened = 0
         self.late_dropped = 0
+
+    def _open(self, start: int, end: int) -> Window:
+        self.opened += 1
+        return Window(start, end, opened=self.opened)
 
     def _past(self, end: int, extra: int = 0) -> bool:
         return self.watermark is not None and end + extra <= self.watermark
 
     def process(self, events: list[Event]) -> list[Record]:
         out: list[Record] = []
-        for _, key, _ in events:
-            self.slot.setdefault(key, len(self.slot))
         for ts, key, x in events:
             seq, self.seq = self.seq, self.seq + 1
             windows = self.windows.setdefault(key, [])
@@ -123,7 +126,7 @@ class ReferenceWindows:
         for start in live:
             window = next((w for w in windows if w.start == start), None)
             if window is None:
-                window = Window(start, start + self.size)
+                window = self._open(start, start + self.size)
                 windows.append(window)
             touched.append(window)
         return touched
@@ -134,7 +137,7 @@ class ReferenceWindows:
         if not overlapping:
             if self._past(ts + self.gap, self.lateness):
                 return None
-            window = Window(ts, ts + self.gap)
+            window = self._open(ts, ts + self.gap)
             windows.append(window)
             return [window]
         kept = overlapping[0]
@@ -147,10 +150,10 @@ class ReferenceWindows:
     def on_watermark(self, watermark: int) -> list[Record]:
         passed = self.watermark
         self.watermark = watermark if passed is None else max(passed, watermark)
-        due = [(w.end, w.start, self.slot[key], key, w) for key, ws in self.windows.items()
+        due = [(w.end, w.opened, key, w) for key, ws in self.windows.items()
                for w in ws if (passed is None or w.end > passed) and w.end <= self.watermark]
         out = []
-        for *_, key, window in sorted(due, key=lambda d: d[:3]):
+        for *_, key, window in sorted(due, key=lambda d: d[:2]):
             out.append(window.record(key, self.aggs, revision=window.emitted))
             window.emitted += 1
         for key, ws in self.windows.items():
