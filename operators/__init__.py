@@ -9,6 +9,7 @@ from operators import (  # noqa: F401
     bars,
     count_window,
     crossover,
+    interval_join,
     iterate,
     map_filter,
     rolling,

@@ -211,6 +211,10 @@ class Node:
         aggregations = [agg] if isinstance(agg, str) else agg
         return self.apply("count_window", count=count, agg=aggregations, field=field, **kw)
 
+    def interval_join(self, right: Node, **kw: Any) -> Node:
+        """Pairs of this stream's and ``right``'s events of a key within ``lower``/``upper``."""
+        return self.apply("interval_join", right, **kw)
+
     def to_topic(self, topic: str, codec: str = "json", *, shared: bool = False,
                  **kw: Any) -> Node:
         """A sink writing this stream to Kafka ``topic``, keyed by the stream's key.

@@ -1,4 +1,4 @@
-"""Window nodes in the runners: late events through the worker, and Local vs Ray agreement."""
+"""Window and join nodes in the runners: late events through the worker, Local vs Ray."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def _graph() -> sd.Graph:
                              name="hopping"),
         ticks.session_window("9ms", agg=["sum", "last"], field="size", name="sessions"),
         ticks.count_window(9, agg=["first", "std"], field="price", name="counts"),
+        ticks.interval_join(ticks.map("size * 2", output="double", name="double"),
+                            lower="2ms", upper="1ms", name="pairs"),
     ])
 
 
@@ -76,11 +78,11 @@ def _batches() -> list[Batch]:
 
 
 @pytest.mark.integration
-def test_local_and_ray_runners_agree_on_every_window_node(ray_session: None) -> None:
+def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: None) -> None:
     graph = _graph()
     local = LocalRunner().run(graph, sources={"ticks": _Script(_batches())})
     remote = RayRunner().run(graph, sources={"ticks": _Script(_batches())})
-    for name in ("tumbling", "hopping", "sessions", "counts"):
+    for name in ("tumbling", "hopping", "sessions", "counts", "pairs"):
         assert local.records(name), f"{name} produced nothing"
         assert _nan_as_text(remote.records(name)) == _nan_as_text(local.records(name)), name
     # 1001 ticks 1 ms apart, round robin over 7 symbols: 20 windows of 50 ms for each symbol,
@@ -88,3 +90,7 @@ def test_local_and_ray_runners_agree_on_every_window_node(ray_session: None) -> 
     assert len(local.records("tumbling")) == 7 * 20 + 1
     assert sum(r["count"] for r in local.records("tumbling")) == 1001
     assert len(local.records("counts")) == 7 * 15
+    # A symbol ticks every 7 ms: within [-2 ms, +1 ms] each tick pairs with its own double.
+    assert [(r["left_ts"], r["right_double"]) for r in local.records("pairs")] == [
+        (r["ts"], r["size"] * 2) for r in local.records("pairs")]
+    assert len(local.records("pairs")) == 1001
