@@ -45,7 +45,8 @@ def _fold(meta: Any, acc: Any, out_meta: Any, out_acc: Any, out_size: Any, slots
             add_event(meta, acc, slot, t, sequence + i, values[i])
             meta[slot, END] = t + 1
         if meta[slot, COUNT] == count:
-            emit_row(meta, acc, slot, out_meta, out_acc, out_size, FINAL)
+            emit_row(meta, acc, slot, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)
             meta[slot, COUNT] = 0
 
 

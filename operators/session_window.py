@@ -16,10 +16,12 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.window_logic import EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
     EARLY,
     END,
+    EVERY_ARRIVAL,
     FINAL,
     GROW_OUT,
     GROW_ROWS,
@@ -28,19 +30,13 @@ from operators.window_state import (
     SIDE,
     SLOT,
     START,
-    Emissions,
-    WindowKeys,
-    WindowTable,
     add_event,
     emit_row,
     late_params,
-    load_arrays,
     merge_rows,
     open_row,
-    save_arrays,
     window_schema,
 )
-from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
 from streamdag.operator_registry import register
 from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
@@ -83,7 +79,8 @@ def _find_and_merge(meta: Any, acc: Any, size: Any, latest: Any, slot: int, t: i
 
 @njit(cache=True)
 def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: Any,
-          out_size: Any, slots: Any, ts: Any, values: Any, first: int, sequence: int, gap: int,
+          out_size: Any, slots: Any, ts: Any, values: Any, kept: Any, first: int, sequence: int,
+          gap: int,
           lateness: int, watermark: int, early_every: int, side: bool) -> tuple[int, int, int]:
     # Returns (status, event to resume from, events dropped).
     dropped = 0
@@ -93,6 +90,7 @@ def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: A
         if out_size[0] + 1 > out_meta.shape[0]:
             return GROW_OUT, i, dropped
         slot, t, x = slots[i], ts[i], values[i]
+        kept[i] = True
         row = latest[slot]
         if row < 0:
             pass  # the key has no live session: its latest would have outlived any other
@@ -107,6 +105,7 @@ def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: A
             meta[row, END] = max(meta[row, END], t + gap)
         elif watermark != NO_WATERMARK and t + gap + lateness <= watermark:
             dropped += 1
+            kept[i] = False
             if side:
                 k = out_size[0]
                 open_row(out_meta, out_acc, k, slot, t, t + gap, t, SIDE, x)
@@ -120,93 +119,36 @@ def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: A
             if not _is_session_of(meta, size, latest_row, slot) or meta[latest_row, START] < t:
                 latest[slot] = row
         if watermark != NO_WATERMARK and meta[row, END] <= watermark:
-            emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)  # a revision
+            emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)  # a revision
         elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-            emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY)
+            emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                         sequence + i)
     return OK, slots.shape[0], dropped
 
 
-class SessionWindowLogic:
-    """Runtime logic of a ``session_window`` node: the live sessions and a late count.
-
-    ``late_dropped`` counts events later than the allowed lateness (dropped, or sent on as
-    side records); it is part of the snapshot.
-    """
+class SessionWindowLogic(EventTimeWindowLogic):
+    """Runtime logic of a ``session_window`` node: ``latest`` is each key's latest session."""
 
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
-        params = config.params
-        self._field = str(params["field"])
-        self._aggregations = tuple(params["agg"])
-        self._gap = int(params["gap"])
-        self._lateness = int(params["lateness"])
-        self._side = params["late"] == "side"
-        self._early_every = int(params["early_every"])
-        self._emissions = Emissions()
-        if snapshot is None:
-            self._keys = WindowKeys()
-            self._table = WindowTable()
-            self._watermark, self._sequence, self.late_dropped = NO_WATERMARK, 0, 0
-            self._latest = np.empty(0, dtype=np.int64)
-        else:
-            arrays = load_arrays(snapshot)
-            self._keys = WindowKeys(arrays["keys"].tobytes())
-            self._table = WindowTable.from_arrays(arrays)
-            self._watermark, self._sequence, self.late_dropped = (
-                int(v) for v in arrays["scalars"])
-            self._latest = arrays["latest"].copy()
+        self._gap = int(config.params["gap"])
+        super().__init__(config, snapshot)
 
-    def process(self, inputs: Sequence[Batch]) -> Batch:
-        """Fold events into sessions; emits early updates, revisions and side records."""
-        batch = inputs[0]
-        if not len(batch):
-            return self._keys.results(*self._emissions.take(), self._aggregations)
-        return self.fold(self.slots(batch.key), batch.ts,
-                         np.ascontiguousarray(batch.columns[self._field], dtype=np.float64))
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """The slot of every key, making room for new keys' state."""
-        slots = self._keys.slots(keys)
-        if len(self._latest) < self._keys.count:
-            grown = np.full(2 * self._keys.count, -1, dtype=np.int64)
-            grown[: len(self._latest)] = self._latest
-            self._latest = grown
-        return slots
-
-    def fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
-             values: npt.NDArray[np.float64]) -> Batch:
-        """Fold events of known key slots (see ``slots``); what they emitted at once."""
+    def _kernel(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+                values: npt.NDArray[np.float64], kept: npt.NDArray[np.bool_],
+                first: int) -> tuple[int, int, int]:
         table, out = self._table, self._emissions
-        first = 0
-        while first < len(slots):
-            status, first, dropped = _fold(
-                table.meta, table.acc, table.size, self._latest, out.meta, out.acc, out.size,
-                slots, ts, values, first, self._sequence, self._gap, self._lateness,
-                self._watermark, self._early_every, self._side,
-            )
-            self.late_dropped += dropped
-            if status == GROW_ROWS:
-                table.grow()
-            elif status == GROW_OUT:
-                out.reserve(len(out.meta))
-        self._sequence += len(slots)
-        return self._keys.results(*out.take(), self._aggregations)
+        return _fold(
+            table.meta, table.acc, table.size, self._latest, out.meta, out.acc, out.size,
+            slots, ts, values, kept, first, self._sequence, self._gap, self._lateness,
+            self._watermark, self._early_every, self._side,
+        )
 
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """Emit every session the watermark passed the end of, by end (ties: as they opened)."""
-        passed, self._watermark = self._watermark, max(self._watermark, int(watermark))
-        if self._watermark == passed:
-            return None
-        self._table.close(passed, self._watermark, self._lateness, self._emissions,
-                          self._latest)
-        if not len(self._emissions):
-            return None
-        return self._keys.results(*self._emissions.take(), self._aggregations)
-
-    def snapshot(self) -> bytes:
-        """Key table, live sessions, each key's latest, watermark, arrivals and late count."""
-        scalars = np.array([self._watermark, self._sequence, self.late_dropped], dtype=np.int64)
-        return save_arrays(keys=self._keys.snapshot(), scalars=scalars, latest=self._latest,
-                           **self._table.arrays())
+    def _forget_before(self) -> int:
+        # Sessions of a key hold every one of its events from their start on.
+        live = self._table.meta[: len(self._table)]
+        alive = live[live[:, SLOT] != _DEAD]
+        return int(alive[:, START].min()) if len(alive) else EVERY_ARRIVAL
 
 
 @register

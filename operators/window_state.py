@@ -60,6 +60,8 @@ SUM, SHIFT, SHIFTED, SQUARES, MIN, MAX, FIRST, LAST = range(8)
 ACC_COLUMNS = 8
 # emission kinds
 FINAL, EARLY, SIDE = 0, 1, 2
+#: The trigger of a window closed by the watermark: every event it took counts.
+EVERY_ARRIVAL = int(np.iinfo(np.int64).max)
 
 
 # -- aggregates of one row --------------------------------------------------------------------
@@ -138,14 +140,17 @@ def merge_rows(meta: Any, acc: Any, into: int, other: int) -> None:
 
 @njit(cache=True, inline="always")
 def emit_row(meta: Any, acc: Any, row: int, out_meta: Any, out_acc: Any, out_size: Any,
-             kind: int) -> None:
-    """Copy row ``row`` into the emission buffer as ``kind``; a final one counts as emitted."""
+             kind: int, trigger: int) -> None:
+    """Copy row ``row`` into the emission buffer as ``kind``, emitted by arrival ``trigger``
+    (the row's events up to it are the window's values); a final one counts as emitted."""
     k = out_size[0]
     for c in range(META_COLUMNS):
         out_meta[k, c] = meta[row, c]
     for c in range(ACC_COLUMNS):
         out_acc[k, c] = acc[row, c]
-    out_meta[k, FIRST_SEQ] = kind  # the buffer keeps the kind where the row keeps a sequence
+    # The buffer keeps the kind and the trigger where the row keeps arrivals.
+    out_meta[k, FIRST_SEQ] = kind
+    out_meta[k, LAST_SEQ] = trigger
     if kind == FINAL:
         meta[row, EMITTED] += 1
     out_size[0] = k + 1
@@ -186,7 +191,7 @@ def _close(meta: Any, acc: Any, index: Any, size: Any, passed: int, watermark: i
             moved[row] = -1
             continue
         if passed < end <= watermark:
-            emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)
+            emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL, EVERY_ARRIVAL)
         if end <= retire_to:
             moved[row] = -1
             continue
@@ -362,7 +367,8 @@ class WindowKeys:
         return np.frombuffer(self.slots_table.snapshot(), dtype=np.uint8)
 
     def results(self, meta: npt.NDArray[np.int64], acc: npt.NDArray[np.float64],
-                aggregations: Sequence[str]) -> Batch:
+                aggregations: Sequence[str],
+                extra: Mapping[str, npt.NDArray[Any]] | None = None) -> Batch:
         """Emitted rows as the output batch: ts = end - 1 (a side record: its event's ts)."""
         kind = meta[:, FIRST_SEQ]
         count = meta[:, COUNT]
@@ -382,6 +388,7 @@ class WindowKeys:
                 else:
                     columns[name] = acc[:, {"sum": SUM, "min": MIN, "max": MAX, "first": FIRST,
                                             "last": LAST}[name]]
+        columns.update(extra or {})
         columns["revision"] = np.where(side, 0, meta[:, EMITTED])  # emissions before this one
         columns["early"] = kind == EARLY
         columns["late"] = side
@@ -392,8 +399,9 @@ def window_schema(node_operator: str, params: Mapping[str, Any], inputs: Sequenc
                   ) -> Schema:
     """start, end, one column per aggregation, revision, early, late; checks field and aggs."""
     aggregations = tuple(params["agg"])
+    output = str(params.get("function_output", ""))
     require_fields(node_operator, inputs[0], [params["field"]], types=("float64", "int64"))
-    if not aggregations:
+    if not aggregations and not output:
         raise ParamError(f"{node_operator}: agg is empty; name at least one of "
                          f"{list(AGGREGATIONS)}, e.g. agg='mean' or agg=['min', 'max']")
     for name in aggregations:
@@ -405,13 +413,20 @@ def window_schema(node_operator: str, params: Mapping[str, Any], inputs: Sequenc
                          "name each once")
     fields = [("start", "int64"), ("end", "int64")]
     fields += [(name, AGGREGATIONS[name]) for name in aggregations]
+    if output:
+        if output in AGGREGATIONS or output in ("start", "end", "revision", "early", "late"):
+            raise ParamError(f"{node_operator}: the window function's column {output!r} is "
+                             "taken by another output column; rename the function")
+        fields.append((output, "float64"))
     fields += [("revision", "int64"), ("early", "bool"), ("late", "bool")]
     return Schema(tuple(fields))
 
 
 def late_params() -> tuple[Param, ...]:
-    """The lateness params every event-time window node declares."""
+    """The lateness and user-function params every event-time window node declares."""
     return (
+        Param("function_output", "str", default="",
+              doc="column of the user function over window values (the SDK sets it)"),
         Param("lateness", "duration", default=0, minimum=0, maximum=DAY_NS, size=True,
               doc="how long after its end a window still takes late events and re-emits"),
         Param("late", "str", default="drop", choices=LATE_POLICIES,

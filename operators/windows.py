@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.window_logic import EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
     EARLY,
@@ -26,19 +27,13 @@ from operators.window_state import (
     SIDE,
     SLOT,
     START,
-    Emissions,
-    WindowKeys,
-    WindowTable,
     add_event,
     emit_row,
     find_or_open,
     late_params,
-    load_arrays,
     open_row,
-    save_arrays,
     window_schema,
 )
-from streamdag.batch import Batch
 from streamdag.errors import ParamError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
 from streamdag.operator_registry import register
@@ -54,7 +49,7 @@ _MAX_WAYS = 8
 
 @njit(cache=True)
 def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any,
-          out_acc: Any, out_size: Any, slots: Any, ts: Any, values: Any, first: int,
+          out_acc: Any, out_size: Any, slots: Any, ts: Any, values: Any, kept: Any, first: int,
           sequence: int, length: int, step: int, lateness: int, watermark: int,
           early_every: int, side: bool, ways: int) -> tuple[int, int, int]:
     # Returns (status, event to resume from, events dropped). Each event is folded whole or
@@ -72,10 +67,13 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
                 and meta[row, START] <= t < meta[row, END]):
             # A tumbling window's event in its key's latest window: no division, no lookup.
             add_event(meta, acc, row, t, sequence + i, x)
+            kept[i] = True
             if watermark != NO_WATERMARK and meta[row, END] <= watermark:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)  # a revision
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)  # a revision
             elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY)
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                         sequence + i)
             continue
         # Window j (start j * step) of a key is cached at latest[slot * ways + j % ways]: the
         # windows of a key open at once are consecutive, so they rarely evict each other.
@@ -98,11 +96,14 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
                 latest[cached] = row
             folded = True
             if watermark != NO_WATERMARK and end <= watermark:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL)  # a revision
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)  # a revision
             elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY)
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                         sequence + i)
             start -= step
             j -= 1
+        kept[i] = folded
         if covered and not folded:
             dropped += 1
             if side:
@@ -113,89 +114,29 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
     return OK, slots.shape[0], dropped
 
 
-class WindowLogic:
-    """Runtime logic of a tumbling or hopping window node: the open windows and a late count.
-
-    ``late_dropped`` counts events later than the allowed lateness (dropped, or sent on as
-    side records); it is part of the snapshot.
-    """
+class WindowLogic(EventTimeWindowLogic):
+    """Runtime logic of a tumbling or hopping window node."""
 
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
-        params = config.params
-        self._field = str(params["field"])
-        self._aggregations = tuple(params["agg"])
-        self._size = int(params["size"])
-        self._step = int(params.get("step", self._size))
-        self._lateness = int(params["lateness"])
-        self._side = params["late"] == "side"
-        self._early_every = int(params["early_every"])
-        self._emissions = Emissions()
-        if snapshot is None:
-            self._keys = WindowKeys()
-            self._table = WindowTable()
-            self._watermark, self._sequence, self.late_dropped = NO_WATERMARK, 0, 0
-        else:
-            arrays = load_arrays(snapshot)
-            self._keys = WindowKeys(arrays["keys"].tobytes())
-            self._table = WindowTable.from_arrays(arrays)
-            self._watermark, self._sequence, self.late_dropped = (
-                int(v) for v in arrays["scalars"])
+        self._size = int(config.params["size"])
+        self._step = int(config.params.get("step", self._size))
         # Cached window rows per key: a power of two covering the windows an event falls in.
-        self._ways = 1 << (min(-(-self._size // self._step), _MAX_WAYS) - 1).bit_length()
-        self._latest = np.full(self._keys.count * self._ways, -1, dtype=np.int64)
+        self.ways = 1 << (min(-(-self._size // self._step), _MAX_WAYS) - 1).bit_length()
+        super().__init__(config, snapshot)
 
-    def process(self, inputs: Sequence[Batch]) -> Batch:
-        """Fold events into their windows; emits early updates, revisions and side records."""
-        batch = inputs[0]
-        if not len(batch):
-            return self._keys.results(*self._emissions.take(), self._aggregations)
-        return self.fold(self.slots(batch.key), batch.ts,
-                         np.ascontiguousarray(batch.columns[self._field], dtype=np.float64))
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """The slot of every key, making room for new keys' state."""
-        slots = self._keys.slots(keys)
-        if len(self._latest) < self._keys.count * self._ways:
-            grown = np.full(2 * self._keys.count * self._ways, -1, dtype=np.int64)
-            grown[: len(self._latest)] = self._latest
-            self._latest = grown
-        return slots
-
-    def fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
-             values: npt.NDArray[np.float64]) -> Batch:
-        """Fold events of known key slots (see ``slots``); what they emitted at once."""
+    def _kernel(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+                values: npt.NDArray[np.float64], kept: npt.NDArray[np.bool_],
+                first: int) -> tuple[int, int, int]:
         table, out = self._table, self._emissions
-        first = 0
-        while first < len(slots):
-            status, first, dropped = _fold(
-                table.meta, table.acc, table.index, table.size, self._latest, out.meta,
-                out.acc, out.size, slots, ts, values, first, self._sequence, self._size,
-                self._step, self._lateness, self._watermark, self._early_every, self._side,
-                self._ways,
-            )
-            self.late_dropped += dropped
-            if status == GROW_ROWS:
-                table.grow()
-            elif status == GROW_OUT:
-                out.reserve(len(out.meta))
-        self._sequence += len(slots)
-        return self._keys.results(*out.take(), self._aggregations)
+        return _fold(
+            table.meta, table.acc, table.index, table.size, self._latest, out.meta, out.acc,
+            out.size, slots, ts, values, kept, first, self._sequence, self._size, self._step,
+            self._lateness, self._watermark, self._early_every, self._side, self.ways,
+        )
 
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """Emit every window whose end <= watermark, by end (ties: in the order they opened)."""
-        passed, self._watermark = self._watermark, max(self._watermark, int(watermark))
-        if self._watermark == passed:
-            return None
-        self._table.close(passed, self._watermark, self._lateness, self._emissions,
-                          self._latest)
-        if not len(self._emissions):
-            return None
-        return self._keys.results(*self._emissions.take(), self._aggregations)
-
-    def snapshot(self) -> bytes:
-        """Key table, live windows, watermark, arrival counter and late count."""
-        scalars = np.array([self._watermark, self._sequence, self.late_dropped], dtype=np.int64)
-        return save_arrays(keys=self._keys.snapshot(), scalars=scalars, **self._table.arrays())
+    def _forget_before(self) -> int:
+        # An event's windows all end by ts + size: past the lateness, none takes events.
+        return max(NO_WATERMARK, self._watermark - self._lateness - self._size + 1)
 
 
 class _WindowDef(OperatorDef):

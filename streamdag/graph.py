@@ -26,6 +26,8 @@ from streamdag.schema import Schema
 __all__ = ["Column", "Graph", "Node", "make_node"]
 
 DurationLike = int | str
+#: Aggregation names, or a function of a window's values, or a list of them.
+WindowAggregations = str | Callable[..., Any] | Sequence[str | Callable[..., Any]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -186,24 +188,45 @@ class Node:
         """A fixed-point block: vars start at ``initial`` and repeat ``update`` until converged."""
         return self.apply("iterate", initial=initial, update=update, output=output, **kw)
 
-    def tumbling_window(self, size: DurationLike, agg: str | Sequence[str],
-                        field: str = "value", **kw: Any) -> Node:
-        """Aggregates ``agg`` of ``field`` per key over consecutive ``size`` windows."""
-        aggregations = [agg] if isinstance(agg, str) else agg
-        return self.apply("tumbling_window", size=size, agg=aggregations, field=field, **kw)
+    def tumbling_window(self, size: DurationLike, agg: WindowAggregations, field: str = "value",
+                        **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over consecutive ``size`` windows.
 
-    def hopping_window(self, size: DurationLike, step: DurationLike, agg: str | Sequence[str],
+        ``agg`` names aggregations (``"mean"``, ``["min", "max"]``) and may hold one function
+        of a window's values returning a number: its result fills a column of its name.
+        """
+        return self._window("tumbling_window", agg, size=size, field=field, **kw)
+
+    def hopping_window(self, size: DurationLike, step: DurationLike, agg: WindowAggregations,
                        field: str = "value", **kw: Any) -> Node:
         """Aggregates ``agg`` of ``field`` per key over ``size`` windows starting every ``step``."""
-        aggregations = [agg] if isinstance(agg, str) else agg
-        return self.apply("hopping_window", size=size, step=step, agg=aggregations,
-                          field=field, **kw)
+        return self._window("hopping_window", agg, size=size, step=step, field=field, **kw)
 
-    def session_window(self, gap: DurationLike, agg: str | Sequence[str],
-                       field: str = "value", **kw: Any) -> Node:
+    def session_window(self, gap: DurationLike, agg: WindowAggregations, field: str = "value",
+                       **kw: Any) -> Node:
         """Aggregates ``agg`` of ``field`` per key over sessions that a ``gap`` of time closes."""
-        aggregations = [agg] if isinstance(agg, str) else agg
-        return self.apply("session_window", gap=gap, agg=aggregations, field=field, **kw)
+        return self._window("session_window", agg, gap=gap, field=field, **kw)
+
+    def _window(self, operator: str, agg: WindowAggregations, **kw: Any) -> Node:
+        items = [agg] if isinstance(agg, str) or callable(agg) else list(agg)
+        names = [item for item in items if isinstance(item, str)]
+        functions = [item for item in items if not isinstance(item, str)]
+        if not functions:
+            return self.apply(operator, agg=names, **kw)
+        from operators.window_values import window_function_code_hash  # registers operators
+
+        display = kw.get("name", operator)
+        output = getattr(functions[0], "__name__", "")
+        if len(functions) > 1 or not output.isidentifier():
+            raise GraphError(
+                f"node {display!r}: agg= takes one function of a window's values, defined with "
+                f"def (its name names the output column); got {functions!r}"
+            )
+        frozen, code_hash = window_function_code_hash(operator, functions[0])
+        options = {k: kw.pop(k) for k in ("name", "interval", "period", "missing", "tags")
+                   if k in kw}
+        return make_node(operator, (self,), {**kw, "agg": names, "function_output": output},
+                         function=frozen, code_hash=code_hash, **options)
 
     def count_window(self, count: int, agg: str | Sequence[str], field: str = "value",
                      **kw: Any) -> Node:

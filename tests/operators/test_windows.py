@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,7 +21,7 @@ from window_reference import (
 )
 
 import streamdag as sd
-from streamdag.errors import GraphError, ParamError, SchemaMismatchError
+from streamdag.errors import GraphError, ParamError, SchemaMismatchError, SpecError
 from streamdag.operator_registry import lookup
 from streamdag.spec import dumps, loads
 
@@ -132,6 +133,57 @@ def reference_window(events: list[Event]) -> Window:
     for seq, (ts, _, x) in enumerate(events):
         window.add(ts, seq, x)
     return window
+
+
+def weighted(values: np.ndarray) -> float:
+    """An order-sensitive function of a window's values."""
+    return float(np.dot(values, np.arange(1, len(values) + 1)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(scripts(), st.sampled_from(["tumbling", "hopping", "session"]), options,
+       st.lists(st.sampled_from(AGGREGATIONS), max_size=2, unique=True), cut_lists,
+       st.one_of(st.none(), st.integers(0, 7)))
+def test_a_user_function_sees_each_window_s_values_in_event_time_order(
+        script: list[Round], kind: str, opts: dict[str, Any], aggs: list[str],
+        cuts: list[int], restore_after: int | None) -> None:
+    if kind == "tumbling":
+        node = TICKS.tumbling_window(10, agg=[*aggs, weighted], name="w", **opts)
+        reference = ReferenceWindows(aggs, size=10, step=10, function=weighted, **opts)
+    elif kind == "hopping":
+        node = TICKS.hopping_window(12, 5, agg=[*aggs, weighted], name="w", **opts)
+        reference = ReferenceWindows(aggs, size=12, step=5, function=weighted, **opts)
+    else:
+        node = TICKS.session_window(8, agg=[*aggs, weighted], name="w", **opts)
+        reference = ReferenceWindows(aggs, gap=8, function=weighted, **opts)
+    _check(node, reference, script, cuts, restore_after)
+
+
+def test_a_window_function_is_part_of_the_node_id_and_never_goes_into_a_spec() -> None:
+    def spread(values: np.ndarray) -> float:
+        return float(values.max() - values.min())
+
+    def spread_too(values: np.ndarray) -> float:
+        return float(values.max() - values.min())
+
+    def other(values: np.ndarray) -> float:
+        return float(values.min())
+
+    other.__name__ = "spread"
+    one = TICKS.tumbling_window(10, agg=spread, name="w")
+    assert one.output_schema.names == ("start", "end", "spread", "revision", "early", "late")
+    assert TICKS.tumbling_window(10, agg=spread, name="w").node_id == one.node_id
+    assert TICKS.tumbling_window(10, agg=other, name="w").node_id != one.node_id
+    assert TICKS.tumbling_window(10, agg=spread_too, name="w").node_id != one.node_id
+    with pytest.raises(SpecError, match="graph specs are data only"):
+        dumps(sd.Graph("g", outputs=[one]), "toml")
+    spec = dumps(sd.Graph("g", outputs=[TICKS.tumbling_window(10, agg="sum", name="w")]),
+                 "toml").replace('agg = [\n    "sum",\n]', 'agg = []\nfunction_output = "spread"')
+    assert "function_output" in spec
+    with pytest.raises(SpecError, match="function_output"):
+        loads(spec, "toml")
+    with pytest.raises(GraphError, match="takes one function"):
+        TICKS.session_window(10, agg=[spread, other])
 
 
 def test_late_event_revises_a_closed_window_then_goes_to_the_side_output() -> None:

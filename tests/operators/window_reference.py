@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ class Window:
     start: int
     end: int
     values: list[float] = field(default_factory=list)
+    events: list[tuple[int, int, float]] = field(default_factory=list)
     total: float = 0.0
     first: tuple[int, int, float] = (0, 0, 0.0)
     last: tuple[int, int, float] = (0, 0, 0.0)
@@ -49,17 +50,20 @@ class Window:
             self.first = min(self.first, (ts, seq, x), key=lambda e: (e[0], e[1]))
             self.last = max(self.last, (ts, seq, x), key=lambda e: (e[0], e[1]))
         self.values.append(x)
+        self.events.append((ts, seq, x))
 
     def absorb(self, other: Window) -> None:
         self.total += other.total
         self.first = min(self.first, other.first, key=lambda e: (e[0], e[1]))
         self.last = max(self.last, other.last, key=lambda e: (e[0], e[1]))
         self.values += other.values
+        self.events += other.events
         self.emitted = max(self.emitted, other.emitted)
         self.start, self.end = min(self.start, other.start), max(self.end, other.end)
 
     def record(self, key: str, aggs: Sequence[str], ts: int | None = None, revision: int = 0,
-               early: bool = False, late: bool = False) -> Record:
+               early: bool = False, late: bool = False,
+               function: Callable[[np.ndarray], float] | None = None) -> Record:
         values = self.values
         computed = {
             "sum": self.total, "mean": self.total / len(values), "min": min(values),
@@ -69,6 +73,8 @@ class Window:
         }
         return {"ts": self.end - 1 if ts is None else ts, "key": key, "start": self.start,
                 "end": self.end, **{name: computed[name] for name in aggs},
+                **({} if function is None else {function.__name__: float(function(np.array(
+                    [x for _, _, x in sorted(self.events)], dtype=np.float64)))}),
                 "revision": revision, "early": early, "late": late}
 
 
@@ -76,9 +82,11 @@ class ReferenceWindows:
     """Tumbling (step == size), hopping and session windows, one event at a time."""
 
     def __init__(self, aggs: Sequence[str], *, size: int = 0, step: int = 0, gap: int = 0,
-                 lateness: int = 0, late: str = "drop", early_every: int = 0) -> None:
+                 lateness: int = 0, late: str = "drop", early_every: int = 0,
+                 function: Callable[[np.ndarray], float] | None = None) -> None:
         self.aggs, self.size, self.step, self.gap = aggs, size, step, gap
         self.lateness, self.side, self.early = lateness, late == "side", early_every
+        self.function = function
         self.windows: dict[str, list[Window]] = {}
         self.watermark: int | None = None
         self.seq = 0
@@ -104,16 +112,18 @@ class ReferenceWindows:
                     start = ts // self.step * self.step if not self.gap else ts
                     alone = Window(start, start + (self.size or self.gap))
                     alone.add(ts, seq, x)
-                    out.append(alone.record(key, self.aggs, ts=ts, late=True))
+                    out.append(alone.record(key, self.aggs, ts=ts, late=True,
+                                             function=self.function))
                 continue
             for window in touched:
                 window.add(ts, seq, x)
                 if self._past(window.end):
-                    out.append(window.record(key, self.aggs, revision=window.emitted))
+                    out.append(window.record(key, self.aggs, revision=window.emitted,
+                                             function=self.function))
                     window.emitted += 1
                 elif self.early and len(window.values) % self.early == 0:
                     out.append(window.record(key, self.aggs, revision=window.emitted,
-                                             early=True))
+                                             early=True, function=self.function))
         return out
 
     def _fixed(self, windows: list[Window], ts: int) -> list[Window] | None:
@@ -154,7 +164,8 @@ class ReferenceWindows:
                for w in ws if (passed is None or w.end > passed) and w.end <= self.watermark]
         out = []
         for *_, key, window in sorted(due, key=lambda d: d[:2]):
-            out.append(window.record(key, self.aggs, revision=window.emitted))
+            out.append(window.record(key, self.aggs, revision=window.emitted,
+                                     function=self.function))
             window.emitted += 1
         for key, ws in self.windows.items():
             self.windows[key] = [w for w in ws if not self._past(w.end, self.lateness)]
