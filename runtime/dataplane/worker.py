@@ -106,6 +106,8 @@ class NodeWorker:
             else min(mark for mark in marks if mark is not None)
         )
         self.stats.watermark = self._emitted_watermark
+        #: The last watermark sent downstream (it may trail the inputs': see holds_from).
+        self._forwarded: int | None = None
         self.stats.held_events = self._aligner.buffered if self._aligner is not None else 0
         self.finished = False
 
@@ -253,8 +255,14 @@ class NodeWorker:
         self._emitted_watermark = watermark
         self.stats.watermark = watermark
         outputs = self._emit(self.logic.on_watermark(watermark))
-        if watermark < END_OF_TIME:
-            outputs.append(Watermark(watermark))
+        # An operator holding events back (a forward as-of join) holds the watermark it sends
+        # at the oldest of them, so that what it emits later is not late downstream.
+        holds_from = getattr(self.logic, "holds_from", None)
+        held = holds_from() if holds_from is not None else None
+        forwarded = watermark if held is None else min(watermark, held)
+        if forwarded < END_OF_TIME and (self._forwarded is None or forwarded > self._forwarded):
+            self._forwarded = forwarded
+            outputs.append(Watermark(forwarded))
         return outputs
 
     def _on_end(self, input_index: int) -> list[Payload]:

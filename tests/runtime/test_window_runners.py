@@ -69,6 +69,11 @@ def _graph() -> sd.Graph:
         ticks.count_window(9, agg=["first", "std"], field="price", name="counts"),
         ticks.interval_join(ticks.map("size * 2", output="double", name="double"),
                             lower="2ms", upper="1ms", name="pairs"),
+        # Each tick with the next tick of its symbol whose size is over 50 (or the nearest).
+        ticks.asof_join(ticks.filter("size > 50", name="big"), direction="forward",
+                        prefix="big_", name="ahead"),
+        ticks.asof_join(ticks.filter("size > 50", name="big"), direction="nearest",
+                        tolerance="5ms", prefix="big_", name="nearest"),
     ])
 
 
@@ -82,7 +87,7 @@ def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: 
     graph = _graph()
     local = LocalRunner().run(graph, sources={"ticks": _Script(_batches())})
     remote = RayRunner().run(graph, sources={"ticks": _Script(_batches())})
-    for name in ("tumbling", "hopping", "sessions", "counts", "pairs"):
+    for name in ("tumbling", "hopping", "sessions", "counts", "pairs", "ahead", "nearest"):
         assert local.records(name), f"{name} produced nothing"
         assert _nan_as_text(remote.records(name)) == _nan_as_text(local.records(name)), name
     # 1001 ticks 1 ms apart, round robin over 7 symbols: 20 windows of 50 ms for each symbol,
@@ -94,3 +99,6 @@ def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: 
     assert [(r["left_ts"], r["right_double"]) for r in local.records("pairs")] == [
         (r["ts"], r["size"] * 2) for r in local.records("pairs")]
     assert len(local.records("pairs")) == 1001
+    ahead = local.records("ahead")
+    assert [r["ts"] for r in ahead] == sorted(r["ts"] for r in ahead) and len(ahead) == 1001
+    assert all(r["big_size"] > 50 or math.isnan(r["big_size"]) for r in ahead)
