@@ -11,6 +11,7 @@ from operators import (  # noqa: F401
     crossover,
     interval_join,
     iterate,
+    lookup_join,
     map_filter,
     rolling,
     session_window,

@@ -234,6 +234,10 @@ class Node:
         aggregations = [agg] if isinstance(agg, str) else agg
         return self.apply("count_window", count=count, agg=aggregations, field=field, **kw)
 
+    def lookup_join(self, table: Node, **kw: Any) -> Node:
+        """Each event with its key's current row in ``table`` (a changelog, e.g. compacted)."""
+        return self.apply("lookup_join", table, **kw)
+
     def interval_join(self, right: Node, **kw: Any) -> Node:
         """Pairs of this stream's and ``right``'s events of a key within ``lower``/``upper``."""
         return self.apply("interval_join", right, **kw)

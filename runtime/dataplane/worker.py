@@ -88,9 +88,14 @@ class NodeWorker:
         inputs = len(self._schemas)
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
+        # Inputs applied as they arrive (a lookup join's table) neither wait for the others'
+        # watermarks nor hold them back; the rest are put in event-time order together.
+        self._unaligned = frozenset(definition.unaligned_inputs)
+        self._aligned = [i for i in range(inputs) if i not in self._unaligned]
         if inputs > 1 or definition.needs_time_order:
             self._aligner = EventTimeAligner(
-                self._schemas, restored.aligner if restored is not None else None
+                [self._schemas[i] for i in self._aligned],
+                restored.aligner if restored is not None else None,
             )
         self._watermarks: list[int | None] = (
             list(restored.watermarks) if restored is not None else [None] * inputs
@@ -194,8 +199,10 @@ class NodeWorker:
         self.stats.batches_in += 1
         if self._aligner is None:
             return self._process([batch])
+        if input_index in self._unaligned:
+            return self._process(self._inputs({input_index: batch}))
         # Holding events never moves the release bound, so nothing is released here.
-        late = self._aligner.add(input_index, batch)
+        late = self._aligner.add(self._aligned.index(input_index), batch)
         self.stats.held_events = self._aligner.buffered
         if not len(late):
             return []
@@ -215,7 +222,14 @@ class NodeWorker:
         assert self._aligner is not None
         released = self._aligner.release()
         self.stats.held_events = self._aligner.buffered
-        return self._process(released) if released is not None else []
+        if released is None:
+            return []
+        return self._process(self._inputs(dict(zip(self._aligned, released, strict=True))))
+
+    def _inputs(self, given: Mapping[int, Batch]) -> list[Batch]:
+        """One batch per input: those ``given``, empty ones for the rest."""
+        return [given[i] if i in given else Batch.empty(schema)
+                for i, schema in enumerate(self._schemas)]
 
     def _process(self, inputs: list[Batch]) -> list[Payload]:
         started = self._clock()
@@ -240,13 +254,15 @@ class NodeWorker:
             return []
         self._watermarks[input_index] = timestamp
         outputs: list[Payload] = []
-        if self._aligner is not None and self._aligner.advance(input_index, timestamp):
+        if (self._aligner is not None and input_index not in self._unaligned
+                and self._aligner.advance(self._aligned.index(input_index), timestamp)):
             outputs = self._process_released()
         return outputs + self._advance_watermark()
 
     def _advance_watermark(self) -> list[Payload]:
-        marks = [END_OF_TIME if ended else mark
-                 for mark, ended in zip(self._watermarks, self._ended, strict=True)]
+        marks = [END_OF_TIME if ended or i in self._unaligned else mark
+                 for i, (mark, ended) in enumerate(zip(self._watermarks, self._ended,
+                                                       strict=True))]
         if any(mark is None for mark in marks):
             return []
         watermark = min(mark for mark in marks if mark is not None)
@@ -268,7 +284,8 @@ class NodeWorker:
     def _on_end(self, input_index: int) -> list[Payload]:
         self._ended[input_index] = True
         outputs: list[Payload] = []
-        if self._aligner is not None and self._aligner.end(input_index):
+        if (self._aligner is not None and input_index not in self._unaligned
+                and self._aligner.end(self._aligned.index(input_index))):
             outputs = self._process_released()
         # Inputs blocked at a barrier wait only for the live ones: this one no longer counts.
         waiting = next((cid for cid in self._barrier_of if cid is not None), None)
