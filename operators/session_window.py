@@ -9,14 +9,13 @@ through the key's other sessions, and may merge two of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from operators.window_logic import EventTimeWindowLogic
+from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
     EARLY,
@@ -32,15 +31,12 @@ from operators.window_state import (
     START,
     add_event,
     emit_row,
-    late_params,
     merge_rows,
     open_row,
-    window_schema,
 )
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
+from streamdag.operator import NodeConfig
 from streamdag.operator_registry import register
-from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
-from streamdag.schema import Schema
+from streamdag.params import MAX_SPAN_NS, Param
 
 __all__ = ["SessionWindowDef", "SessionWindowLogic"]
 
@@ -152,7 +148,7 @@ class SessionWindowLogic(EventTimeWindowLogic):
 
 
 @register
-class SessionWindowDef(OperatorDef):
+class SessionWindowDef(EventTimeWindowDef):
     """Aggregates of ``field`` per key over sessions: runs of events less than ``gap`` apart.
 
     A session covers ``[first ts, last ts + gap)`` and is emitted once the watermark reaches
@@ -183,7 +179,7 @@ class SessionWindowDef(OperatorDef):
 
     type_name: ClassVar[str] = "session_window"
     summary: ClassVar[str] = "aggregates per key over sessions of events closer than a gap"
-    handles_late_events: ClassVar[bool] = True  # lateness=, late=
+    logic = SessionWindowLogic
     handles_events: ClassVar[str] = (
         "groups events into sessions by its own gap=, not by a node interval"
     )
@@ -191,19 +187,5 @@ class SessionWindowDef(OperatorDef):
     params: ClassVar[tuple[Param, ...]] = (
         Param("gap", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
               doc="inactivity that closes a session"),
-        Param("agg", "str_list", doc="aggregations: sum, mean, min, max, count, first, last, std"),
-        Param("field", "str", default="value", doc="field aggregated"),
-        Param("early_every", "int", default=0, minimum=0, maximum=MAX_EVENTS,
-              doc="also emit a session's partial result every this many of its events; 0 = off"),
-        *late_params(),
+        *EventTimeWindowDef.window_params(),
     )
-
-    @classmethod
-    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """start, end, the aggregations, revision, early, late."""
-        return window_schema(cls.type_name, params, inputs)
-
-    @classmethod
-    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
-        """Fresh logic, or the logic saved in ``snapshot``."""
-        return SessionWindowLogic(config, snapshot)

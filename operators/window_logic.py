@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -17,14 +17,18 @@ from operators.window_state import (
     Emissions,
     WindowKeys,
     WindowTable,
+    late_params,
     load_arrays,
     save_arrays,
+    window_schema,
 )
 from operators.window_values import ValueLog, WindowFunction
 from streamdag.batch import Batch
-from streamdag.operator import NodeConfig
+from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
+from streamdag.params import MAX_EVENTS, Param
+from streamdag.schema import Schema
 
-__all__ = ["EventTimeWindowLogic"]
+__all__ = ["EventTimeWindowDef", "EventTimeWindowLogic"]
 
 
 class EventTimeWindowLogic(ABC):
@@ -129,3 +133,34 @@ class EventTimeWindowLogic(ABC):
     @abstractmethod
     def _forget_before(self) -> int:
         """Logged events before this time belong to no live window."""
+
+
+class EventTimeWindowDef(OperatorDef):
+    """What the event-time window declarations share: aggregations, lateness, early updates."""
+
+    handles_late_events: ClassVar[bool] = True  # lateness=, late=
+    #: The runtime logic the declaration builds.
+    logic: ClassVar[type[EventTimeWindowLogic]]
+
+    @staticmethod
+    def window_params() -> tuple[Param, ...]:
+        """The params every event-time window takes after its own size, step or gap."""
+        return (
+            Param("agg", "str_list",
+                  doc="aggregations: sum, mean, min, max, count, first, last, std"),
+            Param("field", "str", default="value", doc="field aggregated"),
+            Param("early_every", "int", default=0, minimum=0, maximum=MAX_EVENTS,
+                  doc="also emit a window's partial result every this many of its events; "
+                      "0 = off"),
+            *late_params(),
+        )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """start, end, the aggregations (and function), revision, early, late."""
+        return window_schema(cls.type_name, params, inputs)
+
+    @classmethod
+    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
+        """Fresh logic, or the logic saved in ``snapshot``."""
+        return cls.logic(config, snapshot)

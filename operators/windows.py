@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from operators.window_logic import EventTimeWindowLogic
+from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
     EARLY,
@@ -30,14 +30,12 @@ from operators.window_state import (
     add_event,
     emit_row,
     find_or_open,
-    late_params,
     open_row,
-    window_schema,
 )
 from streamdag.errors import ParamError
-from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
+from streamdag.operator import NodeConfig
 from streamdag.operator_registry import register
-from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
+from streamdag.params import MAX_SPAN_NS, Param
 from streamdag.schema import Schema
 
 __all__ = ["MAX_WINDOWS_PER_EVENT", "HoppingWindowDef", "TumblingWindowDef", "WindowLogic"]
@@ -139,31 +137,14 @@ class WindowLogic(EventTimeWindowLogic):
         return max(NO_WATERMARK, self._watermark - self._lateness - self._size + 1)
 
 
-class _WindowDef(OperatorDef):
+class _WindowDef(EventTimeWindowDef):
     """What the tumbling and hopping window declarations share."""
 
-    handles_late_events: ClassVar[bool] = True  # lateness=, late=
+    logic = WindowLogic
     handles_events: ClassVar[str] = (
         "buckets events into windows of its own size= (and step=), not by a node interval"
     )
     interval_hint: ClassVar[str] = "set the window length with size= instead"
-    common_params: ClassVar[tuple[Param, ...]] = (
-        Param("agg", "str_list", doc="aggregations: sum, mean, min, max, count, first, last, std"),
-        Param("field", "str", default="value", doc="field aggregated"),
-        Param("early_every", "int", default=0, minimum=0, maximum=MAX_EVENTS,
-              doc="also emit a window's partial result every this many of its events; 0 = off"),
-        *late_params(),
-    )
-
-    @classmethod
-    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """start, end, the aggregations, revision, early, late."""
-        return window_schema(cls.type_name, params, inputs)
-
-    @classmethod
-    def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
-        """Fresh logic, or the logic saved in ``snapshot``."""
-        return WindowLogic(config, snapshot)
 
 
 @register
@@ -203,7 +184,7 @@ class TumblingWindowDef(_WindowDef):
     params: ClassVar[tuple[Param, ...]] = (
         Param("size", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
               doc="window length"),
-        *_WindowDef.common_params,
+        *_WindowDef.window_params(),
     )
 
 
@@ -235,7 +216,7 @@ class HoppingWindowDef(_WindowDef):
               doc="window length"),
         Param("step", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
               doc="time between window starts"),
-        *_WindowDef.common_params,
+        *_WindowDef.window_params(),
     )
 
     @classmethod
