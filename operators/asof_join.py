@@ -12,7 +12,7 @@ from numba import njit
 from operators.asof_ahead import AsofAheadLogic
 from operators.key_slots import KeySlots
 from streamdag.batch import Batch
-from streamdag.errors import SchemaMismatchError
+from streamdag.errors import ParamError, SchemaMismatchError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
 from streamdag.operator_registry import register
 from streamdag.params import Param
@@ -142,7 +142,7 @@ class AsofJoinDef(OperatorDef):
 
     ``direction="forward"`` matches the first right event at or after the left event (ties:
     the first to arrive), ``"nearest"`` the closer of the two (equally close: the backward
-    one); within ``tolerance`` when it is > 0. A left event then waits until its match comes
+    one), within ``tolerance``, which must be > 0 for them. A left event waits until its match comes
     or the watermark shows none can, and left events come out in their own order, the node's
     output watermark held at the oldest waiting one (see ``operators.asof_ahead``).
 
@@ -180,6 +180,13 @@ class AsofJoinDef(OperatorDef):
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """Left fields, then the right fields prefixed, as float64."""
         left, right = inputs
+        if params["direction"] != "backward" and not params["tolerance"]:
+            raise ParamError(
+                f"asof_join: direction={params['direction']!r} needs a tolerance > 0: without "
+                "one, a left event whose key gets no later right event would wait forever and "
+                "hold the node's output watermark (and all downstream) with it; pass e.g. "
+                "tolerance='5s'"
+            )
         prefix = str(params["prefix"])
         fields = list(left.fields)
         for name in right.names:

@@ -6,12 +6,14 @@ import math
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_checks import aligned_steps
 
 import streamdag as sd
 from runtime.dataplane.worker import END_OF_TIME
+from streamdag.errors import ParamError
 from streamdag.operator_registry import lookup
 
 Row = tuple[Any, ...]
@@ -80,7 +82,7 @@ def _same(actual: list[tuple[int, str, float, float]],
 
 @settings(max_examples=60, deadline=None)
 @given(aligned_steps([values], [values], max_steps=8, max_span=6),
-       st.sampled_from(["forward", "nearest"]), st.sampled_from([0, 1, 3]), st.integers(1, 4),
+       st.sampled_from(["forward", "nearest"]), st.sampled_from([1, 3, 20]), st.integers(1, 4),
        st.one_of(st.none(), st.integers(0, 4)))
 def test_forward_and_nearest_asof_join_match_reference(steps: Steps, direction: str,
                                                        tolerance: int, group: int,
@@ -89,3 +91,8 @@ def test_forward_and_nearest_asof_join_match_reference(steps: Steps, direction: 
     expected = _reference(steps, direction, tolerance)
     _same(_run(node, steps, 1, None), expected)
     _same(_run(node, steps, group, restore_after), expected)
+
+
+def test_a_look_ahead_without_tolerance_is_refused_when_built() -> None:
+    with pytest.raises(ParamError, match="needs a tolerance > 0"):
+        LEFT.asof_join(RIGHT, direction="forward", name="j")

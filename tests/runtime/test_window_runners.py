@@ -71,7 +71,7 @@ def _graph() -> sd.Graph:
                             lower="2ms", upper="1ms", name="pairs"),
         # Each tick with the next tick of its symbol whose size is over 50 (or the nearest).
         ticks.asof_join(ticks.filter("size > 50", name="big"), direction="forward",
-                        prefix="big_", name="ahead"),
+                        tolerance="30ms", prefix="big_", name="ahead"),
         ticks.asof_join(ticks.filter("size > 50", name="big"), direction="nearest",
                         tolerance="5ms", prefix="big_", name="nearest"),
     ])
