@@ -74,6 +74,8 @@ def _graph() -> sd.Graph:
                         tolerance="30ms", prefix="big_", name="ahead"),
         ticks.asof_join(ticks.filter("size > 50", name="big"), direction="nearest",
                         tolerance="5ms", prefix="big_", name="nearest"),
+        # A table of each symbol's latest big tick, applied as it arrives (order-dependent).
+        ticks.lookup_join(ticks.filter("size > 90", name="huge"), prefix="row_", name="rows"),
     ])
 
 
@@ -99,6 +101,18 @@ def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: 
     assert [(r["left_ts"], r["right_double"]) for r in local.records("pairs")] == [
         (r["ts"], r["size"] * 2) for r in local.records("pairs")]
     assert len(local.records("pairs")) == 1001
+    # A lookup sees the table as it was when each tick was released, which differs from run
+    # to run: each tick comes out once, with one of its symbol's big ticks or none.
+    huge = {(key, price) for b in _batches() for key, price, size in zip(
+        b.key.astype(str).tolist(), b.columns["price"].tolist(), b.columns["size"].tolist(),
+        strict=True) if size > 90}
+    for result in (local, remote):
+        rows = result.records("rows")
+        assert sorted((r["ts"], r["key"]) for r in rows) == sorted(
+            (r["ts"], r["key"]) for r in local.records("pairs"))
+        assert all(math.isnan(r["row_price"]) or (r["key"], r["row_price"]) in huge
+                   for r in rows)
+    assert sum(not math.isnan(r["row_price"]) for r in local.records("rows")) > 500
     ahead = local.records("ahead")
     assert [r["ts"] for r in ahead] == sorted(r["ts"] for r in ahead) and len(ahead) == 1001
     assert all(r["big_size"] > 50 or math.isnan(r["big_size"]) for r in ahead)
