@@ -7,14 +7,19 @@ Importing this package registers every built-in operator.
 from operators import (  # noqa: F401
     asof_join,
     bars,
+    count_window,
     crossover,
     inference,
+    interval_join,
     iterate,
+    lookup_join,
     map_filter,
     rolling,
+    session_window,
     smoothing,
     user_function,
     vwap,
+    windows,
 )
 
 __all__: list[str] = []

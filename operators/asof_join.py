@@ -9,9 +9,10 @@ from typing import Any, ClassVar
 import numpy as np
 from numba import njit
 
+from operators.asof_ahead import AsofAheadLogic
 from operators.key_slots import KeySlots
 from streamdag.batch import Batch
-from streamdag.errors import SchemaMismatchError
+from streamdag.errors import ParamError, SchemaMismatchError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
 from streamdag.operator_registry import register
 from streamdag.params import Param
@@ -139,6 +140,12 @@ class AsofJoinDef(OperatorDef):
     at exactly the left event's time matches; among right events with one timestamp the last
     to arrive wins. The last right event of every key is kept across batches and snapshots.
 
+    ``direction="forward"`` matches the first right event at or after the left event (ties:
+    the first to arrive), ``"nearest"`` the closer of the two (equally close: the backward
+    one), within ``tolerance``, which must be > 0 for them. A left event waits until its match comes
+    or the watermark shows none can, and left events come out in their own order, the node's
+    output watermark held at the oldest waiting one (see ``operators.asof_ahead``).
+
     >>> import streamdag as sd
     >>> from streamdag.operator_registry import lookup
     >>> trades = sd.source("trades", topic="t", key="symbol", schema={"size": "float64"})
@@ -164,12 +171,22 @@ class AsofJoinDef(OperatorDef):
         Param("tolerance", "duration", default=0,
               doc="largest age of a matching right event; 0 = unlimited"),
         Param("prefix", "str", default="right_", doc="prefix of the right fields in the output"),
+        Param("direction", "str", default="backward", choices=("backward", "forward", "nearest"),
+              doc="match the latest right event at or before, the first at or after, or the "
+                  "closer of the two"),
     )
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """Left fields, then the right fields prefixed, as float64."""
         left, right = inputs
+        if params["direction"] != "backward" and not params["tolerance"]:
+            raise ParamError(
+                f"asof_join: direction={params['direction']!r} needs a tolerance > 0: without "
+                "one, a left event whose key gets no later right event would wait forever and "
+                "hold the node's output watermark (and all downstream) with it; pass e.g. "
+                "tolerance='5s'"
+            )
         prefix = str(params["prefix"])
         fields = list(left.fields)
         for name in right.names:
@@ -185,4 +202,6 @@ class AsofJoinDef(OperatorDef):
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
         """Fresh logic, or the logic saved in ``snapshot``."""
+        if config.params["direction"] != "backward":
+            return AsofAheadLogic(config, snapshot)
         return AsofJoinLogic(config, snapshot)

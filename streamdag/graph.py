@@ -26,6 +26,8 @@ from streamdag.schema import Schema
 __all__ = ["Column", "Graph", "Node", "make_node"]
 
 DurationLike = int | str
+#: Aggregation names, or a function of a window's values, or a list of them.
+WindowAggregations = str | Callable[..., Any] | Sequence[str | Callable[..., Any]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,6 +202,59 @@ class Node:
         from streamdag.inference import infer_node
 
         return infer_node(self, model, features, outputs, **kw)
+    def tumbling_window(self, size: DurationLike, agg: WindowAggregations, field: str = "value",
+                        **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over consecutive ``size`` windows.
+
+        ``agg`` names aggregations (``"mean"``, ``["min", "max"]``) and may hold one function
+        of a window's values returning a number: its result fills a column of its name.
+        """
+        return self._window("tumbling_window", agg, size=size, field=field, **kw)
+
+    def hopping_window(self, size: DurationLike, step: DurationLike, agg: WindowAggregations,
+                       field: str = "value", **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over ``size`` windows starting every ``step``."""
+        return self._window("hopping_window", agg, size=size, step=step, field=field, **kw)
+
+    def session_window(self, gap: DurationLike, agg: WindowAggregations, field: str = "value",
+                       **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over sessions that a ``gap`` of time closes."""
+        return self._window("session_window", agg, gap=gap, field=field, **kw)
+
+    def _window(self, operator: str, agg: WindowAggregations, **kw: Any) -> Node:
+        items = [agg] if isinstance(agg, str) or callable(agg) else list(agg)
+        names = [item for item in items if isinstance(item, str)]
+        functions = [item for item in items if not isinstance(item, str)]
+        if not functions:
+            return self.apply(operator, agg=names, **kw)
+        from operators.window_values import window_function_code_hash  # registers operators
+
+        display = kw.get("name", operator)
+        output = getattr(functions[0], "__name__", "")
+        if len(functions) > 1 or not output.isidentifier():
+            raise GraphError(
+                f"node {display!r}: agg= takes one function of a window's values, defined with "
+                f"def (its name names the output column); got {functions!r}"
+            )
+        frozen, code_hash = window_function_code_hash(operator, functions[0])
+        options = {k: kw.pop(k) for k in ("name", "interval", "period", "missing", "tags")
+                   if k in kw}
+        return make_node(operator, (self,), {**kw, "agg": names, "function_output": output},
+                         function=frozen, code_hash=code_hash, **options)
+
+    def count_window(self, count: int, agg: str | Sequence[str], field: str = "value",
+                     **kw: Any) -> Node:
+        """Aggregates ``agg`` of ``field`` per key over every ``count`` consecutive events."""
+        aggregations = [agg] if isinstance(agg, str) else agg
+        return self.apply("count_window", count=count, agg=aggregations, field=field, **kw)
+
+    def lookup_join(self, table: Node, **kw: Any) -> Node:
+        """Each event with its key's current row in ``table`` (a changelog, e.g. compacted)."""
+        return self.apply("lookup_join", table, **kw)
+
+    def interval_join(self, right: Node, **kw: Any) -> Node:
+        """Pairs of this stream's and ``right``'s events of a key within ``lower``/``upper``."""
+        return self.apply("interval_join", right, **kw)
 
     def to_topic(self, topic: str, codec: str = "json", *, shared: bool = False,
                  **kw: Any) -> Node:

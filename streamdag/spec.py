@@ -287,6 +287,12 @@ def _read_node(position: int, raw: Any) -> _SpecNode:
     inputs = _typed(label, raw, "inputs", [], "a list of node names", _is_str_list)
     params = _typed(label, raw, "params", {}, "a table of the operator's params",
                     lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v))
+    if params.get("function_output"):
+        raise SpecError(
+            f"{label}: param 'function_output' names the column of a user function over window "
+            "values, which runs Python code, and graph specs are data only. Build this node "
+            "with the SDK in a trusted driver (agg=[..., function])"
+        )
     interval = _typed(label, raw, "interval", None,
                       "a positive duration (int nanoseconds, or a string like '1s')",
                       _is_positive_duration)

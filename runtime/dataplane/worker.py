@@ -117,9 +117,16 @@ class NodeWorker:
                 "that fed it when the checkpoint was taken")
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
-        if len(self._schemas) > 1 or definition.needs_time_order:
+        # Inputs applied as they arrive (a lookup join's table) neither wait for the others'
+        # watermarks nor hold them back; the rest are put in event-time order together.
+        unaligned_inputs = frozenset(definition.unaligned_inputs)
+        self._unaligned = frozenset(slot for slot, i in enumerate(self._input_of)
+                                    if i in unaligned_inputs)
+        self._aligned = [slot for slot in range(inputs) if slot not in self._unaligned]
+        if inputs > 1 or definition.needs_time_order or self._dynamic:
             self._aligner = EventTimeAligner(
-                slot_schemas, restored.aligner if restored is not None else None,
+                [slot_schemas[slot] for slot in self._aligned],
+                restored.aligner if restored is not None else None,
                 dynamic=self._dynamic, join_grace=int(config.params.get("join_grace", 0)),
             )
         self._watermarks: list[int | None] = (
@@ -141,6 +148,8 @@ class NodeWorker:
         if self._dynamic and self._aligner is not None:
             self._emitted_watermark = self._aligner.bound
         self.stats.watermark = self._emitted_watermark
+        #: The last watermark sent downstream (it may trail the inputs': see holds_from).
+        self._forwarded: int | None = None
         self.stats.held_events = self._aligner.buffered if self._aligner is not None else 0
         self.finished = False
 
@@ -194,6 +203,7 @@ class NodeWorker:
         index = self._aligner.add_input(self.config.output_schema)
         self._schemas = (*self._schemas, self.config.output_schema)
         self._input_of.append(index)
+        self._aligned.append(index)
         self._origins.append(origin)
         self._watermarks.append(None)
         self._ended.append(False)
@@ -285,8 +295,10 @@ class NodeWorker:
             batch = label_origin(batch, self._origins[input_index], self.config.output_schema)
         if self._aligner is None:
             return self._process([batch])
+        if input_index in self._unaligned:
+            return self._process(self._inputs({self._input_of[input_index]: batch}))
         # Holding events never moves the release bound, so nothing is released here.
-        late = self._aligner.add(input_index, batch)
+        late = self._aligner.add(self._aligned.index(input_index), batch)
         self.stats.held_events = self._aligner.buffered
         if not len(late):
             return []
@@ -295,8 +307,12 @@ class NodeWorker:
             self.stats.late_dropped += len(late)
             return []
         inputs = [Batch.empty(schema) for schema in self._schemas]
-        inputs[self._input_of[input_index]] = late.sorted_by_time()
-        return self._process(inputs)
+        inputs = self._inputs({self._input_of[input_index]: late.sorted_by_time()})
+        # An operator with a late policy counts what it drops (past its allowed lateness).
+        dropped = getattr(self.logic, "late_dropped", 0)
+        outputs = self._process(inputs)
+        self.stats.late_dropped += getattr(self.logic, "late_dropped", 0) - dropped
+        return outputs
 
     def _process_released(self) -> list[Payload]:
         assert self._aligner is not None
@@ -304,14 +320,19 @@ class NodeWorker:
         self.stats.held_events = self._aligner.buffered
         if released is None:
             return []
-        if len(released) == len(self._schemas):
-            return self._process(released)
         # Step 1: the slots of one input (its producer's shards) merge into that input, in
         # event-time order; a key comes from one shard, so its own order is kept.
-        merged: list[list[Batch]] = [[] for _ in self._schemas]
-        for slot, batch in enumerate(released):
-            merged[self._input_of[slot]].append(batch)
-        return self._process([Batch.concat(parts).sorted_by_time() for parts in merged])
+        parts: dict[int, list[Batch]] = {}
+        for slot, batch in zip(self._aligned, released, strict=True):
+            parts.setdefault(self._input_of[slot], []).append(batch)
+        return self._process(self._inputs({
+            i: batches[0] if len(batches) == 1 else Batch.concat(batches).sorted_by_time()
+            for i, batches in parts.items()}))
+
+    def _inputs(self, given: Mapping[int, Batch]) -> list[Batch]:
+        """One batch per input: those ``given``, empty ones for the rest."""
+        return [given[i] if i in given else Batch.empty(schema)
+                for i, schema in enumerate(self._schemas)]
 
     def _process(self, inputs: list[Batch]) -> list[Payload]:
         started = self._clock()
@@ -336,7 +357,8 @@ class NodeWorker:
             return []
         self._watermarks[input_index] = timestamp
         outputs: list[Payload] = []
-        if self._aligner is not None and self._aligner.advance(input_index, timestamp):
+        if (self._aligner is not None and input_index not in self._unaligned
+                and self._aligner.advance(self._aligned.index(input_index), timestamp)):
             outputs = self._process_released()
         return outputs + self._advance_watermark()
 
@@ -347,8 +369,9 @@ class NodeWorker:
                 return []
             watermark = self._aligner.bound
         else:
-            marks = [END_OF_TIME if ended else mark
-                     for mark, ended in zip(self._watermarks, self._ended, strict=True)]
+            marks = [END_OF_TIME if ended or i in self._unaligned else mark
+                     for i, (mark, ended) in enumerate(zip(self._watermarks, self._ended,
+                                                           strict=True))]
             if any(mark is None for mark in marks):
                 return []
             watermark = min(mark for mark in marks if mark is not None)
@@ -357,14 +380,21 @@ class NodeWorker:
         self._emitted_watermark = watermark
         self.stats.watermark = watermark
         outputs = self._emit(self.logic.on_watermark(watermark))
-        if watermark < END_OF_TIME:
-            outputs.append(Watermark(watermark))
+        # An operator holding events back (a forward as-of join) holds the watermark it sends
+        # at the oldest of them, so that what it emits later is not late downstream.
+        holds_from = getattr(self.logic, "holds_from", None)
+        held = holds_from() if holds_from is not None else None
+        forwarded = watermark if held is None else min(watermark, held)
+        if forwarded < END_OF_TIME and (self._forwarded is None or forwarded > self._forwarded):
+            self._forwarded = forwarded
+            outputs.append(Watermark(forwarded))
         return outputs
 
     def _on_end(self, input_index: int) -> list[Payload]:
         self._ended[input_index] = True
         outputs: list[Payload] = []
-        if self._aligner is not None and self._aligner.end(input_index):
+        if (self._aligner is not None and input_index not in self._unaligned
+                and self._aligner.end(self._aligned.index(input_index))):
             outputs = self._process_released()
         if self._dynamic:  # an input let go no longer holds the watermark back
             outputs.extend(self._advance_watermark())

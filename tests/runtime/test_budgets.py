@@ -102,6 +102,14 @@ def test_every_size_param_of_the_built_ins_declares_its_maximum() -> None:
         **{(name, "time_window"): 31 * day for name in rolling},
         ("vwap", "window"): 1_000_000,
         ("zscore", "window"): 1_000_000,
+        ("count_window", "count"): 1_000_000,
+        ("interval_join", "lower"): day,
+        ("interval_join", "upper"): day,
+        **{(name, "size"): 31 * day for name in ("tumbling_window", "hopping_window")},
+        ("hopping_window", "step"): 31 * day,
+        ("session_window", "gap"): 31 * day,
+        **{(name, "lateness"): day
+           for name in ("tumbling_window", "hopping_window", "session_window")},
     }
 
 

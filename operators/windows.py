@@ -1,0 +1,232 @@
+"""Tumbling and hopping event-time windows per key, with allowed lateness and early updates.
+
+A hopping window of ``size`` starts every ``step`` of event time (epoch-aligned: at multiples
+of ``step``) and covers ``[start, start + size)``; a tumbling window is one whose step is its
+size. One numba pass folds a whole batch into the windows' aggregates (``window_state``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
+from operators.window_state import (
+    COUNT,
+    EARLY,
+    END,
+    FINAL,
+    GROW_OUT,
+    GROW_ROWS,
+    NO_WATERMARK,
+    OK,
+    SIDE,
+    SLOT,
+    START,
+    add_event,
+    emit_row,
+    find_or_open,
+    open_row,
+)
+from streamdag.errors import ParamError
+from streamdag.operator import NodeConfig
+from streamdag.operator_registry import register
+from streamdag.params import MAX_SPAN_NS, Param
+from streamdag.schema import Schema
+
+__all__ = ["MAX_WINDOWS_PER_EVENT", "HoppingWindowDef", "TumblingWindowDef", "WindowLogic"]
+
+#: Most hopping windows one event may fall in (size / step): each costs a fold per event.
+MAX_WINDOWS_PER_EVENT = 1_000
+_MAX_WAYS = 8
+
+
+@njit(cache=True)
+def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any,
+          out_acc: Any, out_size: Any, slots: Any, ts: Any, values: Any, kept: Any, first: int,
+          sequence: int, length: int, step: int, lateness: int, watermark: int,
+          early_every: int, side: bool, ways: int) -> tuple[int, int, int]:
+    # Returns (status, event to resume from, events dropped). Each event is folded whole or
+    # not at all: room for all its windows and emissions is checked before it starts.
+    per_event = (length + step - 1) // step
+    dropped = 0
+    for i in range(first, slots.shape[0]):
+        if size[0] + per_event > meta.shape[0] or 2 * (size[0] + per_event) > index.shape[0]:
+            return GROW_ROWS, i, dropped
+        if out_size[0] + per_event + 1 > out_meta.shape[0]:
+            return GROW_OUT, i, dropped
+        slot, t, x = slots[i], ts[i], values[i]
+        row = latest[slot]
+        if (ways == 1 and 0 <= row < size[0] and meta[row, SLOT] == slot
+                and meta[row, START] <= t < meta[row, END]):
+            # A tumbling window's event in its key's latest window: no division, no lookup.
+            add_event(meta, acc, row, t, sequence + i, x)
+            kept[i] = True
+            if watermark != NO_WATERMARK and meta[row, END] <= watermark:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)  # a revision
+            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                         sequence + i)
+            continue
+        # Window j (start j * step) of a key is cached at latest[slot * ways + j % ways]: the
+        # windows of a key open at once are consecutive, so they rarely evict each other.
+        j = t // step
+        latest_start = j * step
+        start = latest_start
+        covered = False
+        folded = False
+        while start + length > t:
+            covered = True
+            end = start + length
+            if watermark != NO_WATERMARK and end + lateness <= watermark:
+                break  # this and every earlier window are past their lateness
+            cached = slot * ways + (j & (ways - 1))
+            row = latest[cached]
+            if 0 <= row < size[0] and meta[row, SLOT] == slot and meta[row, START] == start:
+                add_event(meta, acc, row, t, sequence + i, x)
+            else:
+                row = find_or_open(meta, acc, index, size, slot, start, end, t, sequence + i, x)
+                latest[cached] = row
+            folded = True
+            if watermark != NO_WATERMARK and end <= watermark:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)  # a revision
+            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                         sequence + i)
+            start -= step
+            j -= 1
+        kept[i] = folded
+        if covered and not folded:
+            dropped += 1
+            if side:
+                k = out_size[0]
+                open_row(out_meta, out_acc, k, slot, latest_start, latest_start + length, t,
+                         SIDE, x)
+                out_size[0] = k + 1
+    return OK, slots.shape[0], dropped
+
+
+class WindowLogic(EventTimeWindowLogic):
+    """Runtime logic of a tumbling or hopping window node."""
+
+    def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
+        self._size = int(config.params["size"])
+        self._step = int(config.params.get("step", self._size))
+        # Cached window rows per key: a power of two covering the windows an event falls in.
+        self.ways = 1 << (min(-(-self._size // self._step), _MAX_WAYS) - 1).bit_length()
+        super().__init__(config, snapshot)
+
+    def _kernel(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+                values: npt.NDArray[np.float64], kept: npt.NDArray[np.bool_],
+                first: int) -> tuple[int, int, int]:
+        table, out = self._table, self._emissions
+        return _fold(
+            table.meta, table.acc, table.index, table.size, self._latest, out.meta, out.acc,
+            out.size, slots, ts, values, kept, first, self._sequence, self._size, self._step,
+            self._lateness, self._watermark, self._early_every, self._side, self.ways,
+        )
+
+    def _forget_before(self) -> int:
+        # An event's windows all end by ts + size: past the lateness, none takes events.
+        return max(NO_WATERMARK, self._watermark - self._lateness - self._size + 1)
+
+
+class _WindowDef(EventTimeWindowDef):
+    """What the tumbling and hopping window declarations share."""
+
+    logic = WindowLogic
+    handles_events: ClassVar[str] = (
+        "buckets events into windows of its own size= (and step=), not by a node interval"
+    )
+    interval_hint: ClassVar[str] = "set the window length with size= instead"
+
+
+@register
+class TumblingWindowDef(_WindowDef):
+    """Aggregates of ``field`` per key over consecutive windows of ``size`` of event time.
+
+    A window ``[start, start + size)`` (starts at multiples of ``size``) is emitted once the
+    watermark reaches its end, as one record with ts = end - 1, its ``start`` and ``end``,
+    one column per aggregation in ``agg`` (count as int64; std is the sample one, NaN below
+    two events), ``revision`` 0, ``early`` and ``late`` False. Windows come out by end,
+    those ending together in the order they opened. First and last are by event time, ties
+    by arrival.
+
+    Late events: until the watermark passes ``end + lateness`` a window keeps its state, and
+    every late event for it re-emits it at once with ``revision`` + 1 (a window first opened
+    by a late event comes out as revision 0). Later events are counted in ``late_dropped``
+    and, under ``late="side"``, sent on at once as a one-event record with ``late`` True (its
+    window's start and end, ts its own). ``early_every=N`` also emits a window's partial
+    result (``early`` True) each time it has taken another N events before it closes.
+
+    >>> import streamdag as sd
+    >>> from streamdag.operator_registry import lookup
+    >>> ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.tumbling_window(10, agg=["mean", "count"], field="price", name="w")
+    >>> logic = lookup("tumbling_window").create(node.config())
+    >>> trades = sd.Batch.from_columns(ts=[1, 4, 12], key=["A", "A", "A"],
+    ...                                price=[10.0, 12.0, 13.0])
+    >>> len(logic.process([trades]))
+    0
+    >>> logic.on_watermark(10).to_records()  # doctest: +NORMALIZE_WHITESPACE
+    [{'ts': 9, 'key': 'A', 'start': 0, 'end': 10, 'mean': 11.0, 'count': 2, 'revision': 0,
+      'early': False, 'late': False}]
+    """
+
+    type_name: ClassVar[str] = "tumbling_window"
+    summary: ClassVar[str] = "aggregates per key over consecutive event-time windows"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("size", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
+              doc="window length"),
+        *_WindowDef.window_params(),
+    )
+
+
+@register
+class HoppingWindowDef(_WindowDef):
+    """Aggregates of ``field`` per key over windows of ``size`` starting every ``step``.
+
+    As ``tumbling_window`` (emission, lateness, early updates), but windows start at every
+    multiple of ``step``, so an event falls in about size / step of them (at most
+    ``MAX_WINDOWS_PER_EVENT``); with step > size, events between windows fall in none and are
+    ignored, as in Flink.
+
+    >>> import streamdag as sd
+    >>> from streamdag.operator_registry import lookup
+    >>> ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    >>> node = ticks.hopping_window(10, step=5, agg="max", field="price", name="w")
+    >>> logic = lookup("hopping_window").create(node.config())
+    >>> trades = sd.Batch.from_columns(ts=[3, 7], key=["A", "A"], price=[1.0, 2.0])
+    >>> len(logic.process([trades]))
+    0
+    >>> [(r["start"], r["end"], r["max"]) for r in logic.on_watermark(15).to_records()]
+    [(-5, 5, 1.0), (0, 10, 2.0), (5, 15, 2.0)]
+    """
+
+    type_name: ClassVar[str] = "hopping_window"
+    summary: ClassVar[str] = "aggregates per key over overlapping event-time windows"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("size", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
+              doc="window length"),
+        Param("step", "duration", minimum=1, maximum=MAX_SPAN_NS, size=True,
+              doc="time between window starts"),
+        *_WindowDef.window_params(),
+    )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """As a tumbling window's; refuses a step giving too many windows per event."""
+        size, step = int(params["size"]), int(params["step"])
+        if -(-size // step) > MAX_WINDOWS_PER_EVENT:
+            raise ParamError(
+                f"hopping_window: size {size} ns and step {step} ns put each event in "
+                f"{-(-size // step)} windows, over the maximum of {MAX_WINDOWS_PER_EVENT}; "
+                "use a larger step (or a rolling operator for a window per event)"
+            )
+        return super().output_schema(params, inputs)

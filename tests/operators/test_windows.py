@@ -1,0 +1,231 @@
+"""Tumbling, hopping, session and count windows against plain-Python references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from window_reference import (
+    AGGREGATIONS,
+    Event,
+    ReferenceWindows,
+    Round,
+    Window,
+    assert_same,
+    batch_of,
+    run_operator,
+    run_reference,
+)
+
+import streamdag as sd
+from streamdag.errors import GraphError, ParamError, SchemaMismatchError, SpecError
+from streamdag.operator_registry import lookup
+from streamdag.spec import dumps, loads
+
+TICKS = sd.source("ticks", topic="ticks", key="symbol", schema={"value": "float64"})
+
+
+@st.composite
+def scripts(draw: st.DrawFn, late_range: int = 30) -> list[Round]:
+    """Rounds of events around the watermark (some late), each followed by a watermark."""
+    rounds: list[Round] = []
+    watermark = 0
+    for _ in range(draw(st.integers(1, 8))):
+        events = draw(st.lists(
+            st.tuples(st.integers(-late_range, 40), st.sampled_from("ABC"),
+                      st.integers(-400, 400).map(lambda n: n / 4)),
+            max_size=25))
+        # On-time events come in time order, as the runtime releases them; late ones anywhere.
+        on_time = sorted((e for e in events if e[0] >= 0), key=lambda e: e[0])
+        late = [e for e in events if e[0] < 0]
+        batch: list[Event] = [(watermark + dt, key, x) for dt, key, x in late + on_time]
+        step = draw(st.one_of(st.none(), st.integers(0, 40)))
+        if step is not None:
+            watermark += step
+        rounds.append((batch, None if step is None else watermark))
+    return rounds
+
+
+options = st.fixed_dictionaries({
+    "lateness": st.sampled_from([0, 7, 25]),
+    "late": st.sampled_from(["drop", "side"]),
+    "early_every": st.sampled_from([0, 2, 3]),
+})
+aggregation_lists = st.lists(st.sampled_from(AGGREGATIONS), min_size=1, max_size=8,
+                             unique=True)
+cut_lists = st.lists(st.integers(0, 30), max_size=4)
+
+
+def _check(node: sd.Node, reference: ReferenceWindows, script: list[Round], cuts: list[int],
+           restore_after: int | None) -> None:
+    expected = run_reference(reference, script)
+    actual, dropped = run_operator(node, script)
+    assert_same(actual, expected)
+    assert dropped == reference.late_dropped
+    # Batching and a snapshot in between change nothing.
+    assert_same(run_operator(node, script, cuts, restore_after)[0], expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scripts(), st.sampled_from([5, 10, 16]), options, aggregation_lists, cut_lists,
+       st.one_of(st.none(), st.integers(0, 7)))
+def test_tumbling_window_matches_reference(script: list[Round], size: int, opts: dict[str, Any],
+                                           aggs: list[str], cuts: list[int],
+                                           restore_after: int | None) -> None:
+    node = TICKS.tumbling_window(size, agg=aggs, name="w", **opts)
+    _check(node, ReferenceWindows(aggs, size=size, step=size, **opts), script, cuts,
+           restore_after)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scripts(), st.sampled_from([(10, 5), (12, 5), (6, 9), (9, 3)]), options,
+       aggregation_lists, cut_lists, st.one_of(st.none(), st.integers(0, 7)))
+def test_hopping_window_matches_reference(script: list[Round], size_step: tuple[int, int],
+                                          opts: dict[str, Any], aggs: list[str],
+                                          cuts: list[int], restore_after: int | None) -> None:
+    size, step = size_step
+    node = TICKS.hopping_window(size, step, agg=aggs, name="w", **opts)
+    _check(node, ReferenceWindows(aggs, size=size, step=step, **opts), script, cuts,
+           restore_after)
+
+
+@settings(max_examples=50, deadline=None)
+@given(scripts(), st.sampled_from([3, 8, 15]), options, aggregation_lists, cut_lists,
+       st.one_of(st.none(), st.integers(0, 7)))
+def test_session_window_matches_reference(script: list[Round], gap: int, opts: dict[str, Any],
+                                          aggs: list[str], cuts: list[int],
+                                          restore_after: int | None) -> None:
+    node = TICKS.session_window(gap, agg=aggs, name="s", **opts)
+    _check(node, ReferenceWindows(aggs, gap=gap, **opts), script, cuts, restore_after)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from("ABC"),
+                          st.integers(-400, 400).map(lambda n: n / 4)), max_size=60),
+       st.integers(1, 5), aggregation_lists, cut_lists, st.one_of(st.none(), st.integers(0, 7)))
+def test_count_window_matches_reference(steps: list[Event], count: int, aggs: list[str],
+                                        cuts: list[int], restore_after: int | None) -> None:
+    events, ts = [], 0
+    for dt, key, x in steps:
+        ts += dt
+        events.append((ts, key, x))
+    expected: list[dict[str, Any]] = []
+    open_windows: dict[str, list[Event]] = {}
+    for event in events:
+        held = open_windows.setdefault(event[1], [])
+        held.append(event)
+        if len(held) == count:
+            window = reference_window(held)
+            expected.append(window.record(event[1], aggs, ts=event[0]))
+            held.clear()
+    node = TICKS.count_window(count, agg=aggs, name="c")
+    rounds: list[Round] = [(events[i : i + 7], None) for i in range(0, len(events), 7)]
+    assert_same(run_operator(node, rounds)[0], expected)
+    assert_same(run_operator(node, rounds, cuts, restore_after)[0], expected)
+
+
+def reference_window(events: list[Event]) -> Window:
+    """A reference window of ``events`` in order: start = first ts, end = last ts + 1."""
+    window = Window(events[0][0], events[-1][0] + 1)
+    for seq, (ts, _, x) in enumerate(events):
+        window.add(ts, seq, x)
+    return window
+
+
+def weighted(values: np.ndarray) -> float:
+    """An order-sensitive function of a window's values."""
+    return float(np.dot(values, np.arange(1, len(values) + 1)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(scripts(), st.sampled_from(["tumbling", "hopping", "session"]), options,
+       st.lists(st.sampled_from(AGGREGATIONS), max_size=2, unique=True), cut_lists,
+       st.one_of(st.none(), st.integers(0, 7)))
+def test_a_user_function_sees_each_window_s_values_in_event_time_order(
+        script: list[Round], kind: str, opts: dict[str, Any], aggs: list[str],
+        cuts: list[int], restore_after: int | None) -> None:
+    if kind == "tumbling":
+        node = TICKS.tumbling_window(10, agg=[*aggs, weighted], name="w", **opts)
+        reference = ReferenceWindows(aggs, size=10, step=10, function=weighted, **opts)
+    elif kind == "hopping":
+        node = TICKS.hopping_window(12, 5, agg=[*aggs, weighted], name="w", **opts)
+        reference = ReferenceWindows(aggs, size=12, step=5, function=weighted, **opts)
+    else:
+        node = TICKS.session_window(8, agg=[*aggs, weighted], name="w", **opts)
+        reference = ReferenceWindows(aggs, gap=8, function=weighted, **opts)
+    _check(node, reference, script, cuts, restore_after)
+
+
+def test_a_window_function_is_part_of_the_node_id_and_never_goes_into_a_spec() -> None:
+    def spread(values: np.ndarray) -> float:
+        return float(values.max() - values.min())
+
+    def spread_too(values: np.ndarray) -> float:
+        return float(values.max() - values.min())
+
+    def other(values: np.ndarray) -> float:
+        return float(values.min())
+
+    other.__name__ = "spread"
+    one = TICKS.tumbling_window(10, agg=spread, name="w")
+    assert one.output_schema.names == ("start", "end", "spread", "revision", "early", "late")
+    assert TICKS.tumbling_window(10, agg=spread, name="w").node_id == one.node_id
+    assert TICKS.tumbling_window(10, agg=other, name="w").node_id != one.node_id
+    assert TICKS.tumbling_window(10, agg=spread_too, name="w").node_id != one.node_id
+    with pytest.raises(SpecError, match="graph specs are data only"):
+        dumps(sd.Graph("g", outputs=[one]), "toml")
+    spec = dumps(sd.Graph("g", outputs=[TICKS.tumbling_window(10, agg="sum", name="w")]),
+                 "toml").replace('agg = [\n    "sum",\n]', 'agg = []\nfunction_output = "spread"')
+    assert "function_output" in spec
+    with pytest.raises(SpecError, match="function_output"):
+        loads(spec, "toml")
+    with pytest.raises(GraphError, match="takes one function"):
+        TICKS.session_window(10, agg=[spread, other])
+
+
+def test_late_event_revises_a_closed_window_then_goes_to_the_side_output() -> None:
+    node = TICKS.tumbling_window("10ns", agg=["sum", "count"], lateness=5, late="side",
+                                 name="w")
+    records, dropped = run_operator(node, [
+        ([(1, "A", 1.0), (4, "A", 2.0)], 10),
+        ([(3, "A", 4.0)], 15),   # late, within the lateness: a revision; then 10 + 5 passes
+        ([(2, "A", 8.0)], None),  # later than the lateness: a side record
+    ])
+    assert [(r["ts"], r["start"], r["end"], r["sum"], r["count"], r["revision"], r["late"])
+            for r in records] == [
+        (9, 0, 10, 3.0, 2, 0, False), (9, 0, 10, 7.0, 3, 1, False), (2, 0, 10, 8.0, 1, 0, True)
+    ]
+    assert dropped == 1
+
+
+def test_refuses_unknown_or_repeated_aggregations_and_missing_fields() -> None:
+    with pytest.raises(ParamError, match="unknown aggregation 'median'"):
+        TICKS.tumbling_window(10, agg="median")
+    with pytest.raises(ParamError, match="names an aggregation twice"):
+        TICKS.session_window(10, agg=["sum", "sum"])
+    with pytest.raises(SchemaMismatchError, match="needs field 'price'"):
+        TICKS.count_window(3, agg="sum", field="price")
+    with pytest.raises(ParamError, match="over the maximum of 1000"):
+        TICKS.hopping_window("1h", "1s", agg="sum")
+    with pytest.raises(GraphError, match="set the window length with size="):
+        TICKS.tumbling_window(10, agg="sum", interval="1s")
+
+
+def test_window_nodes_round_trip_through_a_spec() -> None:
+    graph = sd.Graph("windows", outputs=[
+        TICKS.tumbling_window("1m", agg=["mean", "std"], lateness="5s", late="side", name="t"),
+        TICKS.hopping_window("1m", "10s", agg="max", early_every=100, name="h"),
+        TICKS.session_window("30s", agg="count", name="s"),
+        TICKS.count_window(20, agg="last", name="c"),
+    ])
+    loaded = loads(dumps(graph, "toml"), "toml")
+    assert loaded.node_ids == graph.node_ids
+
+
+def test_empty_batch_gives_an_empty_result_of_the_output_schema() -> None:
+    node = TICKS.tumbling_window(10, agg="mean", name="w")
+    logic: Any = lookup("tumbling_window").create(node.config())
+    assert logic.process([batch_of([])]).schema == node.output_schema
