@@ -38,6 +38,7 @@ from numba import njit
 
 from operators.keyed_state import (
     GROWABLE_RING,
+    MIN_PERIODS,
     NUMERIC_TYPES,
     RING_CAPACITY,
     RING_OLDEST,
@@ -47,9 +48,11 @@ from operators.keyed_state import (
     KeyedState,
     KeyedStateLogic,
     StateArray,
+    check_min_periods,
     compensated_add,
     float_column,
     grow_ring,
+    min_periods_of,
     ring_pools,
     rows_emitted,
 )
@@ -225,21 +228,21 @@ def _push_history(times: Any, values: Any, head: Any, count: Any, window: int, s
 
 
 @njit(cache=True)
-def _count_sums_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any, times: Any,
-                       values: Any, head: Any, count: Any, moments: Any, tally: Any, out: Any,
-                       emitted: Any) -> None:
+def _count_sums_kernel(statistic: int, window: int, min_periods: int, slots: Any, ts: Any,
+                       xs: Any, times: Any, values: Any, head: Any, count: Any, moments: Any,
+                       tally: Any, out: Any, emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
         leaving, n, _ = _push_history(times, values, head, count, window, s, ts[r], x)
         _note_value(tally, s, x)
         _slide_total(moments, s, leaving, x)
-        emitted[r] = n == window
+        emitted[r] = n >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, n, x)
 
 
 @njit(cache=True)
-def _count_squares_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any,
-                          times: Any, values: Any, head: Any, count: Any, moments: Any,
+def _count_squares_kernel(statistic: int, window: int, min_periods: int, slots: Any, ts: Any,
+                          xs: Any, times: Any, values: Any, head: Any, count: Any, moments: Any,
                           tally: Any, out: Any, emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
@@ -250,14 +253,14 @@ def _count_squares_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: 
             oldest = h + 1 - n
             _recompute_squares(moments, s, values[0, s, :, 0],
                                oldest if oldest >= 0 else oldest + window, n)
-        emitted[r] = n == window
+        emitted[r] = n >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, n, x)
 
 
 @njit(cache=True)
-def _time_sums_kernel(statistic: int, time_window: int, first: int, slots: Any, ts: Any,
-                      xs: Any, moments: Any, tally: Any, ring: Any, positions: Any, pool: Any,
-                      out: Any) -> int:
+def _time_sums_kernel(statistic: int, time_window: int, min_periods: int, first: int,
+                      slots: Any, ts: Any, xs: Any, moments: Any, tally: Any, ring: Any,
+                      positions: Any, pool: Any, out: Any, emitted: Any) -> int:
     # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
@@ -274,15 +277,16 @@ def _time_sums_kernel(statistic: int, time_window: int, first: int, slots: Any, 
         ring[s, RING_SIZE] = size + 1
         _note_value(tally, s, x)
         _slide_total(moments, s, np.nan, x)
+        emitted[r] = size + 1 >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
     rows: int = slots.shape[0]
     return rows
 
 
 @njit(cache=True)
-def _time_squares_kernel(statistic: int, time_window: int, first: int, slots: Any, ts: Any,
-                         xs: Any, moments: Any, tally: Any, ring: Any, positions: Any,
-                         pool: Any, out: Any) -> int:
+def _time_squares_kernel(statistic: int, time_window: int, min_periods: int, first: int,
+                         slots: Any, ts: Any, xs: Any, moments: Any, tally: Any, ring: Any,
+                         positions: Any, pool: Any, out: Any, emitted: Any) -> int:
     # As _time_sums_kernel; a separate loop because the recomputation call slows the sums'.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
@@ -301,6 +305,7 @@ def _time_squares_kernel(statistic: int, time_window: int, first: int, slots: An
         _slide_squares(moments, s, np.nan, x)
         if _squares_stale(moments, tally, s, x, size + 1, sequence):
             _recompute_squares(moments, s, pool[start : start + mask + 1], oldest, size + 1)
+        emitted[r] = size + 1 >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
     rows: int = slots.shape[0]
     return rows
@@ -308,9 +313,10 @@ def _time_squares_kernel(statistic: int, time_window: int, first: int, slots: An
 
 # -- min, max --------------------------------------------------------------------------------
 @njit(cache=True)
-def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any, times: Any,
-                          values: Any, head: Any, count: Any, deque: Any, deque_at: Any,
-                          deque_values: Any, nan_at: Any, out: Any, emitted: Any) -> None:
+def _count_extreme_kernel(sign: float, window: int, min_periods: int, slots: Any, ts: Any,
+                          xs: Any, times: Any, values: Any, head: Any, count: Any, deque: Any,
+                          deque_at: Any, deque_values: Any, nan_at: Any, out: Any,
+                          emitted: Any) -> None:
     # Per key, a ring of (sequence number, sign * value) with values decreasing from the
     # front; it never holds more than `window` entries, as the oldest leaves before a push.
     for r in range(slots.shape[0]):
@@ -334,26 +340,39 @@ def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any
             deque_at[s, back], deque_values[s, back] = position, v
             size += 1
         deque[s, _FRONT], deque[s, _LENGTH] = front, size
-        emitted[r] = n == window
+        emitted[r] = n >= min_periods
         nan_inside = nan_at[s, 0] > position - window
         out[r] = np.nan if nan_inside else sign * deque_values[s, front]
 
 
 @njit(cache=True)
-def _time_extreme_kernel(sign: float, time_window: int, first: int, slots: Any, ts: Any,
-                         xs: Any, nan_at: Any, ring: Any, positions: Any, pool: Any,
-                         out: Any) -> int:
-    # Per key, a growable ring of (ts, sign * value) with values decreasing from the front.
-    # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
+def _time_extreme_kernel(sign: float, time_window: int, min_periods: int, first: int,
+                         slots: Any, ts: Any, xs: Any, nan_at: Any, ring: Any, positions: Any,
+                         pool: Any, counted: Any, counted_positions: Any, out: Any,
+                         emitted: Any) -> int:
+    # Per key, a growable ring of (ts, sign * value) with values decreasing from the front,
+    # and (with min_periods above 1) a growable ring of the window's event times, to count
+    # them. Returns the row whose key's deque ring is full, or -1 - that row when its counting
+    # ring is full (grow it, then resume there), or the row count.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
+        events = 0
+        if min_periods > 1:
+            start, mask = counted[s, RING_START], counted[s, RING_CAPACITY] - 1
+            oldest, size = counted[s, RING_OLDEST], counted[s, RING_SIZE]
+            while size > 0 and counted_positions[start + oldest] <= t - time_window:
+                oldest, size = (oldest + 1) & mask, size - 1
+            counted[s, RING_OLDEST], counted[s, RING_SIZE] = oldest, size
+            if size == mask + 1:
+                return -1 - r
+            counted_positions[start + ((oldest + size) & mask)] = t
+            events = size + 1
         start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
         oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
         while size > 0 and positions[start + oldest] <= t - time_window:
             oldest, size = (oldest + 1) & mask, size - 1
         ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
         v = sign * x
-        nan_at[s, 0] = t if math.isnan(v) else nan_at[s, 0]
         if not math.isnan(v):
             while size > 0 and pool[start + ((oldest + size - 1) & mask)] <= v:
                 size -= 1
@@ -363,6 +382,11 @@ def _time_extreme_kernel(sign: float, time_window: int, first: int, slots: Any, 
             back = start + ((oldest + size) & mask)
             positions[back], pool[back] = t, v
             ring[s, RING_SIZE] = size + 1
+        # The counting ring took the event only now that the deque could take it too.
+        if min_periods > 1:
+            counted[s, RING_SIZE] = events
+        nan_at[s, 0] = t if math.isnan(v) else nan_at[s, 0]
+        emitted[r] = min_periods <= 1 or events >= min_periods
         out[r] = np.nan if nan_at[s, 0] > t - time_window else sign * pool[start + oldest]
     rows: int = slots.shape[0]
     return rows
@@ -377,6 +401,7 @@ class RollingLogic(KeyedStateLogic):
         self._field = str(config.params["field"])
         self._window = int(config.params["window"])
         self._time_window = int(config.params.get("time_window", 0))
+        self._min_periods = min_periods_of(config.params)
         self._sign = _EXTREME_SIGNS.get(statistic, 0.0)
         self._statistic = _STATISTICS.get(statistic, -1)
         window = self._window
@@ -394,6 +419,9 @@ class RollingLogic(KeyedStateLogic):
         if not window:
             per_key["ring"] = GROWABLE_RING
             shared = ring_pools()
+        if not window and self._sign:
+            per_key["counted"] = GROWABLE_RING
+            shared.update({f"counted_{name}": pool for name, pool in ring_pools().items()})
         self._state = KeyedState(inputs=1, period=max(window, 1), features=1,
                                  per_key=per_key, shared=shared, snapshot=snapshot)
 
@@ -405,8 +433,7 @@ class RollingLogic(KeyedStateLogic):
         out = np.empty(len(slots), dtype=np.float64)
         if self._window:
             return out, self._update_count_window(slots, ts, xs, out)
-        self._update_time_window(slots, ts, xs, out)
-        return out, np.ones(len(slots), dtype=np.bool_)
+        return out, self._update_time_window(slots, ts, xs, out)
 
     def _update_count_window(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
                              xs: npt.NDArray[np.float64],
@@ -415,34 +442,42 @@ class RollingLogic(KeyedStateLogic):
         emitted = np.empty(len(slots), dtype=np.bool_)
         history = (slots, ts, xs, cache.times, cache.values, cache.head, cache.count)
         if self._sign:
-            _count_extreme_kernel(self._sign, self._window, *history, key["deque"],
-                                  key["deque_at"], key["deque_values"], key["nan_at"], out,
-                                  emitted)
+            _count_extreme_kernel(self._sign, self._window, self._min_periods, *history,
+                                  key["deque"], key["deque_at"], key["deque_values"],
+                                  key["nan_at"], out, emitted)
         else:
             kernel = _count_squares_kernel if self._statistic >= _STD else _count_sums_kernel
-            kernel(self._statistic, self._window, *history, key["moments"], key["tally"], out,
-                   emitted)
+            kernel(self._statistic, self._window, self._min_periods, *history, key["moments"],
+                   key["tally"], out, emitted)
         return emitted
 
-    def _update_time_window(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
-                            xs: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> None:
+    def _update_time_window(
+        self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+        xs: npt.NDArray[np.float64], out: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.bool_]:
         key, shared = self._state.per_key, self._state.shared
         kernel = _time_squares_kernel if self._statistic >= _STD else _time_sums_kernel
+        emitted = np.empty(len(slots), dtype=np.bool_)
         row = 0
         while True:
             if self._sign:
-                row = _time_extreme_kernel(self._sign, self._time_window, row, slots, ts, xs,
-                                           key["nan_at"], key["ring"], shared["positions"],
-                                           shared["pool"], out)
+                row = _time_extreme_kernel(self._sign, self._time_window, self._min_periods, row,
+                                           slots, ts, xs, key["nan_at"], key["ring"],
+                                           shared["positions"], shared["pool"], key["counted"],
+                                           shared["counted_positions"], out, emitted)
             else:
-                row = kernel(self._statistic, self._time_window, row, slots, ts, xs,
-                             key["moments"], key["tally"], key["ring"], shared["positions"],
-                             shared["pool"], out)
+                row = kernel(self._statistic, self._time_window, self._min_periods, row, slots,
+                             ts, xs, key["moments"], key["tally"], key["ring"],
+                             shared["positions"], shared["pool"], out, emitted)
             if row == len(slots):
-                return
-            # The ring of slots[row]'s key is full: double it, then resume at that row.
-            shared["positions"], shared["pool"] = grow_ring(
-                key["ring"], shared["positions"], shared["pool"], shared["used"], slots[row])
+                return emitted
+            ring, prefix = key["ring"], ""
+            if row < 0:  # the counting ring of the key is full, not its deque
+                row, ring, prefix = -1 - row, key["counted"], "counted_"
+            # That ring of slots[row]'s key is full: double it, then resume at that row.
+            shared[f"{prefix}positions"], shared[f"{prefix}pool"] = grow_ring(
+                ring, shared[f"{prefix}positions"], shared[f"{prefix}pool"],
+                shared[f"{prefix}used"], slots[row])
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """The statistic for every event whose window is ready, at that event's ts and key."""
@@ -463,6 +498,7 @@ class _RollingDef(OperatorDef):
               doc="window length in events"),
         Param("time_window", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS, size=True,
               doc="window length in event time: events with ts in (t - time_window, t]"),
+        MIN_PERIODS,
     )
 
     @classmethod
@@ -475,6 +511,7 @@ class _RollingDef(OperatorDef):
                 f"time) above 0, got window={window} and time_window={time_window}; pass e.g. "
                 "window=20 or time_window='5s'"
             )
+        check_min_periods(cls.type_name, params)
         require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
         return VALUE_SCHEMA
 

@@ -186,6 +186,14 @@ class Node:
         """A fixed-point block: vars start at ``initial`` and repeat ``update`` until converged."""
         return self.apply("iterate", initial=initial, update=update, output=output, **kw)
 
+    def rolling_count(self, **kw: Any) -> Node:
+        """Events per key over the last ``window`` events or ``time_window`` (int64)."""
+        return self.apply("rolling_count", **kw)
+
+    def running_count(self, **kw: Any) -> Node:
+        """How many events each key has had so far, the event included (int64)."""
+        return self.apply("running_count", **kw)
+
     def to_topic(self, topic: str, codec: str = "json", *, shared: bool = False,
                  **kw: Any) -> Node:
         """A sink writing this stream to Kafka ``topic``, keyed by the stream's key.
