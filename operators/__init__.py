@@ -7,6 +7,7 @@ Importing this package registers every built-in operator.
 from operators import (  # noqa: F401
     asof_join,
     bars,
+    combine,
     counting,
     crossover,
     iterate,

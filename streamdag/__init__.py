@@ -4,6 +4,7 @@ Importing this package starts nothing: no Ray, no network.
 """
 
 from streamdag.batch import Batch
+from streamdag.combine import combine
 from streamdag.endpoints import source
 from streamdag.errors import StreamdagError
 from streamdag.graph import Column, Graph, Node, make_node
@@ -18,6 +19,7 @@ __all__ = [
     "Schema",
     "StreamdagError",
     "UserFunction",
+    "combine",
     "make_node",
     "source",
     "udf",
