@@ -31,6 +31,7 @@ from connectors.producing import (
     split_by_partition,
 )
 from streamdag.batch import Batch
+from streamdag.record_format import DEFAULT_RECORD_FORMAT, RecordFormat
 
 __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
 
@@ -60,6 +61,8 @@ class KafkaSinkConfig:
     request_timeout_ms: int = 30_000
     compression_type: str | None = None
     client_id: str = "streamdag-sink"
+    #: The shape of each record value (fields, names, event-time unit).
+    record_format: RecordFormat = DEFAULT_RECORD_FORMAT
 
     def __post_init__(self) -> None:
         if not self.topic:
@@ -133,7 +136,7 @@ class KafkaSinkWriter:
                 f"write got {len(record_ids)} record ids for {len(batch)} records; give one "
                 "id per record, or none"
             )
-        values = encode_values(batch, self._config.codec)
+        values = encode_values(batch, self._config.codec, self._config.record_format)
         if self._config.event_time_stamps:
             stamps = (batch.ts // TIME_UNIT_NANOS["ms"]).astype(object)
             # Kafka has no negative timestamps: those records take the producer's clock (None).

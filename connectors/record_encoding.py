@@ -1,5 +1,8 @@
 """Batches to record values: JSON objects and msgpack maps of ``ts``, ``key`` and the fields.
 
+The event time and the key are written under ``time_label`` and ``key_label`` (``ts`` and
+``key`` unless a sink's record format names them otherwise).
+
 JSON follows RFC 8259: a float that is NaN or infinite is written as ``null`` (JSON has no
 such numbers), which a float64 field of our source reads back as NaN. Keys are written as
 strings, so they must be UTF-8.
@@ -20,20 +23,23 @@ from streamdag.batch import Batch
 
 __all__ = ["encode_json_values", "encode_msgpack_values"]
 
-_RESERVED = ("ts", "key")
 _FLOAT, _INTEGER, _BOOLEAN = 0, 1, 2
 
 
-def encode_json_values(batch: Batch) -> list[bytes]:
+def encode_json_values(batch: Batch, time_label: str = "ts",
+                       key_label: str = "key") -> list[bytes]:
     """One compact JSON object per record, fields in column order.
 
     >>> encode_json_values(Batch.from_columns(ts=[7], key=["AAPL"], ok=[True], n=[float("nan")]))
     [b'{"ts":7,"key":"AAPL","ok":true,"n":null}']
+    >>> encode_json_values(Batch.from_columns(ts=[7], key=["A"], n=[1]), "t", "symbol")
+    [b'{"t":7,"symbol":"A","n":1}']
     """
-    _check_names(batch)
+    _check_names(batch, time_label, key_label)
     if len(batch) == 0:
         return []
-    parts = ['{"ts":%d,"key":%s']
+    # Labels are field names (identifiers), so they hold no '%' to upset the template.
+    parts = [f"{{{json.dumps(time_label)}:%d,{json.dumps(key_label)}:%s"]
     items: list[list[Any]] = [batch.ts.tolist(), _json_key_texts(batch.key)]
     for name, column in batch.columns.items():
         label = json.dumps(name)
@@ -63,14 +69,15 @@ def encode_json_values(batch: Batch) -> list[bytes]:
     return [(template % row).encode("utf-8") for row in zip(*items, strict=True)]
 
 
-def encode_msgpack_values(batch: Batch) -> list[bytes]:
+def encode_msgpack_values(batch: Batch, time_label: str = "ts",
+                          key_label: str = "key") -> list[bytes]:
     """One msgpack map per record: ``ts`` and integers as int64, floats as float64.
 
     >>> encoded = encode_msgpack_values(Batch.from_columns(ts=[7], key=["AAPL"], price=[1.5]))
     >>> msgpack.unpackb(encoded[0])
     {'ts': 7, 'key': 'AAPL', 'price': 1.5}
     """
-    _check_names(batch)
+    _check_names(batch, time_label, key_label)
     count = len(batch)
     if count == 0:
         return []
@@ -78,8 +85,8 @@ def encode_msgpack_values(batch: Batch) -> list[bytes]:
     field_count = len(batch.columns)
     entries = 2 + field_count
     header = bytes([0x80 | entries]) if entries < 16 else b"\xde" + entries.to_bytes(2, "big")
-    prefix = np.frombuffer(header + msgpack.packb("ts"), dtype=np.uint8)
-    key_label = np.frombuffer(msgpack.packb("key"), dtype=np.uint8)
+    prefix = np.frombuffer(header + msgpack.packb(time_label), dtype=np.uint8)
+    key_label_bytes = np.frombuffer(msgpack.packb(key_label), dtype=np.uint8)
     labels = [msgpack.packb(name) for name in batch.columns]
     label_bytes = np.frombuffer(b"".join(labels), dtype=np.uint8)
     label_offsets = np.zeros(field_count + 1, dtype=np.int64)
@@ -108,11 +115,12 @@ def encode_msgpack_values(batch: Batch) -> list[bytes]:
     key_header = np.where(key_lengths < 32, 1, np.where(key_lengths < 256, 2,
                           np.where(key_lengths < 65536, 3, 5)))
     value_bytes = np.where(kinds == _BOOLEAN, 1, 9).sum()
-    fixed = prefix.shape[0] + 9 + key_label.shape[0] + label_bytes.shape[0] + int(value_bytes)
+    fixed = (prefix.shape[0] + 9 + key_label_bytes.shape[0] + label_bytes.shape[0]
+             + int(value_bytes))
     ends = np.cumsum(fixed + key_header + key_lengths)
     starts = ends - (fixed + key_header + key_lengths)
     out = np.empty(int(ends[-1]), dtype=np.uint8)
-    _write_maps(out, starts, prefix, batch.ts, key_label, key_bytes, key_lengths,
+    _write_maps(out, starts, prefix, batch.ts, key_label_bytes, key_bytes, key_lengths,
                 label_bytes, label_offsets, kinds, bits)
     data = out.tobytes()
     return [data[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
@@ -177,12 +185,13 @@ def _write_maps(
                 at = _put_big_endian(out, at + 1, bits[r, f], 8)
 
 
-def _check_names(batch: Batch) -> None:
-    for name in _RESERVED:
+def _check_names(batch: Batch, time_label: str, key_label: str) -> None:
+    for name in (time_label, key_label):
         if name in batch.columns:
             raise EncodeError(
                 f"the batch has a column named {name!r}, which the record format reserves for "
-                "the event time and the key; rename the column upstream"
+                "the event time and the key; rename the column upstream, or name the key and "
+                "time fields otherwise (the sink's key_field and time_field)"
             )
 
 

@@ -11,6 +11,7 @@ from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from runtime.runners.replay import TimeOrderedReader
 from streamdag.connector import SourceReader
 from streamdag.graph import Node
+from streamdag.record_format import record_format_of
 
 __all__ = ["KafkaBinding", "KafkaSinkFactory", "KafkaSourceFactory"]
 
@@ -75,10 +76,10 @@ class KafkaBinding:
         )
 
     def sink_for(self, node: Node) -> KafkaSinkFactory:
-        """The writer factory of a ``kafka_sink`` node."""
+        """The writer factory of a ``kafka_sink`` node, writing records in its format."""
         return KafkaSinkFactory(
             KafkaSinkConfig(self.bootstrap_servers, str(node.params["topic"]),
-                            codec=node.params["codec"])
+                            codec=node.params["codec"], record_format=record_format_of(node))
         )
 
     def defaults(self) -> tuple[Callable[[Node], KafkaSourceFactory],
