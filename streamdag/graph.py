@@ -171,9 +171,13 @@ class Node:
         """Each event joined with the latest ``right`` event of its key at or before its time."""
         return self.apply("asof_join", right, **kw)
 
-    def map(self, expression: str, output: str = "value", **kw: Any) -> Node:
-        """A column computed by a vectorized expression over this stream's fields."""
-        return self.apply("map", expression=expression, output=output, **kw)
+    def map(self, expression: str = "", output: str = "value", **kw: Any) -> Node:
+        """A column computed by a vectorized expression over this stream's fields, or several
+        named ones: ``map(mid="(bid + ask) / 2", spread="ask - bid")``."""
+        options = {k: kw.pop(k) for k in ("name", "interval", "period", "missing", "tags")
+                   if k in kw}
+        named = {"expressions": kw} if kw else {}
+        return self.apply("map", expression=expression, output=output, **named, **options)
 
     def filter(self, expression: str, **kw: Any) -> Node:
         """The events for which a vectorized boolean expression holds."""
