@@ -44,6 +44,7 @@ __all__ = [
     "float_column",
     "grow_ring",
     "min_periods_of",
+    "push_history",
     "ring_pools",
     "rows_emitted",
 ]
@@ -270,6 +271,22 @@ def check_min_periods(operator: str, params: Mapping[str, Any]) -> None:
             f"{operator} min_periods={given} is above its window={window}, so it could never "
             f"emit; pass a min_periods between 1 and {window}"
         )
+
+
+# -- count windows in a NodeCache ring ------------------------------------------------------
+@njit(cache=True, inline="always")
+def push_history(times: Any, values: Any, head: Any, count: Any, window: int, s: int, t: int,
+                  x: float) -> tuple[float, int, int]:
+    """Write an event into key ``s``'s NodeCache ring of a count ``window``; the value that
+    leaves the window (NaN if none), the events now in the window, and the position written."""
+    h, n = head[0, s], count[0, s]
+    leaving = values[0, s, h, 0] if n == window else np.nan
+    n = n + 1 if n < window else n
+    count[0, s] = n
+    times[0, s, h] = t
+    values[0, s, h, 0] = x
+    head[0, s] = h + 1 if h + 1 < window else 0
+    return leaving, n, h
 
 
 # -- reading fields and building outputs -----------------------------------------------------

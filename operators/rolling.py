@@ -22,6 +22,10 @@ Every kernel is one numba loop over the batch that updates per-key state in O(1)
   window gives (NaN, +inf or -inf for sum and mean; NaN for std).
 - **min, max** keep a monotonic deque per key (a fixed ring for count windows, a growable one
   for time windows): each value is pushed and popped at most once. NaN in the window gives NaN.
+- **min_periods** (pandas' meaning): an event emits once its key's window holds at least that
+  many events, over those it holds. By default a count window emits once full and a time window
+  on every event. A time window's min and max count the events their deque dropped in a second
+  growable ring of event times, kept only when ``min_periods`` is above 1.
 
 Per-key state, growable rings and the shared helpers live in ``operators.keyed_state``.
 """
@@ -53,9 +57,11 @@ from operators.keyed_state import (
     float_column,
     grow_ring,
     min_periods_of,
+    push_history,
     ring_pools,
     rows_emitted,
 )
+from operators.rolling_extremes import count_extreme_kernel, time_extreme_kernel
 from streamdag.batch import Batch
 from streamdag.errors import ParamError
 from streamdag.operator import (
@@ -87,8 +93,6 @@ _EXTREME_SIGNS = {"max": 1.0, "min": -1.0}
 _LAST, _TOTAL, _TOTAL_COMP, _SHIFT, _SUM1, _COMP1, _SUM2, _COMP2, _PEAK = range(9)
 _MOMENTS = 9
 _SEQUENCE, _SINCE, _RUN, _NAN_AFTER, _PINF_AFTER, _NINF_AFTER = 0, 1, 2, 3, 4, 5
-# Columns of the per-key ``deque`` array of count-window min/max (with _SEQUENCE).
-_FRONT, _LENGTH = 1, 2
 #: Recompute std sums when their centered part falls below this fraction of their peak.
 _CANCELLATION = 2.0**-20
 _NEVER = np.iinfo(np.int64).min
@@ -212,28 +216,13 @@ def _moments_result(statistic: int, moments: Any, tally: Any, s: int, n: int, x:
     return centered / std
 
 
-@njit(cache=True, inline="always")
-def _push_history(times: Any, values: Any, head: Any, count: Any, window: int, s: int, t: int,
-                  x: float) -> tuple[float, int, int]:
-    # Writes the event into the key's ring; returns the value that leaves the window (NaN if
-    # none), the events now in the window, and the ring position written.
-    h, n = head[0, s], count[0, s]
-    leaving = values[0, s, h, 0] if n == window else np.nan
-    n = n + 1 if n < window else n
-    count[0, s] = n
-    times[0, s, h] = t
-    values[0, s, h, 0] = x
-    head[0, s] = h + 1 if h + 1 < window else 0
-    return leaving, n, h
-
-
 @njit(cache=True)
 def _count_sums_kernel(statistic: int, window: int, min_periods: int, slots: Any, ts: Any,
                        xs: Any, times: Any, values: Any, head: Any, count: Any, moments: Any,
                        tally: Any, out: Any, emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
-        leaving, n, _ = _push_history(times, values, head, count, window, s, ts[r], x)
+        leaving, n, _ = push_history(times, values, head, count, window, s, ts[r], x)
         _note_value(tally, s, x)
         _slide_total(moments, s, leaving, x)
         emitted[r] = n >= min_periods
@@ -246,7 +235,7 @@ def _count_squares_kernel(statistic: int, window: int, min_periods: int, slots: 
                           tally: Any, out: Any, emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
-        leaving, n, h = _push_history(times, values, head, count, window, s, ts[r], x)
+        leaving, n, h = push_history(times, values, head, count, window, s, ts[r], x)
         sequence = _note_value(tally, s, x)
         _slide_squares(moments, s, leaving, x)
         if _squares_stale(moments, tally, s, x, n, sequence):
@@ -311,87 +300,6 @@ def _time_squares_kernel(statistic: int, time_window: int, min_periods: int, fir
     return rows
 
 
-# -- min, max --------------------------------------------------------------------------------
-@njit(cache=True)
-def _count_extreme_kernel(sign: float, window: int, min_periods: int, slots: Any, ts: Any,
-                          xs: Any, times: Any, values: Any, head: Any, count: Any, deque: Any,
-                          deque_at: Any, deque_values: Any, nan_at: Any, out: Any,
-                          emitted: Any) -> None:
-    # Per key, a ring of (sequence number, sign * value) with values decreasing from the
-    # front; it never holds more than `window` entries, as the oldest leaves before a push.
-    for r in range(slots.shape[0]):
-        s, x = slots[r], xs[r]
-        _, n, _ = _push_history(times, values, head, count, window, s, ts[r], x)
-        position = deque[s, _SEQUENCE]
-        deque[s, _SEQUENCE] = position + 1
-        front, size = deque[s, _FRONT], deque[s, _LENGTH]
-        if size > 0 and deque_at[s, front] <= position - window:
-            front = front + 1 if front + 1 < window else 0
-            size -= 1
-        v = sign * x
-        nan_at[s, 0] = position if math.isnan(v) else nan_at[s, 0]
-        if not math.isnan(v):
-            while size > 0:
-                last = front + size - 1
-                if deque_values[s, last if last < window else last - window] > v:
-                    break
-                size -= 1
-            back = front + size if front + size < window else front + size - window
-            deque_at[s, back], deque_values[s, back] = position, v
-            size += 1
-        deque[s, _FRONT], deque[s, _LENGTH] = front, size
-        emitted[r] = n >= min_periods
-        nan_inside = nan_at[s, 0] > position - window
-        out[r] = np.nan if nan_inside else sign * deque_values[s, front]
-
-
-@njit(cache=True)
-def _time_extreme_kernel(sign: float, time_window: int, min_periods: int, first: int,
-                         slots: Any, ts: Any, xs: Any, nan_at: Any, ring: Any, positions: Any,
-                         pool: Any, counted: Any, counted_positions: Any, out: Any,
-                         emitted: Any) -> int:
-    # Per key, a growable ring of (ts, sign * value) with values decreasing from the front,
-    # and (with min_periods above 1) a growable ring of the window's event times, to count
-    # them. Returns the row whose key's deque ring is full, or -1 - that row when its counting
-    # ring is full (grow it, then resume there), or the row count.
-    for r in range(first, slots.shape[0]):
-        s, t, x = slots[r], ts[r], xs[r]
-        events = 0
-        if min_periods > 1:
-            start, mask = counted[s, RING_START], counted[s, RING_CAPACITY] - 1
-            oldest, size = counted[s, RING_OLDEST], counted[s, RING_SIZE]
-            while size > 0 and counted_positions[start + oldest] <= t - time_window:
-                oldest, size = (oldest + 1) & mask, size - 1
-            counted[s, RING_OLDEST], counted[s, RING_SIZE] = oldest, size
-            if size == mask + 1:
-                return -1 - r
-            counted_positions[start + ((oldest + size) & mask)] = t
-            events = size + 1
-        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
-        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
-        while size > 0 and positions[start + oldest] <= t - time_window:
-            oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
-        v = sign * x
-        if not math.isnan(v):
-            while size > 0 and pool[start + ((oldest + size - 1) & mask)] <= v:
-                size -= 1
-            ring[s, RING_SIZE] = size
-            if size == mask + 1:
-                return r
-            back = start + ((oldest + size) & mask)
-            positions[back], pool[back] = t, v
-            ring[s, RING_SIZE] = size + 1
-        # The counting ring took the event only now that the deque could take it too.
-        if min_periods > 1:
-            counted[s, RING_SIZE] = events
-        nan_at[s, 0] = t if math.isnan(v) else nan_at[s, 0]
-        emitted[r] = min_periods <= 1 or events >= min_periods
-        out[r] = np.nan if nan_at[s, 0] > t - time_window else sign * pool[start + oldest]
-    rows: int = slots.shape[0]
-    return rows
-
-
 # -- runtime logic ---------------------------------------------------------------------------
 class RollingLogic(KeyedStateLogic):
     """Runtime of the rolling family and zscore: one kernel call per batch, state per key."""
@@ -442,7 +350,7 @@ class RollingLogic(KeyedStateLogic):
         emitted = np.empty(len(slots), dtype=np.bool_)
         history = (slots, ts, xs, cache.times, cache.values, cache.head, cache.count)
         if self._sign:
-            _count_extreme_kernel(self._sign, self._window, self._min_periods, *history,
+            count_extreme_kernel(self._sign, self._window, self._min_periods, *history,
                                   key["deque"], key["deque_at"], key["deque_values"],
                                   key["nan_at"], out, emitted)
         else:
@@ -461,7 +369,7 @@ class RollingLogic(KeyedStateLogic):
         row = 0
         while True:
             if self._sign:
-                row = _time_extreme_kernel(self._sign, self._time_window, self._min_periods, row,
+                row = time_extreme_kernel(self._sign, self._time_window, self._min_periods, row,
                                            slots, ts, xs, key["nan_at"], key["ring"],
                                            shared["positions"], shared["pool"], key["counted"],
                                            shared["counted_positions"], out, emitted)
@@ -553,6 +461,7 @@ class RollingMeanDef(_RollingDef):
     """Mean of a field over each key's last ``window`` events or ``time_window`` of event time.
 
     A count window emits once the key has ``window`` events; a time window emits every event.
+    With ``min_periods``, a window emits once it holds that many events (pandas' meaning).
 
     >>> import streamdag as sd
     >>> from streamdag.operator_registry import lookup
@@ -563,6 +472,10 @@ class RollingMeanDef(_RollingDef):
     ...                               price=[1.0, 5.0, 2.0, 4.0])
     >>> logic.process([batch]).to_records()
     [{'ts': 3, 'key': 'a', 'value': 1.5}, {'ts': 4, 'key': 'a', 'value': 3.0}]
+    >>> partial = ticks.rolling_mean("price", window=2, min_periods=1, name="m1")
+    >>> [r["value"] for r in lookup("rolling_mean").create(partial.config()).process([batch])
+    ...  .to_records()]
+    [1.0, 5.0, 1.5, 3.0]
     """
 
     type_name: ClassVar[str] = "rolling_mean"
