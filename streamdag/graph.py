@@ -21,6 +21,7 @@ from streamdag.identity import compute_node_id
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef
 from streamdag.operator_registry import lookup
 from streamdag.params import MAX_EVENTS, parse_duration, validate_params
+from streamdag.record_format import record_format_of
 from streamdag.schema import Schema
 
 __all__ = ["Column", "Graph", "Node", "make_node"]
@@ -384,6 +385,7 @@ class Graph:
         for node in self.nodes:
             if node.operator != "kafka_sink":
                 continue
+            record_format_of(node)  # a time unit its sources leave open is refused now
             topic = str(node.params["topic"])
             if topic in topics and topics[topic] != node.name:
                 raise DuplicateSinkTopicError(

@@ -61,6 +61,8 @@ def test_sources_of_different_units_need_an_explicit_unit() -> None:
     with pytest.raises(GraphError, match=r"read different units: ticks \(ms\), quotes \(us\); "
                                          r"pass time_unit="):
         record_format_of(both)
+    with pytest.raises(GraphError, match="sink 'sink' writes event time in its sources' unit"):
+        sd.Graph("mixed", outputs=[both])
     explicit = sd.combine(a=TICKS_MS["price"], b=quotes["price"]).to_topic("o", time_unit="ns")
     assert record_format_of(explicit).time_unit == "ns"
 
