@@ -205,7 +205,9 @@ class Node:
 
         ``topic`` must follow Kafka's naming rules and must not be one this graph reads. A
         deployment refuses a second graph writing the same topic unless every writer says
-        ``shared=True``.
+        ``shared=True``. Records are ``{time_field, key_field, *fields}``: ``fields`` maps
+        record names to stream fields (default: all), ``time_unit`` defaults to the sources'
+        (``streamdag.record_format``).
         """
         return self.apply("kafka_sink", topic=topic, codec=codec, shared=shared, **kw)
 
