@@ -47,9 +47,10 @@ def _job(topic: str, out_topic: str) -> sd.Graph:
                       schema={"price": "float64"})
     sma = ticks.rolling_mean("price", window=20, min_periods=1, name="sma")
     count = ticks.running_count(name="n")
-    row = sd.combine(sma=sma, n=count, name="row")
-    return sd.Graph("tick_summary", outputs=[row.to_topic(out_topic, key_field="symbol",
-                                                          name="out")])
+    # The source's own column joins too (a diamond), and the sink picks the fields it writes.
+    row = sd.combine(sma=sma, n=count, price=ticks["price"], name="row")
+    return sd.Graph("tick_summary", outputs=[row.to_topic(
+        out_topic, fields={"sma": "sma", "n": "n"}, key_field="symbol", name="out")])
 
 
 @pytest.mark.integration
