@@ -395,7 +395,7 @@ def encode_values(batch: Batch, codec: CodecName,
     [b'{"ts":1,"key":"a","price":1.5}']
     """
     shaped = record_format.shape(batch)
-    labels = (record_format.time_field, record_format.key_field)
+    labels = (record_format.time_field, record_format.key_field, record_format.key_first)
     if codec == "json":
         return encode_json_values(shaped, *labels)
     if codec == "msgpack":

@@ -79,14 +79,16 @@ class KafkaSourceDef(OperatorDef):
 class KafkaSinkDef(OperatorDef):
     """A stream written to a Kafka topic, keyed by the stream's key.
 
-    Each record is ``{time_field, key_field, *fields}`` (``streamdag.record_format``).
+    Each record is ``{time_field, key_field, *fields}``, or with ``key_first``
+    ``{key_field, time_field, *fields}`` (``streamdag.record_format``).
 
     >>> ticks = source("ticks", topic="ticks", key="symbol", time_unit="ms",
     ...                schema={"price": "float64"})
     >>> sink = ticks.to_topic("out", fields={"p": "price"}, key_field="symbol")
     >>> from streamdag.record_format import record_format_of
     >>> record_format_of(sink)
-    RecordFormat(fields=(('p', 'price'),), key_field='symbol', time_field='ts', time_unit='ms')
+    RecordFormat(fields=(('p', 'price'),), key_field='symbol', time_field='ts', time_unit='ms',
+                 key_first=False)
     """
 
     type_name: ClassVar[str] = "kafka_sink"
@@ -107,6 +109,8 @@ class KafkaSinkDef(OperatorDef):
         Param("time_unit", "str", default=SOURCE_TIME_UNIT,
               choices=(SOURCE_TIME_UNIT, *_TIME_UNITS),
               doc="unit of the written event time; 'source': the unit the sources read"),
+        Param("key_first", "bool", default=False,
+              doc="write the key field before the time field (default: time first)"),
     )
 
     @classmethod

@@ -32,7 +32,8 @@ SOURCE_TIME_UNIT = "source"
 
 @dataclass(frozen=True)
 class RecordFormat:
-    """The shape of a sink's records: ``{time_field, key_field, *fields}`` in that order.
+    """The shape of a sink's records: ``{time_field, key_field, *fields}`` in that order
+    (``{key_field, time_field, *fields}`` with ``key_first``).
 
     ``fields`` pairs each record field with the stream field it holds (empty: every stream
     field under its own name); the event time is written in ``time_unit``, rounded down.
@@ -46,6 +47,7 @@ class RecordFormat:
     key_field: str = "key"
     time_field: str = "ts"
     time_unit: str = "ns"
+    key_first: bool = False
 
     def shape(self, batch: Batch) -> Batch:
         """The batch as it is written: the chosen fields renamed, event time in its unit."""
@@ -114,7 +116,7 @@ def record_format_of(sink: Node) -> RecordFormat:
         # A stream of no Kafka source (a test's) has its event time in ns.
         unit = next(iter(units), "ns")
     return RecordFormat(tuple(params["fields"]), str(params["key_field"]),
-                        str(params["time_field"]), unit)
+                        str(params["time_field"]), unit, bool(params["key_first"]))
 
 
 def _source_units(inputs: Sequence[Node]) -> dict[str, str]:

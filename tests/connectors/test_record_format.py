@@ -37,6 +37,19 @@ def test_json_and_msgpack_write_the_chosen_shape() -> None:
     ]
 
 
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_the_key_may_lead(codec: str) -> None:
+    shape = RecordFormat((("p", "price"),), key_field="symbol", time_unit="ms", key_first=True)
+    values = encode_values(_batch(), codec, shape)  # type: ignore[arg-type]
+    decoded = [json.loads(v) if codec == "json" else msgpack.unpackb(v) for v in values]
+    assert [list(record.items()) for record in decoded] == [
+        [("symbol", "AAPL"), ("ts", 1700000000123), ("p", 1.5)],
+        [("symbol", "MSFT"), ("ts", 5), ("p", 2.0)],
+    ]
+    if codec == "json":
+        assert values[0] == b'{"symbol":"AAPL","ts":1700000000123,"p":1.5}'
+
+
 def test_a_subset_of_fields_in_the_order_given() -> None:
     shape = RecordFormat((("size", "size"),), time_unit="s")
     assert encode_values(_batch(), "json", shape) == [
@@ -46,6 +59,7 @@ def test_a_subset_of_fields_in_the_order_given() -> None:
 def test_sink_writes_its_sources_unit_by_default() -> None:
     sink = TICKS_MS.to_topic("out", fields={"p": "price"}, key_field="symbol")
     assert record_format_of(sink) == RecordFormat((("p", "price"),), "symbol", "ts", "ms")
+    assert record_format_of(TICKS_MS.to_topic("o", key_first=True)).key_first
     config = KafkaBinding("127.0.0.1:1").sink_for(sink).config
     record = json.loads(encode_values(_batch(), config.codec, config.record_format)[0])
     assert record == {"ts": 1700000000123, "symbol": "AAPL", "p": 1.5}

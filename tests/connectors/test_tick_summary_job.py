@@ -1,6 +1,6 @@
 """Issue 12's job through Kafka on both runners: for each tick, the mean price of the last 20
 ticks of its symbol (fewer while fewer were seen) and how many ticks the symbol has had,
-written as exactly {"ts": <ms as in the input>, "symbol", "sma", "n"}."""
+written as exactly {"symbol", "ts": <ms as in the input>, "sma", "n"}."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _expected() -> dict[str, list[dict[str, Any]]]:
         seen = prices[tick["symbol"]]
         seen.append(tick["price"])
         last = seen[-20:]
-        out[tick["symbol"]].append({"ts": tick["ts"], "symbol": tick["symbol"],
+        out[tick["symbol"]].append({"symbol": tick["symbol"], "ts": tick["ts"],
                                     "sma": sum(last) / len(last), "n": len(seen)})
     return out
 
@@ -50,7 +50,8 @@ def _job(topic: str, out_topic: str) -> sd.Graph:
     # The source's own column joins too (a diamond), and the sink picks the fields it writes.
     row = sd.combine(sma=sma, n=count, price=ticks["price"], name="row")
     return sd.Graph("tick_summary", outputs=[row.to_topic(
-        out_topic, fields={"sma": "sma", "n": "n"}, key_field="symbol", name="out")])
+        out_topic, fields={"sma": "sma", "n": "n"}, key_field="symbol", key_first=True,
+        name="out")])
 
 
 @pytest.mark.integration
@@ -73,7 +74,7 @@ def test_tick_summary_records_are_exact_on_both_runners(
         by_symbol: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in written:
             value = json.loads(record.value)
-            assert list(value) == ["ts", "symbol", "sma", "n"]
+            assert list(value) == ["symbol", "ts", "sma", "n"]
             assert record.key == value["symbol"].encode()
             assert record.timestamp == value["ts"]
             by_symbol[value["symbol"]].append(value)
