@@ -2,7 +2,7 @@
 
 Sections, each printed as a table:
 
-1. **kernels** — every rolling/ema/zscore/vwap/crossover kernel over 10M events and 1,000 keys
+1. **kernels** — every rolling/count/ema/zscore/vwap/crossover kernel over 10M events and 1,000 keys
    in random order, through the logic's ``update()`` (the numba kernel, its slot-range check
    and its output arrays) on 100k-event batches whose keys were mapped to slots beforehand,
    in steady state: one full warm-up pass first, so rings are full and nothing compiles, then
@@ -22,7 +22,8 @@ Sections, each printed as a table:
    numba cache (``NUMBA_CACHE_DIR`` set to a new temporary folder), then again in a second fresh
    process over that now-filled cache.
 
-Run with ``python -m benchmarks.kernels``.
+Run with ``python -m benchmarks.kernels`` (``python -m benchmarks.kernels rolling_count`` runs
+only the kernels whose names start so, against the baseline).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from numba import njit
 
 import streamdag as sd
 from operators.count_window import CountWindowLogic
+from operators.counting import CountLogic
 from operators.crossover import CrossoverLogic
 from operators.key_slots import KeySlots
 from operators.rolling import RollingLogic
@@ -126,6 +128,20 @@ def _kernel_cases(data: dict[str, npt.NDArray[Any]]) -> list[tuple[str, Fold]]:
     rolling("mean", time_window=WINDOW * KEYS * 1_000)
     rolling("std", time_window=WINDOW * KEYS * 1_000)
     rolling("max", time_window=WINDOW * KEYS * 1_000)
+    # min_periods below the window: partial windows emit (time-window extremes count theirs).
+    rolling("mean", window=WINDOW, min_periods=1)
+    rolling("max", time_window=WINDOW * KEYS * 1_000, min_periods=5)
+
+    def count(operator: str, **window: Any) -> None:
+        logic = CountLogic(_TICKS.apply(operator, name="n", **window).config())
+        slots = logic.slots(keys)
+        label = ", ".join(f"{k}={v}" for k, v in window.items())
+        cases.append((f"{operator} ({label})",
+                      lambda rows, ts: logic.update(slots[rows], ts[rows])))
+
+    count("running_count")
+    count("rolling_count", window=WINDOW)
+    count("rolling_count", time_window=WINDOW * KEYS * 1_000)
 
     zscore = RollingLogic(_TICKS.zscore("price", window=WINDOW, name="z").config(), "zscore")
     z_slots = zscore.slots(keys)
@@ -169,7 +185,7 @@ def _timed_passes(fold: Fold, passes: list[npt.NDArray[np.int64]]) -> float:
     return best
 
 
-def _kernels(data: dict[str, npt.NDArray[Any]]) -> None:
+def _kernels(data: dict[str, npt.NDArray[Any]], only: Sequence[str] = ()) -> None:
     _header(f"kernels: {EVENTS:,} events, {KEYS:,} keys, update() on {BATCH:,}-event batches of "
             "pre-mapped slots")
     passes = _passes(data)
@@ -179,6 +195,8 @@ def _kernels(data: dict[str, npt.NDArray[Any]]) -> None:
                                                         out[rows]), passes)
     print(_row("baseline: keyed read-modify-write", EVENTS, floor, "floor, 1.00x"))
     for name, fold in _kernel_cases(data):
+        if only and not any(name.startswith(prefix) for prefix in only):
+            continue
         seconds = _timed_passes(fold, passes)
         note = f"{floor / seconds:.2f}x of floor"
         if name.startswith("rolling_mean (window"):
@@ -313,8 +331,12 @@ def _compile_times() -> None:
 
 
 def main() -> None:
-    """Run every section and print its table."""
+    """Run every section and print its table; kernel names given as arguments run only those
+    kernels (by name prefix, e.g. ``rolling_count``) against the baseline."""
     data = _stream(np.random.default_rng(20240601))
+    if len(sys.argv) > 1:
+        _kernels(data, sys.argv[1:])
+        return
     _kernels(data)
     _windows(data)
     _key_mapping(data)

@@ -37,6 +37,7 @@ from connectors.scanning import (
     gather_bytes,
 )
 from streamdag.batch import Batch
+from streamdag.record_format import DEFAULT_RECORD_FORMAT, RecordFormat
 from streamdag.schema import Schema
 
 __all__ = [
@@ -384,14 +385,19 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
-def encode_values(batch: Batch, codec: CodecName) -> list[bytes]:
+def encode_values(batch: Batch, codec: CodecName,
+                  record_format: RecordFormat = DEFAULT_RECORD_FORMAT) -> list[bytes]:
     """The record values of ``batch``: ``{"ts": ..., "key": "...", <fields>}`` in ``codec``.
+
+    ``record_format`` chooses the fields, their names and the event time's unit.
 
     >>> encode_values(Batch.from_columns(ts=[1], key=["a"], price=[1.5]), "json")
     [b'{"ts":1,"key":"a","price":1.5}']
     """
+    shaped = record_format.shape(batch)
+    labels = (record_format.time_field, record_format.key_field, record_format.key_first)
     if codec == "json":
-        return encode_json_values(batch)
+        return encode_json_values(shaped, *labels)
     if codec == "msgpack":
-        return encode_msgpack_values(batch)
+        return encode_msgpack_values(shaped, *labels)
     raise ConnectorConfigError(f"codec {codec!r} is unknown; expected one of {CODECS}")

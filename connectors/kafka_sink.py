@@ -25,6 +25,7 @@ from connectors.partitioning import key_partitions
 from connectors.producing import DeliveryStats, RetryPolicy, partition_rows, publish_partition
 from connectors.record_batches import RecordColumns
 from streamdag.batch import Batch
+from streamdag.record_format import DEFAULT_RECORD_FORMAT, RecordFormat
 
 __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
 
@@ -54,6 +55,8 @@ class KafkaSinkConfig:
     request_timeout_ms: int = 30_000
     compression_type: str | None = None
     client_id: str = "streamdag-sink"
+    #: The shape of each record value (fields, names, event-time unit).
+    record_format: RecordFormat = DEFAULT_RECORD_FORMAT
 
     def __post_init__(self) -> None:
         if not self.topic:
@@ -128,7 +131,7 @@ class KafkaSinkWriter:
                 f"write got {len(record_ids)} record ids for {len(batch)} records; give one "
                 "id per record, or none"
             )
-        values = encode_values(batch, self._config.codec)
+        values = encode_values(batch, self._config.codec, self._config.record_format)
         if self._config.event_time_stamps:
             # Kafka has no negative timestamps: those records take the producer's clock (-1).
             stamps = np.where(batch.ts < 0, -1, batch.ts // TIME_UNIT_NANOS["ms"])

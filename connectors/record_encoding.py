@@ -1,5 +1,9 @@
 """Batches to record values: JSON objects and msgpack maps of ``ts``, ``key`` and the fields.
 
+The event time and the key are written under ``time_label`` and ``key_label`` (``ts`` and
+``key`` unless a sink's record format names them otherwise), in that order unless
+``key_first``, then the fields.
+
 JSON follows RFC 8259: a float that is NaN or infinite is written as ``null`` (JSON has no
 such numbers), which a float64 field of our source reads back as NaN. Keys are written as
 strings, so they must be UTF-8.
@@ -20,21 +24,29 @@ from streamdag.batch import Batch
 
 __all__ = ["encode_json_values", "encode_msgpack_values"]
 
-_RESERVED = ("ts", "key")
 _FLOAT, _INTEGER, _BOOLEAN = 0, 1, 2
 
 
-def encode_json_values(batch: Batch) -> list[bytes]:
+def encode_json_values(batch: Batch, time_label: str = "ts", key_label: str = "key",
+                       key_first: bool = False) -> list[bytes]:
     """One compact JSON object per record, fields in column order.
 
     >>> encode_json_values(Batch.from_columns(ts=[7], key=["AAPL"], ok=[True], n=[float("nan")]))
     [b'{"ts":7,"key":"AAPL","ok":true,"n":null}']
+    >>> encode_json_values(Batch.from_columns(ts=[7], key=["A"], n=[1]), "t", "symbol")
+    [b'{"t":7,"symbol":"A","n":1}']
+    >>> encode_json_values(Batch.from_columns(ts=[7], key=["A"], n=[1]), key_first=True)
+    [b'{"key":"A","ts":7,"n":1}']
     """
-    _check_names(batch)
+    _check_names(batch, time_label, key_label)
     if len(batch) == 0:
         return []
-    parts = ['{"ts":%d,"key":%s']
+    # Labels are field names (identifiers), so they hold no '%' to upset the template.
+    parts = [f"{{{json.dumps(time_label)}:%d,{json.dumps(key_label)}:%s"]
     items: list[list[Any]] = [batch.ts.tolist(), _json_key_texts(batch.key)]
+    if key_first:
+        parts = [f"{{{json.dumps(key_label)}:%s,{json.dumps(time_label)}:%d"]
+        items.reverse()
     for name, column in batch.columns.items():
         label = json.dumps(name)
         kind = column.dtype.kind
@@ -63,14 +75,15 @@ def encode_json_values(batch: Batch) -> list[bytes]:
     return [(template % row).encode("utf-8") for row in zip(*items, strict=True)]
 
 
-def encode_msgpack_values(batch: Batch) -> list[bytes]:
+def encode_msgpack_values(batch: Batch, time_label: str = "ts", key_label: str = "key",
+                          key_first: bool = False) -> list[bytes]:
     """One msgpack map per record: ``ts`` and integers as int64, floats as float64.
 
     >>> encoded = encode_msgpack_values(Batch.from_columns(ts=[7], key=["AAPL"], price=[1.5]))
     >>> msgpack.unpackb(encoded[0])
     {'ts': 7, 'key': 'AAPL', 'price': 1.5}
     """
-    _check_names(batch)
+    _check_names(batch, time_label, key_label)
     count = len(batch)
     if count == 0:
         return []
@@ -78,8 +91,9 @@ def encode_msgpack_values(batch: Batch) -> list[bytes]:
     field_count = len(batch.columns)
     entries = 2 + field_count
     header = bytes([0x80 | entries]) if entries < 16 else b"\xde" + entries.to_bytes(2, "big")
-    prefix = np.frombuffer(header + msgpack.packb("ts"), dtype=np.uint8)
-    key_label = np.frombuffer(msgpack.packb("key"), dtype=np.uint8)
+    header_bytes = np.frombuffer(header, dtype=np.uint8)
+    time_label_bytes = np.frombuffer(msgpack.packb(time_label), dtype=np.uint8)
+    key_label_bytes = np.frombuffer(msgpack.packb(key_label), dtype=np.uint8)
     labels = [msgpack.packb(name) for name in batch.columns]
     label_bytes = np.frombuffer(b"".join(labels), dtype=np.uint8)
     label_offsets = np.zeros(field_count + 1, dtype=np.int64)
@@ -108,11 +122,13 @@ def encode_msgpack_values(batch: Batch) -> list[bytes]:
     key_header = np.where(key_lengths < 32, 1, np.where(key_lengths < 256, 2,
                           np.where(key_lengths < 65536, 3, 5)))
     value_bytes = np.where(kinds == _BOOLEAN, 1, 9).sum()
-    fixed = prefix.shape[0] + 9 + key_label.shape[0] + label_bytes.shape[0] + int(value_bytes)
+    fixed = (header_bytes.shape[0] + time_label_bytes.shape[0] + 9 + key_label_bytes.shape[0]
+             + label_bytes.shape[0] + int(value_bytes))
     ends = np.cumsum(fixed + key_header + key_lengths)
     starts = ends - (fixed + key_header + key_lengths)
     out = np.empty(int(ends[-1]), dtype=np.uint8)
-    _write_maps(out, starts, prefix, batch.ts, key_label, key_bytes, key_lengths,
+    _write_maps(out, starts, header_bytes, key_first, time_label_bytes, batch.ts,
+                key_label_bytes, key_bytes, key_lengths,
                 label_bytes, label_offsets, kinds, bits)
     data = out.tobytes()
     return [data[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
@@ -126,10 +142,43 @@ def _put_big_endian(out: Any, at: int, value: np.uint64, width: int) -> int:
 
 
 @njit(cache=True)
+def _write_bytes(out: Any, at: int, data: Any) -> int:
+    for j in range(data.shape[0]):
+        out[at + j] = data[j]
+    end: int = at + data.shape[0]
+    return end
+
+
+@njit(cache=True)
+def _write_key(out: Any, at: int, key_label: Any, key_bytes: Any, key_lengths: Any,
+               r: int) -> int:
+    at = _write_bytes(out, at, key_label)
+    length = key_lengths[r]
+    if length < 32:
+        out[at] = np.uint8(0xA0 | length)
+        at += 1
+    elif length < 256:
+        out[at] = 0xD9
+        at = _put_big_endian(out, at + 1, np.uint64(length), 1)
+    elif length < 65536:
+        out[at] = 0xDA
+        at = _put_big_endian(out, at + 1, np.uint64(length), 2)
+    else:
+        out[at] = 0xDB
+        at = _put_big_endian(out, at + 1, np.uint64(length), 4)
+    for j in range(length):
+        out[at + j] = key_bytes[r, j]
+    end: int = at + length
+    return end
+
+
+@njit(cache=True)
 def _write_maps(
     out: Any,
     starts: Any,
-    prefix: Any,
+    header: Any,
+    key_first: bool,
+    time_label: Any,
     ts: Any,
     key_label: Any,
     key_bytes: Any,
@@ -140,31 +189,14 @@ def _write_maps(
     bits: Any,
 ) -> None:
     for r in range(starts.shape[0]):
-        at = starts[r]
-        for j in range(prefix.shape[0]):
-            out[at + j] = prefix[j]
-        at += prefix.shape[0]
+        at = _write_bytes(out, starts[r], header)
+        if key_first:
+            at = _write_key(out, at, key_label, key_bytes, key_lengths, r)
+        at = _write_bytes(out, at, time_label)
         out[at] = 0xD3
         at = _put_big_endian(out, at + 1, np.uint64(ts[r]), 8)
-        for j in range(key_label.shape[0]):
-            out[at + j] = key_label[j]
-        at += key_label.shape[0]
-        length = key_lengths[r]
-        if length < 32:
-            out[at] = np.uint8(0xA0 | length)
-            at += 1
-        elif length < 256:
-            out[at] = 0xD9
-            at = _put_big_endian(out, at + 1, np.uint64(length), 1)
-        elif length < 65536:
-            out[at] = 0xDA
-            at = _put_big_endian(out, at + 1, np.uint64(length), 2)
-        else:
-            out[at] = 0xDB
-            at = _put_big_endian(out, at + 1, np.uint64(length), 4)
-        for j in range(length):
-            out[at + j] = key_bytes[r, j]
-        at += length
+        if not key_first:
+            at = _write_key(out, at, key_label, key_bytes, key_lengths, r)
         for f in range(kinds.shape[0]):
             for j in range(label_offsets[f], label_offsets[f + 1]):
                 out[at] = label_bytes[j]
@@ -177,12 +209,13 @@ def _write_maps(
                 at = _put_big_endian(out, at + 1, bits[r, f], 8)
 
 
-def _check_names(batch: Batch) -> None:
-    for name in _RESERVED:
+def _check_names(batch: Batch, time_label: str, key_label: str) -> None:
+    for name in (time_label, key_label):
         if name in batch.columns:
             raise EncodeError(
                 f"the batch has a column named {name!r}, which the record format reserves for "
-                "the event time and the key; rename the column upstream"
+                "the event time and the key; rename the column upstream, or name the key and "
+                "time fields otherwise (the sink's key_field and time_field)"
             )
 
 

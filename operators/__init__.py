@@ -8,6 +8,8 @@ from operators import (  # noqa: F401
     asof_join,
     bars,
     count_window,
+    combine,
+    counting,
     crossover,
     inference,
     interval_join,

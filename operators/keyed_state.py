@@ -21,12 +21,14 @@ from numba import njit
 from operators.errors import SnapshotMismatchError
 from operators.node_cache import NodeCache
 from streamdag.batch import Batch
-from streamdag.errors import SchemaMismatchError
+from streamdag.errors import ParamError, SchemaMismatchError
 from streamdag.operator import OperatorDef, require_fields
+from streamdag.params import MAX_EVENTS, Param
 from streamdag.schema import Schema
 
 __all__ = [
     "GROWABLE_RING",
+    "MIN_PERIODS",
     "NUMERIC_TYPES",
     "RING_CAPACITY",
     "RING_OLDEST",
@@ -37,9 +39,12 @@ __all__ = [
     "KeyedStateLogic",
     "NumericFieldDef",
     "StateArray",
+    "check_min_periods",
     "compensated_add",
     "float_column",
     "grow_ring",
+    "min_periods_of",
+    "push_history",
     "ring_pools",
     "rows_emitted",
 ]
@@ -239,6 +244,49 @@ def grow_ring(ring: Any, positions: Any, values: Any, used: Any, s: int) -> tupl
         positions, values = new_positions, new_values
     _move_ring(ring, positions, values, positions, values, used, s, capacity)
     return positions, values
+
+
+# -- min_periods -----------------------------------------------------------------------------
+#: The ``min_periods`` param of every rolling operator; 0 takes pandas' default.
+MIN_PERIODS = Param(
+    "min_periods", "int", default=0, minimum=0, maximum=MAX_EVENTS,
+    doc="emit once the window holds this many events (0: the window for a count window, 1 "
+        "for a time window, as pandas)",
+)
+
+
+def min_periods_of(params: Mapping[str, Any]) -> int:
+    """The events a window must hold before it emits: ``min_periods``, or pandas' default."""
+    given = int(params.get("min_periods", 0))
+    if given:
+        return given
+    return int(params["window"]) if params.get("window") else 1
+
+
+def check_min_periods(operator: str, params: Mapping[str, Any]) -> None:
+    """Raise ParamError when ``min_periods`` is above a count window (it could never emit)."""
+    window, given = int(params.get("window") or 0), int(params.get("min_periods", 0))
+    if window and given > window:
+        raise ParamError(
+            f"{operator} min_periods={given} is above its window={window}, so it could never "
+            f"emit; pass a min_periods between 1 and {window}"
+        )
+
+
+# -- count windows in a NodeCache ring ------------------------------------------------------
+@njit(cache=True, inline="always")
+def push_history(times: Any, values: Any, head: Any, count: Any, window: int, s: int, t: int,
+                  x: float) -> tuple[float, int, int]:
+    """Write an event into key ``s``'s NodeCache ring of a count ``window``; the value that
+    leaves the window (NaN if none), the events now in the window, and the position written."""
+    h, n = head[0, s], count[0, s]
+    leaving = values[0, s, h, 0] if n == window else np.nan
+    n = n + 1 if n < window else n
+    count[0, s] = n
+    times[0, s, h] = t
+    values[0, s, h, 0] = x
+    head[0, s] = h + 1 if h + 1 < window else 0
+    return leaving, n, h
 
 
 # -- reading fields and building outputs -----------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,13 +11,14 @@ import numpy as np
 from operators.expressions import (
     CompiledExpression,
     ExpressionParam,
+    canonical_expression,
     compile_expression,
 )
 from streamdag.batch import Batch
 from streamdag.errors import ParamError
 from streamdag.operator import NodeConfig, OperatorDef
 from streamdag.operator_registry import register
-from streamdag.params import Param
+from streamdag.params import OrderedMapParam, Param
 from streamdag.schema import Schema
 
 __all__ = ["FilterDef", "FilterLogic", "MapDef", "MapLogic", "StatelessLogic"]
@@ -42,12 +44,47 @@ def _compile_expression_param(
     )
 
 
+@dataclass(frozen=True)
+class _ExpressionMapParam(OrderedMapParam):
+    """Output name -> expression, in order, each expression in its canonical spelling."""
+
+    def coerce(self, node: str, value: Any) -> Any:
+        """The pairs in the order given, each expression spelled canonically."""
+        return tuple((name, canonical_expression(text))
+                     for name, text in super().coerce(node, value))
+
+
+def _map_outputs(params: Mapping[str, Any], schema: Schema) -> list[tuple[str, CompiledExpression]]:
+    """Each computed field and its compiled expression; ParamError when the params are unfit."""
+    expression, named = params["expression"], params["expressions"]
+    if bool(expression) == bool(named):
+        raise ParamError(
+            "map needs param 'expression' (one field: map('price * size', output='notional')) "
+            "or param 'expressions' (several: map(mid='(bid + ask) / 2', spread='ask - bid')), "
+            f"one of the two; got expression={expression!r} and expressions={dict(named)!r}"
+        )
+    pairs = named or ((params["output"], expression),)
+    outputs = []
+    for output, text in pairs:
+        if not output.isidentifier():
+            what = "param 'output' =" if not named else "param 'expressions' output"
+            raise ParamError(
+                f"map {what} {output!r} is not a valid field name; use letters, digits and _ "
+                "(not starting with a digit)"
+            )
+        where = "param 'expression'" if not named else f"expression {output!r}"
+        outputs.append((output, compile_expression(text, schema.to_dict(),
+                                                   context=f"map {where}")))
+    return outputs
+
+
 @register
 class MapDef(OperatorDef):
-    """A float64 field computed per event by an expression over the input's fields.
+    """Float64 fields computed per event by expressions over the input's fields.
 
-    The output carries every input field plus ``output``; an input field of the same name is
-    replaced in place. Booleans become 0.0/1.0 and integers floats.
+    The output carries every input field plus each computed one; an input field of the same
+    name is replaced in place. Booleans become 0.0/1.0 and integers floats. Every expression
+    reads the input's fields, never another computed field.
 
     >>> import streamdag as sd
     >>> from streamdag.batch import Batch
@@ -60,6 +97,13 @@ class MapDef(OperatorDef):
     >>> logic.process([batch]).to_records()
     [{'ts': 1, 'key': 'a', 'price': 10.0, 'size': 3, 'notional': 30.0},
      {'ts': 2, 'key': 'b', 'price': 2.5, 'size': 4, 'notional': 10.0}]
+    >>> quotes = sd.source("quotes", topic="q", schema={"bid": "float64", "ask": "float64"})
+    >>> both = quotes.map(mid="(bid + ask) / 2", spread="ask - bid")
+    >>> both.output_schema
+    Schema(bid: float64, ask: float64, mid: float64, spread: float64)
+    >>> MapDef.create(both.config()).process(
+    ...     [Batch.from_columns(ts=[1], key=["a"], bid=[1.0], ask=[2.0])]).to_records()
+    [{'ts': 1, 'key': 'a', 'bid': 1.0, 'ask': 2.0, 'mid': 1.5, 'spread': 1.0}]
     """
 
     type_name: ClassVar[str] = "map"
@@ -67,56 +111,49 @@ class MapDef(OperatorDef):
     handles_events: ClassVar[str] = (
         "computes each event from that event alone and does not bucket events by interval"
     )
-    summary: ClassVar[str] = "a float64 field computed by an expression over the input's fields"
+    summary: ClassVar[str] = "float64 fields computed by expressions over the input's fields"
     params: ClassVar[tuple[Param, ...]] = (
         ExpressionParam(
-            "expression", "str", doc="expression over the input's fields, e.g. 'price * size'"
+            "expression", "str", default="",
+            doc="expression over the input's fields, e.g. 'price * size'",
         ),
         Param("output", "str", default="value", doc="name of the computed float64 field"),
+        _ExpressionMapParam("expressions", "str_map", default=(),
+                            doc="several computed fields: name -> expression, in order"),
     )
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """The input's fields plus ``output`` as float64; the expression is checked here."""
-        _compile_expression_param(cls.type_name, params, inputs[0])
-        output = params["output"]
-        if not output.isidentifier():
-            raise ParamError(
-                f"map param 'output' = {output!r} is not a valid field name; use letters, "
-                "digits and _ (not starting with a digit)"
-            )
+        """The input's fields plus each output as float64; the expressions are checked here."""
         fields = dict(inputs[0].fields)
-        fields[output] = "float64"
+        for output, _ in _map_outputs(params, inputs[0]):
+            fields[output] = "float64"
         return Schema.from_mapping(fields)
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> MapLogic:
-        """Compile the expression once for this node; ``map`` has no state to restore."""
-        expression = _compile_expression_param(
-            cls.type_name, config.params, config.input_schemas[0]
-        )
-        return MapLogic(expression, str(config.params["output"]), config.output_schema.names)
+        """Compile the expressions once for this node; ``map`` has no state to restore."""
+        return MapLogic(_map_outputs(config.params, config.input_schemas[0]),
+                        config.output_schema.names)
 
 
 class MapLogic(StatelessLogic):
-    """Runtime of ``map``: one vectorized evaluation per batch."""
+    """Runtime of ``map``: one vectorized evaluation per expression and batch."""
 
-    def __init__(
-        self, expression: CompiledExpression, output: str, field_names: Sequence[str]
-    ) -> None:
-        self.expression = expression
-        self.output = output
+    def __init__(self, outputs: Sequence[tuple[str, CompiledExpression]],
+                 field_names: Sequence[str]) -> None:
+        self.outputs = tuple(outputs)
         self.field_names = tuple(field_names)
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
-        """The batch with the computed field added (or replaced); ts, keys, lineage kept."""
+        """The batch with the computed fields added (or replaced); ts, keys, lineage kept."""
         batch = inputs[0]
-        values = self.expression.evaluate(batch.columns, len(batch))
-        computed = values.astype(np.float64, copy=False)
-        columns = {
-            name: computed if name == self.output else batch.columns[name]
-            for name in self.field_names
+        computed = {
+            output: expression.evaluate(batch.columns, len(batch)).astype(np.float64, copy=False)
+            for output, expression in self.outputs
         }
+        columns = {name: computed[name] if name in computed else batch.columns[name]
+                   for name in self.field_names}
         return batch.with_columns(columns)
 
 

@@ -22,6 +22,10 @@ Every kernel is one numba loop over the batch that updates per-key state in O(1)
   window gives (NaN, +inf or -inf for sum and mean; NaN for std).
 - **min, max** keep a monotonic deque per key (a fixed ring for count windows, a growable one
   for time windows): each value is pushed and popped at most once. NaN in the window gives NaN.
+- **min_periods** (pandas' meaning): an event emits once its key's window holds at least that
+  many events, over those it holds. By default a count window emits once full and a time window
+  on every event. A time window's min and max count the events their deque dropped in a second
+  growable ring of event times, kept only when ``min_periods`` is above 1.
 
 Per-key state, growable rings and the shared helpers live in ``operators.keyed_state``.
 """
@@ -38,6 +42,7 @@ from numba import njit
 
 from operators.keyed_state import (
     GROWABLE_RING,
+    MIN_PERIODS,
     NUMERIC_TYPES,
     RING_CAPACITY,
     RING_OLDEST,
@@ -47,12 +52,16 @@ from operators.keyed_state import (
     KeyedState,
     KeyedStateLogic,
     StateArray,
+    check_min_periods,
     compensated_add,
     float_column,
     grow_ring,
+    min_periods_of,
+    push_history,
     ring_pools,
     rows_emitted,
 )
+from operators.rolling_extremes import count_extreme_kernel, time_extreme_kernel
 from streamdag.batch import Batch
 from streamdag.errors import ParamError
 from streamdag.operator import (
@@ -84,8 +93,6 @@ _EXTREME_SIGNS = {"max": 1.0, "min": -1.0}
 _LAST, _TOTAL, _TOTAL_COMP, _SHIFT, _SUM1, _COMP1, _SUM2, _COMP2, _PEAK = range(9)
 _MOMENTS = 9
 _SEQUENCE, _SINCE, _RUN, _NAN_AFTER, _PINF_AFTER, _NINF_AFTER = 0, 1, 2, 3, 4, 5
-# Columns of the per-key ``deque`` array of count-window min/max (with _SEQUENCE).
-_FRONT, _LENGTH = 1, 2
 #: Recompute std sums when their centered part falls below this fraction of their peak.
 _CANCELLATION = 2.0**-20
 _NEVER = np.iinfo(np.int64).min
@@ -209,55 +216,40 @@ def _moments_result(statistic: int, moments: Any, tally: Any, s: int, n: int, x:
     return centered / std
 
 
-@njit(cache=True, inline="always")
-def _push_history(times: Any, values: Any, head: Any, count: Any, window: int, s: int, t: int,
-                  x: float) -> tuple[float, int, int]:
-    # Writes the event into the key's ring; returns the value that leaves the window (NaN if
-    # none), the events now in the window, and the ring position written.
-    h, n = head[0, s], count[0, s]
-    leaving = values[0, s, h, 0] if n == window else np.nan
-    n = n + 1 if n < window else n
-    count[0, s] = n
-    times[0, s, h] = t
-    values[0, s, h, 0] = x
-    head[0, s] = h + 1 if h + 1 < window else 0
-    return leaving, n, h
-
-
 @njit(cache=True)
-def _count_sums_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any, times: Any,
-                       values: Any, head: Any, count: Any, moments: Any, tally: Any, out: Any,
-                       emitted: Any) -> None:
+def _count_sums_kernel(statistic: int, window: int, min_periods: int, slots: Any, ts: Any,
+                       xs: Any, times: Any, values: Any, head: Any, count: Any, moments: Any,
+                       tally: Any, out: Any, emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
-        leaving, n, _ = _push_history(times, values, head, count, window, s, ts[r], x)
+        leaving, n, _ = push_history(times, values, head, count, window, s, ts[r], x)
         _note_value(tally, s, x)
         _slide_total(moments, s, leaving, x)
-        emitted[r] = n == window
+        emitted[r] = n >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, n, x)
 
 
 @njit(cache=True)
-def _count_squares_kernel(statistic: int, window: int, slots: Any, ts: Any, xs: Any,
-                          times: Any, values: Any, head: Any, count: Any, moments: Any,
+def _count_squares_kernel(statistic: int, window: int, min_periods: int, slots: Any, ts: Any,
+                          xs: Any, times: Any, values: Any, head: Any, count: Any, moments: Any,
                           tally: Any, out: Any, emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, x = slots[r], xs[r]
-        leaving, n, h = _push_history(times, values, head, count, window, s, ts[r], x)
+        leaving, n, h = push_history(times, values, head, count, window, s, ts[r], x)
         sequence = _note_value(tally, s, x)
         _slide_squares(moments, s, leaving, x)
         if _squares_stale(moments, tally, s, x, n, sequence):
             oldest = h + 1 - n
             _recompute_squares(moments, s, values[0, s, :, 0],
                                oldest if oldest >= 0 else oldest + window, n)
-        emitted[r] = n == window
+        emitted[r] = n >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, n, x)
 
 
 @njit(cache=True)
-def _time_sums_kernel(statistic: int, time_window: int, first: int, slots: Any, ts: Any,
-                      xs: Any, moments: Any, tally: Any, ring: Any, positions: Any, pool: Any,
-                      out: Any) -> int:
+def _time_sums_kernel(statistic: int, time_window: int, min_periods: int, first: int,
+                      slots: Any, ts: Any, xs: Any, moments: Any, tally: Any, ring: Any,
+                      positions: Any, pool: Any, out: Any, emitted: Any) -> int:
     # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
@@ -274,15 +266,16 @@ def _time_sums_kernel(statistic: int, time_window: int, first: int, slots: Any, 
         ring[s, RING_SIZE] = size + 1
         _note_value(tally, s, x)
         _slide_total(moments, s, np.nan, x)
+        emitted[r] = size + 1 >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
     rows: int = slots.shape[0]
     return rows
 
 
 @njit(cache=True)
-def _time_squares_kernel(statistic: int, time_window: int, first: int, slots: Any, ts: Any,
-                         xs: Any, moments: Any, tally: Any, ring: Any, positions: Any,
-                         pool: Any, out: Any) -> int:
+def _time_squares_kernel(statistic: int, time_window: int, min_periods: int, first: int,
+                         slots: Any, ts: Any, xs: Any, moments: Any, tally: Any, ring: Any,
+                         positions: Any, pool: Any, out: Any, emitted: Any) -> int:
     # As _time_sums_kernel; a separate loop because the recomputation call slows the sums'.
     for r in range(first, slots.shape[0]):
         s, t, x = slots[r], ts[r], xs[r]
@@ -301,69 +294,8 @@ def _time_squares_kernel(statistic: int, time_window: int, first: int, slots: An
         _slide_squares(moments, s, np.nan, x)
         if _squares_stale(moments, tally, s, x, size + 1, sequence):
             _recompute_squares(moments, s, pool[start : start + mask + 1], oldest, size + 1)
+        emitted[r] = size + 1 >= min_periods
         out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
-    rows: int = slots.shape[0]
-    return rows
-
-
-# -- min, max --------------------------------------------------------------------------------
-@njit(cache=True)
-def _count_extreme_kernel(sign: float, window: int, slots: Any, ts: Any, xs: Any, times: Any,
-                          values: Any, head: Any, count: Any, deque: Any, deque_at: Any,
-                          deque_values: Any, nan_at: Any, out: Any, emitted: Any) -> None:
-    # Per key, a ring of (sequence number, sign * value) with values decreasing from the
-    # front; it never holds more than `window` entries, as the oldest leaves before a push.
-    for r in range(slots.shape[0]):
-        s, x = slots[r], xs[r]
-        _, n, _ = _push_history(times, values, head, count, window, s, ts[r], x)
-        position = deque[s, _SEQUENCE]
-        deque[s, _SEQUENCE] = position + 1
-        front, size = deque[s, _FRONT], deque[s, _LENGTH]
-        if size > 0 and deque_at[s, front] <= position - window:
-            front = front + 1 if front + 1 < window else 0
-            size -= 1
-        v = sign * x
-        nan_at[s, 0] = position if math.isnan(v) else nan_at[s, 0]
-        if not math.isnan(v):
-            while size > 0:
-                last = front + size - 1
-                if deque_values[s, last if last < window else last - window] > v:
-                    break
-                size -= 1
-            back = front + size if front + size < window else front + size - window
-            deque_at[s, back], deque_values[s, back] = position, v
-            size += 1
-        deque[s, _FRONT], deque[s, _LENGTH] = front, size
-        emitted[r] = n == window
-        nan_inside = nan_at[s, 0] > position - window
-        out[r] = np.nan if nan_inside else sign * deque_values[s, front]
-
-
-@njit(cache=True)
-def _time_extreme_kernel(sign: float, time_window: int, first: int, slots: Any, ts: Any,
-                         xs: Any, nan_at: Any, ring: Any, positions: Any, pool: Any,
-                         out: Any) -> int:
-    # Per key, a growable ring of (ts, sign * value) with values decreasing from the front.
-    # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
-    for r in range(first, slots.shape[0]):
-        s, t, x = slots[r], ts[r], xs[r]
-        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
-        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
-        while size > 0 and positions[start + oldest] <= t - time_window:
-            oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
-        v = sign * x
-        nan_at[s, 0] = t if math.isnan(v) else nan_at[s, 0]
-        if not math.isnan(v):
-            while size > 0 and pool[start + ((oldest + size - 1) & mask)] <= v:
-                size -= 1
-            ring[s, RING_SIZE] = size
-            if size == mask + 1:
-                return r
-            back = start + ((oldest + size) & mask)
-            positions[back], pool[back] = t, v
-            ring[s, RING_SIZE] = size + 1
-        out[r] = np.nan if nan_at[s, 0] > t - time_window else sign * pool[start + oldest]
     rows: int = slots.shape[0]
     return rows
 
@@ -377,6 +309,7 @@ class RollingLogic(KeyedStateLogic):
         self._field = str(config.params["field"])
         self._window = int(config.params["window"])
         self._time_window = int(config.params.get("time_window", 0))
+        self._min_periods = min_periods_of(config.params)
         self._sign = _EXTREME_SIGNS.get(statistic, 0.0)
         self._statistic = _STATISTICS.get(statistic, -1)
         window = self._window
@@ -394,6 +327,9 @@ class RollingLogic(KeyedStateLogic):
         if not window:
             per_key["ring"] = GROWABLE_RING
             shared = ring_pools()
+        if not window and self._sign:
+            per_key["counted"] = GROWABLE_RING
+            shared.update({f"counted_{name}": pool for name, pool in ring_pools().items()})
         self._state = KeyedState(inputs=1, period=max(window, 1), features=1,
                                  per_key=per_key, shared=shared, snapshot=snapshot)
 
@@ -405,8 +341,7 @@ class RollingLogic(KeyedStateLogic):
         out = np.empty(len(slots), dtype=np.float64)
         if self._window:
             return out, self._update_count_window(slots, ts, xs, out)
-        self._update_time_window(slots, ts, xs, out)
-        return out, np.ones(len(slots), dtype=np.bool_)
+        return out, self._update_time_window(slots, ts, xs, out)
 
     def _update_count_window(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
                              xs: npt.NDArray[np.float64],
@@ -415,34 +350,42 @@ class RollingLogic(KeyedStateLogic):
         emitted = np.empty(len(slots), dtype=np.bool_)
         history = (slots, ts, xs, cache.times, cache.values, cache.head, cache.count)
         if self._sign:
-            _count_extreme_kernel(self._sign, self._window, *history, key["deque"],
-                                  key["deque_at"], key["deque_values"], key["nan_at"], out,
-                                  emitted)
+            count_extreme_kernel(self._sign, self._window, self._min_periods, *history,
+                                  key["deque"], key["deque_at"], key["deque_values"],
+                                  key["nan_at"], out, emitted)
         else:
             kernel = _count_squares_kernel if self._statistic >= _STD else _count_sums_kernel
-            kernel(self._statistic, self._window, *history, key["moments"], key["tally"], out,
-                   emitted)
+            kernel(self._statistic, self._window, self._min_periods, *history, key["moments"],
+                   key["tally"], out, emitted)
         return emitted
 
-    def _update_time_window(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
-                            xs: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> None:
+    def _update_time_window(
+        self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
+        xs: npt.NDArray[np.float64], out: npt.NDArray[np.float64],
+    ) -> npt.NDArray[np.bool_]:
         key, shared = self._state.per_key, self._state.shared
         kernel = _time_squares_kernel if self._statistic >= _STD else _time_sums_kernel
+        emitted = np.empty(len(slots), dtype=np.bool_)
         row = 0
         while True:
             if self._sign:
-                row = _time_extreme_kernel(self._sign, self._time_window, row, slots, ts, xs,
-                                           key["nan_at"], key["ring"], shared["positions"],
-                                           shared["pool"], out)
+                row = time_extreme_kernel(self._sign, self._time_window, self._min_periods, row,
+                                           slots, ts, xs, key["nan_at"], key["ring"],
+                                           shared["positions"], shared["pool"], key["counted"],
+                                           shared["counted_positions"], out, emitted)
             else:
-                row = kernel(self._statistic, self._time_window, row, slots, ts, xs,
-                             key["moments"], key["tally"], key["ring"], shared["positions"],
-                             shared["pool"], out)
+                row = kernel(self._statistic, self._time_window, self._min_periods, row, slots,
+                             ts, xs, key["moments"], key["tally"], key["ring"],
+                             shared["positions"], shared["pool"], out, emitted)
             if row == len(slots):
-                return
-            # The ring of slots[row]'s key is full: double it, then resume at that row.
-            shared["positions"], shared["pool"] = grow_ring(
-                key["ring"], shared["positions"], shared["pool"], shared["used"], slots[row])
+                return emitted
+            ring, prefix = key["ring"], ""
+            if row < 0:  # the counting ring of the key is full, not its deque
+                row, ring, prefix = -1 - row, key["counted"], "counted_"
+            # That ring of slots[row]'s key is full: double it, then resume at that row.
+            shared[f"{prefix}positions"], shared[f"{prefix}pool"] = grow_ring(
+                ring, shared[f"{prefix}positions"], shared[f"{prefix}pool"],
+                shared[f"{prefix}used"], slots[row])
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """The statistic for every event whose window is ready, at that event's ts and key."""
@@ -463,6 +406,7 @@ class _RollingDef(OperatorDef):
               doc="window length in events"),
         Param("time_window", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS, size=True,
               doc="window length in event time: events with ts in (t - time_window, t]"),
+        MIN_PERIODS,
     )
 
     @classmethod
@@ -475,6 +419,7 @@ class _RollingDef(OperatorDef):
                 f"time) above 0, got window={window} and time_window={time_window}; pass e.g. "
                 "window=20 or time_window='5s'"
             )
+        check_min_periods(cls.type_name, params)
         require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
         return VALUE_SCHEMA
 
@@ -516,6 +461,7 @@ class RollingMeanDef(_RollingDef):
     """Mean of a field over each key's last ``window`` events or ``time_window`` of event time.
 
     A count window emits once the key has ``window`` events; a time window emits every event.
+    With ``min_periods``, a window emits once it holds that many events (pandas' meaning).
 
     >>> import streamdag as sd
     >>> from streamdag.operator_registry import lookup
@@ -526,6 +472,10 @@ class RollingMeanDef(_RollingDef):
     ...                               price=[1.0, 5.0, 2.0, 4.0])
     >>> logic.process([batch]).to_records()
     [{'ts': 3, 'key': 'a', 'value': 1.5}, {'ts': 4, 'key': 'a', 'value': 3.0}]
+    >>> partial = ticks.rolling_mean("price", window=2, min_periods=1, name="m1")
+    >>> [r["value"] for r in lookup("rolling_mean").create(partial.config()).process([batch])
+    ...  .to_records()]
+    [1.0, 5.0, 1.5, 3.0]
     """
 
     type_name: ClassVar[str] = "rolling_mean"

@@ -15,10 +15,12 @@ import numpy.typing as npt
 from numba import njit
 
 from operators.keyed_state import (
+    MIN_PERIODS,
     KeyedState,
     KeyedStateLogic,
     NumericFieldDef,
     StateArray,
+    check_min_periods,
     float_column,
 )
 from operators.rolling import RollingLogic
@@ -26,6 +28,7 @@ from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorLogic
 from streamdag.operator_registry import register
 from streamdag.params import MAX_EVENTS, Param
+from streamdag.schema import Schema
 
 __all__ = ["EmaDef", "EmaLogic", "ZScoreDef"]
 
@@ -103,8 +106,8 @@ class EmaDef(NumericFieldDef):
 class ZScoreDef(NumericFieldDef):
     """(x - mean) / std (ddof=1) of a field over each key's last ``window`` events, x included.
 
-    Emits once the key's window is full; a window of equal values gives 0.0, and a NaN or
-    infinite value in the window gives NaN.
+    Emits once the key's window is full (or holds ``min_periods`` events); a window of equal
+    values gives 0.0, and a NaN or infinite value in the window gives NaN.
 
     >>> import streamdag as sd
     >>> from streamdag.operator_registry import lookup
@@ -122,7 +125,14 @@ class ZScoreDef(NumericFieldDef):
         Param("field", "str", default="value", doc="input field to normalize"),
         Param("window", "int", minimum=2, maximum=MAX_EVENTS, size=True,
               doc="window length in events, the event included"),
+        MIN_PERIODS,
     )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """``{value: float64}``; the field must be numeric and min_periods within the window."""
+        check_min_periods(cls.type_name, params)
+        return super().output_schema(params, inputs)
 
     @classmethod
     def history(cls, params: Mapping[str, Any]) -> int:

@@ -19,13 +19,13 @@ from operators.keyed_state import float_column
 from operators.node_cache import NodeCache
 from streamdag.batch import Batch
 from streamdag.code_freezing import FrozenFunction, describe_function, freeze_function
-from streamdag.errors import GraphError, SchemaMismatchError
+from streamdag.errors import GraphError, ParamError, SchemaMismatchError
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operator_registry import register
 from streamdag.params import Param
 from streamdag.schema import Schema
 
-__all__ = ["UserFunctionDef", "UserFunctionLogic"]
+__all__ = ["UserFunctionDef", "UserFunctionLogic", "output_names"]
 
 
 @njit(cache=True)
@@ -43,6 +43,17 @@ def _last_rows(
         out[e] = latest[event_slots[e]]
     for k in range(rows):
         latest[row_slots[k]] = -1
+
+
+def output_names(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The output fields of a user-function node: ``outputs``, or the one ``output``."""
+    outputs, output = tuple(params.get("outputs", ())), str(params["output"])
+    if outputs and output != "value":
+        raise ParamError(
+            f"user function got output={output!r} and outputs={list(outputs)}; give one "
+            "field name as output, or several as outputs"
+        )
+    return outputs or (output,)
 
 
 def _describe_result(result: Any) -> str:
@@ -69,7 +80,7 @@ class UserFunctionLogic:
             function = freeze_function(function)
         self._function = function
         self._fields: tuple[str, ...] = tuple(config.params["fields"])
-        self._output = str(config.params["output"])
+        self._outputs: tuple[str, ...] = output_names(config.params)
         self._period = config.period
         self._missing = config.missing
         if snapshot is None:
@@ -125,11 +136,10 @@ class UserFunctionLogic:
         windows, filled, gap = self._append_windows(0, batch, slots)
         if gap < 0:
             keep, filled_windows = self._apply_missing([windows], [filled])
-            return batch.take(keep).with_columns({self._output: self._call(filled_windows)})
+            return batch.take(keep).with_columns(self._call(filled_windows))
         # The events before the gap were processed as if one by one: they leave with the error.
         keep, filled_windows = self._apply_missing([windows[:gap]], [filled[:gap]])
-        emitted = batch.take(np.flatnonzero(keep)).with_columns(
-            {self._output: self._call(filled_windows)})
+        emitted = batch.take(np.flatnonzero(keep)).with_columns(self._call(filled_windows))
         raise self._gap_error(0, int(slots[gap]), int(batch.ts[gap]), emitted)
 
     def _process_aligned(self, prepared: list[tuple[Batch, npt.NDArray[np.int64]]]) -> Batch:
@@ -172,8 +182,7 @@ class UserFunctionLogic:
             windows_per_input = [w[events] for w in windows_per_input]
             filled_per_input = [f[events] for f in filled_per_input]
         keep, filled_windows = self._apply_missing(windows_per_input, filled_per_input)
-        output = Batch(event_ts[keep], event_keys[keep],
-                       {self._output: self._call(filled_windows)})
+        output = Batch(event_ts[keep], event_keys[keep], self._call(filled_windows))
         if gaps:
             raise self._gap_error(gap_input, gap_slot, gap_ts, output)
         return output
@@ -216,20 +225,38 @@ class UserFunctionLogic:
             for w, f in zip(windows, filled, strict=True)
         ]
 
-    def _call(self, windows: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    def _call(self, windows: list[npt.NDArray[np.float64]]) -> dict[str, npt.NDArray[np.float64]]:
         events = len(windows[0])
         if not events:
-            return np.empty(0, dtype=np.float64)
+            return {name: np.empty(0, dtype=np.float64) for name in self._outputs}
         result = self._function(*windows)
+        if len(self._outputs) == 1:
+            return {self._outputs[0]: self._values(result, result, events, "")}
+        # Several outputs: a mapping of each name to its array, or arrays in their order.
+        if isinstance(result, Mapping) and set(result) == set(self._outputs):
+            return {name: self._values(result[name], result, events, f" for {name!r}")
+                    for name in self._outputs}
+        if isinstance(result, tuple | list) and len(result) == len(self._outputs):
+            return {name: self._values(array, result, events, f" for {name!r}")
+                    for name, array in zip(self._outputs, result, strict=True)}
+        raise UserFunctionOutputError(
+            f"node {self._name!r}: user function {describe_function(self._function)} "
+            f"returned {_describe_result(result)}; it declares outputs {list(self._outputs)}, "
+            "so it must return a dict of those names to arrays, or a tuple of arrays in that "
+            "order, each of one value per event"
+        )
+
+    def _values(self, array: Any, result: Any, events: int,
+                which: str) -> npt.NDArray[np.float64]:
         try:
-            values = np.asarray(result, dtype=np.float64)
+            values = np.asarray(array, dtype=np.float64)
         except (TypeError, ValueError):
             values = None
         if values is None or values.shape != (events,):
             raise UserFunctionOutputError(
                 f"node {self._name!r}: user function {describe_function(self._function)} "
-                f"returned {_describe_result(result)} for {events} event(s); expected a float "
-                f"array of shape ({events},), one value per event (row) of its "
+                f"returned {_describe_result(result)}{which} for {events} event(s); expected a "
+                f"float array of shape ({events},), one value per event (row) of its "
                 f"(events, {self._period}) window arrays, e.g. windows[:, -1]"
             )
         return values
@@ -311,11 +338,13 @@ class UserFunctionDef(OperatorDef):
     params: ClassVar[tuple[Param, ...]] = (
         Param("fields", "str_list", doc="the field read from each input, in input order"),
         Param("output", "str", default="value", doc="name of the output field"),
+        Param("outputs", "str_list", default=(),
+              doc="names of several output fields, returned as a dict or tuple of arrays"),
     )
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """``{output: float64}``; each input must carry its field as a number."""
+        """``{output: float64}`` (or each of ``outputs``); inputs must carry their numbers."""
         fields = tuple(params["fields"])
         if len(fields) != len(inputs):
             raise SchemaMismatchError(
@@ -324,7 +353,7 @@ class UserFunctionDef(OperatorDef):
             )
         for schema, field in zip(inputs, fields, strict=True):
             require_fields("user function", schema, [field], types=("float64", "int64", "bool"))
-        return Schema(((str(params["output"]), "float64"),))
+        return Schema(tuple((name, "float64") for name in output_names(params)))
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:

@@ -18,13 +18,16 @@ import numpy.typing as npt
 from numba import njit
 
 from operators.keyed_state import (
+    MIN_PERIODS,
     NUMERIC_TYPES,
     VALUE_SCHEMA,
     KeyedState,
     KeyedStateLogic,
     StateArray,
+    check_min_periods,
     compensated_add,
     float_column,
+    min_periods_of,
     rows_emitted,
 )
 from streamdag.batch import Batch
@@ -53,8 +56,8 @@ def _slide_trade(sums: Any, s: int, price: float, size: float, sign: float) -> N
 
 
 @njit(cache=True)
-def _vwap_kernel(window: int, slots: Any, ts: Any, prices: Any, sizes: Any, times: Any,
-                 values: Any, head: Any, count: Any, sums: Any, tally: Any, out: Any,
+def _vwap_kernel(window: int, min_periods: int, slots: Any, ts: Any, prices: Any, sizes: Any,
+                 times: Any, values: Any, head: Any, count: Any, sums: Any, tally: Any, out: Any,
                  emitted: Any) -> None:
     for r in range(slots.shape[0]):
         s, price, size = slots[r], prices[r], sizes[r]
@@ -75,7 +78,7 @@ def _vwap_kernel(window: int, slots: Any, ts: Any, prices: Any, sizes: Any, time
         tally[s, _BAD_AFTER] = sequence if bad else tally[s, _BAD_AFTER]
         total_size = sums[s, _SIZE] + sums[s, _SIZE_COMP]
         nan = tally[s, _BAD_AFTER] > sequence - n or total_size == 0.0
-        emitted[r] = n == window
+        emitted[r] = n >= min_periods
         out[r] = np.nan if nan else (sums[s, _NOTIONAL] + sums[s, _NOTIONAL_COMP]) / total_size
 
 
@@ -87,6 +90,7 @@ class VwapLogic(KeyedStateLogic):
         self._price = str(config.params["price"])
         self._size = str(config.params["size"])
         self._window = int(config.params["window"])
+        self._min_periods = min_periods_of(config.params)
         self._state = KeyedState(inputs=1, period=self._window, features=2,
                                  per_key={"sums": StateArray(4, np.float64, 0.0),
                                           "tally": StateArray(2, np.int64, 0)},
@@ -101,9 +105,9 @@ class VwapLogic(KeyedStateLogic):
         state.check_slots(slots)
         out = np.empty(len(slots), dtype=np.float64)
         emitted = np.empty(len(slots), dtype=np.bool_)
-        _vwap_kernel(self._window, slots, ts, prices, sizes, cache.times, cache.values,
-                     cache.head, cache.count, state.per_key["sums"], state.per_key["tally"],
-                     out, emitted)
+        _vwap_kernel(self._window, self._min_periods, slots, ts, prices, sizes, cache.times,
+                     cache.values, cache.head, cache.count, state.per_key["sums"],
+                     state.per_key["tally"], out, emitted)
         return out, emitted
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
@@ -118,6 +122,8 @@ class VwapLogic(KeyedStateLogic):
 @register
 class VwapDef(OperatorDef):
     """sum(price x size) / sum(size) over each key's last ``window`` events; emits once full.
+
+    With ``min_periods`` it emits from the key's ``min_periods``-th trade on, over fewer.
 
     The result is NaN while a NaN or infinite price or size is in the window, and when the
     window's sizes sum to 0.
@@ -141,11 +147,13 @@ class VwapDef(OperatorDef):
         Param("size", "str", default="size", doc="input field holding the traded size"),
         Param("window", "int", minimum=1, maximum=MAX_EVENTS, size=True,
               doc="window length in events"),
+        MIN_PERIODS,
     )
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """``{value: float64}``; price and size must be numeric fields."""
+        check_min_periods(cls.type_name, params)
         require_fields(cls.type_name, inputs[0], [params["price"], params["size"]],
                        NUMERIC_TYPES)
         return VALUE_SCHEMA

@@ -6,6 +6,7 @@ Importing this package starts nothing: no Ray, no network.
 # First: numba caches kernels in one known directory (before any kernel is decorated).
 import streamdag.kernel_cache  # noqa: F401
 from streamdag.batch import Batch
+from streamdag.combine import combine
 from streamdag.endpoints import source
 from streamdag.errors import StreamdagError
 from streamdag.graph import Column, Graph, Node, make_node
@@ -21,6 +22,7 @@ __all__ = [
     "Schema",
     "StreamdagError",
     "UserFunction",
+    "combine",
     "make_node",
     "source",
     "tag_query",

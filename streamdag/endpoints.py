@@ -10,7 +10,8 @@ from streamdag.errors import SchemaMismatchError
 from streamdag.graph import Node, make_node
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef, OperatorLogic, Role
 from streamdag.operator_registry import register
-from streamdag.params import Param
+from streamdag.params import OrderedMapParam, Param
+from streamdag.record_format import SOURCE_TIME_UNIT, check_record_params
 from streamdag.schema import Schema
 
 __all__ = ["KafkaSinkDef", "KafkaSourceDef", "PassThrough", "source"]
@@ -76,7 +77,19 @@ class KafkaSourceDef(OperatorDef):
 
 @register
 class KafkaSinkDef(OperatorDef):
-    """A stream written to a Kafka topic, keyed by the stream's key."""
+    """A stream written to a Kafka topic, keyed by the stream's key.
+
+    Each record is ``{time_field, key_field, *fields}``, or with ``key_first``
+    ``{key_field, time_field, *fields}`` (``streamdag.record_format``).
+
+    >>> ticks = source("ticks", topic="ticks", key="symbol", time_unit="ms",
+    ...                schema={"price": "float64"})
+    >>> sink = ticks.to_topic("out", fields={"p": "price"}, key_field="symbol")
+    >>> from streamdag.record_format import record_format_of
+    >>> record_format_of(sink)
+    RecordFormat(fields=(('p', 'price'),), key_field='symbol', time_field='ts', time_unit='ms',
+                 key_first=False)
+    """
 
     type_name: ClassVar[str] = "kafka_sink"
     needs_time_order: ClassVar[bool] = False  # it writes what it gets, as it gets it
@@ -89,11 +102,21 @@ class KafkaSinkDef(OperatorDef):
         Param("codec", "str", default="json", choices=_CODECS),
         Param("shared", "bool", default=False,
               doc="other graphs may write this topic too, on purpose (each must say so)"),
+        OrderedMapParam("fields", "str_map", default=(),
+                        doc="record field -> stream field, in record order (default: all)"),
+        Param("key_field", "str", default="key", doc="record field holding the key"),
+        Param("time_field", "str", default="ts", doc="record field holding the event time"),
+        Param("time_unit", "str", default=SOURCE_TIME_UNIT,
+              choices=(SOURCE_TIME_UNIT, *_TIME_UNITS),
+              doc="unit of the written event time; 'source': the unit the sources read"),
+        Param("key_first", "bool", default=False,
+              doc="write the key field before the time field (default: time first)"),
     )
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
-        """A sink's output is what it writes: its input schema."""
+        """A sink's output is what it writes: its input schema; the record params must fit."""
+        check_record_params(params, inputs[0])
         return inputs[0]
 
     @classmethod

@@ -21,6 +21,7 @@ from streamdag.identity import compute_node_id
 from streamdag.operator import MissingPolicy, NodeConfig, OperatorDef
 from streamdag.operator_registry import lookup
 from streamdag.params import MAX_EVENTS, parse_duration, validate_params
+from streamdag.record_format import record_format_of
 from streamdag.schema import Schema
 
 __all__ = ["Column", "Graph", "Node", "make_node"]
@@ -177,9 +178,13 @@ class Node:
         """Each event joined with the latest ``right`` event of its key at or before its time."""
         return self.apply("asof_join", right, **kw)
 
-    def map(self, expression: str, output: str = "value", **kw: Any) -> Node:
-        """A column computed by a vectorized expression over this stream's fields."""
-        return self.apply("map", expression=expression, output=output, **kw)
+    def map(self, expression: str = "", output: str = "value", **kw: Any) -> Node:
+        """A column computed by a vectorized expression over this stream's fields, or several
+        named ones: ``map(mid="(bid + ask) / 2", spread="ask - bid")``."""
+        options = {k: kw.pop(k) for k in ("name", "interval", "period", "missing", "tags")
+                   if k in kw}
+        named = {"expressions": kw} if kw else {}
+        return self.apply("map", expression=expression, output=output, **named, **options)
 
     def filter(self, expression: str, **kw: Any) -> Node:
         """The events for which a vectorized boolean expression holds."""
@@ -202,6 +207,7 @@ class Node:
         from streamdag.inference import infer_node
 
         return infer_node(self, model, features, outputs, **kw)
+
     def tumbling_window(self, size: DurationLike, agg: WindowAggregations, field: str = "value",
                         **kw: Any) -> Node:
         """Aggregates ``agg`` of ``field`` per key over consecutive ``size`` windows.
@@ -256,13 +262,23 @@ class Node:
         """Pairs of this stream's and ``right``'s events of a key within ``lower``/``upper``."""
         return self.apply("interval_join", right, **kw)
 
+    def rolling_count(self, **kw: Any) -> Node:
+        """Events per key over the last ``window`` events or ``time_window`` (int64)."""
+        return self.apply("rolling_count", **kw)
+
+    def running_count(self, **kw: Any) -> Node:
+        """How many events each key has had so far, the event included (int64)."""
+        return self.apply("running_count", **kw)
+
     def to_topic(self, topic: str, codec: str = "json", *, shared: bool = False,
                  **kw: Any) -> Node:
         """A sink writing this stream to Kafka ``topic``, keyed by the stream's key.
 
         ``topic`` must follow Kafka's naming rules and must not be one this graph reads. A
         deployment refuses a second graph writing the same topic unless every writer says
-        ``shared=True``.
+        ``shared=True``. Records are ``{time_field, key_field, *fields}``: ``fields`` maps
+        record names to stream fields (default: all), ``time_unit`` defaults to the sources'
+        (``streamdag.record_format``).
         """
         return self.apply("kafka_sink", topic=topic, codec=codec, shared=shared, **kw)
 
@@ -464,6 +480,7 @@ class Graph:
         for node in self.nodes:
             if node.operator != "kafka_sink":
                 continue
+            record_format_of(node)  # a time unit its sources leave open is refused now
             topic = str(node.params["topic"])
             if topic in topics and topics[topic] != node.name:
                 raise DuplicateSinkTopicError(

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_EVENTS",
     "MAX_SPAN_NS",
     "REQUIRED",
+    "OrderedMapParam",
     "Param",
     "ParamKind",
     "format_duration",
@@ -203,6 +204,34 @@ class Param:
             f"node {node!r}: param {self.name!r} got {shown} "
             f"({type(value).__name__}){because}; expected {self.describe()}"
         )
+
+
+@dataclass(frozen=True)
+class OrderedMapParam(Param):
+    """A ``str_map`` param whose order means something (e.g. output columns): kept as given.
+
+    The value is stored as ``(name, text)`` pairs in the order given, so the order is part of
+    the node's id; a plain ``str_map`` is sorted instead.
+
+    >>> OrderedMapParam("columns", "str_map", default=()).coerce("row", {"b": "x", "a": "y"})
+    (('b', 'x'), ('a', 'y'))
+    """
+
+    def _coerce_type(self, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            items = tuple(value.items())
+        elif isinstance(value, tuple | list) and all(
+            isinstance(p, tuple | list) and len(p) == 2 for p in value
+        ):
+            items = tuple((p[0], p[1]) for p in value)
+        else:
+            return None
+        names = [name for name, _ in items]
+        if len(set(names)) != len(names):
+            return None
+        if all(isinstance(k, str) and isinstance(v, str) for k, v in items):
+            return items
+        return None
 
 
 def validate_params(

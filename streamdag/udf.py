@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from streamdag.code_freezing import FrozenFunction, describe_function, freeze_function
@@ -26,7 +26,8 @@ class UserFunction:
 
     The function receives one array per input, shaped (events, period): for every event of a
     batch, the last ``period`` values of that input's field for the event's key, oldest first.
-    It returns one float per event.
+    It returns one float per event, or, with ``outputs`` (several field names), a dict of
+    those names to arrays or a tuple of arrays in that order.
 
     A shareable function is frozen when it is decorated: ``function`` is a copy whose globals,
     closure cells, defaults and attributes hold read-only copies of the values the original
@@ -45,9 +46,11 @@ class UserFunction:
         interval: int | str | None = None,
         missing: MissingPolicy = "skip",
         shareable: bool = True,
+        outputs: Sequence[str] = (),
     ) -> None:
         self.period = period
         self.output = output
+        self.outputs = tuple(outputs)
         self.interval = interval
         self.missing = missing
         self.shareable = shareable
@@ -92,7 +95,7 @@ class UserFunction:
         return make_node(
             "user_function",
             nodes,
-            {"fields": fields, "output": self.output},
+            {"fields": fields, "output": self.output, "outputs": self.outputs},
             name=name or self.__name__,
             interval=self.interval,
             period=self.period,
@@ -132,8 +135,12 @@ def udf(
     interval: int | str | None = None,
     missing: MissingPolicy = "skip",
     shareable: bool = True,
+    outputs: Sequence[str] = (),
 ) -> Callable[[Callable[..., Any]], UserFunction]:
     """Decorator: a function of window views (events x period per input) becomes an operator.
+
+    With ``outputs``, the function returns several named arrays (a dict, or a tuple in that
+    order) and its node has one float64 field per name.
 
     >>> import streamdag as sd
     >>> @sd.udf(period=3)
@@ -142,6 +149,11 @@ def udf(
     >>> ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
     >>> momentum(ticks["price"]).period
     3
+    >>> @sd.udf(period=3, outputs=("low", "high"))
+    ... def band(prices):
+    ...     return {"low": prices.min(axis=1), "high": prices.max(axis=1)}
+    >>> band(ticks["price"]).output_schema
+    Schema(low: float64, high: float64)
     """
 
     def wrap(function: Callable[..., Any]) -> UserFunction:
@@ -152,6 +164,7 @@ def udf(
             interval=interval,
             missing=missing,
             shareable=shareable,
+            outputs=outputs,
         )
 
     return wrap

@@ -17,6 +17,7 @@ from runtime.runners.replay import TimeOrderedReader
 from streamdag.connector import SourceReader
 from streamdag.errors import GraphError
 from streamdag.graph import Node
+from streamdag.record_format import record_format_of
 
 __all__ = ["KafkaBinding", "KafkaSinkFactory", "KafkaSourceFactory"]
 
@@ -115,8 +116,8 @@ class KafkaBinding:
         )
 
     def sink_for(self, node: Node) -> KafkaSinkFactory:
-        """The writer factory of a ``kafka_sink`` node (a bounded replay's: see
-        ``replay_prefix``).
+        """The writer factory of a ``kafka_sink`` node, writing records in its format (a bounded
+        replay's: see ``replay_prefix``).
 
         >>> import streamdag as sd
         >>> ticks = sd.source("ticks", topic="market.ticks", key="symbol",
@@ -135,7 +136,8 @@ class KafkaBinding:
                     f"'backtest.{topic}', or replay_prefix='' to append to {topic!r} on purpose")
             topic = f"{self.replay_prefix}{topic}"
         return KafkaSinkFactory(
-            KafkaSinkConfig(self.bootstrap_servers, topic, codec=node.params["codec"])
+            KafkaSinkConfig(self.bootstrap_servers, topic, codec=node.params["codec"],
+                            record_format=record_format_of(node))
         )
 
     def defaults(self) -> tuple[Callable[[Node], KafkaSourceFactory],

@@ -27,6 +27,12 @@ def spread(fast: np.ndarray, slow: np.ndarray) -> np.ndarray:
     return fast[:, -1] - slow[:, -1]
 
 
+@sd.udf(period=4, outputs=("low", "high"))
+def band(prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest of the last 4 prices."""
+    return prices.min(axis=1), prices.max(axis=1)
+
+
 def _graph() -> sd.Graph:
     ticks = sd.source("ticks", topic="ticks", key="symbol",
                       schema={"price": "float64", "size": "float64"})
@@ -37,7 +43,14 @@ def _graph() -> sd.Graph:
     joined = z.asof_join(cross, name="joined")
     bars = ticks.ohlcv(bar=50_000_000, name="bars")
     gap = spread(fast, slow, name="spread")
-    return sd.Graph("all", outputs=[joined, bars, gap])
+    # Several fields per node: a map of two expressions, a user function of two outputs, and
+    # partial windows and counts combined on their shared events.
+    priced = ticks.map(doubled="price * 2", notional="price * size", name="priced")
+    low = ticks.rolling_min("price", time_window=20_000_000, min_periods=3, name="low")
+    count = ticks.rolling_count(window=10, min_periods=2, name="count")
+    row = sd.combine(low=low, n=count, notional=priced["notional"],
+                     band_high=band(ticks["price"], name="band")["high"], name="row")
+    return sd.Graph("all", outputs=[joined, bars, gap, row])
 
 
 def _batches() -> list[Batch]:
@@ -74,7 +87,7 @@ def test_local_and_ray_runners_produce_identical_outputs(ray_session: None) -> N
     graph = _graph()
     local = LocalRunner().run(graph, sources={"ticks": _Script(_batches())})
     remote = RayRunner().run(graph, sources={"ticks": _Script(_batches())})
-    for name in ("joined", "bars", "spread"):
+    for name in ("joined", "bars", "spread", "row"):
         assert local.records(name), f"{name} produced nothing"
         assert remote.records(name) == local.records(name), name
     # Every event reached the joined output once (z emits once its 8-event window is full).

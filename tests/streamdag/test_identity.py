@@ -394,7 +394,7 @@ def test_a_udfs_python_name_is_display_only() -> None:
     first, second = sd.udf(period=3)(momentum)(price), sd.udf(period=3)(drift)(price)
     assert (first.name, second.name) == ("momentum", "drift")
     assert first.node_id == second.node_id
-    assert dict(first.params) == {"fields": ("bid",), "output": "value"}
+    assert dict(first.params) == {"fields": ("bid",), "output": "value", "outputs": ()}
 
 
 def test_unshareable_udfs_never_share_an_id() -> None:
