@@ -7,8 +7,8 @@ Importing this package registers every built-in operator.
 from operators import (  # noqa: F401
     asof_join,
     bars,
-    count_window,
     combine,
+    count_window,
     counting,
     crossover,
     inference,
