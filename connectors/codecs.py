@@ -23,7 +23,12 @@ import numpy.typing as npt
 from connectors.errors import ConnectorConfigError
 from connectors.json_scanner import scan_json
 from connectors.msgpack_scanner import scan_msgpack
-from connectors.record_encoding import encode_json_values, encode_msgpack_values
+from connectors.record_encoding import (
+    EncodedRecords,
+    encode_json_buffer,
+    encode_msgpack_buffer,
+    split_records,
+)
 from connectors.scanning import (
     KIND_FALSE,
     KIND_FLOAT,
@@ -51,6 +56,7 @@ __all__ = [
     "TimeUnit",
     "decoder_config_problems",
     "encode_values",
+    "encode_values_buffer",
 ]
 
 CodecName = Literal["json", "msgpack"]
@@ -394,10 +400,16 @@ def encode_values(batch: Batch, codec: CodecName,
     >>> encode_values(Batch.from_columns(ts=[1], key=["a"], price=[1.5]), "json")
     [b'{"ts":1,"key":"a","price":1.5}']
     """
+    return split_records(encode_values_buffer(batch, codec, record_format))
+
+
+def encode_values_buffer(batch: Batch, codec: CodecName,
+                         record_format: RecordFormat = DEFAULT_RECORD_FORMAT) -> EncodedRecords:
+    """``encode_values`` as one buffer and the records' offsets (what a sink batches)."""
     shaped = record_format.shape(batch)
     labels = (record_format.time_field, record_format.key_field, record_format.key_first)
     if codec == "json":
-        return encode_json_values(shaped, *labels)
+        return encode_json_buffer(shaped, *labels)
     if codec == "msgpack":
-        return encode_msgpack_values(shaped, *labels)
+        return encode_msgpack_buffer(shaped, *labels)
     raise ConnectorConfigError(f"codec {codec!r} is unknown; expected one of {CODECS}")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
-from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values
+from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values_buffer
 from connectors.epoch_commits import EpochLedger, parse_record_id, sink_prefix
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
@@ -131,14 +131,16 @@ class KafkaSinkWriter:
                 f"write got {len(record_ids)} record ids for {len(batch)} records; give one "
                 "id per record, or none"
             )
-        values = encode_values(batch, self._config.codec, self._config.record_format)
+        values, offsets = encode_values_buffer(batch, self._config.codec,
+                                               self._config.record_format)
         if self._config.event_time_stamps:
             # Kafka has no negative timestamps: those records take the producer's clock (-1).
             stamps = np.where(batch.ts < 0, -1, batch.ts // TIME_UNIT_NANOS["ms"])
         else:
             stamps = np.full(len(batch), -1, dtype=np.int64)
-        records = RecordColumns.from_values(
-            batch.key, values, stamps, header_name=ID_HEADER.encode(), header_values=record_ids,
+        records = RecordColumns.from_buffer(
+            batch.key, values, offsets, stamps, header_name=ID_HEADER.encode(),
+            header_values=record_ids,
             max_batch_bytes=self._config.max_batch_bytes)
         partitions = key_partitions(batch.key, self._partition_count)
         for partition, rows in partition_rows(partitions).items():
@@ -232,8 +234,9 @@ class KafkaSinkWriter:
 def _warm_up_kernels(config: KafkaSinkConfig) -> None:
     """Compile (or load from numba's cache) what a write runs, before the first batch waits."""
     batch = Batch.from_columns(ts=[1, 2], key=["a", "b"], value=[1.0, 2.0])
-    records = RecordColumns.from_values(batch.key, encode_values(batch, config.codec),
-                                        batch.ts, header_name=ID_HEADER.encode(),
+    values, offsets = encode_values_buffer(batch, config.codec)
+    records = RecordColumns.from_buffer(batch.key, values, offsets, batch.ts,
+                                        header_name=ID_HEADER.encode(),
                                         header_values=[b"1", b"2"],
                                         max_batch_bytes=config.max_batch_bytes)
     records.take(np.arange(2)).batch_from(0)

@@ -89,21 +89,33 @@ class RecordColumns:
     max_batch_bytes: int
 
     @classmethod
-    def from_values(cls, keys: npt.NDArray[np.bytes_], values: Sequence[bytes],
+    def from_buffer(cls, keys: npt.NDArray[np.bytes_], values: bytes, value_offsets: _I64,
                     timestamps_ms: _I64, *, header_name: bytes = b"",
                     header_values: Sequence[bytes] | None = None,
                     max_batch_bytes: int) -> RecordColumns:
-        """Columns from a key array, encoded values and (optionally) one header value each."""
-        count = len(values)
-        values_flat, value_offsets = _flat(values)
+        """Columns from a key array, the values back to back with their offsets, and
+        (optionally) one header value each."""
+        count = len(timestamps_ms)
         if header_values is None:
             headers, header_offsets = np.zeros(0, np.uint8), np.zeros(count + 1, np.int64)
         else:
             headers, header_offsets = _flat(header_values)
         key_rows = _key_rows(keys)
-        return cls(key_rows, _key_lengths(key_rows), values_flat, value_offsets,
+        return cls(key_rows, _key_lengths(key_rows), np.frombuffer(values, dtype=np.uint8),
+                   np.asarray(value_offsets, dtype=np.int64),
                    np.asarray(timestamps_ms, dtype=np.int64), header_name, headers,
                    header_offsets, np.full(count, header_values is not None), max_batch_bytes)
+
+    @classmethod
+    def from_values(cls, keys: npt.NDArray[np.bytes_], values: Sequence[bytes],
+                    timestamps_ms: _I64, *, header_name: bytes = b"",
+                    header_values: Sequence[bytes] | None = None,
+                    max_batch_bytes: int) -> RecordColumns:
+        """Columns from a key array, encoded values and (optionally) one header value each."""
+        values_flat, value_offsets = _flat(values)
+        return cls.from_buffer(keys, values_flat.tobytes(), value_offsets, timestamps_ms,
+                               header_name=header_name, header_values=header_values,
+                               max_batch_bytes=max_batch_bytes)
 
     def __len__(self) -> int:
         return len(self.timestamps_ms)
