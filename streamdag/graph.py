@@ -127,11 +127,7 @@ class Node:
 
     def apply(self, operator: str, *others: Node, **params_and_options: Any) -> Node:
         """Chain any registered operator by type name, with ``others`` as further inputs."""
-        options = {
-            k: params_and_options.pop(k)
-            for k in ("name", "interval", "period", "missing", "tags", "parallelism")
-            if k in params_and_options
-        }
+        options = _node_options(params_and_options)
         return make_node(operator, (self, *others), params_and_options, **options)
 
     def rolling_mean(self, field: str = "value", **kw: Any) -> Node:
@@ -181,8 +177,7 @@ class Node:
     def map(self, expression: str = "", output: str = "value", **kw: Any) -> Node:
         """A column computed by a vectorized expression over this stream's fields, or several
         named ones: ``map(mid="(bid + ask) / 2", spread="ask - bid")``."""
-        options = {k: kw.pop(k) for k in ("name", "interval", "period", "missing", "tags")
-                   if k in kw}
+        options = _node_options(kw)
         named = {"expressions": kw} if kw else {}
         return self.apply("map", expression=expression, output=output, **named, **options)
 
@@ -243,8 +238,7 @@ class Node:
                 f"def (its name names the output column); got {functions!r}"
             )
         frozen, code_hash = window_function_code_hash(operator, functions[0])
-        options = {k: kw.pop(k) for k in ("name", "interval", "period", "missing", "tags")
-                   if k in kw}
+        options = _node_options(kw)
         return make_node(operator, (self,), {**kw, "agg": names, "function_output": output},
                          function=frozen, code_hash=code_hash, **options)
 
@@ -289,6 +283,15 @@ class Column:
 
     node: Node
     field: str
+
+
+#: Keywords of an SDK call that are the node's options, not its operator's params.
+_NODE_OPTIONS = ("name", "interval", "period", "missing", "tags", "parallelism")
+
+
+def _node_options(keywords: dict[str, Any]) -> dict[str, Any]:
+    """Take the node options out of ``keywords`` (what is left are params)."""
+    return {k: keywords.pop(k) for k in _NODE_OPTIONS if k in keywords}
 
 
 def make_node(

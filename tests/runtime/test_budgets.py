@@ -91,7 +91,8 @@ def test_every_size_param_of_the_built_ins_declares_its_maximum() -> None:
     sizes = {(name, p.name): p.maximum for name, definition in available().items()
              if definition.__module__.startswith("operators.")
              for p in definition.params if p.size}
-    rolling = [f"rolling_{statistic}" for statistic in ("sum", "mean", "std", "min", "max")]
+    rolling = [f"rolling_{statistic}"
+               for statistic in ("sum", "mean", "std", "min", "max", "count")]
     assert sizes == {
         ("ema", "span"): 1_000_000,
         ("infer", "max_batch"): 65_536,
