@@ -29,15 +29,22 @@ from __future__ import annotations
 import asyncio
 import pickle
 from dataclasses import dataclass, field
+from typing import Any
 
 from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.sink_epochs import EpochOutput, KeySequences, PendingEpoch
 from runtime.dataplane.worker import WorkerSnapshot
-from streamdag.connector import SinkWriter
+from streamdag.connector import SinkWriter, SourceReader
 from streamdag.errors import StreamdagError
 
-__all__ = ["CheckpointAbandonedError", "CheckpointTarget", "NodeCheckpoints", "NodeSnapshot"]
+__all__ = [
+    "CheckpointAbandonedError",
+    "CheckpointTarget",
+    "NodeCheckpoints",
+    "NodeSnapshot",
+    "restore_source",
+]
 
 
 class CheckpointAbandonedError(StreamdagError):
@@ -181,3 +188,17 @@ def _settle(future: asyncio.Future[SnapshotRef], task: asyncio.Future[SnapshotRe
         future.set_exception(task.exception())  # type: ignore[arg-type]
     else:
         future.set_result(task.result())
+
+
+async def restore_source(source: SourceReader, snapshot: NodeSnapshot) -> None:
+    """Continue a source from its checkpoint: its offsets, and the newest event times read."""
+    if snapshot.source_position is None:
+        return
+    seek_to: Any = getattr(source, "seek_to", None)
+    if not callable(seek_to):
+        raise StreamdagError(f"cannot restore a {type(source).__name__} to offsets "
+                             f"{snapshot.source_position}: it has no seek_to")
+    await seek_to(snapshot.source_position)
+    restore: Any = getattr(source, "restore_event_times", None)
+    if snapshot.source_event_times and callable(restore):
+        restore(snapshot.source_event_times)

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
-__all__ = ["failure_cause"]
+from streamdag.errors import StreamdagError
+
+__all__ = ["NodeHeldError", "SubscriberFailedError", "failure_cause", "followed_a_failure"]
+
+
+class SubscriberFailedError(StreamdagError):
+    """A node stopped because a subscriber did not take a push (it died, failed or holds)."""
+
+
+class NodeHeldError(StreamdagError):
+    """A node holds its input: it, or the region it belongs to, failed."""
+
+
+def followed_a_failure(error: BaseException) -> bool:
+    """Whether ``error`` only says that a node stopped because another one failed first.
+
+    >>> followed_a_failure(NodeHeldError("node 'a' refused a push")), followed_a_failure(
+    ...     ValueError("window must be positive"))
+    (True, False)
+    """
+    cause = getattr(error, "cause", None)  # a Ray task error wraps the actor's own exception
+    own = cause if isinstance(cause, BaseException) else error
+    return isinstance(own, SubscriberFailedError | NodeHeldError)
 
 
 def failure_cause(exc: BaseException) -> str:

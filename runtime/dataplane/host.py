@@ -26,8 +26,18 @@ from typing import Any
 from runtime.checkpoints import failpoints
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import Channel, RayTarget, Shipment, Target
-from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
-from runtime.dataplane.failures import failure_cause
+from runtime.dataplane.checkpointing import (
+    CheckpointTarget,
+    NodeCheckpoints,
+    NodeSnapshot,
+    restore_source,
+)
+from runtime.dataplane.failures import (
+    NodeHeldError,
+    SubscriberFailedError,
+    failure_cause,
+    followed_a_failure,
+)
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
@@ -37,7 +47,6 @@ from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkFactory, SinkWriter, SourceFactory, SourceReader
-from streamdag.errors import StreamdagError
 from streamdag.operator import NodeConfig
 
 __all__ = [
@@ -52,26 +61,6 @@ __all__ = [
 #: Seconds a held source waits for its pushes in flight to settle before it rewinds.
 _SETTLE_TIMEOUT_S = 5.0
 _log = logging.getLogger(__name__)
-
-
-class SubscriberFailedError(StreamdagError):
-    """A node stopped because a subscriber did not take a push (it died, failed or holds)."""
-
-
-class NodeHeldError(StreamdagError):
-    """A node holds its input: it, or the region it belongs to, failed."""
-
-
-def followed_a_failure(error: BaseException) -> bool:
-    """Whether ``error`` only says that a node stopped because another one failed first.
-
-    >>> followed_a_failure(NodeHeldError("node 'a' refused a push")), followed_a_failure(
-    ...     ValueError("window must be positive"))
-    (True, False)
-    """
-    cause = getattr(error, "cause", None)  # a Ray task error wraps the actor's own exception
-    own = cause if isinstance(cause, BaseException) else error
-    return isinstance(own, SubscriberFailedError | NodeHeldError)
 
 
 @dataclass
@@ -183,9 +172,8 @@ class NodeHost:
                 self.source = self._source_factory()
                 await self.source.open()
                 restored = self.checkpointing.restored
-                if restored is not None and restored.source_position is not None:
-                    await _seek(self.source, restored.source_position)
-                    _restore_event_times(self.source, restored.source_event_times)
+                if restored is not None:
+                    await restore_source(self.source, restored)
                 self._delivered_position = dict(self.source.position())
         return self.config.node_id
 
@@ -616,21 +604,6 @@ class NodeHost:
         if isinstance(sink_batches, list):
             return list(sink_batches)
         return list(self.captured)
-
-
-async def _seek(source: SourceReader, position: dict[int, int]) -> None:
-    seek_to: Any = getattr(source, "seek_to", None)
-    if not callable(seek_to):
-        raise StreamdagError(f"cannot restore a {type(source).__name__} to offsets {position}: "
-                             "it has no seek_to")
-    await seek_to(position)
-
-
-def _restore_event_times(source: SourceReader,
-                         event_times: dict[int, int | None] | None) -> None:
-    restore: Any = getattr(source, "restore_event_times", None)
-    if event_times and callable(restore):
-        restore(event_times)
 
 
 def _refuse(done: asyncio.Future[None], error: Exception) -> None:
