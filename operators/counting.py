@@ -17,24 +17,23 @@ from numba import njit
 
 from operators.keyed_state import (
     GROWABLE_RING,
-    MIN_PERIODS,
     RING_CAPACITY,
     RING_OLDEST,
     RING_SIZE,
     RING_START,
+    WINDOW_PARAMS,
     KeyedState,
     KeyedStateLogic,
     StateArray,
-    check_min_periods,
+    check_window,
     grow_ring,
     min_periods_of,
     ring_pools,
 )
 from streamdag.batch import Batch
-from streamdag.errors import ParamError
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
 from streamdag.operator_registry import register
-from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
+from streamdag.params import MAX_EVENTS, Param
 from streamdag.schema import Schema
 
 __all__ = ["COUNT_SCHEMA", "CountLogic", "RollingCountDef", "RunningCountDef"]
@@ -174,25 +173,12 @@ class RollingCountDef(OperatorDef):
 
     type_name: ClassVar[str] = "rolling_count"
     summary: ClassVar[str] = "events per key over a count or time window (int64)"
-    params: ClassVar[tuple[Param, ...]] = (
-        Param("window", "int", default=0, minimum=0, maximum=MAX_EVENTS, size=True,
-              doc="window length in events"),
-        Param("time_window", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS, size=True,
-              doc="window length in event time: events with ts in (t - time_window, t]"),
-        MIN_PERIODS,
-    )
+    params: ClassVar[tuple[Param, ...]] = WINDOW_PARAMS
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """``{value: int64}``; ParamError unless exactly one of window and time_window is set."""
-        window, time_window = params["window"], params["time_window"]
-        if (window > 0) == (time_window > 0):
-            raise ParamError(
-                f"rolling_count needs exactly one of window (events) and time_window (event "
-                f"time) above 0, got window={window} and time_window={time_window}; pass e.g. "
-                "window=20 or time_window='5s', or use running_count for a count without end"
-            )
-        check_min_periods(cls.type_name, params)
+        check_window(cls.type_name, params, ", or use running_count for a count without end")
         return COUNT_SCHEMA
 
     @classmethod

@@ -23,7 +23,7 @@ from operators.node_cache import NodeCache
 from streamdag.batch import Batch
 from streamdag.errors import ParamError, SchemaMismatchError
 from streamdag.operator import OperatorDef, require_fields
-from streamdag.params import MAX_EVENTS, Param
+from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
 from streamdag.schema import Schema
 
 __all__ = [
@@ -35,11 +35,13 @@ __all__ = [
     "RING_SIZE",
     "RING_START",
     "VALUE_SCHEMA",
+    "WINDOW_PARAMS",
     "KeyedState",
     "KeyedStateLogic",
     "NumericFieldDef",
     "StateArray",
     "check_min_periods",
+    "check_window",
     "compensated_add",
     "float_column",
     "grow_ring",
@@ -253,6 +255,29 @@ MIN_PERIODS = Param(
     doc="emit once the window holds this many events (0: the window for a count window, 1 "
         "for a time window, as pandas)",
 )
+
+
+#: The window of every rolling operator: a count of events, or a span of event time.
+WINDOW_PARAMS = (
+    Param("window", "int", default=0, minimum=0, maximum=MAX_EVENTS, size=True,
+          doc="window length in events"),
+    Param("time_window", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS, size=True,
+          doc="window length in event time: events with ts in (t - time_window, t]"),
+    MIN_PERIODS,
+)
+
+
+def check_window(operator: str, params: Mapping[str, Any], hint: str = "") -> None:
+    """Raise ParamError unless exactly one of window and time_window is set, and
+    ``min_periods`` fits it."""
+    window, time_window = params["window"], params["time_window"]
+    if (window > 0) == (time_window > 0):
+        raise ParamError(
+            f"{operator} needs exactly one of window (events) and time_window (event "
+            f"time) above 0, got window={window} and time_window={time_window}; pass e.g. "
+            f"window=20 or time_window='5s'{hint}"
+        )
+    check_min_periods(operator, params)
 
 
 def min_periods_of(params: Mapping[str, Any]) -> int:

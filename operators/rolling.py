@@ -42,17 +42,17 @@ from numba import njit
 
 from operators.keyed_state import (
     GROWABLE_RING,
-    MIN_PERIODS,
     NUMERIC_TYPES,
     RING_CAPACITY,
     RING_OLDEST,
     RING_SIZE,
     RING_START,
     VALUE_SCHEMA,
+    WINDOW_PARAMS,
     KeyedState,
     KeyedStateLogic,
     StateArray,
-    check_min_periods,
+    check_window,
     compensated_add,
     float_column,
     grow_ring,
@@ -63,7 +63,6 @@ from operators.keyed_state import (
 )
 from operators.rolling_extremes import count_extreme_kernel, time_extreme_kernel
 from streamdag.batch import Batch
-from streamdag.errors import ParamError
 from streamdag.operator import (
     NodeConfig,
     OperatorDef,
@@ -71,7 +70,7 @@ from streamdag.operator import (
     require_fields,
 )
 from streamdag.operator_registry import register
-from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
+from streamdag.params import Param
 from streamdag.schema import Schema
 
 __all__ = [
@@ -402,24 +401,13 @@ class _RollingDef(OperatorDef):
     statistic: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to aggregate"),
-        Param("window", "int", default=0, minimum=0, maximum=MAX_EVENTS, size=True,
-              doc="window length in events"),
-        Param("time_window", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS, size=True,
-              doc="window length in event time: events with ts in (t - time_window, t]"),
-        MIN_PERIODS,
+        *WINDOW_PARAMS,
     )
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """``{value: float64}``; ParamError unless exactly one of window and time_window is set."""
-        window, time_window = params["window"], params["time_window"]
-        if (window > 0) == (time_window > 0):
-            raise ParamError(
-                f"{cls.type_name} needs exactly one of window (events) and time_window (event "
-                f"time) above 0, got window={window} and time_window={time_window}; pass e.g. "
-                "window=20 or time_window='5s'"
-            )
-        check_min_periods(cls.type_name, params)
+        check_window(cls.type_name, params)
         require_fields(cls.type_name, inputs[0], [params["field"]], NUMERIC_TYPES)
         return VALUE_SCHEMA
 
