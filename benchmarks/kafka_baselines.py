@@ -21,7 +21,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,51 @@ async def run_per_record_loop(bootstrap: str, source: str, sink: str, n: int) ->
     return processed / elapsed
 
 
+class _BatchedMeans:
+    """The batched loop's work on one fetch: rolling means out in one producer batch per partition.
+
+    Kafka's murmur2 partition of each output key is cached, as a competent hand-written loop
+    would; ``key_field`` names the input field that holds the key.
+    """
+
+    def __init__(self, producer: Any, sink: str, partitions: int, key_field: str) -> None:
+        self._producer = producer
+        self._sink = sink
+        self._partitions = partitions
+        self._key_field = key_field
+        self._means = _RollingMeans()
+        self._partition_of: dict[bytes, int] = {}
+
+    async def send(self, fetched: Mapping[Any, Sequence[Any]]) -> tuple[int, list[Any]]:
+        """Compute and send the outputs of ``fetched``; (records read, delivery futures)."""
+        producer, sink = self._producer, self._sink
+        builders: dict[int, Any] = {}
+        deliveries = []
+        count = 0
+        for records in fetched.values():
+            for record in records:
+                tick = json.loads(record.value)
+                key = tick[self._key_field]
+                mean = self._means.update(key, tick["price"])
+                out = json.dumps({"ts": tick["ts"], "key": key, "mean": mean}).encode()
+                partition = self._partition_of.get(record.key)
+                if partition is None:
+                    partition = (murmur2(record.key) & 0x7FFFFFFF) % self._partitions
+                    self._partition_of[record.key] = partition
+                builder = builders.get(partition)
+                if builder is None:
+                    builder = builders[partition] = producer.create_batch()
+                if builder.append(key=record.key, value=out, timestamp=None) is None:
+                    deliveries.append(await producer.send_batch(builder, sink,
+                                                                partition=partition))
+                    builder = builders[partition] = producer.create_batch()
+                    builder.append(key=record.key, value=out, timestamp=None)
+            count += len(records)
+        for partition, builder in builders.items():
+            deliveries.append(await producer.send_batch(builder, sink, partition=partition))
+        return count, deliveries
+
+
 async def run_batched_loop(bootstrap: str, source: str, sink: str, n: int) -> float:
     """Events/s of the batched loop over the first ``n`` records of ``source``."""
     partitions = (await ensure_topics(bootstrap, {sink: 4}, strict=False))[sink]
@@ -147,36 +192,14 @@ async def run_batched_loop(bootstrap: str, source: str, sink: str, n: int) -> fl
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 max_batch_size=512 * 1024)
     await producer.start()
-    means = _RollingMeans()
-    partition_of: dict[bytes, int] = {}
+    batched = _BatchedMeans(producer, sink, partitions, "key")
     processed = 0
     in_flight: Sequence[Any] = []
     try:
         started = time.perf_counter()
         while processed < n:
-            fetched = await consumer.getmany(timeout_ms=100)
-            builders: dict[int, Any] = {}
-            deliveries = []
-            for records in fetched.values():
-                ticks = [json.loads(record.value) for record in records]
-                for record, tick in zip(records, ticks, strict=True):
-                    mean = means.update(tick["key"], tick["price"])
-                    out = json.dumps({"ts": tick["ts"], "key": tick["key"], "mean": mean})
-                    partition = partition_of.get(record.key)
-                    if partition is None:
-                        partition = (murmur2(record.key) & 0x7FFFFFFF) % partitions
-                        partition_of[record.key] = partition
-                    builder = builders.get(partition)
-                    if builder is None:
-                        builder = builders[partition] = producer.create_batch()
-                    if builder.append(key=record.key, value=out.encode(), timestamp=None) is None:
-                        deliveries.append(await producer.send_batch(builder, sink,
-                                                                    partition=partition))
-                        builder = builders[partition] = producer.create_batch()
-                        builder.append(key=record.key, value=out.encode(), timestamp=None)
-                processed += len(records)
-            for partition, builder in builders.items():
-                deliveries.append(await producer.send_batch(builder, sink, partition=partition))
+            count, deliveries = await batched.send(await consumer.getmany(timeout_ms=100))
+            processed += count
             # Keep one fetch's output in flight while the next fetch is processed.
             await asyncio.gather(*in_flight)
             in_flight = deliveries
@@ -209,33 +232,11 @@ async def run_live_batched_loop(bootstrap: str, source: str, sink: str) -> None:
                                 max_batch_size=512 * 1024)
     await producer.start()
     print("ready", flush=True)
-    means = _RollingMeans()
-    partition_of: dict[bytes, int] = {}
+    batched = _BatchedMeans(producer, sink, partitions, "symbol")
     in_flight: Sequence[Any] = []
     try:
         while True:
-            fetched = await consumer.getmany(timeout_ms=50)
-            builders: dict[int, Any] = {}
-            deliveries = []
-            for records in fetched.values():
-                for record in records:
-                    tick = json.loads(record.value)
-                    mean = means.update(tick["symbol"], tick["price"])
-                    out = json.dumps({"ts": tick["ts"], "key": tick["symbol"], "mean": mean})
-                    partition = partition_of.get(record.key)
-                    if partition is None:
-                        partition = (murmur2(record.key) & 0x7FFFFFFF) % partitions
-                        partition_of[record.key] = partition
-                    builder = builders.get(partition)
-                    if builder is None:
-                        builder = builders[partition] = producer.create_batch()
-                    if builder.append(key=record.key, value=out.encode(), timestamp=None) is None:
-                        deliveries.append(await producer.send_batch(builder, sink,
-                                                                    partition=partition))
-                        builder = builders[partition] = producer.create_batch()
-                        builder.append(key=record.key, value=out.encode(), timestamp=None)
-            for partition, builder in builders.items():
-                deliveries.append(await producer.send_batch(builder, sink, partition=partition))
+            _, deliveries = await batched.send(await consumer.getmany(timeout_ms=50))
             await asyncio.gather(*in_flight)
             in_flight = deliveries
     finally:
