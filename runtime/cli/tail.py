@@ -1,10 +1,10 @@
 """Print a topic's records readably: partition and offset, key, event time (ISO-8601), fields.
 
 Like ``kcat -C``: reads every partition from ``--from`` (``earliest``, the default; ``latest``;
-an ISO-8601 time such as ``2026-01-02T09:30:00Z``; or a time back from now such as ``30s``,
-``5m``, ``2h``; times select by the records' Kafka timestamps), prints one line per record,
-and stops at the end of the topic, after ``-n N`` records, or never with ``--follow`` (Ctrl-C
-ends it). The event time is the record's
+an ISO-8601 time such as ``2026-01-02T09:30:00Z``; an epoch number; or a time back from now
+such as ``30s``, ``5m``, ``2h``; times select by the records' Kafka timestamps), prints one line
+per record, and stops at the end of the topic, after ``-n N`` records, or never with
+``--follow`` (Ctrl-C ends it). The event time is the record's
 ``--time-field`` (default ``ts``, in ``--time-unit`` ns, as sources read it), else the Kafka
 timestamp. ``--json`` prints each record as one JSON object instead.
 Exit codes: 0 done (also after Ctrl-C), 2 bad input, no Kafka or no such topic.
@@ -25,6 +25,7 @@ from typing import Any
 from connectors.errors import TopicError
 from runtime.cli.kafka_flags import add_kafka_flags, kafka_answers, kafka_from_args
 from streamdag.config import ConfigError
+from streamdag.times import time_ns
 
 __all__ = ["add_arguments", "decode_value", "format_record", "iso_time", "parse_start", "run"]
 
@@ -39,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare TOPIC, ``--from``, ``-n``, ``--follow``, the time field and where Kafka is."""
     parser.add_argument("topic", metavar="TOPIC")
     parser.add_argument("--from", dest="start", default="earliest", metavar="WHERE",
-                        help="earliest (default), latest, an ISO-8601 time, or a time back "
-                        "from now: 30s, 5m, 2h, 1d")
+                        help="earliest (default), latest, an ISO-8601 time, an epoch number, "
+                        "or a time back from now: 30s, 5m, 2h, 1d")
     parser.add_argument("-n", "--count", type=int, default=None, metavar="N",
                         help="stop after N records")
     parser.add_argument("-f", "--follow", action="store_true",
@@ -54,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_start(start: str, now_ns: int | None = None) -> str | int:
-    """``earliest``/``latest``, or the start time in ns since the epoch.
+    """``earliest``/``latest``, or the start time in ns since the epoch (``time_ns``).
 
     >>> parse_start("2026-01-02T09:30:00Z")
+    1767346200000000000
+    >>> parse_start("1767346200")
     1767346200000000000
     >>> parse_start("5m", now_ns=600_000_000_000)
     300000000000
@@ -67,16 +70,14 @@ def parse_start(start: str, now_ns: int | None = None) -> str | int:
     if back:
         now = time.time_ns() if now_ns is None else now_ns
         return now - int(float(back.group(1)) * _BACK_SECONDS[back.group(2)] * 1e9)
-    try:
-        moment = datetime.fromisoformat(start)
-    except ValueError:
+    moment = time_ns(start)
+    if moment is None:
         raise ConfigError(
             f"--from {start!r}: give earliest, latest, an ISO-8601 time such as "
-            "2026-01-02T09:30:00Z, or a time back from now such as 30s, 5m or 2h"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+            "2026-01-02T09:30:00Z, an epoch number (seconds, ms, µs or ns since 1970), or a "
+            "time back from now such as 30s, 5m or 2h"
+        )
+    return moment
 
 
 def iso_time(ns: int) -> str:

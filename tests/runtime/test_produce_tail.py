@@ -33,7 +33,10 @@ def test_a_bad_start_names_the_forms_it_takes() -> None:
         parse_start("yesterday")
     assert str(bad.value) == (
         "--from 'yesterday': give earliest, latest, an ISO-8601 time such as "
-        "2026-01-02T09:30:00Z, or a time back from now such as 30s, 5m or 2h")
+        "2026-01-02T09:30:00Z, an epoch number (seconds, ms, µs or ns since 1970), or a time "
+        "back from now such as 30s, 5m or 2h")
+    assert parse_start("2026-01-02T10:30:00+01:00") == parse_start("1767346200000") == (
+        1_767_346_200_000_000_000)
     assert parse_start("2h", now_ns=10_000_000_000_000) == 10_000_000_000_000 - 7_200 * 10**9
 
 
