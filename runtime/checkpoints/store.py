@@ -24,6 +24,7 @@ of the folder); other filesystems (``memory://``, object stores) put each object
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -159,19 +160,46 @@ class CheckpointStore:
         # Step 2: prune.
         complete = self.checkpoint_ids(manifest.region)
         kept = set(complete[-self.keep:])
-        for checkpoint_id in self._folders(manifest.region):
+        for checkpoint_id in self.checkpoint_folders(manifest.region):
             if checkpoint_id not in kept and checkpoint_id < manifest.checkpoint_id:
                 self.fs.rm(self._folder(manifest.region, checkpoint_id), recursive=True)
+
+    # -- removing -------------------------------------------------------------------------
+    def remove_checkpoint(self, region: str, checkpoint_id: int) -> str:
+        """Delete one checkpoint folder of ``region`` (complete or not); the folder removed."""
+        folder = self._folder(region, checkpoint_id)
+        self._remove(folder)
+        return folder
+
+    def remove_region(self, region: str, sequence: str) -> str:
+        """Delete every checkpoint of ``region``; the folder removed.
+
+        Its highest checkpoint id is recorded first under ``sequence`` (``retired_highest_id``):
+        the ids of a sequence come from the folders there are, and must never be used twice.
+        """
+        highest = self.highest_id(region)
+        if highest > self.retired_highest_id(sequence):
+            self._put(self._retired_path(sequence), str(highest).encode())
+        folder = f"{self.root}/{region}"
+        self._remove(folder)
+        return folder
+
+    def retired_highest_id(self, sequence: str) -> int:
+        """The highest checkpoint id of the regions of ``sequence`` removed so far; 0: none."""
+        try:
+            return int(self.fs.cat_file(self._retired_path(sequence)))
+        except FileNotFoundError:
+            return 0
 
     # -- reading --------------------------------------------------------------------------
     def checkpoint_ids(self, region: str) -> list[int]:
         """Ids of the checkpoints of ``region`` that have a manifest, oldest first."""
-        return [cid for cid in self._folders(region)
+        return [cid for cid in self.checkpoint_folders(region)
                 if self.fs.exists(f"{self._folder(region, cid)}/{_MANIFEST}")]
 
     def highest_id(self, region: str) -> int:
         """The highest checkpoint id ``region`` has a folder of, complete or not; 0: none."""
-        return max(self._folders(region), default=0)
+        return max(self.checkpoint_folders(region), default=0)
 
     def regions(self) -> list[str]:
         """Every region that has a folder in the store, sorted."""
@@ -227,13 +255,23 @@ class CheckpointStore:
     def _folder(self, region: str, checkpoint_id: int) -> str:
         return f"{self.root}/{region}/{checkpoint_id:012d}"
 
-    def _folders(self, region: str) -> list[int]:
+    def checkpoint_folders(self, region: str) -> list[int]:
+        """Ids of every checkpoint folder of ``region``, complete or not, oldest first."""
         base = f"{self.root}/{region}"
         if not self.fs.exists(base):
             return []
         names = [str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(base,
                                                                                    detail=False)]
         return sorted(int(name) for name in names if name.isdigit())
+
+    def _retired_path(self, sequence: str) -> str:
+        # A file beside the region folders: ``regions`` lists folders only.
+        return f"{self.root}/{sequence}.retired-highest-id"
+
+    def _remove(self, path: str) -> None:
+        # Removed already: two sweeps, or a sweep and a prune, got there first.
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path, recursive=True)
 
     def _put(self, path: str, data: bytes) -> None:
         if isinstance(self.fs, LocalFileSystem):

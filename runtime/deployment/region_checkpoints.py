@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFigures
+from runtime.checkpoints.retention import Retention, carry_out, plan_sweep
 from runtime.checkpoints.store import (
     CheckpointStore,
     CorruptCheckpointError,
@@ -52,6 +53,9 @@ _log = logging.getLogger("streamdag.recovery")
 
 #: Publishes one CloudEvent keyed by region (the controller's lifecycle emitter).
 EmitEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: The deployment's registry now, and the ``(store region, checkpoint id)`` its stop points
+#: resume from: read together, with nothing between that lets the controller move on.
+DeploymentNeeds = Callable[[], tuple[NodeRegistry, Iterable[tuple[str, int]]]]
 
 
 def region_checkpoints(deployment: str, settings: Settings, actors: NodeActors,
@@ -103,6 +107,13 @@ class RegionCheckpoints:
         self._policies: dict[str, RestartPolicy] = {}
         self._next_id = 0
         self._incarnation = 0
+        #: Until ``sweep_with`` tells what the deployment needs, no folder is deleted.
+        self._needs: DeploymentNeeds | None = None
+        self._sweeping = asyncio.Lock()
+        self._sweeps: set[asyncio.Task[None]] = set()
+        #: Whether a region folder is kept only until newer checkpoints replace it (a merged
+        #: region's): completed checkpoints sweep again while so.
+        self._unsettled = True
 
     def next_checkpoint_id(self) -> int:
         """The next id of the deployment's one increasing sequence (above all stored ones)."""
@@ -110,7 +121,9 @@ class RegionCheckpoints:
             # Abandoned ones count too: their barriers may have passed the running nodes.
             stored = [self.store.highest_id(region) for region in self.store.regions()
                       if region.startswith(self.prefix)]
-            self._next_id = max(stored, default=0) + 1
+            # Deleted regions' ids count too (``retention``): an id is never used twice.
+            stored.append(self.store.retired_highest_id(self.deployment))
+            self._next_id = max(stored) + 1
         checkpoint_id, self._next_id = self._next_id, self._next_id + 1
         return checkpoint_id
 
@@ -158,6 +171,7 @@ class RegionCheckpoints:
            flight is abandoned.
         2. Every node learns its region's name, so its next snapshot lands there.
         3. Every region without a coordinator gets one.
+        4. Folders of regions nothing can need any more are deleted (``sweep``).
         """
         regions: dict[str, set[str]] = {}
         for key, entry in registry.entries.items():
@@ -185,6 +199,9 @@ class RegionCheckpoints:
         for region, keys in regions.items():
             if region not in self._running and all(k in self.hosts for k in keys):
                 self._start(region, frozenset(keys))
+        # Step 4: folders of regions nothing needs any more go.
+        self._unsettled = True
+        await self._sweep_logged()
 
     def _start(self, region: str, members: frozenset[str], *, at_once: bool = False) -> None:
         coordinator = self._coordinator(region, members)
@@ -201,6 +218,8 @@ class RegionCheckpoints:
             if completed:
                 await self._event("checkpoint.completed", region, {
                     "checkpoint": checkpoint_id, "size_bytes": figures.last_size_bytes})
+                if self._unsettled:  # a merged region's folder may be replaced now
+                    self._sweep_soon()
             else:
                 await self._event("checkpoint.failed", region, {
                     "checkpoint": checkpoint_id, "abandoned": figures.abandoned})
@@ -245,6 +264,61 @@ class RegionCheckpoints:
                 await self._emit(region, event)
             except Exception:  # events are for people; checkpoints go on without them
                 _log.warning("could not emit %s of region %s", kind, region, exc_info=True)
+
+    # -- old folders ------------------------------------------------------------------------
+    def sweep_with(self, needs: DeploymentNeeds) -> None:
+        """Delete region folders nothing can need, judged by ``needs`` at every sweep (the
+        controller's registry and stop points, which only the controller knows)."""
+        self._needs = needs
+
+    def _retention(self) -> Retention:
+        assert self._needs is not None
+        registry, stop_points = self._needs()
+        live = {self.prefix + entry.region for entry in registry.entries.values()}
+        return Retention(
+            self.deployment, frozenset(live | {self.prefix + r for r in self._running}),
+            {key: entry.since for key, entry in registry.entries.items()},
+            frozenset(stop_points))
+
+    async def sweep(self) -> list[str]:
+        """Delete the folders of the deployment's regions that nothing can need any more
+        (``runtime.checkpoints.retention``); the folders deleted.
+
+        Steps:
+        1. What the deployment needs now is read, and the store is read off the event loop.
+        2. What it needs is read again: a region that became live or needed meanwhile stays.
+        3. The rest is deleted, off the event loop.
+        """
+        if self._needs is None:
+            return []
+        async with self._sweeping:
+            # Step 1: the plan.
+            plan = await asyncio.to_thread(plan_sweep, self.store, self._retention())
+            # Step 2: the check.
+            plan = plan.still(self._retention())
+            # Step 3: the deletion.
+            removed = await asyncio.to_thread(carry_out, self.store, plan, self.deployment)
+            # A region kept only for its nodes' newest checkpoints goes once newer ones exist.
+            now = self._retention()
+            held = now.live | {region for region, _ in now.pinned}
+            self._unsettled = any(m.region not in held and m.region not in plan.regions
+                                  for m in plan.manifests)
+            return removed
+
+    async def _sweep_logged(self) -> None:
+        try:
+            await self.sweep()
+        except Exception:  # old folders stay until the next sweep; checkpoints go on
+            _log.warning("deleting old checkpoint folders failed", exc_info=True)
+
+    def _sweep_soon(self) -> None:
+        """Sweep in the background (a coordinator must not wait for it)."""
+        if self._sweeping.locked():
+            return  # one is running: it sees this checkpoint, or the next one sweeps
+
+        task = asyncio.create_task(self._sweep_logged(), name=f"sweep of {self.deployment}")
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
 
     async def stop(self, region: str) -> None:
         """Stop the coordinator of ``region`` (its checkpoint in flight is abandoned)."""

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from runtime.deployment.controller_options import ControllerOptions
 
 __all__ = ["StopAndResume", "StopPoint", "drop_stop_point", "load_stop_point",
-           "resume_snapshots", "save_stop_point", "stop_refusal"]
+           "resume_snapshots", "save_stop_point", "stop_points", "stop_refusal"]
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,23 @@ def save_stop_point(state_dir: Path, point: StopPoint) -> None:
 
 def load_stop_point(state_dir: Path, graph: str) -> StopPoint | None:
     """Where graph ``graph`` resumes; None when it was not stopped with a checkpoint."""
-    document: Any = read_json(_path(state_dir, graph))
+    return _load_file(_path(state_dir, graph))
+
+
+def _load_file(path: Path) -> StopPoint | None:
+    document: Any = read_json(path)
     if document is None:
         return None
     return StopPoint(str(document["submission"]), str(document["graph"]), tuple(
         (str(region), int(cid), float(at)) for region, cid, at in document["checkpoints"]))
+
+
+def stop_points(state_dir: Path) -> list[StopPoint]:
+    """Every stop point of the deployment whose state is in ``state_dir``, by graph name."""
+    folder = state_dir / "stopped"
+    graphs = sorted(path.stem for path in folder.glob("*.json")) if folder.is_dir() else []
+    return [point for point in (_load_file(folder / f"{graph}.json") for graph in graphs)
+            if point is not None]
 
 
 def drop_stop_point(state_dir: Path, graph: str) -> None:
@@ -188,9 +200,13 @@ class StopAndResume:
         return await self.submit_graph(graph)
 
     def _remember_graphs(self) -> None:
-        """A restarted controller reads back the graphs of the submissions holding nodes."""
+        """A restarted controller reads back the graphs of the submissions holding nodes; the
+        regions' checkpoints learn what the registry and the stop points need kept."""
         if self._checkpoints is None:
             return
+        self._checkpoints.sweep_with(lambda: (self._registry, [
+            (region, checkpoint_id) for point in stop_points(self.state_dir)
+            for region, checkpoint_id, _ in point.checkpoints]))
         for record in self._records.values():
             graph = load_graph(self.state_dir / "graphs", record.id) if record.holds_nodes \
                 else None
