@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ema_oracle import KEYS, expected, per_key, produce, produce_in_background, 
 
 import streamdag as sd
 from connectors.topics import ensure_topics
+from runtime.checkpoints.store import CheckpointStore
 from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
@@ -56,6 +57,22 @@ def _half_through_then_flowing(deployment: Deployment, bootstrap: str
     flowing = produce_in_background(bootstrap, topic, half, TOTAL)
     wait_for(lambda: _events_in(submission, "out_g1") >= half + 300, "the second half to flow")
     return submission, out, flowing
+
+
+def _tripled(topic: str, out: str) -> sd.Graph:
+    tripled = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"}).map(
+        "price * 3", name="triple")
+    return sd.Graph("g2", outputs=[tripled.to_topic(out, name="out_g2")])
+
+
+def _renaming_output(first: sd.Graph, second: Callable[[str], sd.Graph]) -> str:
+    """An output topic for ``second`` that gives it a node id below all of ``first``'s: a
+    region is named after its smallest key, so attaching ``second`` renames ``first``'s."""
+    smallest = min(node.node_id for node in first.nodes)
+    while True:
+        out = f"drec-out2-{uuid.uuid4().hex[:8]}"
+        if min(node.node_id for node in second(out).nodes) < smallest:
+            return out
 
 
 def _actor(submission: dict[str, Any], node: str) -> Any:
@@ -127,19 +144,21 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
     deployment: Deployment, bootstrap: str
 ) -> None:
     topic, other = f"drec-in-{uuid.uuid4().hex[:8]}", f"drec-other-{uuid.uuid4().hex[:8]}"
-    out1, out2, out3 = (f"drec-out{i}-{uuid.uuid4().hex[:8]}" for i in (1, 2, 3))
+    out1, out3 = (f"drec-out{i}-{uuid.uuid4().hex[:8]}" for i in (1, 3))
+    first = _ema_graph("g1", topic, out1, span=7)
+    out2 = _renaming_output(first, lambda out: _tripled(topic, out))
     asyncio.run(ensure_topics(bootstrap, {topic: 2, other: 2, out1: 2, out2: 2, out3: 2}))
-    g1 = deployment.submit(_ema_graph("g1", topic, out1, span=7))
+    g1 = deployment.submit(first)
     g3 = deployment.submit(_ema_graph("g3", other, out3, span=5))  # a region of its own
     half = TOTAL // 2
     asyncio.run(produce(bootstrap, topic, 0, half))
     asyncio.run(produce(bootstrap, other, 0, TOTAL))
     wait_for(lambda: _completed(deployment, g1) >= 2, "g1's region to checkpoint")
-    tripled = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"}).map(
-        "price * 3", name="triple")
-    g2 = deployment.submit(sd.Graph("g2", outputs=[tripled.to_topic(out2, name="out_g2")]))
+    [before] = deployment.checkpoints(g1["id"])
+    g2 = deployment.submit(_tripled(topic, out2))
     assert [g["state"] for g in (g1, g2, g3)] == ["executing"] * 3
     [joined] = deployment.checkpoints(g2["id"])
+    assert joined["region"] != before["region"]  # g2's new nodes rename it
     assert joined["nodes"] == ["out_g1", "out_g2", "smooth7", "ticks", "triple"]
     completed_before = joined["completed"]
     wait_for(lambda: deployment.checkpoints(g2["id"])[0]["completed"] >= completed_before + 2,
@@ -158,6 +177,9 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
 
     assert len(problems) == 1
     assert [deployment.status(g["id"])["state"] for g in (g1, g2, g3)] == ["executing"] * 3
+    # g1's region before g2 joined goes once the merged one has checkpoints enough.
+    regions = sorted(deployment.checkpoints(g["id"])[0]["store_region"] for g in (g2, g3))
+    wait_for(lambda: _store_regions(deployment) == regions, "only the live regions' folders")
     assert deployment.checkpoints(g2["id"])[0]["recoveries"] == 1
     assert deployment.checkpoints(g3["id"])[0]["recoveries"] == 0
     assert _pid(bystander) == bystander_pid  # the other region was not restarted
@@ -232,6 +254,16 @@ def test_stop_takes_a_final_checkpoint_and_resume_or_resubmitting_goes_on_exactl
                for s in (resumed, again))
     assert len(records) == TOTAL  # 0 lost, 0 duplicated over two stops
     assert per_key(records) == expected(TOTAL, span=7)
+    # The one region's folder stayed through both stops; removed for good, it goes.
+    [region] = deployment.checkpoints(again["id"])
+    assert _store_regions(deployment) == [region["store_region"]]
+    deployment.remove(again["id"])
+    assert _store_regions(deployment) == []
+
+
+def _store_regions(deployment: Deployment) -> list[str]:
+    settings = deployment.settings
+    return CheckpointStore(settings.checkpoint.store_url(settings.state_dir)).regions()
 
 
 def test_stop_is_refused_with_the_reason_when_the_graph_shares_nodes(
