@@ -126,9 +126,13 @@ class CheckpointStore:
         self._fs: Any = None
         #: ``url`` as a path of its filesystem (parsed once, not per path built).
         self.root = str(fsspec.core.url_to_fs(self.url)[1]).rstrip("/")
+        #: ``(region, checkpoint id)`` of checkpoints kept whatever their age (stop points
+        #: resume from them), set by whoever knows (``RegionCheckpoints``).
+        self.pinned: frozenset[tuple[str, int]] = frozenset()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self.url, "keep": self.keep, "_fs": None, "root": self.root}
+        return {"url": self.url, "keep": self.keep, "_fs": None, "root": self.root,
+                "pinned": self.pinned}
 
     @property
     def fs(self) -> Any:
@@ -151,7 +155,8 @@ class CheckpointStore:
         Steps:
         1. The manifest is written atomically, after every snapshot it names: only now is the
            checkpoint complete.
-        2. Older checkpoints beyond ``keep``, and abandoned ones older than this, are removed.
+        2. Older checkpoints beyond ``keep``, and abandoned ones older than this, are removed;
+           pinned ones stay.
         """
         folder = self._folder(manifest.region, manifest.checkpoint_id)
         # Step 1: complete.
@@ -161,7 +166,8 @@ class CheckpointStore:
         complete = self.checkpoint_ids(manifest.region)
         kept = set(complete[-self.keep:])
         for checkpoint_id in self.checkpoint_folders(manifest.region):
-            if checkpoint_id not in kept and checkpoint_id < manifest.checkpoint_id:
+            if (checkpoint_id not in kept and checkpoint_id < manifest.checkpoint_id
+                    and (manifest.region, checkpoint_id) not in self.pinned):
                 self.fs.rm(self._folder(manifest.region, checkpoint_id), recursive=True)
 
     # -- removing -------------------------------------------------------------------------

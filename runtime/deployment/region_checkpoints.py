@@ -270,15 +270,19 @@ class RegionCheckpoints:
         """Delete region folders nothing can need, judged by ``needs`` at every sweep (the
         controller's registry and stop points, which only the controller knows)."""
         self._needs = needs
+        self._retention()  # the stop points' checkpoints are pinned from now on
 
     def _retention(self) -> Retention:
         assert self._needs is not None
         registry, stop_points = self._needs()
         live = {self.prefix + entry.region for entry in registry.entries.values()}
-        return Retention(
+        retention = Retention(
             self.deployment, frozenset(live | {self.prefix + r for r in self._running}),
             {key: entry.since for key, entry in registry.entries.items()},
             frozenset(stop_points))
+        # A region live again (a graph sharing its smallest node) must not prune them either.
+        self.store.pinned = retention.pinned
+        return retention
 
     async def sweep(self) -> list[str]:
         """Delete the folders of the deployment's regions that nothing can need any more

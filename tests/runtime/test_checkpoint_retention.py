@@ -160,6 +160,31 @@ async def test_a_stop_point_keeps_its_region_through_stop_and_resume_cycles(
     assert _listing(store) == {}
 
 
+async def test_a_graph_sharing_a_stopped_graphs_smallest_node_keeps_its_stop_point(
+    tmp_path: Path
+) -> None:
+    store = _store(tmp_path, "memory")
+    deployment = _Deployment(store)
+    await deployment.submit("g", ("bb", ()), ("cc", ("bb",)))
+    _checkpoint(store, "region-bb", 1, ["bb", "cc"])
+    _checkpoint(store, "region-bb", 2, ["bb", "cc"])
+    deployment.stop_points = [("live.region-bb", 2)]
+    await deployment.remove("g")
+
+    # h reads the same source bb: region-bb lives again, and checkpoints on past keep.
+    await deployment.submit("h", ("bb", ()), ("dd", ("bb",)))
+    for cid in (3, 4, 5):
+        _checkpoint(store, "region-bb", cid, ["bb", "dd"])
+    assert _listing(store) == {"live.region-bb": [2, 4, 5]}
+    assert store.load("live.region-bb", 2).snapshots == {"bb": b"bb@2", "cc": b"cc@2"}
+
+    # g resumed (the point used): the next checkpoint prunes it.
+    deployment.stop_points = []
+    await deployment.submit("g-resumed", ("bb", ()), ("cc", ("bb",)))
+    _checkpoint(store, "region-bb", 6, ["bb", "cc", "dd"])
+    assert _listing(store) == {"live.region-bb": [5, 6]}
+
+
 async def test_nothing_is_deleted_before_the_controller_says_what_it_needs(
     tmp_path: Path
 ) -> None:
