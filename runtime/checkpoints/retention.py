@@ -130,16 +130,17 @@ def plan_sweep(store: CheckpointStore, retention: Retention) -> SweepPlan:
                      tuple(manifests), store.keep)
 
 
-def carry_out(store: CheckpointStore, plan: SweepPlan, deployment: str) -> list[str]:
-    """Delete what ``plan`` names, logging each; the folders deleted."""
+def carry_out(store: CheckpointStore, plan: SweepPlan, deployment: str,
+              log: logging.Logger = _log) -> list[str]:
+    """Delete what ``plan`` names, logging each on ``log``; the folders deleted."""
     removed: list[str] = []
     for region in plan.regions:
         removed.append(store.remove_region(region, deployment))
-        _log.info("deleted checkpoint region %s: no registered node may restore from it and "
+        log.info("deleted checkpoint region %s: no registered node may restore from it and "
                   "no stop point resumes from it", region)
     for region, checkpoint_id, newest in plan.half_written:
         removed.append(store.remove_checkpoint(region, checkpoint_id))
-        _log.info("deleted checkpoint %d of region %s: half-written (no manifest) and older "
+        log.info("deleted checkpoint %d of region %s: half-written (no manifest) and older "
                   "than complete checkpoint %d", checkpoint_id, region, newest)
     return removed
 

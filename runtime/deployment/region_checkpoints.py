@@ -49,6 +49,8 @@ __all__ = ["RegionCheckpoints", "RegionFigures", "choose_snapshots", "region_che
            "sinks_first"]
 
 _log = logging.getLogger("streamdag.recovery")
+#: What a sweep deletes: a child of the controller's logger, so it is in the deployment's log.
+_deletions = logging.getLogger("streamdag.controller.checkpoints")
 
 
 #: Publishes one CloudEvent keyed by region (the controller's lifecycle emitter).
@@ -301,7 +303,8 @@ class RegionCheckpoints:
             # Step 2: the check.
             plan = plan.still(self._retention())
             # Step 3: the deletion.
-            removed = await asyncio.to_thread(carry_out, self.store, plan, self.deployment)
+            removed = await asyncio.to_thread(carry_out, self.store, plan, self.deployment,
+                                              _deletions)
             # A region kept only for its nodes' newest checkpoints goes once newer ones exist.
             now = self._retention()
             held = now.live | {region for region, _ in now.pinned}

@@ -100,7 +100,7 @@ async def test_merged_then_removed_regions_go_once_newer_checkpoints_replace_the
     _checkpoint(store, "region-aa", 6, ["aa", "bb", "cc", "dd", "ee"])
     assert await deployment.checkpoints.sweep() == []
     _checkpoint(store, "region-aa", 7, ["aa", "bb", "cc", "dd", "ee"])
-    with caplog.at_level(logging.INFO, logger="streamdag.checkpoints"):
+    with caplog.at_level(logging.INFO, logger="streamdag.controller"):  # the deployment log
         removed = await deployment.checkpoints.sweep()
     assert [path.rsplit("/", 1)[-1] for path in removed] == ["live.region-bb", "live.region-dd"]
     assert _listing(store) == {"live.region-aa": [6, 7], "other.region-bb": [1]}
