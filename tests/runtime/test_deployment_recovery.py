@@ -141,7 +141,7 @@ def test_a_killed_interior_actor_then_a_killed_sink_recover_the_region_with_exac
 
 
 def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_alone(
-    deployment: Deployment, bootstrap: str
+    deployment: Deployment, bootstrap: str, tmp_path: Path
 ) -> None:
     topic, other = f"drec-in-{uuid.uuid4().hex[:8]}", f"drec-other-{uuid.uuid4().hex[:8]}"
     out1, out3 = (f"drec-out{i}-{uuid.uuid4().hex[:8]}" for i in (1, 3))
@@ -180,6 +180,8 @@ def test_a_graph_that_attaches_joins_the_region_and_a_crash_elsewhere_leaves_it_
     # g1's region before g2 joined goes once the merged one has checkpoints enough.
     regions = sorted(deployment.checkpoints(g["id"])[0]["store_region"] for g in (g2, g3))
     wait_for(lambda: _store_regions(deployment) == regions, "only the live regions' folders")
+    log = (tmp_path / deployment.settings.name / "deployment.log").read_text()
+    assert f"deleted checkpoint region {before['store_region']}: no registered node" in log
     assert deployment.checkpoints(g2["id"])[0]["recoveries"] == 1
     assert deployment.checkpoints(g3["id"])[0]["recoveries"] == 0
     assert _pid(bystander) == bystander_pid  # the other region was not restarted
