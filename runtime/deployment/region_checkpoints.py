@@ -202,7 +202,6 @@ class RegionCheckpoints:
             if region not in self._running and all(k in self.hosts for k in keys):
                 self._start(region, frozenset(keys))
         # Step 4: folders of regions nothing needs any more go.
-        self._unsettled = True
         await self._sweep_logged()
 
     def _start(self, region: str, members: frozenset[str], *, at_once: bool = False) -> None:

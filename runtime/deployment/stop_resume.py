@@ -81,10 +81,8 @@ def _load_file(path: Path) -> StopPoint | None:
 
 def stop_points(state_dir: Path) -> list[StopPoint]:
     """Every stop point of the deployment whose state is in ``state_dir``, by graph name."""
-    folder = state_dir / "stopped"
-    graphs = sorted(path.stem for path in folder.glob("*.json")) if folder.is_dir() else []
-    return [point for point in (_load_file(folder / f"{graph}.json") for graph in graphs)
-            if point is not None]
+    points = (_load_file(path) for path in sorted((state_dir / "stopped").glob("*.json")))
+    return [point for point in points if point is not None]
 
 
 def drop_stop_point(state_dir: Path, graph: str) -> None:
