@@ -27,7 +27,6 @@ from runtime.deployment.gateway_errors import (
     UnauthorizedError,
 )
 from runtime.deployment.lifecycle import UnknownSubmissionError
-from runtime.deployment.spec_limits import SpecLimitError
 from streamdag.errors import GraphError, StreamdagError
 
 __all__ = [
@@ -85,7 +84,7 @@ def error_answer(details: Sequence[ErrorDetail], status: int) -> web.Response:
 
 
 def _status_of(error: StreamdagError) -> int:
-    if isinstance(error, GatewayRequestError | SpecLimitError):
+    if isinstance(error, GatewayRequestError):
         return error.status
     if isinstance(error, GraphError):
         return 400

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
 
-from streamdag.errors import StreamdagError
+from runtime.deployment.gateway_errors import GatewayRequestError
 
 __all__ = [
     "SpecLimitError",
@@ -47,16 +46,12 @@ class SpecLimits:
     parse_timeout_s: float = 5.0
 
 
-class SpecLimitError(StreamdagError):
+class SpecLimitError(GatewayRequestError):
     """A spec body goes past one of the gateway's limits; ``status`` is the HTTP answer."""
-
-    status: ClassVar[int] = 400
 
 
 class SpecTooDeepError(SpecLimitError):
     """A spec nests deeper than ``SpecLimits`` allows (dotted keys, arrays, inline tables)."""
-
-    status = 400
 
 
 class SpecTooLargeError(SpecLimitError):
