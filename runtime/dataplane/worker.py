@@ -236,7 +236,7 @@ class NodeWorker:
         state = self._edges.pop(edge, None)
         if state is None:
             return []
-        return self._on_end(state.input_index)
+        return self._on_end(state.input_index) + self._status()
 
     @property
     def origins(self) -> Mapping[str, str]:
@@ -440,7 +440,7 @@ class NodeWorker:
         outputs: list[Payload] = []
         if self._aligner is not None and self._aligner.end(input_index):
             outputs = self._process_released()
-        if self._dynamic:  # an input let go no longer holds the watermark back
+        if self._dynamic or not all(self._ended):  # it no longer holds the watermark back
             outputs.extend(self._advance_watermark())
         # Inputs blocked at a barrier wait only for the live ones: this one no longer counts.
         waiting = next((cid for cid in self._barrier_of if cid is not None), None)

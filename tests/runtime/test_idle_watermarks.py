@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import streamdag as sd
+from runtime.dataplane.alignment import EventTimeAligner
 from runtime.dataplane.messages import (
     ACTIVE,
     IDLE,
@@ -29,6 +30,7 @@ from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
+from streamdag.schema import Schema
 from streamdag.testing import ListSink
 
 QUOTES = sd.source("quotes", topic="q", key="k", schema={"bid": "float64"})
@@ -129,6 +131,34 @@ def test_barriers_still_wait_for_an_idle_input() -> None:
     assert push("trades", Barrier(1)) == []
     assert push("quotes", Barrier(1)) == [Barrier(1)]
     assert 1 in worker.snapshots
+
+
+def test_an_input_ending_while_the_rest_is_idle_moves_the_watermark_then_goes_idle() -> None:
+    _, push = _join()
+    push("trades", _batch([4, 7], "size", [4.0, 7.0]))
+    push("trades", Watermark(8))
+    push("trades", IDLE)
+    push("quotes", _batch([1], "bid", [10.0]))
+    assert _controls(push("quotes", Watermark(2))) == [Watermark(2)]
+    # The table ends (a bounded read): the idle trades go by their own watermark at once.
+    out = push("quotes", EndOfStream())
+    assert _rows(out) == [(4, "x", 4.0, 10.0), (7, "x", 7.0, 10.0)]
+    assert _controls(out) == [Watermark(8), IDLE]
+
+
+def test_a_dynamic_aligner_leaves_idle_inputs_out_and_goes_by_the_highest_once_all_are() -> None:
+    schema = Schema.of(value="float64")
+    aligner = EventTimeAligner([], dynamic=True, join_grace=100)
+    first, second = aligner.add_input(schema), aligner.add_input(schema)
+    aligner.add(first, Batch.from_columns(ts=[3, 9], key=["a", "a"], value=[3.0, 9.0]))
+    assert aligner.advance(first, 10) is False  # the second holds the bound until its first
+    assert aligner.advance(second, 4) and aligner.bound == 4
+    assert aligner.set_idle(second, True) and aligner.bound == 10
+    assert [b.ts.tolist() for b in aligner.release() or []] == [[3, 9], []]
+    assert aligner.set_idle(first, True) is False and aligner.bound == 10  # highest of both
+    aligner.set_idle(second, False)
+    assert aligner.add(second, Batch.from_columns(ts=[6], key=["b"], value=[6.0])).ts.tolist() \
+        == [6]  # behind what was released: late
 
 
 @dataclass(frozen=True)
