@@ -289,7 +289,8 @@ class KafkaSourceReader:
         ):
             await self._commit(consumer)
         finished = all(bounds.finished for bounds in self._bounds.values())
-        return SourceChunk(batch=batch, watermark=marks.current(), finished=finished)
+        return SourceChunk(batch=batch, watermark=marks.current(), finished=finished,
+                           idle=marks.idle())
 
     def position(self) -> dict[int, int]:
         """Per partition, the offset after the last record returned by ``read``."""

@@ -5,7 +5,9 @@ The source's watermark is the smallest over the partitions that still hold it ba
 partition that has had no records for ``idle_timeout_s`` (or has reached its end) stops
 holding it back, and a partition that has seen nothing yet holds it back until it goes idle.
 Once every partition is idle or finished, the watermark passes the newest event seen: what was
-read is final, so the last events of a quiet stream are released too.
+read is final, so the last events of a quiet stream are released too, and the source is
+``idle``: the runtime tells its subscribers (``WatermarkStatus``), so that in a sharded graph
+or a join a quiet source holds back no other input's events either.
 The watermark never moves backwards.
 """
 
@@ -28,8 +30,10 @@ class PartitionWatermarks:
     True
     >>> now[0] = 6.0; marks.current()                    # ...and is idle now; so is 0
     101
-    >>> marks.observe(1, 50); marks.current()            # never backwards
-    101
+    >>> marks.idle()
+    True
+    >>> marks.observe(1, 50); marks.current(), marks.idle()  # never backwards; 1 is active
+    (101, False)
     """
 
     def __init__(
@@ -84,6 +88,13 @@ class PartitionWatermarks:
         """Undo ``finish`` (after a seek back): the partition holds the watermark again."""
         self._finished.discard(partition)
         self._last_activity[partition] = self._clock()
+
+    def idle(self) -> bool:
+        """Whether every partition is idle or finished (so is a source with none at all)."""
+        now = self._clock()
+        return all(partition in self._finished
+                   or now - self._last_activity[partition] >= self._idle_timeout_s
+                   for partition in self._max_event_ns)
 
     def current(self) -> int | None:
         """The source watermark now, or None while no partition allows one."""

@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from operators.key_slots import KeySlots
+from operators.latest_rows import join_output, right_rows
 from operators.window_state import load_arrays, save_arrays
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig
@@ -173,9 +174,7 @@ class AsofAheadLogic:
         l_slot, r_slot = self._keys.slots(left.key), self._keys.slots(right.key)
         self._grow()
         fields = len(self._right_fields)
-        r_values = np.empty((len(right), fields), dtype=np.float64)
-        for f, name in enumerate(self._right_fields):
-            r_values[:, f] = right.columns[name]
+        r_values = right_rows(right, self._right_fields)
         n, extra = len(self._pending), len(left)
         if extra:
             self._pending = Batch.concat([self._pending, left]) if n else left
@@ -215,17 +214,15 @@ class AsofAheadLogic:
     def _settled(self) -> Batch:
         waiting = np.flatnonzero(~self._p_resolved)
         cut = int(waiting[0]) if len(waiting) else len(self._p_resolved)
-        out = self._pending.slice(0, cut)
-        columns = dict(out.columns)
-        for f, name in enumerate(self._output_names):
-            columns[name] = self._p_match[:cut, f].copy()
+        out = join_output(self._pending.slice(0, cut), self._output_names,
+                          self._p_match[:cut].copy())
         if cut:
             self._pending = self._pending.slice(cut, len(self._pending))
             self._p_slot, self._p_resolved = self._p_slot[cut:], self._p_resolved[cut:]
             self._p_match, self._p_back = self._p_match[cut:], self._p_back[cut:]
             self._p_back_ts, self._p_next = self._p_back_ts[cut:], self._p_next[cut:]
             _relink(self._p_slot, self._p_resolved, self._p_next, self._head, self._tail)
-        return out.with_columns(columns)
+        return out
 
     def _grow(self) -> None:
         capacity = self._keys.capacity

@@ -1,9 +1,12 @@
-"""Lookup join: each left event with the latest value of its key in a table (the right input).
+"""Lookup join by event time: each left event with its key's row in a table as of its time.
 
 The right input is a table's changelog, such as a compacted topic read by a source: every
-record replaces its key's row. It is applied as it arrives, outside event-time order, so a
-table that no longer changes (its watermark stalled) never holds the left stream back; the
-left events are joined in event-time order with the rows present when they are released.
+record replaces its key's row from its event time on. A left event is joined with the row of
+the newest table record at or before it (Flink's event-time temporal join), so the output
+depends only on the events, never on how the two inputs' arrivals interleaved: both inputs are
+put in event-time order like any other join's. A table that no longer changes does not hold
+the left stream back: its source goes idle once read to its end (``WatermarkStatus``), and an
+idle input holds back no other input's events.
 """
 
 from __future__ import annotations
@@ -11,103 +14,29 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
-import numpy.typing as npt
-from numba import njit
-
-from operators.key_slots import KeySlots
-from operators.window_state import load_arrays, save_arrays
-from streamdag.batch import Batch
-from streamdag.errors import SchemaMismatchError
+from operators.latest_rows import LatestRowJoin, joined_schema
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
 from streamdag.operator_registry import register
 from streamdag.params import Param
 from streamdag.schema import Schema
 
-__all__ = ["LookupJoinDef", "LookupJoinLogic"]
-
-
-@njit(cache=True)
-def _apply(slots: Any, values: Any, table: Any, present: Any) -> None:
-    # Each record replaces its key's row: the last to arrive wins.
-    for i in range(slots.shape[0]):
-        table[slots[i]] = values[i]
-        present[slots[i]] = True
-
-
-@njit(cache=True)
-def _look_up(slots: Any, table: Any, present: Any, out: Any) -> None:
-    for i in range(slots.shape[0]):
-        if present[slots[i]]:
-            out[i] = table[slots[i]]
-        else:
-            out[i] = np.nan
-
-
-class LookupJoinLogic:
-    """Runtime logic of a ``lookup_join`` node: the table's rows by key slot."""
-
-    def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
-        prefix = str(config.params["prefix"])
-        self._fields = config.input_schemas[1].names
-        self._output_names = [prefix + name for name in self._fields]
-        if snapshot is None:
-            self._keys = KeySlots()
-            self._table = np.empty((0, len(self._fields)), dtype=np.float64)
-            self._present = np.empty(0, dtype=np.bool_)
-        else:
-            arrays = load_arrays(snapshot)
-            self._keys = KeySlots.restore(arrays["keys"].tobytes())
-            self._table, self._present = arrays["table"], arrays["present"]
-
-    def process(self, inputs: Sequence[Batch]) -> Batch:
-        """Apply the table's new records, then join the left events with it."""
-        left, changes = inputs
-        if len(changes):
-            slots = self._slots(changes.key)
-            values = np.empty((len(changes), len(self._fields)), dtype=np.float64)
-            for f, name in enumerate(self._fields):
-                values[:, f] = changes.columns[name]
-            _apply(slots, values, self._table, self._present)
-        joined = np.empty((len(left), len(self._fields)), dtype=np.float64)
-        if len(left):
-            _look_up(self._slots(left.key), self._table, self._present, joined)
-        columns = dict(left.columns)
-        for f, name in enumerate(self._output_names):
-            columns[name] = joined[:, f]
-        return left.with_columns(columns)
-
-    def on_watermark(self, watermark: int) -> Batch | None:
-        """A lookup emits per left event; time passing emits nothing."""
-        return None
-
-    def snapshot(self) -> bytes:
-        """Key table and every key's row."""
-        known = len(self._keys)
-        return save_arrays(keys=np.frombuffer(self._keys.snapshot(), dtype=np.uint8),
-                           table=self._table[:known], present=self._present[:known])
-
-    def _slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        slots = self._keys.slots(keys)
-        if len(self._present) < self._keys.capacity:
-            grown = np.full((self._keys.capacity, len(self._fields)), np.nan)
-            grown[: len(self._table)] = self._table
-            present = np.zeros(self._keys.capacity, dtype=np.bool_)
-            present[: len(self._present)] = self._present
-            self._table, self._present = grown, present
-        return slots
+__all__ = ["LookupJoinDef"]
 
 
 @register
 class LookupJoinDef(OperatorDef):
-    """Each left event joined with its key's current row in a table (the right input).
+    """Each left event joined with its key's row in a table (the right input) as of its time.
 
     Inputs: (left, table). The table input is a changelog, e.g. a source reading a compacted
-    topic: each record replaces its key's row (the last to arrive wins). It is applied as it
-    arrives and its watermark holds nothing back, so the result for a left event depends on
-    which records had arrived when the event was released (as in Flink's and Kafka Streams'
-    stream-table joins); for a join by event time use ``asof_join``. Output: the left fields,
-    then the table's fields renamed ``prefix + name`` as float64, NaN while the key has no row.
+    topic: each record replaces its key's row from its event time on. A left event gets the row
+    of its key's newest table record at or before its own time (equal times match; of records
+    of one key and one time, the last to arrive wins), whatever the order the inputs arrived
+    in. Output: the left fields, then the table's fields renamed ``prefix + name`` as float64,
+    NaN while the key has no row yet.
+
+    Version 2: event time. Version 1 applied the table as it arrived (the row present when a
+    left event was released, as Kafka Streams' stream-table join), which depended on arrival
+    order; the version is part of the node's id, so the two never share a node or a snapshot.
 
     >>> import streamdag as sd
     >>> from streamdag.operator_registry import lookup
@@ -115,20 +44,21 @@ class LookupJoinDef(OperatorDef):
     >>> limits = sd.source("limits", topic="limits", key="symbol", schema={"max": "float64"})
     >>> checked = trades.lookup_join(limits, prefix="limit_", name="checked")
     >>> logic = lookup("lookup_join").create(checked.config())
-    >>> table = sd.Batch.from_columns(ts=[1, 2], key=["A", "A"], max=[10.0, 20.0])
-    >>> left = sd.Batch.from_columns(ts=[5, 6], key=["A", "B"], size=[3.0, 4.0])
+    >>> table = sd.Batch.from_columns(ts=[1, 6], key=["A", "A"], max=[10.0, 20.0])
+    >>> left = sd.Batch.from_columns(ts=[5, 6, 7], key=["A", "A", "B"], size=[3.0, 4.0, 5.0])
     >>> logic.process([left, table]).to_records()  # doctest: +NORMALIZE_WHITESPACE
-    [{'ts': 5, 'key': 'A', 'size': 3.0, 'limit_max': 20.0},
-     {'ts': 6, 'key': 'B', 'size': 4.0, 'limit_max': nan}]
+    [{'ts': 5, 'key': 'A', 'size': 3.0, 'limit_max': 10.0},
+     {'ts': 6, 'key': 'A', 'size': 4.0, 'limit_max': 20.0},
+     {'ts': 7, 'key': 'B', 'size': 5.0, 'limit_max': nan}]
     """
 
     type_name: ClassVar[str] = "lookup_join"
+    version: ClassVar[int] = 2
     arity: ClassVar[int | None] = 2
-    unaligned_inputs: ClassVar[tuple[int, ...]] = (1,)
-    summary: ClassVar[str] = "join with the latest row of the key in a table read from a topic"
+    summary: ClassVar[str] = "join with the key's row as of each event in a table read from a topic"
     handles_events: ClassVar[str] = (
-        "joins each left event with its key's current table row and does not bucket events by "
-        "interval"
+        "joins each left event with its key's table row as of its time and does not bucket "
+        "events by interval"
     )
     params: ClassVar[tuple[Param, ...]] = (
         Param("prefix", "str", default="right_", doc="prefix of the table's fields in the output"),
@@ -138,19 +68,10 @@ class LookupJoinDef(OperatorDef):
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
         """Left fields, then the table's fields prefixed, as float64."""
         left, table = inputs
-        prefix = str(params["prefix"])
-        fields = list(left.fields)
-        for name in table.names:
-            if prefix + name in left:
-                raise SchemaMismatchError(
-                    f"lookup_join: table field {name!r} becomes {prefix + name!r}, which the "
-                    f"left input already carries (left fields: {list(left.names)}); pass "
-                    "another prefix="
-                )
-            fields.append((prefix + name, "float64"))
-        return Schema(tuple(fields))
+        return joined_schema("lookup_join", left, table, str(params["prefix"]), "table")
 
     @classmethod
     def create(cls, config: NodeConfig, snapshot: bytes | None = None) -> OperatorLogic:
         """Fresh logic, or the logic saved in ``snapshot``."""
-        return LookupJoinLogic(config, snapshot)
+        return LatestRowJoin(config.input_schemas[1].names, str(config.params["prefix"]), 0,
+                             snapshot)

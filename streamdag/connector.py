@@ -16,12 +16,15 @@ class SourceChunk:
     """What one read of a source returns: records, the watermark after them, and whether done.
 
     ``finished`` is True once a bounded source has emitted everything up to its end; the
-    runtime then sends EndOfStream downstream and stops reading.
+    runtime then sends EndOfStream downstream and stops reading. ``idle`` is True while the
+    source has nothing to read (every partition quiet): the runtime marks it idle downstream,
+    so that it holds back no other input's events, until its next record or watermark.
     """
 
     batch: Batch
     watermark: int | None = None
     finished: bool = False
+    idle: bool = False
 
 
 class SourceReader(Protocol):

@@ -249,7 +249,7 @@ class Node:
         return self.apply("count_window", count=count, agg=aggregations, field=field, **kw)
 
     def lookup_join(self, table: Node, **kw: Any) -> Node:
-        """Each event with its key's current row in ``table`` (a changelog, e.g. compacted)."""
+        """Each event with its key's row in ``table`` (a changelog) as of the event's time."""
         return self.apply("lookup_join", table, **kw)
 
     def interval_join(self, right: Node, **kw: Any) -> Node:

@@ -110,9 +110,6 @@ class OperatorDef(ABC):
     #: the watermark passes it and hands it over sorted by event time; if not (kernels that
     #: compute each event alone), a one-input node gets every batch at once, as it arrives.
     needs_time_order: ClassVar[bool] = True
-    #: Inputs applied as they arrive, outside event-time order (a lookup join's table): their
-    #: watermarks hold nothing back. Results then depend on arrival order across inputs.
-    unaligned_inputs: ClassVar[tuple[int, ...]] = ()
     #: Whether the kernel has its own policy for events that arrive after the watermark passed
     #: them (they are handed to it at once); if not, the runtime drops them and counts them.
     handles_late_events: ClassVar[bool] = False

@@ -8,11 +8,16 @@ at once, those below the smallest input watermark, each input's part sorted by e
 (stable: events of equal time keep their arrival order, so a key's order is kept). The
 released sequence depends only on each input's events and the watermarks, never on how the
 fetches, partitions or batches interleaved: a live run equals the replay of its records.
+
+An idle input (``WatermarkStatus``: a source whose partitions all went quiet) is left out of
+the bound until it is active again; once every input is idle, the bound is the highest of
+their watermarks, so a quiet stream releases everything it delivered. The bound never moves
+back: what a re-activated input delivers below it is late.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +25,33 @@ import numpy as np
 from streamdag.batch import Batch
 from streamdag.schema import Schema
 
-__all__ = ["NOTHING_RELEASED", "AlignerState", "EventTimeAligner"]
+__all__ = ["NOTHING_RELEASED", "AlignerState", "EventTimeAligner", "combined_watermark"]
 
 #: The release bound before any watermark: nothing has been released, nothing is late.
 NOTHING_RELEASED = int(np.iinfo(np.int64).min)
 _ENDED = int(np.iinfo(np.int64).max)
+
+
+def combined_watermark(marks: Sequence[int | None], idle: Collection[int] = ()) -> int | None:
+    """The watermark of several inputs (an ended one's is the largest int64), ``idle`` left out.
+
+    The smallest over the inputs neither idle nor ended (None while one of them has none);
+    once every input left is idle, the highest of their watermarks, as Flink's
+    StatusWatermarkValve; once every input ended, the largest int64.
+
+    >>> combined_watermark([5, None], idle={1}), combined_watermark([5, 9], idle={0, 1})
+    (5, 9)
+    >>> combined_watermark([None, 3]) is None, combined_watermark([_ENDED, 4], idle={1})
+    (True, 4)
+    """
+    holding = [mark for index, mark in enumerate(marks) if mark != _ENDED and index not in idle]
+    if holding:
+        return None if any(mark is None for mark in holding) else min(
+            mark for mark in holding if mark is not None)
+    quiet = [mark for mark in marks if mark is not None and mark != _ENDED]
+    if quiet:  # every input left is idle: what each delivered is final
+        return max(quiet)
+    return _ENDED if all(mark == _ENDED for mark in marks) else None
 
 
 @dataclass(frozen=True)
@@ -94,8 +121,9 @@ def _merge(runs: Sequence[Batch]) -> Batch:
 class EventTimeAligner:
     """Holds each input's events and releases, for all inputs at once, those below the bound.
 
-    The bound is the smallest input watermark; an ended input no longer holds it back, and
-    once every input has ended everything is released. ``advance`` and ``end`` say whether the
+    The bound is the smallest input watermark; an ended or idle input no longer holds it back
+    (``set_idle``; see ``combined_watermark``), and once every input has ended everything is
+    released. ``advance`` and ``end`` say whether the
     bound moved: only then can ``release`` give anything, so a starving input costs nothing
     per batch. An event below the bound already released is late: ``add`` hands it back,
     unbuffered, for the node's late policy.
@@ -129,6 +157,8 @@ class EventTimeAligner:
         #: Inputs that joined and have no watermark yet: (bound when they joined, the others'
         #: watermark up to which they hold it there, None until the others have one).
         self._joining: dict[int, tuple[int, int | None]] = {}
+        #: Inputs that are idle now (``set_idle``); all active after a restore.
+        self._idle: set[int] = set()
         if state is None:
             self._held = [_Runs() for _ in schemas]
             self._watermarks: list[int | None] = [None] * len(schemas)
@@ -178,9 +208,18 @@ class EventTimeAligner:
         self._joining.pop(input_index, None)
         return self._bound_moved()
 
+    def set_idle(self, input_index: int, idle: bool) -> bool:
+        """Input ``input_index`` went idle (or is active again); did the bound move?"""
+        if idle:
+            self._idle.add(input_index)
+        else:
+            self._idle.discard(input_index)
+        return idle and self._bound_moved()
+
     def end(self, input_index: int) -> bool:
         """Input ``input_index`` has ended; did the bound move?"""
         self._watermarks[input_index] = _ENDED
+        self._idle.discard(input_index)
         self._joining.pop(input_index, None)
         return self._bound_moved()
 
@@ -200,10 +239,13 @@ class EventTimeAligner:
     def _bound_moved(self) -> bool:
         if self._dynamic:
             counted = [mark for index, mark in enumerate(self._watermarks)
-                       if mark is not None and mark != _ENDED and index not in self._joining]
-            if not counted:
+                       if mark is not None and mark != _ENDED and index not in self._joining
+                       and index not in self._idle]
+            quiet = [mark for index, mark in enumerate(self._watermarks)
+                     if mark is not None and mark != _ENDED and index in self._idle]
+            if not counted and not quiet:
                 return False
-            others = bound = min(counted)
+            others = bound = min(counted) if counted else max(quiet)
             for index, (held_at, until) in list(self._joining.items()):
                 if until is None:
                     until = min(others + self._join_grace, _ENDED - 1)
@@ -212,10 +254,11 @@ class EventTimeAligner:
                     bound = min(bound, held_at)
                 else:  # waited long enough: it counts from its first watermark on
                     del self._joining[index]
-        elif any(mark is None for mark in self._watermarks):
-            return False
         else:
-            bound = min(mark for mark in self._watermarks if mark is not None)
+            combined = combined_watermark(self._watermarks, self._idle)
+            if combined is None:
+                return False
+            bound = combined
         if bound <= self._pending_bound:
             return False
         self._pending_bound = bound

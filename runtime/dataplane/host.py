@@ -38,7 +38,7 @@ from runtime.dataplane.failures import (
     failure_cause,
     followed_a_failure,
 )
-from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
+from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
@@ -516,6 +516,8 @@ class NodeHost:
                     payloads.extend(self.worker.feed(0, chunk.batch))
                 if chunk.watermark is not None:
                     payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))
+                if chunk.idle:
+                    payloads.extend(self.worker.feed(0, IDLE))
                 if chunk.finished:
                     payloads.extend(self.worker.feed(0, EndOfStream()))
                 await self._emit(payloads, position)

@@ -6,7 +6,17 @@ from dataclasses import dataclass
 
 from streamdag.batch import Batch
 
-__all__ = ["Barrier", "EndOfStream", "Envelope", "Payload", "Watermark", "edge_id"]
+__all__ = [
+    "ACTIVE",
+    "IDLE",
+    "Barrier",
+    "EndOfStream",
+    "Envelope",
+    "Payload",
+    "Watermark",
+    "WatermarkStatus",
+    "edge_id",
+]
 
 
 @dataclass(frozen=True)
@@ -14,6 +24,27 @@ class Watermark:
     """Every event with ``ts < timestamp`` has arrived on this channel."""
 
     timestamp: int
+
+
+@dataclass(frozen=True)
+class WatermarkStatus:
+    """Whether this channel's producer is idle, as Flink's ``WatermarkStatus``.
+
+    An idle producer (a source whose partitions all went quiet, or a node all of whose inputs
+    are idle) holds no watermark back: a node leaves its idle inputs out of the combined
+    watermark and of what it releases, and goes by the highest of their watermarks once every
+    input is idle. The input is active again with its next record, a watermark that moves, or
+    ``ACTIVE``; its events behind what the node already released are late. Barriers and
+    end-of-stream are aligned over idle inputs as over any other.
+    """
+
+    idle: bool
+
+
+#: The producer went idle.
+IDLE = WatermarkStatus(idle=True)
+#: The producer is active again.
+ACTIVE = WatermarkStatus(idle=False)
 
 
 @dataclass(frozen=True)
@@ -28,7 +59,7 @@ class Barrier:
     checkpoint_id: int
 
 
-Payload = Batch | Watermark | EndOfStream | Barrier
+Payload = Batch | Watermark | WatermarkStatus | EndOfStream | Barrier
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.dataplane.alignment import AlignerState, EventTimeAligner
-from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
+from runtime.dataplane.alignment import AlignerState, EventTimeAligner, combined_watermark
+from runtime.dataplane.messages import (
+    ACTIVE,
+    IDLE,
+    Barrier,
+    EndOfStream,
+    Envelope,
+    Payload,
+    Watermark,
+    WatermarkStatus,
+)
 from runtime.dataplane.stats import NodeStats
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorLogic
@@ -61,11 +70,14 @@ class NodeWorker:
     ``runtime.dataplane.alignment``): events are held until every input's watermark has passed
     them, then handed to the operator sorted by time, all inputs' events of the same time range
     in one call; only a one-input operator declared without ``needs_time_order`` gets its
-    batches as they arrive. An event below what was already handed over is late: dropped and
-    counted, or, for an operator that ``handles_late_events``, handed over at once. Barriers are
-    aligned (an input that delivered barrier ``n`` is held until every input has), then the
-    node's state is captured and the barrier forwarded. ``accept`` returns the payloads to send
-    downstream.
+    batches as they arrive. An idle input (``WatermarkStatus``) holds nothing back until its
+    next record or moving watermark; once every live input is idle the node goes by the
+    highest of their watermarks and tells its subscribers it is idle too (unless its operator
+    still owes older output, ``holds_from``), and active again when an input is. An event
+    below what was already handed over is late: dropped and counted, or, for an operator that
+    ``handles_late_events``, handed over at once. Barriers are aligned (an input that
+    delivered barrier ``n`` is held until every input has), then the node's state is captured
+    and the barrier forwarded. ``accept`` returns the payloads to send downstream.
 
     ``snapshot`` is the operator's bytes alone, or a whole ``WorkerSnapshot`` (held events
     and watermarks too).
@@ -117,15 +129,9 @@ class NodeWorker:
                 "that fed it when the checkpoint was taken")
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
-        # Inputs applied as they arrive (a lookup join's table) neither wait for the others'
-        # watermarks nor hold them back; the rest are put in event-time order together.
-        unaligned_inputs = frozenset(definition.unaligned_inputs)
-        self._unaligned = frozenset(slot for slot, i in enumerate(self._input_of)
-                                    if i in unaligned_inputs)
-        self._aligned = [slot for slot in range(inputs) if slot not in self._unaligned]
         if inputs > 1 or definition.needs_time_order or self._dynamic:
             self._aligner = EventTimeAligner(
-                [slot_schemas[slot] for slot in self._aligned],
+                slot_schemas,
                 restored.aligner if restored is not None else None,
                 dynamic=self._dynamic, join_grace=int(config.params.get("join_grace", 0)),
             )
@@ -133,6 +139,9 @@ class NodeWorker:
             list(restored.watermarks) if restored is not None else [None] * inputs
         )
         self._ended = [False] * inputs
+        #: Input slots that are idle now, and whether this node told its subscribers it is.
+        self._idle: set[int] = set()
+        self._output_idle = False
         if self._dynamic:  # inputs let go before the cut stay ended
             followed = {state.input_index for state in self._edges.values()}
             self._ended = [index not in followed for index in range(inputs)]
@@ -203,7 +212,6 @@ class NodeWorker:
         index = self._aligner.add_input(self.config.output_schema)
         self._schemas = (*self._schemas, self.config.output_schema)
         self._input_of.append(index)
-        self._aligned.append(index)
         self._origins.append(origin)
         self._watermarks.append(None)
         self._ended.append(False)
@@ -228,7 +236,7 @@ class NodeWorker:
         state = self._edges.pop(edge, None)
         if state is None:
             return []
-        return self._on_end(state.input_index)
+        return self._on_end(state.input_index) + self._status()
 
     @property
     def origins(self) -> Mapping[str, str]:
@@ -279,11 +287,13 @@ class NodeWorker:
 
     def _handle(self, input_index: int, payload: Payload) -> list[Payload]:
         if isinstance(payload, Batch):
-            return self._on_batch(input_index, payload)
+            return self._on_batch(input_index, payload) + self._status()
         if isinstance(payload, Watermark):
-            return self._on_watermark(input_index, payload.timestamp)
+            return self._on_watermark(input_index, payload.timestamp) + self._status()
+        if isinstance(payload, WatermarkStatus):
+            return self._on_status(input_index, payload.idle) + self._status()
         if isinstance(payload, EndOfStream):
-            return self._on_end(input_index)
+            return self._on_end(input_index) + self._status()
         return self._on_barrier(input_index, payload)
 
     def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
@@ -291,14 +301,13 @@ class NodeWorker:
             return []  # a sharded producer's part for this shard held nothing
         self.stats.events_in += len(batch)
         self.stats.batches_in += 1
+        self._activate(input_index)
         if self._dynamic:
             batch = label_origin(batch, self._origins[input_index], self.config.output_schema)
         if self._aligner is None:
             return self._process([batch])
-        if input_index in self._unaligned:
-            return self._process(self._inputs({self._input_of[input_index]: batch}))
         # Holding events never moves the release bound, so nothing is released here.
-        late = self._aligner.add(self._aligned.index(input_index), batch)
+        late = self._aligner.add(input_index, batch)
         self.stats.held_events = self._aligner.buffered
         if not len(late):
             return []
@@ -323,7 +332,7 @@ class NodeWorker:
         # Step 1: the slots of one input (its producer's shards) merge into that input, in
         # event-time order; a key comes from one shard, so its own order is kept.
         parts: dict[int, list[Batch]] = {}
-        for slot, batch in zip(self._aligned, released, strict=True):
+        for slot, batch in enumerate(released):
             parts.setdefault(self._input_of[slot], []).append(batch)
         return self._process(self._inputs({
             i: batches[0] if len(batches) == 1 else Batch.concat(batches).sorted_by_time()
@@ -354,13 +363,47 @@ class NodeWorker:
     def _on_watermark(self, input_index: int, timestamp: int) -> list[Payload]:
         current = self._watermarks[input_index]
         if current is not None and timestamp <= current:
-            return []
+            return []  # an idle producer repeating its watermark stays idle
         self._watermarks[input_index] = timestamp
+        self._activate(input_index)
         outputs: list[Payload] = []
-        if (self._aligner is not None and input_index not in self._unaligned
-                and self._aligner.advance(self._aligned.index(input_index), timestamp)):
+        if self._aligner is not None and self._aligner.advance(input_index, timestamp):
             outputs = self._process_released()
         return outputs + self._advance_watermark()
+
+    def _activate(self, input_index: int) -> None:
+        if input_index in self._idle:
+            self._idle.discard(input_index)
+            if self._aligner is not None:
+                self._aligner.set_idle(input_index, False)
+
+    def _on_status(self, input_index: int, idle: bool) -> list[Payload]:
+        if not idle or self._ended[input_index]:
+            self._activate(input_index)
+            return []
+        if input_index in self._idle:
+            return []
+        # Step 1: the input stops holding the others back; what they promise is released.
+        self._idle.add(input_index)
+        outputs: list[Payload] = []
+        if self._aligner is not None and self._aligner.set_idle(input_index, True):
+            outputs = self._process_released()
+        # Step 2: the node's own watermark follows (``combined_watermark``).
+        return outputs + self._advance_watermark()
+
+    def _status(self) -> list[Payload]:
+        """IDLE once every live input is idle, ACTIVE again when one is not (transitions only)."""
+        if not self._idle and not self._output_idle:
+            return []
+        live = [i for i, ended in enumerate(self._ended) if not ended]
+        idle = bool(live) and self._idle.issuperset(live)
+        if idle == self._output_idle or self.finished:
+            return []
+        holds_from = getattr(self.logic, "holds_from", None)
+        if idle and holds_from is not None and holds_from() is not None:
+            return []  # it owes output older than its watermark: stay active until it is out
+        self._output_idle = idle
+        return [IDLE if idle else ACTIVE]
 
     def _advance_watermark(self) -> list[Payload]:
         if self._dynamic:  # the aligner's bound, which joining inputs hold by a grace at most
@@ -369,12 +412,13 @@ class NodeWorker:
                 return []
             watermark = self._aligner.bound
         else:
-            marks = [END_OF_TIME if ended or i in self._unaligned else mark
-                     for i, (mark, ended) in enumerate(zip(self._watermarks, self._ended,
-                                                           strict=True))]
-            if any(mark is None for mark in marks):
+            combined = combined_watermark(
+                [END_OF_TIME if ended else mark
+                 for mark, ended in zip(self._watermarks, self._ended, strict=True)],
+                self._idle)
+            if combined is None:
                 return []
-            watermark = min(mark for mark in marks if mark is not None)
+            watermark = combined
         if self._emitted_watermark is not None and watermark <= self._emitted_watermark:
             return []
         self._emitted_watermark = watermark
@@ -392,11 +436,11 @@ class NodeWorker:
 
     def _on_end(self, input_index: int) -> list[Payload]:
         self._ended[input_index] = True
+        self._idle.discard(input_index)
         outputs: list[Payload] = []
-        if (self._aligner is not None and input_index not in self._unaligned
-                and self._aligner.end(self._aligned.index(input_index))):
+        if self._aligner is not None and self._aligner.end(input_index):
             outputs = self._process_released()
-        if self._dynamic:  # an input let go no longer holds the watermark back
+        if self._dynamic or not all(self._ended):  # it no longer holds the watermark back
             outputs.extend(self._advance_watermark())
         # Inputs blocked at a barrier wait only for the live ones: this one no longer counts.
         waiting = next((cid for cid in self._barrier_of if cid is not None), None)

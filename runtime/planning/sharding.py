@@ -14,11 +14,12 @@ The runners deploy what ``shard_plan`` returns instead of one host per node:
 - every shard takes part in checkpoints under its own key, so a snapshot restores the same
   shard of a graph run with the same parallelism.
 
-A live stream that pauses holds a few of its last events in a sharded graph: a source
-shard whose partitions all went idle moves its watermark only past its own newest event
-(``connectors.watermarks``), so the lowest shard's holds the rest back until traffic resumes,
-where one reader of every partition would pass the newest of all. Bounded runs end every
-partition, so nothing is held. (An idle marker on watermarks, as Flink has, would lift this.)
+A source shard whose partitions all went quiet is idle (``connectors.watermarks``): it tells
+its consumers so (``WatermarkStatus``, as Flink's), and a consumer leaves an idle slot out of
+its watermark and of what it holds back, going by the highest of the slots' watermarks once
+all are idle. So a live stream that pauses releases every event it delivered, however its
+partitions fall over the shards, as one reader of every partition would; a shard that becomes
+active again is late for what the others already released, as any input is.
 
 Parallelism is not part of a node's id: a keyed operator's output per key depends only on
 that key's events, in the order the watermarks allow, so it is the same whatever N (the

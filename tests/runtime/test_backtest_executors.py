@@ -49,16 +49,11 @@ def _double_price(rows: np.ndarray) -> np.ndarray:
     return rows[:, :1] * 2.0
 
 
-#: Built-in families a backtest cannot be compared on: a lookup join applies its table as it
-#: arrives (its output depends on arrival, by design), and is not event-time deterministic.
-_ARRIVAL_ORDERED = {"lookup_join"}
-
-
 def _families(*, ema: bool = True) -> Graph:
     """Every operator family: rolling sum/mean/std/min/max/count (count and time windows,
     min_periods), running count, ema, zscore, vwap, bars, crossover, as-of joins (backward,
-    forward), interval join, tumbling/hopping/session/count windows, combine, map (one and
-    several expressions), filter, iterate, a udf, inference, a sink."""
+    forward), interval join, lookup join, tumbling/hopping/session/count windows, combine, map
+    (one and several expressions), filter, iterate, a udf, inference, a sink."""
     ticks = sd.source("ticks", topic="bt.ticks", key="symbol",
                       schema={"price": "float64", "size": "float64"})
     fast = ticks.rolling_mean("price", window=5, name="fast")
@@ -85,13 +80,15 @@ def _families(*, ema: bool = True) -> Graph:
                             tolerance="5ms", name="ahead")
     pairs = ticks.interval_join(ticks.map(double="price * 2", half="price / 2", name="two"),
                                 lower="1ms", upper="1ms", name="pairs")
+    looked = ticks.lookup_join(ticks.filter("size > 80", name="table"), prefix="row_",
+                               name="looked")
     scored = ticks.infer(_double_price, features=["price", "size"], outputs=["score"],
                          name="scored")
     return sd.Graph("families", outputs=[
         joined.to_topic("bt.joined", name="joined_out"), gap, bars, vwap, roots,
         ticks.rolling_min("price", time_window="15ms", name="low"),
         ticks.rolling_sum("size", window=4, name="volume"),
-        counted, ahead, pairs, scored, *windows,
+        counted, ahead, pairs, looked, scored, *windows,
         *([smooth] if ema else [])])
 
 
@@ -124,12 +121,12 @@ def test_batch_executor_equals_streaming_replay_over_every_family() -> None:
     batch = _run(graph, START, END, executor="batch")
     streaming = _run(graph, START, END, executor="streaming", max_batch_records=97)
     assert sorted(batch.outputs) == [
-        "ahead", "bars", "counted", "diamond", "hopping", "joined_out", "low", "pairs", "rich",
-        "roots", "scored", "sessions", "sevens", "smooth", "tumbling", "volume"]
+        "ahead", "bars", "counted", "diamond", "hopping", "joined_out", "looked", "low", "pairs",
+        "rich", "roots", "scored", "sessions", "sevens", "smooth", "tumbling", "volume"]
     built_in = {name for name, definition in available().items()
                 if definition.__module__.startswith(("operators.", "streamdag.endpoints"))}
     # Every family (tag queries follow running nodes: only deployments run them).
-    assert {node.operator for node in graph.nodes} == built_in - _ARRIVAL_ORDERED
+    assert {node.operator for node in graph.nodes} == built_in
     for name in batch.outputs:
         assert len(batch.outputs[name]) > 0, name
         assert repr(batch.records(name)) == repr(streaming.records(name)), name  # NaN too

@@ -74,7 +74,7 @@ def _graph() -> sd.Graph:
                         tolerance="30ms", prefix="big_", name="ahead"),
         ticks.asof_join(ticks.filter("size > 50", name="big"), direction="nearest",
                         tolerance="5ms", prefix="big_", name="nearest"),
-        # A table of each symbol's latest big tick, applied as it arrives (order-dependent).
+        # A table of each symbol's latest big tick, looked up as of each tick's time.
         ticks.lookup_join(ticks.filter("size > 90", name="huge"), prefix="row_", name="rows"),
     ])
 
@@ -89,7 +89,8 @@ def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: 
     graph = _graph()
     local = LocalRunner().run(graph, sources={"ticks": _Script(_batches())})
     remote = RayRunner().run(graph, sources={"ticks": _Script(_batches())})
-    for name in ("tumbling", "hopping", "sessions", "counts", "pairs", "ahead", "nearest"):
+    for name in ("tumbling", "hopping", "sessions", "counts", "pairs", "ahead", "nearest",
+                 "rows"):
         assert local.records(name), f"{name} produced nothing"
         assert _nan_as_text(remote.records(name)) == _nan_as_text(local.records(name)), name
     # 1001 ticks 1 ms apart, round robin over 7 symbols: 20 windows of 50 ms for each symbol,
@@ -101,21 +102,21 @@ def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: 
     assert [(r["left_ts"], r["right_double"]) for r in local.records("pairs")] == [
         (r["ts"], r["size"] * 2) for r in local.records("pairs")]
     assert len(local.records("pairs")) == 1001
-    # A lookup sees the table as it was when each tick was released, which differs from run
-    # to run: each tick comes out once, with one of its symbol's big ticks or none.
-    huge = {(key, price) for b in _batches() for key, price, size in zip(
-        b.key.astype(str).tolist(), b.columns["price"].tolist(), b.columns["size"].tolist(),
-        strict=True) if size > 90}
+    # A lookup by event time: each tick with its symbol's newest big tick at or before it
+    # (itself when it is one), whatever the transport; the same on both runners.
+    latest: dict[str, float] = {}
+    expected = []
+    for b in _batches():
+        for ts, key, price, size in zip(b.ts.tolist(), b.key.astype(str).tolist(),
+                                        b.columns["price"].tolist(), b.columns["size"].tolist(),
+                                        strict=True):
+            if size > 90:
+                latest[key] = price
+            expected.append((ts, key, latest.get(key, math.nan)))
     for result in (local, remote):
-        rows = result.records("rows")
-        assert sorted((r["ts"], r["key"]) for r in rows) == sorted(
-            (r["ts"], r["key"]) for r in local.records("pairs"))
-        assert all(math.isnan(r["row_price"]) or (r["key"], r["row_price"]) in huge
-                   for r in rows)
-    # How many ticks find their row depends on the transport: a step's watermark now rides in
-    # the push of its batch, so a tick is released before the table row derived from that same
-    # batch arrives. Exact lookups under a controlled arrival order: tests/operators.
-    assert any(not math.isnan(r["row_price"]) for r in local.records("rows"))
+        rows = [(r["ts"], r["key"], r["row_price"]) for r in result.records("rows")]
+        assert repr(sorted(rows)) == repr(sorted(expected))  # NaN equals NaN as text
+    assert any(not math.isnan(row[2]) for row in expected)
     ahead = local.records("ahead")
     assert [r["ts"] for r in ahead] == sorted(r["ts"] for r in ahead) and len(ahead) == 1001
     assert all(r["big_size"] > 50 or math.isnan(r["big_size"]) for r in ahead)
