@@ -8,12 +8,14 @@ once every actor below it is ready; running producers are subscribed to their ne
 new sources start reading last. Submissions are serialized by an asyncio lock; node actors are
 named after their node id and created with ``get_if_exists``, so even two controllers racing
 cannot start one node twice.
+
+The controller's health checks and recoveries are ``controller_health``, what it reports
+(status, nodes, metrics) ``controller_reports``, stopping and resuming ``stop_resume``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import logging
 import time
@@ -25,13 +27,15 @@ from runtime.dataplane.checkpointing import NodeSnapshot
 from runtime.dataplane.host import RuntimeSettings
 from runtime.dataplane.messages import edge_id
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
+from runtime.deployment.controller_health import HealthChecks
 from runtime.deployment.controller_options import (
     ControllerOptions,
     controller_actor_name,
     deployment_state_dir,
     start_when_restarted_by_ray,
 )
-from runtime.deployment.crashes import hold_nodes, respond_to_crashes, reuse_refusal
+from runtime.deployment.controller_reports import Reports, UnknownNodeError
+from runtime.deployment.crashes import reuse_refusal
 from runtime.deployment.lifecycle import (
     TERMINAL_STATES,
     DiffSummary,
@@ -50,14 +54,11 @@ from runtime.deployment.lifecycle import (
     new_submission_id,
     save_submissions,
 )
-from runtime.deployment.metrics import MetricsSnapshot, NodeMetrics
-from runtime.deployment.node_actors import NodeActors, NodeProbe, locate_node_actors
+from runtime.deployment.node_actors import NodeActors, locate_node_actors
 from runtime.deployment.node_registry import (
     NodeRegistry,
     acquire,
     instance_key,
-    mark_alive,
-    mark_dead,
     node_actor_name,
     node_requests,
     release,
@@ -93,15 +94,11 @@ _log = logging.getLogger("streamdag.controller")
 _S = SubmissionState
 
 
-class UnknownNodeError(StreamdagError):
-    """No registered node has the id asked for."""
-
-
 class _SubmissionFailedError(Exception):
     """Carries a failed submission's cause to the rollback."""
 
 
-class Controller(StopAndResume):
+class Controller(HealthChecks, Reports, StopAndResume):
     """One deployment's controller: submissions, the shared node actors, their lifecycle."""
 
     def __init__(
@@ -417,144 +414,10 @@ class Controller(StopAndResume):
             await self._emitter.close()
             return {"stopped": [entries[key].name for key in order]}
 
-    # -- health -----------------------------------------------------------------------------
-    async def check_health(self) -> list[str]:
-        """Probe every node actor: dead ones fail their submissions; returns what was found.
-
-        A dead actor counts as a crash: its region holds, and every submission with a node in
-        it ends FAILED with the cause (``crashes``). A submission using a failed node ends
-        FAILED too; one whose output nodes all finished ends COMPLETED.
-        """
-        async with self._lock:
-            await self._ensure_started()
-            probes = await self._probe_all(self._registry.live_keys())
-            problems = await self._declare_dead(
-                {key: probe.error or "its actor died" for key, probe in probes.items()
-                 if not probe.alive})
-            if self._checkpoints is not None:  # failed nodes and checkpoints recover too
-                if problems:  # regions recovered: what their old actors said is gone
-                    probes = await self._probe_all(self._registry.live_keys())
-                failing = {key: f"failed: {probe.error}" for key, probe in probes.items()
-                           if probe.alive and probe.error and key in self._registry.entries}
-                failing.update(self._checkpoints.failed_nodes(self._registry))
-                if failing:  # recover_regions names each cause's node
-                    problems += [f"node {self._registry.entries[key].name!r}: {cause}; its "
-                                 "region recovers" for key, cause in failing.items()]
-                    await self._recover_or_fail(failing)
-                    probes = await self._probe_all(self._registry.live_keys())
-            for record in list(self._records.values()):
-                if record.state is not _S.EXECUTING:
-                    continue
-                errors = [f"node {n.name!r} failed: {probes[n.key].error}" for n in record.nodes
-                          if n.key in probes and probes[n.key].alive and probes[n.key].error]
-                if errors:
-                    problems.append(f"submission {record.id}: {'; '.join(errors)}")
-                    await self._fail(record.id, "; ".join(errors))
-                elif all(n.key in probes and probes[n.key].finished
-                         for n in record.nodes if n.leaf):
-                    await self._move(record.id, _S.COMPLETED, "every output finished")
-            return problems
-
-    async def _declare_dead(self, causes: Mapping[str, str]) -> list[str]:
-        """Record actors as dead; their regions hold and their submissions fail (``crashes``)."""
-        if not causes:
-            return []
-        problems = []
-        for key, cause in causes.items():
-            entry = self._registry.entries[key]
-            self._crashes += 1
-            problems.append(f"node {entry.name!r} (actor {entry.actor_name}) died: {cause}")
-            self._actors.handles.pop(key, None)
-        self._registry = mark_dead(self._registry, causes)
-        self._save_registry()
-        await self._recover_or_fail(causes)
-        return problems
-
-    async def _recover_or_fail(self, causes: Mapping[str, str]) -> None:
-        """Recover the regions of ``causes`` (crashed or failed nodes), or fail their graphs."""
-        if self._checkpoints is not None:
-            recovered, causes = await self._checkpoints.recover_regions(self._registry, causes)
-            await self._tag_queries.after_recovery(recovered, self._actors)
-            self._registry = mark_alive(self._registry, recovered)
-            self._registry = mark_dead(self._registry, causes)
-            self._save_registry()
-        if not causes:
-            return
-        # Producers must not drop a crashed node and read on: the whole region holds first.
-        response = respond_to_crashes(self._registry, self._records.values(), causes)
-        await hold_nodes(self._actors, response.holds)
-        for submission, cause in response.failures.items():
-            await self._fail(submission, cause)
-
     async def _reconcile_checkpoints(self, retired: Iterable[str] = ()) -> None:
         if self._checkpoints is not None:
             self._checkpoints.forget(retired)
             await self._checkpoints.reconcile(self._registry)
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.health_interval_s)
-            try:
-                for problem in await self.check_health():
-                    _log.warning("%s", problem)
-            except Exception:  # the loop must outlive one failed round
-                _log.exception("health check of deployment %r failed", self.deployment)
-
-    async def _probe_all(self, keys: Iterable[str]) -> dict[str, NodeProbe]:
-        ordered = sorted(keys)
-        probes = await asyncio.gather(*(self._actors.probe(key) for key in ordered))
-        for key, probe in zip(ordered, probes, strict=True):
-            if probe.stats is not None:
-                self._stats[key] = probe.stats
-        return dict(zip(ordered, probes, strict=True))
-
-    async def _refresh_stats(self, keys: Iterable[str]) -> None:
-        await self._probe_all(self._registry.live_keys().intersection(keys))
-
-    # -- reading ----------------------------------------------------------------------------
-    def list_submissions(self) -> list[dict[str, Any]]:
-        """Every submission, oldest first, in the shape ``submit_graph`` returns."""
-        records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.id))
-        return [record.describe(self.deployment) for record in records]
-
-    def status(self, submission_id: str) -> dict[str, Any]:
-        """A submission with, per node: sharing, liveness and the latest NodeStats figures.
-
-        Figures are those of the latest health check (or of the submission itself).
-        """
-        record = self._record(submission_id)
-        described = record.describe(self.deployment, self._registry, self._stats,
-                                    retiring=self._retiring.keys())
-        for node, key in zip(described["nodes"], (n.key for n in record.nodes), strict=True):
-            self._add_tag_query(node, key)
-        return described
-
-    def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
-        """The checkpoints and recoveries of the regions a submission's nodes are in."""
-        record = self._record(submission_id)
-        if self._checkpoints is None:
-            return []
-        return self._checkpoints.describe(self._registry, (n.key for n in record.nodes))
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """Every registered node: actor, refcount, graphs, region, liveness (and, for a tag
-        query, what it follows and skips)."""
-        described = self._registry.describe()
-        keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
-        for node in described:
-            self._add_tag_query(node, keys[node["actor"]])
-        return described
-
-    def node(self, node_id: str) -> dict[str, Any]:
-        """One registered node by id (as ``nodes`` shows it), with its latest figures."""
-        found = [node for node in self.nodes() if node["node_id"] == node_id]
-        if not found:
-            raise UnknownNodeError(
-                f"deployment {self.deployment!r} runs no node {node_id!r}; nodes() lists the "
-                f"ids of the {len(self._registry.entries)} running")
-        keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
-        stats = self._stats.get(keys[found[0]["actor"]])
-        return {**found[0], "stats": dataclasses.asdict(stats) if stats else None}
 
     # -- tag queries ------------------------------------------------------------------------
     async def _follow_tags(self) -> None:
@@ -565,56 +428,6 @@ class Controller(StopAndResume):
         self._registry = with_follows(self._registry, self._tag_queries.follows())
         self._save_registry()
         await self._reconcile_checkpoints()
-
-    def _add_tag_query(self, node: dict[str, Any], key: str) -> None:
-        query = self._tag_queries.describe(key)
-        if query is not None:
-            node["tag_query"] = query
-
-
-    async def metrics_snapshot(self) -> MetricsSnapshot:
-        """Fresh per-node figures plus the controller's own counters."""
-        if not self._started:
-            await self.start()
-        registry, regions = self._registry, self._checkpoints
-        await self._probe_all(registry.live_keys())
-        by_state = {str(state): 0 for state in SubmissionState}
-        for record in self._records.values():
-            by_state[str(record.state)] += 1
-        nodes = tuple(
-            NodeMetrics(e.node_id, e.name, e.operator, e.role, tuple(sorted(e.graphs)),
-                        e.region, e.actor_name, e.alive,
-                        self._stats.get(e.key) or NodeStats(e.node_id, e.name))
-            for e in sorted(registry.entries.values(), key=lambda e: e.key)
-        )
-        return MetricsSnapshot(
-            nodes=nodes, submissions_by_state=by_state,
-            diff_duration=dataclasses.replace(self._diff_duration,
-                                              counts=list(self._diff_duration.counts)),
-            nodes_new_total=self._nodes_new_total, nodes_reused_total=self._nodes_reused_total,
-            reuse_ratio=self._last_reuse_ratio, actor_crashes_total=self._crashes,
-            actors_running=len(registry.live_keys()),
-            regions=regions.metrics() if regions is not None else (),
-            restore_duration=copy.deepcopy(regions.figures.restore_duration)
-            if regions is not None else LatencyHistogram(),
-        )
-
-    async def infer(self, node: str, features: Mapping[str, list[float]],
-                    timeout_s: float = 10.0) -> dict[str, Any]:
-        """One interactive request to inference node ``node`` (name or node id), run ahead of
-        its streams; ``{"node", "node_id", "outputs": {output: values}}``."""
-        from runtime.inference.requests import (
-            UnknownInferenceNodeError,
-            call_interactive,
-            find_inference_node,
-        )
-
-        entry = find_inference_node(self._registry, node)
-        handle = self._actors.handles.get(entry.key)
-        if handle is None:
-            raise UnknownInferenceNodeError(f"inference node {node!r} has no running actor")
-        outputs = await call_interactive(handle, features, timeout_s)
-        return {"node": entry.name, "node_id": entry.node_id, "outputs": outputs}
 
     # -- records, persistence, events -------------------------------------------------------
     def _record(self, submission_id: str) -> SubmissionRecord:
