@@ -25,7 +25,6 @@ from typing import Any
 
 from runtime.dataplane.checkpointing import NodeSnapshot
 from runtime.dataplane.host import RuntimeSettings
-from runtime.dataplane.messages import edge_id
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
 from runtime.deployment.controller_health import HealthChecks
 from runtime.deployment.controller_options import (
@@ -60,12 +59,12 @@ from runtime.deployment.node_registry import (
     acquire,
     instance_key,
     node_actor_name,
-    node_requests,
     release,
     retirement_order,
     with_follows,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
+from runtime.deployment.sharded_nodes import ShardedPlan, parallelism_refusal, plan_shards
 from runtime.deployment.state_files import load_registry, save_graph, save_registry
 from runtime.deployment.stop_resume import (
     StopAndResume,
@@ -73,7 +72,7 @@ from runtime.deployment.stop_resume import (
 )
 from runtime.deployment.tag_queries import TagQueries
 from runtime.planning.planner import diff_graph
-from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
+from runtime.planning.wiring import HostSpec, wire_graph
 from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
 from runtime.runners.kafka_binding import KafkaBinding
 from streamdag.config import Settings
@@ -131,6 +130,7 @@ class Controller(HealthChecks, Reports, StopAndResume):
         self._actors = NodeActors(self.deployment, self._runtime,
                                   call_timeout_s=self.options.call_timeout_s,
                                   ready_timeout_s=self.options.ready_timeout_s)
+        self._actors.routes = self._registry.routes()
         self._stats: dict[str, NodeStats] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._started = False
@@ -215,43 +215,48 @@ class Controller(HealthChecks, Reports, StopAndResume):
         dedup = self.options.dedup
         keys = {n.node_id: instance_key(n.node_id, submission, dedup=dedup) for n in graph.nodes}
         started = time.perf_counter()
-        diff = diff_graph(graph, self._registry.live_keys() if dedup else frozenset())
+        diff = diff_graph(graph, frozenset(e.logical_key for e in self._registry.entries.values()
+                                           if e.alive) if dedup else frozenset())
         self._diff_duration.observe(time.perf_counter() - started)
         from runtime.deployment.admission import admit_submission
-        from runtime.planning.sharding import refuse_sharded
 
-        refuse_sharded(graph)  # one actor per node id here: keyed parallelism is the runners'
+        refusal = parallelism_refusal(self._registry, graph, keys)
+        if refusal is not None:  # a node is shared only with its parallelism (sharded_nodes)
+            raise _SubmissionFailedError(refusal)
         # Limits and topic ownership, before anything is mapped or created.
         admit_submission(self.state_dir, self.settings.limits, self._registry,
                          self._records.values(), submission, graph, keys, diff)
         names = {node.node_id: node.name for node in graph.nodes}
+        plan = self._plan(graph, keys)
         refusal = reuse_refusal(self._registry, self._records, graph.name,
-                                {keys[n]: name for n, name in names.items()})
+                                {r.key: r.name for r in plan.requests})
         if refusal is not None:  # dead nodes, or nodes held since their region failed
             raise _SubmissionFailedError(refusal)
-        await asyncio.gather(*(self._retiring[k] for k in keys.values() if k in self._retiring))
-        # Step 2: map every node to its actor in the registry.
-        self._registry = acquire(self._registry, submission,
-                                 node_requests(self.deployment, graph.nodes, keys))
+        await asyncio.gather(*(self._retiring[r.key] for r in plan.requests
+                               if r.key in self._retiring))
+        # Step 2: map every node (every shard of it) to its actor in the registry.
+        self._registry = acquire(self._registry, submission, plan.requests)
         self._tag_queries.learn(submission, graph, keys)
         leaves = {n.node_id for n in (*graph.sinks, *graph.outputs)}
         self._records[submission] = dataclasses.replace(
             self._records[submission], holds_nodes=True, diff=DiffSummary.of(diff, names),
-            nodes=tuple(SubmissionNode.of(n, keys[n.node_id], leaf=n.node_id in leaves)
-                        for n in graph.nodes),
+            nodes=tuple(SubmissionNode.of(n, key, leaf=n.node_id in leaves, shard=shard,
+                                          shards=len(plan.shard_keys[n.node_id]))
+                        for n in graph.nodes
+                        for shard, key in enumerate(plan.shard_keys[n.node_id])),
         )
         self._nodes_new_total += len(diff.new)
         self._nodes_reused_total += len(diff.reused)
         self._last_reuse_ratio = diff.reuse_ratio
         resuming, snapshots = self._resume_point(
-            graph, [keys[n] for g in diff.creation_order for n in g])
+            graph, [key for g in plan.generations(diff.creation_order) for key, _ in g])
         self._save_registry()
         await self._move(submission, _S.MAPPED)
         # Step 3: the deployment sequence: the new actors, sinks first; running producers
         # attach to them; the new sources read.
         progress = DeployProgress()
         try:
-            await self._create_and_start(submission, graph, keys, diff.creation_order,
+            await self._create_and_start(submission, graph, plan, diff.creation_order,
                                          progress, snapshots)
         except Exception as exc:
             await self._roll_back(submission, progress)
@@ -264,40 +269,38 @@ class Controller(HealthChecks, Reports, StopAndResume):
                          f"resumed from checkpoint(s) {resuming.describe()}")
         await self._reconcile_checkpoints()
         await self._follow_tags()
-        await self._refresh_stats(keys.values())
+        await self._refresh_stats(r.key for r in plan.requests)
 
-    def _hosts_of(self, graph: Graph) -> dict[str, HostSpec]:
-        """How to build every node of ``graph``, by node id."""
-        return {spec.node.node_id: spec
-                for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
-                                             capture_outputs=False)[0]
-                for spec in generation}
+    def _plan(self, graph: Graph, keys: Mapping[str, str]) -> ShardedPlan:
+        """How to build and wire every shard of ``graph``'s nodes, registered under ``keys``
+        (by node id)."""
+        hosts = {spec.node.node_id: spec
+                 for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
+                                              capture_outputs=False)[0]
+                 for spec in generation}
+        return plan_shards(self.deployment, graph, keys, hosts)
 
     async def _create_and_start(
         self,
         submission: str,
         graph: Graph,
-        keys: Mapping[str, str],
+        plan: ShardedPlan,
         creation_order: tuple[tuple[str, ...], ...],
         progress: DeployProgress,
         snapshots: dict[str, NodeSnapshot],
     ) -> None:
         """Create (from ``snapshots`` when a stopped graph resumes), wire and start the new
-        nodes; ``progress`` records it for a rollback."""
-        hosts = self._hosts_of(graph)
-        edges = [
-            EdgeSpec(edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
-                     keys[node.node_id], index)
-            for node in graph.nodes for index, up in enumerate(node.inputs)
-        ]
-        await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
+        nodes' shards; ``progress`` records it for a rollback."""
+        generations = plan.generations(creation_order)
+        await self._create_sink_topics([host for g in generations for _, host in g])
         if self._checkpoints is not None:
             save_graph(self.state_dir / "graphs", submission, graph)
-            self._checkpoints.add_nodes(self._registry, graph, keys, hosts, creation_order)
-        generations = [[(keys[n], hosts[n]) for n in generation] for generation in creation_order]
+            self._checkpoints.add_nodes(
+                self._registry, graph, {key: key for key in plan.hosts}, plan.hosts,
+                tuple(tuple(key for key, _ in generation) for generation in generations))
         self._actors.snapshots = snapshots
         try:
-            await deploy(self._actors, generations, edges, progress)
+            await deploy(self._actors, generations, plan.edges, progress)
         finally:
             self._actors.snapshots = {}
 
@@ -458,6 +461,7 @@ class Controller(HealthChecks, Reports, StopAndResume):
 
     def _save_registry(self) -> None:
         save_registry(self._registry_path, self._registry, self.deployment)
+        self._actors.routes = self._registry.routes()  # a recovery re-wires exchanges by them
 
     def _save_submissions(self) -> None:
         save_submissions(self._submissions_path, list(self._records.values()))

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
 from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
 from runtime.deployment.metrics import MetricsSnapshot, NodeMetrics
+from runtime.deployment.sharded_nodes import logical_stats
 from streamdag.errors import StreamdagError
 
 if TYPE_CHECKING:
     import asyncio
 
     from runtime.deployment.node_actors import NodeActors, NodeProbe
-    from runtime.deployment.node_registry import NodeRegistry
+    from runtime.deployment.node_registry import NodeEntry, NodeRegistry
     from runtime.deployment.region_checkpoints import RegionCheckpoints
     from runtime.deployment.tag_queries import TagQueries
 
@@ -69,8 +70,9 @@ class Reports:
         record = self._record(submission_id)
         described = record.describe(self.deployment, self._registry, self._stats,
                                     retiring=self._retiring.keys())
-        for node, key in zip(described["nodes"], (n.key for n in record.nodes), strict=True):
-            self._add_tag_query(node, key)
+        first_shards = {n.name: n.key for n in record.nodes if n.shard == 0}
+        for node in described["nodes"]:
+            self._add_tag_query(node, first_shards[node["name"]])
         return described
 
     def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
@@ -81,8 +83,8 @@ class Reports:
         return self._checkpoints.describe(self._registry, (n.key for n in record.nodes))
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Every registered node: actor, refcount, graphs, region, liveness (and, for a tag
-        query, what it follows and skips)."""
+        """Every registered node, a sharded one once: actor(s), shards, refcount, graphs,
+        region, liveness (and, for a tag query, what it follows and skips)."""
         described = self._registry.describe()
         keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
         for node in described:
@@ -97,7 +99,9 @@ class Reports:
                 f"deployment {self.deployment!r} runs no node {node_id!r}; nodes() lists the "
                 f"ids of the {len(self._registry.entries)} running")
         keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
-        stats = self._stats.get(keys[found[0]["actor"]])
+        shards = [keys[actor] for actor in found[0]["actors"]]
+        stats = (logical_stats(node_id, found[0]["name"], shards, self._stats)
+                 if any(key in self._stats for key in shards) else None)
         return {**found[0], "stats": dataclasses.asdict(stats) if stats else None}
 
     def _add_tag_query(self, node: dict[str, Any], key: str) -> None:
@@ -114,11 +118,14 @@ class Reports:
         by_state = {str(state): 0 for state in SubmissionState}
         for record in self._records.values():
             by_state[str(record.state)] += 1
+        logical: dict[str, list[NodeEntry]] = {}  # a sharded node is one, its figures summed
+        for entry in sorted(registry.entries.values(), key=lambda e: (e.logical_key, e.shard)):
+            logical.setdefault(entry.logical_key, []).append(entry)
         nodes = tuple(
             NodeMetrics(e.node_id, e.name, e.operator, e.role, tuple(sorted(e.graphs)),
-                        e.region, e.actor_name, e.alive,
-                        self._stats.get(e.key) or NodeStats(e.node_id, e.name))
-            for e in sorted(registry.entries.values(), key=lambda e: e.key)
+                        e.region, e.actor_name, all(s.alive for s in shards),
+                        logical_stats(e.node_id, e.name, [s.key for s in shards], self._stats))
+            for e, shards in ((shards[0], shards) for shards in logical.values())
         )
         return MetricsSnapshot(
             nodes=nodes, submissions_by_state=by_state,
