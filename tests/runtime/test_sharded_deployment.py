@@ -23,6 +23,7 @@ from ema_oracle import expected, per_key, produce, produce_in_background
 
 import streamdag as sd
 from connectors.topics import ensure_topics
+from runtime.cli.status import describe_status
 from runtime.dataplane.exchange import KeyRoute
 from runtime.dataplane.stats import NodeStats
 from runtime.deployment.controller import ControllerOptions
@@ -147,6 +148,15 @@ def test_status_shows_a_sharded_node_once_with_its_shards_figures_summed() -> No
     figures = described["nodes"][1]["stats"]
     assert (figures["events_in"], figures["events_out"]) == (15, 11)
     assert all(node["alive"] for node in described["nodes"])
+
+
+def test_streamdag_status_shows_a_sharded_node_in_one_row() -> None:
+    text = describe_status({
+        "id": "g-1", "graph": "g", "state": "executing", "cause": None,
+        "diff": {"new": ["smooth7"], "reused": [], "reuse_ratio": 0.0},
+        "nodes": [{"name": "smooth7", "operator": "ema", "role": "operator", "alive": True,
+                   "shared_by": ["g-1"], "shards": 2, "stats": {"events_in": 15}}]})
+    assert text.splitlines()[-1].split()[:5] == ["smooth7", "(2", "shards)", "ema", "operator"]
 
 
 # -- a deployment on Ray and the broker -------------------------------------------------------
