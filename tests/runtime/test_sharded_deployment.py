@@ -5,7 +5,7 @@ without Ray; then one deployment with checkpoints on the real broker: two graphs
 sharded source and a sharded EMA (a third asking another parallelism is refused), a shard's
 actor and then the controller are killed with SIGKILL while input flows, and both outputs are
 exactly the one-shard output per key (0 lost, 0 duplicated, per-key order, exact values:
-``ema_oracle``).
+``ema_oracle``); so is one graph's after it stops at a final checkpoint and resumes.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def test_two_graphs_share_sharded_nodes_and_a_killed_shard_and_controller_recove
     kill_actor_process(_actor(smooth["actors"][1]))
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: _recoveries(deployment, first["id"]) == 1,
-             "the controller to come back and recover the region", timeout_s=60)
+             "the controller to come back and recover the region", timeout_s=120)
     flowing.join(timeout=60)
     outputs = [_before(TOTAL, asyncio.run(read_topic(bootstrap, out, TOTAL + TRAILER // 2,
                                                      timeout_s=60)))
@@ -247,7 +247,16 @@ def test_two_graphs_share_sharded_nodes_and_a_killed_shard_and_controller_recove
     assert metrics.stats.events_in == sum(
         ray.get(_actor(name).stats.remote()).events_in for name in smooth["actors"]) > 0
     assert deployment.node(smooth["node_id"])["shards"] == 2
-    # Removing one graph keeps the shards the other uses; removing both retires them all.
+    # Removing one graph keeps the shards the other uses. Alone, g1 stops at a final
+    # checkpoint of every shard and resumes from it: still exactly the one-shard output.
     assert deployment.remove(second["id"])["retired"] == ["out_g2"]
-    assert sorted(deployment.remove(first["id"])["retired"]) == [
+    more = TOTAL + TRAILER + 500
+    assert deployment.stop(first["id"])["state"] == "stopped"
+    asyncio.run(produce(bootstrap, topic, TOTAL + TRAILER, more + TRAILER))  # while stopped
+    resumed = deployment.resume(first["id"])
+    records = _before(more, asyncio.run(read_topic(bootstrap, out1, more + TRAILER // 2,
+                                                   timeout_s=60)))
+    assert resumed["state"] == "executing", resumed["cause"]
+    assert len(records) == more and per_key(records) == expected(more, span=7)
+    assert sorted(deployment.remove(resumed["id"])["retired"]) == [
         "out_g1", "smooth7", "smooth7", "ticks", "ticks"]
