@@ -29,6 +29,7 @@ from connectors.topics import ensure_topics
 from runtime.cli.status import describe_status
 from runtime.dataplane.exchange import KeyRoute
 from runtime.dataplane.stats import NodeStats
+from runtime.deployment.admission import admit_submission
 from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.handle import Deployment
 from runtime.deployment.lifecycle import SubmissionNode, SubmissionRecord
@@ -40,8 +41,10 @@ from runtime.deployment.node_registry import (
     release,
 )
 from runtime.deployment.sharded_nodes import parallelism_refusal, plan_shards
+from runtime.planning.budgets import ActorBudgetError
+from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import wire_graph
-from streamdag.config import CheckpointSettings, KafkaSettings, Settings
+from streamdag.config import CheckpointSettings, KafkaSettings, LimitSettings, Settings
 from streamdag.testing import read_topic
 
 TOTAL = 3000
@@ -128,6 +131,18 @@ def test_a_node_is_shared_only_with_the_parallelism_it_runs_with() -> None:
         "deployment with parallelism 2 for ['s1']; a node is shared only with its parallelism "
         "(running it twice would publish its output twice): give it parallelism=2 (the output "
         "per key is the same), or remove those submissions first")
+
+
+def test_admission_counts_one_actor_per_shard(tmp_path: Path) -> None:
+    graph = _graph("g1", "t", "o1")  # 2 + 2 shards and a sink: 5 actors
+    keys, _ = _plan(graph)
+    diff = diff_graph(graph, frozenset())
+    with pytest.raises(ActorBudgetError, match="needs 5 new node actors: 5 in all, over the "
+                                               "limit of 4"):
+        admit_submission(tmp_path, LimitSettings(max_actors=4), NodeRegistry(), (), "s1",
+                         graph, keys, diff)
+    admit_submission(tmp_path, LimitSettings(max_actors=5), NodeRegistry(), (), "s1", graph,
+                     keys, diff)
 
 
 def test_status_shows_a_sharded_node_once_with_its_shards_figures_summed() -> None:
