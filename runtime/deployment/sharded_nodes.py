@@ -9,6 +9,10 @@ do node by node; the entry records its shard, its input slots and which of them 
 own keys (``NodeRequest.routed``), so a recovery re-wires exchange edges with their routes.
 Dedup, status and metrics see the logical node: shards are shared together or not at all.
 
+Tag queries follow unsharded nodes only, and neither a tag query nor a node reading one
+(directly or not) is sharded: what a query follows comes and goes, and its loop check sees
+nodes, not shards.
+
 Sharing rule: a node is shared only when it is the same computation (node id) *and* runs with
 the same parallelism. A graph that defines a running node with another parallelism is refused
 with the running one's parallelism: running a second copy would publish a sink's output twice
@@ -110,13 +114,17 @@ def plan_shards(deployment: str, graph: Graph, keys: Mapping[str, str],
 def parallelism_refusal(registry: NodeRegistry, graph: Graph,
                         keys: Mapping[str, str]) -> str | None:
     """Why ``graph`` cannot run here as it asks (a node it shares runs with another
-    parallelism, or a tag query is sharded); None if it can."""
-    for node in graph.nodes:
+    parallelism, or a tag query or what reads it is sharded); None if it can."""
+    queried: set[str] = set()  # tag queries and every node downstream of one
+    for node in graph.nodes:  # inputs come first
         wanted = graph.parallelism_of(node)
-        if node.operator == "tag_query" and wanted > 1:
-            return (f"node {node.name!r} of graph {graph.name!r} is a tag query with "
-                    f"parallelism {wanted}: the inputs it follows come and go, which a "
-                    "deployment does not shard; give it parallelism=1")
+        if node.operator == "tag_query" or any(i.node_id in queried for i in node.inputs):
+            queried.add(node.node_id)
+            if wanted > 1:
+                return (f"node {node.name!r} of graph {graph.name!r} asks for parallelism "
+                        f"{wanted}, but it is or reads a tag query, whose inputs come and go "
+                        "and which tells loops apart by node: a deployment runs those "
+                        "unsharded; give it parallelism=1")
         running = registry.shards_of(keys[node.node_id])
         if running and running[0].shards != wanted:
             return (f"node {node.name!r} of graph {graph.name!r} asks for parallelism {wanted}, "

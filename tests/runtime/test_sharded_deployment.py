@@ -133,6 +133,20 @@ def test_a_node_is_shared_only_with_the_parallelism_it_runs_with() -> None:
         "per key is the same), or remove those submissions first")
 
 
+def test_a_tag_query_and_what_reads_it_are_not_sharded_in_a_deployment() -> None:
+    signals = sd.tag_query(["signal"], schema={"value": "float64"}, name="signals")
+    total = signals.rolling_sum("value", window=3, name="total", parallelism=2)
+    graph = sd.Graph("book", outputs=[total.map("value * 2", name="double").to_topic("b")])
+    keys = {n.node_id: n.node_id for n in graph.nodes}
+    assert parallelism_refusal(NodeRegistry(), graph, keys) == (
+        "node 'total' of graph 'book' asks for parallelism 2, but it is or reads a tag query, "
+        "whose inputs come and go and which tells loops apart by node: a deployment runs "
+        "those unsharded; give it parallelism=1")
+    flat = sd.Graph("flat", outputs=[signals.rolling_sum("value", window=3, name="total")])
+    assert parallelism_refusal(NodeRegistry(), flat, {n.node_id: n.node_id
+                                                      for n in flat.nodes}) is None
+
+
 def test_admission_counts_one_actor_per_shard(tmp_path: Path) -> None:
     graph = _graph("g1", "t", "o1")  # 2 + 2 shards and a sink: 5 actors
     keys, _ = _plan(graph)
