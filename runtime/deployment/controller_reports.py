@@ -76,11 +76,16 @@ class Reports:
         return described
 
     def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
-        """The checkpoints and recoveries of the regions a submission's nodes are in."""
+        """The checkpoints and recoveries of the regions a submission's nodes are in (each
+        region's nodes by name, a sharded one once)."""
         record = self._record(submission_id)
         if self._checkpoints is None:
             return []
-        return self._checkpoints.describe(self._registry, (n.key for n in record.nodes))
+        described = self._checkpoints.describe(self._registry, (n.key for n in record.nodes))
+        for region in described:  # a sharded node is one, whose shards all take part
+            region["nodes"] = sorted({e.logical_key: e.name for e in self._registry.entries
+                                      .values() if e.region == region["region"]}.values())
+        return described
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every registered node, a sharded one once: actor(s), shards, refcount, graphs,

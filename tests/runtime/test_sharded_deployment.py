@@ -266,6 +266,8 @@ def test_two_graphs_share_sharded_nodes_and_a_killed_shard_and_controller_recove
 
     assert _pid(deployment.controller) != pid
     assert deployment.check_health() == []
+    [region] = deployment.checkpoints(first["id"])
+    assert (region["nodes"], region["recoveries"]) == (["out_g1", "out_g2", "smooth7", "ticks"], 1)
     assert [len(records) for records in outputs] == [TOTAL, TOTAL]  # 0 lost, 0 duplicated
     one_shard = expected(TOTAL, span=7)
     assert [per_key(records) for records in outputs] == [one_shard, one_shard]
