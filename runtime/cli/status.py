@@ -53,8 +53,10 @@ def describe_status(status: Mapping[str, Any]) -> str:
     for node in status.get("nodes") or []:
         stats = node.get("stats") or {}
         lag = stats.get("lag") or {}
+        shards = int(node.get("shards") or 1)
         rows.append([
-            node.get("name"), node.get("operator"), node.get("role"),
+            f"{node.get('name')} ({shards} shards)" if shards > 1 else node.get("name"),
+            node.get("operator"), node.get("role"),
             "yes" if node.get("alive") else "no", len(node.get("shared_by") or []),
             int(stats.get("events_in", 0)), int(stats.get("events_out", 0)),
             _p99_milliseconds(stats.get("process_latency")), int(stats.get("queue_depth", 0)),

@@ -185,10 +185,12 @@ def admit_submission(
     admitted = [entry for entry in load_admitted(path) if entry.submission in holders]
     # Step 2: the graph's own size, then what it adds to the running deployment.
     check_graph_size(graph, limits)
-    live = registry.live_keys()
-    check_actors(graph, len(diff.new), len(live), limits)
+    live = registry.live_keys()  # actors: a sharded node has one per shard
+    check_actors(graph, sum(graph.parallelism_of(n) for n in graph.nodes
+                            if n.node_id in set(diff.new)), len(live), limits)
     new = estimate_graph(graph, limits.expected_keys, node_ids=set(diff.new))
-    check_memory(new, limits, running_bytes(admitted, live))
+    check_memory(new, limits, running_bytes(admitted, {
+        entry.logical_key for entry in registry.entries.values() if entry.alive}))
     # Step 3: one writer per topic, unless every writer shares it.
     check_topic_claims(graph, (claim for entry in admitted for claim in entry.sinks))
     # Step 4: remember this submission.

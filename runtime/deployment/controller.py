@@ -8,12 +8,14 @@ once every actor below it is ready; running producers are subscribed to their ne
 new sources start reading last. Submissions are serialized by an asyncio lock; node actors are
 named after their node id and created with ``get_if_exists``, so even two controllers racing
 cannot start one node twice.
+
+The controller's health checks and recoveries are ``controller_health``, what it reports
+(status, nodes, metrics) ``controller_reports``, stopping and resuming ``stop_resume``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import dataclasses
 import logging
 import time
@@ -23,15 +25,16 @@ from typing import Any
 
 from runtime.dataplane.checkpointing import NodeSnapshot
 from runtime.dataplane.host import RuntimeSettings
-from runtime.dataplane.messages import edge_id
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
+from runtime.deployment.controller_health import HealthChecks
 from runtime.deployment.controller_options import (
     ControllerOptions,
     controller_actor_name,
     deployment_state_dir,
     start_when_restarted_by_ray,
 )
-from runtime.deployment.crashes import hold_nodes, respond_to_crashes, reuse_refusal
+from runtime.deployment.controller_reports import Reports, UnknownNodeError
+from runtime.deployment.crashes import reuse_refusal
 from runtime.deployment.lifecycle import (
     TERMINAL_STATES,
     DiffSummary,
@@ -50,21 +53,18 @@ from runtime.deployment.lifecycle import (
     new_submission_id,
     save_submissions,
 )
-from runtime.deployment.metrics import MetricsSnapshot, NodeMetrics
-from runtime.deployment.node_actors import NodeActors, NodeProbe, locate_node_actors
+from runtime.deployment.node_actors import NodeActors, locate_node_actors
 from runtime.deployment.node_registry import (
     NodeRegistry,
     acquire,
     instance_key,
-    mark_alive,
-    mark_dead,
     node_actor_name,
-    node_requests,
     release,
     retirement_order,
     with_follows,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
+from runtime.deployment.sharded_nodes import ShardedPlan, parallelism_refusal, plan_shards
 from runtime.deployment.state_files import load_registry, save_graph, save_registry
 from runtime.deployment.stop_resume import (
     StopAndResume,
@@ -72,7 +72,7 @@ from runtime.deployment.stop_resume import (
 )
 from runtime.deployment.tag_queries import TagQueries
 from runtime.planning.planner import diff_graph
-from runtime.planning.wiring import EdgeSpec, HostSpec, wire_graph
+from runtime.planning.wiring import HostSpec, wire_graph
 from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
 from runtime.runners.kafka_binding import KafkaBinding
 from streamdag.config import Settings
@@ -93,15 +93,11 @@ _log = logging.getLogger("streamdag.controller")
 _S = SubmissionState
 
 
-class UnknownNodeError(StreamdagError):
-    """No registered node has the id asked for."""
-
-
 class _SubmissionFailedError(Exception):
     """Carries a failed submission's cause to the rollback."""
 
 
-class Controller(StopAndResume):
+class Controller(HealthChecks, Reports, StopAndResume):
     """One deployment's controller: submissions, the shared node actors, their lifecycle."""
 
     def __init__(
@@ -134,6 +130,7 @@ class Controller(StopAndResume):
         self._actors = NodeActors(self.deployment, self._runtime,
                                   call_timeout_s=self.options.call_timeout_s,
                                   ready_timeout_s=self.options.ready_timeout_s)
+        self._actors.routes = self._registry.routes()
         self._stats: dict[str, NodeStats] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._started = False
@@ -218,43 +215,48 @@ class Controller(StopAndResume):
         dedup = self.options.dedup
         keys = {n.node_id: instance_key(n.node_id, submission, dedup=dedup) for n in graph.nodes}
         started = time.perf_counter()
-        diff = diff_graph(graph, self._registry.live_keys() if dedup else frozenset())
+        diff = diff_graph(graph, frozenset(e.logical_key for e in self._registry.entries.values()
+                                           if e.alive) if dedup else frozenset())
         self._diff_duration.observe(time.perf_counter() - started)
         from runtime.deployment.admission import admit_submission
-        from runtime.planning.sharding import refuse_sharded
 
-        refuse_sharded(graph)  # one actor per node id here: keyed parallelism is the runners'
+        refusal = parallelism_refusal(self._registry, graph, keys)
+        if refusal is not None:  # a node is shared only with its parallelism (sharded_nodes)
+            raise _SubmissionFailedError(refusal)
         # Limits and topic ownership, before anything is mapped or created.
         admit_submission(self.state_dir, self.settings.limits, self._registry,
                          self._records.values(), submission, graph, keys, diff)
         names = {node.node_id: node.name for node in graph.nodes}
+        plan = self._plan(graph, keys)
         refusal = reuse_refusal(self._registry, self._records, graph.name,
-                                {keys[n]: name for n, name in names.items()})
+                                {r.key: r.name for r in plan.requests})
         if refusal is not None:  # dead nodes, or nodes held since their region failed
             raise _SubmissionFailedError(refusal)
-        await asyncio.gather(*(self._retiring[k] for k in keys.values() if k in self._retiring))
-        # Step 2: map every node to its actor in the registry.
-        self._registry = acquire(self._registry, submission,
-                                 node_requests(self.deployment, graph.nodes, keys))
+        await asyncio.gather(*(self._retiring[r.key] for r in plan.requests
+                               if r.key in self._retiring))
+        # Step 2: map every node (every shard of it) to its actor in the registry.
+        self._registry = acquire(self._registry, submission, plan.requests)
         self._tag_queries.learn(submission, graph, keys)
         leaves = {n.node_id for n in (*graph.sinks, *graph.outputs)}
         self._records[submission] = dataclasses.replace(
             self._records[submission], holds_nodes=True, diff=DiffSummary.of(diff, names),
-            nodes=tuple(SubmissionNode.of(n, keys[n.node_id], leaf=n.node_id in leaves)
-                        for n in graph.nodes),
+            nodes=tuple(SubmissionNode.of(n, key, leaf=n.node_id in leaves, shard=shard,
+                                          shards=len(plan.shard_keys[n.node_id]))
+                        for n in graph.nodes
+                        for shard, key in enumerate(plan.shard_keys[n.node_id])),
         )
         self._nodes_new_total += len(diff.new)
         self._nodes_reused_total += len(diff.reused)
         self._last_reuse_ratio = diff.reuse_ratio
         resuming, snapshots = self._resume_point(
-            graph, [keys[n] for g in diff.creation_order for n in g])
+            graph, [key for g in plan.generations(diff.creation_order) for key, _ in g])
         self._save_registry()
         await self._move(submission, _S.MAPPED)
         # Step 3: the deployment sequence: the new actors, sinks first; running producers
         # attach to them; the new sources read.
         progress = DeployProgress()
         try:
-            await self._create_and_start(submission, graph, keys, diff.creation_order,
+            await self._create_and_start(submission, graph, plan, diff.creation_order,
                                          progress, snapshots)
         except Exception as exc:
             await self._roll_back(submission, progress)
@@ -267,40 +269,38 @@ class Controller(StopAndResume):
                          f"resumed from checkpoint(s) {resuming.describe()}")
         await self._reconcile_checkpoints()
         await self._follow_tags()
-        await self._refresh_stats(keys.values())
+        await self._refresh_stats(r.key for r in plan.requests)
 
-    def _hosts_of(self, graph: Graph) -> dict[str, HostSpec]:
-        """How to build every node of ``graph``, by node id."""
-        return {spec.node.node_id: spec
-                for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
-                                             capture_outputs=False)[0]
-                for spec in generation}
+    def _plan(self, graph: Graph, keys: Mapping[str, str]) -> ShardedPlan:
+        """How to build and wire every shard of ``graph``'s nodes, registered under ``keys``
+        (by node id)."""
+        hosts = {spec.node.node_id: spec
+                 for generation in wire_graph(graph, {}, {}, *self._binding.defaults(),
+                                              capture_outputs=False)[0]
+                 for spec in generation}
+        return plan_shards(self.deployment, graph, keys, hosts)
 
     async def _create_and_start(
         self,
         submission: str,
         graph: Graph,
-        keys: Mapping[str, str],
+        plan: ShardedPlan,
         creation_order: tuple[tuple[str, ...], ...],
         progress: DeployProgress,
         snapshots: dict[str, NodeSnapshot],
     ) -> None:
         """Create (from ``snapshots`` when a stopped graph resumes), wire and start the new
-        nodes; ``progress`` records it for a rollback."""
-        hosts = self._hosts_of(graph)
-        edges = [
-            EdgeSpec(edge_id(keys[up.node_id], keys[node.node_id], index), keys[up.node_id],
-                     keys[node.node_id], index)
-            for node in graph.nodes for index, up in enumerate(node.inputs)
-        ]
-        await self._create_sink_topics([hosts[n] for g in creation_order for n in g])
+        nodes' shards; ``progress`` records it for a rollback."""
+        generations = plan.generations(creation_order)
+        await self._create_sink_topics([host for g in generations for _, host in g])
         if self._checkpoints is not None:
             save_graph(self.state_dir / "graphs", submission, graph)
-            self._checkpoints.add_nodes(self._registry, graph, keys, hosts, creation_order)
-        generations = [[(keys[n], hosts[n]) for n in generation] for generation in creation_order]
+            self._checkpoints.add_nodes(
+                self._registry, graph, {key: key for key in plan.hosts}, plan.hosts,
+                tuple(tuple(key for key, _ in generation) for generation in generations))
         self._actors.snapshots = snapshots
         try:
-            await deploy(self._actors, generations, edges, progress)
+            await deploy(self._actors, generations, plan.edges, progress)
         finally:
             self._actors.snapshots = {}
 
@@ -417,144 +417,10 @@ class Controller(StopAndResume):
             await self._emitter.close()
             return {"stopped": [entries[key].name for key in order]}
 
-    # -- health -----------------------------------------------------------------------------
-    async def check_health(self) -> list[str]:
-        """Probe every node actor: dead ones fail their submissions; returns what was found.
-
-        A dead actor counts as a crash: its region holds, and every submission with a node in
-        it ends FAILED with the cause (``crashes``). A submission using a failed node ends
-        FAILED too; one whose output nodes all finished ends COMPLETED.
-        """
-        async with self._lock:
-            await self._ensure_started()
-            probes = await self._probe_all(self._registry.live_keys())
-            problems = await self._declare_dead(
-                {key: probe.error or "its actor died" for key, probe in probes.items()
-                 if not probe.alive})
-            if self._checkpoints is not None:  # failed nodes and checkpoints recover too
-                if problems:  # regions recovered: what their old actors said is gone
-                    probes = await self._probe_all(self._registry.live_keys())
-                failing = {key: f"failed: {probe.error}" for key, probe in probes.items()
-                           if probe.alive and probe.error and key in self._registry.entries}
-                failing.update(self._checkpoints.failed_nodes(self._registry))
-                if failing:  # recover_regions names each cause's node
-                    problems += [f"node {self._registry.entries[key].name!r}: {cause}; its "
-                                 "region recovers" for key, cause in failing.items()]
-                    await self._recover_or_fail(failing)
-                    probes = await self._probe_all(self._registry.live_keys())
-            for record in list(self._records.values()):
-                if record.state is not _S.EXECUTING:
-                    continue
-                errors = [f"node {n.name!r} failed: {probes[n.key].error}" for n in record.nodes
-                          if n.key in probes and probes[n.key].alive and probes[n.key].error]
-                if errors:
-                    problems.append(f"submission {record.id}: {'; '.join(errors)}")
-                    await self._fail(record.id, "; ".join(errors))
-                elif all(n.key in probes and probes[n.key].finished
-                         for n in record.nodes if n.leaf):
-                    await self._move(record.id, _S.COMPLETED, "every output finished")
-            return problems
-
-    async def _declare_dead(self, causes: Mapping[str, str]) -> list[str]:
-        """Record actors as dead; their regions hold and their submissions fail (``crashes``)."""
-        if not causes:
-            return []
-        problems = []
-        for key, cause in causes.items():
-            entry = self._registry.entries[key]
-            self._crashes += 1
-            problems.append(f"node {entry.name!r} (actor {entry.actor_name}) died: {cause}")
-            self._actors.handles.pop(key, None)
-        self._registry = mark_dead(self._registry, causes)
-        self._save_registry()
-        await self._recover_or_fail(causes)
-        return problems
-
-    async def _recover_or_fail(self, causes: Mapping[str, str]) -> None:
-        """Recover the regions of ``causes`` (crashed or failed nodes), or fail their graphs."""
-        if self._checkpoints is not None:
-            recovered, causes = await self._checkpoints.recover_regions(self._registry, causes)
-            await self._tag_queries.after_recovery(recovered, self._actors)
-            self._registry = mark_alive(self._registry, recovered)
-            self._registry = mark_dead(self._registry, causes)
-            self._save_registry()
-        if not causes:
-            return
-        # Producers must not drop a crashed node and read on: the whole region holds first.
-        response = respond_to_crashes(self._registry, self._records.values(), causes)
-        await hold_nodes(self._actors, response.holds)
-        for submission, cause in response.failures.items():
-            await self._fail(submission, cause)
-
     async def _reconcile_checkpoints(self, retired: Iterable[str] = ()) -> None:
         if self._checkpoints is not None:
             self._checkpoints.forget(retired)
             await self._checkpoints.reconcile(self._registry)
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.health_interval_s)
-            try:
-                for problem in await self.check_health():
-                    _log.warning("%s", problem)
-            except Exception:  # the loop must outlive one failed round
-                _log.exception("health check of deployment %r failed", self.deployment)
-
-    async def _probe_all(self, keys: Iterable[str]) -> dict[str, NodeProbe]:
-        ordered = sorted(keys)
-        probes = await asyncio.gather(*(self._actors.probe(key) for key in ordered))
-        for key, probe in zip(ordered, probes, strict=True):
-            if probe.stats is not None:
-                self._stats[key] = probe.stats
-        return dict(zip(ordered, probes, strict=True))
-
-    async def _refresh_stats(self, keys: Iterable[str]) -> None:
-        await self._probe_all(self._registry.live_keys().intersection(keys))
-
-    # -- reading ----------------------------------------------------------------------------
-    def list_submissions(self) -> list[dict[str, Any]]:
-        """Every submission, oldest first, in the shape ``submit_graph`` returns."""
-        records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.id))
-        return [record.describe(self.deployment) for record in records]
-
-    def status(self, submission_id: str) -> dict[str, Any]:
-        """A submission with, per node: sharing, liveness and the latest NodeStats figures.
-
-        Figures are those of the latest health check (or of the submission itself).
-        """
-        record = self._record(submission_id)
-        described = record.describe(self.deployment, self._registry, self._stats,
-                                    retiring=self._retiring.keys())
-        for node, key in zip(described["nodes"], (n.key for n in record.nodes), strict=True):
-            self._add_tag_query(node, key)
-        return described
-
-    def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
-        """The checkpoints and recoveries of the regions a submission's nodes are in."""
-        record = self._record(submission_id)
-        if self._checkpoints is None:
-            return []
-        return self._checkpoints.describe(self._registry, (n.key for n in record.nodes))
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """Every registered node: actor, refcount, graphs, region, liveness (and, for a tag
-        query, what it follows and skips)."""
-        described = self._registry.describe()
-        keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
-        for node in described:
-            self._add_tag_query(node, keys[node["actor"]])
-        return described
-
-    def node(self, node_id: str) -> dict[str, Any]:
-        """One registered node by id (as ``nodes`` shows it), with its latest figures."""
-        found = [node for node in self.nodes() if node["node_id"] == node_id]
-        if not found:
-            raise UnknownNodeError(
-                f"deployment {self.deployment!r} runs no node {node_id!r}; nodes() lists the "
-                f"ids of the {len(self._registry.entries)} running")
-        keys = {entry.actor_name: key for key, entry in self._registry.entries.items()}
-        stats = self._stats.get(keys[found[0]["actor"]])
-        return {**found[0], "stats": dataclasses.asdict(stats) if stats else None}
 
     # -- tag queries ------------------------------------------------------------------------
     async def _follow_tags(self) -> None:
@@ -565,56 +431,6 @@ class Controller(StopAndResume):
         self._registry = with_follows(self._registry, self._tag_queries.follows())
         self._save_registry()
         await self._reconcile_checkpoints()
-
-    def _add_tag_query(self, node: dict[str, Any], key: str) -> None:
-        query = self._tag_queries.describe(key)
-        if query is not None:
-            node["tag_query"] = query
-
-
-    async def metrics_snapshot(self) -> MetricsSnapshot:
-        """Fresh per-node figures plus the controller's own counters."""
-        if not self._started:
-            await self.start()
-        registry, regions = self._registry, self._checkpoints
-        await self._probe_all(registry.live_keys())
-        by_state = {str(state): 0 for state in SubmissionState}
-        for record in self._records.values():
-            by_state[str(record.state)] += 1
-        nodes = tuple(
-            NodeMetrics(e.node_id, e.name, e.operator, e.role, tuple(sorted(e.graphs)),
-                        e.region, e.actor_name, e.alive,
-                        self._stats.get(e.key) or NodeStats(e.node_id, e.name))
-            for e in sorted(registry.entries.values(), key=lambda e: e.key)
-        )
-        return MetricsSnapshot(
-            nodes=nodes, submissions_by_state=by_state,
-            diff_duration=dataclasses.replace(self._diff_duration,
-                                              counts=list(self._diff_duration.counts)),
-            nodes_new_total=self._nodes_new_total, nodes_reused_total=self._nodes_reused_total,
-            reuse_ratio=self._last_reuse_ratio, actor_crashes_total=self._crashes,
-            actors_running=len(registry.live_keys()),
-            regions=regions.metrics() if regions is not None else (),
-            restore_duration=copy.deepcopy(regions.figures.restore_duration)
-            if regions is not None else LatencyHistogram(),
-        )
-
-    async def infer(self, node: str, features: Mapping[str, list[float]],
-                    timeout_s: float = 10.0) -> dict[str, Any]:
-        """One interactive request to inference node ``node`` (name or node id), run ahead of
-        its streams; ``{"node", "node_id", "outputs": {output: values}}``."""
-        from runtime.inference.requests import (
-            UnknownInferenceNodeError,
-            call_interactive,
-            find_inference_node,
-        )
-
-        entry = find_inference_node(self._registry, node)
-        handle = self._actors.handles.get(entry.key)
-        if handle is None:
-            raise UnknownInferenceNodeError(f"inference node {node!r} has no running actor")
-        outputs = await call_interactive(handle, features, timeout_s)
-        return {"node": entry.name, "node_id": entry.node_id, "outputs": outputs}
 
     # -- records, persistence, events -------------------------------------------------------
     def _record(self, submission_id: str) -> SubmissionRecord:
@@ -645,6 +461,7 @@ class Controller(StopAndResume):
 
     def _save_registry(self) -> None:
         save_registry(self._registry_path, self._registry, self.deployment)
+        self._actors.routes = self._registry.routes()  # a recovery re-wires exchanges by them
 
     def _save_submissions(self) -> None:
         save_submissions(self._submissions_path, list(self._records.values()))

@@ -156,22 +156,28 @@ class SubmissionNode:
     role: str
     #: Whether the node is an output of the graph (finishing it finishes the graph).
     leaf: bool
+    #: A sharded node is one of these per shard (``sharded_nodes``): shard ``shard`` of ``shards``.
+    shard: int = 0
+    shards: int = 1
 
     @classmethod
-    def of(cls, node: Node, key: str, *, leaf: bool) -> SubmissionNode:
-        """The submission's view of graph node ``node``, registered under ``key``."""
-        return cls(node.name, key, node.node_id, node.operator, node.role, leaf)
+    def of(cls, node: Node, key: str, *, leaf: bool, shard: int = 0,
+           shards: int = 1) -> SubmissionNode:
+        """The submission's view of (shard ``shard`` of) graph node ``node``, under ``key``."""
+        return cls(node.name, key, node.node_id, node.operator, node.role, leaf, shard, shards)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
         return {"name": self.name, "key": self.key, "node_id": self.node_id,
-                "operator": self.operator, "role": self.role, "leaf": self.leaf}
+                "operator": self.operator, "role": self.role, "leaf": self.leaf,
+                "shard": self.shard, "shards": self.shards}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubmissionNode:
         """The node ``to_dict`` wrote."""
         return cls(str(data["name"]), str(data["key"]), str(data["node_id"]),
-                   str(data["operator"]), str(data["role"]), bool(data["leaf"]))
+                   str(data["operator"]), str(data["role"]), bool(data["leaf"]),
+                   int(data.get("shard", 0)), int(data.get("shards", 1)))
 
 
 @dataclass(frozen=True)
@@ -253,19 +259,26 @@ class SubmissionRecord:
         also tells its region, the graphs sharing it, whether its actor is alive (a retiring
         one is not), and its NodeStats figures.
         """
+        from runtime.deployment.sharded_nodes import logical_stats
+
+        logical: dict[str, list[SubmissionNode]] = {}  # a sharded node is one, of N shards
+        for shard in self.nodes:
+            logical.setdefault(shard.name, []).append(shard)
         nodes = []
-        for node in self.nodes:
+        for node, shards in ((shards[0], shards) for shards in logical.values()):
+            keys = [shard.key for shard in shards]
             described: dict[str, Any] = {
                 "name": node.name, "node_id": node.node_id, "operator": node.operator,
-                "role": node.role, "actor": node_actor_name(deployment, node.key)}
+                "role": node.role, "actor": node_actor_name(deployment, node.key),
+                "shards": node.shards, "actors": [node_actor_name(deployment, k) for k in keys]}
             if registry is not None:
                 entry = registry.entries.get(node.key)
-                figures = (stats or {}).get(node.key) or NodeStats(node.node_id, node.name)
                 described.update(
                     region=entry.region if entry else None,
                     shared_by=sorted(entry.graphs) if entry else [],
-                    alive=bool(entry and entry.alive and node.key not in retiring),
-                    stats=asdict(figures))
+                    alive=all(key in registry.entries and registry.entries[key].alive
+                              and key not in retiring for key in keys),
+                    stats=asdict(logical_stats(node.node_id, node.name, keys, stats or {})))
             nodes.append(described)
         return {
             "id": self.id, "graph": self.graph, "state": str(self.state), "cause": self.cause,

@@ -48,7 +48,8 @@ def locate_node_actors(
             except ValueError:
                 missing.append(key)
     claimed = {entry.actor_name for entry in registry.entries.values()}
-    pattern = re.compile(re.escape(node_actor_name(deployment, "")) + "[0-9a-f]{24}")
+    pattern = re.compile(re.escape(node_actor_name(deployment, "")) +
+                         "[0-9a-f]{24}(-[0-9]+of[0-9]+)?")
     leftovers = {
         actor["name"]: ray.get_actor(actor["name"], namespace=NODE_NAMESPACE)
         for actor in ray.util.list_named_actors(all_namespaces=True)
@@ -92,14 +93,19 @@ class NodeActors(RayNodes):
         #: Edges into tag queries, with the name of the node each comes from: wiring one
         #: (a recovery re-wires every edge of its region) makes the query follow it.
         self.origins: dict[str, str] = {}
+        #: The key route of every exchange edge into a shard (``NodeRegistry.routes``): a
+        #: recovery re-wires its region's edges from the registry, which names no routes.
+        self.routes: dict[str, KeyRoute] = {}
 
     async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
                         route: KeyRoute | None = None) -> None:
-        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge`` (a tag
-        query follows it, labelled with its origin; deployments run no shards, so no route)."""
+        """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge``: only the
+        records of ``route``'s keys (or, when None, of the edge's route in ``routes``), or, into
+        a tag query, every record labelled with its origin."""
         origin = self.origins.get(edge)
         if origin is None:
-            await super().subscribe(edge, upstream, downstream, index, route)
+            await super().subscribe(edge, upstream, downstream, index,
+                                    route if route is not None else self.routes.get(edge))
             return
         from runtime.dataplane.channels import RayTarget
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from runtime.dataplane.exchange import KeyRoute
 from runtime.dataplane.messages import edge_id
 from streamdag.errors import StreamdagError
 
@@ -50,6 +51,7 @@ __all__ = [
     "node_requests",
     "release",
     "retirement_order",
+    "shard_edge_id",
     "with_follows",
     "with_since",
 ]
@@ -64,12 +66,26 @@ class RegistryFileError(StreamdagError):
 
 
 def node_actor_name(deployment: str, key: str) -> str:
-    """The deterministic Ray actor name of the node registered under ``key``.
+    """The deterministic Ray actor name of the node (or shard) registered under ``key``.
 
     >>> node_actor_name("live", "0123456789abcdef" * 4)
     'streamdag-live-node-0123456789abcdef01234567'
+    >>> node_actor_name("live", "0123456789abcdef" * 4 + ".1of2")
+    'streamdag-live-node-0123456789abcdef01234567-1of2'
     """
-    return f"streamdag-{deployment}-node-{key[:24]}"
+    base, _, shard = key.partition(".")
+    return f"streamdag-{deployment}-node-{base[:24]}" + (f"-{shard}" if shard else "")
+
+
+def shard_edge_id(upstream: str, downstream: str, input_index: int) -> str:
+    """The name of the edge between two registry keys: ``edge_id``, with the shards it joins
+    when either end is a shard (``edge_id`` keeps only the keys' first 16 characters).
+
+    >>> shard_edge_id("a" * 64, "b" * 64 + ".1of2", 0)[-8:]
+    '#0/>1of2'
+    """
+    up, down = upstream.partition(".")[2], downstream.partition(".")[2]
+    return edge_id(upstream, downstream, input_index) + (f"/{up}>{down}" if up or down else "")
 
 
 def instance_key(node_id: str, graph_id: str, *, dedup: bool = True) -> str:
@@ -97,8 +113,27 @@ class NodeRequest:
     name: str
     operator: str
     role: str
-    #: Keys of the node's inputs, in input order.
+    #: Keys of the node's inputs, in input order (a sharded node's: one per input slot).
     inputs: tuple[str, ...]
+    #: Which shard of its logical node this is, and of how many (``runtime.planning.sharding``).
+    shard: int = field(default=0, kw_only=True)
+    shards: int = field(default=1, kw_only=True)
+    #: Input slots that take only this shard's keys (exchange edges into a sharded node).
+    routed: tuple[int, ...] = field(default=(), kw_only=True)
+
+    @property
+    def logical_key(self) -> str:
+        """The key of the logical node: the same for every shard of it.
+
+        >>> NodeRequest("ab.1of2", "ab", "n", "m", "map", "operator", (), shard=1,
+        ...             shards=2).logical_key
+        'ab'
+        """
+        return self.key if self.shards == 1 else self.key.rsplit(".", 1)[0]
+
+    def route_of(self, index: int) -> KeyRoute | None:
+        """The keys input slot ``index`` takes: this shard's, or (None) all it is sent."""
+        return KeyRoute(self.shard, self.shards) if index in self.routed else None
 
 
 @dataclass(frozen=True)
@@ -134,7 +169,7 @@ class NodeEntry(NodeRequest):
     def input_edges(self) -> list[tuple[str, str, int]]:
         """``(edge, upstream key, input index)`` of every edge into this node."""
         return [
-            (edge_id(upstream, self.key, index), upstream, index)
+            (shard_edge_id(upstream, self.key, index), upstream, index)
             for index, upstream in enumerate(self.inputs)
         ] + [(edge_id(upstream, self.key, index), upstream, index)
              for upstream, index, _ in self.follows]
@@ -143,15 +178,19 @@ class NodeEntry(NodeRequest):
         """The entry as JSON-ready data."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         return {**data, "inputs": list(self.inputs), "graphs": sorted(self.graphs),
-                "follows": [list(follow) for follow in self.follows]}
+                "follows": [list(follow) for follow in self.follows],
+                "routed": list(self.routed)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeEntry:
         """The entry ``to_dict`` wrote."""
-        texts = {f.name: str(data[f.name]) for f in fields(NodeRequest) if f.name != "inputs"}
+        texts = {f.name: str(data[f.name]) for f in fields(NodeRequest)
+                 if f.name not in ("inputs", "shard", "shards", "routed")}
         return cls(
             **texts,
             inputs=tuple(str(i) for i in data["inputs"]),
+            shard=int(data.get("shard", 0)), shards=int(data.get("shards", 1)),
+            routed=tuple(int(i) for i in data.get("routed", ())),
             graphs=frozenset(str(g) for g in data["graphs"]),
             region=str(data.get("region", "")),
             alive=bool(data.get("alive", True)),
@@ -184,13 +223,29 @@ class NodeRegistry:
             if upstream == key
         ]
 
+    def shards_of(self, logical_key: str) -> list[NodeEntry]:
+        """The entries of one logical node, shard by shard (one for an unsharded node)."""
+        return sorted((e for e in self.entries.values() if e.logical_key == logical_key),
+                      key=lambda e: e.shard)
+
+    def routes(self) -> dict[str, KeyRoute]:
+        """The key route of every edge into a shard that takes only its own keys, by edge."""
+        return {edge: route for entry in self.entries.values()
+                for edge, _, index in entry.input_edges()
+                if (route := entry.route_of(index)) is not None}
+
     def describe(self) -> list[dict[str, Any]]:
-        """Every node for people and the API: actor, refcount, graphs, region, liveness."""
+        """Every logical node for people and the API: actor (the first shard's; ``actors``:
+        each shard's), refcount, graphs, region, liveness (of every shard), ``shards``."""
+        logical: dict[str, list[NodeEntry]] = {}
+        for e in sorted(self.entries.values(), key=lambda e: (e.region, e.name, e.key)):
+            logical.setdefault(e.logical_key, []).append(e)
         return [
             {"node_id": e.node_id, "name": e.name, "operator": e.operator, "role": e.role,
              "actor": e.actor_name, "refcount": e.refcount, "graphs": sorted(e.graphs),
-             "region": e.region, "alive": e.alive}
-            for e in sorted(self.entries.values(), key=lambda e: (e.region, e.name, e.key))
+             "region": e.region, "alive": all(s.alive for s in shards),
+             "shards": e.shards, "actors": [s.actor_name for s in shards]}
+            for e, shards in ((shards[0], shards) for shards in logical.values())
         ]
 
     def to_document(self, deployment: str) -> dict[str, Any]:

@@ -24,12 +24,12 @@ from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
 from runtime.deployment.node_registry import NodeRegistry, instance_key, with_since
 from runtime.deployment.region_checkpoints import RegionCheckpoints
 from runtime.deployment.state_files import load_graph, read_json, write_json_atomically
-from runtime.planning.wiring import HostSpec
 from streamdag.errors import StreamdagError
 from streamdag.graph import Graph
 
 if TYPE_CHECKING:
     from runtime.deployment.controller_options import ControllerOptions
+    from runtime.deployment.sharded_nodes import ShardedPlan
 
 __all__ = ["StopAndResume", "StopPoint", "drop_stop_point", "load_stop_point",
            "resume_snapshots", "save_stop_point", "stop_points", "stop_refusal"]
@@ -148,7 +148,7 @@ class StopAndResume:
 
         async def submit_graph(self, graph: Graph) -> dict[str, Any]: ...
 
-        def _hosts_of(self, graph: Graph) -> dict[str, HostSpec]: ...
+        def _plan(self, graph: Graph, keys: Mapping[str, str]) -> ShardedPlan: ...
 
     def _resume_point(self, graph: Graph, new_keys: list[str]
                       ) -> tuple[StopPoint | None, dict[str, NodeSnapshot]]:
@@ -212,4 +212,5 @@ class StopAndResume:
                 keys = {node.node_id: instance_key(node.node_id, record.id,
                                                    dedup=self.options.dedup)
                         for node in graph.nodes}
-                self._checkpoints.remember(self._registry, graph, keys, self._hosts_of(graph))
+                hosts = self._plan(graph, keys).hosts  # by shard key
+                self._checkpoints.remember(self._registry, graph, {k: k for k in hosts}, hosts)

@@ -23,8 +23,8 @@ active again is late for what the others already released, as any input is.
 
 Parallelism is not part of a node's id: a keyed operator's output per key depends only on
 that key's events, in the order the watermarks allow, so it is the same whatever N (the
-runners' tests check it exactly). A deployment, which shares nodes between graphs by id,
-refuses parallelism above 1 for now (``refuse_sharded``).
+runners' tests check it exactly). A deployment runs the same plan, every shard a named actor
+(``runtime.deployment.sharded_nodes``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from runtime.dataplane.exchange import KeyRoute, ShardedSource
 from runtime.dataplane.stats import LatencyHistogram, NodeStats
 from runtime.planning.wiring import EdgeSpec, HostSpec
 from streamdag.batch import Batch
-from streamdag.errors import GraphError
 from streamdag.graph import Graph, Node
 from streamdag.operator import shard_instance_id
 
@@ -44,7 +43,6 @@ __all__ = [
     "gather_outputs",
     "instance_keys",
     "merge_stats",
-    "refuse_sharded",
     "shard_plan",
     "shard_stats",
 ]
@@ -161,13 +159,3 @@ def shard_stats(graph: Graph, report: Mapping[str, NodeStats]
             per_shard[node.name] = shards
     return merged, per_shard
 
-
-def refuse_sharded(graph: Graph) -> None:
-    """Raise GraphError if a node of ``graph`` asks for more than one shard (deployments)."""
-    sharded = [node.name for node in graph.nodes if graph.parallelism_of(node) > 1]
-    if sharded:
-        raise GraphError(
-            f"graph {graph.name!r}: node(s) {sharded} ask for parallelism above 1, which a "
-            "deployment does not run yet (it shares nodes between graphs by id, one actor "
-            "each); run the graph with RayRunner or LocalRunner, or submit it without "
-            "parallelism")

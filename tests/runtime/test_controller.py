@@ -256,14 +256,15 @@ def test_a_failed_submission_is_torn_down_and_leaves_shared_actors_untouched(
     _produce(bootstrap, ticks, 21, 22)
     assert _sma_values(_read(bootstrap, sig_a, 3)) == _expected_sma(1, 22)
     assert deployment.status(running["id"])["state"] == "executing"
-    # Keyed parallelism is the runners' for now: refused at once, nothing created.
+    # A running node is shared only with its parallelism: refused at once, nothing created.
     wide = deployment.submit(sd.Graph("wide", outputs=[
         sma.map("value * 3", name="triple").to_topic(_topic("tripled"), name="tripled")],
         parallelism=2))
     assert (wide["state"], wide["cause"]) == ("failed", (
-        "GraphError: graph 'wide': node(s) ['sma20', 'triple'] ask for parallelism above 1, "
-        "which a deployment does not run yet (it shares nodes between graphs by id, one actor "
-        "each); run the graph with RayRunner or LocalRunner, or submit it without parallelism"))
+        f"node 'sma20' of graph 'wide' asks for parallelism 2, but the same node runs in this "
+        f"deployment with parallelism 1 for ['{running['id']}']; a node is shared only with its "
+        "parallelism (running it twice would publish its output twice): give it parallelism=1 "
+        "(the output per key is the same), or remove those submissions first"))
     assert _node_actors(deployment) == before
 
 

@@ -18,7 +18,7 @@ from runtime.checkpoints import failpoints
 from runtime.dataplane.exchange import KeyRoute, key_shards, shard_part
 from runtime.dataplane.worker import NodeWorker
 from runtime.demo.synthetic import RandomWalk
-from runtime.planning.sharding import refuse_sharded, shard_plan
+from runtime.planning.sharding import shard_plan
 from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
@@ -188,14 +188,6 @@ def test_bad_parallelism_is_refused_when_the_graph_is_built() -> None:
         ticks.to_topic("o", name="o", parallelism=2)
     with pytest.raises(GraphError, match=r"graph 'g': parallelism must be .* got True"):
         sd.Graph("g", outputs=[ticks], parallelism=True)  # type: ignore[arg-type]
-
-
-def test_deployments_refuse_sharded_graphs_with_the_nodes_named() -> None:
-    ticks = sd.source("t", topic="t", key="k", schema={"value": "float64"})
-    graph = sd.Graph("g", outputs=[ticks.rolling_mean(window=2, name="m")], parallelism=2)
-    with pytest.raises(GraphError, match=r"graph 'g': node\(s\) \['m'\] ask for parallelism"):
-        refuse_sharded(graph)
-    refuse_sharded(sd.Graph("h", outputs=[ticks.rolling_mean(window=2, name="m")]))
 
 
 def test_a_snapshot_restores_only_to_the_same_input_slots() -> None:
