@@ -48,9 +48,9 @@ from streamdag.config import CheckpointSettings, KafkaSettings, LimitSettings, S
 from streamdag.testing import read_topic
 
 TOTAL = 3000
-#: Events after the checked ones: a sharded source moves its watermark only past its own
-#: newest event, so a live stream's last few events wait for more (``runtime.planning.
-#: sharding``); the trailer's outputs are not compared.
+#: Events after the checked ones: a live stream's last few events wait for more, or for the
+#: source's idle timeout (10 s, ``WatermarkStatus``); the trailer spares the test that wait,
+#: and its outputs are not compared.
 TRAILER = 50
 
 
