@@ -223,7 +223,8 @@ def test_refuses_unknown_or_repeated_aggregations_and_missing_fields() -> None:
 
 def test_window_nodes_round_trip_through_a_spec() -> None:
     graph = sd.Graph("windows", outputs=[
-        TICKS.tumbling_window("1m", agg=["mean", "std"], lateness="5s", late="side", name="t"),
+        TICKS.tumbling_window("1m", agg=["mean", "std"], lateness="5s", late="side",
+                              early_interval="10s", name="t"),
         TICKS.hopping_window("1m", "10s", agg="max", early_every=100, name="h"),
         TICKS.session_window("30s", agg="count", name="s"),
         TICKS.count_window(20, agg="last", name="c"),
@@ -258,3 +259,19 @@ def test_early_interval_updates_do_not_depend_on_batching_or_watermark_steps(
     for script in (at_once, one_by_one, lagging):
         actual, _ = run_operator(node, script, cuts=[3, 11], restore_after=0)
         assert_same(actual, expected)
+
+
+def test_early_interval_is_part_of_the_node_id_and_refused_where_it_cannot_fire() -> None:
+    plain = TICKS.tumbling_window("1m", agg="sum", name="w")
+    every_10s = TICKS.tumbling_window("1m", agg="sum", early_interval="10s", name="w")
+    assert every_10s.config().params["early_interval"] == 10_000_000_000
+    assert len({plain.node_id, every_10s.node_id,
+                TICKS.tumbling_window("1m", agg="sum", early_interval="20s", name="w").node_id,
+                TICKS.tumbling_window("1m", agg="sum", early_every=10, name="w").node_id}) == 4
+    with pytest.raises(ParamError, match="not shorter than the window size"):
+        TICKS.tumbling_window("1m", agg="sum", early_interval="1m")
+    with pytest.raises(ParamError, match="over the maximum of 1000; use a larger"):
+        TICKS.hopping_window("1h", "1m", agg="sum", early_interval="1s")
+    with pytest.raises(ParamError, match=r"session_window: early_interval is not supported.*"
+                                         r"use early_every=N"):
+        TICKS.session_window("30s", agg="sum", early_interval="10s")
