@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from operators.key_slots import KeySlots
 from operators.row_index import EMPTY, empty_index, find_row, index_rows
+from operators.window_state import WindowKeys
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operator_registry import register
@@ -262,13 +262,12 @@ class OhlcvLogic:
         self._lateness = int(params["lateness"])
         self._policy = str(params["late"])
         if snapshot is None:
-            self._key_slots = KeySlots()
+            self._keys = WindowKeys()
             self._open = _BarTable()
             self._emitted = _BarTable()
             self._watermark = _NO_WATERMARK
             self._sequence = 0
             self.late_dropped = 0
-            self._keys_by_slot = np.empty(0, dtype="S1")
         else:
             self._restore(snapshot)
 
@@ -279,8 +278,7 @@ class OhlcvLogic:
         n = len(batch)
         if not n:
             return Batch.empty(OHLCV_SCHEMA)
-        slots = self._key_slots.slots(batch.key)
-        self._remember_keys(slots, batch.key)
+        slots = self._keys.slots(batch.key)
         ts = batch.ts
         starts = ts - np.mod(ts, self._bar)
         sequence = np.arange(self._sequence, self._sequence + n, dtype=np.int64)
@@ -323,7 +321,7 @@ class OhlcvLogic:
     def snapshot(self) -> bytes:
         """Key table, open and emitted bars, watermark, arrival counter and late count."""
         arrays: dict[str, Any] = {
-            "keys": np.frombuffer(self._key_slots.snapshot(), dtype=np.uint8),
+            "keys": self._keys.snapshot(),
             "scalars": np.array(
                 [self._watermark, self._sequence, self.late_dropped], dtype=np.int64
             ),
@@ -337,8 +335,7 @@ class OhlcvLogic:
     # -- internals -----------------------------------------------------------------------
     def _restore(self, snapshot: bytes) -> None:
         arrays = np.load(io.BytesIO(snapshot))
-        self._key_slots = KeySlots.restore(arrays["keys"].tobytes())
-        self._keys_by_slot = self._key_slots.keys()
+        self._keys = WindowKeys(arrays["keys"].tobytes())
         self._open = _BarTable.from_arrays(arrays, "open")
         self._emitted = _BarTable.from_arrays(arrays, "emitted")
         watermark, sequence, late_dropped = (int(v) for v in arrays["scalars"])
@@ -355,19 +352,6 @@ class OhlcvLogic:
         if closed == _NO_WATERMARK:
             return _NO_WATERMARK
         return max(_NO_WATERMARK, closed - RECOMPUTE_RETAINED_BARS * self._bar)
-
-    def _remember_keys(self, slots: npt.NDArray[np.int64], keys: npt.NDArray[np.bytes_]) -> None:
-        # Slot -> key bytes, so emitted bars can be ordered and labelled without a Python loop.
-        known = len(self._keys_by_slot)
-        total = len(self._key_slots)
-        if total == known:
-            return
-        width = max(self._keys_by_slot.dtype.itemsize, keys.dtype.itemsize)
-        grown = np.zeros(total, dtype=f"S{width}")
-        grown[:known] = self._keys_by_slot
-        new = slots >= known
-        grown[slots[new]] = keys[new]
-        self._keys_by_slot = grown
 
     def _recompute(
         self,
@@ -415,7 +399,7 @@ class OhlcvLogic:
         return Batch(starts[order], keys[order], columns)
 
     def _bars_batch(self, bars: _BarRows) -> Batch:
-        keys = self._keys_by_slot[bars.identity[:, _SLOT]]
+        keys = self._keys.by_slot[bars.identity[:, _SLOT]]
         starts = bars.identity[:, _START]
         order = np.lexsort((keys, starts))
         prices = bars.prices[order]

@@ -19,9 +19,7 @@ from operators.window_early import fold_early
 from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
-    EARLY,
     END,
-    FINAL,
     GROW_OUT,
     GROW_PANES,
     GROW_ROWS,
@@ -32,7 +30,7 @@ from operators.window_state import (
     START,
     WindowTable,
     add_event,
-    emit_row,
+    emit_on_event,
     find_or_open,
     open_row,
 )
@@ -85,12 +83,8 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
             # A tumbling window's event in its key's latest window: no division, no lookup.
             add_event(meta, acc, row, t, sequence + i, x)
             kept[i] = True
-            if watermark != NO_WATERMARK and meta[row, END] <= watermark:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
-                         sequence + i)  # a revision
-            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
-                         sequence + i)
+            emit_on_event(meta, acc, row, out_meta, out_acc, out_size, watermark, early_every,
+                          sequence + i)
             continue
         # Window j (start j * step) of a key is cached at latest[slot * ways + j % ways]: the
         # windows of a key open at once are consecutive, so they rarely evict each other.
@@ -118,12 +112,8 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
                            pane_size, row, meta[row, COUNT] == 1, t, sequence + i, x, interval,
                            watermark, visited < period)
             visited += 1
-            if watermark != NO_WATERMARK and end <= watermark:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
-                         sequence + i)  # a revision
-            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
-                         sequence + i)
+            emit_on_event(meta, acc, row, out_meta, out_acc, out_size, watermark, early_every,
+                          sequence + i)
             start -= step
             j -= 1
         kept[i] = folded
