@@ -378,11 +378,12 @@ class WindowKeys:
     def results(self, meta: npt.NDArray[np.int64], acc: npt.NDArray[np.float64],
                 aggregations: Sequence[str],
                 extra: Mapping[str, npt.NDArray[Any]] | None = None) -> Batch:
-        """Emitted rows as the output batch: ts = end - 1 (a side record: its event's ts)."""
+        """Emitted rows as the output batch: ts = end - 1 (an early update by event time: its
+        boundary - 1; a side record: its event's ts)."""
         kind = meta[:, FIRST_SEQ]
         count = meta[:, COUNT]
         side = kind == SIDE
-        ts = np.where(side, meta[:, LAST_TS], meta[:, END] - 1)
+        ts = np.where(side, meta[:, LAST_TS], meta[:, BOUND] - 1)
         columns: dict[str, npt.NDArray[Any]] = {"start": meta[:, START], "end": meta[:, END]}
         with np.errstate(invalid="ignore", divide="ignore"):
             for name in aggregations:

@@ -210,11 +210,12 @@ class TumblingWindowDef(_WindowDef):
 
     ``early_interval=T`` (a duration, as ``size``) also emits, each time the watermark
     passes a boundary ``start + k * T`` (k >= 1) before the window's end, the partial result
-    over exactly the window's events with ts < that boundary (``early`` True; none while the
-    window has no such event), however the events were batched and whether events after the
-    boundary had already arrived. The two combine: ``early_every`` updates come as events
-    arrive, ``early_interval`` ones as the watermark passes their boundary; one watermark
-    step emits in order of time, an update at a boundary before a final result at that time.
+    over exactly the window's events with ts < that boundary (``early`` True, ts = that
+    boundary - 1; none while the window has no such event), however the events were batched
+    and whether events after the boundary had already arrived. The two combine:
+    ``early_every`` updates come as events arrive, ``early_interval`` ones as the watermark
+    passes their boundary; one watermark step emits in order of time, an update at a
+    boundary before a final result at that time.
 
     >>> import streamdag as sd
     >>> from streamdag.operator_registry import lookup
@@ -237,8 +238,8 @@ class TumblingWindowDef(_WindowDef):
     >>> len(logic.process([sd.Batch.from_columns(ts=[1, 6, 12], key=["A", "A", "A"],
     ...                                          price=[1.0, 2.0, 4.0])]))
     0
-    >>> [(r["end"], r["sum"], r["early"]) for r in logic.on_watermark(10).to_records()]
-    [(10, 1.0, True), (10, 3.0, False)]
+    >>> [(r["ts"], r["sum"], r["early"]) for r in logic.on_watermark(10).to_records()]
+    [(4, 1.0, True), (9, 3.0, False)]
     """
 
     type_name: ClassVar[str] = "tumbling_window"

@@ -178,7 +178,8 @@ class ReferenceWindows:
                     if ts < boundary:
                         part.add(ts, seq, x)
                 if part.values:
-                    out.append(part.record(key, self.aggs, revision=window.emitted, early=True,
+                    out.append(part.record(key, self.aggs, ts=boundary - 1,
+                                           revision=window.emitted, early=True,
                                            function=self.function))
                 continue
             out.append(window.record(key, self.aggs, revision=window.emitted,
