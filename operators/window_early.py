@@ -55,27 +55,40 @@ __all__ = ["EarlyPanes", "fold_early"]
 
 @njit(cache=True, inline="always")
 def fold_early(meta: Any, prefix_meta: Any, prefix_acc: Any, pane_meta: Any, pane_acc: Any,
-               pane_index: Any, pane_size: Any, row: int, fresh: bool, t: int, seq: int,
-               x: float, interval: int, watermark: int, owns_pane: bool) -> None:
+               pane_index: Any, pane_size: Any, pane_latest: Any, row: int, fresh: bool,
+               t: int, seq: int, x: float, interval: int, watermark: int, owns_pane: bool,
+               aligned: bool) -> None:
     """Fold event (t, seq, x), just folded into window row ``row``, into the row's prefix or
     its pane; ``fresh``: the row was just opened; ``owns_pane``: of the event's windows
-    sharing that pane, this one folds it. The caller made room for a new pane."""
+    sharing that pane, this one folds it; ``pane_latest``: each key slot's latest pane row
+    (a cache, checked before use); ``aligned``: every window's boundaries fall on the same
+    times. The caller made room for a new pane."""
     start, end = meta[row, START], meta[row, END]
     if fresh:
         prefix_meta[row, COUNT] = 0
-    passed = start
-    if watermark != NO_WATERMARK and watermark >= start:
-        passed = start + (watermark - start) // interval * interval
-    if t < passed:
+    # Only a late event (t < watermark) can precede a boundary the watermark passed.
+    if (watermark != NO_WATERMARK and t < watermark
+            and t < start + (watermark - start) // interval * interval):
         if prefix_meta[row, COUNT] == 0:
             open_row(prefix_meta, prefix_acc, row, meta[row, SLOT], start, end, t, seq, x)
         else:
             add_event(prefix_meta, prefix_acc, row, t, seq, x)
         return
+    if not owns_pane:
+        return
+    slot = meta[row, SLOT]
+    cached = pane_latest[slot]
+    if (0 <= cached < pane_size[0] and pane_meta[cached, SLOT] == slot
+            and pane_meta[cached, START] <= t < pane_meta[cached, END]
+            and (aligned or (pane_meta[cached, START] - start) % interval == 0)):
+        # A live pane holding t on this window's boundaries: opened by a window of them that
+        # holds t and starts no later than this one, so the pane ends before this one does.
+        add_event(pane_meta, pane_acc, cached, t, seq, x)
+        return
     pane = start + (t - start) // interval * interval
-    if owns_pane and pane + interval < end:
-        find_or_open(pane_meta, pane_acc, pane_index, pane_size, meta[row, SLOT], pane,
-                     pane + interval, t, seq, x)
+    if pane + interval < end:
+        pane_latest[slot] = find_or_open(pane_meta, pane_acc, pane_index, pane_size, slot,
+                                         pane, pane + interval, t, seq, x)
 
 
 @njit(cache=True)
@@ -126,6 +139,15 @@ class EarlyPanes:
             self.prefix_acc = arrays["prefix_acc"].copy()
             self.panes = WindowTable.from_arrays(
                 {"meta": arrays["pane_meta"], "acc": arrays["pane_acc"]})
+        # Each key slot's latest pane row: a cache, so a restored one starts empty too.
+        self.pane_latest = np.empty(0, dtype=np.int64)
+
+    def fit_keys(self, count: int) -> None:
+        """Make room in the pane cache for ``count`` key slots."""
+        if len(self.pane_latest) < count:
+            grown = np.full(2 * count, -1, dtype=np.int64)
+            grown[: len(self.pane_latest)] = self.pane_latest
+            self.pane_latest = grown
 
     def fit(self, capacity: int) -> None:
         """Make room for a prefix per row of a window table of ``capacity`` rows."""

@@ -88,6 +88,8 @@ class EventTimeWindowLogic(ABC):
             grown = np.full(2 * self._keys.count * self.ways, -1, dtype=np.int64)
             grown[: len(self._latest)] = self._latest
             self._latest = grown
+        if self._early is not None:
+            self._early.fit_keys(self._keys.count)
         return slots
 
     def fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],

@@ -60,8 +60,8 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
           out_acc: Any, out_size: Any, slots: Any, ts: Any, values: Any, kept: Any, first: int,
           sequence: int, length: int, step: int, lateness: int, watermark: int,
           early_every: int, side: bool, ways: int, prefix_meta: Any, prefix_acc: Any,
-          pane_meta: Any, pane_acc: Any, pane_index: Any, pane_size: Any, interval: int,
-          period: int) -> tuple[int, int, int]:
+          pane_meta: Any, pane_acc: Any, pane_index: Any, pane_size: Any, pane_latest: Any,
+          interval: int, period: int) -> tuple[int, int, int]:
     # Returns (status, event to resume from, events dropped). Each event is folded whole or
     # not at all: room for all its windows, panes and emissions is checked before it starts.
     # With an early interval, of an event's windows the first ``period`` (latest starts) have
@@ -78,11 +78,15 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
             return GROW_PANES, i, dropped
         slot, t, x = slots[i], ts[i], values[i]
         row = latest[slot]
-        if (ways == 1 and interval == 0 and 0 <= row < size[0] and meta[row, SLOT] == slot
+        if (ways == 1 and 0 <= row < size[0] and meta[row, SLOT] == slot
                 and meta[row, START] <= t < meta[row, END]):
             # A tumbling window's event in its key's latest window: no division, no lookup.
             add_event(meta, acc, row, t, sequence + i, x)
             kept[i] = True
+            if interval > 0:
+                fold_early(meta, prefix_meta, prefix_acc, pane_meta, pane_acc, pane_index,
+                           pane_size, pane_latest, row, False, t, sequence + i, x, interval,
+                           watermark, True, period == 1)
             emit_on_event(meta, acc, row, out_meta, out_acc, out_size, watermark, early_every,
                           sequence + i)
             continue
@@ -109,8 +113,9 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
             folded = True
             if interval > 0:
                 fold_early(meta, prefix_meta, prefix_acc, pane_meta, pane_acc, pane_index,
-                           pane_size, row, meta[row, COUNT] == 1, t, sequence + i, x, interval,
-                           watermark, visited < period)
+                           pane_size, pane_latest, row, meta[row, COUNT] == 1, t,
+                           sequence + i, x, interval, watermark, visited < period,
+                           period == 1)
             visited += 1
             emit_on_event(meta, acc, row, out_meta, out_acc, out_size, watermark, early_every,
                           sequence + i)
@@ -155,6 +160,7 @@ class WindowLogic(EventTimeWindowLogic):
             out.size, slots, ts, values, kept, first, self._sequence, self._size, self._step,
             self._lateness, self._watermark, self._early_every, self._side, self.ways,
             prefix_meta, prefix_acc, panes.meta, panes.acc, panes.index, panes.size,
+            self._latest if early is None else early.pane_latest,
             0 if early is None else early.interval, self._period,
         )
 
