@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from operators.key_labels import KeyLabels
 from operators.row_index import EMPTY, empty_index, find_row, index_rows
-from operators.window_state import WindowKeys
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operator_registry import register
@@ -262,7 +262,7 @@ class OhlcvLogic:
         self._lateness = int(params["lateness"])
         self._policy = str(params["late"])
         if snapshot is None:
-            self._keys = WindowKeys()
+            self._keys = KeyLabels()
             self._open = _BarTable()
             self._emitted = _BarTable()
             self._watermark = _NO_WATERMARK
@@ -335,7 +335,7 @@ class OhlcvLogic:
     # -- internals -----------------------------------------------------------------------
     def _restore(self, snapshot: bytes) -> None:
         arrays = np.load(io.BytesIO(snapshot))
-        self._keys = WindowKeys(arrays["keys"].tobytes())
+        self._keys = KeyLabels(arrays["keys"].tobytes())
         self._open = _BarTable.from_arrays(arrays, "open")
         self._emitted = _BarTable.from_arrays(arrays, "emitted")
         watermark, sequence, late_dropped = (int(v) for v in arrays["scalars"])
