@@ -19,8 +19,10 @@ from numba import njit
 from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
+    EARLY,
     END,
     EVERY_ARRIVAL,
+    FINAL,
     GROW_OUT,
     GROW_ROWS,
     NO_WATERMARK,
@@ -29,7 +31,7 @@ from operators.window_state import (
     SLOT,
     START,
     add_event,
-    emit_on_event,
+    emit_row,
     merge_rows,
     open_row,
 )
@@ -115,8 +117,12 @@ def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: A
             latest_row = latest[slot]
             if not _is_session_of(meta, size, latest_row, slot) or meta[latest_row, START] < t:
                 latest[slot] = row
-        emit_on_event(meta, acc, row, out_meta, out_acc, out_size, watermark, early_every,
-                      sequence + i)
+        if watermark != NO_WATERMARK and meta[row, END] <= watermark:
+            emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                     sequence + i)  # a revision
+        elif early_every > 0 and meta[row, COUNT] % early_every == 0:
+            emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                     sequence + i)
     return OK, slots.shape[0], dropped
 
 

@@ -35,7 +35,6 @@ __all__ = [
     "Emissions",
     "WindowKeys",
     "WindowTable",
-    "emit_on_event",
     "late_params",
     "load_arrays",
     "save_arrays",
@@ -173,17 +172,6 @@ def emit_row(meta: Any, acc: Any, row: int, out_meta: Any, out_acc: Any, out_siz
     if kind == FINAL:
         meta[row, EMITTED] += 1
     out_size[0] = k + 1
-
-
-@njit(cache=True, inline="always")
-def emit_on_event(meta: Any, acc: Any, row: int, out_meta: Any, out_acc: Any, out_size: Any,
-                  watermark: int, early_every: int, seq: int) -> None:
-    """After event ``seq`` went into row ``row``: re-emit it if the watermark passed its end
-    (a revision), else emit an early update if it now holds a multiple of ``early_every``."""
-    if watermark != NO_WATERMARK and meta[row, END] <= watermark:
-        emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL, seq)
-    elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-        emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY, seq)
 
 
 @njit(cache=True)

@@ -19,7 +19,9 @@ from operators.window_early import fold_early
 from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
+    EARLY,
     END,
+    FINAL,
     GROW_OUT,
     GROW_PANES,
     GROW_ROWS,
@@ -30,7 +32,7 @@ from operators.window_state import (
     START,
     WindowTable,
     add_event,
-    emit_on_event,
+    emit_row,
     find_or_open,
     open_row,
 )
@@ -87,8 +89,12 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
                 fold_early(meta, prefix_meta, prefix_acc, pane_meta, pane_acc, pane_index,
                            pane_size, pane_latest, row, False, t, sequence + i, x, interval,
                            watermark, True, period == 1)
-            emit_on_event(meta, acc, row, out_meta, out_acc, out_size, watermark, early_every,
-                          sequence + i)
+            if watermark != NO_WATERMARK and meta[row, END] <= watermark:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)  # a revision
+            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                         sequence + i)
             continue
         # Window j (start j * step) of a key is cached at latest[slot * ways + j % ways]: the
         # windows of a key open at once are consecutive, so they rarely evict each other.
@@ -117,8 +123,12 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
                            sequence + i, x, interval, watermark, visited < period,
                            period == 1)
             visited += 1
-            emit_on_event(meta, acc, row, out_meta, out_acc, out_size, watermark, early_every,
-                          sequence + i)
+            if watermark != NO_WATERMARK and end <= watermark:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
+                         sequence + i)  # a revision
+            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
+                         sequence + i)
             start -= step
             j -= 1
         kept[i] = folded
