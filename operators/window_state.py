@@ -1,9 +1,9 @@
 """What every window operator shares: per-window aggregates, their table, emitted results.
 
 A window's aggregates live in one row of two packed arrays: ``meta`` (int64: key slot, start,
-end, count, first and last event by (ts, arrival), times emitted, and in an emitted row the
-event time its values end at) and ``acc (float64: sum,
-shift and the shifted sums for the variance, min, max, first and last value). Kernels fold
+end, count, first and last event by (ts, arrival), times emitted; an emitted row also the
+event time its values end at) and ``acc`` (float64: sum, shift and the shifted sums for the
+variance, min, max, first and last value). Kernels fold
 events into rows and write what they emit (a final result, an early update, a revision, a
 side record) into an ``Emissions`` buffer as copies of the row at that moment, so results
 never depend on how the events were batched. ``WindowTable`` finds a row by (key slot,
@@ -52,9 +52,11 @@ LATE_POLICIES = ("drop", "side")
 
 NO_WATERMARK = int(np.iinfo(np.int64).min)
 OK, GROW_ROWS, GROW_OUT, GROW_PANES = 0, 1, 2, 3
-# meta columns; BOUND: an emitted row's values are its events with ts < BOUND (else unused)
+# meta columns; an emitted row has one more, BOUND: its values are its events with ts < BOUND
+# (kept out of the window rows, whose width the fold kernels' speed follows)
 SLOT, START, END, COUNT, FIRST_TS, FIRST_SEQ, LAST_TS, LAST_SEQ, EMITTED, BOUND = range(10)
-META_COLUMNS = 10
+META_COLUMNS = 9
+EMITTED_META_COLUMNS = 10
 # acc columns
 # The variance uses shifted data: sums of x - K and (x - K)**2 with K the window's first
 # value, which is stable while K is near the mean and costs no division per event.
@@ -226,7 +228,7 @@ class Emissions:
     """A growable buffer of emitted rows: copies of window rows plus what kind each one is."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self.meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
+        self.meta = np.zeros((capacity, EMITTED_META_COLUMNS), dtype=np.int64)
         self.acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
         self.size = np.zeros(1, dtype=np.int64)
 
@@ -239,7 +241,7 @@ class Emissions:
         if needed <= len(self.meta):
             return
         capacity = max(needed, 2 * len(self.meta))
-        meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
+        meta = np.zeros((capacity, EMITTED_META_COLUMNS), dtype=np.int64)
         acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
         meta[: len(self)] = self.meta[: len(self)]
         acc[: len(self)] = self.acc[: len(self)]
