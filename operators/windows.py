@@ -80,15 +80,12 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
             return GROW_PANES, i, dropped
         slot, t, x = slots[i], ts[i], values[i]
         row = latest[slot]
-        if (ways == 1 and 0 <= row < size[0] and meta[row, SLOT] == slot
+        # (Not with early updates by event time: their code here cost the plain fold 5%.)
+        if (ways == 1 and interval == 0 and 0 <= row < size[0] and meta[row, SLOT] == slot
                 and meta[row, START] <= t < meta[row, END]):
             # A tumbling window's event in its key's latest window: no division, no lookup.
             add_event(meta, acc, row, t, sequence + i, x)
             kept[i] = True
-            if interval > 0:
-                fold_early(meta, prefix_meta, prefix_acc, pane_meta, pane_acc, pane_index,
-                           pane_size, pane_latest, row, False, t, sequence + i, x, interval,
-                           watermark, True, period == 1)
             if watermark != NO_WATERMARK and meta[row, END] <= watermark:
                 emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
                          sequence + i)  # a revision
