@@ -66,9 +66,10 @@ def fold_early(meta: Any, prefix_meta: Any, prefix_acc: Any, pane_meta: Any, pan
     start, end = meta[row, START], meta[row, END]
     if fresh:
         prefix_meta[row, COUNT] = 0
-    # Only a late event (t < watermark) can precede a boundary the watermark passed.
+    # Only a late event (t < watermark) can precede a boundary the watermark passed; min()
+    # keeps the arithmetic in range under a watermark near the int64 maximum.
     if (watermark != NO_WATERMARK and t < watermark
-            and t < start + (watermark - start) // interval * interval):
+            and t < start + (min(watermark, end) - start) // interval * interval):
         if prefix_meta[row, COUNT] == 0:
             open_row(prefix_meta, prefix_acc, row, meta[row, SLOT], start, end, t, seq, x)
         else:
@@ -102,7 +103,7 @@ def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, pa
             continue
         first = 1
         if passed != NO_WATERMARK and passed >= start:
-            first = (passed - start) // interval + 1
+            first = (min(passed, end) - start) // interval + 1
         last = (min(watermark, end - 1) - start) // interval if watermark >= start else 0
         for k in range(first, last + 1):
             boundary = start + k * interval

@@ -275,3 +275,15 @@ def test_early_interval_is_part_of_the_node_id_and_refused_where_it_cannot_fire(
     with pytest.raises(ParamError, match=r"session_window: early_interval is not supported.*"
                                          r"use early_every=N"):
         TICKS.session_window("30s", agg="sum", early_interval="10s")
+
+
+def test_early_interval_under_a_watermark_at_the_int64_maximum() -> None:
+    top = int(np.iinfo(np.int64).max)
+    node = TICKS.tumbling_window(10, agg="count", early_interval=4, name="w")
+    script: list[Round] = [([(1, "A", 1.0), (5, "A", 2.0), (12, "A", 4.0)], 3), ([], top)]
+    expected = run_reference(ReferenceWindows(["count"], size=10, step=10, early_interval=4),
+                             script)
+    assert [(r["ts"], r["count"], r["early"]) for r in expected] == [
+        (3, 1, True), (7, 2, True), (9, 2, False), (13, 1, True), (17, 1, True),
+        (19, 1, False)]
+    assert_same(run_operator(node, script)[0], expected)
