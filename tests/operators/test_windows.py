@@ -275,6 +275,13 @@ def test_early_interval_is_part_of_the_node_id_and_refused_where_it_cannot_fire(
     with pytest.raises(ParamError, match=r"session_window: early_interval is not supported.*"
                                          r"use early_every=N"):
         TICKS.session_window("30s", agg="sum", early_interval="10s")
+    # A spec is refused as the SDK call is.
+    spec = dumps(sd.Graph("g", outputs=[every_10s]), "toml")
+    assert "early_interval = 10000000000" in spec
+    assert loads(spec, "toml").node_ids == sd.Graph("g", outputs=[every_10s]).node_ids
+    with pytest.raises(ParamError, match="session_window: early_interval is not supported"):
+        loads(spec.replace("tumbling_window", "session_window").replace("size = ", "gap = "),
+              "toml")
 
 
 def test_early_interval_under_a_watermark_at_the_int64_maximum() -> None:
