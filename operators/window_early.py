@@ -128,9 +128,9 @@ def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, pa
 class EarlyPanes:
     """The prefixes and panes of a window node with ``early_interval`` (see the module)."""
 
-    def __init__(self, interval: int, length: int,
+    def __init__(self, interval: int,
                  arrays: Mapping[str, npt.NDArray[Any]] | None = None) -> None:
-        self.interval, self._length = interval, length
+        self.interval = interval
         if arrays is None or "prefix_meta" not in arrays:
             self.prefix_meta = np.zeros((1, META_COLUMNS), dtype=np.int64)
             self.prefix_acc = np.zeros((1, ACC_COLUMNS), dtype=np.float64)
@@ -164,10 +164,16 @@ class EarlyPanes:
              emissions: Emissions) -> None:
         """Write the early update of every boundary of ``table``'s windows the watermark
         passed moving from ``passed`` to ``watermark``."""
-        per_window = -(-self._length // self.interval)
+        # Room for exactly the boundaries each window passed (as _emit_boundaries counts).
+        live = table.meta[: len(table)]
+        start, end = live[:, START], live[:, END]
+        first = np.ones(len(live), dtype=np.int64)
         if passed != NO_WATERMARK:
-            per_window = min(per_window, (watermark - passed) // self.interval + 1)
-        emissions.reserve(len(table) * per_window)
+            after = passed >= start
+            first[after] = (np.minimum(passed, end[after]) - start[after]) // self.interval + 1
+        last = np.where(watermark >= start,
+                        (np.minimum(watermark, end - 1) - start) // self.interval, 0)
+        emissions.reserve(int(np.maximum(last - first + 1, 0).sum()))
         _emit_boundaries(table.meta, len(table), self.prefix_meta, self.prefix_acc,
                          self.panes.meta, self.panes.acc, self.panes.index, passed, watermark,
                          self.interval, emissions.meta, emissions.acc, emissions.size)

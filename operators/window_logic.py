@@ -42,8 +42,6 @@ class EventTimeWindowLogic(ABC):
 
     #: Cached rows per key slot in ``latest`` (a power of two).
     ways = 1
-    #: Longest window (for the early updates one watermark step may emit); 0: unbounded.
-    span = 0
 
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
         params = config.params
@@ -69,7 +67,7 @@ class EventTimeWindowLogic(ABC):
                 int(v) for v in arrays["scalars"])
             self._latest = arrays["latest"].copy()
         self._log = ValueLog(arrays)
-        self._early = EarlyPanes(interval, self.span, arrays) if interval else None
+        self._early = EarlyPanes(interval, arrays) if interval else None
         if self._early is not None:
             self._early.fit(len(self._table.meta))
 

@@ -145,7 +145,6 @@ class WindowLogic(EventTimeWindowLogic):
     def __init__(self, config: NodeConfig, snapshot: bytes | None = None) -> None:
         self._size = int(config.params["size"])
         self._step = int(config.params.get("step", self._size))
-        self.span = self._size
         # Cached window rows per key: a power of two covering the windows an event falls in.
         self.ways = 1 << (min(-(-self._size // self._step), _MAX_WAYS) - 1).bit_length()
         interval = int(config.params.get("early_interval", 0))
