@@ -217,6 +217,9 @@ def _window_cases(data: dict[str, npt.NDArray[Any]]) -> list[tuple[str, Fold, fl
             field="price", name="t8").config()), KERNEL_TARGET),
         ("hopping_window (size/step = 4)", WindowLogic(_TICKS.hopping_window(
             span, span // 4, agg="mean", field="price", name="h").config()), 0.0),
+        ("tumbling_window (mean, early_interval size/4)", WindowLogic(_TICKS.tumbling_window(
+            span, agg="mean", field="price", early_interval=span // 4, name="te").config()),
+         0.0),
         # A gap of 3 ms (a key ticks every ~1 ms): sessions of a few events to dozens.
         ("session_window (gap 3 ms)", SessionWindowLogic(_TICKS.session_window(
             3_000_000, agg="mean", field="price", name="s").config()), SESSION_TARGET),

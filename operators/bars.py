@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from operators.key_slots import KeySlots
+from operators.key_labels import KeyLabels
+from operators.row_index import EMPTY, empty_index, find_row, index_rows
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic, require_fields
 from streamdag.operator_registry import register
@@ -42,36 +43,12 @@ RECOMPUTE_RETAINED_BARS = 100
 
 _LATE_POLICIES = ("drop", "recompute", "side")
 _NO_WATERMARK = int(np.iinfo(np.int64).min)
-_EMPTY = -1
 _OK, _GROW = 0, 1
 # Column positions in the packed aggregate arrays.
 _SLOT, _START = 0, 1
 _OPEN_TS, _OPEN_SEQ, _CLOSE_TS, _CLOSE_SEQ = 0, 1, 2, 3
 _OPEN, _HIGH, _LOW, _CLOSE, _VOLUME = 0, 1, 2, 3, 4
 _COUNT, _REVISION = 0, 1
-
-
-@njit(cache=True, inline="always")
-def _bar_hash(slot: int, start: int) -> np.uint64:
-    # splitmix64 finalizer over both halves of the identity, so bar starts that differ only in
-    # high bits (nanosecond timestamps) still spread over the table's low bits.
-    x = np.uint64(start) ^ (np.uint64(slot) * np.uint64(0x9E3779B97F4A7C15))
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-@njit(cache=True)
-def _index_rows(identity: Any, index: Any, first: int, last: int) -> None:
-    mask = index.shape[0] - 1
-    for row in range(first, last):
-        position = np.int64(_bar_hash(identity[row, 0], identity[row, 1]) & np.uint64(mask))
-        while index[position] != _EMPTY:
-            position = (position + 1) & mask
-        index[position] = row
 
 
 @njit(cache=True)
@@ -93,53 +70,43 @@ def _add_events(
     rows: Any,
 ) -> tuple[int, int]:
     # Returns (status, event to resume from); rows[i] receives the bar row of event i.
-    mask = index.shape[0] - 1
     for i in range(first_event, slots.shape[0]):
         slot = slots[i]
         start = starts[i]
-        position = np.int64(_bar_hash(slot, start) & np.uint64(mask))
-        while True:
-            row = index[position]
-            if row == _EMPTY:
-                row = size[0]
-                if row >= identity.shape[0] or (row + 1) * 2 > index.shape[0]:
-                    return _GROW, i
-                index[position] = row
-                size[0] = row + 1
-                identity[row, 0] = slot
-                identity[row, 1] = start
+        row, position = find_row(identity, index, slot, start)
+        if row == EMPTY:
+            row = size[0]
+            if row >= identity.shape[0] or (row + 1) * 2 > index.shape[0]:
+                return _GROW, i
+            index[position] = row
+            size[0] = row + 1
+            identity[row, 0] = slot
+            identity[row, 1] = start
+            times[row, 0] = ts[i]
+            times[row, 1] = sequence[i]
+            times[row, 2] = ts[i]
+            times[row, 3] = sequence[i]
+            prices[row, 0] = price[i]
+            prices[row, 1] = price[i]
+            prices[row, 2] = price[i]
+            prices[row, 3] = price[i]
+            prices[row, 4] = volume[i]
+            counts[row, 0] = 1
+            counts[row, 1] = new_revision
+        else:
+            # Open is the earliest event by (ts, arrival); close the latest by (ts, arrival).
+            if ts[i] < times[row, 0] or (ts[i] == times[row, 0] and sequence[i] < times[row, 1]):
                 times[row, 0] = ts[i]
                 times[row, 1] = sequence[i]
+                prices[row, 0] = price[i]
+            if ts[i] > times[row, 2] or (ts[i] == times[row, 2] and sequence[i] > times[row, 3]):
                 times[row, 2] = ts[i]
                 times[row, 3] = sequence[i]
-                prices[row, 0] = price[i]
-                prices[row, 1] = price[i]
-                prices[row, 2] = price[i]
                 prices[row, 3] = price[i]
-                prices[row, 4] = volume[i]
-                counts[row, 0] = 1
-                counts[row, 1] = new_revision
-                break
-            if identity[row, 0] == slot and identity[row, 1] == start:
-                # Open is the earliest event by (ts, arrival); close the latest by (ts, arrival).
-                if ts[i] < times[row, 0] or (
-                    ts[i] == times[row, 0] and sequence[i] < times[row, 1]
-                ):
-                    times[row, 0] = ts[i]
-                    times[row, 1] = sequence[i]
-                    prices[row, 0] = price[i]
-                if ts[i] > times[row, 2] or (
-                    ts[i] == times[row, 2] and sequence[i] > times[row, 3]
-                ):
-                    times[row, 2] = ts[i]
-                    times[row, 3] = sequence[i]
-                    prices[row, 3] = price[i]
-                prices[row, 1] = max(prices[row, 1], price[i])
-                prices[row, 2] = min(prices[row, 2], price[i])
-                prices[row, 4] += volume[i]
-                counts[row, 0] += 1
-                break
-            position = (position + 1) & mask
+            prices[row, 1] = max(prices[row, 1], price[i])
+            prices[row, 2] = min(prices[row, 2], price[i])
+            prices[row, 4] += volume[i]
+            counts[row, 0] += 1
         rows[i] = row
     return _OK, slots.shape[0]
 
@@ -173,7 +140,7 @@ class _BarTable:
         self.times = np.zeros((capacity, 4), dtype=np.int64)
         self.prices = np.zeros((capacity, 5), dtype=np.float64)
         self.counts = np.zeros((capacity, 2), dtype=np.int64)
-        self.index = np.full(capacity * 2, _EMPTY, dtype=np.int64)
+        self.index = empty_index(capacity)
         self.size = np.zeros(1, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -238,7 +205,7 @@ class _BarTable:
         self.prices[n : n + extra] = bars.prices
         self.counts[n : n + extra] = bars.counts
         self.size[0] = n + extra
-        _index_rows(self.identity, self.index, n, n + extra)
+        index_rows(self.identity, self.index, n, n + extra)
 
     def arrays(self, prefix: str) -> dict[str, npt.NDArray[Any]]:
         """The live rows as named arrays, for a snapshot."""
@@ -266,7 +233,7 @@ class _BarTable:
 
     def _replace(self, bars: _BarRows) -> None:
         self.size[0] = 0
-        self.index[:] = _EMPTY
+        self.index[:] = EMPTY
         self.append(bars)
 
     def _resize(self, capacity: int) -> None:
@@ -275,7 +242,7 @@ class _BarTable:
         self.times = np.zeros((capacity, 4), dtype=np.int64)
         self.prices = np.zeros((capacity, 5), dtype=np.float64)
         self.counts = np.zeros((capacity, 2), dtype=np.int64)
-        self.index = np.full(capacity * 2, _EMPTY, dtype=np.int64)
+        self.index = empty_index(capacity)
         self.size[0] = 0
         self.append(live)
 
@@ -295,13 +262,12 @@ class OhlcvLogic:
         self._lateness = int(params["lateness"])
         self._policy = str(params["late"])
         if snapshot is None:
-            self._key_slots = KeySlots()
+            self._keys = KeyLabels()
             self._open = _BarTable()
             self._emitted = _BarTable()
             self._watermark = _NO_WATERMARK
             self._sequence = 0
             self.late_dropped = 0
-            self._keys_by_slot = np.empty(0, dtype="S1")
         else:
             self._restore(snapshot)
 
@@ -312,8 +278,7 @@ class OhlcvLogic:
         n = len(batch)
         if not n:
             return Batch.empty(OHLCV_SCHEMA)
-        slots = self._key_slots.slots(batch.key)
-        self._remember_keys(slots, batch.key)
+        slots = self._keys.slots(batch.key)
         ts = batch.ts
         starts = ts - np.mod(ts, self._bar)
         sequence = np.arange(self._sequence, self._sequence + n, dtype=np.int64)
@@ -356,7 +321,7 @@ class OhlcvLogic:
     def snapshot(self) -> bytes:
         """Key table, open and emitted bars, watermark, arrival counter and late count."""
         arrays: dict[str, Any] = {
-            "keys": np.frombuffer(self._key_slots.snapshot(), dtype=np.uint8),
+            "keys": self._keys.snapshot(),
             "scalars": np.array(
                 [self._watermark, self._sequence, self.late_dropped], dtype=np.int64
             ),
@@ -370,8 +335,7 @@ class OhlcvLogic:
     # -- internals -----------------------------------------------------------------------
     def _restore(self, snapshot: bytes) -> None:
         arrays = np.load(io.BytesIO(snapshot))
-        self._key_slots = KeySlots.restore(arrays["keys"].tobytes())
-        self._keys_by_slot = self._key_slots.keys()
+        self._keys = KeyLabels(arrays["keys"].tobytes())
         self._open = _BarTable.from_arrays(arrays, "open")
         self._emitted = _BarTable.from_arrays(arrays, "emitted")
         watermark, sequence, late_dropped = (int(v) for v in arrays["scalars"])
@@ -388,19 +352,6 @@ class OhlcvLogic:
         if closed == _NO_WATERMARK:
             return _NO_WATERMARK
         return max(_NO_WATERMARK, closed - RECOMPUTE_RETAINED_BARS * self._bar)
-
-    def _remember_keys(self, slots: npt.NDArray[np.int64], keys: npt.NDArray[np.bytes_]) -> None:
-        # Slot -> key bytes, so emitted bars can be ordered and labelled without a Python loop.
-        known = len(self._keys_by_slot)
-        total = len(self._key_slots)
-        if total == known:
-            return
-        width = max(self._keys_by_slot.dtype.itemsize, keys.dtype.itemsize)
-        grown = np.zeros(total, dtype=f"S{width}")
-        grown[:known] = self._keys_by_slot
-        new = slots >= known
-        grown[slots[new]] = keys[new]
-        self._keys_by_slot = grown
 
     def _recompute(
         self,
@@ -448,7 +399,7 @@ class OhlcvLogic:
         return Batch(starts[order], keys[order], columns)
 
     def _bars_batch(self, bars: _BarRows) -> Batch:
-        keys = self._keys_by_slot[bars.identity[:, _SLOT]]
+        keys = self._keys.by_slot[bars.identity[:, _SLOT]]
         starts = bars.identity[:, _START]
         order = np.lexsort((keys, starts))
         prices = bars.prices[order]

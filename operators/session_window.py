@@ -9,6 +9,7 @@ through the key's other sessions, and may merge two of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,9 +35,11 @@ from operators.window_state import (
     merge_rows,
     open_row,
 )
+from streamdag.errors import ParamError
 from streamdag.operator import NodeConfig
 from streamdag.operator_registry import register
 from streamdag.params import MAX_SPAN_NS, Param
+from streamdag.schema import Schema
 
 __all__ = ["SessionWindowDef", "SessionWindowLogic"]
 
@@ -116,10 +119,10 @@ def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: A
                 latest[slot] = row
         if watermark != NO_WATERMARK and meta[row, END] <= watermark:
             emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
-                         sequence + i)  # a revision
+                     sequence + i)  # a revision
         elif early_every > 0 and meta[row, COUNT] % early_every == 0:
             emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
-                         sequence + i)
+                     sequence + i)
     return OK, slots.shape[0], dropped
 
 
@@ -162,7 +165,8 @@ class SessionWindowDef(EventTimeWindowDef):
     which carries the larger revision. A late event overlapping no live session opens one
     unless its own ``ts + gap + lateness`` is already passed: then it is counted in
     ``late_dropped`` and, under ``late="side"``, sent on as a one-event record with ``late``
-    True. ``early_every=N`` emits a session's partial result every N of its events.
+    True. ``early_every=N`` emits a session's partial result every N of its events;
+    ``early_interval`` is refused (a session's start, and so its boundaries, can move).
 
     >>> import streamdag as sd
     >>> from streamdag.operator_registry import lookup
@@ -189,3 +193,15 @@ class SessionWindowDef(EventTimeWindowDef):
               doc="inactivity that closes a session"),
         *EventTimeWindowDef.window_params(),
     )
+
+    @classmethod
+    def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:
+        """As every event-time window's; refuses early updates by event time."""
+        if int(params["early_interval"]):
+            raise ParamError(
+                "session_window: early_interval is not supported: a session's start moves "
+                "when a late event extends it back or joins two sessions, so its boundaries "
+                "start + k * early_interval would move after their updates were emitted; use "
+                "early_every=N (a session's partial result every N of its events), or a "
+                "tumbling_window or hopping_window with early_interval")
+        return super().output_schema(params, inputs)

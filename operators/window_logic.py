@@ -10,8 +10,10 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from operators.window_early import EarlyPanes
 from operators.window_state import (
     GROW_OUT,
+    GROW_PANES,
     GROW_ROWS,
     NO_WATERMARK,
     Emissions,
@@ -25,7 +27,7 @@ from operators.window_state import (
 from operators.window_values import ValueLog, WindowFunction
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorDef, OperatorLogic
-from streamdag.params import MAX_EVENTS, Param
+from streamdag.params import MAX_EVENTS, MAX_SPAN_NS, Param
 from streamdag.schema import Schema
 
 __all__ = ["EventTimeWindowDef", "EventTimeWindowLogic"]
@@ -48,6 +50,7 @@ class EventTimeWindowLogic(ABC):
         self._lateness = int(params["lateness"])
         self._side = params["late"] == "side"
         self._early_every = int(params["early_every"])
+        interval = int(params.get("early_interval", 0))
         self._function = WindowFunction(config)
         self._emissions = Emissions()
         arrays: Mapping[str, npt.NDArray[Any]] | None = None
@@ -64,6 +67,9 @@ class EventTimeWindowLogic(ABC):
                 int(v) for v in arrays["scalars"])
             self._latest = arrays["latest"].copy()
         self._log = ValueLog(arrays)
+        self._early = EarlyPanes(interval, arrays) if interval else None
+        if self._early is not None:
+            self._early.fit(len(self._table.meta))
 
     def process(self, inputs: Sequence[Batch]) -> Batch:
         """Fold events into their windows; emits early updates, revisions and side records."""
@@ -80,6 +86,8 @@ class EventTimeWindowLogic(ABC):
             grown = np.full(2 * self._keys.count * self.ways, -1, dtype=np.int64)
             grown[: len(self._latest)] = self._latest
             self._latest = grown
+        if self._early is not None:
+            self._early.fit_keys(self._keys.count)
         return slots
 
     def fold(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
@@ -92,6 +100,10 @@ class EventTimeWindowLogic(ABC):
             self.late_dropped += dropped
             if status == GROW_ROWS:
                 self._table.grow()
+                if self._early is not None:
+                    self._early.fit(len(self._table.meta))
+            elif status == GROW_PANES and self._early is not None:
+                self._early.panes.grow()
             elif status == GROW_OUT:
                 self._emissions.reserve(len(self._emissions.meta))
         if self._function:
@@ -100,22 +112,31 @@ class EventTimeWindowLogic(ABC):
         return self._results()
 
     def on_watermark(self, watermark: int) -> Batch | None:
-        """Emit every window whose end <= watermark, by end (ties: in the order they opened)."""
+        """Emit every window whose end <= watermark and every early update by event time
+        whose boundary <= watermark, by that time (ties: early updates first, each kind in the
+        order the windows opened)."""
         passed, self._watermark = self._watermark, max(self._watermark, int(watermark))
         if self._watermark == passed:
             return None
-        self._table.close(passed, self._watermark, self._lateness, self._emissions,
-                          self._latest)
+        first = len(self._emissions)
+        if self._early is not None:
+            self._early.emit(passed, self._watermark, self._table, self._emissions)
+        moved = self._table.close(passed, self._watermark, self._lateness, self._emissions,
+                                  self._latest, emitted_from=first)
+        if self._early is not None:
+            self._early.settle(moved, self._watermark)
         results = self._results() if len(self._emissions) else None
         if self._function:
             self._log.forget_before(self._forget_before())
         return results
 
     def snapshot(self) -> bytes:
-        """Keys, live windows, cached rows, watermark, arrivals, late count, logged values."""
+        """Keys, live windows, cached rows, watermark, arrivals, late count, logged values,
+        and the prefixes and panes of early updates by event time."""
         scalars = np.array([self._watermark, self._sequence, self.late_dropped], dtype=np.int64)
+        early = {} if self._early is None else self._early.arrays(len(self._table))
         return save_arrays(keys=self._keys.snapshot(), scalars=scalars, latest=self._latest,
-                           **self._table.arrays(), **self._log.arrays())
+                           **self._table.arrays(), **self._log.arrays(), **early)
 
     def _results(self) -> Batch:
         meta, acc = self._emissions.take()
@@ -152,6 +173,11 @@ class EventTimeWindowDef(OperatorDef):
             Param("early_every", "int", default=0, minimum=0, maximum=MAX_EVENTS,
                   doc="also emit a window's partial result every this many of its events; "
                       "0 = off"),
+            # Not a size param: a short interval is what costs (the window's size / it,
+            # bounded by MAX_EARLY_PER_WINDOW when the graph is built).
+            Param("early_interval", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS,
+                  doc="also emit a window's partial result over its events before start + "
+                      "k * this, when the watermark passes it; 0 = off"),
             *late_params(),
         )
 

@@ -1,12 +1,14 @@
 """What every window operator shares: per-window aggregates, their table, emitted results.
 
 A window's aggregates live in one row of two packed arrays: ``meta`` (int64: key slot, start,
-end, count, first and last event by (ts, arrival), times emitted) and ``acc`` (float64: sum,
-shift and the shifted sums for the variance, min, max, first and last value). Kernels fold
+end, count, first and last event by (ts, arrival), times emitted; an emitted row also the
+event time its values end at) and ``acc`` (float64: sum, shift and the shifted sums for the
+variance, min, max, first and last value). Kernels fold
 events into rows and write what they emit (a final result, an early update, a revision, a
 side record) into an ``Emissions`` buffer as copies of the row at that moment, so results
 never depend on how the events were batched. ``WindowTable`` finds a row by (key slot,
-window start) through a hash index, and closes rows when the watermark passes their end.
+window start) through a hash index (``row_index``), and closes rows when the watermark passes
+their end.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from operators.key_slots import KeySlots
+from operators.key_labels import KeyLabels
+from operators.row_index import EMPTY, empty_index, find_row, index_rows
 from streamdag.batch import Batch
 from streamdag.errors import ParamError
 from streamdag.operator import require_fields
@@ -48,11 +51,12 @@ AGGREGATIONS: Mapping[str, str] = {
 LATE_POLICIES = ("drop", "side")
 
 NO_WATERMARK = int(np.iinfo(np.int64).min)
-EMPTY = -1
-OK, GROW_ROWS, GROW_OUT = 0, 1, 2
-# meta columns
-SLOT, START, END, COUNT, FIRST_TS, FIRST_SEQ, LAST_TS, LAST_SEQ, EMITTED = range(9)
+OK, GROW_ROWS, GROW_OUT, GROW_PANES = 0, 1, 2, 3
+# meta columns; an emitted row has one more, BOUND: its values are its events with ts < BOUND
+# (kept out of the window rows, whose width the fold kernels' speed follows)
+SLOT, START, END, COUNT, FIRST_TS, FIRST_SEQ, LAST_TS, LAST_SEQ, EMITTED, BOUND = range(10)
 META_COLUMNS = 9
+EMITTED_META_COLUMNS = 10
 # acc columns
 # The variance uses shifted data: sums of x - K and (x - K)**2 with K the window's first
 # value, which is stable while K is near the mean and costs no division per event.
@@ -111,30 +115,45 @@ def add_event(meta: Any, acc: Any, row: int, ts: int, seq: int, x: float) -> Non
 
 
 @njit(cache=True, inline="always")
-def merge_rows(meta: Any, acc: Any, into: int, other: int) -> None:
-    """Fold row ``other``'s aggregates into row ``into`` (its shifted sums moved to our shift)."""
-    nb = meta[other, COUNT]
-    d = acc[other, SHIFT] - acc[into, SHIFT]
-    acc[into, SQUARES] += acc[other, SQUARES] + 2.0 * d * acc[other, SHIFTED] + nb * d * d
-    acc[into, SHIFTED] += acc[other, SHIFTED] + nb * d
-    acc[into, SUM] += acc[other, SUM]
+def merge_into(meta: Any, acc: Any, into: int, other_meta: Any, other_acc: Any,
+               other: int) -> None:
+    """Fold row ``other`` of (other_meta, other_acc) into row ``into`` of (meta, acc), its
+    shifted sums moved to our shift; a row ``into`` without events takes the other's copy."""
+    if meta[into, COUNT] == 0:
+        for c in range(COUNT, EMITTED):
+            meta[into, c] = other_meta[other, c]
+        for c in range(ACC_COLUMNS):
+            acc[into, c] = other_acc[other, c]
+        return
+    nb = other_meta[other, COUNT]
+    d = other_acc[other, SHIFT] - acc[into, SHIFT]
+    acc[into, SQUARES] += other_acc[other, SQUARES] + 2.0 * d * other_acc[other, SHIFTED] + (
+        nb * d * d)
+    acc[into, SHIFTED] += other_acc[other, SHIFTED] + nb * d
+    acc[into, SUM] += other_acc[other, SUM]
     meta[into, COUNT] += nb
-    acc[into, MIN] = min(acc[into, MIN], acc[other, MIN])
-    acc[into, MAX] = max(acc[into, MAX], acc[other, MAX])
-    if meta[other, FIRST_TS] < meta[into, FIRST_TS] or (
-        meta[other, FIRST_TS] == meta[into, FIRST_TS]
-        and meta[other, FIRST_SEQ] < meta[into, FIRST_SEQ]
+    acc[into, MIN] = min(acc[into, MIN], other_acc[other, MIN])
+    acc[into, MAX] = max(acc[into, MAX], other_acc[other, MAX])
+    if other_meta[other, FIRST_TS] < meta[into, FIRST_TS] or (
+        other_meta[other, FIRST_TS] == meta[into, FIRST_TS]
+        and other_meta[other, FIRST_SEQ] < meta[into, FIRST_SEQ]
     ):
-        meta[into, FIRST_TS] = meta[other, FIRST_TS]
-        meta[into, FIRST_SEQ] = meta[other, FIRST_SEQ]
-        acc[into, FIRST] = acc[other, FIRST]
-    if meta[other, LAST_TS] > meta[into, LAST_TS] or (
-        meta[other, LAST_TS] == meta[into, LAST_TS]
-        and meta[other, LAST_SEQ] > meta[into, LAST_SEQ]
+        meta[into, FIRST_TS] = other_meta[other, FIRST_TS]
+        meta[into, FIRST_SEQ] = other_meta[other, FIRST_SEQ]
+        acc[into, FIRST] = other_acc[other, FIRST]
+    if other_meta[other, LAST_TS] > meta[into, LAST_TS] or (
+        other_meta[other, LAST_TS] == meta[into, LAST_TS]
+        and other_meta[other, LAST_SEQ] > meta[into, LAST_SEQ]
     ):
-        meta[into, LAST_TS] = meta[other, LAST_TS]
-        meta[into, LAST_SEQ] = meta[other, LAST_SEQ]
-        acc[into, LAST] = acc[other, LAST]
+        meta[into, LAST_TS] = other_meta[other, LAST_TS]
+        meta[into, LAST_SEQ] = other_meta[other, LAST_SEQ]
+        acc[into, LAST] = other_acc[other, LAST]
+
+
+@njit(cache=True, inline="always")
+def merge_rows(meta: Any, acc: Any, into: int, other: int) -> None:
+    """Fold row ``other``'s aggregates and times emitted into row ``into`` of the same table."""
+    merge_into(meta, acc, into, meta, acc, other)
     meta[into, EMITTED] = max(meta[into, EMITTED], meta[other, EMITTED])
 
 
@@ -151,31 +170,10 @@ def emit_row(meta: Any, acc: Any, row: int, out_meta: Any, out_acc: Any, out_siz
     # The buffer keeps the kind and the trigger where the row keeps arrivals.
     out_meta[k, FIRST_SEQ] = kind
     out_meta[k, LAST_SEQ] = trigger
+    out_meta[k, BOUND] = meta[row, END]
     if kind == FINAL:
         meta[row, EMITTED] += 1
     out_size[0] = k + 1
-
-
-@njit(cache=True, inline="always")
-def window_hash(slot: int, start: int) -> np.uint64:
-    """splitmix64 over (slot, start): starts that differ only in high bits still spread."""
-    x = np.uint64(start) ^ (np.uint64(slot) * np.uint64(0x9E3779B97F4A7C15))
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-@njit(cache=True)
-def _index_rows(meta: Any, index: Any, first: int, last: int) -> None:
-    mask = index.shape[0] - 1
-    for row in range(first, last):
-        position = np.int64(window_hash(meta[row, SLOT], meta[row, START]) & np.uint64(mask))
-        while index[position] != EMPTY:
-            position = (position + 1) & mask
-        index[position] = row
 
 
 @njit(cache=True)
@@ -205,7 +203,7 @@ def _close(meta: Any, acc: Any, index: Any, size: Any, passed: int, watermark: i
     size[0] = kept
     if kept != n:
         index[:] = EMPTY
-        _index_rows(meta, index, 0, kept)
+        index_rows(meta, index, 0, kept)
 
 
 @njit(cache=True, inline="always")
@@ -215,27 +213,22 @@ def find_or_open(meta: Any, acc: Any, index: Any, size: Any, slot: int, start: i
 
     The caller has checked that a new row and its index entry fit.
     """
-    mask = index.shape[0] - 1
-    position = np.int64(window_hash(slot, start) & np.uint64(mask))
-    while True:
-        row = index[position]
-        if row == EMPTY:
-            row = size[0]
-            size[0] = row + 1
-            index[position] = row
-            open_row(meta, acc, row, slot, start, end, ts, seq, x)
-            return int(row)
-        if meta[row, SLOT] == slot and meta[row, START] == start:
-            add_event(meta, acc, row, ts, seq, x)
-            return int(row)
-        position = (position + 1) & mask
+    row, position = find_row(meta, index, slot, start)
+    if row == EMPTY:
+        row = size[0]
+        size[0] = row + 1
+        index[position] = row
+        open_row(meta, acc, row, slot, start, end, ts, seq, x)
+    else:
+        add_event(meta, acc, row, ts, seq, x)
+    return row
 
 
 class Emissions:
     """A growable buffer of emitted rows: copies of window rows plus what kind each one is."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self.meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
+        self.meta = np.zeros((capacity, EMITTED_META_COLUMNS), dtype=np.int64)
         self.acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
         self.size = np.zeros(1, dtype=np.int64)
 
@@ -248,7 +241,7 @@ class Emissions:
         if needed <= len(self.meta):
             return
         capacity = max(needed, 2 * len(self.meta))
-        meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
+        meta = np.zeros((capacity, EMITTED_META_COLUMNS), dtype=np.int64)
         acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
         meta[: len(self)] = self.meta[: len(self)]
         acc[: len(self)] = self.acc[: len(self)]
@@ -273,7 +266,7 @@ class WindowTable:
         capacity = max(8, 1 << (max(capacity, 1) - 1).bit_length())
         self.meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
         self.acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
-        self.index = np.full(capacity * 2, EMPTY, dtype=np.int64)
+        self.index = empty_index(capacity)
         self.size = np.zeros(1, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -285,15 +278,19 @@ class WindowTable:
                       2 * len(self.meta))
 
     def close(self, passed: int, watermark: int, lateness: int, emissions: Emissions,
-              latest: npt.NDArray[np.int64]) -> None:
+              latest: npt.NDArray[np.int64], emitted_from: int | None = None
+              ) -> npt.NDArray[np.int64] | None:
         """The watermark moved from ``passed`` to ``watermark``: emit, retire, compact.
 
-        Rows whose end it passed are emitted by end, ties in the order they opened; rows past
-        ``end + lateness`` (and rows merged away) are dropped, the rest compacted; ``latest``
-        (rows by key slot, -1 for none) follows the rows that moved.
+        Rows whose end it passed are emitted; the emissions from ``emitted_from`` (default:
+        these) are then ordered by the time they fire (``BOUND``), ties in the order they were
+        written, which for rows is the order they opened. Rows past ``end + lateness`` (and rows
+        merged away) are dropped, the rest compacted; ``latest`` (rows by key slot, -1 for
+        none) follows the rows that moved. Returns each old row's new place (-1: dropped), or
+        None when none moved.
         """
         n = len(self)
-        first = len(emissions)
+        first = len(emissions) if emitted_from is None else emitted_from
         emissions.reserve(n)
         moved = np.empty(n, dtype=np.int64)
         _close(self.meta, self.acc, self.index, self.size, passed, watermark,
@@ -301,15 +298,17 @@ class WindowTable:
                emissions.size, moved)
         emitted = emissions.meta[first : len(emissions)]
         if len(emitted) > 1:
-            # Rows are kept in the order they opened, so a stable sort by end gives one order
-            # however finely the watermark advanced.
-            order = np.argsort(emitted[:, END], kind="stable")
+            # A stable sort by firing time gives one order however finely the watermark
+            # advanced.
+            order = np.argsort(emitted[:, BOUND], kind="stable")
             emitted[:] = emitted[order]
             emitted_acc = emissions.acc[first : len(emissions)]
             emitted_acc[:] = emitted_acc[order]
-        if len(self) != n:
-            pointing = (latest >= 0) & (latest < n)
-            latest[pointing] = moved[latest[pointing]]
+        if len(self) == n:
+            return None
+        pointing = (latest >= 0) & (latest < n)
+        latest[pointing] = moved[latest[pointing]]
+        return moved
 
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
         """The live rows, for a snapshot."""
@@ -332,48 +331,23 @@ class WindowTable:
         self.acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
         self.meta[:n] = meta
         self.acc[:n] = acc
-        self.index = np.full(capacity * 2, EMPTY, dtype=np.int64)
+        self.index = empty_index(capacity)
         self.size[0] = n
-        _index_rows(self.meta, self.index, 0, n)
+        index_rows(self.meta, self.index, 0, n)
 
 
-class WindowKeys:
-    """Key slots plus the key bytes of every slot, to label emitted rows without a loop."""
-
-    def __init__(self, snapshot: bytes | None = None) -> None:
-        self.slots_table = KeySlots() if snapshot is None else KeySlots.restore(snapshot)
-        self.by_slot = self.slots_table.keys() if len(self.slots_table) else np.empty(0, "S1")
-
-    def slots(self, keys: npt.NDArray[np.bytes_]) -> npt.NDArray[np.int64]:
-        """The slot of every key, remembering the bytes of new ones."""
-        slots = self.slots_table.slots(keys)
-        known, total = len(self.by_slot), len(self.slots_table)
-        if total > known:
-            width = max(self.by_slot.dtype.itemsize, keys.dtype.itemsize)
-            grown = np.zeros(total, dtype=f"S{width}")
-            grown[:known] = self.by_slot
-            new = slots >= known
-            grown[slots[new]] = keys[new]
-            self.by_slot = grown
-        return slots
-
-    @property
-    def count(self) -> int:
-        """Keys seen so far."""
-        return len(self.slots_table)
-
-    def snapshot(self) -> npt.NDArray[np.uint8]:
-        """The key table as bytes in an array, for ``save_arrays``."""
-        return np.frombuffer(self.slots_table.snapshot(), dtype=np.uint8)
+class WindowKeys(KeyLabels):
+    """Key slots plus the key bytes of every slot, and emitted window rows as a batch."""
 
     def results(self, meta: npt.NDArray[np.int64], acc: npt.NDArray[np.float64],
                 aggregations: Sequence[str],
                 extra: Mapping[str, npt.NDArray[Any]] | None = None) -> Batch:
-        """Emitted rows as the output batch: ts = end - 1 (a side record: its event's ts)."""
+        """Emitted rows as the output batch: ts = end - 1 (an early update by event time: its
+        boundary - 1; a side record: its event's ts)."""
         kind = meta[:, FIRST_SEQ]
         count = meta[:, COUNT]
         side = kind == SIDE
-        ts = np.where(side, meta[:, LAST_TS], meta[:, END] - 1)
+        ts = np.where(side, meta[:, LAST_TS], meta[:, BOUND] - 1)
         columns: dict[str, npt.NDArray[Any]] = {"start": meta[:, START], "end": meta[:, END]}
         with np.errstate(invalid="ignore", divide="ignore"):
             for name in aggregations:

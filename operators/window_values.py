@@ -2,8 +2,9 @@
 values, and the function applied to every emitted window (the trusted SDK path).
 
 Events are logged a batch at a time (numpy, no per-event Python); an emitted window's values
-are its key's logged events in ``[start, end)`` up to the event that emitted it, in event-time
-order (ties by arrival). The function is called once per emitted window and returns a number.
+are its key's logged events in ``[start, end)`` (an early update by event time: up to its
+boundary) up to the event that emitted it, in event-time order (ties by arrival). The function
+is called once per emitted window and returns a number.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from operators.errors import UserFunctionOutputError
-from operators.window_state import END, FIRST, FIRST_SEQ, LAST_SEQ, SIDE, SLOT, START
+from operators.window_state import BOUND, FIRST, FIRST_SEQ, LAST_SEQ, SIDE, SLOT, START
 from streamdag.code_freezing import describe_function, freeze_function
 from streamdag.codehash import frozen_code_hash
 from streamdag.errors import GraphError
@@ -68,7 +69,7 @@ class WindowFunction:
                 lo, hi = np.searchsorted(slots, meta[r, SLOT], "left"), np.searchsorted(
                     slots, meta[r, SLOT], "right")
                 a = lo + int(np.searchsorted(ts[lo:hi], meta[r, START], "left"))
-                b = lo + int(np.searchsorted(ts[lo:hi], meta[r, END], "left"))
+                b = lo + int(np.searchsorted(ts[lo:hi], meta[r, BOUND], "left"))
                 window = values[a:b][seqs[a:b] <= meta[r, LAST_SEQ]]
             window.flags.writeable = False
             result = self.function(window)

@@ -49,10 +49,16 @@ def scripts(draw: st.DrawFn, late_range: int = 30) -> list[Round]:
     return rounds
 
 
+session_options = st.fixed_dictionaries({
+    "lateness": st.sampled_from([0, 7, 25]),
+    "late": st.sampled_from(["drop", "side"]),
+    "early_every": st.sampled_from([0, 2, 3]),
+})
 options = st.fixed_dictionaries({
     "lateness": st.sampled_from([0, 7, 25]),
     "late": st.sampled_from(["drop", "side"]),
     "early_every": st.sampled_from([0, 2, 3]),
+    "early_interval": st.sampled_from([0, 0, 2, 3, 4]),
 })
 aggregation_lists = st.lists(st.sampled_from(AGGREGATIONS), min_size=1, max_size=8,
                              unique=True)
@@ -93,7 +99,7 @@ def test_hopping_window_matches_reference(script: list[Round], size_step: tuple[
 
 
 @settings(max_examples=50, deadline=None)
-@given(scripts(), st.sampled_from([3, 8, 15]), options, aggregation_lists, cut_lists,
+@given(scripts(), st.sampled_from([3, 8, 15]), session_options, aggregation_lists, cut_lists,
        st.one_of(st.none(), st.integers(0, 7)))
 def test_session_window_matches_reference(script: list[Round], gap: int, opts: dict[str, Any],
                                           aggs: list[str], cuts: list[int],
@@ -154,6 +160,7 @@ def test_a_user_function_sees_each_window_s_values_in_event_time_order(
         node = TICKS.hopping_window(12, 5, agg=[*aggs, weighted], name="w", **opts)
         reference = ReferenceWindows(aggs, size=12, step=5, function=weighted, **opts)
     else:
+        opts = {**opts, "early_interval": 0}
         node = TICKS.session_window(8, agg=[*aggs, weighted], name="w", **opts)
         reference = ReferenceWindows(aggs, gap=8, function=weighted, **opts)
     _check(node, reference, script, cuts, restore_after)
@@ -216,7 +223,8 @@ def test_refuses_unknown_or_repeated_aggregations_and_missing_fields() -> None:
 
 def test_window_nodes_round_trip_through_a_spec() -> None:
     graph = sd.Graph("windows", outputs=[
-        TICKS.tumbling_window("1m", agg=["mean", "std"], lateness="5s", late="side", name="t"),
+        TICKS.tumbling_window("1m", agg=["mean", "std"], lateness="5s", late="side",
+                              early_interval="10s", name="t"),
         TICKS.hopping_window("1m", "10s", agg="max", early_every=100, name="h"),
         TICKS.session_window("30s", agg="count", name="s"),
         TICKS.count_window(20, agg="last", name="c"),
@@ -229,3 +237,60 @@ def test_empty_batch_gives_an_empty_result_of_the_output_schema() -> None:
     node = TICKS.tumbling_window(10, agg="mean", name="w")
     logic: Any = lookup("tumbling_window").create(node.config())
     assert logic.process([batch_of([])]).schema == node.output_schema
+
+
+@pytest.mark.parametrize(("size", "step", "interval"), [(10, 10, 4), (9, 3, 3), (8, 2, 4),
+                                                        (12, 5, 4)])
+def test_early_interval_updates_do_not_depend_on_batching_or_watermark_steps(
+        size: int, step: int, interval: int) -> None:
+    events: list[Event] = [(t, "AB"[t % 3 == 0], float(t * t % 7)) for t in range(0, 40)]
+    aggs = ["sum", "count", "first", "last", "std"]
+    node = TICKS.hopping_window(size, step, agg=[*aggs, weighted], early_interval=interval,
+                                name="w")
+    # Every event at once then one watermark; a watermark after each event; events ahead of
+    # a watermark that lags by 7: the early updates come out the same.
+    at_once: list[Round] = [(events, 100)]
+    one_by_one: list[Round] = [([e], e[0]) for e in events] + [([], 100)]
+    lagging: list[Round] = [(events[i : i + 5], max(0, i - 7)) for i in range(0, 40, 5)]
+    lagging.append(([], 100))
+    expected = run_reference(ReferenceWindows(aggs, size=size, step=step, function=weighted,
+                                              early_interval=interval), at_once)
+    assert sum(r["early"] for r in expected) > 10
+    for script in (at_once, one_by_one, lagging):
+        actual, _ = run_operator(node, script, cuts=[3, 11], restore_after=0)
+        assert_same(actual, expected)
+
+
+def test_early_interval_is_part_of_the_node_id_and_refused_where_it_cannot_fire() -> None:
+    plain = TICKS.tumbling_window("1m", agg="sum", name="w")
+    every_10s = TICKS.tumbling_window("1m", agg="sum", early_interval="10s", name="w")
+    assert every_10s.config().params["early_interval"] == 10_000_000_000
+    assert len({plain.node_id, every_10s.node_id,
+                TICKS.tumbling_window("1m", agg="sum", early_interval="20s", name="w").node_id,
+                TICKS.tumbling_window("1m", agg="sum", early_every=10, name="w").node_id}) == 4
+    with pytest.raises(ParamError, match="not shorter than the window size"):
+        TICKS.tumbling_window("1m", agg="sum", early_interval="1m")
+    with pytest.raises(ParamError, match="over the maximum of 1000; use a larger"):
+        TICKS.hopping_window("1h", "1m", agg="sum", early_interval="1s")
+    with pytest.raises(ParamError, match=r"session_window: early_interval is not supported.*"
+                                         r"use early_every=N"):
+        TICKS.session_window("30s", agg="sum", early_interval="10s")
+    # A spec is refused as the SDK call is.
+    spec = dumps(sd.Graph("g", outputs=[every_10s]), "toml")
+    assert "early_interval = 10000000000" in spec
+    assert loads(spec, "toml").node_ids == sd.Graph("g", outputs=[every_10s]).node_ids
+    with pytest.raises(ParamError, match="session_window: early_interval is not supported"):
+        loads(spec.replace("tumbling_window", "session_window").replace("size = ", "gap = "),
+              "toml")
+
+
+def test_early_interval_under_a_watermark_at_the_int64_maximum() -> None:
+    top = int(np.iinfo(np.int64).max)
+    node = TICKS.tumbling_window(10, agg="count", early_interval=4, name="w")
+    script: list[Round] = [([(1, "A", 1.0), (5, "A", 2.0), (12, "A", 4.0)], 3), ([], top)]
+    expected = run_reference(ReferenceWindows(["count"], size=10, step=10, early_interval=4),
+                             script)
+    assert [(r["ts"], r["count"], r["early"]) for r in expected] == [
+        (3, 1, True), (7, 2, True), (9, 2, False), (13, 1, True), (17, 1, True),
+        (19, 1, False)]
+    assert_same(run_operator(node, script)[0], expected)

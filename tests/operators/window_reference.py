@@ -83,9 +83,11 @@ class ReferenceWindows:
 
     def __init__(self, aggs: Sequence[str], *, size: int = 0, step: int = 0, gap: int = 0,
                  lateness: int = 0, late: str = "drop", early_every: int = 0,
+                 early_interval: int = 0,
                  function: Callable[[np.ndarray], float] | None = None) -> None:
         self.aggs, self.size, self.step, self.gap = aggs, size, step, gap
         self.lateness, self.side, self.early = lateness, late == "side", early_every
+        self.interval = early_interval
         self.function = function
         self.windows: dict[str, list[Window]] = {}
         self.watermark: int | None = None
@@ -160,10 +162,26 @@ class ReferenceWindows:
     def on_watermark(self, watermark: int) -> list[Record]:
         passed = self.watermark
         self.watermark = watermark if passed is None else max(passed, watermark)
-        due = [(w.end, w.opened, key, w) for key, ws in self.windows.items()
-               for w in ws if (passed is None or w.end > passed) and w.end <= self.watermark]
+        # Emissions by the time they fire; at one time early updates first, then by opening.
+        due: list[tuple[int, int, int, str, Window, int | None]] = [
+            (w.end, 1, w.opened, key, w, None) for key, ws in self.windows.items()
+            for w in ws if (passed is None or w.end > passed) and w.end <= self.watermark]
+        if self.interval:
+            due += [(b, 0, w.opened, key, w, b) for key, ws in self.windows.items() for w in ws
+                    for b in range(w.start + self.interval, w.end, self.interval)
+                    if (passed is None or b > passed) and b <= self.watermark]
         out = []
-        for *_, key, window in sorted(due, key=lambda d: d[:2]):
+        for *_, key, window, boundary in sorted(due, key=lambda d: d[:3]):
+            if boundary is not None:
+                part = Window(window.start, window.end)
+                for ts, seq, x in window.events:
+                    if ts < boundary:
+                        part.add(ts, seq, x)
+                if part.values:
+                    out.append(part.record(key, self.aggs, ts=boundary - 1,
+                                           revision=window.emitted, early=True,
+                                           function=self.function))
+                continue
             out.append(window.record(key, self.aggs, revision=window.emitted,
                                      function=self.function))
             window.emitted += 1

@@ -119,7 +119,7 @@ def spread(fast: np.ndarray, slow: np.ndarray) -> np.ndarray:
 
 
 def _every_family_graph(topic: str) -> Graph:
-    """A diamond, a crossover, an as-of join and bars over one source."""
+    """A diamond, a crossover, an as-of join, bars and early window updates over one source."""
     ticks = sd.source("ticks", topic=topic, key="symbol",
                       schema={"price": "float64", "size": "float64"})
     fast = ticks.rolling_mean("price", window=5, name="fast")
@@ -129,7 +129,10 @@ def _every_family_graph(topic: str) -> Graph:
     gap = spread(ticks.map("price * 10", name="b"), ticks.map("price * 100", name="c"),
                  name="diamond")
     bars = ticks.ohlcv(bar=40_000_000, name="bars")
-    return sd.Graph("families", outputs=[joined, gap, bars, cross, ticks])
+    # Early updates by event time: exactly the window's events before each 10 ms boundary.
+    early = ticks.hopping_window(40_000_000, 20_000_000, agg=["mean", "count"], field="price",
+                                 early_interval=10_000_000, name="early")
+    return sd.Graph("families", outputs=[joined, gap, bars, cross, early, ticks])
 
 
 @pytest.mark.integration
@@ -188,6 +191,7 @@ def test_every_multi_input_family_live_and_from_a_backlog_equals_the_replay(
         assert sum(stats.late_events for stats in run.stats.values()) == 0
     assert len(replayed["cross"]) == PARTITIONS * PER_PARTITION - SYMBOLS * 4
     assert len(replayed["diamond"]) == PARTITIONS * PER_PARTITION - SYMBOLS
+    assert any(r["early"] for r in replayed["early"])
 
 
 class _Chunks:

@@ -64,7 +64,7 @@ def _graph() -> sd.Graph:
     return sd.Graph("windows", outputs=[
         ticks.tumbling_window("50ms", agg=aggs, field="price", name="tumbling"),
         ticks.hopping_window("60ms", "20ms", agg=["mean", "count"], field="price",
-                             name="hopping"),
+                             early_interval="15ms", name="hopping"),
         ticks.session_window("9ms", agg=["sum", "last"], field="size", name="sessions"),
         ticks.count_window(9, agg=["first", "std"], field="price", name="counts"),
         ticks.interval_join(ticks.map("size * 2", output="double", name="double"),
@@ -95,6 +95,7 @@ def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: 
         assert _nan_as_text(remote.records(name)) == _nan_as_text(local.records(name)), name
     # 1001 ticks 1 ms apart, round robin over 7 symbols: 20 windows of 50 ms for each symbol,
     # and the tick at 1 s alone in the 21st; 143 ticks per symbol make 15 count windows of 9.
+    assert any(r["early"] for r in local.records("hopping"))
     assert len(local.records("tumbling")) == 7 * 20 + 1
     assert sum(r["count"] for r in local.records("tumbling")) == 1001
     assert len(local.records("counts")) == 7 * 15
