@@ -3,7 +3,8 @@
 Compiling a kernel, or loading it from the kernel cache, costs from a fraction of a second to
 many seconds; done while the node gets ready, it is paid while the other nodes start too, never
 between the first record and the first output. Warming is an optimization: a failure is logged
-and the kernels then load on the first record.
+and the kernels then load on the first record. Once warm, the node hands back the compiler's
+code pages (``runtime.dataplane.compiler_pages``): it needs none of them to run its kernels.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from runtime.dataplane.compiler_pages import release_compiler_code
 from runtime.dataplane.worker import NodeWorker
 from streamdag.kernel_cache import compiling
 
@@ -40,5 +42,6 @@ def warm_up_node(worker: NodeWorker, connector_factories: Iterable[Any]) -> floa
         except Exception:
             _log.warning("node %r: warming its connector up failed; its kernels load on the "
                          "first record instead", worker.config.name, exc_info=True)
+    release_compiler_code()
     worker.stats.warm_up_seconds = time.perf_counter() - started
     return worker.stats.warm_up_seconds
