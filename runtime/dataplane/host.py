@@ -43,7 +43,7 @@ from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.startup_phases import StartupPhases, process_start_time
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
-from runtime.dataplane.warming import warm_up_node
+from runtime.dataplane.warming import warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
@@ -156,35 +156,15 @@ class NodeHost:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def ready(self) -> str:
-        """Open connectors and start the drain loop; returns the node id once ready.
-
-        Steps:
-        1. Kernels load (or compile) in a worker thread, while
-        2. the connectors open on the event loop (Kafka clients connect, a restored sink
-           publishes what its checkpoint completed, a restored source seeks);
-        3. once both are done, the node is ready: nothing is pushed to it before.
-        """
+        """Load kernels while the connectors open, start the drain loop; the node id once ready."""
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._finished = asyncio.Event()
             self._drain_task = asyncio.create_task(self._drain())
-            self._phases.warm_up_started = StartupPhases.now()
-            # Step 1: kernels in a thread (numba's compiler lock serializes any compiling).
-            warming = asyncio.get_running_loop().run_in_executor(
-                None, self._warm_up, (self._source_factory, self._sink_factory))
-            try:
-                # Step 2: connectors meanwhile.
-                await self._open_connectors()
-                self._phases.connected = StartupPhases.now()
-            finally:
-                # Step 3: ready once the kernels are in too.
-                await warming
+            await warm_up_while_opening(self.worker, (self._source_factory, self._sink_factory),
+                                        self._open_connectors, self._phases)
         self._phases.ready = self._phases.ready or StartupPhases.now()
         return self.config.node_id
-
-    def _warm_up(self, factories: tuple[Any, ...]) -> None:
-        warm_up_node(self.worker, factories)
-        self._phases.warmed = StartupPhases.now()
 
     async def _open_connectors(self) -> None:
         if self._sink_factory is not None:

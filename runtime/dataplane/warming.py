@@ -9,16 +9,18 @@ code pages (``runtime.dataplane.compiler_pages``): it needs none of them to run 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from runtime.dataplane.compiler_pages import release_compiler_code
+from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.worker import NodeWorker
 from streamdag.kernel_cache import compiling
 
-__all__ = ["warm_up_node"]
+__all__ = ["warm_up_node", "warm_up_while_opening"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,3 +47,31 @@ def warm_up_node(worker: NodeWorker, connector_factories: Iterable[Any]) -> floa
     release_compiler_code()
     worker.stats.warm_up_seconds = time.perf_counter() - started
     return worker.stats.warm_up_seconds
+
+
+async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterable[Any],
+                                open_connectors: Callable[[], Awaitable[None]],
+                                phases: StartupPhases) -> None:
+    """Warm ``worker`` up in a thread while ``open_connectors()`` runs on the event loop.
+
+    Steps:
+    1. Kernels load (or compile) in a worker thread (numba's lock serializes compiling), while
+    2. the connectors open on the event loop (Kafka clients connect, a restored sink
+       publishes, a restored source seeks);
+    3. this returns once both are done (the first error raised, if any), each step's time
+       in ``phases``.
+    """
+    def warm() -> None:
+        warm_up_node(worker, connector_factories)
+        phases.warmed = StartupPhases.now()
+
+    phases.warm_up_started = StartupPhases.now()
+    # Step 1: kernels in a thread.
+    warming = asyncio.get_running_loop().run_in_executor(None, warm)
+    try:
+        # Step 2: connectors meanwhile.
+        await open_connectors()
+        phases.connected = StartupPhases.now()
+    finally:
+        # Step 3: both done.
+        await warming
