@@ -52,6 +52,9 @@ class MemorySampler:
     peak_rss: dict[int, int] = field(default_factory=dict)
     peak_uss: dict[int, int] = field(default_factory=dict)
     peak_pss: dict[int, int] = field(default_factory=dict)
+    #: The last sample's RSS and PSS (at ``stop``: the end of the run).
+    last_rss: dict[int, int] = field(default_factory=dict)
+    last_pss: dict[int, int] = field(default_factory=dict)
     cpu_seconds: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -86,6 +89,8 @@ class MemorySampler:
             self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), memory.rss)
             self.peak_uss[pid] = max(self.peak_uss.get(pid, 0), memory.uss)
             self.peak_pss[pid] = max(self.peak_pss.get(pid, 0), getattr(memory, "pss", 0))
+            self.last_rss[pid] = memory.rss
+            self.last_pss[pid] = getattr(memory, "pss", 0)
             self.cpu_seconds[pid] = times.user + times.system
 
 
@@ -141,9 +146,6 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
     timeline = {name: {step: (at - launched if at else None)
                        for step, at in dataclasses.asdict(phases[name]).items()}
                 for name in phases}
-    for name, steps in timeline.items():
-        output_at = result.stats[name].first_output_at
-        steps["first output"] = output_at - launched if output_at else None
     return {
         "ray_start_s": ray_start_s, "started_s": started_s,
         "first_s": first - launched, "last_s": result.stats["mean"].last_output_at - launched,
@@ -151,6 +153,8 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
         "rss": {name: sampler.peak_rss.get(pid, 0) for name, pid in pids.items()},
         "uss": {name: sampler.peak_uss.get(pid, 0) for name, pid in pids.items()},
         "pss": {name: sampler.peak_pss.get(pid, 0) for name, pid in pids.items()},
+        "end_rss": {name: sampler.last_rss.get(pid, 0) for name, pid in pids.items()},
+        "end_pss": {name: sampler.last_pss.get(pid, 0) for name, pid in pids.items()},
         "cpu_s": {name: sampler.cpu_seconds.get(pid, 0.0) for name, pid in pids.items()},
     }
 
@@ -177,8 +181,10 @@ async def _first_record_at(bootstrap: str, topic: str, timeout_s: float = 120) -
         await consumer.stop()
 
 
-def _deployment_runs(bootstrap: str, source: str, repeat: int) -> list[float]:
-    """Seconds from ``submit`` to the first output record, on a running deployment, warm.
+def _deployment_runs(bootstrap: str, source: str,
+                     repeat: int) -> tuple[list[float], dict[str, dict[str, float | None]]]:
+    """Seconds from ``submit`` to the first output record, on a running deployment, warm, and
+    the last run's steps per node (seconds after the submission).
 
     A first graph starts the controller and loads the kernels; each timed one is a new graph
     (its own input topic of the workload's records, so no node is shared with a running one).
@@ -189,6 +195,7 @@ def _deployment_runs(bootstrap: str, source: str, repeat: int) -> list[float]:
 
     from runtime.deployment.controller import ControllerOptions
     from runtime.deployment.handle import Deployment
+    from runtime.deployment.node_registry import NODE_NAMESPACE, node_actor_name
     from runtime.runners.ray_runner import ensure_ray
     from streamdag.config import KafkaSettings, Settings
 
@@ -200,21 +207,29 @@ def _deployment_runs(bootstrap: str, source: str, repeat: int) -> list[float]:
         state_dir=state, options=ControllerOptions(grace_s=0.0, health_interval_s=0.0,
                                                    lifecycle_topic=f"{name}.lifecycle"))
     seconds: list[float] = []
+    timeline: dict[str, dict[str, float | None]] = {}
     try:
         for run in range(repeat + 1):
             topic = f"{source}.copy{run}"
             asyncio.run(produce_input(bootstrap, topic, 20_000))
             out = f"{topic}.out"
             submitted = time.time()
-            submission = deployment.submit(replay_graph(topic, out, f"replay{run}"))
+            graph = replay_graph(topic, out, f"replay{run}")
+            submission = deployment.submit(graph)
             assert submission["state"] != "failed", submission["cause"]
             first = asyncio.run(_first_record_at(bootstrap, out))
             if run:  # the first one is the warm-up
                 seconds.append(first - submitted)
+            for node in graph.nodes:
+                actor = ray.get_actor(node_actor_name(name, node.node_id), namespace=NODE_NAMESPACE)
+                steps = dataclasses.asdict(ray.get(actor.startup_phases.remote()))
+                timeline[node.name] = {step: (at - submitted if at else None)
+                                       for step, at in steps.items()}
+                timeline[node.name]["read back"] = first - submitted
     finally:
         deployment.shutdown()
         ray.shutdown()
-    return seconds
+    return seconds, timeline
 
 
 def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
@@ -237,6 +252,7 @@ def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
         "last_s": result.stats["mean"].last_output_at - launched,
         "rss": max(sampler.peak_rss.values()), "uss": max(sampler.peak_uss.values()),
         "pss": max(sampler.peak_pss.values()),
+        "end_rss": sampler.last_rss[os.getpid()], "end_pss": sampler.last_pss[os.getpid()],
         "cpu_s": times.user + times.system,
     }
 
@@ -255,8 +271,17 @@ _STEPS = (
     ("process_started", "process started"), ("constructed", "host constructed"),
     ("warm_up_started", "kernels: loading"), ("warmed", "kernels: loaded"),
     ("connected", "connectors open"), ("ready", "ready"), ("source_started", "source started"),
-    ("first_read", "first read (records)"), ("first output", "first output"),
+    ("first_read", "first read (records)"), ("first_output", "first output"),
+    ("read back", "output read back"),
 )
+
+
+def _print_steps(timeline: dict[str, dict[str, float | None]]) -> None:
+    names = list(timeline)
+    print(f"{'step':<22}" + "".join(f"{name:>9}" for name in names))
+    for key, label in _STEPS:
+        cells = [timeline[name].get(key) for name in names]
+        print(f"{label:<22}" + "".join("        -" if c is None else f"{c:>9.2f}" for c in cells))
 
 
 def _median(values: list[float]) -> float:
@@ -287,22 +312,23 @@ def _report(records: int, runs: list[dict[str, Any]], local: dict[str, Any],
           f"{_median(imports):.2f} s")
     names = list(last["timeline"])
     print("\nlast run's steps, seconds after launch (negative: before it, a pooled worker)")
-    print(f"{'step':<22}" + "".join(f"{name:>9}" for name in names))
-    for key, label in _STEPS:
-        cells = [last["timeline"][name].get(key) for name in names]
-        print(f"{label:<22}" + "".join("        -" if c is None else f"{c:>9.2f}" for c in cells))
-    print(f"\n{'node actor':<12} {'peak RSS MiB':>13} {'peak USS MiB':>13} {'peak PSS MiB':>13} "
-          f"{'CPU s':>7}")
+    _print_steps(last["timeline"])
+    print(f"\n{'node actor':<12} {'peak RSS':>9} {'peak USS':>9} {'peak PSS':>9} "
+          f"{'end RSS':>8} {'end PSS':>8} {'CPU s':>7}   (MiB; end: at the last output)")
     for name in names:
-        print(f"{name:<12} {last['rss'][name] / mib:>13.0f} {last['uss'][name] / mib:>13.0f} "
-              f"{last['pss'][name] / mib:>13.0f} {last['cpu_s'][name]:>7.2f}")
-    print(f"{'Ray total':<12} {sum(last['rss'].values()) / mib:>13.0f} "
-          f"{sum(last['uss'].values()) / mib:>13.0f} {sum(last['pss'].values()) / mib:>13.0f} "
-          f"{sum(last['cpu_s'].values()):>7.2f}   (PSS: shared pages counted once; target 400)")
+        print(f"{name:<12} {last['rss'][name] / mib:>9.0f} {last['uss'][name] / mib:>9.0f} "
+              f"{last['pss'][name] / mib:>9.0f} {last['end_rss'][name] / mib:>8.0f} "
+              f"{last['end_pss'][name] / mib:>8.0f} {last['cpu_s'][name]:>7.2f}")
+    total = {key: sum(last[key].values()) / mib
+             for key in ("rss", "uss", "pss", "end_rss", "end_pss")}
+    print(f"{'Ray total':<12} {total['rss']:>9.0f} {total['uss']:>9.0f} {total['pss']:>9.0f} "
+          f"{total['end_rss']:>8.0f} {total['end_pss']:>8.0f} {sum(last['cpu_s'].values()):>7.2f}"
+          "   (target 400; PSS counts shared pages once)")
     print(f"LocalRunner (own process): first output {local['first_s']:.2f} s, last "
           f"{local['last_s']:.2f} s after launch ({local['process_s']:.2f} s with the "
-          f"interpreter's start), peak RSS {local['rss'] / mib:.0f} MiB, USS "
-          f"{local['uss'] / mib:.0f} MiB, PSS {local['pss'] / mib:.0f} MiB (target 150), "
+          f"interpreter's start); peak RSS {local['rss'] / mib:.0f} MiB, USS "
+          f"{local['uss'] / mib:.0f}, PSS {local['pss'] / mib:.0f}; at the end RSS "
+          f"{local['end_rss'] / mib:.0f}, PSS {local['end_pss'] / mib:.0f} (target 150); "
           f"CPU {local['cpu_s']:.2f} s")
 
 
@@ -317,11 +343,13 @@ def _run(bootstrap: str, records: int, repeat: int) -> None:
         own_starts.append(_ray_own_start())
         imports.append(_actor_imports())
         runs.append(_ray_run(bootstrap, source, records))
-    submitted = _deployment_runs(bootstrap, source, repeat)
+    submitted, steps = _deployment_runs(bootstrap, source, repeat)
     _report(records, runs, local, own_starts, imports)
-    print(f"running deployment, warm: submit -> first output record read back "
+    print(f"\nrunning deployment, warm: submit -> first output record read back "
           f"{_median(submitted):.2f} s median of {', '.join(f'{s:.2f}' for s in submitted)} "
-          "(target <= 1.5)")
+          "(target <= 1.5); the last submission's steps, seconds after submit "
+          "(output read back: the first record read from the output topic)")
+    _print_steps(steps)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -50,6 +50,8 @@ class StartupPhases:
     #: Sources: reading began, and the first read that returned records ended.
     source_started: float = 0.0
     first_read: float = 0.0
+    #: The node emitted its first records (to its subscribers, or a sink to its topic).
+    first_output: float = 0.0
 
     def spans(self) -> dict[str, float | None]:
         """Seconds between consecutive steps, by name (None where a step was not reached)."""
@@ -61,6 +63,7 @@ class StartupPhases:
             "constructed -> ready": (self.constructed, self.ready),
             "ready -> source started": (self.ready, self.source_started),
             "source started -> first read": (self.source_started, self.first_read),
+            "ready -> first output": (self.ready, self.first_output),
         }
         return {name: round(end - start, 6) if start and end else None
                 for name, (start, end) in pairs.items()}

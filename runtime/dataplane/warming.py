@@ -20,7 +20,7 @@ from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.worker import NodeWorker
 from streamdag.kernel_cache import compiling
 
-__all__ = ["warm_up_node", "warm_up_while_opening"]
+__all__ = ["released_after_first_output", "warm_up_node", "warm_up_while_opening"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,3 +75,19 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
     finally:
         # Step 3: both done.
         await warming
+
+
+def released_after_first_output(loop: asyncio.AbstractEventLoop) -> None:
+    """Release the compiler's code once more, in a thread, after a node's first output.
+
+    The first batch can load a kernel or two the warm-up did not (another signature of one,
+    e.g. over arrays that are writable rather than read-only), which maps some of the
+    compiler's code back in; a node needs none of it afterwards.
+    """
+    def release() -> None:
+        try:
+            release_compiler_code()
+        except Exception:  # an optimization: the pages only stay resident
+            _log.debug("releasing the compiler's code failed", exc_info=True)
+
+    loop.run_in_executor(None, release)

@@ -115,7 +115,7 @@ def test_connectors_open_while_the_kernels_load_and_every_step_is_timed_in_order
     assert 0 < phases.process_started <= phases.constructed <= phases.warm_up_started
     assert phases.warm_up_started <= phases.connected <= phases.ready
     assert phases.warm_up_started <= phases.warmed <= phases.ready
-    assert phases.ready <= phases.source_started <= phases.first_read
+    assert phases.ready <= phases.source_started <= phases.first_read <= phases.first_output
     assert all(span is not None and span >= 0 for span in phases.spans().values())
 
 
