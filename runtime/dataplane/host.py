@@ -439,7 +439,7 @@ class NodeHost:
                     self.captured.append(payload)
             if delivery.events and not self._phases.first_output:
                 self._phases.first_output = StartupPhases.now()
-                released_after_first_output(asyncio.get_running_loop())
+                released_after_first_output(self._publications)
             if payloads and self._channels:
                 if self._held is not None:
                     raise self._refusal()

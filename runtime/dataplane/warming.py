@@ -77,12 +77,13 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
         await warming
 
 
-def released_after_first_output(loop: asyncio.AbstractEventLoop) -> None:
-    """Release the compiler's code once more, in a thread, after a node's first output.
+def released_after_first_output(publications: Iterable[asyncio.Future[None]]) -> None:
+    """Release the compiler's code once more, in a thread, after a node's first output (and,
+    for a sink, once that output is published).
 
     The first batch can load a kernel or two the warm-up did not (another signature of one,
-    e.g. over arrays that are writable rather than read-only), which maps some of the
-    compiler's code back in; a node needs none of it afterwards.
+    e.g. over arrays that are writable rather than read-only, or a sink's producer batches),
+    which maps some of the compiler's code back in; a node needs none of it afterwards.
     """
     def release() -> None:
         try:
@@ -90,4 +91,14 @@ def released_after_first_output(loop: asyncio.AbstractEventLoop) -> None:
         except Exception:  # an optimization: the pages only stay resident
             _log.debug("releasing the compiler's code failed", exc_info=True)
 
-    loop.run_in_executor(None, release)
+    async def after(published: list[asyncio.Future[None]]) -> None:
+        await asyncio.gather(*published, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, release)
+
+    task = asyncio.ensure_future(after(list(publications)))
+    _releasing.add(task)  # held until done: the loop keeps only a weak reference
+    task.add_done_callback(_releasing.discard)
+
+
+#: Releases in flight (see ``released_after_first_output``).
+_releasing: set[asyncio.Future[None]] = set()
