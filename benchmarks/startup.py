@@ -268,7 +268,8 @@ def _local_in_child(bootstrap: str, source: str, records: int) -> dict[str, Any]
 
 
 _STEPS = (
-    ("process_started", "process started"), ("constructed", "host constructed"),
+    ("process_started", "process started"), ("code_loaded", "host code loaded"),
+    ("constructed", "host constructed"),
     ("warm_up_started", "kernels: loading"), ("warmed", "kernels: loaded"),
     ("connected", "connectors open"), ("ready", "ready"), ("source_started", "source started"),
     ("first_read", "first read (records)"), ("first_output", "first output"),

@@ -41,7 +41,7 @@ from runtime.dataplane.failures import (
 from runtime.dataplane.messages import Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
-from runtime.dataplane.startup_phases import StartupPhases, process_start_time
+from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
 from runtime.dataplane.warming import released_after_first_output, warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
@@ -113,7 +113,7 @@ class NodeHost:
         snapshot: NodeSnapshot | bytes | None = None,
         checkpoints: CheckpointTarget | None = None,
     ) -> None:
-        self._phases = StartupPhases(process_start_time(), StartupPhases.now())
+        self._phases = StartupPhases(process_start_time(), StartupPhases.now(), CODE_LOADED_AT)
         self.config = config
         self.settings = settings or RuntimeSettings()
         restored = snapshot.writable_copy() if isinstance(snapshot, NodeSnapshot) else None

@@ -5,8 +5,8 @@ over (one actor call), and ``benchmarks.startup`` lines the nodes' records up ag
 driver's launch. Times are ``time.time()`` (comparable across the processes of one machine);
 a step not reached yet is 0.
 
->>> phases = StartupPhases(process_started=100.0, constructed=101.5, warm_up_started=101.6,
-...                        warmed=101.9, connected=101.8, ready=101.9)
+>>> phases = StartupPhases(process_started=100.0, constructed=101.5, code_loaded=101.2,
+...                        warm_up_started=101.6, warmed=101.9, connected=101.8, ready=101.9)
 >>> phases.spans()["process start -> constructed"]
 1.5
 >>> phases.spans()["ready -> source started"] is None
@@ -19,7 +19,11 @@ import os
 import time
 from dataclasses import dataclass
 
-__all__ = ["StartupPhases", "process_start_time"]
+__all__ = ["CODE_LOADED_AT", "StartupPhases", "process_start_time"]
+
+#: When this process loaded the node host's code (this module comes with it): a Ray worker
+#: that preloads it does so before it takes work, others when they receive their actor.
+CODE_LOADED_AT = time.time()
 
 
 def process_start_time() -> float:
@@ -38,8 +42,10 @@ class StartupPhases:
 
     #: The process hosting the node started (a Ray worker: spawned, or taken from the pool).
     process_started: float = 0.0
-    #: The host's constructor began: the worker booted, the code loaded, the arguments arrived.
+    #: The host's constructor began: the actor was scheduled, its arguments arrived.
     constructed: float = 0.0
+    #: The host's code was loaded in the process (``CODE_LOADED_AT``).
+    code_loaded: float = 0.0
     #: Kernels (the operator's and the connectors') began and ended loading or compiling.
     warm_up_started: float = 0.0
     warmed: float = 0.0
@@ -56,6 +62,7 @@ class StartupPhases:
     def spans(self) -> dict[str, float | None]:
         """Seconds between consecutive steps, by name (None where a step was not reached)."""
         pairs = {
+            "process start -> code loaded": (self.process_started, self.code_loaded),
             "process start -> constructed": (self.process_started, self.constructed),
             "constructed -> warm-up started": (self.constructed, self.warm_up_started),
             "kernel warm-up": (self.warm_up_started, self.warmed),

@@ -112,7 +112,8 @@ def test_connectors_open_while_the_kernels_load_and_every_step_is_timed_in_order
     events, phases = asyncio.run(scenario())
     assert events == 2
     assert factory.overlapped is True
-    assert 0 < phases.process_started <= phases.constructed <= phases.warm_up_started
+    assert 0 < phases.process_started <= phases.code_loaded <= phases.constructed
+    assert phases.constructed <= phases.warm_up_started
     assert phases.warm_up_started <= phases.connected <= phases.ready
     assert phases.warm_up_started <= phases.warmed <= phases.ready
     assert phases.ready <= phases.source_started <= phases.first_read <= phases.first_output
