@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -34,11 +36,11 @@ __all__ = ["MemorySampler", "main", "replay_graph"]
 _SETTINGS = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
 
 
-def replay_graph(source: str, sink: str) -> sd.Graph:
+def replay_graph(source: str, sink: str, name: str = "replay") -> sd.Graph:
     """The issue workload's graph: three nodes, source -> rolling mean of 20 -> sink."""
     ticks = sd.source("ticks", topic=source, key="key", time="ts", schema={"price": "float64"})
     mean = ticks.rolling_mean("price", window=20, name="mean")
-    return sd.Graph("replay", outputs=[mean.to_topic(sink, name="out")])
+    return sd.Graph(name, outputs=[mean.to_topic(sink, name="out")])
 
 
 @dataclass
@@ -49,6 +51,10 @@ class MemorySampler:
     interval_s: float = 0.2
     peak_rss: dict[int, int] = field(default_factory=dict)
     peak_uss: dict[int, int] = field(default_factory=dict)
+    peak_pss: dict[int, int] = field(default_factory=dict)
+    #: The last sample's RSS and PSS (at ``stop``: the end of the run).
+    last_rss: dict[int, int] = field(default_factory=dict)
+    last_pss: dict[int, int] = field(default_factory=dict)
     cpu_seconds: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -82,7 +88,31 @@ class MemorySampler:
                 continue
             self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), memory.rss)
             self.peak_uss[pid] = max(self.peak_uss.get(pid, 0), memory.uss)
+            self.peak_pss[pid] = max(self.peak_pss.get(pid, 0), getattr(memory, "pss", 0))
+            self.last_rss[pid] = memory.rss
+            self.last_pss[pid] = getattr(memory, "pss", 0)
             self.cpu_seconds[pid] = times.user + times.system
+
+
+def _ray_own_start() -> float:
+    """Seconds a bare ``ray.init`` of a new local cluster takes, in a fresh process."""
+    code = ("import time, ray; t = time.perf_counter(); ray.init(address='local', num_cpus=2, "
+            "include_dashboard=False, configure_logging=False); "
+            "print(time.perf_counter() - t); ray.shutdown()")
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def _actor_imports() -> float:
+    """Seconds a node actor's own imports take in a fresh interpreter, after ``import ray``."""
+    from runtime.runners.ray_runner import NODE_ACTOR_MODULES  # not in the local run's child
+
+    code = ("import time, ray; t = time.perf_counter(); " + "; ".join(
+        f"import {module}" for module in NODE_ACTOR_MODULES) + "; print(time.perf_counter() - t)")
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True).stdout
+    return float(output.strip().splitlines()[-1])
 
 
 def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
@@ -90,33 +120,116 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
 
     from runtime.runners.ray_runner import RayRunner, ensure_ray
 
-    started = time.perf_counter()
+    started = time.time()
     ensure_ray(num_cpus=2)
-    ray_start_s = time.perf_counter() - started
-    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
+    ray_start_s = time.time() - started
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest", replay_prefix="",
                            end=Timestamp(time.time_ns()))
-    graph = replay_graph(source, f"{source}.ray")
+    graph = replay_graph(source, f"{source}.ray.{time.time_ns()}")
     launched = time.time()
     running = RayRunner(_SETTINGS, *binding.defaults()).start(graph)
     started_s = time.time() - launched
     try:
+        handles = {n.name: running.actor(n.name) for n in graph.nodes}
         pids = {name: ray.get(handle.__ray_call__.remote(lambda host: os.getpid()))
-                for name, handle in ((n.name, running.actor(n.name)) for n in graph.nodes)}
+                for name, handle in handles.items()}
         sampler = MemorySampler(list(pids.values())).start()
         result = running.wait(600)
         sampler.stop()
+        phases = {name: ray.get(handle.startup_phases.remote())
+                  for name, handle in handles.items()}
     finally:
         running.stop()
+        ray.shutdown()
     assert result.stats["out"].events_in == records - 100 * 19
+    first = result.stats["mean"].first_output_at
+    timeline = {name: {step: (at - launched if at else None)
+                       for step, at in dataclasses.asdict(phases[name]).items()}
+                for name in phases}
     return {
         "ray_start_s": ray_start_s, "started_s": started_s,
-        "first_s": result.stats["mean"].first_output_at - launched,
-        "last_s": result.stats["mean"].last_output_at - launched,
-        "warm_up_s": {name: s.warm_up_seconds for name, s in result.stats.items()},
+        "first_s": first - launched, "last_s": result.stats["mean"].last_output_at - launched,
+        "timeline": timeline,
         "rss": {name: sampler.peak_rss.get(pid, 0) for name, pid in pids.items()},
         "uss": {name: sampler.peak_uss.get(pid, 0) for name, pid in pids.items()},
+        "pss": {name: sampler.peak_pss.get(pid, 0) for name, pid in pids.items()},
+        "end_rss": {name: sampler.last_rss.get(pid, 0) for name, pid in pids.items()},
+        "end_pss": {name: sampler.last_pss.get(pid, 0) for name, pid in pids.items()},
         "cpu_s": {name: sampler.cpu_seconds.get(pid, 0.0) for name, pid in pids.items()},
     }
+
+
+async def _first_record_at(bootstrap: str, topic: str, timeout_s: float = 120) -> float:
+    """When the first record of ``topic`` (created if missing) could be read (``time.time()``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from connectors.topics import ensure_topics
+
+    await ensure_topics(bootstrap, {topic: 4})
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=5,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(4)])
+        await consumer.seek_to_beginning()
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if await consumer.getmany(timeout_ms=20, max_records=1):
+                return time.time()
+        raise TimeoutError(f"no record on {topic!r} within {timeout_s} s")
+    finally:
+        await consumer.stop()
+
+
+def _deployment_runs(bootstrap: str, source: str,
+                     repeat: int) -> tuple[list[float], dict[str, dict[str, float | None]]]:
+    """Seconds from ``submit`` to the first output record, on a running deployment, warm, and
+    the last run's steps per node (seconds after the submission).
+
+    A first graph starts the controller and loads the kernels; each timed one is a new graph
+    (its own input topic of the workload's records, so no node is shared with a running one).
+    """
+    import tempfile
+
+    import ray
+
+    from runtime.deployment.controller import ControllerOptions
+    from runtime.deployment.handle import Deployment
+    from runtime.deployment.node_registry import NODE_NAMESPACE, node_actor_name
+    from runtime.runners.ray_runner import ensure_ray
+    from streamdag.config import KafkaSettings, Settings
+
+    ensure_ray(num_cpus=2)
+    name = f"bench{time.strftime('%H%M%S')}"
+    state = tempfile.mkdtemp(prefix="streamdag-bench-")
+    deployment = Deployment.connect(
+        Settings(name=name, state_dir=state, kafka=KafkaSettings(partitions=4)), bootstrap,
+        state_dir=state, options=ControllerOptions(grace_s=0.0, health_interval_s=0.0,
+                                                   lifecycle_topic=f"{name}.lifecycle"))
+    seconds: list[float] = []
+    timeline: dict[str, dict[str, float | None]] = {}
+    try:
+        for run in range(repeat + 1):
+            topic = f"{source}.copy{run}"
+            asyncio.run(produce_input(bootstrap, topic, 20_000))
+            out = f"{topic}.out"
+            submitted = time.time()
+            graph = replay_graph(topic, out, f"replay{run}")
+            submission = deployment.submit(graph)
+            assert submission["state"] != "failed", submission["cause"]
+            first = asyncio.run(_first_record_at(bootstrap, out))
+            if run:  # the first one is the warm-up
+                seconds.append(first - submitted)
+            for node in graph.nodes:
+                actor = ray.get_actor(node_actor_name(name, node.node_id), namespace=NODE_NAMESPACE)
+                steps = dataclasses.asdict(ray.get(actor.startup_phases.remote()))
+                timeline[node.name] = {step: (at - submitted if at else None)
+                                       for step, at in steps.items()}
+                timeline[node.name]["read back"] = first - submitted
+    finally:
+        deployment.shutdown()
+        ray.shutdown()
+    return seconds, timeline
 
 
 def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
@@ -126,7 +239,7 @@ def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
     from runtime.runners.local_runner import LocalRunner
 
     sampler = MemorySampler([os.getpid()]).start()
-    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest", replay_prefix="",
                            end=Timestamp(time.time_ns()))
     launched = time.time()
     result = LocalRunner(_SETTINGS, *binding.defaults()).run(
@@ -138,6 +251,8 @@ def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
         "first_s": result.stats["mean"].first_output_at - launched,
         "last_s": result.stats["mean"].last_output_at - launched,
         "rss": max(sampler.peak_rss.values()), "uss": max(sampler.peak_uss.values()),
+        "pss": max(sampler.peak_pss.values()),
+        "end_rss": sampler.last_rss[os.getpid()], "end_pss": sampler.last_pss[os.getpid()],
         "cpu_s": times.user + times.system,
     }
 
@@ -152,34 +267,90 @@ def _local_in_child(bootstrap: str, source: str, records: int) -> dict[str, Any]
     return figures
 
 
-def _report(records: int, ray_run: dict[str, Any], local: dict[str, Any]) -> None:
+_STEPS = (
+    ("process_started", "process started"), ("code_loaded", "host code loaded"),
+    ("constructed", "host constructed"),
+    ("warm_up_started", "kernels: loading"), ("warmed", "kernels: loaded"),
+    ("connected", "connectors open"), ("ready", "ready"), ("source_started", "source started"),
+    ("first_read", "first read (records)"), ("first_output", "first output"),
+    ("read back", "output read back"),
+)
+
+
+def _print_steps(timeline: dict[str, dict[str, float | None]]) -> None:
+    names = list(timeline)
+    print(f"{'step':<22}" + "".join(f"{name:>9}" for name in names))
+    for key, label in _STEPS:
+        cells = [timeline[name].get(key) for name in names]
+        print(f"{label:<22}" + "".join("        -" if c is None else f"{c:>9.2f}" for c in cells))
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _report(records: int, runs: list[dict[str, Any]], local: dict[str, Any],
+            own_starts: list[float], imports: list[float]) -> None:
     mib = 2**20
-    print(f"\nstart-up and memory: {records:,} JSON records, 100 keys, 4 partitions, "
-          "rolling mean of 20 (three nodes)")
-    print(f"Ray's own start (ray.init, new local cluster)      {ray_run['ray_start_s']:6.2f} s")
-    print(f"RayRunner: launch -> actors ready, sources started {ray_run['started_s']:6.2f} s")
-    print(f"RayRunner: launch -> first output                  {ray_run['first_s']:6.2f} s")
-    print(f"RayRunner: launch -> last output                   {ray_run['last_s']:6.2f} s")
-    warm = ", ".join(f"{n} {s:.2f}" for n, s in ray_run["warm_up_s"].items())
-    print(f"  kernel warm-up per node (s): {warm}")
-    print(f"{'node actor':<12} {'peak RSS MiB':>13} {'peak USS MiB':>13} {'CPU s':>7}")
-    for name in ray_run["rss"]:
-        print(f"{name:<12} {ray_run['rss'][name] / mib:>13.0f} {ray_run['uss'][name] / mib:>13.0f}"
-              f" {ray_run['cpu_s'][name]:>7.2f}")
-    print(f"{'Ray total':<12} {sum(ray_run['rss'].values()) / mib:>13.0f} "
-          f"{sum(ray_run['uss'].values()) / mib:>13.0f} {sum(ray_run['cpu_s'].values()):>7.2f}")
+    last = runs[-1]
+    print(f"\nstart-up and memory: {records:,} JSON records, 100 keys, 4 partitions, rolling "
+          f"mean of 20 (three nodes); {len(runs)} Ray run(s), medians; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    own = _median(own_starts)
+    ensure = _median([r["ray_start_s"] for r in runs])
+    first = _median([r["first_s"] for r in runs])
+    print(f"Ray's own start (bare ray.init, new local cluster)   {own:6.2f} s")
+    print(f"ensure_ray (streamdag's ray.init)                     {ensure:6.2f} s")
+    print(f"RayRunner: launch -> actors ready, sources started    "
+          f"{_median([r['started_s'] for r in runs]):6.2f} s")
+    print(f"RayRunner: launch -> first output                     {first:6.2f} s "
+          f"(target <= 1.5)")
+    print(f"RayRunner: launch -> last output                      "
+          f"{_median([r['last_s'] for r in runs]):6.2f} s")
+    print(f"standalone: ensure_ray + first output - Ray's own start {ensure + first - own:6.2f} s "
+          "(target <= 1.5)")
+    print(f"a node actor's imports (fresh interpreter, after import ray) "
+          f"{_median(imports):.2f} s")
+    names = list(last["timeline"])
+    print("\nlast run's steps, seconds after launch (negative: before it, a pooled worker)")
+    _print_steps(last["timeline"])
+    print(f"\n{'node actor':<12} {'peak RSS':>9} {'peak USS':>9} {'peak PSS':>9} "
+          f"{'end RSS':>8} {'end PSS':>8} {'CPU s':>7}   (MiB; end: at the last output)")
+    for name in names:
+        print(f"{name:<12} {last['rss'][name] / mib:>9.0f} {last['uss'][name] / mib:>9.0f} "
+              f"{last['pss'][name] / mib:>9.0f} {last['end_rss'][name] / mib:>8.0f} "
+              f"{last['end_pss'][name] / mib:>8.0f} {last['cpu_s'][name]:>7.2f}")
+    total = {key: sum(last[key].values()) / mib
+             for key in ("rss", "uss", "pss", "end_rss", "end_pss")}
+    print(f"{'Ray total':<12} {total['rss']:>9.0f} {total['uss']:>9.0f} {total['pss']:>9.0f} "
+          f"{total['end_rss']:>8.0f} {total['end_pss']:>8.0f} {sum(last['cpu_s'].values()):>7.2f}"
+          "   (target 400; PSS counts shared pages once)")
     print(f"LocalRunner (own process): first output {local['first_s']:.2f} s, last "
           f"{local['last_s']:.2f} s after launch ({local['process_s']:.2f} s with the "
-          f"interpreter's start), peak RSS {local['rss'] / mib:.0f} MiB, USS "
-          f"{local['uss'] / mib:.0f} MiB, CPU {local['cpu_s']:.2f} s")
+          f"interpreter's start); peak RSS {local['rss'] / mib:.0f} MiB, USS "
+          f"{local['uss'] / mib:.0f}, PSS {local['pss'] / mib:.0f}; at the end RSS "
+          f"{local['end_rss'] / mib:.0f}, PSS {local['end_pss'] / mib:.0f} (target 150); "
+          f"CPU {local['cpu_s']:.2f} s")
 
 
-def _run(bootstrap: str, records: int) -> None:
+def _run(bootstrap: str, records: int, repeat: int) -> None:
     source = f"bench.startup.{time.strftime('%H%M%S')}"
     asyncio.run(produce_input(bootstrap, source, records))
     local = _local_in_child(bootstrap, source, records)
-    ray_run = _ray_run(bootstrap, source, records)
-    _report(records, ray_run, local)
+    runs: list[dict[str, Any]] = []
+    own_starts: list[float] = []
+    imports: list[float] = []
+    for _ in range(repeat):  # alternating, so a busy spell hits both alike
+        own_starts.append(_ray_own_start())
+        imports.append(_actor_imports())
+        runs.append(_ray_run(bootstrap, source, records))
+    submitted, steps = _deployment_runs(bootstrap, source, repeat)
+    _report(records, runs, local, own_starts, imports)
+    print(f"\nrunning deployment, warm: submit -> first output record read back "
+          f"{_median(submitted):.2f} s median of {', '.join(f'{s:.2f}' for s in submitted)} "
+          "(target <= 1.5); the last submission's steps, seconds after submit "
+          "(output read back: the first record read from the output topic)")
+    _print_steps(steps)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -188,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--bootstrap", default="")
     parser.add_argument("--topic", default="")
+    parser.add_argument("--repeat", type=int, default=3, help="Ray runs; medians reported")
     parser.add_argument("--local-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.local_child:
@@ -195,10 +367,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.bootstrap:
-        _run(args.bootstrap, args.records)
+        _run(args.bootstrap, args.records, args.repeat)
     else:
         with EmbeddedBroker.start(".state/bench-broker") as broker:
-            _run(broker.bootstrap_servers, args.records)
+            _run(broker.bootstrap_servers, args.records, args.repeat)
 
 
 if __name__ == "__main__":

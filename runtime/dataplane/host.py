@@ -41,8 +41,9 @@ from runtime.dataplane.failures import (
 from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
+from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
-from runtime.dataplane.warming import warm_up_node
+from runtime.dataplane.warming import released_after_first_output, warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
@@ -112,6 +113,7 @@ class NodeHost:
         snapshot: NodeSnapshot | bytes | None = None,
         checkpoints: CheckpointTarget | None = None,
     ) -> None:
+        self._phases = StartupPhases(process_start_time(), StartupPhases.now(), CODE_LOADED_AT)
         self.config = config
         self.settings = settings or RuntimeSettings()
         restored = snapshot.writable_copy() if isinstance(snapshot, NodeSnapshot) else None
@@ -154,34 +156,43 @@ class NodeHost:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def ready(self) -> str:
-        """Open connectors and start the drain loop; returns the node id once ready."""
+        """Load kernels while the connectors open, start the drain loop; the node id once ready."""
         if self._queue is None:
-            warm_up_node(self.worker, (self._source_factory, self._sink_factory))
             self._queue = asyncio.Queue()
             self._finished = asyncio.Event()
             self._drain_task = asyncio.create_task(self._drain())
-            if self._sink_factory is not None:
-                self.sink = self._sink_factory()
-                await self.sink.open()
-                # A restored sink publishes what its checkpoint completed before it is ready.
-                self._output = self.checkpointing.sink_output(self.sink)
-                if self._output is None:
-                    self._publisher = SinkPublisher(self.sink, self.worker.stats)
-                await self.checkpointing.publish_restored()
-            if self._source_factory is not None:
-                self.source = self._source_factory()
-                await self.source.open()
-                restored = self.checkpointing.restored
-                if restored is not None:
-                    await restore_source(self.source, restored)
-                self._delivered_position = dict(self.source.position())
+            await warm_up_while_opening(self.worker, (self._source_factory, self._sink_factory),
+                                        self._open_connectors, self._phases)
+        self._phases.ready = self._phases.ready or StartupPhases.now()
         return self.config.node_id
+
+    async def _open_connectors(self) -> None:
+        if self._sink_factory is not None:
+            self.sink = self._sink_factory()
+            await self.sink.open()
+            # A restored sink publishes what its checkpoint completed before it is ready.
+            self._output = self.checkpointing.sink_output(self.sink)
+            if self._output is None:
+                self._publisher = SinkPublisher(self.sink, self.worker.stats)
+            await self.checkpointing.publish_restored()
+        if self._source_factory is not None:
+            self.source = self._source_factory()
+            await self.source.open()
+            restored = self.checkpointing.restored
+            if restored is not None:
+                await restore_source(self.source, restored)
+            self._delivered_position = dict(self.source.position())
+
+    def startup_phases(self) -> StartupPhases:
+        """When this node passed each start-up step (see ``StartupPhases``)."""
+        return dataclasses.replace(self._phases)
 
     async def start_source(self) -> None:
         """Start reading the source (called last, once everything below is ready)."""
         if self.source is None:
             raise RuntimeError(f"node {self.config.name!r} has no source to start")
         if self._source_task is None and self._held is None:
+            self._phases.source_started = StartupPhases.now()
             self._source_task = asyncio.create_task(self._run_source())
 
     async def wait_finished(self) -> bool:
@@ -426,6 +437,9 @@ class NodeHost:
                     await self._to_sink(payload)
                 if self._capture and isinstance(payload, Batch):
                     self.captured.append(payload)
+            if delivery.events and not self._phases.first_output:
+                self._phases.first_output = StartupPhases.now()
+                released_after_first_output(self._publications)
             if payloads and self._channels:
                 if self._held is not None:
                     raise self._refusal()
@@ -513,6 +527,7 @@ class NodeHost:
                 position = dict(self.source.position())
                 payloads: list[Payload] = []
                 if len(chunk.batch):
+                    self._phases.first_read = self._phases.first_read or StartupPhases.now()
                     payloads.extend(self.worker.feed(0, chunk.batch))
                 if chunk.watermark is not None:
                     payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))

@@ -177,9 +177,8 @@ class LocalNodes:
             checkpoints=self.checkpoints))
 
     async def wait_ready(self, names: Mapping[str, str]) -> None:
-        """Open the connectors of every host of ``names``."""
-        for key in names:
-            await self.hosts[key].ready()
+        """Load the kernels and open the connectors of every host of ``names``, all at once."""
+        await asyncio.gather(*(self.hosts[key].ready() for key in names))
 
     async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
                         route: KeyRoute | None = None) -> None:

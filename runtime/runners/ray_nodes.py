@@ -41,7 +41,9 @@ def node_actor_class(operator: str = "") -> Any:
 class RayNodes:
     """The deployment sequence's backend on Ray: each node an actor hosting its ``NodeHost``.
 
-    Actors of one generation are created together and become ready concurrently.
+    Every actor is asked to get ready (load its kernels, open its connectors) as soon as it is
+    created, so all of them do it at once, whatever their generation; ``wait_ready`` then only
+    waits, one generation at a time, and nothing is wired before its consumers are ready.
     """
 
     def __init__(
@@ -65,6 +67,8 @@ class RayNodes:
         self.checkpoints: CheckpointTarget | None = None
         #: Per-shard actor options on top of ``options_for`` (None: the same for every shard).
         self.shard_options: ShardOptions | None = None
+        #: The ``ready`` call of every actor created and not waited for yet, by key.
+        self._getting_ready: dict[str, Any] = {}
 
     def options_for(self, key: str) -> dict[str, Any]:
         """Ray actor options of the actor of ``key``."""
@@ -85,14 +89,14 @@ class RayNodes:
                                   snapshot=self.snapshots.get(key),
                                   checkpoints=self.checkpoints_for(key)))
         self.handles[key] = handle
+        self._getting_ready[key] = handle.ready.remote()
         if host.source is not None:
             self.sources.append(key)
         return handle
 
     async def wait_ready(self, names: Mapping[str, str]) -> None:
         """Wait until every actor of ``names`` (key -> node name) is ready, or raise."""
-        tasks = {key: asyncio.ensure_future(awaited(self.handles[key].ready.remote()))
-                 for key in names}
+        tasks = {key: asyncio.ensure_future(awaited(self._ready_call(key))) for key in names}
         done, pending = await asyncio.wait(tasks.values(), timeout=self.ready_timeout_s,
                                            return_when=asyncio.FIRST_EXCEPTION)
         for task in pending:
@@ -107,6 +111,11 @@ class RayNodes:
             raise ActorNotReadyError(
                 f"node(s) {late} did not report ready within {self.ready_timeout_s} s; check "
                 "their actors' logs, or raise the ready timeout (ready_timeout_s)")
+
+    def _ready_call(self, key: str) -> Any:
+        """The ``ready`` call of ``key``'s actor: the one made at its creation, else a new one."""
+        call = self._getting_ready.pop(key, None)
+        return call if call is not None else self.handles[key].ready.remote()
 
     async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
                         route: KeyRoute | None = None) -> None:

@@ -27,6 +27,7 @@ from streamdag.graph import Graph, Node
 from streamdag.tag_query import refuse_in_runner
 
 __all__ = [
+    "NODE_ACTOR_MODULES",
     "GraphFailedError",
     "RayNodes",
     "RayRunner",
@@ -36,6 +37,12 @@ __all__ = [
 ]
 
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
+#: What a node actor imports when it receives its class and arguments (numba, the operators,
+#: the Kafka connectors): about a second of CPU per process. A Ray that streamdag starts has
+#: its workers import them before they take work, so the workers Ray starts with the cluster
+#: (one per CPU) do it during Ray's own start, not after a graph is submitted.
+NODE_ACTOR_MODULES = ("runtime.dataplane.host", "runtime.runners.kafka_binding")
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to Ray at ``address`` (``auto``, ``ray://...``, ``host:port``), or start one.
@@ -69,6 +76,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             configure_logging=False,
+            _system_config=(None if address is not None
+                            else {"preload_python_modules": list(NODE_ACTOR_MODULES)}),
             # `streamdag` commands keep workers' output in Ray's logs (runtime/cli/console.py).
             log_to_driver=os.environ.get("STREAMDAG_RAY_LOG_TO_DRIVER", "1") != "0",
         )

@@ -6,9 +6,11 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 
 import streamdag as sd
 from runtime.dataplane.host import NodeHost
+from runtime.dataplane.startup_phases import StartupPhases
 from streamdag.testing import TestingSource
 
 # In a fresh process: which kernels are loaded before and after the factories warm up.
@@ -70,3 +72,81 @@ def test_a_host_warms_its_connector_up_once_when_ready_and_a_failed_warm_up_is_n
         factory = _Factory(fails)
         assert asyncio.run(scenario(factory)) == 1
         assert factory.warmed == 1
+
+
+class _OpenedWhileWarming:
+    """A source factory whose warm-up waits for its reader to open: it only finishes when the
+    connectors open while the kernels load, and records whether they did."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.overlapped: bool | None = None
+
+    def __call__(self) -> TestingSource:
+        factory = self
+
+        class Opening(TestingSource):
+            async def open(self) -> None:
+                factory.opened.set()
+                await super().open()
+
+        return Opening([sd.Batch.from_columns(ts=[1, 2], key=["a", "b"], price=[1.0, 2.0])])
+
+    def warm_up(self) -> None:
+        self.overlapped = self.opened.wait(timeout=30)
+
+
+def test_connectors_open_while_the_kernels_load_and_every_step_is_timed_in_order() -> None:
+    ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    factory = _OpenedWhileWarming()
+
+    async def scenario() -> tuple[int, StartupPhases]:
+        host = NodeHost(ticks.config(), source=factory, capture=True)
+        await host.ready()
+        await host.start_source()
+        await asyncio.wait_for(host.wait_finished(), 30)
+        events = sum(len(b) for b in host.results())
+        await host.stop()
+        return events, host.startup_phases()
+
+    events, phases = asyncio.run(scenario())
+    assert events == 2
+    assert factory.overlapped is True
+    assert 0 < phases.process_started <= phases.code_loaded <= phases.constructed
+    assert phases.constructed <= phases.warm_up_started
+    assert phases.warm_up_started <= phases.connected <= phases.ready
+    assert phases.warm_up_started <= phases.warmed <= phases.ready
+    assert phases.ready <= phases.source_started <= phases.first_read <= phases.first_output
+    assert all(span is not None and span >= 0 for span in phases.spans().values())
+
+
+# In a fresh process: the compiler's code is released after a warm-up, and compiling and
+# running kernels afterwards still works (the pages come back from the file).
+_RELEASE_PROBE = """
+import json
+import numpy as np
+from connectors.partitioning import key_partitions
+from runtime.dataplane.compiler_pages import compiler_code_resident, release_compiler_code
+key_partitions(np.array([b"warm"]), 1)
+before = compiler_code_resident()
+released = release_compiler_code()
+after = compiler_code_resident()
+from numba import njit
+@njit
+def twice(values):
+    return values * 2.0
+print(json.dumps([before > 0, released == before, after,
+                  key_partitions(np.array([b"a", b"b", b"c"]), 7).tolist(),
+                  twice(np.array([1.5, 2.0])).tolist()]))
+"""
+
+
+def test_a_warmed_node_releases_the_compiler_code_and_still_compiles_and_runs_kernels() -> None:
+    done = subprocess.run([sys.executable, "-c", _RELEASE_PROBE], check=True,
+                          capture_output=True, text=True, timeout=120)
+    expected = subprocess.run(
+        [sys.executable, "-c", "import numpy as np; from connectors.partitioning import "
+         "key_partitions; print(key_partitions(np.array([b'a', b'b', b'c']), 7).tolist())"],
+        check=True, capture_output=True, text=True, timeout=120).stdout.strip()
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [
+        True, True, 0, json.loads(expected), [3.0, 4.0]]
