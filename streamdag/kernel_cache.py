@@ -9,8 +9,12 @@ depended on the install. streamdag points numba at one directory instead:
 2. else ``STREAMDAG_KERNEL_CACHE``;
 3. else ``$XDG_CACHE_HOME/streamdag/kernels`` (``~/.cache/streamdag/kernels``).
 
-The choice goes into ``NUMBA_CACHE_DIR`` of this process, so Ray workers started from it
-inherit it, and every process importing ``streamdag`` makes the same choice.
+Under the last two, kernels go to a subdirectory named by a stamp of streamdag's modules that
+use numba (their paths and text): numba checks a cached kernel against its own source file only,
+so a kernel that inlines a helper from another module would load stale machine code after an
+upgrade or an edit changed that helper. A new stamp starts a new cache. The choice goes into
+``NUMBA_CACHE_DIR`` of this process, so Ray workers started from it inherit it, and every
+process importing ``streamdag`` makes the same choice.
 
 A cold cache is what made a first run after an install take minutes: every node actor compiled
 its kernels at once, each its own copy (measured on this 2-core machine under load: 33 s for
@@ -34,25 +38,28 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["compiling", "configure_kernel_cache", "kernel_cache_dir"]
+__all__ = ["KERNEL_PACKAGES", "compiling", "configure_kernel_cache", "kernel_cache_dir",
+           "sources_stamp"]
 
 
 def kernel_cache_dir() -> Path:
     """The directory compiled kernels are cached in (see the module's order of choices)."""
-    for variable in ("NUMBA_CACHE_DIR", "STREAMDAG_KERNEL_CACHE"):
-        chosen = os.environ.get(variable)
-        if chosen:
-            return Path(chosen).expanduser()
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    if chosen:
+        return Path(chosen).expanduser()
+    chosen = os.environ.get("STREAMDAG_KERNEL_CACHE")
+    if chosen:
+        return Path(chosen).expanduser() / _install_stamp()
     base = os.environ.get("XDG_CACHE_HOME")
     if not base:
         try:
             base = str(Path.home() / ".cache")
         except RuntimeError:  # no home directory (a bare container user)
             base = str(Path(tempfile.gettempdir()) / f"streamdag-{os.getuid()}")
-    return Path(base).expanduser() / "streamdag" / "kernels"
+    return Path(base).expanduser() / "streamdag" / "kernels" / _install_stamp()
 
 
 def configure_kernel_cache() -> Path:
@@ -100,18 +107,36 @@ def compiling(kind: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+#: The packages whose modules hold kernels, or helpers kernels inline.
+KERNEL_PACKAGES = ("operators", "connectors", "streamdag", "runtime")
+
+
+def sources_stamp(folders: Iterable[Path]) -> str:
+    """A digest of every ``.py`` under ``folders`` that uses numba (its path and its text):
+    changes when a kernel, or a helper a kernel may inline, changes, and only then.
+
+    >>> len(sources_stamp([Path(__file__).parent]))
+    16
+    """
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            text = path.read_bytes()
+            if b"numba" in text:
+                digest.update(f"{path}:{len(text)}:".encode())
+                digest.update(text)
+    return digest.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def _install_stamp() -> str:
-    """A digest of the kernel sources' paths, sizes and times: changes when they change."""
-    digest = hashlib.sha256()
-    for package in ("operators", "connectors"):
+    """``sources_stamp`` of this install's kernel packages (found without importing them)."""
+    folders = []
+    for package in KERNEL_PACKAGES:
         spec = importlib.util.find_spec(package)
-        if spec is None or spec.origin is None:
-            continue
-        for path in sorted(Path(spec.origin).parent.glob("*.py")):
-            stat = path.stat()
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+        if spec is not None and spec.origin is not None:
+            folders.append(Path(spec.origin).parent)
+    return sources_stamp(folders)
 
 
 configure_kernel_cache()  # on import: before anything decorates a kernel

@@ -43,7 +43,7 @@ from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
 from runtime.dataplane.stats import NodeStats, resident_bytes_of
-from runtime.dataplane.warming import released_after_first_output, warm_up_while_opening
+from runtime.dataplane.warming import warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
@@ -439,7 +439,6 @@ class NodeHost:
                     self.captured.append(payload)
             if delivery.events and not self._phases.first_output:
                 self._phases.first_output = StartupPhases.now()
-                released_after_first_output(self._publications)
             if payloads and self._channels:
                 if self._held is not None:
                     raise self._refusal()

@@ -3,8 +3,7 @@
 Compiling a kernel, or loading it from the kernel cache, costs from a fraction of a second to
 many seconds; done while the node gets ready, it is paid while the other nodes start too, never
 between the first record and the first output. Warming is an optimization: a failure is logged
-and the kernels then load on the first record. Once warm, the node hands back the compiler's
-code pages (``runtime.dataplane.compiler_pages``): it needs none of them to run its kernels.
+and the kernels then load on the first record.
 """
 
 from __future__ import annotations
@@ -15,12 +14,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from runtime.dataplane.compiler_pages import release_compiler_code
 from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.worker import NodeWorker
 from streamdag.kernel_cache import compiling
 
-__all__ = ["released_after_first_output", "warm_up_node", "warm_up_while_opening"]
+__all__ = ["warm_up_node", "warm_up_while_opening"]
 
 _log = logging.getLogger(__name__)
 
@@ -44,7 +42,6 @@ def warm_up_node(worker: NodeWorker, connector_factories: Iterable[Any]) -> floa
         except Exception:
             _log.warning("node %r: warming its connector up failed; its kernels load on the "
                          "first record instead", worker.config.name, exc_info=True)
-    release_compiler_code()
     worker.stats.warm_up_seconds = time.perf_counter() - started
     return worker.stats.warm_up_seconds
 
@@ -75,30 +72,3 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
     finally:
         # Step 3: both done.
         await warming
-
-
-def released_after_first_output(publications: Iterable[asyncio.Future[None]]) -> None:
-    """Release the compiler's code once more, in a thread, after a node's first output (and,
-    for a sink, once that output is published).
-
-    The first batch can load a kernel or two the warm-up did not (another signature of one,
-    e.g. over arrays that are writable rather than read-only, or a sink's producer batches),
-    which maps some of the compiler's code back in; a node needs none of it afterwards.
-    """
-    def release() -> None:
-        try:
-            release_compiler_code()
-        except Exception:  # an optimization: the pages only stay resident
-            _log.debug("releasing the compiler's code failed", exc_info=True)
-
-    async def after(published: list[asyncio.Future[None]]) -> None:
-        await asyncio.gather(*published, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(None, release)
-
-    task = asyncio.ensure_future(after(list(publications)))
-    _releasing.add(task)  # held until done: the loop keeps only a weak reference
-    task.add_done_callback(_releasing.discard)
-
-
-#: Releases in flight (see ``released_after_first_output``).
-_releasing: set[asyncio.Future[None]] = set()

@@ -118,35 +118,3 @@ def test_connectors_open_while_the_kernels_load_and_every_step_is_timed_in_order
     assert phases.warm_up_started <= phases.warmed <= phases.ready
     assert phases.ready <= phases.source_started <= phases.first_read <= phases.first_output
     assert all(span is not None and span >= 0 for span in phases.spans().values())
-
-
-# In a fresh process: the compiler's code is released after a warm-up, and compiling and
-# running kernels afterwards still works (the pages come back from the file).
-_RELEASE_PROBE = """
-import json
-import numpy as np
-from connectors.partitioning import key_partitions
-from runtime.dataplane.compiler_pages import compiler_code_resident, release_compiler_code
-key_partitions(np.array([b"warm"]), 1)
-before = compiler_code_resident()
-released = release_compiler_code()
-after = compiler_code_resident()
-from numba import njit
-@njit
-def twice(values):
-    return values * 2.0
-print(json.dumps([before > 0, released == before, after,
-                  key_partitions(np.array([b"a", b"b", b"c"]), 7).tolist(),
-                  twice(np.array([1.5, 2.0])).tolist()]))
-"""
-
-
-def test_a_warmed_node_releases_the_compiler_code_and_still_compiles_and_runs_kernels() -> None:
-    done = subprocess.run([sys.executable, "-c", _RELEASE_PROBE], check=True,
-                          capture_output=True, text=True, timeout=120)
-    expected = subprocess.run(
-        [sys.executable, "-c", "import numpy as np; from connectors.partitioning import "
-         "key_partitions; print(key_partitions(np.array([b'a', b'b', b'c']), 7).tolist())"],
-        check=True, capture_output=True, text=True, timeout=120).stdout.strip()
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [
-        True, True, 0, json.loads(expected), [3.0, 4.0]]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamdag.kernel_cache import kernel_cache_dir
+from streamdag.kernel_cache import _install_stamp, kernel_cache_dir, sources_stamp
 
 # Compiles (or loads) one small kernel and says where numba looked and what it found.
 _PROBE = """
@@ -38,10 +38,11 @@ def test_kernels_compile_once_into_the_streamdag_cache_and_load_from_it_after(
     environment = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     environment["STREAMDAG_KERNEL_CACHE"] = str(tmp_path / "kernels")
     first = _probe(environment)
-    assert first == {"cache_dir": str(tmp_path / "kernels"), "hits": 0, "misses": 1}
+    stamped = str(tmp_path / "kernels" / _install_stamp())
+    assert first == {"cache_dir": stamped, "hits": 0, "misses": 1}
     assert list((tmp_path / "kernels").rglob("key_slots._hash_rows-*.nbi"))
     second = _probe(environment)  # a new process (a Ray worker, the next run): loaded
-    assert second == {"cache_dir": str(tmp_path / "kernels"), "hits": 1, "misses": 0}
+    assert second == {"cache_dir": stamped, "hits": 1, "misses": 0}
 
 
 def test_numba_cache_dir_set_by_the_user_wins(monkeypatch: pytest.MonkeyPatch,
@@ -57,7 +58,22 @@ def test_without_settings_the_cache_is_under_the_users_cache_home(
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.delenv("STREAMDAG_KERNEL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert kernel_cache_dir() == tmp_path / "streamdag" / "kernels"
+    assert kernel_cache_dir() == tmp_path / "streamdag" / "kernels" / _install_stamp()
+
+
+def test_a_changed_source_file_starts_a_new_kernel_cache(tmp_path: Path) -> None:
+    # numba checks a cached kernel against its own file only; a helper it inlines from another
+    # module may change, so any change to the sources must move the cache.
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    helper = tmp_path / "pkg" / "sub" / "helper.py"
+    helper.write_text("import numba\nX = 1\n")
+    (tmp_path / "pkg" / "kernel.py").write_text("import numba\nY = 2\n")
+    (tmp_path / "pkg" / "plain.py").write_text("Z = 3\n")
+    before = sources_stamp([tmp_path / "pkg"])
+    (tmp_path / "pkg" / "plain.py").write_text("Z = 4\n")  # no numba there: same kernels
+    assert sources_stamp([tmp_path / "pkg"]) == before
+    helper.write_text("import numba\nX = 10\n")
+    assert sources_stamp([tmp_path / "pkg"]) != before
 
 
 # Warms a rolling mean node up as its host does; says whether its kernel was compiled or loaded.
@@ -84,7 +100,8 @@ def test_processes_warming_the_same_operator_at_once_compile_it_once(tmp_path: P
     answers = sorted(json.loads(p.communicate(timeout=180)[0].strip().splitlines()[-1])
                      for p in processes)
     assert answers == [[0, 1], [1, 0]]  # one compiled it, the other waited and loaded it
-    assert list((tmp_path / "kernels" / "compiled").glob("operator-rolling_mean-*"))
+    assert list((tmp_path / "kernels" / _install_stamp() / "compiled").glob(
+        "operator-rolling_mean-*"))
     later = subprocess.run([sys.executable, "-c", _WARM_NODE], env=environment, check=True,
                            capture_output=True, text=True, timeout=180)
     assert json.loads(later.stdout.strip().splitlines()[-1]) == [0, 1]
