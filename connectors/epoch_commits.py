@@ -31,6 +31,7 @@ __all__ = [
     "EpochLedger",
     "commits_topic",
     "parse_record_id",
+    "record_id_rows",
     "record_ids",
     "sink_prefix",
 ]
@@ -48,6 +49,19 @@ def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
     >>> [parse_record_id(i) for i in record_ids("ab" * 32, [7], [3])]
     [('1f804f8530c770c0', 7, 3)]
     """
+    rows = record_id_rows(sink_id, key_hashes, sequences)
+    ids: list[bytes] = rows.view(f"V{rows.shape[1]}").ravel().tolist()  # void: no NUL stripped
+    return ids
+
+
+def record_id_rows(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
+                   sequences: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """``record_ids`` as the rows of one ``uint8`` array, one id a row (what a Kafka sink
+    writes into its record batches as is).
+
+    >>> record_id_rows("ab" * 32, [7], [3]).shape
+    (1, 24)
+    """
     prefix = sink_prefix(sink_id)
     count, width = len(key_hashes), len(prefix) + _ID.size
     rows = np.empty((count, width), dtype=np.uint8)
@@ -55,8 +69,7 @@ def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
     for column, values in ((len(prefix), key_hashes), (len(prefix) + 8, sequences)):
         big_endian = np.asarray(values).astype(">u8")
         rows[:, column : column + 8] = big_endian.view(np.uint8).reshape(count, 8)
-    ids: list[bytes] = rows.view(f"V{width}").ravel().tolist()  # void: no NUL is stripped
-    return ids
+    return rows
 
 
 def parse_record_id(value: bytes) -> tuple[str, int, int]:

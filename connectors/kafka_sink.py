@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values_buffer
 from connectors.epoch_commits import EpochLedger, parse_record_id, sink_prefix
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
-from connectors.producing import DeliveryStats, RetryPolicy, partition_rows, publish_partition
-from connectors.record_batches import RecordColumns
+from connectors.producing import DeliveryStats, RetryPolicy, publish_partition
+from connectors.record_batches import PartitionedRecords, RecordColumns
 from streamdag.batch import Batch
 from streamdag.record_format import DEFAULT_RECORD_FORMAT, RecordFormat
 
@@ -117,15 +118,21 @@ class KafkaSinkWriter:
         _warm_up_kernels(self._config)
 
     async def write(
-        self, batch: Batch, record_ids: Sequence[bytes] | None = None
+        self, batch: Batch, record_ids: Sequence[bytes] | npt.NDArray[np.uint8] | None = None
     ) -> None:
         """Encode ``batch`` and keep it pending until ``flush``; ``record_ids`` tag each record."""
+        if len(batch):
+            self.write_encoded(self.encode(batch, record_ids))
+
+    def encode(self, batch: Batch,
+               record_ids: Sequence[bytes] | npt.NDArray[np.uint8] | None = None
+               ) -> PartitionedRecords:
+        """``batch``'s records as this sink sends them (values, timestamps, the id header
+        from ``record_ids``, one id or one row of ids per record), cut by partition."""
         if self._producer is None:
             raise ConnectorConfigError(
                 f"the Kafka sink for {self._config.topic!r} is not open; call open() first"
             )
-        if len(batch) == 0:
-            return
         if record_ids is not None and len(record_ids) != len(batch):
             raise ConnectorConfigError(
                 f"write got {len(record_ids)} record ids for {len(batch)} records; give one "
@@ -142,9 +149,12 @@ class KafkaSinkWriter:
             batch.key, values, offsets, stamps, header_name=ID_HEADER.encode(),
             header_values=record_ids,
             max_batch_bytes=self._config.max_batch_bytes)
-        partitions = key_partitions(batch.key, self._partition_count)
-        for partition, rows in partition_rows(partitions).items():
-            part = records.take(rows)
+        return PartitionedRecords.split(records,
+                                        key_partitions(batch.key, self._partition_count))
+
+    def write_encoded(self, records: PartitionedRecords) -> None:
+        """Keep records ``encode`` made pending until ``flush``, after those already pending."""
+        for partition, part in records.parts.items():
             pending = self._pending.get(partition)
             self._pending[partition] = part if pending is None else pending.extend(part)
 
@@ -240,7 +250,11 @@ def _warm_up_kernels(config: KafkaSinkConfig) -> None:
                                         header_values=[b"1", b"2"],
                                         max_batch_bytes=config.max_batch_bytes)
     records.take(np.arange(2)).batch_from(0)
-    key_partitions(batch.key, 2)
+    PartitionedRecords.concat([PartitionedRecords.split(records, key_partitions(batch.key, 2))])
+    RecordColumns.from_buffer(batch.key, values, offsets, batch.ts,
+                              header_name=ID_HEADER.encode(),
+                              header_values=np.zeros((2, 24), np.uint8),
+                              max_batch_bytes=config.max_batch_bytes)
 
 
 def _default_producer(config: KafkaSinkConfig) -> AIOKafkaProducer:

@@ -20,6 +20,7 @@ b'22'
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from numba import njit
 
 from connectors.errors import ConnectorConfigError
 
-__all__ = ["PrebuiltBatch", "RecordColumns"]
+__all__ = ["PartitionedRecords", "PrebuiltBatch", "RecordColumns", "partition_rows"]
 
 #: Kafka's record batch header (v2): base offset, length, leader epoch, magic, CRC,
 #: attributes, last offset delta, first and max timestamp, producer id and epoch, base
@@ -91,13 +92,18 @@ class RecordColumns:
     @classmethod
     def from_buffer(cls, keys: npt.NDArray[np.bytes_], values: bytes, value_offsets: _I64,
                     timestamps_ms: _I64, *, header_name: bytes = b"",
-                    header_values: Sequence[bytes] | None = None,
+                    header_values: Sequence[bytes] | _U8 | None = None,
                     max_batch_bytes: int) -> RecordColumns:
         """Columns from a key array, the values back to back with their offsets, and
-        (optionally) one header value each."""
+        (optionally) one header value each: bytes, or the rows of a 2-D ``uint8`` array (one
+        fixed-width value per record, taken as is: no Python per record)."""
         count = len(timestamps_ms)
         if header_values is None:
             headers, header_offsets = np.zeros(0, np.uint8), np.zeros(count + 1, np.int64)
+        elif isinstance(header_values, np.ndarray):
+            width = header_values.shape[1]
+            headers = np.ascontiguousarray(header_values, dtype=np.uint8).reshape(-1)
+            header_offsets = np.arange(count + 1, dtype=np.int64) * width
         else:
             headers, header_offsets = _flat(header_values)
         key_rows = _key_rows(keys)
@@ -151,6 +157,32 @@ class RecordColumns:
                              np.concatenate([self.has_header, other.has_header]),
                              self.max_batch_bytes)
 
+    @classmethod
+    def concat(cls, parts: Sequence[RecordColumns]) -> RecordColumns:
+        """The records of ``parts`` in order, copied once (``extend`` one by one copies the
+        growing front again each time)."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        names = {p.header_name for p in parts if bool(p.has_header.any())}
+        if len(names) > 1:
+            raise ConnectorConfigError("records of one partition share one header name")
+        width = max(p.keys.shape[1] for p in parts)
+        keys = np.zeros((sum(len(p) for p in parts), width), dtype=np.uint8)
+        at = 0
+        for part in parts:
+            keys[at: at + len(part), : part.keys.shape[1]] = part.keys
+            at += len(part)
+        return RecordColumns(
+            keys, np.concatenate([p.key_lengths for p in parts]),
+            np.concatenate([p.values for p in parts]),
+            _offsets_joined([p.value_offsets for p in parts]),
+            np.concatenate([p.timestamps_ms for p in parts]),
+            names.pop() if names else first.header_name,
+            np.concatenate([p.header_values for p in parts]),
+            _offsets_joined([p.header_offsets for p in parts]),
+            np.concatenate([p.has_header for p in parts]), first.max_batch_bytes)
+
     def drop_first(self, count: int) -> RecordColumns:
         """These records without the first ``count`` (they were delivered)."""
         return RecordColumns(self.keys[count:], self.key_lengths[count:],
@@ -191,6 +223,85 @@ def _flat(items: Sequence[bytes]) -> tuple[_U8, _I64]:
     offsets = np.zeros(len(items) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)), out=offsets[1:])
     return np.frombuffer(b"".join(items), dtype=np.uint8), offsets
+
+
+@dataclass(frozen=True)
+class PartitionedRecords:
+    """A batch's records encoded for one topic: per partition, its records in batch order and
+    the rows of the batch they came from (so a selection of the batch's rows maps onto them).
+
+    >>> keys = np.array([b"a", b"b", b"a"])
+    >>> columns = RecordColumns.from_values(keys, [b"1", b"2", b"3"], np.array([1, 2, 3]),
+    ...                                     max_batch_bytes=1024)
+    >>> records = PartitionedRecords.split(columns, np.array([0, 1, 0], np.int32))
+    >>> records = PartitionedRecords.concat([records, records])
+    >>> kept = records.select(np.array([True, False, False, False, True, True]))
+    >>> {p: [c.values_at(i) for i in range(len(c))] for p, c in kept.parts.items()}
+    {0: [b'1', b'3'], 1: [b'2']}
+    >>> len(kept), {p: rows.tolist() for p, rows in kept.rows.items()}
+    (3, {0: [0, 2], 1: [1]})
+    """
+
+    count: int
+    parts: dict[int, RecordColumns]
+    rows: dict[int, _I64]
+
+    def __len__(self) -> int:
+        return self.count
+
+    @classmethod
+    def split(cls, records: RecordColumns,
+              partitions: npt.NDArray[np.int32]) -> PartitionedRecords:
+        """``records`` (a batch's, in its order) cut by each record's partition."""
+        rows = partition_rows(partitions)
+        return cls(len(records), {p: records.take(r) for p, r in rows.items()}, rows)
+
+    @classmethod
+    def concat(cls, pieces: Sequence[PartitionedRecords]) -> PartitionedRecords:
+        """The records of batches one after the other, as if they had been one batch."""
+        grouped: dict[int, list[RecordColumns]] = {}
+        rows: dict[int, list[_I64]] = {}
+        shift = 0
+        for piece in pieces:
+            for partition, part in piece.parts.items():
+                grouped.setdefault(partition, []).append(part)
+                rows.setdefault(partition, []).append(piece.rows[partition] + shift)
+            shift += piece.count
+        return cls(shift, {p: RecordColumns.concat(parts) for p, parts in grouped.items()},
+                   {p: np.concatenate(rows[p]) for p in grouped})
+
+    def select(self, keep: npt.NDArray[np.bool_]) -> PartitionedRecords:
+        """The records of the rows ``keep`` marks, numbered as in the batch of those rows."""
+        renumbered = np.cumsum(keep) - 1
+        parts: dict[int, RecordColumns] = {}
+        rows: dict[int, _I64] = {}
+        for partition, part in self.parts.items():
+            kept = keep[self.rows[partition]]
+            if bool(kept.any()):
+                parts[partition] = part.take(np.flatnonzero(kept))
+                rows[partition] = renumbered[self.rows[partition][kept]]
+        return PartitionedRecords(int(keep.sum()), parts, rows)
+
+
+def partition_rows(partitions: npt.NDArray[np.int32]) -> dict[int, npt.NDArray[np.int64]]:
+    """The rows bound for each partition, in their order (one stable sort, no Python per record).
+
+    >>> {p: rows.tolist() for p, rows in partition_rows(np.array([1, 0, 1], np.int32)).items()}
+    {0: [1], 1: [0, 2]}
+    """
+    order = np.argsort(partitions, kind="stable")
+    ordered = partitions[order]
+    bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(order)]
+    return {int(ordered[first]): order[first:stop].astype(np.int64)
+            for first, stop in itertools.pairwise(bounds) if first < stop}
+
+
+def _offsets_joined(parts: Sequence[_I64]) -> _I64:
+    """Offsets into the parts' buffers back to back, from the offsets into each."""
+    shifts = np.cumsum([0, *(int(offsets[-1]) for offsets in parts[:-1])])
+    return np.concatenate([offsets[:-1] + shift for offsets, shift in zip(parts, shifts,
+                                                                          strict=True)]
+                          + [parts[-1][-1:] + shifts[-1]])
 
 
 def _joined(first: _I64, second: _I64) -> _I64:

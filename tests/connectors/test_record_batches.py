@@ -7,7 +7,8 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.record_batches import RecordColumns
+from connectors.epoch_commits import record_id_rows, record_ids
+from connectors.record_batches import PartitionedRecords, RecordColumns
 
 _NAME = "streamdag.id"
 
@@ -62,3 +63,60 @@ def test_batches_equal_aiokafkas_for_any_records_headers_and_split(
         position = end
     rest = columns.drop_first(len(values) // 2)
     assert [rest.values_at(i) for i in range(len(rest))] == values[len(values) // 2:]
+
+
+def _records_of(columns: RecordColumns) -> list[tuple[bytes, bytes, int, bytes | None]]:
+    """Each record as (key, value, timestamp, header value or None), in order."""
+    return [(columns.keys[i, : columns.key_lengths[i]].tobytes(), columns.values_at(i),
+             int(columns.timestamps_ms[i]),
+             columns.header_values[columns.header_offsets[i]: columns.header_offsets[i + 1]]
+             .tobytes() if columns.has_header[i] else None)
+            for i in range(len(columns))]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    pieces=st.lists(st.lists(st.tuples(st.sampled_from([b"a", b"bb", b"ccc"]),
+                                       st.binary(max_size=20), st.integers(0, 2**40),
+                                       st.integers(0, 3), st.booleans()),
+                             min_size=1, max_size=12), min_size=1, max_size=4),
+)
+def test_partitioned_records_concat_and_select_equal_a_plain_python_reference(
+    pieces: list[list[tuple[bytes, bytes, int, int, bool]]],
+) -> None:
+    encoded, flat = [], []
+    for piece in pieces:
+        keys, values, stamps, partitions, _ = (list(c) for c in zip(*piece, strict=True))
+        ids = np.array([[len(flat) + i, 7] for i in range(len(piece))], dtype=np.uint8)
+        columns = RecordColumns.from_values(np.array(keys), values, np.array(stamps),
+                                            header_name=_NAME.encode(), header_values=ids,
+                                            max_batch_bytes=1024)
+        encoded.append(PartitionedRecords.split(columns, np.array(partitions, np.int32)))
+        flat.extend((k, v, t, bytes(row), p, keep)
+                    for (k, v, t, p, keep), row in zip(piece, ids.tolist(), strict=True))
+    keep = np.array([record[5] for record in flat])
+
+    joined = PartitionedRecords.concat(encoded).select(keep)
+
+    expected: dict[int, list[tuple[bytes, bytes, int, bytes | None]]] = {}
+    expected_rows: dict[int, list[int]] = {}
+    kept = [record for record in flat if record[5]]
+    for row, (k, v, t, header, p, _) in enumerate(kept):
+        expected.setdefault(p, []).append((k, v, t, header))
+        expected_rows.setdefault(p, []).append(row)
+    assert len(joined) == len(kept)
+    assert {p: _records_of(c) for p, c in joined.parts.items()} == expected
+    assert {p: rows.tolist() for p, rows in joined.rows.items()} == expected_rows
+
+
+def test_id_rows_are_the_same_headers_as_id_bytes() -> None:
+    hashes, sequences = np.array([1, 2**63 + 5], np.uint64), np.array([0, 9], np.int64)
+    keys, values, stamps = np.array([b"k", b"q"]), [b"1", b"2"], np.array([3, 4])
+    as_rows = RecordColumns.from_values(keys, values, stamps, header_name=_NAME.encode(),
+                                        header_values=record_id_rows("s", hashes, sequences),
+                                        max_batch_bytes=1024)
+    as_bytes = RecordColumns.from_values(keys, values, stamps, header_name=_NAME.encode(),
+                                         header_values=record_ids("s", hashes, sequences),
+                                         max_batch_bytes=1024)
+    assert bytes(as_rows.batch_from(0)[0]._build()) == bytes(as_bytes.batch_from(0)[0]._build())
+    assert _records_of(as_rows)[1][3] == record_ids("s", hashes, sequences)[1]
