@@ -131,17 +131,31 @@ class EpochLedger:
                                 strict=False)
             self._ensured = True
 
+    async def prepare(self) -> None:
+        """Create the companion topic and connect the client ``commit`` keeps (a sink does it
+        as it opens, so that its first commit waits for neither)."""
+        await self.ensure()
+        if self._ends_reader is None:  # one client for every commit, not one each
+            reader = self._consumer()
+            try:
+                await reader.start()
+            except BaseException:
+                await reader.stop()
+                raise
+            if self._ends_reader is None:
+                self._ends_reader = reader
+            else:  # another call got there first
+                await reader.stop()
+
     async def commit(self, producer: AIOKafkaProducer, sink_id: str, epoch: int) -> None:
         """Record ``epoch`` of ``sink_id`` as published (call once its records are acknowledged).
 
         The offsets recorded are the output partitions' log ends as the broker reports them;
         a broker that under-reports (Tansu) only makes a later read-back start earlier.
         """
-        await self.ensure()
-        if self._ends_reader is None:  # one client for every commit, not one each
-            self._ends_reader = self._consumer()
-            await self._ends_reader.start()
+        await self.prepare()
         consumer = self._ends_reader
+        assert consumer is not None
         tps = [TopicPartition(self.topic, p)
                for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
         ends = await consumer.end_offsets(tps) if tps else {}

@@ -209,6 +209,10 @@ class KafkaSinkWriter:
             highest[key] = max(sequence, highest.get(key, -1))
         return highest
 
+    async def prepare_commits(self) -> None:
+        """Get ``commit_epoch`` ready (its topic and client), so the first commit is quick."""
+        await self._ledger.prepare()
+
     async def commit_epoch(self, sink_id: str, epoch: int) -> None:
         """Record in ``<topic>.commits`` that ``epoch`` of ``sink_id`` is wholly published."""
         await self._ledger.commit(self._require_producer(), sink_id, epoch)

@@ -131,6 +131,7 @@ class NodeCheckpoints:
                                       restored.sink_sequences,
                                       restored_checkpoint=restored.checkpoint_id,
                                       on_error=on_error)
+        self.output.start()
         return self.output
 
     async def publish_restored(self) -> None:

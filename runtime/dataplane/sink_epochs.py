@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -183,6 +183,7 @@ class EpochOutput:
         #: The newest epoch whose checkpoint is complete: pending epochs up to it may go out.
         self._committed = 0
         self._task: asyncio.Task[None] | None = None
+        self._prepared: asyncio.Future[None] | None = None
         #: ``room`` callers, woken each time an epoch is out (or publishing stopped).
         self._waiting: list[asyncio.Future[None]] = []
         self.published_records = 0
@@ -214,6 +215,14 @@ class EpochOutput:
     def pending_epochs(self) -> list[int]:
         """The epochs of ``pending()``."""
         return [pending.epoch for pending in self._pending]
+
+    def start(self) -> None:
+        """Let the writer get its epoch commits ready in the background (its companion topic
+        and client), while the stream starts: the first publish then waits only for that."""
+        prepare: Any = getattr(self.writer, "prepare_commits", None)
+        if callable(prepare) and self._prepared is None:
+            self._prepared = asyncio.ensure_future(prepare())
+            self._prepared.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def behind(self) -> int:
         """Committed epochs not yet wholly published."""
@@ -267,6 +276,7 @@ class EpochOutput:
                 await cancel_and_wait(task)
                 if isinstance(self.writer, EpochPublisher):
                     self.writer.discard_pending()  # closing the writer must not send them
+        await cancel_and_wait(self._prepared)
         self._wake()
 
     def _due(self) -> PendingEpoch | None:
@@ -278,7 +288,10 @@ class EpochOutput:
     async def _run(self) -> None:
         publisher = self.writer if isinstance(self.writer, EpochPublisher) else None
         try:
-            # Step 1: a restored sink reads back what of its epochs already got out.
+            # Step 1: the writer's commits are ready; a restored sink reads back what of its
+            # epochs already got out.
+            if self._prepared is not None:
+                await self._prepared
             if self._recover_after is not None and publisher is not None:
                 self._published = await publisher.published_sequences(self.sink_id,
                                                                       self._recover_after)
