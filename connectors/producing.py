@@ -17,7 +17,7 @@ from typing import Any
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from connectors.errors import ConnectorConfigError, ProduceError
-from connectors.record_batches import RecordColumns
+from connectors.record_batches import BuiltBatches, RecordColumns
 
 __all__ = [
     "DeliveryStats",
@@ -101,7 +101,7 @@ async def publish_partition(
     producer: Any,
     topic: str,
     partition: int,
-    records: OutgoingRecords | RecordColumns,
+    records: OutgoingRecords | RecordColumns | BuiltBatches,
     policy: RetryPolicy,
     stats: DeliveryStats,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -142,10 +142,10 @@ async def publish_partition(
     return total
 
 
-def _next_batch(producer: Any, records: OutgoingRecords | RecordColumns,
+def _next_batch(producer: Any, records: OutgoingRecords | RecordColumns | BuiltBatches,
                 position: int) -> tuple[Any, int]:
     """The producer batch of the records from ``position`` that fit, and where it ends."""
-    if isinstance(records, RecordColumns):
+    if isinstance(records, RecordColumns | BuiltBatches):
         return records.batch_from(position)
     builder = producer.create_batch()
     return builder, _fill(builder, records, position)

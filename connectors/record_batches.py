@@ -34,7 +34,7 @@ from numba import njit
 
 from connectors.errors import ConnectorConfigError
 
-__all__ = ["PartitionedRecords", "PrebuiltBatch", "RecordColumns", "partition_rows"]
+__all__ = ["BuiltBatches", "PrebuiltBatch", "RecordColumns", "partition_rows"]
 
 #: Kafka's record batch header (v2): base offset, length, leader epoch, magic, CRC,
 #: attributes, last offset delta, first and max timestamp, producer id and epoch, base
@@ -115,7 +115,7 @@ class RecordColumns:
     @classmethod
     def from_values(cls, keys: npt.NDArray[np.bytes_], values: Sequence[bytes],
                     timestamps_ms: _I64, *, header_name: bytes = b"",
-                    header_values: Sequence[bytes] | None = None,
+                    header_values: Sequence[bytes] | _U8 | None = None,
                     max_batch_bytes: int) -> RecordColumns:
         """Columns from a key array, encoded values and (optionally) one header value each."""
         values_flat, value_offsets = _flat(values)
@@ -226,61 +226,65 @@ def _flat(items: Sequence[bytes]) -> tuple[_U8, _I64]:
 
 
 @dataclass(frozen=True)
-class PartitionedRecords:
-    """A batch's records encoded for one topic: per partition, its records in batch order and
-    the rows of the batch they came from (so a selection of the batch's rows maps onto them).
+class BuiltBatches:
+    """One partition's records as producer batches built already, in order: what
+    ``publish_partition`` sends as it sends ``RecordColumns``, with no building left to do.
 
-    >>> keys = np.array([b"a", b"b", b"a"])
-    >>> columns = RecordColumns.from_values(keys, [b"1", b"2", b"3"], np.array([1, 2, 3]),
-    ...                                     max_batch_bytes=1024)
-    >>> records = PartitionedRecords.split(columns, np.array([0, 1, 0], np.int32))
-    >>> records = PartitionedRecords.concat([records, records])
-    >>> kept = records.select(np.array([True, False, False, False, True, True]))
-    >>> {p: [c.values_at(i) for i in range(len(c))] for p, c in kept.parts.items()}
-    {0: [b'1', b'3'], 1: [b'2']}
-    >>> len(kept), {p: rows.tolist() for p, rows in kept.rows.items()}
-    (3, {0: [0, 2], 1: [1]})
+    >>> columns = RecordColumns.from_values(np.array([b"a", b"b"]), [b"1", b"22"],
+    ...                                     np.array([5, 7]), max_batch_bytes=1024)
+    >>> built = BuiltBatches.of(columns)
+    >>> len(built), built.batch_from(0)[1], bytes(built.batch_from(0)[0]._build()) == bytes(
+    ...     columns.batch_from(0)[0]._build())
+    (2, 2, True)
     """
 
-    count: int
-    parts: dict[int, RecordColumns]
-    rows: dict[int, _I64]
+    buffers: tuple[bytearray, ...]
+    counts: tuple[int, ...]
+    #: Whether the records carry ids (a send that timed out is then not retried blindly).
+    has_ids: bool
+
+    @classmethod
+    def of(cls, records: RecordColumns, *, whole: bool = True) -> BuiltBatches:
+        """The batches of ``records``, packed as ``batch_from`` packs them; unless ``whole``,
+        only the full ones (``len`` of the result says how many records they hold)."""
+        buffers: list[bytearray] = []
+        counts: list[int] = []
+        position = 0
+        while position < len(records):
+            batch, end = records.batch_from(position)
+            if not whole and end == len(records):
+                break  # the rest would fit in a batch with room left: it may grow yet
+            buffers.append(batch._buffer)
+            counts.append(end - position)
+            position = end
+        return cls(tuple(buffers), tuple(counts), bool(records.has_header.any()))
 
     def __len__(self) -> int:
-        return self.count
+        return sum(self.counts)
 
-    @classmethod
-    def split(cls, records: RecordColumns,
-              partitions: npt.NDArray[np.int32]) -> PartitionedRecords:
-        """``records`` (a batch's, in its order) cut by each record's partition."""
-        rows = partition_rows(partitions)
-        return cls(len(records), {p: records.take(r) for p, r in rows.items()}, rows)
+    def extend(self, other: BuiltBatches) -> BuiltBatches:
+        """These batches, then ``other``'s."""
+        return BuiltBatches(self.buffers + other.buffers, self.counts + other.counts,
+                            self.has_ids or other.has_ids)
 
-    @classmethod
-    def concat(cls, pieces: Sequence[PartitionedRecords]) -> PartitionedRecords:
-        """The records of batches one after the other, as if they had been one batch."""
-        grouped: dict[int, list[RecordColumns]] = {}
-        rows: dict[int, list[_I64]] = {}
-        shift = 0
-        for piece in pieces:
-            for partition, part in piece.parts.items():
-                grouped.setdefault(partition, []).append(part)
-                rows.setdefault(partition, []).append(piece.rows[partition] + shift)
-            shift += piece.count
-        return cls(shift, {p: RecordColumns.concat(parts) for p, parts in grouped.items()},
-                   {p: np.concatenate(rows[p]) for p in grouped})
+    def batch_from(self, position: int) -> tuple[PrebuiltBatch, int]:
+        """The batch starting at record ``position`` (a batch boundary), and where it ends."""
+        index = self._index(position)
+        if index == len(self.buffers):
+            return PrebuiltBatch(bytearray(_HEADER.size), 0), position
+        return PrebuiltBatch(self.buffers[index], self.counts[index]), position + self.counts[index]
 
-    def select(self, keep: npt.NDArray[np.bool_]) -> PartitionedRecords:
-        """The records of the rows ``keep`` marks, numbered as in the batch of those rows."""
-        renumbered = np.cumsum(keep) - 1
-        parts: dict[int, RecordColumns] = {}
-        rows: dict[int, _I64] = {}
-        for partition, part in self.parts.items():
-            kept = keep[self.rows[partition]]
-            if bool(kept.any()):
-                parts[partition] = part.take(np.flatnonzero(kept))
-                rows[partition] = renumbered[self.rows[partition][kept]]
-        return PartitionedRecords(int(keep.sum()), parts, rows)
+    def drop_first(self, count: int) -> BuiltBatches:
+        """These batches without those of the first ``count`` records (they were delivered)."""
+        index = self._index(count)
+        return BuiltBatches(self.buffers[index:], self.counts[index:], self.has_ids)
+
+    def _index(self, position: int) -> int:
+        starts = np.cumsum((0, *self.counts))
+        index = int(np.searchsorted(starts, position))
+        if index >= len(starts) or starts[index] != position:
+            raise ValueError(f"record {position} does not start a built batch")
+        return index
 
 
 def partition_rows(partitions: npt.NDArray[np.int32]) -> dict[int, npt.NDArray[np.int64]]:

@@ -39,9 +39,10 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from connectors.epoch_batches import EpochBatches
 from connectors.epoch_commits import record_id_rows, record_ids
 from connectors.errors import ProduceError
-from connectors.record_batches import PartitionedRecords
+from connectors.record_batches import BuiltBatches
 from operators.key_slots import KeySlots, hash_keys
 from runtime.checkpoints import failpoints
 from streamdag.batch import Batch
@@ -131,15 +132,14 @@ class EpochPublisher(Protocol):
 
 @runtime_checkable
 class RecordEncoder(Protocol):
-    """A writer that encodes records ahead of their publish (the Kafka sink): an epoch's
-    records are encoded as they arrive, so a completed epoch only has to be sent."""
+    """A writer that builds an epoch's output ahead of its publish (the Kafka sink): records
+    are encoded and batched as they arrive, so a completed epoch only has to be sent."""
 
-    def encode(self, batch: Batch,
-               record_ids: npt.NDArray[np.uint8] | None = None) -> PartitionedRecords:
-        """``batch``'s records as the writer sends them, each with its id (a row each)."""
+    def epoch_batches(self) -> EpochBatches:
+        """A new epoch's batches, built as its records are added."""
 
-    def write_encoded(self, records: PartitionedRecords) -> None:
-        """Keep records ``encode`` made pending until the next flush."""
+    def write_encoded(self, batches: Mapping[int, BuiltBatches]) -> None:
+        """Keep an epoch's built batches pending until the next flush."""
 
 
 class EpochOutput:
@@ -166,8 +166,8 @@ class EpochOutput:
         #: the open and the pending epochs wait here (never in snapshots: a restored sink
         #: encodes its pending epochs again, for the writer it has then).
         self._encoder = writer if isinstance(writer, RecordEncoder) else None
-        self._open_encoded: list[PartitionedRecords] = []
-        self._encoded: dict[int, PartitionedRecords] = {}
+        self._open_batches: EpochBatches | None = None
+        self._encoded: dict[int, Mapping[int, BuiltBatches]] = {}
         #: A restored sink's output may have reached the topic, wholly or in part, already:
         #: any epoch after the last one committed before what it restored.
         self._recover_after: int | None = None
@@ -195,7 +195,9 @@ class EpochOutput:
             hashes, sequences = hash_keys(batch.key), self.sequences.assign(batch.key)
             self._open.append((batch, hashes, sequences))
             if self._encoder is not None:  # now, while the stream runs: not in the publish
-                self._open_encoded.append(self._encode(batch, hashes, sequences))
+                if self._open_batches is None:
+                    self._open_batches = self._encoder.epoch_batches()
+                self._open_batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
 
     def close_epoch(self, epoch: int) -> None:
         """Barrier ``epoch`` passed: what came since the last one is that epoch's output."""
@@ -204,9 +206,9 @@ class EpochOutput:
             self._pending.append(PendingEpoch(epoch, Batch.concat(batches),
                                               np.concatenate(hashes), np.concatenate(sequences)))
             self._open = []
-            if self._open_encoded:
-                self._encoded[epoch] = PartitionedRecords.concat(self._open_encoded)
-                self._open_encoded = []
+            if self._open_batches is not None:
+                self._encoded[epoch] = self._open_batches.finish()
+                self._open_batches = None
 
     def pending(self) -> tuple[PendingEpoch, ...]:
         """Closed epochs not yet wholly published (they belong in the sink's snapshot)."""
@@ -352,9 +354,11 @@ class EpochOutput:
         self.published_records += len(out)
 
     def _encode(self, batch: Batch, hashes: npt.NDArray[np.uint64],
-                sequences: npt.NDArray[np.int64]) -> PartitionedRecords:
+                sequences: npt.NDArray[np.int64]) -> Mapping[int, BuiltBatches]:
         assert self._encoder is not None
-        return self._encoder.encode(batch, record_id_rows(self.sink_id, hashes, sequences))
+        batches = self._encoder.epoch_batches()
+        batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
+        return batches.finish()
 
     async def _write(self, publisher: EpochPublisher | None, out: _Outgoing) -> None:
         if out.encoded is not None and self._encoder is not None:
@@ -368,21 +372,21 @@ class EpochOutput:
 @dataclass(frozen=True)
 class _Outgoing:
     """What of an epoch is to go out: its records, their key hashes and sequences, and the
-    records encoded for the writer already (None: the writer encodes them)."""
+    writer's batches of them built already (None: the writer encodes them)."""
 
     batch: Batch
     hashes: npt.NDArray[np.uint64]
     sequences: npt.NDArray[np.int64]
-    encoded: PartitionedRecords | None
+    encoded: Mapping[int, BuiltBatches] | None
 
     def __len__(self) -> int:
         return len(self.hashes)
 
     def keep(self, rows: npt.NDArray[np.bool_]) -> _Outgoing:
-        """Only the records ``rows`` marks."""
+        """Only the records ``rows`` marks (encoded again by the writer: rare, after a crash
+        or a failed send)."""
         return _Outgoing(self.batch.take(np.flatnonzero(rows)), self.hashes[rows],
-                         self.sequences[rows],
-                         None if self.encoded is None else self.encoded.select(rows))
+                         self.sequences[rows], None)
 
 
 def _already_published(hashes: npt.NDArray[np.uint64], sequences: npt.NDArray[np.int64],

@@ -7,8 +7,10 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.epoch_batches import EpochBatches
 from connectors.epoch_commits import record_id_rows, record_ids
-from connectors.record_batches import PartitionedRecords, RecordColumns
+from connectors.record_batches import RecordColumns
+from streamdag.batch import Batch
 
 _NAME = "streamdag.id"
 
@@ -77,36 +79,56 @@ def _records_of(columns: RecordColumns) -> list[tuple[bytes, bytes, int, bytes |
 @settings(max_examples=25, deadline=None)
 @given(
     pieces=st.lists(st.lists(st.tuples(st.sampled_from([b"a", b"bb", b"ccc"]),
-                                       st.binary(max_size=20), st.integers(0, 2**40),
-                                       st.integers(0, 3), st.booleans()),
-                             min_size=1, max_size=12), min_size=1, max_size=4),
+                                       st.binary(max_size=60), st.integers(0, 2**40),
+                                       st.integers(0, 3)),
+                             min_size=1, max_size=12), min_size=1, max_size=5),
+    limit=st.integers(200, 600),
 )
-def test_partitioned_records_concat_and_select_equal_a_plain_python_reference(
-    pieces: list[list[tuple[bytes, bytes, int, int, bool]]],
+def test_an_epochs_batches_built_as_it_comes_are_those_of_all_its_records_at_once(
+    pieces: list[list[tuple[bytes, bytes, int, int]]], limit: int
 ) -> None:
-    encoded, flat = [], []
+    by_partition: dict[int, list[tuple[bytes, bytes, int, bytes]]] = {}
+    numbered = 0
+
+    def encode(batch: Batch, ids: np.ndarray | None) -> dict[int, RecordColumns]:
+        rows = [piece_rows[i] for i in batch.ts.tolist()]
+        out: dict[int, RecordColumns] = {}
+        for partition in sorted({r[3] for r in rows}):
+            mine = [r for r in rows if r[3] == partition]
+            out[partition] = RecordColumns.from_values(
+                np.array([r[0] for r in mine]), [r[1] for r in mine],
+                np.array([r[2] for r in mine]), header_name=_NAME.encode(),
+                header_values=np.array([r[4] for r in mine], np.uint8), max_batch_bytes=limit)
+        return out
+
+    epoch = EpochBatches(encode, limit)
     for piece in pieces:
-        keys, values, stamps, partitions, _ = (list(c) for c in zip(*piece, strict=True))
-        ids = np.array([[len(flat) + i, 7] for i in range(len(piece))], dtype=np.uint8)
-        columns = RecordColumns.from_values(np.array(keys), values, np.array(stamps),
-                                            header_name=_NAME.encode(), header_values=ids,
-                                            max_batch_bytes=1024)
-        encoded.append(PartitionedRecords.split(columns, np.array(partitions, np.int32)))
-        flat.extend((k, v, t, bytes(row), p, keep)
-                    for (k, v, t, p, keep), row in zip(piece, ids.tolist(), strict=True))
-    keep = np.array([record[5] for record in flat])
+        piece_rows = [(k, v, t, p, [numbered + i, 9]) for i, (k, v, t, p) in enumerate(piece)]
+        numbered += len(piece)
+        for k, v, t, p, row in piece_rows:
+            by_partition.setdefault(p, []).append((k, v, t, bytes(row)))
+        epoch.add(Batch.from_columns(ts=np.arange(len(piece)), key=["x"] * len(piece)))
+    built = epoch.finish()
 
-    joined = PartitionedRecords.concat(encoded).select(keep)
-
-    expected: dict[int, list[tuple[bytes, bytes, int, bytes | None]]] = {}
-    expected_rows: dict[int, list[int]] = {}
-    kept = [record for record in flat if record[5]]
-    for row, (k, v, t, header, p, _) in enumerate(kept):
-        expected.setdefault(p, []).append((k, v, t, header))
-        expected_rows.setdefault(p, []).append(row)
-    assert len(joined) == len(kept)
-    assert {p: _records_of(c) for p, c in joined.parts.items()} == expected
-    assert {p: rows.tolist() for p, rows in joined.rows.items()} == expected_rows
+    # The reference: every record of the partition in one run, packed by batch_from.
+    assert sorted(built) == sorted(by_partition)
+    for partition, records in by_partition.items():
+        whole = RecordColumns.from_values(
+            np.array([r[0] for r in records]), [r[1] for r in records],
+            np.array([r[2] for r in records]), header_name=_NAME.encode(),
+            header_values=[r[3] for r in records], max_batch_bytes=limit)
+        expected, position = [], 0
+        while position < len(whole):
+            batch, end = whole.batch_from(position)
+            expected.append(bytes(batch._build()))
+            position = end
+        sent, position = [], 0
+        while position < len(built[partition]):
+            batch, position = built[partition].batch_from(position)
+            sent.append(bytes(batch._build()))
+        assert sent == expected
+        assert len(built[partition].drop_first(built[partition].counts[0])) == (
+            len(records) - built[partition].counts[0])
 
 
 def test_id_rows_are_the_same_headers_as_id_bytes() -> None:
