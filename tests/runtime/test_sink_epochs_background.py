@@ -11,9 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+import streamdag as sd
 from connectors.epoch_commits import parse_record_id
 from runtime.checkpoints.store import CheckpointStore
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
+from runtime.dataplane.host import NodeHost
+from runtime.dataplane.messages import Barrier, EndOfStream, Envelope
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.worker import WorkerSnapshot
 from streamdag.batch import Batch
@@ -169,3 +172,36 @@ async def test_end_of_stream_returns_only_once_everything_is_out() -> None:
     assert [c[1] for c in sink.commits] == [1, 2]
     assert output.pending_epochs() == []
     assert len(sink.records()) == 4
+
+
+def _push(seq: int, *payloads: object) -> Envelope:
+    first, *trailing = payloads
+    return Envelope("in", 0, seq, first, 0.0, tuple(trailing))  # type: ignore[arg-type]
+
+
+async def test_a_sink_nodes_commit_returns_before_its_epoch_is_out_and_it_finishes_after() -> None:
+    sink = GatedSink()
+    ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    config = ticks.to_topic("out", name="out").config()
+    host = NodeHost(config, sink=lambda: sink, checkpoints=CheckpointTarget(
+        CheckpointStore("memory://bg-host"), "r"))
+    await host.ready()
+    host.connect_input("in", 0)
+    ticks_batch = Batch.from_columns(ts=[1, 2], key=["a", "b"], price=[1.0, 2.0])
+    await host.push(_push(0, ticks_batch, Barrier(1)))
+    await host.checkpoint_done(1)
+
+    await asyncio.wait_for(host.commit_checkpoint(1), 1)  # the flush is held: not waited for
+    await asyncio.wait_for(host.push(_push(1, Batch.from_columns(ts=[3], key=["a"],
+                                                                 price=[3.0]))), 1)
+    ending = asyncio.ensure_future(host.push(_push(2, EndOfStream())))
+    finished = asyncio.ensure_future(host.wait_finished())
+    await _until(lambda: sink.log == ["write 1..2"])
+    assert not finished.done()  # end of stream: finished only once everything is out
+    assert not ending.done()
+
+    sink.gate.set()
+    assert await asyncio.wait_for(finished, 5)
+    await asyncio.wait_for(ending, 5)
+    assert sink.log == ["write 1..2", "flush", "commit 1", "write 3..3", "flush", "commit 2"]
+    await host.stop()
