@@ -31,6 +31,7 @@ __all__ = [
     "EpochLedger",
     "commits_topic",
     "parse_record_id",
+    "record_id_rows",
     "record_ids",
     "sink_prefix",
 ]
@@ -48,6 +49,19 @@ def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
     >>> [parse_record_id(i) for i in record_ids("ab" * 32, [7], [3])]
     [('1f804f8530c770c0', 7, 3)]
     """
+    rows = record_id_rows(sink_id, key_hashes, sequences)
+    ids: list[bytes] = rows.view(f"V{rows.shape[1]}").ravel().tolist()  # void: no NUL stripped
+    return ids
+
+
+def record_id_rows(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
+                   sequences: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """``record_ids`` as the rows of one ``uint8`` array, one id a row (what a Kafka sink
+    writes into its record batches as is).
+
+    >>> record_id_rows("ab" * 32, [7], [3]).shape
+    (1, 24)
+    """
     prefix = sink_prefix(sink_id)
     count, width = len(key_hashes), len(prefix) + _ID.size
     rows = np.empty((count, width), dtype=np.uint8)
@@ -55,8 +69,7 @@ def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
     for column, values in ((len(prefix), key_hashes), (len(prefix) + 8, sequences)):
         big_endian = np.asarray(values).astype(">u8")
         rows[:, column : column + 8] = big_endian.view(np.uint8).reshape(count, 8)
-    ids: list[bytes] = rows.view(f"V{width}").ravel().tolist()  # void: no NUL is stripped
-    return ids
+    return rows
 
 
 def parse_record_id(value: bytes) -> tuple[str, int, int]:
@@ -118,17 +131,31 @@ class EpochLedger:
                                 strict=False)
             self._ensured = True
 
+    async def prepare(self) -> None:
+        """Create the companion topic and connect the client ``commit`` keeps (a sink does it
+        as it opens, so that its first commit waits for neither)."""
+        await self.ensure()
+        if self._ends_reader is None:  # one client for every commit, not one each
+            reader = self._consumer()
+            try:
+                await reader.start()
+            except BaseException:
+                await reader.stop()
+                raise
+            if self._ends_reader is None:
+                self._ends_reader = reader
+            else:  # another call got there first
+                await reader.stop()
+
     async def commit(self, producer: AIOKafkaProducer, sink_id: str, epoch: int) -> None:
         """Record ``epoch`` of ``sink_id`` as published (call once its records are acknowledged).
 
         The offsets recorded are the output partitions' log ends as the broker reports them;
         a broker that under-reports (Tansu) only makes a later read-back start earlier.
         """
-        await self.ensure()
-        if self._ends_reader is None:  # one client for every commit, not one each
-            self._ends_reader = self._consumer()
-            await self._ends_reader.start()
+        await self.prepare()
         consumer = self._ends_reader
+        assert consumer is not None
         tps = [TopicPartition(self.topic, p)
                for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
         ends = await consumer.end_offsets(tps) if tps else {}

@@ -11,19 +11,21 @@ pending, ``ProduceError`` says so, and a later ``flush`` retries them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values_buffer
+from connectors.epoch_batches import EpochBatches
 from connectors.epoch_commits import EpochLedger, parse_record_id, sink_prefix
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
-from connectors.producing import DeliveryStats, RetryPolicy, partition_rows, publish_partition
-from connectors.record_batches import RecordColumns
+from connectors.producing import DeliveryStats, RetryPolicy, publish_partition
+from connectors.record_batches import BuiltBatches, RecordColumns, partition_rows
 from streamdag.batch import Batch
 from streamdag.record_format import DEFAULT_RECORD_FORMAT, RecordFormat
 
@@ -96,7 +98,8 @@ class KafkaSinkWriter:
         self._producer_factory = producer_factory or _default_producer
         self._producer: Any = None
         self._partition_count = 0
-        self._pending: dict[int, RecordColumns] = {}
+        #: Per partition, records to send in order: runs of records, and epochs built already.
+        self._pending: dict[int, list[RecordColumns | BuiltBatches]] = {}
         self._closed = False
         self._ledger = EpochLedger(config.bootstrap_servers, config.topic)
         self.stats = DeliveryStats()
@@ -117,20 +120,33 @@ class KafkaSinkWriter:
         _warm_up_kernels(self._config)
 
     async def write(
-        self, batch: Batch, record_ids: Sequence[bytes] | None = None
+        self, batch: Batch, record_ids: Sequence[bytes] | npt.NDArray[np.uint8] | None = None
     ) -> None:
         """Encode ``batch`` and keep it pending until ``flush``; ``record_ids`` tag each record."""
+        for partition, records in self.encode(batch, record_ids).items():
+            parts = self._pending.setdefault(partition, [])
+            last = parts[-1] if parts else None
+            if isinstance(last, RecordColumns):  # one run of records packs into full batches
+                parts[-1] = last.extend(records)
+            else:
+                parts.append(records)
+
+    def encode(self, batch: Batch,
+               record_ids: Sequence[bytes] | npt.NDArray[np.uint8] | None = None
+               ) -> dict[int, RecordColumns]:
+        """``batch``'s records as this sink sends them (values, timestamps, the id header
+        from ``record_ids``, one id or one row of ids per record), per partition."""
         if self._producer is None:
             raise ConnectorConfigError(
                 f"the Kafka sink for {self._config.topic!r} is not open; call open() first"
             )
-        if len(batch) == 0:
-            return
         if record_ids is not None and len(record_ids) != len(batch):
             raise ConnectorConfigError(
                 f"write got {len(record_ids)} record ids for {len(batch)} records; give one "
                 "id per record, or none"
             )
+        if len(batch) == 0:
+            return {}
         values, offsets = encode_values_buffer(batch, self._config.codec,
                                                self._config.record_format)
         if self._config.event_time_stamps:
@@ -143,42 +159,50 @@ class KafkaSinkWriter:
             header_values=record_ids,
             max_batch_bytes=self._config.max_batch_bytes)
         partitions = key_partitions(batch.key, self._partition_count)
-        for partition, rows in partition_rows(partitions).items():
-            part = records.take(rows)
-            pending = self._pending.get(partition)
-            self._pending[partition] = part if pending is None else pending.extend(part)
+        return {partition: records.take(rows)
+                for partition, rows in partition_rows(partitions).items()}
+
+    def epoch_batches(self) -> EpochBatches:
+        """An epoch's producer batches, built as its records come (see ``write_encoded``)."""
+        return EpochBatches(self.encode, self._config.max_batch_bytes)
+
+    def write_encoded(self, batches: Mapping[int, BuiltBatches]) -> None:
+        """Keep an epoch's built batches pending until ``flush``, after what is pending."""
+        for partition, built in batches.items():
+            self._pending.setdefault(partition, []).append(built)
 
     async def flush(self) -> None:
         """Publish everything pending; return once acknowledged, or raise ProduceError."""
         if not self._pending:
             return
-        producer = self._producer
         partitions = sorted(self._pending)
-        outcomes = await asyncio.gather(
-            *(publish_partition(producer, self._config.topic, partition,
-                                self._pending[partition], self._policy_for(partition),
-                                self.stats)
-              for partition in partitions),
-            return_exceptions=True,
-        )
-        first_error: BaseException | None = None
-        for partition, outcome in zip(partitions, outcomes, strict=True):
-            records = self._pending[partition]
-            if isinstance(outcome, ProduceError):
-                self._pending[partition] = records.drop_first(len(records) - outcome.pending)
-                first_error = first_error or outcome
-            elif isinstance(outcome, BaseException):
-                first_error = first_error or outcome
-            else:
-                del self._pending[partition]
-        if first_error is not None:
-            raise first_error
+        outcomes = await asyncio.gather(*(self._publish(p) for p in partitions),
+                                        return_exceptions=True)
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if errors:
+            raise errors[0]
 
-    def _policy_for(self, partition: int) -> RetryPolicy:
+    async def _publish(self, partition: int) -> None:
+        """Send a partition's pending records in order; what failed stays pending."""
+        parts = self._pending[partition]
+        while parts:
+            part = parts[0]
+            try:
+                await publish_partition(self._require_producer(), self._config.topic,
+                                        partition, part, self._policy_for(part), self.stats)
+            except ProduceError as error:
+                parts[0] = part.drop_first(len(part) - error.pending)
+                raise
+            parts.pop(0)
+        del self._pending[partition]
+
+    def _policy_for(self, records: RecordColumns | BuiltBatches) -> RetryPolicy:
         # A batch whose send timed out may have landed all the same: records with ids are not
         # sent again blindly (that would duplicate them); the epoch publisher reads back what
         # got out and sends only the rest (EpochOutput).
-        if bool(self._pending[partition].has_header.any()):
+        has_ids = (records.has_ids if isinstance(records, BuiltBatches)
+                   else bool(records.has_header.any()))
+        if has_ids:
             return RetryPolicy(1, self._policy.initial_backoff_s, self._policy.max_backoff_s)
         return self._policy
 
@@ -198,6 +222,10 @@ class KafkaSinkWriter:
             _, key, sequence = parse_record_id(value)
             highest[key] = max(sequence, highest.get(key, -1))
         return highest
+
+    async def prepare_commits(self) -> None:
+        """Get ``commit_epoch`` ready (its topic and client), so the first commit is quick."""
+        await self._ledger.prepare()
 
     async def commit_epoch(self, sink_id: str, epoch: int) -> None:
         """Record in ``<topic>.commits`` that ``epoch`` of ``sink_id`` is wholly published."""
@@ -228,7 +256,7 @@ class KafkaSinkWriter:
     @property
     def pending_records(self) -> int:
         """Records written but not yet delivered."""
-        return sum(len(records) for records in self._pending.values())
+        return sum(len(part) for parts in self._pending.values() for part in parts)
 
 
 def _warm_up_kernels(config: KafkaSinkConfig) -> None:
@@ -240,7 +268,12 @@ def _warm_up_kernels(config: KafkaSinkConfig) -> None:
                                         header_values=[b"1", b"2"],
                                         max_batch_bytes=config.max_batch_bytes)
     records.take(np.arange(2)).batch_from(0)
-    key_partitions(batch.key, 2)
+    with_rows = RecordColumns.from_buffer(batch.key, values, offsets, batch.ts,
+                                          header_name=ID_HEADER.encode(),
+                                          header_values=np.zeros((2, 24), np.uint8),
+                                          max_batch_bytes=config.max_batch_bytes)
+    BuiltBatches.of(RecordColumns.concat([with_rows, records]))
+    partition_rows(key_partitions(batch.key, 2))
 
 
 def _default_producer(config: KafkaSinkConfig) -> AIOKafkaProducer:

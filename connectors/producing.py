@@ -10,24 +10,20 @@ that cannot heal, ``ProduceError`` is raised with the count of records still und
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from connectors.errors import ConnectorConfigError, ProduceError
-from connectors.record_batches import RecordColumns
+from connectors.record_batches import BuiltBatches, RecordColumns
 
 __all__ = [
     "DeliveryStats",
     "Header",
     "OutgoingRecords",
     "RetryPolicy",
-    "partition_rows",
     "publish_partition",
 ]
 
@@ -105,7 +101,7 @@ async def publish_partition(
     producer: Any,
     topic: str,
     partition: int,
-    records: OutgoingRecords | RecordColumns,
+    records: OutgoingRecords | RecordColumns | BuiltBatches,
     policy: RetryPolicy,
     stats: DeliveryStats,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -146,10 +142,10 @@ async def publish_partition(
     return total
 
 
-def _next_batch(producer: Any, records: OutgoingRecords | RecordColumns,
+def _next_batch(producer: Any, records: OutgoingRecords | RecordColumns | BuiltBatches,
                 position: int) -> tuple[Any, int]:
     """The producer batch of the records from ``position`` that fit, and where it ends."""
-    if isinstance(records, RecordColumns):
+    if isinstance(records, RecordColumns | BuiltBatches):
         return records.batch_from(position)
     builder = producer.create_batch()
     return builder, _fill(builder, records, position)
@@ -167,16 +163,3 @@ def _fill(builder: Any, records: OutgoingRecords, position: int) -> int:
         if metadata is None:
             return i
     return len(values)
-
-
-def partition_rows(partitions: npt.NDArray[np.int32]) -> dict[int, npt.NDArray[np.int64]]:
-    """The rows bound for each partition, in their order (one stable sort, no Python per record).
-
-    >>> {p: rows.tolist() for p, rows in partition_rows(np.array([1, 0, 1], np.int32)).items()}
-    {0: [1], 1: [0, 2]}
-    """
-    order = np.argsort(partitions, kind="stable")
-    ordered = partitions[order]
-    bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(order)]
-    return {int(ordered[first]): order[first:stop].astype(np.int64)
-            for first, stop in itertools.pairwise(bounds) if first < stop}

@@ -20,6 +20,7 @@ b'22'
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from numba import njit
 
 from connectors.errors import ConnectorConfigError
 
-__all__ = ["PrebuiltBatch", "RecordColumns"]
+__all__ = ["BuiltBatches", "PrebuiltBatch", "RecordColumns", "partition_rows"]
 
 #: Kafka's record batch header (v2): base offset, length, leader epoch, magic, CRC,
 #: attributes, last offset delta, first and max timestamp, producer id and epoch, base
@@ -91,13 +92,18 @@ class RecordColumns:
     @classmethod
     def from_buffer(cls, keys: npt.NDArray[np.bytes_], values: bytes, value_offsets: _I64,
                     timestamps_ms: _I64, *, header_name: bytes = b"",
-                    header_values: Sequence[bytes] | None = None,
+                    header_values: Sequence[bytes] | _U8 | None = None,
                     max_batch_bytes: int) -> RecordColumns:
         """Columns from a key array, the values back to back with their offsets, and
-        (optionally) one header value each."""
+        (optionally) one header value each: bytes, or the rows of a 2-D ``uint8`` array (one
+        fixed-width value per record, taken as is: no Python per record)."""
         count = len(timestamps_ms)
         if header_values is None:
             headers, header_offsets = np.zeros(0, np.uint8), np.zeros(count + 1, np.int64)
+        elif isinstance(header_values, np.ndarray):
+            width = header_values.shape[1]
+            headers = np.ascontiguousarray(header_values, dtype=np.uint8).reshape(-1)
+            header_offsets = np.arange(count + 1, dtype=np.int64) * width
         else:
             headers, header_offsets = _flat(header_values)
         key_rows = _key_rows(keys)
@@ -109,7 +115,7 @@ class RecordColumns:
     @classmethod
     def from_values(cls, keys: npt.NDArray[np.bytes_], values: Sequence[bytes],
                     timestamps_ms: _I64, *, header_name: bytes = b"",
-                    header_values: Sequence[bytes] | None = None,
+                    header_values: Sequence[bytes] | _U8 | None = None,
                     max_batch_bytes: int) -> RecordColumns:
         """Columns from a key array, encoded values and (optionally) one header value each."""
         values_flat, value_offsets = _flat(values)
@@ -151,6 +157,32 @@ class RecordColumns:
                              np.concatenate([self.has_header, other.has_header]),
                              self.max_batch_bytes)
 
+    @classmethod
+    def concat(cls, parts: Sequence[RecordColumns]) -> RecordColumns:
+        """The records of ``parts`` in order, copied once (``extend`` one by one copies the
+        growing front again each time)."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        names = {p.header_name for p in parts if bool(p.has_header.any())}
+        if len(names) > 1:
+            raise ConnectorConfigError("records of one partition share one header name")
+        width = max(p.keys.shape[1] for p in parts)
+        keys = np.zeros((sum(len(p) for p in parts), width), dtype=np.uint8)
+        at = 0
+        for part in parts:
+            keys[at: at + len(part), : part.keys.shape[1]] = part.keys
+            at += len(part)
+        return RecordColumns(
+            keys, np.concatenate([p.key_lengths for p in parts]),
+            np.concatenate([p.values for p in parts]),
+            _offsets_joined([p.value_offsets for p in parts]),
+            np.concatenate([p.timestamps_ms for p in parts]),
+            names.pop() if names else first.header_name,
+            np.concatenate([p.header_values for p in parts]),
+            _offsets_joined([p.header_offsets for p in parts]),
+            np.concatenate([p.has_header for p in parts]), first.max_batch_bytes)
+
     def drop_first(self, count: int) -> RecordColumns:
         """These records without the first ``count`` (they were delivered)."""
         return RecordColumns(self.keys[count:], self.key_lengths[count:],
@@ -191,6 +223,89 @@ def _flat(items: Sequence[bytes]) -> tuple[_U8, _I64]:
     offsets = np.zeros(len(items) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=len(items)), out=offsets[1:])
     return np.frombuffer(b"".join(items), dtype=np.uint8), offsets
+
+
+@dataclass(frozen=True)
+class BuiltBatches:
+    """One partition's records as producer batches built already, in order: what
+    ``publish_partition`` sends as it sends ``RecordColumns``, with no building left to do.
+
+    >>> columns = RecordColumns.from_values(np.array([b"a", b"b"]), [b"1", b"22"],
+    ...                                     np.array([5, 7]), max_batch_bytes=1024)
+    >>> built = BuiltBatches.of(columns)
+    >>> len(built), built.batch_from(0)[1], bytes(built.batch_from(0)[0]._build()) == bytes(
+    ...     columns.batch_from(0)[0]._build())
+    (2, 2, True)
+    """
+
+    buffers: tuple[bytearray, ...]
+    counts: tuple[int, ...]
+    #: Whether the records carry ids (a send that timed out is then not retried blindly).
+    has_ids: bool
+
+    @classmethod
+    def of(cls, records: RecordColumns, *, whole: bool = True) -> BuiltBatches:
+        """The batches of ``records``, packed as ``batch_from`` packs them; unless ``whole``,
+        only the full ones (``len`` of the result says how many records they hold)."""
+        buffers: list[bytearray] = []
+        counts: list[int] = []
+        position = 0
+        while position < len(records):
+            batch, end = records.batch_from(position)
+            if not whole and end == len(records):
+                break  # the rest would fit in a batch with room left: it may grow yet
+            buffers.append(batch._buffer)
+            counts.append(end - position)
+            position = end
+        return cls(tuple(buffers), tuple(counts), bool(records.has_header.any()))
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def extend(self, other: BuiltBatches) -> BuiltBatches:
+        """These batches, then ``other``'s."""
+        return BuiltBatches(self.buffers + other.buffers, self.counts + other.counts,
+                            self.has_ids or other.has_ids)
+
+    def batch_from(self, position: int) -> tuple[PrebuiltBatch, int]:
+        """The batch starting at record ``position`` (a batch boundary), and where it ends."""
+        index = self._index(position)
+        if index == len(self.buffers):
+            return PrebuiltBatch(bytearray(_HEADER.size), 0), position
+        return PrebuiltBatch(self.buffers[index], self.counts[index]), position + self.counts[index]
+
+    def drop_first(self, count: int) -> BuiltBatches:
+        """These batches without those of the first ``count`` records (they were delivered)."""
+        index = self._index(count)
+        return BuiltBatches(self.buffers[index:], self.counts[index:], self.has_ids)
+
+    def _index(self, position: int) -> int:
+        starts = np.cumsum((0, *self.counts))
+        index = int(np.searchsorted(starts, position))
+        if index >= len(starts) or starts[index] != position:
+            raise ValueError(f"record {position} does not start a built batch")
+        return index
+
+
+def partition_rows(partitions: npt.NDArray[np.int32]) -> dict[int, npt.NDArray[np.int64]]:
+    """The rows bound for each partition, in their order (one stable sort, no Python per record).
+
+    >>> {p: rows.tolist() for p, rows in partition_rows(np.array([1, 0, 1], np.int32)).items()}
+    {0: [1], 1: [0, 2]}
+    """
+    order = np.argsort(partitions, kind="stable")
+    ordered = partitions[order]
+    bounds = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(order)]
+    return {int(ordered[first]): order[first:stop].astype(np.int64)
+            for first, stop in itertools.pairwise(bounds) if first < stop}
+
+
+def _offsets_joined(parts: Sequence[_I64]) -> _I64:
+    """Offsets into the parts' buffers back to back, from the offsets into each."""
+    shifts = np.cumsum([0, *(int(offsets[-1]) for offsets in parts[:-1])])
+    return np.concatenate([offsets[:-1] + shift for offsets, shift in zip(parts, shifts,
+                                                                          strict=True)]
+                          + [parts[-1][-1:] + shifts[-1]])
 
 
 def _joined(first: _I64, second: _I64) -> _I64:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,17 +117,21 @@ class NodeCheckpoints:
         """Whether this node takes part in checkpoints at all."""
         return self.target is not None
 
-    def sink_output(self, writer: SinkWriter) -> EpochOutput | None:
-        """An exactly-once sink's epochs over ``writer`` (None: publish at once)."""
+    def sink_output(self, writer: SinkWriter,
+                    on_error: Callable[[Exception], None] | None = None) -> EpochOutput | None:
+        """An exactly-once sink's epochs over ``writer`` (None: publish at once); ``on_error``
+        is told what a background publish raised."""
         if self.target is None or not self.target.exactly_once:
             return None
         restored = self.restored
         if restored is None:
-            self.output = EpochOutput(writer, self.node_id)
+            self.output = EpochOutput(writer, self.node_id, on_error=on_error)
         else:
             self.output = EpochOutput(writer, self.node_id, restored.sink_epochs,
                                       restored.sink_sequences,
-                                      restored_checkpoint=restored.checkpoint_id)
+                                      restored_checkpoint=restored.checkpoint_id,
+                                      on_error=on_error)
+        self.output.start()
         return self.output
 
     async def publish_restored(self) -> None:
@@ -163,7 +168,8 @@ class NodeCheckpoints:
         return ref
 
     async def commit(self, checkpoint_id: int) -> None:
-        """Checkpoint ``checkpoint_id`` is complete: publish its epochs; forget older ones."""
+        """Checkpoint ``checkpoint_id`` is complete: its epochs go out in the background
+        (raises what an earlier publish raised); older checkpoints are forgotten."""
         for earlier in [cid for cid in self._persisted if cid <= checkpoint_id]:
             future = self._persisted.pop(earlier)
             if not future.done():
@@ -171,7 +177,7 @@ class NodeCheckpoints:
                     f"checkpoint {earlier} of node {self.node_id[:12]} was abandoned"))
                 future.exception()  # retrieved: nobody may be waiting any more
         if self.output is not None:
-            await self.output.publish_through(checkpoint_id)
+            self.output.commit(checkpoint_id)
 
     def _future(self, checkpoint_id: int) -> asyncio.Future[SnapshotRef]:
         if checkpoint_id not in self._persisted:

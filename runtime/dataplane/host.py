@@ -171,7 +171,7 @@ class NodeHost:
             self.sink = self._sink_factory()
             await self.sink.open()
             # A restored sink publishes what its checkpoint completed before it is ready.
-            self._output = self.checkpointing.sink_output(self.sink)
+            self._output = self.checkpointing.sink_output(self.sink, self._hold)
             if self._output is None:
                 self._publisher = SinkPublisher(self.sink, self.worker.stats)
             await self.checkpointing.publish_restored()
@@ -217,6 +217,8 @@ class NodeHost:
             await self.source.close()
         if self._publisher is not None:
             await self._publisher.close()
+        if self._output is not None:  # committed epochs get a moment to go out
+            await self._output.close()
         if self.sink is not None:
             await self.sink.close()
 
@@ -503,6 +505,7 @@ class NodeHost:
         assert self.sink is not None
         if self._output is not None:  # exactly-once: published once its checkpoint completes
             if isinstance(payload, Batch):
+                await self._output.room()  # publishing fell behind: hold the input back
                 self._output.add(payload)
             elif isinstance(payload, EndOfStream):
                 await self._output.publish_rest(self.checkpointing.last_checkpoint + 1)

@@ -11,6 +11,9 @@ is corrupt). A restored sink reads back what of its output already reached the t
 last epoch commit before its checkpoint, and publishes only records with a higher sequence for
 their key. A writer that cannot say (an in-memory test sink) gets all of it.
 
+Publishing runs off the commit call and off the sink's drain loop, in one background task per
+sink (``EpochOutput.commit``), so a sink keeps taking input while a completed epoch goes out.
+
 >>> import asyncio
 >>> from streamdag.batch import Batch
 >>> from streamdag.testing import ListSink
@@ -28,23 +31,37 @@ their key. A writer that cannot say (an in-memory test sink) gets all of it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from connectors.epoch_commits import record_ids
+from connectors.epoch_batches import EpochBatches
+from connectors.epoch_commits import record_id_rows, record_ids
 from connectors.errors import ProduceError
+from connectors.record_batches import BuiltBatches
 from operators.key_slots import KeySlots, hash_keys
 from runtime.checkpoints import failpoints
 from streamdag.batch import Batch
+from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkWriter
 
-__all__ = ["EpochOutput", "EpochPublisher", "KeySequences", "PendingEpoch"]
+__all__ = [
+    "MAX_EPOCHS_BEHIND",
+    "EpochOutput",
+    "EpochPublisher",
+    "KeySequences",
+    "PendingEpoch",
+    "RecordEncoder",
+]
 
+#: Committed epochs that may wait for their publish before a sink takes no more input.
+MAX_EPOCHS_BEHIND = 2
+#: Seconds a stopping sink lets its committed epochs go out before it cancels their publish.
+_STOP_DRAIN_S = 5.0
 #: Tries of one epoch's publish, each after reading back what the last one got out.
 _PUBLISH_ATTEMPTS = 5
 _RESEND_BACKOFF_S = 0.05
@@ -113,18 +130,44 @@ class EpochPublisher(Protocol):
         """Forget what a failed flush left undelivered (it is resent after a read-back)."""
 
 
+@runtime_checkable
+class RecordEncoder(Protocol):
+    """A writer that builds an epoch's output ahead of its publish (the Kafka sink): records
+    are encoded and batched as they arrive, so a completed epoch only has to be sent."""
+
+    def epoch_batches(self) -> EpochBatches:
+        """A new epoch's batches, built as its records are added."""
+
+    def write_encoded(self, batches: Mapping[int, BuiltBatches]) -> None:
+        """Keep an epoch's built batches pending until the next flush."""
+
+
 class EpochOutput:
-    """The pending epochs of one sink and how they are published."""
+    """The pending epochs of one sink and how they are published.
+
+    ``commit`` returns at once: the epochs it completed go out in one background task, oldest
+    first, each wholly (records, then its epoch commit) before the next, and an epoch leaves
+    ``pending()`` only once its commit is written, so a snapshot taken meanwhile still holds
+    it. ``room`` is the backpressure: the sink takes no more input while more than
+    ``max_behind`` committed epochs wait for their publish.
+    """
 
     def __init__(self, writer: SinkWriter, sink_id: str, pending: Sequence[PendingEpoch] = (),
                  sequences: KeySequences | None = None, *,
-                 restored_checkpoint: int | None = None) -> None:
+                 restored_checkpoint: int | None = None, max_behind: int = MAX_EPOCHS_BEHIND,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
         self.writer = writer
         self.sink_id = sink_id
         self.sequences = sequences if sequences is not None else KeySequences()
         KeySequences().assign(np.array([b"warm"]))  # compiled before the first batch waits
         self._open: list[tuple[Batch, npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
         self._pending: list[PendingEpoch] = list(pending)
+        #: A writer that encodes ahead gets each batch as it arrives; the encoded records of
+        #: the open and the pending epochs wait here (never in snapshots: a restored sink
+        #: encodes its pending epochs again, for the writer it has then).
+        self._encoder = writer if isinstance(writer, RecordEncoder) else None
+        self._open_batches: EpochBatches | None = None
+        self._encoded: dict[int, Mapping[int, BuiltBatches]] = {}
         #: A restored sink's output may have reached the topic, wholly or in part, already:
         #: any epoch after the last one committed before what it restored.
         self._recover_after: int | None = None
@@ -132,14 +175,29 @@ class EpochOutput:
             self._recover_after = min([p.epoch for p in self._pending]
                                       + [restored_checkpoint + 1])
         self._published: dict[int, int] = {}
-        self._publishing = asyncio.Lock()
+        self.max_behind = max_behind
+        #: Told what a background publish raised (the host holds: the region recovers).
+        self.on_error = on_error
+        #: What the background publish raised; nothing is published after it.
+        self.error: Exception | None = None
+        #: The newest epoch whose checkpoint is complete: pending epochs up to it may go out.
+        self._committed = 0
+        self._task: asyncio.Task[None] | None = None
+        self._prepared: asyncio.Future[None] | None = None
+        #: ``room`` callers, woken each time an epoch is out (or publishing stopped).
+        self._waiting: list[asyncio.Future[None]] = []
         self.published_records = 0
         self.skipped_records = 0
 
     def add(self, batch: Batch) -> None:
         """Output of the epoch now open: each record gets its key's next sequence."""
         if len(batch):
-            self._open.append((batch, hash_keys(batch.key), self.sequences.assign(batch.key)))
+            hashes, sequences = hash_keys(batch.key), self.sequences.assign(batch.key)
+            self._open.append((batch, hashes, sequences))
+            if self._encoder is not None:  # now, while the stream runs: not in the publish
+                if self._open_batches is None:
+                    self._open_batches = self._encoder.epoch_batches()
+                self._open_batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
 
     def close_epoch(self, epoch: int) -> None:
         """Barrier ``epoch`` passed: what came since the last one is that epoch's output."""
@@ -148,57 +206,134 @@ class EpochOutput:
             self._pending.append(PendingEpoch(epoch, Batch.concat(batches),
                                               np.concatenate(hashes), np.concatenate(sequences)))
             self._open = []
+            if self._open_batches is not None:
+                self._encoded[epoch] = self._open_batches.finish()
+                self._open_batches = None
 
     def pending(self) -> tuple[PendingEpoch, ...]:
-        """Closed epochs not yet published (they belong in the sink's snapshot)."""
+        """Closed epochs not yet wholly published (they belong in the sink's snapshot)."""
         return tuple(self._pending)
 
     def pending_epochs(self) -> list[int]:
         """The epochs of ``pending()``."""
         return [pending.epoch for pending in self._pending]
 
+    def start(self) -> None:
+        """Let the writer get its epoch commits ready in the background (its companion topic
+        and client), while the stream starts: the first publish then waits only for that."""
+        prepare: Any = getattr(self.writer, "prepare_commits", None)
+        if callable(prepare) and self._prepared is None:
+            self._prepared = asyncio.ensure_future(prepare())
+            self._prepared.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+    def behind(self) -> int:
+        """Committed epochs not yet wholly published."""
+        return sum(pending.epoch <= self._committed for pending in self._pending)
+
+    def commit(self, epoch: int) -> None:
+        """Checkpoint ``epoch`` is complete: publish every pending epoch up to it, in order, in
+        the background. Raises what an earlier publish raised (the sink must recover)."""
+        if self.error is not None:
+            raise self.error
+        self._committed = max(self._committed, epoch)
+        if self._due() is not None and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._run())
+
     async def publish_through(self, epoch: int) -> None:
-        """Publish every pending epoch up to ``epoch`` (its checkpoint is complete), in order.
-
-        One publish at a time: a commit and the end of the stream may ask at once.
-        """
-        async with self._publishing:
-            await self._publish_due(epoch)
-
-    async def _publish_due(self, epoch: int) -> None:
-        due = [pending for pending in self._pending if pending.epoch <= epoch]
-        if not due:
-            return
-        publisher = self.writer if isinstance(self.writer, EpochPublisher) else None
-        if self._recover_after is not None and publisher is not None:
-            self._published = await publisher.published_sequences(self.sink_id,
-                                                                  self._recover_after)
-        self._recover_after = None
-        for pending in due:
-            await self._publish(pending, publisher)
-            self._pending.remove(pending)
+        """Publish every pending epoch up to ``epoch`` (its checkpoint is complete), in order,
+        and return once they are out."""
+        self.commit(epoch)
+        await self.idle()
 
     async def publish_rest(self, final_epoch: int) -> None:
         """End of stream: the open output becomes ``final_epoch``, and everything goes out."""
         self.close_epoch(final_epoch)
         await self.publish_through(final_epoch)
 
+    async def idle(self) -> None:
+        """Wait until every committed epoch is out; raises what publishing raised."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait([self._task])
+        if self.error is not None:
+            raise self.error
+
+    async def room(self) -> None:
+        """Return once at most ``max_behind`` committed epochs wait for their publish."""
+        while (self.behind() > self.max_behind and self._task is not None
+               and not self._task.done()):
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(woken)
+            await woken
+        if self.error is not None:
+            raise self.error
+
+    async def close(self, timeout_s: float = _STOP_DRAIN_S) -> None:
+        """The sink stops: committed epochs get ``timeout_s`` to go out, then publishing is
+        cancelled. What it cut short is in the last snapshot still, and a restored sink
+        publishes the rest of it (as after a crash there)."""
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=timeout_s)
+            if not task.done():
+                await cancel_and_wait(task)
+                if isinstance(self.writer, EpochPublisher):
+                    self.writer.discard_pending()  # closing the writer must not send them
+        await cancel_and_wait(self._prepared)
+        self._wake()
+
+    def _due(self) -> PendingEpoch | None:
+        """The oldest pending epoch, if its checkpoint is complete."""
+        if self._pending and self._pending[0].epoch <= self._committed:
+            return self._pending[0]
+        return None
+
+    async def _run(self) -> None:
+        publisher = self.writer if isinstance(self.writer, EpochPublisher) else None
+        try:
+            # Step 1: the writer's commits are ready; a restored sink reads back what of its
+            # epochs already got out.
+            if self._prepared is not None:
+                await self._prepared
+            if self._recover_after is not None and publisher is not None:
+                self._published = await publisher.published_sequences(self.sink_id,
+                                                                      self._recover_after)
+            self._recover_after = None
+            # Step 2: the oldest committed epoch goes out wholly, its commit record last...
+            while (pending := self._due()) is not None:
+                await self._publish(pending, publisher)
+                # Step 3: ...and only then leaves the pending epochs (and later snapshots).
+                self._pending.remove(pending)
+                self._wake()
+        except Exception as exc:
+            self.error = exc
+            if self.on_error is not None:
+                self.on_error(exc)
+        finally:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for woken in waiting:
+            if not woken.done():
+                woken.set_result(None)
+
     async def _publish(self, pending: PendingEpoch, publisher: EpochPublisher | None) -> None:
-        batch, hashes, sequences = pending.batch, pending.key_hashes, pending.sequences
+        out = _Outgoing(pending.batch, pending.key_hashes, pending.sequences,
+                        self._encoded.pop(pending.epoch, None))
         if self._published:
-            keep = ~_already_published(hashes, sequences, self._published)
+            keep = ~_already_published(out.hashes, out.sequences, self._published)
             self.skipped_records += int((~keep).sum())
-            batch, hashes, sequences = (batch.take(np.flatnonzero(keep)), hashes[keep],
-                                        sequences[keep])
-        ids = record_ids(self.sink_id, hashes, sequences)
-        if failpoints.armed("mid_publish") and len(batch) > 1:  # half out, then the crash
-            half = np.arange(len(batch) // 2)
-            await self._write(publisher, batch.take(half), ids[: len(half)])
+            out = out.keep(keep)
+        if out.encoded is None and self._encoder is not None:  # restored: not encoded yet
+            encoded = self._encode(out.batch, out.hashes, out.sequences)
+            out = replace(out, encoded=encoded)
+        if failpoints.armed("mid_publish") and len(out) > 1:  # half out, then the crash
+            await self._write(publisher, out.keep(np.arange(len(out)) < len(out) // 2))
             await self.writer.flush()
             failpoints.hit("mid_publish")
         for attempt in range(1, _PUBLISH_ATTEMPTS + 1):
             try:
-                await self._write(publisher, batch, ids)
+                await self._write(publisher, out)
                 await self.writer.flush()
                 break
             except ProduceError:
@@ -210,22 +345,48 @@ class EpochOutput:
             await asyncio.sleep(_RESEND_BACKOFF_S * 2 ** (attempt - 1))
             published = await publisher.published_sequences(self.sink_id, pending.epoch)
             if published:
-                rest = ~_already_published(hashes, sequences, published)
+                rest = ~_already_published(out.hashes, out.sequences, published)
                 self.skipped_records += int((~rest).sum())
-                rows = np.flatnonzero(rest)
-                batch, hashes, sequences = batch.take(rows), hashes[rest], sequences[rest]
-                ids = [ids[row] for row in rows.tolist()]
+                out = out.keep(rest)
+        # Step 2': every record of the epoch is acknowledged: now its commit.
         if publisher is not None:
             await publisher.commit_epoch(self.sink_id, pending.epoch)
-        self.published_records += len(batch)
+        self.published_records += len(out)
 
+    def _encode(self, batch: Batch, hashes: npt.NDArray[np.uint64],
+                sequences: npt.NDArray[np.int64]) -> Mapping[int, BuiltBatches]:
+        assert self._encoder is not None
+        batches = self._encoder.epoch_batches()
+        batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
+        return batches.finish()
 
-    async def _write(self, publisher: EpochPublisher | None, batch: Batch,
-                     ids: list[bytes]) -> None:
-        if publisher is not None:
-            await publisher.write(batch, ids)
+    async def _write(self, publisher: EpochPublisher | None, out: _Outgoing) -> None:
+        if out.encoded is not None and self._encoder is not None:
+            self._encoder.write_encoded(out.encoded)
+        elif publisher is not None:
+            await publisher.write(out.batch, record_ids(self.sink_id, out.hashes, out.sequences))
         else:
-            await self.writer.write(batch)
+            await self.writer.write(out.batch)
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """What of an epoch is to go out: its records, their key hashes and sequences, and the
+    writer's batches of them built already (None: the writer encodes them)."""
+
+    batch: Batch
+    hashes: npt.NDArray[np.uint64]
+    sequences: npt.NDArray[np.int64]
+    encoded: Mapping[int, BuiltBatches] | None
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def keep(self, rows: npt.NDArray[np.bool_]) -> _Outgoing:
+        """Only the records ``rows`` marks (encoded again by the writer: rare, after a crash
+        or a failed send)."""
+        return _Outgoing(self.batch.take(np.flatnonzero(rows)), self.hashes[rows],
+                         self.sequences[rows], None)
 
 
 def _already_published(hashes: npt.NDArray[np.uint64], sequences: npt.NDArray[np.int64],

@@ -161,3 +161,36 @@ async def test_a_send_that_landed_but_timed_out_is_not_published_twice(
 
     _check(records, 60)
     assert producers[0].failures == 0 and output.skipped_records > 0
+
+
+async def test_a_started_output_gets_the_commits_ready_before_its_first_publish(
+    bootstrap: str, new_topic: NewTopic, consume: Consume
+) -> None:
+    topic = await new_topic(2)
+    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
+    await writer.open()
+    output = EpochOutput(writer, SINK)
+    output.start()  # the companion topic and the commit client, while the stream starts
+    output.add(values(0, 4))
+    output.close_epoch(1)
+    # Created by start(), not by a commit: no epoch has been published yet.
+    await asyncio.wait_for(_until_topic_exists(bootstrap, commits_topic(topic)), 10)
+    assert await consume(commits_topic(topic), 0) == []
+
+    await output.publish_rest(2)
+    await output.close()
+    await writer.close()
+    _check(await consume(topic, 4), 4)
+    assert [json.loads(c.value)["epoch"] for c in await consume(commits_topic(topic), 1)] == [1]
+
+
+async def _until_topic_exists(bootstrap: str, topic: str) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        while topic not in await consumer.topics():
+            await asyncio.sleep(0.02)
+    finally:
+        await consumer.stop()

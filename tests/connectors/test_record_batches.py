@@ -7,7 +7,10 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.epoch_batches import EpochBatches
+from connectors.epoch_commits import record_id_rows, record_ids
 from connectors.record_batches import RecordColumns
+from streamdag.batch import Batch
 
 _NAME = "streamdag.id"
 
@@ -62,3 +65,80 @@ def test_batches_equal_aiokafkas_for_any_records_headers_and_split(
         position = end
     rest = columns.drop_first(len(values) // 2)
     assert [rest.values_at(i) for i in range(len(rest))] == values[len(values) // 2:]
+
+
+def _records_of(columns: RecordColumns) -> list[tuple[bytes, bytes, int, bytes | None]]:
+    """Each record as (key, value, timestamp, header value or None), in order."""
+    return [(columns.keys[i, : columns.key_lengths[i]].tobytes(), columns.values_at(i),
+             int(columns.timestamps_ms[i]),
+             columns.header_values[columns.header_offsets[i]: columns.header_offsets[i + 1]]
+             .tobytes() if columns.has_header[i] else None)
+            for i in range(len(columns))]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    pieces=st.lists(st.lists(st.tuples(st.sampled_from([b"a", b"bb", b"ccc"]),
+                                       st.binary(max_size=60), st.integers(0, 2**40),
+                                       st.integers(0, 3)),
+                             min_size=1, max_size=12), min_size=1, max_size=5),
+    limit=st.integers(200, 600),
+)
+def test_an_epochs_batches_built_as_it_comes_are_those_of_all_its_records_at_once(
+    pieces: list[list[tuple[bytes, bytes, int, int]]], limit: int
+) -> None:
+    by_partition: dict[int, list[tuple[bytes, bytes, int, bytes]]] = {}
+    numbered = 0
+
+    def encode(batch: Batch, ids: np.ndarray | None) -> dict[int, RecordColumns]:
+        rows = [piece_rows[i] for i in batch.ts.tolist()]
+        out: dict[int, RecordColumns] = {}
+        for partition in sorted({r[3] for r in rows}):
+            mine = [r for r in rows if r[3] == partition]
+            out[partition] = RecordColumns.from_values(
+                np.array([r[0] for r in mine]), [r[1] for r in mine],
+                np.array([r[2] for r in mine]), header_name=_NAME.encode(),
+                header_values=np.array([r[4] for r in mine], np.uint8), max_batch_bytes=limit)
+        return out
+
+    epoch = EpochBatches(encode, limit)
+    for piece in pieces:
+        piece_rows = [(k, v, t, p, [numbered + i, 9]) for i, (k, v, t, p) in enumerate(piece)]
+        numbered += len(piece)
+        for k, v, t, p, row in piece_rows:
+            by_partition.setdefault(p, []).append((k, v, t, bytes(row)))
+        epoch.add(Batch.from_columns(ts=np.arange(len(piece)), key=["x"] * len(piece)))
+    built = epoch.finish()
+
+    # The reference: every record of the partition in one run, packed by batch_from.
+    assert sorted(built) == sorted(by_partition)
+    for partition, records in by_partition.items():
+        whole = RecordColumns.from_values(
+            np.array([r[0] for r in records]), [r[1] for r in records],
+            np.array([r[2] for r in records]), header_name=_NAME.encode(),
+            header_values=[r[3] for r in records], max_batch_bytes=limit)
+        expected, position = [], 0
+        while position < len(whole):
+            batch, end = whole.batch_from(position)
+            expected.append(bytes(batch._build()))
+            position = end
+        sent, position = [], 0
+        while position < len(built[partition]):
+            batch, position = built[partition].batch_from(position)
+            sent.append(bytes(batch._build()))
+        assert sent == expected
+        assert len(built[partition].drop_first(built[partition].counts[0])) == (
+            len(records) - built[partition].counts[0])
+
+
+def test_id_rows_are_the_same_headers_as_id_bytes() -> None:
+    hashes, sequences = np.array([1, 2**63 + 5], np.uint64), np.array([0, 9], np.int64)
+    keys, values, stamps = np.array([b"k", b"q"]), [b"1", b"2"], np.array([3, 4])
+    as_rows = RecordColumns.from_values(keys, values, stamps, header_name=_NAME.encode(),
+                                        header_values=record_id_rows("s", hashes, sequences),
+                                        max_batch_bytes=1024)
+    as_bytes = RecordColumns.from_values(keys, values, stamps, header_name=_NAME.encode(),
+                                         header_values=record_ids("s", hashes, sequences),
+                                         max_batch_bytes=1024)
+    assert bytes(as_rows.batch_from(0)[0]._build()) == bytes(as_bytes.batch_from(0)[0]._build())
+    assert _records_of(as_rows)[1][3] == record_ids("s", hashes, sequences)[1]
