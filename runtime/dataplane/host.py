@@ -38,11 +38,12 @@ from runtime.dataplane.failures import (
     failure_cause,
     followed_a_failure,
 )
+from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
 from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
-from runtime.dataplane.stats import NodeStats, resident_bytes_of
+from runtime.dataplane.stats import NodeStats, add_source_figures, resident_bytes_of
 from runtime.dataplane.warming import warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
@@ -74,28 +75,6 @@ class _Delivery:
     #: Acks still awaited, plus one for the step itself until it has sent everything.
     pending: int = 1
     failed: bool = False
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """A node's figures and state in one answer, so asking a node actor costs one call."""
-
-    stats: NodeStats
-    #: EndOfStream went through the node, or it stopped (``error`` then says why).
-    finished: bool
-    error: BaseException | None
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """Data-plane knobs shared by every node of a run."""
-
-    #: Unacknowledged pushes allowed per channel (W).
-    credits: int = 4
-    #: A source cuts a batch at this many records...
-    max_batch_records: int = 100_000
-    #: ...or after this long once it holds at least one record.
-    linger_s: float = 0.005
 
 
 class NodeHost:
@@ -604,12 +583,7 @@ class NodeHost:
         stats.backpressure_wait_seconds = self._retired_wait_seconds + sum(
             channel.backpressure_wait_seconds for channel in self._channels.values()
         )
-        lag = getattr(self.source, "lag", None)
-        if callable(lag):
-            stats.lag = dict(lag())
-        dead_lettered = getattr(self.source, "dead_lettered", None)
-        if isinstance(dead_lettered, int):
-            stats.dead_lettered = dead_lettered
+        add_source_figures(stats, self.source)
         return stats
 
     def report(self) -> NodeReport:

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats", "resident_bytes_of"]
+__all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats", "add_source_figures",
+           "resident_bytes_of"]
 
 #: Upper bounds (seconds) of the latency histogram buckets, as Prometheus would have them.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -171,3 +172,13 @@ def resident_bytes_of(state: Any, depth: int = 3) -> int:
         return 0
 
     return walk(state, depth)
+
+
+def add_source_figures(stats: NodeStats, source: object) -> None:
+    """Put what a source reader knows of itself (lag per partition, dead letters) in ``stats``."""
+    lag = getattr(source, "lag", None)
+    if callable(lag):
+        stats.lag = dict(lag())
+    dead_lettered = getattr(source, "dead_lettered", None)
+    if isinstance(dead_lettered, int):
+        stats.dead_lettered = dead_lettered

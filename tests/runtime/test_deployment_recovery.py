@@ -206,8 +206,9 @@ def test_a_killed_controller_comes_back_by_itself_and_recovers_what_died_meanwhi
     pid = _pid(deployment.controller)
     kill_actor_process(_actor(submission, "smooth7"))
     os.kill(pid, signal.SIGKILL)
+    # A deadline for a loaded 2-core box (a restarted controller took over 60 s there once).
     wait_for(lambda: _recovered(deployment, submission), "the controller to come back and "
-             "recover the region by itself", timeout_s=60)
+             "recover the region by itself", timeout_s=120)
     flowing.join(timeout=60)
     records = asyncio.run(read_topic(bootstrap, out, TOTAL, timeout_s=60))
 
@@ -224,7 +225,8 @@ def _pid(actor: Any) -> int:
 
 def _recovered(deployment: Deployment, submission: dict[str, Any]) -> bool:
     try:
-        return bool(deployment.checkpoints(submission["id"])[0]["recoveries"] == 1)
+        # At least one: a recovery that itself timed out on a loaded box is tried again.
+        return bool(deployment.checkpoints(submission["id"])[0]["recoveries"] >= 1)
     except ray.exceptions.RayActorError:
         return False  # not back yet
 
