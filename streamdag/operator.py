@@ -184,7 +184,8 @@ def operator_code_modules(definition: type[OperatorDef]) -> tuple[str, ...]:
 
     >>> from streamdag.operator_registry import lookup
     >>> operator_code_modules(lookup("ohlcv"))
-    ('operators.bars', 'operators.errors', 'operators.key_slots')
+    ('operators.bars', 'operators.errors', 'operators.key_labels', 'operators.key_slots',
+     'operators.row_index')
     """
     return _code_modules(definition.__module__)
 
