@@ -67,7 +67,7 @@ class EventTimeWindowLogic(ABC):
                 int(v) for v in arrays["scalars"])
             self._latest = arrays["latest"].copy()
         self._log = ValueLog(arrays)
-        self._early = EarlyPanes(interval, arrays) if interval else None
+        self._early = self._early_panes(interval, arrays) if interval else None
         if self._early is not None:
             self._early.fit(len(self._table.meta))
 
@@ -144,6 +144,11 @@ class EventTimeWindowLogic(ABC):
         if self._function:
             extra[self._function.output] = self._function.apply(self._log, meta, acc)
         return self._keys.results(meta, acc, self._aggregations, extra)
+
+    def _early_panes(self, interval: int,
+                     arrays: Mapping[str, npt.NDArray[Any]] | None) -> EarlyPanes:
+        """The state of early updates by event time, fresh or from snapshot ``arrays``."""
+        return EarlyPanes(interval, arrays)
 
     @abstractmethod
     def _kernel(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
