@@ -178,11 +178,11 @@ class EventTimeWindowDef(OperatorDef):
             Param("early_every", "int", default=0, minimum=0, maximum=MAX_EVENTS,
                   doc="also emit a window's partial result every this many of its events; "
                       "0 = off"),
-            # Not a size param: a short interval is what costs (the window's size / it,
-            # bounded by MAX_EARLY_PER_WINDOW when the graph is built).
+            # Not a size param: a short interval is what costs (the window's size, or a
+            # session's gap, / it, bounded by MAX_EARLY_PER_WINDOW when the graph is built).
             Param("early_interval", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS,
                   doc="also emit a window's partial result over its events before start + "
-                      "k * this, when the watermark passes it; 0 = off"),
+                      "k * this (sessions: k * this), when the watermark passes it; 0 = off"),
             *late_params(),
         )
 
