@@ -14,7 +14,7 @@ one of three places, by row number (parallel arrays) or by (key, pane):
 
 * the session's **prefix**: its events with ts < ``W``;
 * the session's **head**: its events in its own first pane ``[p, p + interval)`` (p: its
-  start rounded down to a boundary), when ``p >= W``;
+  start rounded down to a boundary), when ``p >= W``; its START and END are that pane's;
 * the key's **pane** ``p`` (``p >= W``): the key's other events in ``[p, p + interval)``.
   A pane thus holds events of one session only: the one that started before ``p`` and
   reaches into it (two such would overlap).
@@ -114,14 +114,21 @@ def early_route(prefix_meta: Any, prefix_acc: Any, head_meta: Any, head_acc: Any
     if passed != NO_WATERMARK and t < passed:
         _fold_into(prefix_meta, prefix_acc, row, slot, t, seq, x)
         return
-    pane = t // interval * interval
-    if pane == start // interval * interval:
-        _fold_into(head_meta, head_acc, row, slot, t, seq, x)
-        return
+    # The key's latest pane and the head keep their bounds: no division while they hold t.
     cached = pane_latest[slot]
     if (0 <= cached < pane_size[0] and pane_meta[cached, SLOT] == slot
-            and pane_meta[cached, START] == pane):
+            and start < pane_meta[cached, START] <= t < pane_meta[cached, END]):
         add_event(pane_meta, pane_acc, cached, t, seq, x)
+        return
+    if head_meta[row, COUNT] > 0 and head_meta[row, START] <= t < head_meta[row, END]:
+        add_event(head_meta, head_acc, row, t, seq, x)
+        return
+    pane = t // interval * interval
+    if pane == start // interval * interval:
+        if head_meta[row, COUNT] == 0:
+            open_row(head_meta, head_acc, row, slot, pane, pane + interval, t, seq, x)
+        else:
+            add_event(head_meta, head_acc, row, t, seq, x)
         return
     found, position = find_row(pane_meta, pane_index, slot, pane)
     if found == EMPTY:
@@ -159,6 +166,7 @@ def early_merge(meta: Any, prefix_meta: Any, prefix_acc: Any, head_meta: Any, he
         return
     pane = meta[gone, START] // interval * interval
     if pane == meta[kept, START] // interval * interval:
+        # The same first pane: kept's head holds kept's first event, so it has the bounds.
         merge_into(head_meta, head_acc, kept, head_meta, head_acc, gone)
         head_meta[gone, COUNT] = 0
     else:
