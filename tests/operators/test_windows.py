@@ -335,3 +335,14 @@ def test_session_early_updates_at_multiples_of_the_interval_over_events_before_t
         assert sorted(got) == sorted(expected), script
         assert_same(records, run_reference(
             ReferenceWindows(["sum", "count"], gap=5, early_interval=8), script))
+
+
+def test_session_early_updates_under_a_watermark_at_the_int64_maximum() -> None:
+    top = int(np.iinfo(np.int64).max)
+    node = TICKS.session_window(6, agg="count", early_interval=4, name="s")
+    script: list[Round] = [([(1, "A", 1.0), (5, "A", 2.0), (14, "A", 4.0)], 3), ([], top)]
+    expected = run_reference(ReferenceWindows(["count"], gap=6, early_interval=4), script)
+    assert [(r["ts"], r["end"], r["count"], r["early"]) for r in expected] == [
+        (3, 7, 1, True), (7, 11, 2, True), (10, 11, 2, False), (15, 20, 1, True),
+        (19, 20, 1, False)]
+    assert_same(run_operator(node, script)[0], expected)
