@@ -4,7 +4,8 @@ Each event opens the window ``[ts, ts + gap)``; overlapping windows of a key mer
 Flink's event-time session windows, so a session covers ``[first ts, last ts + gap)``. In
 event-time order an event can only extend its key's latest session or start a new one: one
 check per event. Only an event arriving before its key's latest session started (late) looks
-through the key's other sessions, and may merge two of them.
+through the key's other sessions, and may merge two of them. Early updates by event time
+(``early_interval``) keep their state in ``session_early``.
 """
 
 from __future__ import annotations
