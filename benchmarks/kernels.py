@@ -223,6 +223,9 @@ def _window_cases(data: dict[str, npt.NDArray[Any]]) -> list[tuple[str, Fold, fl
         # A gap of 3 ms (a key ticks every ~1 ms): sessions of a few events to dozens.
         ("session_window (gap 3 ms)", SessionWindowLogic(_TICKS.session_window(
             3_000_000, agg="mean", field="price", name="s").config()), SESSION_TARGET),
+        ("session_window (gap 3 ms, early_interval 5 ms)", SessionWindowLogic(
+            _TICKS.session_window(3_000_000, agg="mean", field="price",
+                                  early_interval=5_000_000, name="se").config()), 0.0),
         (f"count_window ({WINDOW} events)", CountWindowLogic(_TICKS.count_window(
             WINDOW, agg="mean", field="price", name="c").config()), KERNEL_TARGET),
     ]

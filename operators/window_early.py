@@ -15,7 +15,8 @@ windows do:
 An event goes into each of its windows' prefix when it is before the window's passed
 boundary (a late event), else into one pane (when the pane ends before the window's end); when
 the watermark passes ``b``, each window merges pane ``b - interval`` into its prefix and emits
-the prefix if it holds any event. Both cost O(1) per event and per boundary.
+the prefix if it holds any event. Both cost O(1) per event and per boundary. Session windows,
+whose boundaries are the multiples of the interval, add a head per session (session_early).
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class EventTimeWindowLogic(ABC):
                 int(v) for v in arrays["scalars"])
             self._latest = arrays["latest"].copy()
         self._log = ValueLog(arrays)
-        self._early = EarlyPanes(interval, arrays) if interval else None
+        self._early = self._early_panes(interval, arrays) if interval else None
         if self._early is not None:
             self._early.fit(len(self._table.meta))
 
@@ -145,6 +145,11 @@ class EventTimeWindowLogic(ABC):
             extra[self._function.output] = self._function.apply(self._log, meta, acc)
         return self._keys.results(meta, acc, self._aggregations, extra)
 
+    def _early_panes(self, interval: int,
+                     arrays: Mapping[str, npt.NDArray[Any]] | None) -> EarlyPanes:
+        """The state of early updates by event time, fresh or from snapshot ``arrays``."""
+        return EarlyPanes(interval, arrays)
+
     @abstractmethod
     def _kernel(self, slots: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
                 values: npt.NDArray[np.float64], kept: npt.NDArray[np.bool_],
@@ -173,11 +178,11 @@ class EventTimeWindowDef(OperatorDef):
             Param("early_every", "int", default=0, minimum=0, maximum=MAX_EVENTS,
                   doc="also emit a window's partial result every this many of its events; "
                       "0 = off"),
-            # Not a size param: a short interval is what costs (the window's size / it,
-            # bounded by MAX_EARLY_PER_WINDOW when the graph is built).
+            # Not a size param: a short interval is what costs (the window's size, or a
+            # session's gap, / it, bounded by MAX_EARLY_PER_WINDOW when the graph is built).
             Param("early_interval", "duration", default=0, minimum=0, maximum=MAX_SPAN_NS,
                   doc="also emit a window's partial result over its events before start + "
-                      "k * this, when the watermark passes it; 0 = off"),
+                      "k * this (sessions: k * this), when the watermark passes it; 0 = off"),
             *late_params(),
         )
 

@@ -29,8 +29,9 @@ TICKS = sd.source("ticks", topic="ticks", key="symbol", schema={"value": "float6
 
 
 @st.composite
-def scripts(draw: st.DrawFn, late_range: int = 30) -> list[Round]:
-    """Rounds of events around the watermark (some late), each followed by a watermark."""
+def scripts(draw: st.DrawFn, late_range: int = 30, in_order: bool = True) -> list[Round]:
+    """Rounds of events around the watermark (some late), each followed by a watermark;
+    ``in_order=False``: on-time events in any order too."""
     rounds: list[Round] = []
     watermark = 0
     for _ in range(draw(st.integers(1, 8))):
@@ -39,7 +40,9 @@ def scripts(draw: st.DrawFn, late_range: int = 30) -> list[Round]:
                       st.integers(-400, 400).map(lambda n: n / 4)),
             max_size=25))
         # On-time events come in time order, as the runtime releases them; late ones anywhere.
-        on_time = sorted((e for e in events if e[0] >= 0), key=lambda e: e[0])
+        on_time = [e for e in events if e[0] >= 0]
+        if in_order:
+            on_time.sort(key=lambda e: e[0])
         late = [e for e in events if e[0] < 0]
         batch: list[Event] = [(watermark + dt, key, x) for dt, key, x in late + on_time]
         step = draw(st.one_of(st.none(), st.integers(0, 40)))
@@ -49,16 +52,18 @@ def scripts(draw: st.DrawFn, late_range: int = 30) -> list[Round]:
     return rounds
 
 
-session_options = st.fixed_dictionaries({
-    "lateness": st.sampled_from([0, 7, 25]),
-    "late": st.sampled_from(["drop", "side"]),
-    "early_every": st.sampled_from([0, 2, 3]),
-})
 options = st.fixed_dictionaries({
     "lateness": st.sampled_from([0, 7, 25]),
     "late": st.sampled_from(["drop", "side"]),
     "early_every": st.sampled_from([0, 2, 3]),
     "early_interval": st.sampled_from([0, 0, 2, 3, 4]),
+})
+session_options = st.fixed_dictionaries({
+    "lateness": st.sampled_from([0, 7, 25]),
+    "late": st.sampled_from(["drop", "side"]),
+    "early_every": st.sampled_from([0, 2, 3]),
+    # Shorter and longer than the gaps (3, 8, 15): a pane may hold several sessions.
+    "early_interval": st.sampled_from([0, 1, 2, 4, 5, 20]),
 })
 aggregation_lists = st.lists(st.sampled_from(AGGREGATIONS), min_size=1, max_size=8,
                              unique=True)
@@ -98,8 +103,9 @@ def test_hopping_window_matches_reference(script: list[Round], size_step: tuple[
            restore_after)
 
 
-@settings(max_examples=50, deadline=None)
-@given(scripts(), st.sampled_from([3, 8, 15]), session_options, aggregation_lists, cut_lists,
+@settings(max_examples=150, deadline=None)
+@given(st.booleans().flatmap(lambda in_order: scripts(in_order=in_order)),
+       st.sampled_from([3, 8, 15]), session_options, aggregation_lists, cut_lists,
        st.one_of(st.none(), st.integers(0, 7)))
 def test_session_window_matches_reference(script: list[Round], gap: int, opts: dict[str, Any],
                                           aggs: list[str], cuts: list[int],
@@ -160,7 +166,6 @@ def test_a_user_function_sees_each_window_s_values_in_event_time_order(
         node = TICKS.hopping_window(12, 5, agg=[*aggs, weighted], name="w", **opts)
         reference = ReferenceWindows(aggs, size=12, step=5, function=weighted, **opts)
     else:
-        opts = {**opts, "early_interval": 0}
         node = TICKS.session_window(8, agg=[*aggs, weighted], name="w", **opts)
         reference = ReferenceWindows(aggs, gap=8, function=weighted, **opts)
     _check(node, reference, script, cuts, restore_after)
@@ -272,15 +277,19 @@ def test_early_interval_is_part_of_the_node_id_and_refused_where_it_cannot_fire(
         TICKS.tumbling_window("1m", agg="sum", early_interval="1m")
     with pytest.raises(ParamError, match="over the maximum of 1000; use a larger"):
         TICKS.hopping_window("1h", "1m", agg="sum", early_interval="1s")
-    with pytest.raises(ParamError, match=r"session_window: early_interval is not supported.*"
-                                         r"use early_every=N"):
-        TICKS.session_window("30s", agg="sum", early_interval="10s")
-    # A spec is refused as the SDK call is.
+    with pytest.raises(ParamError, match=r"session_window: early_interval 1000000000 ns gives "
+                                         r"each event up to 1800 early updates"):
+        TICKS.session_window("30m", agg="sum", early_interval="1s")
+    # A spec round-trips, a session one too, and a spec is refused as the SDK call is.
     spec = dumps(sd.Graph("g", outputs=[every_10s]), "toml")
     assert "early_interval = 10000000000" in spec
     assert loads(spec, "toml").node_ids == sd.Graph("g", outputs=[every_10s]).node_ids
-    with pytest.raises(ParamError, match="session_window: early_interval is not supported"):
-        loads(spec.replace("tumbling_window", "session_window").replace("size = ", "gap = "),
+    sessions = TICKS.session_window("30s", agg="sum", early_interval="10s", name="s")
+    assert sessions.node_id != TICKS.session_window("30s", agg="sum", name="s").node_id
+    session_spec = dumps(sd.Graph("g", outputs=[sessions]), "toml")
+    assert loads(session_spec, "toml").node_ids == sd.Graph("g", outputs=[sessions]).node_ids
+    with pytest.raises(ParamError, match="session_window: early_interval 1 ns gives each"):
+        loads(session_spec.replace("early_interval = 10000000000", "early_interval = 1"),
               "toml")
 
 
@@ -293,4 +302,47 @@ def test_early_interval_under_a_watermark_at_the_int64_maximum() -> None:
     assert [(r["ts"], r["count"], r["early"]) for r in expected] == [
         (3, 1, True), (7, 2, True), (9, 2, False), (13, 1, True), (17, 1, True),
         (19, 1, False)]
+    assert_same(run_operator(node, script)[0], expected)
+
+
+def test_session_early_updates_at_multiples_of_the_interval_over_events_before_them() -> None:
+    # Key A: sessions 1..7 and 12, which the event at 9 joins (the later one's head goes to a
+    # pane), then 21 and 30; key B: sessions shorter than the interval, two in one pane.
+    node = TICKS.session_window(5, agg=["sum", "count"], early_interval=8, name="s")
+    events: list[Event] = [(1, "A", 1.0), (0, "B", 1.0), (5, "A", 2.0), (6, "B", 2.0),
+                           (12, "A", 4.0), (7, "A", 8.0), (9, "A", 16.0), (17, "B", 4.0),
+                           (21, "A", 32.0), (30, "A", 64.0)]
+    expected = [
+        # boundary 8: A's events before it (1, 5, 7: it ends at 7 + 5), B's session at 6
+        (7, "A", 1, 12, 11.0, 3, True), (7, "B", 6, 11, 2.0, 1, True),
+        (4, "B", 0, 5, 1.0, 1, False), (10, "B", 6, 11, 2.0, 1, False),
+        # boundary 16: A's merged session 1..12, open until 17
+        (15, "A", 1, 17, 31.0, 5, True), (16, "A", 1, 17, 31.0, 5, False),
+        (21, "B", 17, 22, 4.0, 1, False),
+        (23, "A", 21, 26, 32.0, 1, True), (25, "A", 21, 26, 32.0, 1, False),
+        (31, "A", 30, 35, 64.0, 1, True), (34, "A", 30, 35, 64.0, 1, False),
+    ]
+    at_once: list[Round] = [(events, 40)]
+    by_event: list[Round] = [([e], None) for e in events] + [([], 40)]
+    # The watermark passes 8 before 9 arrives, or after 9 and 21 arrived.
+    stepping: list[Round] = [(events[:6], 8), (events[6:8], 9), ([], 17), (events[8:], 30),
+                             ([], 40)]
+    ahead: list[Round] = [(events[:9], 8), (events[9:], 20), ([], 40)]
+    for script in (at_once, by_event, stepping, ahead):
+        records = run_operator(node, script, cuts=[2, 5], restore_after=0)[0]
+        got = [(r["ts"], r["key"], r["start"], r["end"], r["sum"], r["count"], r["early"])
+               for r in records]
+        assert sorted(got) == sorted(expected), script
+        assert_same(records, run_reference(
+            ReferenceWindows(["sum", "count"], gap=5, early_interval=8), script))
+
+
+def test_session_early_updates_under_a_watermark_at_the_int64_maximum() -> None:
+    top = int(np.iinfo(np.int64).max)
+    node = TICKS.session_window(6, agg="count", early_interval=4, name="s")
+    script: list[Round] = [([(1, "A", 1.0), (5, "A", 2.0), (14, "A", 4.0)], 3), ([], top)]
+    expected = run_reference(ReferenceWindows(["count"], gap=6, early_interval=4), script)
+    assert [(r["ts"], r["end"], r["count"], r["early"]) for r in expected] == [
+        (3, 7, 1, True), (7, 11, 2, True), (10, 11, 2, False), (15, 20, 1, True),
+        (19, 20, 1, False)]
     assert_same(run_operator(node, script)[0], expected)

@@ -159,6 +159,14 @@ class ReferenceWindows:
         kept.start, kept.end = min(kept.start, ts), max(kept.end, ts + self.gap)
         return [kept]
 
+    def _boundaries(self, window: Window) -> range:
+        # A window's boundaries from its start on; a session's at multiples of the interval
+        # after its start and before its (current) end.
+        if not self.gap:
+            return range(window.start + self.interval, window.end, self.interval)
+        return range((window.start // self.interval + 1) * self.interval, window.end,
+                     self.interval)
+
     def on_watermark(self, watermark: int) -> list[Record]:
         passed = self.watermark
         self.watermark = watermark if passed is None else max(passed, watermark)
@@ -168,7 +176,7 @@ class ReferenceWindows:
             for w in ws if (passed is None or w.end > passed) and w.end <= self.watermark]
         if self.interval:
             due += [(b, 0, w.opened, key, w, b) for key, ws in self.windows.items() for w in ws
-                    for b in range(w.start + self.interval, w.end, self.interval)
+                    for b in self._boundaries(w)
                     if (passed is None or b > passed) and b <= self.watermark]
         out = []
         for *_, key, window, boundary in sorted(due, key=lambda d: d[:3]):
@@ -177,6 +185,8 @@ class ReferenceWindows:
                 for ts, seq, x in window.events:
                     if ts < boundary:
                         part.add(ts, seq, x)
+                if self.gap:  # the session as its events before the boundary make it
+                    part.end = max(ts for ts, _, _ in part.events) + self.gap
                 if part.values:
                     out.append(part.record(key, self.aggs, ts=boundary - 1,
                                            revision=window.emitted, early=True,

@@ -75,6 +75,8 @@ def _families(*, ema: bool = True) -> Graph:
         ticks.hopping_window("20ms", "10ms", agg="max", field="price", early_interval="5ms",
                              name="hopping"),
         ticks.session_window("3ms", agg="sum", field="size", name="sessions"),
+        ticks.session_window("3ms", agg=["sum", "count"], field="size", early_interval="2ms",
+                             name="early_sessions"),
         ticks.count_window(7, agg="last", field="price", name="sevens"),
     ]
     ahead = ticks.asof_join(ticks.filter("size > 50", name="big"), direction="forward",
@@ -122,8 +124,9 @@ def test_batch_executor_equals_streaming_replay_over_every_family() -> None:
     batch = _run(graph, START, END, executor="batch")
     streaming = _run(graph, START, END, executor="streaming", max_batch_records=97)
     assert sorted(batch.outputs) == [
-        "ahead", "bars", "counted", "diamond", "hopping", "joined_out", "looked", "low", "pairs",
-        "rich", "roots", "scored", "sessions", "sevens", "smooth", "tumbling", "volume"]
+        "ahead", "bars", "counted", "diamond", "early_sessions", "hopping", "joined_out",
+        "looked", "low", "pairs", "rich", "roots", "scored", "sessions", "sevens", "smooth",
+        "tumbling", "volume"]
     built_in = {name for name, definition in available().items()
                 if definition.__module__.startswith(("operators.", "streamdag.endpoints"))}
     # Every family (tag queries follow running nodes: only deployments run them).
@@ -134,6 +137,7 @@ def test_batch_executor_equals_streaming_replay_over_every_family() -> None:
     assert batch.digests() == streaming.digests()
     # Early updates by event time are the same whether 97 events or all came at once.
     assert any(r["early"] for r in batch.records("hopping"))
+    assert any(r["early"] for r in batch.records("early_sessions"))
 
 
 @pytest.mark.parametrize("bounded", [True, False])

@@ -66,6 +66,8 @@ def _graph() -> sd.Graph:
         ticks.hopping_window("60ms", "20ms", agg=["mean", "count"], field="price",
                              early_interval="15ms", name="hopping"),
         ticks.session_window("9ms", agg=["sum", "last"], field="size", name="sessions"),
+        ticks.session_window("9ms", agg=["sum", "count"], field="size", early_interval="4ms",
+                             name="early_sessions"),
         ticks.count_window(9, agg=["first", "std"], field="price", name="counts"),
         ticks.interval_join(ticks.map("size * 2", output="double", name="double"),
                             lower="2ms", upper="1ms", name="pairs"),
@@ -89,13 +91,15 @@ def test_local_and_ray_runners_agree_on_every_window_and_join_node(ray_session: 
     graph = _graph()
     local = LocalRunner().run(graph, sources={"ticks": _Script(_batches())})
     remote = RayRunner().run(graph, sources={"ticks": _Script(_batches())})
-    for name in ("tumbling", "hopping", "sessions", "counts", "pairs", "ahead", "nearest",
-                 "rows"):
+    for name in ("tumbling", "hopping", "sessions", "early_sessions", "counts", "pairs",
+                 "ahead", "nearest", "rows"):
         assert local.records(name), f"{name} produced nothing"
         assert _nan_as_text(remote.records(name)) == _nan_as_text(local.records(name)), name
     # 1001 ticks 1 ms apart, round robin over 7 symbols: 20 windows of 50 ms for each symbol,
     # and the tick at 1 s alone in the 21st; 143 ticks per symbol make 15 count windows of 9.
     assert any(r["early"] for r in local.records("hopping"))
+    # A symbol's ticks 7 ms apart make one session (gap 9 ms), updated every 4 ms.
+    assert sum(r["early"] for r in local.records("early_sessions")) > 7 * 200
     assert len(local.records("tumbling")) == 7 * 20 + 1
     assert sum(r["count"] for r in local.records("tumbling")) == 1001
     assert len(local.records("counts")) == 7 * 15
