@@ -37,7 +37,7 @@ import numpy.typing as npt
 from numba import njit
 
 from operators.row_index import EMPTY, find_row
-from operators.window_early import EarlyPanes
+from operators.window_early import EarlyPanes, grown_rows
 from operators.window_state import (
     ACC_COLUMNS,
     BOUND,
@@ -240,12 +240,7 @@ class SessionEarlyPanes(EarlyPanes):
     def fit(self, capacity: int) -> None:
         """Make room for a prefix and a head per row of a table of ``capacity`` rows."""
         super().fit(capacity)
-        if len(self.head_meta) < capacity:
-            meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
-            acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
-            meta[: len(self.head_meta)] = self.head_meta
-            acc[: len(self.head_acc)] = self.head_acc
-            self.head_meta, self.head_acc = meta, acc
+        self.head_meta, self.head_acc = grown_rows(self.head_meta, self.head_acc, capacity)
 
     def emit(self, passed: int, watermark: int, table: WindowTable,
              emissions: Emissions) -> None:

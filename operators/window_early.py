@@ -51,7 +51,7 @@ from operators.window_state import (
     open_row,
 )
 
-__all__ = ["EarlyPanes", "fold_early"]
+__all__ = ["EarlyPanes", "fold_early", "grown_rows"]
 
 
 @njit(cache=True, inline="always")
@@ -126,6 +126,24 @@ def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, pa
             out_size[0] = o + 1
 
 
+
+def grown_rows(meta: npt.NDArray[np.int64], acc: npt.NDArray[np.float64], capacity: int
+               ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """``meta`` and ``acc`` (a row per window) with room for ``capacity`` rows, copied if grown.
+
+    >>> meta, acc = grown_rows(np.zeros((1, META_COLUMNS), np.int64),
+    ...                        np.zeros((1, ACC_COLUMNS)), 4)
+    >>> len(meta), len(acc)
+    (4, 4)
+    """
+    if len(meta) >= capacity:
+        return meta, acc
+    more_meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
+    more_acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
+    more_meta[: len(meta)] = meta
+    more_acc[: len(acc)] = acc
+    return more_meta, more_acc
+
 class EarlyPanes:
     """The prefixes and panes of a window node with ``early_interval`` (see the module)."""
 
@@ -153,13 +171,8 @@ class EarlyPanes:
 
     def fit(self, capacity: int) -> None:
         """Make room for a prefix per row of a window table of ``capacity`` rows."""
-        if len(self.prefix_meta) >= capacity:
-            return
-        meta = np.zeros((capacity, META_COLUMNS), dtype=np.int64)
-        acc = np.zeros((capacity, ACC_COLUMNS), dtype=np.float64)
-        meta[: len(self.prefix_meta)] = self.prefix_meta
-        acc[: len(self.prefix_acc)] = self.prefix_acc
-        self.prefix_meta, self.prefix_acc = meta, acc
+        self.prefix_meta, self.prefix_acc = grown_rows(self.prefix_meta, self.prefix_acc,
+                                                       capacity)
 
     def emit(self, passed: int, watermark: int, table: WindowTable,
              emissions: Emissions) -> None:

@@ -20,14 +20,13 @@ import pytest
 import ray
 from actor_kills import kill_actor_process, wait_for
 from ema_oracle import KEYS, expected, per_key, produce, produce_in_background, tick
+from recovering_deployment import recovering_deployment
 
 import streamdag as sd
 from connectors.topics import ensure_topics
 from runtime.checkpoints.store import CheckpointStore
-from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
-from streamdag.config import CheckpointSettings, KafkaSettings, Settings
 from streamdag.errors import StreamdagError
 from streamdag.testing import read_topic
 
@@ -91,15 +90,7 @@ def _completed(deployment: Deployment, submission: dict[str, Any]) -> int:
 @pytest.fixture
 def deployment(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[Deployment]:
     """A deployment that checkpoints every 0.3 s and recovers after a 0.2 s backoff."""
-    name = f"r{uuid.uuid4().hex[:8]}"
-    settings = Settings(name=name, state_dir=str(tmp_path), kafka=KafkaSettings(partitions=2),
-                        checkpoint=CheckpointSettings(enabled=True, interval_s=0.3,
-                                                      backoff_s=0.2))
-    options = ControllerOptions(grace_s=0.0, health_interval_s=0.0,
-                                lifecycle_topic=f"{name}.lifecycle")
-    handle = Deployment.connect(settings, bootstrap, state_dir=tmp_path / name, options=options)
-    yield handle
-    handle.shutdown()
+    yield from recovering_deployment(bootstrap, tmp_path, "r")
 
 
 def test_a_killed_interior_actor_then_a_killed_sink_recover_the_region_with_exact_output(

@@ -23,6 +23,7 @@ import pytest
 import ray
 from actor_kills import kill_actor_process, wait_for
 from ema_oracle import expected, per_key, produce, produce_in_background
+from recovering_deployment import recovering_deployment
 
 import streamdag as sd
 from connectors.topics import ensure_topics
@@ -30,7 +31,6 @@ from runtime.cli.status import describe_status
 from runtime.dataplane.exchange import KeyRoute
 from runtime.dataplane.stats import NodeStats
 from runtime.deployment.admission import admit_submission
-from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.handle import Deployment
 from runtime.deployment.lifecycle import SubmissionNode, SubmissionRecord
 from runtime.deployment.node_registry import (
@@ -44,7 +44,7 @@ from runtime.deployment.sharded_nodes import parallelism_refusal, plan_shards
 from runtime.planning.budgets import ActorBudgetError
 from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import wire_graph
-from streamdag.config import CheckpointSettings, KafkaSettings, LimitSettings, Settings
+from streamdag.config import LimitSettings
 from streamdag.testing import read_topic
 
 TOTAL = 3000
@@ -195,15 +195,7 @@ def test_streamdag_status_shows_a_sharded_node_in_one_row() -> None:
 @pytest.fixture
 def deployment(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[Deployment]:
     """A deployment that checkpoints every 0.3 s and recovers after a 0.2 s backoff."""
-    name = f"sh{uuid.uuid4().hex[:8]}"
-    settings = Settings(name=name, state_dir=str(tmp_path), kafka=KafkaSettings(partitions=2),
-                        checkpoint=CheckpointSettings(enabled=True, interval_s=0.3,
-                                                      backoff_s=0.2))
-    options = ControllerOptions(grace_s=0.0, health_interval_s=0.0,
-                                lifecycle_topic=f"{name}.lifecycle")
-    handle = Deployment.connect(settings, bootstrap, state_dir=tmp_path / name, options=options)
-    yield handle
-    handle.shutdown()
+    yield from recovering_deployment(bootstrap, tmp_path, "sh")
 
 
 def _before(total: int, records: list[Any]) -> list[Any]:

@@ -1,0 +1,24 @@
+"""A deployment for fault tests: checkpoints every 0.3 s, recovers after a 0.2 s backoff."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from runtime.deployment.controller import ControllerOptions
+from runtime.deployment.handle import Deployment
+from streamdag.config import CheckpointSettings, KafkaSettings, Settings
+
+
+def recovering_deployment(bootstrap: str, tmp_path: Path, prefix: str) -> Iterator[Deployment]:
+    """Yield a new deployment named ``<prefix><random>`` (health checks off), then shut it."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    settings = Settings(name=name, state_dir=str(tmp_path), kafka=KafkaSettings(partitions=2),
+                        checkpoint=CheckpointSettings(enabled=True, interval_s=0.3,
+                                                      backoff_s=0.2))
+    options = ControllerOptions(grace_s=0.0, health_interval_s=0.0,
+                                lifecycle_topic=f"{name}.lifecycle")
+    handle = Deployment.connect(settings, bootstrap, state_dir=tmp_path / name, options=options)
+    yield handle
+    handle.shutdown()
