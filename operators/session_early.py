@@ -56,6 +56,7 @@ from operators.window_state import (
     Emissions,
     WindowTable,
     add_event,
+    find_or_open,
     merge_into,
     open_row,
 )
@@ -130,15 +131,8 @@ def early_route(prefix_meta: Any, prefix_acc: Any, head_meta: Any, head_acc: Any
         else:
             add_event(head_meta, head_acc, row, t, seq, x)
         return
-    found, position = find_row(pane_meta, pane_index, slot, pane)
-    if found == EMPTY:
-        found = pane_size[0]
-        pane_size[0] = found + 1
-        pane_index[position] = found
-        open_row(pane_meta, pane_acc, found, slot, pane, pane + interval, t, seq, x)
-    else:
-        add_event(pane_meta, pane_acc, found, t, seq, x)
-    pane_latest[slot] = found
+    pane_latest[slot] = find_or_open(pane_meta, pane_acc, pane_index, pane_size, slot, pane,
+                                     pane + interval, t, seq, x)
 
 
 @njit(cache=True, inline="always")
