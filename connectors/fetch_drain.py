@@ -130,11 +130,11 @@ class FetchDrain:
             if tp not in wanted or tp in self._held:
                 continue
             result = fetcher._records[tp]
-            if type(result) is not aiokafka_fetcher.FetchResult:
+            if type(result) is not aiokafka_fetcher.FetchResult:  # a FetchError
+                if self._held:
+                    return  # raised on a later call, once what was fetched is handed out
                 del fetcher._records[tp]
                 fetcher._notify(fetcher._wait_consume_future)
-                if self._held:
-                    return  # raised on the next call, once what was fetched is handed out
                 result.check_raise()
             fetched = self._decode_result(tp, result)
             del fetcher._records[tp]

@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from connectors import fetch_drain
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader, Timestamp
 from streamdag.batch import Batch
 from tests.connectors.test_kafka_source import SCHEMA, read_until_finished
@@ -167,3 +169,24 @@ async def test_a_small_max_records_and_a_seek_mid_fetch_read_the_same(
     assert first_c.offset.tolist() == [0, 1, 2] and position_c == position_p == {0: 3}
     assert rest_c.offset.tolist() == list(range(40, 97))  # 98 records: 13 and 27 left out
     assert end_c == end_p == {0: 97}
+
+
+async def test_without_aiokafkas_private_fetcher_the_reader_warns_and_reads_per_record(
+    bootstrap: str, new_topic: NewTopic, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    topic = await new_topic(1)
+    await _produce(bootstrap, topic, [_tick(n, 1) for n in range(12) if n != 0])
+    # A fetcher attribute this aiokafka lacks, as another version would lack one of ours.
+    monkeypatch.setattr(fetch_drain, "_FETCHER_ATTRIBUTES", ("_records", "_not_in_this_one"))
+    reader = KafkaSourceReader(KafkaSourceConfig(bootstrap, topic, SCHEMA, time_unit="ms",
+                                                 end=11))
+    await reader.open()
+    try:
+        batch = await read_until_finished(reader)
+    finally:
+        await reader.close()
+
+    assert batch.offset is not None and batch.offset.tolist() == list(range(11))
+    assert reader.per_record_fetched == 11
+    assert "reading records one by one" in caplog.text
