@@ -10,13 +10,19 @@ The second table is the source reader's whole decode of a fetch response (record
 1,000 records with keys, as the sink writes them, 10,000 records a fetch) into a Batch:
 aiokafka's per-record ``ConsumerRecord`` path then the compiled scanners (the reader before),
 against the compiled record-batch decoder reading the values in place (the reader now).
-Run: ``python -m benchmarks.kafka_decode``.
+
+With ``--broker``, a third table: the whole ``KafkaSourceReader`` over the embedded broker
+(the end-to-end workload's 4-partition topic), both ways alternately, in records per CPU second
+of this process (wall time on a shared box measures the neighbours).
+Run: ``python -m benchmarks.kafka_decode [--records N] [--broker]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -27,11 +33,14 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
+from benchmarks.kafka_baselines import produce_input
+from connectors.broker import EmbeddedBroker
 from connectors.codecs import RecordDecoder
 from connectors.fetched_batches import decode_fetch
+from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader, Timestamp
 from streamdag.schema import Schema
 
-__all__ = ["main", "make_fetches", "make_values", "measure", "measure_fetches"]
+__all__ = ["main", "make_fetches", "make_values", "measure", "measure_fetches", "measure_reader"]
 
 _SCHEMA = Schema.of(price="float64", size="int64")
 _FETCH = 10_000
@@ -116,6 +125,42 @@ def measure_fetches(fetches: list[bytes], codec: str, compiled: bool, repeats: i
     return total / best
 
 
+async def measure_reader(bootstrap: str, topic: str, records: int, compiled: bool) -> float:
+    """Records per CPU second of a ``KafkaSourceReader`` reading ``topic`` to its end."""
+    config = KafkaSourceConfig(bootstrap, topic, Schema.of(price="float64"),
+                               end=Timestamp(time.time_ns()), fetch_max_wait_ms=10,
+                               max_batch_records=20_000)
+    reader = KafkaSourceReader(config, compiled_fetch=compiled)
+    await reader.open()
+    try:
+        total = 0
+        cpu = time.process_time()
+        while True:
+            chunk = await reader.read(20_000, linger_s=0.005)
+            total += len(chunk.batch)
+            if chunk.finished:
+                break
+        cpu = time.process_time() - cpu
+    finally:
+        await reader.close()
+    assert total == records and reader.dead_lettered == 0
+    return total / cpu
+
+
+def _reader_table(records: int) -> None:
+    with EmbeddedBroker.start(tempfile.mkdtemp()) as broker:
+        bootstrap = str(broker.bootstrap_servers)
+        topic = f"bench.decode.{time.strftime('%H%M%S')}"
+        asyncio.run(produce_input(bootstrap, topic, records))
+        print(f"\nKafkaSourceReader over the embedded broker, {records:,} JSON records, "
+              "4 partitions (records per CPU second)")
+        print(f"{'round':<6} {'compiled batches':>17} {'aiokafka records':>17} {'ratio':>6}")
+        for number in range(3):
+            new = asyncio.run(measure_reader(bootstrap, topic, records, compiled=True))
+            old = asyncio.run(measure_reader(bootstrap, topic, records, compiled=False))
+            print(f"{number:<6} {new:>17,.0f} {old:>17,.0f} {new / old:>5.1f}x", flush=True)
+
+
 def _compile_seconds() -> float:
     started = time.perf_counter()
     for codec in ("json", "msgpack"):
@@ -130,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Print records/s of both paths for each codec and price precision, with the ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
-    count = parser.parse_args(argv).records
+    parser.add_argument("--broker", action="store_true",
+                        help="also time the source reader over the embedded broker")
+    args = parser.parse_args(argv)
+    count = args.records
     print(f"first decode (numba compile or cache load): {_compile_seconds():.2f} s")
     print(f"{'codec':<8} {'prices':<10} {'compiled rec/s':>15} {'per-record rec/s':>17} "
           f"{'ratio':>6}")
@@ -151,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         new = measure_fetches(fetches, codec, compiled=True)
         old = measure_fetches(fetches, codec, compiled=False)
         print(f"{codec:<8} {new:>23,.0f} {old:>23,.0f} {new / old:>5.1f}x", flush=True)
+    if args.broker:
+        _reader_table(count)
 
 
 if __name__ == "__main__":
