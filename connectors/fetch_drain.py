@@ -32,7 +32,8 @@ __all__ = ["FetchDrain"]
 
 _log = logging.getLogger(__name__)
 _FETCHER_ATTRIBUTES = ("_records", "_notify", "_create_fetch_waiter", "_proc_fetch_request",
-                       "_isolation_level")
+                       "_isolation_level", "_wait_consume_future", "_closed")
+_RESULT_ATTRIBUTES = ("check_assignment", "_update_position", "getall")
 
 
 class _KeptBytes:
@@ -64,7 +65,6 @@ class FetchDrain:
 
     def __init__(self, consumer: AIOKafkaConsumer, *, compiled: bool = True) -> None:
         self._consumer = consumer
-        self._compiled = compiled
         self._held: OrderedDict[TopicPartition, FetchedRecords] = OrderedDict()
         self._fetcher = self._take_over_fetcher(consumer) if compiled else None
         self._read_committed = self._fetcher is not None and (
@@ -109,7 +109,7 @@ class FetchDrain:
     # -- internals -------------------------------------------------------------------------
     def _take_over_fetcher(self, consumer: AIOKafkaConsumer) -> Any:
         fetcher = getattr(consumer, "_fetcher", None)
-        if fetcher is None or not all(hasattr(fetcher, name) for name in _FETCHER_ATTRIBUTES):
+        if fetcher is None or not _known_fetcher(fetcher):
             _log.warning("aiokafka's fetcher lacks the attributes the compiled fetch decoder "
                          "uses (another aiokafka version?); reading records one by one")
             return None
@@ -147,9 +147,9 @@ class FetchDrain:
         partition_records = result._partition_records
         if partition_records is None or not result.check_assignment(tp):
             return None
-        raw = getattr(partition_records._records, "raw", None)
+        raw = getattr(getattr(partition_records, "_records", None), "raw", None)
         fetched = None
-        if raw is not None and partition_records._records_iterator is not None:
+        if raw is not None and getattr(partition_records, "_records_iterator", None) is not None:
             fetched = decode_fetch(
                 raw, fetch_offset=partition_records.next_fetch_offset,
                 read_committed=self._read_committed,
@@ -194,3 +194,14 @@ class FetchDrain:
             tp: FetchedRecords.from_consumer_records(records, records[-1].offset + 1)
             for tp, records in fetched.items() if records
         }
+
+
+def _known_fetcher(fetcher: Any) -> bool:
+    """Whether ``fetcher`` has everything of aiokafka 0.14's fetcher that the drain uses."""
+    if fetcher is None or not all(hasattr(fetcher, name) for name in _FETCHER_ATTRIBUTES):
+        return False
+    result_type = getattr(aiokafka_fetcher, "FetchResult", None)
+    return (all(hasattr(result_type, name) for name in _RESULT_ATTRIBUTES)
+            and hasattr(aiokafka_fetcher, "MemoryRecords")
+            and hasattr(aiokafka_fetcher, "READ_COMMITTED")
+            and "MemoryRecords" in type(fetcher)._proc_fetch_request.__code__.co_names)
