@@ -151,8 +151,22 @@ class RecordDecoder:
         record_timestamps_ms: Sequence[int] | npt.NDArray[np.int64],
     ) -> DecodedFetch:
         """Decode one fetch; ``record_timestamps_ms`` are the Kafka record timestamps."""
-        count = len(values)
         buffer, starts, ends = concatenate_values(values)
+        return self.decode_spans(buffer, starts, ends, record_timestamps_ms)
+
+    def decode_spans(
+        self,
+        buffer: npt.NDArray[np.uint8],
+        starts: npt.NDArray[np.int64],
+        ends: npt.NDArray[np.int64],
+        record_timestamps_ms: Sequence[int] | npt.NDArray[np.int64],
+    ) -> DecodedFetch:
+        """Decode the values ``buffer[starts[i]:ends[i]]`` of one fetch (an empty span: none).
+
+        The values stay where they are (e.g. in the fetched record batches): only those the
+        compiled scanner refuses are copied out, to be decoded one by one.
+        """
+        count = starts.shape[0]
         lengths = ends - starts
         oversize = lengths > self._max_record_bytes
         blocked = (lengths == 0) | oversize
@@ -177,8 +191,7 @@ class RecordDecoder:
         exact_keys: list[bytes] = []
         accepted_exact: list[int] = []
         for row in exact_rows.tolist():
-            value = values[row]
-            assert value is not None
+            value = buffer[starts[row]:ends[row]].tobytes()
             try:
                 key, ts, fields = self._decode_exactly(value, int(times[row]))
             except _Refused as refusal:

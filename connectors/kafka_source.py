@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +31,8 @@ from connectors.codecs import (
 )
 from connectors.dead_letters import DeadLetter, DeadLetterPublisher
 from connectors.errors import ConnectorConfigError, TopicError
+from connectors.fetch_drain import FetchDrain
+from connectors.fetched_batches import FetchedRecords
 from connectors.source_bounds import LogEnds, PartitionBounds, Timestamp
 from connectors.watermarks import PartitionWatermarks
 from streamdag.batch import Batch
@@ -43,9 +43,6 @@ from streamdag.schema import Schema
 __all__ = ["KafkaSourceConfig", "KafkaSourceReader", "Timestamp"]
 
 _log = logging.getLogger(__name__)
-_VALUE = attrgetter("value")
-_TIMESTAMP = attrgetter("timestamp")
-_OFFSET = attrgetter("offset")
 
 
 @dataclass(frozen=True)
@@ -168,6 +165,8 @@ class KafkaSourceReader:
 
     ``resume_from`` (partition -> offset, from a checkpoint) overrides ``start`` for the
     partitions it names. ``clock`` drives partition idleness (inject one in tests).
+    ``compiled_fetch=False`` reads fetches through aiokafka's per-record path (``FetchDrain``;
+    a reference for tests and benchmarks).
     """
 
     def __init__(
@@ -177,8 +176,11 @@ class KafkaSourceReader:
         resume_from: Mapping[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        compiled_fetch: bool = True,
     ) -> None:
         self._config = config
+        self._compiled_fetch = compiled_fetch
+        self._drain: FetchDrain | None = None
         self._resume_from = dict(resume_from or {})
         self._clock = clock
         self._wall_clock_ns = wall_clock_ns
@@ -220,6 +222,7 @@ class KafkaSourceReader:
         )
         await consumer.start()
         self._consumer = consumer
+        self._drain = FetchDrain(consumer, compiled=self._compiled_fetch)
         try:
             partitions = await self._resolve_partitions(consumer)
             tps = [TopicPartition(config.topic, p) for p in partitions]
@@ -280,7 +283,8 @@ class KafkaSourceReader:
         limit = max(1, min(max_records, self._config.max_batch_records))
         fetched = await self._fetch(consumer, limit, linger_s)
         for partition, bounds in self._bounds.items():
-            if not bounds.finished and await bounds.caught_up(consumer):
+            if (not bounds.finished and not self._require_drain().holds(bounds.tp)
+                    and await bounds.caught_up(consumer)):
                 self._finish(partition)
         batch = await self._decode(fetched)
         self._counters.records += len(batch)
@@ -319,6 +323,7 @@ class KafkaSourceReader:
                 )
             tp = TopicPartition(self._config.topic, partition)
             consumer.seek(tp, offset)
+            self._require_drain().forget(tp)
             bounds.restart_at(offset)
             if bounds.finished:
                 self._finish(partition)
@@ -330,6 +335,8 @@ class KafkaSourceReader:
         """Fetch nothing more (the runtime holds this source) until ``seek_to`` resumes."""
         consumer = self._require_open()
         consumer.pause(*(bounds.tp for bounds in self._bounds.values()))
+        for bounds in self._bounds.values():
+            self._require_drain().forget(bounds.tp)
 
     def lag(self) -> dict[int, int]:
         """Per partition, records in the log past our position (read, not merely fetched).
@@ -378,6 +385,11 @@ class KafkaSourceReader:
         return self._dead_letters.by_reason
 
     @property
+    def per_record_fetched(self) -> int:
+        """Records fetched through aiokafka's per-record path (declined, or not compiled)."""
+        return self._drain.per_record_count if self._drain is not None else 0
+
+    @property
     def exact_path_records(self) -> int:
         """Records decoded one by one because the compiled scanner could not take them."""
         return self._counters.exact_path
@@ -390,6 +402,10 @@ class KafkaSourceReader:
                 f"the Kafka source for {self._config.topic!r} is {state}; call open() first"
             )
         return self._consumer
+
+    def _require_drain(self) -> FetchDrain:
+        assert self._drain is not None
+        return self._drain
 
     async def _resolve_partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
         topic = self._config.topic
@@ -418,35 +434,30 @@ class KafkaSourceReader:
 
     async def _fetch(
         self, consumer: AIOKafkaConsumer, limit: int, linger_s: float
-    ) -> dict[int, list[Any]]:
+    ) -> dict[int, list[FetchedRecords]]:
         loop = asyncio.get_running_loop()
-        collected: dict[int, list[Any]] = {}
+        drain = self._require_drain()
+        assert self._log_ends is not None and self._marks is not None
+        collected: dict[int, list[FetchedRecords]] = {}
         count = 0
         deadline = loop.time() + max(linger_s, self._config.poll_timeout_s)
         lingering = False
         while count < limit:
-            active = [
-                TopicPartition(self._config.topic, p)
-                for p, bounds in self._bounds.items() if not bounds.finished
-            ]
+            active = [bounds.tp for bounds in self._bounds.values() if not bounds.finished]
             if not active:
                 break
-            timeout_ms = max(0, math.ceil((deadline - loop.time()) * 1000))
-            fetched = await consumer.getmany(*active, timeout_ms=timeout_ms,
-                                             max_records=limit - count)
+            fetched = await drain.take(active, limit - count, max(0.0, deadline - loop.time()))
             if not fetched:
                 break
             for tp, records in fetched.items():
-                assert self._log_ends is not None
                 self._log_ends.saw(tp, records)
                 bounds = self._bounds[tp.partition]
                 kept = bounds.admit(records)
-                assert self._marks is not None
                 self._marks.observe(tp.partition, None)
                 if bounds.finished:
                     self._finish(tp.partition)
-                if kept:
-                    collected.setdefault(tp.partition, []).extend(kept)
+                if len(kept):
+                    collected.setdefault(tp.partition, []).append(kept)
                     count += len(kept)
             if not lingering:
                 lingering = True
@@ -455,30 +466,29 @@ class KafkaSourceReader:
                 break
         return collected
 
-    async def _decode(self, fetched: dict[int, list[Any]]) -> Batch:
+    async def _decode(self, fetched: dict[int, list[FetchedRecords]]) -> Batch:
         order = sorted(fetched)
-        records = [record for partition in order for record in fetched[partition]]
-        count = len(records)
-        if not count:
+        pieces = [piece for partition in order for piece in fetched[partition]]
+        if not pieces:
             empty = Batch.empty(self._config.schema)
             return Batch(empty.ts, empty.key, empty.columns,
                          np.empty(0, dtype=np.int32), np.empty(0, dtype=np.int64))
-        # aiokafka has made one Python object per record; from here it is one C-level pass per
-        # attribute, and no Python bytecode of ours runs per record.
-        values = list(map(_VALUE, records))
-        stamps = np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=count)
-        offsets = np.fromiter(map(_OFFSET, records), dtype=np.int64, count=count)
+        # The values stay in the fetched record batches; no Python of ours runs per record.
+        records = FetchedRecords.joined(pieces)
+        stamps, offsets = records.timestamps, records.offsets
         partitions = np.repeat(np.array(order, dtype=np.int32),
-                               [len(fetched[partition]) for partition in order])
-        decoded = self._decoder.decode(values, stamps)
+                               [sum(map(len, fetched[partition])) for partition in order])
+        starts = records.value_start
+        decoded = self._decoder.decode_spans(
+            records.buffer, starts, starts + np.maximum(records.value_length, 0), stamps)
         self._counters.exact_path += decoded.exact_path
         await self._dead_letters.publish([
             DeadLetter(
                 partition=int(partitions[r.index]),
                 offset=int(offsets[r.index]),
                 timestamp_ms=int(stamps[r.index]) if stamps[r.index] >= 0 else None,
-                key=records[r.index].key,
-                value=values[r.index],
+                key=records.key_at(r.index),
+                value=records.value_at(r.index),
                 reason=r.reason,
                 detail=r.detail,
             )
@@ -504,7 +514,9 @@ class KafkaSourceReader:
     def _finish(self, partition: int) -> None:
         assert self._consumer is not None and self._marks is not None
         self._bounds[partition].finished = True
-        self._consumer.pause(TopicPartition(self._config.topic, partition))
+        tp = TopicPartition(self._config.topic, partition)
+        self._consumer.pause(tp)
+        self._require_drain().forget(tp)
         self._marks.finish(partition)
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:

@@ -11,25 +11,21 @@ end behind the lag is measured with a fetch where the lookup falls short (``LogE
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.errors import TopicError
+from connectors.fetched_batches import FetchedRecords
 
 __all__ = ["LogEnds", "PartitionBounds", "Timestamp"]
 
 _NANOS_PER_MS = 1_000_000
-_OFFSET = attrgetter("offset")
-_TIMESTAMP = attrgetter("timestamp")
 
 
 @dataclass(frozen=True)
@@ -112,35 +108,32 @@ class PartitionBounds:
             )
         return bounds
 
-    def admit(self, records: list[Any]) -> list[Any]:
+    def admit(self, records: FetchedRecords) -> FetchedRecords:
         """The records of a fetch that lie within bounds; moves the position past them."""
-        if not records:
+        count = len(records)
+        if not count:
             return records
-        # One C-level pass over the timestamps, only when a time bound needs them.
-        timed = self._start_ms is not None or self._end_ms is not None
-        stamps = _timestamps(records) if timed else None
+        offsets, stamps = records.offsets, records.timestamps
         first = 0
         if self._start_ms is not None:
-            assert stamps is not None
             started = np.flatnonzero(stamps >= self._start_ms)
             if not started.shape[0]:
-                self.position = records[-1].offset + 1
-                return []
+                self.position = int(offsets[-1]) + 1
+                return records.slice(0, 0)
             first = int(started[0])
             self._start_ms = None
-        stop = len(records)
+        stop = count
         if self._end_offset is not None:
-            stop = bisect.bisect_left(records, self._end_offset, key=_OFFSET)
+            stop = int(np.searchsorted(offsets, self._end_offset, side="left"))
         if self._end_ms is not None:
-            assert stamps is not None
             ended = np.flatnonzero(stamps[first:stop] >= self._end_ms)
             if ended.shape[0]:
                 stop = first + int(ended[0])
-        if stop < len(records):
+        if stop < count:
             self.finished = True
         if stop > 0:
-            self.position = records[stop - 1].offset + 1
-        return records[first:stop] if stop > first else []
+            self.position = int(offsets[stop - 1]) + 1
+        return records.slice(first, max(first, stop))
 
     async def caught_up(self, consumer: AIOKafkaConsumer) -> bool:
         """Whether a bounded partition has nothing more to give (read to its end)."""
@@ -184,10 +177,10 @@ class LogEnds:
         self._probe: AIOKafkaConsumer | None = None
         self._ends: dict[TopicPartition, int] = {}
 
-    def saw(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+    def saw(self, tp: TopicPartition, records: FetchedRecords) -> None:
         """Note the records a fetch returned for ``tp`` (the log goes at least past them)."""
-        if records:
-            self._note(tp, records[-1].offset + 1)
+        if len(records):
+            self._note(tp, int(records.offsets[-1]) + 1)
 
     def end(self, tp: TopicPartition) -> int | None:
         """The log end of ``tp`` as far as is known; None before any answer about it."""
@@ -239,10 +232,6 @@ class LogEnds:
             probe.pause(*self._tps)
             self._probe = probe
         return self._probe
-
-
-def _timestamps(records: list[Any]) -> npt.NDArray[np.int64]:
-    return np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=len(records))
 
 
 async def _seek_to_start(
