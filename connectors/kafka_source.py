@@ -34,7 +34,7 @@ from connectors.errors import ConnectorConfigError, TopicError
 from connectors.fetch_drain import FetchDrain
 from connectors.fetched_batches import FetchedRecords
 from connectors.source_bounds import LogEnds, PartitionBounds, Timestamp
-from connectors.watermarks import PartitionWatermarks
+from connectors.watermarks import PartitionWatermarks, ReadingClock
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SourceChunk
@@ -182,7 +182,8 @@ class KafkaSourceReader:
         self._compiled_fetch = compiled_fetch
         self._drain: FetchDrain | None = None
         self._resume_from = dict(resume_from or {})
-        self._clock = clock
+        # Partitions go idle on the time spent reading them, not on time held back.
+        self._reading_clock = ReadingClock(clock)
         self._wall_clock_ns = wall_clock_ns
         self._consumer: AIOKafkaConsumer | None = None
         self._bounds: dict[int, PartitionBounds] = {}
@@ -236,7 +237,7 @@ class KafkaSourceReader:
             raise
         self._marks = PartitionWatermarks(
             partitions, lateness_ns=config.lateness_ns,
-            idle_timeout_s=config.idle_timeout_s, clock=self._clock,
+            idle_timeout_s=config.idle_timeout_s, clock=self._reading_clock,
         )
         for partition, bounds in self._bounds.items():
             if bounds.finished:
@@ -281,7 +282,8 @@ class KafkaSourceReader:
         marks = self._marks
         assert marks is not None
         limit = max(1, min(max_records, self._config.max_batch_records))
-        fetched = await self._fetch(consumer, limit, linger_s)
+        with self._reading_clock.reading():
+            fetched = await self._fetch(consumer, limit, linger_s)
         for partition, bounds in self._bounds.items():
             if (not bounds.finished and not self._require_drain().holds(bounds.tp)
                     and await bounds.caught_up(consumer)):

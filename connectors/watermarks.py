@@ -9,15 +9,56 @@ read is final, so the last events of a quiet stream are released too, and the so
 ``idle``: the runtime tells its subscribers (``WatermarkStatus``), so that in a sharded graph
 or a join a quiet source holds back no other input's events either.
 The watermark never moves backwards.
+
+Quiet time counts only while the source is reading (``ReadingClock``): a reader held back by
+backpressure, or not started yet, has not looked, so its partitions are not idle for it; else
+the first records read after such a pause would fall below a watermark that overtook them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-__all__ = ["PartitionWatermarks"]
+__all__ = ["PartitionWatermarks", "ReadingClock"]
+
+
+class ReadingClock:
+    """Seconds spent inside ``reading()`` spans: the clock partitions' quiet time is kept on.
+
+    >>> now = [0.0]
+    >>> clock = ReadingClock(lambda: now[0])
+    >>> with clock.reading():
+    ...     now[0] = 2.0
+    >>> now[0] = 50.0; clock()          # not reading: the clock stands still
+    2.0
+    >>> with clock.reading():
+    ...     now[0] = 51.5; clock()
+    3.5
+    """
+
+    def __init__(self, base: Callable[[], float] = time.monotonic) -> None:
+        self._base = base
+        self._spent = 0.0
+        self._since: float | None = None
+
+    def __call__(self) -> float:
+        """Reading time so far, including the span in progress."""
+        if self._since is None:
+            return self._spent
+        return self._spent + self._base() - self._since
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """A span during which the source is reading (spans do not nest)."""
+        self._since = self._base()
+        try:
+            yield
+        finally:
+            self._spent = self()
+            self._since = None
 
 
 class PartitionWatermarks:

@@ -33,9 +33,13 @@ class WatermarkStatus:
     An idle producer (a source whose partitions all went quiet, or a node all of whose inputs
     are idle) holds no watermark back: a node leaves its idle inputs out of the combined
     watermark and of what it releases, and goes by the highest of their watermarks once every
-    input is idle. The input is active again with its next record, a watermark that moves, or
-    ``ACTIVE``; its events behind what the node already released are late. Barriers and
-    end-of-stream are aligned over idle inputs as over any other.
+    input is idle. An idle producer repeats IDLE while it stays idle (at most every
+    ``IDLE_REPEAT_S`` along a path). A resume (``ACTIVE``, sent before the events it brings,
+    or a record on an idle input) makes every idle input of the node hold the watermark again
+    until its producer repeats IDLE: two inputs may come from one source over paths of
+    different speeds, and the slower one's events are still on their way. Events behind what
+    the node already released are late. Barriers and end-of-stream are aligned over idle
+    inputs as over any other.
     """
 
     idle: bool

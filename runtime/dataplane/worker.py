@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ __all__ = ["END_OF_TIME", "NodeWorker", "WorkerSnapshot"]
 _log = logging.getLogger("streamdag.worker")
 
 END_OF_TIME = int(np.iinfo(np.int64).max)
+#: Seconds between two repeats of IDLE that an idle node passes on (see ``_resume``).
+IDLE_REPEAT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,7 @@ class NodeWorker:
         #: Input slots that are idle now, and whether this node told its subscribers it is.
         self._idle: set[int] = set()
         self._output_idle = False
+        self._idle_repeated_at = -math.inf
         if self._dynamic:  # inputs let go before the cut stay ended
             followed = {state.input_index for state in self._edges.values()}
             self._ended = [index not in followed for index in range(inputs)]
@@ -287,7 +291,10 @@ class NodeWorker:
 
     def _handle(self, input_index: int, payload: Payload) -> list[Payload]:
         if isinstance(payload, Batch):
-            return self._on_batch(input_index, payload) + self._status()
+            # A batch on an idle input is a resume: say so (ACTIVE) before the events it brings.
+            resumed = self._resume() + self._status() if (
+                len(payload) and input_index in self._idle) else []
+            return resumed + self._on_batch(input_index, payload) + self._status()
         if isinstance(payload, Watermark):
             return self._on_watermark(input_index, payload.timestamp) + self._status()
         if isinstance(payload, WatermarkStatus):
@@ -371,6 +378,27 @@ class NodeWorker:
             outputs = self._process_released()
         return outputs + self._advance_watermark()
 
+    def _resume(self) -> list[Payload]:
+        """An idle input resumed: every idle input holds the watermark again.
+
+        Two inputs may come from one source over paths of different speeds (a diamond): when
+        the source resumes, the events of the slower path are on their way while the faster
+        one already moved its watermark, so an input idle here may not be idle any more.
+        Each input is held back again until its producer repeats that it is idle
+        (``IDLE_REPEAT_S``), which an idle producer does while it stays idle.
+        """
+        for index in list(self._idle):
+            self._activate(index)
+        return []
+
+    def _repeat_idle(self) -> list[Payload]:
+        """An idle input repeated that it is idle: pass that on, at most every IDLE_REPEAT_S."""
+        now = self._clock()
+        if not self._output_idle or now - self._idle_repeated_at < IDLE_REPEAT_S:
+            return []
+        self._idle_repeated_at = now
+        return [IDLE]
+
     def _activate(self, input_index: int) -> None:
         if input_index in self._idle:
             self._idle.discard(input_index)
@@ -378,11 +406,12 @@ class NodeWorker:
                 self._aligner.set_idle(input_index, False)
 
     def _on_status(self, input_index: int, idle: bool) -> list[Payload]:
-        if not idle or self._ended[input_index]:
-            self._activate(input_index)
+        if self._ended[input_index]:
             return []
+        if not idle:
+            return self._resume()
         if input_index in self._idle:
-            return []
+            return self._repeat_idle()
         # Step 1: the input stops holding the others back; what they promise is released.
         self._idle.add(input_index)
         outputs: list[Payload] = []
@@ -403,6 +432,7 @@ class NodeWorker:
         if idle and holds_from is not None and holds_from() is not None:
             return []  # it owes output older than its watermark: stay active until it is out
         self._output_idle = idle
+        self._idle_repeated_at = self._clock()
         return [IDLE if idle else ACTIVE]
 
     def _advance_watermark(self) -> list[Payload]:

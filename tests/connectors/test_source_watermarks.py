@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.watermarks import PartitionWatermarks
+from connectors.watermarks import PartitionWatermarks, ReadingClock
 
 
 class Clock:
@@ -62,3 +62,21 @@ def test_finished_partitions_do_not_hold_back_and_none_means_never_idle() -> Non
     marks.reopen(1)
     marks.observe(1, 200)
     assert marks.current() == 100
+
+
+def test_time_not_spent_reading_makes_no_partition_idle() -> None:
+    # A reader held back (backpressure, or not started) has not looked at its partitions: on
+    # the reading clock they stay active, so the next read cannot fall below the watermark.
+    now = [0.0]
+    reading = ReadingClock(lambda: now[0])
+    marks = PartitionWatermarks([0, 1], idle_timeout_s=1.0, clock=reading)
+    with reading.reading():
+        marks.observe(0, 100)
+        marks.observe(1, 50)
+    now[0] = 60.0  # a minute held back
+    with reading.reading():
+        now[0] = 60.5
+        marks.observe(0, 200)
+        assert (marks.current(), marks.idle()) == (50, False)
+        now[0] = 61.2  # partition 1 quiet for 1.2 s of reading: now it is idle
+        assert (marks.current(), marks.idle()) == (200, False)

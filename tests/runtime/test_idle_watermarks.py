@@ -25,7 +25,7 @@ from runtime.dataplane.messages import (
     Payload,
     Watermark,
 )
-from runtime.dataplane.worker import NodeWorker
+from runtime.dataplane.worker import IDLE_REPEAT_S, NodeWorker
 from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
 from streamdag.batch import Batch
@@ -62,8 +62,10 @@ class _Edges:
         return self.worker.accept(Envelope(edge, 0, seq, payload))
 
 
-def _join() -> tuple[NodeWorker, _Edges]:
-    worker = NodeWorker(TRADES.asof_join(QUOTES, prefix="q_", name="j").config())
+def _join(clock: list[float] | None = None) -> tuple[NodeWorker, _Edges]:
+    now = clock if clock is not None else [0.0]
+    worker = NodeWorker(TRADES.asof_join(QUOTES, prefix="q_", name="j").config(),
+                        clock=lambda: now[0])
     worker.connect("trades", 0)
     worker.connect("quotes", 1)
     return worker, _Edges(worker)
@@ -86,8 +88,9 @@ def test_an_idle_input_releases_the_other_input_up_to_its_own_watermark() -> Non
     # A quote behind what was released is late (dropped, counted), and the node is active.
     assert push("quotes", _batch([4], "bid", [40.0])) == [ACTIVE]
     assert worker.stats.late_dropped == 1
-    # The trades, idle, do not hold back the quotes' watermark; it never moves back.
-    assert push("quotes", Watermark(12)) == [Watermark(12)]
+    # A resume holds every input again, the trades too, until they repeat that they are idle.
+    assert push("quotes", Watermark(12)) == []
+    assert push("trades", IDLE) == [Watermark(12)]
     assert push("trades", _batch([15], "size", [15.0])) == []
     assert push("trades", Watermark(20)) == []
     assert push("quotes", _batch([16], "bid", [160.0])) == []
@@ -108,6 +111,35 @@ def test_an_idle_status_repeated_or_a_watermark_repeated_changes_nothing() -> No
     assert push("trades", IDLE) == [IDLE]
     assert push("trades", Watermark(10)) == [] and push("trades", IDLE) == []
     assert push("trades", ACTIVE) == [ACTIVE]
+
+
+def test_a_resumed_source_holds_its_other_path_idle_no_more() -> None:
+    # Both inputs come from one source over paths of different speeds (a diamond). The source
+    # resumes; the fast path's watermark must not release past what the slow path still brings.
+    worker, push = _join()
+    push("trades", Watermark(10))
+    push("quotes", Watermark(10))
+    push("trades", IDLE)
+    assert push("quotes", IDLE) == [IDLE]
+    assert push("quotes", ACTIVE) == [ACTIVE]
+    assert push("quotes", _batch([20], "bid", [200.0])) == []
+    assert push("quotes", Watermark(30)) == []  # the trades hold the bound again
+    assert push("trades", _batch([25], "size", [25.0])) == []
+    out = push("trades", Watermark(30))
+    assert _rows(out) == [(25, "x", 25.0, 200.0)] and _controls(out) == [Watermark(30)]
+    assert worker.stats.late_events == 0
+
+
+def test_an_idle_node_passes_on_repeated_idles_at_most_every_half_second() -> None:
+    clock = [0.0]
+    _, push = _join(clock)
+    push("trades", IDLE)
+    assert push("quotes", IDLE) == [IDLE]
+    assert push("quotes", IDLE) == []
+    clock[0] = IDLE_REPEAT_S
+    assert push("quotes", IDLE) == [IDLE] and push("trades", IDLE) == []
+    clock[0] += IDLE_REPEAT_S
+    assert push("trades", IDLE) == [IDLE]
 
 
 def test_a_sharded_input_whose_one_shard_is_idle_is_released_by_the_other() -> None:
