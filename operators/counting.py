@@ -17,10 +17,7 @@ from numba import njit
 
 from operators.keyed_state import (
     GROWABLE_RING,
-    RING_CAPACITY,
-    RING_OLDEST,
     RING_SIZE,
-    RING_START,
     WINDOW_PARAMS,
     KeyedState,
     KeyedStateLogic,
@@ -28,6 +25,7 @@ from operators.keyed_state import (
     check_window,
     grow_ring,
     min_periods_of,
+    push_event_time,
     ring_pools,
 )
 from streamdag.batch import Batch
@@ -60,18 +58,13 @@ def _time_count_kernel(time_window: int, min_periods: int, first: int, slots: An
                        ring: Any, positions: Any, out: Any, emitted: Any) -> int:
     # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
     for r in range(first, slots.shape[0]):
-        s, t = slots[r], ts[r]
-        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
-        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
-        while size > 0 and positions[start + oldest] <= t - time_window:
-            oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
-        if size == mask + 1:
+        s = slots[r]
+        events = push_event_time(ring, positions, s, ts[r], time_window)
+        if events == 0:
             return r
-        positions[start + ((oldest + size) & mask)] = t
-        ring[s, RING_SIZE] = size + 1
-        out[r] = size + 1
-        emitted[r] = size + 1 >= min_periods
+        ring[s, RING_SIZE] = events
+        out[r] = events
+        emitted[r] = events >= min_periods
     rows: int = slots.shape[0]
     return rows
 

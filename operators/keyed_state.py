@@ -43,9 +43,11 @@ __all__ = [
     "check_min_periods",
     "check_window",
     "compensated_add",
+    "evict_expired",
     "float_column",
     "grow_ring",
     "min_periods_of",
+    "push_event_time",
     "push_history",
     "ring_pools",
     "rows_emitted",
@@ -246,6 +248,35 @@ def grow_ring(ring: Any, positions: Any, values: Any, used: Any, s: int) -> tupl
         positions, values = new_positions, new_values
     _move_ring(ring, positions, values, positions, values, used, s, capacity)
     return positions, values
+
+
+@njit(cache=True, inline="always")
+def evict_expired(ring: Any, positions: Any, s: int, cutoff: int) -> tuple[int, int]:
+    """Drop key ``s``'s oldest ring entries while their position is at or before ``cutoff``;
+    the ring's (oldest, size) after that, also stored."""
+    start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
+    oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
+    while size > 0 and positions[start + oldest] <= cutoff:
+        oldest, size = (oldest + 1) & mask, size - 1
+    ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
+    return oldest, size
+
+
+@njit(cache=True, inline="always")
+def push_event_time(ring: Any, positions: Any, s: int, t: int, time_window: int) -> int:
+    """Write event time ``t`` behind key ``s``'s times still in ``(t - time_window, t]``; the
+    events that makes, or 0 when the ring is full (grow it, then push again).
+
+    The ring's size is left to the caller, to store once the whole event is taken, so a push
+    repeated after a grow counts ``t`` once.
+    """
+    oldest, size = evict_expired(ring, positions, s, t - time_window)
+    capacity = ring[s, RING_CAPACITY]
+    if size == capacity:
+        return 0
+    positions[ring[s, RING_START] + ((oldest + size) & (capacity - 1))] = t
+    events: int = size + 1
+    return events
 
 
 # -- min_periods -----------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from numba import njit
 
 from operators.keyed_state import (
     RING_CAPACITY,
-    RING_OLDEST,
     RING_SIZE,
     RING_START,
+    evict_expired,
+    push_event_time,
     push_history,
 )
 
@@ -76,20 +77,11 @@ def time_extreme_kernel(sign: float, time_window: int, min_periods: int, first: 
         s, t, x = slots[r], ts[r], xs[r]
         events = 0
         if min_periods > 1:
-            start, mask = counted[s, RING_START], counted[s, RING_CAPACITY] - 1
-            oldest, size = counted[s, RING_OLDEST], counted[s, RING_SIZE]
-            while size > 0 and counted_positions[start + oldest] <= t - time_window:
-                oldest, size = (oldest + 1) & mask, size - 1
-            counted[s, RING_OLDEST], counted[s, RING_SIZE] = oldest, size
-            if size == mask + 1:
+            events = push_event_time(counted, counted_positions, s, t, time_window)
+            if events == 0:
                 return -1 - r
-            counted_positions[start + ((oldest + size) & mask)] = t
-            events = size + 1
         start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
-        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
-        while size > 0 and positions[start + oldest] <= t - time_window:
-            oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
+        oldest, size = evict_expired(ring, positions, s, t - time_window)
         v = sign * x
         if not math.isnan(v):
             while size > 0 and pool[start + ((oldest + size - 1) & mask)] <= v:

@@ -56,6 +56,7 @@ from operators.window_state import (
     Emissions,
     WindowTable,
     add_event,
+    find_or_merge,
     find_or_open,
     merge_into,
     open_row,
@@ -80,17 +81,8 @@ def _head_to_pane(head_meta: Any, head_acc: Any, row: int, pane_meta: Any, pane_
     # The head of row ``row`` joins the key's pane ``pane``; the caller made room for one.
     if head_meta[row, COUNT] == 0:
         return
-    found, position = find_row(pane_meta, pane_index, slot, pane)
-    if found == EMPTY:
-        found = pane_size[0]
-        pane_size[0] = found + 1
-        pane_index[position] = found
-        pane_meta[found, SLOT] = slot
-        pane_meta[found, START] = pane
-        pane_meta[found, END] = pane + interval
-        pane_meta[found, COUNT] = 0
-        pane_meta[found, EMITTED] = 0
-    merge_into(pane_meta, pane_acc, found, head_meta, head_acc, row)
+    find_or_merge(pane_meta, pane_acc, pane_index, pane_size, slot, pane, pane + interval,
+                  head_meta, head_acc, row)
     head_meta[row, COUNT] = 0
 
 

@@ -207,20 +207,52 @@ def _close(meta: Any, acc: Any, index: Any, size: Any, passed: int, watermark: i
 
 
 @njit(cache=True, inline="always")
+def claim_row(meta: Any, index: Any, size: Any, slot: int, start: int) -> tuple[int, bool]:
+    """The row of window (slot, start), and whether it is new: a new row is claimed at the
+    table's end and entered into the index, for the caller to fill.
+
+    The caller has checked that a new row and its index entry fit.
+    """
+    row, position = find_row(meta, index, slot, start)
+    if row != EMPTY:
+        return row, False
+    row = size[0]
+    size[0] = row + 1
+    index[position] = row
+    return row, True
+
+
+@njit(cache=True, inline="always")
 def find_or_open(meta: Any, acc: Any, index: Any, size: Any, slot: int, start: int, end: int,
                  ts: int, seq: int, x: float) -> int:
     """The row of window (slot, start) with the event folded in; opened when absent.
 
     The caller has checked that a new row and its index entry fit.
     """
-    row, position = find_row(meta, index, slot, start)
-    if row == EMPTY:
-        row = size[0]
-        size[0] = row + 1
-        index[position] = row
+    row, new = claim_row(meta, index, size, slot, start)
+    if new:
         open_row(meta, acc, row, slot, start, end, ts, seq, x)
     else:
         add_event(meta, acc, row, ts, seq, x)
+    return row
+
+
+@njit(cache=True, inline="always")
+def find_or_merge(meta: Any, acc: Any, index: Any, size: Any, slot: int, start: int, end: int,
+                  other_meta: Any, other_acc: Any, other: int) -> int:
+    """The row of window (slot, start) with row ``other`` of (other_meta, other_acc) merged
+    in; opened as a copy of it when absent.
+
+    The caller has checked that a new row and its index entry fit.
+    """
+    row, new = claim_row(meta, index, size, slot, start)
+    if new:
+        meta[row, SLOT] = slot
+        meta[row, START] = start
+        meta[row, END] = end
+        meta[row, COUNT] = 0
+        meta[row, EMITTED] = 0
+    merge_into(meta, acc, row, other_meta, other_acc, other)
     return row
 
 
