@@ -40,7 +40,7 @@ import numpy.typing as npt
 from numba import njit
 
 from connectors.epoch_batches import EpochBatches
-from connectors.epoch_commits import record_id_rows, record_ids
+from connectors.epoch_commits import record_ids
 from connectors.errors import ProduceError
 from connectors.record_batches import BuiltBatches
 from operators.key_slots import KeySlots, hash_keys
@@ -135,8 +135,8 @@ class RecordEncoder(Protocol):
     """A writer that builds an epoch's output ahead of its publish (the Kafka sink): records
     are encoded and batched as they arrive, so a completed epoch only has to be sent."""
 
-    def epoch_batches(self) -> EpochBatches:
-        """A new epoch's batches, built as its records are added."""
+    def epoch_batches(self, sink_id: str) -> EpochBatches:
+        """A new epoch's batches, its records tagged with ``sink_id``'s ids as they are added."""
 
     def write_encoded(self, batches: Mapping[int, BuiltBatches]) -> None:
         """Keep an epoch's built batches pending until the next flush."""
@@ -196,8 +196,8 @@ class EpochOutput:
             self._open.append((batch, hashes, sequences))
             if self._encoder is not None:  # now, while the stream runs: not in the publish
                 if self._open_batches is None:
-                    self._open_batches = self._encoder.epoch_batches()
-                self._open_batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
+                    self._open_batches = self._encoder.epoch_batches(self.sink_id)
+                self._open_batches.add(batch, hashes, sequences)
 
     def close_epoch(self, epoch: int) -> None:
         """Barrier ``epoch`` passed: what came since the last one is that epoch's output."""
@@ -356,8 +356,8 @@ class EpochOutput:
     def _encode(self, batch: Batch, hashes: npt.NDArray[np.uint64],
                 sequences: npt.NDArray[np.int64]) -> Mapping[int, BuiltBatches]:
         assert self._encoder is not None
-        batches = self._encoder.epoch_batches()
-        batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
+        batches = self._encoder.epoch_batches(self.sink_id)
+        batches.add(batch, hashes, sequences)
         return batches.finish()
 
     async def _write(self, publisher: EpochPublisher | None, out: _Outgoing) -> None:
