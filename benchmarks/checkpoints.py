@@ -4,7 +4,8 @@
    keys, 4 partitions) on the Ray runner, checkpoints off, then every 1 s with exactly-once
    sinks, alternating, in one run on one broker, after one untimed warm-up run of each;
    events/s launch to last output and steady (first read to last output), median and best,
-   and the ratios; and the CPU per record of each actor (source, mean, sink) in both modes.
+   and the ratios; and the CPU per record of each actor (source, mean, sink) and of the
+   embedded broker, in both modes.
 2. Recovery: a live stream through the same graph, kill -9 of the interior actor; seconds from
    the kill to the first output of the restored graph, over ``--kills`` kills.
 3. State: a rolling mean of 50 over 100k keys, full; one node's checkpoint (copy, pickle,
@@ -77,6 +78,7 @@ def _replay(bootstrap: str, source: str, records: int,
     try:
         processes = {name: psutil.Process(ray.get(running.actor(name).__ray_call__.remote(
             lambda _: os.getpid()))) for name in _ACTORS}
+        processes.update(_brokers())
         before = {name: sum(process.cpu_times()[:2]) for name, process in processes.items()}
         result = running.wait(900)
         seconds, ended_at = time.perf_counter() - started, time.time()
@@ -86,6 +88,13 @@ def _replay(bootstrap: str, source: str, records: int,
         running.stop()
     assert result.stats["out"].events_in == records - 100 * 19
     return records / seconds, records / (ended_at - result.stats["ticks"].first_output_at), cpu
+
+
+def _brokers() -> dict[str, psutil.Process]:
+    """The embedded broker this process started, if it did (its CPU is reported too)."""
+    found = [child for child in psutil.Process().children(recursive=True)
+             if child.name().startswith("tansu")]
+    return {"broker": found[0]} if found else {}
 
 
 def overhead(bootstrap: str, records: int, repeats: int) -> None:
@@ -126,9 +135,9 @@ def overhead(bootstrap: str, records: int, repeats: int) -> None:
           f"{max(steady['on']) / max(steady['off']):>10.3f}")
     print(f"   runs off {_rounded(rates['off'])} steady {_rounded(steady['off'])}")
     print(f"   runs on  {_rounded(rates['on'])} steady {_rounded(steady['on'])}")
-    print("   CPU per record, µs (median; each actor, graph started to end of stream):")
-    print("   actor      off        on     on/off")
-    for name in _ACTORS:
+    print("   CPU per record, µs (median; each process, graph started to end of stream):")
+    print("   process    off        on     on/off")
+    for name in [name for name in (*_ACTORS, "broker") if name in cpu["off"][0]]:
         per_off, per_on = (1e6 * _median([run[name] for run in cpu[mode]]) / records
                            for mode in ("off", "on"))
         print(f"   {name:<6}{per_off:>9.2f}{per_on:>10.2f}{per_on / per_off:>10.2f}")
