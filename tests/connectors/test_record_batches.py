@@ -130,3 +130,21 @@ def test_id_rows_are_the_same_headers_as_id_bytes() -> None:
                                          max_batch_bytes=1024)
     assert bytes(as_rows.batch_from(0)[0]._build()) == bytes(as_bytes.batch_from(0)[0]._build())
     assert _records_of(as_rows)[1][3] == record_ids("s", hashes, sequences)[1]
+
+
+def test_a_record_longer_than_a_batch_goes_alone_as_aiokafka_sends_it() -> None:
+    keys, values = [b"a", b"b", b"c", b"d"], [b"x" * 10, b"y" * 5000, b"z" * 10, b"w" * 10]
+    stamps, hashes, sequences = [1, 2, 3, 4], np.arange(4, dtype=np.uint64), np.arange(4)
+    epoch = EpochBatches(lambda batch: EncodedBatch.of(np.array(keys), values, np.array(stamps),
+                                                       np.zeros(4, np.int32)),
+                         1024, _NAME.encode(), "s")
+    epoch.add(Batch.from_columns(ts=stamps, key=keys), hashes, sequences)
+    built = epoch.finish()[0]
+
+    ids = list(record_ids("s", hashes, sequences))
+    expected, position = [], 0
+    while position < len(values):
+        batch, position = _reference(keys, values, stamps, ids, position, 1024)
+        expected.append(batch)
+    assert built.counts == (1, 1, 2)
+    assert [bytes(built.batch_from(at)[0]._build()) for at in (0, 1, 2)] == expected
