@@ -71,14 +71,16 @@ class EncodedBatch:
            value_offsets: _I64 | None = None) -> EncodedBatch:
         """From a key array, the values (one ``bytes`` each, or back to back with
         ``value_offsets``), timestamps and partitions."""
-        if value_offsets is None:
-            assert not isinstance(values, bytes)
+        if isinstance(values, bytes):
+            if value_offsets is None:
+                raise ValueError("values given back to back need their value_offsets")
+            data = values
+        else:
             value_offsets = np.zeros(len(values) + 1, dtype=np.int64)
             np.cumsum([len(v) for v in values], out=value_offsets[1:])
-            values = b"".join(values)
-        assert isinstance(values, bytes)
+            data = b"".join(values)
         rows = key_rows(keys)
-        return cls(rows, key_lengths(rows), np.frombuffer(values, dtype=np.uint8),
+        return cls(rows, key_lengths(rows), np.frombuffer(data, dtype=np.uint8),
                    np.asarray(value_offsets, dtype=np.int64),
                    np.asarray(timestamps_ms, dtype=np.int64),
                    np.asarray(partitions, dtype=np.int32))
