@@ -5,7 +5,9 @@
    sinks, alternating, in one run on one broker, after one untimed warm-up run of each;
    events/s launch to last output and steady (first read to last output), median and best,
    and the ratios; and the CPU per record of each actor (source, mean, sink) and of the
-   embedded broker, in both modes.
+   embedded broker, in both modes. That CPU is less skewed by a busy box than events/s, but
+   it holds what a process spends per second as well (Ray's own threads, and with
+   checkpoints their snapshots and persisting), so a slower run shows a little more.
 2. Recovery: a live stream through the same graph, kill -9 of the interior actor; seconds from
    the kill to the first output of the restored graph, over ``--kills`` kills.
 3. State: a rolling mean of 50 over 100k keys, full; one node's checkpoint (copy, pickle,
