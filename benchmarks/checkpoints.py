@@ -4,7 +4,10 @@
    keys, 4 partitions) on the Ray runner, checkpoints off, then every 1 s with exactly-once
    sinks, alternating, in one run on one broker, after one untimed warm-up run of each;
    events/s launch to last output and steady (first read to last output), median and best,
-   and the ratios.
+   and the ratios; and the CPU per record of each actor (source, mean, sink) and of the
+   embedded broker, in both modes. That CPU is less skewed by a busy box than events/s, but
+   it holds what a process spends per second as well (Ray's own threads, and with
+   checkpoints their snapshots and persisting), so a slower run shows a little more.
 2. Recovery: a live stream through the same graph, kill -9 of the interior actor; seconds from
    the kill to the first output of the restored graph, over ``--kills`` kills.
 3. State: a rolling mean of 50 over 100k keys, full; one node's checkpoint (copy, pickle,
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import psutil
 import ray
 
 import streamdag as sd
@@ -56,20 +60,43 @@ def _graph(source: str, sink: str) -> sd.Graph:
     return sd.Graph("replay", outputs=[mean.to_topic(sink, name="out")])
 
 
+#: The actors whose CPU the overhead measurement reports: source, interior node, sink.
+_ACTORS = ("ticks", "mean", "out")
+
+
 def _replay(bootstrap: str, source: str, records: int,
-            checkpoints: CheckpointSettings | None) -> tuple[float, float]:
+            checkpoints: CheckpointSettings | None) -> tuple[float, float, dict[str, float]]:
     """Events/s of one bounded replay of ``source``: launch to the last output published, and
-    steady (the source's first output to the last output published: no actor start-up)."""
+    steady (the source's first output to the last output published: no actor start-up); and
+    each actor's CPU seconds from the graph's start (its actors ready) to the end of the
+    stream."""
     # The replay publishes to its own graph's topic, on purpose (replay_prefix="").
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
                            end=Timestamp(time.time_ns()), replay_prefix="")
     tag = "on" if checkpoints else "off"
     runner = RayRunner(SETTINGS, *binding.defaults(), checkpoints=checkpoints)
     started = time.perf_counter()
-    result = runner.run(_graph(source, f"{source}.{tag}"), timeout_s=900)
-    seconds, ended_at = time.perf_counter() - started, time.time()
+    running = runner.start(_graph(source, f"{source}.{tag}"))
+    try:
+        processes = {name: psutil.Process(ray.get(running.actor(name).__ray_call__.remote(
+            lambda _: os.getpid()))) for name in _ACTORS}
+        processes.update(_brokers())
+        before = {name: sum(process.cpu_times()[:2]) for name, process in processes.items()}
+        result = running.wait(900)
+        seconds, ended_at = time.perf_counter() - started, time.time()
+        cpu = {name: sum(process.cpu_times()[:2]) - before[name]
+               for name, process in processes.items()}
+    finally:
+        running.stop()
     assert result.stats["out"].events_in == records - 100 * 19
-    return records / seconds, records / (ended_at - result.stats["ticks"].first_output_at)
+    return records / seconds, records / (ended_at - result.stats["ticks"].first_output_at), cpu
+
+
+def _brokers() -> dict[str, psutil.Process]:
+    """The embedded broker this process started, if it did (its CPU is reported too)."""
+    found = [child for child in psutil.Process().children(recursive=True)
+             if child.name().startswith("tansu")]
+    return {"broker": found[0]} if found else {}
 
 
 def overhead(bootstrap: str, records: int, repeats: int) -> None:
@@ -88,12 +115,14 @@ def overhead(bootstrap: str, records: int, repeats: int) -> None:
         _replay(bootstrap, source, records, settings)
     rates: dict[str, list[float]] = {"off": [], "on": []}
     steady: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     loads = [os.getloadavg()[0]]
     for _ in range(repeats):
         for mode, settings in modes.items():
-            rate, steady_rate = _replay(bootstrap, source, records, settings)
+            rate, steady_rate, seconds = _replay(bootstrap, source, records, settings)
             rates[mode].append(rate)
             steady[mode].append(steady_rate)
+            cpu[mode].append(seconds)
             loads.append(os.getloadavg()[0])
     print(f"\n1. overhead: {records:,} records, Ray runner, {repeats} runs each after one "
           f"untimed warm-up, load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
@@ -108,6 +137,12 @@ def overhead(bootstrap: str, records: int, repeats: int) -> None:
           f"{max(steady['on']) / max(steady['off']):>10.3f}")
     print(f"   runs off {_rounded(rates['off'])} steady {_rounded(steady['off'])}")
     print(f"   runs on  {_rounded(rates['on'])} steady {_rounded(steady['on'])}")
+    print("   CPU per record, µs (median; each process, graph started to end of stream):")
+    print("   process    off        on     on/off")
+    for name in [name for name in (*_ACTORS, "broker") if name in cpu["off"][0]]:
+        per_off, per_on = (1e6 * _median([run[name] for run in cpu[mode]]) / records
+                           for mode in ("off", "on"))
+        print(f"   {name:<6}{per_off:>9.2f}{per_on:>10.2f}{per_on / per_off:>10.2f}")
 
 
 def _median(values: Sequence[float]) -> float:

@@ -1,25 +1,25 @@
-"""An exactly-once sink's epoch, built into producer batches while the epoch is still open.
+"""An exactly-once sink's epoch, written into producer batches while the epoch is still open.
 
 An exactly-once sink publishes an epoch only once its checkpoint is complete, and the stream's
 last epoch only once the stream ended: whatever its publish still has to do then is time the
-stream's end waits for. So a Kafka sink encodes each batch of the open epoch as it arrives
-(values, id headers, partitions) and builds every producer batch that is full at once; the
-epoch's close builds the partly filled last batch of each partition. Publishing the epoch is
-then sending those batches. They are packed exactly as ``write`` and ``flush`` would pack the
-epoch's records, so the topic gets the same batches either way.
+stream's end waits for. So a Kafka sink encodes each batch of the open epoch as it arrives and
+appends its records, each with its idempotence id header, to the open producer batch of their
+partition (``append_records``, one compiled pass per partition and push). The header's bytes
+are written in place from the sink's prefix and each record's key hash and sequence; a record
+is written once, into the batch that is sent. A full batch is sealed (its header and CRC) at
+once; the epoch's close seals each partition's last one. Publishing the epoch is then sending
+those batches. They are packed exactly as ``write`` and ``flush`` would pack the epoch's
+records with the same ids, so the topic gets the same bytes either way.
 
->>> import numpy as np
->>> from connectors.record_batches import RecordColumns
 >>> from streamdag.batch import Batch
->>> def encode(batch, ids):
-...     keys = batch.key
+>>> def encode(batch):
 ...     values = [str(v).encode() for v in batch.columns["v"].tolist()]
-...     columns = RecordColumns.from_values(keys, values, batch.ts, max_batch_bytes=100)
-...     return {0: columns}
->>> epoch = EpochBatches(encode, max_batch_bytes=100)
+...     return EncodedBatch.of(batch.key, values, batch.ts, np.zeros(len(batch), np.int32))
+>>> epoch = EpochBatches(encode, max_batch_bytes=200, header_name=b"id", sink_id="s")
 >>> for first in (0, 3):
-...     epoch.add(Batch.from_columns(ts=[first, first + 1, first + 2], key=["a"] * 3,
-...                                  v=[1.0, 2.0, 3.0]))
+...     batch = Batch.from_columns(ts=[first, first + 1, first + 2], key=["a"] * 3,
+...                                v=[1.0, 2.0, 3.0])
+...     epoch.add(batch, np.zeros(3, np.uint64), np.arange(first, first + 3))
 >>> built = epoch.finish()
 >>> [len(built[0]), list(built[0].counts)]
 [6, [3, 3]]
@@ -27,63 +27,140 @@ epoch's records, so the topic gets the same batches either way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from connectors.record_batches import BuiltBatches, RecordColumns
+from connectors.epoch_commits import sink_prefix
+from connectors.record_batches import (
+    BATCH_HEADER_SIZE,
+    BuiltBatches,
+    append_records,
+    key_lengths,
+    key_rows,
+    partition_rows,
+    seal_batch,
+)
 from streamdag.batch import Batch
 
-__all__ = ["Encoder", "EpochBatches"]
+__all__ = ["EncodedBatch", "Encoder", "EpochBatches"]
 
-#: What an epoch's records are encoded with: a batch and its ids (a row each, or None) to
-#: each partition's records.
-Encoder = Callable[[Batch, npt.NDArray[np.uint8] | None], dict[int, RecordColumns]]
+_U8 = npt.NDArray[np.uint8]
+_I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """A batch's records as a sink sends them, in batch order: keys (zero-padded rows cut to
+    ``key_lengths``), values back to back (``values[value_offsets[i]:value_offsets[i + 1]]``),
+    timestamps in ms (negative: the producer's clock) and each record's partition."""
+
+    keys: _U8
+    key_lengths: _I64
+    values: _U8
+    value_offsets: _I64
+    timestamps_ms: _I64
+    partitions: npt.NDArray[np.int32]
+
+    @classmethod
+    def of(cls, keys: npt.NDArray[np.bytes_], values: bytes | Sequence[bytes],
+           timestamps_ms: _I64, partitions: npt.NDArray[np.int32],
+           value_offsets: _I64 | None = None) -> EncodedBatch:
+        """From a key array, the values (one ``bytes`` each, or back to back with
+        ``value_offsets``), timestamps and partitions."""
+        if isinstance(values, bytes):
+            if value_offsets is None:
+                raise ValueError("values given back to back need their value_offsets")
+            data = values
+        else:
+            value_offsets = np.zeros(len(values) + 1, dtype=np.int64)
+            np.cumsum([len(v) for v in values], out=value_offsets[1:])
+            data = b"".join(values)
+        rows = key_rows(keys)
+        return cls(rows, key_lengths(rows), np.frombuffer(data, dtype=np.uint8),
+                   np.asarray(value_offsets, dtype=np.int64),
+                   np.asarray(timestamps_ms, dtype=np.int64),
+                   np.asarray(partitions, dtype=np.int32))
+
+
+#: What an epoch's records are encoded with: a batch to its records as the sink sends them.
+Encoder = Callable[[Batch], EncodedBatch]
 
 
 class EpochBatches:
-    """The producer batches of one epoch of one sink, per partition, built as records come."""
+    """The producer batches of one epoch of one sink, per partition, written as records come."""
 
-    def __init__(self, encode: Encoder, max_batch_bytes: int) -> None:
+    def __init__(self, encode: Encoder, max_batch_bytes: int, header_name: bytes,
+                 sink_id: str) -> None:
         self._encode = encode
         self._max_batch_bytes = max_batch_bytes
-        #: Per partition: the batches built so far, and the records not in one yet.
-        self._built: dict[int, BuiltBatches] = {}
-        self._open: dict[int, list[RecordColumns]] = {}
-        self._open_bytes: dict[int, int] = {}
+        self._name = np.frombuffer(header_name, dtype=np.uint8)
+        self._prefix = np.frombuffer(sink_prefix(sink_id), dtype=np.uint8)
+        self._partitions: dict[int, _OpenBatches] = {}
 
-    def add(self, batch: Batch, record_ids: npt.NDArray[np.uint8] | None = None) -> None:
-        """Encode ``batch`` (each record with its id) and build the batches it filled."""
-        for partition, records in self._encode(batch, record_ids).items():
-            self._open.setdefault(partition, []).append(records)
-            size = self._open_bytes.get(partition, 0) + _bytes_of(records)
-            self._open_bytes[partition] = size
-            if size >= self._max_batch_bytes:  # a batch may be full: build what is
-                self._build(partition, whole=False)
+    def add(self, batch: Batch, key_hashes: npt.NDArray[np.uint64],
+            sequences: _I64) -> None:
+        """Encode ``batch`` and append each record, with the id of its key hash and sequence,
+        to its partition's batches."""
+        if not len(batch):
+            return
+        encoded = self._encode(batch)
+        stamps = encoded.timestamps_ms
+        if bool((stamps < 0).any()):  # the producer's clock, as a batch built now takes it
+            stamps = np.where(stamps < 0, int(time.time() * 1000), stamps)
+        for partition, rows in partition_rows(encoded.partitions).items():
+            batches = self._partitions.get(partition)
+            if batches is None:
+                batches = self._partitions[partition] = _OpenBatches(self._max_batch_bytes)
+            batches.append(encoded, stamps, rows, self._name, self._prefix, key_hashes,
+                           sequences)
 
     def finish(self) -> dict[int, BuiltBatches]:
-        """The epoch is closed: every partition's batches, its last one built too."""
-        for partition in list(self._open):
-            self._build(partition, whole=True)
-        built, self._built = self._built, {}
+        """The epoch is closed: every partition's batches, its last one sealed too."""
+        built = {partition: batches.finish() for partition, batches in self._partitions.items()}
+        self._partitions = {}
         return built
 
-    def _build(self, partition: int, *, whole: bool) -> None:
-        records = RecordColumns.concat(self._open.pop(partition))
-        built = BuiltBatches.of(records, whole=whole)
-        if len(built):
-            earlier = self._built.get(partition)
-            self._built[partition] = built if earlier is None else earlier.extend(built)
-        rest = records.drop_first(len(built))
-        if len(rest):
-            self._open[partition] = [rest]
-            self._open_bytes[partition] = _bytes_of(rest)
-        else:
-            self._open_bytes.pop(partition, None)
 
+class _OpenBatches:
+    """One partition's batches of an epoch: those sealed, and the one being filled."""
 
-def _bytes_of(records: RecordColumns) -> int:
-    """About what ``records`` take in a producer batch (a little less: varints not counted)."""
-    return int(records.values.nbytes + records.header_values.nbytes
-               + records.key_lengths.sum() + len(records.header_name) * len(records))
+    def __init__(self, max_batch_bytes: int) -> None:
+        self._budget = max_batch_bytes
+        self._out = np.empty(max_batch_bytes, dtype=np.uint8)  # reused batch after batch
+        self._at, self._count, self._first, self._highest = BATCH_HEADER_SIZE, 0, 0, 0
+        self._buffers: list[bytearray] = []
+        self._counts: list[int] = []
+
+    def append(self, encoded: EncodedBatch, stamps: _I64, rows: _I64, name: _U8,
+               prefix: _U8, key_hashes: npt.NDArray[np.uint64], sequences: _I64) -> None:
+        """Write the records ``rows`` of ``encoded``, sealing each batch that fills."""
+        start = 0
+        while start < len(rows):
+            start, self._at, self._count, self._first, self._highest = append_records(
+                self._out, self._at, self._count, self._first, self._highest, encoded.keys,
+                encoded.key_lengths, encoded.values, encoded.value_offsets, stamps, rows,
+                start, name, prefix, key_hashes, sequences, self._budget)
+            if start == len(rows):
+                break
+            if self._count:
+                self._seal()
+            else:  # one record longer than a batch: it goes alone, as aiokafka sends it
+                self._out = np.empty(2 * len(self._out), dtype=np.uint8)
+
+    def finish(self) -> BuiltBatches:
+        """Every batch of the partition, in order, the last one sealed too."""
+        if self._count:
+            self._seal()
+        return BuiltBatches(tuple(self._buffers), tuple(self._counts), True)
+
+    def _seal(self) -> None:
+        buffer = bytearray(self._out[: self._at])
+        self._buffers.append(seal_batch(buffer, self._count, self._first, self._highest)._buffer)
+        self._counts.append(self._count)
+        self._at, self._count = BATCH_HEADER_SIZE, 0
+        if len(self._out) > self._budget:  # grown for one long record: back to the budget
+            self._out = np.empty(self._budget, dtype=np.uint8)

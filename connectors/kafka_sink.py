@@ -20,7 +20,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values_buffer
-from connectors.epoch_batches import EpochBatches
+from connectors.epoch_batches import EncodedBatch, EpochBatches
 from connectors.epoch_commits import EpochLedger, parse_record_id, sink_prefix
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
@@ -147,13 +147,7 @@ class KafkaSinkWriter:
             )
         if len(batch) == 0:
             return {}
-        values, offsets = encode_values_buffer(batch, self._config.codec,
-                                               self._config.record_format)
-        if self._config.event_time_stamps:
-            # Kafka has no negative timestamps: those records take the producer's clock (-1).
-            stamps = np.where(batch.ts < 0, -1, batch.ts // TIME_UNIT_NANOS["ms"])
-        else:
-            stamps = np.full(len(batch), -1, dtype=np.int64)
+        values, offsets, stamps = self._values_and_stamps(batch)
         records = RecordColumns.from_buffer(
             batch.key, values, offsets, stamps, header_name=ID_HEADER.encode(),
             header_values=record_ids,
@@ -162,9 +156,29 @@ class KafkaSinkWriter:
         return {partition: records.take(rows)
                 for partition, rows in partition_rows(partitions).items()}
 
-    def epoch_batches(self) -> EpochBatches:
-        """An epoch's producer batches, built as its records come (see ``write_encoded``)."""
-        return EpochBatches(self.encode, self._config.max_batch_bytes)
+    def encode_batch(self, batch: Batch) -> EncodedBatch:
+        """``batch``'s records as this sink sends them (values, timestamps, partitions)."""
+        values, offsets, stamps = self._values_and_stamps(batch)
+        return EncodedBatch.of(batch.key, values, stamps,
+                               key_partitions(batch.key, self._partition_count), offsets)
+
+    def _values_and_stamps(self, batch: Batch) -> tuple[bytes, npt.NDArray[np.int64],
+                                                        npt.NDArray[np.int64]]:
+        values, offsets = encode_values_buffer(batch, self._config.codec,
+                                               self._config.record_format)
+        if self._config.event_time_stamps:
+            # Kafka has no negative timestamps: those records take the producer's clock (-1).
+            stamps = np.where(batch.ts < 0, -1, batch.ts // TIME_UNIT_NANOS["ms"])
+        else:
+            stamps = np.full(len(batch), -1, dtype=np.int64)
+        return values, offsets, stamps
+
+    def epoch_batches(self, sink_id: str) -> EpochBatches:
+        """An epoch's producer batches, its records tagged with ``sink_id``'s ids, written as
+        they come (see ``write_encoded``)."""
+        self._require_producer()
+        return EpochBatches(self.encode_batch, self._config.max_batch_bytes,
+                            ID_HEADER.encode(), sink_id)
 
     def write_encoded(self, batches: Mapping[int, BuiltBatches]) -> None:
         """Keep an epoch's built batches pending until ``flush``, after what is pending."""
@@ -268,12 +282,11 @@ def _warm_up_kernels(config: KafkaSinkConfig) -> None:
                                         header_values=[b"1", b"2"],
                                         max_batch_bytes=config.max_batch_bytes)
     records.take(np.arange(2)).batch_from(0)
-    with_rows = RecordColumns.from_buffer(batch.key, values, offsets, batch.ts,
-                                          header_name=ID_HEADER.encode(),
-                                          header_values=np.zeros((2, 24), np.uint8),
-                                          max_batch_bytes=config.max_batch_bytes)
-    BuiltBatches.of(RecordColumns.concat([with_rows, records]))
-    partition_rows(key_partitions(batch.key, 2))
+    partitions = key_partitions(batch.key, 2)
+    epoch = EpochBatches(lambda b: EncodedBatch.of(b.key, values, b.ts, partitions, offsets),
+                         config.max_batch_bytes, ID_HEADER.encode(), "warm-up")
+    epoch.add(batch, np.zeros(2, np.uint64), np.arange(2))
+    epoch.finish()
 
 
 def _default_producer(config: KafkaSinkConfig) -> AIOKafkaProducer:

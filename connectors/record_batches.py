@@ -6,7 +6,9 @@ with an idempotence id header). ``RecordColumns`` keeps a partition's outgoing r
 numpy buffers, and ``batch_from`` writes the next producer batch from them in one compiled pass;
 only the 61-byte batch header and its CRC-32C are written per batch in Python. The bytes are
 exactly those aiokafka's own builder writes for the same records (a test compares them), handed
-to the producer's ``send_batch`` as a closed batch.
+to the producer's ``send_batch`` as a closed batch. An exactly-once sink's epochs are written
+with ``append_records`` instead, into the open batch of each partition as records come, each
+with its id header made in place (``connectors.epoch_batches``); ``seal_batch`` closes a batch.
 
 >>> import asyncio
 >>> records = RecordColumns.from_values(np.array([b"a", b"bb"]), [b"1", b"22"],
@@ -34,12 +36,24 @@ from numba import njit
 
 from connectors.errors import ConnectorConfigError
 
-__all__ = ["BuiltBatches", "PrebuiltBatch", "RecordColumns", "partition_rows"]
+__all__ = [
+    "BATCH_HEADER_SIZE",
+    "BuiltBatches",
+    "PrebuiltBatch",
+    "RecordColumns",
+    "append_records",
+    "key_lengths",
+    "key_rows",
+    "partition_rows",
+    "seal_batch",
+]
 
 #: Kafka's record batch header (v2): base offset, length, leader epoch, magic, CRC,
 #: attributes, last offset delta, first and max timestamp, producer id and epoch, base
 #: sequence, record count.
 _HEADER = struct.Struct(">qiibIhiqqqhii")
+#: The bytes a batch's records start after (its header, ``seal_batch`` writes it).
+BATCH_HEADER_SIZE = _HEADER.size
 _CRC_AT = struct.calcsize(">qiib")
 _ATTRIBUTES_AT = struct.calcsize(">qiibI")
 _LENGTH_FROM = struct.calcsize(">qi")
@@ -106,8 +120,8 @@ class RecordColumns:
             header_offsets = np.arange(count + 1, dtype=np.int64) * width
         else:
             headers, header_offsets = _flat(header_values)
-        key_rows = _key_rows(keys)
-        return cls(key_rows, _key_lengths(key_rows), np.frombuffer(values, dtype=np.uint8),
+        rows = key_rows(keys)
+        return cls(rows, key_lengths(rows), np.frombuffer(values, dtype=np.uint8),
                    np.asarray(value_offsets, dtype=np.int64),
                    np.asarray(timestamps_ms, dtype=np.int64), header_name, headers,
                    header_offsets, np.full(count, header_values is not None), max_batch_bytes)
@@ -157,32 +171,6 @@ class RecordColumns:
                              np.concatenate([self.has_header, other.has_header]),
                              self.max_batch_bytes)
 
-    @classmethod
-    def concat(cls, parts: Sequence[RecordColumns]) -> RecordColumns:
-        """The records of ``parts`` in order, copied once (``extend`` one by one copies the
-        growing front again each time)."""
-        first = parts[0]
-        if len(parts) == 1:
-            return first
-        names = {p.header_name for p in parts if bool(p.has_header.any())}
-        if len(names) > 1:
-            raise ConnectorConfigError("records of one partition share one header name")
-        width = max(p.keys.shape[1] for p in parts)
-        keys = np.zeros((sum(len(p) for p in parts), width), dtype=np.uint8)
-        at = 0
-        for part in parts:
-            keys[at: at + len(part), : part.keys.shape[1]] = part.keys
-            at += len(part)
-        return RecordColumns(
-            keys, np.concatenate([p.key_lengths for p in parts]),
-            np.concatenate([p.values for p in parts]),
-            _offsets_joined([p.value_offsets for p in parts]),
-            np.concatenate([p.timestamps_ms for p in parts]),
-            names.pop() if names else first.header_name,
-            np.concatenate([p.header_values for p in parts]),
-            _offsets_joined([p.header_offsets for p in parts]),
-            np.concatenate([p.has_header for p in parts]), first.max_batch_bytes)
-
     def drop_first(self, count: int) -> RecordColumns:
         """These records without the first ``count`` (they were delivered)."""
         return RecordColumns(self.keys[count:], self.key_lengths[count:],
@@ -210,12 +198,19 @@ class RecordColumns:
             self.value_offsets[position:], stamps, name, self.header_values,
             self.header_offsets[position:], self.has_header[position:], self.max_batch_bytes,
             _HEADER.size)
-        buffer = bytearray(body.data)  # the header's bytes lead, written below
-        first, highest = int(stamps[0]), int(stamps[:count].max())
-        _HEADER.pack_into(buffer, 0, 0, len(buffer) - _LENGTH_FROM, -1, 2, 0, 0, count - 1,
-                          first, highest, -1, -1, 0, count)
-        struct.pack_into(">I", buffer, _CRC_AT, calc_crc32c(buffer[_ATTRIBUTES_AT:]))
-        return PrebuiltBatch(buffer, count), position + count
+        buffer = bytearray(body.data)  # the header's bytes lead, written by seal_batch
+        return (seal_batch(buffer, count, int(stamps[0]), int(stamps[:count].max())),
+                position + count)
+
+
+def seal_batch(buffer: bytearray, count: int, first_ms: int, highest_ms: int) -> PrebuiltBatch:
+    """The producer batch of ``buffer``: ``count`` records after ``BATCH_HEADER_SIZE`` bytes
+    left for the batch header, which is written here (with the CRC-32C of what follows it)."""
+    _HEADER.pack_into(buffer, 0, 0, len(buffer) - _LENGTH_FROM, -1, 2, 0, 0, count - 1,
+                      first_ms, highest_ms, -1, -1, 0, count)
+    with memoryview(buffer) as view:  # no copy of the records for the checksum
+        struct.pack_into(">I", buffer, _CRC_AT, calc_crc32c(view[_ATTRIBUTES_AT:]))
+    return PrebuiltBatch(buffer, count)
 
 
 def _flat(items: Sequence[bytes]) -> tuple[_U8, _I64]:
@@ -232,10 +227,10 @@ class BuiltBatches:
 
     >>> columns = RecordColumns.from_values(np.array([b"a", b"b"]), [b"1", b"22"],
     ...                                     np.array([5, 7]), max_batch_bytes=1024)
-    >>> built = BuiltBatches.of(columns)
-    >>> len(built), built.batch_from(0)[1], bytes(built.batch_from(0)[0]._build()) == bytes(
-    ...     columns.batch_from(0)[0]._build())
-    (2, 2, True)
+    >>> batch, end = columns.batch_from(0)
+    >>> built = BuiltBatches((batch._buffer,), (end,), has_ids=False)
+    >>> len(built), built.batch_from(0)[1], len(built.drop_first(2))
+    (2, 2, 0)
     """
 
     buffers: tuple[bytearray, ...]
@@ -243,29 +238,8 @@ class BuiltBatches:
     #: Whether the records carry ids (a send that timed out is then not retried blindly).
     has_ids: bool
 
-    @classmethod
-    def of(cls, records: RecordColumns, *, whole: bool = True) -> BuiltBatches:
-        """The batches of ``records``, packed as ``batch_from`` packs them; unless ``whole``,
-        only the full ones (``len`` of the result says how many records they hold)."""
-        buffers: list[bytearray] = []
-        counts: list[int] = []
-        position = 0
-        while position < len(records):
-            batch, end = records.batch_from(position)
-            if not whole and end == len(records):
-                break  # the rest would fit in a batch with room left: it may grow yet
-            buffers.append(batch._buffer)
-            counts.append(end - position)
-            position = end
-        return cls(tuple(buffers), tuple(counts), bool(records.has_header.any()))
-
     def __len__(self) -> int:
         return sum(self.counts)
-
-    def extend(self, other: BuiltBatches) -> BuiltBatches:
-        """These batches, then ``other``'s."""
-        return BuiltBatches(self.buffers + other.buffers, self.counts + other.counts,
-                            self.has_ids or other.has_ids)
 
     def batch_from(self, position: int) -> tuple[PrebuiltBatch, int]:
         """The batch starting at record ``position`` (a batch boundary), and where it ends."""
@@ -300,27 +274,21 @@ def partition_rows(partitions: npt.NDArray[np.int32]) -> dict[int, npt.NDArray[n
             for first, stop in itertools.pairwise(bounds) if first < stop}
 
 
-def _offsets_joined(parts: Sequence[_I64]) -> _I64:
-    """Offsets into the parts' buffers back to back, from the offsets into each."""
-    shifts = np.cumsum([0, *(int(offsets[-1]) for offsets in parts[:-1])])
-    return np.concatenate([offsets[:-1] + shift for offsets, shift in zip(parts, shifts,
-                                                                          strict=True)]
-                          + [parts[-1][-1:] + shifts[-1]])
-
-
 def _joined(first: _I64, second: _I64) -> _I64:
     """Offsets into ``a + b`` from offsets into ``a`` and into ``b``."""
     return np.concatenate([first[:-1], second + first[-1]])
 
 
-def _key_rows(keys: npt.NDArray[np.bytes_]) -> _U8:
+def key_rows(keys: npt.NDArray[np.bytes_]) -> _U8:
+    """A key array's bytes, one zero-padded row per key (a view: no copy)."""
     keys = np.ascontiguousarray(keys)
     width = keys.dtype.itemsize
     return keys.view(np.uint8).reshape(len(keys), width)
 
 
 @njit(cache=True)
-def _key_lengths(rows: _U8) -> _I64:
+def key_lengths(rows: _U8) -> _I64:
+    """The length of each zero-padded key row (trailing zero bytes are padding)."""
     out = np.empty(rows.shape[0], dtype=np.int64)
     for i in range(rows.shape[0]):
         length = rows.shape[1]
@@ -361,6 +329,13 @@ def _put_varint(out: _U8, at: int, value: int) -> int:
         at += 1
     out[at] = np.uint8(unsigned)
     return at + 1
+
+
+@njit(cache=True, inline="always")
+def _put_u64(out: _U8, at: int, value: np.uint64) -> int:
+    for byte in range(8):  # big-endian, as record_id_rows writes an id's key hash and sequence
+        out[at + byte] = np.uint8((value >> np.uint64(56 - 8 * byte)) & np.uint64(0xFF))
+    return at + 8
 
 
 @njit(cache=True)
@@ -421,3 +396,54 @@ def _write_records(keys: _U8, key_lengths: _I64, values: _U8, value_offsets: _I6
         else:
             at = _put_varint(out, at, 0)
     return out, count
+
+
+@njit(cache=True)
+def append_records(out: _U8, at: int, count: int, first: int, highest: int, keys: _U8,
+                   key_lengths: _I64, values: _U8, value_offsets: _I64, stamps: _I64,
+                   rows: _I64, start: int, name: _U8, prefix: _U8,
+                   key_hashes: npt.NDArray[np.uint64], sequences: _I64,
+                   budget: int) -> tuple[int, int, int, int, int]:
+    """Append the records ``rows[start:]`` to the open batch in ``out`` (``at`` bytes used,
+    ``count`` records, the first's timestamp ``first``, the highest ``highest``), each with
+    the header ``name`` = ``prefix`` + key hash + sequence (big-endian), written in place.
+
+    Stops before the first record that does not fit (aiokafka's rule: the first record always
+    goes in, a full batch stays under ``budget``; a first record longer than ``out`` stops it
+    too: the caller gives a bigger ``out``). Returns the next row index and the batch's
+    ``at``, ``count``, ``first`` and ``highest``.
+    """
+    width = len(prefix) + 16
+    i = start
+    while i < len(rows):
+        r = rows[i]
+        stamp = stamps[r]
+        if count == 0:
+            first, highest = stamp, stamp
+        key_length = key_lengths[r]
+        value_start, value_stop = value_offsets[r], value_offsets[r + 1]
+        value_length = value_stop - value_start
+        body = _record_size(key_length, value_length, stamp - first, count, len(name), width,
+                            True)
+        size = body + _varint_size(body)
+        if (count > 0 and at + size >= budget) or at + size > len(out):
+            break
+        at = _put_varint(out, at, body)
+        out[at] = 0  # attributes
+        at = _put_varint(out, at + 1, stamp - first)
+        at = _put_varint(out, at, count)
+        at = _put_varint(out, at, key_length)
+        out[at: at + key_length] = keys[r, :key_length]
+        at = _put_varint(out, at + key_length, value_length)
+        out[at: at + value_length] = values[value_start:value_stop]
+        at = _put_varint(out, at + value_length, 1)
+        at = _put_varint(out, at, len(name))
+        out[at: at + len(name)] = name
+        at = _put_varint(out, at + len(name), width)
+        out[at: at + len(prefix)] = prefix
+        at = _put_u64(out, _put_u64(out, at + len(prefix), np.uint64(key_hashes[r])),
+                      np.uint64(sequences[r]))
+        highest = max(highest, stamp)
+        count += 1
+        i += 1
+    return i, at, count, first, highest

@@ -31,8 +31,10 @@ sink (``EpochOutput.commit``), so a sink keeps taking input while a completed ep
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -40,7 +42,7 @@ import numpy.typing as npt
 from numba import njit
 
 from connectors.epoch_batches import EpochBatches
-from connectors.epoch_commits import record_id_rows, record_ids
+from connectors.epoch_commits import record_ids
 from connectors.errors import ProduceError
 from connectors.record_batches import BuiltBatches
 from operators.key_slots import KeySlots, hash_keys
@@ -102,14 +104,85 @@ def _take_sequences(slots: npt.NDArray[np.int64],
     return out
 
 
-@dataclass(frozen=True)
-class PendingEpoch:
-    """One closed epoch's output with each record's key hash and sequence, not yet published."""
+#: One push of an epoch's output: its records, their key hashes and their sequences.
+_Push = tuple[Batch, npt.NDArray[np.uint64], npt.NDArray[np.int64]]
 
-    epoch: int
-    batch: Batch
-    key_hashes: npt.NDArray[np.uint64]
-    sequences: npt.NDArray[np.int64]
+
+class PendingEpoch:
+    """One closed epoch's output with each record's key hash and sequence, not yet published.
+
+    It is kept as the pushes it came in (closing an epoch copies nothing) and joined only
+    where a publish needs the records themselves (after a restore, or for a writer that
+    encodes at publish). In a snapshot it is its batches and sequences, their arrays' bytes
+    copied once (pickle protocol 5, out of band); the key hashes are made again from the keys
+    on load.
+
+    >>> pending = PendingEpoch(3, [(Batch.from_columns(ts=[1], key=["a"], v=[1.0]),
+    ...                             hash_keys(np.array([b"a"])), np.array([0]))])
+    >>> loaded = pickle.loads(pickle.dumps(pending))
+    >>> loaded.epoch, len(loaded), loaded.sequences.tolist(), bool(
+    ...     (loaded.key_hashes == pending.key_hashes).all())
+    (3, 1, [0], True)
+    """
+
+    def __init__(self, epoch: int, pushes: Sequence[_Push]) -> None:
+        self.epoch = epoch
+        self.pushes = tuple(pushes)
+
+    def __len__(self) -> int:
+        return sum(len(push[1]) for push in self.pushes)
+
+    @cached_property
+    def batch(self) -> Batch:
+        """The epoch's records, in order."""
+        return Batch.concat([push[0] for push in self.pushes])
+
+    @cached_property
+    def key_hashes(self) -> npt.NDArray[np.uint64]:
+        """Each record's key hash."""
+        return np.concatenate([push[1] for push in self.pushes])
+
+    @cached_property
+    def sequences(self) -> npt.NDArray[np.int64]:
+        """Each record's sequence in its key's output."""
+        return np.concatenate([push[2] for push in self.pushes])
+
+    def keep(self, rows: npt.NDArray[np.bool_]) -> PendingEpoch:
+        """Only the records ``rows`` marks."""
+        return PendingEpoch(self.epoch, [(self.batch.take(np.flatnonzero(rows)),
+                                          self.key_hashes[rows], self.sequences[rows])])
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes, list[bytes]]]:
+        # Protocol 5 hands each array's buffer over as is (out of band), copied once here:
+        # a pickler's own output buffer copies again each time it grows.
+        stored = [(batch, sequences) for batch, _, sequences in self.pushes]
+        buffers: list[pickle.PickleBuffer] = []
+        data = pickle.dumps((self.epoch, stored), protocol=5, buffer_callback=buffers.append)
+        return _loaded_pending_epoch, (data, [bytes(buffer.raw()) for buffer in buffers])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A snapshot stored before pending epochs were kept by push: one push."""
+        self.epoch = state["epoch"]
+        self.pushes = ((state["batch"], state["key_hashes"], state["sequences"]),)
+
+
+def _loaded_pending_epoch(data: bytes, buffers: Sequence[bytes]) -> PendingEpoch:
+    """The pending epoch ``PendingEpoch.__reduce__`` stored (its arrays writable)."""
+    epoch, stored = pickle.loads(data, buffers=[bytearray(buffer) for buffer in buffers])
+    pushes = []
+    for batch, sequences in stored:
+        batch = Batch(_own(batch.ts), _own(batch.key),
+                      {name: _own(column) for name, column in batch.columns.items()},
+                      None if batch.partition is None else _own(batch.partition),
+                      None if batch.offset is None else _own(batch.offset))
+        pushes.append((batch, hash_keys(batch.key), _own(sequences)))
+    return PendingEpoch(epoch, pushes)
+
+
+def _own(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``array``, or a writable copy of it: an array read-only when stored (a Ray actor's
+    input) comes back read-only, as protocol 5 keeps it (restores only)."""
+    return array if array.flags.writeable else array.copy()
 
 
 @runtime_checkable
@@ -135,8 +208,8 @@ class RecordEncoder(Protocol):
     """A writer that builds an epoch's output ahead of its publish (the Kafka sink): records
     are encoded and batched as they arrive, so a completed epoch only has to be sent."""
 
-    def epoch_batches(self) -> EpochBatches:
-        """A new epoch's batches, built as its records are added."""
+    def epoch_batches(self, sink_id: str) -> EpochBatches:
+        """A new epoch's batches, its records tagged with ``sink_id``'s ids as they are added."""
 
     def write_encoded(self, batches: Mapping[int, BuiltBatches]) -> None:
         """Keep an epoch's built batches pending until the next flush."""
@@ -160,7 +233,7 @@ class EpochOutput:
         self.sink_id = sink_id
         self.sequences = sequences if sequences is not None else KeySequences()
         KeySequences().assign(np.array([b"warm"]))  # compiled before the first batch waits
-        self._open: list[tuple[Batch, npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = []
+        self._open: list[_Push] = []
         self._pending: list[PendingEpoch] = list(pending)
         #: A writer that encodes ahead gets each batch as it arrives; the encoded records of
         #: the open and the pending epochs wait here (never in snapshots: a restored sink
@@ -196,15 +269,13 @@ class EpochOutput:
             self._open.append((batch, hashes, sequences))
             if self._encoder is not None:  # now, while the stream runs: not in the publish
                 if self._open_batches is None:
-                    self._open_batches = self._encoder.epoch_batches()
-                self._open_batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
+                    self._open_batches = self._encoder.epoch_batches(self.sink_id)
+                self._open_batches.add(batch, hashes, sequences)
 
     def close_epoch(self, epoch: int) -> None:
         """Barrier ``epoch`` passed: what came since the last one is that epoch's output."""
         if self._open:
-            batches, hashes, sequences = zip(*self._open, strict=True)
-            self._pending.append(PendingEpoch(epoch, Batch.concat(batches),
-                                              np.concatenate(hashes), np.concatenate(sequences)))
+            self._pending.append(PendingEpoch(epoch, self._open))
             self._open = []
             if self._open_batches is not None:
                 self._encoded[epoch] = self._open_batches.finish()
@@ -318,15 +389,13 @@ class EpochOutput:
                 woken.set_result(None)
 
     async def _publish(self, pending: PendingEpoch, publisher: EpochPublisher | None) -> None:
-        out = _Outgoing(pending.batch, pending.key_hashes, pending.sequences,
-                        self._encoded.pop(pending.epoch, None))
+        out = _Outgoing(pending, self._encoded.pop(pending.epoch, None))
         if self._published:
-            keep = ~_already_published(out.hashes, out.sequences, self._published)
+            keep = ~_already_published(pending.key_hashes, pending.sequences, self._published)
             self.skipped_records += int((~keep).sum())
             out = out.keep(keep)
         if out.encoded is None and self._encoder is not None:  # restored: not encoded yet
-            encoded = self._encode(out.batch, out.hashes, out.sequences)
-            out = replace(out, encoded=encoded)
+            out = replace(out, encoded=self._encode(out.records))
         if failpoints.armed("mid_publish") and len(out) > 1:  # half out, then the crash
             await self._write(publisher, out.keep(np.arange(len(out)) < len(out) // 2))
             await self.writer.flush()
@@ -345,7 +414,8 @@ class EpochOutput:
             await asyncio.sleep(_RESEND_BACKOFF_S * 2 ** (attempt - 1))
             published = await publisher.published_sequences(self.sink_id, pending.epoch)
             if published:
-                rest = ~_already_published(out.hashes, out.sequences, published)
+                rest = ~_already_published(out.records.key_hashes, out.records.sequences,
+                                           published)
                 self.skipped_records += int((~rest).sum())
                 out = out.keep(rest)
         # Step 2': every record of the epoch is acknowledged: now its commit.
@@ -353,40 +423,39 @@ class EpochOutput:
             await publisher.commit_epoch(self.sink_id, pending.epoch)
         self.published_records += len(out)
 
-    def _encode(self, batch: Batch, hashes: npt.NDArray[np.uint64],
-                sequences: npt.NDArray[np.int64]) -> Mapping[int, BuiltBatches]:
+    def _encode(self, records: PendingEpoch) -> Mapping[int, BuiltBatches]:
         assert self._encoder is not None
-        batches = self._encoder.epoch_batches()
-        batches.add(batch, record_id_rows(self.sink_id, hashes, sequences))
+        batches = self._encoder.epoch_batches(self.sink_id)
+        for batch, hashes, sequences in records.pushes:
+            batches.add(batch, hashes, sequences)
         return batches.finish()
 
     async def _write(self, publisher: EpochPublisher | None, out: _Outgoing) -> None:
+        records = out.records
         if out.encoded is not None and self._encoder is not None:
             self._encoder.write_encoded(out.encoded)
         elif publisher is not None:
-            await publisher.write(out.batch, record_ids(self.sink_id, out.hashes, out.sequences))
+            await publisher.write(records.batch, record_ids(self.sink_id, records.key_hashes,
+                                                            records.sequences))
         else:
-            await self.writer.write(out.batch)
+            await self.writer.write(records.batch)
 
 
 @dataclass(frozen=True)
 class _Outgoing:
-    """What of an epoch is to go out: its records, their key hashes and sequences, and the
-    writer's batches of them built already (None: the writer encodes them)."""
+    """What of an epoch is to go out: its records (with their key hashes and sequences), and
+    the writer's batches of them built already (None: the writer encodes them)."""
 
-    batch: Batch
-    hashes: npt.NDArray[np.uint64]
-    sequences: npt.NDArray[np.int64]
+    records: PendingEpoch
     encoded: Mapping[int, BuiltBatches] | None
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return len(self.records)
 
     def keep(self, rows: npt.NDArray[np.bool_]) -> _Outgoing:
         """Only the records ``rows`` marks (encoded again by the writer: rare, after a crash
         or a failed send)."""
-        return _Outgoing(self.batch.take(np.flatnonzero(rows)), self.hashes[rows],
-                         self.sequences[rows], None)
+        return _Outgoing(self.records.keep(rows), None)
 
 
 def _already_published(hashes: npt.NDArray[np.uint64], sequences: npt.NDArray[np.int64],

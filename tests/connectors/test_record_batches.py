@@ -7,7 +7,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.epoch_batches import EpochBatches
+from connectors.epoch_batches import EncodedBatch, EpochBatches
 from connectors.epoch_commits import record_id_rows, record_ids
 from connectors.record_batches import RecordColumns
 from streamdag.batch import Batch
@@ -76,56 +76,44 @@ def _records_of(columns: RecordColumns) -> list[tuple[bytes, bytes, int, bytes |
             for i in range(len(columns))]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     pieces=st.lists(st.lists(st.tuples(st.sampled_from([b"a", b"bb", b"ccc"]),
-                                       st.binary(max_size=60), st.integers(0, 2**40),
-                                       st.integers(0, 3)),
+                                       st.binary(max_size=300), st.integers(0, 2**41),
+                                       st.integers(0, 3), st.integers(0, 2**64 - 1),
+                                       st.integers(0, 2**63 - 1)),
                              min_size=1, max_size=12), min_size=1, max_size=5),
-    limit=st.integers(200, 600),
+    limit=st.integers(120, 700),
 )
-def test_an_epochs_batches_built_as_it_comes_are_those_of_all_its_records_at_once(
-    pieces: list[list[tuple[bytes, bytes, int, int]]], limit: int
+def test_an_epochs_batches_written_as_it_comes_are_aiokafkas_with_the_same_ids(
+    pieces: list[list[tuple[bytes, bytes, int, int, int, int]]], limit: int
 ) -> None:
+    sink = "s" * 64
     by_partition: dict[int, list[tuple[bytes, bytes, int, bytes]]] = {}
-    numbered = 0
-
-    def encode(batch: Batch, ids: np.ndarray | None) -> dict[int, RecordColumns]:
-        rows = [piece_rows[i] for i in batch.ts.tolist()]
-        out: dict[int, RecordColumns] = {}
-        for partition in sorted({r[3] for r in rows}):
-            mine = [r for r in rows if r[3] == partition]
-            out[partition] = RecordColumns.from_values(
-                np.array([r[0] for r in mine]), [r[1] for r in mine],
-                np.array([r[2] for r in mine]), header_name=_NAME.encode(),
-                header_values=np.array([r[4] for r in mine], np.uint8), max_batch_bytes=limit)
-        return out
-
-    epoch = EpochBatches(encode, limit)
+    epoch = EpochBatches(lambda batch: encoded, limit, _NAME.encode(), sink)
     for piece in pieces:
-        piece_rows = [(k, v, t, p, [numbered + i, 9]) for i, (k, v, t, p) in enumerate(piece)]
-        numbered += len(piece)
-        for k, v, t, p, row in piece_rows:
-            by_partition.setdefault(p, []).append((k, v, t, bytes(row)))
-        epoch.add(Batch.from_columns(ts=np.arange(len(piece)), key=["x"] * len(piece)))
+        keys, values, stamps, partitions, hashes, sequences = (
+            list(column) for column in zip(*piece, strict=True))
+        encoded = EncodedBatch.of(np.array(keys), values, np.array(stamps),
+                                  np.array(partitions, np.int32))
+        key_hashes, numbers = np.array(hashes, np.uint64), np.array(sequences, np.int64)
+        for record, record_id in zip(piece, record_ids(sink, key_hashes, numbers), strict=True):
+            by_partition.setdefault(record[3], []).append((*record[:3], record_id))
+        epoch.add(Batch.from_columns(ts=stamps, key=keys), key_hashes, numbers)
     built = epoch.finish()
 
-    # The reference: every record of the partition in one run, packed by batch_from.
+    # The reference: aiokafka's builder, every record of the partition in order, its id a header.
     assert sorted(built) == sorted(by_partition)
     for partition, records in by_partition.items():
-        whole = RecordColumns.from_values(
-            np.array([r[0] for r in records]), [r[1] for r in records],
-            np.array([r[2] for r in records]), header_name=_NAME.encode(),
-            header_values=[r[3] for r in records], max_batch_bytes=limit)
+        keys, values, stamps, ids = (list(column) for column in zip(*records, strict=True))
         expected, position = [], 0
-        while position < len(whole):
-            batch, end = whole.batch_from(position)
-            expected.append(bytes(batch._build()))
-            position = end
+        while position < len(values):
+            batch, position = _reference(keys, values, stamps, list(ids), position, limit)
+            expected.append(batch)
         sent, position = [], 0
         while position < len(built[partition]):
-            batch, position = built[partition].batch_from(position)
-            sent.append(bytes(batch._build()))
+            prebuilt, position = built[partition].batch_from(position)
+            sent.append(bytes(prebuilt._build()))
         assert sent == expected
         assert len(built[partition].drop_first(built[partition].counts[0])) == (
             len(records) - built[partition].counts[0])
@@ -142,3 +130,21 @@ def test_id_rows_are_the_same_headers_as_id_bytes() -> None:
                                          max_batch_bytes=1024)
     assert bytes(as_rows.batch_from(0)[0]._build()) == bytes(as_bytes.batch_from(0)[0]._build())
     assert _records_of(as_rows)[1][3] == record_ids("s", hashes, sequences)[1]
+
+
+def test_a_record_longer_than_a_batch_goes_alone_as_aiokafka_sends_it() -> None:
+    keys, values = [b"a", b"b", b"c", b"d"], [b"x" * 10, b"y" * 5000, b"z" * 10, b"w" * 10]
+    stamps, hashes, sequences = [1, 2, 3, 4], np.arange(4, dtype=np.uint64), np.arange(4)
+    epoch = EpochBatches(lambda batch: EncodedBatch.of(np.array(keys), values, np.array(stamps),
+                                                       np.zeros(4, np.int32)),
+                         1024, _NAME.encode(), "s")
+    epoch.add(Batch.from_columns(ts=stamps, key=keys), hashes, sequences)
+    built = epoch.finish()[0]
+
+    ids = list(record_ids("s", hashes, sequences))
+    expected, position = [], 0
+    while position < len(values):
+        batch, position = _reference(keys, values, stamps, ids, position, 1024)
+        expected.append(batch)
+    assert built.counts == (1, 1, 2)
+    assert [bytes(built.batch_from(at)[0]._build()) for at in (0, 1, 2)] == expected

@@ -1,0 +1,180 @@
+"""A Kafka sink's CPU per record: the exactly-once epoch path against the at-least-once path.
+
+Workload: the records the overhead workload of ``benchmarks.checkpoints`` sends to its sink (a
+rolling mean per key: ``ts``, ``key``, one float64 field; 100 keys, 4 partitions), in batches of
+``--batch`` records, through a ``KafkaSinkWriter`` whose producer takes each built batch and
+answers at once (no broker: only the sink's own work is timed, in this one process).
+
+- at-least-once: the sink node's ``SinkPublisher`` (write, then one flush at a time).
+- exactly-once: the sink node's ``EpochOutput`` with an epoch every ``--epoch`` records, as
+  checkpoints every 1 s would cut it at ~250k records/s: each epoch closed, its snapshot
+  pickled (what ``NodeCheckpoints.take`` does), committed and published in the background.
+
+Both modes run alternately, ``--repeats`` times each after an untimed warm-up of each; the table
+shows records per CPU second (``time.process_time``) and the ratio exactly-once / at-least-once.
+Run: ``python -m benchmarks.sink_cpu [--records N] [--batch B] [--epoch E] [--repeats R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pickle
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
+from runtime.dataplane.sink_epochs import EpochOutput
+from runtime.dataplane.sink_publishing import SinkPublisher
+from runtime.dataplane.stats import NodeStats
+from streamdag.batch import Batch
+
+__all__ = ["main", "measure"]
+
+_KEYS = 100
+_PARTITIONS = 4
+_SINK_ID = "b" * 64
+
+
+class _InstantProducer:
+    """An aiokafka producer stand-in: takes each built batch's bytes, delivered at once."""
+
+    def __init__(self) -> None:
+        self.bytes_sent = 0
+        self.records_sent = 0
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def stop(self) -> None:
+        """Nothing to close."""
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        """The output topic's partitions."""
+        return set(range(_PARTITIONS))
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[None]:
+        """Take ``batch`` (its bytes, as the producer's sender would) and deliver it."""
+        self.bytes_sent += len(batch._build())
+        self.records_sent += batch.record_count()
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+
+class _BenchWriter(KafkaSinkWriter):
+    """A Kafka sink writer over ``_InstantProducer`` whose epoch commits are kept in memory."""
+
+    def __init__(self) -> None:
+        self.producer = _InstantProducer()
+        super().__init__(KafkaSinkConfig("bench:9092", "bench.out"),
+                         producer_factory=lambda _: self.producer)
+        self.commits: list[int] = []
+
+    async def prepare_commits(self) -> None:
+        """No companion topic to create."""
+
+    async def published_sequences(self, sink_id: str, before_epoch: int) -> dict[int, int]:
+        """A fresh sink: nothing of it in the topic."""
+        return {}
+
+    async def commit_epoch(self, sink_id: str, epoch: int) -> None:
+        """Remember the commit."""
+        self.commits.append(epoch)
+
+
+def _batches(records: int, size: int) -> list[Batch]:
+    """The workload: ``records`` rolling means of 100 keys in batches of ``size``."""
+    rng = np.random.default_rng(7)
+    names = np.array([f"SYM{k:03d}".encode() for k in range(_KEYS)])
+    out = []
+    for first in range(0, records, size):
+        n = np.arange(first, min(records, first + size))
+        prices = np.round(rng.normal(100.0, 5.0, len(n)), 2)
+        out.append(Batch(1_700_000_000_000_000_000 + n * 1000, names[n % _KEYS],
+                         {"price_mean": prices / 20.0 + 0.123456789}))
+    return out
+
+
+async def _at_least_once(batches: Sequence[Batch]) -> _BenchWriter:
+    writer = _BenchWriter()
+    await writer.open()
+    publisher = SinkPublisher(writer, NodeStats("out", "out"))
+    acks = []
+    for batch in batches:
+        acks.append(publisher.publish(batch))
+        await asyncio.sleep(0)  # the drain loop takes the next push: the flush task runs
+    await asyncio.gather(*acks)
+    await publisher.idle()
+    return writer
+
+
+async def _exactly_once(batches: Sequence[Batch], epoch_records: int) -> _BenchWriter:
+    writer = _BenchWriter()
+    await writer.open()
+    output = EpochOutput(writer, _SINK_ID)
+    output.start()
+    epoch, in_epoch = 1, 0
+    for batch in batches:
+        await output.room()
+        output.add(batch)
+        in_epoch += len(batch)
+        if in_epoch >= epoch_records:
+            # A barrier: the epoch closes, the snapshot is copied, the checkpoint completes.
+            output.close_epoch(epoch)
+            pickle.dumps((output.pending(), output.sequences), protocol=4)
+            output.commit(epoch)
+            epoch, in_epoch = epoch + 1, 0
+        await asyncio.sleep(0)
+    await output.publish_rest(epoch)
+    await output.close()
+    return writer
+
+
+def measure(records: int, batch: int, epoch_records: int, mode: str) -> tuple[float, int]:
+    """Records per CPU second of one run of ``mode``, and the bytes it sent."""
+    batches = _batches(records, batch)
+    started = time.process_time()
+    if mode == "at-least-once":
+        writer = asyncio.run(_at_least_once(batches))
+    else:
+        writer = asyncio.run(_exactly_once(batches, epoch_records))
+    seconds = time.process_time() - started
+    assert writer.producer.records_sent == records, (mode, writer.producer.records_sent)
+    return records / seconds, writer.producer.bytes_sent
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Both modes alternately, after a warm-up of each; print records per CPU second."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--epoch", type=int, default=250_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    modes = ("at-least-once", "exactly-once")
+    for mode in modes:
+        measure(min(args.records, 50_000), args.batch, args.epoch, mode)
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
+    sizes: dict[str, int] = {}
+    for _ in range(args.repeats):
+        for mode in modes:
+            rate, sent = measure(args.records, args.batch, args.epoch, mode)
+            rates[mode].append(rate)
+            sizes[mode] = sent
+    print(f"sink CPU: {args.records:,} records in batches of {args.batch:,}, epochs of "
+          f"{args.epoch:,}, {args.repeats} runs each")
+    print("   mode              records/CPU s (median)      best    bytes sent")
+    for mode in modes:
+        print(f"   {mode:<16}{np.median(rates[mode]):>16,.0f}{max(rates[mode]):>14,.0f}"
+              f"{sizes[mode]:>14,}")
+    exactly, least = rates["exactly-once"], rates["at-least-once"]
+    print(f"   ratio exactly-once / at-least-once  {np.median(exactly) / np.median(least):.3f}"
+          f" (median)  {max(exactly) / max(least):.3f} (best)")
+
+
+if __name__ == "__main__":
+    main()
