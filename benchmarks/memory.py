@@ -3,7 +3,9 @@
 RSS counts every page a process maps, so summing it over processes counts a shared page (a
 library, numba's compiler, Ray's object store) once per process. PSS splits each shared page
 between the processes that map it, so **the PSS sum is the memory the processes really take
-together**; USS is what a process holds alone (freed if it exits). Figures come from
+together**; USS is what a process holds alone (freed if it exits). A page's split counts every
+process that maps it, the driver and unrelated ones on the machine included, so a shared
+library's PSS per actor is lower on a busy machine. Figures come from
 ``/proc/<pid>/smaps_rollup`` (sampled) and ``/proc/<pid>/smaps`` (the breakdown by mapping:
 anonymous heap, shared memory, and file-backed pages per library).
 
@@ -92,7 +94,8 @@ def _kind(path: str) -> str:
     """What a mapping is, from its path: anon, shmem: NAME, or file: LIBRARY."""
     if not path or (path.startswith("[") and not path.startswith("[anon_shmem")):
         return "anon"  # [heap], [stack], [anon:...], unnamed: the process's own memory
-    if path.startswith(("/dev/shm/", "/SYSV", "memfd:", "[anon_shmem")) or "plasma" in path:
+    if path.startswith(("/dev/shm/", "/SYSV", "[anon_shmem")) or "memfd:" in path or (
+            "plasma" in path):
         return f"shmem: {os.path.basename(path.split(' (deleted)')[0]) or path}"
     site = _SITE.search(path)
     if site:

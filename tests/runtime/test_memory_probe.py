@@ -40,6 +40,10 @@ Private_Clean:         4 kB
 Rss:                  64 kB
 Pss:                  32 kB
 Shared_Dirty:         64 kB
+7f03-7f04 rw-s 00000000 00:01 78                         /memfd:buffers (deleted)
+Rss:                   8 kB
+Pss:                   8 kB
+Private_Dirty:         8 kB
 7f04-7f05 r-xp 00000000 08:01 13 /v/lib/python3.11/site-packages/llvmlite/binding/libllvmlite.so
 Rss:                 400 kB
 Pss:                 100 kB
@@ -61,6 +65,7 @@ def test_mappings_are_summed_by_kind_and_library() -> None:
         "file: python3.11": Footprint(rss=100 * 1024, pss=50 * 1024),
         "anon": Footprint(rss=320 * 1024, pss=320 * 1024, uss=320 * 1024),
         "shmem: plasmaAbC": Footprint(rss=64 * 1024, pss=32 * 1024),
+        "shmem: memfd:buffers": Footprint(rss=8 * 1024, pss=8 * 1024, uss=8 * 1024),
         "file: llvmlite": Footprint(rss=404 * 1024, pss=104 * 1024, uss=12 * 1024),
     }
 
