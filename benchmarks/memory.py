@@ -10,7 +10,8 @@ library's PSS per actor is lower on a busy machine. Figures come from
 anonymous heap, shared memory, and file-backed pages per library).
 
 The issue workload (Kafka -> rolling mean of 20 per key -> Kafka, three nodes) run with
-``RayRunner`` (one actor per node) and with ``LocalRunner`` in a process of its own. Run:
+``RayRunner`` (one actor per node; Ray's own processes listed beside the actors) and with
+``LocalRunner`` in a process of its own. Run:
 ``python -m benchmarks.memory [--records N] [--runner ray|local|both] [--breakdown]``.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -36,6 +38,7 @@ __all__ = [
     "main",
     "parse_rollup",
     "parse_smaps",
+    "ray_processes",
     "read_breakdown",
     "read_footprint",
 ]
@@ -258,6 +261,42 @@ def summary_lines(probe: MemoryProbe) -> list[str]:
     return lines
 
 
+def _process_name(cmdline: Sequence[str]) -> str:
+    """A process's program: the script a Python runs, else the executable (Ray's titles kept).
+
+    >>> _process_name(["/v/bin/python3.11", "-u", "/v/ray/_private/log_monitor.py", "--x"])
+    'log_monitor.py'
+    >>> _process_name(["ray::IDLE", ""])
+    'ray::IDLE'
+    """
+    words = [word for word in cmdline if word]
+    program = os.path.basename(words[0]) if words else "?"
+    if program.startswith("python"):
+        script = next((word for word in words[1:] if not word.startswith("-")), "")
+        return os.path.basename(script) or program
+    return program
+
+
+def ray_processes(exclude: Iterable[int]) -> dict[str, Footprint]:
+    """Footprints of this driver's descendants (Ray's GCS, raylet, idle workers), by name.
+
+    The processes a local Ray started for this driver, less ``exclude`` (the node actors);
+    processes of one name are summed.
+    """
+    import psutil
+
+    skip = set(exclude)
+    named: dict[str, Footprint] = {}
+    for child in psutil.Process().children(recursive=True):
+        footprint = None if child.pid in skip else read_footprint(child.pid)
+        if footprint is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            name = _process_name(child.cmdline() or [child.name()])
+            named[name] = named.get(name, Footprint()) + footprint
+    return named
+
+
 def _ray_run(bootstrap: str, source: str, records: int, breakdown: bool) -> MemoryProbe:
     import ray
 
@@ -273,9 +312,14 @@ def _ray_run(bootstrap: str, source: str, records: int, breakdown: bool) -> Memo
         probe = MemoryProbe(pids, breakdown=breakdown).start()
         result = running.wait(600)
         probe.stop()
+        others = ray_processes(pids.values())
     finally:
         running.stop()
         ray.shutdown()
+    print("\nRay's own processes at the end of the run, not in the actors' sums (MiB):")
+    for name, footprint in sorted(others.items(), key=lambda item: -item[1].pss):
+        print(f"  {name:<28} RSS {footprint.rss / _MIB:>6.1f}  PSS {footprint.pss / _MIB:>6.1f}  "
+              f"USS {footprint.uss / _MIB:>6.1f}")
     assert result.stats["out"].events_in == records - 100 * 19, result.stats
     return probe
 

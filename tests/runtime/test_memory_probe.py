@@ -16,6 +16,7 @@ from benchmarks.memory import (
     breakdown_lines,
     parse_rollup,
     parse_smaps,
+    ray_processes,
     read_breakdown,
     read_footprint,
     summary_lines,
@@ -114,3 +115,10 @@ def test_the_probe_keeps_peak_sums_and_a_breakdown_at_the_peak(
     assert sum(probe.breakdown_at_peak["sleeper"].values(), Footprint()).rss == now.rss
     assert "peak PSS sum" in summary_lines(probe)[-1]
     assert breakdown_lines(probe)[1].startswith("sleeper")
+
+
+def test_the_drivers_other_processes_are_named_by_their_script_and_exclusions_hold(
+        sleeper: subprocess.Popen[str]) -> None:
+    name = "import time; print('ready', flush=True); time.sleep(60)"
+    assert ray_processes([])[name].rss == (read_footprint(sleeper.pid) or Footprint()).rss > 0
+    assert name not in ray_processes([sleeper.pid])
