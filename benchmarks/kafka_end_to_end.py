@@ -2,11 +2,15 @@
 
 Throughput (issue workload): Kafka -> rolling mean of 20 per key -> Kafka, 500k JSON records,
 100 keys, 4 partitions, replayed from the topic: events/s, launch to last output (a standalone
-Ray run includes Ray's own start), CPU seconds and the Ray actors' peak RSS. Latency: a steady
+Ray run includes Ray's own start), CPU seconds and the Ray actors' peak memory: the peak of
+their RSS sum (counts each shared page once per actor) and of their PSS sum (shared pages split
+between processes: the memory the actors really take together; ``--memory-breakdown`` prints
+each actor's by kind, see ``benchmarks.memory``). Latency: a steady
 10k events/s live stream through the batched aiokafka loop and through streamdag on Ray, one
 after the other, measured producer -> Kafka -> pipeline -> Kafka -> consumer from the event time
 stamped at production, with each pipeline's and the broker's CPU over the sampled window. Run:
-``python -m benchmarks.kafka_end_to_end [--records N] [--rate R] [--live-seconds S]``.
+``python -m benchmarks.kafka_end_to_end [--records N] [--rate R] [--live-seconds S]
+[--memory-breakdown]``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import streamdag as sd
 from benchmarks.data_plane import events_per_second
 from benchmarks.kafka_baselines import produce_input, run_batched_loop, run_per_record_loop
-from benchmarks.startup import MemorySampler
+from benchmarks.memory import MemoryProbe, breakdown_lines, summary_lines
 from connectors.broker import EmbeddedBroker
 from connectors.source_bounds import Timestamp
 from connectors.topics import ensure_topics
@@ -56,7 +60,8 @@ class _Figures:
     events_per_s: float
     launch_to_last_s: float
     cpu_s: float
-    peak_rss: int = 0
+    #: The Ray actors' memory, sampled (None for the loops and the in-process local runner).
+    memory: MemoryProbe | None = None
 
 
 def _loop_figures(name: str, run: Callable[[], Coroutine[Any, Any, float]]) -> _Figures:
@@ -66,7 +71,7 @@ def _loop_figures(name: str, run: Callable[[], Coroutine[Any, Any, float]]) -> _
 
 
 def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str,
-                      ray_start_s: float = 0.0) -> _Figures:
+                      ray_start_s: float = 0.0, breakdown: bool = False) -> _Figures:
     """Launch to last includes ``ray_start_s``: what a standalone run pays for Ray."""
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
                            end=Timestamp(time.time_ns()), replay_prefix="")
@@ -79,7 +84,9 @@ def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str,
     else:
         running = RayRunner(settings, *binding.defaults()).start(graph)
         try:
-            sampler = MemorySampler(_actor_pids(running, graph)).start()
+            pids = _actor_pids(running, graph)
+            sampler = MemoryProbe({f"actor {node.name}": pid for node, pid in zip(
+                graph.nodes, pids, strict=True)}, breakdown=breakdown).start()
             result = running.wait(600)
             sampler.stop()
         finally:
@@ -93,8 +100,7 @@ def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str,
     if sampler is not None:
         name = "streamdag, Ray (actor per node)"
         cpu_s += sum(sampler.cpu_seconds.values())
-    return _Figures(name, events_per_second(result, records), elapsed, cpu_s,
-                    sum(sampler.peak_rss.values()) if sampler is not None else 0)
+    return _Figures(name, events_per_second(result, records), elapsed, cpu_s, sampler)
 
 
 def _actor_pids(running: RunningGraph, graph: sd.Graph) -> list[int]:
@@ -221,7 +227,7 @@ def _live_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
 
 
 def _run(bootstrap: str, records: int, rate: float, live_s: float,
-         broker_pid: int | None) -> None:
+         broker_pid: int | None, breakdown: bool = False) -> None:
     source = f"bench.e2e.{time.strftime('%H%M%S')}"
     asyncio.run(produce_input(bootstrap, source, records))
     per_record = _loop_figures("aiokafka per-record loop (send)", lambda: run_per_record_loop(
@@ -231,17 +237,27 @@ def _run(bootstrap: str, records: int, rate: float, live_s: float,
     started = time.perf_counter()
     ensure_ray(num_cpus=2)
     ray_start_s = time.perf_counter() - started
-    ours_ray = _streamdag_replay(bootstrap, source, records, "ray", ray_start_s)
+    ours_ray = _streamdag_replay(bootstrap, source, records, "ray", ray_start_s, breakdown)
     ours_local = _streamdag_replay(bootstrap, source, records, "local")
     print(f"\nthroughput: {records:,} JSON records, 100 keys, 4 partitions, rolling mean of 20;"
           f" Ray's own start {ray_start_s:.2f} s (in the Ray run's launch to last)")
     print(f"{'pipeline':<34} {'events/s':>10} {'vs batched':>11} {'launch->last s':>15} "
-          f"{'vs batched':>11} {'CPU s':>7} {'peak RSS MiB':>13}")
+          f"{'vs batched':>11} {'CPU s':>7} {'peak RSS sum':>13} {'peak PSS sum':>13}")
     for run in (per_record, batched, ours_ray, ours_local):
-        rss = f"{run.peak_rss / 2**20:>13.0f}" if run.peak_rss else f"{'-':>13}"
+        memory = f"{'-':>13} {'-':>13}"
+        if run.memory is not None:
+            memory = (f"{run.memory.peak_rss_sum / 2**20:>9.0f} MiB "
+                      f"{run.memory.peak_pss_sum / 2**20:>9.0f} MiB")
         print(f"{run.name:<34} {run.events_per_s:>10,.0f} "
               f"{run.events_per_s / batched.events_per_s:>10.2f}x {run.launch_to_last_s:>15.2f} "
-              f"{batched.launch_to_last_s / run.launch_to_last_s:>10.2f}x {run.cpu_s:>7.1f} {rss}")
+              f"{batched.launch_to_last_s / run.launch_to_last_s:>10.2f}x {run.cpu_s:>7.1f} "
+              f"{memory}")
+    if ours_ray.memory is not None:
+        print("\nthe Ray actors' memory (the PSS sum is what the three really take together; the "
+              "local runner's: python -m benchmarks.memory --runner local)")
+        print("\n".join(summary_lines(ours_ray.memory)))
+        if breakdown:
+            print("\n".join(breakdown_lines(ours_ray.memory)))
     stamp = time.strftime("%H%M%S")
     loop_live = _loop_live(bootstrap, f"bench.live-loop.{stamp}", rate, live_s, broker_pid)
     settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
@@ -271,14 +287,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=10_000.0)
     parser.add_argument("--live-seconds", type=float, default=15.0)
     parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--memory-breakdown", action="store_true",
+                        help="each Ray actor's memory by kind of mapping at the PSS-sum peak")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.bootstrap:
-        _run(args.bootstrap, args.records, args.rate, args.live_seconds, None)
+        _run(args.bootstrap, args.records, args.rate, args.live_seconds, None,
+             args.memory_breakdown)
     else:
         with EmbeddedBroker.start(".state/bench-broker") as broker:
             _run(broker.bootstrap_servers, args.records, args.rate, args.live_seconds,
-                 broker.pid)
+                 broker.pid, args.memory_breakdown)
 
 
 if __name__ == "__main__":

@@ -85,9 +85,10 @@ class TimeOrderedReader:
         held = Batch.concat(self._held)
         assert held.partition is not None and held.offset is not None
         order = np.lexsort((held.offset, held.partition, held.ts))
-        merged = held.take(order)
-        cut = len(merged) if bound is None else int(np.searchsorted(merged.ts, bound, "left"))
-        released, rest = merged.slice(0, cut), merged.slice(cut, len(merged))
+        cut = len(order) if bound is None else int(np.searchsorted(held.ts[order], bound, "left"))
+        # Two compact batches, not two views of one merged copy: a released batch waiting
+        # downstream would otherwise pin every record still held, once per batch in flight.
+        released, rest = held.take(order[:cut]), held.take(order[cut:])
         self._held = [rest] if len(rest) else []
         self._held_oldest = int(rest.ts[0]) if len(rest) else None
         if len(released):

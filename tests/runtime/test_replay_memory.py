@@ -1,0 +1,77 @@
+"""The time-ordered replay reader's released batches keep only their own records alive: a batch
+waiting downstream never pins the records the reader still holds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from runtime.runners.replay import TimeOrderedReader
+from streamdag.batch import Batch
+from streamdag.connector import SourceChunk
+
+
+class _Scripted:
+    """A reader of partitions 0 and 1 handing out scripted chunks."""
+
+    partitions = (0, 1)
+
+    def __init__(self, chunks: list[SourceChunk]) -> None:
+        self._chunks = chunks
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def read(self, max_records: int, linger_s: float) -> SourceChunk:
+        return self._chunks.pop(0)
+
+    def position(self) -> dict[int, int]:
+        """No offsets kept."""
+        return {}
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def _records(ts: list[int], partitions: list[int], first_offset: int) -> Batch:
+    return Batch(np.array(ts, dtype=np.int64), np.array([b"k"] * len(ts), dtype="S1"),
+                 {"price": np.array(ts, dtype=np.float64)}, np.array(partitions, dtype=np.int32),
+                 np.arange(first_offset, first_offset + len(ts), dtype=np.int64))
+
+
+def _arrays(batch: Batch) -> list[np.ndarray]:
+    assert batch.partition is not None and batch.offset is not None
+    return [batch.ts, batch.key, *batch.columns.values(), batch.partition, batch.offset]
+
+
+def _kept_alive(array: np.ndarray) -> int:
+    """Bytes ``array`` keeps alive: its own, or the whole buffer it is a view of."""
+    base = array
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return int(base.nbytes)
+
+
+def test_released_batches_keep_only_their_own_records_alive() -> None:
+    reader = TimeOrderedReader(_Scripted([
+        # Partition 1 is ahead: partition 0 has passed 2 only, so only 1 can go.
+        SourceChunk(_records([1, 2, 3, 4, 5], [0, 0, 1, 1, 1], 0), 2),
+        # Partition 0 passes 4: 2 and 3 go; 4, 4, 5 and 6 stay held.
+        SourceChunk(_records([4, 6], [0, 1], 5), 4),
+        SourceChunk(_records([], [], 7), 6, finished=True),
+    ]))
+
+    async def read_all() -> list[Batch]:
+        await reader.open()
+        return [(await reader.read(100, 0.0)).batch for _ in range(3)]
+
+    batches = asyncio.run(read_all())
+    assert [batch.ts.tolist() for batch in batches] == [[1], [2, 3], [4, 4, 5, 6]]
+    assert [batch.columns["price"].tolist() for batch in batches] == [
+        [1.0], [2.0, 3.0], [4.0, 4.0, 5.0, 6.0]]
+    assert [batch.partition.tolist() for batch in batches if batch.partition is not None] == [
+        [0], [0, 1], [0, 1, 1, 1]]
+    for batch in batches:
+        assert [_kept_alive(array) for array in _arrays(batch)] == [
+            array.nbytes for array in _arrays(batch)]
