@@ -111,6 +111,9 @@ class KafkaBinding:
                 start=self.start,
                 end=self.end,
                 group_id=self.group_id,
+                # A bounded read knows where each partition ends: none is ever idle, so a
+                # partition the broker is slow to serve cannot fall behind the watermark.
+                **({"idle_timeout_s": None} if self.end is not None else {}),
             ),
             time_ordered=self.end is not None,
         )

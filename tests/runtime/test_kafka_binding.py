@@ -1,0 +1,16 @@
+"""KafkaBinding: what the sources of a run are built with."""
+
+from __future__ import annotations
+
+import streamdag as sd
+from runtime.runners.kafka_binding import KafkaBinding
+
+TICKS = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+
+
+def test_a_bounded_read_has_no_idle_partitions_and_a_live_one_keeps_the_default() -> None:
+    # A partition the broker is slow to serve must not go idle in a bounded replay: its
+    # records would fall behind the watermark the others moved, and be dropped as late.
+    bounded = KafkaBinding("127.0.0.1:9092", end=100).source_for(TICKS).config
+    live = KafkaBinding("127.0.0.1:9092").source_for(TICKS).config
+    assert (bounded.idle_timeout_s, live.idle_timeout_s) == (None, 10.0)
