@@ -175,15 +175,23 @@ async def test_watermark_is_min_over_active_partitions_and_skips_idle_ones(
     await reader.open()
     await read_count(reader, 2)
     both_active = (await reader.read(10, linger_s=0.0)).watermark
-    now[0] = 3.0
     await produce(topic, [tick(130, partition=0)])
-    await read_count(reader, 1)
-    now[0] = 6.0  # partition 1 has been silent for 6 s > 5 s; partition 0 for 3 s
-    one_idle = (await reader.read(10, linger_s=0.0)).watermark
+
+    async def clock_to(seconds: float) -> None:  # while a read waits: quiet time is read time
+        await asyncio.sleep(0)
+        now[0] = seconds
+
+    await asyncio.gather(read_count(reader, 1), clock_to(3.0))
+    # Time not spent reading does not count: partition 1 is not idle after a pause.
+    now[0] = 100.0
+    assert (await reader.read(10, linger_s=0.0)).watermark == 40_000_000 - 10
+    now[0] = 3.0
+    # Partition 1 has been silent for 6 s of reading > 5 s; partition 0 for 3 s.
+    one_idle, _ = await asyncio.gather(reader.read(10, linger_s=0.0), clock_to(6.0))
     await reader.close()
 
     assert both_active == 40_000_000 - 10
-    assert one_idle == 130_000_000 - 10
+    assert one_idle.watermark == 130_000_000 - 10
 
 
 async def test_record_timestamps_as_event_time_and_msgpack_values(
