@@ -137,6 +137,8 @@ class NodeStats:
     warm_up_seconds: float = 0.0
     #: Bytes held by the operator's state (ring buffers, key tables, per-key arrays).
     cache_bytes: int = 0
+    #: Sources: wall clock when a read returned minus its newest event time (live streams).
+    read_age: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: wall clock once a batch is published minus its newest event time.
     end_to_end_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: seconds to write and publish (flush) each batch.
