@@ -8,6 +8,7 @@ import time
 import streamdag as sd
 from runtime.dataplane.host import NodeHost, RuntimeSettings
 from runtime.dataplane.source_pacing import ReadPacing
+from runtime.runners.local_runner import LocalRunner
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
 from streamdag.testing import Marker, TestingSource
@@ -68,3 +69,23 @@ def test_pacing_follows_the_last_read_and_an_empty_read_is_thin() -> None:
         pacing.observe(records)
         lingers.append(pacing.linger_s)
     assert lingers == [0.0, 0.002, 0.002, 0.0, 0.002, 0.0, 0.002]
+
+
+def test_a_graphs_output_does_not_depend_on_how_its_source_paces_reads() -> None:
+    # Batches of 3 to 2,400 events over 7 keys: thin and thick reads, lingering or not.
+    now_ns = time.time_ns()
+    sizes = [3, 2_400, 5, 1_200, 999, 1, 40]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    batches = [_live_batch(first, count, now_ns + first * 1_000)
+               for first, count in zip(starts, sizes, strict=True)]
+    ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    graph = sd.Graph("paced", outputs=[ticks.rolling_mean("price", window=5, name="mean")])
+    outputs = []
+    for thick_records in (0, 1_000, 10**9):
+        settings = RuntimeSettings(max_batch_records=100_000, linger_s=0.001,
+                                   linger_from_records=thick_records)
+        result = LocalRunner(settings).run(
+            graph, sources={"ticks": lambda: TestingSource([*batches, Marker.END])})
+        outputs.append(result.records("mean"))
+    assert len(outputs[0]) == sum(sizes) - 7 * 4  # each key's mean starts at its 5th event
+    assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
