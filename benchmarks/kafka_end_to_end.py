@@ -143,6 +143,7 @@ class _Live:
 _STAGES = (
     ("read_age", "read returned: newest event's age"),
     ("hop_latency", "hop in: push sent -> drain loop takes it"),
+    ("release_age", "watermark released: newest event's age"),
     ("process_latency", "operator"),
     ("publish_latency", "sink write + flush (produce acked)"),
     ("end_to_end_latency", "published: newest event's age"),

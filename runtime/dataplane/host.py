@@ -41,9 +41,14 @@ from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
 from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
-from runtime.dataplane.source_pacing import ReadPacing, observe_read_age
+from runtime.dataplane.source_pacing import ReadPacing
 from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
-from runtime.dataplane.stats import NodeStats, add_source_figures, resident_bytes_of
+from runtime.dataplane.stats import (
+    NodeStats,
+    add_source_figures,
+    observe_event_age,
+    resident_bytes_of,
+)
 from runtime.dataplane.warming import warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
@@ -487,7 +492,7 @@ class NodeHost:
                 payloads: list[Payload] = []
                 if len(chunk.batch):
                     self._phases.first_read = self._phases.first_read or StartupPhases.now()
-                    observe_read_age(self.worker.stats, chunk.batch)
+                    observe_event_age(self.worker.stats.read_age, int(chunk.batch.ts.max()))
                     payloads.extend(self.worker.feed(0, chunk.batch))
                 if chunk.watermark is not None:
                     payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))

@@ -7,7 +7,9 @@ import time
 
 import streamdag as sd
 from runtime.dataplane.host import NodeHost, RuntimeSettings
+from runtime.dataplane.messages import Envelope, Watermark
 from runtime.dataplane.source_pacing import ReadPacing
+from runtime.dataplane.worker import NodeWorker
 from runtime.runners.local_runner import LocalRunner
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
@@ -89,3 +91,19 @@ def test_a_graphs_output_does_not_depend_on_how_its_source_paces_reads() -> None
         outputs.append(result.records("mean"))
     assert len(outputs[0]) == sum(sizes) - 7 * 4  # each key's mean starts at its 5th event
     assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
+
+
+def test_a_node_in_event_time_order_records_how_old_what_the_watermark_released_was() -> None:
+    ticks = sd.source("ticks", topic="ticks", key="symbol", schema={"price": "float64"})
+    worker = NodeWorker(ticks.rolling_mean("price", window=2, name="mean").config())
+    worker.connect("e", 0)
+    stamped = time.time_ns() - 5_000_000  # 5 ms ago, as a live stream's events are
+    batch = Batch.from_columns(ts=[stamped + i for i in range(4)], key=["a", "a", "b", "b"],
+                               price=[1.0, 3.0, 10.0, 30.0])
+    held = worker.accept(Envelope("e", 0, 0, batch))
+    assert held == [] and worker.stats.release_age.observations == 0
+    released = worker.accept(Envelope("e", 0, 1, Watermark(stamped + 4)))
+    means = [r["value"] for p in released if isinstance(p, Batch) for r in p.to_records()]
+    assert means == [2.0, 20.0]
+    assert worker.stats.release_age.observations == 1
+    assert worker.stats.release_age.recent[0] >= 0.005
