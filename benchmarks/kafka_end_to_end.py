@@ -157,7 +157,7 @@ def _stages(graph: sd.Graph, before: dict[str, NodeStats],
     for node in graph.nodes:
         for figure, label in _STAGES:
             window = getattr(after[node.name], figure).since(getattr(before[node.name], figure))
-            if window.observations and window.sample_quantile(0.99) > 0:  # pass-throughs: 0
+            if window.observations and window.sample_quantile(0.99) > 1e-5:  # not pass-throughs
                 rows.append((f"{node.name}: {label}", window.observations,
                              window.sample_quantile(0.5) * 1e3, window.sample_quantile(0.99) * 1e3))
     return rows
