@@ -8,9 +8,10 @@ between processes: the memory the actors really take together; ``--memory-breakd
 each actor's by kind, see ``benchmarks.memory``). Latency: a steady
 10k events/s live stream through the batched aiokafka loop and through streamdag on Ray, one
 after the other, measured producer -> Kafka -> pipeline -> Kafka -> consumer from the event time
-stamped at production, with each pipeline's and the broker's CPU over the sampled window. Run:
+stamped at production, with each pipeline's and the broker's CPU over the sampled window, and
+where streamdag's time goes, stage by stage, from its nodes' own figures. Run:
 ``python -m benchmarks.kafka_end_to_end [--records N] [--rate R] [--live-seconds S]
-[--memory-breakdown]``.
+[--only throughput|latency] [--memory-breakdown]``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ from connectors.broker import EmbeddedBroker
 from connectors.source_bounds import Timestamp
 from connectors.topics import ensure_topics
 from runtime.dataplane.host import RuntimeSettings
+from runtime.dataplane.stats import NodeStats
 from runtime.demo.job import TickProducer
 from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.local_runner import LocalRunner
@@ -138,6 +140,32 @@ class _Live:
     samples: list[float]
     cpu_s: float
     broker_cpu_s: float
+    #: streamdag's nodes: (stage, observations, p50 ms, p99 ms) over the sampled window.
+    stages: list[tuple[str, int, float, float]] = field(default_factory=list)
+
+
+#: A node's figures that time one stage of the path, in path order, and what each measures.
+_STAGES = (
+    ("read_age", "read returned: newest event's age"),
+    ("hop_latency", "hop in: push sent -> drain loop takes it"),
+    ("release_age", "watermark released: newest event's age"),
+    ("process_latency", "operator"),
+    ("publish_latency", "sink write + flush (produce acked)"),
+    ("end_to_end_latency", "published: newest event's age"),
+)
+
+
+def _stages(graph: sd.Graph, before: dict[str, NodeStats],
+            after: dict[str, NodeStats]) -> list[tuple[str, int, float, float]]:
+    """Each node's timed stages over the window between two stats snapshots."""
+    rows = []
+    for node in graph.nodes:
+        for figure, label in _STAGES:
+            window = getattr(after[node.name], figure).since(getattr(before[node.name], figure))
+            if window.observations and window.sample_quantile(0.99) > 1e-5:  # not pass-throughs
+                rows.append((f"{node.name}: {label}", window.observations,
+                             window.sample_quantile(0.5) * 1e3, window.sample_quantile(0.99) * 1e3))
+    return rows
 
 
 def _cpu_of(pids: Sequence[int]) -> float:
@@ -193,10 +221,17 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")
     graph = build(ticks, output_topic)
     running = RayRunner(settings, *binding.defaults()).start(graph)
+    before: dict[str, NodeStats] = {}
+
+    def pids() -> list[int]:  # called as the sampled window opens
+        before.update(running.stats())
+        return [os.getpid(), *_actor_pids(running, graph)]
+
     try:
-        return _measure_live(bootstrap, topic, output_topic,
-                             lambda: [os.getpid(), *_actor_pids(running, graph)],
-                             broker_pid, rate, seconds, settle_s)
+        live = _measure_live(bootstrap, topic, output_topic, pids, broker_pid, rate, seconds,
+                             settle_s)
+        live.stages = _stages(graph, before, running.stats())
+        return live
     finally:
         running.stop()
 
@@ -226,8 +261,15 @@ def _live_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
     return sd.Graph("live", outputs=[mean.to_topic(output_topic, name="out")])
 
 
-def _run(bootstrap: str, records: int, rate: float, live_s: float,
-         broker_pid: int | None, breakdown: bool = False) -> None:
+def _run(bootstrap: str, records: int, rate: float, live_s: float, broker_pid: int | None,
+         only: str | None = None, breakdown: bool = False) -> None:
+    if only != "latency":
+        _throughput(bootstrap, records, breakdown)
+    if only != "throughput":
+        _latency(bootstrap, rate, live_s, broker_pid)
+
+
+def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
     source = f"bench.e2e.{time.strftime('%H%M%S')}"
     asyncio.run(produce_input(bootstrap, source, records))
     per_record = _loop_figures("aiokafka per-record loop (send)", lambda: run_per_record_loop(
@@ -258,6 +300,10 @@ def _run(bootstrap: str, records: int, rate: float, live_s: float,
         print("\n".join(summary_lines(ours_ray.memory)))
         if breakdown:
             print("\n".join(breakdown_lines(ours_ray.memory)))
+
+
+def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None) -> None:
+    ensure_ray(num_cpus=2)
     stamp = time.strftime("%H%M%S")
     loop_live = _loop_live(bootstrap, f"bench.live-loop.{stamp}", rate, live_s, broker_pid)
     settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
@@ -278,6 +324,11 @@ def _run(bootstrap: str, records: int, rate: float, live_s: float,
     print(f"streamdag / loop: p50 {p50 / base50:.2f}x, p99 {p99 / base99:.2f}x, CPU "
           f"{ours.cpu_s / max(base.cpu_s, 1e-9):.2f}x, broker CPU "
           f"{ours.broker_cpu_s / max(base.broker_cpu_s, 1e-9):.2f}x")
+    print("\nwhere streamdag's time goes (its nodes' figures over the same window; at-least-once "
+          "sink, as the loop: no checkpoint epoch to wait for)")
+    print(f"{'stage':<58} {'n':>6} {'p50 ms':>7} {'p99 ms':>7}")
+    for stage, observations, stage_p50, stage_p99 in ours.stages:
+        print(f"{stage:<58} {observations:>6} {stage_p50:>7.2f} {stage_p99:>7.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -287,17 +338,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=10_000.0)
     parser.add_argument("--live-seconds", type=float, default=15.0)
     parser.add_argument("--bootstrap", default="")
+    parser.add_argument("--only", choices=("throughput", "latency"), default=None,
+                        help="run one half only (latency: the steady-rate run and its stages)")
     parser.add_argument("--memory-breakdown", action="store_true",
                         help="each Ray actor's memory by kind of mapping at the PSS-sum peak")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.bootstrap:
-        _run(args.bootstrap, args.records, args.rate, args.live_seconds, None,
+        _run(args.bootstrap, args.records, args.rate, args.live_seconds, None, args.only,
              args.memory_breakdown)
     else:
         with EmbeddedBroker.start(".state/bench-broker") as broker:
             _run(broker.bootstrap_servers, args.records, args.rate, args.live_seconds,
-                 broker.pid, args.memory_breakdown)
+                 broker.pid, args.only, args.memory_breakdown)
 
 
 if __name__ == "__main__":

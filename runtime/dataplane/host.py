@@ -19,8 +19,6 @@ import dataclasses
 import functools
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from runtime.checkpoints import failpoints
@@ -32,6 +30,7 @@ from runtime.dataplane.checkpointing import (
     NodeSnapshot,
     restore_source,
 )
+from runtime.dataplane.deliveries import Delivery, DeliveryLedger
 from runtime.dataplane.failures import (
     NodeHeldError,
     SubscriberFailedError,
@@ -42,8 +41,14 @@ from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
 from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
+from runtime.dataplane.source_pacing import ReadPacing
 from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
-from runtime.dataplane.stats import NodeStats, add_source_figures, resident_bytes_of
+from runtime.dataplane.stats import (
+    NodeStats,
+    add_source_figures,
+    observe_event_age,
+    resident_bytes_of,
+)
 from runtime.dataplane.warming import warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
@@ -63,18 +68,6 @@ __all__ = [
 #: Seconds a held source waits for its pushes in flight to settle before it rewinds.
 _SETTLE_TIMEOUT_S = 5.0
 _log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Delivery:
-    """What one step (a push processed, a chunk read) sent: settled once every ack is in."""
-
-    events: int
-    #: Sources: the reader's position after the chunk this step sent.
-    position: dict[int, int] | None
-    #: Acks still awaited, plus one for the step itself until it has sent everything.
-    pending: int = 1
-    failed: bool = False
 
 
 class NodeHost:
@@ -126,9 +119,10 @@ class NodeHost:
         self._held: Exception | None = None
         self._settle_task: asyncio.Task[None] | None = None
         #: Steps whose output some subscriber has not acknowledged yet, oldest first.
-        self._deliveries: deque[_Delivery] = deque()
-        self._undelivered_events = 0
-        self._delivered_position: dict[int, int] = {}
+        self._deliveries = DeliveryLedger()
+        #: Sources: no linger on a thin stream, batching on a thick one.
+        self._pacing = ReadPacing(linger_s=self.settings.linger_s,
+                                  thick_records=self.settings.linger_from_records)
         #: Backpressure waited on channels that have since been removed.
         self._retired_wait_seconds = 0.0
         self.error: BaseException | None = None
@@ -160,7 +154,7 @@ class NodeHost:
             restored = self.checkpointing.restored
             if restored is not None:
                 await restore_source(self.source, restored)
-            self._delivered_position = dict(self.source.position())
+            self._deliveries.position = dict(self.source.position())
 
     def startup_phases(self) -> StartupPhases:
         """When this node passed each start-up step (see ``StartupPhases``)."""
@@ -251,7 +245,7 @@ class NodeHost:
 
     def delivered_position(self) -> dict[int, int]:
         """Sources: per partition, the offset after the last record every subscriber took."""
-        return dict(self._delivered_position)
+        return dict(self._deliveries.position)
 
     # -- wiring ---------------------------------------------------------------------------
     def connect_input(self, edge: str, input_index: int) -> None:
@@ -405,9 +399,8 @@ class NodeHost:
         self, payloads: list[Payload], position: dict[int, int] | None = None
     ) -> None:
         # Counted as emitted (stats) only once every subscriber has acknowledged it.
-        delivery = _Delivery(sum(len(p) for p in payloads if isinstance(p, Batch)), position)
-        self._deliveries.append(delivery)
-        self._undelivered_events += delivery.events
+        delivery = self._deliveries.open(
+            sum(len(p) for p in payloads if isinstance(p, Batch)), position)
         try:
             for payload in payloads:
                 if self._held is not None:
@@ -438,10 +431,10 @@ class NodeHost:
             raise
         finally:
             delivery.pending -= 1
-            self._settle()
+            self._deliveries.settle()
 
     async def _send(self, edge: str, channel: Channel, shipment: Shipment,
-                    delivery: _Delivery) -> None:
+                    delivery: Delivery) -> None:
         if self._channels.get(edge) is not channel:
             return  # unsubscribed while an earlier send waited for credit
         try:
@@ -454,23 +447,13 @@ class NodeHost:
         delivery.pending += 1
         ack.add_done_callback(functools.partial(self._on_ack, edge, channel, delivery))
 
-    def _on_ack(self, edge: str, channel: Channel, delivery: _Delivery,
+    def _on_ack(self, edge: str, channel: Channel, delivery: Delivery,
                 ack: asyncio.Future[Any]) -> None:
         delivery.pending -= 1
         error = RuntimeError("the push was cancelled") if ack.cancelled() else ack.exception()
         if error is not None and self._subscriber_failed(edge, channel, error) is not None:
             delivery.failed = True
-        self._settle()
-
-    def _settle(self) -> None:
-        # Steps settle in order: one that failed keeps itself and all later ones undelivered.
-        while self._deliveries and not self._deliveries[0].pending:
-            if self._deliveries[0].failed:
-                return
-            delivery = self._deliveries.popleft()
-            self._undelivered_events -= delivery.events
-            if delivery.position is not None:
-                self._delivered_position = delivery.position
+        self._deliveries.settle()
 
     def _snapshot_at(self, checkpoint_id: int) -> None:
         worker = self.worker.snapshots.pop(checkpoint_id, None)
@@ -500,15 +483,16 @@ class NodeHost:
         assert self.source is not None
         try:
             while not self._stopping and self._held is None:
-                chunk = await self.source.read(
-                    self.settings.max_batch_records, self.settings.linger_s
-                )
+                chunk = await self.source.read(self.settings.max_batch_records,
+                                               self._pacing.linger_s)
+                self._pacing.observe(len(chunk.batch))
                 if self._held is not None:
                     return  # read after the node stopped: the rewind gives it back
                 position = dict(self.source.position())
                 payloads: list[Payload] = []
                 if len(chunk.batch):
                     self._phases.first_read = self._phases.first_read or StartupPhases.now()
+                    observe_event_age(self.worker.stats.read_age, int(chunk.batch.ts.max()))
                     payloads.extend(self.worker.feed(0, chunk.batch))
                 if chunk.watermark is not None:
                     payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))
@@ -561,8 +545,9 @@ class NodeHost:
     async def _rewind_source(self) -> None:
         seek_to: Any = getattr(self.source, "seek_to", None)
         assert self.source is not None
-        if callable(seek_to) and self.source.position() != self._delivered_position:
-            await seek_to(self._delivered_position)
+        delivered = self._deliveries.position
+        if callable(seek_to) and self.source.position() != delivered:
+            await seek_to(delivered)
         pause: Any = getattr(self.source, "pause", None)
         if self._held is not None and callable(pause):
             pause()
@@ -576,7 +561,7 @@ class NodeHost:
         import psutil
 
         stats = copy.deepcopy(self.worker.stats)  # callers in this process keep a snapshot
-        stats.events_out -= self._undelivered_events
+        stats.events_out -= self._deliveries.undelivered_events
         stats.rss_bytes = int(psutil.Process().memory_info().rss)
         stats.cache_bytes = resident_bytes_of(self.worker.logic)
         stats.queue_depth = self._queue.qsize() if self._queue is not None else 0

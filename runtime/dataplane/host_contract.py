@@ -31,5 +31,7 @@ class RuntimeSettings:
     credits: int = 4
     #: A source cuts a batch at this many records...
     max_batch_records: int = 100_000
-    #: ...or after this long once it holds at least one record.
+    #: ...or after this long once it holds at least one record, but only while its reads
+    #: bring at least ``linger_from_records`` records: a thin stream is sent on at once.
     linger_s: float = 0.005
+    linger_from_records: int = 1_000

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats", "add_source_figures",
-           "resident_bytes_of"]
+           "observe_event_age", "resident_bytes_of"]
 
 #: Upper bounds (seconds) of the latency histogram buckets, as Prometheus would have them.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -137,6 +138,11 @@ class NodeStats:
     warm_up_seconds: float = 0.0
     #: Bytes held by the operator's state (ring buffers, key tables, per-key arrays).
     cache_bytes: int = 0
+    #: Sources: wall clock when a read returned minus its newest event time (live streams).
+    read_age: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: Nodes that put their inputs in event-time order: wall clock when the watermark released
+    #: events minus the newest released event time (live streams).
+    release_age: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: wall clock once a batch is published minus its newest event time.
     end_to_end_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: seconds to write and publish (flush) each batch.
@@ -145,6 +151,25 @@ class NodeStats:
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Inference nodes: their engine's figures (operators.inference_queue.InferenceFigures).
     inference: Any = None
+
+
+#: Event times further than this from the wall clock are not a live stream's: not observed.
+_DAY_NS = 86_400 * 10**9
+
+
+def observe_event_age(histogram: LatencyHistogram, newest_event_ns: int,
+                      now_ns: int | None = None) -> None:
+    """Record how old an event was (now minus its time), when its time is a live wall clock.
+
+    >>> ages = LatencyHistogram()
+    >>> observe_event_age(ages, 3_000_000, now_ns=5_000_000)
+    >>> observe_event_age(ages, 7)  # a replay's event time, not the wall clock: left out
+    >>> ages.recent
+    [0.002]
+    """
+    age_ns = (time.time_ns() if now_ns is None else now_ns) - newest_event_ns
+    if 0 <= age_ns < _DAY_NS:
+        histogram.observe(age_ns / 1e9)
 
 
 def resident_bytes_of(state: Any, depth: int = 3) -> int:
