@@ -60,7 +60,8 @@ class Reports:
     def list_submissions(self) -> list[dict[str, Any]]:
         """Every submission, oldest first, in the shape ``submit_graph`` returns."""
         records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.id))
-        return [record.describe(self.deployment) for record in records]
+        return [record.describe(self.deployment, actor_names=self._registry.actor_names())
+                for record in records]
 
     def status(self, submission_id: str) -> dict[str, Any]:
         """A submission with, per node: sharing, liveness and the latest NodeStats figures.
