@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from runtime.deployment.node_registry import NodeEntry, NodeRegistry
     from runtime.deployment.region_checkpoints import RegionCheckpoints
     from runtime.deployment.tag_queries import TagQueries
+    from runtime.deployment.warm_pool import WarmPool
 
 __all__ = ["Reports", "UnknownNodeError"]
 
@@ -50,6 +51,7 @@ class Reports:
         _nodes_reused_total: int
         _last_reuse_ratio: float
         _crashes: int
+        _pool: WarmPool
 
         async def start(self) -> None: ...
 
@@ -74,6 +76,7 @@ class Reports:
         first_shards = {n.name: n.key for n in record.nodes if n.shard == 0}
         for node in described["nodes"]:
             self._add_tag_query(node, first_shards[node["name"]])
+        described["warm_pool"] = self._pool.figures().to_dict()
         return described
 
     def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
@@ -143,6 +146,8 @@ class Reports:
             regions=regions.metrics() if regions is not None else (),
             restore_duration=copy.deepcopy(regions.figures.restore_duration)
             if regions is not None else LatencyHistogram(),
+            warm_pool_idle=len(self._pool.idle), warm_pool_starting=len(self._pool.starting),
+            warm_pool_bound_total=self._pool.bound_total,
         )
 
     async def infer(self, node: str, features: Mapping[str, list[float]],

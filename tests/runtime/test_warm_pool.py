@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import ray
+from prometheus_client import CollectorRegistry
 from actor_kills import kill_actor_process, wait_for
 from ema_oracle import expected, per_key, produce
 
@@ -18,6 +19,7 @@ import streamdag as sd
 from connectors.topics import ensure_topics
 from runtime.deployment.controller import ControllerOptions, controller_actor_name
 from runtime.deployment.handle import Deployment
+from runtime.deployment.metrics import MetricsSnapshot, StreamdagCollector
 from runtime.deployment.node_registry import NODE_NAMESPACE, node_actor_name
 from runtime.deployment.warm_pool import pool_actor_pattern
 from streamdag.config import (
@@ -79,6 +81,19 @@ def _events_in(actor: str) -> int:
     return int(ray.get(handle.stats.remote()).events_in)
 
 
+def test_the_pool_is_exported_as_prometheus_families() -> None:
+    from runtime.dataplane.stats import LatencyHistogram
+
+    registry = CollectorRegistry()
+    StreamdagCollector(registry).update(MetricsSnapshot(
+        (), {}, LatencyHistogram(), 0, 0, 0.0, 0, 0, warm_pool_idle=2, warm_pool_starting=1,
+        warm_pool_bound_total=7))
+    value = registry.get_sample_value
+    assert value("streamdag_warm_pool_actors", {"state": "idle"}) == 2
+    assert value("streamdag_warm_pool_actors", {"state": "starting"}) == 1
+    assert value("streamdag_warm_pool_bound_total") == 7
+
+
 @pytest.mark.integration
 def test_new_nodes_bind_to_the_warm_pool_recover_survive_a_controller_restart_and_leave_nothing(
     ray_session: None, bootstrap: str, tmp_path: Path
@@ -106,7 +121,10 @@ def test_new_nodes_bind_to_the_warm_pool_recover_survive_a_controller_restart_an
         assert actors["ticks"] == node_actor_name(name, graph.node("ticks").node_id)
         assert {n["actor"] for n in deployment.nodes()} == set(actors.values())
         wait_for(lambda: _pool(deployment)["idle"] == 2, "the pool to refill", timeout_s=120)
-        assert _pool(deployment)["bound_total"] == 2
+        assert deployment.status(submission["id"])["warm_pool"] == {
+            "size": 2, "idle": 2, "starting": 0, "bound_total": 2}
+        snapshot = deployment.metrics_snapshot()
+        assert (snapshot.warm_pool_idle, snapshot.warm_pool_bound_total) == (2, 2)
 
         # A bound pool actor is killed mid-stream: its region recovers, exactly once.
         asyncio.run(produce(bootstrap, topic, 0, TOTAL // 2))
