@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import ray
-from prometheus_client import CollectorRegistry
 from actor_kills import kill_actor_process, wait_for
 from ema_oracle import expected, per_key, produce
+from prometheus_client import CollectorRegistry
 
 import streamdag as sd
 from connectors.topics import ensure_topics
