@@ -43,10 +43,10 @@ def test_the_pool_size_is_a_setting_and_a_negative_one_is_refused() -> None:
         load_settings(environ={}, overrides=["runtime.warm_pool=-1"])
 
 
-def _ema_graph(topic: str, out: str) -> sd.Graph:
+def _ema_graph(topic: str, out: str, sink: str = "out") -> sd.Graph:
     ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
-    return sd.Graph("g", outputs=[ticks.ema("price", span=7, name="smooth").to_topic(
-        out, name="out")])
+    return sd.Graph(f"g-{sink}", outputs=[ticks.ema("price", span=7, name="smooth").to_topic(
+        out, name=sink)])
 
 
 def _connect(settings: Settings, bootstrap: str, tmp_path: Path) -> Deployment:
@@ -156,6 +156,25 @@ def test_new_nodes_bind_to_the_warm_pool_recover_survive_a_controller_restart_an
         assert _actors(again) == recovered
         assert _pool(deployment)["idle"] == 2
         assert _named_actors(name) == before
+
+        # Both idle pool actors are killed: a new node bound to one of them starts an actor
+        # of its own instead, and the health check replaces the dead ones.
+        idle = before - set(recovered.values())
+        for dead in idle:
+            ray.kill(ray.get_actor(dead, namespace=NODE_NAMESPACE))
+        wait_for(lambda: not idle & _named_actors(name), "the killed pool actors to be gone")
+        out2 = f"wp-out2-{uuid.uuid4().hex[:8]}"
+        second_graph = _ema_graph(topic, out2, sink="out2")
+        second = deployment.submit(second_graph)
+        assert second["state"] == "executing", second["cause"]
+        assert _actors(second)["out2"] == node_actor_name(name, second_graph.node("out2").node_id)
+        problems = deployment.check_health()
+        assert len(problems) == 1 and problems[0].startswith("pool actor ")
+        asyncio.run(produce(bootstrap, topic, TOTAL, TOTAL + 100))
+        tail = asyncio.run(read_topic(bootstrap, out2, 100, timeout_s=60))
+        assert per_key(tail) == {key: [(ts, value) for ts, value in outputs if ts >= TOTAL]
+                                 for key, outputs in expected(TOTAL + 100, span=7).items()}
+        wait_for(lambda: _pool(deployment)["idle"] == 2, "the pool to refill", timeout_s=120)
     finally:
         deployment.shutdown()
     assert _named_actors(name) == set()
