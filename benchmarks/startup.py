@@ -159,8 +159,10 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
     }
 
 
-async def _first_record_at(bootstrap: str, topic: str, timeout_s: float = 120) -> float:
-    """When the first record of ``topic`` (created if missing) could be read (``time.time()``)."""
+async def _first_record_at(bootstrap: str, topic: str, timeout_s: float = 120,
+                           reading: threading.Event | None = None) -> float:
+    """When the first record of ``topic`` (created if missing) could be read (``time.time()``);
+    ``reading`` is set once the consumer reads, so its own start is not counted."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from connectors.topics import ensure_topics
@@ -172,6 +174,9 @@ async def _first_record_at(bootstrap: str, topic: str, timeout_s: float = 120) -
     try:
         consumer.assign([TopicPartition(topic, p) for p in range(4)])
         await consumer.seek_to_beginning()
+        await consumer.getmany(timeout_ms=1)
+        if reading is not None:
+            reading.set()
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if await consumer.getmany(timeout_ms=20, max_records=1):
@@ -187,7 +192,9 @@ def _deployment_runs(bootstrap: str, source: str,
     the last run's steps per node (seconds after the submission).
 
     A first graph starts the controller and loads the kernels; each timed one is a new graph
-    (its own input topic of the workload's records, so no node is shared with a running one).
+    (its own input topic of the workload's records, so no node is shared with a running one),
+    submitted once the warm pool (``runtime.warm_pool``, default 3) is full again. The output
+    topic's reader is connected before the submission.
     """
     import tempfile
 
@@ -195,15 +202,16 @@ def _deployment_runs(bootstrap: str, source: str,
 
     from runtime.deployment.controller import ControllerOptions
     from runtime.deployment.handle import Deployment
-    from runtime.deployment.node_registry import NODE_NAMESPACE, node_actor_name
+    from runtime.deployment.node_registry import NODE_NAMESPACE
     from runtime.runners.ray_runner import ensure_ray
     from streamdag.config import KafkaSettings, Settings
 
     ensure_ray(num_cpus=2)
     name = f"bench{time.strftime('%H%M%S')}"
     state = tempfile.mkdtemp(prefix="streamdag-bench-")
+    settings = Settings(name=name, state_dir=state, kafka=KafkaSettings(partitions=4))
     deployment = Deployment.connect(
-        Settings(name=name, state_dir=state, kafka=KafkaSettings(partitions=4)), bootstrap,
+        settings, bootstrap,
         state_dir=state, options=ControllerOptions(grace_s=0.0, health_interval_s=0.0,
                                                    lifecycle_topic=f"{name}.lifecycle"))
     seconds: list[float] = []
@@ -213,16 +221,21 @@ def _deployment_runs(bootstrap: str, source: str,
             topic = f"{source}.copy{run}"
             asyncio.run(produce_input(bootstrap, topic, 20_000))
             out = f"{topic}.out"
+            _wait_for_pool(deployment, settings.runtime.warm_pool)
+            reader, first_at = _reader_of_first_record(bootstrap, out)
             submitted = time.time()
             graph = replay_graph(topic, out, f"replay{run}")
             submission = deployment.submit(graph)
             assert submission["state"] != "failed", submission["cause"]
-            first = asyncio.run(_first_record_at(bootstrap, out))
+            reader.join()
+            first = first_at[0]
             if run:  # the first one is the warm-up
                 seconds.append(first - submitted)
+            actors = {node["name"]: node["actor"] for node in submission["nodes"]}
             for node in graph.nodes:
-                actor = ray.get_actor(node_actor_name(name, node.node_id), namespace=NODE_NAMESPACE)
-                steps = dataclasses.asdict(ray.get(actor.startup_phases.remote()))
+                actor = ray.get_actor(str(actors[node.name]), namespace=NODE_NAMESPACE)
+                phases: Any = ray.get(actor.startup_phases.remote())
+                steps = dataclasses.asdict(phases)
                 timeline[node.name] = {step: (at - submitted if at else None)
                                        for step, at in steps.items()}
                 timeline[node.name]["read back"] = first - submitted
@@ -230,6 +243,31 @@ def _deployment_runs(bootstrap: str, source: str,
         deployment.shutdown()
         ray.shutdown()
     return seconds, timeline
+
+
+def _reader_of_first_record(bootstrap: str, topic: str) -> tuple[threading.Thread, list[float]]:
+    """A thread reading ``topic`` until its first record, started and connected: the thread,
+    and the list it puts the first record's time in."""
+    reading, first_at = threading.Event(), []
+
+    def read() -> None:
+        first_at.append(asyncio.run(_first_record_at(bootstrap, topic, reading=reading)))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reading.wait(60)
+    return reader, first_at
+
+
+def _wait_for_pool(deployment: Any, size: int, timeout_s: float = 120) -> None:
+    """Wait until ``deployment``'s warm pool holds ``size`` idle actors."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while ray.get(deployment.controller.warm_pool.remote())["idle"] < size:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the warm pool did not fill within {timeout_s} s")
+        time.sleep(0.1)
 
 
 def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:

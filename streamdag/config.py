@@ -73,6 +73,13 @@ class RuntimeSection:
     max_batch_records: int = 100_000
     #: ...or after this many milliseconds once it holds a record.
     linger_ms: float = 5.0
+    #: Booted, warmed idle node actors a deployment keeps for its next nodes (0: none).
+    warm_pool: int = 3
+
+    def __post_init__(self) -> None:
+        if self.warm_pool < 0:
+            raise ConfigError(f"runtime.warm_pool must be 0 (no pool) or more, got "
+                              f"{self.warm_pool}")
 
 
 @dataclass(frozen=True)

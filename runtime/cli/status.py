@@ -37,11 +37,13 @@ def describe_status(status: Mapping[str, Any]) -> str:
     ...                "alive": True, "shared_by": ["g-1"], "stats": {"events_in": 0,
     ...                "events_out": 1200, "queue_depth": 0, "lag": {"0": 3, "1": 4},
     ...                "process_latency": {"counts": [0, 0, 0, 2] + [0] * 13, "total": 0.001,
-    ...                                    "observations": 2}}}]}))
+    ...                                    "observations": 2}}}],
+    ...     "warm_pool": {"size": 3, "idle": 2, "starting": 1, "bound_total": 4}}))
     submission g-1 (graph g): executing
       1 nodes: 1 new, 0 reused (reuse ratio 0.00)
       new:    ticks
       history: submitted -> executing
+      warm pool: 2 of 3 idle, 1 starting, 4 bound to nodes so far
     node   operator      role    alive  graphs  events in  events out  p99 batch ms  queue  lag
     ticks  kafka_source  source  yes         1          0       1,200          1.00      0    7
     """
@@ -49,6 +51,10 @@ def describe_status(status: Mapping[str, Any]) -> str:
     lines = [describe_submission(status)]
     if history:
         lines.append(f"  history: {history}")
+    pool = status.get("warm_pool")
+    if pool:
+        lines.append(f"  warm pool: {pool['idle']} of {pool['size']} idle, {pool['starting']} "
+                     f"starting, {pool['bound_total']} bound to nodes so far")
     rows: list[list[object]] = []
     for node in status.get("nodes") or []:
         stats = node.get("stats") or {}

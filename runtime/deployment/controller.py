@@ -61,6 +61,7 @@ from runtime.deployment.node_registry import (
     node_actor_name,
     release,
     retirement_order,
+    with_actor_name,
     with_follows,
 )
 from runtime.deployment.region_checkpoints import region_checkpoints
@@ -71,6 +72,7 @@ from runtime.deployment.stop_resume import (
     drop_stop_point,
 )
 from runtime.deployment.tag_queries import TagQueries
+from runtime.deployment.warm_pool import WarmPool
 from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import HostSpec, wire_graph
 from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
@@ -131,6 +133,13 @@ class Controller(HealthChecks, Reports, StopAndResume):
                                   call_timeout_s=self.options.call_timeout_s,
                                   ready_timeout_s=self.options.ready_timeout_s)
         self._actors.routes = self._registry.routes()
+        self._actors.on_named = self._actor_named
+        #: Idle warmed node actors new nodes bind to (``settings.runtime.warm_pool``).
+        self._pool = WarmPool(self.deployment, settings.runtime.warm_pool,
+                              self._actors.actor_options,
+                              call_timeout_s=self.options.call_timeout_s,
+                              warm_timeout_s=self.options.ready_timeout_s)
+        self._actors.pool = self._pool if self._pool.size else None
         self._stats: dict[str, NodeStats] = {}
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._started = False
@@ -162,19 +171,23 @@ class Controller(HealthChecks, Reports, StopAndResume):
         self._started = True
         log_to_file_inside_ray_actor(self.state_dir / "deployment.log", "streamdag.lifecycle",
                                      "streamdag.controller")
-        # Step 1: find each live node's actor by its deterministic name.
-        found, missing, leftovers = locate_node_actors(self._registry, self.deployment)
-        self._actors.handles.update(found)
+        # Step 1: find each live node's actor by its recorded name.
+        located = locate_node_actors(self._registry, self.deployment)
+        self._actors.handles.update(located.found)
         # Step 2: with checkpoints, how to re-create the running graphs' nodes.
         self._remember_graphs()
         # Step 3: nodes whose actor is gone died while no controller watched them (with
         # checkpoints, their regions recover).
         await self._declare_dead(
-            dict.fromkeys(missing, "its actor was not found when the controller started"))
-        # Step 4: named node actors no entry claims are leftovers of an interrupted submission.
-        for name, handle in leftovers.items():
+            dict.fromkeys(located.missing, "its actor was not found when the controller started"))
+        # Step 4: named node actors no entry claims are leftovers of an interrupted submission;
+        # unclaimed pool actors join the pool while idle, and are stopped once bound.
+        for name, handle in located.leftovers.items():
             _log.warning("stopping leftover node actor %s", name)
             await self._actors.stop_actor(handle, name)
+        for name in await self._pool.adopt(located.pooled):
+            _log.warning("stopped leftover pool actor %s", name)
+        self._pool.refill()
         # Step 5: the regions checkpoint again; periodic health checks.
         await self._reconcile_checkpoints()
         if self.options.health_interval_s > 0:
@@ -206,7 +219,10 @@ class Controller(HealthChecks, Reports, StopAndResume):
                     _log.exception("submission %s of graph %r failed", record.id, graph.name)
                 await self._fail(record.id, str(exc) if isinstance(exc, _SubmissionFailedError)
                                  else failure_cause(exc))
-            return self._records[record.id].describe(self.deployment)
+            finally:
+                self._pool.refill()  # what the submission took, once its nodes run
+            return self._records[record.id].describe(self.deployment,
+                                                     actor_names=self._registry.actor_names())
 
     async def _deploy(self, submission: str, graph: Graph) -> None:
         """Steps of one submission; raises _SubmissionFailedError after rolling back."""
@@ -320,8 +336,10 @@ class Controller(HealthChecks, Reports, StopAndResume):
         # Step 2: the created actors stop, in reverse creation order (sources first), once no
         # producer sends to them; a producer slow to take that goes on in the background.
         created = tuple(reversed(progress.created))
+        entries = self._registry.entries
         stopping = asyncio.create_task(self._retire(
-            created, [node_actor_name(self.deployment, key) for key in created], detaching,
+            created, [entries[key].actor_name if key in entries
+                      else node_actor_name(self.deployment, key) for key in created], detaching,
             grace_s=0.0))
         for key in created:
             self._retiring[key] = stopping
@@ -410,6 +428,7 @@ class Controller(HealthChecks, Reports, StopAndResume):
             for key in order:
                 await self._actors.stop(key, entries[key].actor_name)
             self._registry = NodeRegistry()
+            await self._pool.close()
             await self._tag_queries.apply((), {}, self._actors)  # no query follows anything
             self._stats.clear()
             self._save_registry()
@@ -458,6 +477,18 @@ class Controller(HealthChecks, Reports, StopAndResume):
         event = cloud_event(self.deployment, record, record.history[-1])
         log_event(event)
         await self._emitter.emit(record.id, event)
+
+    def _actor_named(self, key: str, name: str) -> None:
+        """Record that ``key``'s actor is now ``name`` (a pool actor bound to it, or a new one
+        after a recovery) before anything can depend on it."""
+        registry = with_actor_name(self._registry, key, name)
+        if registry is not self._registry:
+            self._registry = registry
+            self._save_registry()
+
+    def warm_pool(self) -> dict[str, int]:
+        """The warm pool's figures: ``size``, ``idle``, ``starting``, ``bound_total``."""
+        return self._pool.figures().to_dict()
 
     def _save_registry(self) -> None:
         save_registry(self._registry_path, self._registry, self.deployment)

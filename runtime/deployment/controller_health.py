@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from runtime.deployment.node_actors import NodeActors, NodeProbe
     from runtime.deployment.region_checkpoints import RegionCheckpoints
     from runtime.deployment.tag_queries import TagQueries
+    from runtime.deployment.warm_pool import WarmPool
 
 __all__ = ["HealthChecks"]
 
@@ -44,6 +45,7 @@ class HealthChecks:
         _stats: dict[str, NodeStats]
         _tag_queries: TagQueries
         _crashes: int
+        _pool: WarmPool
 
         async def _ensure_started(self) -> None: ...
 
@@ -89,6 +91,9 @@ class HealthChecks:
                 elif all(n.key in probes and probes[n.key].finished
                          for n in record.nodes if n.leaf):
                     await self._move(record.id, _S.COMPLETED, "every output finished")
+            # Pool actors that died are replaced.
+            for name in await self._pool.check():
+                problems.append(f"pool actor {name} died; a new one starts")
             return problems
 
     async def _declare_dead(self, causes: Mapping[str, str]) -> list[str]:

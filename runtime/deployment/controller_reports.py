@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from runtime.deployment.node_registry import NodeEntry, NodeRegistry
     from runtime.deployment.region_checkpoints import RegionCheckpoints
     from runtime.deployment.tag_queries import TagQueries
+    from runtime.deployment.warm_pool import WarmPool
 
 __all__ = ["Reports", "UnknownNodeError"]
 
@@ -50,6 +51,7 @@ class Reports:
         _nodes_reused_total: int
         _last_reuse_ratio: float
         _crashes: int
+        _pool: WarmPool
 
         async def start(self) -> None: ...
 
@@ -60,7 +62,8 @@ class Reports:
     def list_submissions(self) -> list[dict[str, Any]]:
         """Every submission, oldest first, in the shape ``submit_graph`` returns."""
         records = sorted(self._records.values(), key=lambda r: (r.submitted_at, r.id))
-        return [record.describe(self.deployment) for record in records]
+        return [record.describe(self.deployment, actor_names=self._registry.actor_names())
+                for record in records]
 
     def status(self, submission_id: str) -> dict[str, Any]:
         """A submission with, per node: sharing, liveness and the latest NodeStats figures.
@@ -73,6 +76,7 @@ class Reports:
         first_shards = {n.name: n.key for n in record.nodes if n.shard == 0}
         for node in described["nodes"]:
             self._add_tag_query(node, first_shards[node["name"]])
+        described["warm_pool"] = self._pool.figures().to_dict()
         return described
 
     def checkpoints(self, submission_id: str) -> list[dict[str, Any]]:
@@ -142,6 +146,8 @@ class Reports:
             regions=regions.metrics() if regions is not None else (),
             restore_duration=copy.deepcopy(regions.figures.restore_duration)
             if regions is not None else LatencyHistogram(),
+            warm_pool_idle=len(self._pool.idle), warm_pool_starting=len(self._pool.starting),
+            warm_pool_bound_total=self._pool.bound_total,
         )
 
     async def infer(self, node: str, features: Mapping[str, list[float]],

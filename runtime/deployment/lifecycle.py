@@ -252,13 +252,21 @@ class SubmissionRecord:
         stats: Mapping[str, NodeStats] | None = None,
         *,
         retiring: Collection[str] = (),
+        actor_names: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """What the controller's API returns for this submission.
 
         With the deployment's ``registry`` and latest ``stats`` (by registry key), each node
         also tells its region, the graphs sharing it, whether its actor is alive (a retiring
-        one is not), and its NodeStats figures.
+        one is not), and its NodeStats figures. Actor names come from ``actor_names`` or the
+        registry (a node bound to a pool actor has its name), else from the node's key.
         """
+        names = dict(actor_names if actor_names is not None else
+                     registry.actor_names() if registry is not None else {})
+
+        def actor(key: str) -> str:
+            return names.get(key) or node_actor_name(deployment, key)
+
         from runtime.deployment.sharded_nodes import logical_stats
 
         logical: dict[str, list[SubmissionNode]] = {}  # a sharded node is one, of N shards
@@ -269,8 +277,8 @@ class SubmissionRecord:
             keys = [shard.key for shard in shards]
             described: dict[str, Any] = {
                 "name": node.name, "node_id": node.node_id, "operator": node.operator,
-                "role": node.role, "actor": node_actor_name(deployment, node.key),
-                "shards": node.shards, "actors": [node_actor_name(deployment, k) for k in keys]}
+                "role": node.role, "actor": actor(node.key),
+                "shards": node.shards, "actors": [actor(k) for k in keys]}
             if registry is not None:
                 entry = registry.entries.get(node.key)
                 described.update(

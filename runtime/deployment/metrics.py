@@ -106,6 +106,10 @@ class MetricsSnapshot:
     regions: tuple[RegionMetrics, ...] = ()
     #: Seconds each region recovery took to restore its actors (after the backoff).
     restore_duration: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: The warm pool: idle and starting pool actors, and how many were bound to nodes.
+    warm_pool_idle: int = 0
+    warm_pool_starting: int = 0
+    warm_pool_bound_total: int = 0
 
 
 _EMPTY = MetricsSnapshot((), {}, LatencyHistogram(), 0, 0, 0.0, 0, 0)
@@ -291,6 +295,15 @@ def _deployment_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     yield CounterMetricFamily("streamdag_actor_crashes",
                               "Node actors found dead by the controller's health check.",
                               value=float(snapshot.actor_crashes_total))
+    pool = GaugeMetricFamily("streamdag_warm_pool_actors",
+                             "Warm pool actors, idle (ready to bind) or starting.",
+                             labels=["state"])
+    pool.add_metric(["idle"], float(snapshot.warm_pool_idle))
+    pool.add_metric(["starting"], float(snapshot.warm_pool_starting))
+    yield pool
+    yield CounterMetricFamily("streamdag_warm_pool_bound",
+                              "New nodes bound to a warm pool actor instead of a new process.",
+                              value=float(snapshot.warm_pool_bound_total))
     yield from _region_families(snapshot)
     submissions = GaugeMetricFamily("streamdag_submissions", "Submissions in each state.",
                                     labels=["state"])

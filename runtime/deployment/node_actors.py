@@ -17,46 +17,72 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.dataplane.exchange import KeyRoute
 from runtime.deployment.node_registry import NODE_NAMESPACE, NodeRegistry, node_actor_name
+from runtime.deployment.warm_pool import WarmPool, pool_actor_pattern
+from runtime.inference.host import INFERENCE_OPERATOR
 from runtime.runners.ray_nodes import RayNodes, awaited
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from runtime.dataplane.checkpointing import CheckpointTarget
     from runtime.dataplane.host import RuntimeSettings
     from runtime.dataplane.stats import NodeStats
+    from runtime.planning.wiring import HostSpec
 
-__all__ = ["NodeActors", "NodeProbe", "locate_node_actors"]
+__all__ = ["LocatedActors", "NodeActors", "NodeProbe", "locate_node_actors"]
 
 _log = logging.getLogger("streamdag.controller")
 
 
-def locate_node_actors(
-    registry: NodeRegistry, deployment: str
-) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
-    """Find node actors in Ray by name: ``(handles by key, keys not found, leftovers)``.
+@dataclass(frozen=True)
+class LocatedActors:
+    """What a restarted controller found of its deployment's actors in Ray."""
 
-    Leftovers are named node actors of ``deployment`` that no entry claims (an interrupted
-    submission's), by name. Only live entries are looked up; dead ones stay dead.
+    #: The live entries' actors, by key.
+    found: dict[str, Any]
+    #: Keys of live entries whose actor is gone.
+    missing: list[str]
+    #: Named node actors no entry claims (an interrupted submission's), by name.
+    leftovers: dict[str, Any]
+    #: Pool actors no entry claims (idle, or bound by an interrupted submission), by name.
+    pooled: dict[str, Any]
+
+
+def locate_node_actors(registry: NodeRegistry, deployment: str) -> LocatedActors:
+    """Find a deployment's actors in Ray by name.
+
+    A live entry's actor is the one its ``actor_name`` names (a pool actor's name once it was
+    bound to the node), or else the node's own name (a recovery's new actor, when the
+    controller stopped before it recorded the name). Only live entries are looked up; dead
+    ones stay dead.
     """
     import ray
 
     found: dict[str, Any] = {}
     missing: list[str] = []
+    claimed: set[str] = set()
     for key, entry in registry.entries.items():
-        if entry.alive:
-            try:
-                found[key] = ray.get_actor(entry.actor_name, namespace=NODE_NAMESPACE)
-            except ValueError:
-                missing.append(key)
-    claimed = {entry.actor_name for entry in registry.entries.values()}
-    pattern = re.compile(re.escape(node_actor_name(deployment, "")) +
-                         "[0-9a-f]{24}(-[0-9]+of[0-9]+)?")
-    leftovers = {
-        actor["name"]: ray.get_actor(actor["name"], namespace=NODE_NAMESPACE)
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["namespace"] == NODE_NAMESPACE and pattern.fullmatch(actor["name"])
-        and actor["name"] not in claimed
-    }
-    return found, missing, leftovers
+        own = node_actor_name(deployment, key)
+        claimed |= {entry.actor_name, own}
+        if not entry.alive:
+            continue
+        for name in dict.fromkeys((entry.actor_name, own)):
+            with contextlib.suppress(ValueError):
+                found[key] = ray.get_actor(name, namespace=NODE_NAMESPACE)
+                break
+        else:
+            missing.append(key)
+    nodes = re.compile(re.escape(node_actor_name(deployment, "")) +
+                       "[0-9a-f]{24}(-[0-9]+of[0-9]+)?")
+    pool = pool_actor_pattern(deployment)
+    named = [actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+             if actor["namespace"] == NODE_NAMESPACE and actor["name"] not in claimed]
+    return LocatedActors(
+        found, missing,
+        {name: ray.get_actor(name, namespace=NODE_NAMESPACE)
+         for name in named if nodes.fullmatch(name)},
+        {name: ray.get_actor(name, namespace=NODE_NAMESPACE)
+         for name in named if pool.fullmatch(name)})
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,8 @@ class NodeActors(RayNodes):
     Node actors are detached and named after their key (``node_actor_name``), and created
     with ``get_if_exists``: a second creation of one key returns the running actor. They are
     created, made ready, wired and started by the deployment sequence like any runner's.
+    With a ``pool``, a new node is bound to an idle warmed pool actor instead, which keeps
+    its pool name: ``on_named`` hears every key's actor name, so the registry records it.
     """
 
     def __init__(
@@ -96,6 +124,45 @@ class NodeActors(RayNodes):
         #: The key route of every exchange edge into a shard (``NodeRegistry.routes``): a
         #: recovery re-wires its region's edges from the registry, which names no routes.
         self.routes: dict[str, KeyRoute] = {}
+        #: Idle warmed actors new nodes are bound to (None: every node starts its own).
+        self.pool: WarmPool | None = None
+        #: Told ``(key, actor name)`` whenever a key gets a new actor.
+        self.on_named: Callable[[str, str], None] | None = None
+
+    def create(self, key: str, host: HostSpec) -> Any:
+        """Bind ``key`` to an idle pool actor if there is one (not an inference node, which
+        needs its own actor class), else create its own named actor; returns its handle."""
+        pooled = (self.pool.take() if self.pool is not None and self.shard_options is None
+                  and host.node.operator != INFERENCE_OPERATOR else None)
+        if pooled is None:
+            self._named(key, node_actor_name(self.deployment, key))
+            return super().create(key, host)
+        name, handle = pooled
+        self._named(key, name)
+        self.handles[key] = handle
+        self._getting_ready[key] = asyncio.ensure_future(self._bind(key, host, name, handle))
+        if host.source is not None:
+            self.sources.append(key)
+        return handle
+
+    async def _bind(self, key: str, host: HostSpec, name: str, handle: Any) -> str:
+        """Make pool actor ``handle`` the host of ``key`` and wait until it is ready; one that
+        died in the pool is replaced by a new actor of the node's own."""
+        from ray.exceptions import ActorDiedError
+
+        try:
+            node_id: str = await handle.bind.remote(self.host_arguments(key, host))
+        except ActorDiedError as died:
+            _log.warning("pool actor %s died before it could host node %r (%s); starting an "
+                         "actor of its own", name, host.node.name, died)
+            self._named(key, node_actor_name(self.deployment, key))
+            handle = self.handles[key] = self.new_actor(key, host)
+            node_id = await handle.ready.remote()
+        return node_id
+
+    def _named(self, key: str, name: str) -> None:
+        if self.on_named is not None:
+            self.on_named(key, name)
 
     async def subscribe(self, edge: str, upstream: str, downstream: str, index: int,
                         route: KeyRoute | None = None) -> None:

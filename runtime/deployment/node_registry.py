@@ -52,6 +52,7 @@ __all__ = [
     "release",
     "retirement_order",
     "shard_edge_id",
+    "with_actor_name",
     "with_follows",
     "with_since",
 ]
@@ -210,6 +211,10 @@ class NodeRegistry:
         """Keys of nodes whose actor is alive (the ones a new graph may reuse)."""
         return frozenset(key for key, entry in self.entries.items() if entry.alive)
 
+    def actor_names(self) -> dict[str, str]:
+        """The actor name of every key."""
+        return {key: entry.actor_name for key, entry in self.entries.items()}
+
     def dead_keys(self) -> frozenset[str]:
         """Keys of nodes whose actor died and that some graph still references."""
         return frozenset(key for key, entry in self.entries.items() if not entry.alive)
@@ -349,6 +354,22 @@ def mark_dead(registry: NodeRegistry, keys: Iterable[str]) -> NodeRegistry:
 def mark_alive(registry: NodeRegistry, keys: Iterable[str]) -> NodeRegistry:
     """The registry with the actors of ``keys`` recorded as alive."""
     return _with_liveness(registry, keys, alive=True)
+
+
+def with_actor_name(registry: NodeRegistry, key: str, name: str) -> NodeRegistry:
+    """The registry with ``key``'s actor named ``name`` (a pool actor bound to it, or a new
+    actor of its own after a recovery); unchanged when ``key`` is not registered.
+
+    >>> request = NodeRequest("k", "k", "streamdag-d-node-k", "n", "map", "operator", ())
+    >>> registry = acquire(NodeRegistry(), "g", [request])
+    >>> with_actor_name(registry, "k", "streamdag-d-pool-0123456789ab").entries["k"].actor_name
+    'streamdag-d-pool-0123456789ab'
+    """
+    entry = registry.entries.get(key)
+    if entry is None or entry.actor_name == name:
+        return registry
+    return NodeRegistry(MappingProxyType({**registry.entries,
+                                          key: replace(entry, actor_name=name)}))
 
 
 def _with_liveness(registry: NodeRegistry, keys: Iterable[str], *, alive: bool) -> NodeRegistry:

@@ -80,19 +80,28 @@ class RayNodes:
 
     def create(self, key: str, host: HostSpec) -> Any:
         """Create the actor of ``key`` hosting ``host``'s node; returns its handle."""
-        options = {**self.options_for(key),
-                   **inference_actor_options(host.node, _cluster_gpus(host.node))}
-        if self.shard_options is not None:
-            options = {**options, **self.shard_options(host.node.name, host.shard, host.shards)}
-        handle = node_actor_class(host.node.operator).options(**options).remote(
-            **host.host_arguments(self.settings, incarnation=self.incarnation,
-                                  snapshot=self.snapshots.get(key),
-                                  checkpoints=self.checkpoints_for(key)))
+        handle = self.new_actor(key, host)
         self.handles[key] = handle
         self._getting_ready[key] = handle.ready.remote()
         if host.source is not None:
             self.sources.append(key)
         return handle
+
+    def new_actor(self, key: str, host: HostSpec) -> Any:
+        """Start a new actor process hosting ``host``'s node as ``key``; its handle."""
+        options = {**self.options_for(key),
+                   **inference_actor_options(host.node, _cluster_gpus(host.node))}
+        if self.shard_options is not None:
+            options = {**options, **self.shard_options(host.node.name, host.shard, host.shards)}
+        return node_actor_class(host.node.operator).options(**options).remote(
+            **self.host_arguments(key, host))
+
+    def host_arguments(self, key: str, host: HostSpec) -> dict[str, Any]:
+        """The ``NodeHost`` keyword arguments of ``key``'s actor (incarnation, snapshot,
+        checkpoints as this backend has them now)."""
+        return host.host_arguments(self.settings, incarnation=self.incarnation,
+                                   snapshot=self.snapshots.get(key),
+                                   checkpoints=self.checkpoints_for(key))
 
     async def wait_ready(self, names: Mapping[str, str]) -> None:
         """Wait until every actor of ``names`` (key -> node name) is ready, or raise."""

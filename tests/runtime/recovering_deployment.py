@@ -8,13 +8,16 @@ from pathlib import Path
 
 from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.handle import Deployment
-from streamdag.config import CheckpointSettings, KafkaSettings, Settings
+from streamdag.config import CheckpointSettings, KafkaSettings, RuntimeSection, Settings
 
 
 def recovering_deployment(bootstrap: str, tmp_path: Path, prefix: str) -> Iterator[Deployment]:
     """Yield a new deployment named ``<prefix><random>`` (health checks off), then shut it."""
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    # No warm pool: the fault tests find a node's actor by the name its submission reported,
+    # which a recovery onto a pool actor changes (tests/runtime/test_warm_pool.py covers it).
     settings = Settings(name=name, state_dir=str(tmp_path), kafka=KafkaSettings(partitions=2),
+                        runtime=RuntimeSection(warm_pool=0),
                         checkpoint=CheckpointSettings(enabled=True, interval_s=0.3,
                                                       backoff_s=0.2))
     options = ControllerOptions(grace_s=0.0, health_interval_s=0.0,

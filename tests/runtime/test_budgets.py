@@ -31,7 +31,7 @@ from runtime.planning.planner import diff_graph
 from runtime.runners import ray_runner
 from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
-from streamdag.config import LimitSettings, Settings
+from streamdag.config import LimitSettings, RuntimeSection, Settings
 from streamdag.errors import (
     ActorBudgetError,
     GraphSizeError,
@@ -365,7 +365,8 @@ def test_the_controller_fails_a_submission_over_budget_before_any_actor_starts(
 ) -> None:
     events = _Events()
     controller = Controller(
-        Settings(name=f"budget{uuid.uuid4().hex[:8]}", state_dir=str(tmp_path)),
+        Settings(name=f"budget{uuid.uuid4().hex[:8]}", state_dir=str(tmp_path),
+                 runtime=RuntimeSection(warm_pool=0)),  # an in-process controller, no Ray
         bootstrap_servers="127.0.0.1:9",  # never contacted: nothing gets that far
         state_dir=str(tmp_path / "controller"),
         options=ControllerOptions(health_interval_s=0.0), emitter=events,

@@ -21,7 +21,7 @@ from runtime.deployment.controller import ControllerOptions, UnknownSubmissionEr
 from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
 from runtime.runners.ray_nodes import node_actor_class
-from streamdag.config import KafkaSettings, Settings
+from streamdag.config import KafkaSettings, RuntimeSection, Settings
 from streamdag.errors import StreamdagError
 from streamdag.spec import graph_to_dict
 
@@ -37,7 +37,9 @@ def connect(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[Conne
 
     def open_deployment(name: str | None = None, **options: Any) -> Deployment:
         name = name or f"t{uuid.uuid4().hex[:8]}"
-        settings = Settings(name=name, state_dir=str(tmp_path),
+        # No warm pool: these tests count node actors by their node names (a pooled actor
+        # keeps its pool name; tests/runtime/test_warm_pool.py covers the pool).
+        settings = Settings(name=name, state_dir=str(tmp_path), runtime=RuntimeSection(warm_pool=0),
                             kafka=KafkaSettings(partitions=1))
         chosen = {"grace_s": 0.0, "health_interval_s": 0.0,
                   "lifecycle_topic": f"{name}.lifecycle", **options}

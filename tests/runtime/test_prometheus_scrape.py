@@ -18,7 +18,7 @@ import yaml
 
 from runtime.deployment.controller import Controller, ControllerOptions
 from runtime.deployment.gateway import GatewayServer, create_app
-from streamdag.config import GatewaySettings, KafkaSettings, Settings
+from streamdag.config import GatewaySettings, KafkaSettings, RuntimeSection, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +95,7 @@ async def test_prometheus_scrapes_our_series(
     prometheus: Any, ray_session: None, bootstrap: str, tmp_path: Path
 ) -> None:
     settings = Settings(name=f"prom{uuid.uuid4().hex[:8]}", state_dir=str(tmp_path),
+                        runtime=RuntimeSection(warm_pool=0),  # an in-process controller
                         kafka=KafkaSettings(partitions=1))
     controller = Controller(settings, bootstrap_servers=bootstrap,
                             state_dir=str(tmp_path / "controller"),

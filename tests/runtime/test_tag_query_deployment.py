@@ -25,7 +25,13 @@ from runtime.deployment.controller import ControllerOptions
 from runtime.deployment.gateway import create_app
 from runtime.deployment.handle import Deployment
 from runtime.deployment.node_registry import NODE_NAMESPACE
-from streamdag.config import CheckpointSettings, GatewaySettings, KafkaSettings, Settings
+from streamdag.config import (
+    CheckpointSettings,
+    GatewaySettings,
+    KafkaSettings,
+    RuntimeSection,
+    Settings,
+)
 from streamdag.spec import graph_to_dict
 
 pytestmark = pytest.mark.integration
@@ -42,6 +48,7 @@ def deployment(ray_session: None, broker: EmbeddedBroker,
     state: Path = tmp_path_factory.mktemp("tag-queries-checkpointed")
     opened = Deployment.connect(
         Settings(name=name, state_dir=str(state), kafka=KafkaSettings(partitions=1),
+                 runtime=RuntimeSection(warm_pool=0),  # actors found by their node names
                  checkpoint=CheckpointSettings(enabled=True, interval_s=0.3, backoff_s=0.2)),
         str(broker.bootstrap_servers), state_dir=state / name,
         options=ControllerOptions(grace_s=0.0, health_interval_s=0.0,
