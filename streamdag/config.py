@@ -61,6 +61,15 @@ class KafkaSettings:
     partitions: int = 4
     #: Fetch wait of consumers (Tansu waits it out even when data is there; keep it low).
     fetch_max_wait_ms: int = 10
+    #: Seconds a live source's partition may be quiet before it holds the watermark back no
+    #: more (Flink's ``withIdleness``); the last events of a quiet stream wait this long. 0
+    #: turns idleness off: a quiet partition holds the watermark until it has records again.
+    idle_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout_s < 0:
+            raise ConfigError(f"kafka.idle_timeout_s must be 0 (no idleness) or more seconds, "
+                              f"got {self.idle_timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,8 @@ class Controller(HealthChecks, Reports, StopAndResume):
             bootstrap_servers, self.options.lifecycle_topic,
             partitions=settings.kafka.partitions,
         )
-        self._binding = KafkaBinding(bootstrap_servers, settings.kafka.fetch_max_wait_ms)
+        self._binding = KafkaBinding(bootstrap_servers, settings.kafka.fetch_max_wait_ms,
+                                     idle_timeout_s=settings.kafka.idle_timeout_s)
         self._runtime = RuntimeSettings(settings.runtime.credits,
                                         settings.runtime.max_batch_records,
                                         settings.runtime.linger_ms / 1000)

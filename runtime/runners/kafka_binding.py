@@ -93,6 +93,9 @@ class KafkaBinding:
 
     bootstrap_servers: str
     fetch_max_wait_ms: int = 10
+    #: A live read's idleness (``KafkaSettings.idle_timeout_s``; None or 0: off); a bounded
+    #: read has none.
+    idle_timeout_s: float | None = 10.0
     start: Any = "earliest"
     end: Any = None
     group_id: str | None = None
@@ -113,7 +116,7 @@ class KafkaBinding:
                 group_id=self.group_id,
                 # A bounded read knows where each partition ends: none is ever idle, so a
                 # partition the broker is slow to serve cannot fall behind the watermark.
-                **({"idle_timeout_s": None} if self.end is not None else {}),
+                idle_timeout_s=(self.idle_timeout_s or None) if self.end is None else None,
             ),
             time_ordered=self.end is not None,
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 import streamdag as sd
 from runtime.runners.kafka_binding import KafkaBinding
+from streamdag.config import ConfigError, KafkaSettings
 
 TICKS = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
 
@@ -14,3 +17,10 @@ def test_a_bounded_read_has_no_idle_partitions_and_a_live_one_keeps_the_default(
     bounded = KafkaBinding("127.0.0.1:9092", end=100).source_for(TICKS).config
     live = KafkaBinding("127.0.0.1:9092").source_for(TICKS).config
     assert (bounded.idle_timeout_s, live.idle_timeout_s) == (None, 10.0)
+
+
+def test_the_idle_timeout_setting_reaches_live_sources_and_zero_turns_it_off() -> None:
+    assert KafkaBinding("h:1", idle_timeout_s=2.5).source_for(TICKS).config.idle_timeout_s == 2.5
+    assert KafkaBinding("h:1", idle_timeout_s=0).source_for(TICKS).config.idle_timeout_s is None
+    with pytest.raises(ConfigError, match=r"kafka\.idle_timeout_s must be 0"):
+        KafkaSettings(idle_timeout_s=-1)
