@@ -194,6 +194,38 @@ async def test_watermark_is_min_over_active_partitions_and_skips_idle_ones(
     assert one_idle.watermark == 130_000_000 - 10
 
 
+async def test_a_partition_with_records_left_to_read_is_never_idle(
+    bootstrap: str, new_topic: NewTopic, produce: Produce
+) -> None:
+    # Both partitions are read a record at a time, so one of them waits while the other's
+    # records come out; however long each read takes, a partition with records left is not
+    # idle, so the watermark never passes one of its records.
+    topic = await new_topic(2)
+    now = [0.0]
+    await produce(topic, [tick(1_000 + n, partition=0) for n in range(6)]
+                  + [tick(n, partition=1) for n in range(7)])
+    reader = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, time_unit="ms", idle_timeout_s=1.0),
+        clock=lambda: now[0],
+    )
+    await reader.open()
+
+    async def clock_on() -> None:  # every read takes 10 s of reading time
+        await asyncio.sleep(0)
+        now[0] += 10.0
+
+    late, read, watermark = [], 0, None
+    for _ in range(200):
+        chunk, _ = await asyncio.gather(reader.read(1, linger_s=0.0), clock_on())
+        late += [int(t) for t in chunk.batch.ts if watermark is not None and t < watermark]
+        read += len(chunk.batch)
+        watermark = chunk.watermark if chunk.watermark is not None else watermark
+        if read == 13:
+            break
+    await reader.close()
+    assert (read, late) == (13, [])
+
+
 async def test_record_timestamps_as_event_time_and_msgpack_values(
     bootstrap: str, new_topic: NewTopic, produce: Produce
 ) -> None:
