@@ -5,7 +5,8 @@ of 20 per key -> Kafka, JSON records, 100 keys, 4 partitions) submitted to a dep
 already up (Ray started, controller running, kernels cached by a warm-up submission), timed from
 ``submit`` until the last output record is in the output topic. The batched loop runs over the
 same records in the same run. Each submission reads its own copy of the input, so no node is
-shared with a graph already running. The input stops after its last record, so the last outputs
+shared with a graph already running, and is made once the warm pool is full again (a deployment
+at rest). The input stops after its last record, so the last outputs
 come once the source's partitions are idle (``kafka.idle_timeout_s``, 10 s by default; here 1 s
 unless ``--idle-timeout`` says otherwise): that wait is part of the figure. Run:
 ``python -m benchmarks.deployment_end_to_end [--records N] [--repeat R] [--delivery D]
@@ -27,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import streamdag as sd
 from benchmarks.kafka_baselines import WINDOW, produce_input, run_batched_loop
+from benchmarks.startup import wait_for_pool
 from connectors.broker import EmbeddedBroker
 
 __all__ = ["main", "wait_for_output"]
@@ -99,6 +101,7 @@ def _deployment_runs(bootstrap: str, records: int, repeat: int, delivery: str | 
             count = records if run else 20_000
             topic = f"bench.deploy-e2e.{stamp}.copy{run}"
             asyncio.run(produce_input(bootstrap, topic, count))
+            wait_for_pool(deployment, Settings().runtime.warm_pool)  # a deployment at rest
             graph = _graph(topic, f"{topic}.out", f"e2e{run}", delivery)
             submitted = time.perf_counter()
             submission = deployment.submit(graph)

@@ -31,7 +31,7 @@ from connectors.source_bounds import Timestamp
 from runtime.dataplane.host import RuntimeSettings
 from runtime.runners.kafka_binding import KafkaBinding
 
-__all__ = ["MemorySampler", "main", "replay_graph"]
+__all__ = ["MemorySampler", "main", "replay_graph", "wait_for_pool"]
 
 _SETTINGS = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
 
@@ -221,7 +221,7 @@ def _deployment_runs(bootstrap: str, source: str,
             topic = f"{source}.copy{run}"
             asyncio.run(produce_input(bootstrap, topic, 20_000))
             out = f"{topic}.out"
-            _wait_for_pool(deployment, settings.runtime.warm_pool)
+            wait_for_pool(deployment, settings.runtime.warm_pool)
             reader, first_at = _reader_of_first_record(bootstrap, out)
             submitted = time.time()
             graph = replay_graph(topic, out, f"replay{run}")
@@ -259,7 +259,7 @@ def _reader_of_first_record(bootstrap: str, topic: str) -> tuple[threading.Threa
     return reader, first_at
 
 
-def _wait_for_pool(deployment: Any, size: int, timeout_s: float = 120) -> None:
+def wait_for_pool(deployment: Any, size: int, timeout_s: float = 120) -> None:
     """Wait until ``deployment``'s warm pool holds ``size`` idle actors."""
     import ray
 

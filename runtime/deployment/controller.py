@@ -92,6 +92,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger("streamdag.controller")
+#: Seconds after a submission before the warm pool replaces the actors it took: booting them
+#: sooner would take the CPU from the graph just started while it catches up with its input.
+POOL_REFILL_AFTER_SUBMISSION_S = 5.0
 _S = SubmissionState
 
 
@@ -221,7 +224,8 @@ class Controller(HealthChecks, Reports, StopAndResume):
                 await self._fail(record.id, str(exc) if isinstance(exc, _SubmissionFailedError)
                                  else failure_cause(exc))
             finally:
-                self._pool.refill()  # what the submission took, once its nodes run
+                # What the submission took, once its nodes have had the CPU for a while.
+                self._pool.refill(after_s=POOL_REFILL_AFTER_SUBMISSION_S)
             return self._records[record.id].describe(self.deployment,
                                                      actor_names=self._registry.actor_names())
 

@@ -152,21 +152,25 @@ class WarmPool:
         self.bound_total += 1
         return name, self.idle.pop(name)
 
-    def refill(self) -> None:
-        """Start filling the pool up to ``size`` in the background (once at a time)."""
+    def refill(self, after_s: float = 0.0) -> None:
+        """Start filling the pool up to ``size`` in the background (once at a time), after
+        ``after_s`` seconds: new processes booting take the CPU of the nodes just bound, which
+        a fresh graph needs most while it catches up with its input."""
         import ray
 
         if self._closed or self.size == 0 or not ray.is_initialized():
             return  # a controller outside Ray (a test's) has no pool
         if self._refilling is None or self._refilling.done():
-            self._refilling = asyncio.ensure_future(self._fill())
+            self._refilling = asyncio.ensure_future(self._fill(after_s))
 
     async def wait_filled(self) -> None:
         """Wait for the refill in progress, if any."""
         while self._refilling is not None and not self._refilling.done():
             await asyncio.shield(self._refilling)
 
-    async def _fill(self) -> None:
+    async def _fill(self, after_s: float) -> None:
+        if after_s > 0:
+            await asyncio.sleep(after_s)
         while not self._closed and len(self.idle) + len(self.starting) < self.size:
             # Step 1: create what is missing.
             while len(self.idle) + len(self.starting) < self.size:
