@@ -22,6 +22,7 @@ __all__ = [
     "ABORT",
     "END",
     "PAUSE",
+    "ChunkScript",
     "ListSink",
     "ManualClock",
     "Marker",
@@ -245,6 +246,34 @@ async def read_topic(bootstrap_servers: str, topic: str, count: int,
         return records
     finally:
         await consumer.stop()
+
+
+class ChunkScript:
+    """A reader of partitions 0 and 1 handing out scripted chunks, as a Kafka reader would.
+
+    >>> reader = ChunkScript([SourceChunk(Batch.empty(Schema.of()), None, True)])
+    >>> asyncio.run(reader.read(10, 0.0)).finished
+    True
+    """
+
+    partitions = (0, 1)
+
+    def __init__(self, chunks: list[SourceChunk]) -> None:
+        self._chunks = chunks
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def read(self, max_records: int, linger_s: float) -> SourceChunk:
+        """The next scripted chunk."""
+        return self._chunks.pop(0)
+
+    def position(self) -> dict[int, int]:
+        """No offsets kept."""
+        return {}
+
+    async def close(self) -> None:
+        """Nothing to release."""
 
 
 @dataclass

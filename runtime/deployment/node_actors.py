@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from runtime.dataplane.stats import NodeStats
     from runtime.planning.wiring import HostSpec
 
-__all__ = ["LocatedActors", "NodeActors", "NodeProbe", "locate_node_actors"]
+__all__ = ["LocatedActors", "NodeActors", "NodeProbe", "kill_named_actor", "locate_node_actors"]
 
 _log = logging.getLogger("streamdag.controller")
 
@@ -226,19 +226,7 @@ class NodeActors(RayNodes):
 
     async def kill_actor(self, handle: Any, name: str) -> None:
         """Kill one actor at once (no stop, no drain), then wait until its name is free."""
-        import ray
-
-        with contextlib.suppress(Exception):
-            ray.kill(handle)
-        deadline = time.monotonic() + self.call_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(name, namespace=NODE_NAMESPACE)
-            except ValueError:
-                return
-            await asyncio.sleep(0.01)
-        _log.warning("actor %s still holds its name %.0f s after being killed; a new actor of "
-                     "that name will fail until Ray releases it", name, self.call_timeout_s)
+        await kill_named_actor(handle, name, self.call_timeout_s)
 
     async def probe(self, key: str) -> NodeProbe:
         """One call to the actor of ``key``: its figures, and whether it finished or failed."""
@@ -259,3 +247,21 @@ class NodeActors(RayNodes):
             return NodeProbe(alive=True)  # busy, not dead: the next round asks again
         error = None if report.error is None else failure_cause(report.error)
         return NodeProbe(alive=True, finished=report.finished, error=error, stats=report.stats)
+
+
+async def kill_named_actor(handle: Any, name: str, timeout_s: float) -> None:
+    """Kill one named node actor at once, then wait (up to ``timeout_s``) until Ray has
+    released its name, so that a new actor may take it."""
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.kill(handle)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NODE_NAMESPACE)
+        except ValueError:
+            return
+        await asyncio.sleep(0.01)
+    _log.warning("actor %s still holds its name %.0f s after being killed; a new actor of "
+                 "that name will fail until Ray releases it", name, timeout_s)

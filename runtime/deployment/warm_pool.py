@@ -252,16 +252,6 @@ class WarmPool:
 
     async def _kill(self, handle: Any, name: str) -> None:
         """Kill one pool actor, then wait until Ray released its name."""
-        import ray
+        from runtime.deployment.node_actors import kill_named_actor
 
-        from runtime.deployment.node_registry import NODE_NAMESPACE
-
-        with contextlib.suppress(Exception):
-            ray.kill(handle)
-        deadline = time.monotonic() + self.call_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(name, namespace=NODE_NAMESPACE)
-            except ValueError:
-                return
-            await asyncio.sleep(0.01)
+        await kill_named_actor(handle, name, self.call_timeout_s)

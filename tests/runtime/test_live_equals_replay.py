@@ -32,7 +32,7 @@ from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
 from streamdag.graph import Graph, Node
 from streamdag.spec import loads
-from streamdag.testing import ListSink
+from streamdag.testing import ChunkScript, ListSink
 
 GRAPHS = EXAMPLE_GRAPHS_DIR
 PARTITIONS = 4
@@ -194,27 +194,6 @@ def test_every_multi_input_family_live_and_from_a_backlog_equals_the_replay(
     assert any(r["early"] for r in replayed["early"])
 
 
-class _Chunks:
-    """A reader of partitions 0 and 1 handing out scripted chunks, as a Kafka reader would."""
-
-    partitions = (0, 1)
-
-    def __init__(self, chunks: list[SourceChunk]) -> None:
-        self._chunks = chunks
-
-    async def open(self) -> None:
-        """Nothing to connect."""
-
-    async def read(self, max_records: int, linger_s: float) -> SourceChunk:
-        return self._chunks.pop(0)
-
-    def position(self) -> dict[int, int]:
-        return {}
-
-    async def close(self) -> None:
-        """Nothing to release."""
-
-
 def _lineage(ts: list[int], partitions: list[int]) -> Batch:
     return Batch(np.array(ts, dtype=np.int64), np.array([b"k"] * len(ts), dtype="S1"),
                  {"price": np.ones(len(ts))}, np.array(partitions, dtype=np.int32),
@@ -222,7 +201,7 @@ def _lineage(ts: list[int], partitions: list[int]) -> Batch:
 
 
 def test_the_replay_watermark_never_passes_a_record_it_still_holds() -> None:
-    reader = TimeOrderedReader(_Chunks([
+    reader = TimeOrderedReader(ChunkScript([
         SourceChunk(_lineage([10, 5, 12], [0, 1, 1]), 10),
         # Partition 0 has ended: the source's watermark no longer waits for it, but the
         # reader still holds 10 and 12 until partition 0 passes them or the range ends.

@@ -10,28 +10,7 @@ import numpy as np
 from runtime.runners.replay import TimeOrderedReader
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
-
-
-class _Scripted:
-    """A reader of partitions 0 and 1 handing out scripted chunks."""
-
-    partitions = (0, 1)
-
-    def __init__(self, chunks: list[SourceChunk]) -> None:
-        self._chunks = chunks
-
-    async def open(self) -> None:
-        """Nothing to connect."""
-
-    async def read(self, max_records: int, linger_s: float) -> SourceChunk:
-        return self._chunks.pop(0)
-
-    def position(self) -> dict[int, int]:
-        """No offsets kept."""
-        return {}
-
-    async def close(self) -> None:
-        """Nothing to release."""
+from streamdag.testing import ChunkScript
 
 
 def _records(ts: list[int], partitions: list[int], first_offset: int) -> Batch:
@@ -54,7 +33,7 @@ def _kept_alive(array: np.ndarray) -> int:
 
 
 def test_released_batches_keep_only_their_own_records_alive() -> None:
-    reader = TimeOrderedReader(_Scripted([
+    reader = TimeOrderedReader(ChunkScript([
         # Partition 1 is ahead: partition 0 has passed 2 only, so only 1 can go.
         SourceChunk(_records([1, 2, 3, 4, 5], [0, 0, 1, 1, 1], 0), 2),
         # Partition 0 passes 4: 2 and 3 go; 4, 4, 5 and 6 stay held.
