@@ -13,17 +13,13 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from runtime.deployment.controller_state import ControllerState
 from runtime.deployment.crashes import hold_nodes, respond_to_crashes
-from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
-from runtime.deployment.node_registry import NodeRegistry, mark_alive, mark_dead
+from runtime.deployment.lifecycle import SubmissionState
+from runtime.deployment.node_registry import mark_alive, mark_dead
 
 if TYPE_CHECKING:
-    from runtime.dataplane.stats import NodeStats
-    from runtime.deployment.controller_options import ControllerOptions
-    from runtime.deployment.node_actors import NodeActors, NodeProbe
-    from runtime.deployment.region_checkpoints import RegionCheckpoints
-    from runtime.deployment.tag_queries import TagQueries
-    from runtime.deployment.warm_pool import WarmPool
+    from runtime.deployment.node_actors import NodeProbe
 
 __all__ = ["HealthChecks"]
 
@@ -31,24 +27,10 @@ _log = logging.getLogger("streamdag.controller")
 _S = SubmissionState
 
 
-class HealthChecks:
+class HealthChecks(ControllerState):
     """Probes, crashes and recoveries of a controller's node actors (a mixin of ``Controller``)."""
 
     if TYPE_CHECKING:
-        deployment: str
-        options: ControllerOptions
-        _lock: asyncio.Lock
-        _registry: NodeRegistry
-        _records: dict[str, SubmissionRecord]
-        _checkpoints: RegionCheckpoints | None
-        _actors: NodeActors
-        _stats: dict[str, NodeStats]
-        _tag_queries: TagQueries
-        _crashes: int
-        _pool: WarmPool
-
-        async def _ensure_started(self) -> None: ...
-
         async def _move(self, submission: str, target: SubmissionState,
                         cause: str | None = None) -> None: ...
 

@@ -11,20 +11,16 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runtime.dataplane.stats import LatencyHistogram, NodeStats
-from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
+from runtime.dataplane.stats import LatencyHistogram
+from runtime.deployment.controller_state import ControllerState
+from runtime.deployment.lifecycle import SubmissionState
 from runtime.deployment.metrics import MetricsSnapshot, NodeMetrics
 from runtime.deployment.sharded_nodes import logical_stats
 from streamdag.errors import StreamdagError
 
 if TYPE_CHECKING:
-    import asyncio
-
-    from runtime.deployment.node_actors import NodeActors, NodeProbe
-    from runtime.deployment.node_registry import NodeEntry, NodeRegistry
-    from runtime.deployment.region_checkpoints import RegionCheckpoints
-    from runtime.deployment.tag_queries import TagQueries
-    from runtime.deployment.warm_pool import WarmPool
+    from runtime.deployment.node_actors import NodeProbe
+    from runtime.deployment.node_registry import NodeEntry
 
 __all__ = ["Reports", "UnknownNodeError"]
 
@@ -33,29 +29,11 @@ class UnknownNodeError(StreamdagError):
     """No registered node has the id asked for."""
 
 
-class Reports:
+class Reports(ControllerState):
     """The controller's reading side (a mixin of ``Controller``)."""
 
     if TYPE_CHECKING:
-        deployment: str
-        _started: bool
-        _registry: NodeRegistry
-        _records: dict[str, SubmissionRecord]
-        _checkpoints: RegionCheckpoints | None
-        _actors: NodeActors
-        _stats: dict[str, NodeStats]
-        _tag_queries: TagQueries
-        _retiring: dict[str, asyncio.Task[None]]
-        _diff_duration: LatencyHistogram
-        _nodes_new_total: int
-        _nodes_reused_total: int
-        _last_reuse_ratio: float
-        _crashes: int
-        _pool: WarmPool
-
         async def start(self) -> None: ...
-
-        def _record(self, submission_id: str) -> SubmissionRecord: ...
 
         async def _probe_all(self, keys: Any) -> dict[str, NodeProbe]: ...
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.checkpoints.store import Manifest
 from runtime.dataplane.checkpointing import NodeSnapshot
+from runtime.deployment.controller_state import ControllerState
 from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
 from runtime.deployment.node_registry import NodeRegistry, instance_key, with_since
 from runtime.deployment.region_checkpoints import RegionCheckpoints
@@ -28,7 +29,6 @@ from streamdag.errors import StreamdagError
 from streamdag.graph import Graph
 
 if TYPE_CHECKING:
-    from runtime.deployment.controller_options import ControllerOptions
     from runtime.deployment.sharded_nodes import ShardedPlan
 
 __all__ = ["StopAndResume", "StopPoint", "drop_stop_point", "load_stop_point",
@@ -124,23 +124,11 @@ def resume_snapshots(
     return snapshots, since
 
 
-class StopAndResume:
+class StopAndResume(ControllerState):
     """The controller's stop, resume, and what a restarted controller reads back (a mixin of
     ``Controller``: it uses the controller's registry, records and lock)."""
 
     if TYPE_CHECKING:
-        state_dir: Path
-        deployment: str
-        options: ControllerOptions
-        _lock: asyncio.Lock
-        _registry: NodeRegistry
-        _records: dict[str, SubmissionRecord]
-        _checkpoints: RegionCheckpoints | None
-
-        async def _ensure_started(self) -> None: ...
-
-        def _record(self, submission_id: str) -> SubmissionRecord: ...
-
         async def _move(self, submission: str, target: SubmissionState,
                         cause: str | None = None) -> None: ...
 
