@@ -21,17 +21,17 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import streamdag as sd
 from benchmarks.kafka_baselines import produce_input
+from benchmarks.memory import Footprint, MemoryProbe
 from connectors.broker import EmbeddedBroker
 from connectors.source_bounds import Timestamp
 from runtime.dataplane.host import RuntimeSettings
 from runtime.runners.kafka_binding import KafkaBinding
 
-__all__ = ["MemorySampler", "main", "replay_graph", "wait_for_pool"]
+__all__ = ["main", "replay_graph", "wait_for_pool"]
 
 _SETTINGS = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
 
@@ -41,57 +41,6 @@ def replay_graph(source: str, sink: str, name: str = "replay") -> sd.Graph:
     ticks = sd.source("ticks", topic=source, key="key", time="ts", schema={"price": "float64"})
     mean = ticks.rolling_mean("price", window=20, name="mean")
     return sd.Graph(name, outputs=[mean.to_topic(sink, name="out")])
-
-
-@dataclass
-class MemorySampler:
-    """Samples the RSS and USS of some processes every ``interval_s``, keeping the peaks."""
-
-    pids: list[int]
-    interval_s: float = 0.2
-    peak_rss: dict[int, int] = field(default_factory=dict)
-    peak_uss: dict[int, int] = field(default_factory=dict)
-    peak_pss: dict[int, int] = field(default_factory=dict)
-    #: The last sample's RSS and PSS (at ``stop``: the end of the run).
-    last_rss: dict[int, int] = field(default_factory=dict)
-    last_pss: dict[int, int] = field(default_factory=dict)
-    cpu_seconds: dict[int, float] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> MemorySampler:
-        """Sample in a background thread until ``stop``."""
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Take a last sample and stop."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._sample()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._sample()
-
-    def _sample(self) -> None:
-        import psutil
-
-        for pid in self.pids:
-            try:
-                process = psutil.Process(pid)
-                memory = process.memory_full_info()
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            self.peak_rss[pid] = max(self.peak_rss.get(pid, 0), memory.rss)
-            self.peak_uss[pid] = max(self.peak_uss.get(pid, 0), memory.uss)
-            self.peak_pss[pid] = max(self.peak_pss.get(pid, 0), getattr(memory, "pss", 0))
-            self.last_rss[pid] = memory.rss
-            self.last_pss[pid] = getattr(memory, "pss", 0)
-            self.cpu_seconds[pid] = times.user + times.system
 
 
 def _ray_own_start() -> float:
@@ -133,7 +82,7 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
         handles = {n.name: running.actor(n.name) for n in graph.nodes}
         pids = {name: ray.get(handle.__ray_call__.remote(lambda host: os.getpid()))
                 for name, handle in handles.items()}
-        sampler = MemorySampler(list(pids.values())).start()
+        sampler = MemoryProbe(pids).start()
         result = running.wait(600)
         sampler.stop()
         phases = {name: ray.get(handle.startup_phases.remote())
@@ -150,12 +99,12 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
         "ray_start_s": ray_start_s, "started_s": started_s,
         "first_s": first - launched, "last_s": result.stats["mean"].last_output_at - launched,
         "timeline": timeline,
-        "rss": {name: sampler.peak_rss.get(pid, 0) for name, pid in pids.items()},
-        "uss": {name: sampler.peak_uss.get(pid, 0) for name, pid in pids.items()},
-        "pss": {name: sampler.peak_pss.get(pid, 0) for name, pid in pids.items()},
-        "end_rss": {name: sampler.last_rss.get(pid, 0) for name, pid in pids.items()},
-        "end_pss": {name: sampler.last_pss.get(pid, 0) for name, pid in pids.items()},
-        "cpu_s": {name: sampler.cpu_seconds.get(pid, 0.0) for name, pid in pids.items()},
+        "rss": {name: sampler.peak.get(name, Footprint()).rss for name in pids},
+        "uss": {name: sampler.peak.get(name, Footprint()).uss for name in pids},
+        "pss": {name: sampler.peak.get(name, Footprint()).pss for name in pids},
+        "end_rss": {name: sampler.last.get(name, Footprint()).rss for name in pids},
+        "end_pss": {name: sampler.last.get(name, Footprint()).pss for name in pids},
+        "cpu_s": {name: sampler.cpu_seconds.get(name, 0.0) for name in pids},
     }
 
 
@@ -276,7 +225,7 @@ def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
 
     from runtime.runners.local_runner import LocalRunner
 
-    sampler = MemorySampler([os.getpid()]).start()
+    sampler = MemoryProbe({"local": os.getpid()}).start()
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest", replay_prefix="",
                            end=Timestamp(time.time_ns()))
     launched = time.time()
@@ -288,9 +237,9 @@ def _local_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
     return {
         "first_s": result.stats["mean"].first_output_at - launched,
         "last_s": result.stats["mean"].last_output_at - launched,
-        "rss": max(sampler.peak_rss.values()), "uss": max(sampler.peak_uss.values()),
-        "pss": max(sampler.peak_pss.values()),
-        "end_rss": sampler.last_rss[os.getpid()], "end_pss": sampler.last_pss[os.getpid()],
+        "rss": sampler.peak["local"].rss, "uss": sampler.peak["local"].uss,
+        "pss": sampler.peak["local"].pss,
+        "end_rss": sampler.last["local"].rss, "end_pss": sampler.last["local"].pss,
         "cpu_s": times.user + times.system,
     }
 
