@@ -292,8 +292,10 @@ class NodeWorker:
     def _handle(self, input_index: int, payload: Payload) -> list[Payload]:
         if isinstance(payload, Batch):
             # A batch on an idle input is a resume: say so (ACTIVE) before the events it brings.
-            resumed = self._resume() + self._status() if (
-                len(payload) and input_index in self._idle) else []
+            resumed: list[Payload] = []
+            if len(payload) and input_index in self._idle:
+                self._resume()
+                resumed = self._status()
             return resumed + self._on_batch(input_index, payload) + self._status()
         if isinstance(payload, Watermark):
             return self._on_watermark(input_index, payload.timestamp) + self._status()
@@ -381,7 +383,7 @@ class NodeWorker:
             outputs = self._process_released()
         return outputs + self._advance_watermark()
 
-    def _resume(self) -> list[Payload]:
+    def _resume(self) -> None:
         """An idle input resumed: every idle input holds the watermark again.
 
         Two inputs may come from one source over paths of different speeds (a diamond): when
@@ -392,7 +394,6 @@ class NodeWorker:
         """
         for index in list(self._idle):
             self._activate(index)
-        return []
 
     def _repeat_idle(self) -> list[Payload]:
         """An idle input repeated that it is idle: pass that on, at most every IDLE_REPEAT_S."""
@@ -412,7 +413,8 @@ class NodeWorker:
         if self._ended[input_index]:
             return []
         if not idle:
-            return self._resume()
+            self._resume()
+            return []
         if input_index in self._idle:
             return self._repeat_idle()
         # Step 1: the input stops holding the others back; what they promise is released.
