@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,24 @@ from streamdag.errors import StreamdagError
 if TYPE_CHECKING:
     from runtime.deployment.metrics import MetricsSnapshot
 
-__all__ = ["ControllerCalls"]
+__all__ = ["CONTROLLER_CALL_TIMEOUT_S", "ControllerCalls", "ControllerTimeoutError"]
+
+#: How long a caller waits for the controller's answer to one call. A submission creates and
+#: readies actors (each within the 60 s ready timeout), so it can take a while on a busy box;
+#: past this the caller is told so instead of waiting forever on a controller that is stuck.
+CONTROLLER_CALL_TIMEOUT_S = 300.0
+
+
+class ControllerTimeoutError(StreamdagError):
+    """The controller did not answer a call in time (it may still carry the call out)."""
+
+    @classmethod
+    def after(cls, method: str, timeout_s: float) -> ControllerTimeoutError:
+        """The error for ``method`` unanswered after ``timeout_s`` seconds."""
+        return cls(
+            f"the deployment's controller did not answer {method!r} within {timeout_s:g} s; "
+            "it may still be carrying it out: check `streamdag status` and the deployment log "
+            "(<state dir>/<name>/deployment.log) before retrying")
 
 
 class ControllerCalls:
@@ -22,17 +40,20 @@ class ControllerCalls:
     controller raised, so callers handle one set of exceptions.
     """
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, timeout_s: float = CONTROLLER_CALL_TIMEOUT_S) -> None:
         self._target = target
+        self.timeout_s = timeout_s
 
     async def call(self, method: str, *args: Any) -> Any:
-        """The result of ``target.method(*args)``."""
+        """The result of ``target.method(*args)``; ControllerTimeoutError after ``timeout_s``."""
         bound = getattr(self._target, method)
         remote = getattr(bound, "remote", None)
         try:
             result = remote(*args) if callable(remote) else bound(*args)
             if inspect.isawaitable(result):
-                result = await result
+                result = await asyncio.wait_for(_awaited(result), self.timeout_s)
+        except TimeoutError:
+            raise ControllerTimeoutError.after(method, self.timeout_s) from None
         except Exception as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, StreamdagError):
@@ -80,3 +101,8 @@ class ControllerCalls:
         """The controller's figures now, for the Prometheus collector."""
         snapshot: MetricsSnapshot = await self.call("metrics_snapshot")
         return snapshot
+
+
+async def _awaited(awaitable: Any) -> Any:
+    """Await a coroutine or a Ray ObjectRef as a coroutine (so ``wait_for`` can bound it)."""
+    return await awaitable

@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from runtime.backtest.cache import ResultCache
-from runtime.deployment.controller_calls import ControllerCalls
+from runtime.deployment.controller_calls import CONTROLLER_CALL_TIMEOUT_S, ControllerCalls
 from runtime.deployment.gateway_errors import (
     BodyTooLargeError,
     ErrorDetail,
@@ -93,12 +93,14 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     spec_limits: SpecLimits | None = None,
+    call_timeout_s: float = CONTROLLER_CALL_TIMEOUT_S,
 ) -> web.Application:
     """The gateway's aiohttp app over ``controller`` (a Controller or its Ray actor handle).
 
     ``token`` is the bearer token every route but ``/healthz`` requires. ``/metrics`` renders
     ``registry`` (a fresh one unless injected), on which a StreamdagCollector is registered.
-    ``spec_limits`` bounds the specs ``POST /graphs`` reads.
+    ``spec_limits`` bounds the specs ``POST /graphs`` reads. A call the controller does not
+    answer within ``call_timeout_s`` gets 504.
     """
     if not token:
         raise ConfigError(
@@ -109,7 +111,7 @@ def create_app(
         middlewares=[answer_errors, require_token], client_max_size=settings.max_body_bytes
     )
     registry = registry if registry is not None else CollectorRegistry()
-    app[_CONTROLLER] = ControllerCalls(controller)
+    app[_CONTROLLER] = ControllerCalls(controller, call_timeout_s)
     app[TOKEN_KEY] = token.encode()
     app[MAX_BODY_KEY] = settings.max_body_bytes
     app[_REGISTRY] = registry

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.deployment.controller_calls import ControllerTimeoutError
 from runtime.deployment.gateway_errors import (
     BodyTooLargeError,
     ErrorDetail,
@@ -90,6 +91,8 @@ def _status_of(error: StreamdagError) -> int:
         return 400
     if isinstance(error, UnknownSubmissionError):
         return 404
+    if isinstance(error, ControllerTimeoutError):
+        return 504
     # The deployment refused the request in its current state (e.g. an illegal transition).
     return 409
 

@@ -22,6 +22,7 @@ from runtime.deployment.controller import (
     controller_actor_name,
     deployment_state_dir,
 )
+from runtime.deployment.controller_calls import CONTROLLER_CALL_TIMEOUT_S, ControllerTimeoutError
 from runtime.deployment.metrics import MetricsSnapshot
 from runtime.deployment.node_registry import NODE_NAMESPACE
 from streamdag.config import Settings
@@ -34,9 +35,12 @@ __all__ = ["Deployment"]
 class Deployment:
     """A connected deployment; build it with ``Deployment.connect``."""
 
-    def __init__(self, controller: Any, settings: Settings) -> None:
+    def __init__(self, controller: Any, settings: Settings,
+                 call_timeout_s: float = CONTROLLER_CALL_TIMEOUT_S) -> None:
         self.controller = controller
         self.settings = settings
+        #: How long each call waits for the controller's answer (ControllerTimeoutError after).
+        self.call_timeout_s = call_timeout_s
 
     @classmethod
     def connect(
@@ -184,7 +188,10 @@ class Deployment:
         import ray
 
         try:
-            return ray.get(getattr(self.controller, method).remote(*args))
+            return ray.get(getattr(self.controller, method).remote(*args),
+                           timeout=self.call_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ControllerTimeoutError.after(method, self.call_timeout_s) from None
         except ray.exceptions.RayTaskError as exc:
             # Re-raise the controller's own error (UnknownSubmissionError, SpecError, ...).
             cause = getattr(exc, "cause", None)

@@ -177,8 +177,11 @@ class NodeActors(RayNodes):
         from runtime.dataplane.channels import RayTarget
 
         query = self.handles[downstream]
-        incarnation = await query.follow.remote(edge, origin)
-        await self.handles[upstream].subscribe.remote(edge, RayTarget(query), incarnation)
+        incarnation = await self.answer(query.follow.remote(edge, origin),
+                                        f"the tag query of edge {edge} (follow)")
+        await self.answer(self.handles[upstream].subscribe.remote(edge, RayTarget(query),
+                                                                  incarnation),
+                          f"the producer of edge {edge} (subscribe)")
 
     def checkpoints_for(self, key: str) -> CheckpointTarget | None:
         """The target of ``key``'s region (None: the deployment does not checkpoint)."""

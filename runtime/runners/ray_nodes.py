@@ -131,14 +131,27 @@ class RayNodes:
         """Let ``upstream`` send to input ``index`` of ``downstream`` over ``edge`` (the
         records of ``route``'s keys, when set)."""
         consumer = self.handles[downstream]
-        await consumer.connect_input.remote(edge, index)
+        await self.answer(consumer.connect_input.remote(edge, index),
+                          f"the consumer of edge {edge} (connect_input)")
         target = RayTarget(consumer)
-        await self.handles[upstream].subscribe.remote(
-            edge, target if route is None else RoutedTarget(target, route))
+        await self.answer(self.handles[upstream].subscribe.remote(
+            edge, target if route is None else RoutedTarget(target, route)),
+            f"the producer of edge {edge} (subscribe)")
 
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source actors of ``keys`` start reading."""
-        await asyncio.gather(*(awaited(self.handles[k].start_source.remote()) for k in keys))
+        await asyncio.gather(*(self.answer(self.handles[k].start_source.remote(),
+                                           f"source {k[:24]} (start_source)") for k in keys))
+
+    async def answer(self, ref: Any, who: str) -> Any:
+        """The result of actor call ``ref``, within the ready timeout: a deployment step whose
+        actor does not answer fails (and rolls back) instead of waiting forever."""
+        try:
+            return await asyncio.wait_for(awaited(ref), self.ready_timeout_s)
+        except TimeoutError:
+            raise ActorNotReadyError(
+                f"{who} did not answer within {self.ready_timeout_s:g} s; check its actor's "
+                "log, or raise the ready timeout (ready_timeout_s)") from None
 
     # -- checkpoints (runtime.checkpoints.coordinator.CheckpointCalls) ---------------------
     async def inject_barrier(self, key: str, checkpoint_id: int) -> bool:

@@ -65,10 +65,10 @@ async def serve() -> AsyncIterator[Client]:
     clients: list[TestClient[Any, Any]] = []
 
     async def start(controller: Any, registry: CollectorRegistry | None = None,
-                    spec_limits: SpecLimits | None = None,
+                    spec_limits: SpecLimits | None = None, call_timeout_s: float = 300.0,
                     **gateway: Any) -> TestClient[Any, Any]:
         app = create_app(controller, GatewaySettings(**gateway), TOKEN, registry=registry,
-                         spec_limits=spec_limits)
+                         spec_limits=spec_limits, call_timeout_s=call_timeout_s)
         client: TestClient[Any, Any] = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
@@ -322,6 +322,36 @@ async def test_unknown_submission_ids_get_404(
         [error] = await errors_of(response)
         assert (error["node"], error["type"]) == (None, "UnknownSubmissionError")
         assert "has no submission 'nope-123'" in error["message"]
+
+
+class _StuckStatus:
+    """The real controller, except that ``status`` never answers (a controller stuck)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)
+
+    async def status(self, submission_id: str) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+
+async def test_a_controller_that_does_not_answer_gets_504_and_other_routes_still_answer(
+    serve: Client, idle_controller: Controller
+) -> None:
+    client = await serve(_StuckStatus(idle_controller), call_timeout_s=0.5)
+    stuck = asyncio.ensure_future(client.get("/graphs/g-1", headers=AUTH))
+    listed = await client.get("/graphs", headers=AUTH)  # answers while the other waits
+    assert (listed.status, await listed.json()) == (200, {"graphs": []})
+    response = await asyncio.wait_for(stuck, 30)
+    assert response.status == 504
+    [error] = await errors_of(response)
+    assert (error["node"], error["type"]) == (None, "ControllerTimeoutError")
+    assert error["message"].startswith(
+        "the deployment's controller did not answer 'status' within 0.5 s; it may still be "
+        "carrying it out: check `streamdag status`")
 
 
 # -- the real controller, in-process and as the Ray actor --------------------------------------
