@@ -147,8 +147,10 @@ class _Live:
 #: A node's figures that time one stage of the path, in path order, and what each measures.
 _STAGES = (
     ("read_age", "read returned: newest event's age"),
+    ("record_read_age", "read returned: each event's age"),
     ("hop_latency", "hop in: push sent -> drain loop takes it"),
     ("release_age", "watermark released: newest event's age"),
+    ("record_release_age", "watermark released: each event's age"),
     ("process_latency", "operator"),
     ("publish_latency", "sink write + flush (produce acked)"),
     ("end_to_end_latency", "published: newest event's age"),

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats", "add_source_figures",
-           "observe_event_age", "resident_bytes_of"]
+           "observe_event_age", "observe_event_ages", "resident_bytes_of"]
 
 #: Upper bounds (seconds) of the latency histogram buckets, as Prometheus would have them.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -21,6 +21,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 #: How many of the latest observations a histogram keeps as they were, for exact quantiles.
 RECENT_SAMPLES = 1024
+_BUCKET_BOUNDS = np.asarray(LATENCY_BUCKETS)
 
 
 @dataclass
@@ -48,6 +49,26 @@ class LatencyHistogram:
         self.recent.append(seconds)
         if len(self.recent) >= 2 * RECENT_SAMPLES:
             # Trimmed in halves, so an observation costs O(1) on average.
+            del self.recent[:-RECENT_SAMPLES]
+
+    def observe_many(self, seconds: np.ndarray) -> None:
+        """Record many durations at once (one numpy pass, no Python per value but the copy).
+
+        >>> h = LatencyHistogram()
+        >>> h.observe_many(np.array([0.001, 0.003, 0.003]))
+        >>> h.observations, h.counts[3:6], h.recent
+        (3, [1, 0, 2], [0.001, 0.003, 0.003])
+        """
+        if not len(seconds):
+            return
+        buckets, counts = np.unique(np.searchsorted(_BUCKET_BOUNDS, seconds, "left"),
+                                    return_counts=True)
+        for bucket, count in zip(buckets.tolist(), counts.tolist(), strict=True):
+            self.counts[bucket] += count
+        self.total += float(seconds.sum())
+        self.observations += len(seconds)
+        self.recent.extend(seconds[-RECENT_SAMPLES:].tolist())
+        if len(self.recent) >= 2 * RECENT_SAMPLES:
             del self.recent[:-RECENT_SAMPLES]
 
     def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
@@ -143,6 +164,10 @@ class NodeStats:
     #: Nodes that put their inputs in event-time order: wall clock when the watermark released
     #: events minus the newest released event time (live streams).
     release_age: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: The same two, for every event rather than the newest: sources, each record's age when its
+    #: read returned; event-time nodes, each event's age when the watermark released it.
+    record_read_age: LatencyHistogram = field(default_factory=LatencyHistogram)
+    record_release_age: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: wall clock once a batch is published minus its newest event time.
     end_to_end_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: seconds to write and publish (flush) each batch.
@@ -151,6 +176,11 @@ class NodeStats:
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Inference nodes: their engine's figures (operators.inference_queue.InferenceFigures).
     inference: Any = None
+
+    @property
+    def read_ages(self) -> tuple[LatencyHistogram, LatencyHistogram]:
+        """Sources: ``read_age`` and ``record_read_age``, as ``observe_event_ages`` takes them."""
+        return self.read_age, self.record_read_age
 
 
 #: Event times further than this from the wall clock are not a live stream's: not observed.
@@ -170,6 +200,25 @@ def observe_event_age(histogram: LatencyHistogram, newest_event_ns: int,
     age_ns = (time.time_ns() if now_ns is None else now_ns) - newest_event_ns
     if 0 <= age_ns < _DAY_NS:
         histogram.observe(age_ns / 1e9)
+
+
+def observe_event_ages(newest: LatencyHistogram, each: LatencyHistogram,
+                       event_ns: np.ndarray, now_ns: int | None = None) -> None:
+    """Record how old the newest event of ``event_ns`` was in ``newest``, and each in ``each``.
+
+    Only events whose times are a live wall clock count (see ``observe_event_age``).
+
+    >>> newest, each = LatencyHistogram(), LatencyHistogram()
+    >>> observe_event_ages(newest, each, np.array([1_000_000, 4_000_000, 6_000_000]),
+    ...                    now_ns=5_000_000)  # the last one is from the future: left out
+    >>> newest.recent, each.recent
+    ([0.001], [0.004, 0.001])
+    """
+    ages_ns = (time.time_ns() if now_ns is None else now_ns) - event_ns
+    ages_ns = ages_ns[(ages_ns >= 0) & (ages_ns < _DAY_NS)]
+    if len(ages_ns):
+        newest.observe(float(ages_ns.min()) / 1e9)
+        each.observe_many(ages_ns / 1e9)
 
 
 def resident_bytes_of(state: Any, depth: int = 3) -> int:
