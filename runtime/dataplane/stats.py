@@ -61,10 +61,9 @@ class LatencyHistogram:
         """
         if not len(seconds):
             return
-        buckets, counts = np.unique(np.searchsorted(_BUCKET_BOUNDS, seconds, "left"),
-                                    return_counts=True)
-        for bucket, count in zip(buckets.tolist(), counts.tolist(), strict=True):
-            self.counts[bucket] += count
+        added = np.bincount(np.searchsorted(_BUCKET_BOUNDS, seconds, "left"),
+                            minlength=len(self.counts)).tolist()
+        self.counts = [count + more for count, more in zip(self.counts, added, strict=True)]
         self.total += float(seconds.sum())
         self.observations += len(seconds)
         self.recent.extend(seconds[-RECENT_SAMPLES:].tolist())
@@ -214,11 +213,17 @@ def observe_event_ages(newest: LatencyHistogram, each: LatencyHistogram,
     >>> newest.recent, each.recent
     ([0.001], [0.004, 0.001])
     """
+    if not len(event_ns):
+        return
     ages_ns = (time.time_ns() if now_ns is None else now_ns) - event_ns
-    ages_ns = ages_ns[(ages_ns >= 0) & (ages_ns < _DAY_NS)]
-    if len(ages_ns):
-        newest.observe(float(ages_ns.min()) / 1e9)
-        each.observe_many(ages_ns / 1e9)
+    youngest, oldest = int(ages_ns.min()), int(ages_ns.max())
+    if youngest < 0 or oldest >= _DAY_NS:  # some are not a live stream's
+        ages_ns = ages_ns[(ages_ns >= 0) & (ages_ns < _DAY_NS)]
+        if not len(ages_ns):
+            return
+        youngest = int(ages_ns.min())
+    newest.observe(youngest / 1e9)
+    each.observe_many(ages_ns / 1e9)
 
 
 def resident_bytes_of(state: Any, depth: int = 3) -> int:
