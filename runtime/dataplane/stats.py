@@ -22,6 +22,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 #: How many of the latest observations a histogram keeps as they were, for exact quantiles.
 RECENT_SAMPLES = 1024
 _BUCKET_BOUNDS = np.asarray(LATENCY_BUCKETS)
+#: Of every event's age (``observe_event_ages``), one in this many is kept as it was.
+_EACH_KEPT_EVERY = 64
 
 
 @dataclass
@@ -29,7 +31,8 @@ class LatencyHistogram:
     """Cumulative-ready bucket counts of observed durations, plus their sum and count.
 
     The latest ``RECENT_SAMPLES`` observations are kept too (``recent``, oldest first), so the
-    quantiles of a short window (``since``) are exact rather than bucket bounds.
+    quantiles of a short window (``since``) are exact rather than bucket bounds; a histogram fed
+    many at a time (``observe_many``) may keep every n-th only, so the kept ones span longer.
     """
 
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -40,24 +43,29 @@ class LatencyHistogram:
         # Not a dataclass field: it travels with copies and pickles (the demo's snapshots), but
         # stays out of asdict(), so status documents and the gateway's JSON keep their size.
         self.recent: list[float] = []
+        #: Observations ever put in ``recent`` (``since`` takes a window's share by it), and
+        #: how many of the next ones ``observe_many`` passes over before it keeps one.
+        self.kept = 0
+        self._until_kept = 0
 
     def observe(self, seconds: float) -> None:
         """Record one duration."""
         self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total += seconds
         self.observations += 1
-        self.recent.append(seconds)
-        if len(self.recent) >= 2 * RECENT_SAMPLES:
-            # Trimmed in halves, so an observation costs O(1) on average.
-            del self.recent[:-RECENT_SAMPLES]
+        self._keep([seconds])
 
-    def observe_many(self, seconds: np.ndarray) -> None:
-        """Record many durations at once (one numpy pass, no Python per value but the copy).
+    def observe_many(self, seconds: np.ndarray, keep_every: int = 1) -> None:
+        """Record many durations at once (one numpy pass); keep every ``keep_every``-th as is.
 
         >>> h = LatencyHistogram()
         >>> h.observe_many(np.array([0.001, 0.003, 0.003]))
         >>> h.observations, h.counts[3:6], h.recent
         (3, [1, 0, 2], [0.001, 0.003, 0.003])
+        >>> h.observe_many(np.array([0.1, 0.2, 0.3]), keep_every=2)
+        >>> h.observe_many(np.array([0.4, 0.5]), keep_every=2)
+        >>> h.observations, h.recent[3:]   # the 1st, 3rd and 5th of the five
+        (8, [0.1, 0.3, 0.5])
         """
         if not len(seconds):
             return
@@ -66,8 +74,15 @@ class LatencyHistogram:
         self.counts = [count + more for count, more in zip(self.counts, added, strict=True)]
         self.total += float(seconds.sum())
         self.observations += len(seconds)
-        self.recent.extend(seconds[-RECENT_SAMPLES:].tolist())
+        kept = seconds[self._until_kept::keep_every]
+        self._until_kept = (self._until_kept - len(seconds)) % keep_every
+        self._keep(kept[-RECENT_SAMPLES:].tolist())
+
+    def _keep(self, values: list[float]) -> None:
+        self.kept += len(values)
+        self.recent.extend(values)
         if len(self.recent) >= 2 * RECENT_SAMPLES:
+            # Trimmed in halves, so an observation costs O(1) on average.
             del self.recent[:-RECENT_SAMPLES]
 
     def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
@@ -78,7 +93,9 @@ class LatencyHistogram:
             self.total - earlier.total,
             new,
         )
-        window.recent = self.recent[-new:] if new > 0 else []
+        kept = self.kept - earlier.kept
+        window.recent = self.recent[-kept:] if kept > 0 else []
+        window.kept = len(window.recent)
         return window
 
     def sample_quantile(self, q: float) -> float:
@@ -205,13 +222,14 @@ def observe_event_ages(newest: LatencyHistogram, each: LatencyHistogram,
                        event_ns: np.ndarray, now_ns: int | None = None) -> None:
     """Record how old the newest event of ``event_ns`` was in ``newest``, and each in ``each``.
 
-    Only events whose times are a live wall clock count (see ``observe_event_age``).
+    Only events whose times are a live wall clock count (see ``observe_event_age``). ``each``
+    keeps every ``_EACH_KEPT_EVERY``-th age as is: at 10k events/s its kept ages span seconds.
 
     >>> newest, each = LatencyHistogram(), LatencyHistogram()
     >>> observe_event_ages(newest, each, np.array([1_000_000, 4_000_000, 6_000_000]),
     ...                    now_ns=5_000_000)  # the last one is from the future: left out
-    >>> newest.recent, each.recent
-    ([0.001], [0.004, 0.001])
+    >>> newest.recent, each.recent, each.observations   # the first of 64 is kept
+    ([0.001], [0.004], 2)
     """
     if not len(event_ns):
         return
@@ -223,7 +241,7 @@ def observe_event_ages(newest: LatencyHistogram, each: LatencyHistogram,
             return
         youngest = int(ages_ns.min())
     newest.observe(youngest / 1e9)
-    each.observe_many(ages_ns / 1e9)
+    each.observe_many(ages_ns / 1e9, _EACH_KEPT_EVERY)
 
 
 def resident_bytes_of(state: Any, depth: int = 3) -> int:
