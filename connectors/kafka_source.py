@@ -296,7 +296,7 @@ class KafkaSourceReader:
                 self._finish(partition)
         batch = await self._decode(fetched)
         self._counters.records += len(batch)
-        self._fetch_wait.observe(len(batch))
+        self._fetch_wait.observe(len(batch), fetched)
         self._require_drain().set_fetch_wait(self._fetch_wait.ms)
         if self._config.group_id is not None and (
             time.monotonic() - self._counters.last_commit >= self._config.commit_interval_s
@@ -477,10 +477,11 @@ class KafkaSourceReader:
                 if len(kept):
                     collected.setdefault(tp.partition, []).append(kept)
                     count += len(kept)
-            if not lingering:
+            if not lingering:  # a thin stream's read gathers one round (see FetchWait)
                 lingering = True
-                deadline = loop.time() + linger_s
-            if loop.time() >= deadline:
+                deadline = loop.time() + max(linger_s, self._fetch_wait.round_wait_s)
+            if loop.time() >= deadline or (
+                    linger_s == 0 and self._fetch_wait.round_complete(collected)):
                 break
         return collected
 

@@ -17,19 +17,29 @@ NewTopic = Callable[[int], Awaitable[str]]
 Produce = Callable[..., Awaitable[None]]
 
 
-@given(st.lists(st.integers(min_value=0, max_value=5_000), max_size=30))
-def test_the_wait_follows_only_the_last_read(reads: list[int]) -> None:
-    wait = FetchWait(configured_ms=10, thin_ms=2, flowing_records=16, thick_records=1_000)
-    for records in reads:
-        wait.observe(records)
-    expected = 2 if reads and 16 <= reads[-1] < 1_000 else 10
-    assert wait.ms == expected
+reads_of_partitions = st.lists(st.tuples(st.integers(min_value=0, max_value=5_000),
+                                         st.frozensets(st.integers(0, 3), min_size=1)),
+                               max_size=30)
+
+
+@given(reads_of_partitions, st.frozensets(st.integers(0, 3)))
+def test_the_wait_and_the_round_follow_only_the_last_read(
+        reads: list[tuple[int, frozenset[int]]], now: frozenset[int]) -> None:
+    wait = FetchWait(configured_ms=10, thin_ms=2, round_s=0.003, flowing_records=16,
+                     thick_records=1_000)
+    for records, partitions in reads:
+        wait.observe(records, partitions)
+    thin = bool(reads) and 16 <= reads[-1][0] < 1_000
+    assert wait.ms == (2 if thin else 10)
+    assert wait.round_wait_s == (0.003 if thin else 0.0)
+    # A thin read gathers until every partition of the last read came again; others do not.
+    assert wait.round_complete(now) == (not thin or reads[-1][1] <= now)
 
 
 def test_the_thin_wait_is_never_longer_than_the_configured_one() -> None:
     wait = FetchWait(configured_ms=3, thin_ms=5)
-    wait.observe(100)
-    assert wait.ms == 3
+    wait.observe(100, [0])
+    assert wait.ms == 3 and wait.round_wait_s == 0.0  # nothing shorter: nothing to gather
 
 
 async def test_a_thin_stream_shortens_the_fetch_wait_and_a_quiet_one_restores_it(
@@ -57,7 +67,14 @@ async def test_a_thin_stream_shortens_the_fetch_wait_and_a_quiet_one_restores_it
         assert read == 40
         assert reader.fetch_wait_ms == 2 and fetcher._fetch_max_wait_ms == 2
 
-        assert len((await reader.read(1_000, linger_s=0.0)).batch) == 0  # quiet for 0.5 s
-        assert reader.fetch_wait_ms == 20 and fetcher._fetch_max_wait_ms == 20
+        # The next read waits a moment for partition 0's round, and returns what came.
+        await produce(topic, records(40, 30))
+        chunk = await reader.read(1_000, linger_s=0.0)
+        assert chunk.batch.ts.tolist()[:1] == [40] and reader.fetch_wait_ms == 2
+
+        for _ in range(50):  # the rest, if the first read did not take it all
+            if len((await reader.read(1_000, linger_s=0.0)).batch) == 0:
+                break
+        assert reader.fetch_wait_ms == 20 and fetcher._fetch_max_wait_ms == 20  # quiet: 0.5 s
     finally:
         await reader.close()
