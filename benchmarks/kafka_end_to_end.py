@@ -11,7 +11,7 @@ after the other, measured producer -> Kafka -> pipeline -> Kafka -> consumer fro
 stamped at production, with each pipeline's and the broker's CPU over the sampled window, and
 where streamdag's time goes, stage by stage, from its nodes' own figures. Run:
 ``python -m benchmarks.kafka_end_to_end [--records N] [--rate R] [--live-seconds S]
-[--only throughput|latency] [--thin-fetch-wait-ms MS] [--memory-breakdown]``.
+[--only throughput|latency] [--memory-breakdown]``.
 """
 
 from __future__ import annotations
@@ -216,13 +216,11 @@ def live_latencies(bootstrap: str, topic: str, build: Callable[[sd.Node, str], s
 
 def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], sd.Graph],
                     settings: RuntimeSettings, rate: float, seconds: float, settle_s: float,
-                    broker_pid: int | None, thin_fetch_wait_ms: int = 1) -> _Live:
+                    broker_pid: int | None) -> _Live:
     output_topic = f"{topic}.out"
     asyncio.run(ensure_topics(bootstrap, {topic: 4, output_topic: 4}))
     ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
-    # The loop's consumer waits 5 ms too; the source shortens it while a thin stream flows.
-    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest",
-                           thin_fetch_max_wait_ms=thin_fetch_wait_ms)
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")  # the loop's wait
     graph = build(ticks, output_topic)
     running = RayRunner(settings, *binding.defaults()).start(graph)
     before: dict[str, NodeStats] = {}
@@ -266,11 +264,11 @@ def _live_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
 
 
 def _run(bootstrap: str, records: int, rate: float, live_s: float, broker_pid: int | None,
-         only: str | None = None, breakdown: bool = False, thin_fetch_wait_ms: int = 1) -> None:
+         only: str | None = None, breakdown: bool = False) -> None:
     if only != "latency":
         _throughput(bootstrap, records, breakdown)
     if only != "throughput":
-        _latency(bootstrap, rate, live_s, broker_pid, thin_fetch_wait_ms)
+        _latency(bootstrap, rate, live_s, broker_pid)
 
 
 def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
@@ -306,14 +304,13 @@ def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
             print("\n".join(breakdown_lines(ours_ray.memory)))
 
 
-def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None,
-             thin_fetch_wait_ms: int = 1) -> None:
+def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None) -> None:
     ensure_ray(num_cpus=2)
     stamp = time.strftime("%H%M%S")
     loop_live = _loop_live(bootstrap, f"bench.live-loop.{stamp}", rate, live_s, broker_pid)
     settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
     ours_live = _streamdag_live(bootstrap, f"bench.live.{stamp}", _live_graph, settings, rate,
-                                live_s, 3.0, broker_pid, thin_fetch_wait_ms)
+                                live_s, 3.0, broker_pid)
     print(f"\nlatency at a steady {rate:,.0f} events/s over {live_s:.0f} s, producer -> Kafka -> "
           "pipeline -> Kafka -> consumer (CPU: the pipeline's processes and the producing and "
           "sampling process; broker: Tansu)")
@@ -345,19 +342,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bootstrap", default="")
     parser.add_argument("--only", choices=("throughput", "latency"), default=None,
                         help="run one half only (latency: the steady-rate run and its stages)")
-    parser.add_argument("--thin-fetch-wait-ms", type=int, default=1,
-                        help="the source's fetch wait while a thin stream flows (5: as the loop's)")
     parser.add_argument("--memory-breakdown", action="store_true",
                         help="each Ray actor's memory by kind of mapping at the PSS-sum peak")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.bootstrap:
         _run(args.bootstrap, args.records, args.rate, args.live_seconds, None, args.only,
-             args.memory_breakdown, args.thin_fetch_wait_ms)
+             args.memory_breakdown)
     else:
         with EmbeddedBroker.start(".state/bench-broker") as broker:
             _run(broker.bootstrap_servers, args.records, args.rate, args.live_seconds,
-                 broker.pid, args.only, args.memory_breakdown, args.thin_fetch_wait_ms)
+                 broker.pid, args.only, args.memory_breakdown)
 
 
 if __name__ == "__main__":

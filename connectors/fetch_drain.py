@@ -80,16 +80,6 @@ class FetchDrain:
         """Drop what is held for ``tp`` (after a seek, or when it is finished)."""
         self._held.pop(tp, None)
 
-    def set_fetch_wait(self, ms: int) -> None:
-        """Ask the broker to wait at most ``ms`` in the fetches sent from now on.
-
-        aiokafka reads the wait when it builds each fetch request; a fetcher without that
-        attribute (another aiokafka version) keeps the consumer's configured wait.
-        """
-        fetcher: Any = getattr(self._consumer, "_fetcher", None)
-        if isinstance(getattr(fetcher, "_fetch_max_wait_ms", None), int):
-            fetcher._fetch_max_wait_ms = ms
-
     async def take(
         self, tps: Sequence[TopicPartition], max_records: int, timeout_s: float
     ) -> dict[TopicPartition, FetchedRecords]:

@@ -32,7 +32,6 @@ from connectors.codecs import (
 from connectors.dead_letters import DeadLetter, DeadLetterPublisher
 from connectors.errors import ConnectorConfigError, TopicError
 from connectors.fetch_drain import FetchDrain
-from connectors.fetch_wait import FetchWait
 from connectors.fetched_batches import FetchedRecords
 from connectors.source_bounds import LogEnds, PartitionBounds, Timestamp
 from connectors.watermarks import PartitionWatermarks, ReadingClock
@@ -77,9 +76,6 @@ class KafkaSourceConfig:
     lateness_ns: int = 0
     idle_timeout_s: float | None = 10.0
     fetch_max_wait_ms: int = 10
-    #: While a thin stream flows (reads of a few records), fetches wait at most this long at the
-    #: broker instead (``FetchWait``); set it to ``fetch_max_wait_ms`` to keep that one always.
-    thin_fetch_max_wait_ms: int = 1
     max_batch_records: int = 10_000
     max_partition_fetch_bytes: int = 1 << 20
     fetch_max_bytes: int = 16 << 20
@@ -144,10 +140,10 @@ def _config_problems(config: KafkaSourceConfig) -> list[str]:
                  "fetch_max_bytes", "request_timeout_ms"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be at least 1, got {getattr(config, name)}")
-    if (config.fetch_max_wait_ms < 0 or config.thin_fetch_max_wait_ms < 0
-            or config.lateness_ns < 0 or config.poll_timeout_s < 0 or config.lag_refresh_s < 0):
-        problems.append("fetch_max_wait_ms, thin_fetch_max_wait_ms, lateness_ns, poll_timeout_s "
-                        "and lag_refresh_s cannot be negative")
+    if (config.fetch_max_wait_ms < 0 or config.lateness_ns < 0 or config.poll_timeout_s < 0
+            or config.lag_refresh_s < 0):
+        problems.append("fetch_max_wait_ms, lateness_ns, poll_timeout_s and lag_refresh_s "
+                        "cannot be negative")
     group = config.partition_group
     if group is not None and not (len(group) == 2 and 0 <= group[0] < group[1]):
         problems.append(f"partition_group {group!r} must be (index, count) with "
@@ -185,8 +181,6 @@ class KafkaSourceReader:
         self._config = config
         self._compiled_fetch = compiled_fetch
         self._drain: FetchDrain | None = None
-        self._fetch_wait = FetchWait(configured_ms=config.fetch_max_wait_ms,
-                                     thin_ms=config.thin_fetch_max_wait_ms)
         self._resume_from = dict(resume_from or {})
         # Partitions go idle on the time spent reading them, not on time held back.
         self._reading_clock = ReadingClock(clock)
@@ -296,8 +290,6 @@ class KafkaSourceReader:
                 self._finish(partition)
         batch = await self._decode(fetched)
         self._counters.records += len(batch)
-        self._fetch_wait.observe(len(batch), fetched)
-        self._require_drain().set_fetch_wait(self._fetch_wait.ms)
         if self._config.group_id is not None and (
             time.monotonic() - self._counters.last_commit >= self._config.commit_interval_s
         ):
@@ -403,11 +395,6 @@ class KafkaSourceReader:
         return self._drain.per_record_count if self._drain is not None else 0
 
     @property
-    def fetch_wait_ms(self) -> int:
-        """The broker wait its next fetches ask for (shorter while a thin stream flows)."""
-        return self._fetch_wait.ms
-
-    @property
     def exact_path_records(self) -> int:
         """Records decoded one by one because the compiled scanner could not take them."""
         return self._counters.exact_path
@@ -477,11 +464,10 @@ class KafkaSourceReader:
                 if len(kept):
                     collected.setdefault(tp.partition, []).append(kept)
                     count += len(kept)
-            if not lingering:  # a thin stream's read gathers one round (see FetchWait)
+            if not lingering:
                 lingering = True
-                deadline = loop.time() + max(linger_s, self._fetch_wait.round_wait_s)
-            if loop.time() >= deadline or (
-                    linger_s == 0 and self._fetch_wait.round_complete(collected)):
+                deadline = loop.time() + linger_s
+            if loop.time() >= deadline:
                 break
         return collected
 

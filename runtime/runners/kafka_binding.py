@@ -103,8 +103,6 @@ class KafkaBinding:
     #: graph's output topics unless asked), ``"backtest."`` writes ``backtest.<topic>``, and
     #: ``""`` appends to the live topics on purpose.
     replay_prefix: str | None = None
-    #: Sources' fetch wait while a thin stream flows (``KafkaSourceConfig``; 1 ms by default).
-    thin_fetch_max_wait_ms: int = 1
 
     def source_for(self, node: Node) -> KafkaSourceFactory:
         """The reader factory of a ``kafka_source`` node (time-ordered if the range is bounded)."""
@@ -113,7 +111,6 @@ class KafkaBinding:
                 node.params,
                 self.bootstrap_servers,
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
-                thin_fetch_max_wait_ms=self.thin_fetch_max_wait_ms,
                 start=self.start,
                 end=self.end,
                 group_id=self.group_id,
