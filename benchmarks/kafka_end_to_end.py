@@ -147,8 +147,10 @@ class _Live:
 #: A node's figures that time one stage of the path, in path order, and what each measures.
 _STAGES = (
     ("read_age", "read returned: newest event's age"),
+    ("record_read_age", "read returned: each event's age"),
     ("hop_latency", "hop in: push sent -> drain loop takes it"),
     ("release_age", "watermark released: newest event's age"),
+    ("record_release_age", "watermark released: each event's age"),
     ("process_latency", "operator"),
     ("publish_latency", "sink write + flush (produce acked)"),
     ("end_to_end_latency", "published: newest event's age"),
@@ -218,7 +220,7 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
     output_topic = f"{topic}.out"
     asyncio.run(ensure_topics(bootstrap, {topic: 4, output_topic: 4}))
     ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
-    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")  # the loop's wait
     graph = build(ticks, output_topic)
     running = RayRunner(settings, *binding.defaults()).start(graph)
     before: dict[str, NodeStats] = {}

@@ -46,7 +46,7 @@ from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, proc
 from runtime.dataplane.stats import (
     NodeStats,
     add_source_figures,
-    observe_event_age,
+    observe_event_ages,
     resident_bytes_of,
 )
 from runtime.dataplane.warming import warm_up_while_opening
@@ -492,7 +492,7 @@ class NodeHost:
                 payloads: list[Payload] = []
                 if len(chunk.batch):
                     self._phases.first_read = self._phases.first_read or StartupPhases.now()
-                    observe_event_age(self.worker.stats.read_age, int(chunk.batch.ts.max()))
+                    observe_event_ages(*self.worker.stats.read_ages, chunk.batch.ts)
                     payloads.extend(self.worker.feed(0, chunk.batch))
                 if chunk.watermark is not None:
                     payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["LATENCY_BUCKETS", "LatencyHistogram", "NodeStats", "add_source_figures",
-           "observe_event_age", "resident_bytes_of"]
+           "observe_event_age", "observe_event_ages", "resident_bytes_of"]
 
 #: Upper bounds (seconds) of the latency histogram buckets, as Prometheus would have them.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -21,6 +21,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 #: How many of the latest observations a histogram keeps as they were, for exact quantiles.
 RECENT_SAMPLES = 1024
+_BUCKET_BOUNDS = np.asarray(LATENCY_BUCKETS)
+#: Of every event's age (``observe_event_ages``), one in this many is kept as it was.
+_EACH_KEPT_EVERY = 64
 
 
 @dataclass
@@ -28,7 +31,8 @@ class LatencyHistogram:
     """Cumulative-ready bucket counts of observed durations, plus their sum and count.
 
     The latest ``RECENT_SAMPLES`` observations are kept too (``recent``, oldest first), so the
-    quantiles of a short window (``since``) are exact rather than bucket bounds.
+    quantiles of a short window (``since``) are exact rather than bucket bounds; a histogram fed
+    many at a time (``observe_many``) may keep every n-th only, so the kept ones span longer.
     """
 
     counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -39,13 +43,44 @@ class LatencyHistogram:
         # Not a dataclass field: it travels with copies and pickles (the demo's snapshots), but
         # stays out of asdict(), so status documents and the gateway's JSON keep their size.
         self.recent: list[float] = []
+        #: Observations ever put in ``recent`` (``since`` takes a window's share by it), and
+        #: how many of the next ones ``observe_many`` passes over before it keeps one.
+        self.kept = 0
+        self._until_kept = 0
 
     def observe(self, seconds: float) -> None:
         """Record one duration."""
         self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.total += seconds
         self.observations += 1
-        self.recent.append(seconds)
+        self._keep([seconds])
+
+    def observe_many(self, seconds: np.ndarray, keep_every: int = 1) -> None:
+        """Record many durations at once (one numpy pass); keep every ``keep_every``-th as is.
+
+        >>> h = LatencyHistogram()
+        >>> h.observe_many(np.array([0.001, 0.003, 0.003]))
+        >>> h.observations, h.counts[3:6], h.recent
+        (3, [1, 0, 2], [0.001, 0.003, 0.003])
+        >>> h.observe_many(np.array([0.1, 0.2, 0.3]), keep_every=2)
+        >>> h.observe_many(np.array([0.4, 0.5]), keep_every=2)
+        >>> h.observations, h.recent[3:]   # the 1st, 3rd and 5th of the five
+        (8, [0.1, 0.3, 0.5])
+        """
+        if not len(seconds):
+            return
+        added = np.bincount(np.searchsorted(_BUCKET_BOUNDS, seconds, "left"),
+                            minlength=len(self.counts)).tolist()
+        self.counts = [count + more for count, more in zip(self.counts, added, strict=True)]
+        self.total += float(seconds.sum())
+        self.observations += len(seconds)
+        kept = seconds[self._until_kept::keep_every]
+        self._until_kept = (self._until_kept - len(seconds)) % keep_every
+        self._keep(kept[-RECENT_SAMPLES:].tolist())
+
+    def _keep(self, values: list[float]) -> None:
+        self.kept += len(values)
+        self.recent.extend(values)
         if len(self.recent) >= 2 * RECENT_SAMPLES:
             # Trimmed in halves, so an observation costs O(1) on average.
             del self.recent[:-RECENT_SAMPLES]
@@ -58,7 +93,9 @@ class LatencyHistogram:
             self.total - earlier.total,
             new,
         )
-        window.recent = self.recent[-new:] if new > 0 else []
+        kept = self.kept - earlier.kept
+        window.recent = self.recent[-kept:] if kept > 0 else []
+        window.kept = len(window.recent)
         return window
 
     def sample_quantile(self, q: float) -> float:
@@ -143,6 +180,10 @@ class NodeStats:
     #: Nodes that put their inputs in event-time order: wall clock when the watermark released
     #: events minus the newest released event time (live streams).
     release_age: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: The same two, for every event rather than the newest: sources, each record's age when its
+    #: read returned; event-time nodes, each event's age when the watermark released it.
+    record_read_age: LatencyHistogram = field(default_factory=LatencyHistogram)
+    record_release_age: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: wall clock once a batch is published minus its newest event time.
     end_to_end_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Sinks: seconds to write and publish (flush) each batch.
@@ -151,6 +192,11 @@ class NodeStats:
     hop_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Inference nodes: their engine's figures (operators.inference_queue.InferenceFigures).
     inference: Any = None
+
+    @property
+    def read_ages(self) -> tuple[LatencyHistogram, LatencyHistogram]:
+        """Sources: ``read_age`` and ``record_read_age``, as ``observe_event_ages`` takes them."""
+        return self.read_age, self.record_read_age
 
 
 #: Event times further than this from the wall clock are not a live stream's: not observed.
@@ -170,6 +216,32 @@ def observe_event_age(histogram: LatencyHistogram, newest_event_ns: int,
     age_ns = (time.time_ns() if now_ns is None else now_ns) - newest_event_ns
     if 0 <= age_ns < _DAY_NS:
         histogram.observe(age_ns / 1e9)
+
+
+def observe_event_ages(newest: LatencyHistogram, each: LatencyHistogram,
+                       event_ns: np.ndarray, now_ns: int | None = None) -> None:
+    """Record how old the newest event of ``event_ns`` was in ``newest``, and each in ``each``.
+
+    Only events whose times are a live wall clock count (see ``observe_event_age``). ``each``
+    keeps every ``_EACH_KEPT_EVERY``-th age as is: at 10k events/s its kept ages span seconds.
+
+    >>> newest, each = LatencyHistogram(), LatencyHistogram()
+    >>> observe_event_ages(newest, each, np.array([1_000_000, 4_000_000, 6_000_000]),
+    ...                    now_ns=5_000_000)  # the last one is from the future: left out
+    >>> newest.recent, each.recent, each.observations   # the first of 64 is kept
+    ([0.001], [0.004], 2)
+    """
+    if not len(event_ns):
+        return
+    ages_ns = (time.time_ns() if now_ns is None else now_ns) - event_ns
+    youngest, oldest = int(ages_ns.min()), int(ages_ns.max())
+    if youngest < 0 or oldest >= _DAY_NS:  # some are not a live stream's
+        ages_ns = ages_ns[(ages_ns >= 0) & (ages_ns < _DAY_NS)]
+        if not len(ages_ns):
+            return
+        youngest = int(ages_ns.min())
+    newest.observe(youngest / 1e9)
+    each.observe_many(ages_ns / 1e9, _EACH_KEPT_EVERY)
 
 
 def resident_bytes_of(state: Any, depth: int = 3) -> int:

@@ -21,7 +21,7 @@ from runtime.dataplane.messages import (
     Watermark,
     WatermarkStatus,
 )
-from runtime.dataplane.stats import NodeStats, observe_event_age
+from runtime.dataplane.stats import NodeStats, observe_event_ages
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorLogic
 from streamdag.operator_registry import lookup
@@ -338,9 +338,8 @@ class NodeWorker:
         self.stats.held_events = self._aligner.buffered
         if released is None:
             return []
-        newest = max((int(batch.ts[-1]) for batch in released if len(batch)), default=None)
-        if newest is not None:  # each input's part is sorted by time
-            observe_event_age(self.stats.release_age, newest)
+        observe_event_ages(self.stats.release_age, self.stats.record_release_age,
+                           np.concatenate([batch.ts for batch in released]))
         # Step 1: the slots of one input (its producer's shards) merge into that input, in
         # event-time order; a key comes from one shard, so its own order is kept.
         parts: dict[int, list[Batch]] = {}

@@ -56,6 +56,10 @@ def test_a_source_lingers_after_a_thick_read_only_and_its_output_is_unchanged() 
         # Every read of live events was observed, each at least the 5 ms it was stamped ago.
         assert stats.read_age.observations == 4
         assert min(stats.read_age.recent) >= 0.004
+        # ...and every event of them, one age in 64 kept as it was.
+        ages = stats.record_read_age
+        assert ages.observations == 3 + 1_500 + 4 + 999 and min(ages.recent) >= 0.004
+        assert len(ages.recent) == -(-ages.observations // 64)
         return source.results()
 
     captured = asyncio.run(scenario())
@@ -107,3 +111,6 @@ def test_a_node_in_event_time_order_records_how_old_what_the_watermark_released_
     assert means == [2.0, 20.0]
     assert worker.stats.release_age.observations == 1
     assert worker.stats.release_age.recent[0] >= 0.005
+    each = worker.stats.record_release_age  # every released event; the oldest one kept
+    assert each.observations == 4 and len(each.recent) == 1
+    assert abs(each.recent[0] - worker.stats.release_age.recent[0] - 3e-9) < 1e-12
