@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,6 +36,24 @@ async def read_until_finished(reader: KafkaSourceReader, max_records: int = 1000
         if chunk.finished:
             return Batch.concat(batches)
     raise AssertionError("the reader did not finish within 200 reads")
+
+
+@contextlib.contextmanager
+def fetching_takes(reader: KafkaSourceReader, now: list[float], until: float) -> Iterator[None]:
+    """Every fetch of ``reader`` meanwhile moves the clock ``now`` to ``until``: inside the
+    read, whether or not the fetch has to wait (a fetch answered in the background may be
+    there already, so a clock moved by another task could miss the read)."""
+    fetch = reader._fetch
+
+    async def moving(*args: Any) -> Any:
+        now[0] = until
+        return await fetch(*args)
+
+    reader._fetch = moving  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del reader._fetch
 
 
 async def read_count(reader: KafkaSourceReader, count: int) -> Batch:
@@ -177,17 +196,16 @@ async def test_watermark_is_min_over_active_partitions_and_skips_idle_ones(
     both_active = (await reader.read(10, linger_s=0.0)).watermark
     await produce(topic, [tick(130, partition=0)])
 
-    async def clock_to(seconds: float) -> None:  # while a read waits: quiet time is read time
-        await asyncio.sleep(0)
-        now[0] = seconds
-
-    await asyncio.gather(read_count(reader, 1), clock_to(3.0))
+    # Step 1: partition 0's record comes while 3 s of reading pass.
+    with fetching_takes(reader, now, until=3.0):
+        await read_count(reader, 1)
     # Time not spent reading does not count: partition 1 is not idle after a pause.
     now[0] = 100.0
     assert (await reader.read(10, linger_s=0.0)).watermark == 40_000_000 - 10
     now[0] = 3.0
-    # Partition 1 has been silent for 6 s of reading > 5 s; partition 0 for 3 s.
-    one_idle, _ = await asyncio.gather(reader.read(10, linger_s=0.0), clock_to(6.0))
+    # Step 2: partition 1 has been silent for 6 s of reading > 5 s; partition 0 for 3 s.
+    with fetching_takes(reader, now, until=6.0):
+        one_idle = await reader.read(10, linger_s=0.0)
     await reader.close()
 
     assert both_active == 40_000_000 - 10
