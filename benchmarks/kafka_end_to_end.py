@@ -40,12 +40,11 @@ from connectors.source_bounds import Timestamp
 from connectors.topics import ensure_topics
 from runtime.dataplane.host import RuntimeSettings
 from runtime.dataplane.stats import NodeStats
-from runtime.demo.job import TickProducer
 from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner, RunningGraph, ensure_ray
 
-__all__ = ["events_per_second", "live_latencies", "main"]
+__all__ = ["events_per_second", "live_latencies", "main", "sample_latencies"]
 
 
 def _replay_graph(source: str, sink: str) -> sd.Graph:
@@ -112,7 +111,9 @@ def _actor_pids(running: RunningGraph, graph: sd.Graph) -> list[int]:
             for node in graph.nodes]
 
 
-async def _latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:
+async def sample_latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:
+    """From the end of ``topic`` on, for ``seconds``: each record's age (ms) when read back,
+    from the event time its producer stamped (says "ready" on stdout once at the end)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=5,
                                 enable_auto_commit=False)
     await consumer.start()
@@ -121,6 +122,7 @@ async def _latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:
                       sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)
         await consumer.seek_to_end(*partitions)
+        print("ready", flush=True)
         samples: list[float] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -181,24 +183,73 @@ def _cpu_of(pids: Sequence[int]) -> float:
     return total
 
 
+#: The steady producer, in a process of its own: sharing one with the sampling consumer (or a
+#: pipeline) would delay its sends behind the other's work and make the stream bursty.
+_PRODUCER = """
+import asyncio, signal, sys
+from runtime.demo.job import TickProducer
+
+async def produce(bootstrap, topic, rate):
+    producer = TickProducer(bootstrap, topic, float(rate), symbols=100)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, producer.stop)
+    task = asyncio.create_task(producer.run())
+    await producer.connected.wait()
+    print("ready", flush=True)
+    await task
+
+asyncio.run(produce(*sys.argv[1:]))
+"""
+
+#: The sampling consumer, in a process of its own too: "ready" once at the end of the output
+#: topic, then one JSON list of latencies (ms).
+_SAMPLER = """
+import asyncio, json, sys
+from benchmarks.kafka_end_to_end import sample_latencies
+
+print(json.dumps(asyncio.run(sample_latencies(sys.argv[1], sys.argv[2], float(sys.argv[3])))))
+"""
+
+
+def _child(code: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _ready(child: subprocess.Popen[str], what: str) -> None:
+    assert child.stdout is not None
+    if child.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the {what} did not start")
+
+
 def _measure_live(bootstrap: str, topic: str, output_topic: str, pids: Callable[[], list[int]],
                   broker_pid: int | None, rate: float, seconds: float,
                   settle_s: float) -> _Live:
-    """Feed ``rate`` ticks/s to ``topic``; after ``settle_s``, sample ``output_topic``."""
-    loop = asyncio.new_event_loop()
-    producer = TickProducer(bootstrap, topic, rate, symbols=100)
+    """Feed ``rate`` ticks/s to ``topic``; after ``settle_s``, sample ``output_topic``.
+
+    Steps:
+    1. The producer starts, in a process of its own, and runs ``settle_s`` (caches warm up).
+    2. The sampler, in a process of its own, seeks to the output's end: the window opens, and
+       the CPU of ``pids()`` (the pipeline's processes only) and the broker's is read.
+    3. After ``seconds`` the sampler hands its latencies over; the CPU is read again.
+    """
+    # Step 1: the producer.
+    producer = _child(_PRODUCER, bootstrap, topic, rate)
     try:
-        produce = loop.create_task(producer.run())
-        loop.run_until_complete(asyncio.sleep(settle_s))  # settle: warm caches, steady rate
+        _ready(producer, "tick producer")
+        time.sleep(settle_s)
+        # Step 2: the window opens.
+        sampler = _child(_SAMPLER, bootstrap, output_topic, seconds)
+        _ready(sampler, "latency sampler")
         watched = pids()
         cpu, broker = _cpu_of(watched), _cpu_of([broker_pid] if broker_pid else [])
-        samples = loop.run_until_complete(_latencies(bootstrap, output_topic, seconds))
+        # Step 3: the window closes.
+        out, _ = sampler.communicate(timeout=seconds + 120)
         cpu = _cpu_of(watched) - cpu
         broker = _cpu_of([broker_pid] if broker_pid else []) - broker
-        producer.stop()
-        loop.run_until_complete(produce)
+        samples = [float(x) for x in json.loads(out)]
     finally:
-        loop.close()
+        producer.terminate()
+        producer.wait(30)
     return _Live(samples, cpu, broker)
 
 
@@ -225,7 +276,7 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
     running = RayRunner(settings, *binding.defaults()).start(graph)
     before: dict[str, NodeStats] = {}
 
-    def pids() -> list[int]:  # called as the sampled window opens
+    def pids() -> list[int]:  # called as the sampled window opens: the driver and the actors
         before.update(running.stats())
         return [os.getpid(), *_actor_pids(running, graph)]
 
@@ -250,7 +301,7 @@ def _loop_live(bootstrap: str, topic: str, rate: float, seconds: float,
         assert child.stdout is not None
         if child.stdout.readline().strip() != "ready":
             raise RuntimeError("the live batched loop did not start")
-        # The producing (TickProducer) and sampling run in this process for both pipelines.
+        # As streamdag's figure counts its driver (this process), this one counts it too.
         return _measure_live(bootstrap, topic, output_topic, lambda: [os.getpid(), child.pid],
                              broker_pid, rate, seconds, settle_s=3.0)
     finally:
@@ -312,8 +363,8 @@ def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None)
     ours_live = _streamdag_live(bootstrap, f"bench.live.{stamp}", _live_graph, settings, rate,
                                 live_s, 3.0, broker_pid)
     print(f"\nlatency at a steady {rate:,.0f} events/s over {live_s:.0f} s, producer -> Kafka -> "
-          "pipeline -> Kafka -> consumer (CPU: the pipeline's processes and the producing and "
-          "sampling process; broker: Tansu)")
+          "pipeline -> Kafka -> consumer (producer and sampling consumer in processes of their "
+          "own; CPU: the pipeline's processes and this driver; broker: Tansu)")
     print(f"{'pipeline':<26} {'outputs':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU s':>6} "
           f"{'broker CPU s':>13}")
     figures = []
