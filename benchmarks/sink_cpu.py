@@ -32,7 +32,7 @@ from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.stats import NodeStats
 from streamdag.batch import Batch
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "workload"]
 
 _KEYS = 100
 _PARTITIONS = 4
@@ -86,7 +86,7 @@ class _BenchWriter(KafkaSinkWriter):
         self.commits.append(epoch)
 
 
-def _batches(records: int, size: int) -> list[Batch]:
+def workload(records: int, size: int) -> list[Batch]:
     """The workload: ``records`` rolling means of 100 keys in batches of ``size``."""
     rng = np.random.default_rng(7)
     names = np.array([f"SYM{k:03d}".encode() for k in range(_KEYS)])
@@ -136,7 +136,7 @@ async def _exactly_once(batches: Sequence[Batch], epoch_records: int) -> _BenchW
 
 def measure(records: int, batch: int, epoch_records: int, mode: str) -> tuple[float, int]:
     """Records per CPU second of one run of ``mode``, and the bytes it sent."""
-    batches = _batches(records, batch)
+    batches = workload(records, batch)
     started = time.process_time()
     if mode == "at-least-once":
         writer = asyncio.run(_at_least_once(batches))

@@ -5,11 +5,11 @@ last epoch only once the stream ended: whatever its publish still has to do then
 stream's end waits for. So a Kafka sink encodes each batch of the open epoch as it arrives and
 appends its records, each with its idempotence id header, to the open producer batch of their
 partition (``append_records``, one compiled pass per partition and push). The header's bytes
-are written in place from the sink's prefix and each record's key hash and sequence; a record
-is written once, into the batch that is sent. A full batch is sealed (its header and CRC) at
-once; the epoch's close seals each partition's last one. Publishing the epoch is then sending
-those batches. They are packed exactly as ``write`` and ``flush`` would pack the epoch's
-records with the same ids, so the topic gets the same bytes either way.
+are written in place from the sink's tag and each record's sequence (``connectors.record_ids``);
+a record is written once, into the batch that is sent. A full batch is sealed (its header and
+CRC) at once; the epoch's close seals each partition's last one. Publishing the epoch is then
+sending those batches. They are packed exactly as ``write`` and ``flush`` would pack the
+epoch's records with the same ids, so the topic gets the same bytes either way.
 
 >>> from streamdag.batch import Batch
 >>> def encode(batch):
@@ -19,10 +19,10 @@ records with the same ids, so the topic gets the same bytes either way.
 >>> for first in (0, 3):
 ...     batch = Batch.from_columns(ts=[first, first + 1, first + 2], key=["a"] * 3,
 ...                                v=[1.0, 2.0, 3.0])
-...     epoch.add(batch, np.zeros(3, np.uint64), np.arange(first, first + 3))
+...     epoch.add(batch, np.arange(first, first + 3))
 >>> built = epoch.finish()
 >>> [len(built[0]), list(built[0].counts)]
-[6, [3, 3]]
+[6, [5, 1]]
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from connectors.epoch_commits import sink_prefix
 from connectors.record_batches import (
     BATCH_HEADER_SIZE,
     BuiltBatches,
@@ -44,6 +43,7 @@ from connectors.record_batches import (
     partition_rows,
     seal_batch,
 )
+from connectors.record_ids import sink_tag
 from streamdag.batch import Batch
 
 __all__ = ["EncodedBatch", "Encoder", "EpochBatches"]
@@ -98,13 +98,12 @@ class EpochBatches:
         self._encode = encode
         self._max_batch_bytes = max_batch_bytes
         self._name = np.frombuffer(header_name, dtype=np.uint8)
-        self._prefix = np.frombuffer(sink_prefix(sink_id), dtype=np.uint8)
+        self._prefix = np.frombuffer(sink_tag(sink_id), dtype=np.uint8)
         self._partitions: dict[int, _OpenBatches] = {}
 
-    def add(self, batch: Batch, key_hashes: npt.NDArray[np.uint64],
-            sequences: _I64) -> None:
-        """Encode ``batch`` and append each record, with the id of its key hash and sequence,
-        to its partition's batches."""
+    def add(self, batch: Batch, sequences: _I64) -> None:
+        """Encode ``batch`` and append each record, with the id of its sequence in its key's
+        output, to its partition's batches."""
         if not len(batch):
             return
         encoded = self._encode(batch)
@@ -115,8 +114,7 @@ class EpochBatches:
             batches = self._partitions.get(partition)
             if batches is None:
                 batches = self._partitions[partition] = _OpenBatches(self._max_batch_bytes)
-            batches.append(encoded, stamps, rows, self._name, self._prefix, key_hashes,
-                           sequences)
+            batches.append(encoded, stamps, rows, self._name, self._prefix, sequences)
 
     def finish(self) -> dict[int, BuiltBatches]:
         """The epoch is closed: every partition's batches, its last one sealed too."""
@@ -136,14 +134,14 @@ class _OpenBatches:
         self._counts: list[int] = []
 
     def append(self, encoded: EncodedBatch, stamps: _I64, rows: _I64, name: _U8,
-               prefix: _U8, key_hashes: npt.NDArray[np.uint64], sequences: _I64) -> None:
+               prefix: _U8, sequences: _I64) -> None:
         """Write the records ``rows`` of ``encoded``, sealing each batch that fills."""
         start = 0
         while start < len(rows):
             start, self._at, self._count, self._first, self._highest = append_records(
                 self._out, self._at, self._count, self._first, self._highest, encoded.keys,
                 encoded.key_lengths, encoded.values, encoded.value_offsets, stamps, rows,
-                start, name, prefix, key_hashes, sequences, self._budget)
+                start, name, prefix, sequences, self._budget)
             if start == len(rows):
                 break
             if self._count:

@@ -4,23 +4,19 @@ A sink that publishes epoch ``e`` of its output (see ``runtime.dataplane.sink_ep
 writes one commit record to ``<topic>.commits`` (key: the sink's id; value: the epoch and, per
 partition of the output topic, an offset at or before which the next epoch's records start).
 Consumers of the output topic see only outputs. After a crash the sink reads its newest commit,
-and from those offsets the records of later epochs that already reached the topic (their
-idempotence ids), so it publishes only the rest. No broker transaction is involved: this works
-on Tansu, whose InitProducerId fails, as on any Kafka.
+and from those offsets the records of later epochs that already reached the topic (their keys
+and idempotence ids, ``connectors.record_ids``), so it publishes only the rest. No broker
+transaction is involved: this works on Tansu, whose InitProducerId fails, as on any Kafka.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.topics import ensure_topics
@@ -29,62 +25,12 @@ __all__ = [
     "COMMITS_SUFFIX",
     "EpochCommit",
     "EpochLedger",
+    "TaggedRecords",
     "commits_topic",
-    "parse_record_id",
-    "record_id_rows",
-    "record_ids",
-    "sink_prefix",
 ]
 
 #: The companion topic of output topic ``t`` is ``t`` + this.
 COMMITS_SUFFIX = ".commits"
-_ID = struct.Struct(">QQ")
-
-
-def record_ids(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
-               sequences: Sequence[int] | npt.NDArray[np.int64]) -> list[bytes]:
-    """Idempotence ids: the sink, the record's key (its 64-bit hash) and its place in the
-    sink's output of that key (built for the whole batch at once, no Python per record).
-
-    >>> [parse_record_id(i) for i in record_ids("ab" * 32, [7], [3])]
-    [('1f804f8530c770c0', 7, 3)]
-    """
-    rows = record_id_rows(sink_id, key_hashes, sequences)
-    ids: list[bytes] = rows.view(f"V{rows.shape[1]}").ravel().tolist()  # void: no NUL stripped
-    return ids
-
-
-def record_id_rows(sink_id: str, key_hashes: Sequence[int] | npt.NDArray[np.uint64],
-                   sequences: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
-    """``record_ids`` as the rows of one ``uint8`` array, one id a row (what a Kafka sink
-    writes into its record batches as is).
-
-    >>> record_id_rows("ab" * 32, [7], [3]).shape
-    (1, 24)
-    """
-    prefix = sink_prefix(sink_id)
-    count, width = len(key_hashes), len(prefix) + _ID.size
-    rows = np.empty((count, width), dtype=np.uint8)
-    rows[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
-    for column, values in ((len(prefix), key_hashes), (len(prefix) + 8, sequences)):
-        big_endian = np.asarray(values).astype(">u8")
-        rows[:, column : column + 8] = big_endian.view(np.uint8).reshape(count, 8)
-    return rows
-
-
-def parse_record_id(value: bytes) -> tuple[str, int, int]:
-    """``(sink prefix in hex, key hash, sequence)`` of an id ``record_ids`` made."""
-    key, sequence = _ID.unpack(value[-_ID.size:])
-    return value[:-_ID.size].hex(), key, sequence
-
-
-def sink_prefix(sink_id: str) -> bytes:
-    """What every id of ``sink_id``'s records starts with: 8 bytes of its BLAKE2b hash.
-
-    Short, because every output record carries it; two sinks writing one topic (refused unless
-    ``shared=True``) would have to collide on 64 bits to be confused.
-    """
-    return hashlib.blake2b(sink_id.encode(), digest_size=8).digest()
 
 
 #: Commit records read back per step when looking for a sink's newest one from the end.
@@ -106,6 +52,15 @@ class EpochCommit:
 
     epoch: int
     resume_offsets: Mapping[int, int]
+
+
+@dataclass(frozen=True)
+class TaggedRecords:
+    """Records read back with an id header: record ``i``'s key, header name and value."""
+
+    keys: list[bytes]
+    names: list[str]
+    values: list[bytes]
 
 
 class EpochLedger:
@@ -196,10 +151,11 @@ class EpochLedger:
         finally:
             await consumer.stop()
 
-    async def published_ids(self, header: str, prefix: bytes,
-                            resume_offsets: Mapping[int, int]) -> set[bytes]:
-        """Ids (header ``header``) starting with ``prefix`` of the output topic's records from
-        ``resume_offsets`` (offset 0 for partitions it does not name) to the end."""
+    async def tagged_records(self, headers: Sequence[str], tag: bytes,
+                             resume_offsets: Mapping[int, int]) -> TaggedRecords:
+        """The output topic's records from ``resume_offsets`` (offset 0 for partitions it does
+        not name) to the end that carry a header named in ``headers`` whose value starts with
+        ``tag``: their keys, and that header's name and value."""
         consumer = self._consumer()
         await consumer.start()
         try:
@@ -207,11 +163,13 @@ class EpochLedger:
             tps = [TopicPartition(self.topic, p) for p in partitions]
             consumer.assign(tps)
             starts = {tp: int(resume_offsets.get(tp.partition, 0)) for tp in tps}
-            found: set[bytes] = set()
+            found = TaggedRecords([], [], [])
             for record in await _read_range(consumer, starts, dict.fromkeys(tps), self.timeout_s):
                 for name, value in record.headers or ():
-                    if name == header and value.startswith(prefix):
-                        found.add(bytes(value))
+                    if name in headers and value.startswith(tag):
+                        found.keys.append(record.key or b"")
+                        found.names.append(name)
+                        found.values.append(bytes(value))
             return found
         finally:
             await consumer.stop()

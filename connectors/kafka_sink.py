@@ -3,9 +3,9 @@
 ``write`` encodes a batch and keeps it pending; ``flush`` publishes everything pending and
 returns once the broker acknowledged it (``acks='all'``). That split leaves room for the
 exactly-once publish protocol: the runtime decides when pending output may go out, and may
-tag each record with an idempotence id (header ``streamdag.id``) so that a republish after a
-crash is recognisable. Nothing is dropped silently: records that could not be delivered stay
-pending, ``ProduceError`` says so, and a later ``flush`` retries them.
+tag each record with an idempotence id (header ``sdi``, ``connectors.record_ids``) so that a
+republish after a crash is recognisable. Nothing is dropped silently: records that could not be
+delivered stay pending, ``ProduceError`` says so, and a later ``flush`` retries them.
 """
 
 from __future__ import annotations
@@ -21,18 +21,16 @@ from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values_buffer
 from connectors.epoch_batches import EncodedBatch, EpochBatches
-from connectors.epoch_commits import EpochLedger, parse_record_id, sink_prefix
+from connectors.epoch_commits import EpochLedger
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
 from connectors.partitioning import key_partitions
 from connectors.producing import DeliveryStats, RetryPolicy, publish_partition
 from connectors.record_batches import BuiltBatches, RecordColumns, partition_rows
+from connectors.record_ids import ID_HEADER, LEGACY_ID_HEADER, highest_sequences, sink_tag
 from streamdag.batch import Batch
 from streamdag.record_format import DEFAULT_RECORD_FORMAT, RecordFormat
 
 __all__ = ["ID_HEADER", "KafkaSinkConfig", "KafkaSinkWriter"]
-
-#: The header carrying a record's idempotence id, when the caller gives ids.
-ID_HEADER = "streamdag.id"
 
 
 @dataclass(frozen=True)
@@ -227,15 +225,14 @@ class KafkaSinkWriter:
     # -- exactly-once epochs (runtime.dataplane.sink_epochs.EpochPublisher) ---------------
     async def published_sequences(self, sink_id: str, before_epoch: int) -> dict[int, int]:
         """Per key hash, the highest sequence of ``sink_id``'s records in the topic from its
-        last epoch commit before ``before_epoch`` on (the whole topic when there is none)."""
+        last epoch commit before ``before_epoch`` on (the whole topic when there is none);
+        ids of both formats count (``connectors.record_ids``)."""
         commit = await self._ledger.last_commit(sink_id, before_epoch)
-        found = await self._ledger.published_ids(
-            ID_HEADER, sink_prefix(sink_id), commit.resume_offsets if commit else {})
-        highest: dict[int, int] = {}
-        for value in found:
-            _, key, sequence = parse_record_id(value)
-            highest[key] = max(sequence, highest.get(key, -1))
-        return highest
+        tag = sink_tag(sink_id)
+        found = await self._ledger.tagged_records(
+            (ID_HEADER, LEGACY_ID_HEADER), tag, commit.resume_offsets if commit else {})
+        return highest_sequences(tag, np.array(found.keys, dtype=np.bytes_), found.names,
+                                 found.values)
 
     async def prepare_commits(self) -> None:
         """Get ``commit_epoch`` ready (its topic and client), so the first commit is quick."""
@@ -285,7 +282,7 @@ def _warm_up_kernels(config: KafkaSinkConfig) -> None:
     partitions = key_partitions(batch.key, 2)
     epoch = EpochBatches(lambda b: EncodedBatch.of(b.key, values, b.ts, partitions, offsets),
                          config.max_batch_bytes, ID_HEADER.encode(), "warm-up")
-    epoch.add(batch, np.zeros(2, np.uint64), np.arange(2))
+    epoch.add(batch, np.arange(2))
     epoch.finish()
 
 

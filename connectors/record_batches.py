@@ -35,6 +35,7 @@ from aiokafka.record.util import calc_crc32c
 from numba import njit
 
 from connectors.errors import ConnectorConfigError
+from connectors.record_ids import put_varint, varint_size
 
 __all__ = [
     "BATCH_HEADER_SIZE",
@@ -331,13 +332,6 @@ def _put_varint(out: _U8, at: int, value: int) -> int:
     return at + 1
 
 
-@njit(cache=True, inline="always")
-def _put_u64(out: _U8, at: int, value: np.uint64) -> int:
-    for byte in range(8):  # big-endian, as record_id_rows writes an id's key hash and sequence
-        out[at + byte] = np.uint8((value >> np.uint64(56 - 8 * byte)) & np.uint64(0xFF))
-    return at + 8
-
-
 @njit(cache=True)
 def _record_size(key_length: int, value_length: int, delta_ts: int, delta_offset: int,
                  name_length: int, header_width: int, has_header: bool) -> int:
@@ -401,23 +395,23 @@ def _write_records(keys: _U8, key_lengths: _I64, values: _U8, value_offsets: _I6
 @njit(cache=True)
 def append_records(out: _U8, at: int, count: int, first: int, highest: int, keys: _U8,
                    key_lengths: _I64, values: _U8, value_offsets: _I64, stamps: _I64,
-                   rows: _I64, start: int, name: _U8, prefix: _U8,
-                   key_hashes: npt.NDArray[np.uint64], sequences: _I64,
+                   rows: _I64, start: int, name: _U8, prefix: _U8, sequences: _I64,
                    budget: int) -> tuple[int, int, int, int, int]:
     """Append the records ``rows[start:]`` to the open batch in ``out`` (``at`` bytes used,
     ``count`` records, the first's timestamp ``first``, the highest ``highest``), each with
-    the header ``name`` = ``prefix`` + key hash + sequence (big-endian), written in place.
+    the header ``name`` = ``prefix`` + its sequence as an unsigned varint (a record id of
+    ``connectors.record_ids``), written in place.
 
     Stops before the first record that does not fit (aiokafka's rule: the first record always
     goes in, a full batch stays under ``budget``; a first record longer than ``out`` stops it
     too: the caller gives a bigger ``out``). Returns the next row index and the batch's
     ``at``, ``count``, ``first`` and ``highest``.
     """
-    width = len(prefix) + 16
     i = start
     while i < len(rows):
         r = rows[i]
         stamp = stamps[r]
+        width = len(prefix) + varint_size(sequences[r])
         if count == 0:
             first, highest = stamp, stamp
         key_length = key_lengths[r]
@@ -441,8 +435,7 @@ def append_records(out: _U8, at: int, count: int, first: int, highest: int, keys
         out[at: at + len(name)] = name
         at = _put_varint(out, at + len(name), width)
         out[at: at + len(prefix)] = prefix
-        at = _put_u64(out, _put_u64(out, at + len(prefix), np.uint64(key_hashes[r])),
-                      np.uint64(sequences[r]))
+        at = put_varint(out, at + len(prefix), sequences[r])
         highest = max(highest, stamp)
         count += 1
         i += 1

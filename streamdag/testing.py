@@ -182,17 +182,13 @@ class ListSink:
     async def published_sequences(self, sink_id: str, before_epoch: int) -> dict[int, int]:
         """Per key hash, the highest sequence of ``sink_id`` after its last commit of an epoch
         before ``before_epoch``."""
-        from connectors.epoch_commits import parse_record_id, sink_prefix
+        from connectors.record_ids import ID_HEADER, highest_sequences, sink_tag
 
         start = max((written for sink, epoch, written in self.commits
                      if sink == sink_id and epoch < before_epoch), default=0)
-        highest: dict[int, int] = {}
-        prefix = sink_prefix(sink_id)
-        for value in self.record_ids[start:]:
-            if value.startswith(prefix):
-                _, key, sequence = parse_record_id(value)
-                highest[key] = max(sequence, highest.get(key, -1))
-        return highest
+        keys = np.concatenate([batch.key for batch in self.batches] or [np.array([], "S1")])
+        ids = self.record_ids[start:]
+        return highest_sequences(sink_tag(sink_id), keys[start:], [ID_HEADER] * len(ids), ids)
 
     async def commit_epoch(self, sink_id: str, epoch: int) -> None:
         """Record that ``epoch`` of ``sink_id`` is wholly written."""

@@ -3,8 +3,9 @@
 Exactly-once without broker transactions (DESIGN.md §7, steps 4-5): what a sink receives between
 barrier ``n-1`` and barrier ``n`` is epoch ``n``. It stays pending (and is part of the sink's
 snapshot) until checkpoint ``n`` is complete; only then is it published and the epoch's
-completion recorded. Every record carries the idempotence id ``(sink, key, sequence)``: its
-place in the sink's output of its key. Computations are deterministic per key (inputs are in
+completion recorded. Every record is identified by ``(sink, key, sequence)``: its place in the
+sink's output of its key (its id header carries the sink's tag and the sequence, its key is its
+own: ``connectors.record_ids``). Computations are deterministic per key (inputs are in
 event-time order), so a record recomputed after a restore has the id it had the first time,
 whatever the epochs and however far back the checkpoint restored (an older one, when the newest
 is corrupt). A restored sink reads back what of its output already reached the topic past the
@@ -42,9 +43,9 @@ import numpy.typing as npt
 from numba import njit
 
 from connectors.epoch_batches import EpochBatches
-from connectors.epoch_commits import record_ids
 from connectors.errors import ProduceError
 from connectors.record_batches import BuiltBatches
+from connectors.record_ids import record_ids
 from operators.key_slots import KeySlots, hash_keys
 from runtime.checkpoints import failpoints
 from streamdag.batch import Batch
@@ -270,7 +271,7 @@ class EpochOutput:
             if self._encoder is not None:  # now, while the stream runs: not in the publish
                 if self._open_batches is None:
                     self._open_batches = self._encoder.epoch_batches(self.sink_id)
-                self._open_batches.add(batch, hashes, sequences)
+                self._open_batches.add(batch, sequences)
 
     def close_epoch(self, epoch: int) -> None:
         """Barrier ``epoch`` passed: what came since the last one is that epoch's output."""
@@ -426,8 +427,8 @@ class EpochOutput:
     def _encode(self, records: PendingEpoch) -> Mapping[int, BuiltBatches]:
         assert self._encoder is not None
         batches = self._encoder.epoch_batches(self.sink_id)
-        for batch, hashes, sequences in records.pushes:
-            batches.add(batch, hashes, sequences)
+        for batch, _, sequences in records.pushes:
+            batches.add(batch, sequences)
         return batches.finish()
 
     async def _write(self, publisher: EpochPublisher | None, out: _Outgoing) -> None:
@@ -435,8 +436,7 @@ class EpochOutput:
         if out.encoded is not None and self._encoder is not None:
             self._encoder.write_encoded(out.encoded)
         elif publisher is not None:
-            await publisher.write(records.batch, record_ids(self.sink_id, records.key_hashes,
-                                                            records.sequences))
+            await publisher.write(records.batch, record_ids(self.sink_id, records.sequences))
         else:
             await self.writer.write(records.batch)
 

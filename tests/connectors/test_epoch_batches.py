@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from connectors.codecs import CodecName
-from connectors.epoch_commits import record_ids
 from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
-from operators.key_slots import hash_keys
+from connectors.record_ids import record_ids
 from streamdag.batch import Batch
 
 SINK = "e" * 64
@@ -59,12 +58,12 @@ async def _sent(codec: CodecName, *, epoch: bool) -> dict[int, list[bytes]]:
     sequence = 0
     batches = writer.epoch_batches(SINK)
     for push in _pushes():
-        hashes, sequences = hash_keys(push.key), np.arange(sequence, sequence + len(push))
+        sequences = np.arange(sequence, sequence + len(push))
         sequence += len(push)
         if epoch:
-            batches.add(push, hashes, sequences)
+            batches.add(push, sequences)
         else:
-            await writer.write(push, record_ids(SINK, hashes, sequences))
+            await writer.write(push, record_ids(SINK, sequences))
     if epoch:
         writer.write_encoded(batches.finish())
     await writer.flush()

@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
-from connectors.epoch_commits import commits_topic, parse_record_id, record_ids
-from connectors.kafka_sink import ID_HEADER, KafkaSinkConfig, KafkaSinkWriter
-from runtime.dataplane.sink_epochs import EpochOutput
+from connectors.epoch_commits import commits_topic
+from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
+from connectors.partitioning import key_partitions
+from connectors.record_ids import (
+    ID_HEADER,
+    LEGACY_ID_HEADER,
+    parse_record_id,
+    record_ids,
+    sink_tag,
+)
+from operators.key_slots import hash_keys
+from runtime.dataplane.sink_epochs import EpochOutput, PendingEpoch
 from streamdag.batch import Batch
 
 NewTopic = Callable[[int], Awaitable[str]]
@@ -26,9 +36,19 @@ def values(first: int, count: int) -> Batch:
     return Batch.from_columns(ts=n, key=[f"k{i % 3}" for i in n.tolist()], value=n * 1.0)
 
 
+def _identity(record: Any) -> tuple[str, int, int]:
+    """``(sink tag, key hash, sequence)`` of a record, from its id header of either format."""
+    headers = dict(record.headers)
+    if LEGACY_ID_HEADER in headers:
+        value = headers[LEGACY_ID_HEADER]
+        return (value[:8].hex(), *struct.unpack(">QQ", value[8:]))
+    tag, sequence = parse_record_id(headers[ID_HEADER])
+    return tag, int(hash_keys(np.array([record.key]))[0]), sequence
+
+
 def _check(records: list[Any], count: int) -> None:
     """``count`` records, each id once, and the values 0..count-1 in order per key."""
-    ids = [parse_record_id(dict(r.headers)[ID_HEADER]) for r in records]
+    ids = [_identity(r) for r in records]
     assert len(records) == count
     assert max(Counter(ids).values()) == 1
     by_key: dict[str, list[float]] = {}
@@ -54,8 +74,7 @@ async def test_a_restored_sink_completes_a_half_published_epoch_without_a_duplic
     # Epoch 2 was half published when the sink crashed: 3 of its 6 records, no commit.
     epoch = pending[0]
     half = np.arange(3)
-    await writer.write(epoch.batch.take(half),
-                       record_ids(SINK, epoch.key_hashes[half], epoch.sequences[half]))
+    await writer.write(epoch.batch.take(half), record_ids(SINK, epoch.sequences[half]))
     await writer.flush()
 
     restored = EpochOutput(writer, SINK, pending, sequences, restored_checkpoint=2)
@@ -71,6 +90,54 @@ async def test_a_restored_sink_completes_a_half_published_epoch_without_a_duplic
     assert (restored.published_records, restored.skipped_records) == (5, 3)
     assert [json.loads(c.value)["epoch"] for c in commits] == [1, 2, 3]
     assert {c.key for c in commits} == {SINK.encode()}
+
+
+async def _publish_in_format_1(bootstrap: str, topic: str, partitions: int,
+                               epoch: PendingEpoch, count: int) -> None:
+    """The first ``count`` records of ``epoch`` as a sink published them before format 2: each
+    with the header ``streamdag.id`` = tag + key hash + sequence (8 bytes each, big-endian)."""
+    from aiokafka import AIOKafkaProducer
+
+    batch = epoch.batch
+    targets = key_partitions(batch.key, partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for row, record in enumerate(batch.to_records()[:count]):
+            record_id = sink_tag(SINK) + struct.pack(
+                ">QQ", int(epoch.key_hashes[row]), int(epoch.sequences[row]))
+            await producer.send_and_wait(
+                topic, json.dumps(record).encode(), key=batch.key[row],
+                partition=int(targets[row]), headers=[(LEGACY_ID_HEADER, record_id)])
+    finally:
+        await producer.stop()
+
+
+async def test_an_upgraded_sink_completes_an_epoch_half_published_in_the_old_id_format(
+    bootstrap: str, new_topic: NewTopic, consume: Consume
+) -> None:
+    topic = await new_topic(2)
+    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
+    await writer.open()
+    first = EpochOutput(writer, SINK)
+    first.add(values(0, 5))
+    first.close_epoch(1)
+    await first.publish_through(1)
+    first.add(values(5, 6))
+    first.close_epoch(2)
+    pending, sequences = first.pending(), copy.deepcopy(first.sequences)  # checkpoint 2
+    # The sink ran the code before format 2 and crashed with 4 of epoch 2's 6 records out.
+    await _publish_in_format_1(bootstrap, topic, 2, pending[0], 4)
+
+    restored = EpochOutput(writer, SINK, pending, sequences, restored_checkpoint=2)
+    await restored.publish_through(2)
+    await writer.close()
+    records = await consume(topic, 11)
+
+    _check(records, 11)
+    assert (restored.published_records, restored.skipped_records) == (2, 4)
+    assert sorted(next(iter(dict(r.headers))) for r in records) == (
+        [ID_HEADER] * 7 + [LEGACY_ID_HEADER] * 4)
 
 
 async def test_a_sink_restored_from_an_older_checkpoint_skips_what_it_recomputes(

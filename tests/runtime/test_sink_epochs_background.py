@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import streamdag as sd
-from connectors.epoch_commits import parse_record_id
+from connectors.record_ids import parse_record_id
 from runtime.checkpoints.store import CheckpointStore
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeCheckpoints, NodeSnapshot
 from runtime.dataplane.host import NodeHost
@@ -82,7 +82,7 @@ async def test_commit_returns_at_once_and_epochs_go_out_in_order_each_commit_las
     await output.idle()
     assert sink.log == ["write 0..3", "flush", "commit 1", "write 4..7", "flush", "commit 2"]
     assert output.pending_epochs() == [3]  # its checkpoint is not complete
-    assert [parse_record_id(i)[2] for i in sink.record_ids] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [parse_record_id(i)[1] for i in sink.record_ids] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [r["value"] for r in sink.records()] == [float(v) for v in range(8)]
 
 
