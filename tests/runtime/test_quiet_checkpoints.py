@@ -1,0 +1,166 @@
+"""A region whose sources went quiet checkpoints at once, so exactly-once output is published
+when the data stops, not at the next interval (runtime.checkpoints.quiet)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+import streamdag as sd
+from runtime.checkpoints.quiet import QuietSources, QuietWatch, SourceQuiet
+from runtime.runners.local_runner import LocalRunner
+from streamdag.batch import Batch
+from streamdag.config import CheckpointSettings
+from streamdag.connector import SourceChunk
+from streamdag.testing import ListSink, TestingSource
+
+KEYS = ("A", "B", "C")
+WINDOW = 5
+EVENTS = 600
+LATENESS_NS = 50
+
+
+def _batches() -> list[Batch]:
+    """20 batches of 30 events, keys round robin, times 0..599."""
+    batches = []
+    for b in range(EVENTS // 30):
+        n = np.arange(b * 30, (b + 1) * 30)
+        batches.append(Batch.from_columns(ts=n, key=[KEYS[i % 3] for i in n.tolist()],
+                                          price=((n * 7919) % 1000) / 10.0))
+    return batches
+
+
+class _GoesQuiet:
+    """Reads its batches with a watermark ``LATENESS_NS`` behind the newest event, then stays
+    idle (its watermark just past the newest event, as a Kafka source's idle partitions) until
+    ``finishing`` is set: the last events are released only by the idleness."""
+
+    def __init__(self, batches: Sequence[Batch]) -> None:
+        self._batches = list(batches)
+        self._index = 0
+        self._newest = -1
+        self.finishing = asyncio.Event()
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def read(self, max_records: int, linger_s: float) -> SourceChunk:
+        """The next batch; once there is none, an idle chunk every 10 ms until finishing."""
+        if self._index < len(self._batches):
+            batch = self._batches[self._index]
+            self._index += 1
+            self._newest = int(batch.ts.max())
+            return SourceChunk(batch, self._newest - LATENESS_NS)
+        empty = self._batches[0].slice(0, 0)
+        if self.finishing.is_set():
+            return SourceChunk(empty, self._newest + 1, finished=True)
+        await asyncio.sleep(0.01)
+        return SourceChunk(empty, self._newest + 1, idle=True)
+
+    def position(self) -> dict[int, int]:
+        """Batches read so far."""
+        return {0: self._index}
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def _graph() -> sd.Graph:
+    ticks = sd.source("ticks", topic="t", key="symbol", schema={"price": "float64"})
+    mean = ticks.rolling_mean("price", window=WINDOW, name="mean")
+    return sd.Graph("quiet", outputs=[mean.to_topic("out", name="out")])
+
+
+def _rows(sink: ListSink) -> list[tuple[int, str, float]]:
+    return [(int(str(r["ts"])), str(r["key"]), float(str(r["value"]))) for r in sink.records()]
+
+
+EXPECTED_COUNT = EVENTS - len(KEYS) * (WINDOW - 1)
+
+
+def test_exactly_once_output_is_published_once_the_source_is_idle_not_at_the_interval() -> None:
+    # The oracle: the same events through a source that ends (EndOfStream publishes the rest).
+    expected = ListSink()
+    LocalRunner().run(_graph(), sources={"ticks": lambda: TestingSource(_batches())},
+                      sinks={"out": lambda: expected}, timeout_s=30)
+    assert len(expected.records()) == EXPECTED_COUNT
+
+    async def scenario() -> tuple[int, list[tuple[int, str, float]]]:
+        reader, sink = _GoesQuiet(_batches()), ListSink()
+        # No interval checkpoint can come within the test: only the sources' quiet can.
+        runner = LocalRunner(checkpoints=CheckpointSettings(interval_s=60.0, timeout_s=30.0))
+        running = asyncio.ensure_future(runner.run_async(
+            _graph(), {"ticks": lambda: reader}, {"out": lambda: sink}, timeout_s=60))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        while len(sink.records()) < EXPECTED_COUNT and loop.time() < deadline:
+            assert not running.done(), running.exception()
+            await asyncio.sleep(0.01)
+        published_while_running = len(sink.records())
+        reader.finishing.set()
+        await running
+        return published_while_running, _rows(sink)
+
+    published_while_running, rows = asyncio.run(scenario())
+    assert published_while_running == EXPECTED_COUNT  # all of it, before the source ended
+    assert rows == _rows(expected)  # nothing more at the end: exact, once, in order
+
+
+def test_a_watch_reports_news_until_the_barrier_that_covers_it() -> None:
+    watch = QuietWatch()
+    watch.read(records=0, idle=True, barrier=None)  # idle from the start: that releases too
+    assert watch.state == SourceQuiet(idle=True, news=True, barrier=0)
+    watch.read(records=0, idle=True, barrier=3)
+    assert watch.state == SourceQuiet(idle=True, news=False, barrier=3)
+    watch.read(records=0, idle=True, barrier=None)  # staying idle is no news
+    assert watch.state == SourceQuiet(idle=True, news=False, barrier=3)
+    watch.read(records=10, idle=False, barrier=None)
+    assert watch.state == SourceQuiet(idle=False, news=True, barrier=3)
+    watch.read(records=0, idle=False, barrier=4)  # the interval's barrier came first
+    watch.read(records=0, idle=True, barrier=None)  # ... the idleness after it is news
+    assert watch.state == SourceQuiet(idle=True, news=True, barrier=4)
+
+
+def test_a_watch_answers_at_once_when_changed_and_on_change_or_timeout_otherwise() -> None:
+    async def scenario() -> list[SourceQuiet]:
+        watch = QuietWatch()
+        first = await watch.changed(None)
+        waiting = asyncio.ensure_future(watch.changed(first))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        watch.read(records=1, idle=False, barrier=None)
+        changed = await waiting
+        unchanged = await watch.changed(changed, timeout_s=0.01)
+        return [first, changed, unchanged]
+
+    assert asyncio.run(scenario()) == [SourceQuiet(), SourceQuiet(news=True),
+                                       SourceQuiet(news=True)]
+
+
+@pytest.mark.parametrize(("states", "last_barrier", "quiet"), [
+    ({"a": SourceQuiet(True, True, 2), "b": SourceQuiet(True, False, 2)}, 2, True),
+    ({"a": SourceQuiet(True, True, 2), "b": SourceQuiet(False, False, 2)}, 2, False),  # b reads
+    ({"a": SourceQuiet(True, False, 2), "b": SourceQuiet(True, False, 2)}, 2, False),  # no news
+    ({"a": SourceQuiet(True, True, 1), "b": SourceQuiet(True, False, 2)}, 2, False),  # a's is old
+    ({"a": SourceQuiet(True, True, 2)}, 2, False),  # b not heard yet
+])
+def test_sources_are_quiet_when_all_idle_past_the_last_barrier_with_news(
+        states: dict[str, SourceQuiet], last_barrier: int, quiet: bool) -> None:
+    async def ask(key: str, known: SourceQuiet | None) -> SourceQuiet:
+        if key not in states or known == states[key]:
+            await asyncio.Event().wait()  # no change: the long poll never answers
+        return states[key]
+
+    async def scenario() -> bool:
+        sources = QuietSources(["a", "b"], ask)
+        sources.start()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        found = sources.quiet(last_barrier)
+        await sources.stop()
+        return found
+
+    assert asyncio.run(scenario()) is quiet
