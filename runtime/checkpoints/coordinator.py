@@ -57,8 +57,8 @@ class CheckpointFigures:
     duration: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Checkpoints started before the interval was up, because every source went quiet.
     started_early: int = 0
-    #: Wall-clock time the last checkpoint started, and (when it started early) when every
-    #: source was heard to be quiet; 0: never.
+    #: Wall-clock time the last checkpoint started, and when (as of then) every source was
+    #: last heard to have gone idle; 0: never.
     last_started_at: float = 0.0
     last_quiet_at: float = 0.0
 
@@ -124,7 +124,7 @@ class CheckpointCoordinator:
                 abandoned = self.figures.abandoned
                 if early:
                     self.figures.started_early += 1
-                self.figures.last_quiet_at = quiet.quiet_at if early else 0.0
+                self.figures.last_quiet_at = quiet.quiet_at
                 completed = await self.checkpoint()
                 if self._on_outcome is not None and (
                         completed or self.figures.abandoned > abandoned):
