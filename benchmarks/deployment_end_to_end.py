@@ -59,17 +59,23 @@ class TailBreakdown:
     last_output: float
     #: Whether that checkpoint started before its interval because the sources were idle.
     started_early: bool
+    #: Share of the output in the topic when the sources went idle, and when it completed.
+    out_at_idle: float | None
+    out_at_completed: float | None
 
     def row(self, label: str) -> str:
         """One line of the breakdown table."""
         cells = [self.input_produced, self.output_90, self.sources_idle,
                  self.checkpoint_started, self.checkpoint_completed, self.last_output]
-        shown = "".join(f"{'-' if c is None else f'{c:.3f}':>10}" for c in cells)
-        return f"{label:<8}{shown}{'yes' if self.started_early else 'no':>8}"
+        shown = "".join(f"{'-' if c is None else f'{c:.3f}':>11}" for c in cells)
+        shares = "".join(f"{'-' if c is None else f'{c:.0%}':>9}"
+                         for c in (self.out_at_idle, self.out_at_completed))
+        return f"{label:<7}{shown}{'yes' if self.started_early else 'no':>6}{shares}"
 
 
-_BREAKDOWN_HEADER = (f"{'run':<8}{'input':>10}{'out 90%':>10}{'src idle':>10}"
-                     f"{'ckpt start':>10}{'ckpt done':>10}{'last out':>10}{'early':>8}")
+_BREAKDOWN_HEADER = (f"{'run':<7}{'input':>11}{'out 90%':>11}{'src idle':>11}"
+                     f"{'ckpt start':>11}{'ckpt done':>11}{'last out':>11}{'early':>6}"
+                     f"{'out@idle':>9}{'out@done':>9}")
 
 
 async def wait_for_output(bootstrap: str, topic: str, expected: int,
@@ -136,8 +142,15 @@ def _breakdown(deployment: Any, submission_id: str, produced: float, submitted: 
     output_90 = next(at for at, count in progress if count >= 0.9 * expected)
     early = (idle is not None and started is not None and started >= idle
              and bool(region.get("started_early")))
+
+    def out_at(after_submit: float | None) -> float | None:
+        if after_submit is None:
+            return None
+        return max((count for at, count in progress if at - submitted <= after_submit),
+                   default=0) / expected
+
     return TailBreakdown(produced - submitted, output_90 - submitted, idle, started, completed,
-                         done - submitted, early)
+                         done - submitted, early, out_at(idle), out_at(completed))
 
 
 def _deployment_runs(bootstrap: str, records: int, repeat: int, delivery: str | None,
