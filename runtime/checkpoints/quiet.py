@@ -92,12 +92,13 @@ class QuietSources:
     """What a coordinator knows of its region's sources: when all of them are quiet.
 
     One long poll per source runs from ``start`` to ``stop``; a source that cannot be asked
-    (its actor died: the region recovers) is counted as never quiet.
+    (its actor died: the region recovers) is not quiet, and asked again ``retry_s`` later.
     """
 
-    def __init__(self, sources: Sequence[str], ask: AskQuiet) -> None:
+    def __init__(self, sources: Sequence[str], ask: AskQuiet, *, retry_s: float = 1.0) -> None:
         self._sources = list(sources)
         self._ask = ask
+        self._retry_s = retry_s
         self._states: dict[str, SourceQuiet] = {}
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,9 +138,10 @@ class QuietSources:
                 state = await self._ask(key, known)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the source is gone: its region recovers
+            except Exception as exc:  # a dead source's region recovers, with a new coordinator
                 _log.debug("source %s cannot say whether it is quiet: %s", key, exc)
-                return
+                await asyncio.sleep(self._retry_s)
+                continue
             if state != known:
                 was_idle = self._all_idle()
                 known = self._states[key] = state

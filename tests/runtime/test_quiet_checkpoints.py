@@ -4,23 +4,30 @@ when the data stops, not at the next interval (runtime.checkpoints.quiet)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
+from ema_oracle import expected, per_key, produce
 
 import streamdag as sd
+from connectors.topics import ensure_topics
 from runtime.checkpoints.quiet import QuietSources, QuietWatch, SourceQuiet
+from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.local_runner import LocalRunner
+from runtime.runners.ray_runner import RayRunner
 from streamdag.batch import Batch
 from streamdag.config import CheckpointSettings
 from streamdag.connector import SourceChunk
-from streamdag.testing import ListSink, TestingSource
+from streamdag.testing import ListSink, TestingSource, read_topic
 
 KEYS = ("A", "B", "C")
 WINDOW = 5
 EVENTS = 600
 LATENESS_NS = 50
+RAY_EVENTS = 1000
 
 
 def _batches() -> list[Batch]:
@@ -164,3 +171,51 @@ def test_sources_are_quiet_when_all_idle_past_the_last_barrier_with_news(
         return found
 
     assert asyncio.run(scenario()) is quiet
+
+
+def test_a_source_that_could_not_be_asked_is_asked_again() -> None:
+    answers: list[SourceQuiet | Exception] = [RuntimeError("the actor died"),
+                                              SourceQuiet(True, True, 0)]
+
+    async def ask(key: str, known: SourceQuiet | None) -> SourceQuiet:
+        if not answers:
+            await asyncio.Event().wait()
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def scenario() -> bool:
+        sources = QuietSources(["a"], ask, retry_s=0.0)
+        sources.start()
+        await asyncio.wait_for(sources.until_quiet(0), 5.0)
+        await sources.stop()
+        return sources.quiet(0)
+
+    assert asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_ray_exactly_once_output_is_published_once_the_kafka_source_is_idle(
+        ray_session: None, bootstrap: str, tmp_path: Path) -> None:
+    """Through Ray actors and the broker: the sources' quiet reaches the coordinator over
+    actor calls, and its checkpoint publishes every output long before the interval."""
+    topic, out = f"quiet-in-{uuid.uuid4().hex[:8]}", f"quiet-out-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
+    asyncio.run(produce(bootstrap, topic, 0, RAY_EVENTS))
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, idle_timeout_s=0.2)
+    runner = RayRunner(checkpoints=CheckpointSettings(url=tmp_path.as_uri(), interval_s=60.0),
+                       default_source=binding.source_for, default_sink=binding.sink_for)
+    ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
+    graph = sd.Graph("ema", outputs=[ticks.ema("price", span=7, name="smooth")
+                                     .to_topic(out, name="out")])
+    running = runner.start(graph)
+    try:
+        # Every output, read while the graph runs on: no interval checkpoint comes in 60 s.
+        records = asyncio.run(read_topic(bootstrap, out, RAY_EVENTS, timeout_s=30))
+        figures = running.checkpoints
+    finally:
+        running.stop()
+    assert len(records) == RAY_EVENTS  # 0 lost, 0 duplicated
+    assert per_key(records) == expected(RAY_EVENTS)  # per-key order and exact values
+    assert figures is not None and figures.started_early >= 1
