@@ -52,7 +52,8 @@ class TailBreakdown:
     output_90: float
     #: The region's coordinator heard every source go idle (last time before the end).
     sources_idle: float | None
-    #: The last checkpoint before the last output started, and completed (sinks committed).
+    #: The last checkpoint complete when the last output was in the topic: when it started,
+    #: and completed (its sinks were told to publish).
     checkpoint_started: float | None
     checkpoint_completed: float | None
     #: The output topic held every expected record.
@@ -140,8 +141,7 @@ def _breakdown(deployment: Any, submission_id: str, produced: float, submitted: 
     if completed is not None and completed > done - submitted:
         started = completed = idle = None  # a later checkpoint: not the one that published
     output_90 = next(at for at, count in progress if count >= 0.9 * expected)
-    early = (idle is not None and started is not None and started >= idle
-             and bool(region.get("started_early")))
+    early = started is not None and bool(region.get("last_started_early"))
 
     def out_at(after_submit: float | None) -> float | None:
         if after_submit is None:

@@ -57,10 +57,11 @@ class CheckpointFigures:
     duration: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Checkpoints started before the interval was up, because every source went quiet.
     started_early: int = 0
-    #: Wall-clock time the last checkpoint started, and when (as of then) every source was
-    #: last heard to have gone idle; 0: never.
+    #: Of the last complete checkpoint: the wall-clock time it started, when (as of then)
+    #: every source was last heard to have gone idle (0: never), and whether that started it.
     last_started_at: float = 0.0
     last_quiet_at: float = 0.0
+    last_started_early: bool = False
 
 
 class CheckpointCoordinator:
@@ -124,8 +125,7 @@ class CheckpointCoordinator:
                 abandoned = self.figures.abandoned
                 if early:
                     self.figures.started_early += 1
-                self.figures.last_quiet_at = quiet.quiet_at
-                completed = await self.checkpoint()
+                completed = await self.checkpoint(quiet_at=quiet.quiet_at, early=early)
                 if self._on_outcome is not None and (
                         completed or self.figures.abandoned > abandoned):
                     await self._on_outcome(self.next_id - 1, completed)
@@ -140,8 +140,9 @@ class CheckpointCoordinator:
             return False
         return True
 
-    async def checkpoint(self) -> bool:
-        """Take one checkpoint; True once it is complete.
+    async def checkpoint(self, *, quiet_at: float = 0.0, early: bool = False) -> bool:
+        """Take one checkpoint; True once it is complete (``quiet_at`` and ``early``: what
+        ``run`` knew of the sources when it started it, for the figures).
 
         Steps:
         1. Every source emits ``Barrier(cid)`` between two fetches (a finished one ends
@@ -155,7 +156,7 @@ class CheckpointCoordinator:
         checkpoint_id, self.next_id = self.next_id, self.next_id + 1
         self._last_barrier = checkpoint_id
         started = time.perf_counter()
-        self.figures.last_started_at = time.time()
+        started_at = time.time()
         # Step 1: barriers.
         injected = await asyncio.gather(
             *(self.calls.inject_barrier(key, checkpoint_id) for key in self.sources))
@@ -187,5 +188,7 @@ class CheckpointCoordinator:
         figures.last_completed_id = checkpoint_id
         figures.last_completed_at = time.time()
         figures.last_size_bytes = sum(ref.size for ref in refs)
+        figures.last_started_at, figures.last_quiet_at = started_at, quiet_at
+        figures.last_started_early = early
         figures.duration.observe(time.perf_counter() - started)
         return True
