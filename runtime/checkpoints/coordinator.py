@@ -130,7 +130,7 @@ class CheckpointCoordinator:
                         completed or self.figures.abandoned > abandoned):
                     await self._on_outcome(self.next_id - 1, completed)
         finally:
-            await quiet.stop()
+            quiet.stop()
 
     async def _until_due(self, quiet: QuietSources) -> bool:
         """Wait ``interval_s``, or less once every source is quiet; True when it was less."""

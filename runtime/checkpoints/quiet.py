@@ -109,13 +109,12 @@ class QuietSources:
         """Start asking every source."""
         self._tasks = [asyncio.ensure_future(self._follow(key)) for key in self._sources]
 
-    async def stop(self) -> None:
-        """Stop asking."""
+    def stop(self) -> None:
+        """Stop asking: the questions in flight are cancelled, not waited for (a coordinator
+        cancelled as its loop closes must end without waiting for anything)."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+            if not task.done() and not task.get_loop().is_closed():
+                task.cancel()
         self._tasks = []
 
     def quiet(self, last_barrier: int) -> bool:

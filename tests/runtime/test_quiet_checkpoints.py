@@ -167,7 +167,7 @@ def test_sources_are_quiet_when_all_idle_past_the_last_barrier_with_news(
         for _ in range(5):
             await asyncio.sleep(0)
         found = sources.quiet(last_barrier)
-        await sources.stop()
+        sources.stop()
         return found
 
     assert asyncio.run(scenario()) is quiet
@@ -189,7 +189,7 @@ def test_a_source_that_could_not_be_asked_is_asked_again() -> None:
         sources = QuietSources(["a"], ask, retry_s=0.0)
         sources.start()
         await asyncio.wait_for(sources.until_quiet(0), 5.0)
-        await sources.stop()
+        sources.stop()
         return sources.quiet(0)
 
     assert asyncio.run(scenario())
