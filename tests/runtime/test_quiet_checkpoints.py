@@ -4,8 +4,9 @@ when the data stops, not at the next interval (runtime.checkpoints.quiet)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from ema_oracle import expected, per_key, produce
 
 import streamdag as sd
 from connectors.topics import ensure_topics
+from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFigures
 from runtime.checkpoints.quiet import QuietSources, QuietWatch, SourceQuiet
+from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.local_runner import LocalRunner
 from runtime.runners.ray_runner import RayRunner
@@ -219,3 +222,63 @@ def test_ray_exactly_once_output_is_published_once_the_kafka_source_is_idle(
     assert len(records) == RAY_EVENTS  # 0 lost, 0 duplicated
     assert per_key(records) == expected(RAY_EVENTS)  # per-key order and exact values
     assert figures is not None and figures.started_early >= 1
+
+
+class _OneSource:
+    """A region of one source node, in process: it reports what the test tells it, emits each
+    barrier as soon as it is asked, and acknowledges every checkpoint."""
+
+    def __init__(self) -> None:
+        self.watch = QuietWatch()
+        self.barriers: list[int] = []
+        self.committed: list[int] = []
+
+    async def inject_barrier(self, key: str, checkpoint_id: int) -> bool:
+        self.barriers.append(checkpoint_id)
+        self.watch.read(records=0, idle=self.watch.state.idle, barrier=checkpoint_id)
+        return True
+
+    async def checkpoint_done(self, key: str, checkpoint_id: int) -> SnapshotRef:
+        return SnapshotRef(f"{key}/{checkpoint_id}", 1, "0" * 64)
+
+    async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
+        self.committed.append(checkpoint_id)
+
+    async def source_quiet(self, key: str, known: SourceQuiet | None) -> SourceQuiet:
+        return await self.watch.changed(known)
+
+
+def test_an_early_checkpoint_is_an_ordinary_one_and_only_news_starts_another() -> None:
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "timed out"
+            await asyncio.sleep(0.001)
+
+    async def scenario() -> tuple[list[int], list[int], CheckpointFigures]:
+        region = _OneSource()
+        coordinator = CheckpointCoordinator(
+            "r", CheckpointStore(f"memory://quiet-{uuid.uuid4().hex}"), region, ["s"], ["s"],
+            interval_s=60.0)
+        running = asyncio.ensure_future(coordinator.run())
+        # Step 1: records, then idleness: the first checkpoint starts without the interval.
+        region.watch.read(records=5, idle=False, barrier=None)
+        region.watch.read(records=0, idle=True, barrier=None)
+        await until(lambda: region.committed == [1])
+        # Step 2: idle and nothing new since barrier 1: no other checkpoint, however long.
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert region.barriers == [1]
+        # Step 3: a new burst and idleness again: the next one, with the next id.
+        region.watch.read(records=3, idle=False, barrier=None)
+        region.watch.read(records=0, idle=True, barrier=None)
+        await until(lambda: region.committed == [1, 2])
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        return region.barriers, region.committed, coordinator.figures
+
+    barriers, committed, figures = asyncio.run(scenario())
+    assert barriers == committed == [1, 2]
+    assert (figures.completed, figures.abandoned, figures.started_early) == (2, 0, 2)
+    assert figures.last_completed_id == 2 and figures.last_started_early
