@@ -1,7 +1,10 @@
 """The checkpoint coordinator of a region: one checkpoint in flight, every ``interval_s``.
 
 It talks to the region's nodes through ``CheckpointCalls`` (in-process hosts or Ray actors
-alike) and completes a checkpoint only by writing its manifest to the store.
+alike) and completes a checkpoint only by writing its manifest to the store. A checkpoint also
+starts before the interval is up once every source of the region went quiet with output to
+complete (``runtime.checkpoints.quiet``): an exactly-once sink then publishes the last output
+of a burst as soon as it is out, not up to an interval later.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from runtime.checkpoints import failpoints
+from runtime.checkpoints.quiet import QuietSources, SourceQuiet
 from runtime.checkpoints.store import CheckpointStore, Manifest, SnapshotRef
 from runtime.dataplane.stats import LatencyHistogram
 
@@ -34,6 +38,9 @@ class CheckpointCalls(Protocol):
     async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
         """Tell node ``key`` that ``checkpoint_id`` is complete (sinks publish its epochs)."""
 
+    async def source_quiet(self, key: str, known: SourceQuiet | None) -> SourceQuiet:
+        """Source ``key``'s ``SourceQuiet`` once it differs from ``known`` (a long poll)."""
+
 
 @dataclass
 class CheckpointFigures:
@@ -48,6 +55,13 @@ class CheckpointFigures:
     #: Bytes of the last complete checkpoint's snapshots.
     last_size_bytes: int = 0
     duration: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: Checkpoints started before the interval was up, because every source went quiet.
+    started_early: int = 0
+    #: Of the last complete checkpoint: the wall-clock time it started, when (as of then)
+    #: every source was last heard to have gone idle (0: never), and whether that started it.
+    last_started_at: float = 0.0
+    last_quiet_at: float = 0.0
+    last_started_early: bool = False
 
 
 class CheckpointCoordinator:
@@ -89,22 +103,46 @@ class CheckpointCoordinator:
         self.figures = CheckpointFigures()
         #: Set once a source finished: a bounded stream is ending, no checkpoint can complete.
         self.sources_finished = False
+        #: The id of the last barrier the sources were asked for (0: none yet).
+        self._last_barrier = 0
 
     async def run(self, *, at_once: bool = False) -> None:
         """Checkpoint every ``interval_s`` until cancelled or a source finished; with
         ``at_once``, the first one right away (a region just restored records its progress
-        as soon as it can, so a fault soon after need not start over from further back)."""
-        while not self.sources_finished:
-            if not at_once:
-                await asyncio.sleep(self.interval_s)
-            at_once = False
-            abandoned = self.figures.abandoned
-            completed = await self.checkpoint()
-            if self._on_outcome is not None and (completed or self.figures.abandoned > abandoned):
-                await self._on_outcome(self.next_id - 1, completed)
+        as soon as it can, so a fault soon after need not start over from further back).
 
-    async def checkpoint(self) -> bool:
-        """Take one checkpoint; True once it is complete.
+        A checkpoint starts before its interval is up once every source is quiet with news
+        (``QuietSources.quiet``); the next interval counts from its end as ever.
+        """
+        quiet = QuietSources(self.sources, self.calls.source_quiet)
+        quiet.start()
+        try:
+            while not self.sources_finished:
+                early = False
+                if not at_once:
+                    early = await self._until_due(quiet)
+                at_once = False
+                abandoned = self.figures.abandoned
+                if early:
+                    self.figures.started_early += 1
+                completed = await self.checkpoint(quiet_at=quiet.quiet_at, early=early)
+                if self._on_outcome is not None and (
+                        completed or self.figures.abandoned > abandoned):
+                    await self._on_outcome(self.next_id - 1, completed)
+        finally:
+            quiet.stop()
+
+    async def _until_due(self, quiet: QuietSources) -> bool:
+        """Wait ``interval_s``, or less once every source is quiet; True when it was less."""
+        try:
+            await asyncio.wait_for(quiet.until_quiet(self._last_barrier), self.interval_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def checkpoint(self, *, quiet_at: float = 0.0, early: bool = False) -> bool:
+        """Take one checkpoint; True once it is complete (``quiet_at`` and ``early``: what
+        ``run`` knew of the sources when it started it, for the figures).
 
         Steps:
         1. Every source emits ``Barrier(cid)`` between two fetches (a finished one ends
@@ -116,7 +154,9 @@ class CheckpointCoordinator:
         if self._ids is not None:
             self.next_id = self._ids()
         checkpoint_id, self.next_id = self.next_id, self.next_id + 1
+        self._last_barrier = checkpoint_id
         started = time.perf_counter()
+        started_at = time.time()
         # Step 1: barriers.
         injected = await asyncio.gather(
             *(self.calls.inject_barrier(key, checkpoint_id) for key in self.sources))
@@ -148,5 +188,7 @@ class CheckpointCoordinator:
         figures.last_completed_id = checkpoint_id
         figures.last_completed_at = time.time()
         figures.last_size_bytes = sum(ref.size for ref in refs)
+        figures.last_started_at, figures.last_quiet_at = started_at, quiet_at
+        figures.last_started_early = early
         figures.duration.observe(time.perf_counter() - started)
         return True

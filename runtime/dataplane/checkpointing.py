@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.checkpoints import failpoints
+from runtime.checkpoints.quiet import QuietWatch
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.sink_epochs import EpochOutput, KeySequences, PendingEpoch
 from runtime.dataplane.worker import WorkerSnapshot
@@ -107,6 +108,8 @@ class NodeCheckpoints:
         self.restored = restored
         #: Sources: the checkpoint whose barrier to inject between two reads.
         self.requested: int | None = None
+        #: Sources: whether they went quiet since their last barrier (the coordinator asks).
+        self.quiet = QuietWatch()
         #: The newest checkpoint this node took part in (or was restored from); 0: none.
         self.last_checkpoint = restored.checkpoint_id if restored is not None else 0
         self.output: EpochOutput | None = None

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from runtime.checkpoints import failpoints
+from runtime.checkpoints.quiet import SourceQuiet
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import Channel, RayTarget, Shipment, Target
 from runtime.dataplane.checkpointing import (
@@ -508,10 +509,17 @@ class NodeHost:
                 if requested is not None:  # between two reads: the cut is at ``position``
                     await self._emit(self.worker.feed(0, Barrier(requested)), position)
                     await self._step_published()
+                self.checkpointing.quiet.read(records=len(chunk.batch), idle=chunk.idle,
+                                              barrier=requested)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._hold(exc)
+
+    async def source_quiet(self, known: SourceQuiet | None) -> SourceQuiet:
+        """Sources: whether they went quiet since their last barrier, once that differs from
+        ``known`` (a long poll: the coordinator checkpoints at once when all are quiet)."""
+        return await self.checkpointing.quiet.changed(known)
 
     def _hold(self, error: Exception) -> None:
         """Stop for good: report ``error``, refuse pushes, and let a source give back its input."""

@@ -362,6 +362,12 @@ class RegionCheckpoints:
                 "last_checkpoint": figures.last_completed_id or None,
                 "last_completed_at": figures.last_completed_at or None,
                 "last_size_bytes": figures.last_size_bytes,
+                # When the last complete one started, when its sources were last heard to go
+                # idle, and whether that started it early (``runtime.checkpoints.quiet``).
+                "last_started_at": figures.last_started_at or None,
+                "last_quiet_at": figures.last_quiet_at or None,
+                "last_started_early": figures.last_started_early,
+                "started_early": figures.started_early,
                 "recoveries": self.figures.recoveries.get(region, 0)})
         return described
 

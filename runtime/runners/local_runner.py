@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFigures
+from runtime.checkpoints.quiet import SourceQuiet
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.channels import LocalTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
@@ -207,6 +208,10 @@ class LocalNodes:
     async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
         """Tell host ``key`` that ``checkpoint_id`` is complete."""
         await self.hosts[key].commit_checkpoint(checkpoint_id)
+
+    async def source_quiet(self, key: str, known: SourceQuiet | None) -> SourceQuiet:
+        """Source ``key``'s ``SourceQuiet`` once it differs from ``known`` (a long poll)."""
+        return await self.hosts[key].source_quiet(known)
 
 
 async def _wait_until_finished(hosts: list[NodeHost], timeout_s: float | None,

@@ -7,6 +7,7 @@ import concurrent.futures
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
+from runtime.checkpoints.quiet import SourceQuiet
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
@@ -166,6 +167,11 @@ class RayNodes:
     async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
         """Tell node ``key`` that ``checkpoint_id`` is complete."""
         await self.handles[key].commit_checkpoint.remote(checkpoint_id)
+
+    async def source_quiet(self, key: str, known: SourceQuiet | None) -> SourceQuiet:
+        """Source ``key``'s ``SourceQuiet`` once it differs from ``known`` (a long poll)."""
+        state: SourceQuiet = await self.handles[key].source_quiet.remote(known)
+        return state
 
 
 def _cluster_gpus(node: Any) -> float:
