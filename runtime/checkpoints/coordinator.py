@@ -158,8 +158,12 @@ class CheckpointCoordinator:
         started = time.perf_counter()
         started_at = time.time()
         # Step 1: barriers.
-        injected = await asyncio.gather(
-            *(self.calls.inject_barrier(key, checkpoint_id) for key in self.sources))
+        try:
+            injected = await asyncio.wait_for(asyncio.gather(
+                *(self.calls.inject_barrier(key, checkpoint_id) for key in self.sources)),
+                self.timeout_s)
+        except Exception as exc:  # a source did not take its barrier: this one is given up
+            return self._abandon(checkpoint_id, f"barrier not injected: {exc!r}")
         if not all(injected):
             self.sources_finished = True
             return False
@@ -171,18 +175,27 @@ class CheckpointCoordinator:
         try:
             refs = await asyncio.wait_for(acknowledgements, self.timeout_s)
         except Exception as exc:  # timed out or a node failed: this one is given up
-            self.figures.abandoned += 1
-            _log.warning("checkpoint %d of region %s abandoned: %s", checkpoint_id,
-                         self.region, exc or type(exc).__name__)
-            return False
+            return self._abandon(checkpoint_id, str(exc) or type(exc).__name__)
         # Step 3: complete.
         snapshots = dict(zip(self.nodes, refs, strict=True))
         await asyncio.to_thread(self.store.write_manifest,
                                 Manifest(self.region, checkpoint_id, snapshots))
         failpoints.hit("after_manifest_before_publish")
-        # Step 4: commit.
-        await asyncio.gather(
-            *(self.calls.commit_checkpoint(key, checkpoint_id) for key in self.nodes))
+        # Step 4: commit. A node that does not take it in time publishes with a later commit
+        # (a sink publishes every pending epoch up to the one committed); none is waited for
+        # past the timeout, so a stuck node cannot stop the region's checkpoints.
+        commits = [asyncio.ensure_future(self.calls.commit_checkpoint(key, checkpoint_id))
+                   for key in self.nodes]
+        _, late = await asyncio.wait(commits, timeout=self.timeout_s)
+        if late:
+            _log.warning("checkpoint %d of region %s: %d node(s) did not take its commit within "
+                         "%g s", checkpoint_id, self.region, len(late), self.timeout_s)
+        for commit in commits:
+            commit.add_done_callback(lambda done: done.cancelled() or done.exception())
+        for commit in commits:
+            error = commit.exception() if commit.done() else None
+            if error is not None:
+                raise error
         figures = self.figures
         figures.completed += 1
         figures.last_completed_id = checkpoint_id
@@ -192,3 +205,9 @@ class CheckpointCoordinator:
         figures.last_started_early = early
         figures.duration.observe(time.perf_counter() - started)
         return True
+
+    def _abandon(self, checkpoint_id: int, why: str) -> bool:
+        """Give checkpoint ``checkpoint_id`` up (counted and logged); False."""
+        self.figures.abandoned += 1
+        _log.warning("checkpoint %d of region %s abandoned: %s", checkpoint_id, self.region, why)
+        return False

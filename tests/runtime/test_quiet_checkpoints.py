@@ -282,3 +282,35 @@ def test_an_early_checkpoint_is_an_ordinary_one_and_only_news_starts_another() -
     assert barriers == committed == [1, 2]
     assert (figures.completed, figures.abandoned, figures.started_early) == (2, 0, 2)
     assert figures.last_completed_id == 2 and figures.last_started_early
+
+
+class _Stuck(_OneSource):
+    """A region whose source never answers the barrier call of checkpoint 1, and whose node
+    never answers the commit of checkpoint 2 (a stuck actor)."""
+
+    async def inject_barrier(self, key: str, checkpoint_id: int) -> bool:
+        if checkpoint_id == 1:
+            await asyncio.Event().wait()
+        return await super().inject_barrier(key, checkpoint_id)
+
+    async def commit_checkpoint(self, key: str, checkpoint_id: int) -> None:
+        if checkpoint_id == 2:
+            await asyncio.Event().wait()
+        await super().commit_checkpoint(key, checkpoint_id)
+
+
+def test_a_node_that_never_answers_cannot_stop_the_region_checkpointing() -> None:
+    async def scenario() -> tuple[list[bool], list[int], CheckpointFigures]:
+        region = _Stuck()
+        coordinator = CheckpointCoordinator(
+            "r", CheckpointStore(f"memory://stuck-{uuid.uuid4().hex}"), region, ["s"], ["s"],
+            interval_s=60.0, timeout_s=0.2)
+        outcomes = [await coordinator.checkpoint() for _ in range(3)]
+        return outcomes, region.committed, coordinator.figures
+
+    outcomes, committed, figures = asyncio.run(asyncio.wait_for(scenario(), 30))
+    # 1: its barrier never went out, given up; 2: complete (the manifest is written), its
+    # commit not taken in time; 3: complete, and its commit publishes 2's epochs too.
+    assert outcomes == [False, True, True]
+    assert committed == [3]
+    assert (figures.completed, figures.abandoned, figures.last_completed_id) == (2, 1, 3)
