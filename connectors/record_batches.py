@@ -313,23 +313,14 @@ def _gather(values: _U8, offsets: _I64, rows: _I64) -> tuple[_U8, _I64]:
 
 @njit(cache=True, inline="always")
 def _varint_size(value: int) -> int:
-    unsigned = np.uint64((value << 1) ^ (value >> 63))  # zigzag
-    size = 1
-    while unsigned >= np.uint64(0x80):
-        unsigned >>= np.uint64(7)
-        size += 1
-    return size
+    """Bytes of signed ``value`` as Kafka's zigzag varint."""
+    return varint_size(np.uint64((value << 1) ^ (value >> 63)))
 
 
 @njit(cache=True, inline="always")
 def _put_varint(out: _U8, at: int, value: int) -> int:
-    unsigned = np.uint64((value << 1) ^ (value >> 63))
-    while unsigned >= np.uint64(0x80):
-        out[at] = np.uint8((unsigned & np.uint64(0x7F)) | np.uint64(0x80))
-        unsigned >>= np.uint64(7)
-        at += 1
-    out[at] = np.uint8(unsigned)
-    return at + 1
+    """Write signed ``value`` at ``at`` of ``out`` as Kafka's zigzag varint; the end."""
+    return put_varint(out, at, np.uint64((value << 1) ^ (value >> 63)))
 
 
 @njit(cache=True)

@@ -134,7 +134,7 @@ def _read_varint(value: bytes, at: int) -> tuple[int, int]:
 
 
 @njit(cache=True, inline="always")
-def varint_size(value: int) -> int:
+def varint_size(value: int | np.uint64) -> int:
     """Bytes of ``value`` (>= 0) as an unsigned LEB128 varint (what ``put_varint`` writes)."""
     unsigned = np.uint64(value)
     size = 1
@@ -145,7 +145,7 @@ def varint_size(value: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def put_varint(out: npt.NDArray[np.uint8], at: int, value: int) -> int:
+def put_varint(out: npt.NDArray[np.uint8], at: int, value: int | np.uint64) -> int:
     """Write ``value`` (>= 0) at ``at`` of ``out`` as an unsigned LEB128 varint; the end."""
     unsigned = np.uint64(value)
     while unsigned >= np.uint64(0x80):
