@@ -20,6 +20,7 @@ from runtime.planning.sharding import gather_outputs, shard_plan, shard_stats
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.recovery import RestartPolicy
+from runtime.runners.resident_pages import keep_releasing_library_pages
 from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
@@ -156,6 +157,7 @@ class LocalRunner:
             # Sources first (they were created last): nothing pushes to a host already stopped.
             for host in reversed(list(nodes.hosts.values())):
                 await host.stop()
+            await nodes.stop_releasing()
 
 
 class LocalNodes:
@@ -169,6 +171,12 @@ class LocalNodes:
         self.incarnation = 0
         self.snapshots: dict[str, NodeSnapshot] = {}
         self.checkpoints: CheckpointTarget | None = None
+        self._releasing: asyncio.Future[None] | None = None
+
+    async def stop_releasing(self) -> None:
+        """Stop releasing library pages (the run is over)."""
+        await cancel_and_wait(self._releasing)
+        self._releasing = None
 
     def create(self, key: str, host: HostSpec) -> None:
         """Build the host of ``key``."""
@@ -191,7 +199,12 @@ class LocalNodes:
             edge, target if route is None else RoutedTarget(target, route))
 
     async def start_sources(self, keys: Iterable[str]) -> None:
-        """Let the source hosts of ``keys`` start reading."""
+        """Let the source hosts of ``keys`` start reading, once this process dropped the library
+        pages its hosts' warm-up touched (LLVM's, about 100 MiB), as it does from then on while
+        the graph runs (``keep_releasing_library_pages``, until ``stop_releasing``)."""
+        if self._releasing is None:
+            self._releasing = asyncio.ensure_future(keep_releasing_library_pages())
+            await asyncio.sleep(0)  # its first release, before any source reads
         for key in keys:
             await self.hosts[key].start_source()
 
