@@ -35,6 +35,7 @@ __all__ = [
     "Footprint",
     "MemoryProbe",
     "breakdown_lines",
+    "local_runner_memory",
     "main",
     "parse_rollup",
     "parse_smaps",
@@ -375,7 +376,10 @@ def _probe_of(data: Mapping[str, Any]) -> MemoryProbe:
         breakdown_at_peak={name: footprints(kinds) for name, kinds in data["breakdown"].items()})
 
 
-def _local_run(bootstrap: str, source: str, records: int, breakdown: bool) -> MemoryProbe:
+def local_runner_memory(bootstrap: str, source: str, records: int,
+                        breakdown: bool = False) -> MemoryProbe:
+    """The workload over ``source`` (``records`` records) run by ``LocalRunner`` in a process of
+    its own, sampled there: its peaks (and breakdown) as a ``MemoryProbe``."""
     command = [sys.executable, "-m", "benchmarks.memory", "--local-child", "--bootstrap",
                bootstrap, "--topic", source, "--records", str(records)]
     if breakdown:
@@ -403,7 +407,7 @@ def _run(bootstrap: str, records: int, runners: Sequence[str], breakdown: bool) 
                _ray_run(bootstrap, source, records, breakdown), breakdown)
     if "local" in runners:
         _print("LocalRunner, in a process of its own (target: 150 MB)",
-               _local_run(bootstrap, source, records, breakdown), breakdown)
+               local_runner_memory(bootstrap, source, records, breakdown), breakdown)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
