@@ -2,9 +2,9 @@
 
 A process that compiles or loads kernels maps about 100 MiB of llvmlite's 170 MiB library: the
 kernel maps a file's pages a whole folio (or ``fault_around_bytes``) at a time, and LLVM's
-hundreds of static constructors and a compile touch its code all over. A node that has loaded its kernels
-never calls LLVM again, yet those pages stay in its resident set, once per process. The same
-holds, less, for every other library's start-up code.
+hundreds of static constructors and a compile touch its code all over. A node that has loaded
+its kernels never calls LLVM again, yet those pages stay in its resident set, once per process.
+The same holds, less, for every other library's start-up code.
 
 ``release_library_pages`` asks the kernel to drop this process's mappings of the clean pages of
 read-only, private file mappings (``madvise(MADV_DONTNEED)``): libraries' code and constants,
