@@ -20,7 +20,7 @@ from runtime.planning.sharding import gather_outputs, shard_plan, shard_stats
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.recovery import RestartPolicy
-from runtime.runners.resident_pages import keep_releasing_library_pages
+from runtime.runners.resident_pages import LibraryPageReleaser, keep_releasing_library_pages
 from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
@@ -106,6 +106,8 @@ class LocalRunner:
         next_id = 1
         figures = CheckpointFigures()
         self.recoveries = 0
+        # From the start: the kernels' warm-up maps LLVM's pages again, so do later loads.
+        releasing = asyncio.ensure_future(keep_releasing_library_pages(nodes.pages))
         try:
             while True:
                 await deploy(nodes, keyed, edges)
@@ -157,7 +159,7 @@ class LocalRunner:
             # Sources first (they were created last): nothing pushes to a host already stopped.
             for host in reversed(list(nodes.hosts.values())):
                 await host.stop()
-            await nodes.stop_releasing()
+            await cancel_and_wait(releasing)
 
 
 class LocalNodes:
@@ -171,12 +173,8 @@ class LocalNodes:
         self.incarnation = 0
         self.snapshots: dict[str, NodeSnapshot] = {}
         self.checkpoints: CheckpointTarget | None = None
-        self._releasing: asyncio.Future[None] | None = None
-
-    async def stop_releasing(self) -> None:
-        """Stop releasing library pages (the run is over)."""
-        await cancel_and_wait(self._releasing)
-        self._releasing = None
+        #: Releases this process's library pages (LLVM's) when the hosts' kernels mapped them.
+        self.pages = LibraryPageReleaser()
 
     def create(self, key: str, host: HostSpec) -> None:
         """Build the host of ``key``."""
@@ -200,11 +198,8 @@ class LocalNodes:
 
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source hosts of ``keys`` start reading, once this process dropped the library
-        pages its hosts' warm-up touched (LLVM's, about 100 MiB), as it does from then on while
-        the graph runs (``keep_releasing_library_pages``, until ``stop_releasing``)."""
-        if self._releasing is None:
-            self._releasing = asyncio.ensure_future(keep_releasing_library_pages())
-            await asyncio.sleep(0)  # its first release, before any source reads
+        pages its hosts' warm-up touched (LLVM's, up to 100 MiB; ``LibraryPageReleaser``)."""
+        self.pages.release_if_grown()
         for key in keys:
             await self.hosts[key].start_source()
 

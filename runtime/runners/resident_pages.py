@@ -47,6 +47,9 @@ _OWN_PAGES = ("Anonymous", "Private_Dirty", "Shared_Dirty", "Locked")
 #: Growth of a process's resident file pages since the last release that is worth a walk over
 #: its mappings (10-20 ms): a kernel loaded from the cache maps 10-100 MiB of LLVM.
 _WORTH_RELEASING = 8 << 20
+#: Resident file pages above which a process surely maps LLVM's (its 90-100 MiB on top of the
+#: 20-50 MiB of hot code of Python, numpy and Ray).
+_FIRST_RELEASE_ABOVE = 64 << 20
 #: Seconds between two looks at a process's resident file pages (a fraction of a millisecond).
 RELEASE_INTERVAL_S = 0.1
 _THREAD_NAME = "streamdag-library-pages"
@@ -141,23 +144,28 @@ def release_library_pages() -> int:
 
 
 class LibraryPageReleaser:
-    """Releases library pages again whenever the resident file pages grew since the last time.
+    """Releases library pages when worth it: a first time once the process maps many of them,
+    then again whenever they grew since the last release (a kernel was loaded).
 
-    Looking (``/proc/self/status``) costs a fraction of a millisecond; the release itself is
-    done only when they grew by ``worth_releasing`` bytes or more (a kernel was loaded).
+    Looking (``/proc/self/status``) costs a fraction of a millisecond, the release 10-20 ms: a
+    process whose resident file pages stay under ``first_above`` (its libraries' hot code, no
+    LLVM) is never walked.
     """
 
-    def __init__(self, worth_releasing: int = _WORTH_RELEASING) -> None:
+    def __init__(self, worth_releasing: int = _WORTH_RELEASING,
+                 first_above: int = _FIRST_RELEASE_ABOVE) -> None:
         self.worth_releasing = worth_releasing
+        self.first_above = first_above
         #: This process's resident file pages after the last release (None: none yet).
         self.floor: int | None = None
         #: Bytes released so far.
         self.released = 0
 
     def release_if_grown(self) -> int:
-        """Release if nothing was released yet or the resident file pages grew; bytes released."""
-        if self.floor is not None and (
-                _own_resident_file_bytes() < self.floor + self.worth_releasing):
+        """Release if the resident file pages reached the next threshold; bytes released."""
+        threshold = (self.first_above if self.floor is None
+                     else self.floor + self.worth_releasing)
+        if _own_resident_file_bytes() < threshold:
             return 0
         released = release_library_pages()
         self.floor = _own_resident_file_bytes()
@@ -165,10 +173,10 @@ class LibraryPageReleaser:
         return released
 
 
-async def keep_releasing_library_pages(interval_s: float = RELEASE_INTERVAL_S) -> None:
-    """Release library pages now, then whenever they grew, looking every ``interval_s`` on this
-    event loop, until cancelled."""
-    releaser = LibraryPageReleaser()
+async def keep_releasing_library_pages(releaser: LibraryPageReleaser,
+                                       interval_s: float = RELEASE_INTERVAL_S) -> None:
+    """``releaser.release_if_grown()`` now, then every ``interval_s`` on this event loop,
+    until cancelled."""
     while True:
         releaser.release_if_grown()
         await asyncio.sleep(interval_s)
