@@ -199,7 +199,7 @@ class LocalNodes:
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source hosts of ``keys`` start reading, once this process dropped the library
         pages its hosts' warm-up touched (LLVM's, up to 100 MiB; ``LibraryPageReleaser``)."""
-        self.pages.release_if_grown()
+        await self.pages.release_if_grown_in_thread()
         for key in keys:
             await self.hosts[key].start_source()
 

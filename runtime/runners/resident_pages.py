@@ -160,25 +160,45 @@ class LibraryPageReleaser:
         self.floor: int | None = None
         #: Bytes released so far.
         self.released = 0
+        self._releasing = asyncio.Lock()
+
+    def due(self) -> bool:
+        """Whether the resident file pages reached the next threshold (a cheap look)."""
+        threshold = (self.first_above if self.floor is None
+                     else self.floor + self.worth_releasing)
+        return _own_resident_file_bytes() >= threshold
+
+    def release(self) -> int:
+        """Release now and remember the resident file pages left; bytes released.
+
+        Pages mapped while the walk ran (a kernel loading in another thread) are no floor: the
+        next look then finds it due again.
+        """
+        before = _own_resident_file_bytes()
+        released = release_library_pages()
+        after = _own_resident_file_bytes()
+        left = max(0, before - released)
+        self.floor = left if after >= left + self.worth_releasing else after
+        self.released += released
+        return released
 
     def release_if_grown(self) -> int:
         """Release if the resident file pages reached the next threshold; bytes released."""
-        threshold = (self.first_above if self.floor is None
-                     else self.floor + self.worth_releasing)
-        if _own_resident_file_bytes() < threshold:
-            return 0
-        released = release_library_pages()
-        self.floor = _own_resident_file_bytes()
-        self.released += released
-        return released
+        return self.release() if self.due() else 0
+
+    async def release_if_grown_in_thread(self) -> int:
+        """``release_if_grown`` with the walk in a worker thread (it would hold an event loop
+        10-20 ms); a second caller waits for a release under way, then looks again."""
+        async with self._releasing:
+            return await asyncio.to_thread(self.release) if self.due() else 0
 
 
 async def keep_releasing_library_pages(releaser: LibraryPageReleaser,
                                        interval_s: float = RELEASE_INTERVAL_S) -> None:
-    """``releaser.release_if_grown()`` now, then every ``interval_s`` on this event loop,
-    until cancelled."""
+    """Look now, then every ``interval_s``, until cancelled; release when ``releaser`` is due
+    (``release_if_grown_in_thread``)."""
     while True:
-        releaser.release_if_grown()
+        await releaser.release_if_grown_in_thread()
         await asyncio.sleep(interval_s)
 
 
