@@ -4,16 +4,17 @@ A process that compiles or loads kernels maps about 100 MiB of llvmlite's 170 Mi
 kernel maps a file's pages a whole folio (or ``fault_around_bytes``) at a time, and LLVM's
 hundreds of static constructors and a compile touch its code all over. A node that has loaded
 its kernels never calls LLVM again, yet those pages stay in its resident set, once per process.
-The same holds, less, for every other library's start-up code.
 
 ``release_library_pages`` asks the kernel to drop this process's mappings of the clean pages of
-read-only, private file mappings (``madvise(MADV_DONTNEED)``): libraries' code and constants,
-whose content is the file's. Nothing is lost: the pages stay in the page cache, shared and
-reclaimable, and a page used again is mapped back by a minor fault. Mappings holding a page of
-their own (relocations applied, copy-on-write) are never touched, nor writable ones. Both
-runners call it once every node is ready, before the sources start reading, and then every
-``RELEASE_INTERVAL_S`` while the graph runs: a kernel a node loads only on its first batch
-(a specialization its warm-up did not load) maps LLVM's pages again, for one interval.
+LLVM's library (``RELEASED_LIBRARIES``): its read-only, private file mappings, code and
+constants, whose content is the file's (``madvise(MADV_DONTNEED)``). Other libraries are left
+alone: their pages are the process's hot code, which would only be mapped again at once.
+Nothing is lost: the pages stay in the page cache, shared and reclaimable, and a page used
+again is mapped back by a minor fault. Mappings holding a page of their own (relocations
+applied, copy-on-write) are never touched, nor writable ones. Both runners call it once every
+node is ready, before the sources start reading, and look again every ``RELEASE_INTERVAL_S``
+while the graph runs: a kernel a node loads only on its first batch (a specialization its
+warm-up did not load) maps LLVM's pages again, for one interval.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "RELEASED_LIBRARIES",
     "LibraryMapping",
     "LibraryPageReleaser",
     "keep_releasing_library_pages",
@@ -42,6 +44,9 @@ _log = logging.getLogger(__name__)
 _MADV_DONTNEED = 4
 _HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$")
 _SIZE = re.compile(r"^(\w+):\s+(\d+) kB$")
+#: The libraries whose pages are released: LLVM's (llvmlite's), which a node stops calling once
+#: its kernels are loaded.
+RELEASED_LIBRARIES = ("libllvmlite",)
 #: A mapping with any of these holds pages of its own, which dropping would lose.
 _OWN_PAGES = ("Anonymous", "Private_Dirty", "Shared_Dirty", "Locked")
 #: Growth of a process's resident file pages since the last release that is worth a walk over
@@ -66,11 +71,14 @@ class LibraryMapping:
     rss: int
 
 
-def library_mappings(smaps: str) -> Iterator[LibraryMapping]:
+def library_mappings(
+    smaps: str, libraries: Sequence[str] | None = None
+) -> Iterator[LibraryMapping]:
     """The mappings of ``smaps`` (the text of ``/proc/<pid>/smaps``) safe to release.
 
-    Kept: private (``p``), not writable, backed by a regular file (not ``/dev``, not deleted),
-    resident, and holding no anonymous, dirty or locked page.
+    Kept: private (``p``), not writable, backed by a regular file (not ``/dev``, not deleted)
+    whose name holds one of ``libraries`` (None: any file), resident, and holding no anonymous,
+    dirty or locked page.
 
     >>> text = ("7f00000-7f02000 r-xp 0 08:01 9 /v/libllvmlite.so\\nRss: 8 kB\\nAnonymous: 0 kB\\n"
     ...         "7f02000-7f03000 r--p 0 08:01 9 /v/libllvmlite.so\\nRss: 4 kB\\nAnonymous: 4 kB\\n"
@@ -93,6 +101,8 @@ def library_mappings(smaps: str) -> Iterator[LibraryMapping]:
             perms, path = header[3], header[4].strip()
             if (perms[1] != "w" and perms[3] == "p" and path.startswith("/")
                     and not path.startswith("/dev/") and not path.endswith("(deleted)")
+                    and (libraries is None or any(
+                        name in path.rsplit("/", 1)[-1] for name in libraries))
                     and sizes.get("Rss", 0) > 0
                     and not any(sizes.get(name, 0) for name in _OWN_PAGES)):
                 yield LibraryMapping(int(header[1], 16), int(header[2], 16), path, sizes["Rss"])
@@ -117,8 +127,8 @@ def _own_resident_file_bytes() -> int:
         return 0
 
 
-def release_library_pages() -> int:
-    """Drop this process's resident pages of read-only library mappings; bytes released.
+def release_library_pages(libraries: Sequence[str] = RELEASED_LIBRARIES) -> int:
+    """Drop this process's resident pages of ``libraries``' read-only mappings; bytes released.
 
     Linux only (elsewhere, and where ``/proc/self/smaps`` cannot be read, it releases nothing
     and returns 0). A mapping the kernel refuses is skipped.
@@ -135,7 +145,7 @@ def release_library_pages() -> int:
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     released = 0
-    for mapping in library_mappings(text):
+    for mapping in library_mappings(text, libraries):
         if madvise(mapping.start, mapping.end - mapping.start, _MADV_DONTNEED) == 0:
             released += mapping.rss
         else:

@@ -80,11 +80,14 @@ def _map_llvm() -> None:
 
 
 def test_only_clean_read_only_private_file_mappings_are_released() -> None:
-    """Relocated (anonymous), dirty, shared, device, deleted, empty and locked maps are kept."""
+    """Relocated (anonymous), dirty, shared, device, deleted, empty and locked maps are kept;
+    only the named libraries' when named."""
     assert [(m.start, m.end, m.path, m.rss) for m in library_mappings(_SMAPS)] == [
         (0x7F00000, 0x7F02000, "/v/site-packages/llvmlite/binding/libllvmlite.so", 8192),
         (0x7F0A000, 0x7F0C000, "/v/lib/libclean.so", 8192),
     ]
+    assert [m.path for m in library_mappings(_SMAPS, ("libllvmlite",))] == [
+        "/v/site-packages/llvmlite/binding/libllvmlite.so"]
 
 
 def test_released_pages_come_back_from_the_file_when_used() -> None:
