@@ -24,11 +24,9 @@ __all__ = ["STEPS", "main", "measure_here"]
 
 _MIB = 2**20
 _WARM_KERNELS = """
-import asyncio
-import runtime.runners.local_runner as local_runner
-async def _measured_in_the_next_step():
-    await asyncio.Event().wait()
-local_runner.keep_releasing_library_pages = _measured_in_the_next_step
+import runtime.runners.resident_pages as resident_pages
+_release = resident_pages.release_library_pages
+resident_pages.release_library_pages = lambda *_: 0  # measured apart, in the next step
 import streamdag as sd
 from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.local_runner import LocalRunner
@@ -42,6 +40,7 @@ batch = sd.Batch.from_columns(ts=[1, 2], key=["a", "a"], price=[1.0, 3.0])
 mean = ticks.rolling_mean("price", window=2, name="m")
 LocalRunner().run(sd.Graph("g", outputs=[mean]),
                   sources={"ticks": lambda: TestingSource([batch])})
+resident_pages.release_library_pages = _release
 """
 #: ``(step, code)``: what each step runs on top of the steps before it.
 STEPS: tuple[tuple[str, str], ...] = (
