@@ -5,7 +5,8 @@ Throughput (issue workload): Kafka -> rolling mean of 20 per key -> Kafka, 500k 
 Ray run includes Ray's own start), CPU seconds and the Ray actors' peak memory: the peak of
 their RSS sum (counts each shared page once per actor) and of their PSS sum (shared pages split
 between processes: the memory the actors really take together; ``--memory-breakdown`` prints
-each actor's by kind, see ``benchmarks.memory``). Latency: a steady
+each actor's by kind, see ``benchmarks.memory``), and the local runner's peak RSS and PSS, from
+the same run repeated in a process of its own. Latency: a steady
 10k events/s live stream through the batched aiokafka loop and through streamdag on Ray, one
 after the other, measured producer -> Kafka -> pipeline -> Kafka -> consumer from the event time
 stamped at production, with each pipeline's and the broker's CPU over the sampled window, and
@@ -34,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import streamdag as sd
 from benchmarks.data_plane import events_per_second
 from benchmarks.kafka_baselines import produce_input, run_batched_loop, run_per_record_loop
-from benchmarks.memory import MemoryProbe, breakdown_lines, summary_lines
+from benchmarks.memory import MemoryProbe, breakdown_lines, local_runner_memory, summary_lines
 from connectors.broker import EmbeddedBroker
 from connectors.source_bounds import Timestamp
 from connectors.topics import ensure_topics
@@ -61,7 +62,7 @@ class _Figures:
     events_per_s: float
     launch_to_last_s: float
     cpu_s: float
-    #: The Ray actors' memory, sampled (None for the loops and the in-process local runner).
+    #: The Ray actors' memory, or the local runner's in a process of its own (None: the loops).
     memory: MemoryProbe | None = None
 
 
@@ -334,6 +335,8 @@ def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
     ray_start_s = time.perf_counter() - started
     ours_ray = _streamdag_replay(bootstrap, source, records, "ray", ray_start_s, breakdown)
     ours_local = _streamdag_replay(bootstrap, source, records, "local")
+    # Its memory from the same run in a process of its own: this one holds the loops and Ray's.
+    ours_local.memory = local_runner_memory(bootstrap, source, records)
     print(f"\nthroughput: {records:,} JSON records, 100 keys, 4 partitions, rolling mean of 20;"
           f" Ray's own start {ray_start_s:.2f} s (in the Ray run's launch to last)")
     print(f"{'pipeline':<34} {'events/s':>10} {'vs batched':>11} {'launch->last s':>15} "
@@ -348,11 +351,14 @@ def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
               f"{batched.launch_to_last_s / run.launch_to_last_s:>10.2f}x {run.cpu_s:>7.1f} "
               f"{memory}")
     if ours_ray.memory is not None:
-        print("\nthe Ray actors' memory (the PSS sum is what the three really take together; the "
-              "local runner's: python -m benchmarks.memory --runner local)")
+        print("\nthe Ray actors' memory (the PSS sum is what the three really take together)")
         print("\n".join(summary_lines(ours_ray.memory)))
         if breakdown:
             print("\n".join(breakdown_lines(ours_ray.memory)))
+    if ours_local.memory is not None:
+        print("\nthe local runner's memory, the same run again in a process of its own "
+              "(python -m benchmarks.memory --runner local)")
+        print("\n".join(summary_lines(ours_local.memory)))
 
 
 def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "Footprint",
     "MemoryProbe",
     "breakdown_lines",
+    "local_runner_memory",
     "main",
     "parse_rollup",
     "parse_smaps",
@@ -188,9 +189,11 @@ class MemoryProbe:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def start(self) -> MemoryProbe:
-        """Sample in a background thread until ``stop``."""
-        self.sample()
+    def start(self, sample_now: bool = True) -> MemoryProbe:
+        """Sample in a background thread until ``stop`` (the first sample now, or in
+        ``interval_s``)."""
+        if sample_now:
+            self.sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -345,11 +348,14 @@ def _local_child(bootstrap: str, source: str, records: int, breakdown: bool) -> 
 
     probe = MemoryProbe({"local runner": os.getpid()}, breakdown=breakdown)
     runner = LocalRunner(_settings(), *_binding(bootstrap).defaults())
-    probe.start()
+    imported = read_footprint(os.getpid()) or Footprint()
+    # Sampled from the run's start on, as the Ray actors are; what the imports left mapped
+    # (llvmlite's pages, which the runner releases as it starts) is reported apart.
+    probe.start(sample_now=False)
     result = runner.run(replay_graph(source, f"{source}.local.{time.time_ns()}"), timeout_s=600)
     probe.stop()
     assert result.stats["out"].events_in == records - 100 * 19, result.stats
-    return _probe_json(probe)
+    return {**_probe_json(probe), "imported_rss": imported.rss, "imported_pss": imported.pss}
 
 
 def _probe_json(probe: MemoryProbe) -> dict[str, Any]:
@@ -375,13 +381,22 @@ def _probe_of(data: Mapping[str, Any]) -> MemoryProbe:
         breakdown_at_peak={name: footprints(kinds) for name, kinds in data["breakdown"].items()})
 
 
-def _local_run(bootstrap: str, source: str, records: int, breakdown: bool) -> MemoryProbe:
+def local_runner_memory(bootstrap: str, source: str, records: int,
+                        breakdown: bool = False) -> MemoryProbe:
+    """The workload over ``source`` (``records`` records) run by ``LocalRunner`` in a process of
+    its own, sampled there from the run's start: its peaks (and breakdown) as a ``MemoryProbe``;
+    its RSS after the imports, before the run, is printed."""
     command = [sys.executable, "-m", "benchmarks.memory", "--local-child", "--bootstrap",
                bootstrap, "--topic", source, "--records", str(records)]
     if breakdown:
         command.append("--breakdown")
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return _probe_of(json.loads(output.strip().splitlines()[-1]))
+    figures = json.loads(output.strip().splitlines()[-1])
+    print(f"the local runner's process after its imports, before the run: RSS "
+          f"{figures['imported_rss'] / _MIB:.0f} MiB, PSS {figures['imported_pss'] / _MIB:.0f} MiB "
+          "(llvmlite's pages mapped by the import of numba; the runner releases them as it "
+          "starts)")
+    return _probe_of(figures)
 
 
 def _print(title: str, probe: MemoryProbe, breakdown: bool) -> None:
@@ -403,7 +418,7 @@ def _run(bootstrap: str, records: int, runners: Sequence[str], breakdown: bool) 
                _ray_run(bootstrap, source, records, breakdown), breakdown)
     if "local" in runners:
         _print("LocalRunner, in a process of its own (target: 150 MB)",
-               _local_run(bootstrap, source, records, breakdown), breakdown)
+               local_runner_memory(bootstrap, source, records, breakdown), breakdown)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

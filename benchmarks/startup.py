@@ -102,6 +102,7 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
         "rss": {name: sampler.peak.get(name, Footprint()).rss for name in pids},
         "uss": {name: sampler.peak.get(name, Footprint()).uss for name in pids},
         "pss": {name: sampler.peak.get(name, Footprint()).pss for name in pids},
+        "peak_rss_sum": sampler.peak_rss_sum, "peak_pss_sum": sampler.peak_pss_sum,
         "end_rss": {name: sampler.last.get(name, Footprint()).rss for name in pids},
         "end_pss": {name: sampler.last.get(name, Footprint()).pss for name in pids},
         "cpu_s": {name: sampler.cpu_seconds.get(name, 0.0) for name in pids},
@@ -311,7 +312,10 @@ def _report(records: int, runs: list[dict[str, Any]], local: dict[str, Any],
              for key in ("rss", "uss", "pss", "end_rss", "end_pss")}
     print(f"{'Ray total':<12} {total['rss']:>9.0f} {total['uss']:>9.0f} {total['pss']:>9.0f} "
           f"{total['end_rss']:>8.0f} {total['end_pss']:>8.0f} {sum(last['cpu_s'].values()):>7.2f}"
-          "   (target 400; PSS counts shared pages once)")
+          "   (sums of each actor's peak)")
+    print(f"Ray actors together, at one instant: peak RSS sum {last['peak_rss_sum'] / mib:.0f} MiB "
+          f"(target 400 MB), peak PSS sum {last['peak_pss_sum'] / mib:.0f} MiB (shared pages "
+          "counted once: what the three really take)")
     print(f"LocalRunner (own process): first output {local['first_s']:.2f} s, last "
           f"{local['last_s']:.2f} s after launch ({local['process_s']:.2f} s with the "
           f"interpreter's start); peak RSS {local['rss'] / mib:.0f} MiB, USS "

@@ -21,6 +21,7 @@ from runtime.planning.sharding import gather_outputs, shard_plan, shard_stats
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.recovery import RestartPolicy
+from runtime.runners.resident_pages import LibraryPageReleaser, keep_releasing_library_pages
 from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
@@ -106,6 +107,8 @@ class LocalRunner:
         next_id = 1
         figures = CheckpointFigures()
         self.recoveries = 0
+        # From the start: the kernels' warm-up maps LLVM's pages again, so do later loads.
+        releasing = asyncio.ensure_future(keep_releasing_library_pages(nodes.pages))
         try:
             while True:
                 await deploy(nodes, keyed, edges)
@@ -157,6 +160,7 @@ class LocalRunner:
             # Sources first (they were created last): nothing pushes to a host already stopped.
             for host in reversed(list(nodes.hosts.values())):
                 await host.stop()
+            await cancel_and_wait(releasing)
 
 
 class LocalNodes:
@@ -170,6 +174,8 @@ class LocalNodes:
         self.incarnation = 0
         self.snapshots: dict[str, NodeSnapshot] = {}
         self.checkpoints: CheckpointTarget | None = None
+        #: Releases this process's library pages (LLVM's) when the hosts' kernels mapped them.
+        self.pages = LibraryPageReleaser()
 
     def create(self, key: str, host: HostSpec) -> None:
         """Build the host of ``key``."""
@@ -192,7 +198,9 @@ class LocalNodes:
             edge, target if route is None else RoutedTarget(target, route))
 
     async def start_sources(self, keys: Iterable[str]) -> None:
-        """Let the source hosts of ``keys`` start reading."""
+        """Let the source hosts of ``keys`` start reading, once this process dropped the library
+        pages its hosts' warm-up touched (LLVM's, up to 100 MiB; ``LibraryPageReleaser``)."""
+        await self.pages.release_if_grown_in_thread()
         for key in keys:
             await self.hosts[key].start_source()
 

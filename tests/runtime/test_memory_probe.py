@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -122,3 +123,15 @@ def test_the_drivers_other_processes_are_named_by_their_script_and_exclusions_ho
     name = "import time; print('ready', flush=True); time.sleep(60)"
     assert ray_processes([])[name].rss == (read_footprint(sleeper.pid) or Footprint()).rss > 0
     assert name not in ray_processes([sleeper.pid])
+
+
+def test_the_floor_steps_measure_this_process_by_kind() -> None:
+    """benchmarks.memory_floor's stdlib-only reading agrees with the smaps breakdown."""
+    from benchmarks.memory_floor import STEPS, measure_here
+
+    figures = measure_here()
+    kinds = read_breakdown(os.getpid())
+    assert abs(figures["rss"] - sum(f.rss for f in kinds.values()) / 2**20) < 8
+    assert 0 < figures["anon"] < figures["rss"]
+    assert figures["llvmlite"] <= figures["rss"] - figures["anon"]
+    assert [name for name, _ in STEPS][-1] == "+ library pages released"

@@ -1,0 +1,233 @@
+"""Releasing the library pages a process mapped while it started and does not run any more.
+
+A process that compiles or loads kernels maps about 100 MiB of llvmlite's 170 MiB library: the
+kernel maps a file's pages a whole folio (or ``fault_around_bytes``) at a time, and LLVM's
+hundreds of static constructors and a compile touch its code all over. A node that has loaded
+its kernels never calls LLVM again, yet those pages stay in its resident set, once per process.
+
+``release_library_pages`` asks the kernel to drop this process's mappings of the clean pages of
+LLVM's library (``RELEASED_LIBRARIES``): its read-only, private file mappings, code and
+constants, whose content is the file's (``madvise(MADV_DONTNEED)``). Other libraries are left
+alone: their pages are the process's hot code, which would only be mapped again at once.
+Nothing is lost: the pages stay in the page cache, shared and reclaimable, and a page used
+again is mapped back by a minor fault. Mappings holding a page of their own (relocations
+applied, copy-on-write) are never touched, nor writable ones. Both runners call it once every
+node is ready, before the sources start reading, and look again every ``RELEASE_INTERVAL_S``
+while the graph runs: a kernel a node loads only on its first batch (a specialization its
+warm-up did not load) maps LLVM's pages again, for one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "RELEASED_LIBRARIES",
+    "LibraryMapping",
+    "LibraryPageReleaser",
+    "keep_releasing_library_pages",
+    "library_mappings",
+    "release_library_pages",
+    "release_library_pages_in_thread",
+    "resident_file_bytes",
+]
+
+_log = logging.getLogger(__name__)
+_MADV_DONTNEED = 4
+_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$")
+_SIZE = re.compile(r"^(\w+):\s+(\d+) kB$")
+#: The libraries whose pages are released: LLVM's (llvmlite's), which a node stops calling once
+#: its kernels are loaded.
+RELEASED_LIBRARIES = ("libllvmlite",)
+#: A mapping with any of these holds pages of its own, which dropping would lose.
+_OWN_PAGES = ("Anonymous", "Private_Dirty", "Shared_Dirty", "Locked")
+#: Growth of a process's resident file pages since the last release that is worth a walk over
+#: its mappings (10-20 ms): a kernel loaded from the cache maps 10-100 MiB of LLVM.
+_WORTH_RELEASING = 8 << 20
+#: Resident file pages above which a process surely maps LLVM's (its 90-100 MiB on top of the
+#: 20-50 MiB of hot code of Python, numpy and Ray).
+_FIRST_RELEASE_ABOVE = 64 << 20
+#: Seconds between two looks at a process's resident file pages (a fraction of a millisecond).
+RELEASE_INTERVAL_S = 0.1
+_THREAD_NAME = "streamdag-library-pages"
+
+
+@dataclass(frozen=True)
+class LibraryMapping:
+    """A read-only, private file mapping whose resident pages are all the file's (clean)."""
+
+    start: int
+    end: int
+    path: str
+    #: Resident bytes.
+    rss: int
+
+
+def library_mappings(
+    smaps: str, libraries: Sequence[str] | None = None
+) -> Iterator[LibraryMapping]:
+    """The mappings of ``smaps`` (the text of ``/proc/<pid>/smaps``) safe to release.
+
+    Kept: private (``p``), not writable, backed by a regular file (not ``/dev``, not deleted)
+    whose name holds one of ``libraries`` (None: any file), resident, and holding no anonymous,
+    dirty or locked page.
+
+    >>> text = ("7f00000-7f02000 r-xp 0 08:01 9 /v/libllvmlite.so\\nRss: 8 kB\\nAnonymous: 0 kB\\n"
+    ...         "7f02000-7f03000 r--p 0 08:01 9 /v/libllvmlite.so\\nRss: 4 kB\\nAnonymous: 4 kB\\n"
+    ...         "7f03000-7f04000 rw-p 0 08:01 9 /v/libllvmlite.so\\nRss: 4 kB\\n"
+    ...         "7f05000-7f06000 rw-p 0 00:00 0 \\nRss: 4 kB\\n")
+    >>> [(hex(m.start), m.rss) for m in library_mappings(text)]
+    [('0x7f00000', 8192)]
+    """
+    header: re.Match[str] | None = None
+    sizes: dict[str, int] = {}
+    for line in [*smaps.splitlines(), "0-0 ---p 0 0 0"]:
+        size = _SIZE.match(line)
+        if size:
+            sizes[size[1]] = int(size[2]) * 1024
+            continue
+        next_header = _HEADER.match(line)
+        if next_header is None:
+            continue  # VmFlags, THPeligible, ProtectionKey ...
+        if header is not None:
+            perms, path = header[3], header[4].strip()
+            if (perms[1] != "w" and perms[3] == "p" and path.startswith("/")
+                    and not path.startswith("/dev/") and not path.endswith("(deleted)")
+                    and (libraries is None or any(
+                        name in path.rsplit("/", 1)[-1] for name in libraries))
+                    and sizes.get("Rss", 0) > 0
+                    and not any(sizes.get(name, 0) for name in _OWN_PAGES)):
+                yield LibraryMapping(int(header[1], 16), int(header[2], 16), path, sizes["Rss"])
+        header, sizes = next_header, {}
+
+
+def resident_file_bytes(status: str) -> int:
+    """A process's resident file pages (``RssFile``) from the text of ``/proc/<pid>/status``.
+
+    >>> resident_file_bytes("VmRSS:    300 kB\\nRssFile:    120 kB\\n")
+    122880
+    """
+    match = re.search(r"^RssFile:\s+(\d+) kB$", status, re.MULTILINE)
+    return int(match[1]) * 1024 if match else 0
+
+
+def _own_resident_file_bytes() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            return resident_file_bytes(status.read())
+    except OSError:
+        return 0
+
+
+def release_library_pages(libraries: Sequence[str] = RELEASED_LIBRARIES) -> int:
+    """Drop this process's resident pages of ``libraries``' read-only mappings; bytes released.
+
+    Linux only (elsewhere, and where ``/proc/self/smaps`` cannot be read, it releases nothing
+    and returns 0). A mapping the kernel refuses is skipped.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        with open("/proc/self/smaps") as smaps:
+            text = smaps.read()
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return 0
+    madvise = libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    released = 0
+    for mapping in library_mappings(text, libraries):
+        if madvise(mapping.start, mapping.end - mapping.start, _MADV_DONTNEED) == 0:
+            released += mapping.rss
+        else:
+            _log.debug("madvise refused %s: errno %d", mapping.path, ctypes.get_errno())
+    return released
+
+
+class LibraryPageReleaser:
+    """Releases library pages when worth it: a first time once the process maps many of them,
+    then again whenever they grew since the last release (a kernel was loaded).
+
+    Looking (``/proc/self/status``) costs a fraction of a millisecond, the release 10-20 ms: a
+    process whose resident file pages stay under ``first_above`` (its libraries' hot code, no
+    LLVM) is never walked.
+    """
+
+    def __init__(self, worth_releasing: int = _WORTH_RELEASING,
+                 first_above: int = _FIRST_RELEASE_ABOVE) -> None:
+        self.worth_releasing = worth_releasing
+        self.first_above = first_above
+        #: This process's resident file pages after the last release (None: none yet).
+        self.floor: int | None = None
+        #: Bytes released so far.
+        self.released = 0
+        self._releasing = asyncio.Lock()
+
+    def due(self) -> bool:
+        """Whether the resident file pages reached the next threshold (a cheap look)."""
+        threshold = (self.first_above if self.floor is None
+                     else self.floor + self.worth_releasing)
+        return _own_resident_file_bytes() >= threshold
+
+    def release(self) -> int:
+        """Release now and remember the resident file pages left; bytes released.
+
+        Pages mapped while the walk ran (a kernel loading in another thread) are no floor: the
+        next look then finds it due again.
+        """
+        before = _own_resident_file_bytes()
+        released = release_library_pages()
+        after = _own_resident_file_bytes()
+        left = max(0, before - released)
+        self.floor = left if after >= left + self.worth_releasing else after
+        self.released += released
+        return released
+
+    def release_if_grown(self) -> int:
+        """Release if the resident file pages reached the next threshold; bytes released."""
+        return self.release() if self.due() else 0
+
+    async def release_if_grown_in_thread(self) -> int:
+        """``release_if_grown`` with the walk in a worker thread (it would hold an event loop
+        10-20 ms); a second caller waits for a release under way, then looks again."""
+        async with self._releasing:
+            return await asyncio.to_thread(self.release) if self.due() else 0
+
+
+async def keep_releasing_library_pages(releaser: LibraryPageReleaser,
+                                       interval_s: float = RELEASE_INTERVAL_S) -> None:
+    """Look now, then every ``interval_s``, until cancelled; release when ``releaser`` is due
+    (``release_if_grown_in_thread``)."""
+    while True:
+        await releaser.release_if_grown_in_thread()
+        await asyncio.sleep(interval_s)
+
+
+def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S) -> int:
+    """Release library pages now, then whenever they grew, looking every ``interval_s`` in a
+    daemon thread for the rest of the process (a node actor's); bytes released now.
+
+    The thread starts once per process; a second call only releases.
+    """
+    if any(thread.name == _THREAD_NAME for thread in threading.enumerate()):
+        return release_library_pages()
+    releaser = LibraryPageReleaser()
+    released = releaser.release_if_grown()
+    threading.Thread(target=_release_every, args=(releaser, interval_s), name=_THREAD_NAME,
+                     daemon=True).start()
+    return released
+
+
+def _release_every(releaser: LibraryPageReleaser, interval_s: float) -> None:
+    while True:
+        time.sleep(interval_s)
+        releaser.release_if_grown()
