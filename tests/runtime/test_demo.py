@@ -93,6 +93,7 @@ def test_the_console_p99s_are_quantiles_of_the_durations_not_bucket_bounds() -> 
         list(before.process_latency.counts), before.process_latency.total,
         before.process_latency.observations)
     after.process_latency.recent = list(before.process_latency.recent)
+    after.process_latency.kept = before.process_latency.kept  # as a copy of it would have
     for index in range(100):
         after.process_latency.observe(0.0031 + index * 1e-6)
     screen = render_console({"sma20": after}, {"sma20": before}, 2.0, 5000, 3.0)
