@@ -20,7 +20,7 @@ from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.ray_nodes import RayNodes, ShardOptions, node_actor_class, run_blocking
 from runtime.runners.recovery import GraphFailedError
-from runtime.runners.resident_pages import release_library_pages_in_thread
+from runtime.runners.resident_pages import release_in_actor
 from runtime.runners.running_graph import RecoveryPlan, RunningGraph
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
@@ -37,7 +37,6 @@ __all__ = [
     "node_actor_class",
 ]
 
-_RELEASE_WAIT_S = 1.0
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
 #: What a node actor imports when it receives its class and arguments (numba, the operators,
 #: the Kafka connectors): about a second of CPU per process. A Ray that streamdag starts has
@@ -87,20 +86,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 def _release_library_pages(handles: Iterable[Any]) -> None:
     """Have every actor of ``handles`` drop the library pages its start and warm-up touched
-    (LLVM's, about 100 MiB of each actor's RSS), all at once, and keep doing so while it runs
-    (``release_library_pages_in_thread``).
+    (LLVM's, about 100 MiB of each actor's RSS) shortly, and keep doing so while it runs
+    (``release_library_pages_in_thread``); nothing waits for it.
 
-    Waits at most ``_RELEASE_WAIT_S``: an actor whose stream already holds its default
-    concurrency group (an inference node inside a slow model) releases once it gets to it.
+    An actor whose stream already holds its default concurrency group (an inference node
+    inside a slow model) takes the call once it gets to it.
     """
-    import ray
-
-    calls = [handle.__ray_call__.remote(_release_in_actor) for handle in handles]
-    ray.wait(calls, num_returns=len(calls), timeout=_RELEASE_WAIT_S)
-
-
-def _release_in_actor(host: Any) -> int:
-    return release_library_pages_in_thread()
+    for handle in handles:  # a function of a light module: the actor imports nothing big
+        handle.__ray_call__.remote(release_in_actor)
 
 
 def _region_of(graph: Graph) -> str:

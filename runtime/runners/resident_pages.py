@@ -11,10 +11,12 @@ constants, whose content is the file's (``madvise(MADV_DONTNEED)``). Other libra
 alone: their pages are the process's hot code, which would only be mapped again at once.
 Nothing is lost: the pages stay in the page cache, shared and reclaimable, and a page used
 again is mapped back by a minor fault. Mappings holding a page of their own (relocations
-applied, copy-on-write) are never touched, nor writable ones. Both runners call it once every
-node is ready, before the sources start reading, and look again every ``RELEASE_INTERVAL_S``
-while the graph runs: a kernel a node loads only on its first batch (a specialization its
-warm-up did not load) maps LLVM's pages again, for one interval.
+applied, copy-on-write) are never touched, nor writable ones. The local runner releases once
+every node is ready, before the sources start reading; each Ray node actor in a thread of its
+own, ``FIRST_RELEASE_AFTER_S`` after the runner started it (its first batches do not wait for
+a walk). Both look again every ``RELEASE_INTERVAL_S`` while the graph runs: a kernel a node
+loads only on its first batch (a specialization its warm-up did not load) maps LLVM's pages
+again, for one interval.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "FIRST_RELEASE_AFTER_S",
     "RELEASED_LIBRARIES",
     "LibraryMapping",
     "LibraryPageReleaser",
     "keep_releasing_library_pages",
     "library_mappings",
+    "release_in_actor",
     "release_library_pages",
     "release_library_pages_in_thread",
     "resident_file_bytes",
@@ -55,6 +59,8 @@ _WORTH_RELEASING = 8 << 20
 #: Resident file pages above which a process surely maps LLVM's (its 90-100 MiB on top of the
 #: 20-50 MiB of hot code of Python, numpy and Ray).
 _FIRST_RELEASE_ABOVE = 64 << 20
+#: Seconds after a node actor's start before its first release (its first batches go first).
+FIRST_RELEASE_AFTER_S = 0.2
 #: Seconds between two looks at a process's resident file pages (a fraction of a millisecond).
 RELEASE_INTERVAL_S = 0.1
 _THREAD_NAME = "streamdag-library-pages"
@@ -212,22 +218,31 @@ async def keep_releasing_library_pages(releaser: LibraryPageReleaser,
         await asyncio.sleep(interval_s)
 
 
-def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S) -> int:
-    """Release library pages now, then whenever they grew, looking every ``interval_s`` in a
-    daemon thread for the rest of the process (a node actor's); bytes released now.
+def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,
+                                    first_after_s: float = FIRST_RELEASE_AFTER_S) -> bool:
+    """Release library pages ``first_after_s`` from now, then whenever they grew, looking every
+    ``interval_s``, in a daemon thread for the rest of the process (a node actor's); True when
+    this call started that thread (once per process).
 
-    The thread starts once per process; a second call only releases.
+    The caller does not wait: a walk over the mappings holds the GIL for 15-20 ms, which a
+    node's first batch must not wait for.
     """
     if any(thread.name == _THREAD_NAME for thread in threading.enumerate()):
-        return release_library_pages()
-    releaser = LibraryPageReleaser()
-    released = releaser.release_if_grown()
-    threading.Thread(target=_release_every, args=(releaser, interval_s), name=_THREAD_NAME,
-                     daemon=True).start()
-    return released
+        return False
+    threading.Thread(target=_release_every, args=(LibraryPageReleaser(), interval_s,
+                                                  first_after_s),
+                     name=_THREAD_NAME, daemon=True).start()
+    return True
 
 
-def _release_every(releaser: LibraryPageReleaser, interval_s: float) -> None:
+def release_in_actor(host: object) -> bool:
+    """``release_library_pages_in_thread`` as a Ray ``__ray_call__`` on a node actor runs it."""
+    return release_library_pages_in_thread()
+
+
+def _release_every(releaser: LibraryPageReleaser, interval_s: float,
+                   first_after_s: float) -> None:
+    time.sleep(first_after_s)
     while True:
-        time.sleep(interval_s)
         releaser.release_if_grown()
+        time.sleep(interval_s)
