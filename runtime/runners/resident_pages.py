@@ -59,8 +59,9 @@ _WORTH_RELEASING = 8 << 20
 #: Resident file pages above which a process surely maps LLVM's (its 90-100 MiB on top of the
 #: 20-50 MiB of hot code of Python, numpy and Ray).
 _FIRST_RELEASE_ABOVE = 64 << 20
-#: Seconds after a node actor's start before its first release (its first batches go first).
-FIRST_RELEASE_AFTER_S = 0.2
+#: Seconds after a node actor's start before its first release, in its thread (0: at once; its
+#: first batches run meanwhile, only the walk's GIL share is theirs to wait for).
+FIRST_RELEASE_AFTER_S = 0.0
 #: Seconds between two looks at a process's resident file pages (a fraction of a millisecond).
 RELEASE_INTERVAL_S = 0.1
 _THREAD_NAME = "streamdag-library-pages"
