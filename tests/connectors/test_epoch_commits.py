@@ -23,7 +23,7 @@ from connectors.record_ids import (
     sink_tag,
 )
 from operators.key_slots import hash_keys
-from runtime.dataplane.sink_epochs import EpochOutput, PendingEpoch
+from runtime.dataplane.sink_epochs import EpochOutput, KeySequences, PendingEpoch
 from streamdag.batch import Batch
 
 NewTopic = Callable[[int], Awaitable[str]]
@@ -58,19 +58,27 @@ def _check(records: list[Any], count: int) -> None:
     assert by_key == {f"k{k}": [float(v) for v in range(count) if v % 3 == k] for k in range(3)}
 
 
-async def test_a_restored_sink_completes_a_half_published_epoch_without_a_duplicate(
-    bootstrap: str, new_topic: NewTopic, consume: Consume
-) -> None:
-    topic = await new_topic(2)
-    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
-    await writer.open()
+async def _checkpoint_2_with_epoch_2_pending(
+    writer: KafkaSinkWriter,
+) -> tuple[list[PendingEpoch], KeySequences]:
+    """A sink that published and committed epoch 1 (5 records), then closed epoch 2 (6
+    records): checkpoint 2's pending epochs and sequences."""
     first = EpochOutput(writer, SINK)
     first.add(values(0, 5))
     first.close_epoch(1)
     await first.publish_through(1)  # epoch 1: published and committed
     first.add(values(5, 6))
     first.close_epoch(2)
-    pending, sequences = first.pending(), copy.deepcopy(first.sequences)  # checkpoint 2
+    return first.pending(), copy.deepcopy(first.sequences)  # checkpoint 2
+
+
+async def test_a_restored_sink_completes_a_half_published_epoch_without_a_duplicate(
+    bootstrap: str, new_topic: NewTopic, consume: Consume
+) -> None:
+    topic = await new_topic(2)
+    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
+    await writer.open()
+    pending, sequences = await _checkpoint_2_with_epoch_2_pending(writer)
     # Epoch 2 was half published when the sink crashed: 3 of its 6 records, no commit.
     epoch = pending[0]
     half = np.arange(3)
@@ -119,13 +127,7 @@ async def test_an_upgraded_sink_completes_an_epoch_half_published_in_the_old_id_
     topic = await new_topic(2)
     writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic))
     await writer.open()
-    first = EpochOutput(writer, SINK)
-    first.add(values(0, 5))
-    first.close_epoch(1)
-    await first.publish_through(1)
-    first.add(values(5, 6))
-    first.close_epoch(2)
-    pending, sequences = first.pending(), copy.deepcopy(first.sequences)  # checkpoint 2
+    pending, sequences = await _checkpoint_2_with_epoch_2_pending(writer)
     # The sink ran the code before format 2 and crashed with 4 of epoch 2's 6 records out.
     await _publish_in_format_1(bootstrap, topic, 2, pending[0], 4)
 
