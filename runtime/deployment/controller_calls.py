@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from runtime.runners.ray_nodes import awaited
 from streamdag.errors import StreamdagError
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class ControllerCalls:
         try:
             result = remote(*args) if callable(remote) else bound(*args)
             if inspect.isawaitable(result):
-                result = await asyncio.wait_for(_awaited(result), self.timeout_s)
+                result = await asyncio.wait_for(awaited(result), self.timeout_s)
         except TimeoutError:
             raise ControllerTimeoutError.after(method, self.timeout_s) from None
         except Exception as exc:
@@ -101,8 +102,3 @@ class ControllerCalls:
         """The controller's figures now, for the Prometheus collector."""
         snapshot: MetricsSnapshot = await self.call("metrics_snapshot")
         return snapshot
-
-
-async def _awaited(awaitable: Any) -> Any:
-    """Await a coroutine or a Ray ObjectRef as a coroutine (so ``wait_for`` can bound it)."""
-    return await awaitable

@@ -17,10 +17,11 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runtime.deployment.lifecycle import SubmissionRecord, SubmissionState
 from runtime.deployment.node_registry import NodeRegistry, retirement_order
+from runtime.runners.ray_nodes import awaited
 
 if TYPE_CHECKING:
     from runtime.deployment.node_actors import NodeActors
@@ -116,8 +117,4 @@ async def hold_nodes(actors: NodeActors, holds: Iterable[tuple[str, str]]) -> No
         if handle is None:
             continue
         with contextlib.suppress(Exception):  # a dead or unreachable actor sends nothing
-            await asyncio.wait_for(_awaited(handle.hold.remote(cause)), actors.call_timeout_s)
-
-
-async def _awaited(ref: Any) -> Any:
-    return await ref
+            await asyncio.wait_for(awaited(handle.hold.remote(cause)), actors.call_timeout_s)
