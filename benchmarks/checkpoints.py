@@ -1,19 +1,22 @@
 """Checkpoints: their cost on the Kafka workload, recovery time, and a big state's checkpoint.
 
 1. Overhead: Kafka -> rolling mean of 20 per key -> Kafka (the kafka_end_to_end replay, 100
-   keys, 4 partitions) on the Ray runner, checkpoints off, then every 1 s with exactly-once
-   sinks, alternating, in one run on one broker, after one untimed warm-up run of each;
-   events/s launch to last output and steady (first read to last output), median and best,
-   and the ratios; and the CPU per record of each actor (source, mean, sink) and of the
-   embedded broker, in both modes. That CPU is less skewed by a busy box than events/s, but
-   it holds what a process spends per second as well (Ray's own threads, and with
-   checkpoints their snapshots and persisting), so a slower run shows a little more.
+   keys, 4 partitions) on the Ray runner, checkpoints off (sinks publish at once), then every
+   1 s with exactly-once sinks, in ``--pairs`` pairs of neighbouring runs (off, on, off, on,
+   ...) in one run on one broker, after one untimed warm-up run of each. Per pair: events/s
+   launch to last output and steady (first read to last output), and the ratios on/off; then
+   the median of the pairs' ratios with their spread (a ratio of neighbours cancels most of
+   a shared box's drifting load, which a ratio of medians over the whole run does not), and
+   each process's CPU seconds per million records in both modes: source, mean and sink
+   actors, the embedded broker, and the driver (the checkpoint coordinator runs in it). That
+   CPU holds what a process spends per second as well (Ray's own threads), so a slower run
+   shows a little more.
 2. Recovery: a live stream through the same graph, kill -9 of the interior actor; seconds from
    the kill to the first output of the restored graph, over ``--kills`` kills.
 3. State: a rolling mean of 50 over 100k keys, full; one node's checkpoint (copy, pickle,
    durable write) timed and sized.
 
-Run: ``python -m benchmarks.checkpoints [--records N] [--kills K] [--keys K]
+Run: ``python -m benchmarks.checkpoints [--records N] [--pairs P] [--kills K] [--keys K]
 [--only overhead|recovery|state]``.
 """
 
@@ -27,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +53,7 @@ from runtime.runners.ray_runner import RayRunner, ensure_ray
 from streamdag.batch import Batch
 from streamdag.config import CheckpointSettings
 
-__all__ = ["main"]
+__all__ = ["ReplayRun", "main", "overhead_table"]
 
 SETTINGS = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.005)
 
@@ -65,11 +69,11 @@ _ACTORS = ("ticks", "mean", "out")
 
 
 def _replay(bootstrap: str, source: str, records: int,
-            checkpoints: CheckpointSettings | None) -> tuple[float, float, dict[str, float]]:
-    """Events/s of one bounded replay of ``source``: launch to the last output published, and
-    steady (the source's first output to the last output published: no actor start-up); and
-    each actor's CPU seconds from the graph's start (its actors ready) to the end of the
-    stream."""
+            checkpoints: CheckpointSettings | None) -> ReplayRun:
+    """One bounded replay of ``source``: events/s launch to the last output published, and
+    steady (the source's first output to the last output published: no actor start-up); each
+    process's CPU seconds from the graph's start (its actors ready) to the end of the stream
+    (the driver's too: the checkpoint coordinator runs in it); and the source's batches."""
     # The replay publishes to its own graph's topic, on purpose (replay_prefix="").
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
                            end=Timestamp(time.time_ns()), replay_prefix="")
@@ -80,7 +84,7 @@ def _replay(bootstrap: str, source: str, records: int,
     try:
         processes = {name: psutil.Process(ray.get(running.actor(name).__ray_call__.remote(
             lambda _: os.getpid()))) for name in _ACTORS}
-        processes.update(_brokers())
+        processes.update(_brokers(), driver=psutil.Process())
         before = {name: sum(process.cpu_times()[:2]) for name, process in processes.items()}
         result = running.wait(900)
         seconds, ended_at = time.perf_counter() - started, time.time()
@@ -89,7 +93,9 @@ def _replay(bootstrap: str, source: str, records: int,
     finally:
         running.stop()
     assert result.stats["out"].events_in == records - 100 * 19
-    return records / seconds, records / (ended_at - result.stats["ticks"].first_output_at), cpu
+    return ReplayRun(records / seconds,
+                     records / (ended_at - result.stats["ticks"].first_output_at), cpu,
+                     result.stats["ticks"].batches_out)
 
 
 def _brokers() -> dict[str, psutil.Process]:
@@ -99,50 +105,94 @@ def _brokers() -> dict[str, psutil.Process]:
     return {"broker": found[0]} if found else {}
 
 
-def overhead(bootstrap: str, records: int, repeats: int) -> None:
-    """Throughput with checkpoints off and on (1 s), alternating, in one run.
+def overhead(bootstrap: str, records: int, pairs: int) -> None:
+    """Throughput and CPU with checkpoints off and on (1 s), in ``pairs`` alternating pairs.
 
     Both modes run once untimed first, so every timed run finds the kernels compiled and
-    cached and the topics' segments warm; the two differ only in checkpoints (the same sink
+    cached and the topics' segments warm. Then off, on, off, on...: each pair is two
+    neighbouring runs, so a change of the box's load between pairs cancels out of the pair's
+    ratio. The modes differ only in checkpoints and delivery (the same records and sink
     settings: off publishes at once, on is exactly-once).
     """
     source = f"bench.ckpt.{time.strftime('%H%M%S')}"
     asyncio.run(produce_input(bootstrap, source, records))
     folder = tempfile.mkdtemp(prefix="bench-checkpoints-")
-    on = CheckpointSettings(url=Path(folder).as_uri(), interval_s=1.0)
-    modes = {"off": None, "on": on}
+    modes: dict[str, CheckpointSettings | None] = {
+        "off": None, "on": CheckpointSettings(url=Path(folder).as_uri(), interval_s=1.0)}
     for settings in modes.values():
         _replay(bootstrap, source, records, settings)
-    rates: dict[str, list[float]] = {"off": [], "on": []}
-    steady: dict[str, list[float]] = {"off": [], "on": []}
-    cpu: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    runs: dict[str, list[ReplayRun]] = {"off": [], "on": []}
     loads = [os.getloadavg()[0]]
-    for _ in range(repeats):
+    for _ in range(pairs):
         for mode, settings in modes.items():
-            rate, steady_rate, seconds = _replay(bootstrap, source, records, settings)
-            rates[mode].append(rate)
-            steady[mode].append(steady_rate)
-            cpu[mode].append(seconds)
+            runs[mode].append(_replay(bootstrap, source, records, settings))
             loads.append(os.getloadavg()[0])
-    print(f"\n1. overhead: {records:,} records, Ray runner, {repeats} runs each after one "
-          f"untimed warm-up, load average (1 min) {min(loads):.1f}-{max(loads):.1f}")
-    print("   events/s             launch to last       steady (first read to last)")
-    print("                        median      best     median      best")
-    for mode, label in (("off", "checkpoints off"), ("on", "every 1 s (EO) ")):
-        print(f"   {label}  {_median(rates[mode]):>10,.0f}{max(rates[mode]):>10,.0f}"
-              f"{_median(steady[mode]):>11,.0f}{max(steady[mode]):>10,.0f}")
-    print(f"   ratio on/off      {_median(rates['on']) / _median(rates['off']):>8.3f}"
-          f"{max(rates['on']) / max(rates['off']):>10.3f}"
-          f"{_median(steady['on']) / _median(steady['off']):>11.3f}"
-          f"{max(steady['on']) / max(steady['off']):>10.3f}")
-    print(f"   runs off {_rounded(rates['off'])} steady {_rounded(steady['off'])}")
-    print(f"   runs on  {_rounded(rates['on'])} steady {_rounded(steady['on'])}")
-    print("   CPU per record, µs (median; each process, graph started to end of stream):")
-    print("   process    off        on     on/off")
-    for name in [name for name in (*_ACTORS, "broker") if name in cpu["off"][0]]:
-        per_off, per_on = (1e6 * _median([run[name] for run in cpu[mode]]) / records
-                           for mode in ("off", "on"))
-        print(f"   {name:<6}{per_off:>9.2f}{per_on:>10.2f}{per_on / per_off:>10.2f}")
+    print(f"\n1. overhead: {records:,} records, Ray runner, {pairs} pairs of runs (off, on, "
+          f"off, on, ...) after one untimed warm-up of each, load average (1 min) "
+          f"{min(loads):.1f}-{max(loads):.1f}")
+    for line in overhead_table(records, runs["off"], runs["on"]):
+        print(f"   {line}")
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    """One timed replay: events/s launch to last output, steady events/s, CPU s by process,
+    and the batches its source emitted."""
+
+    rate: float
+    steady: float
+    cpu: dict[str, float]
+    source_batches: int = 0
+
+
+def overhead_table(records: int, off: Sequence[ReplayRun], on: Sequence[ReplayRun]) -> list[str]:
+    """The overhead measurement's table: per-pair ratios on/off (median and spread), and CPU
+    seconds per million records of each process in both modes.
+
+    >>> off = [ReplayRun(100.0, 110.0, {"ticks": 1.0, "broker": 2.0}),
+    ...        ReplayRun(80.0, 90.0, {"ticks": 1.2, "broker": 2.0})]
+    >>> on = [ReplayRun(95.0, 110.0, {"ticks": 1.1, "broker": 2.2}),
+    ...       ReplayRun(84.0, 81.0, {"ticks": 1.2, "broker": 2.4})]
+    >>> print("\\n".join(overhead_table(2_000_000, off, on)))
+    pair  off events/s   on events/s   ratio   steady ratio   CPU ratio
+       1           100            95   0.950          1.000       1.100
+       2            80            84   1.050          0.900       1.125
+    median of pairs (spread): ratio 1.000 (0.950-1.050), steady 0.950 (0.900-1.000)
+                              CPU ratio 1.112 (1.100-1.125)
+    CPU s per million records (median of runs):
+    process       off        on    on/off
+    ticks       0.550     0.575     1.045
+    broker      1.000     1.150     1.150
+    total       1.550     1.725     1.113
+    """
+    names = [name for name in off[0].cpu if all(name in run.cpu for run in (*off, *on))]
+    pairs = list(zip(off, on, strict=True))
+    ratios = [b.rate / a.rate for a, b in pairs]
+    steady = [b.steady / a.steady for a, b in pairs]
+    cpu = [sum(b.cpu[n] for n in names) / sum(a.cpu[n] for n in names) for a, b in pairs]
+    lines = ["pair  off events/s   on events/s   ratio   steady ratio   CPU ratio"]
+    lines += [f"{i:>4}{a.rate:>14,.0f}{b.rate:>14,.0f}{ratios[i - 1]:>8.3f}"
+              f"{steady[i - 1]:>15.3f}{cpu[i - 1]:>12.3f}"
+              for i, (a, b) in enumerate(pairs, start=1)]
+    lines += [f"median of pairs (spread): ratio {_spread(ratios)}, steady {_spread(steady)}",
+              f"{'':<26}CPU ratio {_spread(cpu)}"]
+    lines += ["CPU s per million records (median of runs):",
+              "process       off        on    on/off"]
+    per_million = {mode: {n: 1e6 * _median([run.cpu[n] for run in runs]) / records
+                          for n in names} for mode, runs in (("off", off), ("on", on))}
+    for name in (*names, "total"):
+        a, b = (sum(per_million[mode].values()) if name == "total"
+                else per_million[mode][name] for mode in ("off", "on"))
+        lines.append(f"{name:<7}{a:>10.3f}{b:>10.3f}{b / a:>10.3f}")
+    batches = [_median([run.source_batches for run in runs]) for runs in (off, on)]
+    if all(batches):
+        lines.append(f"source batches per run (median): off {batches[0]:,.0f}, "
+                     f"on {batches[1]:,.0f}")
+    return lines
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"{_median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def _median(values: Sequence[float]) -> float:
@@ -238,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the three measurements on an embedded broker (or --bootstrap)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=300_000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="overhead: pairs of timed runs, checkpoints off then on")
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=50)
@@ -255,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run(bootstrap: str) -> None:
         if args.only in (None, "overhead"):
-            overhead(bootstrap, args.records, args.repeats)
+            overhead(bootstrap, args.records, args.pairs)
         if args.only in (None, "recovery"):
             recovery(bootstrap, args.kills)
 
