@@ -31,6 +31,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,11 +144,17 @@ class CheckpointStore:
 
     # -- writing --------------------------------------------------------------------------
     def write_snapshot(self, region: str, checkpoint_id: int, node_id: str,
-                       data: bytes) -> SnapshotRef:
-        """Store one node's snapshot of ``checkpoint_id``; returns what the manifest records."""
+                       data: bytes | Sequence[bytes | memoryview]) -> SnapshotRef:
+        """Store one node's snapshot of ``checkpoint_id`` (its bytes, or parts that follow
+        one another in it, not joined in memory); returns what the manifest records."""
         path = f"{self._folder(region, checkpoint_id)}/{node_id}.snapshot"
-        self._put(path, data)
-        return SnapshotRef(path, len(data), hashlib.sha256(data).hexdigest())
+        parts = [data] if isinstance(data, bytes) else list(data)
+        self._put(path, parts)
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        return SnapshotRef(path, sum(memoryview(part).nbytes for part in parts),
+                           digest.hexdigest())
 
     def write_manifest(self, manifest: Manifest) -> None:
         """Complete ``manifest``'s checkpoint, then drop all but the last ``keep`` complete ones.
@@ -161,7 +168,7 @@ class CheckpointStore:
         folder = self._folder(manifest.region, manifest.checkpoint_id)
         # Step 1: complete.
         self._put(f"{folder}/{_MANIFEST}",
-                  json.dumps(manifest.to_document(), sort_keys=True).encode())
+                  [json.dumps(manifest.to_document(), sort_keys=True).encode()])
         # Step 2: prune.
         complete = self.checkpoint_ids(manifest.region)
         kept = set(complete[-self.keep:])
@@ -185,7 +192,7 @@ class CheckpointStore:
         """
         highest = self.highest_id(region)
         if highest > self.retired_highest_id(sequence):
-            self._put(self._retired_path(sequence), str(highest).encode())
+            self._put(self._retired_path(sequence), [str(highest).encode()])
         folder = f"{self.root}/{region}"
         self._remove(folder)
         return folder
@@ -279,11 +286,11 @@ class CheckpointStore:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path, recursive=True)
 
-    def _put(self, path: str, data: bytes) -> None:
+    def _put(self, path: str, parts: Sequence[bytes | memoryview]) -> None:
         if isinstance(self.fs, LocalFileSystem):
-            write_file_durably(Path(path), data)
-        else:
-            self.fs.pipe_file(path, data)  # one object, put whole
+            write_file_durably(Path(path), parts)
+        else:  # one object, put whole
+            self.fs.pipe_file(path, parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def shared_store(url: str, keep: int, whose_nodes: str) -> CheckpointStore:
@@ -296,9 +303,9 @@ def shared_store(url: str, keep: int, whose_nodes: str) -> CheckpointStore:
     return CheckpointStore(url, keep=keep)
 
 
-def write_file_durably(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` so a reader sees the old file or the new one, even after a
-    power cut.
+def write_file_durably(target: Path, data: bytes | Sequence[bytes | memoryview]) -> None:
+    """Write ``data`` (bytes, or parts one after another) to ``target`` so a reader sees the
+    old file or the new one, even after a power cut.
 
     Steps:
     1. The bytes go to a temp file beside the target, and are fsynced.
@@ -310,7 +317,8 @@ def write_file_durably(target: Path, data: bytes) -> None:
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
+            for part in [data] if isinstance(data, bytes) else data:
+                temp.write(part)
             temp.flush()
             os.fsync(temp.fileno())
         # Step 2: the switch.

@@ -3,7 +3,10 @@
 The host calls ``take`` when a barrier has passed its worker (all inputs aligned, DESIGN.md §7
 step 3): the worker's copy of its state, a source's offsets after the last record it emitted,
 and a sink's pending epochs become one ``NodeSnapshot``, pickled at once (so nothing that runs
-on can change it) and written to the store in a worker thread. The coordinator asks ``done``
+on can change it) and written to the store in a worker thread. The arrays of the pending
+epochs, most of a sink's snapshot, are not copied to be pickled: nothing writes them once
+their epoch closed, so they go to the store as they are, after the pickle of the rest, in
+the same file (``NodeSnapshot.to_parts``). The coordinator asks ``done``
 for the snapshot's reference (the acknowledgement) and, once the manifest is written, the
 host's ``commit`` lets an exactly-once sink publish what the checkpoint completed.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +51,11 @@ __all__ = [
     "NodeSnapshot",
     "restore_source",
 ]
+
+
+#: How a snapshot stored as parts (``NodeSnapshot.to_parts``) starts; a plain pickle, as
+#: snapshots were stored before, starts with its protocol's opcode.
+_PARTS_MAGIC = b"streamdag-snapshot-parts-1\n"
 
 
 class CheckpointAbandonedError(StreamdagError):
@@ -79,11 +88,33 @@ class NodeSnapshot:
     source_event_times: dict[int, int | None] | None = None
 
     def to_bytes(self) -> bytes:
-        """The snapshot as stored.
+        """The snapshot as one pickle (``from_bytes`` reads it, and ``to_parts`` joined).
 
         Protocol 4: protocol 5 would hand numpy arrays back read-only, backed by the bytes.
         """
         return pickle.dumps(self, protocol=4)
+
+    def to_parts(self) -> list[bytes | memoryview]:
+        """The snapshot as stored: parts written one after another into one file.
+
+        The pending epochs' arrays are left out of the pickle (protocol 5, out of band) and
+        are parts of their own, uncopied: nothing writes them once their epoch closed. Every
+        other array is copied into the pickle. The first part says where each part starts.
+        """
+        pending = {id(array) for epoch in self.sink_epochs for array in epoch.arrays()}
+        views: list[memoryview] = []
+
+        def in_band(buffer: pickle.PickleBuffer) -> bool:
+            view = buffer.raw()
+            if id(view.obj) not in pending:
+                return True
+            views.append(view)
+            return False
+
+        data = pickle.dumps(self, protocol=5, buffer_callback=in_band)
+        lengths = [len(data), *(view.nbytes for view in views)]
+        return [_PARTS_MAGIC + struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths), data,
+                *views]
 
     def writable_copy(self) -> NodeSnapshot:
         """A deep copy whose arrays can be written (Ray hands arguments over read-only)."""
@@ -91,8 +122,21 @@ class NodeSnapshot:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> NodeSnapshot:
-        """The snapshot ``to_bytes`` stored (already checked against its checksum)."""
-        snapshot = pickle.loads(data)
+        """The snapshot ``to_parts`` (or ``to_bytes``) stored, already checked against its
+        checksum; its arrays writable."""
+        if data.startswith(_PARTS_MAGIC):
+            whole = memoryview(bytearray(data))  # one copy, writable: the arrays' memory
+            at = len(_PARTS_MAGIC)
+            (count,) = struct.unpack_from("<I", whole, at)
+            lengths = struct.unpack_from(f"<{count}Q", whole, at + 4)
+            at += 4 + 8 * count
+            parts = []
+            for length in lengths:
+                parts.append(whole[at: at + length])
+                at += length
+            snapshot = pickle.loads(parts[0], buffers=parts[1:])
+        else:
+            snapshot = pickle.loads(data)
         if not isinstance(snapshot, cls):
             raise StreamdagError(f"a stored node snapshot holds a {type(snapshot).__name__}")
         return snapshot
@@ -157,11 +201,11 @@ class NodeCheckpoints:
                                 output.pending() if output is not None else (),
                                 output.sequences if output is not None else None,
                                 source_event_times)
-        data = snapshot.to_bytes()  # now: what runs on cannot change the copy
+        parts = snapshot.to_parts()  # now: what runs on cannot change what is written
         future = self._future(checkpoint_id)
         task = asyncio.ensure_future(asyncio.to_thread(
             self.target.store.write_snapshot, self.target.region, checkpoint_id,
-            self.node_id, data))
+            self.node_id, parts))
         task.add_done_callback(lambda done: _settle(future, done))
 
     async def done(self, checkpoint_id: int) -> SnapshotRef:

@@ -114,9 +114,10 @@ class PendingEpoch:
 
     It is kept as the pushes it came in (closing an epoch copies nothing) and joined only
     where a publish needs the records themselves (after a restore, or for a writer that
-    encodes at publish). In a snapshot it is its batches and sequences, their arrays' bytes
-    copied once (pickle protocol 5, out of band); the key hashes are made again from the keys
-    on load.
+    encodes at publish). Nothing writes its arrays (``arrays()``) once its epoch closed, so a
+    snapshot can write them out as they are, with no copy (``NodeSnapshot.to_parts``). In a
+    snapshot it is its batches and sequences; the key hashes are made again from the keys on
+    load.
 
     >>> pending = PendingEpoch(3, [(Batch.from_columns(ts=[1], key=["a"], v=[1.0]),
     ...                             hash_keys(np.array([b"a"])), np.array([0]))])
@@ -153,13 +154,17 @@ class PendingEpoch:
         return PendingEpoch(self.epoch, [(self.batch.take(np.flatnonzero(rows)),
                                           self.key_hashes[rows], self.sequences[rows])])
 
-    def __reduce__(self) -> tuple[Any, tuple[bytes, list[bytes]]]:
-        # Protocol 5 hands each array's buffer over as is (out of band), copied once here:
-        # a pickler's own output buffer copies again each time it grows.
-        stored = [(batch, sequences) for batch, _, sequences in self.pushes]
-        buffers: list[pickle.PickleBuffer] = []
-        data = pickle.dumps((self.epoch, stored), protocol=5, buffer_callback=buffers.append)
-        return _loaded_pending_epoch, (data, [bytes(buffer.raw()) for buffer in buffers])
+    def arrays(self) -> list[npt.NDArray[Any]]:
+        """Every array a snapshot stores of it (its batches' and its sequences)."""
+        return [array for batch, _, sequences in self.pushes
+                for array in (batch.ts, batch.key, *batch.columns.values(), batch.partition,
+                              batch.offset, sequences) if array is not None]
+
+    def __reduce__(self) -> tuple[Any, tuple[int, list[tuple[Batch, npt.NDArray[np.int64]]]]]:
+        # The arrays as they are: a protocol 5 pickler with a buffer callback (a snapshot's
+        # parts) leaves them out of band, uncopied.
+        return _restored_pending_epoch, (
+            self.epoch, [(batch, sequences) for batch, _, sequences in self.pushes])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A snapshot stored before pending epochs were kept by push: one push."""
@@ -168,8 +173,15 @@ class PendingEpoch:
 
 
 def _loaded_pending_epoch(data: bytes, buffers: Sequence[bytes]) -> PendingEpoch:
-    """The pending epoch ``PendingEpoch.__reduce__`` stored (its arrays writable)."""
+    """A pending epoch as snapshots stored it until out-of-band parts (its arrays writable)."""
     epoch, stored = pickle.loads(data, buffers=[bytearray(buffer) for buffer in buffers])
+    return _restored_pending_epoch(epoch, stored)
+
+
+def _restored_pending_epoch(epoch: int,
+                            stored: Sequence[tuple[Batch, npt.NDArray[np.int64]]]
+                            ) -> PendingEpoch:
+    """The pending epoch ``PendingEpoch.__reduce__`` stored (its arrays writable)."""
     pushes = []
     for batch, sequences in stored:
         batch = Batch(_own(batch.ts), _own(batch.key),
