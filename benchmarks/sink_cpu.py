@@ -8,7 +8,8 @@ answers at once (no broker: only the sink's own work is timed, in this one proce
 - at-least-once: the sink node's ``SinkPublisher`` (write, then one flush at a time).
 - exactly-once: the sink node's ``EpochOutput`` with an epoch every ``--epoch`` records, as
   checkpoints every 1 s would cut it at ~250k records/s: each epoch closed, its snapshot
-  pickled (what ``NodeCheckpoints.take`` does), committed and published in the background.
+  taken and stored in a ``file://`` store (what ``NodeCheckpoints.take`` does), committed and
+  published in the background.
 
 Both modes run alternately, ``--repeats`` times each after an untimed warm-up of each; the table
 shows records per CPU second (``time.process_time``) and the ratio exactly-once / at-least-once.
@@ -19,17 +20,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import pickle
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
+from runtime.checkpoints.store import CheckpointStore
+from runtime.dataplane.checkpointing import NodeSnapshot
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.stats import NodeStats
+from runtime.dataplane.worker import WorkerSnapshot
 from streamdag.batch import Batch
 
 __all__ = ["main", "measure", "workload"]
@@ -117,15 +122,19 @@ async def _exactly_once(batches: Sequence[Batch], epoch_records: int) -> _BenchW
     await writer.open()
     output = EpochOutput(writer, _SINK_ID)
     output.start()
+    store = CheckpointStore(Path(tempfile.mkdtemp(prefix="bench-sink-cpu-")).as_uri())
     epoch, in_epoch = 1, 0
     for batch in batches:
         await output.room()
         output.add(batch)
         in_epoch += len(batch)
         if in_epoch >= epoch_records:
-            # A barrier: the epoch closes, the snapshot is copied, the checkpoint completes.
+            # A barrier: the epoch closes, the snapshot is taken and stored (as
+            # ``NodeCheckpoints.take`` does), the checkpoint completes.
             output.close_epoch(epoch)
-            pickle.dumps((output.pending(), output.sequences), protocol=4)
+            parts = NodeSnapshot(epoch, WorkerSnapshot(epoch, b"", ()), None, output.pending(),
+                                 output.sequences).to_parts()
+            await asyncio.to_thread(store.write_snapshot, "bench", epoch, "out", parts)
             output.commit(epoch)
             epoch, in_epoch = epoch + 1, 0
         await asyncio.sleep(0)

@@ -105,22 +105,22 @@ def _take_sequences(slots: npt.NDArray[np.int64],
     return out
 
 
-#: One push of an epoch's output: its records, their key hashes and their sequences.
-_Push = tuple[Batch, npt.NDArray[np.uint64], npt.NDArray[np.int64]]
+#: One push of an epoch's output: its records and their sequences.
+_Push = tuple[Batch, npt.NDArray[np.int64]]
 
 
 class PendingEpoch:
-    """One closed epoch's output with each record's key hash and sequence, not yet published.
+    """One closed epoch's output with each record's sequence, not yet published.
 
     It is kept as the pushes it came in (closing an epoch copies nothing) and joined only
     where a publish needs the records themselves (after a restore, or for a writer that
     encodes at publish). Nothing writes its arrays (``arrays()``) once its epoch closed, so a
     snapshot can write them out as they are, with no copy (``NodeSnapshot.to_parts``). In a
-    snapshot it is its batches and sequences; the key hashes are made again from the keys on
-    load.
+    snapshot it is its batches and sequences. Its records' key hashes are made only where a
+    publish needs them (to skip what a restored or failed publish got out already).
 
     >>> pending = PendingEpoch(3, [(Batch.from_columns(ts=[1], key=["a"], v=[1.0]),
-    ...                             hash_keys(np.array([b"a"])), np.array([0]))])
+    ...                             np.array([0]))])
     >>> loaded = pickle.loads(pickle.dumps(pending))
     >>> loaded.epoch, len(loaded), loaded.sequences.tolist(), bool(
     ...     (loaded.key_hashes == pending.key_hashes).all())
@@ -142,34 +142,35 @@ class PendingEpoch:
     @cached_property
     def key_hashes(self) -> npt.NDArray[np.uint64]:
         """Each record's key hash."""
-        return np.concatenate([push[1] for push in self.pushes])
+        return np.concatenate([np.zeros(0, dtype=np.uint64),
+                               *(hash_keys(batch.key) for batch, _ in self.pushes)])
 
     @cached_property
     def sequences(self) -> npt.NDArray[np.int64]:
         """Each record's sequence in its key's output."""
-        return np.concatenate([push[2] for push in self.pushes])
+        return np.concatenate([np.zeros(0, dtype=np.int64),
+                               *(sequences for _, sequences in self.pushes)])
 
     def keep(self, rows: npt.NDArray[np.bool_]) -> PendingEpoch:
         """Only the records ``rows`` marks."""
         return PendingEpoch(self.epoch, [(self.batch.take(np.flatnonzero(rows)),
-                                          self.key_hashes[rows], self.sequences[rows])])
+                                          self.sequences[rows])])
 
     def arrays(self) -> list[npt.NDArray[Any]]:
         """Every array a snapshot stores of it (its batches' and its sequences)."""
-        return [array for batch, _, sequences in self.pushes
+        return [array for batch, sequences in self.pushes
                 for array in (batch.ts, batch.key, *batch.columns.values(), batch.partition,
                               batch.offset, sequences) if array is not None]
 
     def __reduce__(self) -> tuple[Any, tuple[int, list[tuple[Batch, npt.NDArray[np.int64]]]]]:
         # The arrays as they are: a protocol 5 pickler with a buffer callback (a snapshot's
         # parts) leaves them out of band, uncopied.
-        return _restored_pending_epoch, (
-            self.epoch, [(batch, sequences) for batch, _, sequences in self.pushes])
+        return _restored_pending_epoch, (self.epoch, list(self.pushes))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A snapshot stored before pending epochs were kept by push: one push."""
         self.epoch = state["epoch"]
-        self.pushes = ((state["batch"], state["key_hashes"], state["sequences"]),)
+        self.pushes = ((state["batch"], state["sequences"]),)
 
 
 def _loaded_pending_epoch(data: bytes, buffers: Sequence[bytes]) -> PendingEpoch:
@@ -188,7 +189,7 @@ def _restored_pending_epoch(epoch: int,
                       {name: _own(column) for name, column in batch.columns.items()},
                       None if batch.partition is None else _own(batch.partition),
                       None if batch.offset is None else _own(batch.offset))
-        pushes.append((batch, hash_keys(batch.key), _own(sequences)))
+        pushes.append((batch, _own(sequences)))
     return PendingEpoch(epoch, pushes)
 
 
@@ -278,8 +279,8 @@ class EpochOutput:
     def add(self, batch: Batch) -> None:
         """Output of the epoch now open: each record gets its key's next sequence."""
         if len(batch):
-            hashes, sequences = hash_keys(batch.key), self.sequences.assign(batch.key)
-            self._open.append((batch, hashes, sequences))
+            sequences = self.sequences.assign(batch.key)
+            self._open.append((batch, sequences))
             if self._encoder is not None:  # now, while the stream runs: not in the publish
                 if self._open_batches is None:
                     self._open_batches = self._encoder.epoch_batches(self.sink_id)
@@ -439,7 +440,7 @@ class EpochOutput:
     def _encode(self, records: PendingEpoch) -> Mapping[int, BuiltBatches]:
         assert self._encoder is not None
         batches = self._encoder.epoch_batches(self.sink_id)
-        for batch, _, sequences in records.pushes:
+        for batch, sequences in records.pushes:
             batches.add(batch, sequences)
         return batches.finish()
 

@@ -50,7 +50,7 @@ def test_a_snapshots_pending_epochs_come_back_exactly_with_writable_arrays() -> 
         assert after.batch.to_records() == before.batch.to_records()
         assert after.sequences.tolist() == before.sequences.tolist()
         assert after.key_hashes.tolist() == hash_keys(before.batch.key).tolist()
-        for batch, _, sequences in after.pushes:
+        for batch, sequences in after.pushes:
             assert all(a.flags.writeable for a in (batch.ts, batch.key, batch.columns["value"],
                                                    sequences))
     assert restored[0].sequences.tolist() == [0, 0, 0, 1, 1, 1, 2]
