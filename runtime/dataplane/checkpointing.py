@@ -30,6 +30,8 @@ b'state'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
 import pickle
 import struct
 from collections.abc import Callable
@@ -56,6 +58,27 @@ __all__ = [
 #: How a snapshot stored as parts (``NodeSnapshot.to_parts``) starts; a plain pickle, as
 #: snapshots were stored before, starts with its protocol's opcode.
 _PARTS_MAGIC = b"streamdag-snapshot-parts-1\n"
+
+
+#: A worker's state from this size on is a part of its own in a stored snapshot.
+_OUT_OF_BAND_BYTES = 1 << 16
+
+
+class _PartsPickler(pickle.Pickler):
+    """Hands a large worker state (``bytes``) to the buffer callback, as protocol 5 hands
+    arrays (a pickler is not asked how to reduce ``bytes`` themselves)."""
+
+    def reducer_override(self, obj: object) -> Any:
+        """A worker snapshot with a large state: the rest, and the state from its buffer."""
+        if isinstance(obj, WorkerSnapshot) and len(obj.logic) >= _OUT_OF_BAND_BYTES:
+            return _with_logic, (dataclasses.replace(obj, logic=b""),
+                                 pickle.PickleBuffer(obj.logic))
+        return NotImplemented
+
+
+def _with_logic(worker: WorkerSnapshot, logic: Any) -> WorkerSnapshot:
+    """``worker`` with the state ``_PartsPickler`` stored apart (a buffer of the file)."""
+    return dataclasses.replace(worker, logic=bytes(logic))
 
 
 class CheckpointAbandonedError(StreamdagError):
@@ -97,21 +120,24 @@ class NodeSnapshot:
     def to_parts(self) -> list[bytes | memoryview]:
         """The snapshot as stored: parts written one after another into one file.
 
-        The pending epochs' arrays are left out of the pickle (protocol 5, out of band) and
-        are parts of their own, uncopied: nothing writes them once their epoch closed. Every
-        other array is copied into the pickle. The first part says where each part starts.
+        Left out of the pickle (protocol 5, out of band) and parts of their own, uncopied:
+        the pending epochs' arrays (nothing writes them once their epoch closed) and a large
+        worker state (``bytes``, which cannot change). Every other array is copied into the
+        pickle. The first part says where each part starts.
         """
         pending = {id(array) for epoch in self.sink_epochs for array in epoch.arrays()}
         views: list[memoryview] = []
 
         def in_band(buffer: pickle.PickleBuffer) -> bool:
             view = buffer.raw()
-            if id(view.obj) not in pending:
+            if not isinstance(view.obj, bytes) and id(view.obj) not in pending:
                 return True
             views.append(view)
             return False
 
-        data = pickle.dumps(self, protocol=5, buffer_callback=in_band)
+        out = io.BytesIO()
+        _PartsPickler(out, protocol=5, buffer_callback=in_band).dump(self)
+        data = out.getvalue()
         lengths = [len(data), *(view.nbytes for view in views)]
         return [_PARTS_MAGIC + struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths), data,
                 *views]

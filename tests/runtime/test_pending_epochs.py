@@ -148,3 +148,15 @@ def test_a_snapshot_in_parts_is_stored_and_checked_as_one_file(tmp_path: Path) -
     assert NodeSnapshot.from_bytes(data).source_position == {0: 5}
     plain = NodeSnapshot.from_bytes(snapshot.to_bytes())  # a snapshot stored whole loads too
     assert plain.sink_epochs[0].batch.to_records() == snapshot.sink_epochs[0].batch.to_records()
+
+
+def test_a_large_worker_state_is_a_part_of_its_own_and_comes_back_as_bytes() -> None:
+    state = bytes(range(256)) * 1024
+    snapshot = NodeSnapshot(4, WorkerSnapshot(4, state, (None,)), {0: 9})
+
+    parts = snapshot.to_parts()
+
+    assert [memoryview(part).obj is state for part in parts[2:]] == [True]
+    restored = NodeSnapshot.from_bytes(b"".join(parts))
+    assert type(restored.worker.logic) is bytes and restored.worker.logic == state
+    assert restored.source_position == {0: 9}
