@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import numpy as np
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from connectors.codecs import RecordDecoder, encode_values_buffer
+from connectors.codecs import RecordDecoder
 from connectors.fetched_batches import FetchedRecords, decode_fetch
 from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from connectors.partitioning import key_partitions
 from runtime.runners.replay import TimeOrderedReader
-from streamdag.batch import Batch
 from streamdag.connector import SourceReader
 from streamdag.errors import GraphError
 from streamdag.graph import Node
-from streamdag.record_format import RecordFormat, record_format_of
+from streamdag.record_format import record_format_of
 
 __all__ = ["KafkaBinding", "KafkaSinkFactory", "KafkaSourceFactory"]
 
@@ -29,14 +30,14 @@ _EMPTY_RECORD = {"json": b"{}", "msgpack": b"\x80"}
 
 
 def _warm_up_record(config: KafkaSourceConfig) -> bytes:
-    """One record a source of ``config`` accepts: its key, event time and every field."""
+    """One record a source of ``config`` accepts: its key, event time and every field (encoded
+    in plain Python: the sink's compiled encoders are no kernels of a source)."""
     schema = config.schema
-    batch = Batch(np.array([1], dtype=np.int64), np.array([b"warm"]),
-                  {name: np.ones(1, dtype=schema.dtype(name)) for name in schema.names})
-    shape = RecordFormat(key_field=config.key_field, time_field=config.time_field,
-                         time_unit=config.time_unit)
-    values, offsets = encode_values_buffer(batch, config.codec, shape)
-    return values[int(offsets[0]):int(offsets[1])]
+    record = {config.key_field: "warm", config.time_field: 1,
+              **{name: np.ones(1, dtype=schema.dtype(name))[0].item() for name in schema.names}}
+    if config.codec == "msgpack":
+        return bytes(msgpack.packb(record))
+    return json.dumps(record).encode()
 
 
 @dataclass(frozen=True)

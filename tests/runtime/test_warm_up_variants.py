@@ -66,3 +66,27 @@ def test_the_first_batches_load_no_kernel_variant_the_warm_up_did_not(bootstrap:
             "operators.key_slots._reinsert", "operators.rolling._count_sums_kernel",
             "connectors.record_batches._gather", "connectors.partitioning._partitions",
             } <= set(found["warmed"])
+
+
+# In a fresh process: a source's warm-up reads a fetch of its own codec (no broker needed).
+_SOURCE_PROBE = """
+import json, sys
+import streamdag as sd
+from connectors import fetched_batches, json_scanner, msgpack_scanner, scanning
+from runtime.runners.kafka_binding import KafkaBinding
+ticks = sd.source("ticks", topic="t", key="symbol", time="at", codec=sys.argv[1],
+                  schema={"price": "float64", "size": "int64", "open": "bool"})
+KafkaBinding("127.0.0.1:1").source_for(ticks).warm_up()  # nothing connects
+kernels = {"fetch": fetched_batches._records, "json": json_scanner.scan_json_records,
+           "msgpack": msgpack_scanner.scan_msgpack_records, "key gather": scanning._gather}
+print(json.dumps(sorted(name for name, kernel in kernels.items() if kernel.signatures)))
+"""
+
+
+def test_a_source_warms_up_the_fetch_decoder_and_the_scanner_of_its_codec() -> None:
+    for codec in ("json", "msgpack"):
+        done = subprocess.run([sys.executable, "-c", _SOURCE_PROBE, codec], check=True,
+                              capture_output=True, text=True, timeout=120)
+        # The key gather runs only on a record the scanner accepts: the warm-up record is one.
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == sorted(
+            ["fetch", codec, "key gather"])
