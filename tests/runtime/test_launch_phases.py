@@ -61,3 +61,13 @@ def test_the_launch_steps_are_timed_in_order(ray_session: None) -> None:
                            "generation 1 ready", "generation 2 ready", "generation 3 ready",
                            "sources started", "launch -> sources started"]
     assert spans["launch -> sources started"] == round(steps[-1] - steps[0], 6)
+
+
+def test_the_nodes_of_one_host_class_share_one_actor_class_so_ray_exports_it_once() -> None:
+    from runtime.runners.ray_nodes import node_actor_class
+
+    # Ray exports each actor class object once per job: one per actor cost 0.1-0.3 s each.
+    assert node_actor_class("kafka_source") is node_actor_class("rolling_mean")
+    assert node_actor_class("kafka_sink") is node_actor_class("")
+    assert node_actor_class("infer") is node_actor_class("infer")
+    assert node_actor_class("infer") is not node_actor_class("")
