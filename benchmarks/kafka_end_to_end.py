@@ -2,10 +2,12 @@
 
 Throughput (issue workload): Kafka -> rolling mean of 20 per key -> Kafka, 500k JSON records,
 100 keys, 4 partitions, replayed from the topic: events/s, launch to last output (a standalone
-Ray run includes Ray's own start), CPU seconds and the Ray actors' peak memory: the peak of
-their RSS sum (counts each shared page once per actor) and of their PSS sum (shared pages split
-between processes: the memory the actors really take together; ``--memory-breakdown`` prints
-each actor's by kind, see ``benchmarks.memory``), and the local runner's peak RSS and PSS, from
+Ray run includes Ray's own start; "Ray up" leaves it out, and a second Ray run on the Ray the
+first one left running shows what a user of a running cluster sees), CPU seconds and the Ray
+actors' peak memory: the peak of their RSS sum (counts each shared page once per actor) and
+of their PSS sum (shared pages split between processes: the memory the actors really take
+together; ``--memory-breakdown`` prints each actor's by kind, see ``benchmarks.memory``), and
+the local runner's peak RSS and PSS, from
 the same run repeated in a process of its own. Latency: a steady
 10k events/s live stream through the batched aiokafka loop and through streamdag on Ray, one
 after the other, measured producer -> Kafka -> pipeline -> Kafka -> consumer from the event time
@@ -64,6 +66,9 @@ class _Figures:
     cpu_s: float
     #: The Ray actors' memory, or the local runner's in a process of its own (None: the loops).
     memory: MemoryProbe | None = None
+    #: A Ray run's launch to last output without Ray's own start, as a user of a Ray that
+    #: already runs sees it (None: not a Ray run).
+    ray_up_s: float | None = None
 
 
 def _loop_figures(name: str, run: Callable[[], Coroutine[Any, Any, float]]) -> _Figures:
@@ -73,7 +78,8 @@ def _loop_figures(name: str, run: Callable[[], Coroutine[Any, Any, float]]) -> _
 
 
 def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str,
-                      ray_start_s: float = 0.0, breakdown: bool = False) -> _Figures:
+                      ray_start_s: float = 0.0, breakdown: bool = False,
+                      name: str = "streamdag, Ray (actor per node)") -> _Figures:
     """Launch to last includes ``ray_start_s``: what a standalone run pays for Ray."""
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, start="earliest",
                            end=Timestamp(time.time_ns()), replay_prefix="")
@@ -93,16 +99,17 @@ def _streamdag_replay(bootstrap: str, source: str, records: int, runner: str,
             sampler.stop()
         finally:
             running.stop()
-    elapsed = time.perf_counter() - started + ray_start_s
+    ray_up_s = time.perf_counter() - started
+    elapsed = ray_up_s + ray_start_s
     cpu_s = time.process_time() - cpu
     # Every record was read; the mean emits from the 20th event of each of the 100 keys on.
     assert result.stats["ticks"].events_out == records, result.stats["ticks"].events_out
     assert result.stats["out"].events_in == records - 100 * 19
-    name = "streamdag, local runner"
-    if sampler is not None:
-        name = "streamdag, Ray (actor per node)"
-        cpu_s += sum(sampler.cpu_seconds.values())
-    return _Figures(name, events_per_second(result, records), elapsed, cpu_s, sampler)
+    if sampler is None:
+        return _Figures("streamdag, local runner", events_per_second(result, records), elapsed,
+                        cpu_s)
+    cpu_s += sum(sampler.cpu_seconds.values())
+    return _Figures(name, events_per_second(result, records), elapsed, cpu_s, sampler, ray_up_s)
 
 
 def _actor_pids(running: RunningGraph, graph: sd.Graph) -> list[int]:
@@ -334,22 +341,30 @@ def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
     ensure_ray(num_cpus=2)
     ray_start_s = time.perf_counter() - started
     ours_ray = _streamdag_replay(bootstrap, source, records, "ray", ray_start_s, breakdown)
+    # The same again on the Ray the first run left running: a user of a running cluster.
+    ours_ray_up = _streamdag_replay(bootstrap, source, records, "ray", 0.0, breakdown,
+                                    "streamdag, Ray, 2nd run, Ray up")
     ours_local = _streamdag_replay(bootstrap, source, records, "local")
     # Its memory from the same run in a process of its own: this one holds the loops and Ray's.
     ours_local.memory = local_runner_memory(bootstrap, source, records)
     print(f"\nthroughput: {records:,} JSON records, 100 keys, 4 partitions, rolling mean of 20;"
-          f" Ray's own start {ray_start_s:.2f} s (in the Ray run's launch to last)")
+          f" Ray's own start {ray_start_s:.2f} s (in the first Ray run's launch to last); "
+          "'Ray up': launch to last without Ray's start (as on a Ray that already runs)")
     print(f"{'pipeline':<34} {'events/s':>10} {'vs batched':>11} {'launch->last s':>15} "
-          f"{'vs batched':>11} {'CPU s':>7} {'peak RSS sum':>13} {'peak PSS sum':>13}")
-    for run in (per_record, batched, ours_ray, ours_local):
+          f"{'vs batched':>11} {'Ray up s':>9} {'vs batched':>11} {'CPU s':>7} "
+          f"{'peak RSS sum':>13} {'peak PSS sum':>13}")
+    for run in (per_record, batched, ours_ray, ours_ray_up, ours_local):
         memory = f"{'-':>13} {'-':>13}"
         if run.memory is not None:
             memory = (f"{run.memory.peak_rss_sum / 2**20:>9.0f} MiB "
                       f"{run.memory.peak_pss_sum / 2**20:>9.0f} MiB")
+        ray_up = f"{'-':>9} {'-':>11}"
+        if run.ray_up_s is not None:
+            ray_up = f"{run.ray_up_s:>9.2f} {batched.launch_to_last_s / run.ray_up_s:>10.2f}x"
         print(f"{run.name:<34} {run.events_per_s:>10,.0f} "
               f"{run.events_per_s / batched.events_per_s:>10.2f}x {run.launch_to_last_s:>15.2f} "
-              f"{batched.launch_to_last_s / run.launch_to_last_s:>10.2f}x {run.cpu_s:>7.1f} "
-              f"{memory}")
+              f"{batched.launch_to_last_s / run.launch_to_last_s:>10.2f}x {ray_up} "
+              f"{run.cpu_s:>7.1f} {memory}")
     if ours_ray.memory is not None:
         print("\nthe Ray actors' memory (the PSS sum is what the three really take together)")
         print("\n".join(summary_lines(ours_ray.memory)))

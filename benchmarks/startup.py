@@ -78,6 +78,7 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
     launched = time.time()
     running = RayRunner(_SETTINGS, *binding.defaults()).start(graph)
     started_s = time.time() - launched
+    launch = running.launch_phases
     try:
         handles = {n.name: running.actor(n.name) for n in graph.nodes}
         pids = {name: ray.get(handle.__ray_call__.remote(lambda host: os.getpid()))
@@ -99,6 +100,12 @@ def _ray_run(bootstrap: str, source: str, records: int) -> dict[str, Any]:
         "ray_start_s": ray_start_s, "started_s": started_s,
         "first_s": first - launched, "last_s": result.stats["mean"].last_output_at - launched,
         "timeline": timeline,
+        "driver": {"graph planned": launch.planned - launched,
+                   "Ray connected": launch.ray_ready - launched,
+                   "actors asked for": launch.created - launched,
+                   **{f"generation {i + 1} ready, wired": at - launched
+                      for i, at in enumerate(launch.generations_ready)},
+                   "sources started": launch.sources_started - launched},
         "rss": {name: sampler.peak.get(name, Footprint()).rss for name in pids},
         "uss": {name: sampler.peak.get(name, Footprint()).uss for name in pids},
         "pss": {name: sampler.peak.get(name, Footprint()).pss for name in pids},
@@ -300,7 +307,9 @@ def _report(records: int, runs: list[dict[str, Any]], local: dict[str, Any],
     print(f"a node actor's imports (fresh interpreter, after import ray) "
           f"{_median(imports):.2f} s")
     names = list(last["timeline"])
-    print("\nlast run's steps, seconds after launch (negative: before it, a pooled worker)")
+    print("\nlast run's driver steps (RayRunner.start's launch_phases), seconds after launch: "
+          + ", ".join(f"{step} {at:.2f}" for step, at in last["driver"].items()))
+    print("last run's steps, seconds after launch (negative: before it, a pooled worker)")
     _print_steps(last["timeline"])
     print(f"\n{'node actor':<12} {'peak RSS':>9} {'peak USS':>9} {'peak PSS':>9} "
           f"{'end RSS':>8} {'end PSS':>8} {'CPU s':>7}   (MiB; end: at the last output)")

@@ -136,8 +136,11 @@ class FetchedRecords:
             value_starts.append(piece.value_start - (first - base))
             base += stop - first
         kept = [piece for piece in pieces if len(piece)]
+        buffer = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
+        # Read-only like a single fetch's bytes: the scanners then run one kernel variant.
+        buffer.flags.writeable = False
         return cls(
-            buffer=np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8),
+            buffer=buffer,
             offsets=np.concatenate([piece.offsets for piece in pieces]),
             timestamps=np.concatenate([piece.timestamps for piece in pieces]),
             key_start=np.concatenate(key_starts) if kept else np.empty(0, dtype=np.int64),

@@ -271,14 +271,21 @@ class KafkaSinkWriter:
 
 
 def _warm_up_kernels(config: KafkaSinkConfig) -> None:
-    """Compile (or load from numba's cache) what a write runs, before the first batch waits."""
+    """Compile (or load from numba's cache) what a write runs, before the first batch waits.
+
+    The batch is read-only, as a sink node receives its batches, and goes through the writes
+    of both deliveries (no id header, and ids), so that the first batch loads no other variant.
+    """
     batch = Batch.from_columns(ts=[1, 2], key=["a", "b"], value=[1.0, 2.0])
+    for array in (batch.ts, batch.key, *batch.columns.values()):
+        array.flags.writeable = False
     values, offsets = encode_values_buffer(batch, config.codec)
-    records = RecordColumns.from_buffer(batch.key, values, offsets, batch.ts,
-                                        header_name=ID_HEADER.encode(),
-                                        header_values=[b"1", b"2"],
-                                        max_batch_bytes=config.max_batch_bytes)
-    records.take(np.arange(2)).batch_from(0)
+    for header_values in (None, [b"1", b"2"]):
+        records = RecordColumns.from_buffer(batch.key, values, offsets, batch.ts,
+                                            header_name=ID_HEADER.encode(),
+                                            header_values=header_values,
+                                            max_batch_bytes=config.max_batch_bytes)
+        records.take(np.arange(2)).batch_from(0)
     partitions = key_partitions(batch.key, 2)
     epoch = EpochBatches(lambda b: EncodedBatch.of(b.key, values, b.ts, partitions, offsets),
                          config.max_batch_bytes, ID_HEADER.encode(), "warm-up")

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["CODE_LOADED_AT", "StartupPhases", "process_start_time"]
+__all__ = ["CODE_LOADED_AT", "LaunchPhases", "StartupPhases", "process_start_time"]
 
 #: When this process loaded the node host's code (this module comes with it): a Ray worker
 #: that preloads it does so before it takes work, others when they receive their actor.
@@ -79,3 +79,45 @@ class StartupPhases:
     def now() -> float:
         """The clock steps are recorded with."""
         return time.time()
+
+
+@dataclass
+class LaunchPhases:
+    """Wall-clock times (``time.time()``) at which a runner's start passed its steps, in the
+    driver; each node's own steps are its ``StartupPhases``.
+
+    >>> phases = LaunchPhases(launched=10.0, planned=10.1, ray_ready=12.0, created=12.2,
+    ...                       generations_ready=[13.0, 13.4], sources_started=13.5)
+    >>> phases.spans()["generation 2 ready"], phases.spans()["launch -> sources started"]
+    (0.4, 3.5)
+    """
+
+    #: ``start`` was called.
+    launched: float = 0.0
+    #: The graph was checked and planned (hosts, edges, shards).
+    planned: float = 0.0
+    #: Ray was connected (or started).
+    ray_ready: float = 0.0
+    #: Every actor's creation was asked for (they start in parallel).
+    created: float = 0.0
+    #: Each generation was ready and wired to its consumers, downstream (sinks) first.
+    generations_ready: list[float] = field(default_factory=list)
+    #: The sources were told to read.
+    sources_started: float = 0.0
+
+    def spans(self) -> dict[str, float | None]:
+        """Seconds of each step after the one before it, by name, and launch to the last."""
+        steps = [("planned", self.planned), ("Ray connected or started", self.ray_ready),
+                 ("actors asked for", self.created),
+                 *((f"generation {i + 1} ready", at)
+                   for i, at in enumerate(self.generations_ready)),
+                 ("sources started", self.sources_started)]
+        spans: dict[str, float | None] = {}
+        before = self.launched
+        for name, at in steps:
+            spans[name] = round(at - before, 6) if before and at else None
+            before = at or before
+        last = self.sources_started
+        spans["launch -> sources started"] = (round(last - self.launched, 6)
+                                              if last and self.launched else None)
+        return spans

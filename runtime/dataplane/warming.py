@@ -4,21 +4,31 @@ Compiling a kernel, or loading it from the kernel cache, costs from a fraction o
 many seconds; done while the node gets ready, it is paid while the other nodes start too, never
 between the first record and the first output. Warming is an optimization: a failure is logged
 and the kernels then load on the first record.
+
+numba compiles one variant of a kernel per argument type, and a read-only array is another
+type than a writable one. Warm-ups pass read-only inputs, as Ray delivers every batch (its
+arrays are views of the received bytes); ``read_only_push`` gives a consumer in the same
+process its batches read-only too, so both runners run the variants the warm-up loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import numpy.typing as npt
+
+from runtime.dataplane.messages import Envelope, Payload
 from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.worker import NodeWorker
+from streamdag.batch import Batch
 from streamdag.kernel_cache import compiling
 
-__all__ = ["warm_up_node", "warm_up_while_opening"]
+__all__ = ["read_only_batch", "read_only_push", "warm_up_node", "warm_up_while_opening"]
 
 _log = logging.getLogger(__name__)
 
@@ -72,3 +82,42 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
     finally:
         # Step 3: both done.
         await warming
+
+
+def read_only_batch(batch: Batch) -> Batch:
+    """``batch`` over read-only views of its arrays, as a Ray actor receives it.
+
+    >>> batch = read_only_batch(Batch.from_columns(ts=[1], key=["a"], price=[2.0]))
+    >>> batch.ts.flags.writeable, batch.key.flags.writeable, batch.columns["price"].flags.writeable
+    (False, False, False)
+    """
+    def view(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        if not array.flags.writeable:
+            return array
+        frozen = array.view()
+        frozen.flags.writeable = False
+        return frozen
+
+    return dataclasses.replace(
+        batch, ts=view(batch.ts), key=view(batch.key),
+        columns={name: view(column) for name, column in batch.columns.items()},
+        partition=None if batch.partition is None else view(batch.partition),
+        offset=None if batch.offset is None else view(batch.offset))
+
+
+def read_only_push(push: Callable[[Envelope], Awaitable[None]],
+                   ) -> Callable[[Envelope], Awaitable[None]]:
+    """``push`` taking every batch of an envelope read-only, as a Ray actor receives it.
+
+    An in-process consumer then runs the kernel variants its warm-up loaded (a writable
+    array would load, or compile, another variant on its first batch), and an operator that
+    wrote into its input would fail in the local runner as it does on Ray.
+    """
+    def frozen(payload: Payload) -> Payload:
+        return read_only_batch(payload) if isinstance(payload, Batch) else payload
+
+    def deliver(envelope: Envelope) -> Awaitable[None]:
+        return push(dataclasses.replace(envelope, payload=frozen(envelope.payload),
+                                        trailing=tuple(map(frozen, envelope.trailing))))
+
+    return deliver

@@ -540,9 +540,15 @@ class NodeWorker:
                 for output in self._route(i, payload)]
 
 
+#: Distinct keys of a warm-up batch: more than a new key table holds (``KeySlots``' 64), so
+#: that the kernels of a growing table load too, as they would on a first batch of many keys.
+_WARM_UP_KEYS = 65
+
+
 def _warm_up_batch(schema: Schema) -> Batch:
-    columns = {name: np.ones(2, dtype=schema.dtype(name)) for name in schema.names}
-    batch = Batch(np.array([1, 2], dtype=np.int64), np.array([b"warm", b"warm"]), columns)
+    columns = {name: np.ones(_WARM_UP_KEYS, dtype=schema.dtype(name)) for name in schema.names}
+    keys = np.array([b"warm%d" % i for i in range(_WARM_UP_KEYS)])
+    batch = Batch(np.arange(1, _WARM_UP_KEYS + 1, dtype=np.int64), keys, columns)
     for array in (batch.ts, batch.key, *batch.columns.values()):
         array.flags.writeable = False
     return batch

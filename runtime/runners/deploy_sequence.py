@@ -29,6 +29,7 @@ start ['src']
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -70,6 +71,11 @@ class DeployProgress:
     created: list[str] = field(default_factory=list)
     #: Edges from nodes that were already running to the new ones.
     attached: list[EdgeSpec] = field(default_factory=list)
+    #: When each step ended (``time.time()``): every node asked for, each generation ready
+    #: and wired (downstream first), the sources started.
+    created_at: float = 0.0
+    generations_ready_at: list[float] = field(default_factory=list)
+    sources_started_at: float = 0.0
 
 
 async def deploy(
@@ -103,6 +109,7 @@ async def deploy(
         for key, host in generation:
             backend.create(key, host)
             progress.created.append(key)
+    progress.created_at = time.time()
     for generation in generations:
         # Step 2: ready, downstream first, then wired.
         await backend.wait_ready({key: host.node.name for key, host in generation})
@@ -111,6 +118,7 @@ async def deploy(
                 if edge.downstream in new:
                     await backend.subscribe(edge.edge, key, edge.downstream, edge.input_index,
                                             edge.route)
+        progress.generations_ready_at.append(time.time())
     # Step 3: running producers attach to their new consumers.
     for edge in edges:
         if edge.upstream not in new and edge.downstream in new:
@@ -120,4 +128,5 @@ async def deploy(
     # Step 4: sources last.
     await backend.start_sources(
         key for generation in generations for key, host in generation if host.source is not None)
+    progress.sources_started_at = time.time()
     return progress

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import numpy as np
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from connectors.codecs import RecordDecoder
+from connectors.fetched_batches import FetchedRecords, decode_fetch
 from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from connectors.partitioning import key_partitions
@@ -23,6 +27,17 @@ __all__ = ["KafkaBinding", "KafkaSinkFactory", "KafkaSourceFactory"]
 
 #: A record of each codec that every decoder scans (and rejects): an empty map.
 _EMPTY_RECORD = {"json": b"{}", "msgpack": b"\x80"}
+
+
+def _warm_up_record(config: KafkaSourceConfig) -> bytes:
+    """One record a source of ``config`` accepts: its key, event time and every field (encoded
+    in plain Python: the sink's compiled encoders are no kernels of a source)."""
+    schema = config.schema
+    record = {config.key_field: "warm", config.time_field: 1,
+              **{name: np.ones(1, dtype=schema.dtype(name))[0].item() for name in schema.names}}
+    if config.codec == "msgpack":
+        return bytes(msgpack.packb(record))
+    return json.dumps(record).encode()
 
 
 @dataclass(frozen=True)
@@ -42,16 +57,29 @@ class KafkaSourceFactory:
         return TimeOrderedReader(reader) if self.time_ordered else reader
 
     def warm_up(self) -> None:
-        """Load the record scanner's kernels now (from the kernel cache), not on the first read.
+        """Load the fetch decoder's and the record scanner's kernels now (from the kernel
+        cache), not on the first read.
 
         The node host calls it while it gets ready, so that cost is paid while the other
-        nodes start, not between the first fetch and the first output.
+        nodes start, not between the first fetch and the first output. It reads a fetch as
+        a fetch is read (``KafkaSourceReader``): a record batch of a record in the source's
+        format and one it rejects, decoded, two fetches joined, their values scanned.
         """
         config = self.config
         decoder = RecordDecoder(config.schema, key_field=config.key_field,
                                 time_field=config.time_field, time_unit=config.time_unit,
                                 codec=config.codec, max_record_bytes=config.max_record_bytes)
-        decoder.decode([_EMPTY_RECORD[config.codec]], np.zeros(1, dtype=np.int64))
+        builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, batch_size=1 << 16)
+        for offset, value in enumerate([_warm_up_record(config), _EMPTY_RECORD[config.codec]]):
+            builder.append(offset, 1_700_000_000_000, b"warm", value, [])
+        fetched = decode_fetch(bytes(builder.build()), fetch_offset=0,
+                               read_committed=config.isolation_level == "read_committed")
+        if fetched is None:
+            raise RuntimeError("the warm-up's record batch was declined")
+        records = FetchedRecords.joined([fetched, fetched])
+        starts = records.value_start
+        decoder.decode_spans(records.buffer, starts,
+                             starts + np.maximum(records.value_length, 0), records.timestamps)
 
     def shard(self, index: int, count: int) -> KafkaSourceFactory:
         """The factory of source shard ``index`` of ``count``: its group of the partitions.

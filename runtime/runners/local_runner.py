@@ -15,6 +15,7 @@ from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
+from runtime.dataplane.warming import read_only_push
 from runtime.inference.host import host_class
 from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.sharding import gather_outputs, shard_plan, shard_stats
@@ -193,7 +194,8 @@ class LocalNodes:
         records of ``route``'s keys, when set)."""
         consumer = self.hosts[downstream]
         consumer.connect_input(edge, index)
-        target = LocalTarget(consumer.push)
+        # Read-only, as on Ray: the consumer runs the kernel variants its warm-up loaded.
+        target = LocalTarget(read_only_push(consumer.push))
         self.hosts[upstream].subscribe(
             edge, target if route is None else RoutedTarget(target, route))
 

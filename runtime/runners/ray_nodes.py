@@ -13,7 +13,7 @@ from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.failures import failure_cause
-from runtime.dataplane.host import NodeHost, RuntimeSettings
+from runtime.dataplane.host import RuntimeSettings
 from runtime.inference.host import (
     INFERENCE_OPERATOR,
     actor_class_options,
@@ -31,12 +31,24 @@ T = TypeVar("T")
 ShardOptions = Callable[[str, int, int], Mapping[str, Any]]
 
 
+#: The actor classes made so far, by host class and ``ray.remote`` options (see below).
+_ACTOR_CLASSES: dict[tuple[type, str], Any] = {}
+
+
 def node_actor_class(operator: str = "") -> Any:
-    """The host class of ``operator``'s nodes wrapped with ``ray.remote``: one node's actor."""
+    """The host class of ``operator``'s nodes wrapped with ``ray.remote``: one node's actor.
+
+    One wrapper per host class and options in a process: Ray exports an actor class (pickles
+    it and disassembles every method for a collision check, 0.1-0.3 s on a 2-core box) once
+    per wrapper and job, so a new wrapper per actor made each creation pay it, one by one.
+    """
     import ray
 
-    options = actor_class_options(operator)
-    return ray.remote(**options)(host_class(operator)) if options else ray.remote(NodeHost)
+    host, options = host_class(operator), actor_class_options(operator)
+    key = (host, repr(options))
+    if key not in _ACTOR_CLASSES:
+        _ACTOR_CLASSES[key] = ray.remote(**options)(host) if options else ray.remote(host)
+    return _ACTOR_CLASSES[key]
 
 
 class RayNodes:

@@ -14,6 +14,7 @@ from typing import Any
 from runtime.checkpoints.store import CheckpointStore, shared_store
 from runtime.dataplane.checkpointing import CheckpointTarget
 from runtime.dataplane.host import RuntimeSettings
+from runtime.dataplane.startup_phases import LaunchPhases
 from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.sharding import shard_plan
 from runtime.planning.wiring import RunResult, wire_graph
@@ -147,16 +148,23 @@ class RayRunner:
         sources: Mapping[str, SourceFactory] | None = None,
         sinks: Mapping[str, SinkFactory] | None = None,
     ) -> RunningGraph:
-        """Create, wire and start every actor of ``graph``, once it fits ``limits``."""
+        """Create, wire and start every actor of ``graph``, once it fits ``limits``.
+
+        When each step ended is in the returned graph's ``launch_phases``.
+        """
+        phases = LaunchPhases(launched=time.time())
         refuse_in_runner(graph, "RayRunner")
         check_runner_budgets(graph, self.limits, actors=True)
-        ensure_ray()
+        # Planned before Ray starts: a graph or binding error costs no Ray start.
         generations, edges = wire_graph(
             graph, sources or {}, sinks or {}, self._default_source, self._default_sink
         )
+        keyed, edges = shard_plan(graph, generations, edges)
+        phases.planned = time.time()
+        ensure_ray()
+        phases.ray_ready = time.time()
         nodes = RayNodes(self.settings, self._actor_options)
         nodes.shard_options = self.shard_options
-        keyed, edges = shard_plan(graph, generations, edges)
         plan = None
         if self.checkpoints is not None:
             plan = RecoveryPlan(keyed, edges, self._store(self.checkpoints),
@@ -165,8 +173,12 @@ class RayRunner:
             nodes.checkpoints = CheckpointTarget(plan.store, plan.region,
                                                  delivery == "exactly_once")
         running = RunningGraph(graph, nodes, plan)
+        running.launch_phases = phases
         try:
-            run_blocking(deploy(nodes, keyed, edges))
+            progress = run_blocking(deploy(nodes, keyed, edges))
+            phases.created = progress.created_at
+            phases.generations_ready = progress.generations_ready_at
+            phases.sources_started = progress.sources_started_at
             _release_library_pages(nodes.handles.values())
             running.start_checkpoints()
             running.supervise()

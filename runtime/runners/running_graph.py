@@ -30,6 +30,7 @@ from runtime.checkpoints.coordinator import CheckpointCoordinator, CheckpointFig
 from runtime.checkpoints.store import CheckpointStore
 from runtime.dataplane.checkpointing import NodeSnapshot
 from runtime.dataplane.host import followed_a_failure
+from runtime.dataplane.startup_phases import LaunchPhases
 from runtime.dataplane.stats import NodeStats
 from runtime.deployment.lifecycle import failure_cause
 from runtime.planning.sharding import gather_outputs, instance_keys, shard_stats
@@ -89,6 +90,8 @@ class RunningGraph:
         #: True from a failure being noticed until the graph runs again.
         self.recovering = False
         self._recovered = 0
+        #: When the start of this graph passed each step, in the driver (``RayRunner.start``).
+        self.launch_phases = LaunchPhases()
 
     @property
     def actors(self) -> dict[str, Any]:
