@@ -238,7 +238,7 @@ class ReleasingThread:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=_release_every,
                                         args=(releaser, interval_s, 0.0, self._stop),
-                                        name=_THREAD_NAME, daemon=True)
+                                        name=f"{_THREAD_NAME}-run", daemon=True)
 
     def start(self) -> ReleasingThread:
         """Start looking; this."""
