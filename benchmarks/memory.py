@@ -35,6 +35,7 @@ __all__ = [
     "Footprint",
     "MemoryProbe",
     "breakdown_lines",
+    "heap_lines",
     "local_runner_memory",
     "main",
     "parse_rollup",
@@ -316,6 +317,8 @@ def _ray_run(bootstrap: str, source: str, records: int, breakdown: bool) -> Memo
         result = running.wait(600)
         probe.stop()
         others = ray_processes(pids.values())
+        heaps = {name: ray.get(running.actor(name.removeprefix("actor ")).__ray_call__.remote(
+            _heap_here)) for name in pids}
     finally:
         running.stop()
         ray.shutdown()
@@ -324,7 +327,32 @@ def _ray_run(bootstrap: str, source: str, records: int, breakdown: bool) -> Memo
         print(f"  {name:<28} RSS {footprint.rss / _MIB:>6.1f}  PSS {footprint.pss / _MIB:>6.1f}  "
               f"USS {footprint.uss / _MIB:>6.1f}")
     assert result.stats["out"].events_in == records - 100 * 19, result.stats
+    print("\n".join(heap_lines(heaps)))
     return probe
+
+
+def _heap_here(_: object = None) -> dict[str, int]:
+    """This process's malloc heap and anonymous pages, bytes (run in a node actor)."""
+    from runtime.runners.process_memory import heap_stats, resident_anonymous_bytes
+
+    stats = heap_stats()
+    return {"anon": resident_anonymous_bytes(), "in_use": stats.in_use if stats else 0,
+            "free": stats.free if stats else 0}
+
+
+def heap_lines(heaps: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Per process at the end of the run: anonymous pages, and of them glibc's heap in use and
+    free (a trimmed free page counts as free but is not resident), MiB.
+
+    >>> heap_lines({"actor a": {"anon": 100 * _MIB, "in_use": 50 * _MIB, "free": 8 * _MIB}})[1]
+    'actor a                 100.0     50.0      8.0'
+    """
+    lines = [f"{'at the end (MiB)':<20} {'anon':>8} {'heap use':>8} {'free':>8}   (the rest of "
+             "anon: Python's object arenas, thread stacks, LLVM's code and data)"]
+    for name, heap in heaps.items():
+        lines.append(f"{name:<20} {heap['anon'] / _MIB:>8.1f} {heap['in_use'] / _MIB:>8.1f} "
+                     f"{heap['free'] / _MIB:>8.1f}")
+    return lines
 
 
 def _settings() -> Any:
@@ -355,7 +383,8 @@ def _local_child(bootstrap: str, source: str, records: int, breakdown: bool) -> 
     result = runner.run(replay_graph(source, f"{source}.local.{time.time_ns()}"), timeout_s=600)
     probe.stop()
     assert result.stats["out"].events_in == records - 100 * 19, result.stats
-    return {**_probe_json(probe), "imported_rss": imported.rss, "imported_pss": imported.pss}
+    return {**_probe_json(probe), "imported_rss": imported.rss, "imported_pss": imported.pss,
+            "heap": _heap_here()}
 
 
 def _probe_json(probe: MemoryProbe) -> dict[str, Any]:
@@ -396,6 +425,7 @@ def local_runner_memory(bootstrap: str, source: str, records: int,
           f"{figures['imported_rss'] / _MIB:.0f} MiB, PSS {figures['imported_pss'] / _MIB:.0f} MiB "
           "(llvmlite's pages mapped by the import of numba; the runner releases them as it "
           "starts)")
+    print("\n".join(heap_lines({"local runner": figures["heap"]})))
     return _probe_of(figures)
 
 

@@ -163,6 +163,11 @@ class FetchDrain:
         partition_records.next_fetch_offset = fetched.next_offset
         result._update_position()
         result._partition_records = None
+        # Its iterator (a generator over itself) ends the cycle only when iterated to the end,
+        # as aiokafka does then: left, the response's bytes (up to fetch_max_bytes) would wait
+        # for a full garbage collection, which a compiled source seldom triggers (measured:
+        # 17-36 MiB of fetch responses in a source actor after a 500k-record read).
+        partition_records._records_iterator = None
         return fetched
 
     def _hand_out(

@@ -22,7 +22,7 @@ from runtime.planning.sharding import gather_outputs, shard_plan, shard_stats
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.recovery import RestartPolicy
-from runtime.runners.resident_pages import LibraryPageReleaser, keep_releasing_library_pages
+from runtime.runners.resident_pages import LibraryPageReleaser, ReleasingThread
 from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
@@ -108,8 +108,9 @@ class LocalRunner:
         next_id = 1
         figures = CheckpointFigures()
         self.recoveries = 0
-        # From the start: the kernels' warm-up maps LLVM's pages again, so do later loads.
-        releasing = asyncio.ensure_future(keep_releasing_library_pages(nodes.pages))
+        # From the start, in a thread: the kernels' warm-up maps LLVM's pages again, so do later
+        # loads, while they hold the event loop; it also trims the free heap.
+        releasing = ReleasingThread(nodes.pages).start()
         try:
             while True:
                 await deploy(nodes, keyed, edges)
@@ -161,7 +162,7 @@ class LocalRunner:
             # Sources first (they were created last): nothing pushes to a host already stopped.
             for host in reversed(list(nodes.hosts.values())):
                 await host.stop()
-            await cancel_and_wait(releasing)
+            releasing.stop()
 
 
 class LocalNodes:

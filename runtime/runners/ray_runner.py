@@ -62,7 +62,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # Node actors allocate a batch-sized array per column per batch; glibc's default
         # thresholds hand that memory back to the OS each time, so every batch page-faults it
-        # in again (measured: 13x slower numpy ops on 100k floats). Keep it in the heap instead.
+        # in again (measured: 13x slower numpy ops on 100k floats). Keep it in the heap instead;
+        # each actor's page releaser trims what stays free (process_memory.HeapTrimmer).
         for name, value in _MALLOC_TUNING.items():
             os.environ.setdefault(name, value)
     import ray

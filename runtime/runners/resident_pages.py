@@ -11,12 +11,14 @@ constants, whose content is the file's (``madvise(MADV_DONTNEED)``). Other libra
 alone: their pages are the process's hot code, which would only be mapped again at once.
 Nothing is lost: the pages stay in the page cache, shared and reclaimable, and a page used
 again is mapped back by a minor fault. Mappings holding a page of their own (relocations
-applied, copy-on-write) are never touched, nor writable ones. The local runner releases once
-every node is ready, before the sources start reading; each Ray node actor in a thread of its
-own, ``FIRST_RELEASE_AFTER_S`` after the runner started it (its first batches do not wait for
-a walk). Both look again every ``RELEASE_INTERVAL_S`` while the graph runs: a kernel a node
-loads only on its first batch (a specialization its warm-up did not load) maps LLVM's pages
-again, for one interval.
+applied, copy-on-write) are never touched, nor writable ones. Each Ray node actor releases in
+a thread of its own, ``FIRST_RELEASE_AFTER_S`` after the runner started it (its first batches
+do not wait for a walk); the local runner from a thread of its run (``ReleasingThread``) from
+the run's start, and once more when every node is ready, before the sources start reading.
+Both look again every ``RELEASE_INTERVAL_S`` while the graph runs: a kernel a node loads only
+on its first batch (a specialization its warm-up did not load) maps LLVM's pages again, for
+one interval. Each look also trims the process's free malloc heap when it is large
+(``process_memory.HeapTrimmer``).
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ import logging
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from runtime.runners.process_memory import HeapTrimmer
 
 __all__ = [
     "FIRST_RELEASE_AFTER_S",
     "RELEASED_LIBRARIES",
     "LibraryMapping",
     "LibraryPageReleaser",
-    "keep_releasing_library_pages",
+    "ReleasingThread",
     "library_mappings",
     "release_in_actor",
     "release_library_pages",
@@ -177,7 +180,9 @@ class LibraryPageReleaser:
         self.floor: int | None = None
         #: Bytes released so far.
         self.released = 0
-        self._releasing = asyncio.Lock()
+        #: Trims this process's free heap on the same looks (``process_memory``).
+        self.heap = HeapTrimmer()
+        self._lock = threading.Lock()
 
     def due(self) -> bool:
         """Whether the resident file pages reached the next threshold (a cheap look)."""
@@ -200,23 +205,50 @@ class LibraryPageReleaser:
         return released
 
     def release_if_grown(self) -> int:
-        """Release if the resident file pages reached the next threshold; bytes released."""
-        return self.release() if self.due() else 0
+        """Release if the resident file pages reached the next threshold; bytes released (a
+        second thread waits for a release under way, then looks again)."""
+        with self._lock:
+            return self.release() if self.due() else 0
 
     async def release_if_grown_in_thread(self) -> int:
         """``release_if_grown`` with the walk in a worker thread (it would hold an event loop
-        10-20 ms); a second caller waits for a release under way, then looks again."""
-        async with self._releasing:
-            return await asyncio.to_thread(self.release) if self.due() else 0
+        10-20 ms)."""
+        return await asyncio.to_thread(self.release_if_grown) if self.due() else 0
+
+    def look(self) -> None:
+        """Release library pages if they grew, and trim the heap if that is worth it
+        (``process_memory.HeapTrimmer``)."""
+        self.release_if_grown()
+        with self._lock:
+            self.heap.trim_if_worth()
 
 
-async def keep_releasing_library_pages(releaser: LibraryPageReleaser,
-                                       interval_s: float = RELEASE_INTERVAL_S) -> None:
-    """Look now, then every ``interval_s``, until cancelled; release when ``releaser`` is due
-    (``release_if_grown_in_thread``)."""
-    while True:
-        await releaser.release_if_grown_in_thread()
-        await asyncio.sleep(interval_s)
+class ReleasingThread:
+    """Looks (``releaser.look``) at once, then every ``interval_s``, from a thread of its own,
+    from ``start`` to ``stop`` (the local runner's run).
+
+    A thread, not a task: a kernel loading on the event loop holds it for as long as it runs,
+    while the import of numba and the loads map LLVM's pages (90-100 MiB), which would stay
+    until the loop is free again.
+    """
+
+    def __init__(self, releaser: LibraryPageReleaser,
+                 interval_s: float = RELEASE_INTERVAL_S) -> None:
+        self.releaser = releaser
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=_release_every,
+                                        args=(releaser, interval_s, 0.0, self._stop),
+                                        name=f"{_THREAD_NAME}-run", daemon=True)
+
+    def start(self) -> ReleasingThread:
+        """Start looking; this."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop looking, once a look under way ended (a walk: 10-20 ms)."""
+        self._stop.set()
+        self._thread.join()
 
 
 def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,
@@ -231,7 +263,7 @@ def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,
     if any(thread.name == _THREAD_NAME for thread in threading.enumerate()):
         return False
     threading.Thread(target=_release_every, args=(LibraryPageReleaser(), interval_s,
-                                                  first_after_s),
+                                                  first_after_s, threading.Event()),
                      name=_THREAD_NAME, daemon=True).start()
     return True
 
@@ -241,9 +273,11 @@ def release_in_actor(host: object) -> bool:
     return release_library_pages_in_thread()
 
 
-def _release_every(releaser: LibraryPageReleaser, interval_s: float,
-                   first_after_s: float) -> None:
-    time.sleep(first_after_s)
+def _release_every(releaser: LibraryPageReleaser, interval_s: float, first_after_s: float,
+                   stop: threading.Event) -> None:
+    if stop.wait(first_after_s):
+        return
     while True:
-        releaser.release_if_grown()
-        time.sleep(interval_s)
+        releaser.look()
+        if stop.wait(interval_s):
+            return

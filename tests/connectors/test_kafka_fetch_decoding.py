@@ -7,6 +7,7 @@ dead letters and positions.
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -190,3 +191,27 @@ async def test_without_aiokafkas_private_fetcher_the_reader_warns_and_reads_per_
     assert batch.offset is not None and batch.offset.tolist() == list(range(11))
     assert reader.per_record_fetched == 11
     assert "reading records one by one" in caplog.text
+
+
+async def test_a_decoded_fetch_response_is_freed_without_a_garbage_collection(
+    bootstrap: str, new_topic: NewTopic
+) -> None:
+    """Once decoded, aiokafka's records of a fetch (and the response's bytes) go by reference
+    counting: nothing of them is left for the cyclic collector, which may not run for long."""
+    topic = await new_topic(2)
+    await _produce(bootstrap, topic, [_tick(n, 2) for n in range(80) if n not in (13, 27)],
+                   per_batch=10)
+    config = KafkaSourceConfig(bootstrap, topic, SCHEMA, time_unit="ms", end=38)
+    reader = KafkaSourceReader(config)
+    await reader.open()
+    gc.collect()
+    gc.disable()
+    try:
+        batch = await read_until_finished(reader, max_records=7)
+        left = [o for o in gc.get_objects() if type(o) is fetch_drain._KeptBytes]
+    finally:
+        gc.enable()
+        await reader.close()
+    assert reader.per_record_fetched == 0
+    assert len(batch) == 2 * 38  # each partition up to offset 38 (13 and 27 left out)
+    assert left == []

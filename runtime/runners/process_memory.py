@@ -1,0 +1,147 @@
+"""Handing a process's free malloc heap back to the kernel while a graph runs.
+
+Node actors run with glibc's trim threshold raised (``ray_runner.ensure_ray``): freeing the arrays
+of one batch must not hand their pages back, or the next batch page-faults them in again
+(measured: 13x slower numpy ops on 100k floats). The price is that the heap never shrinks:
+a source that once held a few large fetch responses keeps their pages for good (measured on
+the issue workload, 500k records: 56 MiB of a source actor's 164 MiB anonymous pages were free
+heap; ``malloc_trim(0)`` handed 52 MiB of it back).
+
+``HeapTrimmer`` trims (``malloc_trim(0)``: every whole free page of every arena is given back
+with ``madvise``, the heap's layout is kept) only when the free heap is large
+(``TRIM_FREE_ABOVE``) and at most every ``TRIM_INTERVAL_S``, so a batch's working set is given
+back at most once in that interval. The library page releaser (``resident_pages``) runs it on
+each of its looks: in a node actor's thread, and in the local runner's (``ReleasingThread``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "TRIM_FREE_ABOVE",
+    "TRIM_INTERVAL_S",
+    "HeapStats",
+    "HeapTrimmer",
+    "heap_stats",
+    "resident_anonymous_bytes",
+    "trim_heap",
+]
+
+#: Free heap bytes above which a trim is worth its page faults.
+TRIM_FREE_ABOVE = 16 << 20
+#: Fewest seconds between two trims of a process.
+TRIM_INTERVAL_S = 1.0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+@dataclass(frozen=True)
+class HeapStats:
+    """glibc's heap of this process, over all its arenas (``mallinfo2``), in bytes."""
+
+    #: Bytes the arenas took from the kernel with ``brk``/``mmap`` (free pages included).
+    arena: int
+    #: Bytes in chunks in use.
+    in_use: int
+    #: Bytes in free chunks (resident or given back by a trim).
+    free: int
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
+    except (OSError, AttributeError):  # not glibc, or older than 2.33
+        return None
+    return libc
+
+
+def heap_stats() -> HeapStats | None:
+    """This process's malloc heap now; None where the C library is not glibc 2.33 or newer."""
+    libc = _libc()
+    if libc is None:
+        return None
+    info = libc.mallinfo2()
+    return HeapStats(arena=info.arena, in_use=info.uordblks, free=info.fordblks)
+
+
+def trim_heap() -> bool:
+    """Give every whole free page of the malloc heap back to the kernel (``malloc_trim(0)``);
+    whether the C library could (glibc), not whether it found a page to give."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+class HeapTrimmer:
+    """Trims this process's heap when it holds more than ``free_above`` free bytes and its
+    anonymous pages grew by ``grown_above`` bytes since the last trim, at most once every
+    ``interval_s`` (a look reads ``/proc/self/status`` and calls ``mallinfo2``: a few dozen
+    microseconds).
+
+    The growth matters because a trim leaves the free chunks free in ``mallinfo2`` while it
+    takes their pages: until the heap grows again there is nothing to give back.
+    """
+
+    def __init__(self, free_above: int = TRIM_FREE_ABOVE, interval_s: float = TRIM_INTERVAL_S,
+                 grown_above: int = TRIM_FREE_ABOVE // 2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.free_above = free_above
+        self.grown_above = grown_above
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+        #: This process's anonymous resident bytes right after the last trim.
+        self._anon_after = 0
+        #: Trims done so far.
+        self.trims = 0
+
+    def due(self) -> bool:
+        """Whether the interval passed and the free heap and the anonymous pages are both past
+        their thresholds."""
+        if self._last is not None and self._clock() - self._last < self.interval_s:
+            return False
+        if resident_anonymous_bytes() < self._anon_after + self.grown_above:
+            return False
+        stats = heap_stats()
+        return stats is not None and stats.free >= self.free_above
+
+    def trim(self) -> None:
+        """Trim now (``trim_heap``) and remember the anonymous pages left."""
+        trim_heap()
+        self._last, self._anon_after = self._clock(), resident_anonymous_bytes()
+        self.trims += 1
+
+    def trim_if_worth(self) -> bool:
+        """``trim`` if ``due``; whether it trimmed."""
+        if not self.due():
+            return False
+        self.trim()
+        return True
+
+
+def resident_anonymous_bytes() -> int:
+    """This process's resident anonymous pages (``RssAnon``), in bytes (0 where unknown)."""
+    try:
+        with open("/proc/self/status") as status:
+            text = status.read()
+    except OSError:
+        return 0
+    match = re.search(r"^RssAnon:\s+(\d+) kB$", text, re.MULTILINE)
+    return int(match[1]) * 1024 if match else 0

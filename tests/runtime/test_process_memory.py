@@ -1,0 +1,102 @@
+"""A node process hands its free malloc heap back to the kernel, when it is large, now and then."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.runners.process_memory import (
+    HeapTrimmer,
+    heap_stats,
+    resident_anonymous_bytes,
+    trim_heap,
+)
+from runtime.runners.resident_pages import LibraryPageReleaser, ReleasingThread
+
+_MIB = 2**20
+_CHUNK = 32 * 1024  # under glibc's mmap threshold: served from the heap
+
+
+@pytest.fixture
+def freed_heap() -> Iterator[int]:
+    """64 MiB written to the heap and freed, pinned by one chunk allocated after it (so that
+    ``free`` cannot trim the top): bytes freed. Released at the end."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunks = [libc.malloc(_CHUNK) for _ in range(64 * _MIB // _CHUNK)]
+    for chunk in chunks:
+        ctypes.memset(chunk, 1, _CHUNK)  # resident
+    pin = libc.malloc(_CHUNK)
+    for chunk in chunks:
+        libc.free(chunk)
+    yield len(chunks) * _CHUNK
+    libc.free(pin)
+    trim_heap()
+
+
+def test_a_trim_gives_free_heap_pages_back(freed_heap: int) -> None:
+    """The freed chunks stay resident until a trim; after it, most of them are gone."""
+    stats = heap_stats()
+    assert stats is not None and stats.free >= freed_heap
+    before = resident_anonymous_bytes()
+    assert trim_heap()
+    assert before - resident_anonymous_bytes() > 48 * _MIB
+    after = heap_stats()
+    assert after is not None and after.free >= freed_heap  # still free chunks, without pages
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_trimmer_trims_once_the_free_heap_is_large_then_waits(freed_heap: int) -> None:
+    """Trimmed when free heap and anonymous pages are past the thresholds; not again within
+    the interval, nor later while nothing grew."""
+    clock = _Clock()
+    trimmer = HeapTrimmer(free_above=32 * _MIB, interval_s=1.0, grown_above=16 * _MIB,
+                          clock=clock)
+    before = resident_anonymous_bytes()
+    assert trimmer.due()
+    assert trimmer.trim_if_worth()
+    assert before - resident_anonymous_bytes() > 48 * _MIB
+    assert trimmer.trims == 1
+    clock.now += 0.5
+    assert not trimmer.due()  # within the interval
+    clock.now += 10.0
+    assert not trimmer.trim_if_worth()  # the free chunks hold no pages any more
+    assert trimmer.trims == 1
+
+
+def test_a_trimmer_leaves_a_small_free_heap_alone() -> None:
+    """A free heap under the threshold is not worth a trim's page faults."""
+    trimmer = HeapTrimmer(free_above=1 << 40, grown_above=0)
+    assert not trimmer.trim_if_worth()
+    assert trimmer.trims == 0
+
+
+@pytest.mark.parametrize("in_thread", [False, True], ids=["look", "local runner thread"])
+def test_the_library_page_releaser_trims_the_heap_on_its_looks(freed_heap: int,
+                                                                in_thread: bool) -> None:
+    """Each look of the releaser (a node actor's thread, the local runner's task) trims too."""
+    releaser = LibraryPageReleaser(first_above=1 << 40)  # no library page release here
+    releaser.heap = HeapTrimmer(free_above=32 * _MIB, grown_above=0)
+    before = resident_anonymous_bytes()
+    if in_thread:
+        releasing = ReleasingThread(releaser, interval_s=0.01).start()
+        deadline = time.monotonic() + 30
+        while releaser.heap.trims == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        releasing.stop()
+    else:
+        releaser.look()
+    assert releaser.heap.trims == 1
+    assert before - resident_anonymous_bytes() > 48 * _MIB
