@@ -10,8 +10,8 @@ depended on the install. streamdag points numba at one directory instead:
 3. else ``$XDG_CACHE_HOME/streamdag/kernels`` (``~/.cache/streamdag/kernels``).
 
 Under the last two, kernels go to a subdirectory named by a stamp of streamdag's modules that
-use numba (their paths and text): numba checks a cached kernel against its own source file only,
-so a kernel that inlines a helper from another module would load stale machine code after an
+import numba (their paths and text): numba checks a cached kernel against its own source file
+only, so a kernel that inlines a helper from another module would load stale machine code after an
 upgrade or an edit changed that helper. A new stamp starts a new cache. The choice goes into
 ``NUMBA_CACHE_DIR`` of this process, so Ray workers started from it inherit it, and every
 process importing ``streamdag`` makes the same choice.
@@ -107,13 +107,19 @@ def compiling(kind: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+#: A line that imports numba: what marks a module that holds kernels or helpers they inline.
+_IMPORTS_NUMBA = re.compile(rb"^[ \t]*(?:from|import)[ \t]+numba\b", re.MULTILINE)
+
 #: The packages whose modules hold kernels, or helpers kernels inline.
 KERNEL_PACKAGES = ("operators", "connectors", "streamdag", "runtime")
 
 
 def sources_stamp(folders: Iterable[Path]) -> str:
-    """A digest of every ``.py`` under ``folders`` that uses numba (its path and its text):
+    """A digest of every ``.py`` under ``folders`` that imports numba (its path and its text):
     changes when a kernel, or a helper a kernel may inline, changes, and only then.
+
+    A module that only names numba (a comment, a docstring, a lazy warm-up call) is not
+    stamped: editing it must not throw away every compiled kernel.
 
     >>> len(sources_stamp([Path(__file__).parent]))
     16
@@ -122,7 +128,7 @@ def sources_stamp(folders: Iterable[Path]) -> str:
     for folder in folders:
         for path in sorted(folder.rglob("*.py")):
             text = path.read_bytes()
-            if b"numba" in text:
+            if _IMPORTS_NUMBA.search(text):
                 digest.update(f"{path}:{len(text)}:".encode())
                 digest.update(text)
     return digest.hexdigest()[:16]

@@ -72,6 +72,12 @@ def test_a_changed_source_file_starts_a_new_kernel_cache(tmp_path: Path) -> None
     before = sources_stamp([tmp_path / "pkg"])
     (tmp_path / "pkg" / "plain.py").write_text("Z = 4\n")  # no numba there: same kernels
     assert sources_stamp([tmp_path / "pkg"]) == before
+    # Naming numba without importing it (a comment, a docstring) holds no kernel either.
+    (tmp_path / "pkg" / "plain.py").write_text('"""Warms numba kernels up."""  # numba\nZ = 5\n')
+    assert sources_stamp([tmp_path / "pkg"]) == before
+    (tmp_path / "pkg" / "plain.py").write_text("def f():\n    from numba import njit\nZ = 5\n")
+    assert sources_stamp([tmp_path / "pkg"]) != before
+    (tmp_path / "pkg" / "plain.py").write_text("Z = 3\n")
     helper.write_text("import numba\nX = 10\n")
     assert sources_stamp([tmp_path / "pkg"]) != before
 
