@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from runtime.checkpoints.quiet import SourceQuiet
 from runtime.checkpoints.store import SnapshotRef
+from runtime.dataplane.channels import RayTarget
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.failures import failure_cause
@@ -134,11 +135,13 @@ class RayNodes:
         consumer = self.handles[downstream]
         await self.answer(consumer.connect_input.remote(edge, index),
                           f"the consumer of edge {edge} (connect_input)")
-        # Pushes go over a data connection of their own: a Ray call per push costs each side
-        # about 1 ms of CPU here, the connection a few tens of microseconds.
-        address = await self.answer(consumer.open_data_port.remote(),
-                                    f"the consumer of edge {edge} (open_data_port)")
-        target = SocketTarget(*address)
+        target: SocketTarget | RayTarget = RayTarget(consumer)
+        if self.settings.data_connections:
+            # Pushes go over a data connection of their own: a Ray call per push costs each
+            # side about 1 ms of CPU here, the connection a few tens of microseconds.
+            address = await self.answer(consumer.open_data_port.remote(),
+                                        f"the consumer of edge {edge} (open_data_port)")
+            target = SocketTarget(*address)
         await self.answer(self.handles[upstream].subscribe.remote(
             edge, target if route is None else RoutedTarget(target, route)),
             f"the producer of edge {edge} (subscribe)")

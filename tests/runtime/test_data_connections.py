@@ -204,3 +204,45 @@ def test_a_data_port_keeps_its_address_until_closed() -> None:
 
     same, after = asyncio.run(scenario())
     assert (same, after) == (True, None)
+
+
+class _FakeActor:
+    """Stands for a Ray actor handle: ``handle.method.remote(*args)`` logs and answers."""
+
+    def __init__(self, log: list[tuple[str, tuple[object, ...]]], answers: dict[str, object]):
+        self._log = log
+        self._answers = answers
+
+    def __getattr__(self, method: str) -> object:
+        log, answers = self._log, self._answers
+
+        class _Method:
+            @staticmethod
+            def remote(*args: object) -> asyncio.Future[object]:
+                log.append((method, args))
+                answer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+                answer.set_result(answers.get(method))
+                return answer
+
+        return _Method()
+
+
+def test_ray_nodes_wire_an_edge_over_a_data_connection_unless_told_not_to() -> None:
+    from runtime.dataplane.channels import RayTarget
+    from runtime.dataplane.host import RuntimeSettings
+    from runtime.runners.ray_nodes import RayNodes
+
+    def wire(settings: RuntimeSettings) -> tuple[list[str], object]:
+        log: list[tuple[str, tuple[object, ...]]] = []
+        nodes = RayNodes(settings)
+        nodes.handles = {"up": _FakeActor(log, {}),
+                         "down": _FakeActor(log, {"open_data_port": ("10.0.0.7", 4321)})}
+        asyncio.run(nodes.subscribe("up->down#0", "up", "down", 0))
+        return [method for method, _ in log], log[-1][1][1]
+
+    calls, target = wire(RuntimeSettings())
+    assert calls == ["connect_input", "open_data_port", "subscribe"]
+    assert isinstance(target, SocketTarget) and (target.host, target.port) == ("10.0.0.7", 4321)
+    calls, target = wire(RuntimeSettings(data_connections=False))
+    assert calls == ["connect_input", "subscribe"]
+    assert isinstance(target, RayTarget)
