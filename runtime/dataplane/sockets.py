@@ -51,6 +51,9 @@ _PUSH = struct.Struct("!QQQdH")
 _COUNTS = struct.Struct("!II")
 #: An answer's fixed part: request id.
 _ANSWER = struct.Struct("!Q")
+#: Bytes a reader takes in before it stops reading until they are used (asyncio's default,
+#: 64 KiB, pauses and resumes the socket many times for one large batch).
+_READ_AHEAD = 4 * 2**20
 #: Bytes a sender lets queue in its socket buffer before it waits for the receiver to read.
 _HIGH_WATER = 8 * 2**20
 
@@ -117,7 +120,7 @@ class DataPort:
     async def open(self, host: str) -> tuple[str, int]:
         """Listen on ``host`` (a free port); returns the address senders connect to."""
         if self.address is None:
-            self._server = await asyncio.start_server(self._serve, host, 0)
+            self._server = await asyncio.start_server(self._serve, host, 0, limit=_READ_AHEAD)
             port = self._server.sockets[0].getsockname()[1]
             self.address = (host, int(port))
         return self.address
@@ -147,9 +150,8 @@ class DataPort:
                     frame = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return  # the sender went away: nothing to answer
-                request, envelope = _unpack_push(frame)
                 # Step 2: it is processed; its answer goes back once it is.
-                answer = asyncio.ensure_future(self._answer(request, envelope, writer))
+                answer = asyncio.ensure_future(self._answer(frame, writer))
                 answers.add(answer)
                 answer.add_done_callback(answers.discard)
         finally:
@@ -158,10 +160,10 @@ class DataPort:
             writer.close()
             self._connections.pop(task, None)
 
-    async def _answer(self, request: int, envelope: Envelope,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, frame: bytes, writer: asyncio.StreamWriter) -> None:
+        (request,) = _ANSWER.unpack_from(frame)  # a push starts with its request id
         try:
-            await self._push(envelope)
+            await self._push(_unpack_push(frame))
             body = b""
         except Exception as exc:  # goes back to the sender, whose channel fails with it
             body = _pickled_error(exc)
@@ -219,7 +221,8 @@ class SocketTarget:
 
     async def _connect(self) -> _Link:
         try:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+            reader, writer = await asyncio.open_connection(self.host, self.port,
+                                                           limit=_READ_AHEAD)
         except OSError as exc:
             raise ReceiverGoneError(
                 f"cannot connect to the node actor at {self.host}:{self.port}: its actor died "
@@ -298,12 +301,12 @@ class _Link:
                 answer.set_exception(error)
 
 
-def _unpack_push(frame: bytes) -> tuple[int, Envelope]:
-    request, incarnation, seq, sent_at, edge_length = _PUSH.unpack_from(frame)
+def _unpack_push(frame: bytes) -> Envelope:
+    _, incarnation, seq, sent_at, edge_length = _PUSH.unpack_from(frame)
     start = _PUSH.size + edge_length
     edge = frame[_PUSH.size:start].decode()
     first, *trailing = unpickled_payloads(memoryview(frame)[start:])
-    return request, Envelope(edge, incarnation, seq, first, sent_at, tuple(trailing))
+    return Envelope(edge, incarnation, seq, first, sent_at, tuple(trailing))
 
 
 def _unpickled_error(data: bytes) -> Exception:

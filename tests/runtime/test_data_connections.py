@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 
@@ -121,6 +122,36 @@ def test_a_receiver_gone_fails_the_push_in_flight_and_every_later_one() -> None:
     assert str(in_flight).endswith(
         " closed its data connection: its actor died or stopped; IncompleteReadError")
     assert later is in_flight  # never reconnected: the port may be another process's by then
+
+
+def _explode() -> None:
+    raise ValueError("this payload cannot be rebuilt here")
+
+
+class _Unrebuildable:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_explode, ())
+
+
+def test_a_push_that_does_not_unpickle_fails_alone_and_the_connection_goes_on() -> None:
+    async def scenario() -> tuple[BaseException | None, list[int]]:
+        seqs: list[int] = []
+
+        async def push(envelope: Envelope) -> None:
+            seqs.append(envelope.seq)
+
+        port = DataPort(push)
+        target = SocketTarget(*await port.open("127.0.0.1"))
+        bomb: Any = _Unrebuildable()
+        bad = asyncio.ensure_future(target.deliver(Envelope("e", 0, 0, bomb)))
+        await asyncio.wait([bad])
+        await target.deliver(Envelope("e", 0, 1, Watermark(3)))
+        await port.close()
+        return bad.exception(), seqs
+
+    error, seqs = asyncio.run(scenario())
+    assert isinstance(error, ValueError) and str(error) == "this payload cannot be rebuilt here"
+    assert seqs == [1]
 
 
 def test_a_receiver_never_reached_fails_the_push() -> None:
