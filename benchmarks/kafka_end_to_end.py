@@ -152,6 +152,8 @@ class _Live:
     broker_cpu_s: float
     #: streamdag's nodes: (stage, observations, p50 ms, p99 ms) over the sampled window.
     stages: list[tuple[str, int, float, float]] = field(default_factory=list)
+    #: streamdag's node actors: (node, CPU seconds, batches in, batches out) over the window.
+    actors: list[tuple[str, float, int, int]] = field(default_factory=list)
 
 
 #: A node's figures that time one stage of the path, in path order, and what each measures.
@@ -231,7 +233,7 @@ def _ready(child: subprocess.Popen[str], what: str) -> None:
 
 def _measure_live(bootstrap: str, topic: str, output_topic: str, pids: Callable[[], list[int]],
                   broker_pid: int | None, rate: float, seconds: float,
-                  settle_s: float) -> _Live:
+                  settle_s: float, on_close: Callable[[], None] = lambda: None) -> _Live:
     """Feed ``rate`` ticks/s to ``topic``; after ``settle_s``, sample ``output_topic``.
 
     Steps:
@@ -253,6 +255,7 @@ def _measure_live(bootstrap: str, topic: str, output_topic: str, pids: Callable[
         # Step 3: the window closes.
         out, _ = sampler.communicate(timeout=seconds + 120)
         cpu = _cpu_of(watched) - cpu
+        on_close()
         broker = _cpu_of([broker_pid] if broker_pid else []) - broker
         samples = [float(x) for x in json.loads(out)]
     finally:
@@ -283,15 +286,27 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
     graph = build(ticks, output_topic)
     running = RayRunner(settings, *binding.defaults()).start(graph)
     before: dict[str, NodeStats] = {}
+    actor_pids: list[int] = []
+    actor_cpu: list[float] = []
 
     def pids() -> list[int]:  # called as the sampled window opens: the driver and the actors
         before.update(running.stats())
-        return [os.getpid(), *_actor_pids(running, graph)]
+        actor_pids.extend(_actor_pids(running, graph))
+        actor_cpu.extend(_cpu_of([pid]) for pid in actor_pids)
+        return [os.getpid(), *actor_pids]
+
+    def on_close() -> None:  # each actor's CPU over the window
+        actor_cpu[:] = [_cpu_of([pid]) - cpu for pid, cpu in zip(actor_pids, actor_cpu,
+                                                                  strict=True)]
 
     try:
         live = _measure_live(bootstrap, topic, output_topic, pids, broker_pid, rate, seconds,
-                             settle_s)
-        live.stages = _stages(graph, before, running.stats())
+                             settle_s, on_close)
+        after = running.stats()
+        live.stages = _stages(graph, before, after)
+        live.actors = [(node.name, cpu, after[node.name].batches_in - before[node.name].batches_in,
+                        after[node.name].batches_out - before[node.name].batches_out)
+                       for node, cpu in zip(graph.nodes, actor_cpu, strict=True)]
         return live
     finally:
         running.stop()
@@ -403,6 +418,12 @@ def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None)
     print(f"{'stage':<58} {'n':>6} {'p50 ms':>7} {'p99 ms':>7}")
     for stage, observations, stage_p50, stage_p99 in ours.stages:
         print(f"{stage:<58} {observations:>6} {stage_p50:>7.2f} {stage_p99:>7.2f}")
+    print("\nstreamdag's node actors over the same window (a batch: one push taken or sent)")
+    print(f"{'node':<12} {'CPU s':>6} {'of a core':>10} {'batches in':>11} {'out':>6} "
+          f"{'CPU ms per batch':>17}")
+    for name, cpu, batches_in, batches_out in ours.actors:
+        print(f"{name:<12} {cpu:>6.2f} {cpu / live_s:>9.1%} {batches_in:>11} {batches_out:>6} "
+              f"{cpu * 1e3 / max(1, batches_in, batches_out):>17.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

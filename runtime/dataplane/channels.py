@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from runtime.dataplane.messages import Envelope, Payload
+from runtime.dataplane.sockets import pickled_payloads
 
 __all__ = ["Channel", "LocalTarget", "RayTarget", "Shipment", "Target"]
 
@@ -33,11 +34,13 @@ class LocalTarget:
 
 
 class Shipment:
-    """What one step of a node sends on all its channels, serialized at most once for Ray.
+    """What one step of a node sends on all its channels, serialized at most once.
 
     With several actor subscribers, the payloads are put in Ray's object store once and every
     push carries the reference (``RayTarget.deliver_shared``), instead of each call pickling
-    and copying them again. In-process receivers get the objects themselves.
+    and copying them again; over data connections (``SocketTarget.deliver_shared``) they are
+    pickled once and the same bytes go to every subscriber. In-process receivers get the
+    objects themselves.
     """
 
     def __init__(self, payloads: Sequence[Payload], *, share: bool = False) -> None:
@@ -46,6 +49,7 @@ class Shipment:
         #: Whether pushes to actors carry one stored copy (worth it from two subscribers on).
         self.share = share
         self._ref: Any = None
+        self._pickled: bytes | None = None
 
     def object_ref(self) -> Any:
         """The payloads in Ray's object store, put there on the first call only."""
@@ -54,6 +58,12 @@ class Shipment:
 
             self._ref = ray.put(self.payloads)
         return self._ref
+
+    def pickled(self) -> bytes:
+        """The payloads pickled for a data connection, on the first call only."""
+        if self._pickled is None:
+            self._pickled = pickled_payloads(self.payloads)
+        return self._pickled
 
 
 class RayTarget:

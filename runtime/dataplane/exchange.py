@@ -102,6 +102,12 @@ class RoutedTarget:
                                        trailing=tuple(part(p) for p in envelope.trailing))
         return self.target.deliver(envelope)
 
+    def close(self) -> None:
+        """Close the shard's data connection, if its target has one."""
+        close = getattr(self.target, "close", None)
+        if callable(close):
+            close()
+
 
 @dataclass(frozen=True)
 class ShardedSource:

@@ -24,7 +24,7 @@ from typing import Any
 from runtime.checkpoints import failpoints
 from runtime.checkpoints.quiet import SourceQuiet
 from runtime.checkpoints.store import SnapshotRef
-from runtime.dataplane.channels import Channel, RayTarget, Shipment, Target
+from runtime.dataplane.channels import Channel, Shipment, Target
 from runtime.dataplane.checkpointing import (
     CheckpointTarget,
     NodeCheckpoints,
@@ -42,6 +42,7 @@ from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
 from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
+from runtime.dataplane.sockets import DataPort, node_address
 from runtime.dataplane.source_pacing import ReadPacing
 from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
 from runtime.dataplane.stats import (
@@ -108,6 +109,8 @@ class NodeHost:
         self.captured: list[Batch] = []
         self._capture = capture
         self._channels: dict[str, Channel] = {}
+        #: Where pushes come in over data connections of their own (``open_data_port``).
+        self._data_port: DataPort | None = None
         self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] | None = None
         self._drain_task: asyncio.Task[None] | None = None
         #: Held while the worker's output of one step is emitted, so that output of the drain
@@ -185,6 +188,8 @@ class NodeHost:
         """Stop reading and processing; close connectors (a source at what was delivered)."""
         self._stopping = True
         await cancel_and_wait(self._source_task, self._drain_task, self._settle_task)
+        if self._data_port is not None:  # pushes in flight fail at their senders
+            await self._data_port.close()
         if self.source is not None:
             with contextlib.suppress(Exception):  # closing must not fail on a broken reader
                 await self._rewind_source()
@@ -276,6 +281,15 @@ class NodeHost:
         """A tag query: the origin of every edge it follows."""
         return dict(self.worker.origins)
 
+    async def open_data_port(self, host: str | None = None) -> tuple[str, int]:
+        """Take pushes over data connections (``SocketTarget``) too; the address to send to.
+
+        ``host`` defaults to the address other Ray nodes reach this process at.
+        """
+        if self._data_port is None:
+            self._data_port = DataPort(self.push)
+        return await self._data_port.open(host or node_address())
+
     def subscribe(self, edge: str, target: Target, incarnation: int = 0) -> None:
         """Send this node's output to ``target`` over ``edge`` from the next batch on, as
         incarnation ``incarnation`` if that is newer than this node's own."""
@@ -299,6 +313,10 @@ class NodeHost:
                 self.worker.stats.subscribers_lost += 1
                 _log.warning("node %s dropped removed subscriber %s: %s", self.config.name, edge,
                              failure_cause(exc))
+            finally:
+                close = getattr(channel.target, "close", None)
+                if callable(close):  # its data connection, if it has one
+                    close()
 
     async def drain(self) -> None:
         """Wait until every subscriber has acknowledged everything sent to it.
@@ -419,7 +437,8 @@ class NodeHost:
                     raise self._refusal()
                 # One push per subscriber carries the whole step (its batch, then the
                 # watermark, barrier or end of stream after it), serialized once for all.
-                actors = sum(isinstance(c.target, RayTarget) for c in self._channels.values())
+                actors = sum(hasattr(c.target, "deliver_shared")
+                             for c in self._channels.values())
                 shipment = Shipment(payloads, share=actors > 1)
                 for edge, channel in list(self._channels.items()):
                     await self._send(edge, channel, shipment, delivery)

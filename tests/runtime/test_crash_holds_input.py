@@ -288,7 +288,7 @@ def test_ray_runner_a_killed_interior_actor_stops_the_source_with_its_input_in_k
         with pytest.raises(SubscriberFailedError) as held:
             ray.get(ticks.wait_finished.remote())
         assert re.fullmatch(r"node 'ticks' stopped: its subscriber on edge \S+ did not take a "
-                            r"push \(ActorDiedError: [^)]*\); it holds its input, so nothing "
+                            r"push \(ReceiverGoneError: [^)]*\); it holds its input, so nothing "
                             r"more is read or sent", str(held.value.cause))
         assert ray.get(ticks.delivered_position.remote()) == {0: 500}
         ticks_stats = ray.get(ticks.stats.remote())  # the dead actor answers no more
