@@ -131,7 +131,8 @@ class Controller(HealthChecks, Reports, StopAndResume):
                                      idle_timeout_s=settings.kafka.idle_timeout_s)
         self._runtime = RuntimeSettings(settings.runtime.credits,
                                         settings.runtime.max_batch_records,
-                                        settings.runtime.linger_ms / 1000)
+                                        settings.runtime.linger_ms / 1000,
+                                        data_connections=settings.runtime.data_connections)
         self._lock = asyncio.Lock()
         self._actors = NodeActors(self.deployment, self._runtime,
                                   call_timeout_s=self.options.call_timeout_s,

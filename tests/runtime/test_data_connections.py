@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -277,3 +278,17 @@ def test_ray_nodes_wire_an_edge_over_a_data_connection_unless_told_not_to() -> N
     calls, target = wire(RuntimeSettings(data_connections=False))
     assert calls == ["connect_input", "subscribe"]
     assert isinstance(target, RayTarget)
+
+
+def test_a_deployment_takes_data_connections_from_its_settings(tmp_path: Path) -> None:
+    from runtime.deployment.controller import Controller
+    from streamdag.config import load_settings
+
+    file = tmp_path / "s.toml"
+    file.write_text(f'name = "dc"\nstate_dir = "{tmp_path}"\n[runtime]\ndata_connections = false\n')
+    off = Controller(load_settings(file, environ={}), bootstrap_servers="127.0.0.1:1",
+                     state_dir=str(tmp_path / "off"))
+    on = Controller(load_settings(None, environ={"STREAMDAG_STATE_DIR": str(tmp_path)}),
+                    bootstrap_servers="127.0.0.1:1", state_dir=str(tmp_path / "on"))
+    assert (off._actors.settings.data_connections, on._actors.settings.data_connections) == (
+        False, True)
