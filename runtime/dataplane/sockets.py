@@ -182,7 +182,12 @@ class SocketTarget:
         self.host = host
         self.port = port
         self._link: _Link | None = None
-        self._connecting: asyncio.Future[_Link] | None = None
+        self._connecting: asyncio.Future[None] | None = None
+        #: Pushes asked for while the connection opens, in call order, with their answers.
+        self._queued: list[tuple[Envelope, bytes, asyncio.Future[None]]] = []
+        self._closed = False
+        #: Why the connection could not be opened: every push fails with it.
+        self._failed: ReceiverGoneError | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SocketTarget, (self.host, self.port))
@@ -200,24 +205,45 @@ class SocketTarget:
 
     def close(self) -> None:
         """Close this process's connection (pushes still in flight fail)."""
+        self._closed = True
         if self._link is not None:
             self._link.close()
 
     def _send(self, envelope: Envelope, payloads: bytes) -> Awaitable[None]:
+        if self._failed is not None:
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(self._failed)
+            return failed
         if self._link is not None:
             # Written now, so frames leave in call order. A broken link fails the push: it is
             # never reopened, as the port may belong to another process by then.
             return self._link.send(envelope, payloads)
-        return self._connect_and_send(envelope, payloads)
-
-    async def _connect_and_send(self, envelope: Envelope, payloads: bytes) -> None:
+        # Queued until the connection is open, then written in call order before any later
+        # push: nothing can overtake them.
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((envelope, payloads, answer))
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        # Every send that waits here resumes in the order it came (futures call back in order),
-        # so frames still leave in the order of the calls.
-        link = await asyncio.shield(self._connecting)
+            self._connecting = asyncio.ensure_future(self._connect_and_send_queued())
+        return answer
+
+    async def _connect_and_send_queued(self) -> None:
+        # Step 1: connect; a failure fails every push asked for so far, and every later one.
+        try:
+            link = await self._connect()
+        except ReceiverGoneError as exc:
+            self._failed = exc
+            queued, self._queued = self._queued, []
+            for _, _, answer in queued:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        if self._closed:
+            link.close()
+        # Step 2: the queued pushes go out in call order, then later ones straight away.
+        queued, self._queued = self._queued, []
         self._link = link
-        await link.send(envelope, payloads)
+        for envelope, payloads, answer in queued:
+            _chain(link.send(envelope, payloads), answer)
 
     async def _connect(self) -> _Link:
         try:
@@ -228,6 +254,21 @@ class SocketTarget:
                 f"cannot connect to the node actor at {self.host}:{self.port}: its actor died "
                 f"or stopped; {type(exc).__name__}") from exc
         return _Link(reader, writer, f"{self.host}:{self.port}")
+
+
+def _chain(source: Awaitable[None], answer: asyncio.Future[None]) -> None:
+    """Complete ``answer`` as ``source`` completes."""
+    def copy(done: asyncio.Future[None]) -> None:
+        if answer.done():
+            return
+        if done.cancelled():
+            answer.cancel()
+        elif done.exception() is not None:
+            answer.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            answer.set_result(None)
+
+    asyncio.ensure_future(source).add_done_callback(copy)
 
 
 class _Link:

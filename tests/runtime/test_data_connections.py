@@ -81,6 +81,46 @@ def test_pushes_in_flight_arrive_whole_and_in_order_and_each_answer_is_its_own()
     assert seen == [(i, [2 * i, 2 * i + 1], (Watermark(2 * i + 1),)) for i in range(8)]
 
 
+def test_pushes_asked_for_while_connecting_leave_before_any_later_one() -> None:
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+
+        async def push(envelope: Envelope) -> None:
+            seen.append(envelope.seq)
+
+        port = DataPort(push)
+        target = SocketTarget(*await port.open("127.0.0.1"))
+        early = [target.deliver(Envelope("e", 0, seq, Watermark(seq))) for seq in range(4)]
+
+        async def as_soon_as_connected() -> None:  # a push the moment the link exists
+            while getattr(target, "_link", None) is None:
+                await asyncio.sleep(0)
+            await target.deliver(Envelope("e", 0, 4, Watermark(4)))
+
+        await asyncio.gather(as_soon_as_connected(), *early)
+        target.close()
+        await port.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
+
+
+def test_pushes_to_a_port_nobody_listens_on_all_fail_with_the_same_cause() -> None:
+    async def scenario() -> list[str]:
+        port = DataPort(lambda envelope: asyncio.sleep(0))
+        address = await port.open("127.0.0.1")
+        await port.close()  # nobody listens there any more
+        target = SocketTarget(*address)
+        first = [asyncio.ensure_future(target.deliver(Envelope("e", 0, seq, Watermark(seq))))
+                 for seq in range(2)]
+        await asyncio.wait(first)
+        later = asyncio.ensure_future(target.deliver(Envelope("e", 0, 2, Watermark(2))))
+        await asyncio.wait([later])
+        return [type(push.exception()).__name__ for push in [*first, later]]
+
+    assert asyncio.run(scenario()) == ["ReceiverGoneError"] * 3
+
+
 def test_a_receiver_that_holds_fails_the_senders_channel_with_its_own_error() -> None:
     async def scenario() -> BaseException | None:
         consumer = NodeHost(_ticks().map("price * 2", name="doubled").config())
