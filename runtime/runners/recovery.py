@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -92,10 +93,30 @@ class BackgroundLoop:
         """Run ``coroutine`` on the loop and wait for its result."""
         return self.submit(coroutine).result()
 
-    def close(self) -> None:
-        """Stop the loop and its thread."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel what still runs on the loop, then stop the loop and its thread.
+
+        Steps:
+        1. Every task still there is cancelled and left to unwind (its ``finally`` blocks,
+           the tasks it stops), as ``asyncio.run`` does, for up to ``timeout_s``: a task
+           closed unfinished would be lost with a "Task was destroyed but it is pending!".
+        2. The loop stops, its thread ends, and the loop is closed.
+        """
         if self.loop.is_closed():
             return
+        # Step 1: cancel and unwind.
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_all_tasks(), self.loop).result(timeout_s)
+        # Step 2: stop.
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout_s)
         self.loop.close()
+
+
+async def _cancel_all_tasks() -> None:
+    """Cancel every other task of the running loop and wait until each has ended."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
