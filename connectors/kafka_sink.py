@@ -276,9 +276,7 @@ def _warm_up_kernels(config: KafkaSinkConfig) -> None:
     The batch is read-only, as a sink node receives its batches, and goes through the writes
     of both deliveries (no id header, and ids), so that the first batch loads no other variant.
     """
-    batch = Batch.from_columns(ts=[1, 2], key=["a", "b"], value=[1.0, 2.0])
-    for array in (batch.ts, batch.key, *batch.columns.values()):
-        array.flags.writeable = False
+    batch = Batch.from_columns(ts=[1, 2], key=["a", "b"], value=[1.0, 2.0]).read_only()
     values, offsets = encode_values_buffer(batch, config.codec)
     for header_values in (None, [b"1", b"2"]):
         records = RecordColumns.from_buffer(batch.key, values, offsets, batch.ts,

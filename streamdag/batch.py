@@ -184,6 +184,26 @@ class Batch:
             return self
         return self.take(np.argsort(self.ts, kind="stable"))
 
+    def read_only(self) -> Batch:
+        """The same records over read-only views of the arrays, as a Ray actor receives them
+        (numba loads another kernel variant for a writable array than for a read-only one).
+
+        >>> b = Batch.from_columns(ts=[1], key=["a"], price=[2.0]).read_only()
+        >>> b.ts.flags.writeable, b.key.flags.writeable, b.columns["price"].flags.writeable
+        (False, False, False)
+        """
+        def view(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            if not array.flags.writeable:
+                return array
+            frozen = array.view()
+            frozen.flags.writeable = False
+            return frozen
+
+        return Batch(view(self.ts), view(self.key),
+                     {name: view(column) for name, column in self.columns.items()},
+                     None if self.partition is None else view(self.partition),
+                     None if self.offset is None else view(self.offset))
+
     def to_records(self) -> list[dict[str, Any]]:
         """The records as dicts (for tests and display, never on the hot path)."""
         keys = [k.decode("utf-8") for k in self.key.tolist()]

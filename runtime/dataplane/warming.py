@@ -20,15 +20,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import numpy.typing as npt
-
 from runtime.dataplane.messages import Envelope, Payload
 from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.worker import NodeWorker
 from streamdag.batch import Batch
 from streamdag.kernel_cache import compiling
 
-__all__ = ["read_only_batch", "read_only_push", "warm_up_node", "warm_up_while_opening"]
+__all__ = ["read_only_push", "warm_up_node", "warm_up_while_opening"]
 
 _log = logging.getLogger(__name__)
 
@@ -84,27 +82,6 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
         await warming
 
 
-def read_only_batch(batch: Batch) -> Batch:
-    """``batch`` over read-only views of its arrays, as a Ray actor receives it.
-
-    >>> batch = read_only_batch(Batch.from_columns(ts=[1], key=["a"], price=[2.0]))
-    >>> batch.ts.flags.writeable, batch.key.flags.writeable, batch.columns["price"].flags.writeable
-    (False, False, False)
-    """
-    def view(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        if not array.flags.writeable:
-            return array
-        frozen = array.view()
-        frozen.flags.writeable = False
-        return frozen
-
-    return dataclasses.replace(
-        batch, ts=view(batch.ts), key=view(batch.key),
-        columns={name: view(column) for name, column in batch.columns.items()},
-        partition=None if batch.partition is None else view(batch.partition),
-        offset=None if batch.offset is None else view(batch.offset))
-
-
 def read_only_push(push: Callable[[Envelope], Awaitable[None]],
                    ) -> Callable[[Envelope], Awaitable[None]]:
     """``push`` taking every batch of an envelope read-only, as a Ray actor receives it.
@@ -114,7 +91,7 @@ def read_only_push(push: Callable[[Envelope], Awaitable[None]],
     wrote into its input would fail in the local runner as it does on Ray.
     """
     def frozen(payload: Payload) -> Payload:
-        return read_only_batch(payload) if isinstance(payload, Batch) else payload
+        return payload.read_only() if isinstance(payload, Batch) else payload
 
     def deliver(envelope: Envelope) -> Awaitable[None]:
         return push(dataclasses.replace(envelope, payload=frozen(envelope.payload),

@@ -548,7 +548,4 @@ _WARM_UP_KEYS = 65
 def _warm_up_batch(schema: Schema) -> Batch:
     columns = {name: np.ones(_WARM_UP_KEYS, dtype=schema.dtype(name)) for name in schema.names}
     keys = np.array([b"warm%d" % i for i in range(_WARM_UP_KEYS)])
-    batch = Batch(np.arange(1, _WARM_UP_KEYS + 1, dtype=np.int64), keys, columns)
-    for array in (batch.ts, batch.key, *batch.columns.values()):
-        array.flags.writeable = False
-    return batch
+    return Batch(np.arange(1, _WARM_UP_KEYS + 1, dtype=np.int64), keys, columns).read_only()
