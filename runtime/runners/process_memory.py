@@ -17,6 +17,7 @@ each of its looks: in a node actor's thread, and in the local runner's (``Releas
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 import sys
 import time
@@ -57,7 +58,9 @@ class HeapStats:
     free: int
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library with ``mallinfo2`` and ``malloc_trim`` typed, loaded once."""
     if not sys.platform.startswith("linux"):
         return None
     try:
