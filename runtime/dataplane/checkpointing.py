@@ -33,7 +33,6 @@ import asyncio
 import dataclasses
 import io
 import pickle
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 from runtime.checkpoints import failpoints
 from runtime.checkpoints.quiet import QuietWatch
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
+from runtime.dataplane.out_of_band import framed, unframed
 from runtime.dataplane.sink_epochs import EpochOutput, KeySequences, PendingEpoch
 from runtime.dataplane.worker import WorkerSnapshot
 from streamdag.connector import SinkWriter, SourceReader
@@ -123,7 +123,8 @@ class NodeSnapshot:
         Left out of the pickle (protocol 5, out of band) and parts of their own, uncopied:
         the pending epochs' arrays (nothing writes them once their epoch closed) and a large
         worker state (``bytes``, which cannot change). Every other array is copied into the
-        pickle. The first part says where each part starts.
+        pickle. The first part says what the file is and where each part starts
+        (``out_of_band.framed``).
         """
         pending = {id(array) for epoch in self.sink_epochs for array in epoch.arrays()}
         views: list[memoryview] = []
@@ -138,9 +139,8 @@ class NodeSnapshot:
         out = io.BytesIO()
         _PartsPickler(out, protocol=5, buffer_callback=in_band).dump(self)
         data = out.getvalue()
-        lengths = [len(data), *(view.nbytes for view in views)]
-        return [_PARTS_MAGIC + struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths), data,
-                *views]
+        header, *parts = framed(data, views)
+        return [_PARTS_MAGIC + header, *parts]
 
     def writable_copy(self) -> NodeSnapshot:
         """A deep copy whose arrays can be written (Ray hands arguments over read-only)."""
@@ -152,15 +152,8 @@ class NodeSnapshot:
         checksum; its arrays writable."""
         if data.startswith(_PARTS_MAGIC):
             whole = memoryview(bytearray(data))  # one copy, writable: the arrays' memory
-            at = len(_PARTS_MAGIC)
-            (count,) = struct.unpack_from("<I", whole, at)
-            lengths = struct.unpack_from(f"<{count}Q", whole, at + 4)
-            at += 4 + 8 * count
-            parts = []
-            for length in lengths:
-                parts.append(whole[at: at + length])
-                at += length
-            snapshot = pickle.loads(parts[0], buffers=parts[1:])
+            pickled, buffers = unframed(whole[len(_PARTS_MAGIC):])
+            snapshot = pickle.loads(pickled, buffers=buffers)
         else:
             snapshot = pickle.loads(data)
         if not isinstance(snapshot, cls):

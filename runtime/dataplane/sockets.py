@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime.dataplane.messages import Envelope, Payload
+from runtime.dataplane.out_of_band import framed, unframed
 
 __all__ = ["DataPort", "ReceiverGoneError", "SocketTarget", "node_address", "pickled_payloads",
            "unpickled_payloads"]
@@ -47,8 +48,6 @@ __all__ = ["DataPort", "ReceiverGoneError", "SocketTarget", "node_address", "pic
 _LENGTH = struct.Struct("!I")
 #: A push's fixed part: request id, incarnation, seq, sent_at, length of the edge name.
 _PUSH = struct.Struct("!QQQdH")
-#: Payloads: the pickle's length, then how many out-of-band buffers follow it.
-_COUNTS = struct.Struct("!II")
 #: An answer's fixed part: request id.
 _ANSWER = struct.Struct("!Q")
 #: Bytes a reader takes in before it stops reading until they are used (asyncio's default,
@@ -84,23 +83,13 @@ def pickled_payloads(payloads: tuple[Payload, ...]) -> bytes:
     """
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(payloads, protocol=5, buffer_callback=buffers.append)
-    raws = [buffer.raw() for buffer in buffers]
-    sizes = struct.pack(f"!II{len(raws)}Q", len(data), len(raws), *(raw.nbytes for raw in raws))
-    return b"".join([sizes, data, *raws])
+    return b"".join(framed(data, [buffer.raw() for buffer in buffers]))
 
 
 def unpickled_payloads(data: bytes | memoryview) -> tuple[Payload, ...]:
     """The payloads of ``pickled_payloads``, their arrays views of ``data``."""
-    view = memoryview(data)
-    pickled, count = _COUNTS.unpack_from(view)
-    sizes = struct.unpack_from(f"!{count}Q", view, _COUNTS.size)
-    start = _COUNTS.size + 8 * count
-    end = start + pickled
-    buffers = []
-    for size in sizes:
-        buffers.append(view[end:end + size])
-        end += size
-    payloads: tuple[Payload, ...] = pickle.loads(view[start:start + pickled], buffers=buffers)
+    pickled, buffers = unframed(memoryview(data))
+    payloads: tuple[Payload, ...] = pickle.loads(pickled, buffers=buffers)
     return payloads
 
 
