@@ -38,6 +38,7 @@ __all__ = [
     "heap_lines",
     "local_runner_memory",
     "main",
+    "package_lines",
     "parse_rollup",
     "parse_smaps",
     "ray_processes",
@@ -319,6 +320,8 @@ def _ray_run(bootstrap: str, source: str, records: int, breakdown: bool) -> Memo
         others = ray_processes(pids.values())
         heaps = {name: ray.get(running.actor(name.removeprefix("actor ")).__ray_call__.remote(
             _heap_here)) for name in pids}
+        imported = {name: ray.get(running.actor(name.removeprefix("actor ")).__ray_call__.remote(
+            _packages_here)) for name in pids}
     finally:
         running.stop()
         ray.shutdown()
@@ -328,6 +331,7 @@ def _ray_run(bootstrap: str, source: str, records: int, breakdown: bool) -> Memo
               f"USS {footprint.uss / _MIB:>6.1f}")
     assert result.stats["out"].events_in == records - 100 * 19, result.stats
     print("\n".join(heap_lines(heaps)))
+    print("\n".join(package_lines(imported)))
     return probe
 
 
@@ -338,6 +342,35 @@ def _heap_here(_: object = None) -> dict[str, int]:
     stats = heap_stats()
     return {"anon": resident_anonymous_bytes(), "in_use": stats.in_use if stats else 0,
             "free": stats.free if stats else 0}
+
+
+#: Packages a node actor may or may not need, each with its import's memory: which ones an
+#: actor loaded shows whether its imports stayed lazy.
+_WATCHED = ("networkx", "aiokafka", "fsspec", "numba", "llvmlite", "runtime.planning",
+            "runtime.checkpoints", "runtime.backtest", "connectors", "operators")
+
+
+def _packages_here(_: object = None) -> dict[str, int]:
+    """How many modules of each ``_WATCHED`` package, and in all, this process imported."""
+    counts = {"all modules": len(sys.modules)}
+    for package in _WATCHED:
+        counts[package] = sum(1 for name in sys.modules
+                              if name == package or name.startswith(f"{package}."))
+    return counts
+
+
+def package_lines(imported: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Per process, the modules it imported in all and of each watched package it loaded.
+
+    >>> package_lines({"actor a": {"all modules": 900, "networkx": 0, "numba": 150}})
+    ['modules imported: actor a 900 (numba 150)']
+    """
+    lines = []
+    for name, counts in imported.items():
+        loaded = ", ".join(f"{package} {count}" for package, count in counts.items()
+                           if package != "all modules" and count)
+        lines.append(f"modules imported: {name} {counts['all modules']} ({loaded})")
+    return lines
 
 
 def heap_lines(heaps: Mapping[str, Mapping[str, int]]) -> list[str]:
@@ -384,7 +417,7 @@ def _local_child(bootstrap: str, source: str, records: int, breakdown: bool) -> 
     probe.stop()
     assert result.stats["out"].events_in == records - 100 * 19, result.stats
     return {**_probe_json(probe), "imported_rss": imported.rss, "imported_pss": imported.pss,
-            "heap": _heap_here()}
+            "heap": _heap_here(), "imported": _packages_here()}
 
 
 def _probe_json(probe: MemoryProbe) -> dict[str, Any]:
@@ -426,6 +459,7 @@ def local_runner_memory(bootstrap: str, source: str, records: int,
           "(llvmlite's pages mapped by the import of numba; the runner releases them as it "
           "starts)")
     print("\n".join(heap_lines({"local runner": figures["heap"]})))
+    print("\n".join(package_lines({"local runner": figures["imported"]})))
     return _probe_of(figures)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping, Sequence
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from streamdag.errors import CycleError, DanglingInputError, SpecError
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["find_cycle", "validate_structure"]
 
@@ -25,6 +27,8 @@ def validate_structure(nodes: Mapping[str, Sequence[str]]) -> list[str]:
     ...
     streamdag.errors.CycleError: cycle found: a -> b -> a. ...
     """
+    import networkx as nx  # here: a node actor imports this module, and never plans
+
     position = {name: index for index, name in enumerate(nodes)}
     flow = nx.DiGraph()
     flow.add_nodes_from(position)
@@ -55,6 +59,8 @@ def _dangling_message(name: str, missing: str, defined: Collection[str]) -> str:
 
 def find_cycle(flow: nx.DiGraph, position: Mapping[str, int]) -> list[str]:
     """One cycle of ``flow`` in data-flow order, starting at its earliest-defined vertex."""
+    import networkx as nx
+
     cycle = [producer for producer, _consumer in nx.find_cycle(flow)]
     start = min(range(len(cycle)), key=lambda index: position[cycle[index]])
     return cycle[start:] + cycle[:start]

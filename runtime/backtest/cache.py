@@ -20,9 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
 from runtime.checkpoints.store import write_file_durably
 from streamdag.batch import Batch
@@ -83,6 +81,8 @@ class ResultCache:
         self._fs: Any = None
         self._root = ""
         if self.directory is not None:
+            import fsspec  # here: only a cache with a disk tier needs it
+
             self._fs, root = fsspec.core.url_to_fs(self.directory)
             self._root = str(root).rstrip("/")
         self._clock = clock
@@ -204,6 +204,8 @@ class ResultCache:
         return [str(path) for path in self._fs.glob(f"{self._root}/*.npz")]
 
     def _write(self, path: str, data: bytes) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
         # A reader sees the old file or the new one, never half of one.
         if isinstance(self._fs, LocalFileSystem):
             write_file_durably(Path(path), data)

@@ -36,9 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
 from streamdag.errors import StreamdagError
 
 __all__ = [
@@ -124,6 +121,10 @@ class CheckpointStore:
             raise StreamdagError(f"a checkpoint store keeps at least 1 checkpoint; got {keep}")
         self.url = url.rstrip("/")
         self.keep = keep
+        # fsspec is imported where it is used: every node actor imports this module, and only
+        # one whose graph takes checkpoints opens a store.
+        import fsspec
+
         self._fs: Any = None
         #: ``url`` as a path of its filesystem (parsed once, not per path built).
         self.root = str(fsspec.core.url_to_fs(self.url)[1]).rstrip("/")
@@ -139,6 +140,8 @@ class CheckpointStore:
     def fs(self) -> Any:
         """The fsspec filesystem behind ``url``."""
         if self._fs is None:
+            import fsspec
+
             self._fs, _ = fsspec.core.url_to_fs(self.url)
         return self._fs
 
@@ -287,6 +290,8 @@ class CheckpointStore:
             self.fs.rm(path, recursive=True)
 
     def _put(self, path: str, parts: Sequence[bytes | memoryview]) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
         if isinstance(self.fs, LocalFileSystem):
             write_file_durably(Path(path), parts)
         else:  # one object, put whole

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-
 from runtime.dataplane.exchange import KeyRoute
 from runtime.dataplane.messages import edge_id
 from streamdag.errors import StreamdagError
@@ -392,6 +390,8 @@ def assign_regions(entries: Mapping[str, NodeEntry]) -> dict[str, str]:
     ...                        "c": entry("c", ())}).items())
     [('a', 'region-a'), ('b', 'region-a'), ('c', 'region-c')]
     """
+    import networkx as nx  # here: a node actor may import this module; it never plans
+
     union = nx.Graph()
     union.add_nodes_from(entries)
     union.add_edges_from((key, upstream) for key, entry in entries.items()

@@ -2,7 +2,9 @@
 
 Everything here is a function of its arguments (graphs, names, ids) built on networkx; nothing
 starts an actor or touches the network, so the controller only carries out what these return.
-Every step is O(V + E) apart from sorting the nodes of a generation by name.
+Every step is O(V + E) apart from sorting the nodes of a generation by name. networkx (about
+11 MiB and 285 modules) is imported by the functions that plan, so that a process that only
+imports this module (the Ray backend, through the wiring's ``HostSpec``) does not load it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, NamedTuple, get_args
-
-import networkx as nx
+from typing import TYPE_CHECKING, Literal, NamedTuple, get_args
 
 from streamdag.errors import (
     CycleError,
@@ -28,6 +28,9 @@ from streamdag.errors import (
 from streamdag.graph import Graph, Node
 from streamdag.operator_registry import lookup
 from streamdag.structure import find_cycle, validate_structure
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = [
     "ITERATE_OPERATOR",
@@ -62,6 +65,8 @@ def dependency_graph(graph: Graph) -> nx.DiGraph:
     Each vertex carries ``name`` and ``operator`` attributes. A node that reads one input twice
     (``crossover(x, x)``) gives one edge.
     """
+    import networkx as nx
+
     flow = nx.DiGraph()
     flow.add_nodes_from(
         (node.node_id, {"name": node.name, "operator": node.operator}) for node in graph.nodes
@@ -107,6 +112,8 @@ def _layers(graph: Graph, flow: nx.DiGraph, layered: nx.DiGraph) -> list[list[st
 
     A cycle is named in data-flow order from ``flow``, starting at its first-listed node.
     """
+    import networkx as nx
+
     try:
         return list(nx.topological_generations(layered))
     except nx.NetworkXUnfeasible:
