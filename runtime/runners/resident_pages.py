@@ -41,6 +41,7 @@ __all__ = [
     "LibraryPageReleaser",
     "ReleasingThread",
     "library_mappings",
+    "release_after_kernel_loads",
     "release_in_actor",
     "release_library_pages",
     "release_library_pages_in_thread",
@@ -249,6 +250,28 @@ class ReleasingThread:
         """Stop looking, once a look under way ended (a walk: 10-20 ms)."""
         self._stop.set()
         self._thread.join()
+
+
+_process_releaser: LibraryPageReleaser | None = None
+_process_releaser_lock = threading.Lock()
+
+
+def release_after_kernel_loads() -> int:
+    """Release the library pages this process's kernel loads mapped, now, if they grew since
+    the last such release (``LibraryPageReleaser.release_if_grown``); bytes released.
+
+    A node's warm-up calls it from its thread once its kernels are loaded, before the node
+    reports ready: the 50-100 MiB of LLVM's pages a load maps are gone before any batch runs,
+    whoever looks next (a Ray actor's page thread starts only once the graph runs), and in a
+    process hosting several nodes (the local runner) after each node's kernels rather than
+    once all of them are loaded.
+    """
+    global _process_releaser
+    with _process_releaser_lock:
+        if _process_releaser is None:
+            _process_releaser = LibraryPageReleaser()
+        releaser = _process_releaser
+    return releaser.release_if_grown()
 
 
 def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,
