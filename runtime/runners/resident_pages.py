@@ -7,8 +7,10 @@ its kernels never calls LLVM again, yet those pages stay in its resident set, on
 
 ``release_library_pages`` asks the kernel to drop this process's mappings of the clean pages of
 LLVM's library (``RELEASED_LIBRARIES``): its read-only, private file mappings, code and
-constants, whose content is the file's (``madvise(MADV_DONTNEED)``). Other libraries are left
-alone: their pages are the process's hot code, which would only be mapped again at once.
+constants, whose content is the file's (``madvise(MADV_DONTNEED)``). Other libraries are
+released once, when a node's warm-up ended (``release_after_kernel_loads``); the periodic looks
+leave them alone: their pages left by then are the process's hot code, which would only be
+mapped again at once.
 Nothing is lost: the pages stay in the page cache, shared and reclaimable, and a page used
 again is mapped back by a minor fault. Mappings holding a page of their own (relocations
 applied, copy-on-write) are never touched, nor writable ones. Each Ray node actor releases in
@@ -138,8 +140,9 @@ def _own_resident_file_bytes() -> int:
         return 0
 
 
-def release_library_pages(libraries: Sequence[str] = RELEASED_LIBRARIES) -> int:
-    """Drop this process's resident pages of ``libraries``' read-only mappings; bytes released.
+def release_library_pages(libraries: Sequence[str] | None = RELEASED_LIBRARIES) -> int:
+    """Drop this process's resident pages of ``libraries``' read-only mappings (None: of every
+    file's, ``library_mappings``); bytes released.
 
     Linux only (elsewhere, and where ``/proc/self/smaps`` cannot be read, it releases nothing
     and returns 0). A mapping the kernel refuses is skipped.
@@ -252,26 +255,20 @@ class ReleasingThread:
         self._thread.join()
 
 
-_process_releaser: LibraryPageReleaser | None = None
-_process_releaser_lock = threading.Lock()
-
-
 def release_after_kernel_loads() -> int:
-    """Release the library pages this process's kernel loads mapped, now, if they grew since
-    the last such release (``LibraryPageReleaser.release_if_grown``); bytes released.
+    """Release the clean pages of every library this process maps, now; bytes released.
 
     A node's warm-up calls it from its thread once its kernels are loaded, before the node
-    reports ready: the 50-100 MiB of LLVM's pages a load maps are gone before any batch runs,
+    reports ready: the 50-100 MiB of LLVM's pages the loads mapped go before any batch runs,
     whoever looks next (a Ray actor's page thread starts only once the graph runs), and in a
-    process hosting several nodes (the local runner) after each node's kernels rather than
-    once all of them are loaded.
+    process hosting several nodes (the local runner) after each node's kernels rather than once
+    all of them are loaded. The other libraries' pages go too, once per node: about 60 MiB of
+    them are resident in a node actor by then (Ray's ``_raylet.so``, numpy and its BLAS,
+    OpenSSL, ...), most of them touched only while the process started; the ones the node runs
+    come back by a minor fault at their first use (measured in a node actor: 54 MiB released,
+    27 back after a warm-up and a run; ``python -m benchmarks.memory_floor``).
     """
-    global _process_releaser
-    with _process_releaser_lock:
-        if _process_releaser is None:
-            _process_releaser = LibraryPageReleaser()
-        releaser = _process_releaser
-    return releaser.release_if_grown()
+    return release_library_pages(libraries=None)
 
 
 def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,14 +44,45 @@ class _CompilingFactory:
         self.resident_after_compiling = _llvmlite_resident()
 
 
-def test_the_pages_a_warm_up_mapped_are_released_before_it_returns() -> None:
+def _resident_of(path: Path) -> int:
+    """Resident bytes of this process's mappings of ``path``."""
+    with open("/proc/self/smaps") as smaps:
+        blocks = re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps.read())
+    return sum(int(size) * 1024 for block in blocks
+               if block.split("\n", 1)[0].endswith(f" {path}")
+               for size in re.findall(r"^Rss:\s+(\d+) kB$", block, re.MULTILINE))
+
+
+def _map_read_only(path: Path, size: int) -> int:
+    """Map ``path`` read-only and private, as a library's code is, and read its pages; the
+    address (left mapped: the process ends with the test run)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    with open(path, "rb") as file:
+        address = libc.mmap(None, size, 1, 2, file.fileno(), 0)  # PROT_READ, MAP_PRIVATE
+    assert address not in (None, ctypes.c_void_p(-1).value)
+    assert ctypes.string_at(address, size) == b"x" * size
+    return int(address)
+
+
+def test_the_pages_a_warm_up_mapped_are_released_before_it_returns(tmp_path: Path) -> None:
     """Once ``warm_up_while_opening`` returned (the node reports ready next), LLVM's pages its
     kernels mapped are gone, with no page thread running: both runners' nodes start without
-    them, and the local runner drops them after each node rather than after all of them."""
+    them, and the local runner drops them after each node rather than after all of them. So
+    are the pages of a library nothing ran since."""
     ticks = sd.source("ticks", topic="t", key="key", schema={"price": "float64"})
     worker = NodeWorker(ticks.rolling_mean("price", window=2, name="mean").config())
     factory = _CompilingFactory()
     opened: list[bool] = []
+    # A library the node touched while it started and does not run since (Ray's, OpenSSL...).
+    cold = tmp_path / "libcold.so"
+    with open(cold, "wb") as file:
+        file.write(b"x" * (64 << 10))
+        os.fsync(file.fileno())  # written back: its pages are clean, as an installed library's
+    _map_read_only(cold, 64 << 10)
+    assert _resident_of(cold) == 64 << 10
 
     async def open_connectors() -> None:
         opened.append(True)
@@ -57,3 +91,4 @@ def test_the_pages_a_warm_up_mapped_are_released_before_it_returns() -> None:
     assert opened == [True]
     assert factory.resident_after_compiling > 40 * _MIB  # the check can fail
     assert _llvmlite_resident() < 16 * _MIB
+    assert _resident_of(cold) == 0
