@@ -336,12 +336,15 @@ def _ray_run(bootstrap: str, source: str, records: int, breakdown: bool) -> Memo
 
 
 def _heap_here(_: object = None) -> dict[str, int]:
-    """This process's malloc heap and anonymous pages, bytes (run in a node actor)."""
-    from runtime.runners.process_memory import heap_stats, resident_anonymous_bytes
+    """This process's malloc heap and anonymous pages, bytes (run in a node actor), and its
+    anonymous pages once its free heap was trimmed (what of the free heap was resident)."""
+    from runtime.runners.process_memory import heap_stats, resident_anonymous_bytes, trim_heap
 
     stats = heap_stats()
-    return {"anon": resident_anonymous_bytes(), "in_use": stats.in_use if stats else 0,
-            "free": stats.free if stats else 0}
+    anon = resident_anonymous_bytes()
+    trim_heap()
+    return {"anon": anon, "in_use": stats.in_use if stats else 0,
+            "free": stats.free if stats else 0, "trimmed": resident_anonymous_bytes()}
 
 
 #: Packages a node actor may or may not need, each with its import's memory: which ones an
@@ -377,14 +380,16 @@ def heap_lines(heaps: Mapping[str, Mapping[str, int]]) -> list[str]:
     """Per process at the end of the run: anonymous pages, and of them glibc's heap in use and
     free (a trimmed free page counts as free but is not resident), MiB.
 
-    >>> heap_lines({"actor a": {"anon": 100 * _MIB, "in_use": 50 * _MIB, "free": 8 * _MIB}})[1]
-    'actor a                 100.0     50.0      8.0'
+    >>> heap_lines({"actor a": {"anon": 100 * _MIB, "in_use": 50 * _MIB, "free": 8 * _MIB,
+    ...                         "trimmed": 96 * _MIB}})[1]
+    'actor a                 100.0     50.0      8.0      96.0'
     """
-    lines = [f"{'at the end (MiB)':<20} {'anon':>8} {'heap use':>8} {'free':>8}   (the rest of "
-             "anon: Python's object arenas, thread stacks, LLVM's code and data)"]
+    lines = [f"{'at the end (MiB)':<20} {'anon':>8} {'heap use':>8} {'free':>8} {'trimmed':>9}"
+             "   (the rest of anon: Python's object arenas, thread stacks, LLVM's code and "
+             "data; trimmed: anon once the free heap was given back)"]
     for name, heap in heaps.items():
         lines.append(f"{name:<20} {heap['anon'] / _MIB:>8.1f} {heap['in_use'] / _MIB:>8.1f} "
-                     f"{heap['free'] / _MIB:>8.1f}")
+                     f"{heap['free'] / _MIB:>8.1f} {heap['trimmed'] / _MIB:>9.1f}")
     return lines
 
 
