@@ -4,10 +4,11 @@ Each step runs in one fresh interpreter, in order, and is measured there (RSS, i
 part, and llvmlite's file pages): Python, ``import ray``, numpy, numba, the node actor's modules
 (``NODE_ACTOR_MODULES``), the issue workload's three nodes' kernels loaded (the rolling mean's
 and the Kafka connectors' warm-ups, as a node does while it gets ready, and a two-record
-``LocalRunner`` run, its release of library pages held back), and the library pages released
-(``runtime.runners.resident_pages``). The same floor is then read in a Ray actor as a
-streamdag-started Ray gives it (its worker preloaded the node modules), with the kernels loaded
-and the pages released. Run: ``python -m benchmarks.memory_floor``.
+``LocalRunner`` run, its release of library pages held back), and the library pages released as
+a node's warm-up releases them (``runtime.runners.resident_pages.release_after_kernel_loads``).
+The same floor is then read in a Ray actor as a streamdag-started Ray gives it (its worker
+preloaded the node modules), with the kernels loaded and the pages released. Run:
+``python -m benchmarks.memory_floor``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("+ node actor modules", "import runtime.dataplane.host, runtime.runners.kafka_binding"),
     ("+ three nodes' kernels", _WARM_KERNELS),
     ("+ library pages released", "from runtime.runners.resident_pages import "
-                                  "release_library_pages; release_library_pages()"),
+                                  "release_after_kernel_loads; release_after_kernel_loads()"),
 )
 
 

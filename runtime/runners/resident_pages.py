@@ -268,7 +268,7 @@ def release_after_kernel_loads() -> int:
     come back by a minor fault at their first use (measured in a node actor: 54 MiB released,
     27 back after a warm-up and a run; ``python -m benchmarks.memory_floor``).
     """
-    return release_library_pages(libraries=None)
+    return release_library_pages(None)
 
 
 def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,
