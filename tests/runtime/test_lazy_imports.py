@@ -31,8 +31,10 @@ def _loaded_after(statements: str) -> list[str]:
     "import runtime.runners.ray_nodes, runtime.dataplane.host, runtime.runners.kafka_binding",
     # The checkpoint store and the backtest cache, as a node actor unpickles a store.
     "import runtime.checkpoints.store, runtime.backtest.cache",
-    # The deployment's registry (its regions plan over networkx).
+    # The deployment's registry (its regions plan over networkx), and its warm pool, whose
+    # idle actors become a deployment's node actors.
     "import runtime.deployment.node_registry",
+    "import runtime.deployment.warm_pool",
     # The local runner and the SDK, before a graph is run.
     "import streamdag, runtime.runners.local_runner",
 ])
