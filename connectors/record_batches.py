@@ -70,6 +70,11 @@ class PrebuiltBatch(BatchBuilder):  # type: ignore[misc]  # aiokafka is untyped
         self._relative_offset = count
         self._closed = True
 
+    @property
+    def data(self) -> bytearray:
+        """The batch's bytes, as sent."""
+        return self._buffer
+
     def append(self, *, timestamp: object, key: object, value: object,
                headers: object = ()) -> None:
         """A built batch takes no more records."""
