@@ -124,9 +124,8 @@ class DirectProduce:
         # Step 3: acknowledged.
         stats.records += builder.record_count()
         stats.batches += 1
-        rest = parts[0].drop_first(end)
-        if len(rest):
-            parts[0] = rest
+        if end < len(parts[0]):
+            parts[0] = parts[0].drop_first(end)
         else:
             parts.pop(0)
         return None
