@@ -11,8 +11,8 @@ broker's ApiVersions (3 to 7; record batches v2 need 3), and the answer is read 
 ``(error code, base offset)`` per partition.
 
 >>> call = ProduceCall("out", {1: b"BATCH"}, acks=-1, timeout_ms=30_000)
->>> struct_ = call.prepare({0: (0, 9)})
->>> struct_.API_VERSION, struct_.encode()[:8].hex()
+>>> prepared = call.prepare({0: (0, 9)})
+>>> prepared.API_VERSION, prepared.encode()[:8].hex()
 (7, 'ffffffff00007530')
 >>> answer = (b"\\x00\\x00\\x00\\x01\\x00\\x03out\\x00\\x00\\x00\\x01\\x00\\x00\\x00\\x01\\x00\\x06"
 ...           + (41).to_bytes(8, "big") + b"\\xff" * 16 + b"\\x00" * 4)
@@ -25,8 +25,9 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
+from connectors.encoded_requests import EncodedRequest
 from connectors.errors import ConnectorConfigError
 
 __all__ = ["PRODUCE_VERSIONS", "ProduceAnswer", "ProduceCall", "produce_version"]
@@ -35,7 +36,6 @@ __all__ = ["PRODUCE_VERSIONS", "ProduceAnswer", "ProduceCall", "produce_version"
 #: v2), v7 the last aiokafka 0.14 speaks (v8 adds per-record errors to the answer).
 PRODUCE_VERSIONS = range(3, 8)
 _PRODUCE = 0
-_HEADER = struct.Struct(">hhih")
 _FIELDS = struct.Struct(">hhi")  # transactional id (null), acks, timeout
 _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
@@ -55,13 +55,6 @@ def produce_version(versions: dict[int, tuple[int, int]]) -> int:
             "later)"
         )
     return usable[-1]
-
-
-@dataclass(frozen=True)
-class _Header:
-    """A response header (v0: the correlation id only)."""
-
-    correlation_id: int
 
 
 @dataclass(frozen=True)
@@ -93,55 +86,6 @@ class ProduceAnswer:
         return cls(outcomes)
 
 
-class _ProduceStruct:
-    """One Produce request of a fixed version, as aiokafka's connection sends a request."""
-
-    API_KEY: ClassVar[int] = _PRODUCE
-
-    def __init__(self, version: int, body: bytes) -> None:
-        self.API_VERSION = version
-        self._body = body
-
-    def build_request_header(self, correlation_id: int, client_id: str) -> _EncodedHeader:
-        """The request header (v1: api key, version, correlation id, client id)."""
-        client = client_id.encode()
-        return _EncodedHeader(_HEADER.pack(_PRODUCE, self.API_VERSION, correlation_id,
-                                           len(client)) + client)
-
-    def encode(self) -> bytes:
-        """The request's body, as built."""
-        return self._body
-
-    def parse_response_header(self, data: io.BytesIO) -> _Header:
-        """The response header: its correlation id."""
-        (correlation_id,) = _INT32.unpack(data.read(4))
-        return _Header(correlation_id)
-
-    @property
-    def RESPONSE_TYPE(self) -> _AnswerReader:  # aiokafka's name for it
-        """What reads the answer."""
-        return _AnswerReader(self.API_VERSION)
-
-    def __repr__(self) -> str:
-        return f"Produce v{self.API_VERSION} ({len(self._body)} bytes)"
-
-
-@dataclass(frozen=True)
-class _EncodedHeader:
-    data: bytes
-
-    def encode(self) -> bytes:
-        return self.data
-
-
-@dataclass(frozen=True)
-class _AnswerReader:
-    version: int
-
-    def decode(self, data: io.BytesIO) -> ProduceAnswer:
-        return ProduceAnswer.read(data, self.version)
-
-
 class ProduceCall:
     """A Produce request for built record batches of one topic, one batch per partition, for
     aiokafka's ``client.send(node_id, call)``; acks ``-1`` is ``all``."""
@@ -158,6 +102,7 @@ class ProduceCall:
             parts += [_PARTITION.pack(partition, len(batch)), batch]
         self._body = b"".join(parts)
 
-    def prepare(self, versions: dict[int, tuple[int, int]]) -> _ProduceStruct:
+    def prepare(self, versions: dict[int, tuple[int, int]]) -> EncodedRequest:
         """This request at the version the connection's broker and this module share."""
-        return _ProduceStruct(produce_version(versions), self._body)
+        return EncodedRequest(_PRODUCE, produce_version(versions), self._body,
+                              ProduceAnswer.read)
