@@ -79,8 +79,7 @@ class DirectProduce:
             if not rounds:
                 return left
             # Step 2: one request per leader, all at once; then each partition's outcome.
-            sends = [self._send(leader, batches) for leader, batches in rounds.items()]
-            outcomes = await asyncio.gather(*sends, return_exceptions=True)
+            outcomes = await self._send_all(rounds)
             failures: list[ProduceError] = []
             for batches, outcome in zip(rounds.values(), outcomes, strict=True):
                 for partition, (builder, end) in batches.items():
@@ -91,6 +90,19 @@ class DirectProduce:
                         left.add(partition)
             if failures:
                 raise failures[0]
+
+    async def _send_all(self, rounds: dict[int, dict[int, tuple[Any, int]]]
+                        ) -> list[ProduceAnswer | BaseException]:
+        """Each leader's answer, or what its send raised (one leader: no task to make)."""
+        if len(rounds) > 1:
+            return await asyncio.gather(*(self._send(leader, batches)
+                                          for leader, batches in rounds.items()),
+                                        return_exceptions=True)
+        ((leader, batches),) = rounds.items()
+        try:
+            return [await self._send(leader, batches)]
+        except Exception as error:  # as gather(return_exceptions=True) hands it over
+            return [error]
 
     async def _send(self, leader: int, batches: dict[int, tuple[Any, int]]) -> ProduceAnswer:
         call = ProduceCall(self._topic, {p: builder.data for p, (builder, _) in batches.items()},

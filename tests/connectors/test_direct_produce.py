@@ -142,6 +142,16 @@ def test_a_request_lost_in_transit_raises_for_records_with_ids_and_hands_over_th
     assert stats.failures == 1 and stats.records == 0
 
 
+def test_one_leaders_lost_request_hands_records_without_ids_to_aiokafka() -> None:
+    client = _Client({0: 1, 1: 1}, [KafkaConnectionError("reset")])
+    pending: dict[int, list[Any]] = {0: [_columns(4, False)], 1: [_columns(5, False)]}
+    stats = DeliveryStats()
+
+    assert asyncio.run(DirectProduce(client, "t", 1000).publish(pending, stats)) == {0, 1}
+    assert [len(parts[0]) for parts in pending.values()] == [4, 5]
+    assert stats.failures == 0 and len(client.sent) == 1
+
+
 def test_a_partition_without_a_known_leader_goes_aiokafkas_way() -> None:
     client = _Client({0: -1}, [])
     pending: dict[int, list[Any]] = {0: [_columns(2, False)]}
