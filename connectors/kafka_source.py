@@ -501,8 +501,13 @@ class KafkaSourceReader:
         ])
         kept_partitions = partitions[decoded.accepted]
         assert self._marks is not None
-        for partition in np.unique(kept_partitions).tolist():
-            self._marks.observe(partition, int(decoded.ts[kept_partitions == partition].max()))
+        if len(kept_partitions):
+            # Rows are grouped by partition, in order: each group's newest event time at once.
+            firsts = np.flatnonzero(np.diff(kept_partitions, prepend=-1))
+            newest = np.maximum.reduceat(decoded.ts, firsts)
+            for partition, stamp in zip(kept_partitions[firsts].tolist(), newest.tolist(),
+                                        strict=True):
+                self._marks.observe(partition, stamp)
         return Batch(
             decoded.ts, decoded.key, decoded.columns, kept_partitions, offsets[decoded.accepted]
         )
