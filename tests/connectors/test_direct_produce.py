@@ -79,7 +79,11 @@ class _Cluster:
 
 
 class _Client:
-    """aiokafka's client as ``DirectProduce`` uses it: each send answers from ``outcomes``."""
+    """aiokafka's client as ``DirectProduce`` uses it: each send answers from ``outcomes``.
+
+    (A stand-in because the embedded broker answers no Produce with an error: it appends to
+    partitions and topics that do not exist, and takes batches whose CRC is wrong.)
+    """
 
     def __init__(self, leaders: dict[int, int], outcomes: list[dict[int, int] | Exception]):
         self.cluster = _Cluster(leaders)
