@@ -14,7 +14,12 @@ against the compiled record-batch decoder reading the values in place (the reade
 With ``--broker``, a third table: the whole ``KafkaSourceReader`` over the embedded broker
 (the end-to-end workload's 4-partition topic), both ways alternately, in records per CPU second
 of this process (wall time on a shared box measures the neighbours).
-Run: ``python -m benchmarks.kafka_decode [--records N] [--broker]``.
+With ``--thin``, a thin stream instead: the reader over the embedded broker while a producer
+process writes 10,000 ticks a second to 4 partitions, with Fetch requests packed by
+``connectors.fetch_requests`` against aiokafka's own request objects, alternately; CPU ms of
+this process per read and per Fetch request sent (``fetch_max_wait_ms=5``, as the end-to-end
+latency run).
+Run: ``python -m benchmarks.kafka_decode [--records N] [--broker] [--thin]``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +45,7 @@ from connectors.broker import EmbeddedBroker
 from connectors.codecs import RecordDecoder
 from connectors.fetched_batches import decode_fetch
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader, Timestamp
+from connectors.topics import ensure_topics
 from streamdag.schema import Schema
 
 __all__ = ["main", "make_fetches", "make_values", "measure", "measure_fetches", "measure_reader"]
@@ -161,6 +169,85 @@ def _reader_table(records: int) -> None:
             print(f"{number:<6} {new:>17,.0f} {old:>17,.0f} {new / old:>5.1f}x", flush=True)
 
 
+_TICKS = """
+import asyncio, sys
+from runtime.demo.job import TickProducer
+async def main():
+    producer = TickProducer(sys.argv[1], sys.argv[2], float(sys.argv[3]), symbols=100)
+    task = asyncio.create_task(producer.run())
+    await producer.connected.wait()
+    print("ready", flush=True)
+    await task
+asyncio.run(main())
+"""
+
+
+async def measure_thin(bootstrap: str, topic: str, seconds: float,
+                       fast_requests: bool) -> tuple[float, float, int]:
+    """CPU ms per non-empty read and per Fetch request of a reader of a live ``topic``."""
+    config = KafkaSourceConfig(bootstrap, topic, Schema.of(price="float64"), key_field="symbol",
+                               start="latest", fetch_max_wait_ms=5, max_batch_records=20_000)
+    reader = KafkaSourceReader(config, fast_requests=fast_requests)
+    await reader.open()
+    try:
+        consumer = reader._consumer
+        assert consumer is not None
+        sent = [0]
+        send = consumer._client.send
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            sent[0] += 1
+            return await send(*args, **kwargs)
+
+        consumer._client.send = counted
+        loop = asyncio.get_running_loop()
+        settle = loop.time() + 1.0
+        while loop.time() < settle:
+            await reader.read(20_000, linger_s=0.0)
+        reads, records, sent[0] = 0, 0, 0
+        cpu, stop = time.process_time(), loop.time() + seconds
+        while loop.time() < stop:
+            chunk = await reader.read(20_000, linger_s=0.0)
+            reads += bool(len(chunk.batch))
+            records += len(chunk.batch)
+        cpu = time.process_time() - cpu
+    finally:
+        await reader.close()
+    return cpu * 1e3 / max(1, reads), cpu * 1e3 / max(1, sent[0]), records
+
+
+def _thin_table(rounds: int, seconds: float) -> None:
+    with EmbeddedBroker.start(tempfile.mkdtemp()) as broker:
+        bootstrap = str(broker.bootstrap_servers)
+        topic = f"bench.thin.{time.strftime('%H%M%S')}"
+        asyncio.run(ensure_topics(bootstrap, {topic: 4}))
+        producer = subprocess.Popen([sys.executable, "-c", _TICKS, bootstrap, topic, "10000"],
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert producer.stdout is not None
+            if producer.stdout.readline().strip() != "ready":
+                raise RuntimeError("the tick producer did not start")
+            costs: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
+            for _ in range(rounds):
+                for fast in (True, False):
+                    costs[fast].append(asyncio.run(measure_thin(bootstrap, topic, seconds,
+                                                                fast)))
+        finally:
+            producer.terminate()
+            producer.wait(30)
+    print(f"\nKafkaSourceReader on a thin stream (10,000 ticks/s, 4 partitions, fetch wait 5 ms),"
+          f" {rounds} runs of {seconds:.0f} s each, CPU of this process")
+    print(f"{'Fetch requests':<22} {'ms per read (median)':>21} {'ms per request':>15} "
+          f"{'records':>9}")
+    for fast, label in ((True, "packed here"), (False, "aiokafka's objects")):
+        per_read = float(np.median([c[0] for c in costs[fast]]))
+        per_request = float(np.median([c[1] for c in costs[fast]]))
+        print(f"{label:<22} {per_read:>21.3f} {per_request:>15.3f} "
+              f"{sum(c[2] for c in costs[fast]):>9,}")
+    ratio = np.median([c[0] for c in costs[True]]) / np.median([c[0] for c in costs[False]])
+    print(f"ratio packed / aiokafka per read: {ratio:.3f}")
+
+
 def _compile_seconds() -> float:
     started = time.perf_counter()
     for codec in ("json", "msgpack"):
@@ -177,7 +264,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--broker", action="store_true",
                         help="also time the source reader over the embedded broker")
+    parser.add_argument("--thin", action="store_true",
+                        help="only time the reader on a thin live stream, both Fetch requests")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each (--thin)")
     args = parser.parse_args(argv)
+    if args.thin:
+        _thin_table(args.rounds, 8.0)
+        return
     count = args.records
     print(f"first decode (numba compile or cache load): {_compile_seconds():.2f} s")
     print(f"{'codec':<8} {'prices':<10} {'compiled rec/s':>15} {'per-record rec/s':>17} "

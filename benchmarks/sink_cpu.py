@@ -13,7 +13,13 @@ answers at once (no broker: only the sink's own work is timed, in this one proce
 
 Both modes run alternately, ``--repeats`` times each after an untimed warm-up of each; the table
 shows records per CPU second (``time.process_time``) and the ratio exactly-once / at-least-once.
-Run: ``python -m benchmarks.sink_cpu [--records N] [--batch B] [--epoch E] [--repeats R]``.
+
+With ``--broker``, a second table: the at-least-once sink over the embedded broker (a real
+producer, ``acks='all'``), one flush per batch as a thin stream publishes, our own Produce
+requests (``connectors.direct_produce``) against aiokafka's producer path, alternately; CPU ms
+per flush of this process (the broker's CPU is its own).
+Run: ``python -m benchmarks.sink_cpu [--records N] [--batch B] [--epoch E] [--repeats R]
+[--broker]``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from runtime.dataplane.stats import NodeStats
 from runtime.dataplane.worker import WorkerSnapshot
 from streamdag.batch import Batch
 
-__all__ = ["main", "measure", "workload"]
+__all__ = ["main", "measure", "measure_broker", "workload"]
 
 _KEYS = 100
 _PARTITIONS = 4
@@ -156,6 +162,56 @@ def measure(records: int, batch: int, epoch_records: int, mode: str) -> tuple[fl
     return records / seconds, writer.producer.bytes_sent
 
 
+async def _flush_each(bootstrap: str, topic: str, batches: Sequence[Batch],
+                      direct: bool) -> tuple[float, int]:
+    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic, direct_produce=direct))
+    await writer.open()
+    try:
+        await writer.write(batches[0])  # the connection to the leader opens untimed
+        await writer.flush()
+        started = time.process_time()
+        for batch in batches[1:]:
+            await writer.write(batch)
+            await writer.flush()
+        seconds = time.process_time() - started
+    finally:
+        await writer.close()
+    return seconds * 1e3 / max(1, len(batches) - 1), writer.stats.records
+
+
+def measure_broker(bootstrap: str, topic: str, flushes: int, batch: int,
+                   direct: bool) -> float:
+    """CPU ms per flush of ``flushes`` batches of ``batch`` records over the broker."""
+    batches = workload(flushes * batch, batch)
+    per_flush, delivered = asyncio.run(_flush_each(bootstrap, topic, batches, direct))
+    assert delivered == flushes * batch, (delivered, flushes * batch)
+    return per_flush
+
+
+def _broker_table(flushes: int, batch: int, repeats: int) -> None:
+    from connectors.broker import EmbeddedBroker
+    from connectors.topics import ensure_topics
+
+    modes = {"aiokafka producer": False, "own Produce requests": True}
+    with EmbeddedBroker.start(tempfile.mkdtemp(prefix="bench-sink-cpu-")) as broker:
+        bootstrap = str(broker.bootstrap_servers)
+        asyncio.run(ensure_topics(bootstrap, {"bench.sink-cpu": _PARTITIONS}))
+        for direct in modes.values():
+            measure_broker(bootstrap, "bench.sink-cpu", 50, batch, direct)
+        costs: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(repeats):
+            for mode, direct in modes.items():
+                costs[mode].append(measure_broker(bootstrap, "bench.sink-cpu", flushes, batch,
+                                                  direct))
+    print(f"\nsink over the embedded broker: {flushes:,} flushes of {batch:,} records "
+          f"({_PARTITIONS} partitions), {repeats} runs each, CPU of this process")
+    print("   path                      CPU ms per flush (median)    best")
+    for mode in modes:
+        print(f"   {mode:<26}{np.median(costs[mode]):>22.3f}{min(costs[mode]):>11.3f}")
+    ours, theirs = costs["own Produce requests"], costs["aiokafka producer"]
+    print(f"   ratio own / aiokafka  {np.median(ours) / np.median(theirs):.3f} (median)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Both modes alternately, after a warm-up of each; print records per CPU second."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -163,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--epoch", type=int, default=250_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--broker", action="store_true",
+                        help="also time one flush per batch over the embedded broker")
+    parser.add_argument("--flushes", type=int, default=1_000,
+                        help="flushes per run of the --broker table")
     args = parser.parse_args(argv)
     modes = ("at-least-once", "exactly-once")
     for mode in modes:
@@ -183,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     exactly, least = rates["exactly-once"], rates["at-least-once"]
     print(f"   ratio exactly-once / at-least-once  {np.median(exactly) / np.median(least):.3f}"
           f" (median)  {max(exactly) / max(least):.3f} (best)")
+    if args.broker:
+        _broker_table(args.flushes, args.batch, args.repeats)
 
 
 if __name__ == "__main__":

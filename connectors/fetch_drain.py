@@ -11,7 +11,9 @@ per-record iteration, and a consumer without the private fetcher attributes this
 
 The raw bytes: aiokafka wraps each response in a ``MemoryRecords`` that does not expose them,
 so the drain gives its own consumer's fetcher a copy of ``_proc_fetch_request`` whose
-``MemoryRecords`` keeps them (``_KeptBytes``); no other consumer is touched.
+``MemoryRecords`` keeps them (``_KeptBytes``); no other consumer is touched. Likewise its copy of
+``_get_actions_per_node`` makes ``FastFetchRequest``s (``connectors.fetch_requests``): the same
+requests, packed in one go, their answers read with a few unpacks per partition.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 
+from connectors.fetch_requests import FastFetchRequest
 from connectors.fetched_batches import FetchedRecords, decode_fetch
 
 __all__ = ["FetchDrain"]
 
 _log = logging.getLogger(__name__)
 _FETCHER_ATTRIBUTES = ("_records", "_notify", "_create_fetch_waiter", "_proc_fetch_request",
-                       "_isolation_level", "_wait_consume_future", "_closed")
+                       "_get_actions_per_node", "_isolation_level", "_wait_consume_future",
+                       "_closed")
 _RESULT_ATTRIBUTES = ("check_assignment", "_update_position", "getall")
 
 
@@ -60,11 +64,14 @@ class FetchDrain:
     """Records of a consumer's assigned partitions, as columns per partition.
 
     ``compiled=False`` reads every fetch through aiokafka's per-record path (a reference for
-    tests and benchmarks).
+    tests and benchmarks); ``fast_requests=False`` leaves aiokafka's own Fetch request objects
+    (``connectors.fetch_requests`` packs them otherwise).
     """
 
-    def __init__(self, consumer: AIOKafkaConsumer, *, compiled: bool = True) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, *, compiled: bool = True,
+                 fast_requests: bool = True) -> None:
         self._consumer = consumer
+        self._fast_requests = fast_requests
         self._held: OrderedDict[TopicPartition, FetchedRecords] = OrderedDict()
         self._fetcher = self._take_over_fetcher(consumer) if compiled else None
         self._read_committed = self._fetcher is not None and (
@@ -113,11 +120,9 @@ class FetchDrain:
             _log.warning("aiokafka's fetcher lacks the attributes the compiled fetch decoder "
                          "uses (another aiokafka version?); reading records one by one")
             return None
-        function = type(fetcher)._proc_fetch_request
-        scope = {**function.__globals__, "MemoryRecords": _KeptBytes}
-        copy = types.FunctionType(function.__code__, scope, function.__name__,
-                                  function.__defaults__, function.__closure__)
-        fetcher._proc_fetch_request = types.MethodType(copy, fetcher)
+        _replace_global(fetcher, "_proc_fetch_request", "MemoryRecords", _KeptBytes)
+        if self._fast_requests:
+            _replace_global(fetcher, "_get_actions_per_node", "FetchRequest", FastFetchRequest)
         return fetcher
 
     def _drain_fetcher(self, wanted: set[TopicPartition]) -> None:
@@ -201,6 +206,15 @@ class FetchDrain:
         }
 
 
+def _replace_global(fetcher: Any, method: str, name: str, replacement: object) -> None:
+    """Give ``fetcher`` its own copy of ``method`` that sees ``replacement`` as ``name``."""
+    function = getattr(type(fetcher), method)
+    scope = {**function.__globals__, name: replacement}
+    copy = types.FunctionType(function.__code__, scope, function.__name__,
+                              function.__defaults__, function.__closure__)
+    setattr(fetcher, method, types.MethodType(copy, fetcher))
+
+
 def _known_fetcher(fetcher: Any) -> bool:
     """Whether ``fetcher`` has everything of aiokafka 0.14's fetcher that the drain uses."""
     if fetcher is None or not all(hasattr(fetcher, name) for name in _FETCHER_ATTRIBUTES):
@@ -209,4 +223,5 @@ def _known_fetcher(fetcher: Any) -> bool:
     return (all(hasattr(result_type, name) for name in _RESULT_ATTRIBUTES)
             and hasattr(aiokafka_fetcher, "MemoryRecords")
             and hasattr(aiokafka_fetcher, "READ_COMMITTED")
-            and "MemoryRecords" in type(fetcher)._proc_fetch_request.__code__.co_names)
+            and "MemoryRecords" in type(fetcher)._proc_fetch_request.__code__.co_names
+            and "FetchRequest" in type(fetcher)._get_actions_per_node.__code__.co_names)

@@ -128,9 +128,8 @@ class FetchedRecords:
         for piece in pieces:
             if not len(piece):
                 continue
-            first = int(min(piece.key_start.min(), piece.value_start.min()))
-            stop = int(max((piece.key_start + np.maximum(piece.key_length, 0)).max(),
-                           (piece.value_start + np.maximum(piece.value_length, 0)).max()))
+            first, stop = _bytes_span(piece.key_start, piece.key_length, piece.value_start,
+                                      piece.value_length)
             parts.append(piece.buffer[first:stop])
             key_starts.append(piece.key_start - (first - base))
             value_starts.append(piece.value_start - (first - base))
@@ -190,6 +189,19 @@ def decode_fetch(raw: bytes, *, fetch_offset: int, read_committed: bool) -> Fetc
         return None
     return FetchedRecords(buffer, offsets[:kept], timestamps[:kept], spans[0, :kept],
                           spans[1, :kept], spans[2, :kept], spans[3, :kept], next_offset)
+
+
+@njit(cache=True)
+def _bytes_span(key_start: _I64, key_length: _I64, value_start: _I64,
+                value_length: _I64) -> tuple[int, int]:
+    """Where the keys and values of some records start and end in their buffer (a null key or
+    value counts as empty at its start)."""
+    first, stop = key_start[0], key_start[0]
+    for i in range(len(key_start)):
+        first = min(first, key_start[i], value_start[i])
+        stop = max(stop, key_start[i] + max(key_length[i], 0),
+                   value_start[i] + max(value_length[i], 0))
+    return first, stop
 
 
 @njit(cache=True)

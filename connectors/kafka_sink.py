@@ -20,6 +20,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values_buffer
+from connectors.direct_produce import DirectProduce, direct_produce_for
 from connectors.epoch_batches import EncodedBatch, EpochBatches
 from connectors.epoch_commits import EpochLedger
 from connectors.errors import ConnectorConfigError, ProduceError, TopicError
@@ -54,6 +55,9 @@ class KafkaSinkConfig:
     max_backoff_s: float = 2.0
     request_timeout_ms: int = 30_000
     compression_type: str | None = None
+    #: Send built batches as Produce requests of our own on aiokafka's connections
+    #: (``connectors.direct_produce``); False sends every batch through aiokafka's producer.
+    direct_produce: bool = True
     client_id: str = "streamdag-sink"
     #: The shape of each record value (fields, names, event-time unit).
     record_format: RecordFormat = DEFAULT_RECORD_FORMAT
@@ -95,6 +99,7 @@ class KafkaSinkWriter:
         self._policy = config.retry_policy()
         self._producer_factory = producer_factory or _default_producer
         self._producer: Any = None
+        self._direct: DirectProduce | None = None
         self._partition_count = 0
         #: Per partition, records to send in order: runs of records, and epochs built already.
         self._pending: dict[int, list[RecordColumns | BuiltBatches]] = {}
@@ -115,6 +120,9 @@ class KafkaSinkWriter:
                 f"{self._config.bootstrap_servers}; create it first (ensure_topics)"
             )
         self._partition_count = len(partitions)
+        if self._config.direct_produce:
+            self._direct = direct_produce_for(producer, self._config.topic,
+                                              self._config.request_timeout_ms)
         _warm_up_kernels(self._config)
 
     async def write(
@@ -187,6 +195,15 @@ class KafkaSinkWriter:
         """Publish everything pending; return once acknowledged, or raise ProduceError."""
         if not self._pending:
             return
+        if self._direct is not None:
+            # Step 1: our own Produce requests; what they leave goes aiokafka's way (step 2).
+            try:
+                left = await self._direct.publish(self._pending, self.stats)
+            finally:
+                for partition in [p for p, parts in self._pending.items() if not parts]:
+                    del self._pending[partition]
+            if not left:
+                return
         partitions = sorted(self._pending)
         outcomes = await asyncio.gather(*(self._publish(p) for p in partitions),
                                         return_exceptions=True)
@@ -261,6 +278,7 @@ class KafkaSinkWriter:
             await self.flush()
         finally:
             self._producer = None
+            self._direct = None
             await producer.stop()
             await self._ledger.close()
 

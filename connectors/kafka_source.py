@@ -166,7 +166,8 @@ class KafkaSourceReader:
     ``resume_from`` (partition -> offset, from a checkpoint) overrides ``start`` for the
     partitions it names. ``clock`` drives partition idleness (inject one in tests).
     ``compiled_fetch=False`` reads fetches through aiokafka's per-record path (``FetchDrain``;
-    a reference for tests and benchmarks).
+    a reference for tests and benchmarks); ``fast_requests=False`` keeps aiokafka's own Fetch
+    request objects (``connectors.fetch_requests``; a reference for benchmarks).
     """
 
     def __init__(
@@ -177,9 +178,11 @@ class KafkaSourceReader:
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
         compiled_fetch: bool = True,
+        fast_requests: bool = True,
     ) -> None:
         self._config = config
         self._compiled_fetch = compiled_fetch
+        self._fast_requests = fast_requests
         self._drain: FetchDrain | None = None
         self._resume_from = dict(resume_from or {})
         # Partitions go idle on the time spent reading them, not on time held back.
@@ -223,7 +226,8 @@ class KafkaSourceReader:
         )
         await consumer.start()
         self._consumer = consumer
-        self._drain = FetchDrain(consumer, compiled=self._compiled_fetch)
+        self._drain = FetchDrain(consumer, compiled=self._compiled_fetch,
+                                 fast_requests=self._fast_requests)
         try:
             partitions = await self._resolve_partitions(consumer)
             tps = [TopicPartition(config.topic, p) for p in partitions]
@@ -501,8 +505,13 @@ class KafkaSourceReader:
         ])
         kept_partitions = partitions[decoded.accepted]
         assert self._marks is not None
-        for partition in np.unique(kept_partitions).tolist():
-            self._marks.observe(partition, int(decoded.ts[kept_partitions == partition].max()))
+        if len(kept_partitions):
+            # Rows are grouped by partition, in order: each group's newest event time at once.
+            firsts = np.flatnonzero(np.diff(kept_partitions, prepend=-1))
+            newest = np.maximum.reduceat(decoded.ts, firsts)
+            for partition, stamp in zip(kept_partitions[firsts].tolist(), newest.tolist(),
+                                        strict=True):
+                self._marks.observe(partition, stamp)
         return Batch(
             decoded.ts, decoded.key, decoded.columns, kept_partitions, offsets[decoded.accepted]
         )

@@ -70,6 +70,11 @@ class PrebuiltBatch(BatchBuilder):  # type: ignore[misc]  # aiokafka is untyped
         self._relative_offset = count
         self._closed = True
 
+    @property
+    def data(self) -> bytearray:
+        """The batch's bytes, as sent."""
+        return self._buffer
+
     def append(self, *, timestamp: object, key: object, value: object,
                headers: object = ()) -> None:
         """A built batch takes no more records."""
@@ -190,18 +195,15 @@ class RecordColumns:
         """
         if position >= len(self):
             return PrebuiltBatch(bytearray(_HEADER.size), 0), position
-        stamps = self.timestamps_ms[position:]
-        if bool((stamps < 0).any()):
-            stamps = np.where(stamps < 0, int(time.time() * 1000), stamps)
-        name = np.frombuffer(self.header_name, dtype=np.uint8)
-        body, count = _write_records(
-            self.keys[position:], self.key_lengths[position:], self.values,
-            self.value_offsets[position:], stamps, name, self.header_values,
-            self.header_offsets[position:], self.has_header[position:], self.max_batch_bytes,
-            _HEADER.size)
+        # One compiled pass: producer-clock stamps, the records that fit, their first and
+        # highest timestamps; then the header and its checksum.
+        body, count, first, highest = _write_records(
+            self.keys, self.key_lengths, self.values, self.value_offsets, self.timestamps_ms,
+            np.frombuffer(self.header_name, dtype=np.uint8), self.header_values,
+            self.header_offsets, self.has_header, position, self.max_batch_bytes,
+            _HEADER.size, int(time.time() * 1000))
         buffer = bytearray(body.data)  # the header's bytes lead, written by seal_batch
-        return (seal_batch(buffer, count, int(stamps[0]), int(stamps[:count].max())),
-                position + count)
+        return seal_batch(buffer, count, first, highest), position + count
 
 
 def seal_batch(buffer: bytearray, count: int, first_ms: int, highest_ms: int) -> PrebuiltBatch:
@@ -338,49 +340,57 @@ def _record_size(key_length: int, value_length: int, delta_ts: int, delta_offset
 
 @njit(cache=True)
 def _write_records(keys: _U8, key_lengths: _I64, values: _U8, value_offsets: _I64,
-                   stamps: _I64, name: _U8, headers: _U8, header_offsets: _I64,
-                   has_header: npt.NDArray[np.bool_], budget: int,
-                   header_size: int) -> tuple[_U8, int]:
-    # Pass 1: how many records fit (the first always does), and their bytes.
-    count, total, first = 0, header_size, stamps[0]
+                   all_stamps: _I64, name: _U8, headers: _U8, header_offsets: _I64,
+                   has_header: npt.NDArray[np.bool_], start: int, budget: int,
+                   header_size: int, now_ms: int) -> tuple[_U8, int, int, int]:
+    # Pass 1: how many records from ``start`` fit (the first always does), and their bytes;
+    # a negative timestamp takes the producer's clock ``now_ms``.
+    stamps = all_stamps[start:]
+    first = stamps[0] if stamps[0] >= 0 else now_ms
+    count, total, highest = 0, header_size, first
     for i in range(len(stamps)):
-        body = _record_size(key_lengths[i], value_offsets[i + 1] - value_offsets[i],
-                            stamps[i] - first, i, len(name),
-                            header_offsets[i + 1] - header_offsets[i], has_header[i])
+        r = start + i
+        stamp = stamps[i] if stamps[i] >= 0 else now_ms
+        body = _record_size(key_lengths[r], value_offsets[r + 1] - value_offsets[r],
+                            stamp - first, i, len(name),
+                            header_offsets[r + 1] - header_offsets[r], has_header[r])
         size = body + _varint_size(body)
         if count > 0 and total + size >= budget:  # as aiokafka: a full batch stays under
             break
         total += size
         count += 1
+        highest = max(highest, stamp)
     # Pass 2: write them.
     out = np.empty(total, dtype=np.uint8)
     at = header_size
     for i in range(count):
-        key_length = key_lengths[i]
-        value_start, value_stop = value_offsets[i], value_offsets[i + 1]
+        r = start + i
+        stamp = stamps[i] if stamps[i] >= 0 else now_ms
+        key_length = key_lengths[r]
+        value_start, value_stop = value_offsets[r], value_offsets[r + 1]
         value_length = value_stop - value_start
-        width = header_offsets[i + 1] - header_offsets[i]
-        body = _record_size(key_length, value_length, stamps[i] - first, i, len(name), width,
-                            has_header[i])
+        width = header_offsets[r + 1] - header_offsets[r]
+        body = _record_size(key_length, value_length, stamp - first, i, len(name), width,
+                            has_header[r])
         at = _put_varint(out, at, body)
         out[at] = 0  # attributes
-        at = _put_varint(out, at + 1, stamps[i] - first)
+        at = _put_varint(out, at + 1, stamp - first)
         at = _put_varint(out, at, i)
         at = _put_varint(out, at, key_length)
-        out[at: at + key_length] = keys[i, :key_length]
+        out[at: at + key_length] = keys[r, :key_length]
         at = _put_varint(out, at + key_length, value_length)
         out[at: at + value_length] = values[value_start:value_stop]
         at += value_length
-        if has_header[i]:
+        if has_header[r]:
             at = _put_varint(out, at, 1)
             at = _put_varint(out, at, len(name))
             out[at: at + len(name)] = name
             at = _put_varint(out, at + len(name), width)
-            out[at: at + width] = headers[header_offsets[i]: header_offsets[i + 1]]
+            out[at: at + width] = headers[header_offsets[r]: header_offsets[r + 1]]
             at += width
         else:
             at = _put_varint(out, at, 0)
-    return out, count
+    return out, count, first, highest
 
 
 @njit(cache=True)

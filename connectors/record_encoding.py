@@ -274,22 +274,36 @@ def _check_names(batch: Batch, time_label: str, key_label: str) -> None:
             )
 
 
+#: Each key's JSON text, once quoted (keys repeat batch after batch); emptied when full.
+_KEY_TEXTS: dict[bytes, str] = {}
+_KEY_TEXTS_LIMIT = 1 << 15
+
+
 def _json_key_texts(keys: npt.NDArray[np.bytes_], validate_only: bool = False) -> list[str]:
-    # Keys repeat, so each distinct key is checked and quoted once.
+    # Keys repeat, so each distinct key is checked and quoted once, and kept for later batches:
+    # a batch of known keys is one C-level lookup per record.
     if validate_only and not bool((keys.view(np.uint8) >= 128).any()):
         return []
-    distinct, inverse = np.unique(keys, return_inverse=True)
-    texts: list[str] = []
-    for key in distinct.tolist():
-        try:
-            text = key.decode("utf-8")
-        except UnicodeDecodeError:
-            raise EncodeError(
-                f"key {key!r} is not UTF-8, so it cannot be written as a string; give the "
-                "stream text keys, or use raw keys in a sink of your own"
-            ) from None
-        texts.append(json.dumps(text, ensure_ascii=False))
-    if validate_only:
-        return []
-    quoted: list[str] = np.asarray(texts, dtype=object)[inverse.reshape(-1)].tolist()
-    return quoted
+    listed = keys.tolist()
+    try:
+        quoted = list(map(_KEY_TEXTS.__getitem__, listed))
+    except KeyError:
+        new = set(listed).difference(_KEY_TEXTS)
+        if len(_KEY_TEXTS) + len(new) > _KEY_TEXTS_LIMIT:
+            _KEY_TEXTS.clear()
+            new = set(listed)
+        _KEY_TEXTS.update(zip(new, map(_json_key_text, new), strict=True))
+        quoted = list(map(_KEY_TEXTS.__getitem__, listed))
+    return [] if validate_only else quoted
+
+
+def _json_key_text(key: bytes) -> str:
+    """One key as a JSON string; ``EncodeError`` when it is not UTF-8."""
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EncodeError(
+            f"key {key!r} is not UTF-8, so it cannot be written as a string; give the "
+            "stream text keys, or use raw keys in a sink of your own"
+        ) from None
+    return json.dumps(text, ensure_ascii=False)
