@@ -287,7 +287,7 @@ class NodeHost:
         ``host`` defaults to the address other Ray nodes reach this process at.
         """
         if self._data_port is None:
-            self._data_port = DataPort(self.push)
+            self._data_port = DataPort(self.push_nowait)
         return await self._data_port.open(host or node_address())
 
     def subscribe(self, edge: str, target: Target, incarnation: int = 0) -> None:
@@ -352,14 +352,23 @@ class NodeHost:
     # -- data in --------------------------------------------------------------------------
     async def push(self, envelope: Envelope) -> None:
         """Receive an envelope; returns once it has been processed (that is the ack)."""
+        await self.push_nowait(envelope)
+
+    def push_nowait(self, envelope: Envelope) -> asyncio.Future[None]:
+        """``push`` without a coroutine: queue ``envelope`` now; the future is the ack.
+
+        A data connection hands each push over with it as it arrives, in order, and answers
+        once the future completes: no task per push.
+        """
         assert self._queue is not None, f"node {self.config.name!r} got a push before ready()"
-        if self._held is not None:
-            raise self._refusal()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((envelope, done))
+        if self._held is not None:
+            done.set_exception(self._refusal())
+            return done
+        self._queue.put_nowait((envelope, done))
         stats = self.worker.stats
         stats.max_queue_depth = max(stats.max_queue_depth, self._queue.qsize())
-        await done
+        return done
 
     async def push_stored(self, edge: str, incarnation: int, seq: int, sent_at: float,
                           payloads: tuple[Payload, ...]) -> None:
