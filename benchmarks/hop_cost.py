@@ -26,6 +26,7 @@ import io
 import multiprocessing
 import pstats
 import resource
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -267,14 +268,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="write the profiled side's raw statistics there (pstats)")
     parser.add_argument("--sort", default="cumulative", help="pstats order of the top list")
     args = parser.parse_args(argv)
+    runs: list[list[SideFigures]] = []
     for _ in range(args.repeat):
         figures = measure(args.rate, args.records, args.seconds, profile=args.profile,
                           profile_side=args.profile_side, dump=args.profile_dump,
                           sort=args.sort)
+        runs.append(figures)
         print(_table(figures, args.rate, args.records, args.seconds, args.profile), flush=True)
         for f in figures:
             if f.profile:
-                print(f"\n{f.side}: top functions by cumulative time\n{f.profile}", flush=True)
+                print(f"\n{f.side}: top functions ({args.sort})\n{f.profile}", flush=True)
+    if len(runs) > 1:
+        medians = {side: statistics.median(run[index].cpu_us_per_batch for run in runs)
+                   for index, side in enumerate(_SIDES)}
+        print(f"median of {len(runs)} runs, CPU us per batch: "
+              + ", ".join(f"{side} {value:.0f}" for side, value in medians.items())
+              + f"; all three {sum(medians.values()):.0f}", flush=True)
 
 
 if __name__ == "__main__":

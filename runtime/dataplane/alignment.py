@@ -114,7 +114,10 @@ class _Runs:
 
 def _merge(runs: Sequence[Batch]) -> Batch:
     # Runs are consecutive arrivals in order, so a stable sort of their concatenation orders
-    # equal times by arrival; timsort merges the already sorted runs in linear time.
+    # equal times by arrival; timsort merges the already sorted runs in linear time. A run
+    # alone is sorted already (the common case: a batch released by the watermark after it).
+    if len(runs) == 1:
+        return runs[0]
     return Batch.concat(runs).sorted_by_time()
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from runtime.dataplane.messages import Envelope, Payload
-from runtime.dataplane.sockets import pickled_payloads
+from runtime.dataplane.payload_codec import encoded_payloads
 
 __all__ = ["Channel", "LocalTarget", "RayTarget", "Shipment", "Target"]
 
@@ -39,7 +39,7 @@ class Shipment:
     With several actor subscribers, the payloads are put in Ray's object store once and every
     push carries the reference (``RayTarget.deliver_shared``), instead of each call pickling
     and copying them again; over data connections (``SocketTarget.deliver_shared``) they are
-    pickled once and the same bytes go to every subscriber. In-process receivers get the
+    encoded once and the same bytes go to every subscriber. In-process receivers get the
     objects themselves.
     """
 
@@ -49,7 +49,7 @@ class Shipment:
         #: Whether pushes to actors carry one stored copy (worth it from two subscribers on).
         self.share = share
         self._ref: Any = None
-        self._pickled: bytes | None = None
+        self._encoded: bytes | None = None
 
     def object_ref(self) -> Any:
         """The payloads in Ray's object store, put there on the first call only."""
@@ -59,11 +59,12 @@ class Shipment:
             self._ref = ray.put(self.payloads)
         return self._ref
 
-    def pickled(self) -> bytes:
-        """The payloads pickled for a data connection, on the first call only."""
-        if self._pickled is None:
-            self._pickled = pickled_payloads(self.payloads)
-        return self._pickled
+    def encoded(self) -> bytes:
+        """The payloads encoded for a data connection (``payload_codec``), on the first call
+        only."""
+        if self._encoded is None:
+            self._encoded = encoded_payloads(self.payloads)
+        return self._encoded
 
 
 class RayTarget:

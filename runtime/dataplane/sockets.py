@@ -15,8 +15,9 @@ connection, which fails every push in flight.
 Frames, each after a 4-byte big-endian length:
 
 - a push (sender to receiver): request id, incarnation, seq, ``sent_at``, the edge name, then
-  the payloads pickled (protocol 5, numpy arrays out of band: ``pickled_payloads``), once per
-  shipment whatever the number of subscribers;
+  the payloads packed (``runtime.dataplane.payload_codec``: batches and control messages with
+  ``struct``, arrays raw; pickle for anything else), once per shipment whatever the number of
+  subscribers;
 - an answer (receiver to sender): request id, then nothing (processed) or the pickled exception
   that processing raised.
 
@@ -45,11 +46,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime.dataplane.frames import LENGTH, FrameCutter
-from runtime.dataplane.messages import Envelope, Payload
-from runtime.dataplane.out_of_band import framed, unframed
+from runtime.dataplane.messages import Envelope
+from runtime.dataplane.payload_codec import decoded_payloads, encoded_payloads
 
-__all__ = ["DataPort", "ReceiverGoneError", "SocketTarget", "node_address", "pickled_payloads",
-           "unpickled_payloads"]
+__all__ = ["DataPort", "ReceiverGoneError", "SocketTarget", "node_address"]
 
 #: A push's fixed part: request id, incarnation, seq, sent_at, length of the edge name.
 _PUSH = struct.Struct("!QQQdH")
@@ -77,29 +77,6 @@ def node_address() -> str:
     if not ray.is_initialized():
         return "127.0.0.1"
     return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]  # untyped in Ray
-
-
-def pickled_payloads(payloads: tuple[Payload, ...]) -> bytes:
-    """The payloads of a push as they travel: numpy arrays out of band, after the pickle.
-
-    The receiver's arrays are views of the frame it read (read-only, no copy), as Ray hands
-    over arrays from its object store; the sender copies them once, into these bytes.
-
-    >>> import numpy as np
-    >>> (ts,) = unpickled_payloads(pickled_payloads((np.arange(3),)))
-    >>> ts.tolist(), ts.flags.writeable
-    ([0, 1, 2], False)
-    """
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(payloads, protocol=5, buffer_callback=buffers.append)
-    return b"".join(framed(data, [buffer.raw() for buffer in buffers]))
-
-
-def unpickled_payloads(data: bytes | memoryview) -> tuple[Payload, ...]:
-    """The payloads of ``pickled_payloads``, their arrays views of ``data``."""
-    pickled, buffers = unframed(memoryview(data))
-    payloads: tuple[Payload, ...] = pickle.loads(pickled, buffers=buffers)
-    return payloads
 
 
 class DataPort:
@@ -232,11 +209,11 @@ class SocketTarget:
 
     def deliver(self, envelope: Envelope) -> asyncio.Future[None]:
         """Send ``envelope``; the future completes once the receiver processed it."""
-        return self._send(envelope, pickled_payloads(envelope.payloads))
+        return self._send(envelope, encoded_payloads(envelope.payloads))
 
     def deliver_shared(self, envelope: Envelope, shipment: Any) -> asyncio.Future[None]:
-        """``deliver``, with the payloads pickled once for every subscriber of the shipment."""
-        return self._send(envelope, shipment.pickled())
+        """``deliver``, with the payloads encoded once for every subscriber of the shipment."""
+        return self._send(envelope, shipment.encoded())
 
     def close(self) -> None:
         """Close this process's connection (pushes still in flight fail)."""
@@ -420,7 +397,7 @@ def _unpack_push(frame: memoryview) -> Envelope:
     _, incarnation, seq, sent_at, edge_length = _PUSH.unpack_from(frame)
     start = _PUSH.size + edge_length
     edge = bytes(frame[_PUSH.size:start]).decode()
-    first, *trailing = unpickled_payloads(frame[start:])
+    first, *trailing = decoded_payloads(frame[start:])
     return Envelope(edge, incarnation, seq, first, sent_at, tuple(trailing))
 
 
