@@ -39,6 +39,7 @@ from runtime.dataplane.failures import (
     followed_a_failure,
 )
 from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
+from runtime.dataplane.inbox import Inbox
 from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
@@ -111,7 +112,7 @@ class NodeHost:
         self._channels: dict[str, Channel] = {}
         #: Where pushes come in over data connections of their own (``open_data_port``).
         self._data_port: DataPort | None = None
-        self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] | None = None
+        self._queue: Inbox[tuple[Envelope, asyncio.Future[None]]] | None = None
         self._drain_task: asyncio.Task[None] | None = None
         #: Held while the worker's output of one step is emitted, so that output of the drain
         #: loop and of ``unfollow`` never interleaves.
@@ -135,7 +136,7 @@ class NodeHost:
     async def ready(self) -> str:
         """Load kernels while the connectors open, start the drain loop; the node id once ready."""
         if self._queue is None:
-            self._queue = asyncio.Queue()
+            self._queue = Inbox()
             self._finished = asyncio.Event()
             self._drain_task = asyncio.create_task(self._drain())
             await warm_up_while_opening(self.worker, (self._source_factory, self._sink_factory),
@@ -427,8 +428,13 @@ class NodeHost:
         self, payloads: list[Payload], position: dict[int, int] | None = None
     ) -> None:
         # Counted as emitted (stats) only once every subscriber has acknowledged it.
-        delivery = self._deliveries.open(
-            sum(len(p) for p in payloads if isinstance(p, Batch)), position)
+        events, ends = 0, False
+        for payload in payloads:
+            if isinstance(payload, Batch):
+                events += len(payload)
+            elif isinstance(payload, EndOfStream):
+                ends = True
+        delivery = self._deliveries.open(events, position)
         try:
             for payload in payloads:
                 if self._held is not None:
@@ -446,12 +452,12 @@ class NodeHost:
                     raise self._refusal()
                 # One push per subscriber carries the whole step (its batch, then the
                 # watermark, barrier or end of stream after it), serialized once for all.
-                actors = sum(hasattr(c.target, "deliver_shared")
-                             for c in self._channels.values())
-                shipment = Shipment(payloads, share=actors > 1)
+                share = len(self._channels) > 1 and sum(
+                    hasattr(c.target, "deliver_shared") for c in self._channels.values()) > 1
+                shipment = Shipment(payloads, share=share)
                 for edge, channel in list(self._channels.items()):
                     await self._send(edge, channel, shipment, delivery)
-            if any(isinstance(payload, EndOfStream) for payload in payloads):
+            if ends:
                 await self.drain()
                 assert self._finished is not None
                 self._finished.set()
