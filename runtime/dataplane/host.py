@@ -394,8 +394,9 @@ class NodeHost:
                     await self._emit(self.worker.accept(envelope))
                 publications, self._publications = self._publications, []
                 if publications:  # acknowledged once what it brought is in the sink
-                    asyncio.gather(*publications).add_done_callback(
-                        functools.partial(self._published, done))
+                    published = (publications[0] if len(publications) == 1
+                                 else asyncio.gather(*publications))
+                    published.add_done_callback(functools.partial(self._published, done))
                 elif not done.done():
                     done.set_result(None)
             except Exception as exc:  # surfaced to the sender through its ack
