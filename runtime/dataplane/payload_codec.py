@@ -133,7 +133,10 @@ def _pack_batch(batch: Batch, parts: list[Any]) -> bool:
     parts.append(_BATCH.pack(b"B", len(batch), len(names), lineage))
     described = []
     for index, array in enumerate(arrays):
-        if array.dtype.hasobject or array.ndim != 1:
+        # A dtype's string names only its itemsize when it has fields or a subarray ('|V8'):
+        # such a column goes pickled, which keeps its layout.
+        if (array.dtype.hasobject or array.ndim != 1 or array.dtype.names is not None
+                or array.dtype.subdtype is not None):
             return False
         dtype = array.dtype.str.encode()
         described.append(bytes((len(dtype),)) + dtype)

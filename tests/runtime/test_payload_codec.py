@@ -82,3 +82,14 @@ def test_what_does_not_pack_travels_pickled() -> None:
     assert data[:1] == b"P"
     assert isinstance(batch, Batch) and batch.columns["x"].tolist() == [{"k": 1}, None]
     assert watermark == Watermark(9)
+
+
+def test_a_column_with_fields_travels_pickled_with_its_fields() -> None:
+    pairs = np.array([(1, 2.5), (3, 4.5)], dtype=[("n", "<i4"), ("x", "<f8")])
+    sent = (Batch(np.arange(2, dtype=np.int64), np.array([b"a", b"b"]), {"pair": pairs}),)
+    data = encoded_payloads(sent)
+    (batch,) = decoded_payloads(memoryview(data))
+    assert data[:1] == b"P"
+    assert isinstance(batch, Batch)
+    assert batch.columns["pair"].dtype == pairs.dtype
+    assert batch.columns["pair"].tolist() == [(1, 2.5), (3, 4.5)]
