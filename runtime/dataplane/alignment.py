@@ -80,7 +80,8 @@ class _Runs:
         self.count = sum(len(run) for run in self.runs)
 
     def add(self, batch: Batch) -> None:
-        self.runs.append(batch.sorted_by_time())
+        """Hold ``batch`` (sorted by time already) as the newest run."""
+        self.runs.append(batch)
         self.count += len(batch)
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             newest = self.runs.pop()
@@ -114,7 +115,10 @@ class _Runs:
 
 def _merge(runs: Sequence[Batch]) -> Batch:
     # Runs are consecutive arrivals in order, so a stable sort of their concatenation orders
-    # equal times by arrival; timsort merges the already sorted runs in linear time.
+    # equal times by arrival; timsort merges the already sorted runs in linear time. A run
+    # alone is sorted already (the common case: a batch released by the watermark after it).
+    if len(runs) == 1:
+        return runs[0]
     return Batch.concat(runs).sorted_by_time()
 
 
@@ -191,13 +195,14 @@ class EventTimeAligner:
         """Hold a batch of input ``input_index``; return its late events (often none)."""
         if not len(batch):
             return batch
-        if int(batch.ts.min()) >= self._released_below:
-            self._held[input_index].add(batch)
+        in_order = batch.sorted_by_time()
+        if int(in_order.ts[0]) >= self._released_below:  # the common case: none is late
+            self._held[input_index].add(in_order)
             return batch.slice(0, 0)
-        late = batch.ts < self._released_below
+        late = batch.ts < self._released_below  # handed back in arrival order
         on_time = batch.take(~late)
         if len(on_time):
-            self._held[input_index].add(on_time)
+            self._held[input_index].add(on_time.sorted_by_time())
         return batch.take(late)
 
     def advance(self, input_index: int, watermark: int) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from runtime.dataplane.messages import Envelope, Payload
-from runtime.dataplane.sockets import pickled_payloads
+from runtime.dataplane.payload_codec import encoded_payloads
 
 __all__ = ["Channel", "LocalTarget", "RayTarget", "Shipment", "Target"]
 
@@ -39,7 +39,7 @@ class Shipment:
     With several actor subscribers, the payloads are put in Ray's object store once and every
     push carries the reference (``RayTarget.deliver_shared``), instead of each call pickling
     and copying them again; over data connections (``SocketTarget.deliver_shared``) they are
-    pickled once and the same bytes go to every subscriber. In-process receivers get the
+    encoded once and the same bytes go to every subscriber. In-process receivers get the
     objects themselves.
     """
 
@@ -49,7 +49,7 @@ class Shipment:
         #: Whether pushes to actors carry one stored copy (worth it from two subscribers on).
         self.share = share
         self._ref: Any = None
-        self._pickled: bytes | None = None
+        self._encoded: bytes | None = None
 
     def object_ref(self) -> Any:
         """The payloads in Ray's object store, put there on the first call only."""
@@ -59,11 +59,12 @@ class Shipment:
             self._ref = ray.put(self.payloads)
         return self._ref
 
-    def pickled(self) -> bytes:
-        """The payloads pickled for a data connection, on the first call only."""
-        if self._pickled is None:
-            self._pickled = pickled_payloads(self.payloads)
-        return self._pickled
+    def encoded(self) -> bytes:
+        """The payloads encoded for a data connection (``payload_codec``), on the first call
+        only."""
+        if self._encoded is None:
+            self._encoded = encoded_payloads(self.payloads)
+        return self._encoded
 
 
 class RayTarget:
@@ -116,6 +117,8 @@ class Channel:
         self._in_flight: deque[asyncio.Future[Any]] = deque()
         #: What the first failed push raised; a failed channel sends nothing more.
         self.failure: Exception | None = None
+        self._deliver_shared: Callable[[Envelope, Shipment], Awaitable[Any]] | None = getattr(
+            target, "deliver_shared", None)
 
     @property
     def in_flight(self) -> int:
@@ -129,21 +132,26 @@ class Channel:
         processed the envelope, or fails with what delivering it raised. Waiting for credit
         raises what the oldest push raised: a channel whose receiver failed sends nothing more.
         """
+        # Step 1: acknowledged pushes leave the window without a wait; then, without credit,
+        # the oldest is waited for (the backpressure).
+        while self._in_flight and self._in_flight[0].done():
+            self._take_oldest()
         while len(self._in_flight) >= self.credits:
             started = self._clock()
             await self._settle_oldest()
             self.backpressure_wait_seconds += self._clock() - started
         if self.failure is not None:
             raise self.failure
+        # Step 2: the next envelope, delivered (the payloads shared once for all subscribers
+        # where the target can).
         shipment = payload if isinstance(payload, Shipment) else Shipment((payload,))
         first, *trailing = shipment.payloads
         envelope = Envelope(self.edge, self.incarnation, self.next_seq, first, time.time(),
                             tuple(trailing))
         self.next_seq += 1
-        deliver_shared = getattr(self.target, "deliver_shared", None)
         ack: asyncio.Future[Any]
-        if shipment.share and deliver_shared is not None:
-            ack = asyncio.ensure_future(deliver_shared(envelope, shipment))
+        if shipment.share and self._deliver_shared is not None:
+            ack = asyncio.ensure_future(self._deliver_shared(envelope, shipment))
         else:
             ack = asyncio.ensure_future(self.target.deliver(envelope))
         self._in_flight.append(ack)
@@ -158,8 +166,13 @@ class Channel:
 
     async def _settle_oldest(self) -> None:
         oldest = self._in_flight[0]
-        await asyncio.wait([oldest])
-        self._in_flight.popleft()
+        if not oldest.done():
+            await asyncio.wait([oldest])
+        self._take_oldest()
+
+    def _take_oldest(self) -> None:
+        """Take the oldest push, acknowledged or failed, off the window; raise if it failed."""
+        oldest = self._in_flight.popleft()
         if self.failure is None:
             if oldest.cancelled():
                 self.failure = RuntimeError(f"a push on edge {self.edge} was cancelled")

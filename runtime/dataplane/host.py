@@ -39,6 +39,7 @@ from runtime.dataplane.failures import (
     followed_a_failure,
 )
 from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
+from runtime.dataplane.inbox import Inbox
 from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
@@ -111,7 +112,7 @@ class NodeHost:
         self._channels: dict[str, Channel] = {}
         #: Where pushes come in over data connections of their own (``open_data_port``).
         self._data_port: DataPort | None = None
-        self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] | None = None
+        self._queue: Inbox[tuple[Envelope, asyncio.Future[None]]] | None = None
         self._drain_task: asyncio.Task[None] | None = None
         #: Held while the worker's output of one step is emitted, so that output of the drain
         #: loop and of ``unfollow`` never interleaves.
@@ -135,7 +136,7 @@ class NodeHost:
     async def ready(self) -> str:
         """Load kernels while the connectors open, start the drain loop; the node id once ready."""
         if self._queue is None:
-            self._queue = asyncio.Queue()
+            self._queue = Inbox()
             self._finished = asyncio.Event()
             self._drain_task = asyncio.create_task(self._drain())
             await warm_up_while_opening(self.worker, (self._source_factory, self._sink_factory),
@@ -287,7 +288,7 @@ class NodeHost:
         ``host`` defaults to the address other Ray nodes reach this process at.
         """
         if self._data_port is None:
-            self._data_port = DataPort(self.push)
+            self._data_port = DataPort(self.push_nowait)
         return await self._data_port.open(host or node_address())
 
     def subscribe(self, edge: str, target: Target, incarnation: int = 0) -> None:
@@ -352,14 +353,23 @@ class NodeHost:
     # -- data in --------------------------------------------------------------------------
     async def push(self, envelope: Envelope) -> None:
         """Receive an envelope; returns once it has been processed (that is the ack)."""
+        await self.push_nowait(envelope)
+
+    def push_nowait(self, envelope: Envelope) -> asyncio.Future[None]:
+        """``push`` without a coroutine: queue ``envelope`` now; the future is the ack.
+
+        A data connection hands each push over with it as it arrives, in order, and answers
+        once the future completes: no task per push.
+        """
         assert self._queue is not None, f"node {self.config.name!r} got a push before ready()"
-        if self._held is not None:
-            raise self._refusal()
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((envelope, done))
+        if self._held is not None:
+            done.set_exception(self._refusal())
+            return done
+        self._queue.put_nowait((envelope, done))
         stats = self.worker.stats
         stats.max_queue_depth = max(stats.max_queue_depth, self._queue.qsize())
-        await done
+        return done
 
     async def push_stored(self, edge: str, incarnation: int, seq: int, sent_at: float,
                           payloads: tuple[Payload, ...]) -> None:
@@ -384,8 +394,9 @@ class NodeHost:
                     await self._emit(self.worker.accept(envelope))
                 publications, self._publications = self._publications, []
                 if publications:  # acknowledged once what it brought is in the sink
-                    asyncio.gather(*publications).add_done_callback(
-                        functools.partial(self._published, done))
+                    published = (publications[0] if len(publications) == 1
+                                 else asyncio.gather(*publications))
+                    published.add_done_callback(functools.partial(self._published, done))
                 elif not done.done():
                     done.set_result(None)
             except Exception as exc:  # surfaced to the sender through its ack
@@ -418,8 +429,13 @@ class NodeHost:
         self, payloads: list[Payload], position: dict[int, int] | None = None
     ) -> None:
         # Counted as emitted (stats) only once every subscriber has acknowledged it.
-        delivery = self._deliveries.open(
-            sum(len(p) for p in payloads if isinstance(p, Batch)), position)
+        events, ends = 0, False
+        for payload in payloads:
+            if isinstance(payload, Batch):
+                events += len(payload)
+            elif isinstance(payload, EndOfStream):
+                ends = True
+        delivery = self._deliveries.open(events, position)
         try:
             for payload in payloads:
                 if self._held is not None:
@@ -437,12 +453,12 @@ class NodeHost:
                     raise self._refusal()
                 # One push per subscriber carries the whole step (its batch, then the
                 # watermark, barrier or end of stream after it), serialized once for all.
-                actors = sum(hasattr(c.target, "deliver_shared")
-                             for c in self._channels.values())
-                shipment = Shipment(payloads, share=actors > 1)
+                share = len(self._channels) > 1 and sum(
+                    hasattr(c.target, "deliver_shared") for c in self._channels.values()) > 1
+                shipment = Shipment(payloads, share=share)
                 for edge, channel in list(self._channels.items()):
                     await self._send(edge, channel, shipment, delivery)
-            if any(isinstance(payload, EndOfStream) for payload in payloads):
+            if ends:
                 await self.drain()
                 assert self._finished is not None
                 self._finished.set()

@@ -3,16 +3,21 @@
 A push as a Ray actor call costs each side about 1 ms of CPU on this box (measured at 10k
 events/s: ~2.5 ms per batch per actor, most of it Ray's submission, its hand-over to the
 actor's event loop and its reply), whatever the batch holds. Over a connection of its own, a
-push is one frame written and one small frame back, both on the event loops that produce and
-consume it. The semantics of a channel do not change: a push's acknowledgement still comes once
-the receiver processed it, so credits, ordering (``seq``), holds and rewinds work as before; a
-receiver whose process died closes its connection, which fails every push in flight.
+push is one frame written (one system call) and one small frame back, both on the event loops
+that produce and consume it; both ends are asyncio protocols that cut frames out of what
+arrives (``runtime.dataplane.frames``) and hand them on at once, with no reading task and no
+task per push (a host's ``push_nowait`` answers with a future). What a receiver takes in is
+bounded by the senders' credits, not by a read-ahead limit. The semantics of a channel do not
+change: a push's acknowledgement still comes once the receiver processed it, so credits,
+ordering (``seq``), holds and rewinds work as before; a receiver whose process died closes its
+connection, which fails every push in flight.
 
 Frames, each after a 4-byte big-endian length:
 
 - a push (sender to receiver): request id, incarnation, seq, ``sent_at``, the edge name, then
-  the payloads pickled (protocol 5, numpy arrays out of band: ``pickled_payloads``), once per
-  shipment whatever the number of subscribers;
+  the payloads packed (``runtime.dataplane.payload_codec``: batches and control messages with
+  ``struct``, arrays raw; pickle for anything else), once per shipment whatever the number of
+  subscribers;
 - an answer (receiver to sender): request id, then nothing (processed) or the pickled exception
   that processing raised.
 
@@ -34,25 +39,29 @@ Frames, each after a 4-byte big-endian length:
 from __future__ import annotations
 
 import asyncio
+import functools
 import pickle
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runtime.dataplane.messages import Envelope, Payload
-from runtime.dataplane.out_of_band import framed, unframed
+from runtime.dataplane.frames import LENGTH, FrameCutter
+from runtime.dataplane.messages import Envelope
+from runtime.dataplane.payload_codec import decoded_payloads, encoded_payloads
 
-__all__ = ["DataPort", "ReceiverGoneError", "SocketTarget", "node_address", "pickled_payloads",
-           "unpickled_payloads"]
+__all__ = ["DataPort", "ReceiverGoneError", "SocketTarget", "node_address"]
 
-_LENGTH = struct.Struct("!I")
 #: A push's fixed part: request id, incarnation, seq, sent_at, length of the edge name.
 _PUSH = struct.Struct("!QQQdH")
+#: ...and with the frame's length before it, packed in one call.
+_LENGTH_AND_PUSH = struct.Struct(LENGTH.format + _PUSH.format.lstrip("!"))
 #: An answer's fixed part: request id.
 _ANSWER = struct.Struct("!Q")
-#: Bytes a reader takes in before it stops reading until they are used (asyncio's default,
-#: 64 KiB, pauses and resumes the socket many times for one large batch).
-_READ_AHEAD = 4 * 2**20
+#: An answer's frame length and request id, packed in one call.
+_EMPTY_ANSWER = struct.Struct(LENGTH.format + _ANSWER.format.lstrip("!"))
+#: Pushes whose payloads are smaller than this are written joined to their header, in one
+#: system call; larger ones are written as they are, not copied again.
+_JOINED_BELOW = 256 * 2**10
 #: Bytes a sender lets queue in its socket buffer before it waits for the receiver to read.
 _HIGH_WATER = 8 * 2**20
 
@@ -70,46 +79,27 @@ def node_address() -> str:
     return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]  # untyped in Ray
 
 
-def pickled_payloads(payloads: tuple[Payload, ...]) -> bytes:
-    """The payloads of a push as they travel: numpy arrays out of band, after the pickle.
-
-    The receiver's arrays are views of the frame it read (read-only, no copy), as Ray hands
-    over arrays from its object store; the sender copies them once, into these bytes.
-
-    >>> import numpy as np
-    >>> (ts,) = unpickled_payloads(pickled_payloads((np.arange(3),)))
-    >>> ts.tolist(), ts.flags.writeable
-    ([0, 1, 2], False)
-    """
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(payloads, protocol=5, buffer_callback=buffers.append)
-    return b"".join(framed(data, [buffer.raw() for buffer in buffers]))
-
-
-def unpickled_payloads(data: bytes | memoryview) -> tuple[Payload, ...]:
-    """The payloads of ``pickled_payloads``, their arrays views of ``data``."""
-    pickled, buffers = unframed(memoryview(data))
-    payloads: tuple[Payload, ...] = pickle.loads(pickled, buffers=buffers)
-    return payloads
-
-
 class DataPort:
     """The receiving end in a node's process: a TCP server whose push frames go to ``push``.
 
-    ``push`` returns once the envelope is processed; its outcome goes back as the answer.
+    ``push`` returns an awaitable that completes once the envelope is processed (a future, as
+    ``NodeHost.push_nowait`` returns, costs no task); its outcome goes back as the answer.
+    Frames are cut out as they arrive (``FrameCutter``), no reading task: pushes are handed
+    to ``push`` in the order they were sent.
     """
 
     def __init__(self, push: Callable[[Envelope], Awaitable[None]]) -> None:
         self._push = push
-        self._server: asyncio.Server | None = None
-        #: Every open connection's writer, by the task serving it.
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._server: asyncio.AbstractServer | None = None
+        #: Every open connection.
+        self._connections: set[_PushConnection] = set()
         self.address: tuple[str, int] | None = None
 
     async def open(self, host: str) -> tuple[str, int]:
         """Listen on ``host`` (a free port); returns the address senders connect to."""
         if self.address is None:
-            self._server = await asyncio.start_server(self._serve, host, 0, limit=_READ_AHEAD)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(lambda: _PushConnection(self), host, 0)
             port = self._server.sockets[0].getsockname()[1]
             self.address = (host, int(port))
         return self.address
@@ -118,46 +108,79 @@ class DataPort:
         """Stop listening and close every connection (their senders' pushes fail)."""
         if self._server is not None:
             self._server.close()
-        # Closed under their readers, which then end (cancelling them instead makes asyncio's
-        # server log each cancellation as an error).
-        for writer in self._connections.values():
-            writer.transport.abort()
-        if self._connections:
-            await asyncio.wait(list(self._connections))
+        connections = list(self._connections)
+        for connection in connections:
+            connection.abort()
+        if connections:  # each has let go of what it was processing
+            await asyncio.wait([connection.closed for connection in connections])
         self._server, self.address = None, None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[task] = writer
-        answers: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                # Step 1: the next push frame, as it was sent (pushes start in that order).
-                try:
-                    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                    frame = await reader.readexactly(length)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return  # the sender went away: nothing to answer
-                # Step 2: it is processed; its answer goes back once it is.
-                answer = asyncio.ensure_future(self._answer(frame, writer))
-                answers.add(answer)
-                answer.add_done_callback(answers.discard)
-        finally:
-            for answer in list(answers):
-                answer.cancel()
-            writer.close()
-            self._connections.pop(task, None)
 
-    async def _answer(self, frame: bytes, writer: asyncio.StreamWriter) -> None:
+class _PushConnection(asyncio.Protocol):
+    """One sender's connection to a ``DataPort``: push frames in, answers out."""
+
+    def __init__(self, port: DataPort) -> None:
+        self._port = port
+        self._transport: asyncio.Transport | None = None
+        self._frames = FrameCutter(self._on_frame)
+        #: Pushes handed over and not processed yet (cancelled if the sender goes away).
+        self._processing: set[asyncio.Future[None]] = set()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A sender connected."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._port._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Hand over every push these bytes complete."""
+        self._frames.feed(data)
+
+    def abort(self) -> None:
+        """Close at once, unanswered (the port closes)."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The sender went away (or the port closed): nothing more to answer."""
+        self._port._connections.discard(self)
+        for processing in list(self._processing):
+            processing.cancel()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _on_frame(self, frame: memoryview) -> None:
+        # Step 1: the push, as it was sent; one that does not unpickle fails alone.
         (request,) = _ANSWER.unpack_from(frame)  # a push starts with its request id
         try:
-            await self._push(_unpack_push(frame))
-            body = b""
+            outcome = self._port._push(_unpack_push(frame))
         except Exception as exc:  # goes back to the sender, whose channel fails with it
-            body = _pickled_error(exc)
-        if not writer.is_closing():
-            writer.write(_LENGTH.pack(_ANSWER.size + len(body)) + _ANSWER.pack(request) + body)
+            self._answer(request, exc)
+            return
+        # Step 2: its answer goes back once it is processed.
+        processing = (outcome if isinstance(outcome, asyncio.Future)
+                      else asyncio.ensure_future(outcome))
+        self._processing.add(processing)
+        processing.add_done_callback(functools.partial(self._processed, request))
+
+    def _processed(self, request: int, processing: asyncio.Future[None]) -> None:
+        self._processing.discard(processing)
+        if processing.cancelled():
+            return  # the connection is gone
+        error = processing.exception()
+        self._answer(request, error if error is None or isinstance(error, Exception)
+                     else RuntimeError(f"{type(error).__name__}: {error}"))
+
+    def _answer(self, request: int, error: Exception | None) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if error is None:
+            transport.write(_EMPTY_ANSWER.pack(_ANSWER.size, request))
+            return
+        body = _pickled_error(error)
+        transport.write(_EMPTY_ANSWER.pack(_ANSWER.size + len(body), request) + body)
 
 
 class SocketTarget:
@@ -184,13 +207,13 @@ class SocketTarget:
     def __repr__(self) -> str:
         return f"SocketTarget({self.host!r}, {self.port})"
 
-    def deliver(self, envelope: Envelope) -> Awaitable[None]:
-        """Send ``envelope``; the awaitable completes once the receiver processed it."""
-        return self._send(envelope, pickled_payloads(envelope.payloads))
+    def deliver(self, envelope: Envelope) -> asyncio.Future[None]:
+        """Send ``envelope``; the future completes once the receiver processed it."""
+        return self._send(envelope, encoded_payloads(envelope.payloads))
 
-    def deliver_shared(self, envelope: Envelope, shipment: Any) -> Awaitable[None]:
-        """``deliver``, with the payloads pickled once for every subscriber of the shipment."""
-        return self._send(envelope, shipment.pickled())
+    def deliver_shared(self, envelope: Envelope, shipment: Any) -> asyncio.Future[None]:
+        """``deliver``, with the payloads encoded once for every subscriber of the shipment."""
+        return self._send(envelope, shipment.encoded())
 
     def close(self) -> None:
         """Close this process's connection (pushes still in flight fail)."""
@@ -198,18 +221,17 @@ class SocketTarget:
         if self._link is not None:
             self._link.close()
 
-    def _send(self, envelope: Envelope, payloads: bytes) -> Awaitable[None]:
-        if self._failed is not None:
-            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            failed.set_exception(self._failed)
-            return failed
+    def _send(self, envelope: Envelope, payloads: bytes) -> asyncio.Future[None]:
         if self._link is not None:
             # Written now, so frames leave in call order. A broken link fails the push: it is
             # never reopened, as the port may belong to another process by then.
             return self._link.send(envelope, payloads)
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._failed is not None:
+            answer.set_exception(self._failed)
+            return answer
         # Queued until the connection is open, then written in call order before any later
         # push: nothing can overtake them.
-        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((envelope, payloads, answer))
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect_and_send_queued())
@@ -235,17 +257,18 @@ class SocketTarget:
             _chain(link.send(envelope, payloads), answer)
 
     async def _connect(self) -> _Link:
+        where = f"{self.host}:{self.port}"
         try:
-            reader, writer = await asyncio.open_connection(self.host, self.port,
-                                                           limit=_READ_AHEAD)
+            _, link = await asyncio.get_running_loop().create_connection(
+                lambda: _Link(where), self.host, self.port)
         except OSError as exc:
             raise ReceiverGoneError(
-                f"cannot connect to the node actor at {self.host}:{self.port}: its actor died "
-                f"or stopped; {type(exc).__name__}") from exc
-        return _Link(reader, writer, f"{self.host}:{self.port}")
+                f"cannot connect to the node actor at {where}: its actor died or stopped; "
+                f"{type(exc).__name__}") from exc
+        return link
 
 
-def _chain(source: Awaitable[None], answer: asyncio.Future[None]) -> None:
+def _chain(source: asyncio.Future[None], answer: asyncio.Future[None]) -> None:
     """Complete ``answer`` as ``source`` completes."""
     def copy(done: asyncio.Future[None]) -> None:
         if answer.done():
@@ -257,70 +280,108 @@ def _chain(source: Awaitable[None], answer: asyncio.Future[None]) -> None:
         else:
             answer.set_result(None)
 
-    asyncio.ensure_future(source).add_done_callback(copy)
+    source.add_done_callback(copy)
 
 
-class _Link:
-    """One open data connection: request ids, the answers awaited, a task reading them."""
+class _Link(asyncio.Protocol):
+    """One open data connection: request ids, the answers awaited, answers cut as they come."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 where: str) -> None:
-        self._writer = writer
+    def __init__(self, where: str) -> None:
         self._where = where
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
         self._next_request = 0
         self._waiting: dict[int, asyncio.Future[None]] = {}
+        self._frames = FrameCutter(self._on_answer)
+        #: Whether the socket's send buffer is over ``_HIGH_WATER``, and who waits for it.
+        self._paused = False
+        self._drained: list[asyncio.Future[None]] = []
         self.broken: Exception | None = None
-        self._reading = asyncio.ensure_future(self._read_answers(reader))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Connected: pause past ``_HIGH_WATER`` bytes unsent."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
 
     def send(self, envelope: Envelope, payloads: bytes) -> asyncio.Future[None]:
         """Write the push now; the future completes with the receiver's answer."""
-        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[None] = self._loop.create_future()
         if self.broken is not None:
             answer.set_exception(self.broken)
             return answer
+        assert self._transport is not None
         request, self._next_request = self._next_request, self._next_request + 1
         edge = envelope.edge.encode()
-        head = _PUSH.pack(request, envelope.incarnation, envelope.seq, envelope.sent_at,
-                          len(edge))
+        head = _LENGTH_AND_PUSH.pack(_PUSH.size + len(edge) + len(payloads), request,
+                                     envelope.incarnation, envelope.seq, envelope.sent_at,
+                                     len(edge))
         self._waiting[request] = answer
-        self._writer.write(_LENGTH.pack(len(head) + len(edge) + len(payloads)) + head + edge)
-        self._writer.write(payloads)
-        transport = self._writer.transport
-        if transport.get_write_buffer_size() > _HIGH_WATER:
+        if len(payloads) < _JOINED_BELOW:  # one write, one system call
+            self._transport.write(b"".join((head, edge, payloads)))
+        else:  # large: not copied again
+            self._transport.write(head + edge)
+            self._transport.write(payloads)
+        if self._paused:
             # The receiver reads slower than this sends (credits bound it anyway): the
             # answer of this push waits for the buffer to drain as well.
             return asyncio.ensure_future(self._drained_then(answer))
         return answer
 
     async def _drained_then(self, answer: asyncio.Future[None]) -> None:
-        await self._writer.drain()
+        if self._paused:
+            drained: asyncio.Future[None] = self._loop.create_future()
+            self._drained.append(drained)
+            await drained
         await answer
+
+    def pause_writing(self) -> None:
+        """More than ``_HIGH_WATER`` bytes wait to be sent."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """The send buffer drained."""
+        self._paused = False
+        self._wake_drained()
+
+    def _wake_drained(self) -> None:
+        drained, self._drained = self._drained, []
+        for waiter in drained:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        """Complete the pushes these answers are for."""
+        try:
+            self._frames.feed(data)
+        except Exception as exc:  # a frame that makes no sense: the connection is unusable
+            self._fail(ReceiverGoneError(
+                f"the data connection to {self._where} sent an answer that makes no sense; "
+                f"{type(exc).__name__}: {exc}"))
+            assert self._transport is not None
+            self._transport.abort()
+
+    def _on_answer(self, frame: memoryview) -> None:
+        (request,) = _ANSWER.unpack_from(frame)
+        answer = self._waiting.pop(request, None)
+        if answer is None or answer.done():
+            return
+        if len(frame) > _ANSWER.size:
+            answer.set_exception(_unpickled_error(bytes(frame[_ANSWER.size:])))
+        else:
+            answer.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The receiver closed the connection (its actor died or stopped), or this side did."""
+        self._fail(ReceiverGoneError(
+            f"the node actor at {self._where} closed its data connection: its actor died or "
+            f"stopped; {type(exc).__name__ if exc is not None else 'end of stream'}"))
 
     def close(self) -> None:
         """Close the connection; what waits for an answer fails."""
         self._fail(ReceiverGoneError(f"the data connection to {self._where} was closed"))
-        self._writer.close()
-        self._reading.cancel()
-
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                frame = await reader.readexactly(length)
-                (request,) = _ANSWER.unpack_from(frame)
-                answer = self._waiting.pop(request, None)
-                if answer is None or answer.done():
-                    continue
-                if len(frame) > _ANSWER.size:
-                    answer.set_exception(_unpickled_error(frame[_ANSWER.size:]))
-                else:
-                    answer.set_result(None)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # end of stream, reset, or a frame that makes no sense
-            self._fail(ReceiverGoneError(
-                f"the node actor at {self._where} closed its data connection: its actor died "
-                f"or stopped; {type(exc).__name__}"))
+        if self._transport is not None:
+            self._transport.close()
 
     def _fail(self, error: Exception) -> None:
         if self.broken is None:
@@ -329,14 +390,16 @@ class _Link:
         for answer in waiting.values():
             if not answer.done():
                 answer.set_exception(error)
+        self._wake_drained()
 
 
-def _unpack_push(frame: bytes) -> Envelope:
+def _unpack_push(frame: memoryview) -> Envelope:
     _, incarnation, seq, sent_at, edge_length = _PUSH.unpack_from(frame)
     start = _PUSH.size + edge_length
-    edge = frame[_PUSH.size:start].decode()
-    first, *trailing = unpickled_payloads(memoryview(frame)[start:])
+    edge = bytes(frame[_PUSH.size:start]).decode()
+    first, *trailing = decoded_payloads(frame[start:])
     return Envelope(edge, incarnation, seq, first, sent_at, tuple(trailing))
+
 
 
 def _unpickled_error(data: bytes) -> Exception:

@@ -69,10 +69,12 @@ class LatencyHistogram:
         """
         if not len(seconds):
             return
-        added = np.bincount(np.searchsorted(_BUCKET_BOUNDS, seconds, "left"),
+        # The ufuncs' and methods' own entry points: numpy's Python wrappers cost more than
+        # the work on a batch of a few hundred.
+        added = np.bincount(_BUCKET_BOUNDS.searchsorted(seconds, "left"),
                             minlength=len(self.counts)).tolist()
         self.counts = [count + more for count, more in zip(self.counts, added, strict=True)]
-        self.total += float(seconds.sum())
+        self.total += float(np.add.reduce(seconds))
         self.observations += len(seconds)
         kept = seconds[self._until_kept::keep_every]
         self._until_kept = (self._until_kept - len(seconds)) % keep_every
@@ -234,7 +236,7 @@ def observe_event_ages(newest: LatencyHistogram, each: LatencyHistogram,
     if not len(event_ns):
         return
     ages_ns = (time.time_ns() if now_ns is None else now_ns) - event_ns
-    youngest, oldest = int(ages_ns.min()), int(ages_ns.max())
+    youngest, oldest = int(np.minimum.reduce(ages_ns)), int(np.maximum.reduce(ages_ns))
     if youngest < 0 or oldest >= _DAY_NS:  # some are not a live stream's
         ages_ns = ages_ns[(ages_ns >= 0) & (ages_ns < _DAY_NS)]
         if not len(ages_ns):

@@ -339,7 +339,10 @@ class NodeWorker:
         if released is None:
             return []
         observe_event_ages(self.stats.release_age, self.stats.record_release_age,
-                           np.concatenate([batch.ts for batch in released]))
+                           released[0].ts if len(released) == 1
+                           else np.concatenate([batch.ts for batch in released]))
+        if len(released) == 1:  # one input slot: nothing to merge
+            return self._process(released)
         # Step 1: the slots of one input (its producer's shards) merge into that input, in
         # event-time order; a key comes from one shard, so its own order is kept.
         parts: dict[int, list[Batch]] = {}

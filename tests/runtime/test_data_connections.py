@@ -161,7 +161,7 @@ def test_a_receiver_gone_fails_the_push_in_flight_and_every_later_one() -> None:
     assert isinstance(in_flight, ReceiverGoneError)
     assert str(in_flight).startswith("the node actor at 127.0.0.1:")
     assert str(in_flight).endswith(
-        " closed its data connection: its actor died or stopped; IncompleteReadError")
+        " closed its data connection: its actor died or stopped; end of stream")
     assert later is in_flight  # never reconnected: the port may be another process's by then
 
 
@@ -210,7 +210,7 @@ def test_a_receiver_never_reached_fails_the_push() -> None:
     assert str(error).endswith(": its actor died or stopped; ConnectionRefusedError")
 
 
-def test_a_shipment_is_pickled_once_for_every_data_connection() -> None:
+def test_a_shipment_is_encoded_once_for_every_data_connection() -> None:
     async def scenario() -> tuple[list[np.ndarray], list[np.ndarray]]:
         got: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
         ports = []
@@ -222,16 +222,16 @@ def test_a_shipment_is_pickled_once_for_every_data_connection() -> None:
             ports.append(DataPort(push))
         targets = [SocketTarget(*await port.open("127.0.0.1")) for port in ports]
         shipment = Shipment((_batch(7, 8, 9),), share=True)
-        first = shipment.pickled()
+        first = shipment.encoded()
         for index, target in enumerate(targets):
             await target.deliver_shared(Envelope("e", 0, index, _batch(0)), shipment)
-        assert shipment.pickled() is first
+        assert shipment.encoded() is first
         for port in ports:
             await port.close()
         return got
 
     got = asyncio.run(scenario())
-    # The shipment's payloads, not the envelope's own: they were pickled once, for both.
+    # The shipment's payloads, not the envelope's own: they were encoded once, for both.
     assert [ts.tolist() for bucket in got for ts in bucket] == [[7, 8, 9], [7, 8, 9]]
 
 
