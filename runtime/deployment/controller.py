@@ -372,6 +372,11 @@ class Controller(HealthChecks, Reports, StopAndResume):
                 await self._move(submission_id, _S.STOPPED, "removed")
             retiring = await self._release(submission_id)
         await asyncio.gather(*retiring.values())
+        if retiring and self._checkpoints is not None:
+            # A retired node may have been writing its snapshot of a checkpoint abandoned
+            # when its region's coordinator stopped, and so have made the region's folder
+            # again after the sweep of ``_release``; its actor is gone now: sweep once more.
+            await self._checkpoints.sweep_logged()
         names = {node.key: node.name for node in record.nodes}
         return {**self._records[submission_id].describe(self.deployment),
                 "retired": [names.get(key, key) for key in retiring]}

@@ -202,7 +202,7 @@ class RegionCheckpoints:
             if region not in self._running and all(k in self.hosts for k in keys):
                 self._start(region, frozenset(keys))
         # Step 4: folders of regions nothing needs any more go.
-        await self._sweep_logged()
+        await self.sweep_logged()
 
     def _start(self, region: str, members: frozenset[str], *, at_once: bool = False) -> None:
         coordinator = self._coordinator(region, members)
@@ -311,7 +311,8 @@ class RegionCheckpoints:
                                   for m in plan.manifests)
             return removed
 
-    async def _sweep_logged(self) -> None:
+    async def sweep_logged(self) -> None:
+        """``sweep``, a failure logged rather than raised (old folders stay until the next)."""
         try:
             await self.sweep()
         except Exception:  # old folders stay until the next sweep; checkpoints go on
@@ -322,7 +323,7 @@ class RegionCheckpoints:
         if self._sweeping.locked():
             return  # one is running: it sees this checkpoint, or the next one sweeps
 
-        task = asyncio.create_task(self._sweep_logged(), name=f"sweep of {self.deployment}")
+        task = asyncio.create_task(self.sweep_logged(), name=f"sweep of {self.deployment}")
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
 
