@@ -7,16 +7,13 @@ import ctypes
 import os
 import re
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from numba import njit
 
 import streamdag as sd
 from benchmarks.memory import read_breakdown
 from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.warming import warm_up_while_opening
 from runtime.dataplane.worker import NodeWorker
+from tests.runtime.test_resident_pages import _map_llvm
 
 _MIB = 2**20
 
@@ -33,14 +30,7 @@ class _CompilingFactory:
         self.resident_after_compiling = 0
 
     def warm_up(self) -> None:
-        @njit
-        def total(values: Any) -> float:
-            result = 0.0
-            for value in values:
-                result += value
-            return float(result)
-
-        assert total(np.arange(4.0)) == 6.0
+        _map_llvm()
         self.resident_after_compiling = _llvmlite_resident()
 
 
