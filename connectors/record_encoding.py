@@ -288,12 +288,13 @@ def _json_key_texts(keys: npt.NDArray[np.bytes_], validate_only: bool = False) -
     try:
         quoted = list(map(_KEY_TEXTS.__getitem__, listed))
     except KeyError:
-        new = set(listed).difference(_KEY_TEXTS)
-        if len(_KEY_TEXTS) + len(new) > _KEY_TEXTS_LIMIT:
+        # This batch's keys from a table of its own: another thread (a backtest's scenarios)
+        # may empty the shared one meanwhile.
+        batch_texts = {key: _KEY_TEXTS.get(key) or _json_key_text(key) for key in set(listed)}
+        quoted = list(map(batch_texts.__getitem__, listed))
+        if len(_KEY_TEXTS) + len(batch_texts) > _KEY_TEXTS_LIMIT:
             _KEY_TEXTS.clear()
-            new = set(listed)
-        _KEY_TEXTS.update(zip(new, map(_json_key_text, new), strict=True))
-        quoted = list(map(_KEY_TEXTS.__getitem__, listed))
+        _KEY_TEXTS.update(batch_texts)
     return [] if validate_only else quoted
 
 
