@@ -120,8 +120,7 @@ class DirectProduce:
             # Step 3': lost in transit: it may have landed.
             if not isinstance(outcome, KafkaError | asyncio.TimeoutError | OSError):
                 raise outcome
-            if parts[0].has_ids if isinstance(parts[0], BuiltBatches) else bool(
-                    parts[0].has_header.any()):
+            if parts[0].has_ids:
                 stats.failures += 1
                 return ProduceError(self._topic, partition, 1, len(parts[0]), outcome)
             return outcome

@@ -229,9 +229,7 @@ class KafkaSinkWriter:
         # A batch whose send timed out may have landed all the same: records with ids are not
         # sent again blindly (that would duplicate them); the epoch publisher reads back what
         # got out and sends only the rest (EpochOutput).
-        has_ids = (records.has_ids if isinstance(records, BuiltBatches)
-                   else bool(records.has_header.any()))
-        if has_ids:
+        if records.has_ids:
             return RetryPolicy(1, self._policy.initial_backoff_s, self._policy.max_backoff_s)
         return self._policy
 

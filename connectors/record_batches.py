@@ -109,6 +109,11 @@ class RecordColumns:
     has_header: npt.NDArray[np.bool_]
     max_batch_bytes: int
 
+    @property
+    def has_ids(self) -> bool:
+        """Whether any record carries the header (a sink's record id), as ``BuiltBatches``."""
+        return bool(self.has_header.any())
+
     @classmethod
     def from_buffer(cls, keys: npt.NDArray[np.bytes_], values: bytes, value_offsets: _I64,
                     timestamps_ms: _I64, *, header_name: bytes = b"",
