@@ -20,10 +20,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EncodedRequest"]
+__all__ = ["INT16", "INT32", "EncodedRequest", "shared_version"]
 
 _HEADER = struct.Struct(">hhih")
-_INT32 = struct.Struct(">i")
+#: The protocol's big-endian 16- and 32-bit integers (lengths and counts).
+INT16 = struct.Struct(">h")
+INT32 = struct.Struct(">i")
+
+
+def shared_version(versions: dict[int, tuple[int, int]], api_key: int,
+                   ours: range) -> int | None:
+    """The highest version of ``api_key`` that both the broker (its ApiVersions answer,
+    ``versions``) and we (``ours``) speak, as aiokafka picks it; None when there is none.
+
+    >>> shared_version({0: (0, 11)}, 0, range(3, 8)), shared_version({0: (0, 2)}, 0, range(3, 8))
+    (7, None)
+    """
+    low, high = versions.get(api_key, (0, -1))
+    usable = [version for version in ours if low <= version <= high]
+    return usable[-1] if usable else None
 
 
 @dataclass(frozen=True)
@@ -70,7 +85,7 @@ class EncodedRequest:
 
     def parse_response_header(self, data: io.BytesIO) -> _Header:
         """The answer's header (v0): its correlation id."""
-        (correlation_id,) = _INT32.unpack(data.read(4))
+        (correlation_id,) = INT32.unpack(data.read(4))
         return _Header(correlation_id=correlation_id)
 
     @property

@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka.protocol.fetch import FetchRequest
 
-from connectors.encoded_requests import EncodedRequest
+from connectors.encoded_requests import INT16, INT32, EncodedRequest, shared_version
 
 __all__ = ["FETCH_VERSIONS", "FastFetchRequest", "FetchAnswer", "read_fetch_answer"]
 
@@ -32,8 +32,6 @@ FETCH_VERSIONS = range(4, 12)
 _FETCH = 1
 _TOP = struct.Struct(">iiiib")  # replica id, max wait, min bytes, max bytes, isolation level
 _SESSION = struct.Struct(">ii")  # session id, session epoch (v7+)
-_INT16 = struct.Struct(">h")
-_INT32 = struct.Struct(">i")
 _PARTITION_V4 = struct.Struct(">iqi")  # partition, fetch offset, max bytes
 _PARTITION_V5 = struct.Struct(">iqqi")  # + log start offset
 _PARTITION_V9 = struct.Struct(">iiqqi")  # + current leader epoch
@@ -58,11 +56,9 @@ class FastFetchRequest(FetchRequest):  # type: ignore[misc]  # aiokafka is untyp
 
     def prepare(self, versions: dict[int, tuple[int, int]]) -> Any:
         """This request at the highest version both sides speak (as aiokafka picks it)."""
-        low, high = versions.get(_FETCH, (0, -1))
-        usable = [v for v in FETCH_VERSIONS if low <= v <= high]
-        if not usable:  # a broker older than Kafka 0.11: aiokafka's own request
+        version = shared_version(versions, _FETCH, FETCH_VERSIONS)
+        if version is None:  # a broker older than Kafka 0.11: aiokafka's own request
             return super().prepare(versions)
-        version = usable[-1]
         return EncodedRequest(_FETCH, version, self._encode(version), read_fetch_answer)
 
     def _encode(self, version: int) -> bytes:
@@ -72,10 +68,10 @@ class FastFetchRequest(FetchRequest):  # type: ignore[misc]  # aiokafka is untyp
         if version >= 7:
             parts.append(_SESSION.pack(0, -1))
         # Step 2: topics and their partitions, in this version's layout.
-        parts.append(_INT32.pack(len(self._topics)))
+        parts.append(INT32.pack(len(self._topics)))
         for topic, partitions in self._topics:
             name = topic.encode()
-            parts += [_INT16.pack(len(name)), name, _INT32.pack(len(partitions))]
+            parts += [INT16.pack(len(name)), name, INT32.pack(len(partitions))]
             for partition, offset, max_bytes in partitions:
                 if version >= 9:
                     parts.append(_PARTITION_V9.pack(partition, -1, offset, -1, max_bytes))
@@ -85,10 +81,10 @@ class FastFetchRequest(FetchRequest):  # type: ignore[misc]  # aiokafka is untyp
                     parts.append(_PARTITION_V4.pack(partition, offset, max_bytes))
         # Step 3: no forgotten topics (v7+), and the rack (v11).
         if version >= 7:
-            parts.append(_INT32.pack(0))
+            parts.append(INT32.pack(0))
         if version >= 11:
             rack = self._rack_id.encode()
-            parts += [_INT16.pack(len(rack)), rack]
+            parts += [INT16.pack(len(rack)), rack]
         return b"".join(parts)
 
 
@@ -98,14 +94,14 @@ def read_fetch_answer(data: io.BytesIO, version: int) -> FetchAnswer:
     offset (v5+)], aborted transactions, [preferred read replica (v11)], records)``."""
     with data.getbuffer() as buffer:
         at = data.tell() + (10 if version >= 7 else 4)  # throttle (, error code, session id)
-        (topic_count,) = _INT32.unpack_from(buffer, at)
+        (topic_count,) = INT32.unpack_from(buffer, at)
         at += 4
         topics: list[tuple[str, list[tuple[Any, ...]]]] = []
         for _ in range(max(topic_count, 0)):
             # Step 1: the topic's name and partition count.
-            (length,) = _INT16.unpack_from(buffer, at)
+            (length,) = INT16.unpack_from(buffer, at)
             name = bytes(buffer[at + 2: at + 2 + length]).decode()
-            (count,) = _INT32.unpack_from(buffer, at + 2 + length)
+            (count,) = INT32.unpack_from(buffer, at + 2 + length)
             at += 6 + length
             partitions: list[tuple[Any, ...]] = []
             for _ in range(max(count, 0)):
@@ -115,7 +111,7 @@ def read_fetch_answer(data: io.BytesIO, version: int) -> FetchAnswer:
                 if version >= 5:
                     fields.append(_INT64.unpack_from(buffer, at)[0])
                     at += 8
-                (aborted_count,) = _INT32.unpack_from(buffer, at)
+                (aborted_count,) = INT32.unpack_from(buffer, at)
                 at += 4
                 aborted = None
                 if aborted_count >= 0:
@@ -124,9 +120,9 @@ def read_fetch_answer(data: io.BytesIO, version: int) -> FetchAnswer:
                     at += 16 * aborted_count
                 fields.append(aborted)
                 if version >= 11:
-                    fields.append(_INT32.unpack_from(buffer, at)[0])
+                    fields.append(INT32.unpack_from(buffer, at)[0])
                     at += 4
-                (size,) = _INT32.unpack_from(buffer, at)
+                (size,) = INT32.unpack_from(buffer, at)
                 at += 4
                 fields.append(bytes(buffer[at: at + size]) if size >= 0 else None)
                 at += max(size, 0)

@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.encoded_requests import EncodedRequest
+from connectors.encoded_requests import INT16, INT32, EncodedRequest, shared_version
 from connectors.errors import ConnectorConfigError
 
 __all__ = ["PRODUCE_VERSIONS", "ProduceAnswer", "ProduceCall", "produce_version"]
@@ -37,8 +37,6 @@ __all__ = ["PRODUCE_VERSIONS", "ProduceAnswer", "ProduceCall", "produce_version"
 PRODUCE_VERSIONS = range(3, 8)
 _PRODUCE = 0
 _FIELDS = struct.Struct(">hhi")  # transactional id (null), acks, timeout
-_INT16 = struct.Struct(">h")
-_INT32 = struct.Struct(">i")
 _PARTITION = struct.Struct(">ii")
 _OUTCOME = struct.Struct(">ihq")
 
@@ -46,15 +44,15 @@ _OUTCOME = struct.Struct(">ihq")
 def produce_version(versions: dict[int, tuple[int, int]]) -> int:
     """The highest Produce version both the broker (its ApiVersions answer) and this module
     speak; ``ConnectorConfigError`` when there is none."""
-    low, high = versions.get(_PRODUCE, (0, -1))
-    usable = [v for v in PRODUCE_VERSIONS if low <= v <= high]
-    if not usable:
+    version = shared_version(versions, _PRODUCE, PRODUCE_VERSIONS)
+    if version is None:
+        low, high = versions.get(_PRODUCE, (0, -1))
         raise ConnectorConfigError(
             f"the broker speaks Produce v{low}..v{high}; streamdag writes record batches with "
             f"Produce v{PRODUCE_VERSIONS.start}..v{PRODUCE_VERSIONS.stop - 1} (Kafka 0.11 or "
             "later)"
         )
-    return usable[-1]
+    return version
 
 
 @dataclass(frozen=True)
@@ -70,12 +68,12 @@ class ProduceAnswer:
         at = data.tell()
         outcomes: dict[int, tuple[int, int]] = {}
         # Step 1: topics (one, as sent): name, then its partitions.
-        (topics,) = _INT32.unpack_from(buffer, at)
+        (topics,) = INT32.unpack_from(buffer, at)
         at += 4
         extra = 16 if version >= 5 else 8  # timestamp, and log start offset from v5
         for _ in range(topics):
-            (name_length,) = _INT16.unpack_from(buffer, at)
-            (count,) = _INT32.unpack_from(buffer, at + 2 + max(name_length, 0))
+            (name_length,) = INT16.unpack_from(buffer, at)
+            (count,) = INT32.unpack_from(buffer, at + 2 + max(name_length, 0))
             at += 6 + max(name_length, 0)
             # Step 2: each partition's outcome.
             for _ in range(count):
@@ -96,8 +94,8 @@ class ProduceCall:
             raise ConnectorConfigError("a ProduceCall needs an answer; use acks 1 or -1 (all)")
         self.required_acks = acks
         name = topic.encode()
-        parts = [_FIELDS.pack(-1, acks, timeout_ms), _INT32.pack(1), _INT16.pack(len(name)),
-                 name, _INT32.pack(len(batches))]
+        parts = [_FIELDS.pack(-1, acks, timeout_ms), INT32.pack(1), INT16.pack(len(name)),
+                 name, INT32.pack(len(batches))]
         for partition, batch in batches.items():
             parts += [_PARTITION.pack(partition, len(batch)), batch]
         self._body = b"".join(parts)
