@@ -200,9 +200,11 @@ class EventTimeAligner:
             self._held[input_index].add(in_order)
             return batch.slice(0, 0)
         late = batch.ts < self._released_below  # handed back in arrival order
-        on_time = batch.take(~late)
+        # The on-time events are the sorted batch's tail (equal times stay in arrival order).
+        on_time = in_order.slice(int(np.searchsorted(in_order.ts, self._released_below)),
+                                 len(in_order))
         if len(on_time):
-            self._held[input_index].add(on_time.sorted_by_time())
+            self._held[input_index].add(on_time)
         return batch.take(late)
 
     def advance(self, input_index: int, watermark: int) -> bool:
