@@ -7,7 +7,8 @@ appends its records, each with its idempotence id header, to the open producer b
 partition (``append_records``, one compiled pass per partition and push). The header's bytes
 are written in place from the sink's tag and each record's sequence (``connectors.record_ids``);
 a record is written once, into the batch that is sent. A full batch is sealed (its header and
-CRC) at once; the epoch's close seals each partition's last one. Publishing the epoch is then
+CRC; its records compressed first with a ``compression_type``) at once; the epoch's close
+seals each partition's last one. Publishing the epoch is then
 sending those batches. They are packed exactly as ``write`` and ``flush`` would pack the
 epoch's records with the same ids, so the topic gets the same bytes either way.
 
@@ -91,12 +92,16 @@ Encoder = Callable[[Batch], EncodedBatch]
 
 
 class EpochBatches:
-    """The producer batches of one epoch of one sink, per partition, written as records come."""
+    """The producer batches of one epoch of one sink, per partition, written as records come.
+
+    ``max_batch_bytes`` bounds a batch's records before compression (``compression_type``).
+    """
 
     def __init__(self, encode: Encoder, max_batch_bytes: int, header_name: bytes,
-                 sink_id: str) -> None:
+                 sink_id: str, compression_type: str | None = None) -> None:
         self._encode = encode
         self._max_batch_bytes = max_batch_bytes
+        self._compression_type = compression_type
         self._name = np.frombuffer(header_name, dtype=np.uint8)
         self._prefix = np.frombuffer(sink_tag(sink_id), dtype=np.uint8)
         self._partitions: dict[int, _OpenBatches] = {}
@@ -113,7 +118,8 @@ class EpochBatches:
         for partition, rows in partition_rows(encoded.partitions).items():
             batches = self._partitions.get(partition)
             if batches is None:
-                batches = self._partitions[partition] = _OpenBatches(self._max_batch_bytes)
+                batches = self._partitions[partition] = _OpenBatches(self._max_batch_bytes,
+                                                                     self._compression_type)
             batches.append(encoded, stamps, rows, self._name, self._prefix, sequences)
 
     def finish(self) -> dict[int, BuiltBatches]:
@@ -126,8 +132,9 @@ class EpochBatches:
 class _OpenBatches:
     """One partition's batches of an epoch: those sealed, and the one being filled."""
 
-    def __init__(self, max_batch_bytes: int) -> None:
+    def __init__(self, max_batch_bytes: int, compression_type: str | None) -> None:
         self._budget = max_batch_bytes
+        self._compression_type = compression_type
         self._out = np.empty(max_batch_bytes, dtype=np.uint8)  # reused batch after batch
         self._at, self._count, self._first, self._highest = BATCH_HEADER_SIZE, 0, 0, 0
         self._buffers: list[bytearray] = []
@@ -157,7 +164,9 @@ class _OpenBatches:
 
     def _seal(self) -> None:
         buffer = bytearray(self._out[: self._at])
-        self._buffers.append(seal_batch(buffer, self._count, self._first, self._highest)._buffer)
+        sealed = seal_batch(buffer, self._count, self._first, self._highest,
+                            self._compression_type)
+        self._buffers.append(sealed.data)
         self._counts.append(self._count)
         self._at, self._count = BATCH_HEADER_SIZE, 0
         if len(self._out) > self._budget:  # grown for one long record: back to the budget

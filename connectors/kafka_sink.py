@@ -20,6 +20,7 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 
 from connectors.codecs import CODECS, TIME_UNIT_NANOS, CodecName, encode_values_buffer
+from connectors.compression import compression_problem
 from connectors.direct_produce import DirectProduce, direct_produce_for
 from connectors.epoch_batches import EncodedBatch, EpochBatches
 from connectors.epoch_commits import EpochLedger
@@ -39,7 +40,10 @@ class KafkaSinkConfig:
     """Everything a Kafka sink writer is built from.
 
     Record timestamps are the event times (in ms) when ``event_time_stamps``; otherwise the
-    producer's clock. ``max_batch_bytes`` bounds one producer batch.
+    producer's clock. ``max_batch_bytes`` bounds one producer batch (its records before
+    compression). ``compression_type`` (None, ``"gzip"``, ``"snappy"``, ``"lz4"`` or
+    ``"zstd"``) compresses every batch the sink sends, on each of its paths; a codec whose
+    library is not installed is refused here (``connectors.compression``).
 
     >>> KafkaSinkConfig("127.0.0.1:9092", "means").retry_policy().max_attempts
     5
@@ -70,6 +74,9 @@ class KafkaSinkConfig:
                 f"Kafka sink for {self.topic!r}: codec {self.codec!r} is unknown; expected one "
                 f"of {CODECS}"
             )
+        problem = compression_problem(self.compression_type)
+        if problem is not None:
+            raise ConnectorConfigError(f"Kafka sink for {self.topic!r}: {problem}")
         if self.max_batch_bytes < 1024:
             raise ConnectorConfigError(
                 f"Kafka sink for {self.topic!r}: max_batch_bytes {self.max_batch_bytes} is too "
@@ -156,8 +163,8 @@ class KafkaSinkWriter:
         values, offsets, stamps = self._values_and_stamps(batch)
         records = RecordColumns.from_buffer(
             batch.key, values, offsets, stamps, header_name=ID_HEADER.encode(),
-            header_values=record_ids,
-            max_batch_bytes=self._config.max_batch_bytes)
+            header_values=record_ids, max_batch_bytes=self._config.max_batch_bytes,
+            compression_type=self._config.compression_type)
         partitions = key_partitions(batch.key, self._partition_count)
         return {partition: records.take(rows)
                 for partition, rows in partition_rows(partitions).items()}
@@ -184,7 +191,7 @@ class KafkaSinkWriter:
         they come (see ``write_encoded``)."""
         self._require_producer()
         return EpochBatches(self.encode_batch, self._config.max_batch_bytes,
-                            ID_HEADER.encode(), sink_id)
+                            ID_HEADER.encode(), sink_id, self._config.compression_type)
 
     def write_encoded(self, batches: Mapping[int, BuiltBatches]) -> None:
         """Keep an epoch's built batches pending until ``flush``, after what is pending."""

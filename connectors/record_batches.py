@@ -8,7 +8,8 @@ only the 61-byte batch header and its CRC-32C are written per batch in Python. T
 exactly those aiokafka's own builder writes for the same records (a test compares them), handed
 to the producer's ``send_batch`` as a closed batch. An exactly-once sink's epochs are written
 with ``append_records`` instead, into the open batch of each partition as records come, each
-with its id header made in place (``connectors.epoch_batches``); ``seal_batch`` closes a batch.
+with its id header made in place (``connectors.epoch_batches``); ``seal_batch`` closes a batch,
+compressing its records when a compression type is given (``connectors.compression``).
 
 >>> import asyncio
 >>> records = RecordColumns.from_values(np.array([b"a", b"bb"]), [b"1", b"22"],
@@ -34,6 +35,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.util import calc_crc32c
 from numba import njit
 
+from connectors.compression import compress_records, compression_attribute
 from connectors.errors import ConnectorConfigError
 from connectors.record_ids import put_varint, varint_size
 
@@ -96,6 +98,8 @@ class RecordColumns:
     ``values[value_offsets[i]:value_offsets[i + 1]]``; a negative timestamp takes the
     producer's clock when the batch is built; a record with ``has_header`` carries the one
     header ``header_name`` whose value is cut from ``header_values`` the same way.
+    ``max_batch_bytes`` bounds a batch's records before compression; with a
+    ``compression_type`` each batch's records are compressed as the batch is built.
     """
 
     keys: _U8
@@ -108,6 +112,7 @@ class RecordColumns:
     header_offsets: _I64
     has_header: npt.NDArray[np.bool_]
     max_batch_bytes: int
+    compression_type: str | None = None
 
     @property
     def has_ids(self) -> bool:
@@ -118,7 +123,8 @@ class RecordColumns:
     def from_buffer(cls, keys: npt.NDArray[np.bytes_], values: bytes, value_offsets: _I64,
                     timestamps_ms: _I64, *, header_name: bytes = b"",
                     header_values: Sequence[bytes] | _U8 | None = None,
-                    max_batch_bytes: int) -> RecordColumns:
+                    max_batch_bytes: int,
+                    compression_type: str | None = None) -> RecordColumns:
         """Columns from a key array, the values back to back with their offsets, and
         (optionally) one header value each: bytes, or the rows of a 2-D ``uint8`` array (one
         fixed-width value per record, taken as is: no Python per record)."""
@@ -135,18 +141,21 @@ class RecordColumns:
         return cls(rows, key_lengths(rows), np.frombuffer(values, dtype=np.uint8),
                    np.asarray(value_offsets, dtype=np.int64),
                    np.asarray(timestamps_ms, dtype=np.int64), header_name, headers,
-                   header_offsets, np.full(count, header_values is not None), max_batch_bytes)
+                   header_offsets, np.full(count, header_values is not None), max_batch_bytes,
+                   compression_type)
 
     @classmethod
     def from_values(cls, keys: npt.NDArray[np.bytes_], values: Sequence[bytes],
                     timestamps_ms: _I64, *, header_name: bytes = b"",
                     header_values: Sequence[bytes] | _U8 | None = None,
-                    max_batch_bytes: int) -> RecordColumns:
+                    max_batch_bytes: int,
+                    compression_type: str | None = None) -> RecordColumns:
         """Columns from a key array, encoded values and (optionally) one header value each."""
         values_flat, value_offsets = _flat(values)
         return cls.from_buffer(keys, values_flat.tobytes(), value_offsets, timestamps_ms,
                                header_name=header_name, header_values=header_values,
-                               max_batch_bytes=max_batch_bytes)
+                               max_batch_bytes=max_batch_bytes,
+                               compression_type=compression_type)
 
     def __len__(self) -> int:
         return len(self.timestamps_ms)
@@ -161,7 +170,8 @@ class RecordColumns:
         headers, header_offsets = _gather(self.header_values, self.header_offsets, rows)
         return RecordColumns(self.keys[rows], self.key_lengths[rows], values, offsets,
                              self.timestamps_ms[rows], self.header_name, headers,
-                             header_offsets, self.has_header[rows], self.max_batch_bytes)
+                             header_offsets, self.has_header[rows], self.max_batch_bytes,
+                             self.compression_type)
 
     def extend(self, other: RecordColumns) -> RecordColumns:
         """These records, then ``other``'s."""
@@ -180,7 +190,7 @@ class RecordColumns:
                              np.concatenate([self.header_values, other.header_values]),
                              _joined(self.header_offsets, other.header_offsets),
                              np.concatenate([self.has_header, other.has_header]),
-                             self.max_batch_bytes)
+                             self.max_batch_bytes, self.compression_type)
 
     def drop_first(self, count: int) -> RecordColumns:
         """These records without the first ``count`` (they were delivered)."""
@@ -190,7 +200,8 @@ class RecordColumns:
                              self.timestamps_ms[count:], self.header_name,
                              self.header_values[self.header_offsets[count]:],
                              self.header_offsets[count:] - self.header_offsets[count],
-                             self.has_header[count:], self.max_batch_bytes)
+                             self.has_header[count:], self.max_batch_bytes,
+                             self.compression_type)
 
     def batch_from(self, position: int) -> tuple[PrebuiltBatch, int]:
         """The producer batch of the records from ``position`` on that fit, and where it ends.
@@ -208,14 +219,27 @@ class RecordColumns:
             self.header_offsets, self.has_header, position, self.max_batch_bytes,
             _HEADER.size, int(time.time() * 1000))
         buffer = bytearray(body.data)  # the header's bytes lead, written by seal_batch
-        return seal_batch(buffer, count, first, highest), position + count
+        return (seal_batch(buffer, count, first, highest, self.compression_type),
+                position + count)
 
 
-def seal_batch(buffer: bytearray, count: int, first_ms: int, highest_ms: int) -> PrebuiltBatch:
+def seal_batch(buffer: bytearray, count: int, first_ms: int, highest_ms: int,
+               compression_type: str | None = None) -> PrebuiltBatch:
     """The producer batch of ``buffer``: ``count`` records after ``BATCH_HEADER_SIZE`` bytes
-    left for the batch header, which is written here (with the CRC-32C of what follows it)."""
-    _HEADER.pack_into(buffer, 0, 0, len(buffer) - _LENGTH_FROM, -1, 2, 0, 0, count - 1,
-                      first_ms, highest_ms, -1, -1, 0, count)
+    left for the batch header, which is written here (with the CRC-32C of what follows it).
+
+    With a ``compression_type`` the records are first replaced by their compressed bytes, and
+    the header says so (its attributes' codec bits, its length); always, as Kafka's own producer
+    does, even where compressing did not make them shorter.
+    """
+    if compression_type is not None:
+        with memoryview(buffer) as view:
+            compressed = compress_records(view[_HEADER.size:].tobytes(), compression_type)
+        del buffer[_HEADER.size:]
+        buffer += compressed
+    _HEADER.pack_into(buffer, 0, 0, len(buffer) - _LENGTH_FROM, -1, 2, 0,
+                      compression_attribute(compression_type), count - 1, first_ms, highest_ms,
+                      -1, -1, 0, count)
     with memoryview(buffer) as view:  # no copy of the records for the checksum
         struct.pack_into(">I", buffer, _CRC_AT, calc_crc32c(view[_ATTRIBUTES_AT:]))
     return PrebuiltBatch(buffer, count)
