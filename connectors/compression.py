@@ -64,14 +64,14 @@ _CODECS = {
 COMPRESSION_TYPES = tuple(_CODECS)
 
 
-def compression_problem(compression_type: str | None) -> str | None:
+def compression_problem(compression_type: str | None, *, none: str = "None") -> str | None:
     """What makes ``compression_type`` unusable here (unknown, or its library missing); None
-    when it can be used."""
+    when it can be used. ``none`` is how "no compression" is spelled where it was given."""
     if compression_type is None:
         return None
     found = _CODECS.get(compression_type) if isinstance(compression_type, str) else None
     if found is None:
-        choices = ", ".join(["None", *map(repr, COMPRESSION_TYPES)])
+        choices = ", ".join([none, *map(repr, COMPRESSION_TYPES)])
         return f"compression_type {compression_type!r} is unknown; expected one of {choices}"
     if not found.available():
         return (f"compression_type {compression_type!r} needs the {found.library} library, "

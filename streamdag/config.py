@@ -65,11 +65,19 @@ class KafkaSettings:
     #: more (Flink's ``withIdleness``); the last events of a quiet stream wait this long. 0
     #: turns idleness off: a quiet partition holds the watermark until it has records again.
     idle_timeout_s: float = 10.0
+    #: Compression of the record batches the Kafka sinks write: empty (none), gzip, snappy,
+    #: lz4 or zstd (the last three need cramjam: ``pip install 'aiokafka[snappy]'``).
+    compression: str = ""
 
     def __post_init__(self) -> None:
         if self.idle_timeout_s < 0:
             raise ConfigError(f"kafka.idle_timeout_s must be 0 (no idleness) or more seconds, "
                               f"got {self.idle_timeout_s}")
+        from connectors.compression import compression_problem  # the codecs live there
+
+        problem = compression_problem(self.compression or None, none="''")
+        if problem is not None:
+            raise ConfigError(f"kafka.compression: {problem}")
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ class Controller(HealthChecks, Reports, StopAndResume):
             partitions=settings.kafka.partitions,
         )
         self._binding = KafkaBinding(bootstrap_servers, settings.kafka.fetch_max_wait_ms,
-                                     idle_timeout_s=settings.kafka.idle_timeout_s)
+                                     idle_timeout_s=settings.kafka.idle_timeout_s,
+                                     compression_type=settings.kafka.compression or None)
         self._runtime = RuntimeSettings(settings.runtime.credits,
                                         settings.runtime.max_batch_records,
                                         settings.runtime.linger_ms / 1000,

@@ -13,6 +13,8 @@ import numpy as np
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from connectors.codecs import RecordDecoder
+from connectors.compression import compression_problem
+from connectors.errors import ConnectorConfigError
 from connectors.fetched_batches import FetchedRecords, decode_fetch
 from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
@@ -131,6 +133,15 @@ class KafkaBinding:
     #: graph's output topics unless asked), ``"backtest."`` writes ``backtest.<topic>``, and
     #: ``""`` appends to the live topics on purpose.
     replay_prefix: str | None = None
+    #: Compression of every sink's record batches (``KafkaSinkConfig.compression_type``):
+    #: None, ``"gzip"``, ``"snappy"``, ``"lz4"`` or ``"zstd"``; refused here when unknown or
+    #: when its library is not installed.
+    compression_type: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = compression_problem(self.compression_type)
+        if problem is not None:
+            raise ConnectorConfigError(f"KafkaBinding: {problem}")
 
     def source_for(self, node: Node) -> KafkaSourceFactory:
         """The reader factory of a ``kafka_source`` node (time-ordered if the range is bounded)."""
@@ -171,7 +182,8 @@ class KafkaBinding:
             topic = f"{self.replay_prefix}{topic}"
         return KafkaSinkFactory(
             KafkaSinkConfig(self.bootstrap_servers, topic, codec=node.params["codec"],
-                            record_format=record_format_of(node))
+                            record_format=record_format_of(node),
+                            compression_type=self.compression_type)
         )
 
     def defaults(self) -> tuple[Callable[[Node], KafkaSourceFactory],

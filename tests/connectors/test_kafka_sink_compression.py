@@ -19,11 +19,15 @@ from aiokafka.record.memory_records import MemoryRecords
 from confluent_kafka import OFFSET_BEGINNING, Consumer
 from confluent_kafka import TopicPartition as KafkaPartition
 
+import streamdag as sd
 from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from connectors.record_ids import ID_HEADER, parse_record_id
+from connectors.source_bounds import Timestamp
 from operators.key_slots import hash_keys
 from runtime.dataplane.sink_epochs import EpochOutput
+from runtime.runners.kafka_binding import KafkaBinding
+from runtime.runners.local_runner import LocalRunner
 from streamdag.batch import Batch
 from streamdag.schema import Schema
 from tests.connectors.test_kafka_source import read_until_finished
@@ -195,3 +199,36 @@ async def test_the_source_reads_gzip_topics_of_aiokafka_and_of_the_sink_exactly(
         assert read.key[rows].tolist() == [v["key"].encode() for v in values]
         assert read.ts[rows].tolist() == [v["ts"] for v in values]
         assert read.columns["mean"][rows].tolist() == [v["mean"] for v in values]
+
+
+async def _produce(bootstrap: str, topic: str, count: int) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for n in range(count):
+            tick = {"symbol": f"s{n % 3}", "ts": 1_000 + n, "price": n + 0.5}
+            await producer.send(topic, json.dumps(tick).encode(), partition=0,
+                                timestamp_ms=tick["ts"])
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def test_a_graph_run_with_a_gzip_binding_writes_gzip_batches(
+    bootstrap: str, new_topic: NewTopic, consume: Consume
+) -> None:
+    source_topic, sink_topic = asyncio.run(new_topic(1)), asyncio.run(new_topic(1))
+    asyncio.run(_produce(bootstrap, source_topic, 50))
+    ticks = sd.source("ticks", topic=source_topic, key="symbol", time_unit="ms",
+                      schema={"price": "float64"})
+    job = sd.Graph("gz", outputs=[ticks.to_topic(sink_topic, key_field="symbol", name="out")])
+    binding = KafkaBinding(bootstrap, end=Timestamp.from_ms(1_050), replay_prefix="",
+                           compression_type="gzip")
+
+    LocalRunner(None, *binding.defaults()).run(job)
+
+    records = asyncio.run(consume(sink_topic, 50))
+    assert [json.loads(r.value) for r in records] == [
+        {"ts": 1_000 + n, "symbol": f"s{n % 3}", "price": n + 0.5} for n in range(50)]
+    batches = asyncio.run(_raw_batches(bootstrap, sink_topic, 0))
+    assert batches and [b.compression_type for b in batches] == [1] * len(batches)
