@@ -13,13 +13,16 @@ answers at once (no broker: only the sink's own work is timed, in this one proce
 
 Both modes run alternately, ``--repeats`` times each after an untimed warm-up of each; the table
 shows records per CPU second (``time.process_time``) and the ratio exactly-once / at-least-once.
+With ``--compression gzip`` (or another codec of ``KafkaSinkConfig.compression_type``) each mode
+also runs with its batches compressed, alternately with the plain runs, and the table adds the
+compressed rows, their bytes sent and the ratio compressed / plain per mode.
 
 With ``--broker``, a second table: the at-least-once sink over the embedded broker (a real
 producer, ``acks='all'``), one flush per batch as a thin stream publishes, our own Produce
 requests (``connectors.direct_produce``) against aiokafka's producer path, alternately; CPU ms
 per flush of this process (the broker's CPU is its own).
 Run: ``python -m benchmarks.sink_cpu [--records N] [--batch B] [--epoch E] [--repeats R]
-[--broker]``.
+[--compression gzip] [--broker]``.
 """
 
 from __future__ import annotations
@@ -79,9 +82,10 @@ class _InstantProducer:
 class _BenchWriter(KafkaSinkWriter):
     """A Kafka sink writer over ``_InstantProducer`` whose epoch commits are kept in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, compression_type: str | None = None) -> None:
         self.producer = _InstantProducer()
-        super().__init__(KafkaSinkConfig("bench:9092", "bench.out"),
+        super().__init__(KafkaSinkConfig("bench:9092", "bench.out",
+                                         compression_type=compression_type),
                          producer_factory=lambda _: self.producer)
         self.commits: list[int] = []
 
@@ -110,8 +114,8 @@ def workload(records: int, size: int) -> list[Batch]:
     return out
 
 
-async def _at_least_once(batches: Sequence[Batch]) -> _BenchWriter:
-    writer = _BenchWriter()
+async def _at_least_once(batches: Sequence[Batch], compression_type: str | None) -> _BenchWriter:
+    writer = _BenchWriter(compression_type)
     await writer.open()
     publisher = SinkPublisher(writer, NodeStats("out", "out"))
     acks = []
@@ -123,8 +127,9 @@ async def _at_least_once(batches: Sequence[Batch]) -> _BenchWriter:
     return writer
 
 
-async def _exactly_once(batches: Sequence[Batch], epoch_records: int) -> _BenchWriter:
-    writer = _BenchWriter()
+async def _exactly_once(batches: Sequence[Batch], epoch_records: int,
+                        compression_type: str | None) -> _BenchWriter:
+    writer = _BenchWriter(compression_type)
     await writer.open()
     output = EpochOutput(writer, _SINK_ID)
     output.start()
@@ -149,22 +154,25 @@ async def _exactly_once(batches: Sequence[Batch], epoch_records: int) -> _BenchW
     return writer
 
 
-def measure(records: int, batch: int, epoch_records: int, mode: str) -> tuple[float, int]:
-    """Records per CPU second of one run of ``mode``, and the bytes it sent."""
+def measure(records: int, batch: int, epoch_records: int, mode: str,
+            compression_type: str | None = None) -> tuple[float, int]:
+    """Records per CPU second of one run of ``mode`` (its batches compressed with
+    ``compression_type``), and the bytes it sent."""
     batches = workload(records, batch)
     started = time.process_time()
     if mode == "at-least-once":
-        writer = asyncio.run(_at_least_once(batches))
+        writer = asyncio.run(_at_least_once(batches, compression_type))
     else:
-        writer = asyncio.run(_exactly_once(batches, epoch_records))
+        writer = asyncio.run(_exactly_once(batches, epoch_records, compression_type))
     seconds = time.process_time() - started
     assert writer.producer.records_sent == records, (mode, writer.producer.records_sent)
     return records / seconds, writer.producer.bytes_sent
 
 
 async def _flush_each(bootstrap: str, topic: str, batches: Sequence[Batch],
-                      direct: bool) -> tuple[float, int]:
-    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic, direct_produce=direct))
+                      direct: bool, compression_type: str | None) -> tuple[float, int]:
+    writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap, topic, direct_produce=direct,
+                                             compression_type=compression_type))
     await writer.open()
     try:
         await writer.write(batches[0])  # the connection to the leader opens untimed
@@ -180,15 +188,16 @@ async def _flush_each(bootstrap: str, topic: str, batches: Sequence[Batch],
 
 
 def measure_broker(bootstrap: str, topic: str, flushes: int, batch: int,
-                   direct: bool) -> float:
+                   direct: bool, compression_type: str | None = None) -> float:
     """CPU ms per flush of ``flushes`` batches of ``batch`` records over the broker."""
     batches = workload(flushes * batch, batch)
-    per_flush, delivered = asyncio.run(_flush_each(bootstrap, topic, batches, direct))
+    per_flush, delivered = asyncio.run(_flush_each(bootstrap, topic, batches, direct,
+                                                   compression_type))
     assert delivered == flushes * batch, (delivered, flushes * batch)
     return per_flush
 
 
-def _broker_table(flushes: int, batch: int, repeats: int) -> None:
+def _broker_table(flushes: int, batch: int, repeats: int, compression_type: str | None) -> None:
     from connectors.broker import EmbeddedBroker
     from connectors.topics import ensure_topics
 
@@ -197,14 +206,15 @@ def _broker_table(flushes: int, batch: int, repeats: int) -> None:
         bootstrap = str(broker.bootstrap_servers)
         asyncio.run(ensure_topics(bootstrap, {"bench.sink-cpu": _PARTITIONS}))
         for direct in modes.values():
-            measure_broker(bootstrap, "bench.sink-cpu", 50, batch, direct)
+            measure_broker(bootstrap, "bench.sink-cpu", 50, batch, direct, compression_type)
         costs: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(repeats):
             for mode, direct in modes.items():
                 costs[mode].append(measure_broker(bootstrap, "bench.sink-cpu", flushes, batch,
-                                                  direct))
+                                                  direct, compression_type))
     print(f"\nsink over the embedded broker: {flushes:,} flushes of {batch:,} records "
-          f"({_PARTITIONS} partitions), {repeats} runs each, CPU of this process")
+          f"({_PARTITIONS} partitions), {repeats} runs each, compression "
+          f"{compression_type or 'none'}, CPU of this process")
     print("   path                      CPU ms per flush (median)    best")
     for mode in modes:
         print(f"   {mode:<26}{np.median(costs[mode]):>22.3f}{min(costs[mode]):>11.3f}")
@@ -219,32 +229,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--epoch", type=int, default=250_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compression", default=None,
+                        help="also run each mode with its batches compressed by this codec")
     parser.add_argument("--broker", action="store_true",
                         help="also time one flush per batch over the embedded broker")
     parser.add_argument("--flushes", type=int, default=1_000,
                         help="flushes per run of the --broker table")
     args = parser.parse_args(argv)
     modes = ("at-least-once", "exactly-once")
-    for mode in modes:
-        measure(min(args.records, 50_000), args.batch, args.epoch, mode)
-    rates: dict[str, list[float]] = {mode: [] for mode in modes}
-    sizes: dict[str, int] = {}
+    codecs = (None, args.compression) if args.compression else (None,)
+    runs = [(mode, codec) for mode in modes for codec in codecs]
+    for mode, codec in runs:
+        measure(min(args.records, 50_000), args.batch, args.epoch, mode, codec)
+    rates: dict[tuple[str, str | None], list[float]] = {run: [] for run in runs}
+    sizes: dict[tuple[str, str | None], int] = {}
     for _ in range(args.repeats):
-        for mode in modes:
-            rate, sent = measure(args.records, args.batch, args.epoch, mode)
-            rates[mode].append(rate)
-            sizes[mode] = sent
+        for mode, codec in runs:
+            rate, sent = measure(args.records, args.batch, args.epoch, mode, codec)
+            rates[mode, codec].append(rate)
+            sizes[mode, codec] = sent
     print(f"sink CPU: {args.records:,} records in batches of {args.batch:,}, epochs of "
           f"{args.epoch:,}, {args.repeats} runs each")
-    print("   mode              records/CPU s (median)      best    bytes sent")
-    for mode in modes:
-        print(f"   {mode:<16}{np.median(rates[mode]):>16,.0f}{max(rates[mode]):>14,.0f}"
-              f"{sizes[mode]:>14,}")
-    exactly, least = rates["exactly-once"], rates["at-least-once"]
+    print("   mode                     records/CPU s (median)      best    bytes sent")
+    for mode, codec in runs:
+        label = f"{mode} + {codec}" if codec else mode
+        print(f"   {label:<23}{np.median(rates[mode, codec]):>16,.0f}"
+              f"{max(rates[mode, codec]):>14,.0f}{sizes[mode, codec]:>14,}")
+    exactly, least = rates["exactly-once", None], rates["at-least-once", None]
     print(f"   ratio exactly-once / at-least-once  {np.median(exactly) / np.median(least):.3f}"
           f" (median)  {max(exactly) / max(least):.3f} (best)")
+    for mode in modes if args.compression else ():
+        packed, plain = rates[mode, args.compression], rates[mode, None]
+        print(f"   ratio {mode} {args.compression} / plain  records/CPU s "
+              f"{np.median(packed) / np.median(plain):.3f} (median), bytes "
+              f"{sizes[mode, args.compression] / sizes[mode, None]:.3f}")
     if args.broker:
-        _broker_table(args.flushes, args.batch, args.repeats)
+        _broker_table(args.flushes, args.batch, args.repeats, args.compression)
 
 
 if __name__ == "__main__":
