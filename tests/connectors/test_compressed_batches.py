@@ -14,11 +14,10 @@ from aiokafka.record.default_records import DefaultRecordBatch
 
 from connectors.compression import compression_problem
 from connectors.errors import ConnectorConfigError
-from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
+from connectors.kafka_sink import KafkaSinkConfig
 from connectors.record_batches import BATCH_HEADER_SIZE, RecordColumns
-from connectors.record_ids import ID_HEADER, record_ids
-from streamdag.batch import Batch
-from tests.connectors.test_epoch_batches import RecordingProducer
+from connectors.record_ids import ID_HEADER
+from tests.connectors.test_epoch_batches import _sent
 
 SINK = "c" * 64
 Record = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
@@ -68,31 +67,10 @@ def test_a_gzip_batch_holds_the_same_records_compressed_with_its_header_right() 
         b'{"ts":%d,"mean":%f}' % (i, i / 3) for i in range(300)]
 
 
-async def _sent(*, epoch: bool, compression_type: str | None) -> dict[int, list[bytes]]:
-    producer = RecordingProducer()
-    config = KafkaSinkConfig("unused:9092", "out", max_batch_bytes=1024,
-                             compression_type=compression_type)
-    writer = KafkaSinkWriter(config, producer_factory=lambda _: producer)
-    await writer.open()
-    batches = writer.epoch_batches(SINK)
-    for first in (0, 90, 95):
-        n = np.arange(first, first + (90 if first == 0 else 5))
-        push = Batch.from_columns(ts=n * 1_000_000, key=[f"k{i % 5}" for i in n.tolist()],
-                                  mean=n * 0.25)
-        if epoch:
-            batches.add(push, n)
-        else:
-            await writer.write(push, record_ids(SINK, n))
-    if epoch:
-        writer.write_encoded(batches.finish())
-    await writer.close()
-    return producer.sent
-
-
 @pytest.mark.parametrize("epoch", [False, True], ids=["write", "epoch"])
 def test_both_ways_of_building_a_sinks_batches_compress_them(epoch: bool) -> None:
-    plain = asyncio.run(_sent(epoch=epoch, compression_type=None))
-    packed = asyncio.run(_sent(epoch=epoch, compression_type="gzip"))
+    plain = asyncio.run(_sent("json", epoch=epoch))
+    packed = asyncio.run(_sent("json", epoch=epoch, compression_type="gzip"))
 
     assert sorted(packed) == sorted(plain) == [0, 1, 2]
     for partition, batches in packed.items():

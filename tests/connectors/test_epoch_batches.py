@@ -50,9 +50,11 @@ def _pushes() -> list[Batch]:
     return out
 
 
-async def _sent(codec: CodecName, *, epoch: bool) -> dict[int, list[bytes]]:
+async def _sent(codec: CodecName, *, epoch: bool,
+                compression_type: str | None = None) -> dict[int, list[bytes]]:
     producer = RecordingProducer()
-    config = KafkaSinkConfig("unused:9092", "out", codec=codec, max_batch_bytes=1024)
+    config = KafkaSinkConfig("unused:9092", "out", codec=codec, max_batch_bytes=1024,
+                             compression_type=compression_type)
     writer = KafkaSinkWriter(config, producer_factory=lambda _: producer)
     await writer.open()
     sequence = 0
