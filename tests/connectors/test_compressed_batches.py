@@ -19,7 +19,6 @@ from connectors.record_batches import BATCH_HEADER_SIZE, RecordColumns
 from connectors.record_ids import ID_HEADER
 from tests.connectors.test_epoch_batches import _sent
 
-SINK = "c" * 64
 Record = tuple[int, int, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 
