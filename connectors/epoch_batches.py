@@ -10,7 +10,8 @@ a record is written once, into the batch that is sent. A full batch is sealed (i
 CRC; its records compressed first with a ``compression_type``) at once; the epoch's close
 seals each partition's last one. Publishing the epoch is then
 sending those batches. They are packed exactly as ``write`` and ``flush`` would pack the
-epoch's records with the same ids, so the topic gets the same bytes either way.
+epoch's records with the same ids, so the topic gets the same bytes either way (compressed
+with gzip: the same records, and bytes that differ at most in the gzip header's time stamp).
 
 >>> from streamdag.batch import Batch
 >>> def encode(batch):
