@@ -40,8 +40,9 @@ def write_out_dir(result: BacktestResult, directory: str | Path) -> list[Path]:
 
 
 def write_topics(result: BacktestResult, graph: Graph, bootstrap_servers: str,
-                 prefix: str) -> dict[str, str]:
-    """Each sink's output to ``<prefix><its topic>``; the topics written, by sink name.
+                 prefix: str, *, compression_type: str | None = None) -> dict[str, str]:
+    """Each sink's output to ``<prefix><its topic>`` (its batches compressed with
+    ``compression_type``, as ``kafka.compression`` asks); the topics written, by sink name.
 
     An empty prefix would append to the live graph's topics: refused.
     """
@@ -54,7 +55,8 @@ def write_topics(result: BacktestResult, graph: Graph, bootstrap_servers: str,
     async def publish() -> None:
         await ensure_topics(bootstrap_servers, {topic: 1 for topic, _ in targets.values()})
         for name, (topic, codec) in targets.items():
-            writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap_servers, topic, codec=codec))
+            writer = KafkaSinkWriter(KafkaSinkConfig(bootstrap_servers, topic, codec=codec,
+                                                     compression_type=compression_type))
             await writer.open()
             try:
                 await writer.write(result.outputs[name])

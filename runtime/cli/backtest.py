@@ -133,7 +133,9 @@ def _deliver(args: argparse.Namespace, applied: Graph, result: BacktestResult, b
         for path in write_out_dir(result, folder):
             print(f"wrote {path}")
     if args.out is not None:
-        for sink, topic in write_topics(result, applied, bootstrap, args.out + suffix).items():
+        compression = settings_from_args(args).kafka.compression or None  # the sinks' setting
+        for sink, topic in write_topics(result, applied, bootstrap, args.out + suffix,
+                                        compression_type=compression).items():
             print(f"wrote {sink} to topic {topic!r}")
     if args.verify_against is None:
         return 0

@@ -25,6 +25,8 @@ from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from connectors.record_ids import ID_HEADER, parse_record_id
 from connectors.source_bounds import Timestamp
 from operators.key_slots import hash_keys
+from runtime.backtest.outputs import write_topics
+from runtime.backtest.results import BacktestResult
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.local_runner import LocalRunner
@@ -231,4 +233,23 @@ def test_a_graph_run_with_a_gzip_binding_writes_gzip_batches(
     assert [json.loads(r.value) for r in records] == [
         {"ts": 1_000 + n, "symbol": f"s{n % 3}", "price": n + 0.5} for n in range(50)]
     batches = asyncio.run(_raw_batches(bootstrap, sink_topic, 0))
+    assert batches and [b.compression_type for b in batches] == [1] * len(batches)
+
+
+async def test_a_backtests_topics_are_written_with_the_compression_asked(
+    bootstrap: str, new_topic: NewTopic, consume: Consume
+) -> None:
+    topic = await new_topic(1)
+    prefix, _, live = topic.partition("-")  # the prefix + the sink's topic: this fresh topic
+    ticks = sd.source("ticks", topic="t", key="symbol", schema={"mean": "float64"})
+    graph = sd.Graph("bt", outputs=[ticks.to_topic(live, name="out")])
+    result = BacktestResult({"out": _means(30)})
+
+    written = await asyncio.to_thread(write_topics, result, graph, bootstrap, prefix + "-",
+                                      compression_type="gzip")
+
+    assert written == {"out": topic}
+    assert [json.loads(r.value)["mean"] for r in await consume(topic, 30)] == [
+        n * 0.5 for n in range(30)]
+    batches = await _raw_batches(bootstrap, topic, 0)
     assert batches and [b.compression_type for b in batches] == [1] * len(batches)
