@@ -152,3 +152,33 @@ async def test_a_long_wait_for_the_lock_logs_where_its_holder_waits(
                               "0 s by task health check:\n")
     assert "in _holds_the_lock_until_released" in message
     assert not lock.locked()
+
+
+class _StoppedActor:
+    """A node actor whose process is stopped: its calls never answer."""
+
+    def __init__(self) -> None:
+        self.report = _Call(self._never)
+
+    async def _never(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_an_actor_missing_probes_in_a_row_is_killed_and_counts_as_dead(
+    ray_session: None,  # the kill goes through Ray (which refuses the stand-in: it is gone)
+) -> None:
+    actors = NodeActors("live", RuntimeSettings(), call_timeout_s=0.05)
+    actors.unresponsive_after = 2
+    stopped = _StoppedActor()
+    actors.handles["k"] = stopped
+
+    first = await actors.probe("k")
+    second = await actors.probe("k")
+    third = await actors.probe("k")
+
+    assert (first.alive, first.error) == (True, None)  # busy, not dead: asked again
+    cause = ("its actor did not answer 2 health probes in a row within 0.05 s each; it was "
+             "killed as unresponsive")
+    assert (second.alive, second.error) == (third.alive, third.error) == (False, cause)
+    actors.forget("k")  # declared dead: its key may get a new actor
+    assert (actors.unresponsive, actors.probes_missed, actors.handles) == ({}, {}, {})
