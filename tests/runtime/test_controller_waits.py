@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from runtime.checkpoints.coordinator import CheckpointCoordinator
 from runtime.checkpoints.quiet import QuietWatch, SourceQuiet
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.host import RuntimeSettings
@@ -182,3 +183,23 @@ async def test_an_actor_missing_probes_in_a_row_is_killed_and_counts_as_dead(
     assert (second.alive, second.error) == (third.alive, third.error) == (False, cause)
     actors.forget("k")  # declared dead: its key may get a new actor
     assert (actors.unresponsive, actors.probes_missed, actors.handles) == ({}, {}, {})
+
+
+async def test_a_coordinator_cancelled_once_as_its_checkpoint_is_acknowledged_ends() -> None:
+    actors = NodeActors("live", RuntimeSettings())
+    coordinator = CheckpointCoordinator(
+        "live.r", CheckpointStore(f"memory://waits-{uuid.uuid4().hex[:8]}"), actors, ["s"],
+        ["s"], interval_s=0.001, timeout_s=5.0)
+    running: list[asyncio.Task[None]] = []
+
+    async def cancel_once() -> None:
+        running[0].cancel()
+
+    source = _SourceActor(stop_at=2, stop=cancel_once)
+    actors.handles["s"] = source
+    running.append(asyncio.ensure_future(coordinator.run()))
+
+    done, _ = await asyncio.wait(running, timeout=10.0)
+
+    assert done == set(running) and running[0].cancelled()
+    assert source.committed == [1, 2]  # checkpoint 2 had been acknowledged: it completed
