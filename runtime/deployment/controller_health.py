@@ -59,7 +59,7 @@ class HealthChecks(ControllerState):
             await self._ensure_started()
             probed = {key: self._actors.handles.get(key) for key in self._registry.live_keys()}
         # Step 1: the probes.
-        found = await self._probe_all(probed)
+        found = await self._probe_all(probed, counts_misses=True)
         async with self._lock:
             # Step 2: only what is still so.
             live = self._registry.live_keys()
@@ -138,9 +138,11 @@ class HealthChecks(ControllerState):
             except Exception:  # the loop must outlive one failed round
                 _log.exception("health check of deployment %r failed", self.deployment)
 
-    async def _probe_all(self, keys: Iterable[str]) -> dict[str, NodeProbe]:
+    async def _probe_all(self, keys: Iterable[str], *,
+                         counts_misses: bool = False) -> dict[str, NodeProbe]:
         ordered = sorted(keys)
-        probes = await asyncio.gather(*(self._actors.probe(key) for key in ordered))
+        probes = await asyncio.gather(*(self._actors.probe(key, counts_misses=counts_misses)
+                                        for key in ordered))
         for key, probe in zip(ordered, probes, strict=True):
             if probe.stats is not None:
                 self._stats[key] = probe.stats

@@ -294,12 +294,13 @@ class NodeActors(RayNodes):
         """Kill one actor at once (no stop, no drain), then wait until its name is free."""
         await kill_named_actor(handle, name, self.call_timeout_s)
 
-    async def probe(self, key: str) -> NodeProbe:
+    async def probe(self, key: str, *, counts_misses: bool = False) -> NodeProbe:
         """One call to the actor of ``key``: its figures, and whether it finished or failed.
 
         An actor killed as unresponsive is dead, with why. One not answering within
         ``call_timeout_s`` is busy, not dead, until it missed ``unresponsive_after`` probes
-        in a row: then it is killed as unresponsive.
+        in a row that ``counts_misses`` (the health check's rounds, not a metrics scrape
+        asking at the same time): then it is killed as unresponsive.
         """
         from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -317,6 +318,8 @@ class NodeActors(RayNodes):
         except RayActorError as exc:  # killed as unresponsive while this probe waited: why
             return NodeProbe(alive=False, error=self.unresponsive.get(key, failure_cause(exc)))
         except TimeoutError:
+            if not counts_misses:
+                return NodeProbe(alive=True)
             missed = self.probes_missed[key] = self.probes_missed.get(key, 0) + 1
             if 0 < self.unresponsive_after <= missed:
                 await self.kill_unresponsive(

@@ -173,10 +173,12 @@ async def test_an_actor_missing_probes_in_a_row_is_killed_and_counts_as_dead(
     stopped = _StoppedActor()
     actors.handles["k"] = stopped
 
-    first = await actors.probe("k")
-    second = await actors.probe("k")
-    third = await actors.probe("k")
+    scraped = [await actors.probe("k") for _ in range(3)]  # a metrics scrape's: not counted
+    first = await actors.probe("k", counts_misses=True)
+    second = await actors.probe("k", counts_misses=True)
+    third = await actors.probe("k", counts_misses=True)
 
+    assert [(p.alive, p.error) for p in scraped] == [(True, None)] * 3
     assert (first.alive, first.error) == (True, None)  # busy, not dead: asked again
     cause = ("its actor did not answer 2 health probes in a row within 0.05 s each; it was "
              "killed as unresponsive")
