@@ -216,9 +216,10 @@ class NodeActors(RayNodes):
         1. The producer is asked to unsubscribe; it answers once its consumer acknowledged
            what was sent, which a slow consumer may delay past ``call_timeout_s``.
         2. If it has not answered by then, one probe tells taking from hanging: a producer
-           that answers the probe (a later call) runs, so has taken the unsubscribe (it stops
-           sending at once, then drains); a drain that fails once its consumer stops only
-           drops that consumer.
+           that answers the probe, a later call (Ray starts one caller's calls to an actor in
+           the order sent when, as here, they wait on no argument), has started the
+           unsubscribe, whose first step stops the sending; a drain that fails once its
+           consumer stops only drops that consumer (``NodeHost.unsubscribe``).
         3. A producer that answers neither is unresponsive (stopped, or its event loop
            blocked): it is killed, and counts as dead with that cause at the next health
            check, so its region recovers or its graphs fail instead of the caller waiting.
