@@ -118,6 +118,11 @@ class CheckpointCoordinator:
         quiet.start()
         try:
             while not self.sources_finished:
+                # A cancellation asyncio.wait_for dropped (before Python 3.12, one landing just
+                # as the awaited call completed) still ends the loop, instead of never.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
                 early = False
                 if not at_once:
                     early = await self._until_due(quiet)

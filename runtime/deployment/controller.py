@@ -34,6 +34,7 @@ from runtime.deployment.controller_options import (
     start_when_restarted_by_ray,
 )
 from runtime.deployment.controller_reports import Reports, UnknownNodeError
+from runtime.deployment.controller_waits import WatchedLock, cancel_and_wait
 from runtime.deployment.crashes import reuse_refusal
 from runtime.deployment.lifecycle import (
     TERMINAL_STATES,
@@ -134,10 +135,13 @@ class Controller(HealthChecks, Reports, StopAndResume):
                                         settings.runtime.max_batch_records,
                                         settings.runtime.linger_ms / 1000,
                                         data_connections=settings.runtime.data_connections)
-        self._lock = asyncio.Lock()
+        #: Serializes submissions, removals, health checks and shutdown; a call waiting for
+        #: it long logs where its holder waits (``controller_waits``).
+        self._lock = WatchedLock("the controller's lock", self.options.lock_report_after_s)
         self._actors = NodeActors(self.deployment, self._runtime,
                                   call_timeout_s=self.options.call_timeout_s,
                                   ready_timeout_s=self.options.ready_timeout_s)
+        self._actors.unresponsive_after = self.options.unresponsive_probes
         self._actors.routes = self._registry.routes()
         self._actors.on_named = self._actor_named
         #: Idle warmed node actors new nodes bind to (``settings.runtime.warm_pool``).
@@ -422,11 +426,20 @@ class Controller(HealthChecks, Reports, StopAndResume):
                 self._retiring.pop(key, None)
 
     async def shutdown(self) -> dict[str, Any]:
-        """Stop every node actor (sources first) and every submission still running."""
+        """Stop every node actor (sources first) and every submission still running.
+
+        Steps:
+        1. The periodic health check ends first: one cancelled mid-way releases the lock, so
+           shutdown never waits behind a check (or a recovery) that waits on an actor.
+        2. Under the lock: the regions stop checkpointing, the running submissions stop,
+           retiring nodes finish retiring, every node actor and the warm pool stop.
+        """
+        # Step 1: no health check holds the lock, or takes it again.
+        await self._stop_health_checks()
         async with self._lock:
             await self._ensure_started()
-            if self._health_task is not None:
-                self._health_task.cancel()
+            await self._stop_health_checks()  # one _ensure_started may just have started
+            # Step 2: everything stops.
             if self._checkpoints is not None:
                 await self._checkpoints.stop_all()
             for record in list(self._records.values()):
@@ -445,8 +458,19 @@ class Controller(HealthChecks, Reports, StopAndResume):
             self._stats.clear()
             self._save_registry()
             self._save_submissions()
-            await self._emitter.close()
+            try:
+                await asyncio.wait_for(self._emitter.close(), self.options.call_timeout_s)
+            except Exception:  # the lifecycle topic is for people; the actors are stopped
+                _log.warning("the lifecycle emitter of deployment %r did not close",
+                             self.deployment, exc_info=True)
             return {"stopped": [entries[key].name for key in order]}
+
+    async def _stop_health_checks(self) -> None:
+        """Cancel the periodic health check and wait until it has ended."""
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            await cancel_and_wait(task, self.options.call_timeout_s,
+                                  f"the health check of deployment {self.deployment!r}")
 
     async def _reconcile_checkpoints(self, retired: Iterable[str] = ()) -> None:
         if self._checkpoints is not None:

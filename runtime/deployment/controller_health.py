@@ -44,10 +44,28 @@ class HealthChecks(ControllerState):
         A dead actor counts as a crash: its region holds, and every submission with a node in
         it ends FAILED with the cause (``crashes``). A submission using a failed node ends
         FAILED too; one whose output nodes all finished ends COMPLETED.
+
+        Steps:
+        1. Every live node actor is probed, outside the lock: a probe takes up to
+           ``call_timeout_s``, and submissions, removals and shutdown need not wait for it.
+        2. Under the lock, what the probes found is judged against the registry as it is
+           now: the probe of an actor retired or replaced (recovered) meanwhile is dropped.
+        3. Dead actors are declared; with checkpoints, failed nodes and regions recover
+           (probed again under the lock, as the recovered actors are new).
+        4. Submissions with a failed node fail, those whose outputs all finished complete.
+        5. Idle pool actors that died are replaced (the pool keeps its own state).
         """
         async with self._lock:
             await self._ensure_started()
-            probes = await self._probe_all(self._registry.live_keys())
+            probed = {key: self._actors.handles.get(key) for key in self._registry.live_keys()}
+        # Step 1: the probes.
+        found = await self._probe_all(probed, counts_misses=True)
+        async with self._lock:
+            # Step 2: only what is still so.
+            live = self._registry.live_keys()
+            probes = {key: probe for key, probe in found.items()
+                      if key in live and self._actors.handles.get(key) is probed[key]}
+            # Step 3: crashes and recoveries.
             problems = await self._declare_dead(
                 {key: probe.error or "its actor died" for key, probe in probes.items()
                  if not probe.alive})
@@ -62,6 +80,7 @@ class HealthChecks(ControllerState):
                                  "region recovers" for key, cause in failing.items()]
                     await self._recover_or_fail(failing)
                     probes = await self._probe_all(self._registry.live_keys())
+            # Step 4: failed and completed submissions.
             for record in list(self._records.values()):
                 if record.state is not _S.EXECUTING:
                     continue
@@ -73,10 +92,10 @@ class HealthChecks(ControllerState):
                 elif all(n.key in probes and probes[n.key].finished
                          for n in record.nodes if n.leaf):
                     await self._move(record.id, _S.COMPLETED, "every output finished")
-            # Pool actors that died are replaced.
-            for name in await self._pool.check():
-                problems.append(f"pool actor {name} died; a new one starts")
-            return problems
+        # Step 5: pool actors that died are replaced.
+        for name in await self._pool.check():
+            problems.append(f"pool actor {name} died; a new one starts")
+        return problems
 
     async def _declare_dead(self, causes: Mapping[str, str]) -> list[str]:
         """Record actors as dead; their regions hold and their submissions fail (``crashes``)."""
@@ -87,7 +106,7 @@ class HealthChecks(ControllerState):
             entry = self._registry.entries[key]
             self._crashes += 1
             problems.append(f"node {entry.name!r} (actor {entry.actor_name}) died: {cause}")
-            self._actors.handles.pop(key, None)
+            self._actors.forget(key)
         self._registry = mark_dead(self._registry, causes)
         self._save_registry()
         await self._recover_or_fail(causes)
@@ -119,9 +138,11 @@ class HealthChecks(ControllerState):
             except Exception:  # the loop must outlive one failed round
                 _log.exception("health check of deployment %r failed", self.deployment)
 
-    async def _probe_all(self, keys: Iterable[str]) -> dict[str, NodeProbe]:
+    async def _probe_all(self, keys: Iterable[str], *,
+                         counts_misses: bool = False) -> dict[str, NodeProbe]:
         ordered = sorted(keys)
-        probes = await asyncio.gather(*(self._actors.probe(key) for key in ordered))
+        probes = await asyncio.gather(*(self._actors.probe(key, counts_misses=counts_misses)
+                                        for key in ordered))
         for key, probe in zip(ordered, probes, strict=True):
             if probe.stats is not None:
                 self._stats[key] = probe.stats

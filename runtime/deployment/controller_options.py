@@ -42,6 +42,12 @@ class ControllerOptions:
     ready_timeout_s: float = 60.0
     #: Seconds one actor call of a health check or a stop may take.
     call_timeout_s: float = 10.0
+    #: Seconds a call may wait for the controller's lock before the log shows the stack of
+    #: the task holding it (again every as many seconds); 0 turns the report off.
+    lock_report_after_s: float = 30.0
+    #: Health probes in a row (each ``call_timeout_s``) a node actor may leave unanswered
+    #: before it is killed as unresponsive and counts as dead; 0: never.
+    unresponsive_probes: int = 3
     #: Kafka topic receiving the lifecycle CloudEvents.
     lifecycle_topic: str = "streamdag.lifecycle"
     #: Create missing sink topics (with ``settings.kafka.partitions``) before creating sinks.

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from runtime.dataplane.stats import LatencyHistogram, NodeStats
     from runtime.deployment.controller_options import ControllerOptions
+    from runtime.deployment.controller_waits import WatchedLock
     from runtime.deployment.lifecycle import SubmissionRecord
     from runtime.deployment.node_actors import NodeActors
     from runtime.deployment.node_registry import NodeRegistry
@@ -33,7 +34,7 @@ class ControllerState:
         state_dir: Path
         options: ControllerOptions
         _started: bool
-        _lock: asyncio.Lock
+        _lock: WatchedLock
         _registry: NodeRegistry
         _records: dict[str, SubmissionRecord]
         _checkpoints: RegionCheckpoints | None

@@ -128,10 +128,18 @@ class NodeActors(RayNodes):
         self.pool: WarmPool | None = None
         #: Told ``(key, actor name)`` whenever a key gets a new actor.
         self.on_named: Callable[[str, str], None] | None = None
+        #: Keys whose actor was killed for not answering, with why: each counts as dead.
+        self.unresponsive: dict[str, str] = {}
+        #: Health probes in a row each key's actor did not answer in time.
+        self.probes_missed: dict[str, int] = {}
+        #: Probes in a row an actor may miss before it is killed as unresponsive (0: never).
+        self.unresponsive_after = 0
 
     def create(self, key: str, host: HostSpec) -> Any:
         """Bind ``key`` to an idle pool actor if there is one (not an inference node, which
         needs its own actor class), else create its own named actor; returns its handle."""
+        self.unresponsive.pop(key, None)  # a new actor: nothing it missed yet
+        self.probes_missed.pop(key, None)
         pooled = (self.pool.take() if self.pool is not None and self.shard_options is None
                   and host.node.operator != INFERENCE_OPERATOR else None)
         if pooled is None:
@@ -196,28 +204,84 @@ class NodeActors(RayNodes):
     def unsubscribe(self, upstream: str, edge: str) -> asyncio.Future[None]:
         """Stop ``upstream`` sending on ``edge``: the future ends once it sends no more.
 
-        It is never given up on: a consumer stopped before its producer took the call would
-        fail the producer's next push, and a shared producer would hold. A producer that is
-        gone sends nothing, so its future ends at once.
+        A consumer stopped before its producer took the call would fail the producer's next
+        push, and a shared producer would hold; so the future ends only once the producer
+        took it, is gone, or was found unresponsive and killed (``_unsubscribe``), each
+        within ``2 * call_timeout_s`` and the kill's wait.
         """
         return asyncio.ensure_future(self._unsubscribe(upstream, edge))
 
     async def _unsubscribe(self, upstream: str, edge: str) -> None:
+        """Steps:
+        1. The producer is asked to unsubscribe; it answers once its consumer acknowledged
+           what was sent, which a slow consumer may delay past ``call_timeout_s``.
+        2. If it has not answered by then, one probe tells taking from hanging: a producer
+           that answers the probe, a later call (Ray starts one caller's calls to an actor in
+           the order sent when, as here, they wait on no argument), has started the
+           unsubscribe, whose first step stops the sending; a drain that fails once its
+           consumer stops only drops that consumer (``NodeHost.unsubscribe``).
+        3. A producer that answers neither is unresponsive (stopped, or its event loop
+           blocked): it is killed, and counts as dead with that cause at the next health
+           check, so its region recovers or its graphs fail instead of the caller waiting.
+        """
         handle = self.handles.get(upstream)
         if handle is None:
             return
+        # Step 1: the call.
         call = asyncio.ensure_future(awaited(handle.unsubscribe.remote(edge)))
+        call.add_done_callback(lambda done: done.cancelled() or done.exception())
         done, _ = await asyncio.wait([call], timeout=self.call_timeout_s)
-        if not done:
-            _log.warning("node actor %s has not taken the unsubscribe of edge %s within %.0f s; "
-                         "its consumer stays up until it has", upstream[:24], edge,
-                         self.call_timeout_s)
-        with contextlib.suppress(Exception):  # a dead producer sends nothing
-            await call
+        if done:
+            return  # taken (or the producer is gone, which sends nothing)
+        # Step 2: taking, or hanging?
+        probe = await self._report_within(handle)
+        if probe is not None:
+            _log.warning("node actor %s has not finished the unsubscribe of edge %s within "
+                         "%.0f s (its consumer is slow to acknowledge); it runs, so the "
+                         "consumer may stop", upstream[:24], edge, self.call_timeout_s)
+            return
+        # Step 3: unresponsive.
+        await self.kill_unresponsive(
+            upstream, handle, f"its actor answered neither the unsubscribe of edge {edge} nor "
+            f"a probe within {self.call_timeout_s:g} s each; it was killed as unresponsive")
+
+    async def within_call_timeout(self, ref: Any) -> Any:
+        """The result of actor call ``ref``; TimeoutError after ``call_timeout_s``."""
+        return await asyncio.wait_for(awaited(ref), self.call_timeout_s)
+
+    async def _report_within(self, handle: Any) -> Any:
+        """The actor's ``report`` within ``call_timeout_s``; None if it did not answer."""
+        call = asyncio.ensure_future(awaited(handle.report.remote()))
+        call.add_done_callback(lambda done: done.cancelled() or done.exception())
+        done, _ = await asyncio.wait([call], timeout=self.call_timeout_s)
+        return call.result() if done and call.exception() is None else None
+
+    async def kill_unresponsive(self, key: str, handle: Any, cause: str) -> None:
+        """Kill ``handle``, the actor of ``key`` that does not answer, and wait (up to
+        ``call_timeout_s``) until Ray knows it is dead; while it is still ``key``'s actor,
+        ``key`` counts as dead with ``cause`` at the next probe."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self.handles.get(key) is handle:  # not replaced meanwhile (a recovery's new actor)
+            self.unresponsive[key] = cause
+        _log.warning("node actor %s: %s", key[:24], cause)
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
+        deadline = time.monotonic() + self.call_timeout_s
+        while time.monotonic() < deadline:  # dead in Ray: its name is free for a new actor
+            try:
+                await asyncio.wait_for(awaited(handle.report.remote()), self.call_timeout_s)
+            except RayActorError:
+                return
+            except Exception:  # unreachable for now: not yet known to be dead
+                pass
+            await asyncio.sleep(0.01)
 
     async def stop(self, key: str, name: str) -> None:
         """Stop and kill the actor of ``key`` (if it has a handle) and forget it."""
-        handle = self.handles.pop(key, None)
+        handle = self.handles.get(key)
+        self.forget(key)
         if handle is not None:
             await self.stop_actor(handle, name)
 
@@ -231,25 +295,49 @@ class NodeActors(RayNodes):
         """Kill one actor at once (no stop, no drain), then wait until its name is free."""
         await kill_named_actor(handle, name, self.call_timeout_s)
 
-    async def probe(self, key: str) -> NodeProbe:
-        """One call to the actor of ``key``: its figures, and whether it finished or failed."""
+    async def probe(self, key: str, *, counts_misses: bool = False) -> NodeProbe:
+        """One call to the actor of ``key``: its figures, and whether it finished or failed.
+
+        An actor killed as unresponsive is dead, with why. One not answering within
+        ``call_timeout_s`` is busy, not dead, until it missed ``unresponsive_after`` probes
+        in a row that ``counts_misses`` (the health check's rounds, not a metrics scrape
+        asking at the same time): then it is killed as unresponsive.
+        """
         from ray.exceptions import ActorUnavailableError, RayActorError
 
         from runtime.deployment.lifecycle import failure_cause
 
         handle = self.handles.get(key)
+        if key in self.unresponsive:
+            return NodeProbe(alive=False, error=self.unresponsive[key])
         if handle is None:
             return NodeProbe(alive=False, error="the controller holds no handle to its actor")
         try:
             report = await asyncio.wait_for(awaited(handle.report.remote()), self.call_timeout_s)
         except ActorUnavailableError:
             return NodeProbe(alive=True)  # restarting or unreachable for now: not (yet) dead
-        except RayActorError as exc:
-            return NodeProbe(alive=False, error=failure_cause(exc))
+        except RayActorError as exc:  # killed as unresponsive while this probe waited: why
+            return NodeProbe(alive=False, error=self.unresponsive.get(key, failure_cause(exc)))
         except TimeoutError:
+            if not counts_misses:
+                return NodeProbe(alive=True)
+            missed = self.probes_missed[key] = self.probes_missed.get(key, 0) + 1
+            if 0 < self.unresponsive_after <= missed:
+                await self.kill_unresponsive(
+                    key, handle, f"its actor did not answer {missed} health probes in a row within "
+                    f"{self.call_timeout_s:g} s each; it was killed as unresponsive")
+                return NodeProbe(alive=False, error=self.unresponsive.get(key))
             return NodeProbe(alive=True)  # busy, not dead: the next round asks again
+        self.probes_missed.pop(key, None)
         error = None if report.error is None else failure_cause(report.error)
         return NodeProbe(alive=True, finished=report.finished, error=error, stats=report.stats)
+
+    def forget(self, key: str) -> None:
+        """``key``'s actor is gone (stopped, or declared dead): drop its handle and what its
+        probes counted."""
+        self.handles.pop(key, None)
+        self.unresponsive.pop(key, None)
+        self.probes_missed.pop(key, None)
 
 
 async def kill_named_actor(handle: Any, name: str, timeout_s: float) -> None:

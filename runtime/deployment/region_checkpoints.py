@@ -34,12 +34,14 @@ from runtime.checkpoints.store import (
 )
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.stats import LatencyHistogram
+from runtime.deployment.controller_waits import cancel_and_wait
 from runtime.deployment.lifecycle import cloud_event_of, failure_cause, log_event
 from runtime.deployment.metrics import RegionMetrics
 from runtime.deployment.node_actors import NodeActors
 from runtime.deployment.node_registry import NodeRegistry
 from runtime.planning.wiring import EdgeSpec, HostSpec
 from runtime.runners.deploy_sequence import deploy
+from runtime.runners.ray_nodes import awaited
 from runtime.runners.recovery import GraphFailedError, RestartPolicy
 from streamdag.config import CheckpointSettings, Settings
 from streamdag.errors import StreamdagError
@@ -195,8 +197,8 @@ class RegionCheckpoints:
                         retargets.append(
                             handle.retarget_checkpoints.remote(self.prefix + region))
         for call in retargets:
-            with contextlib.suppress(Exception):  # a dead node is recovered, not retargeted
-                await call
+            with contextlib.suppress(Exception):  # a dead or hung node is recovered, not retargeted
+                await asyncio.wait_for(awaited(call), self.actors.call_timeout_s)
         # Step 3: new coordinators.
         for region, keys in regions.items():
             if region not in self._running and all(k in self.hosts for k in keys):
@@ -330,10 +332,9 @@ class RegionCheckpoints:
     async def stop(self, region: str) -> None:
         """Stop the coordinator of ``region`` (its checkpoint in flight is abandoned)."""
         running = self._running.pop(region, None)
-        if running is not None:
-            running.task.cancel()
-            with contextlib.suppress(BaseException):
-                await running.task
+        if running is not None:  # cancelled again if a wait_for swallowed it (controller_waits)
+            await cancel_and_wait(running.task, self.settings.timeout_s,
+                                  f"the checkpoint coordinator of region {region}")
 
     async def stop_all(self) -> None:
         """Stop every coordinator."""

@@ -272,8 +272,9 @@ class TagQueries:
             # A query resumed from a snapshot may hold edges nothing sends on any more.
             handle = actors.handles.get(key)
             if handle is not None:
-                with contextlib.suppress(Exception):  # a dead query: its region recovers
-                    await handle.keep_following.remote([f.edge for f in state.followed.values()])
+                with contextlib.suppress(Exception):  # a dead or hung query: its region recovers
+                    await actors.within_call_timeout(
+                        handle.keep_following.remote([f.edge for f in state.followed.values()]))
         # Step 3: nodes no longer registered are forgotten.
         self._known = {k: n for k, n in self._known.items() if k in present}
         self._save()
@@ -297,7 +298,7 @@ class TagQueries:
         handle = actors.handles.get(key)
         if handle is not None:
             with contextlib.suppress(Exception):  # a dead query has nothing to let go
-                await handle.unfollow.remote(following.edge)
+                await actors.within_call_timeout(handle.unfollow.remote(following.edge))
         _log.info("tag query %r lets go of node %r", self._known[key].name, following.origin)
 
     def follows(self) -> dict[str, tuple[tuple[str, int, str], ...]]:
@@ -318,7 +319,13 @@ class TagQueries:
             state = self._queries.get(key)
             handle = actors.handles.get(key)
             if state is not None and handle is not None:
-                await handle.keep_following.remote([f.edge for f in state.followed.values()])
+                try:
+                    await actors.within_call_timeout(
+                        handle.keep_following.remote([f.edge for f in state.followed.values()]))
+                except Exception:  # a dead or hung query is found by the next health check
+                    _log.warning("restored tag query %r could not be told what it follows",
+                                 self._known[key].name if key in self._known else key,
+                                 exc_info=True)
 
     def describe(self, key: str) -> dict[str, Any] | None:
         """What the query of ``key`` follows and skips; None when ``key`` is no tag query."""

@@ -15,7 +15,6 @@ stopped once bound (an interrupted binding's); ``close`` stops the idle ones.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.dataplane.host import NodeHost
+from runtime.deployment.controller_waits import cancel_and_wait
 from runtime.runners.ray_nodes import awaited
 
 __all__ = ["PoolFigures", "PooledNodeHost", "WarmPool", "pool_actor_pattern", "warm_pool_kernels"]
@@ -225,13 +225,18 @@ class WarmPool:
         return stopped
 
     async def check(self) -> list[str]:
-        """Drop idle actors that died (one call each), then refill; the names dropped."""
+        """Drop idle actors that died or do not answer (one call each, at once, within
+        ``call_timeout_s``), then refill; the names dropped.
+
+        An actor taken meanwhile (a submission binds it) is its node's now, and is left alone.
+        """
+        checked = list(self.idle.items())
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(awaited(handle.pool_state.remote()), self.call_timeout_s)
+              for _, handle in checked), return_exceptions=True)
         dropped = []
-        for name, handle in list(self.idle.items()):
-            try:
-                await asyncio.wait_for(awaited(handle.pool_state.remote()), self.call_timeout_s)
-            except Exception:
-                self.idle.pop(name, None)
+        for (name, handle), answer in zip(checked, answers, strict=True):
+            if isinstance(answer, BaseException) and self.idle.pop(name, None) is not None:
                 await self._kill(handle, name)
                 dropped.append(name)
         self.refill()
@@ -240,10 +245,8 @@ class WarmPool:
     async def close(self) -> None:
         """Stop filling and stop every idle and starting pool actor."""
         self._closed = True
-        if self._refilling is not None:
-            self._refilling.cancel()
-            with contextlib.suppress(BaseException):
-                await self._refilling
+        if self._refilling is not None:  # cancelled again if a wait_for swallowed it
+            await cancel_and_wait(self._refilling, self.call_timeout_s, "the warm pool's refill")
         actors = {**self.idle, **self.starting}
         self.idle.clear()
         self.starting.clear()
