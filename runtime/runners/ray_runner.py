@@ -19,6 +19,7 @@ from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.sharding import shard_plan
 from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
+from runtime.runners.process_memory import MMAP_THRESHOLD
 from runtime.runners.ray_nodes import RayNodes, ShardOptions, node_actor_class, run_blocking
 from runtime.runners.recovery import GraphFailedError
 from runtime.runners.resident_pages import release_in_actor
@@ -39,7 +40,8 @@ __all__ = [
     "node_actor_class",
 ]
 
-_MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
+_MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000",
+                  "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 #: What every node actor imports when it receives its class (numba, the operators, the data
 #: plane): about a second of CPU per process. A Ray that streamdag starts has its workers import
 #: them before they take work, so the workers Ray starts with the cluster (one per CPU) do it
@@ -71,6 +73,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # thresholds hand that memory back to the OS each time, so every batch page-faults it
         # in again (measured: 13x slower numpy ops on 100k floats). Keep it in the heap instead;
         # each actor's page releaser trims what stays free (process_memory.HeapTrimmer).
+        # Blocks of 1 MiB and more (fetch responses, their frames) get pages of their own,
+        # handed back when freed, so they leave no holes in the heap (MMAP_THRESHOLD).
         for name, value in _MALLOC_TUNING.items():
             os.environ.setdefault(name, value)
     import ray
