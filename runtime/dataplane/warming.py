@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from runtime.dataplane.kernel_loading import lean_cached_loads
 from runtime.dataplane.messages import Envelope, Payload
 from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.worker import NodeWorker
@@ -59,6 +60,8 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
                                 phases: StartupPhases) -> None:
     """Warm ``worker`` up in a thread while ``open_connectors()`` runs on the event loop.
 
+    Cached kernels load without numba's compile registries (``lean_cached_loads``).
+
     Steps:
     1. Kernels load (or compile) in a worker thread (numba's lock serializes compiling), then
        the library pages the loads mapped are released (``release_after_kernel_loads``), while
@@ -71,6 +74,8 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
     # The runners' module, imported here: it needs nothing of the data plane.
     from runtime.runners.resident_pages import LibraryPageReleaser
 
+    # Before any load, on the thread or on the loop: loads skip numba's compile registries.
+    lean_cached_loads()
     releaser = LibraryPageReleaser()
 
     def warm() -> None:
