@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["lean_cached_loads"]
+__all__ = ["lean_cached_loads", "start_numba_runtime"]
 
 _log = logging.getLogger(__name__)
 #: What numba's ``Cache.load_overload`` must call for the lean load to stand in for it.
@@ -51,3 +51,17 @@ def lean_cached_loads() -> bool:
     load_overload._streamdag_lean = True  # type: ignore[attr-defined]
     caching.Cache.load_overload = load_overload  # type: ignore[method-assign]  # numba's, patched
     return True
+
+
+def start_numba_runtime() -> None:
+    """Compile numba's runtime (NRT) now, as the first kernel load would (about 0.1 s).
+
+    Its compile runs LLVM's code generator, which maps about 90 MiB of LLVM's library for the
+    moment it takes; done while the pages that importing numba mapped (LLVM's static
+    constructors, 95 MiB) are still resident, it maps about 10 MiB more instead, and both go
+    together at the next release (``runtime.runners.resident_pages``).
+    """
+    from numba.core.registry import cpu_target
+    from numba.core.runtime import nrt
+
+    nrt.rtsys.initialize(cpu_target.target_context)

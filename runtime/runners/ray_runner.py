@@ -43,14 +43,15 @@ __all__ = [
 _MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000",
                   "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 #: What every node actor imports when it receives its class (numba, the operators, the data
-#: plane): about a second of CPU per process. A Ray that streamdag starts has its workers import
-#: them before they take work, so the workers Ray starts with the cluster (one per CPU) do it
-#: during Ray's own start, not after a graph is submitted. A pooled worker does not know yet
-#: which node it will host, so the Kafka connectors (aiokafka's 58 modules, about 4 MiB of
-#: every process that imports them) are not in it: a Kafka endpoint's actor imports them when
-#: it unpickles its reader or writer factory (``KAFKA_ENDPOINT_MODULES``, 50-80 ms), and the
-#: other nodes never do.
-NODE_ACTOR_MODULES = ("runtime.dataplane.host",)
+#: plane), with numba's runtime compiled and the pages of the start released
+#: (``runtime.runners.node_preload``): about a second of CPU per process. A Ray that streamdag
+#: starts has its workers import them before they take work, so the workers Ray starts with
+#: the cluster (one per CPU) do it during Ray's own start, not after a graph is submitted. A
+#: pooled worker does not know yet which node it will host, so the Kafka connectors
+#: (aiokafka's 58 modules, about 4 MiB of every process that imports them) are not in it: a
+#: Kafka endpoint's actor imports them when it unpickles its reader or writer factory
+#: (``KAFKA_ENDPOINT_MODULES``, 50-80 ms), and the other nodes never do.
+NODE_ACTOR_MODULES = ("runtime.runners.node_preload",)
 #: What a Kafka source's or sink's actor imports on top of ``NODE_ACTOR_MODULES``.
 KAFKA_ENDPOINT_MODULES = ("runtime.runners.kafka_binding",)
 
