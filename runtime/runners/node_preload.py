@@ -10,7 +10,7 @@ it prepares a node process:
    (``start_numba_runtime``): a node's first kernel load no longer compiles it, with 90 MiB
    of LLVM's pages mapped at once, on the way to its first output;
 4. the library pages the import and the compile touched, released
-   (``release_after_kernel_loads``): a pooled worker waits with about 120 MiB resident, not
+   (``release_after_kernel_loads``): a pooled worker waits with about 100 MiB resident, not
    the 220 MiB its import left.
 """
 
