@@ -36,6 +36,7 @@ __all__ = [
     "MemoryProbe",
     "breakdown_lines",
     "heap_lines",
+    "high_water_mark",
     "local_runner_memory",
     "main",
     "package_lines",
@@ -159,6 +160,17 @@ def read_breakdown(pid: int) -> dict[str, Footprint]:
         return {}
 
 
+def high_water_mark(pid: int) -> int:
+    """``pid``'s RSS high-water mark in bytes (``VmHWM`` of ``/proc/<pid>/status``; 0 when it
+    has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            match = re.search(r"^VmHWM:\s+(\d+) kB$", status.read(), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(match[1]) * 1024 if match else 0
+
+
 def _cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -188,6 +200,9 @@ class MemoryProbe:
     at_peak: dict[str, Footprint] = field(default_factory=dict)
     breakdown_at_peak: dict[str, dict[str, Footprint]] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: Each process's RSS high-water mark (the kernel's ``VmHWM``): its own peak over its whole
+    #: life, the moments between two samples, its start and its kernel loads included.
+    high_water: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -221,6 +236,7 @@ class MemoryProbe:
             if footprint is None or cpu is None:
                 continue
             now[name], self.cpu_seconds[name] = footprint, cpu
+            self.high_water[name] = max(self.high_water.get(name, 0), high_water_mark(pid))
             old = self.peak.get(name, Footprint())
             self.peak[name] = Footprint(*map(max, _fields(old), _fields(footprint)))
         self.last.update(now)
@@ -253,16 +269,22 @@ def breakdown_lines(probe: MemoryProbe, top: int = 8) -> list[str]:
 def summary_lines(probe: MemoryProbe) -> list[str]:
     """Per process: peak RSS, PSS, USS, anon PSS; then the peak sums (the PSS sum is real)."""
     lines = [f"{'process':<20} {'peak RSS':>9} {'PSS':>7} {'USS':>7} {'anon':>7} {'file':>7} "
-             f"{'shmem':>7} {'end RSS':>8} {'CPU s':>6}   (MiB)"]
+             f"{'shmem':>7} {'end RSS':>8} {'CPU s':>6} {'RSS HWM':>8}   (MiB)"]
     for name, peak in probe.peak.items():
         end = probe.last.get(name, Footprint())
         lines.append(f"{name:<20} {peak.rss / _MIB:>9.1f} {peak.pss / _MIB:>7.1f} "
                      f"{peak.uss / _MIB:>7.1f} {peak.pss_anon / _MIB:>7.1f} "
                      f"{peak.pss_file / _MIB:>7.1f} {peak.pss_shmem / _MIB:>7.1f} "
-                     f"{end.rss / _MIB:>8.1f} {probe.cpu_seconds.get(name, 0.0):>6.1f}")
+                     f"{end.rss / _MIB:>8.1f} {probe.cpu_seconds.get(name, 0.0):>6.1f} "
+                     f"{probe.high_water.get(name, 0) / _MIB:>8.1f}")
     lines.append(f"peak RSS sum {probe.peak_rss_sum / _MIB:.0f} MiB (counts shared pages once "
                  f"per process); peak PSS sum {probe.peak_pss_sum / _MIB:.0f} MiB (shared pages "
                  "split between processes: the memory they really take together)")
+    lines.append(f"RSS high-water marks summed {sum(probe.high_water.values()) / _MIB:.0f} MiB "
+                 "(RSS HWM: the kernel's peak of each process over its life, its imports and "
+                 "first kernel loads included: numba's first load maps about 90 MiB of LLVM "
+                 "for a moment, released before the node is ready; the columns before it are "
+                 f"sampled every {probe.interval_s:g} s while the graph runs)")
     return lines
 
 
@@ -432,7 +454,7 @@ def _probe_json(probe: MemoryProbe) -> dict[str, Any]:
     return {"pids": probe.pids, "peak_rss_sum": probe.peak_rss_sum,
             "peak_pss_sum": probe.peak_pss_sum, "peak": footprints(probe.peak),
             "last": footprints(probe.last), "at_peak": footprints(probe.at_peak),
-            "cpu_seconds": probe.cpu_seconds,
+            "cpu_seconds": probe.cpu_seconds, "high_water": probe.high_water,
             "breakdown": {name: footprints(kinds)
                           for name, kinds in probe.breakdown_at_peak.items()}}
 
@@ -445,6 +467,7 @@ def _probe_of(data: Mapping[str, Any]) -> MemoryProbe:
         dict(data["pids"]), peak_rss_sum=data["peak_rss_sum"], peak_pss_sum=data["peak_pss_sum"],
         peak=footprints(data["peak"]), last=footprints(data["last"]),
         at_peak=footprints(data["at_peak"]), cpu_seconds=dict(data["cpu_seconds"]),
+        high_water=dict(data["high_water"]),
         breakdown_at_peak={name: footprints(kinds) for name, kinds in data["breakdown"].items()})
 
 

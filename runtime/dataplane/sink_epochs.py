@@ -36,21 +36,23 @@ import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-from connectors.epoch_batches import EpochBatches
 from connectors.errors import ProduceError
-from connectors.record_batches import BuiltBatches
 from connectors.record_ids import record_ids
 from operators.key_slots import KeySlots, hash_keys
 from runtime.checkpoints import failpoints
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SinkWriter
+
+if TYPE_CHECKING:  # only a Kafka sink's publisher makes them: aiokafka stays out of other nodes
+    from connectors.epoch_batches import EpochBatches
+    from connectors.record_batches import BuiltBatches
 
 __all__ = [
     "MAX_EPOCHS_BEHIND",

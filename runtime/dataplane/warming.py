@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from runtime.dataplane.kernel_loading import lean_cached_loads
 from runtime.dataplane.messages import Envelope, Payload
 from runtime.dataplane.startup_phases import StartupPhases
 from runtime.dataplane.worker import NodeWorker
@@ -59,21 +60,29 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
                                 phases: StartupPhases) -> None:
     """Warm ``worker`` up in a thread while ``open_connectors()`` runs on the event loop.
 
+    Cached kernels load without numba's compile registries (``lean_cached_loads``).
+
     Steps:
     1. Kernels load (or compile) in a worker thread (numba's lock serializes compiling), then
        the library pages the loads mapped are released (``release_after_kernel_loads``), while
     2. the connectors open on the event loop (Kafka clients connect, a restored sink
-       publishes, a restored source seeks);
-    3. this returns once both are done (the first error raised, if any), each step's time
-       in ``phases``.
+       publishes, a restored source seeks, a Kafka sink loads its encoders' kernels);
+    3. once both are done (the first error raised, if any), the LLVM pages that kernels loaded
+       while opening mapped after step 1's release are released too, in a thread, when they
+       are 8 MiB or more (a Kafka sink's: 20-30 MiB); each step's time goes in ``phases``.
     """
-    def warm() -> None:
-        # The runners' module, imported here: it needs nothing of the data plane.
-        from runtime.runners.resident_pages import release_after_kernel_loads
+    # The runners' module, imported here: it needs nothing of the data plane.
+    from runtime.runners.resident_pages import LibraryPageReleaser
 
+    # Before any load, on the thread or on the loop: loads skip numba's compile registries.
+    lean_cached_loads()
+    releaser = LibraryPageReleaser()
+
+    def warm() -> None:
         warm_up_node(worker, connector_factories)
-        # The LLVM pages the loads mapped, dropped before the node reports ready (10-20 ms).
-        release_after_kernel_loads()
+        # The pages the loads mapped (LLVM's, and every library's touched only while the
+        # process started: release_after_kernel_loads), dropped before the node is ready.
+        releaser.release(None)
         phases.warmed = StartupPhases.now()
 
     phases.warm_up_started = StartupPhases.now()
@@ -84,8 +93,9 @@ async def warm_up_while_opening(worker: NodeWorker, connector_factories: Iterabl
         await open_connectors()
         phases.connected = StartupPhases.now()
     finally:
-        # Step 3: both done.
+        # Step 3: both done, then what opening loaded after step 1's release.
         await warming
+    await releaser.release_if_grown_in_thread()
 
 
 def read_only_push(push: Callable[[Envelope], Awaitable[None]],

@@ -137,6 +137,13 @@ class KafkaBinding:
     #: None, ``"gzip"``, ``"snappy"``, ``"lz4"`` or ``"zstd"``; refused here when unknown or
     #: when its library is not installed.
     compression_type: str | None = None
+    #: Bytes a source's fetch returns at most, per partition and per request. A source holds
+    #: up to about two fetches per partition (one decoded, one in flight), each response read
+    #: and copied by aiokafka first: with aiokafka's 1 MiB per partition, a source actor
+    #: catching up on the issue workload (4 partitions) peaked 17 MiB higher (159 against 142
+    #: MiB RSS), at the same rate; a live stream's fetches are far smaller anyway.
+    max_partition_fetch_bytes: int = 256 << 10
+    fetch_max_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         problem = compression_problem(self.compression_type)
@@ -150,6 +157,8 @@ class KafkaBinding:
                 node.params,
                 self.bootstrap_servers,
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
+                max_partition_fetch_bytes=self.max_partition_fetch_bytes,
+                fetch_max_bytes=self.fetch_max_bytes,
                 start=self.start,
                 end=self.end,
                 group_id=self.group_id,

@@ -21,6 +21,7 @@ from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.sharding import gather_outputs, shard_plan, shard_stats
 from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
+from runtime.runners.process_memory import limit_heap_growth
 from runtime.runners.recovery import RestartPolicy
 from runtime.runners.resident_pages import LibraryPageReleaser, ReleasingThread
 from streamdag.cancellation import cancel_and_wait
@@ -89,11 +90,30 @@ class LocalRunner:
         """
         refuse_in_runner(graph, "LocalRunner")
         check_runner_budgets(graph, self.limits, actors=False)
+        nodes = LocalNodes(self.settings)
+        # From the start, in a thread: what the imports left mapped (numba's import maps 90 MiB
+        # of LLVM's pages) goes while the graph is planned; the kernels' warm-up maps LLVM's
+        # pages again, so do later loads, while they hold the event loop; it also trims the
+        # free heap, which large allocations no longer fragment (``limit_heap_growth``).
+        limit_heap_growth()
+        releasing = ReleasingThread(nodes.pages).start()
+        try:
+            return await self._run_planned(graph, sources, sinks, timeout_s, nodes)
+        finally:
+            releasing.stop()
+
+    async def _run_planned(
+        self,
+        graph: Graph,
+        sources: Mapping[str, SourceFactory],
+        sinks: Mapping[str, SinkFactory],
+        timeout_s: float | None,
+        nodes: LocalNodes,
+    ) -> RunResult:
         generations, edges = wire_graph(
             graph, sources, sinks, self._default_source, self._default_sink
         )
         keyed, edges = shard_plan(graph, generations, edges)
-        nodes = LocalNodes(self.settings)
         policy = store = region = None
         if self.checkpoints is not None:
             policy = RestartPolicy(self.checkpoints)
@@ -108,9 +128,6 @@ class LocalRunner:
         next_id = 1
         figures = CheckpointFigures()
         self.recoveries = 0
-        # From the start, in a thread: the kernels' warm-up maps LLVM's pages again, so do later
-        # loads, while they hold the event loop; it also trims the free heap.
-        releasing = ReleasingThread(nodes.pages).start()
         try:
             while True:
                 await deploy(nodes, keyed, edges)
@@ -162,7 +179,6 @@ class LocalRunner:
             # Sources first (they were created last): nothing pushes to a host already stopped.
             for host in reversed(list(nodes.hosts.values())):
                 await host.stop()
-            releasing.stop()
 
 
 class LocalNodes:

@@ -19,6 +19,7 @@ from runtime.planning.budgets import check_runner_budgets
 from runtime.planning.sharding import shard_plan
 from runtime.planning.wiring import RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
+from runtime.runners.process_memory import MMAP_THRESHOLD
 from runtime.runners.ray_nodes import RayNodes, ShardOptions, node_actor_class, run_blocking
 from runtime.runners.recovery import GraphFailedError
 from runtime.runners.resident_pages import release_in_actor
@@ -29,6 +30,7 @@ from streamdag.graph import Graph, Node
 from streamdag.tag_query import refuse_in_runner
 
 __all__ = [
+    "KAFKA_ENDPOINT_MODULES",
     "NODE_ACTOR_MODULES",
     "GraphFailedError",
     "RayNodes",
@@ -38,12 +40,20 @@ __all__ = [
     "node_actor_class",
 ]
 
-_MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000", "MALLOC_MMAP_THRESHOLD_": "100000000"}
-#: What a node actor imports when it receives its class and arguments (numba, the operators,
-#: the Kafka connectors): about a second of CPU per process. A Ray that streamdag starts has
-#: its workers import them before they take work, so the workers Ray starts with the cluster
-#: (one per CPU) do it during Ray's own start, not after a graph is submitted.
-NODE_ACTOR_MODULES = ("runtime.dataplane.host", "runtime.runners.kafka_binding")
+_MALLOC_TUNING = {"MALLOC_TRIM_THRESHOLD_": "1000000000",
+                  "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+#: What every node actor imports when it receives its class (numba, the operators, the data
+#: plane), with numba's runtime compiled and the pages of the start released
+#: (``runtime.runners.node_preload``): about a second of CPU per process. A Ray that streamdag
+#: starts has its workers import them before they take work, so the workers Ray starts with
+#: the cluster (one per CPU) do it during Ray's own start, not after a graph is submitted. A
+#: pooled worker does not know yet which node it will host, so the Kafka connectors
+#: (aiokafka's 58 modules, about 4 MiB of every process that imports them) are not in it: a
+#: Kafka endpoint's actor imports them when it unpickles its reader or writer factory
+#: (``KAFKA_ENDPOINT_MODULES``, 50-80 ms), and the other nodes never do.
+NODE_ACTOR_MODULES = ("runtime.runners.node_preload",)
+#: What a Kafka source's or sink's actor imports on top of ``NODE_ACTOR_MODULES``.
+KAFKA_ENDPOINT_MODULES = ("runtime.runners.kafka_binding",)
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -64,6 +74,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # thresholds hand that memory back to the OS each time, so every batch page-faults it
         # in again (measured: 13x slower numpy ops on 100k floats). Keep it in the heap instead;
         # each actor's page releaser trims what stays free (process_memory.HeapTrimmer).
+        # Blocks of 1 MiB and more (fetch responses, their frames) get pages of their own,
+        # handed back when freed, so they leave no holes in the heap (MMAP_THRESHOLD).
         for name, value in _MALLOC_TUNING.items():
             os.environ.setdefault(name, value)
     import ray

@@ -194,14 +194,24 @@ class LibraryPageReleaser:
                      else self.floor + self.worth_releasing)
         return _own_resident_file_bytes() >= threshold
 
-    def release(self) -> int:
-        """Release now and remember the resident file pages left; bytes released.
+    @classmethod
+    def settled(cls) -> LibraryPageReleaser:
+        """A releaser whose floor is this process's resident file pages now: for a process
+        that released them already (a node actor once ready), so that the next kernel load
+        (8 MiB of LLVM or more) is released however few pages it maps."""
+        releaser = cls()
+        releaser.floor = _own_resident_file_bytes()
+        return releaser
+
+    def release(self, libraries: Sequence[str] | None = RELEASED_LIBRARIES) -> int:
+        """Release ``libraries``' pages now (``release_library_pages``) and remember the
+        resident file pages left; bytes released.
 
         Pages mapped while the walk ran (a kernel loading in another thread) are no floor: the
         next look then finds it due again.
         """
         before = _own_resident_file_bytes()
-        released = release_library_pages()
+        released = release_library_pages(libraries)
         after = _own_resident_file_bytes()
         left = max(0, before - released)
         self.floor = left if after >= left + self.worth_releasing else after
@@ -258,39 +268,46 @@ class ReleasingThread:
 def release_after_kernel_loads() -> int:
     """Release the clean pages of every library this process maps, now; bytes released.
 
-    A node's warm-up calls it from its thread once its kernels are loaded, before the node
-    reports ready: the 50-100 MiB of LLVM's pages the loads mapped go before any batch runs,
-    whoever looks next (a Ray actor's page thread starts only once the graph runs), and in a
-    process hosting several nodes (the local runner) after each node's kernels rather than once
-    all of them are loaded. The other libraries' pages go too, once per node: about 60 MiB of
-    them are resident in a node actor by then (Ray's ``_raylet.so``, numpy and its BLAS,
-    OpenSSL, ...), most of them touched only while the process started; the ones the node runs
-    come back by a minor fault at their first use (measured in a node actor: 54 MiB released,
-    27 back after a warm-up and a run; ``python -m benchmarks.memory_floor``).
+    A node's warm-up does it (``LibraryPageReleaser.release(None)``) from its thread once its
+    kernels are loaded, before the node reports ready: the 50-100 MiB of LLVM's pages the
+    loads mapped go before any batch runs, whoever looks next (a Ray actor's page thread starts
+    only once the graph runs), and in a process hosting several nodes (the local runner) after
+    each node's kernels rather than once all of them are loaded. The other libraries' pages
+    go too, once per node: about 60 MiB of them are resident in a node actor by then (Ray's
+    ``_raylet.so``, numpy and its BLAS, OpenSSL, ...), most of them touched only while the
+    process started; the ones the node runs come back by a minor fault at their first use
+    (measured in a node actor: 54 MiB released, 27 back after a warm-up and a run;
+    ``python -m benchmarks.memory_floor``).
     """
     return release_library_pages(None)
 
 
 def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,
-                                    first_after_s: float = FIRST_RELEASE_AFTER_S) -> bool:
+                                    first_after_s: float = FIRST_RELEASE_AFTER_S,
+                                    releaser: LibraryPageReleaser | None = None) -> bool:
     """Release library pages ``first_after_s`` from now, then whenever they grew, looking every
-    ``interval_s``, in a daemon thread for the rest of the process (a node actor's); True when
-    this call started that thread (once per process).
+    ``interval_s``, in a daemon thread for the rest of the process (a node actor's), with
+    ``releaser`` (None: a new one); True when this call started that thread (once per process).
 
     The caller does not wait: a walk over the mappings holds the GIL for 15-20 ms, which a
     node's first batch must not wait for.
     """
     if any(thread.name == _THREAD_NAME for thread in threading.enumerate()):
         return False
-    threading.Thread(target=_release_every, args=(LibraryPageReleaser(), interval_s,
-                                                  first_after_s, threading.Event()),
+    threading.Thread(target=_release_every,
+                     args=(releaser or LibraryPageReleaser(), interval_s, first_after_s,
+                           threading.Event()),
                      name=_THREAD_NAME, daemon=True).start()
     return True
 
 
 def release_in_actor(host: object) -> bool:
-    """``release_library_pages_in_thread`` as a Ray ``__ray_call__`` on a node actor runs it."""
-    return release_library_pages_in_thread()
+    """``release_library_pages_in_thread`` as a Ray ``__ray_call__`` on a node actor runs it,
+    once the actor is ready: its warm-up released the library pages its start mapped, so what
+    is resident now is the floor (``LibraryPageReleaser.settled``), and a kernel the node loads
+    later (a specialization its warm-up did not load, 20-30 MiB of LLVM) is released at the
+    next look, not only once the process maps the 64 MiB a first release waits for."""
+    return release_library_pages_in_thread(releaser=LibraryPageReleaser.settled())
 
 
 def _release_every(releaser: LibraryPageReleaser, interval_s: float, first_after_s: float,

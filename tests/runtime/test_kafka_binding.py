@@ -24,3 +24,13 @@ def test_the_idle_timeout_setting_reaches_live_sources_and_zero_turns_it_off() -
     assert KafkaBinding("h:1", idle_timeout_s=0).source_for(TICKS).config.idle_timeout_s is None
     with pytest.raises(ConfigError, match=r"kafka\.idle_timeout_s must be 0"):
         KafkaSettings(idle_timeout_s=-1)
+
+
+def test_bound_sources_fetch_at_most_the_bindings_bytes() -> None:
+    """A bound source fetches 256 KiB per partition and 1 MiB per request unless told more
+    (aiokafka's own 1 MiB per partition held 17 MiB more in a catching-up source actor)."""
+    config = KafkaBinding("h:1").source_for(TICKS).config
+    assert (config.max_partition_fetch_bytes, config.fetch_max_bytes) == (256 << 10, 1 << 20)
+    config = KafkaBinding("h:1", max_partition_fetch_bytes=1 << 20,
+                          fetch_max_bytes=16 << 20).source_for(TICKS).config
+    assert (config.max_partition_fetch_bytes, config.fetch_max_bytes) == (1 << 20, 16 << 20)

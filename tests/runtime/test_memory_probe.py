@@ -114,7 +114,10 @@ def test_the_probe_keeps_peak_sums_and_a_breakdown_at_the_peak(
     assert probe.peak_pss_sum == probe.at_peak["sleeper"].pss > 0
     assert probe.cpu_seconds["sleeper"] >= 0.0
     assert sum(probe.breakdown_at_peak["sleeper"].values(), Footprint()).rss == now.rss
-    assert "peak PSS sum" in summary_lines(probe)[-1]
+    assert "peak PSS sum" in summary_lines(probe)[-2]
+    assert probe.high_water["sleeper"] >= now.rss > 0  # the kernel's peak, from its status
+    assert summary_lines(probe)[-1].startswith(
+        f"RSS high-water marks summed {probe.high_water['sleeper'] / 2**20:.0f} MiB")
     assert breakdown_lines(probe)[1].startswith("sleeper")
 
 

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from runtime.runners.process_memory import (
+    MMAP_THRESHOLD,
     HeapTrimmer,
     heap_stats,
+    limit_heap_growth,
     resident_anonymous_bytes,
     trim_heap,
 )
@@ -18,6 +20,7 @@ from runtime.runners.resident_pages import LibraryPageReleaser, ReleasingThread
 
 _MIB = 2**20
 _CHUNK = 32 * 1024  # under glibc's mmap threshold: served from the heap
+_M_TRIM_THRESHOLD = -1
 
 
 @pytest.fixture
@@ -100,3 +103,41 @@ def test_the_library_page_releaser_trims_the_heap_on_its_looks(freed_heap: int,
         releaser.look()
     assert releaser.heap.trims == 1
     assert before - resident_anonymous_bytes() > 48 * _MIB
+
+
+def _resident_after_freeing_large_blocks(threshold: int) -> int:
+    """Anonymous bytes still resident after 32 MiB of 2 MiB blocks were written and freed,
+    each followed by a small block that stays (as fetch responses are, among what outlives
+    them), with glibc's mmap threshold at ``threshold`` and its trim threshold raised as a Ray
+    node actor's is (``ray_runner.ensure_ray``)."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    assert libc.mallopt(_M_TRIM_THRESHOLD, 1_000_000_000)
+    assert limit_heap_growth(threshold)
+    before = resident_anonymous_bytes()
+    large, small = [], []
+    for _ in range(16):
+        large.append(libc.malloc(2 * _MIB))
+        ctypes.memset(large[-1], 1, 2 * _MIB)
+        small.append(libc.malloc(_CHUNK))
+    for block in large:
+        libc.free(block)
+    left = resident_anonymous_bytes() - before
+    for block in small:
+        libc.free(block)
+    libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)  # glibc's default
+    return left
+
+
+def test_large_blocks_are_handed_back_when_freed() -> None:
+    """Under ``limit_heap_growth``, a freed block of 1 MiB or more leaves nothing resident; with
+    the threshold a Ray actor had (100 MB), the same blocks stayed as holes in the heap."""
+    try:
+        assert _resident_after_freeing_large_blocks(100_000_000) > 24 * _MIB  # can fail
+        assert _resident_after_freeing_large_blocks(MMAP_THRESHOLD) < 8 * _MIB
+    finally:
+        trim_heap()
+        limit_heap_growth()

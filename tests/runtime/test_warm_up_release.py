@@ -82,3 +82,26 @@ def test_the_pages_a_warm_up_mapped_are_released_before_it_returns(tmp_path: Pat
     assert factory.resident_after_compiling > 40 * _MIB  # the check can fail
     assert _llvmlite_resident() < 16 * _MIB
     assert _resident_of(cold) == 0
+
+
+def test_kernels_a_connector_loads_while_opening_are_released_before_it_returns() -> None:
+    """A connector that loads kernels as it opens (a Kafka sink warms its encoders up there,
+    on the event loop) maps LLVM's pages after the warm-up thread released them: they are
+    released too before ``warm_up_while_opening`` returns."""
+    ticks = sd.source("ticks", topic="t", key="key", schema={"price": "float64"})
+    worker = NodeWorker(ticks.rolling_mean("price", window=2, name="mean").config())
+    resident_after_opening: list[int] = []
+    phases = StartupPhases()
+
+    async def open_connectors() -> None:
+        # Opening ends after the warm-up thread's release, as a sink's slower open does.
+        deadline = asyncio.get_running_loop().time() + 60
+        while not phases.warmed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert phases.warmed
+        _map_llvm()
+        resident_after_opening.append(_llvmlite_resident())
+
+    asyncio.run(warm_up_while_opening(worker, [], open_connectors, phases))
+    assert resident_after_opening[0] > 16 * _MIB  # the check can fail
+    assert _llvmlite_resident() < 16 * _MIB
