@@ -50,9 +50,10 @@ class KeyPartitionedAligner(EventTimeAligner):
     """An ``EventTimeAligner`` for one input that releases each source partition's events by
     the partition's own mark, once the input carries marks (``advance_partitions``).
 
-    Until the first marks, it is the whole-input aligner. From then on a partition's events
-    are released below the larger of its mark and the input's bound, and every key is checked
-    to come from one partition.
+    Until the first marks, it is the whole-input aligner. From then on an event is released
+    once it is below the larger of its partition's mark and the input's bound, and every key
+    is checked to come from one partition. What is released is sorted by time (stable: a
+    partition's equal times keep their order).
 
     >>> aligner = KeyPartitionedAligner(Schema.of(value="float64"), node="mean")
     >>> batch = Batch(np.array([5, 7]), np.array([b"a", b"b"]), {"value": np.array([1., 2.])},
@@ -74,136 +75,138 @@ class KeyPartitionedAligner(EventTimeAligner):
                  node: str) -> None:
         super().__init__([schema], state)
         self._node = node
-        #: Per partition, its events held, sorted by time (``_WHOLE``: before any marks).
-        self._parts: dict[int, _Runs] = {}
+        #: Every event held, in arrival order, with its partition (``_WHOLE``: none known).
+        self._waiting: Batch | None = None
         #: Per partition, the newest mark it promised and the bound it was released below.
         self._marks: dict[int, int] = {}
         self._part_released: dict[int, int] = {}
-        #: Each key seen since the marks began, and its partition (the source's promise).
-        self._key_partition: dict[bytes, int] = {}
+        #: Keys seen since the marks began (sorted) and the partition of each.
+        self._keys = np.empty(0, dtype="S1")
+        self._key_partitions = np.empty(0, dtype=np.int32)
         if state is not None:
             self._marks = dict(state.partition_marks)
             self._part_released = dict(state.partition_released)
         held = self._held[0].everything()
-        self._held = [_Runs()]  # held here per partition instead
-        if held is not None:
-            self._hold(held)
+        self._held = [_Runs()]  # held in ``_waiting`` instead
+        if held is not None and len(held):
+            self._waiting = _with_partitions(held)
 
     @property
     def buffered(self) -> int:
-        """Events held back, over all partitions."""
-        return sum(runs.count for runs in self._parts.values())
+        """Events held back."""
+        return 0 if self._waiting is None else len(self._waiting)
 
     def add(self, input_index: int, batch: Batch) -> Batch:
         """Hold a batch; return its late events (below their partition's release bound)."""
         if not len(batch):
             return batch
-        if not self._marks or batch.partition is None:
-            late = self._late(batch, np.array([self._released_below]), None)
-        else:
+        batch = _with_partitions(batch)
+        assert batch.partition is not None
+        if self._marks:
             self._check_keys(batch.key, batch.partition)
-            present = np.unique(batch.partition)
-            bounds = np.array([max(self._released_below,
-                                   self._part_released.get(p, NOTHING_RELEASED))
-                               for p in present.tolist()])
-            late = self._late(batch, bounds, np.searchsorted(present, batch.partition))
-        if late is None:  # the common case: none is late
-            self._hold(batch)
+        highest = max([self._released_below, *self._part_released.values()])
+        if int(batch.ts.min()) >= highest:  # the common case: none is late
+            self._wait(batch)
             return batch.slice(0, 0)
-        on_time = np.flatnonzero(~late)
-        if len(on_time):
-            self._hold(batch.take(on_time))
-        return batch.take(np.flatnonzero(late))
+        late = batch.ts < self._bounds(self._part_released, self._released_below,
+                                       batch.partition)
+        if late.any():
+            self._wait(batch.take(np.flatnonzero(~late)))
+            return batch.take(np.flatnonzero(late))
+        self._wait(batch)
+        return batch.slice(0, 0)
 
     def advance_partitions(self, marks: Sequence[tuple[int, int]]) -> bool:
         """Partitions promise no more events below their marks; did one move?"""
-        first = not self._marks
+        if not self._marks and marks and self._waiting is not None:
+            held = self._waiting  # the first marks: what is held so far is checked too
+            assert held.partition is not None
+            self._check_keys(held.key, held.partition)
         moved = False
         for partition, mark in marks:
             if mark > self._marks.get(partition, NOTHING_RELEASED):
                 self._marks[partition] = mark
                 moved = True
-        if first and moved:  # the first marks: what is held goes to its partitions
-            whole = self._parts.pop(_WHOLE, None)
-            held = whole.everything() if whole is not None else None
-            if held is not None:
-                if held.partition is not None:
-                    self._check_keys(held.key, held.partition)
-                self._hold(held)
         return moved
 
     def _bound_moved(self) -> bool:
         moved = super()._bound_moved()
-        return moved or any(self._release_bound(p) > self._part_released.get(p, NOTHING_RELEASED)
-                            for p in self._parts)
+        return moved or any(mark > self._part_released.get(partition, NOTHING_RELEASED)
+                            for partition, mark in self._marks.items())
 
     def release(self) -> list[Batch] | None:
-        """Each partition's held events below its bound, as one batch (a partition's events
-        in time order, partitions one after the other), or None when none."""
-        self._released_below = max(self._released_below, self._pending_bound)
-        taken: list[Batch] = []
-        for partition in sorted(self._parts):
-            bound = self._release_bound(partition)
-            if bound <= self._part_released.get(partition, NOTHING_RELEASED):
-                continue
-            self._part_released[partition] = bound
-            part = self._parts[partition].take_below(bound)
-            if part is not None:
-                taken.append(part)
-        if not taken:
+        """The held events below their bounds, sorted by time, or None when none."""
+        bound = self._pending_bound
+        self._released_below = max(self._released_below, bound)
+        for partition, mark in self._marks.items():
+            self._part_released[partition] = max(mark, bound,
+                                                 self._part_released.get(partition, bound))
+        waiting = self._waiting
+        if waiting is None:
             return None
-        return [taken[0] if len(taken) == 1 else Batch.concat(taken)]
+        assert waiting.partition is not None
+        ready = waiting.ts < self._bounds(self._part_released, bound, waiting.partition)
+        if not ready.any():
+            return None
+        if ready.all():
+            self._waiting = None
+            return [waiting.sorted_by_time()]
+        self._waiting = waiting.take(np.flatnonzero(~ready))
+        return [waiting.take(np.flatnonzero(ready)).sorted_by_time()]
 
     def state(self) -> AlignerState:
         """What the aligner holds now, with each partition's mark and release bound."""
-        kept = [batch for runs in self._parts.values()
-                if (batch := runs.everything()) is not None]
-        held = (Batch.concat(kept).sorted_by_time() if len(kept) > 1 else
-                kept[0] if kept else Batch.empty(self._schemas[0]))
+        held = (self._waiting.sorted_by_time() if self._waiting is not None
+                else Batch.empty(self._schemas[0]))
         return AlignerState((held,), tuple(self._watermarks), self._released_below,
                             partition_marks=tuple(sorted(self._marks.items())),
                             partition_released=tuple(sorted(self._part_released.items())))
 
-    def _release_bound(self, partition: int) -> int:
-        return max(self._pending_bound, self._marks.get(partition, NOTHING_RELEASED))
+    def _wait(self, batch: Batch) -> None:
+        if len(batch):
+            self._waiting = batch if self._waiting is None else Batch.concat(
+                [self._waiting, batch])
 
     @staticmethod
-    def _late(batch: Batch, bounds: npt.NDArray[np.int64],
-              which: npt.NDArray[np.int64] | None) -> npt.NDArray[np.bool_] | None:
-        """Which events are below their bound (``bounds[which]``); None when none is."""
-        if int(batch.ts.min()) >= int(bounds.max()):
-            return None
-        return batch.ts < (bounds[0] if which is None else bounds[which])
-
-    def _hold(self, batch: Batch) -> None:
-        """Hold ``batch`` (arrival order) per partition once marks came, each part sorted."""
-        partitions = batch.partition
-        if not self._marks or partitions is None:
-            self._parts.setdefault(_WHOLE, _Runs()).add(batch.sorted_by_time())
-            return
-        first = int(partitions[0])
-        if bool((partitions == first).all()):
-            self._parts.setdefault(first, _Runs()).add(batch.sorted_by_time())
-            return
-        order = np.argsort(partitions, kind="stable")
-        for rows in np.split(order, np.flatnonzero(np.diff(partitions[order])) + 1):
-            self._parts.setdefault(int(partitions[rows[0]]), _Runs()).add(
-                batch.take(rows).sorted_by_time())
+    def _bounds(per_partition: dict[int, int], floor: int,
+                partitions: npt.NDArray[np.int32]) -> npt.NDArray[np.int64] | int:
+        """Each event's bound: its partition's, or ``floor`` where that is higher."""
+        if not per_partition:
+            return floor
+        known = np.array(sorted(per_partition), dtype=np.int32)
+        values = np.maximum(np.array([per_partition[p] for p in known.tolist()],
+                                     dtype=np.int64), floor)
+        at = np.minimum(np.searchsorted(known, partitions), len(known) - 1)
+        return np.where(known[at] == partitions, values[at], floor)
 
     def _check_keys(self, keys: npt.NDArray[np.bytes_],
                     partitions: npt.NDArray[np.int32]) -> None:
         """Fail the node when a key arrives from a second partition (the promise broke)."""
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        known = self._key_partition
-        expected = np.array([known.setdefault(key, partition) for key, partition
-                             in zip(unique.tolist(), partitions[first].tolist(), strict=True)])
+        expected = partitions[first]
+        at = np.minimum(np.searchsorted(self._keys, unique), max(len(self._keys) - 1, 0))
+        known = (self._keys[at] == unique) if len(self._keys) else np.zeros(len(unique), bool)
+        expected[known] = self._key_partitions[at[known]]
         spread = np.flatnonzero(partitions != expected[inverse])
         if len(spread):
             row = int(spread[0])
-            key = bytes(keys[row])
-            low, high = sorted((known[key], int(partitions[row])))
+            low, high = sorted((int(expected[inverse[row]]), int(partitions[row])))
             raise KeySpansPartitionsError(
-                f"node {self._node!r}: key {key!r} came from partitions {low} and {high} of "
-                "a source declared partitioned_by_key: every record of a key must be in one "
-                "partition (produce with the key as the message key), or drop "
+                f"node {self._node!r}: key {bytes(keys[row])!r} came from partitions {low} and "
+                f"{high} of a source declared partitioned_by_key: every record of a key must be "
+                "in one partition (produce with the key as the message key), or drop "
                 "partitioned_by_key from the source")
+        if not known.all():
+            keys_now = np.concatenate([self._keys, unique[~known]])
+            order = np.argsort(keys_now, kind="stable")
+            self._keys = keys_now[order]
+            self._key_partitions = np.concatenate(
+                [self._key_partitions, expected[~known]])[order]
+
+
+def _with_partitions(batch: Batch) -> Batch:
+    """``batch`` with lineage: events without a known partition are held as ``_WHOLE``'s."""
+    if batch.partition is not None and batch.offset is not None:
+        return batch
+    return Batch(batch.ts, batch.key, batch.columns,
+                 np.full(len(batch), _WHOLE, dtype=np.int32), np.zeros(len(batch), np.int64))
