@@ -13,12 +13,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import streamdag as sd
-from connectors.kafka_source import KafkaSourceConfig
+from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from connectors.topics import ensure_topics
 from runtime.runners.kafka_binding import KafkaSourceFactory
 from runtime.runners.local_runner import LocalRunner
+from streamdag.connector import SourceChunk
 from streamdag.graph import Node
-from streamdag.testing import ListSink
+from streamdag.schema import Schema
+from streamdag.testing import ChunkScript, ListSink
 from tests.runtime.test_live_equals_replay import (
     PARTITIONS,
     PER_PARTITION,
@@ -106,3 +108,58 @@ def test_keyed_nodes_live_equal_the_replay_per_key(bootstrap: str) -> None:
         assert _per_key(live.records(name)) == _per_key(replayed[name]), name
     assert len(replayed["fast"]) == PARTITIONS * PER_PARTITION - SYMBOLS * 4
     assert sum(stats.late_events for stats in live.stats.values()) == 0
+
+
+@pytest.mark.integration
+def test_the_source_drops_a_record_behind_its_partition_and_sends_each_partitions_mark(
+        bootstrap: str) -> None:
+    topic = f"by-key-reader-{next(_topic_numbers)}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2}))
+    written = {0: [("a", 1), ("a", 2), ("c", 5), ("a", 3), ("c", 6)], 1: [("b", 4)]}
+
+    async def read() -> tuple[list[tuple[int, str, int]], int, dict[int, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            for partition, records in written.items():
+                for key, ts in records:
+                    value = json.dumps({"symbol": key, "ts": ts, "price": 1.0}).encode()
+                    await producer.send_and_wait(topic, value, key=key.encode(),
+                                                 partition=partition)
+        finally:
+            await producer.stop()
+        reader = KafkaSourceReader(KafkaSourceConfig(
+            bootstrap, topic, Schema.of(price="float64"), key_field="symbol",
+            partitioned_by_key=True, lateness_ns=1))
+        await reader.open()
+        kept: list[tuple[int, str, int]] = []
+        late, marks = 0, {}
+        deadline = time.monotonic() + 30
+        try:
+            while len(kept) + late < 6 and time.monotonic() < deadline:
+                chunk = await reader.read(1000, 0.0)
+                assert chunk.batch.partition is not None
+                kept += zip(chunk.batch.partition.tolist(),
+                            [k.decode() for k in chunk.batch.key.tolist()],
+                            chunk.batch.ts.tolist(), strict=True)
+                late += chunk.late
+                marks.update(chunk.partition_marks)
+        finally:
+            await reader.close()
+        return kept, late, marks
+
+    kept, late, marks = asyncio.run(read())
+    # (a, 3) is 2 behind c's 5 in partition 0, more than the lateness of 1: late, dropped.
+    assert sorted(kept) == [(0, "a", 1), (0, "a", 2), (0, "c", 5), (0, "c", 6), (1, "b", 4)]
+    assert late == 1
+    assert marks == {0: 5, 1: 3}  # each partition's newest event time, less the lateness
+
+
+def test_the_records_a_source_dropped_as_late_count_in_its_node_stats() -> None:
+    ticks = sd.source("ticks", topic="t", schema={"value": "float64"}, partitioned_by_key=True)
+    empty = sd.Batch.from_columns(ts=[], key=[], value=[])
+    script = ChunkScript([SourceChunk(empty, None, late=2), SourceChunk(empty, None, True,
+                                                                        late=1)])
+    result = LocalRunner().run(sd.Graph("late", outputs=[ticks]),
+                               sources={"ticks": lambda: script}, timeout_s=30)
+    assert (result.stats["ticks"].late_events, result.stats["ticks"].late_dropped) == (3, 3)
