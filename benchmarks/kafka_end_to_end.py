@@ -51,7 +51,8 @@ __all__ = ["events_per_second", "live_latencies", "main", "sample_latencies"]
 
 
 def _replay_graph(source: str, sink: str) -> sd.Graph:
-    ticks = sd.source("ticks", topic=source, key="key", time="ts", schema={"price": "float64"})
+    ticks = sd.source("ticks", topic=source, key="key", time="ts", schema={"price": "float64"},
+                      partitioned_by_key=True)  # written partitioned by key (kafka_baselines)
     mean = ticks.rolling_mean("price", window=20, name="mean")
     return sd.Graph("replay", outputs=[mean.to_topic(sink, name="out")])
 
@@ -281,7 +282,10 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
                     broker_pid: int | None) -> _Live:
     output_topic = f"{topic}.out"
     asyncio.run(ensure_topics(bootstrap, {topic: 4, output_topic: 4}))
-    ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"})
+    # The producer partitions by symbol (Kafka's default partitioner), and says so: the mean
+    # releases each partition's ticks by that partition's own watermark.
+    ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"},
+                      partitioned_by_key=True)
     binding = KafkaBinding(bootstrap, fetch_max_wait_ms=5, start="latest")  # the loop's wait
     graph = build(ticks, output_topic)
     running = RayRunner(settings, *binding.defaults()).start(graph)

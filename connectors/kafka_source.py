@@ -34,7 +34,7 @@ from connectors.errors import ConnectorConfigError, TopicError
 from connectors.fetch_drain import FetchDrain
 from connectors.fetched_batches import FetchedRecords
 from connectors.source_bounds import LogEnds, PartitionBounds, Timestamp
-from connectors.watermarks import PartitionWatermarks, ReadingClock
+from connectors.watermarks import PartitionWatermarks, ReadingClock, behind_their_partition
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SourceChunk
@@ -91,6 +91,11 @@ class KafkaSourceConfig:
     #: ``(index, count)``: read only group ``index`` of ``count`` (every count-th of the
     #: partitions, from the index-th on), as one shard of a sharded source does.
     partition_group: tuple[int, int] | None = None
+    #: Every record of a key is in one partition (the producer partitions by this key): each
+    #: partition's watermark travels on its own (``PartitionMarks``), so a keyed node releases
+    #: a partition's events without waiting for the slowest partition, and a record more
+    #: than ``lateness_ns`` behind an earlier one of its partition is dropped here as late.
+    partitioned_by_key: bool = False
 
     def __post_init__(self) -> None:
         if not self.dead_letter_topic:
@@ -114,6 +119,7 @@ class KafkaSourceConfig:
             time_field=params.get("time", "ts"),
             time_unit=params.get("time_unit", "ns"),
             codec=params.get("codec", "json"),
+            partitioned_by_key=bool(params.get("partitioned_by_key", False)),
             **options,
         )
 
@@ -157,6 +163,8 @@ def _config_problems(config: KafkaSourceConfig) -> list[str]:
 class _Counters:
     records: int = 0
     exact_path: int = 0
+    #: Records dropped as behind their partition's watermark since the last read.
+    late: int = 0
     last_commit: float = field(default_factory=time.monotonic)
 
 
@@ -302,8 +310,17 @@ class KafkaSourceReader:
             if behind > 0:  # records wait in the log (or in a held fetch): it is not quiet
                 marks.observe(partition, None)
         finished = all(bounds.finished for bounds in self._bounds.values())
+        partition_marks: tuple[tuple[int, int], ...] = ()
+        if self._config.partitioned_by_key and len(batch):
+            assert batch.partition is not None
+            newest = marks.event_times()
+            partition_marks = tuple(
+                (partition, stamp - self._config.lateness_ns)
+                for partition in np.unique(batch.partition).tolist()
+                if (stamp := newest.get(partition)) is not None)
+        late, self._counters.late = self._counters.late, 0
         return SourceChunk(batch=batch, watermark=marks.current(), finished=finished,
-                           idle=marks.idle())
+                           idle=marks.idle(), partition_marks=partition_marks, late=late)
 
     def position(self) -> dict[int, int]:
         """Per partition, the offset after the last record returned by ``read``."""
@@ -503,18 +520,25 @@ class KafkaSourceReader:
             )
             for r in decoded.rejections
         ])
-        kept_partitions = partitions[decoded.accepted]
-        assert self._marks is not None
+        batch = Batch(decoded.ts, decoded.key, decoded.columns, partitions[decoded.accepted],
+                      offsets[decoded.accepted])
+        assert self._marks is not None and batch.partition is not None
+        if self._config.partitioned_by_key and len(batch):
+            late = behind_their_partition(batch.ts, batch.partition, self._marks.event_times(),
+                                          self._config.lateness_ns)
+            if late.any():
+                self._counters.late += int(late.sum())
+                batch = batch.take(np.flatnonzero(~late))
+        kept_partitions = batch.partition
+        assert kept_partitions is not None
         if len(kept_partitions):
             # Rows are grouped by partition, in order: each group's newest event time at once.
             firsts = np.flatnonzero(np.diff(kept_partitions, prepend=-1))
-            newest = np.maximum.reduceat(decoded.ts, firsts)
+            newest = np.maximum.reduceat(batch.ts, firsts)
             for partition, stamp in zip(kept_partitions[firsts].tolist(), newest.tolist(),
                                         strict=True):
                 self._marks.observe(partition, stamp)
-        return Batch(
-            decoded.ts, decoded.key, decoded.columns, kept_partitions, offsets[decoded.accepted]
-        )
+        return batch
 
     async def _refresh_lag(self) -> None:
         assert self._log_ends is not None

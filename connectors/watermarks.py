@@ -22,9 +22,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
-__all__ = ["PartitionWatermarks", "ReadingClock"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["PartitionWatermarks", "ReadingClock", "behind_their_partition"]
 
 
 class ReadingClock:
@@ -163,3 +166,35 @@ class PartitionWatermarks:
         if self._emitted is None or candidate > self._emitted:
             self._emitted = candidate
         return self._emitted
+
+
+def behind_their_partition(ts: npt.NDArray[np.int64], partitions: npt.NDArray[np.int32],
+                           newest: Mapping[int, int | None],
+                           lateness_ns: int) -> npt.NDArray[np.bool_]:
+    """Which records are more than ``lateness_ns`` behind an earlier event of their partition.
+
+    Rows are grouped by partition, each group in offset order; ``newest`` is each partition's
+    newest event time before these rows. The answer depends on each partition's records
+    alone, in their order, never on how reads cut them: a live run and its replay drop the
+    same records.
+
+    >>> behind_their_partition(np.array([5, 3, 9, 4, 2]), np.array([0, 0, 0, 1, 1], np.int32),
+    ...                        {0: None, 1: 3}, 1)
+    array([False, True, False, False, True])
+    """
+    late = np.zeros(len(ts), dtype=np.bool_)
+    if not len(ts):
+        return late
+    firsts = np.flatnonzero(np.diff(partitions, prepend=partitions[0] - 1))
+    ends = [*firsts[1:].tolist(), len(ts)]
+    for start, end in zip(firsts.tolist(), ends, strict=True):
+        run = ts[start:end]
+        seen = newest.get(int(partitions[start]))
+        before = np.empty_like(run)
+        before[0] = np.iinfo(np.int64).min if seen is None else seen
+        np.maximum.accumulate(run[:-1], out=before[1:])
+        if seen is not None:
+            np.maximum(before[1:], seen, out=before[1:])
+        # ts < before - lateness, without running below the smallest int64
+        late[start:end] = (run < before) & (before - run > lateness_ns)
+    return late

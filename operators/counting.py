@@ -130,6 +130,7 @@ class RunningCountDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "running_count"
+    keys_apart: ClassVar[bool] = True  # per-key state, moved by the key's events alone
     summary: ClassVar[str] = "events per key so far (int64)"
     params: ClassVar[tuple[Param, ...]] = (
         Param("min_periods", "int", default=0, minimum=0, maximum=MAX_EVENTS,
@@ -165,6 +166,7 @@ class RollingCountDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "rolling_count"
+    keys_apart: ClassVar[bool] = True  # per-key state, moved by the key's events alone
     summary: ClassVar[str] = "events per key over a count or time window (int64)"
     params: ClassVar[tuple[Param, ...]] = WINDOW_PARAMS
 

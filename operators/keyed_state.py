@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,8 @@ NUMERIC_TYPES = ("float64", "int64")
 
 class NumericFieldDef(OperatorDef):
     """Base of operators over one numeric ``field`` per key that emit ``{value: float64}``."""
+
+    keys_apart: ClassVar[bool] = True  # per-key state, moved by the key's events alone
 
     @classmethod
     def output_schema(cls, params: Mapping[str, Any], inputs: Sequence[Schema]) -> Schema:

@@ -399,6 +399,7 @@ class _RollingDef(OperatorDef):
     """Shared declaration of the rolling family: a field, and a count or a time window."""
 
     statistic: ClassVar[str]
+    keys_apart: ClassVar[bool] = True  # per-key state, moved by the key's events alone
     params: ClassVar[tuple[Param, ...]] = (
         Param("field", "str", default="value", doc="input field to aggregate"),
         *WINDOW_PARAMS,

@@ -141,6 +141,7 @@ class VwapDef(OperatorDef):
     """
 
     type_name: ClassVar[str] = "vwap"
+    keys_apart: ClassVar[bool] = True  # per-key state, moved by the key's events alone
     summary: ClassVar[str] = "volume-weighted average price per key over a count window"
     params: ClassVar[tuple[Param, ...]] = (
         Param("price", "str", default="price", doc="input field holding the price"),

@@ -19,12 +19,17 @@ class SourceChunk:
     runtime then sends EndOfStream downstream and stops reading. ``idle`` is True while the
     source has nothing to read (every partition quiet): the runtime marks it idle downstream,
     so that it holds back no other input's events, until its next record or watermark.
+    ``partition_marks`` are per-partition watermarks ``((partition, timestamp), ...)``, from a
+    source whose every key lives in one partition (``partitioned_by_key``; else empty), and
+    ``late`` counts the records it dropped as behind their partition's watermark.
     """
 
     batch: Batch
     watermark: int | None = None
     finished: bool = False
     idle: bool = False
+    partition_marks: tuple[tuple[int, int], ...] = ()
+    late: int = 0
 
 
 class SourceReader(Protocol):

@@ -58,6 +58,9 @@ class KafkaSourceDef(OperatorDef):
         Param("time", "str", default="ts", doc="payload field holding event time; '' = record ts"),
         Param("time_unit", "str", default="ns", choices=_TIME_UNITS),
         Param("codec", "str", default="json", choices=_CODECS),
+        Param("partitioned_by_key", "bool", default=False,
+              doc="every record of a key is in one partition (the producer partitions by it): "
+                  "keyed nodes release each partition's events by its own event time"),
     )
 
     @classmethod
@@ -134,12 +137,18 @@ def source(
     time: str = "ts",
     time_unit: str = "ns",
     codec: str = "json",
+    partitioned_by_key: bool = False,
     interval: int | str | None = None,
     period: int | None = None,
     missing: MissingPolicy = "skip",
     tags: Iterable[str] = (),
 ) -> Node:
     """A source node bound to a Kafka topic.
+
+    ``partitioned_by_key`` declares that the producer puts every record of a key in one
+    partition (Kafka's default partitioner does, keyed by it): keyed nodes reading the source
+    then release each partition's events by that partition's own event time, not the slowest
+    partition's, and a record behind an earlier one of its partition is late.
 
     >>> ticks = source("ticks", topic="market.ticks", key="symbol", schema={"price": "float64"})
     >>> ticks.output_schema
@@ -152,6 +161,7 @@ def source(
         "time": time,
         "time_unit": time_unit,
         "codec": codec,
+        "partitioned_by_key": partitioned_by_key,
     }
     return make_node(
         "kafka_source",

@@ -110,6 +110,10 @@ class OperatorDef(ABC):
     #: the watermark passes it and hands it over sorted by event time; if not (kernels that
     #: compute each event alone), a one-input node gets every batch at once, as it arrives.
     needs_time_order: ClassVar[bool] = True
+    #: Whether each key's output depends on that key's events alone, in event-time order (not
+    #: on other keys' events nor on the watermark): then, over a source ``partitioned_by_key``,
+    #: a one-input node releases each partition's events by that partition's own watermark.
+    keys_apart: ClassVar[bool] = False
     #: Whether the kernel has its own policy for events that arrive after the watermark passed
     #: them (they are handed to it at once); if not, the runtime drops them and counts them.
     handles_late_events: ClassVar[bool] = False

@@ -65,6 +65,10 @@ class AlignerState:
     held: tuple[Batch, ...]
     watermarks: tuple[int | None, ...]
     released_below: int
+    #: Of a ``KeyPartitionedAligner``: per source partition, its newest mark and the bound
+    #: its events were released below.
+    partition_marks: tuple[tuple[int, int], ...] = ()
+    partition_released: tuple[tuple[int, int], ...] = ()
 
 
 class _Runs:

@@ -40,7 +40,15 @@ from runtime.dataplane.failures import (
 )
 from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
 from runtime.dataplane.inbox import Inbox
-from runtime.dataplane.messages import IDLE, Barrier, EndOfStream, Envelope, Payload, Watermark
+from runtime.dataplane.messages import (
+    IDLE,
+    Barrier,
+    EndOfStream,
+    Envelope,
+    PartitionMarks,
+    Payload,
+    Watermark,
+)
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.sockets import DataPort, node_address
@@ -530,6 +538,11 @@ class NodeHost:
                     self._phases.first_read = self._phases.first_read or StartupPhases.now()
                     observe_event_ages(*self.worker.stats.read_ages, chunk.batch.ts)
                     payloads.extend(self.worker.feed(0, chunk.batch))
+                if chunk.partition_marks:  # for the keyed nodes reading it: after the batch
+                    payloads.append(PartitionMarks(chunk.partition_marks))
+                if chunk.late:
+                    self.worker.stats.late_events += chunk.late
+                    self.worker.stats.late_dropped += chunk.late
                 if chunk.watermark is not None:
                     payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))
                 if chunk.idle:

@@ -12,6 +12,7 @@ __all__ = [
     "Barrier",
     "EndOfStream",
     "Envelope",
+    "PartitionMarks",
     "Payload",
     "Watermark",
     "WatermarkStatus",
@@ -24,6 +25,21 @@ class Watermark:
     """Every event with ``ts < timestamp`` has arrived on this channel."""
 
     timestamp: int
+
+
+@dataclass(frozen=True)
+class PartitionMarks:
+    """Per partition of a source declared ``partitioned_by_key``, a watermark of its own.
+
+    ``marks`` is ``((partition, timestamp), ...)``: no more events of that partition below
+    its timestamp. Every record of a key comes from one partition, so a node whose operator
+    keeps its keys apart (``OperatorDef.keys_apart``) may release a partition's events by that
+    partition's mark instead of waiting for the slowest partition (see
+    ``runtime.dataplane.partition_release``). Only a source sends them, and only to the nodes
+    that read it directly; every other node ignores them.
+    """
+
+    marks: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ class Barrier:
     checkpoint_id: int
 
 
-Payload = Batch | Watermark | WatermarkStatus | EndOfStream | Barrier
+Payload = Batch | Watermark | WatermarkStatus | EndOfStream | Barrier | PartitionMarks
 
 
 @dataclass(frozen=True)

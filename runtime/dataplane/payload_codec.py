@@ -14,6 +14,8 @@ Layout (little-endian):
 
    - ``W`` watermark, ``R`` barrier: a signed 64-bit timestamp or checkpoint id;
    - ``S`` watermark status: one byte, idle or not; ``E`` end of stream: nothing;
+   - ``M`` partition marks: their number (unsigned 16-bit), then each partition (signed
+     32-bit) and its timestamp (signed 64-bit);
    - ``B`` batch: records (unsigned 64-bit), columns, whether it has lineage (one byte each);
      then for each array (ts, key, the columns in order, then partition and offset when it
      has lineage): its dtype's string and, for a column, its name, each after its length in
@@ -40,7 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from runtime.dataplane.messages import Barrier, EndOfStream, Payload, Watermark, WatermarkStatus
+from runtime.dataplane.messages import (
+    Barrier,
+    EndOfStream,
+    PartitionMarks,
+    Payload,
+    Watermark,
+    WatermarkStatus,
+)
 from runtime.dataplane.out_of_band import framed, unframed
 from streamdag.batch import Batch
 
@@ -52,10 +61,13 @@ _HEAD = struct.Struct("<cH")
 #: A watermark's or a barrier's tag and number.
 _NUMBERED = struct.Struct("<cq")
 _STATUS = struct.Struct("<c?")
+#: Partition marks' tag and number, then each mark.
+_MARKS = struct.Struct("<cH")
+_MARK = struct.Struct("<iq")
 #: A batch's tag, records, columns and whether it has lineage.
 _BATCH = struct.Struct("<cQBB")
 #: Each tag's byte as ``memoryview`` indexing gives it.
-_W, _R, _S, _E, _B = b"W"[0], b"R"[0], b"S"[0], b"E"[0], b"B"[0]
+_W, _R, _S, _E, _B, _M = b"W"[0], b"R"[0], b"S"[0], b"E"[0], b"B"[0], b"M"[0]
 #: Dtypes and column names seen so far, by their encoded form (a node sees a few).
 _DTYPES: dict[bytes, np.dtype[Any]] = {}
 _NAMES: dict[bytes, str] = {}
@@ -77,6 +89,9 @@ def encoded_payloads(payloads: tuple[Payload, ...]) -> bytes:
             parts.append(_STATUS.pack(b"S", payload.idle))
         elif kind is EndOfStream:
             parts.append(b"E")
+        elif kind is PartitionMarks and isinstance(payload, PartitionMarks):
+            parts.append(_MARKS.pack(b"M", len(payload.marks)))
+            parts.extend(_MARK.pack(partition, mark) for partition, mark in payload.marks)
         else:
             return _pickled(payloads)
     return b"".join(parts)
@@ -108,6 +123,11 @@ def decoded_payloads(data: memoryview) -> tuple[Payload, ...]:
         elif tag == _E:
             out.append(EndOfStream())
             at += 1
+        elif tag == _M:
+            _, count = _MARKS.unpack_from(data, at)
+            at += _MARKS.size
+            out.append(PartitionMarks(tuple(_MARK.iter_unpack(data[at:at + count * _MARK.size]))))
+            at += count * _MARK.size
         else:
             raise ValueError(f"a push's payloads carry an unknown tag {bytes([tag])!r}")
     return tuple(out)

@@ -17,10 +17,12 @@ from runtime.dataplane.messages import (
     Barrier,
     EndOfStream,
     Envelope,
+    PartitionMarks,
     Payload,
     Watermark,
     WatermarkStatus,
 )
+from runtime.dataplane.partition_release import KeyPartitionedAligner
 from runtime.dataplane.stats import NodeStats, observe_event_ages
 from streamdag.batch import Batch
 from streamdag.operator import NodeConfig, OperatorLogic
@@ -132,7 +134,14 @@ class NodeWorker:
                 "that fed it when the checkpoint was taken")
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
-        if inputs > 1 or definition.needs_time_order or self._dynamic:
+        #: A one-input node keeping its keys apart releases a key-partitioned source's
+        #: partitions one by one (``PartitionMarks``; ``runtime.dataplane.partition_release``).
+        self._by_partition: KeyPartitionedAligner | None = None
+        if definition.keys_apart and inputs == 1 and not self._dynamic:
+            self._aligner = self._by_partition = KeyPartitionedAligner(
+                slot_schemas[0], restored.aligner if restored is not None else None,
+                node=config.name)
+        elif inputs > 1 or definition.needs_time_order or self._dynamic:
             self._aligner = EventTimeAligner(
                 slot_schemas,
                 restored.aligner if restored is not None else None,
@@ -303,6 +312,8 @@ class NodeWorker:
             return self._on_status(input_index, payload.idle) + self._status()
         if isinstance(payload, EndOfStream):
             return self._on_end(input_index) + self._status()
+        if isinstance(payload, PartitionMarks):
+            return self._on_partition_marks(payload)
         return self._on_barrier(input_index, payload)
 
     def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
@@ -384,6 +395,13 @@ class NodeWorker:
         if self._aligner is not None and self._aligner.advance(input_index, timestamp):
             outputs = self._process_released()
         return outputs + self._advance_watermark()
+
+    def _on_partition_marks(self, marks: PartitionMarks) -> list[Payload]:
+        """A key-partitioned source's partitions moved: release what they passed, if this
+        node releases by partition (every other node goes by the watermark alone)."""
+        if self._by_partition is None or not self._by_partition.advance_partitions(marks.marks):
+            return []
+        return self._process_released()
 
     def _resume(self) -> None:
         """An idle input resumed: every idle input holds the watermark again.

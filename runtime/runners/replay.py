@@ -66,8 +66,10 @@ class TimeOrderedReader:
         if watermark is not None and self._held_oldest is not None:
             watermark = min(watermark, self._held_oldest)
         empty = batch.slice(0, 0)
+        # Partition marks stay here: what it holds back may lie below them. Each key's order is
+        # the same either way (``runtime.dataplane.partition_release``).
         return SourceChunk(released if released is not None else empty, watermark,
-                           chunk.finished)
+                           chunk.finished, late=chunk.late)
 
     def _release(self, everything: bool) -> Batch | None:
         if not self._held:

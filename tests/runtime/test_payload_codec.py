@@ -14,6 +14,7 @@ from runtime.dataplane.messages import (
     IDLE,
     Barrier,
     EndOfStream,
+    PartitionMarks,
     Payload,
     Watermark,
 )
@@ -41,7 +42,9 @@ def _batches(draw: st.DrawFn) -> Batch:
                  np.arange(n, dtype=np.int64) * 3 if lineage else None)
 
 
+_MARKS = st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), _INT64), max_size=5)
 _PAYLOADS = st.one_of(_batches(), _INT64.map(Watermark), st.sampled_from([IDLE, ACTIVE]),
+                      _MARKS.map(lambda marks: PartitionMarks(tuple(marks))),
                       st.just(EndOfStream()), st.integers(1, 2**40).map(Barrier))
 
 
