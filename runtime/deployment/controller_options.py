@@ -46,8 +46,10 @@ class ControllerOptions:
     #: the task holding it (again every as many seconds); 0 turns the report off.
     lock_report_after_s: float = 30.0
     #: Health probes in a row (each ``call_timeout_s``) a node actor may leave unanswered
-    #: before it is killed as unresponsive and counts as dead; 0: never.
-    unresponsive_probes: int = 3
+    #: before it is killed as unresponsive and counts as dead; 0: never. Six rounds are over a
+    #: minute at the defaults, more than Flink's 50 s heartbeat timeout: a node compiling a
+    #: user function on a busy box is slow, not dead.
+    unresponsive_probes: int = 6
     #: Kafka topic receiving the lifecycle CloudEvents.
     lifecycle_topic: str = "streamdag.lifecycle"
     #: Create missing sink topics (with ``settings.kafka.partitions``) before creating sinks.
