@@ -25,20 +25,15 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from runtime.dataplane.alignment import (
-    NOTHING_RELEASED,
-    AlignerState,
-    EventTimeAligner,
-    _Runs,
-)
+from runtime.dataplane.alignment import NOTHING_RELEASED, AlignerState, EventTimeAligner
 from streamdag.batch import Batch
 from streamdag.errors import StreamdagError
 from streamdag.schema import Schema
 
 __all__ = ["KeyPartitionedAligner", "KeySpansPartitionsError"]
 
-#: Where events are held before the first partition marks (or without lineage): the input's
-#: watermark alone releases them.
+#: The partition of events that came without lineage: the input's watermark alone releases
+#: them.
 _WHOLE = -1
 
 
@@ -87,7 +82,7 @@ class KeyPartitionedAligner(EventTimeAligner):
             self._marks = dict(state.partition_marks)
             self._part_released = dict(state.partition_released)
         held = self._held[0].everything()
-        self._held = [_Runs()]  # held in ``_waiting`` instead
+        self._held[0] = type(self._held[0])()  # held in ``_waiting`` instead
         if held is not None and len(held):
             self._waiting = _with_partitions(held)
 
