@@ -15,6 +15,7 @@ from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
+from runtime.dataplane.kernel_loading import start_numba_runtime
 from runtime.dataplane.warming import read_only_push
 from runtime.inference.host import host_class
 from runtime.planning.budgets import check_runner_budgets
@@ -96,6 +97,9 @@ class LocalRunner:
         # pages again, so do later loads, while they hold the event loop; it also trims the
         # free heap, which large allocations no longer fragment (``limit_heap_growth``).
         limit_heap_growth()
+        # numba's runtime compiled now, while the pages numba's import mapped are resident: a
+        # first kernel load would otherwise map about 90 MiB of LLVM again, the process's peak.
+        start_numba_runtime()
         releasing = ReleasingThread(nodes.pages).start()
         try:
             return await self._run_planned(graph, sources, sinks, timeout_s, nodes)
