@@ -93,6 +93,8 @@ class NodeProbe:
     finished: bool = False
     error: str | None = None
     stats: NodeStats | None = None
+    #: Whether the actor answered (False: busy past ``call_timeout_s``, or unknown).
+    answered: bool = False
 
 
 class NodeActors(RayNodes):
@@ -215,14 +217,15 @@ class NodeActors(RayNodes):
         """Steps:
         1. The producer is asked to unsubscribe; it answers once its consumer acknowledged
            what was sent, which a slow consumer may delay past ``call_timeout_s``.
-        2. If it has not answered by then, one probe tells taking from hanging: a producer
-           that answers the probe, a later call (Ray starts one caller's calls to an actor in
-           the order sent when, as here, they wait on no argument), has started the
-           unsubscribe, whose first step stops the sending; a drain that fails once its
-           consumer stops only drops that consumer (``NodeHost.unsubscribe``).
-        3. A producer that answers neither is unresponsive (stopped, or its event loop
-           blocked): it is killed, and counts as dead with that cause at the next health
-           check, so its region recovers or its graphs fail instead of the caller waiting.
+        2. While it has not answered, a probe each ``call_timeout_s`` tells taking from
+           busy: a producer that answers the probe, a later call (Ray starts one caller's
+           calls to an actor in the order sent when, as here, they wait on no argument), has
+           started the unsubscribe, whose first step stops the sending; a drain that fails
+           once its consumer stops only drops that consumer (``NodeHost.unsubscribe``).
+        3. A producer that answers none is busy (a long batch, a compile) and is waited for,
+           until it has missed ``unresponsive_after`` probes in a row, counted with the
+           health check's (``probe``): then it is killed, and counts as dead with that cause,
+           so its region recovers or its graphs fail instead of the caller waiting.
         """
         handle = self.handles.get(upstream)
         if handle is None:
@@ -231,30 +234,22 @@ class NodeActors(RayNodes):
         call = asyncio.ensure_future(awaited(handle.unsubscribe.remote(edge)))
         call.add_done_callback(lambda done: done.cancelled() or done.exception())
         done, _ = await asyncio.wait([call], timeout=self.call_timeout_s)
-        if done:
-            return  # taken (or the producer is gone, which sends nothing)
-        # Step 2: taking, or hanging?
-        probe = await self._report_within(handle)
-        if probe is not None:
-            _log.warning("node actor %s has not finished the unsubscribe of edge %s within "
-                         "%.0f s (its consumer is slow to acknowledge); it runs, so the "
-                         "consumer may stop", upstream[:24], edge, self.call_timeout_s)
-            return
-        # Step 3: unresponsive.
-        await self.kill_unresponsive(
-            upstream, handle, f"its actor answered neither the unsubscribe of edge {edge} nor "
-            f"a probe within {self.call_timeout_s:g} s each; it was killed as unresponsive")
+        while not done:
+            # Step 2: taking, or busy?
+            probe = await self.probe(upstream, counts_misses=True)
+            if call.done() or not probe.alive:
+                return  # taken, or the producer is gone (killed as unresponsive: step 3)
+            if probe.answered:
+                _log.warning("node actor %s has not finished the unsubscribe of edge %s "
+                             "within %.0f s (its consumer is slow to acknowledge); it runs, so "
+                             "the consumer may stop", upstream[:24], edge, self.call_timeout_s)
+                return
+            # Step 3: busy; wait on.
+            done, _ = await asyncio.wait([call], timeout=self.call_timeout_s)
 
     async def within_call_timeout(self, ref: Any) -> Any:
         """The result of actor call ``ref``; TimeoutError after ``call_timeout_s``."""
         return await asyncio.wait_for(awaited(ref), self.call_timeout_s)
-
-    async def _report_within(self, handle: Any) -> Any:
-        """The actor's ``report`` within ``call_timeout_s``; None if it did not answer."""
-        call = asyncio.ensure_future(awaited(handle.report.remote()))
-        call.add_done_callback(lambda done: done.cancelled() or done.exception())
-        done, _ = await asyncio.wait([call], timeout=self.call_timeout_s)
-        return call.result() if done and call.exception() is None else None
 
     async def kill_unresponsive(self, key: str, handle: Any, cause: str) -> None:
         """Kill ``handle``, the actor of ``key`` that does not answer, and wait (up to
@@ -324,13 +319,14 @@ class NodeActors(RayNodes):
             missed = self.probes_missed[key] = self.probes_missed.get(key, 0) + 1
             if 0 < self.unresponsive_after <= missed:
                 await self.kill_unresponsive(
-                    key, handle, f"its actor did not answer {missed} health probes in a row within "
+                    key, handle, f"its actor did not answer {missed} probes in a row within "
                     f"{self.call_timeout_s:g} s each; it was killed as unresponsive")
                 return NodeProbe(alive=False, error=self.unresponsive.get(key))
             return NodeProbe(alive=True)  # busy, not dead: the next round asks again
         self.probes_missed.pop(key, None)
         error = None if report.error is None else failure_cause(report.error)
-        return NodeProbe(alive=True, finished=report.finished, error=error, stats=report.stats)
+        return NodeProbe(alive=True, finished=report.finished, error=error, stats=report.stats,
+                         answered=True)
 
     def forget(self, key: str) -> None:
         """``key``'s actor is gone (stopped, or declared dead): drop its handle and what its

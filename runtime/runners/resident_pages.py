@@ -196,12 +196,12 @@ class LibraryPageReleaser:
 
     @classmethod
     def settled(cls) -> LibraryPageReleaser:
-        """A releaser whose floor is this process's resident file pages now: for a process
-        that released them already (a node actor once ready), so that the next kernel load
-        (8 MiB of LLVM or more) is released however few pages it maps."""
-        releaser = cls()
-        releaser.floor = _own_resident_file_bytes()
-        return releaser
+        """A releaser for a process that released its pages already (a node actor once
+        ready): it releases at its first look whatever was mapped since (a connector's
+        kernels, loaded after the warm-up's release), then whenever the pages grew by
+        ``worth_releasing`` (a kernel load of 8 MiB of LLVM or more), however few the process
+        maps in all."""
+        return cls(first_above=0)
 
     def release(self, libraries: Sequence[str] | None = RELEASED_LIBRARIES) -> int:
         """Release ``libraries``' pages now (``release_library_pages``) and remember the

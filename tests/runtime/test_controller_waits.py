@@ -180,7 +180,7 @@ async def test_an_actor_missing_probes_in_a_row_is_killed_and_counts_as_dead(
 
     assert [(p.alive, p.error) for p in scraped] == [(True, None)] * 3
     assert (first.alive, first.error) == (True, None)  # busy, not dead: asked again
-    cause = ("its actor did not answer 2 health probes in a row within 0.05 s each; it was "
+    cause = ("its actor did not answer 2 probes in a row within 0.05 s each; it was "
              "killed as unresponsive")
     assert (second.alive, second.error) == (third.alive, third.error) == (False, cause)
     actors.forget("k")  # declared dead: its key may get a new actor

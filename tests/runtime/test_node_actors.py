@@ -14,7 +14,12 @@ def _producer(taken: list[str], release: asyncio.Event) -> SimpleNamespace:
         await release.wait()  # a producer busy with a long batch takes the call late
         taken.append(edge)
 
-    return SimpleNamespace(unsubscribe=SimpleNamespace(remote=unsubscribe))
+    async def report() -> SimpleNamespace:
+        await release.wait()  # ...and answers no probe meanwhile
+        return SimpleNamespace(error=None, finished=False, stats=None)
+
+    return SimpleNamespace(unsubscribe=SimpleNamespace(remote=unsubscribe),
+                           report=SimpleNamespace(remote=report))
 
 
 async def test_an_unsubscribe_slower_than_the_call_timeout_is_not_given_up_on() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -180,6 +181,9 @@ class _Actors:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    async def within_call_timeout(self, ref: Any) -> Any:
+        return await ref
 
 
 async def test_a_shared_node_carries_the_tags_of_the_graphs_that_still_use_it(
