@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from runtime.checkpoints import failpoints
-from runtime.checkpoints.quiet import SourceQuiet
 from runtime.checkpoints.store import SnapshotRef
 from runtime.dataplane.channels import Channel, Shipment, Target
 from runtime.dataplane.checkpointing import (
@@ -41,23 +40,20 @@ from runtime.dataplane.failures import (
 from runtime.dataplane.host_contract import NodeReport, RuntimeSettings
 from runtime.dataplane.inbox import Inbox
 from runtime.dataplane.messages import (
-    IDLE,
     Barrier,
     EndOfStream,
     Envelope,
-    PartitionMarks,
     Payload,
-    Watermark,
 )
 from runtime.dataplane.sink_epochs import EpochOutput
 from runtime.dataplane.sink_publishing import SinkPublisher
 from runtime.dataplane.sockets import DataPort, node_address
 from runtime.dataplane.source_pacing import ReadPacing
+from runtime.dataplane.source_reading import SourceReading
 from runtime.dataplane.startup_phases import CODE_LOADED_AT, StartupPhases, process_start_time
 from runtime.dataplane.stats import (
     NodeStats,
     add_source_figures,
-    observe_event_ages,
     resident_bytes_of,
 )
 from runtime.dataplane.warming import warm_up_while_opening
@@ -76,12 +72,10 @@ __all__ = [
     "followed_a_failure",
 ]
 
-#: Seconds a held source waits for its pushes in flight to settle before it rewinds.
-_SETTLE_TIMEOUT_S = 5.0
 _log = logging.getLogger(__name__)
 
 
-class NodeHost:
+class NodeHost(SourceReading):
     """Hosts one node: processes pushes in order through one drain loop, fans output out."""
 
     def __init__(
@@ -172,14 +166,6 @@ class NodeHost:
     def startup_phases(self) -> StartupPhases:
         """When this node passed each start-up step (see ``StartupPhases``)."""
         return dataclasses.replace(self._phases)
-
-    async def start_source(self) -> None:
-        """Start reading the source (called last, once everything below is ready)."""
-        if self.source is None:
-            raise RuntimeError(f"node {self.config.name!r} has no source to start")
-        if self._source_task is None and self._held is None:
-            self._phases.source_started = StartupPhases.now()
-            self._source_task = asyncio.create_task(self._run_source())
 
     async def wait_finished(self) -> bool:
         """Block until EndOfStream went through this node (or it failed); True when finished."""
@@ -523,52 +509,6 @@ class NodeHost:
             await self._publisher.idle()
             await self.sink.flush()
 
-    async def _run_source(self) -> None:
-        assert self.source is not None
-        try:
-            while not self._stopping and self._held is None:
-                chunk = await self.source.read(self.settings.max_batch_records,
-                                               self._pacing.linger_s)
-                self._pacing.observe(len(chunk.batch))
-                if self._held is not None:
-                    return  # read after the node stopped: the rewind gives it back
-                position = dict(self.source.position())
-                payloads: list[Payload] = []
-                if len(chunk.batch):
-                    self._phases.first_read = self._phases.first_read or StartupPhases.now()
-                    observe_event_ages(*self.worker.stats.read_ages, chunk.batch.ts)
-                    payloads.extend(self.worker.feed(0, chunk.batch))
-                if chunk.partition_marks:  # for the keyed nodes reading it: after the batch
-                    payloads.append(PartitionMarks(chunk.partition_marks))
-                if chunk.late:
-                    self.worker.stats.late_events += chunk.late
-                    self.worker.stats.late_dropped += chunk.late
-                if chunk.watermark is not None:
-                    payloads.extend(self.worker.feed(0, Watermark(chunk.watermark)))
-                if chunk.idle:
-                    payloads.extend(self.worker.feed(0, IDLE))
-                if chunk.finished:
-                    payloads.extend(self.worker.feed(0, EndOfStream()))
-                await self._emit(payloads, position)
-                await self._step_published()
-                if chunk.finished:
-                    return
-                requested, self.checkpointing.requested = self.checkpointing.requested, None
-                if requested is not None:  # between two reads: the cut is at ``position``
-                    await self._emit(self.worker.feed(0, Barrier(requested)), position)
-                    await self._step_published()
-                self.checkpointing.quiet.read(records=len(chunk.batch), idle=chunk.idle,
-                                              barrier=requested)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._hold(exc)
-
-    async def source_quiet(self, known: SourceQuiet | None) -> SourceQuiet:
-        """Sources: whether they went quiet since their last barrier, once that differs from
-        ``known`` (a long poll: the coordinator checkpoints at once when all are quiet)."""
-        return await self.checkpointing.quiet.changed(known)
-
     def _hold(self, error: Exception) -> None:
         """Stop for good: report ``error``, refuse pushes, and let a source give back its input."""
         if self._held is not None:
@@ -586,27 +526,6 @@ class NodeHost:
         # Step 2: a source stops reading and rewinds to what its subscribers took.
         if self.source is not None and self._settle_task is None:
             self._settle_task = asyncio.get_running_loop().create_task(self._settle_source())
-
-    async def _settle_source(self) -> None:
-        # Step 1: the reading loop stops, wherever it is (a read's records are given back).
-        await cancel_and_wait(self._source_task)
-        # Step 2: pushes in flight settle (acknowledged or failed): the delivered position is
-        # final unless a subscriber hangs.
-        pending = [ack for channel in self._channels.values() for ack in channel.pending()]
-        if pending:
-            await asyncio.wait(pending, timeout=_SETTLE_TIMEOUT_S)
-        # Step 3: the reader continues from there, and fetches nothing more.
-        await self._rewind_source()
-
-    async def _rewind_source(self) -> None:
-        seek_to: Any = getattr(self.source, "seek_to", None)
-        assert self.source is not None
-        delivered = self._deliveries.position
-        if callable(seek_to) and self.source.position() != delivered:
-            await seek_to(delivered)
-        pause: Any = getattr(self.source, "pause", None)
-        if self._held is not None and callable(pause):
-            pause()
 
     # -- introspection --------------------------------------------------------------------
     def stats(self) -> NodeStats:
