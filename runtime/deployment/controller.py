@@ -34,7 +34,7 @@ from runtime.deployment.controller_options import (
     start_when_restarted_by_ray,
 )
 from runtime.deployment.controller_reports import Reports, UnknownNodeError
-from runtime.deployment.controller_waits import WatchedLock, cancel_and_wait
+from runtime.deployment.controller_waits import WatchedLock
 from runtime.deployment.crashes import reuse_refusal
 from runtime.deployment.lifecycle import (
     TERMINAL_STATES,
@@ -78,6 +78,7 @@ from runtime.planning.planner import diff_graph
 from runtime.planning.wiring import HostSpec, wire_graph
 from runtime.runners.deploy_sequence import ActorNotReadyError, DeployProgress, deploy
 from runtime.runners.kafka_binding import KafkaBinding
+from streamdag.cancellation import cancel_and_wait
 from streamdag.config import Settings
 from streamdag.errors import StreamdagError
 from streamdag.graph import Graph
@@ -469,8 +470,8 @@ class Controller(HealthChecks, Reports, StopAndResume):
         """Cancel the periodic health check and wait until it has ended."""
         task, self._health_task = self._health_task, None
         if task is not None:
-            await cancel_and_wait(task, self.options.call_timeout_s,
-                                  f"the health check of deployment {self.deployment!r}")
+            await cancel_and_wait(task, timeout_s=self.options.call_timeout_s,
+                                  what=f"the health check of deployment {self.deployment!r}")
 
     async def _reconcile_checkpoints(self, retired: Iterable[str] = ()) -> None:
         if self._checkpoints is not None:

@@ -34,7 +34,6 @@ from runtime.checkpoints.store import (
 )
 from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.stats import LatencyHistogram
-from runtime.deployment.controller_waits import cancel_and_wait
 from runtime.deployment.lifecycle import cloud_event_of, failure_cause, log_event
 from runtime.deployment.metrics import RegionMetrics
 from runtime.deployment.node_actors import NodeActors
@@ -43,6 +42,7 @@ from runtime.planning.wiring import EdgeSpec, HostSpec
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.ray_nodes import awaited
 from runtime.runners.recovery import GraphFailedError, RestartPolicy
+from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, Settings
 from streamdag.errors import StreamdagError
 from streamdag.graph import Graph
@@ -332,9 +332,9 @@ class RegionCheckpoints:
     async def stop(self, region: str) -> None:
         """Stop the coordinator of ``region`` (its checkpoint in flight is abandoned)."""
         running = self._running.pop(region, None)
-        if running is not None:  # cancelled again if a wait_for swallowed it (controller_waits)
-            await cancel_and_wait(running.task, self.settings.timeout_s,
-                                  f"the checkpoint coordinator of region {region}")
+        if running is not None:  # cancelled again if a wait_for swallowed it
+            await cancel_and_wait(running.task, timeout_s=self.settings.timeout_s,
+                                  what=f"the checkpoint coordinator of region {region}")
 
     async def stop_all(self) -> None:
         """Stop every coordinator."""

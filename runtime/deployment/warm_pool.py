@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.dataplane.host import NodeHost
-from runtime.deployment.controller_waits import cancel_and_wait
 from runtime.runners.ray_nodes import awaited
+from streamdag.cancellation import cancel_and_wait
 
 __all__ = ["PoolFigures", "PooledNodeHost", "WarmPool", "pool_actor_pattern", "warm_pool_kernels"]
 
@@ -246,7 +246,8 @@ class WarmPool:
         """Stop filling and stop every idle and starting pool actor."""
         self._closed = True
         if self._refilling is not None:  # cancelled again if a wait_for swallowed it
-            await cancel_and_wait(self._refilling, self.call_timeout_s, "the warm pool's refill")
+            await cancel_and_wait(self._refilling, timeout_s=self.call_timeout_s,
+                                  what="the warm pool's refill")
         actors = {**self.idle, **self.starting}
         self.idle.clear()
         self.starting.clear()

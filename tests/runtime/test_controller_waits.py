@@ -17,10 +17,11 @@ from runtime.checkpoints.coordinator import CheckpointCoordinator
 from runtime.checkpoints.quiet import QuietWatch, SourceQuiet
 from runtime.checkpoints.store import CheckpointStore, SnapshotRef
 from runtime.dataplane.host import RuntimeSettings
-from runtime.deployment.controller_waits import WatchedLock, cancel_and_wait
+from runtime.deployment.controller_waits import WatchedLock
 from runtime.deployment.node_actors import NodeActors
 from runtime.deployment.node_registry import NodeRegistry, NodeRequest, acquire
 from runtime.deployment.region_checkpoints import RegionCheckpoints
+from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings
 
 
@@ -109,7 +110,7 @@ async def test_a_task_that_never_ends_is_given_up_on_with_its_stack_logged(
     task.set_name("stubborn")
     await asyncio.sleep(0)
     with caplog.at_level(logging.WARNING, logger="streamdag.controller"):
-        ended = await cancel_and_wait(task, 0.2, "the stubborn loop")
+        ended = await cancel_and_wait(task, timeout_s=0.2, what="the stubborn loop")
     release.set()
     await task
 
