@@ -547,9 +547,10 @@ class NodeHost(SourceReading):
         return stats
 
     def report(self) -> NodeReport:
-        """Figures, whether finished, and the error: what a health check or scrape asks, at once."""
+        """Figures, whether finished, the error and the edges it sends on: what a health check,
+        a scrape or an unsubscribe asks, at once."""
         error = None if self.error is None else self.error.with_traceback(None)
-        return NodeReport(self.stats(), self.is_finished(), error)
+        return NodeReport(self.stats(), self.is_finished(), error, frozenset(self._channels))
 
     def results(self) -> list[Batch]:
         """Batches captured (capture=True) or written to an in-memory sink."""

@@ -21,6 +21,8 @@ class NodeReport:
     #: EndOfStream went through the node, or it stopped (``error`` then says why).
     finished: bool
     error: BaseException | None
+    #: The edges it still sends on: an edge's unsubscribe, once started, is not among them.
+    sending_on: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

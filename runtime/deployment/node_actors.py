@@ -95,6 +95,8 @@ class NodeProbe:
     stats: NodeStats | None = None
     #: Whether the actor answered (False: busy past ``call_timeout_s``, or unknown).
     answered: bool = False
+    #: When it answered: the edges it still sends on.
+    sending_on: frozenset[str] = frozenset()
 
 
 class NodeActors(RayNodes):
@@ -217,11 +219,13 @@ class NodeActors(RayNodes):
         """Steps:
         1. The producer is asked to unsubscribe; it answers once its consumer acknowledged
            what was sent, which a slow consumer may delay past ``call_timeout_s``.
-        2. While it has not answered, a probe each ``call_timeout_s`` tells taking from
-           busy: a producer that answers the probe, a later call (Ray starts one caller's
-           calls to an actor in the order sent when, as here, they wait on no argument), has
-           started the unsubscribe, whose first step stops the sending; a drain that fails
-           once its consumer stops only drops that consumer (``NodeHost.unsubscribe``).
+        2. While it has not answered, a probe each ``call_timeout_s`` tells taking from busy:
+           a producer that answers and no longer sends on ``edge`` has started the
+           unsubscribe, whose first step stops the sending (a drain that fails once its
+           consumer stops only drops that consumer, ``NodeHost.unsubscribe``), so the
+           consumer may stop. One that answers and still sends on it has not started the
+           call yet (Ray does not promise an async actor starts one caller's calls in the
+           order sent): it is waited for.
         3. A producer that answers none is busy (a long batch, a compile) and is waited for,
            until it has missed ``unresponsive_after`` probes in a row, counted with the
            health check's (``probe``): then it is killed, and counts as dead with that cause,
@@ -239,12 +243,13 @@ class NodeActors(RayNodes):
             probe = await self.probe(upstream, counts_misses=True)
             if call.done() or not probe.alive:
                 return  # taken, or the producer is gone (killed as unresponsive: step 3)
-            if probe.answered:
+            if probe.answered and edge not in probe.sending_on:
                 _log.warning("node actor %s has not finished the unsubscribe of edge %s "
-                             "within %.0f s (its consumer is slow to acknowledge); it runs, so "
-                             "the consumer may stop", upstream[:24], edge, self.call_timeout_s)
+                             "within %.0f s (its consumer is slow to acknowledge); it sends no "
+                             "more on it, so the consumer may stop", upstream[:24], edge,
+                             self.call_timeout_s)
                 return
-            # Step 3: busy; wait on.
+            # Step 3: busy, or the call not started yet; wait on.
             done, _ = await asyncio.wait([call], timeout=self.call_timeout_s)
 
     async def within_call_timeout(self, ref: Any) -> Any:
@@ -326,7 +331,7 @@ class NodeActors(RayNodes):
         self.probes_missed.pop(key, None)
         error = None if report.error is None else failure_cause(report.error)
         return NodeProbe(alive=True, finished=report.finished, error=error, stats=report.stats,
-                         answered=True)
+                         answered=True, sending_on=report.sending_on)
 
     def forget(self, key: str) -> None:
         """``key``'s actor is gone (stopped, or declared dead): drop its handle and what its

@@ -1,4 +1,5 @@
-"""NodeActors: an unsubscribe is waited for however slow the producer is to take it."""
+"""NodeActors: an unsubscribe is waited for however slow the producer is to take it, and
+until the producer no longer sends on the edge."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _producer(taken: list[str], release: asyncio.Event) -> SimpleNamespace:
 
     async def report() -> SimpleNamespace:
         await release.wait()  # ...and answers no probe meanwhile
-        return SimpleNamespace(error=None, finished=False, stats=None)
+        return SimpleNamespace(error=None, finished=False, stats=None, sending_on=frozenset())
 
     return SimpleNamespace(unsubscribe=SimpleNamespace(remote=unsubscribe),
                            report=SimpleNamespace(remote=report))
@@ -41,3 +42,53 @@ async def test_an_unsubscribe_slower_than_the_call_timeout_is_not_given_up_on() 
 async def test_unsubscribing_a_producer_that_is_gone_ends_at_once() -> None:
     actors = NodeActors("t", RuntimeSettings(), call_timeout_s=10.0)
     await asyncio.wait_for(actors.unsubscribe("gone", "edge-1"), timeout=1.0)
+
+
+def _answering_producer(sending: set[str], started: asyncio.Event,
+                        acknowledged: asyncio.Event, taken: list[str]) -> SimpleNamespace:
+    """A producer that answers every probe at once; its unsubscribe starts once ``started``
+    is set (a call Ray started late), stops sending on the edge, then waits for its consumer
+    to acknowledge."""
+    async def unsubscribe(edge: str) -> None:
+        await started.wait()
+        sending.discard(edge)  # NodeHost.unsubscribe's first step
+        await acknowledged.wait()
+        taken.append(edge)
+
+    async def report() -> SimpleNamespace:
+        return SimpleNamespace(error=None, finished=False, stats=None,
+                               sending_on=frozenset(sending))
+
+    return SimpleNamespace(unsubscribe=SimpleNamespace(remote=unsubscribe),
+                           report=SimpleNamespace(remote=report))
+
+
+async def test_a_producer_that_answers_but_has_not_started_the_unsubscribe_is_waited_for() -> None:
+    actors = NodeActors("t", RuntimeSettings(), call_timeout_s=0.05)
+    sending, taken = {"edge-1", "edge-2"}, []
+    started, acknowledged = asyncio.Event(), asyncio.Event()
+    actors.handles["producer"] = _answering_producer(sending, started, acknowledged, taken)
+
+    detached = actors.unsubscribe("producer", "edge-1")
+    done, _ = await asyncio.wait([detached], timeout=0.5)  # ten probes, each answered
+    waited_while_sending = not done
+    started.set()
+    acknowledged.set()
+    await asyncio.wait_for(detached, timeout=5.0)
+
+    assert waited_while_sending
+    assert taken == ["edge-1"]
+    assert sending == {"edge-2"}
+
+
+async def test_a_producer_that_no_longer_sends_on_the_edge_lets_its_consumer_go() -> None:
+    actors = NodeActors("t", RuntimeSettings(), call_timeout_s=0.05)
+    sending, taken = {"edge-1", "edge-2"}, []
+    started, acknowledged = asyncio.Event(), asyncio.Event()
+    started.set()  # started at once, but its consumer never acknowledges
+    actors.handles["producer"] = _answering_producer(sending, started, acknowledged, taken)
+
+    await asyncio.wait_for(actors.unsubscribe("producer", "edge-1"), timeout=5.0)
+
+    assert sending == {"edge-2"}
+    assert taken == []  # the call itself still waits on the consumer
