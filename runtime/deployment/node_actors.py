@@ -186,13 +186,11 @@ class NodeActors(RayNodes):
             await super().subscribe(edge, upstream, downstream, index,
                                     route if route is not None else self.routes.get(edge))
             return
-        from runtime.dataplane.channels import RayTarget
-
         query = self.handles[downstream]
         incarnation = await self.answer(query.follow.remote(edge, origin),
                                         f"the tag query of edge {edge} (follow)")
-        await self.answer(self.handles[upstream].subscribe.remote(edge, RayTarget(query),
-                                                                  incarnation),
+        target = await self.target_of(query, edge)
+        await self.answer(self.handles[upstream].subscribe.remote(edge, target, incarnation),
                           f"the producer of edge {edge} (subscribe)")
 
     def checkpoints_for(self, key: str) -> CheckpointTarget | None:

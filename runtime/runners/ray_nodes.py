@@ -147,16 +147,21 @@ class RayNodes:
         consumer = self.handles[downstream]
         await self.answer(consumer.connect_input.remote(edge, index),
                           f"the consumer of edge {edge} (connect_input)")
-        target: SocketTarget | RayTarget = RayTarget(consumer)
-        if self.settings.data_connections:
-            # Pushes go over a data connection of their own: a Ray call per push costs each
-            # side about 1 ms of CPU here, the connection a few tens of microseconds.
-            address = await self.answer(consumer.open_data_port.remote(),
-                                        f"the consumer of edge {edge} (open_data_port)")
-            target = SocketTarget(*address)
+        target = await self.target_of(consumer, edge)
         await self.answer(self.handles[upstream].subscribe.remote(
             edge, target if route is None else RoutedTarget(target, route)),
             f"the producer of edge {edge} (subscribe)")
+
+    async def target_of(self, consumer: Any, edge: str) -> SocketTarget | RayTarget:
+        """Where a producer sends ``edge``'s pushes to ``consumer``: a data connection of the
+        edge's own, or (``data_connections`` off) the consumer's actor calls."""
+        if not self.settings.data_connections:
+            return RayTarget(consumer)
+        # A Ray call per push costs each side about 1 ms of CPU here, the connection a few
+        # tens of microseconds.
+        address = await self.answer(consumer.open_data_port.remote(),
+                                    f"the consumer of edge {edge} (open_data_port)")
+        return SocketTarget(*address)
 
     async def start_sources(self, keys: Iterable[str]) -> None:
         """Let the source actors of ``keys`` start reading."""

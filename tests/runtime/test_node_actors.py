@@ -92,3 +92,52 @@ async def test_a_producer_that_no_longer_sends_on_the_edge_lets_its_consumer_go(
 
     assert sending == {"edge-2"}
     assert taken == []  # the call itself still waits on the consumer
+
+
+def _tag_query_edge(data_connections: bool) -> tuple[NodeActors, list[object]]:
+    """NodeActors with a tag query following ``strategy`` over edge ``e``; what the producer
+    was told to send to is collected in the returned list."""
+    import dataclasses
+
+    settings = dataclasses.replace(RuntimeSettings(), data_connections=data_connections)
+    actors = NodeActors("t", settings, call_timeout_s=1.0)
+    targets: list[object] = []
+
+    async def follow(edge: str, origin: str) -> int:
+        return 3
+
+    async def open_data_port() -> tuple[str, int]:
+        return ("127.0.0.1", 40123)
+
+    async def subscribe(edge: str, target: object, incarnation: int) -> None:
+        targets.append((edge, target, incarnation))
+
+    actors.handles["query"] = SimpleNamespace(follow=SimpleNamespace(remote=follow),
+                                              open_data_port=SimpleNamespace(remote=open_data_port))
+    actors.handles["strategy"] = SimpleNamespace(subscribe=SimpleNamespace(remote=subscribe))
+    actors.origins["e"] = "strategy"
+    return actors, targets
+
+
+async def test_a_tag_query_edge_travels_over_a_data_connection() -> None:
+    from runtime.dataplane.sockets import SocketTarget
+
+    actors, targets = _tag_query_edge(data_connections=True)
+    await actors.subscribe("e", "strategy", "query", 0)
+
+    [(edge, target, incarnation)] = targets
+    assert (edge, incarnation) == ("e", 3)
+    assert isinstance(target, SocketTarget)
+    assert (target.host, target.port) == ("127.0.0.1", 40123)
+
+
+async def test_a_tag_query_edge_uses_actor_calls_with_data_connections_off() -> None:
+    from runtime.dataplane.channels import RayTarget
+
+    actors, targets = _tag_query_edge(data_connections=False)
+    await actors.subscribe("e", "strategy", "query", 0)
+
+    [(edge, target, incarnation)] = targets
+    assert (edge, incarnation) == ("e", 3)
+    assert isinstance(target, RayTarget)
+    assert target.actor is actors.handles["query"]
