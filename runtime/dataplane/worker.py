@@ -135,12 +135,13 @@ class NodeWorker:
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
         #: A one-input node keeping its keys apart releases a key-partitioned source's
-        #: partitions one by one (``PartitionMarks``; ``runtime.dataplane.partition_release``).
+        #: partitions one by one (``PartitionMarks``; ``runtime.dataplane.partition_release``),
+        #: over every slot of that input when a sharded producer feeds it.
         self._by_partition: KeyPartitionedAligner | None = None
-        if definition.keys_apart and inputs == 1 and not self._dynamic:
+        if definition.keys_apart and len(self._schemas) == 1 and not self._dynamic:
             self._aligner = self._by_partition = KeyPartitionedAligner(
                 slot_schemas[0], restored.aligner if restored is not None else None,
-                node=config.name)
+                node=config.name, slots=inputs)
         elif inputs > 1 or definition.needs_time_order or self._dynamic:
             self._aligner = EventTimeAligner(
                 slot_schemas,
@@ -313,7 +314,7 @@ class NodeWorker:
         if isinstance(payload, EndOfStream):
             return self._on_end(input_index) + self._status()
         if isinstance(payload, PartitionMarks):
-            return self._on_partition_marks(payload)
+            return self._on_partition_marks(input_index, payload)
         return self._on_barrier(input_index, payload)
 
     def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
@@ -396,10 +397,11 @@ class NodeWorker:
             outputs = self._process_released()
         return outputs + self._advance_watermark()
 
-    def _on_partition_marks(self, marks: PartitionMarks) -> list[Payload]:
+    def _on_partition_marks(self, input_index: int, marks: PartitionMarks) -> list[Payload]:
         """A key-partitioned source's partitions moved: release what they passed, if this
         node releases by partition (every other node goes by the watermark alone)."""
-        if self._by_partition is None or not self._by_partition.advance_partitions(marks.marks):
+        by_partition = self._by_partition
+        if by_partition is None or not by_partition.advance_partitions(input_index, marks.marks):
             return []
         return self._process_released()
 
