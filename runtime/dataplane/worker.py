@@ -75,10 +75,11 @@ class NodeWorker:
     ``runtime.dataplane.alignment``): events are held until every input's watermark has passed
     them, then handed to the operator sorted by time, all inputs' events of the same time range
     in one call; only a one-input operator declared without ``needs_time_order`` gets its
-    batches as they arrive. An idle input (``WatermarkStatus``) holds nothing back until its
-    next record or moving watermark; once every live input is idle the node goes by the
-    highest of their watermarks and tells its subscribers it is idle too (unless its operator
-    still owes older output, ``holds_from``), and active again when an input is. An event
+    batches as they arrive (from every slot of that input: a key comes from one). An idle
+    input (``WatermarkStatus``) holds nothing back until its next record or moving watermark;
+    once every live input is idle the node goes by the highest of their watermarks and tells
+    its subscribers it is idle too (unless its operator still owes older output,
+    ``holds_from``), and active again when an input is. An event
     below what was already handed over is late: dropped and counted, or, for an operator that
     ``handles_late_events``, handed over at once. Barriers are aligned (an input that
     delivered barrier ``n`` is held until every input has), then the node's state is captured
@@ -142,12 +143,18 @@ class NodeWorker:
             self._aligner = self._by_partition = KeyPartitionedAligner(
                 slot_schemas[0], restored.aligner if restored is not None else None,
                 node=config.name, slots=inputs)
-        elif inputs > 1 or definition.needs_time_order or self._dynamic:
+        elif len(self._schemas) > 1 or definition.needs_time_order or self._dynamic:
             self._aligner = EventTimeAligner(
                 slot_schemas,
                 restored.aligner if restored is not None else None,
                 dynamic=self._dynamic, join_grace=int(config.params.get("join_grace", 0)),
             )
+        #: What the aligner of an older version's snapshot held for a node that now takes its
+        #: one input as it arrives, over several slots too: processed before anything else.
+        self._carried: Batch | None = None
+        if self._aligner is None and restored is not None and restored.aligner is not None:
+            held = [batch for batch in restored.aligner.held if len(batch)]
+            self._carried = Batch.concat(held).sorted_by_time() if held else None
         self._watermarks: list[int | None] = (
             list(restored.watermarks) if restored is not None else [None] * inputs
         )
@@ -294,6 +301,9 @@ class NodeWorker:
 
     # -- per-input handling ---------------------------------------------------------------
     def _route(self, input_index: int, payload: Payload) -> list[Payload]:
+        if self._carried is not None:
+            carried, self._carried = self._carried, None
+            return self._process([carried]) + self._route(input_index, payload)
         if self._barrier_of[input_index] is not None:
             self._blocked[input_index].append(payload)
             return []

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 import streamdag as sd
 from connectors.watermarks import behind_their_partition
-from runtime.dataplane.alignment import EventTimeAligner
+from runtime.dataplane.alignment import AlignerState, EventTimeAligner
 from runtime.dataplane.messages import Barrier, EndOfStream, PartitionMarks, Payload, Watermark
 from runtime.dataplane.partition_release import KeyPartitionedAligner, KeySpansPartitionsError
-from runtime.dataplane.worker import NodeWorker
+from runtime.dataplane.worker import NodeWorker, WorkerSnapshot
 from streamdag.batch import Batch
 from streamdag.schema import Schema
 
@@ -362,3 +362,35 @@ def test_a_key_from_partitions_of_two_source_shards_fails_the_sharded_node() -> 
     worker.feed(0, PartitionMarks(((0, 1),)))
     with pytest.raises(KeySpansPartitionsError, match="key b'a' came from partitions 0 and 1 "):
         worker.feed(1, _batch([(2, "a", 2.0)], [1]))
+
+
+def _double_worker(slots: int) -> NodeWorker:
+    """A map fed by a node at ``parallelism=slots``: one input, one slot per shard."""
+    ticks = sd.source("ticks", topic="t", schema={"value": "float64"})
+    config = ticks.map("value * 2", name="twice").config()
+    return NodeWorker(dataclasses.replace(config, fan_in=(slots,)))
+
+
+def test_a_node_without_time_order_takes_each_slots_batches_as_they_arrive() -> None:
+    # What a sharded mean released by partition goes on at once: a map or a sink (one actor
+    # over every shard) does not wait for the slowest shard's watermark.
+    worker = _double_worker(2)
+    out = worker.feed(1, _batch([(5, "b", 1.0), (6, "b", 2.0)], [1, 1]))
+    assert [_records(b) for b in out if isinstance(b, Batch)] == [[(5, "b", 2.0),
+                                                                    (6, "b", 4.0)]]
+    assert worker.feed(0, _batch([(1, "a", 3.0)], [0]))[0].to_records() == [
+        {"ts": 1, "key": "a", "value": 6.0}]
+    assert worker.feed(1, Watermark(6)) == []  # the input's watermark is the slots' smallest
+    assert worker.feed(0, Watermark(2)) == [Watermark(2)]
+    assert worker.stats.held_events == 0
+
+
+def test_events_an_older_snapshot_held_for_such_a_node_come_out_first() -> None:
+    # A checkpoint of a version that aligned this node's slots holds events back in it.
+    held = (_batch([(4, "a", 1.0)], [0]), _batch([(3, "b", 2.0), (5, "b", 3.0)], [1, 1]))
+    old = WorkerSnapshot(1, _double_worker(2).logic.snapshot(), (3, 6),
+                         AlignerState(held, (3, 6), 3))
+    restored = NodeWorker(_double_worker(2).config, snapshot=old)
+    out = restored.feed(1, _batch([(7, "b", 4.0)], [1]))
+    assert [_records(b) for b in out if isinstance(b, Batch)] == [
+        [(3, "b", 4.0), (4, "a", 2.0), (5, "b", 6.0)], [(7, "b", 8.0)]]
