@@ -180,17 +180,26 @@ _STAGES = (
 )
 
 
-def _stages(graph: sd.Graph, before: dict[str, NodeStats],
+def _stages(before: dict[str, NodeStats],
             after: dict[str, NodeStats]) -> list[tuple[str, int, float, float]]:
-    """Each node's timed stages over the window between two stats snapshots."""
+    """Each node's (or shard's) timed stages over the window between two stats snapshots."""
     rows = []
-    for node in graph.nodes:
+    for name, stats in after.items():
         for figure, label in _STAGES:
-            window = getattr(after[node.name], figure).since(getattr(before[node.name], figure))
+            window = getattr(stats, figure).since(getattr(before[name], figure))
             if window.observations and window.sample_quantile(0.99) > 1e-5:  # not pass-throughs
-                rows.append((f"{node.name}: {label}", window.observations,
+                rows.append((f"{name}: {label}", window.observations,
                              window.sample_quantile(0.5) * 1e3, window.sample_quantile(0.99) * 1e3))
     return rows
+
+
+def _shard_by_shard(running: RunningGraph) -> dict[str, NodeStats]:
+    """Each node's figures, a sharded node's per shard (``mean/1``): summed shards keep no
+    samples to take quantiles of."""
+    shards = running.shard_stats()
+    return {label: stats for name, merged in running.stats().items()
+            for label, stats in ([(f"{name}/{s}", one) for s, one in enumerate(shards[name])]
+                                 if name in shards else [(name, merged)])}
 
 
 def _cpu_of(pids: Sequence[int]) -> float:
@@ -300,11 +309,13 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
     graph = build(ticks, output_topic)
     running = RayRunner(settings, *binding.defaults()).start(graph)
     before: dict[str, NodeStats] = {}
+    stages_before: dict[str, NodeStats] = {}
     actor_pids: list[list[int]] = []  # per node, its shards'
     actor_cpu: list[float] = []
 
     def pids() -> list[int]:  # called as the sampled window opens: the driver and the actors
         before.update(running.stats())
+        stages_before.update(_shard_by_shard(running))
         actor_pids.extend(_shard_pids(running, graph))
         actor_cpu.extend(_cpu_of(shards) for shards in actor_pids)
         return [os.getpid(), *(pid for shards in actor_pids for pid in shards)]
@@ -317,7 +328,7 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
         live = _measure_live(bootstrap, topic, output_topic, pids, broker_pid, rate, seconds,
                              settle_s, on_close)
         after = running.stats()
-        live.stages = _stages(graph, before, after)
+        live.stages = _stages(stages_before, _shard_by_shard(running))
         live.actors = [(node.name, cpu, after[node.name].batches_in - before[node.name].batches_in,
                         after[node.name].batches_out - before[node.name].batches_out)
                        for node, cpu in zip(graph.nodes, actor_cpu, strict=True)]
