@@ -91,7 +91,9 @@ class NodeWorker:
     An input fed by a sharded producer (``config.fan_in``) has one slot per producer shard:
     watermarks, end-of-stream and barriers are tracked per slot (the input's watermark is
     their minimum; it ends once all did; a barrier aligns over all), and what the slots of one
-    input release together is merged in event-time order (see ``runtime.planning.sharding``).
+    input release together is merged in event-time order (see ``runtime.planning.sharding``);
+    a keyed node over a source ``partitioned_by_key`` releases each slot's partitions by their
+    own marks (``KeyPartitionedAligner``).
     """
 
     def __init__(
