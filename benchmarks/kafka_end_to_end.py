@@ -14,7 +14,7 @@ after the other, measured producer -> Kafka -> pipeline -> Kafka -> consumer fro
 stamped at production, with each pipeline's and the broker's CPU over the sampled window, and
 where streamdag's time goes, stage by stage, from its nodes' own figures. Run:
 ``python -m benchmarks.kafka_end_to_end [--records N] [--rate R] [--live-seconds S]
-[--only throughput|latency] [--memory-breakdown]``.
+[--only throughput|latency] [--parallelism N] [--memory-breakdown]``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -120,6 +121,15 @@ def _actor_pids(running: RunningGraph, graph: sd.Graph) -> list[int]:
             for node in graph.nodes]
 
 
+def _shard_pids(running: RunningGraph, graph: sd.Graph) -> list[list[int]]:
+    """Per node, the process of each of its shards."""
+    import ray
+
+    return [[ray.get(running.actor(node.name, shard).__ray_call__.remote(
+        lambda _: os.getpid())) for shard in range(graph.parallelism_of(node))]
+        for node in graph.nodes]
+
+
 async def sample_latencies(bootstrap: str, topic: str, seconds: float) -> list[float]:
     """From the end of ``topic`` on, for ``seconds``: each record's age (ms) when read back,
     from the event time its producer stamped (says "ready" on stdout once at the end)."""
@@ -170,17 +180,26 @@ _STAGES = (
 )
 
 
-def _stages(graph: sd.Graph, before: dict[str, NodeStats],
+def _stages(before: dict[str, NodeStats],
             after: dict[str, NodeStats]) -> list[tuple[str, int, float, float]]:
-    """Each node's timed stages over the window between two stats snapshots."""
+    """Each node's (or shard's) timed stages over the window between two stats snapshots."""
     rows = []
-    for node in graph.nodes:
+    for name, stats in after.items():
         for figure, label in _STAGES:
-            window = getattr(after[node.name], figure).since(getattr(before[node.name], figure))
+            window = getattr(stats, figure).since(getattr(before[name], figure))
             if window.observations and window.sample_quantile(0.99) > 1e-5:  # not pass-throughs
-                rows.append((f"{node.name}: {label}", window.observations,
+                rows.append((f"{name}: {label}", window.observations,
                              window.sample_quantile(0.5) * 1e3, window.sample_quantile(0.99) * 1e3))
     return rows
+
+
+def _shard_by_shard(running: RunningGraph) -> dict[str, NodeStats]:
+    """Each node's figures, a sharded node's per shard (``mean/1``): summed shards keep no
+    samples to take quantiles of."""
+    shards = running.shard_stats()
+    return {label: stats for name, merged in running.stats().items()
+            for label, stats in ([(f"{name}/{s}", one) for s, one in enumerate(shards[name])]
+                                 if name in shards else [(name, merged)])}
 
 
 def _cpu_of(pids: Sequence[int]) -> float:
@@ -290,24 +309,26 @@ def _streamdag_live(bootstrap: str, topic: str, build: Callable[[sd.Node, str], 
     graph = build(ticks, output_topic)
     running = RayRunner(settings, *binding.defaults()).start(graph)
     before: dict[str, NodeStats] = {}
-    actor_pids: list[int] = []
+    stages_before: dict[str, NodeStats] = {}
+    actor_pids: list[list[int]] = []  # per node, its shards'
     actor_cpu: list[float] = []
 
     def pids() -> list[int]:  # called as the sampled window opens: the driver and the actors
         before.update(running.stats())
-        actor_pids.extend(_actor_pids(running, graph))
-        actor_cpu.extend(_cpu_of([pid]) for pid in actor_pids)
-        return [os.getpid(), *actor_pids]
+        stages_before.update(_shard_by_shard(running))
+        actor_pids.extend(_shard_pids(running, graph))
+        actor_cpu.extend(_cpu_of(shards) for shards in actor_pids)
+        return [os.getpid(), *(pid for shards in actor_pids for pid in shards)]
 
-    def on_close() -> None:  # each actor's CPU over the window
-        actor_cpu[:] = [_cpu_of([pid]) - cpu for pid, cpu in zip(actor_pids, actor_cpu,
-                                                                  strict=True)]
+    def on_close() -> None:  # each node's CPU over the window, its shards' together
+        actor_cpu[:] = [_cpu_of(shards) - cpu for shards, cpu in zip(actor_pids, actor_cpu,
+                                                                     strict=True)]
 
     try:
         live = _measure_live(bootstrap, topic, output_topic, pids, broker_pid, rate, seconds,
                              settle_s, on_close)
         after = running.stats()
-        live.stages = _stages(graph, before, after)
+        live.stages = _stages(stages_before, _shard_by_shard(running))
         live.actors = [(node.name, cpu, after[node.name].batches_in - before[node.name].batches_in,
                         after[node.name].batches_out - before[node.name].batches_out)
                        for node, cpu in zip(graph.nodes, actor_cpu, strict=True)]
@@ -336,17 +357,20 @@ def _loop_live(bootstrap: str, topic: str, rate: float, seconds: float,
         child.wait(30)
 
 
-def _live_graph(ticks: sd.Node, output_topic: str) -> sd.Graph:
+def _live_graph(ticks: sd.Node, output_topic: str, parallelism: int | None = None) -> sd.Graph:
+    ticks = ticks.with_options(parallelism=parallelism)  # None: one actor each
     mean = ticks.rolling_mean("price", window=20, name="mean")
-    return sd.Graph("live", outputs=[mean.to_topic(output_topic, name="out")])
+    return sd.Graph("live", outputs=[mean.to_topic(output_topic, name="out")],
+                    parallelism=parallelism)
 
 
 def _run(bootstrap: str, records: int, rate: float, live_s: float, broker_pid: int | None,
-         only: str | None = None, breakdown: bool = False) -> None:
+         only: str | None = None, breakdown: bool = False,
+         parallelism: int | None = None) -> None:
     if only != "latency":
         _throughput(bootstrap, records, breakdown)
     if only != "throughput":
-        _latency(bootstrap, rate, live_s, broker_pid)
+        _latency(bootstrap, rate, live_s, broker_pid, parallelism)
 
 
 def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
@@ -395,13 +419,15 @@ def _throughput(bootstrap: str, records: int, breakdown: bool) -> None:
         print("\n".join(summary_lines(ours_local.memory)))
 
 
-def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None) -> None:
+def _latency(bootstrap: str, rate: float, live_s: float, broker_pid: int | None,
+             parallelism: int | None = None) -> None:
     ensure_ray(num_cpus=2)
     stamp = time.strftime("%H%M%S")
     loop_live = _loop_live(bootstrap, f"bench.live-loop.{stamp}", rate, live_s, broker_pid)
     settings = RuntimeSettings(credits=4, max_batch_records=20_000, linger_s=0.002)
-    ours_live = _streamdag_live(bootstrap, f"bench.live.{stamp}", _live_graph, settings, rate,
-                                live_s, 3.0, broker_pid)
+    ours_live = _streamdag_live(bootstrap, f"bench.live.{stamp}",
+                                functools.partial(_live_graph, parallelism=parallelism),
+                                settings, rate, live_s, 3.0, broker_pid)
     print(f"\nlatency at a steady {rate:,.0f} events/s over {live_s:.0f} s, producer -> Kafka -> "
           "pipeline -> Kafka -> consumer (producer and sampling consumer in processes of their "
           "own; CPU: the pipeline's processes and this driver; broker: Tansu)")
@@ -439,17 +465,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bootstrap", default="")
     parser.add_argument("--only", choices=("throughput", "latency"), default=None,
                         help="run one half only (latency: the steady-rate run and its stages)")
+    parser.add_argument("--parallelism", type=int, default=None,
+                        help="latency: the source and the mean run this many shards each")
     parser.add_argument("--memory-breakdown", action="store_true",
                         help="each Ray actor's memory by kind of mapping at the PSS-sum peak")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.bootstrap:
         _run(args.bootstrap, args.records, args.rate, args.live_seconds, None, args.only,
-             args.memory_breakdown)
+             args.memory_breakdown, args.parallelism)
     else:
         with EmbeddedBroker.start(".state/bench-broker") as broker:
             _run(broker.bootstrap_servers, args.records, args.rate, args.live_seconds,
-                 broker.pid, args.only, args.memory_breakdown)
+                 broker.pid, args.only, args.memory_breakdown, args.parallelism)
 
 
 if __name__ == "__main__":

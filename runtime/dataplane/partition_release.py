@@ -7,15 +7,23 @@ in time order, not all keys' events together: it may release a partition's event
 that partition's own watermark (``PartitionMarks``) passes them, instead of waiting for the
 slowest partition, which at thin traffic costs about one fetch cycle of latency per event.
 
+The node's one input may come over several slots, one per shard of a sharded producer (a
+source at ``parallelism=N``, each shard reading its own group of partitions). A slot delivers
+in order (a batch before the marks sent after it), so a partition's mark covers the events of
+that partition its own slot delivered: marks and release bounds are kept per (slot,
+partition) pair, and a key comes from one pair.
+
 Each key's released sequence is the one the whole-input aligner gives: its events sorted by
-time, equal times in arrival order (a partition's order). The source drops a record behind an
-earlier one of its partition as late (``connectors.watermarks.behind_their_partition``), so no
-event is late here that the whole-input aligner would have taken, and a replay (which merges
-partitions by time and releases by the input's watermark) gives every key the same output.
+time, equal times in arrival order (a partition's order; a key comes from one slot). The
+source drops a record behind an earlier one of its partition as late
+(``connectors.watermarks.behind_their_partition``), so no event is late here that the
+whole-input aligner would have taken, and a replay (which merges partitions by time and
+releases by the input's watermark) gives every key the same output.
 
 The node checks the promise: a key arriving from two partitions fails it, with the fix.
-The whole-input watermark still releases too (a partition gone idle holds nothing back),
-and what is held and each partition's release bound are part of its checkpoint.
+The input's watermark (the smallest over its slots) still releases too (a partition gone idle
+holds nothing back), and what is held and each partition's release bound are part of its
+checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ __all__ = ["KeyPartitionedAligner", "KeySpansPartitionsError"]
 #: The partition of events that came without lineage: the input's watermark alone releases
 #: them.
 _WHOLE = -1
+#: A (slot, partition) pair is one int64: the slot above these bits, the partition in them,
+#: so that slot 0's pairs are its partitions (a one-slot checkpoint reads the same).
+_PARTITION_BITS = 32
+_PARTITION_MASK = (1 << _PARTITION_BITS) - 1
 
 
 class KeySpansPartitionsError(StreamdagError):
@@ -42,20 +54,22 @@ class KeySpansPartitionsError(StreamdagError):
 
 
 class KeyPartitionedAligner(EventTimeAligner):
-    """An ``EventTimeAligner`` for one input that releases each source partition's events by
-    the partition's own mark, once the input carries marks (``advance_partitions``).
+    """An ``EventTimeAligner`` for one input, over one slot or several (a sharded producer's),
+    that releases each source partition's events by the partition's own mark, once the input
+    carries marks (``advance_partitions``).
 
     Until the first marks, it is the whole-input aligner. From then on an event is released
     once it is below the larger of its partition's mark and the input's bound, and every key
-    is checked to come from one partition. What is released is sorted by time (stable: a
-    partition's equal times keep their order).
+    is checked to come from one partition. What is released is one batch sorted by time, then
+    by slot (stable: a partition's equal times keep their order), as the worker merges the
+    whole-input aligner's slots.
 
     >>> aligner = KeyPartitionedAligner(Schema.of(value="float64"), node="mean")
     >>> batch = Batch(np.array([5, 7]), np.array([b"a", b"b"]), {"value": np.array([1., 2.])},
     ...               np.array([0, 1], np.int32), np.array([10, 20]))
     >>> aligner.add(0, batch).ts.size
     0
-    >>> aligner.advance_partitions(((0, 6), (1, 7)))  # partition 1 still holds t=7
+    >>> aligner.advance_partitions(0, ((0, 6), (1, 7)))  # partition 1 still holds t=7
     True
     >>> [b.ts.tolist() for b in aligner.release()]
     [[5]]
@@ -67,136 +81,190 @@ class KeyPartitionedAligner(EventTimeAligner):
     """
 
     def __init__(self, schema: Schema, state: AlignerState | None = None, *,
-                 node: str) -> None:
-        super().__init__([schema], state)
+                 node: str, slots: int = 1) -> None:
+        super().__init__([schema] * slots, state)
         self._node = node
-        #: Every event held, in arrival order, with its partition (``_WHOLE``: none known).
+        #: Once marks came: every event held, in arrival order, and its (slot, partition).
         self._waiting: Batch | None = None
-        #: Per partition, the newest mark it promised and the bound it was released below.
+        self._units = np.empty(0, dtype=np.int64)
+        #: Per (slot, partition), the newest mark it promised and the bound it was released
+        #: below.
         self._marks: dict[int, int] = {}
         self._part_released: dict[int, int] = {}
-        #: Keys seen since the marks began (sorted) and the partition of each.
+        #: Keys seen since the marks began (sorted) and the (slot, partition) of each.
         self._keys = np.empty(0, dtype="S1")
-        self._key_partitions = np.empty(0, dtype=np.int32)
-        if state is not None:
+        self._key_units = np.empty(0, dtype=np.int64)
+        if state is not None and state.partition_marks:
             self._marks = dict(state.partition_marks)
             self._part_released = dict(state.partition_released)
-        held = self._held[0].everything()
-        self._held[0] = type(self._held[0])()  # held in ``_waiting`` instead
-        if held is not None and len(held):
-            self._waiting = _with_partitions(held)
+            self._hold_by_partition()
 
     @property
     def buffered(self) -> int:
         """Events held back."""
-        return 0 if self._waiting is None else len(self._waiting)
+        return super().buffered + (0 if self._waiting is None else len(self._waiting))
 
     def add(self, input_index: int, batch: Batch) -> Batch:
-        """Hold a batch; return its late events (below their partition's release bound)."""
+        """Hold a batch of slot ``input_index``; return its late events (below their
+        partition's release bound)."""
+        if not self._marks:
+            return super().add(input_index, batch)
         if not len(batch):
             return batch
         batch = _with_partitions(batch)
-        assert batch.partition is not None
-        if self._marks:
-            self._check_keys(batch.key, batch.partition)
+        units = _units(input_index, batch)
+        self._check_keys(batch.key, units)
         highest = max([self._released_below, *self._part_released.values()])
         if int(batch.ts.min()) >= highest:  # the common case: none is late
-            self._wait(batch)
+            self._wait(batch, units)
             return batch.slice(0, 0)
-        late = batch.ts < self._bounds(self._part_released, self._released_below,
-                                       batch.partition)
+        late = batch.ts < self._bounds(self._part_released, self._released_below, units)
         if late.any():
-            self._wait(batch.take(np.flatnonzero(~late)))
+            on_time = np.flatnonzero(~late)
+            self._wait(batch.take(on_time), units[on_time])
             return batch.take(np.flatnonzero(late))
-        self._wait(batch)
+        self._wait(batch, units)
         return batch.slice(0, 0)
 
-    def advance_partitions(self, marks: Sequence[tuple[int, int]]) -> bool:
-        """Partitions promise no more events below their marks; did one move?"""
-        if not self._marks and marks and self._waiting is not None:
-            held = self._waiting  # the first marks: what is held so far is checked too
-            assert held.partition is not None
-            self._check_keys(held.key, held.partition)
+    def advance_partitions(self, input_index: int, marks: Sequence[tuple[int, int]]) -> bool:
+        """Partitions read through slot ``input_index`` promise no more events below their
+        marks; did one move?"""
+        if not marks:
+            return False
+        if not self._marks:  # the first marks: hold by partition what is held so far too
+            self._hold_by_partition()
+            if self._waiting is not None:
+                self._check_keys(self._waiting.key, self._units)
         moved = False
+        base = input_index << _PARTITION_BITS
         for partition, mark in marks:
-            if mark > self._marks.get(partition, NOTHING_RELEASED):
-                self._marks[partition] = mark
+            unit = base | (partition & _PARTITION_MASK)
+            if unit not in self._marks or mark > self._marks[unit]:
+                self._marks[unit] = mark
                 moved = True
         return moved
 
     def _bound_moved(self) -> bool:
         moved = super()._bound_moved()
-        return moved or any(mark > self._part_released.get(partition, NOTHING_RELEASED)
-                            for partition, mark in self._marks.items())
+        return moved or any(mark > self._part_released.get(unit, NOTHING_RELEASED)
+                            for unit, mark in self._marks.items())
 
     def release(self) -> list[Batch] | None:
-        """The held events below their bounds, sorted by time, or None when none."""
+        """The held events below their bounds: once marks came one batch, sorted by time then
+        slot; before, one per slot as the whole-input aligner; None when none."""
+        if not self._marks:
+            return super().release()
         bound = self._pending_bound
         self._released_below = max(self._released_below, bound)
-        for partition, mark in self._marks.items():
-            self._part_released[partition] = max(mark, bound,
-                                                 self._part_released.get(partition, bound))
+        for unit, mark in self._marks.items():
+            self._part_released[unit] = max(mark, bound, self._part_released.get(unit, bound))
         waiting = self._waiting
         if waiting is None:
             return None
-        assert waiting.partition is not None
-        ready = waiting.ts < self._bounds(self._part_released, bound, waiting.partition)
+        ready = waiting.ts < self._bounds(self._part_released, bound, self._units)
         if not ready.any():
             return None
         if ready.all():
-            self._waiting = None
-            return [waiting.sorted_by_time()]
-        self._waiting = waiting.take(np.flatnonzero(~ready))
-        return [waiting.take(np.flatnonzero(ready)).sorted_by_time()]
+            released, units = waiting, self._units
+            self._waiting, self._units = None, self._units[:0]
+        else:
+            taken, kept = np.flatnonzero(ready), np.flatnonzero(~ready)
+            released, units = waiting.take(taken), self._units[taken]
+            self._waiting, self._units = waiting.take(kept), self._units[kept]
+        return [_in_order(released, units, len(self._schemas))]
 
     def state(self) -> AlignerState:
         """What the aligner holds now, with each partition's mark and release bound."""
-        held = (self._waiting.sorted_by_time() if self._waiting is not None
-                else Batch.empty(self._schemas[0]))
-        return AlignerState((held,), tuple(self._watermarks), self._released_below,
+        if not self._marks:
+            return super().state()
+        held = []
+        for slot, schema in enumerate(self._schemas):
+            if self._waiting is None:
+                held.append(Batch.empty(schema))
+                continue
+            mine = np.flatnonzero((self._units >> _PARTITION_BITS) == slot)
+            held.append(self._waiting.take(mine).sorted_by_time() if len(mine)
+                        else Batch.empty(schema))
+        return AlignerState(tuple(held), tuple(self._watermarks), self._released_below,
                             partition_marks=tuple(sorted(self._marks.items())),
                             partition_released=tuple(sorted(self._part_released.items())))
 
-    def _wait(self, batch: Batch) -> None:
-        if len(batch):
-            self._waiting = batch if self._waiting is None else Batch.concat(
-                [self._waiting, batch])
+    def _hold_by_partition(self) -> None:
+        """Move what the whole-input aligner holds into ``_waiting``, with each event's
+        (slot, partition)."""
+        for slot, runs in enumerate(self._held):
+            held = runs.everything()
+            self._held[slot] = type(runs)()
+            if held is not None and len(held):
+                held = _with_partitions(held)
+                self._wait(held, _units(slot, held))
+
+    def _wait(self, batch: Batch, units: npt.NDArray[np.int64]) -> None:
+        if not len(batch):
+            return
+        if self._waiting is None:
+            self._waiting, self._units = batch, units
+        else:
+            self._waiting = Batch.concat([self._waiting, batch])
+            self._units = np.concatenate([self._units, units])
 
     @staticmethod
-    def _bounds(per_partition: dict[int, int], floor: int,
-                partitions: npt.NDArray[np.int32]) -> npt.NDArray[np.int64] | int:
-        """Each event's bound: its partition's, or ``floor`` where that is higher."""
-        if not per_partition:
+    def _bounds(per_unit: dict[int, int], floor: int,
+                units: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | int:
+        """Each event's bound: its (slot, partition)'s, or ``floor`` where that is higher."""
+        if not per_unit:
             return floor
-        known = np.array(sorted(per_partition), dtype=np.int32)
-        values = np.maximum(np.array([per_partition[p] for p in known.tolist()],
+        known = np.array(sorted(per_unit), dtype=np.int64)
+        values = np.maximum(np.array([per_unit[u] for u in known.tolist()],
                                      dtype=np.int64), floor)
-        at = np.minimum(np.searchsorted(known, partitions), len(known) - 1)
-        return np.where(known[at] == partitions, values[at], floor)
+        at = np.minimum(np.searchsorted(known, units), len(known) - 1)
+        return np.where(known[at] == units, values[at], floor)
 
-    def _check_keys(self, keys: npt.NDArray[np.bytes_],
-                    partitions: npt.NDArray[np.int32]) -> None:
+    def _check_keys(self, keys: npt.NDArray[np.bytes_], units: npt.NDArray[np.int64]) -> None:
         """Fail the node when a key arrives from a second partition (the promise broke)."""
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        expected = partitions[first]
+        expected = units[first]
         at = np.minimum(np.searchsorted(self._keys, unique), max(len(self._keys) - 1, 0))
         known = (self._keys[at] == unique) if len(self._keys) else np.zeros(len(unique), bool)
-        expected[known] = self._key_partitions[at[known]]
-        spread = np.flatnonzero(partitions != expected[inverse])
+        expected[known] = self._key_units[at[known]]
+        spread = np.flatnonzero(units != expected[inverse])
         if len(spread):
             row = int(spread[0])
-            low, high = sorted((int(expected[inverse[row]]), int(partitions[row])))
-            raise KeySpansPartitionsError(
-                f"node {self._node!r}: key {bytes(keys[row])!r} came from partitions {low} and "
-                f"{high} of a source declared partitioned_by_key: every record of a key must be "
-                "in one partition (produce with the key as the message key), or drop "
-                "partitioned_by_key from the source")
+            raise KeySpansPartitionsError(_spread_message(
+                self._node, bytes(keys[row]), int(expected[inverse[row]]), int(units[row])))
         if not known.all():
             keys_now = np.concatenate([self._keys, unique[~known]])
             order = np.argsort(keys_now, kind="stable")
             self._keys = keys_now[order]
-            self._key_partitions = np.concatenate(
-                [self._key_partitions, expected[~known]])[order]
+            self._key_units = np.concatenate([self._key_units, expected[~known]])[order]
+
+
+def _spread_message(node: str, key: bytes, one: int, other: int) -> str:
+    """The fix for a key from two (slot, partition) pairs, naming their partitions."""
+    low, high = sorted(_partition_of(unit) for unit in (one, other))
+    where = (f"partitions {low} and {high}" if low != high
+             else f"partition {low} through two shards")
+    return (f"node {node!r}: key {key!r} came from {where} of a source declared "
+            "partitioned_by_key: every record of a key must be in one partition (produce with "
+            "the key as the message key), or drop partitioned_by_key from the source")
+
+
+def _partition_of(unit: int) -> int:
+    partition = unit & _PARTITION_MASK
+    return _WHOLE if partition == _PARTITION_MASK else partition
+
+
+def _units(slot: int, batch: Batch) -> npt.NDArray[np.int64]:
+    """Each event's (slot, partition) as one int64 (``batch`` carries lineage)."""
+    assert batch.partition is not None
+    return (batch.partition.astype(np.int64) & _PARTITION_MASK) | (slot << _PARTITION_BITS)
+
+
+def _in_order(batch: Batch, units: npt.NDArray[np.int64], slots: int) -> Batch:
+    """``batch`` sorted by time, equal times by slot, then in arrival order."""
+    if slots == 1:
+        return batch.sorted_by_time()
+    return batch.take(np.lexsort((units >> _PARTITION_BITS, batch.ts)))
 
 
 def _with_partitions(batch: Batch) -> Batch:

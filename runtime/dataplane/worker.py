@@ -75,10 +75,11 @@ class NodeWorker:
     ``runtime.dataplane.alignment``): events are held until every input's watermark has passed
     them, then handed to the operator sorted by time, all inputs' events of the same time range
     in one call; only a one-input operator declared without ``needs_time_order`` gets its
-    batches as they arrive. An idle input (``WatermarkStatus``) holds nothing back until its
-    next record or moving watermark; once every live input is idle the node goes by the
-    highest of their watermarks and tells its subscribers it is idle too (unless its operator
-    still owes older output, ``holds_from``), and active again when an input is. An event
+    batches as they arrive (from every slot of that input: a key comes from one). An idle
+    input (``WatermarkStatus``) holds nothing back until its next record or moving watermark;
+    once every live input is idle the node goes by the highest of their watermarks and tells
+    its subscribers it is idle too (unless its operator still owes older output,
+    ``holds_from``), and active again when an input is. An event
     below what was already handed over is late: dropped and counted, or, for an operator that
     ``handles_late_events``, handed over at once. Barriers are aligned (an input that
     delivered barrier ``n`` is held until every input has), then the node's state is captured
@@ -90,7 +91,9 @@ class NodeWorker:
     An input fed by a sharded producer (``config.fan_in``) has one slot per producer shard:
     watermarks, end-of-stream and barriers are tracked per slot (the input's watermark is
     their minimum; it ends once all did; a barrier aligns over all), and what the slots of one
-    input release together is merged in event-time order (see ``runtime.planning.sharding``).
+    input release together is merged in event-time order (see ``runtime.planning.sharding``);
+    a keyed node over a source ``partitioned_by_key`` releases each slot's partitions by their
+    own marks (``KeyPartitionedAligner``).
     """
 
     def __init__(
@@ -135,18 +138,25 @@ class NodeWorker:
         self._keeps_late = definition.handles_late_events
         self._aligner: EventTimeAligner | None = None
         #: A one-input node keeping its keys apart releases a key-partitioned source's
-        #: partitions one by one (``PartitionMarks``; ``runtime.dataplane.partition_release``).
+        #: partitions one by one (``PartitionMarks``; ``runtime.dataplane.partition_release``),
+        #: over every slot of that input when a sharded producer feeds it.
         self._by_partition: KeyPartitionedAligner | None = None
-        if definition.keys_apart and inputs == 1 and not self._dynamic:
+        if definition.keys_apart and len(self._schemas) == 1 and not self._dynamic:
             self._aligner = self._by_partition = KeyPartitionedAligner(
                 slot_schemas[0], restored.aligner if restored is not None else None,
-                node=config.name)
-        elif inputs > 1 or definition.needs_time_order or self._dynamic:
+                node=config.name, slots=inputs)
+        elif len(self._schemas) > 1 or definition.needs_time_order or self._dynamic:
             self._aligner = EventTimeAligner(
                 slot_schemas,
                 restored.aligner if restored is not None else None,
                 dynamic=self._dynamic, join_grace=int(config.params.get("join_grace", 0)),
             )
+        #: What the aligner of an older version's snapshot held for a node that now takes its
+        #: one input as it arrives, over several slots too: processed before anything else.
+        self._carried: Batch | None = None
+        if self._aligner is None and restored is not None and restored.aligner is not None:
+            held = [batch for batch in restored.aligner.held if len(batch)]
+            self._carried = Batch.concat(held).sorted_by_time() if held else None
         self._watermarks: list[int | None] = (
             list(restored.watermarks) if restored is not None else [None] * inputs
         )
@@ -293,6 +303,9 @@ class NodeWorker:
 
     # -- per-input handling ---------------------------------------------------------------
     def _route(self, input_index: int, payload: Payload) -> list[Payload]:
+        if self._carried is not None:
+            carried, self._carried = self._carried, None
+            return self._process([carried]) + self._route(input_index, payload)
         if self._barrier_of[input_index] is not None:
             self._blocked[input_index].append(payload)
             return []
@@ -313,7 +326,7 @@ class NodeWorker:
         if isinstance(payload, EndOfStream):
             return self._on_end(input_index) + self._status()
         if isinstance(payload, PartitionMarks):
-            return self._on_partition_marks(payload)
+            return self._on_partition_marks(input_index, payload)
         return self._on_barrier(input_index, payload)
 
     def _on_batch(self, input_index: int, batch: Batch) -> list[Payload]:
@@ -396,10 +409,11 @@ class NodeWorker:
             outputs = self._process_released()
         return outputs + self._advance_watermark()
 
-    def _on_partition_marks(self, marks: PartitionMarks) -> list[Payload]:
+    def _on_partition_marks(self, input_index: int, marks: PartitionMarks) -> list[Payload]:
         """A key-partitioned source's partitions moved: release what they passed, if this
         node releases by partition (every other node goes by the watermark alone)."""
-        if self._by_partition is None or not self._by_partition.advance_partitions(marks.marks):
+        by_partition = self._by_partition
+        if by_partition is None or not by_partition.advance_partitions(input_index, marks.marks):
             return []
         return self._process_released()
 

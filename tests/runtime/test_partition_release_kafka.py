@@ -83,6 +83,65 @@ def test_a_quiet_partition_holds_back_no_key_of_the_others(bootstrap: str) -> No
 
 
 @pytest.mark.integration
+def test_sharded_source_and_mean_release_by_partition_past_a_quiet_partition(
+        bootstrap: str) -> None:
+    topic = f"by-key-sharded-{next(_topic_numbers)}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 4}))
+    # Source shard 0 reads partitions 0 and 2, shard 1 partitions 1 and 3. Partition 3 never
+    # has a record and never goes idle: shard 1's watermark, so the mean's input watermark,
+    # stays unknown, and only the partitions' own marks can release anything.
+    keys = {"a": 0, "b": 1, "c": 2}
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for key, partition in keys.items():
+                builder = producer.create_batch()
+                for t in range(1, 11):
+                    value = {"symbol": key, "ts": t, "price": float(t * (partition + 1))}
+                    builder.append(key=key.encode(), value=json.dumps(value).encode(),
+                                   timestamp=None)
+                await (await producer.send_batch(builder, topic, partition=partition))
+        finally:
+            await producer.stop()
+
+    def means(parallelism: int | None) -> list[dict[str, Any]]:
+        ticks = sd.source("ticks", topic=topic, key="symbol", schema={"price": "float64"},
+                          partitioned_by_key=True).with_options(parallelism=parallelism)
+        mean = ticks.rolling_mean("price", window=2, name="mean")
+        # Each mean shard takes one slot per source shard; the sink, one actor, one slot per
+        # mean shard, whose releases it writes as they come.
+        graph = sd.Graph("sharded", outputs=[mean.to_topic(f"{topic}.out", name="out")],
+                         parallelism=parallelism)
+        written = ListSink()
+
+        async def run() -> None:
+            runner = LocalRunner(None, _sources(bootstrap, idle_timeout_s=None))
+            running = asyncio.create_task(
+                runner.run_async(graph, {}, {"out": lambda: written}, timeout_s=60))
+            try:
+                deadline = time.monotonic() + 30
+                while (len(written.records()) < 24 and time.monotonic() < deadline
+                       and not running.done()):
+                    await asyncio.sleep(0.05)
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+
+        asyncio.run(run())
+        return written.records()
+
+    asyncio.run(produce())
+    sharded = means(2)
+    # Each key's events 1..9 are below its partition's mark (10, its newest, may have a twin).
+    assert _per_key(sharded) == {
+        key: [{"ts": t, "key": key, "value": (t - 0.5) * (partition + 1)} for t in range(2, 10)]
+        for key, partition in keys.items()}
+    assert _per_key(means(None)) == _per_key(sharded)
+
+
+@pytest.mark.integration
 def test_keyed_nodes_live_equal_the_replay_per_key(bootstrap: str) -> None:
     topic = f"by-key-replay-{next(_topic_numbers)}"
     asyncio.run(ensure_topics(bootstrap, {topic: PARTITIONS}))
