@@ -100,9 +100,9 @@ class LocalRunner:
         # pages again, so do later loads, while they hold the event loop; it also trims the
         # free heap, which large allocations no longer fragment (``limit_heap_growth``).
         limit_heap_growth()
-        # numba's runtime compiled now, between two releases of LLVM's pages: a first kernel
-        # load would otherwise compile it, and the imports' pages and the code generator's
-        # together made the process's peak.
+        # numba's runtime compiled now (a first kernel load would compile it otherwise),
+        # between two releases: the pages the imports left and the ones the code generator
+        # maps were the process's peak together.
         start_numba_runtime_between_releases(nodes.pages)
         releasing = ReleasingThread(nodes.pages).start()
         try:

@@ -289,20 +289,22 @@ def start_numba_runtime_between_releases(
     releaser: LibraryPageReleaser, start_runtime: Callable[[], None] | None = None
 ) -> int:
     """Compile numba's runtime (``start_runtime``, None: ``kernel_loading.start_numba_runtime``)
-    with LLVM's pages released just before and just after; bytes released.
+    with library pages released just before and LLVM's just after; bytes released.
 
     The process's peak is made here otherwise: compiling the runtime maps 30-50 MiB of LLVM's
     code generator, on top of the 40-90 MiB (the page cache's folio size decides) that
-    importing numba mapped and nothing runs again (measured in the local runner on the issue
-    workload, ``python -m benchmarks.memory --runner local``: VmHWM 143-145 -> 125-127 MiB).
+    importing numba mapped and nothing runs again, and of the 15-20 MiB of other libraries'
+    pages (numpy, OpenSSL, ...) that only the imports touched (measured in the local runner on
+    the issue workload, ``python -m benchmarks.memory --runner local``: the peak at this step
+    126 -> 116 MiB, before it 143-145 MiB).
 
     Steps:
-    1. release what the imports mapped (LLVM's static constructors, the JIT's setup);
+    1. release every library's clean pages the imports mapped (``release_after_kernel_loads``);
     2. compile the runtime, which maps the code generator's pages again;
-    3. release those, before any node loads its kernels.
+    3. release LLVM's pages, before any node loads its kernels.
     """
     # Step 1: the imports' pages.
-    released = releaser.release()
+    released = releaser.release(None)
     # Step 2: the runtime, over the few pages it needs.
     (start_runtime or start_numba_runtime)()
     # Step 3: the code generator's pages.
