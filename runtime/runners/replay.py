@@ -84,7 +84,8 @@ class TimeOrderedReader:
             self._bound = bound
         else:
             return None
-        held = Batch.concat(self._held)
+        # The held batches go once merged: this peak holds two copies of them, not three.
+        held, self._held = Batch.concat(self._held), []
         assert held.partition is not None and held.offset is not None
         order = np.lexsort((held.offset, held.partition, held.ts))
         cut = len(order) if bound is None else int(np.searchsorted(held.ts[order], bound, "left"))

@@ -4,8 +4,10 @@ waiting downstream never pins the records the reader still holds."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 import numpy as np
+import pytest
 
 from runtime.runners.replay import TimeOrderedReader
 from streamdag.batch import Batch
@@ -32,8 +34,8 @@ def _kept_alive(array: np.ndarray) -> int:
     return int(base.nbytes)
 
 
-def test_released_batches_keep_only_their_own_records_alive() -> None:
-    reader = TimeOrderedReader(ChunkScript([
+def _reader() -> TimeOrderedReader:
+    return TimeOrderedReader(ChunkScript([
         # Partition 1 is ahead: partition 0 has passed 2 only, so only 1 can go.
         SourceChunk(_records([1, 2, 3, 4, 5], [0, 0, 1, 1, 1], 0), 2),
         # Partition 0 passes 4: 2 and 3 go; 4, 4, 5 and 6 stay held.
@@ -41,11 +43,17 @@ def test_released_batches_keep_only_their_own_records_alive() -> None:
         SourceChunk(_records([], [], 7), 6, finished=True),
     ]))
 
+
+def _read_all(reader: TimeOrderedReader) -> list[Batch]:
     async def read_all() -> list[Batch]:
         await reader.open()
         return [(await reader.read(100, 0.0)).batch for _ in range(3)]
 
-    batches = asyncio.run(read_all())
+    return asyncio.run(read_all())
+
+
+def test_released_batches_keep_only_their_own_records_alive() -> None:
+    batches = _read_all(_reader())
     assert [batch.ts.tolist() for batch in batches] == [[1], [2, 3], [4, 4, 5, 6]]
     assert [batch.columns["price"].tolist() for batch in batches] == [
         [1.0], [2.0, 3.0], [4.0, 4.0, 5.0, 6.0]]
@@ -54,3 +62,25 @@ def test_released_batches_keep_only_their_own_records_alive() -> None:
     for batch in batches:
         assert [_kept_alive(array) for array in _arrays(batch)] == [
             array.nbytes for array in _arrays(batch)]
+
+
+def test_a_merge_drops_what_it_held_before_it_splits_the_merged_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the reader splits its merged copy into the released and the held records, the
+    batches it held before are gone: two copies of the held records at the peak, not three."""
+    made: list[weakref.ref[np.ndarray]] = []  # each split's output, by its ts array
+    alive_at_split: list[list[bool]] = []
+    take = Batch.take
+
+    def noting_take(batch: Batch, index: np.ndarray) -> Batch:
+        alive_at_split.append([ref() is not None for ref in made])
+        taken = take(batch, index)
+        made.append(weakref.ref(taken.ts))
+        return taken
+
+    monkeypatch.setattr(Batch, "take", noting_take)
+    batches = _read_all(_reader())
+    assert [batch.ts.tolist() for batch in batches] == [[1], [2, 3], [4, 4, 5, 6]]
+    # The first read released [1] and held [2, 3, 4, 5]; at the second read's first split the
+    # released batch lives on (the caller has it), the held one was merged and is gone.
+    assert alive_at_split[2] == [True, False]
