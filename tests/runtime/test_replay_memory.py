@@ -4,7 +4,6 @@ waiting downstream never pins the records the reader still holds."""
 from __future__ import annotations
 
 import asyncio
-import weakref
 
 import numpy as np
 import pytest
@@ -64,23 +63,27 @@ def test_released_batches_keep_only_their_own_records_alive() -> None:
             array.nbytes for array in _arrays(batch)]
 
 
-def test_a_merge_drops_what_it_held_before_it_splits_the_merged_copy(
+def test_a_release_copies_only_the_batches_it_cuts_and_what_goes(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the reader splits its merged copy into the released and the held records, the
-    batches it held before are gone: two copies of the held records at the peak, not three."""
-    made: list[weakref.ref[np.ndarray]] = []  # each split's output, by its ts array
-    alive_at_split: list[list[bool]] = []
+    """A held batch wholly past the bound is kept as it is, a cut one is copied once, and only
+    the released records are sorted: at its peak the reader holds each held record once and
+    the released ones twice (it held every record twice, one partition lagging)."""
+    copies: list[tuple[list[int], int]] = []  # (the copied batch's times, records copied)
     take = Batch.take
 
     def noting_take(batch: Batch, index: np.ndarray) -> Batch:
-        alive_at_split.append([ref() is not None for ref in made])
         taken = take(batch, index)
-        made.append(weakref.ref(taken.ts))
+        copies.append((batch.ts.tolist(), len(taken)))
         return taken
 
     monkeypatch.setattr(Batch, "take", noting_take)
     batches = _read_all(_reader())
     assert [batch.ts.tolist() for batch in batches] == [[1], [2, 3], [4, 4, 5, 6]]
-    # The first read released [1] and held [2, 3, 4, 5]; at the second read's first split the
-    # released batch lives on (the caller has it), the held one was merged and is gone.
-    assert alive_at_split[2] == [True, False]
+    assert copies == [
+        # First read, bound 2: the batch is cut (1 goes, 2-5 stay); what goes is sorted.
+        ([1, 2, 3, 4, 5], 1), ([1, 2, 3, 4, 5], 4), ([1], 1),
+        # Second read, bound 4: the rest is cut again; [4, 6] lies past 4 and is not copied.
+        ([2, 3, 4, 5], 2), ([2, 3, 4, 5], 2), ([2, 3], 2),
+        # The end: everything held goes, merged and sorted once.
+        ([4, 5, 4, 6], 4),
+    ]
