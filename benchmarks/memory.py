@@ -325,9 +325,10 @@ def summary_lines(probe: MemoryProbe) -> list[str]:
                  "split between processes: the memory they really take together)")
     lines.append(f"RSS high-water marks summed {sum(probe.high_water.values()) / _MIB:.0f} MiB "
                  "(RSS HWM: the kernel's peak of each process over its life, its imports and "
-                 "first kernel loads included: numba's first load maps about 90 MiB of LLVM "
-                 "for a moment, released before the node is ready; the columns before it are "
-                 f"sampled every {probe.interval_s:g} s while the graph runs)")
+                 "kernel loads included: numba's import and each load map 15-100 MiB of LLVM "
+                 "for a moment, released before the node is ready; python -m "
+                 "benchmarks.memory_phases shows the local runner's phase by phase; the columns "
+                 f"before it are sampled every {probe.interval_s:g} s while the graph runs)")
     return lines
 
 
