@@ -292,7 +292,7 @@ def start_numba_runtime_between_releases(
     with library pages released just before and LLVM's just after; bytes released.
 
     The process's peak is made here otherwise: compiling the runtime maps 30-50 MiB of LLVM's
-    code generator, on top of the 40-90 MiB (the page cache's folio size decides) that
+    code generator, on top of the 40-120 MiB (the page cache's folio size decides) that
     importing numba mapped and nothing runs again, and of the 15-20 MiB of other libraries'
     pages (numpy, OpenSSL, ...) that only the imports touched (measured in the local runner on
     the issue workload, ``python -m benchmarks.memory --runner local``: the peak at this step
