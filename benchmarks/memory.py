@@ -37,6 +37,7 @@ __all__ = [
     "breakdown_lines",
     "heap_lines",
     "high_water_mark",
+    "llvm_fault_bytes",
     "local_runner_memory",
     "main",
     "package_lines",
@@ -171,6 +172,48 @@ def high_water_mark(pid: int) -> int:
     return int(match[1]) * 1024 if match else 0
 
 
+def llvm_fault_bytes(touches: int = 8) -> int | None:
+    """Bytes one first touch of LLVM's library (``libllvmlite.so``) makes resident in a process
+    on this machine, on average over ``touches`` touches 8 MiB apart; None where it cannot be
+    read (no llvmlite, not Linux).
+
+    The kernel maps a file page's whole page-cache folio (or its 64 KiB fault-around), and the
+    folio size depends on how the file came into the cache: written by an install or read with
+    ``read``, 1-2 MiB; read back by a program's page faults, 4 KiB. It decides how much of
+    LLVM the import of numba and every kernel load make resident: about 40 MiB for the import
+    at 64 KiB a touch, about 100 MiB at 1-2 MiB (the local runner's VmHWM, measured here: 122
+    against 180 MiB). Measured in this process (not a measured one), with its own mapping.
+    """
+    import importlib.util
+    import mmap
+
+    spec = importlib.util.find_spec("llvmlite")  # found, not imported: LLVM stays unloaded
+    if spec is None or not spec.submodule_search_locations or not sys.platform.startswith(
+            "linux"):
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "binding", "libllvmlite.so")
+    try:
+        with open(path, "rb") as library:
+            mapped = mmap.mmap(library.fileno(), 0, prot=mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None
+    try:
+        step = 8 << 20
+        offsets = range(step, min(len(mapped), step * (touches + 1)), step)
+        before = _resident_file_bytes()
+        for offset in offsets:
+            mapped[offset]  # the touch is the point: it faults the page in
+        return (_resident_file_bytes() - before) // max(1, len(offsets))
+    finally:
+        mapped.close()
+
+
+def _resident_file_bytes() -> int:
+    with open("/proc/self/status") as status:
+        match = re.search(r"^RssFile:\s+(\d+) kB$", status.read(), re.MULTILINE)
+    return int(match[1]) * 1024 if match else 0
+
+
 def _cpu_seconds(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -282,9 +325,10 @@ def summary_lines(probe: MemoryProbe) -> list[str]:
                  "split between processes: the memory they really take together)")
     lines.append(f"RSS high-water marks summed {sum(probe.high_water.values()) / _MIB:.0f} MiB "
                  "(RSS HWM: the kernel's peak of each process over its life, its imports and "
-                 "first kernel loads included: numba's first load maps about 90 MiB of LLVM "
-                 "for a moment, released before the node is ready; the columns before it are "
-                 f"sampled every {probe.interval_s:g} s while the graph runs)")
+                 "kernel loads included: numba's import and each load map 15-100 MiB of LLVM "
+                 "for a moment, released before the node is ready; python -m "
+                 "benchmarks.memory_phases shows the local runner's phase by phase; the columns "
+                 f"before it are sampled every {probe.interval_s:g} s while the graph runs)")
     return lines
 
 
@@ -505,6 +549,12 @@ def _run(bootstrap: str, records: int, runners: Sequence[str], breakdown: bool) 
     asyncio.run(produce_input(bootstrap, source, records))
     print(f"memory: {records:,} JSON records, 100 keys, 4 partitions, rolling mean of 20 (three "
           f"nodes); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    fault = llvm_fault_bytes()
+    if fault is not None:
+        print(f"LLVM's library maps {fault >> 10} KiB per first touch here (its page-cache "
+              "folios: 64 KiB or less once read back by page faults, 1-2 MiB right after an "
+              "install; at 1-2 MiB numba's import and each kernel load map about twice as much "
+              "of LLVM, and the local runner's VmHWM is some 60 MiB higher)")
     if "ray" in runners:
         _print("RayRunner, one actor per node (targets: 400 MB for the three)",
                _ray_run(bootstrap, source, records, breakdown), breakdown)

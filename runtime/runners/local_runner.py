@@ -15,7 +15,6 @@ from runtime.dataplane.checkpointing import CheckpointTarget, NodeSnapshot
 from runtime.dataplane.exchange import KeyRoute, RoutedTarget
 from runtime.dataplane.failures import failure_cause
 from runtime.dataplane.host import NodeHost, RuntimeSettings, followed_a_failure
-from runtime.dataplane.kernel_loading import start_numba_runtime
 from runtime.dataplane.warming import read_only_push
 from runtime.inference.host import host_class
 from runtime.planning.budgets import check_runner_budgets
@@ -24,7 +23,11 @@ from runtime.planning.wiring import HostSpec, RunResult, wire_graph
 from runtime.runners.deploy_sequence import deploy
 from runtime.runners.process_memory import limit_heap_growth
 from runtime.runners.recovery import RestartPolicy
-from runtime.runners.resident_pages import LibraryPageReleaser, ReleasingThread
+from runtime.runners.resident_pages import (
+    LibraryPageReleaser,
+    ReleasingThread,
+    start_numba_runtime_between_releases,
+)
 from streamdag.cancellation import cancel_and_wait
 from streamdag.config import CheckpointSettings, LimitSettings
 from streamdag.connector import SinkFactory, SourceFactory
@@ -97,9 +100,10 @@ class LocalRunner:
         # pages again, so do later loads, while they hold the event loop; it also trims the
         # free heap, which large allocations no longer fragment (``limit_heap_growth``).
         limit_heap_growth()
-        # numba's runtime compiled now, while the pages numba's import mapped are resident: a
-        # first kernel load would otherwise map about 90 MiB of LLVM again, the process's peak.
-        start_numba_runtime()
+        # numba's runtime compiled now (a first kernel load would compile it otherwise),
+        # between two releases: the pages the imports left and the ones the code generator
+        # maps were the process's peak together.
+        start_numba_runtime_between_releases(nodes.pages)
         releasing = ReleasingThread(nodes.pages).start()
         try:
             return await self._run_planned(graph, sources, sinks, timeout_s, nodes)

@@ -15,8 +15,9 @@ Nothing is lost: the pages stay in the page cache, shared and reclaimable, and a
 again is mapped back by a minor fault. Mappings holding a page of their own (relocations
 applied, copy-on-write) are never touched, nor writable ones. Each Ray node actor releases in
 a thread of its own, ``FIRST_RELEASE_AFTER_S`` after the runner started it (its first batches
-do not wait for a walk); the local runner from a thread of its run (``ReleasingThread``) from
-the run's start, and once more when every node is ready, before the sources start reading.
+do not wait for a walk); the local runner before and after it compiles numba's runtime
+(``start_numba_runtime_between_releases``), then from a thread of its run (``ReleasingThread``),
+and once more when every node is ready, before the sources start reading.
 Both look again every ``RELEASE_INTERVAL_S`` while the graph runs: a kernel a node loads only
 on its first batch (a specialization its warm-up did not load) maps LLVM's pages again, for
 one interval. Each look also trims the process's free malloc heap when it is large
@@ -31,9 +32,10 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from runtime.dataplane.kernel_loading import start_numba_runtime
 from runtime.runners.process_memory import HeapTrimmer
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "release_library_pages",
     "release_library_pages_in_thread",
     "resident_file_bytes",
+    "start_numba_runtime_between_releases",
 ]
 
 _log = logging.getLogger(__name__)
@@ -280,6 +283,32 @@ def release_after_kernel_loads() -> int:
     ``python -m benchmarks.memory_floor``).
     """
     return release_library_pages(None)
+
+
+def start_numba_runtime_between_releases(
+    releaser: LibraryPageReleaser, start_runtime: Callable[[], None] | None = None
+) -> int:
+    """Compile numba's runtime (``start_runtime``, None: ``kernel_loading.start_numba_runtime``)
+    with library pages released just before and LLVM's just after; bytes released.
+
+    The process's peak is made here otherwise: compiling the runtime maps 30-50 MiB of LLVM's
+    code generator, on top of the 40-120 MiB (the page cache's folio size decides) that
+    importing numba mapped and nothing runs again, and of the 15-20 MiB of other libraries'
+    pages (numpy, OpenSSL, ...) that only the imports touched (measured in the local runner on
+    the issue workload, ``python -m benchmarks.memory --runner local``: the peak at this step
+    126 -> 116 MiB, before it 143-145 MiB).
+
+    Steps:
+    1. release every library's clean pages the imports mapped (``release_after_kernel_loads``);
+    2. compile the runtime, which maps the code generator's pages again;
+    3. release LLVM's pages, before any node loads its kernels.
+    """
+    # Step 1: the imports' pages.
+    released = releaser.release(None)
+    # Step 2: the runtime, over the few pages it needs.
+    (start_runtime or start_numba_runtime)()
+    # Step 3: the code generator's pages.
+    return released + releaser.release()
 
 
 def release_library_pages_in_thread(interval_s: float = RELEASE_INTERVAL_S,
