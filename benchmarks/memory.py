@@ -553,8 +553,9 @@ def _run(bootstrap: str, records: int, runners: Sequence[str], breakdown: bool) 
     if fault is not None:
         print(f"LLVM's library maps {fault >> 10} KiB per first touch here (its page-cache "
               "folios: 64 KiB or less once read back by page faults, 1-2 MiB right after an "
-              "install; at 1-2 MiB numba's import and each kernel load map about twice as much "
-              "of LLVM, and the local runner's VmHWM is some 60 MiB higher)")
+              "install, which `make venv` drops: runtime/runners/library_cache.py; at 1-2 MiB "
+              "numba's import and each kernel load map about twice as much of LLVM, and the "
+              "local runner's VmHWM is some 60 MiB higher)")
     if "ray" in runners:
         _print("RayRunner, one actor per node (targets: 400 MB for the three)",
                _ray_run(bootstrap, source, records, breakdown), breakdown)
