@@ -135,13 +135,8 @@ class _BarTable:
     """
 
     def __init__(self, capacity: int = 64) -> None:
-        capacity = max(8, 1 << (max(capacity, 1) - 1).bit_length())
-        self.identity = np.zeros((capacity, 2), dtype=np.int64)
-        self.times = np.zeros((capacity, 4), dtype=np.int64)
-        self.prices = np.zeros((capacity, 5), dtype=np.float64)
-        self.counts = np.zeros((capacity, 2), dtype=np.int64)
-        self.index = empty_index(capacity)
         self.size = np.zeros(1, dtype=np.int64)
+        self._allocate(max(8, 1 << (max(capacity, 1) - 1).bit_length()))
 
     def __len__(self) -> int:
         return int(self.size[0])
@@ -238,13 +233,17 @@ class _BarTable:
 
     def _resize(self, capacity: int) -> None:
         live = self.rows(np.arange(len(self)))
+        self._allocate(capacity)
+        self.append(live)
+
+    def _allocate(self, capacity: int) -> None:
+        # Empty arrays and index for ``capacity`` bars.
         self.identity = np.zeros((capacity, 2), dtype=np.int64)
         self.times = np.zeros((capacity, 4), dtype=np.int64)
         self.prices = np.zeros((capacity, 5), dtype=np.float64)
         self.counts = np.zeros((capacity, 2), dtype=np.int64)
         self.index = empty_index(capacity)
         self.size[0] = 0
-        self.append(live)
 
 
 class OhlcvLogic:
