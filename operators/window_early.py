@@ -51,7 +51,7 @@ from operators.window_state import (
     open_row,
 )
 
-__all__ = ["EarlyPanes", "fold_early", "grown_rows"]
+__all__ = ["EarlyPanes", "emit_prefix", "fold_early", "grown_rows"]
 
 
 @njit(cache=True, inline="always")
@@ -93,6 +93,25 @@ def fold_early(meta: Any, prefix_meta: Any, prefix_acc: Any, pane_meta: Any, pan
                                          pane, pane + interval, t, seq, x)
 
 
+@njit(cache=True, inline="always")
+def emit_prefix(prefix_meta: Any, prefix_acc: Any, row: int, slot: int, start: int, end: int,
+                emitted: int, boundary: int, out_meta: Any, out_acc: Any,
+                out_size: Any) -> None:
+    """Write the prefix of row ``row`` as the early update at ``boundary`` of the window
+    (``slot``, ``start``, ``end``), emitted ``emitted`` times so far."""
+    o = out_size[0]
+    for c in range(META_COLUMNS):
+        out_meta[o, c] = prefix_meta[row, c]
+    for c in range(ACC_COLUMNS):
+        out_acc[o, c] = prefix_acc[row, c]
+    out_meta[o, SLOT], out_meta[o, START], out_meta[o, END] = slot, start, end
+    out_meta[o, EMITTED] = emitted
+    out_meta[o, FIRST_SEQ] = EARLY
+    out_meta[o, LAST_SEQ] = EVERY_ARRIVAL
+    out_meta[o, BOUND] = boundary
+    out_size[0] = o + 1
+
+
 @njit(cache=True)
 def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, pane_meta: Any,
                      pane_acc: Any, pane_index: Any, passed: int, watermark: int,
@@ -113,17 +132,8 @@ def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, pa
                 merge_into(prefix_meta, prefix_acc, row, pane_meta, pane_acc, pane)
             if prefix_meta[row, COUNT] == 0:
                 continue
-            o = out_size[0]
-            for c in range(META_COLUMNS):
-                out_meta[o, c] = prefix_meta[row, c]
-            for c in range(ACC_COLUMNS):
-                out_acc[o, c] = prefix_acc[row, c]
-            out_meta[o, SLOT], out_meta[o, START], out_meta[o, END] = slot, start, end
-            out_meta[o, EMITTED] = meta[row, EMITTED]
-            out_meta[o, FIRST_SEQ] = EARLY
-            out_meta[o, LAST_SEQ] = EVERY_ARRIVAL
-            out_meta[o, BOUND] = boundary
-            out_size[0] = o + 1
+            emit_prefix(prefix_meta, prefix_acc, row, slot, start, end, meta[row, EMITTED],
+                        boundary, out_meta, out_acc, out_size)
 
 
 
