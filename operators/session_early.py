@@ -37,7 +37,7 @@ import numpy.typing as npt
 from numba import njit
 
 from operators.row_index import EMPTY, find_row
-from operators.window_early import EarlyPanes, emit_prefix, grown_rows
+from operators.window_early import EarlyPanes, emit_prefix, follow_rows, grown_rows
 from operators.window_state import (
     ACC_COLUMNS,
     COUNT,
@@ -236,11 +236,7 @@ class SessionEarlyPanes(EarlyPanes):
 
     def settle(self, moved: npt.NDArray[np.int64] | None, watermark: int) -> None:
         """As ``EarlyPanes.settle``; heads follow their rows too."""
-        if moved is not None:
-            kept = moved >= 0
-            count = int(kept.sum())
-            self.head_meta[:count] = self.head_meta[: len(moved)][kept]
-            self.head_acc[:count] = self.head_acc[: len(moved)][kept]
+        follow_rows(moved, self.head_meta, self.head_acc)
         super().settle(moved, watermark)
 
     def arrays(self, rows: int) -> dict[str, npt.NDArray[Any]]:

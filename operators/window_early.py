@@ -51,7 +51,7 @@ from operators.window_state import (
     open_row,
 )
 
-__all__ = ["EarlyPanes", "emit_prefix", "fold_early", "grown_rows"]
+__all__ = ["EarlyPanes", "emit_prefix", "fold_early", "follow_rows", "grown_rows"]
 
 
 @njit(cache=True, inline="always")
@@ -154,6 +154,23 @@ def grown_rows(meta: npt.NDArray[np.int64], acc: npt.NDArray[np.float64], capaci
     more_acc[: len(acc)] = acc
     return more_meta, more_acc
 
+def follow_rows(moved: npt.NDArray[np.int64] | None, meta: npt.NDArray[np.int64],
+                acc: npt.NDArray[np.float64]) -> None:
+    """Move the rows of ``meta`` and ``acc`` (parallel to a window table) in place as the
+    table's rows moved when it closed (``moved``, see ``WindowTable.close``; None: none did).
+
+    >>> meta, acc = np.arange(3).reshape(3, 1), np.zeros((3, 1))
+    >>> follow_rows(np.array([-1, 0, 1]), meta, acc)
+    >>> meta[:2, 0].tolist()
+    [1, 2]
+    """
+    if moved is not None:
+        kept = moved >= 0
+        count = int(kept.sum())
+        meta[:count] = meta[: len(moved)][kept]
+        acc[:count] = acc[: len(moved)][kept]
+
+
 class EarlyPanes:
     """The prefixes and panes of a window node with ``early_interval`` (see the module)."""
 
@@ -205,11 +222,7 @@ class EarlyPanes:
     def settle(self, moved: npt.NDArray[np.int64] | None, watermark: int) -> None:
         """After the window table closed: prefixes follow their rows (``moved``, see
         ``WindowTable.close``), and panes the watermark passed are forgotten."""
-        if moved is not None:
-            kept = moved >= 0
-            count = int(kept.sum())
-            self.prefix_meta[:count] = self.prefix_meta[: len(moved)][kept]
-            self.prefix_acc[:count] = self.prefix_acc[: len(moved)][kept]
+        follow_rows(moved, self.prefix_meta, self.prefix_acc)
         live = self.panes.meta[: len(self.panes)]
         passed = live[:, END] <= watermark
         if passed.any():
