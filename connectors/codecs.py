@@ -317,12 +317,8 @@ class RecordDecoder:
 
     def _exact_key(self, document: dict[Any, Any]) -> bytes:
         name = self._key_field
-        if name not in document:
-            raise _Refused("bad_key", f"the key field {name!r} is missing")
-        raw = document[name]
-        if isinstance(raw, bool) or not isinstance(raw, str | int):
-            raise _Refused("bad_key", f"the key field {name!r} holds {_show(raw)}; expected a "
-                           "string or an integer")
+        raw = _scalar_field(document, name, "bad_key", "key field", (str, int),
+                            "a string or an integer")
         try:
             key = raw.encode("utf-8") if isinstance(raw, str) else str(raw).encode("ascii")
         except UnicodeEncodeError as exc:
@@ -334,12 +330,7 @@ class RecordDecoder:
 
     def _exact_time(self, document: dict[Any, Any]) -> int:
         name = self._time_field
-        if name not in document:
-            raise _Refused("bad_time", f"the time field {name!r} is missing")
-        raw = document[name]
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise _Refused("bad_time", f"the time field {name!r} holds {_show(raw)}; expected a "
-                           "number")
+        raw = _scalar_field(document, name, "bad_time", "time field", (int, float), "a number")
         if isinstance(raw, float):
             scaled = raw * float(self._factor)
             if not math.isfinite(scaled):
@@ -354,9 +345,7 @@ class RecordDecoder:
         return int(nanos)
 
     def _exact_field(self, document: dict[Any, Any], name: str, type_name: str) -> Any:
-        if name not in document:
-            raise _Refused("schema", f"the field {name!r} is missing")
-        raw = document[name]
+        raw = _field(document, name, "schema", "field")
         if type_name == "float64":
             if raw is None:
                 return math.nan
@@ -397,6 +386,22 @@ def decoder_config_problems(key_field: str, time_unit: str, codec: str) -> list[
     if not key_field:
         problems.append("key_field is empty; name the payload field holding the key")
     return problems
+
+
+def _field(document: dict[Any, Any], name: str, reason: PoisonReason, label: str) -> Any:
+    # The value of field ``name`` (the record's ``label``); refused as ``reason`` when missing.
+    if name not in document:
+        raise _Refused(reason, f"the {label} {name!r} is missing")
+    return document[name]
+
+
+def _scalar_field(document: dict[Any, Any], name: str, reason: PoisonReason, label: str,
+                  kinds: tuple[type, ...], expected: str) -> Any:
+    # As ``_field``, refused too when the value is not of ``kinds`` (a bool never counts).
+    raw = _field(document, name, reason, label)
+    if isinstance(raw, bool) or not isinstance(raw, kinds):
+        raise _Refused(reason, f"the {label} {name!r} holds {_show(raw)}; expected {expected}")
+    return raw
 
 
 def _show(value: Any) -> str:

@@ -367,6 +367,24 @@ def _record_size(key_length: int, value_length: int, delta_ts: int, delta_offset
     return size
 
 
+@njit(cache=True, inline="always")
+def _put_record_head(out: _U8, at: int, body: int, delta_ts: int, delta_offset: int,
+                     keys: _U8, r: int, key_length: int, values: _U8, value_start: int,
+                     value_stop: int) -> int:
+    # A record up to its headers: length, attributes, timestamp and offset deltas, the key
+    # (row r of keys) and the value; returns the end.
+    at = _put_varint(out, at, body)
+    out[at] = 0  # attributes
+    at = _put_varint(out, at + 1, delta_ts)
+    at = _put_varint(out, at, delta_offset)
+    at = _put_varint(out, at, key_length)
+    out[at: at + key_length] = keys[r, :key_length]
+    at = _put_varint(out, at + key_length, value_stop - value_start)
+    out[at: at + value_stop - value_start] = values[value_start:value_stop]
+    end: int = at + value_stop - value_start
+    return end
+
+
 @njit(cache=True)
 def _write_records(keys: _U8, key_lengths: _I64, values: _U8, value_offsets: _I64,
                    all_stamps: _I64, name: _U8, headers: _U8, header_offsets: _I64,
@@ -401,15 +419,8 @@ def _write_records(keys: _U8, key_lengths: _I64, values: _U8, value_offsets: _I6
         width = header_offsets[r + 1] - header_offsets[r]
         body = _record_size(key_length, value_length, stamp - first, i, len(name), width,
                             has_header[r])
-        at = _put_varint(out, at, body)
-        out[at] = 0  # attributes
-        at = _put_varint(out, at + 1, stamp - first)
-        at = _put_varint(out, at, i)
-        at = _put_varint(out, at, key_length)
-        out[at: at + key_length] = keys[r, :key_length]
-        at = _put_varint(out, at + key_length, value_length)
-        out[at: at + value_length] = values[value_start:value_stop]
-        at += value_length
+        at = _put_record_head(out, at, body, stamp - first, i, keys, r, key_length, values,
+                              value_start, value_stop)
         if has_header[r]:
             at = _put_varint(out, at, 1)
             at = _put_varint(out, at, len(name))
@@ -452,15 +463,9 @@ def append_records(out: _U8, at: int, count: int, first: int, highest: int, keys
         size = body + _varint_size(body)
         if (count > 0 and at + size >= budget) or at + size > len(out):
             break
-        at = _put_varint(out, at, body)
-        out[at] = 0  # attributes
-        at = _put_varint(out, at + 1, stamp - first)
-        at = _put_varint(out, at, count)
-        at = _put_varint(out, at, key_length)
-        out[at: at + key_length] = keys[r, :key_length]
-        at = _put_varint(out, at + key_length, value_length)
-        out[at: at + value_length] = values[value_start:value_stop]
-        at = _put_varint(out, at + value_length, 1)
+        at = _put_record_head(out, at, body, stamp - first, count, keys, r, key_length, values,
+                              value_start, value_stop)
+        at = _put_varint(out, at, 1)
         at = _put_varint(out, at, len(name))
         out[at: at + len(name)] = name
         at = _put_varint(out, at + len(name), width)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -111,6 +111,22 @@ def _add_events(
     return _OK, slots.shape[0]
 
 
+class _Events(NamedTuple):
+    """Events as the bar kernel takes them: key slot, bar start, ts, arrival, price, size."""
+
+    slots: npt.NDArray[np.int64]
+    starts: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.int64]
+    sequence: npt.NDArray[np.int64]
+    price: npt.NDArray[np.float64]
+    volume: npt.NDArray[np.float64]
+
+    def take(self, rows: npt.NDArray[np.bool_]) -> _Events:
+        """The events where ``rows`` holds, in order."""
+        return _Events(self.slots[rows], self.starts[rows], self.ts[rows],
+                       self.sequence[rows], self.price[rows], self.volume[rows])
+
+
 class _BarRows:
     """Bars lifted out of a table: identity and aggregate arrays, one row per bar."""
 
@@ -135,13 +151,8 @@ class _BarTable:
     """
 
     def __init__(self, capacity: int = 64) -> None:
-        capacity = max(8, 1 << (max(capacity, 1) - 1).bit_length())
-        self.identity = np.zeros((capacity, 2), dtype=np.int64)
-        self.times = np.zeros((capacity, 4), dtype=np.int64)
-        self.prices = np.zeros((capacity, 5), dtype=np.float64)
-        self.counts = np.zeros((capacity, 2), dtype=np.int64)
-        self.index = empty_index(capacity)
         self.size = np.zeros(1, dtype=np.int64)
+        self._allocate(max(8, 1 << (max(capacity, 1) - 1).bit_length()))
 
     def __len__(self) -> int:
         return int(self.size[0])
@@ -151,23 +162,14 @@ class _BarTable:
         """Bar starts of the live rows (a view)."""
         return self.identity[: len(self), _START]
 
-    def add_events(
-        self,
-        slots: npt.NDArray[np.int64],
-        starts: npt.NDArray[np.int64],
-        ts: npt.NDArray[np.int64],
-        sequence: npt.NDArray[np.int64],
-        price: npt.NDArray[np.float64],
-        volume: npt.NDArray[np.float64],
-        new_revision: int,
-    ) -> npt.NDArray[np.int64]:
+    def add_events(self, events: _Events, new_revision: int) -> npt.NDArray[np.int64]:
         """Fold events into their bars (creating bars as needed); the bar row of each event."""
-        rows = np.empty(len(slots), dtype=np.int64)
+        rows = np.empty(len(events.slots), dtype=np.int64)
         first = 0
-        while first < len(slots):
+        while first < len(events.slots):
             status, first = _add_events(
                 self.identity, self.times, self.prices, self.counts, self.index, self.size,
-                slots, starts, ts, sequence, price, volume, first, new_revision, rows,
+                *events, first, new_revision, rows,
             )
             if status == _GROW:
                 self._resize(len(self.identity) * 2)
@@ -238,13 +240,17 @@ class _BarTable:
 
     def _resize(self, capacity: int) -> None:
         live = self.rows(np.arange(len(self)))
+        self._allocate(capacity)
+        self.append(live)
+
+    def _allocate(self, capacity: int) -> None:
+        # Empty arrays and index for ``capacity`` bars.
         self.identity = np.zeros((capacity, 2), dtype=np.int64)
         self.times = np.zeros((capacity, 4), dtype=np.int64)
         self.prices = np.zeros((capacity, 5), dtype=np.float64)
         self.counts = np.zeros((capacity, 2), dtype=np.int64)
         self.index = empty_index(capacity)
         self.size[0] = 0
-        self.append(live)
 
 
 class OhlcvLogic:
@@ -285,23 +291,18 @@ class OhlcvLogic:
         self._sequence += n
         price = batch.columns[self._price_field].astype(np.float64, copy=False)
         volume = batch.columns[self._size_field].astype(np.float64, copy=False)
+        events = _Events(slots, starts, ts, sequence, price, volume)
         late = starts <= self._closed_threshold()
         if not late.any():
-            self._open.add_events(slots, starts, ts, sequence, price, volume, 0)
+            self._open.add_events(events, 0)
             return Batch.empty(OHLCV_SCHEMA)
-        on_time = ~late
-        self._open.add_events(
-            slots[on_time], starts[on_time], ts[on_time], sequence[on_time], price[on_time],
-            volume[on_time], 0,
-        )
+        self._open.add_events(events.take(~late), 0)
         if self._policy == "side":
             return self._side_bars(batch.key[late], starts[late], price[late], volume[late])
         if self._policy == "drop":
             self.late_dropped += int(late.sum())
             return Batch.empty(OHLCV_SCHEMA)
-        return self._recompute(
-            slots[late], starts[late], ts[late], sequence[late], price[late], volume[late]
-        )
+        return self._recompute(events.take(late))
 
     def on_watermark(self, watermark: int) -> Batch | None:
         """Emit, in (bar start, key) order, every open bar whose end + lateness <= watermark."""
@@ -353,27 +354,15 @@ class OhlcvLogic:
             return _NO_WATERMARK
         return max(_NO_WATERMARK, closed - RECOMPUTE_RETAINED_BARS * self._bar)
 
-    def _recompute(
-        self,
-        slots: npt.NDArray[np.int64],
-        starts: npt.NDArray[np.int64],
-        ts: npt.NDArray[np.int64],
-        sequence: npt.NDArray[np.int64],
-        price: npt.NDArray[np.float64],
-        volume: npt.NDArray[np.float64],
-    ) -> Batch:
-        retired = starts <= self._retired_threshold()
+    def _recompute(self, events: _Events) -> Batch:
+        retired = events.starts <= self._retired_threshold()
         if retired.any():
             self.late_dropped += int(retired.sum())
-            kept = ~retired
-            slots, starts, ts = slots[kept], starts[kept], ts[kept]
-            sequence, price, volume = sequence[kept], price[kept], volume[kept]
-        if not len(slots):
+            events = events.take(~retired)
+        if not len(events.slots):
             return Batch.empty(OHLCV_SCHEMA)
         # A bar first created by a late event starts at revision -1, so it is emitted as 0.
-        touched = np.unique(
-            self._emitted.add_events(slots, starts, ts, sequence, price, volume, -1)
-        )
+        touched = np.unique(self._emitted.add_events(events, -1))
         self._emitted.counts[touched, _REVISION] += 1
         return self._bars_batch(self._emitted.rows(touched))
 

@@ -245,28 +245,44 @@ def _count_squares_kernel(statistic: int, window: int, min_periods: int, slots: 
         out[r] = _moments_result(statistic, moments, tally, s, n, x)
 
 
+@njit(cache=True, inline="always")
+def _push_time_event(squares: bool, moments: Any, s: int, t: int, x: float, time_window: int,
+                     ring: Any, positions: Any, pool: Any) -> int:
+    # Slides key s's events at or before t - time_window out of its sums (the squares' or
+    # the total's), then pushes (t, x) into its ring: the events now in the window, or 0
+    # when the ring is full (grow it, then push again).
+    start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
+    oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
+    while size > 0 and positions[start + oldest] <= t - time_window:
+        if squares:
+            _slide_squares(moments, s, pool[start + oldest], np.nan)
+        else:
+            _slide_total(moments, s, pool[start + oldest], np.nan)
+        oldest, size = (oldest + 1) & mask, size - 1
+    ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
+    if size == mask + 1:
+        return 0
+    positions[start + ((oldest + size) & mask)] = t
+    pool[start + ((oldest + size) & mask)] = x
+    events: int = size + 1
+    ring[s, RING_SIZE] = events
+    return events
+
+
 @njit(cache=True)
 def _time_sums_kernel(statistic: int, time_window: int, min_periods: int, first: int,
                       slots: Any, ts: Any, xs: Any, moments: Any, tally: Any, ring: Any,
                       positions: Any, pool: Any, out: Any, emitted: Any) -> int:
     # Returns the row whose key's ring is full (grow it, then resume there), or the row count.
     for r in range(first, slots.shape[0]):
-        s, t, x = slots[r], ts[r], xs[r]
-        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
-        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
-        while size > 0 and positions[start + oldest] <= t - time_window:
-            _slide_total(moments, s, pool[start + oldest], np.nan)
-            oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
-        if size == mask + 1:
+        s, x = slots[r], xs[r]
+        n = _push_time_event(False, moments, s, ts[r], x, time_window, ring, positions, pool)
+        if n == 0:
             return r
-        positions[start + ((oldest + size) & mask)] = t
-        pool[start + ((oldest + size) & mask)] = x
-        ring[s, RING_SIZE] = size + 1
         _note_value(tally, s, x)
         _slide_total(moments, s, np.nan, x)
-        emitted[r] = size + 1 >= min_periods
-        out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
+        emitted[r] = n >= min_periods
+        out[r] = _moments_result(statistic, moments, tally, s, n, x)
     rows: int = slots.shape[0]
     return rows
 
@@ -277,24 +293,18 @@ def _time_squares_kernel(statistic: int, time_window: int, min_periods: int, fir
                          positions: Any, pool: Any, out: Any, emitted: Any) -> int:
     # As _time_sums_kernel; a separate loop because the recomputation call slows the sums'.
     for r in range(first, slots.shape[0]):
-        s, t, x = slots[r], ts[r], xs[r]
-        start, mask = ring[s, RING_START], ring[s, RING_CAPACITY] - 1
-        oldest, size = ring[s, RING_OLDEST], ring[s, RING_SIZE]
-        while size > 0 and positions[start + oldest] <= t - time_window:
-            _slide_squares(moments, s, pool[start + oldest], np.nan)
-            oldest, size = (oldest + 1) & mask, size - 1
-        ring[s, RING_OLDEST], ring[s, RING_SIZE] = oldest, size
-        if size == mask + 1:
+        s, x = slots[r], xs[r]
+        n = _push_time_event(True, moments, s, ts[r], x, time_window, ring, positions, pool)
+        if n == 0:
             return r
-        positions[start + ((oldest + size) & mask)] = t
-        pool[start + ((oldest + size) & mask)] = x
-        ring[s, RING_SIZE] = size + 1
         sequence = _note_value(tally, s, x)
         _slide_squares(moments, s, np.nan, x)
-        if _squares_stale(moments, tally, s, x, size + 1, sequence):
-            _recompute_squares(moments, s, pool[start : start + mask + 1], oldest, size + 1)
-        emitted[r] = size + 1 >= min_periods
-        out[r] = _moments_result(statistic, moments, tally, s, size + 1, x)
+        if _squares_stale(moments, tally, s, x, n, sequence):
+            start = ring[s, RING_START]
+            _recompute_squares(moments, s, pool[start : start + ring[s, RING_CAPACITY]],
+                               ring[s, RING_OLDEST], n)
+        emitted[r] = n >= min_periods
+        out[r] = _moments_result(statistic, moments, tally, s, n, x)
     rows: int = slots.shape[0]
     return rows
 

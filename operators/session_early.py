@@ -37,17 +37,12 @@ import numpy.typing as npt
 from numba import njit
 
 from operators.row_index import EMPTY, find_row
-from operators.window_early import EarlyPanes, grown_rows
+from operators.window_early import EarlyPanes, emit_prefix, follow_rows, grown_rows
 from operators.window_state import (
     ACC_COLUMNS,
-    BOUND,
     COUNT,
-    EARLY,
     EMITTED,
     END,
-    EVERY_ARRIVAL,
-    FIRST_SEQ,
-    LAST_SEQ,
     LAST_TS,
     META_COLUMNS,
     NO_WATERMARK,
@@ -188,19 +183,10 @@ def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, he
                 break  # closed at b; later panes hold none of its events
             if prefix_meta[row, COUNT] == 0:
                 continue
-            o = out_size[0]
-            for c in range(META_COLUMNS):
-                out_meta[o, c] = prefix_meta[row, c]
-            for c in range(ACC_COLUMNS):
-                out_acc[o, c] = prefix_acc[row, c]
             # The session as its events before b make it: its end follows their last one.
-            out_meta[o, SLOT], out_meta[o, START] = slot, start
-            out_meta[o, END] = prefix_meta[row, LAST_TS] + gap
-            out_meta[o, EMITTED] = meta[row, EMITTED]
-            out_meta[o, FIRST_SEQ] = EARLY
-            out_meta[o, LAST_SEQ] = EVERY_ARRIVAL
-            out_meta[o, BOUND] = boundary
-            out_size[0] = o + 1
+            emit_prefix(prefix_meta, prefix_acc, row, slot, start,
+                        prefix_meta[row, LAST_TS] + gap, meta[row, EMITTED], boundary,
+                        out_meta, out_acc, out_size)
 
 
 class SessionEarlyPanes(EarlyPanes):
@@ -250,11 +236,7 @@ class SessionEarlyPanes(EarlyPanes):
 
     def settle(self, moved: npt.NDArray[np.int64] | None, watermark: int) -> None:
         """As ``EarlyPanes.settle``; heads follow their rows too."""
-        if moved is not None:
-            kept = moved >= 0
-            count = int(kept.sum())
-            self.head_meta[:count] = self.head_meta[: len(moved)][kept]
-            self.head_acc[:count] = self.head_acc[: len(moved)][kept]
+        follow_rows(moved, self.head_meta, self.head_acc)
         super().settle(moved, watermark)
 
     def arrays(self, rows: int) -> dict[str, npt.NDArray[Any]]:

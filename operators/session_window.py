@@ -27,13 +27,12 @@ from operators.session_early import (
 from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
-    EARLY,
     END,
     EVERY_ARRIVAL,
-    FINAL,
     GROW_OUT,
     GROW_PANES,
     GROW_ROWS,
+    NO_EMISSION,
     NO_WATERMARK,
     OK,
     SIDE,
@@ -41,6 +40,7 @@ from operators.window_state import (
     START,
     WindowTable,
     add_event,
+    emission_after_event,
     emit_row,
     merge_rows,
     open_row,
@@ -165,12 +165,9 @@ def _fold(meta: Any, acc: Any, size: Any, latest: Any, out_meta: Any, out_acc: A
             latest_row = latest[slot]
             if not _is_session_of(meta, size, latest_row, slot) or meta[latest_row, START] < t:
                 latest[slot] = row
-        if watermark != NO_WATERMARK and meta[row, END] <= watermark:
-            emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
-                     sequence + i)  # a revision
-        elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-            emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
-                     sequence + i)
+        kind = emission_after_event(meta[row, END], meta[row, COUNT], watermark, early_every)
+        if kind != NO_EMISSION:
+            emit_row(meta, acc, row, out_meta, out_acc, out_size, kind, sequence + i)
     return OK, slots.shape[0], dropped
 
 

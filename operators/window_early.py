@@ -51,7 +51,7 @@ from operators.window_state import (
     open_row,
 )
 
-__all__ = ["EarlyPanes", "fold_early", "grown_rows"]
+__all__ = ["EarlyPanes", "emit_prefix", "fold_early", "follow_rows", "grown_rows"]
 
 
 @njit(cache=True, inline="always")
@@ -93,6 +93,25 @@ def fold_early(meta: Any, prefix_meta: Any, prefix_acc: Any, pane_meta: Any, pan
                                          pane, pane + interval, t, seq, x)
 
 
+@njit(cache=True, inline="always")
+def emit_prefix(prefix_meta: Any, prefix_acc: Any, row: int, slot: int, start: int, end: int,
+                emitted: int, boundary: int, out_meta: Any, out_acc: Any,
+                out_size: Any) -> None:
+    """Write the prefix of row ``row`` as the early update at ``boundary`` of the window
+    (``slot``, ``start``, ``end``), emitted ``emitted`` times so far."""
+    o = out_size[0]
+    for c in range(META_COLUMNS):
+        out_meta[o, c] = prefix_meta[row, c]
+    for c in range(ACC_COLUMNS):
+        out_acc[o, c] = prefix_acc[row, c]
+    out_meta[o, SLOT], out_meta[o, START], out_meta[o, END] = slot, start, end
+    out_meta[o, EMITTED] = emitted
+    out_meta[o, FIRST_SEQ] = EARLY
+    out_meta[o, LAST_SEQ] = EVERY_ARRIVAL
+    out_meta[o, BOUND] = boundary
+    out_size[0] = o + 1
+
+
 @njit(cache=True)
 def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, pane_meta: Any,
                      pane_acc: Any, pane_index: Any, passed: int, watermark: int,
@@ -113,17 +132,8 @@ def _emit_boundaries(meta: Any, size: int, prefix_meta: Any, prefix_acc: Any, pa
                 merge_into(prefix_meta, prefix_acc, row, pane_meta, pane_acc, pane)
             if prefix_meta[row, COUNT] == 0:
                 continue
-            o = out_size[0]
-            for c in range(META_COLUMNS):
-                out_meta[o, c] = prefix_meta[row, c]
-            for c in range(ACC_COLUMNS):
-                out_acc[o, c] = prefix_acc[row, c]
-            out_meta[o, SLOT], out_meta[o, START], out_meta[o, END] = slot, start, end
-            out_meta[o, EMITTED] = meta[row, EMITTED]
-            out_meta[o, FIRST_SEQ] = EARLY
-            out_meta[o, LAST_SEQ] = EVERY_ARRIVAL
-            out_meta[o, BOUND] = boundary
-            out_size[0] = o + 1
+            emit_prefix(prefix_meta, prefix_acc, row, slot, start, end, meta[row, EMITTED],
+                        boundary, out_meta, out_acc, out_size)
 
 
 
@@ -143,6 +153,23 @@ def grown_rows(meta: npt.NDArray[np.int64], acc: npt.NDArray[np.float64], capaci
     more_meta[: len(meta)] = meta
     more_acc[: len(acc)] = acc
     return more_meta, more_acc
+
+def follow_rows(moved: npt.NDArray[np.int64] | None, meta: npt.NDArray[np.int64],
+                acc: npt.NDArray[np.float64]) -> None:
+    """Move the rows of ``meta`` and ``acc`` (parallel to a window table) in place as the
+    table's rows moved when it closed (``moved``, see ``WindowTable.close``; None: none did).
+
+    >>> meta, acc = np.arange(3).reshape(3, 1), np.zeros((3, 1))
+    >>> follow_rows(np.array([-1, 0, 1]), meta, acc)
+    >>> meta[:2, 0].tolist()
+    [1, 2]
+    """
+    if moved is not None:
+        kept = moved >= 0
+        count = int(kept.sum())
+        meta[:count] = meta[: len(moved)][kept]
+        acc[:count] = acc[: len(moved)][kept]
+
 
 class EarlyPanes:
     """The prefixes and panes of a window node with ``early_interval`` (see the module)."""
@@ -195,11 +222,7 @@ class EarlyPanes:
     def settle(self, moved: npt.NDArray[np.int64] | None, watermark: int) -> None:
         """After the window table closed: prefixes follow their rows (``moved``, see
         ``WindowTable.close``), and panes the watermark passed are forgotten."""
-        if moved is not None:
-            kept = moved >= 0
-            count = int(kept.sum())
-            self.prefix_meta[:count] = self.prefix_meta[: len(moved)][kept]
-            self.prefix_acc[:count] = self.prefix_acc[: len(moved)][kept]
+        follow_rows(moved, self.prefix_meta, self.prefix_acc)
         live = self.panes.meta[: len(self.panes)]
         passed = live[:, END] <= watermark
         if passed.any():

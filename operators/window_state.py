@@ -64,6 +64,7 @@ SUM, SHIFT, SHIFTED, SQUARES, MIN, MAX, FIRST, LAST = range(8)
 ACC_COLUMNS = 8
 # emission kinds
 FINAL, EARLY, SIDE = 0, 1, 2
+NO_EMISSION = -1
 #: The trigger of a window closed by the watermark: every event it took counts.
 EVERY_ARRIVAL = int(np.iinfo(np.int64).max)
 
@@ -174,6 +175,18 @@ def emit_row(meta: Any, acc: Any, row: int, out_meta: Any, out_acc: Any, out_siz
     if kind == FINAL:
         meta[row, EMITTED] += 1
     out_size[0] = k + 1
+
+
+@njit(cache=True, inline="always")
+def emission_after_event(end: int, count: int, watermark: int, early_every: int) -> int:
+    """What a window (ending at ``end``, holding ``count`` events) emits after it took an
+    event: FINAL (a revision) when the watermark already passed its end, EARLY every
+    ``early_every`` events, else NO_EMISSION."""
+    if watermark != NO_WATERMARK and end <= watermark:
+        return FINAL
+    if early_every > 0 and count % early_every == 0:
+        return EARLY
+    return NO_EMISSION
 
 
 @njit(cache=True)

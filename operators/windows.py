@@ -19,12 +19,11 @@ from operators.window_early import fold_early
 from operators.window_logic import EventTimeWindowDef, EventTimeWindowLogic
 from operators.window_state import (
     COUNT,
-    EARLY,
     END,
-    FINAL,
     GROW_OUT,
     GROW_PANES,
     GROW_ROWS,
+    NO_EMISSION,
     NO_WATERMARK,
     OK,
     SIDE,
@@ -32,6 +31,7 @@ from operators.window_state import (
     START,
     WindowTable,
     add_event,
+    emission_after_event,
     emit_row,
     find_or_open,
     open_row,
@@ -86,12 +86,9 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
             # A tumbling window's event in its key's latest window: no division, no lookup.
             add_event(meta, acc, row, t, sequence + i, x)
             kept[i] = True
-            if watermark != NO_WATERMARK and meta[row, END] <= watermark:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
-                         sequence + i)  # a revision
-            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
-                         sequence + i)
+            kind = emission_after_event(meta[row, END], meta[row, COUNT], watermark, early_every)
+            if kind != NO_EMISSION:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, kind, sequence + i)
             continue
         # Window j (start j * step) of a key is cached at latest[slot * ways + j % ways]: the
         # windows of a key open at once are consecutive, so they rarely evict each other.
@@ -120,12 +117,9 @@ def _fold(meta: Any, acc: Any, index: Any, size: Any, latest: Any, out_meta: Any
                            sequence + i, x, interval, watermark, visited < period,
                            period == 1)
             visited += 1
-            if watermark != NO_WATERMARK and end <= watermark:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, FINAL,
-                         sequence + i)  # a revision
-            elif early_every > 0 and meta[row, COUNT] % early_every == 0:
-                emit_row(meta, acc, row, out_meta, out_acc, out_size, EARLY,
-                         sequence + i)
+            kind = emission_after_event(end, meta[row, COUNT], watermark, early_every)
+            if kind != NO_EMISSION:
+                emit_row(meta, acc, row, out_meta, out_acc, out_size, kind, sequence + i)
             start -= step
             j -= 1
         kept[i] = folded
