@@ -56,10 +56,17 @@ def lean_cached_loads() -> bool:
 def start_numba_runtime() -> None:
     """Compile numba's runtime (NRT) now, as the first kernel load would (about 0.1 s).
 
-    Its compile runs LLVM's code generator, which maps about 90 MiB of LLVM's library for the
-    moment it takes; done while the pages that importing numba mapped (LLVM's static
-    constructors, 95 MiB) are still resident, it maps about 10 MiB more instead, and both go
-    together at the next release (``runtime.runners.resident_pages``).
+    Its compile runs LLVM's code generator, which maps 30-90 MiB of LLVM's library for the
+    moment it takes. Where that matters, the two callers choose differently:
+
+    - a Ray worker's preload (``runtime.runners.node_preload``) compiles it while the pages
+      importing numba mapped are still resident, then releases them all: it maps about 10 MiB
+      more, and the preload runs on the way to Ray's start (compiling between two releases
+      there made the standalone first output 1.52 and 1.71 s against 1.29 and 1.25 s,
+      ``python -m benchmarks.startup --repeat 2``, though each worker's VmHWM fell 183 -> 154 MiB);
+    - the local runner compiles it between two releases
+      (``runtime.runners.resident_pages.start_numba_runtime_between_releases``): its one
+      process's peak is its memory figure, and it was made here.
     """
     from numba.core.registry import cpu_target
     from numba.core.runtime import nrt

@@ -8,7 +8,8 @@ it prepares a node process:
 2. cached kernels set to load without numba's compile registries (``lean_cached_loads``);
 3. numba's runtime compiled while the pages numba's import mapped are still resident
    (``start_numba_runtime``): a node's first kernel load no longer compiles it, with 90 MiB
-   of LLVM's pages mapped at once, on the way to its first output;
+   of LLVM's pages mapped at once, on the way to its first output (not between two releases,
+   as the local runner does: see ``kernel_loading.start_numba_runtime``);
 4. the library pages the import and the compile touched, released
    (``release_after_kernel_loads``): a pooled worker waits with about 100 MiB resident, not
    the 220 MiB its import left.
