@@ -12,15 +12,25 @@ it prepares a node process:
    as the local runner does: see ``kernel_loading.start_numba_runtime``);
 4. the library pages the import and the compile touched, released
    (``release_after_kernel_loads``): a pooled worker waits with about 100 MiB resident, not
-   the 220 MiB its import left.
+   the 220 MiB its import left;
+5. the 100,000 objects of these imports moved out of the collector's reach (``gc.freeze``):
+   they live as long as the process, yet each full collection walked them all, about 50 ms
+   of CPU in every actor's start. The collector is off while they are made (about 70 ms more
+   of collections that find nothing).
 """
 
 from __future__ import annotations
 
+import gc
+
+gc.disable()
 # Step 1: the node host.
-import runtime.dataplane.host  # noqa: F401  (imported for its modules)
-from runtime.dataplane.kernel_loading import lean_cached_loads, start_numba_runtime
-from runtime.runners.resident_pages import release_after_kernel_loads
+import runtime.dataplane.host  # noqa: E402, F401  (imported for its modules)
+from runtime.dataplane.kernel_loading import (  # noqa: E402
+    lean_cached_loads,
+    start_numba_runtime,
+)
+from runtime.runners.resident_pages import release_after_kernel_loads  # noqa: E402
 
 __all__: list[str] = []
 
@@ -30,3 +40,6 @@ lean_cached_loads()
 start_numba_runtime()
 # Step 4: the pages of the start.
 release_after_kernel_loads()
+# Step 5: the import's objects, out of the collector's walks.
+gc.freeze()
+gc.enable()

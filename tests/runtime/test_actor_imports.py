@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -55,11 +56,18 @@ def _kafka_modules_here(_: object = None) -> list[str]:
                   if name.split(".")[0] == "aiokafka" or name == "numba.np.linalg")
 
 
+def _collector_here(_: object = None) -> tuple[bool, int]:
+    """Whether the cyclic collector runs in this process, and how many objects it skips
+    (``gc.freeze``), in a node actor."""
+    return gc.isenabled(), gc.get_freeze_count()
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_a_node_actor_that_is_no_kafka_endpoint_never_imports_aiokafka() -> None:
     """In a Ray run, the actors of a graph without Kafka endpoints (a streamdag-started Ray's
     workers preloaded ``NODE_ACTOR_MODULES``) hold no aiokafka module after their run, nor
-    numba's compile registries (their kernels loaded lean from the cache)."""
+    numba's compile registries (their kernels loaded lean from the cache); the collector runs,
+    and skips the preload's objects."""
     import ray
 
     import streamdag as sd
@@ -75,7 +83,11 @@ def test_a_node_actor_that_is_no_kafka_endpoint_never_imports_aiokafka() -> None
         result = running.wait(60)
         imported = ray.get([running.actor(name).__ray_call__.remote(_kafka_modules_here)
                             for name in ("ticks", "mean")])
+        collectors = ray.get([running.actor(name).__ray_call__.remote(_collector_here)
+                              for name in ("ticks", "mean")])
     finally:
         running.stop()
     assert result.records("mean") == [{"ts": 2, "key": "a", "value": 2.0}]
     assert imported == [[], []]
+    # The preload's imports alone make about 100,000 objects.
+    assert [(enabled, frozen > 50_000) for enabled, frozen in collectors] == [(True, True)] * 2
