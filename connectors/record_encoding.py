@@ -21,6 +21,7 @@ import numpy.typing as npt
 from numba import njit
 
 from connectors.errors import EncodeError
+from connectors.json_writer import write_json_records
 from streamdag.batch import Batch
 
 __all__ = [
@@ -63,11 +64,10 @@ def encode_json_values(batch: Batch, time_label: str = "ts", key_label: str = "k
 
 def encode_json_buffer(batch: Batch, time_label: str = "ts", key_label: str = "key",
                        key_first: bool = False) -> EncodedRecords:
-    """The records' JSON objects back to back, and their offsets.
+    """The records' JSON objects back to back (written in numba), and their offsets.
 
-    Built a column at a time: each column's texts come from one C-level ``map`` (``repr`` of a
-    float is the shortest text that reads back to it), and the records are interleaved by
-    slice assignment and joined once, so no Python runs per record.
+    Floats are written as Python's ``repr`` writes them (the shortest text that reads back to
+    the same float; ``connectors.json_writer``), keys as ``json.dumps`` writes them.
 
     >>> batch = Batch.from_columns(ts=[1, 2], key=["a", "b"], v=[0.5, 2])
     >>> data, offsets = encode_json_buffer(batch)
@@ -75,52 +75,10 @@ def encode_json_buffer(batch: Batch, time_label: str = "ts", key_label: str = "k
     (b'{"ts":1,"key":"a","v":0.5}{"ts":2,"key":"b","v":2.0}', [0, 26, 52])
     """
     _check_names(batch, time_label, key_label)
-    count = len(batch)
-    if count == 0:
+    if len(batch) == 0:
         return b"", np.zeros(1, dtype=np.int64)
-    # Step 1: the labels before each value, and each value column's texts.
-    stamp = (json.dumps(time_label), list(map(str, batch.ts.tolist())))
-    key = (json.dumps(key_label), _json_key_texts(batch.key))
-    named: list[tuple[str, list[str]]] = [key, stamp] if key_first else [stamp, key]
-    for name, column in batch.columns.items():
-        named.append((json.dumps(name), _json_texts(name, column)))
-    # Step 2: interleave labels and texts, record after record, and join them once.
-    width = 2 * len(named) + 1
-    pieces: list[str] = [""] * (count * width)
-    for index, (label, texts) in enumerate(named):
-        pieces[2 * index::width] = [("{" if index == 0 else ",") + label + ":"] * count
-        pieces[2 * index + 1::width] = texts
-    pieces[width - 1::width] = ["}"] * count
-    text = "".join(pieces)
-    # Step 3: each record's length: its labels, plus its texts (in bytes where a key is not
-    # ASCII; labels are ASCII, json.dumps escapes them).
-    lengths = np.full(count, sum(len(label) + 2 for label, _ in named) + 1, dtype=np.int64)
-    ascii_only = text.isascii()
-    for _, texts in named:
-        sizes = map(len, texts) if ascii_only else (len(t.encode()) for t in texts)
-        lengths += np.fromiter(sizes, dtype=np.int64, count=count)
-    offsets = np.zeros(count + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return text.encode("utf-8"), offsets
-
-
-def _json_texts(name: str, column: npt.NDArray[Any]) -> list[str]:
-    """The JSON text of every value of a float64, int64 or bool column."""
-    kind = column.dtype.kind
-    if kind == "f":
-        texts = list(map(repr, column.tolist()))
-        for index in np.flatnonzero(~np.isfinite(column)).tolist():
-            texts[index] = "null"  # JSON has no NaN or infinity
-        return texts
-    if kind in "iu":
-        return list(map(str, column.tolist()))
-    if kind == "b":
-        bools: list[str] = np.where(column, "true", "false").tolist()
-        return bools
-    raise EncodeError(
-        f"column {name!r} has dtype {column.dtype}; a sink writes float64, int64 and bool "
-        "columns only"
-    )
+    _json_key_texts(batch.key, validate_only=True)
+    return write_json_records(batch, time_label, key_label, key_first)
 
 
 def encode_msgpack_values(batch: Batch, time_label: str = "ts", key_label: str = "key",

@@ -90,17 +90,24 @@ def test_partitions_match_kafkas_default_partitioner() -> None:
 
 def test_keys_quoted_once_are_kept_and_the_store_stays_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches of ASCII keys need no UTF-8 check; a batch with other keys checks (and quotes)
+    # each distinct key once and keeps it.
     from connectors import record_encoding
 
     monkeypatch.setattr(record_encoding, "_KEY_TEXTS", {})
     monkeypatch.setattr(record_encoding, "_KEY_TEXTS_LIMIT", 4)
-    first = Batch.from_columns(ts=[1, 2, 3], key=["a", 'q"uote', "a"], v=[1, 2, 3])
+    ascii_only = Batch.from_columns(ts=[1, 2], key=["a", 'q"uote'], v=[1, 2])
+    first = Batch.from_columns(ts=[1, 2, 3], key=["a", 'q"uote', "ü"], v=[1, 2, 3])
     second = Batch.from_columns(ts=[4, 5, 6, 7], key=["b", "c", "d", "é"], v=[4, 5, 6, 7])
 
+    assert encode_values(ascii_only, "json") == [
+        b'{"ts":1,"key":"a","v":1}', b'{"ts":2,"key":"q\\"uote","v":2}']
+    assert record_encoding._KEY_TEXTS == {}
     assert encode_values(first, "json") == [
         b'{"ts":1,"key":"a","v":1}', b'{"ts":2,"key":"q\\"uote","v":2}',
-        b'{"ts":3,"key":"a","v":3}']
-    assert record_encoding._KEY_TEXTS == {b"a": '"a"', b'q"uote': '"q\\"uote"'}
+        '{"ts":3,"key":"ü","v":3}'.encode()]
+    assert dict(record_encoding._KEY_TEXTS) == {b"a": '"a"', b'q"uote': '"q\\"uote"',
+                                                "ü".encode(): '"ü"'}
     # Four new keys overflow the store of four: it starts again with this batch's keys.
     assert [json.loads(v)["key"] for v in encode_values(second, "json")] == ["b", "c", "d", "é"]
     assert sorted(record_encoding._KEY_TEXTS) == [b"b", b"c", b"d", "é".encode()]
