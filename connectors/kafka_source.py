@@ -299,7 +299,8 @@ class KafkaSourceReader:
         with self._reading_clock.reading():
             fetched = await self._fetch(consumer, limit, linger_s)
         for partition, bounds in self._bounds.items():
-            if (not bounds.finished and not self._require_drain().holds(bounds.tp)
+            if (not bounds.finished and bounds.ends_by_log
+                    and not self._require_drain().holds(bounds.tp)
                     and await bounds.caught_up(consumer)):
                 self._finish(partition)
         batch = await self._decode(fetched)
