@@ -92,7 +92,10 @@ class FetchedRecords:
         """Records ``first:stop`` (views over the same buffer).
 
         Its ``next_offset`` is the offset of the record after them, or this one's at the end.
+        All of them are this object itself (it is immutable).
         """
+        if first == 0 and stop >= len(self):
+            return self
         next_offset = self.next_offset if stop >= len(self) else int(self.offsets[stop])
         return FetchedRecords(
             self.buffer, self.offsets[first:stop], self.timestamps[first:stop],
@@ -121,20 +124,15 @@ class FetchedRecords:
         """
         if len(pieces) == 1:
             return pieces[0]
-        parts: list[npt.NDArray[np.uint8]] = []
-        key_starts: list[_I64] = []
-        value_starts: list[_I64] = []
-        base = 0
-        for piece in pieces:
-            if not len(piece):
-                continue
-            first, stop = _bytes_span(piece.key_start, piece.key_length, piece.value_start,
-                                      piece.value_length)
-            parts.append(piece.buffer[first:stop])
-            key_starts.append(piece.key_start - (first - base))
-            value_starts.append(piece.value_start - (first - base))
-            base += stop - first
-        kept = [piece for piece in pieces if len(piece)]
+        # New arrays: the spans are moved onto the joined buffer in place, in one call.
+        key_start = np.concatenate([piece.key_start for piece in pieces])
+        value_start = np.concatenate([piece.value_start for piece in pieces])
+        key_length = np.concatenate([piece.key_length for piece in pieces])
+        value_length = np.concatenate([piece.value_length for piece in pieces])
+        ends = np.cumsum(np.array([len(piece) for piece in pieces], dtype=np.int64))
+        firsts, stops = _rebase_spans(key_start, key_length, value_start, value_length, ends)
+        parts = [piece.buffer[first:stop] for piece, first, stop
+                 in zip(pieces, firsts.tolist(), stops.tolist(), strict=True)]
         buffer = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
         # Read-only like a single fetch's bytes: the scanners then run one kernel variant.
         buffer.flags.writeable = False
@@ -142,10 +140,10 @@ class FetchedRecords:
             buffer=buffer,
             offsets=np.concatenate([piece.offsets for piece in pieces]),
             timestamps=np.concatenate([piece.timestamps for piece in pieces]),
-            key_start=np.concatenate(key_starts) if kept else np.empty(0, dtype=np.int64),
-            key_length=np.concatenate([piece.key_length for piece in pieces]),
-            value_start=np.concatenate(value_starts) if kept else np.empty(0, dtype=np.int64),
-            value_length=np.concatenate([piece.value_length for piece in pieces]),
+            key_start=key_start,
+            key_length=key_length,
+            value_start=value_start,
+            value_length=value_length,
             next_offset=pieces[-1].next_offset,
         )
 
@@ -178,30 +176,53 @@ def decode_fetch(raw: bytes, *, fetch_offset: int, read_committed: bool) -> Fetc
     None means the fetch holds something this reader leaves to aiokafka (see the module).
     """
     buffer = np.frombuffer(raw, dtype=np.uint8)
-    status, count, next_offset = _frame(buffer, fetch_offset, read_committed, _CRC_TABLES)
-    if status != _OK:
-        return None
-    offsets = np.empty(count, dtype=np.int64)
-    timestamps = np.empty(count, dtype=np.int64)
-    spans = np.empty((4, count), dtype=np.int64)
-    kept = _records(buffer, fetch_offset, offsets, timestamps, spans)
+    kept, next_offset, columns = _decode(buffer, fetch_offset, read_committed, _CRC_TABLES)
     if kept < 0:
         return None
-    return FetchedRecords(buffer, offsets[:kept], timestamps[:kept], spans[0, :kept],
-                          spans[1, :kept], spans[2, :kept], spans[3, :kept], next_offset)
+    return FetchedRecords(buffer, columns[0, :kept], columns[1, :kept], columns[2, :kept],
+                          columns[3, :kept], columns[4, :kept], columns[5, :kept], next_offset)
 
 
 @njit(cache=True)
-def _bytes_span(key_start: _I64, key_length: _I64, value_start: _I64,
-                value_length: _I64) -> tuple[int, int]:
-    """Where the keys and values of some records start and end in their buffer (a null key or
-    value counts as empty at its start)."""
-    first, stop = key_start[0], key_start[0]
-    for i in range(len(key_start)):
-        first = min(first, key_start[i], value_start[i])
-        stop = max(stop, key_start[i] + max(key_length[i], 0),
-                   value_start[i] + max(value_length[i], 0))
-    return first, stop
+def _decode(buffer: Any, fetch_offset: int, read_committed: bool,
+            tables: Any) -> tuple[int, int, Any]:
+    """Both passes in one call (a fetch of a few records costs its calls more than its
+    bytes): (records kept or -1 to decline, offset after the batches, their columns)."""
+    status, count, next_offset = _frame(buffer, fetch_offset, read_committed, tables)
+    # Rows: offset, timestamp, key start, key length, value start, value length.
+    columns = np.empty((6, count if status == _OK else 0), dtype=np.int64)
+    if status != _OK:
+        return -1, next_offset, columns
+    kept = _records(buffer, fetch_offset, columns[0], columns[1], columns[2:])
+    return kept, next_offset, columns
+
+
+@njit(cache=True)
+def _rebase_spans(key_start: _I64, key_length: _I64, value_start: _I64, value_length: _I64,
+                  ends: _I64) -> tuple[_I64, _I64]:
+    """Where the keys and values of each piece (its rows end at ``ends``) start and end in its
+    buffer (a null key or value counts as empty at its start), and their starts moved onto
+    the pieces' bytes laid end to end."""
+    firsts = np.zeros(ends.shape[0], dtype=np.int64)
+    stops = np.zeros(ends.shape[0], dtype=np.int64)
+    base = 0
+    row = 0
+    for piece in range(ends.shape[0]):
+        end = ends[piece]
+        if row == end:
+            continue
+        first, stop = key_start[row], key_start[row]
+        for i in range(row, end):
+            first = min(first, key_start[i], value_start[i])
+            stop = max(stop, key_start[i] + max(key_length[i], 0),
+                       value_start[i] + max(value_length[i], 0))
+        for i in range(row, end):
+            key_start[i] -= first - base
+            value_start[i] -= first - base
+        firsts[piece], stops[piece] = first, stop
+        base += stop - first
+        row = end
+    return firsts, stops
 
 
 @njit(cache=True)

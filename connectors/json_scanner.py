@@ -323,6 +323,8 @@ def scan_json(
     by numpy's correctly rounded parser. Both give the float64 ``json.loads`` gives.
     """
     tables = ScanTables.filled_by(scan_json_records, buffer, starts, ends, names, name_offsets)
+    if not (tables.kind == _KIND_FLOAT_TEXT).any():
+        return tables  # every float converted in the kernel: no field to look at
     for field in range(tables.kind.shape[1]):
         pending = tables.kind[:, field] == _KIND_FLOAT_TEXT
         rows = np.flatnonzero(pending & ~tables.slow)

@@ -34,7 +34,7 @@ from connectors.errors import ConnectorConfigError, TopicError
 from connectors.fetch_drain import FetchDrain
 from connectors.fetched_batches import FetchedRecords
 from connectors.source_bounds import LogEnds, PartitionBounds, Timestamp
-from connectors.watermarks import PartitionWatermarks, ReadingClock, behind_their_partition
+from connectors.watermarks import PartitionWatermarks, ReadingClock, partition_runs
 from streamdag.batch import Batch
 from streamdag.cancellation import cancel_and_wait
 from streamdag.connector import SourceChunk
@@ -199,6 +199,8 @@ class KafkaSourceReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._bounds: dict[int, PartitionBounds] = {}
         self._marks: PartitionWatermarks | None = None
+        #: The partitions of the last read's batch, ascending.
+        self._read_partitions: list[int] = []
         self._decoder = RecordDecoder(
             config.schema,
             key_field=config.key_field,
@@ -297,7 +299,8 @@ class KafkaSourceReader:
         with self._reading_clock.reading():
             fetched = await self._fetch(consumer, limit, linger_s)
         for partition, bounds in self._bounds.items():
-            if (not bounds.finished and not self._require_drain().holds(bounds.tp)
+            if (not bounds.finished and bounds.ends_by_log
+                    and not self._require_drain().holds(bounds.tp)
                     and await bounds.caught_up(consumer)):
                 self._finish(partition)
         batch = await self._decode(fetched)
@@ -312,11 +315,10 @@ class KafkaSourceReader:
         finished = all(bounds.finished for bounds in self._bounds.values())
         partition_marks: tuple[tuple[int, int], ...] = ()
         if self._config.partitioned_by_key and len(batch):
-            assert batch.partition is not None
             newest = marks.event_times()
             partition_marks = tuple(
                 (partition, stamp - self._config.lateness_ns)
-                for partition in np.unique(batch.partition).tolist()
+                for partition in self._read_partitions  # the batch's, ascending
                 if (stamp := newest.get(partition)) is not None)
         late, self._counters.late = self._counters.late, 0
         return SourceChunk(batch=batch, watermark=marks.current(), finished=finished,
@@ -523,21 +525,19 @@ class KafkaSourceReader:
         batch = Batch(decoded.ts, decoded.key, decoded.columns, partitions[decoded.accepted],
                       offsets[decoded.accepted])
         assert self._marks is not None and batch.partition is not None
-        if self._config.partitioned_by_key and len(batch):
-            late = behind_their_partition(batch.ts, batch.partition, self._marks.event_times(),
-                                          self._config.lateness_ns)
-            if late.any():
-                self._counters.late += int(late.sum())
-                batch = batch.take(np.flatnonzero(~late))
-        kept_partitions = batch.partition
-        assert kept_partitions is not None
-        if len(kept_partitions):
-            # Rows are grouped by partition, in order: each group's newest event time at once.
-            firsts = np.flatnonzero(np.diff(kept_partitions, prepend=-1))
-            newest = np.maximum.reduceat(batch.ts, firsts)
-            for partition, stamp in zip(kept_partitions[firsts].tolist(), newest.tolist(),
-                                        strict=True):
+        self._read_partitions = []
+        if len(batch):
+            # Rows are grouped by partition, in order: one pass judges them and finds each
+            # partition's newest event time.
+            runs = partition_runs(batch.ts, batch.partition, self._marks.event_times(),
+                                  self._config.lateness_ns,
+                                  drop_late=self._config.partitioned_by_key)
+            if runs.late_count:
+                self._counters.late += runs.late_count
+                batch = batch.take(np.flatnonzero(~runs.late))
+            for partition, stamp in zip(runs.partitions, runs.newest, strict=True):
                 self._marks.observe(partition, stamp)
+            self._read_partitions = runs.partitions
         return batch
 
     async def _refresh_lag(self) -> None:

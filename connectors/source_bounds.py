@@ -135,6 +135,11 @@ class PartitionBounds:
             self.position = int(offsets[stop - 1]) + 1
         return records.slice(first, max(first, stop))
 
+    @property
+    def ends_by_log(self) -> bool:
+        """Whether reading to the log's end can finish it (``caught_up`` may say True)."""
+        return self._end_offset is not None or (self._end_ms is not None and self._end_in_past)
+
     async def caught_up(self, consumer: AIOKafkaConsumer) -> bool:
         """Whether a bounded partition has nothing more to give (read to its end)."""
         if self._end_offset is not None:

@@ -23,11 +23,20 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit
 
-__all__ = ["PartitionWatermarks", "ReadingClock", "behind_their_partition"]
+__all__ = [
+    "PartitionRuns",
+    "PartitionWatermarks",
+    "ReadingClock",
+    "behind_their_partition",
+    "partition_runs",
+]
 
 
 class ReadingClock:
@@ -168,6 +177,85 @@ class PartitionWatermarks:
         return self._emitted
 
 
+@dataclass(frozen=True)
+class PartitionRuns:
+    """A read's rows judged per partition: which are late, and what each partition kept.
+
+    ``partitions`` are those with a row kept, in row order, and ``newest`` the newest event
+    time of each one's kept rows.
+    """
+
+    late: npt.NDArray[np.bool_]
+    late_count: int
+    partitions: list[int]
+    newest: list[int]
+
+
+def partition_runs(ts: npt.NDArray[np.int64], partitions: npt.NDArray[np.int32],
+                   newest: Mapping[int, int | None], lateness_ns: int, *,
+                   drop_late: bool = True) -> PartitionRuns:
+    """Which records are late (see ``behind_their_partition``; none unless ``drop_late``) and
+    each partition's newest kept event time, in one compiled pass over the rows.
+
+    >>> runs = partition_runs(np.array([5, 3, 9, 4, 2]), np.array([0, 0, 0, 1, 1], np.int32),
+    ...                       {0: None, 1: 3}, 1)
+    >>> runs.late.tolist(), runs.late_count, runs.partitions, runs.newest
+    ([False, True, False, False, True], 2, [0, 1], [9, 4])
+    """
+    count = len(ts)
+    late = np.zeros(count, dtype=np.bool_)
+    if not count:
+        return PartitionRuns(late, 0, [], [])
+    # An unknown newest time judges as the smallest int64 does: nothing is behind it.
+    seen = [(partition, stamp) for partition, stamp in newest.items() if stamp is not None]
+    seen_partitions = np.array([partition for partition, _ in seen], dtype=np.int64)
+    seen_times = np.array([stamp for _, stamp in seen], dtype=np.int64)
+    run_partitions = np.empty(count, dtype=np.int64)
+    run_newest = np.empty(count, dtype=np.int64)
+    runs, late_count = _judge_runs(np.asarray(ts, dtype=np.int64), partitions, seen_partitions,
+                                   seen_times, lateness_ns, drop_late, late, run_partitions,
+                                   run_newest)
+    return PartitionRuns(late, late_count, run_partitions[:runs].tolist(),
+                         run_newest[:runs].tolist())
+
+
+@njit(cache=True)
+def _judge_runs(ts: Any, partitions: Any, seen_partitions: Any, seen_times: Any,
+                lateness_ns: int, drop_late: bool, late: Any, run_partitions: Any,
+                run_newest: Any) -> tuple[int, int]:
+    """Fills ``late`` and, per run of one partition with a row kept, its partition and newest
+    kept time; returns (runs filled, late rows)."""
+    count = ts.shape[0]
+    runs = 0
+    late_count = 0
+    row = 0
+    while row < count:
+        partition = partitions[row]
+        before = np.iinfo(np.int64).min
+        for j in range(seen_partitions.shape[0]):
+            if seen_partitions[j] == partition:
+                before = seen_times[j]
+                break
+        kept = False
+        newest = before
+        while row < count and partitions[row] == partition:
+            stamp = ts[row]
+            # ts < before - lateness, without running below the smallest int64
+            if drop_late and stamp < before and before - stamp > lateness_ns:
+                late[row] = True
+                late_count += 1
+            elif not kept or stamp > newest:
+                kept = True
+                newest = stamp
+            before = max(before, stamp)
+            row += 1
+        if kept:
+            run_partitions[runs] = partition
+            run_newest[runs] = newest
+            runs += 1
+    return runs, late_count
+
+
 def behind_their_partition(ts: npt.NDArray[np.int64], partitions: npt.NDArray[np.int32],
                            newest: Mapping[int, int | None],
                            lateness_ns: int) -> npt.NDArray[np.bool_]:
@@ -180,21 +268,6 @@ def behind_their_partition(ts: npt.NDArray[np.int64], partitions: npt.NDArray[np
 
     >>> behind_their_partition(np.array([5, 3, 9, 4, 2]), np.array([0, 0, 0, 1, 1], np.int32),
     ...                        {0: None, 1: 3}, 1)
-    array([False, True, False, False, True])
+    array([False,  True, False, False,  True])
     """
-    late = np.zeros(len(ts), dtype=np.bool_)
-    if not len(ts):
-        return late
-    firsts = np.flatnonzero(np.diff(partitions, prepend=partitions[0] - 1))
-    ends = [*firsts[1:].tolist(), len(ts)]
-    for start, end in zip(firsts.tolist(), ends, strict=True):
-        run = ts[start:end]
-        seen = newest.get(int(partitions[start]))
-        before = np.empty_like(run)
-        before[0] = np.iinfo(np.int64).min if seen is None else seen
-        np.maximum.accumulate(run[:-1], out=before[1:])
-        if seen is not None:
-            np.maximum(before[1:], seen, out=before[1:])
-        # ts < before - lateness, without running below the smallest int64
-        late[start:end] = (run < before) & (before - run > lateness_ns)
-    return late
+    return partition_runs(ts, partitions, newest, lateness_ns).late

@@ -19,6 +19,7 @@ from connectors.fetched_batches import FetchedRecords, decode_fetch
 from connectors.kafka_sink import KafkaSinkConfig, KafkaSinkWriter
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader
 from connectors.partitioning import key_partitions
+from connectors.watermarks import partition_runs
 from runtime.runners.replay import TimeOrderedReader
 from streamdag.connector import SourceReader
 from streamdag.errors import GraphError
@@ -80,8 +81,10 @@ class KafkaSourceFactory:
             raise RuntimeError("the warm-up's record batch was declined")
         records = FetchedRecords.joined([fetched, fetched])
         starts = records.value_start
-        decoder.decode_spans(records.buffer, starts,
-                             starts + np.maximum(records.value_length, 0), records.timestamps)
+        decoded = decoder.decode_spans(records.buffer, starts,
+                                       starts + np.maximum(records.value_length, 0),
+                                       records.timestamps)
+        partition_runs(decoded.ts, np.zeros(len(decoded.ts), dtype=np.int32), {0: 1}, 0)
 
     def shard(self, index: int, count: int) -> KafkaSourceFactory:
         """The factory of source shard ``index`` of ``count``: its group of the partitions.

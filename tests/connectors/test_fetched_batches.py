@@ -108,3 +108,37 @@ def test_slices_share_the_buffer_and_carry_the_next_offset() -> None:
     assert (head.next_offset, tail.next_offset) == (12, 13)
     assert [head.key_at(0), head.value_at(1), tail.value_at(0)] == [None, None, b"c"]
     assert head.buffer is fetched.buffer
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(st.tuples(_records, st.integers(0, 20), st.integers(0, 20), st.booleans()),
+                    min_size=2, max_size=5),
+)
+def test_joined_pieces_keep_every_record_key_and_value(
+    pieces: list[tuple[list[Any], int, int, bool]],
+) -> None:
+    # Slices of fetches (decoded in place, or read one by one by aiokafka), some empty.
+    parts: list[FetchedRecords] = []
+    for records, first, stop, per_record in pieces:
+        raw = _batch(0, records)
+        fetched = (_reference(raw, 0)[0] if per_record
+                   else decode_fetch(raw, fetch_offset=0, read_committed=False))
+        assert fetched is not None
+        parts.append(fetched.slice(min(first, len(fetched)), min(max(first, stop), len(fetched))))
+
+    joined = FetchedRecords.joined(parts)
+
+    expected = [[value for part in parts for value in _as_lists(part)[column]]
+                for column in range(4)]
+    assert list(_as_lists(joined)) == [*expected, [parts[-1].next_offset]]
+    assert not joined.buffer.flags.writeable
+    assert len(joined.buffer) <= sum(len(part.buffer) for part in parts)
+
+
+def test_a_whole_slice_is_the_records_themselves() -> None:
+    fetched = decode_fetch(_batch(3, [(b"k", b"v", 1, [])] * 3), fetch_offset=3,
+                           read_committed=False)
+    assert fetched is not None
+    assert fetched.slice(0, 3) is fetched and fetched.slice(0, 9) is fetched
+    assert _as_lists(fetched.slice(1, 3)) == ([4, 5], [1, 1], [b"k"] * 2, [b"v"] * 2, [6])

@@ -62,7 +62,7 @@ def test_the_first_batches_load_no_kernel_variant_the_warm_up_did_not(bootstrap:
     assert found["outputs"] == records - 100 * 19  # a rolling mean of 20 over 100 keys
     assert found["added"] == {}
     # The fetch decoder's, the scanner's, the operator's, the sink's.
-    assert {"connectors.fetched_batches._records", "connectors.json_scanner.scan_json_records",
+    assert {"connectors.fetched_batches._decode", "connectors.json_scanner.scan_json_records",
             "operators.key_slots._reinsert", "operators.rolling._count_sums_kernel",
             "connectors.record_batches._gather", "connectors.partitioning._partitions",
             "connectors.json_writer._write_records"} <= set(found["warmed"])
@@ -77,7 +77,7 @@ from runtime.runners.kafka_binding import KafkaBinding
 ticks = sd.source("ticks", topic="t", key="symbol", time="at", codec=sys.argv[1],
                   schema={"price": "float64", "size": "int64", "open": "bool"})
 KafkaBinding("127.0.0.1:1").source_for(ticks).warm_up()  # nothing connects
-kernels = {"fetch": fetched_batches._records, "json": json_scanner.scan_json_records,
+kernels = {"fetch": fetched_batches._decode, "json": json_scanner.scan_json_records,
            "msgpack": msgpack_scanner.scan_msgpack_records, "key gather": scanning._gather}
 print(json.dumps(sorted(name for name, kernel in kernels.items() if kernel.signatures)))
 """
