@@ -91,12 +91,18 @@ class KeyPartitionedAligner(EventTimeAligner):
         #: below.
         self._marks: dict[int, int] = {}
         self._part_released: dict[int, int] = {}
+        #: ``_part_released`` as arrays (units sorted, their bounds) and its highest bound,
+        #: rebuilt once it changed (``_released_changed``), not on every batch.
+        self._released_units = np.empty(0, dtype=np.int64)
+        self._released_bounds = np.empty(0, dtype=np.int64)
+        self._released_highest = NOTHING_RELEASED
         #: Keys seen since the marks began (sorted) and the (slot, partition) of each.
         self._keys = np.empty(0, dtype="S1")
         self._key_units = np.empty(0, dtype=np.int64)
         if state is not None and state.partition_marks:
             self._marks = dict(state.partition_marks)
             self._part_released = dict(state.partition_released)
+            self._released_changed()
             self._hold_by_partition()
 
     @property
@@ -114,11 +120,11 @@ class KeyPartitionedAligner(EventTimeAligner):
         batch = _with_partitions(batch)
         units = _units(input_index, batch)
         self._check_keys(batch.key, units)
-        highest = max([self._released_below, *self._part_released.values()])
-        if int(batch.ts.min()) >= highest:  # the common case: none is late
+        highest = max(self._released_below, self._released_highest)
+        if int(np.minimum.reduce(batch.ts)) >= highest:  # the common case: none is late
             self._wait(batch, units)
             return batch.slice(0, 0)
-        late = batch.ts < self._bounds(self._part_released, self._released_below, units)
+        late = batch.ts < self._bounds(self._released_below, units)
         if late.any():
             on_time = np.flatnonzero(~late)
             self._wait(batch.take(on_time), units[on_time])
@@ -156,12 +162,19 @@ class KeyPartitionedAligner(EventTimeAligner):
             return super().release()
         bound = self._pending_bound
         self._released_below = max(self._released_below, bound)
+        part_released = self._part_released
+        changed = False
         for unit, mark in self._marks.items():
-            self._part_released[unit] = max(mark, bound, self._part_released.get(unit, bound))
+            now = max(mark, bound, part_released.get(unit, bound))
+            if part_released.get(unit) != now:
+                part_released[unit] = now
+                changed = True
+        if changed:
+            self._released_changed()
         waiting = self._waiting
         if waiting is None:
             return None
-        ready = waiting.ts < self._bounds(self._part_released, bound, self._units)
+        ready = waiting.ts < self._bounds(bound, self._units)
         if not ready.any():
             return None
         if ready.all():
@@ -208,20 +221,33 @@ class KeyPartitionedAligner(EventTimeAligner):
             self._waiting = Batch.concat([self._waiting, batch])
             self._units = np.concatenate([self._units, units])
 
-    @staticmethod
-    def _bounds(per_unit: dict[int, int], floor: int,
+    def _released_changed(self) -> None:
+        """``_part_released`` changed: rebuild its arrays and highest bound."""
+        units = sorted(self._part_released)
+        self._released_units = np.array(units, dtype=np.int64)
+        self._released_bounds = np.array([self._part_released[u] for u in units],
+                                         dtype=np.int64)
+        self._released_highest = max(self._part_released.values(), default=NOTHING_RELEASED)
+
+    def _bounds(self, floor: int,
                 units: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | int:
-        """Each event's bound: its (slot, partition)'s, or ``floor`` where that is higher."""
-        if not per_unit:
+        """Each event's bound: its (slot, partition)'s release bound, or ``floor`` where that
+        is higher."""
+        known = self._released_units
+        if not len(known):
             return floor
-        known = np.array(sorted(per_unit), dtype=np.int64)
-        values = np.maximum(np.array([per_unit[u] for u in known.tolist()],
-                                     dtype=np.int64), floor)
-        at = np.minimum(np.searchsorted(known, units), len(known) - 1)
+        values = np.maximum(self._released_bounds, floor)
+        at = known.searchsorted(units)
+        np.minimum(at, len(known) - 1, out=at)
         return np.where(known[at] == units, values[at], floor)
 
     def _check_keys(self, keys: npt.NDArray[np.bytes_], units: npt.NDArray[np.int64]) -> None:
         """Fail the node when a key arrives from a second partition (the promise broke)."""
+        if len(self._keys):  # the common case: every key known, each from its own unit
+            at = self._keys.searchsorted(keys)
+            np.minimum(at, len(self._keys) - 1, out=at)
+            if (self._keys[at] == keys).all() and (self._key_units[at] == units).all():
+                return
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         expected = units[first]
         at = np.minimum(np.searchsorted(self._keys, unique), max(len(self._keys) - 1, 0))
