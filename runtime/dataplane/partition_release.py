@@ -96,6 +96,10 @@ class KeyPartitionedAligner(EventTimeAligner):
         self._released_units = np.empty(0, dtype=np.int64)
         self._released_bounds = np.empty(0, dtype=np.int64)
         self._released_highest = NOTHING_RELEASED
+        #: Whether nothing held can be released until a partition's release bound moves:
+        #: every held event is at or above its partition's bound, and every partition held
+        #: has marks (so the input's bound alone releases none of them).
+        self._settled = False
         #: Keys seen since the marks began (sorted) and the (slot, partition) of each.
         self._keys = np.empty(0, dtype="S1")
         self._key_units = np.empty(0, dtype=np.int64)
@@ -120,6 +124,8 @@ class KeyPartitionedAligner(EventTimeAligner):
         batch = _with_partitions(batch)
         units = _units(input_index, batch)
         self._check_keys(batch.key, units)
+        if self._settled and not self._all_marked(units):
+            self._settled = False
         highest = max(self._released_below, self._released_highest)
         if int(np.minimum.reduce(batch.ts)) >= highest:  # the common case: none is late
             self._wait(batch, units)
@@ -171,20 +177,24 @@ class KeyPartitionedAligner(EventTimeAligner):
                 changed = True
         if changed:
             self._released_changed()
-        waiting = self._waiting
+        elif self._settled and len(part_released) == len(self._marks):
+            return None  # no partition's bound moved, and the input's bound is below them
+        waiting, units = self._waiting, self._units
         if waiting is None:
+            self._settled = True
             return None
-        ready = waiting.ts < self._bounds(bound, self._units)
+        ready = waiting.ts < self._bounds(bound, units)
         if not ready.any():
+            self._settled = self._all_marked(units)
             return None
+        slots = len(self._schemas)
         if ready.all():
-            released, units = waiting, self._units
-            self._waiting, self._units = None, self._units[:0]
-        else:
-            taken, kept = np.flatnonzero(ready), np.flatnonzero(~ready)
-            released, units = waiting.take(taken), self._units[taken]
-            self._waiting, self._units = waiting.take(kept), self._units[kept]
-        return [_in_order(released, units, len(self._schemas))]
+            self._waiting, self._units, self._settled = None, units[:0], True
+            return [_in_order(waiting, units, slots)]
+        taken, kept = np.flatnonzero(ready), np.flatnonzero(~ready)
+        self._waiting, self._units = waiting.take(kept), units[kept]
+        self._settled = self._all_marked(self._units)
+        return [_in_order_at(waiting, taken, units, slots)]
 
     def state(self) -> AlignerState:
         """What the aligner holds now, with each partition's mark and release bound."""
@@ -211,6 +221,7 @@ class KeyPartitionedAligner(EventTimeAligner):
             if held is not None and len(held):
                 held = _with_partitions(held)
                 self._wait(held, _units(slot, held))
+        self._settled = False  # held without a look at the release bounds
 
     def _wait(self, batch: Batch, units: npt.NDArray[np.int64]) -> None:
         if not len(batch):
@@ -228,6 +239,21 @@ class KeyPartitionedAligner(EventTimeAligner):
         self._released_bounds = np.array([self._part_released[u] for u in units],
                                          dtype=np.int64)
         self._released_highest = max(self._part_released.values(), default=NOTHING_RELEASED)
+
+    def _all_marked(self, units: npt.NDArray[np.int64]) -> bool:
+        """Whether every one of ``units`` has a release bound of its own."""
+        known = self._released_units
+        if not len(units):
+            return True
+        if not len(known):
+            return False
+        low, high = int(known[0]), int(known[-1])
+        if high - low + 1 == len(known):  # the usual units: a range, tested by two reductions
+            return (int(np.minimum.reduce(units)) >= low
+                    and int(np.maximum.reduce(units)) <= high)
+        at = known.searchsorted(units)
+        np.minimum(at, len(known) - 1, out=at)
+        return bool((known[at] == units).all())
 
     def _bounds(self, floor: int,
                 units: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | int:
@@ -291,6 +317,17 @@ def _in_order(batch: Batch, units: npt.NDArray[np.int64], slots: int) -> Batch:
     if slots == 1:
         return batch.sorted_by_time()
     return batch.take(np.lexsort((units >> _PARTITION_BITS, batch.ts)))
+
+
+def _in_order_at(batch: Batch, at: npt.NDArray[np.intp], units: npt.NDArray[np.int64],
+                 slots: int) -> Batch:
+    """``batch``'s events at ``at`` (ascending) as ``_in_order`` gives them, in one take."""
+    ts = batch.ts[at]
+    if slots > 1:
+        return batch.take(at[np.lexsort((units[at] >> _PARTITION_BITS, ts))])
+    if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+        return batch.take(at)
+    return batch.take(at[np.argsort(ts, kind="stable")])
 
 
 def _with_partitions(batch: Batch) -> Batch:

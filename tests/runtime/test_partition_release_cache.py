@@ -71,3 +71,39 @@ def test_a_restored_aligner_judges_lateness_by_the_release_bounds_of_its_checkpo
     late = aligner.add(0, _batch([(4, "a", 0), (5, "a", 0), (4, "b", 1)]))
     assert late.ts.tolist() == [4] and late.key.tolist() == [b"a"]
     assert aligner.buffered == 2
+
+
+def test_the_watermark_releases_a_partition_without_marks_held_after_a_quiet_release() -> None:
+    aligner = _marked((1, "a", 0), (1, "b", 1))
+    assert aligner.advance_partitions(0, ((0, 10), (1, 10)))
+    released = aligner.release()
+    assert released is not None and sorted(released[0].key.tolist()) == [b"a", b"b"]
+    assert aligner.advance(0, 2) and aligner.release() is None  # below every partition's
+    aligner.add(0, _batch([(3, "c", 2), (12, "a", 0)]))  # partition 2 has no marks yet
+    assert aligner.advance(0, 4)  # the input's watermark moves, still below 0's and 1's
+    released = aligner.release()
+    assert released is not None and released[0].key.tolist() == [b"c"]
+    assert aligner.buffered == 1
+
+
+def test_the_watermark_releases_events_without_lineage_held_after_a_quiet_release() -> None:
+    aligner = _marked((1, "a", 0))
+    assert aligner.advance_partitions(0, ((0, 9),))
+    assert aligner.release() is not None
+    assert aligner.advance(0, 2) and aligner.release() is None
+    aligner.add(0, Batch.from_columns(ts=[3, 4], key=["z", "z"], value=[1.0, 2.0]))
+    assert aligner.advance(0, 4)
+    released = aligner.release()
+    assert released is not None and released[0].ts.tolist() == [3]
+
+
+def test_what_a_partition_mark_releases_comes_sorted_by_time_then_arrival() -> None:
+    aligner = _marked((0, "a", 0))
+    aligner.add(0, _batch([(5, "a", 0), (2, "a", 0), (9, "b", 1), (2, "b", 1), (7, "a", 0)]))
+    assert aligner.advance_partitions(0, ((0, 7), (1, 9)))
+    released = aligner.release()
+    assert released is not None
+    assert released[0].ts.tolist() == [0, 2, 2, 5]
+    assert released[0].key.tolist() == [b"a", b"a", b"b", b"a"]
+    assert released[0].columns["value"].tolist() == [0.0, 1.0, 3.0, 0.0]
+    assert aligner.buffered == 2
