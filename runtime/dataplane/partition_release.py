@@ -93,6 +93,7 @@ class KeyPartitionedAligner(EventTimeAligner):
         self._part_released: dict[int, int] = {}
         #: ``_part_released`` as arrays (units sorted, their bounds) and its highest bound,
         #: rebuilt once it changed (``_released_changed``), not on every batch.
+        self._released_order: list[int] = []
         self._released_units = np.empty(0, dtype=np.int64)
         self._released_bounds = np.empty(0, dtype=np.int64)
         self._released_highest = NOTHING_RELEASED
@@ -184,11 +185,12 @@ class KeyPartitionedAligner(EventTimeAligner):
             self._settled = True
             return None
         ready = waiting.ts < self._bounds(bound, units)
-        if not ready.any():
+        count = np.count_nonzero(ready)
+        if not count:
             self._settled = self._all_marked(units)
             return None
         slots = len(self._schemas)
-        if ready.all():
+        if count == len(ready):
             self._waiting, self._units, self._settled = None, units[:0], True
             return [_in_order(waiting, units, slots)]
         taken, kept = np.flatnonzero(ready), np.flatnonzero(~ready)
@@ -234,11 +236,13 @@ class KeyPartitionedAligner(EventTimeAligner):
 
     def _released_changed(self) -> None:
         """``_part_released`` changed: rebuild its arrays and highest bound."""
-        units = sorted(self._part_released)
-        self._released_units = np.array(units, dtype=np.int64)
-        self._released_bounds = np.array([self._part_released[u] for u in units],
-                                         dtype=np.int64)
-        self._released_highest = max(self._part_released.values(), default=NOTHING_RELEASED)
+        released = self._part_released
+        if len(released) != len(self._released_order):  # units are only ever added
+            self._released_order = sorted(released)
+            self._released_units = np.array(self._released_order, dtype=np.int64)
+        bounds = [released[unit] for unit in self._released_order]
+        self._released_bounds = np.array(bounds, dtype=np.int64)
+        self._released_highest = max(bounds, default=NOTHING_RELEASED)
 
     def _all_marked(self, units: npt.NDArray[np.int64]) -> bool:
         """Whether every one of ``units`` has a release bound of its own."""
@@ -272,7 +276,9 @@ class KeyPartitionedAligner(EventTimeAligner):
         if len(self._keys):  # the common case: every key known, each from its own unit
             at = self._keys.searchsorted(keys)
             np.minimum(at, len(self._keys) - 1, out=at)
-            if (self._keys[at] == keys).all() and (self._key_units[at] == units).all():
+            same = self._keys[at] == keys
+            same &= self._key_units[at] == units
+            if np.count_nonzero(same) == len(same):
                 return
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         expected = units[first]
@@ -309,7 +315,11 @@ def _partition_of(unit: int) -> int:
 def _units(slot: int, batch: Batch) -> npt.NDArray[np.int64]:
     """Each event's (slot, partition) as one int64 (``batch`` carries lineage)."""
     assert batch.partition is not None
-    return (batch.partition.astype(np.int64) & _PARTITION_MASK) | (slot << _PARTITION_BITS)
+    units = batch.partition.astype(np.int64)
+    units &= _PARTITION_MASK
+    if slot:
+        units |= slot << _PARTITION_BITS
+    return units
 
 
 def _in_order(batch: Batch, units: npt.NDArray[np.int64], slots: int) -> Batch:

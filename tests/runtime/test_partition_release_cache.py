@@ -107,3 +107,15 @@ def test_what_a_partition_mark_releases_comes_sorted_by_time_then_arrival() -> N
     assert released[0].key.tolist() == [b"a", b"a", b"b", b"a"]
     assert released[0].columns["value"].tolist() == [0.0, 1.0, 3.0, 0.0]
     assert aligner.buffered == 2
+
+
+def test_a_partition_whose_marks_come_later_gets_its_own_release_bound() -> None:
+    aligner = _marked((1, "a", 0), (1, "b", 1))
+    assert aligner.advance_partitions(0, ((0, 2), (1, 2)))
+    assert aligner.release() is not None
+    aligner.add(0, _batch([(4, "c", 2), (6, "c", 2)]))
+    assert aligner.advance_partitions(0, ((2, 6),))  # partition 2's first mark
+    released = aligner.release()
+    assert released is not None and released[0].ts.tolist() == [4]
+    assert aligner.add(0, _batch([(5, "c", 2)])).ts.tolist() == [5]  # below 2's bound: late
+    assert aligner.add(0, _batch([(5, "a", 0)])).ts.tolist() == []  # 0's bound is 2
