@@ -94,6 +94,8 @@ class KeyPartitionedAligner(EventTimeAligner):
         #: ``_part_released`` as arrays (units sorted, their bounds) and its highest bound,
         #: rebuilt once it changed (``_released_changed``), not on every batch.
         self._released_order: list[int] = []
+        #: When the units with a bound are one range, its ends (else None).
+        self._released_range: tuple[int, int] | None = None
         self._released_units = np.empty(0, dtype=np.int64)
         self._released_bounds = np.empty(0, dtype=np.int64)
         self._released_highest = NOTHING_RELEASED
@@ -238,8 +240,11 @@ class KeyPartitionedAligner(EventTimeAligner):
         """``_part_released`` changed: rebuild its arrays and highest bound."""
         released = self._part_released
         if len(released) != len(self._released_order):  # units are only ever added
-            self._released_order = sorted(released)
-            self._released_units = np.array(self._released_order, dtype=np.int64)
+            order = self._released_order = sorted(released)
+            self._released_units = np.array(order, dtype=np.int64)
+            self._released_range = ((order[0], order[-1])
+                                    if order and order[-1] - order[0] + 1 == len(order)
+                                    else None)
         bounds = [released[unit] for unit in self._released_order]
         self._released_bounds = np.array(bounds, dtype=np.int64)
         self._released_highest = max(bounds, default=NOTHING_RELEASED)
@@ -251,8 +256,8 @@ class KeyPartitionedAligner(EventTimeAligner):
             return True
         if not len(known):
             return False
-        low, high = int(known[0]), int(known[-1])
-        if high - low + 1 == len(known):  # the usual units: a range, tested by two reductions
+        if self._released_range is not None:  # the usual units: tested by two reductions
+            low, high = self._released_range
             return (int(np.minimum.reduce(units)) >= low
                     and int(np.maximum.reduce(units)) <= high)
         at = known.searchsorted(units)
@@ -335,9 +340,8 @@ def _in_order_at(batch: Batch, at: npt.NDArray[np.intp], units: npt.NDArray[np.i
     ts = batch.ts[at]
     if slots > 1:
         return batch.take(at[np.lexsort((units[at] >> _PARTITION_BITS, ts))])
-    if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
-        return batch.take(at)
-    return batch.take(at[np.argsort(ts, kind="stable")])
+    # A fetch's records come partition by partition: rarely in time order already.
+    return batch.take(at[ts.argsort(kind="stable")])
 
 
 def _with_partitions(batch: Batch) -> Batch:

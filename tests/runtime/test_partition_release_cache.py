@@ -119,3 +119,15 @@ def test_a_partition_whose_marks_come_later_gets_its_own_release_bound() -> None
     assert released is not None and released[0].ts.tolist() == [4]
     assert aligner.add(0, _batch([(5, "c", 2)])).ts.tolist() == [5]  # below 2's bound: late
     assert aligner.add(0, _batch([(5, "a", 0)])).ts.tolist() == []  # 0's bound is 2
+
+
+def test_a_partition_between_two_marked_ones_without_marks_of_its_own_is_not_marked() -> None:
+    aligner = KeyPartitionedAligner(SCHEMA, node="mean")
+    aligner.add(0, _batch([(1, "a", 0), (1, "b", 2)]))
+    assert aligner.advance_partitions(0, ((0, 10), (2, 10)))  # not partition 1
+    assert aligner.release() is not None
+    assert aligner.advance(0, 2) and aligner.release() is None
+    aligner.add(0, _batch([(3, "c", 1), (12, "a", 0)]))
+    assert aligner.advance(0, 4)
+    released = aligner.release()
+    assert released is not None and released[0].key.tolist() == [b"c"]
