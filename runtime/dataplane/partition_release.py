@@ -91,12 +91,25 @@ class KeyPartitionedAligner(EventTimeAligner):
         #: below.
         self._marks: dict[int, int] = {}
         self._part_released: dict[int, int] = {}
+        #: ``_part_released`` as arrays (units sorted, their bounds) and its highest bound,
+        #: rebuilt once it changed (``_released_changed``), not on every batch.
+        self._released_order: list[int] = []
+        #: When the units with a bound are one range, its ends (else None).
+        self._released_range: tuple[int, int] | None = None
+        self._released_units = np.empty(0, dtype=np.int64)
+        self._released_bounds = np.empty(0, dtype=np.int64)
+        self._released_highest = NOTHING_RELEASED
+        #: Whether nothing held can be released until a partition's release bound moves:
+        #: every held event is at or above its partition's bound, and every partition held
+        #: has marks (so the input's bound alone releases none of them).
+        self._settled = False
         #: Keys seen since the marks began (sorted) and the (slot, partition) of each.
         self._keys = np.empty(0, dtype="S1")
         self._key_units = np.empty(0, dtype=np.int64)
         if state is not None and state.partition_marks:
             self._marks = dict(state.partition_marks)
             self._part_released = dict(state.partition_released)
+            self._released_changed()
             self._hold_by_partition()
 
     @property
@@ -114,11 +127,13 @@ class KeyPartitionedAligner(EventTimeAligner):
         batch = _with_partitions(batch)
         units = _units(input_index, batch)
         self._check_keys(batch.key, units)
-        highest = max([self._released_below, *self._part_released.values()])
-        if int(batch.ts.min()) >= highest:  # the common case: none is late
+        if self._settled and not self._all_marked(units):
+            self._settled = False
+        highest = max(self._released_below, self._released_highest)
+        if int(np.minimum.reduce(batch.ts)) >= highest:  # the common case: none is late
             self._wait(batch, units)
             return batch.slice(0, 0)
-        late = batch.ts < self._bounds(self._part_released, self._released_below, units)
+        late = batch.ts < self._bounds(self._released_below, units)
         if late.any():
             on_time = np.flatnonzero(~late)
             self._wait(batch.take(on_time), units[on_time])
@@ -156,22 +171,34 @@ class KeyPartitionedAligner(EventTimeAligner):
             return super().release()
         bound = self._pending_bound
         self._released_below = max(self._released_below, bound)
+        part_released = self._part_released
+        changed = False
         for unit, mark in self._marks.items():
-            self._part_released[unit] = max(mark, bound, self._part_released.get(unit, bound))
-        waiting = self._waiting
+            now = max(mark, bound, part_released.get(unit, bound))
+            if part_released.get(unit) != now:
+                part_released[unit] = now
+                changed = True
+        if changed:
+            self._released_changed()
+        elif self._settled and len(part_released) == len(self._marks):
+            return None  # no partition's bound moved, and the input's bound is below them
+        waiting, units = self._waiting, self._units
         if waiting is None:
+            self._settled = True
             return None
-        ready = waiting.ts < self._bounds(self._part_released, bound, self._units)
-        if not ready.any():
+        ready = waiting.ts < self._bounds(bound, units)
+        count = np.count_nonzero(ready)
+        if not count:
+            self._settled = self._all_marked(units)
             return None
-        if ready.all():
-            released, units = waiting, self._units
-            self._waiting, self._units = None, self._units[:0]
-        else:
-            taken, kept = np.flatnonzero(ready), np.flatnonzero(~ready)
-            released, units = waiting.take(taken), self._units[taken]
-            self._waiting, self._units = waiting.take(kept), self._units[kept]
-        return [_in_order(released, units, len(self._schemas))]
+        slots = len(self._schemas)
+        if count == len(ready):
+            self._waiting, self._units, self._settled = None, units[:0], True
+            return [_in_order(waiting, units, slots)]
+        taken, kept = np.flatnonzero(ready), np.flatnonzero(~ready)
+        self._waiting, self._units = waiting.take(kept), units[kept]
+        self._settled = self._all_marked(self._units)
+        return [_in_order_at(waiting, taken, units, slots)]
 
     def state(self) -> AlignerState:
         """What the aligner holds now, with each partition's mark and release bound."""
@@ -198,6 +225,7 @@ class KeyPartitionedAligner(EventTimeAligner):
             if held is not None and len(held):
                 held = _with_partitions(held)
                 self._wait(held, _units(slot, held))
+        self._settled = False  # held without a look at the release bounds
 
     def _wait(self, batch: Batch, units: npt.NDArray[np.int64]) -> None:
         if not len(batch):
@@ -208,20 +236,55 @@ class KeyPartitionedAligner(EventTimeAligner):
             self._waiting = Batch.concat([self._waiting, batch])
             self._units = np.concatenate([self._units, units])
 
-    @staticmethod
-    def _bounds(per_unit: dict[int, int], floor: int,
+    def _released_changed(self) -> None:
+        """``_part_released`` changed: rebuild its arrays and highest bound."""
+        released = self._part_released
+        if len(released) != len(self._released_order):  # units are only ever added
+            order = self._released_order = sorted(released)
+            self._released_units = np.array(order, dtype=np.int64)
+            self._released_range = ((order[0], order[-1])
+                                    if order and order[-1] - order[0] + 1 == len(order)
+                                    else None)
+        bounds = [released[unit] for unit in self._released_order]
+        self._released_bounds = np.array(bounds, dtype=np.int64)
+        self._released_highest = max(bounds, default=NOTHING_RELEASED)
+
+    def _all_marked(self, units: npt.NDArray[np.int64]) -> bool:
+        """Whether every one of ``units`` has a release bound of its own."""
+        known = self._released_units
+        if not len(units):
+            return True
+        if not len(known):
+            return False
+        if self._released_range is not None:  # the usual units: tested by two reductions
+            low, high = self._released_range
+            return (int(np.minimum.reduce(units)) >= low
+                    and int(np.maximum.reduce(units)) <= high)
+        at = known.searchsorted(units)
+        np.minimum(at, len(known) - 1, out=at)
+        return bool((known[at] == units).all())
+
+    def _bounds(self, floor: int,
                 units: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | int:
-        """Each event's bound: its (slot, partition)'s, or ``floor`` where that is higher."""
-        if not per_unit:
+        """Each event's bound: its (slot, partition)'s release bound, or ``floor`` where that
+        is higher."""
+        known = self._released_units
+        if not len(known):
             return floor
-        known = np.array(sorted(per_unit), dtype=np.int64)
-        values = np.maximum(np.array([per_unit[u] for u in known.tolist()],
-                                     dtype=np.int64), floor)
-        at = np.minimum(np.searchsorted(known, units), len(known) - 1)
+        values = np.maximum(self._released_bounds, floor)
+        at = known.searchsorted(units)
+        np.minimum(at, len(known) - 1, out=at)
         return np.where(known[at] == units, values[at], floor)
 
     def _check_keys(self, keys: npt.NDArray[np.bytes_], units: npt.NDArray[np.int64]) -> None:
         """Fail the node when a key arrives from a second partition (the promise broke)."""
+        if len(self._keys):  # the common case: every key known, each from its own unit
+            at = self._keys.searchsorted(keys)
+            np.minimum(at, len(self._keys) - 1, out=at)
+            same = self._keys[at] == keys
+            same &= self._key_units[at] == units
+            if np.count_nonzero(same) == len(same):
+                return
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         expected = units[first]
         at = np.minimum(np.searchsorted(self._keys, unique), max(len(self._keys) - 1, 0))
@@ -257,7 +320,11 @@ def _partition_of(unit: int) -> int:
 def _units(slot: int, batch: Batch) -> npt.NDArray[np.int64]:
     """Each event's (slot, partition) as one int64 (``batch`` carries lineage)."""
     assert batch.partition is not None
-    return (batch.partition.astype(np.int64) & _PARTITION_MASK) | (slot << _PARTITION_BITS)
+    units = batch.partition.astype(np.int64)
+    units &= _PARTITION_MASK
+    if slot:
+        units |= slot << _PARTITION_BITS
+    return units
 
 
 def _in_order(batch: Batch, units: npt.NDArray[np.int64], slots: int) -> Batch:
@@ -265,6 +332,16 @@ def _in_order(batch: Batch, units: npt.NDArray[np.int64], slots: int) -> Batch:
     if slots == 1:
         return batch.sorted_by_time()
     return batch.take(np.lexsort((units >> _PARTITION_BITS, batch.ts)))
+
+
+def _in_order_at(batch: Batch, at: npt.NDArray[np.intp], units: npt.NDArray[np.int64],
+                 slots: int) -> Batch:
+    """``batch``'s events at ``at`` (ascending) as ``_in_order`` gives them, in one take."""
+    ts = batch.ts[at]
+    if slots > 1:
+        return batch.take(at[np.lexsort((units[at] >> _PARTITION_BITS, ts))])
+    # A fetch's records come partition by partition: rarely in time order already.
+    return batch.take(at[ts.argsort(kind="stable")])
 
 
 def _with_partitions(batch: Batch) -> Batch:
