@@ -176,3 +176,23 @@ def test_compiled_json_floats_equal_json_loads() -> None:
     expected = [json.loads(v)["price"] for v in values]
     assert fetch.exact_path == 0
     assert same_rows([(p,) for p in fetch.columns["price"].tolist()], [(p,) for p in expected])
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_a_time_that_overflows_int64_nanoseconds_is_refused_on_both_paths(codec: str) -> None:
+    """Milliseconds times just inside and just outside what int64 nanoseconds hold."""
+    limit = ((1 << 63) - 1) // 1_000_000
+    documents = [{"sym": "a", "t": t, "price": 1.5, "size": 2, "live": True}
+                 for t in (limit, limit + 1, -limit, -limit - 1)]
+    values = [json.dumps(d).encode() if codec == "json" else bytes(msgpack.packb(d))
+              for d in documents]
+    compiled = decoder(codec).decode(values, [0] * 4)
+    exact = decoder(codec, fast_path=False).decode(values, [0] * 4)
+
+    assert compiled.accepted.tolist() == [0, 2]
+    assert compiled.ts.tolist() == [limit * 1_000_000, -limit * 1_000_000]
+    assert [(r.index, r.reason) for r in compiled.rejections] == [(1, "bad_time"),
+                                                                   (3, "bad_time")]
+    assert same_rows(as_rows(compiled), as_rows(exact))
+    assert compiled.rejections == exact.rejections
+    assert compiled.exact_path == 2
