@@ -29,7 +29,7 @@ from numba import njit
 from connectors.errors import EncodeError
 from streamdag.batch import Batch
 
-__all__ = ["write_json_records"]
+__all__ = ["put_bytes", "write_json_records"]
 
 _FLOAT, _INTEGER, _UNSIGNED, _BOOLEAN, _KEY = 0, 1, 2, 3, 4
 #: The longest text of one value: a float (``-2.2250738585072014e-308``), an int, a bool.
@@ -197,7 +197,8 @@ def _put_digits(out: Any, at: int, value: Any, count: int) -> None:
 
 
 @njit(cache=True)
-def _put_bytes(out: Any, at: int, data: Any) -> int:
+def put_bytes(out: Any, at: int, data: Any) -> int:
+    """Copy ``data`` into ``out`` at ``at``; where it ends (a compiled writers' step)."""
     for j in range(data.shape[0]):
         out[at + j] = data[j]
     end: int = at + data.shape[0]
@@ -210,7 +211,7 @@ def _write_float(out: Any, at: int, bits: Any) -> int:
     exponent = int((bits >> _S52) & np.uint64(0x7FF))
     mantissa = bits & _MANTISSA
     if exponent == 0x7FF:
-        return _put_bytes(out, at, _NULL)
+        return put_bytes(out, at, _NULL)
     if bits >> _S63:
         out[at] = _MINUS
         at += 1
@@ -325,7 +326,7 @@ def _write_records(out: Any, offsets: Any, prefixes: Any, prefix_ends: Any, kind
             if kind == _FLOAT:
                 at = _write_float(out, at, values[f, r])
             elif kind == _BOOLEAN:
-                at = _put_bytes(out, at, _TRUE if values[f, r] != _U0 else _FALSE)
+                at = put_bytes(out, at, _TRUE if values[f, r] != _U0 else _FALSE)
             elif kind == _KEY:
                 at = _write_key(out, at, keys[r])
             else:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from numba import njit
 
 from connectors.errors import EncodeError
-from connectors.json_writer import write_json_records
+from connectors.json_writer import put_bytes, write_json_records
 from streamdag.batch import Batch
 
 __all__ = [
@@ -155,17 +155,9 @@ def _put_big_endian(out: Any, at: int, value: np.uint64, width: int) -> int:
 
 
 @njit(cache=True)
-def _write_bytes(out: Any, at: int, data: Any) -> int:
-    for j in range(data.shape[0]):
-        out[at + j] = data[j]
-    end: int = at + data.shape[0]
-    return end
-
-
-@njit(cache=True)
 def _write_key(out: Any, at: int, key_label: Any, key_bytes: Any, key_lengths: Any,
                r: int) -> int:
-    at = _write_bytes(out, at, key_label)
+    at = put_bytes(out, at, key_label)
     length = key_lengths[r]
     if length < 32:
         out[at] = np.uint8(0xA0 | length)
@@ -202,10 +194,10 @@ def _write_maps(
     bits: Any,
 ) -> None:
     for r in range(starts.shape[0]):
-        at = _write_bytes(out, starts[r], header)
+        at = put_bytes(out, starts[r], header)
         if key_first:
             at = _write_key(out, at, key_label, key_bytes, key_lengths, r)
-        at = _write_bytes(out, at, time_label)
+        at = put_bytes(out, at, time_label)
         out[at] = 0xD3
         at = _put_big_endian(out, at + 1, np.uint64(ts[r]), 8)
         if not key_first:
