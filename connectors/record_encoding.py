@@ -12,7 +12,6 @@ strings, so they must be UTF-8.
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
 import msgpack
@@ -77,7 +76,7 @@ def encode_json_buffer(batch: Batch, time_label: str = "ts", key_label: str = "k
     _check_names(batch, time_label, key_label)
     if len(batch) == 0:
         return b"", np.zeros(1, dtype=np.int64)
-    _json_key_texts(batch.key, validate_only=True)
+    _check_utf8_keys(batch.key)
     return write_json_records(batch, time_label, key_label, key_first)
 
 
@@ -99,7 +98,7 @@ def encode_msgpack_buffer(batch: Batch, time_label: str = "ts", key_label: str =
     count = len(batch)
     if count == 0:
         return b"", np.zeros(1, dtype=np.int64)
-    _json_key_texts(batch.key, validate_only=True)
+    _check_utf8_keys(batch.key)
     field_count = len(batch.columns)
     entries = 2 + field_count
     header = bytes([0x80 | entries]) if entries < 16 else b"\xde" + entries.to_bytes(2, "big")
@@ -224,37 +223,31 @@ def _check_names(batch: Batch, time_label: str, key_label: str) -> None:
             )
 
 
-#: Each key's JSON text, once quoted (keys repeat batch after batch); emptied when full.
-_KEY_TEXTS: dict[bytes, str] = {}
-_KEY_TEXTS_LIMIT = 1 << 15
+#: Keys found to be UTF-8 (keys repeat batch after batch); emptied when full.
+_UTF8_KEYS: set[bytes] = set()
+_UTF8_KEYS_LIMIT = 1 << 15
 
 
-def _json_key_texts(keys: npt.NDArray[np.bytes_], validate_only: bool = False) -> list[str]:
-    # Keys repeat, so each distinct key is checked and quoted once, and kept for later batches:
-    # a batch of known keys is one C-level lookup per record.
-    if validate_only and not bool((keys.view(np.uint8) >= 128).any()):
-        return []
-    listed = keys.tolist()
-    try:
-        quoted = list(map(_KEY_TEXTS.__getitem__, listed))
-    except KeyError:
-        # This batch's keys from a table of its own: another thread (a backtest's scenarios)
-        # may empty the shared one meanwhile.
-        batch_texts = {key: _KEY_TEXTS.get(key) or _json_key_text(key) for key in set(listed)}
-        quoted = list(map(batch_texts.__getitem__, listed))
-        if len(_KEY_TEXTS) + len(batch_texts) > _KEY_TEXTS_LIMIT:
-            _KEY_TEXTS.clear()
-        _KEY_TEXTS.update(batch_texts)
-    return [] if validate_only else quoted
+def _check_utf8_keys(keys: npt.NDArray[np.bytes_]) -> None:
+    """``EncodeError`` when a key is not UTF-8 (a string key of JSON or msgpack must be).
 
-
-def _json_key_text(key: bytes) -> str:
-    """One key as a JSON string; ``EncodeError`` when it is not UTF-8."""
-    try:
-        text = key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EncodeError(
-            f"key {key!r} is not UTF-8, so it cannot be written as a string; give the "
-            "stream text keys, or use raw keys in a sink of your own"
-        ) from None
-    return json.dumps(text, ensure_ascii=False)
+    A batch of ASCII keys needs no look at each key; otherwise each distinct key is decoded
+    once and kept for later batches.
+    """
+    if not bool((keys.view(np.uint8) >= 128).any()):
+        return
+    distinct = set(keys.tolist())
+    if distinct <= _UTF8_KEYS:
+        return
+    for key in distinct - _UTF8_KEYS:
+        try:
+            key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EncodeError(
+                f"key {key!r} is not UTF-8, so it cannot be written as a string; give the "
+                "stream text keys, or use raw keys in a sink of your own"
+            ) from None
+    # Another thread (a backtest's scenarios) may empty the set meanwhile: it only forgets.
+    if len(_UTF8_KEYS) + len(distinct) > _UTF8_KEYS_LIMIT:
+        _UTF8_KEYS.clear()
+    _UTF8_KEYS.update(distinct)

@@ -88,31 +88,30 @@ def test_partitions_match_kafkas_default_partitioner() -> None:
         assert key_partitions(array, count).tolist() == expected
 
 
-def test_keys_quoted_once_are_kept_and_the_store_stays_bounded(
+def test_keys_checked_once_are_kept_and_the_store_stays_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Batches of ASCII keys need no UTF-8 check; a batch with other keys checks (and quotes)
-    # each distinct key once and keeps it.
+    # Batches of ASCII keys need no UTF-8 check; a batch with other keys checks each distinct
+    # key once and keeps it.
     from connectors import record_encoding
 
-    monkeypatch.setattr(record_encoding, "_KEY_TEXTS", {})
-    monkeypatch.setattr(record_encoding, "_KEY_TEXTS_LIMIT", 4)
+    monkeypatch.setattr(record_encoding, "_UTF8_KEYS", set())
+    monkeypatch.setattr(record_encoding, "_UTF8_KEYS_LIMIT", 4)
     ascii_only = Batch.from_columns(ts=[1, 2], key=["a", 'q"uote'], v=[1, 2])
     first = Batch.from_columns(ts=[1, 2, 3], key=["a", 'q"uote', "ü"], v=[1, 2, 3])
     second = Batch.from_columns(ts=[4, 5, 6, 7], key=["b", "c", "d", "é"], v=[4, 5, 6, 7])
 
     assert encode_values(ascii_only, "json") == [
         b'{"ts":1,"key":"a","v":1}', b'{"ts":2,"key":"q\\"uote","v":2}']
-    assert record_encoding._KEY_TEXTS == {}
+    assert set() == record_encoding._UTF8_KEYS
     assert encode_values(first, "json") == [
         b'{"ts":1,"key":"a","v":1}', b'{"ts":2,"key":"q\\"uote","v":2}',
         '{"ts":3,"key":"ü","v":3}'.encode()]
-    assert dict(record_encoding._KEY_TEXTS) == {b"a": '"a"', b'q"uote': '"q\\"uote"',
-                                                "ü".encode(): '"ü"'}
+    assert {b"a", b'q"uote', "ü".encode()} == record_encoding._UTF8_KEYS
     # Four new keys overflow the store of four: it starts again with this batch's keys.
     assert [json.loads(v)["key"] for v in encode_values(second, "json")] == ["b", "c", "d", "é"]
-    assert sorted(record_encoding._KEY_TEXTS) == [b"b", b"c", b"d", "é".encode()]
+    assert sorted(record_encoding._UTF8_KEYS) == [b"b", b"c", b"d", "é".encode()]
     assert json.loads(encode_values(first, "json")[1])["key"] == 'q"uote'
     bad = Batch(np.array([1]), np.array([b"\xff"]), {"v": np.array([1])})
     with pytest.raises(EncodeError, match="not UTF-8"):
         encode_values(bad, "json")
-    assert b"\xff" not in record_encoding._KEY_TEXTS
+    assert b"\xff" not in record_encoding._UTF8_KEYS
