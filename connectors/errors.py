@@ -43,6 +43,12 @@ class TopicError(ConnectorError):
 class EncodeError(ConnectorError):
     """A batch cannot be encoded for a sink (e.g. a key that is not UTF-8 for JSON)."""
 
+    @classmethod
+    def column_type(cls, name: str, dtype: object) -> EncodeError:
+        """The error for a column a sink cannot write (not float64, int64 or bool)."""
+        return cls(f"column {name!r} has dtype {dtype}; a sink writes float64, int64 and bool "
+                   "columns only")
+
 
 class ProduceError(ConnectorError):
     """Records could not be delivered to Kafka after every allowed attempt.

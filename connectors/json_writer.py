@@ -380,10 +380,7 @@ def _column_kind(name: str, column: npt.NDArray[Any]) -> int:
         return _UNSIGNED
     if kind == "b":
         return _BOOLEAN
-    raise EncodeError(
-        f"column {name!r} has dtype {column.dtype}; a sink writes float64, int64 and bool "
-        "columns only"
-    )
+    raise EncodeError.column_type(name, column.dtype)
 
 
 def write_json_records(batch: Batch, time_label: str, key_label: str,

@@ -123,10 +123,7 @@ def encode_msgpack_buffer(batch: Batch, time_label: str = "ts", key_label: str =
             kinds[i] = _BOOLEAN
             bits[:, i] = column
         else:
-            raise EncodeError(
-                f"column {name!r} has dtype {column.dtype}; a sink writes float64, int64 and "
-                "bool columns only"
-            )
+            raise EncodeError.column_type(name, column.dtype)
     width = batch.key.dtype.itemsize
     key_bytes = np.ascontiguousarray(batch.key).view(np.uint8).reshape(count, width)
     key_lengths = np.char.str_len(batch.key).astype(np.int64)

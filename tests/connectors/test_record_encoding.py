@@ -115,3 +115,12 @@ def test_keys_checked_once_are_kept_and_the_store_stays_bounded(
     with pytest.raises(EncodeError, match="not UTF-8"):
         encode_values(bad, "json")
     assert b"\xff" not in record_encoding._UTF8_KEYS
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+def test_a_column_a_sink_cannot_write_is_named_with_its_dtype(codec: str) -> None:
+    batch = Batch(np.array([1]), np.array([b"a"]), {"note": np.array(["x"])})
+    with pytest.raises(EncodeError) as refused:
+        encode_values(batch, codec)  # type: ignore[arg-type]
+    assert str(refused.value) == ("column 'note' has dtype <U1; a sink writes float64, int64 "
+                                  "and bool columns only")
