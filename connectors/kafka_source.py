@@ -537,7 +537,8 @@ class KafkaSourceReader:
                 batch = batch.take(np.flatnonzero(~runs.late))
             for partition, stamp in zip(runs.partitions, runs.newest, strict=True):
                 self._marks.observe(partition, stamp)
-            self._read_partitions = runs.partitions
+            # Runs come in the order the partitions' fetches came; marks go out ascending.
+            self._read_partitions = sorted(runs.partitions)
         return batch
 
     async def _refresh_lag(self) -> None:
