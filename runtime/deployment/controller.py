@@ -167,7 +167,8 @@ class Controller(HealthChecks, Reports, StopAndResume):
         #: What every tag-query node follows (resolved after each submission and removal).
         self._tag_queries = TagQueries(self.state_dir / "tag_queries.json")
         self._actors.origins.update(self._tag_queries.origins())
-        start_when_restarted_by_ray()
+        #: The start of a controller Ray restarted (kept: the loop holds tasks weakly).
+        self._restart = start_when_restarted_by_ray(self.start)
 
     # -- start and reconcile ----------------------------------------------------------------
     async def start(self) -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import warnings
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamdag.config import Settings
 
 __all__ = ["ControllerOptions", "controller_actor_name", "deployment_state_dir",
            "start_when_restarted_by_ray"]
+
+_log = logging.getLogger("streamdag.controller")
 
 
 def deployment_state_dir(settings: Settings) -> Path:
@@ -59,18 +65,39 @@ class ControllerOptions:
     dedup: bool = True
 
 
-def start_when_restarted_by_ray() -> None:
+def start_when_restarted_by_ray(start: Callable[[], Coroutine[Any, Any, None]]
+                                ) -> asyncio.Task[None] | None:
     """A controller actor that Ray restarted after it died starts by itself (finds its
-    actors, recovers its regions, checks health) instead of waiting for the next request."""
+    actors, recovers its regions, checks health) instead of waiting for the next request.
+
+    Ray runs an async actor's ``__init__`` on the actor's event loop, so ``start`` is
+    scheduled there as a task that runs once ``__init__`` returns; the task is returned for
+    the caller to keep (the loop holds tasks weakly). A call of the actor to itself, as
+    before, goes through Ray's routing of calls to a restarted actor, one more part that
+    must work before the deployment recovers.
+    """
     import ray
 
     if not ray.is_initialized():
-        return
+        return None
     context = ray.get_runtime_context()
     if context.get_actor_id() is None:
-        return
+        return None
     with warnings.catch_warnings():  # Ray's property reads a deprecated one of its own
         warnings.simplefilter("ignore", DeprecationWarning)
         restarted = context.was_current_actor_reconstructed
-    if restarted:
+    if not restarted:
+        return None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # a Ray that runs ``__init__`` off the actor's loop: call itself
         context.current_actor.start.remote()
+        return None
+    task = loop.create_task(start(), name="controller-restart")
+    task.add_done_callback(_log_failed_start)
+    return task
+
+
+def _log_failed_start(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("the restarted controller failed to start", exc_info=task.exception())

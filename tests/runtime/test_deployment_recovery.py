@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -198,8 +199,15 @@ def test_a_killed_controller_comes_back_by_itself_and_recovers_what_died_meanwhi
     kill_actor_process(_actor(submission, "smooth7"))
     os.kill(pid, signal.SIGKILL)
     # A deadline for a loaded 2-core box (a restarted controller took over 60 s there once).
-    wait_for(lambda: _recovered(deployment, submission), "the controller to come back and "
-             "recover the region by itself", timeout_s=120)
+    try:
+        wait_for(lambda: _recovered(deployment, submission), "the controller to come back and "
+                 "recover the region by itself", timeout_s=120)
+    except AssertionError as exc:  # what Ray knows of the controller, to tell why
+        record = ray._private.state.actors(deployment.controller._actor_id.hex())
+        since = time.time() - record.get("StartTime", 0) / 1000
+        raise AssertionError(f"{exc}; Ray's record of the controller: state "
+                             f"{record.get('State')}, restarts {record.get('NumRestarts')}, "
+                             f"pid {record.get('Pid')}, (re)started {since:.1f} s ago") from None
     flowing.join(timeout=60)
     records = asyncio.run(read_topic(bootstrap, out, TOTAL, timeout_s=60))
 
