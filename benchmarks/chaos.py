@@ -99,7 +99,8 @@ def run(bootstrap: str, faults: int, rate: float, seed: int,
     rng = random.Random(seed)
     topic, out = f"chaos-in-{uuid.uuid4().hex[:8]}", f"chaos-out-{uuid.uuid4().hex[:8]}"
     asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
-    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10)
+    # Idle after 1 s, not 10: the stream's last events need not wait out the default.
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, idle_timeout_s=1.0)
     settings = CheckpointSettings(url=Path(tempfile.mkdtemp(prefix="chaos-")).as_uri(),
                                   interval_s=0.5, backoff_s=0.2, max_backoff_s=2.0,
                                   max_failures=faults + 5, failure_window_s=1e9)

@@ -16,7 +16,10 @@ def recovering_deployment(bootstrap: str, tmp_path: Path, prefix: str) -> Iterat
     name = f"{prefix}{uuid.uuid4().hex[:8]}"
     # No warm pool: the fault tests find a node's actor by the name its submission reported,
     # which a recovery onto a pool actor changes (tests/runtime/test_warm_pool.py covers it).
-    settings = Settings(name=name, state_dir=str(tmp_path), kafka=KafkaSettings(partitions=2),
+    # A quiet partition is idle after 1 s, not 10: the last events of a test's stream need
+    # not wait out the default (connectors/watermarks.py: one with records left never idles).
+    settings = Settings(name=name, state_dir=str(tmp_path),
+                        kafka=KafkaSettings(partitions=2, idle_timeout_s=1.0),
                         runtime=RuntimeSection(warm_pool=0),
                         checkpoint=CheckpointSettings(enabled=True, interval_s=0.3,
                                                       backoff_s=0.2))

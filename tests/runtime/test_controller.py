@@ -40,7 +40,7 @@ def connect(ray_session: None, bootstrap: str, tmp_path: Path) -> Iterator[Conne
         # No warm pool: these tests count node actors by their node names (a pooled actor
         # keeps its pool name; tests/runtime/test_warm_pool.py covers the pool).
         settings = Settings(name=name, state_dir=str(tmp_path), runtime=RuntimeSection(warm_pool=0),
-                            kafka=KafkaSettings(partitions=1))
+                            kafka=KafkaSettings(partitions=1, idle_timeout_s=1.0))
         chosen = {"grace_s": 0.0, "health_interval_s": 0.0,
                   "lifecycle_topic": f"{name}.lifecycle", **options}
         deployment = Deployment.connect(settings, bootstrap, state_dir=tmp_path / name,

@@ -33,7 +33,8 @@ OPTIONS = {"grace_s": 0.0, "health_interval_s": 0.0}
 
 def settings_for(tmp_path: Path, **gateway: Any) -> Settings:
     return Settings(name=f"gw{uuid.uuid4().hex[:8]}", state_dir=str(tmp_path),
-                    kafka=KafkaSettings(partitions=1), gateway=GatewaySettings(**gateway))
+                    kafka=KafkaSettings(partitions=1, idle_timeout_s=1.0),
+                    gateway=GatewaySettings(**gateway))
 
 
 def copy_spec(name: str, ticks: str, out: str) -> dict[str, Any]:

@@ -300,7 +300,8 @@ def test_ray_a_killed_shard_is_recovered_with_exact_output(
                       ).with_options(parallelism=2)
     graph = sd.Graph("ema", outputs=[ticks.ema("price", span=7, name="smooth", parallelism=2)
                                      .to_topic(out, name="out")])
-    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10)
+    # Idle after 1 s, not 10: the stream's last events need not wait out the default.
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, idle_timeout_s=1.0)
     runner = RayRunner(checkpoints=CheckpointSettings(url=tmp_path.as_uri(), interval_s=0.3,
                                                       backoff_s=0.2),
                        default_source=binding.source_for, default_sink=binding.sink_for)

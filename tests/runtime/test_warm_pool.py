@@ -99,7 +99,9 @@ def test_new_nodes_bind_to_the_warm_pool_recover_survive_a_controller_restart_an
     ray_session: None, bootstrap: str, tmp_path: Path
 ) -> None:
     name = f"wp{uuid.uuid4().hex[:8]}"
-    settings = Settings(name=name, state_dir=str(tmp_path), kafka=KafkaSettings(partitions=2),
+    # Idle after 1 s, not 10: the stream's last events need not wait out the default.
+    settings = Settings(name=name, state_dir=str(tmp_path),
+                        kafka=KafkaSettings(partitions=2, idle_timeout_s=1.0),
                         runtime=RuntimeSection(warm_pool=2),
                         checkpoint=CheckpointSettings(enabled=True, interval_s=0.3,
                                                       backoff_s=0.2))
