@@ -309,8 +309,14 @@ class KafkaSourceReader:
             time.monotonic() - self._counters.last_commit >= self._config.commit_interval_s
         ):
             await self._commit(consumer)
-        for partition, behind in self.lag().items():
-            if behind > 0:  # records wait in the log (or in a held fetch): it is not quiet
+        lags = self.lag()
+        for partition in self._bounds:
+            behind = lags.get(partition)
+            # Records wait in the log (or in a held fetch), or the partition's log end is not
+            # known yet while its first measurement is under way: it is not quiet. (Else a
+            # partition the reader has not looked at, as after a restore, could go idle and
+            # let the watermark pass its records before they were read: they would be late.)
+            if (behind is None and self._lag_task is not None) or (behind or 0) > 0:
                 marks.observe(partition, None)
         finished = all(bounds.finished for bounds in self._bounds.values())
         partition_marks: tuple[tuple[int, int], ...] = ()

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from connectors.kafka_source import KafkaSourceConfig, KafkaSourceReader, Timestamp
+from connectors.source_bounds import LogEnds
 from streamdag.batch import Batch
 from streamdag.connector import SourceChunk
 from streamdag.schema import Schema
@@ -242,6 +243,52 @@ async def test_a_partition_with_records_left_to_read_is_never_idle(
             break
     await reader.close()
     assert (read, late) == (13, [])
+
+
+async def test_a_partition_nothing_has_come_back_about_is_not_idle(
+    bootstrap: str, new_topic: NewTopic
+) -> None:
+    # The first fetch is still parked at the broker (an empty topic: it waits out
+    # fetch_max_wait_ms) and the log end measurement is still under way, as on a loaded box
+    # just after a restore: nothing is known of either partition. However long the reading,
+    # neither may go idle, else the watermark would pass records not read yet.
+    topic = await new_topic(2)
+    now = [0.0]
+    reader = KafkaSourceReader(
+        KafkaSourceConfig(bootstrap, topic, SCHEMA, time_unit="ms", idle_timeout_s=1.0,
+                          fetch_max_wait_ms=2_000, poll_timeout_s=0.01),
+        clock=lambda: now[0],
+    )
+    measured = asyncio.Event()
+    measure = LogEnds.measure
+
+    async def held_measure(self: LogEnds) -> None:
+        await measured.wait()
+        await measure(self)
+
+    LogEnds.measure = held_measure  # type: ignore[method-assign]
+    try:
+        await reader.open()
+        with fetching_takes(reader, now, until=30.0):
+            unknown = await reader.read(10, linger_s=0.0)
+        known_then = reader.lag()
+        # Step 2: the measurement answers: both are at their (empty) end, and quiet.
+        measured.set()
+        for _ in range(500):
+            if len(reader.lag()) == 2:
+                break
+            await asyncio.sleep(0.01)
+        with fetching_takes(reader, now, until=30.5):
+            measured_chunk = await reader.read(10, linger_s=0.0)
+        with fetching_takes(reader, now, until=32.0):
+            quiet = await reader.read(10, linger_s=0.0)
+    finally:
+        LogEnds.measure = measure  # type: ignore[method-assign]
+        await reader.close()
+
+    assert (known_then, len(unknown.batch), unknown.idle) == ({}, 0, False)
+    assert measured_chunk.idle is False  # quiet time counts from the measurement on
+    assert quiet.idle is True
 
 
 async def test_record_timestamps_as_event_time_and_msgpack_values(
