@@ -8,6 +8,7 @@ import pickle
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from runtime.deployment.controller import Controller, ControllerOptions
 from runtime.deployment.gateway import create_app
 from runtime.deployment.handle import Deployment
 from runtime.deployment.spec_limits import SpecLimits
-from streamdag.config import GatewaySettings, KafkaSettings, Settings
+from streamdag.config import GatewaySettings, KafkaSettings, RuntimeSection, Settings
 from streamdag.operator_registry import available, lookup
 
 TOKEN = "s3cret-token"
@@ -81,11 +82,20 @@ async def serve() -> AsyncIterator[Client]:
 
 
 @pytest.fixture
-def idle_controller(tmp_path: Path) -> Controller:
-    """A real in-process controller that nothing reaches while specs are refused."""
-    return Controller(settings_for(tmp_path), bootstrap_servers="127.0.0.1:1",
-                      state_dir=str(tmp_path / "controller"),
-                      options=ControllerOptions(**OPTIONS))
+async def idle_controller(tmp_path: Path) -> AsyncIterator[Controller]:
+    """A real in-process controller that nothing reaches while specs are refused.
+
+    It has no warm pool: a request that starts it (a removal does) would otherwise fill one
+    with actors whenever this session's Ray is up, and they outlived the test. It is shut
+    down after the test if a request started it.
+    """
+    settings = replace(settings_for(tmp_path), runtime=RuntimeSection(warm_pool=0))
+    controller = Controller(settings, bootstrap_servers="127.0.0.1:1",
+                            state_dir=str(tmp_path / "controller"),
+                            options=ControllerOptions(**OPTIONS))
+    yield controller
+    if controller._started:
+        await controller.shutdown()
 
 
 async def errors_of(response: Any) -> list[dict[str, Any]]:
