@@ -11,8 +11,9 @@ or a join a quiet source holds back no other input's events either.
 The watermark never moves backwards.
 
 A partition with records still to read (its log end past the reader's position) is never
-quiet: the broker serving it slowly is no reason to leave it out. Quiet time counts only while
-the source is reading (``ReadingClock``): a reader held back by
+quiet: the broker serving it slowly is no reason to leave it out; nor is one nothing has come
+back about yet (no fetch answer, no log end measured), as just after a restore. Quiet time
+counts only while the source is reading (``ReadingClock``): a reader held back by
 backpressure, or not started yet, has not looked, so its partitions are not idle for it; else
 the first records read after such a pause would fall below a watermark that overtook them.
 """
