@@ -35,7 +35,6 @@ __all__ = [
     "PartitionRuns",
     "PartitionWatermarks",
     "ReadingClock",
-    "behind_their_partition",
     "partition_runs",
 ]
 
@@ -195,8 +194,14 @@ class PartitionRuns:
 def partition_runs(ts: npt.NDArray[np.int64], partitions: npt.NDArray[np.int32],
                    newest: Mapping[int, int | None], lateness_ns: int, *,
                    drop_late: bool = True) -> PartitionRuns:
-    """Which records are late (see ``behind_their_partition``; none unless ``drop_late``) and
-    each partition's newest kept event time, in one compiled pass over the rows.
+    """Which records are late (none unless ``drop_late``) and each partition's newest kept
+    event time, in one compiled pass over the rows.
+
+    A record is late when it is more than ``lateness_ns`` behind an earlier event of its
+    partition. Rows are grouped by partition, each group in offset order; ``newest`` is each
+    partition's newest event time before these rows. The answer depends on each partition's
+    records alone, in their order, never on how reads cut them: a live run and its replay drop
+    the same records.
 
     >>> runs = partition_runs(np.array([5, 3, 9, 4, 2]), np.array([0, 0, 0, 1, 1], np.int32),
     ...                       {0: None, 1: 3}, 1)
@@ -255,20 +260,3 @@ def _judge_runs(ts: Any, partitions: Any, seen_partitions: Any, seen_times: Any,
             run_newest[runs] = newest
             runs += 1
     return runs, late_count
-
-
-def behind_their_partition(ts: npt.NDArray[np.int64], partitions: npt.NDArray[np.int32],
-                           newest: Mapping[int, int | None],
-                           lateness_ns: int) -> npt.NDArray[np.bool_]:
-    """Which records are more than ``lateness_ns`` behind an earlier event of their partition.
-
-    Rows are grouped by partition, each group in offset order; ``newest`` is each partition's
-    newest event time before these rows. The answer depends on each partition's records
-    alone, in their order, never on how reads cut them: a live run and its replay drop the
-    same records.
-
-    >>> behind_their_partition(np.array([5, 3, 9, 4, 2]), np.array([0, 0, 0, 1, 1], np.int32),
-    ...                        {0: None, 1: 3}, 1)
-    array([False,  True, False, False,  True])
-    """
-    return partition_runs(ts, partitions, newest, lateness_ns).late

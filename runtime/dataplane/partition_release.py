@@ -16,7 +16,7 @@ partition) pair, and a key comes from one pair.
 Each key's released sequence is the one the whole-input aligner gives: its events sorted by
 time, equal times in arrival order (a partition's order; a key comes from one slot). The
 source drops a record behind an earlier one of its partition as late
-(``connectors.watermarks.behind_their_partition``), so no event is late here that the
+(``connectors.watermarks.partition_runs``), so no event is late here that the
 whole-input aligner would have taken, and a replay (which merges partitions by time and
 releases by the input's watermark) gives every key the same output.
 
@@ -29,6 +29,7 @@ checkpoint.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -260,9 +261,7 @@ class KeyPartitionedAligner(EventTimeAligner):
             low, high = self._released_range
             return (int(np.minimum.reduce(units)) >= low
                     and int(np.maximum.reduce(units)) <= high)
-        at = known.searchsorted(units)
-        np.minimum(at, len(known) - 1, out=at)
-        return bool((known[at] == units).all())
+        return bool((known[_positions(known, units)] == units).all())
 
     def _bounds(self, floor: int,
                 units: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | int:
@@ -272,22 +271,20 @@ class KeyPartitionedAligner(EventTimeAligner):
         if not len(known):
             return floor
         values = np.maximum(self._released_bounds, floor)
-        at = known.searchsorted(units)
-        np.minimum(at, len(known) - 1, out=at)
+        at = _positions(known, units)
         return np.where(known[at] == units, values[at], floor)
 
     def _check_keys(self, keys: npt.NDArray[np.bytes_], units: npt.NDArray[np.int64]) -> None:
         """Fail the node when a key arrives from a second partition (the promise broke)."""
         if len(self._keys):  # the common case: every key known, each from its own unit
-            at = self._keys.searchsorted(keys)
-            np.minimum(at, len(self._keys) - 1, out=at)
+            at = _positions(self._keys, keys)
             same = self._keys[at] == keys
             same &= self._key_units[at] == units
             if np.count_nonzero(same) == len(same):
                 return
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         expected = units[first]
-        at = np.minimum(np.searchsorted(self._keys, unique), max(len(self._keys) - 1, 0))
+        at = _positions(self._keys, unique) if len(self._keys) else np.zeros(len(unique), np.intp)
         known = (self._keys[at] == unique) if len(self._keys) else np.zeros(len(unique), bool)
         expected[known] = self._key_units[at[known]]
         spread = np.flatnonzero(units != expected[inverse])
@@ -325,6 +322,14 @@ def _units(slot: int, batch: Batch) -> npt.NDArray[np.int64]:
     if slot:
         units |= slot << _PARTITION_BITS
     return units
+
+
+def _positions(known: npt.NDArray[Any], wanted: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+    """Where each of ``wanted`` is, or would go, in the sorted, non-empty ``known``, kept
+    inside it: ``known[at] == wanted`` tells which are there."""
+    at = known.searchsorted(wanted)
+    np.minimum(at, len(known) - 1, out=at)
+    return at
 
 
 def _in_order(batch: Batch, units: npt.NDArray[np.int64], slots: int) -> Batch:

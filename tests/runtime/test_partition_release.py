@@ -3,7 +3,7 @@ exactly as the whole-input aligner gives them, only sooner.
 
 A source's partitions hold disjoint keys, each partition's events in any time order. A schedule
 reads random partitions in chunks of any size; the source drops what is behind an earlier event
-of its partition (``behind_their_partition``) and sends each read partition's mark, then the
+of its partition (``partition_runs``) and sends each read partition's mark, then the
 whole input's watermark (the smallest over the partitions). Whatever the schedule, and across a
 checkpoint at any point, every key gets the same events in the same order from the partition
 aligner as from the whole-input one, none is late in either, and which events the source drops
@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streamdag as sd
-from connectors.watermarks import behind_their_partition
+from connectors.watermarks import partition_runs
 from runtime.dataplane.alignment import AlignerState, EventTimeAligner
 from runtime.dataplane.messages import Barrier, EndOfStream, PartitionMarks, Payload, Watermark
 from runtime.dataplane.partition_release import KeyPartitionedAligner, KeySpansPartitionsError
@@ -115,7 +115,7 @@ def _reads(partitions: list[list[Event]], owners: list[int], rng: random.Random,
             read_from += [p] * len(chunk)
         batch = _batch(events, read_from)
         assert batch.partition is not None
-        late = behind_their_partition(batch.ts, batch.partition, newest, lateness)
+        late = partition_runs(batch.ts, batch.partition, newest, lateness).late
         batch = batch.take(np.flatnonzero(~late))
         assert batch.partition is not None
         for p, ts in zip(batch.partition.tolist(), batch.ts.tolist(), strict=True):
@@ -135,7 +135,7 @@ def _on_time(partitions: list[list[Event]], lateness: int) -> list[Event]:
     for p, events in enumerate(partitions):
         batch = _batch(events, [p] * len(events))
         assert batch.partition is not None
-        late = behind_their_partition(batch.ts, batch.partition, {p: None}, lateness)
+        late = partition_runs(batch.ts, batch.partition, {p: None}, lateness).late
         kept += [event for event, behind in zip(events, late.tolist(), strict=True)
                  if not behind]
     return kept
@@ -275,11 +275,11 @@ def test_a_node_that_does_not_keep_keys_apart_ignores_partition_marks() -> None:
 def test_what_the_source_drops_does_not_depend_on_how_reads_cut_a_partition() -> None:
     ts = np.array([5, 3, 6, 6, 2, 9, 8], dtype=np.int64)
     partitions = np.zeros(len(ts), dtype=np.int32)
-    whole = behind_their_partition(ts, partitions, {0: None}, 1).tolist()
+    whole = partition_runs(ts, partitions, {0: None}, 1).late.tolist()
     assert whole == [False, True, False, False, True, False, False]
     for cut in range(1, len(ts)):
-        first = behind_their_partition(ts[:cut], partitions[:cut], {0: None}, 1)
-        rest = behind_their_partition(ts[cut:], partitions[cut:], {0: int(ts[:cut].max())}, 1)
+        first = partition_runs(ts[:cut], partitions[:cut], {0: None}, 1).late
+        rest = partition_runs(ts[cut:], partitions[cut:], {0: int(ts[:cut].max())}, 1).late
         assert [*first.tolist(), *rest.tolist()] == whole
 
 
