@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -173,6 +174,15 @@ class Deployment:
 
         stopped: dict[str, Any] = self._call("shutdown")
         ray.kill(self.controller)
+        # ray.kill only sends the kill: return once a call finds the controller gone, so that
+        # nothing (a gateway's health check) still reaches it after shutdown.
+        deadline = time.monotonic() + self.call_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self.controller.__ray_ready__.remote(), timeout=1.0)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                break
+            time.sleep(0.01)
         return stopped
 
     def infer(self, node: str, features: Mapping[str, Any],
