@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from runtime.dataplane.kernel_loading import start_numba_runtime
-from runtime.runners.process_memory import HeapTrimmer
+from runtime.runners.process_memory import HeapTrimmer, resident_pages
 
 __all__ = [
     "FIRST_RELEASE_AFTER_S",
@@ -49,7 +49,6 @@ __all__ = [
     "release_in_actor",
     "release_library_pages",
     "release_library_pages_in_thread",
-    "resident_file_bytes",
     "start_numba_runtime_between_releases",
 ]
 
@@ -71,7 +70,7 @@ _FIRST_RELEASE_ABOVE = 64 << 20
 #: Seconds after a node actor's start before its first release, in its thread (0: at once; its
 #: first batches run meanwhile, only the walk's GIL share is theirs to wait for).
 FIRST_RELEASE_AFTER_S = 0.0
-#: Seconds between two looks at a process's resident file pages (a fraction of a millisecond).
+#: Seconds between two looks at a process's resident file pages (a few microseconds each).
 RELEASE_INTERVAL_S = 0.1
 _THREAD_NAME = "streamdag-library-pages"
 
@@ -125,22 +124,11 @@ def library_mappings(
         header, sizes = next_header, {}
 
 
-def resident_file_bytes(status: str) -> int:
-    """A process's resident file pages (``RssFile``) from the text of ``/proc/<pid>/status``.
-
-    >>> resident_file_bytes("VmRSS:    300 kB\\nRssFile:    120 kB\\n")
-    122880
-    """
-    match = re.search(r"^RssFile:\s+(\d+) kB$", status, re.MULTILINE)
-    return int(match[1]) * 1024 if match else 0
-
-
 def _own_resident_file_bytes() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            return resident_file_bytes(status.read())
-    except OSError:
-        return 0
+    """This process's resident pages of mapped files (and shared memory), in bytes; a few
+    microseconds (``process_memory.resident_pages``)."""
+    pages = resident_pages()
+    return 0 if pages is None else pages.file_and_shared
 
 
 def release_library_pages(libraries: Sequence[str] | None = RELEASED_LIBRARIES) -> int:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,7 @@ from runtime.runners.process_memory import (
     heap_stats,
     limit_heap_growth,
     resident_anonymous_bytes,
+    resident_pages,
     trim_heap,
 )
 from runtime.runners.resident_pages import LibraryPageReleaser, ReleasingThread
@@ -141,3 +146,61 @@ def test_large_blocks_are_handed_back_when_freed() -> None:
     finally:
         trim_heap()
         limit_heap_growth()
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field}:\s+(\d+) kB$", status.read(), re.MULTILINE)
+    assert match is not None
+    return int(match[1])
+
+
+def test_resident_pages_agree_with_the_kernels_status_and_follow_each_kind(
+        tmp_path: Path) -> None:
+    """The cheap look (``/proc/self/statm``) says what ``/proc/self/status`` says: anonymous
+    pages are ``RssAnon``, file and shared pages ``RssFile`` + ``RssShmem``; each grows when
+    that kind of page is touched, and not with the other."""
+    pages = resident_pages()
+    assert pages is not None
+    shared = _status_kib("RssFile") + _status_kib("RssShmem")
+    assert abs(pages.anonymous // 1024 - _status_kib("RssAnon")) < 2048
+    assert abs(pages.file_and_shared // 1024 - shared) < 2048
+
+    path = tmp_path / "pages"
+    with open(path, "wb") as out:
+        out.write(b"x" * (32 * _MIB))
+    with open(path, "rb") as mapped_file, mmap.mmap(mapped_file.fileno(), 0,
+                                                    access=mmap.ACCESS_READ) as mapped:
+        before = resident_pages()
+        assert sum(mapped[offset] for offset in range(0, len(mapped), 4096)) == 120 * 8192
+        after = resident_pages()
+        assert before is not None and after is not None
+        assert after.file_and_shared - before.file_and_shared >= 30 * _MIB
+        assert abs(after.anonymous - before.anonymous) < 4 * _MIB
+
+    block = bytearray(32 * _MIB)  # written as it is zeroed: resident
+    later = resident_pages()
+    assert later is not None and later.anonymous - after.anonymous >= 30 * _MIB
+    del block
+
+
+def test_a_forked_child_reads_its_own_resident_pages() -> None:
+    """The kept ``/proc/self/statm`` is the opener's: a forked child opens its own."""
+    assert resident_pages() is not None  # opened here first
+    block = bytearray(64 * _MIB)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        del block
+        pages = resident_pages()
+        os.write(write, str(-1 if pages is None else pages.anonymous).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as answer:
+        child_anonymous = int(answer.read())
+    mine = resident_pages()
+    assert mine is not None and len(block) == 64 * _MIB
+    # The child shares the block copy-on-write, yet its own anonymous count starts small: a
+    # kept descriptor of the parent's /proc/<pid>/statm would give the parent's 64 MiB more.
+    assert 0 <= child_anonymous < mine.anonymous - 32 * _MIB
