@@ -117,6 +117,9 @@ def run(bootstrap: str, faults: int, rate: float, seed: int,
             # test nothing but the restart loop.
             while running.recovering:
                 time.sleep(0.05)
+            if running.ended:  # recovery gave up: say why instead of waiting for it
+                running.wait(0)
+                break
             time.sleep(rng.uniform(0.0, max_gap_s))
             try:
                 actor = running.actor(rng.choice(VICTIMS))

@@ -87,7 +87,7 @@ class RunningGraph:
         self._stopping = False
         #: The checkpoint each recovery restored (None: there was none, it started over).
         self.restored_from: list[int | None] = []
-        #: True from a failure being noticed until the graph runs again.
+        #: True from a failure being noticed until the graph runs again, or recovery gave up.
         self.recovering = False
         self._recovered = 0
         #: When the start of this graph passed each step, in the driver (``RayRunner.start``).
@@ -184,25 +184,33 @@ class RunningGraph:
             raise TimeoutError(f"graph {self.graph.name!r} did not finish within "
                                f"{timeout_s} s") from None
 
+    @property
+    def ended(self) -> bool:
+        """With checkpoints: whether the supervisor is done, because the graph finished or
+        recovery gave up (``wait`` then returns or raises at once); without, False."""
+        return self._supervised is not None and self._supervised.done()
+
     def _supervise(self) -> RunResult:
         """Wait for the graph, recovering each failure, until it finishes or recovery gives up."""
-        while True:
-            try:
-                return self._wait_once(None, None)
-            except _RegionFailedError as failed:
-                cause = str(failed)
-            self.recovering = True
+        try:
             while True:
                 try:
-                    self.recover(cause)
-                    self.recovering = False
-                    break
-                except GraphFailedError:
-                    raise
-                except _StoppedError:
-                    raise
-                except Exception as exc:  # the restore itself failed: that is one more failure
-                    cause = f"graph {self.graph.name!r}: recovery failed ({failure_cause(exc)})"
+                    return self._wait_once(None, None)
+                except _RegionFailedError as failed:
+                    cause = str(failed)
+                self.recovering = True
+                while True:
+                    try:
+                        self.recover(cause)
+                        self.recovering = False
+                        break
+                    except (GraphFailedError, _StoppedError):
+                        raise
+                    except Exception as exc:  # the restore failed: that is one more failure
+                        cause = (f"graph {self.graph.name!r}: recovery failed "
+                                 f"({failure_cause(exc)})")
+        finally:  # given up or stopped: nothing is recovering any more
+            self.recovering = False
 
     def recover(self, cause: str) -> None:
         """Restore the graph from its newest complete checkpoint (see the module's steps)."""

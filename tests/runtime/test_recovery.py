@@ -21,6 +21,7 @@ from connectors.topics import ensure_topics
 from runtime.checkpoints.store import CheckpointStore
 from runtime.runners.kafka_binding import KafkaBinding
 from runtime.runners.ray_runner import RayRunner
+from runtime.runners.recovery import GraphFailedError
 from streamdag.config import CheckpointSettings
 from streamdag.testing import read_topic
 
@@ -96,3 +97,32 @@ def test_ray_a_corrupt_latest_checkpoint_falls_back_to_the_one_before_with_exact
     assert running.restored_from[0] is not None  # the one before, not a start over
     assert len(records) == TOTAL
     assert per_key(records) == expected(TOTAL)
+
+
+@pytest.mark.integration
+def test_ray_recovery_that_gives_up_ends_the_supervision_with_the_cause(
+    ray_session: None, bootstrap: str, tmp_path: Path
+) -> None:
+    """Past ``max_failures`` the supervisor stops: the graph has ended, nothing is recovering
+    any more (a caller waiting for the recovery to end is not left waiting), and ``wait`` says
+    why at once."""
+    topic, out = f"rec-in-{uuid.uuid4().hex[:8]}", f"rec-out-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(bootstrap, {topic: 2, out: 2}))
+    settings = CheckpointSettings(url=tmp_path.as_uri(), interval_s=0.3, backoff_s=0.2,
+                                  max_failures=1)
+    binding = KafkaBinding(bootstrap, fetch_max_wait_ms=10, idle_timeout_s=1.0)
+    running = RayRunner(checkpoints=settings, default_source=binding.source_for,
+                        default_sink=binding.sink_for).start(_graph(topic, out))
+    try:
+        kill_actor_process(running.actor("smooth"))
+        wait_for(lambda: running.recoveries == 1 and not running.recovering,
+                 "the first recovery")
+        assert not running.ended
+        kill_actor_process(running.actor("smooth"))
+        wait_for(lambda: running.ended, "recovery to give up")
+        assert not running.recovering
+        with pytest.raises(GraphFailedError, match=r"2 failures within 300 s: more than "
+                           r"checkpoint.max_failures = 1, so the graph is not restarted again"):
+            running.wait(0)
+    finally:
+        running.stop()
