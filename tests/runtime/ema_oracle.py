@@ -69,3 +69,34 @@ def per_key(records: list[Any]) -> dict[str, list[tuple[int, float]]]:
         value = json.loads(record.value)
         found[value["key"]].append((int(value["ts"]), float(value["value"])))
     return found
+
+
+def differences(records: list[Any], total: int, span: int = 7) -> str:
+    """What ``records`` lack, repeat or get wrong against ``expected(total, span)``, per key:
+    the failure message of an oracle check (empty when they match)."""
+    want, found = expected(total, span), per_key(records)
+    lines = []
+    for key in KEYS:
+        wanted_ts = [ts for ts, _ in want[key]]
+        found_ts = [ts for ts, _ in found[key]]
+        lost = sorted(set(wanted_ts) - set(found_ts))
+        repeated = sorted({ts for ts in found_ts if found_ts.count(ts) > 1})
+        wrong = next((f"first wrong at ts {ts}: {value} != {right}"
+                      for (ts, value), (_, right) in zip(found[key], want[key], strict=False)
+                      if (ts, value) != (ts, right)), "")
+        if lost or repeated or wrong or found[key] != want[key]:
+            lines.append(f"key {key}: {len(found_ts)} of {len(wanted_ts)}; lost "
+                         f"{_ranges(lost)}; repeated {_ranges(repeated)}; {wrong}")
+    return "\n".join(lines)
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 6, 11, 30]`` (one key's times, 5 apart) as ``1..11 (3), 30``."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value - runs[-1][-1] == len(KEYS):
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ", ".join(f"{run[0]}..{run[-1]} ({len(run)})" if len(run) > 1 else str(run[0])
+                     for run in runs) or "none"
