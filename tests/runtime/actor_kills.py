@@ -11,12 +11,15 @@ from typing import Any
 import ray
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    """Poll ``condition`` until it holds, or fail after ``timeout_s``."""
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0,
+             explain: Callable[[], str] | None = None) -> None:
+    """Poll ``condition`` until it holds, or fail after ``timeout_s`` (saying what ``explain``
+    finds then, when given)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            found = f"; {explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{found}")
         time.sleep(0.05)
 
 
