@@ -284,9 +284,12 @@ class KeyPartitionedAligner(EventTimeAligner):
                 return
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         expected = units[first]
-        at = _positions(self._keys, unique) if len(self._keys) else np.zeros(len(unique), np.intp)
-        known = (self._keys[at] == unique) if len(self._keys) else np.zeros(len(unique), bool)
-        expected[known] = self._key_units[at[known]]
+        if len(self._keys):
+            at = _positions(self._keys, unique)
+            known = self._keys[at] == unique
+            expected[known] = self._key_units[at[known]]
+        else:
+            known = np.zeros(len(unique), bool)
         spread = np.flatnonzero(units != expected[inverse])
         if len(spread):
             row = int(spread[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import Counter
 from typing import Any
 
 import streamdag as sd
@@ -77,16 +78,16 @@ def differences(records: list[Any], total: int, span: int = 7) -> str:
     want, found = expected(total, span), per_key(records)
     lines = []
     for key in KEYS:
-        wanted_ts = [ts for ts, _ in want[key]]
-        found_ts = [ts for ts, _ in found[key]]
-        lost = sorted(set(wanted_ts) - set(found_ts))
-        repeated = sorted({ts for ts in found_ts if found_ts.count(ts) > 1})
-        wrong = next((f"first wrong at ts {ts}: {value} != {right}"
-                      for (ts, value), (_, right) in zip(found[key], want[key], strict=False)
-                      if (ts, value) != (ts, right)), "")
-        if lost or repeated or wrong or found[key] != want[key]:
-            lines.append(f"key {key}: {len(found_ts)} of {len(wanted_ts)}; lost "
-                         f"{_ranges(lost)}; repeated {_ranges(repeated)}; {wrong}")
+        if found[key] == want[key]:
+            continue
+        seen = Counter(ts for ts, _ in found[key])
+        lost = sorted({ts for ts, _ in want[key]} - seen.keys())
+        repeated = sorted(ts for ts, count in seen.items() if count > 1)
+        first = next((f"first difference at output {i}: {got} != {right}" for i, (got, right)
+                      in enumerate(zip(found[key], want[key], strict=False)) if got != right),
+                     "")
+        lines.append(f"key {key}: {len(found[key])} of {len(want[key])}; lost {_ranges(lost)}; "
+                     f"repeated {_ranges(repeated)}; {first}")
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from actor_kills import kill_actor_process, wait_for
-from ema_oracle import expected, per_key, produce, produce_in_background
+from ema_oracle import differences, expected, per_key, produce, produce_in_background
 
 import streamdag as sd
 from connectors.topics import ensure_topics
@@ -78,8 +78,9 @@ def test_ray_a_killed_actor_is_recovered_with_exact_output(
     records, running = _run_with_a_kill(bootstrap, tmp_path, victim)
 
     assert running.recoveries == 1
-    assert len(records) == TOTAL  # 0 lost, 0 duplicated
-    assert per_key(records) == expected(TOTAL)  # per-key order and exact values
+    assert len(records) == TOTAL, differences(records, TOTAL)  # 0 lost, 0 duplicated
+    # Per-key order and exact values.
+    assert per_key(records) == expected(TOTAL), differences(records, TOTAL)
     stored = CheckpointStore(tmp_path.as_uri()).checkpoint_ids(running.plan.region)
     assert len(stored) == 2  # keep = 2
 
@@ -95,8 +96,8 @@ def test_ray_a_corrupt_latest_checkpoint_falls_back_to_the_one_before_with_exact
     fallbacks = [r.getMessage() for r in caplog.records if "is corrupt" in r.getMessage()]
     assert len(fallbacks) == 1 and "truncated" in fallbacks[0]
     assert running.restored_from[0] is not None  # the one before, not a start over
-    assert len(records) == TOTAL
-    assert per_key(records) == expected(TOTAL)
+    assert len(records) == TOTAL, differences(records, TOTAL)
+    assert per_key(records) == expected(TOTAL), differences(records, TOTAL)
 
 
 @pytest.mark.integration
